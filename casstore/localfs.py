@@ -1,0 +1,107 @@
+"""Durable local writes, through a small file-system shim that tests can record.
+
+Invariant (design 5.3): temp file in the same directory -> write -> fsync -> rename -> fsync
+the directory. A rename never comes before its file's fsync. Every call that matters for
+durability goes through `FileSystem`, so a test can record the order of write, fsync, rename
+and directory fsync, or crash the process at the Nth call (`CASSTORE_CRASH_AT_IO`).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+
+
+class FileSystem:
+    """The durability-relevant system calls. Subclassed in tests to record or inject faults."""
+
+    def __init__(self) -> None:
+        crash_at = os.environ.get("CASSTORE_CRASH_AT_IO")  # test hook: SIGKILL self at call N
+        self._crash_at = int(crash_at) if crash_at else 0
+        self._calls = 0
+
+    def _tick(self) -> None:
+        if self._crash_at:
+            self._calls += 1
+            if self._calls >= self._crash_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    def write_new(self, path: str, data: bytes) -> int:
+        """Create `path` exclusively and write `data`; return the open descriptor."""
+        self._tick()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def fsync(self, fd: int) -> None:
+        self._tick()
+        os.fsync(fd)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def rename(self, src: str, dst: str) -> None:
+        self._tick()
+        os.rename(src, dst)
+
+    def link(self, src: str, dst: str) -> None:
+        """Hard link `src` to `dst`, failing if `dst` exists (atomic create-if-absent)."""
+        self._tick()
+        os.link(src, dst)
+
+    def unlink(self, path: str) -> None:
+        self._tick()
+        os.unlink(path)
+
+    def fsync_dir(self, path: str) -> None:
+        self._tick()
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def temp_name(path: str) -> str:
+    """A temp file name beside `path`; never a valid object key, so listings skip it."""
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
+
+
+def write_durably(fs: FileSystem, path: str, data: bytes, *, exclusive: bool = False) -> None:
+    """Atomically and durably make `path` hold `data`.
+
+    With `exclusive`, fail with FileExistsError if `path` exists (a hard link publishes the temp
+    file only if the name is free, so there is no window where two writers both win).
+    """
+    tmp = temp_name(path)
+    fd = fs.write_new(tmp, data)
+    try:
+        fs.fsync(fd)
+    finally:
+        fs.close(fd)
+    try:
+        if exclusive:
+            fs.link(tmp, path)
+            fs.unlink(tmp)
+        else:
+            fs.rename(tmp, path)
+    except BaseException:
+        _discard(tmp)
+        raise
+    fs.fsync_dir(os.path.dirname(path) or ".")
+
+
+def _discard(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

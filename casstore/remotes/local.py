@@ -1,0 +1,121 @@
+"""A directory as a remote: the embedded default repository, a NAS mount or a second disk.
+
+Objects are files below the root, one per key. Writes are atomic and durable (see
+`casstore.localfs`): readers never see a partial object, and a crash leaves either the old
+state or the new one, plus at most a temp file that listings ignore.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+
+from casstore.errors import ObjectExists, ObjectNotFound, RemoteError
+from casstore.localfs import FileSystem, write_durably
+from casstore.remotes.base import ObjectInfo, Remote, validate_key
+
+
+class LocalRemote(Remote):
+    def __init__(self, root: str, fs: FileSystem | None = None, *, create: bool = True) -> None:
+        self.root = os.path.abspath(root)
+        self.fs = fs or FileSystem()
+        self.url = f"file://{self.root}"
+        if create:
+            os.makedirs(self.root, exist_ok=True)
+        self._made_dirs: set[str] = set()
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, *key.split("/"))
+
+    def _ensure_parent(self, path: str) -> None:
+        parent = os.path.dirname(path)
+        if parent in self._made_dirs:
+            return
+        if not os.path.isdir(parent):
+            os.makedirs(parent, exist_ok=True)
+            # the new directory entries themselves must survive a crash
+            self.fs.fsync_dir(os.path.dirname(parent))
+        self._made_dirs.add(parent)
+
+    def _put(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None) -> ObjectInfo:
+        path = self._path(key)
+        self._ensure_parent(path)
+        if if_match is not None and _etag(path) != if_match:
+            raise ObjectExists(f"{key}: etag does not match")
+        try:
+            write_durably(self.fs, path, data, exclusive=if_absent)
+        except FileExistsError as exc:
+            raise ObjectExists(key) from exc
+        except OSError as exc:
+            raise _translate(exc, key) from exc
+        return self._stat(key)
+
+    def _get(self, key: str, offset: int, length: int | None) -> bytes:
+        try:
+            with open(self._path(key), "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                end = size if length is None else offset + length
+                if offset > size or end > size:
+                    raise ObjectNotFound(f"{key}: range {offset}..{end} past the end ({size} bytes)")
+                fh.seek(offset)
+                return fh.read(end - offset)
+        except OSError as exc:
+            raise _translate(exc, key) from exc
+
+    def _stat(self, key: str) -> ObjectInfo:
+        try:
+            st = os.stat(self._path(key))
+        except OSError as exc:
+            raise _translate(exc, key) from exc
+        return ObjectInfo(key, st.st_size, st.st_mtime_ns / 1e9, _etag_of(st))
+
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
+        top = self._path(prefix.rstrip("/")) if prefix else self.root
+        if not os.path.isdir(top):
+            return
+        for dirpath, dirnames, filenames in os.walk(top, onerror=_raise):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            rel = os.path.relpath(dirpath, self.root)
+            for name in filenames:
+                key = name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
+                try:
+                    validate_key(key)
+                except ValueError:
+                    continue  # temp files and foreign files are not objects
+                try:
+                    st = os.stat(os.path.join(dirpath, name))
+                except FileNotFoundError:
+                    continue  # deleted while listing: it is no longer an object
+                yield ObjectInfo(key, st.st_size, st.st_mtime_ns / 1e9, _etag_of(st))
+
+    def _delete(self, key: str) -> None:
+        try:
+            self.fs.unlink(self._path(key))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise _translate(exc, key) from exc
+
+
+def _etag_of(st: os.stat_result) -> str:
+    return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
+
+
+def _etag(path: str) -> str | None:
+    try:
+        return _etag_of(os.stat(path))
+    except FileNotFoundError:
+        return None
+
+
+def _raise(exc: OSError) -> None:
+    raise RemoteError(f"listing failed: {exc}") from exc
+
+
+def _translate(exc: OSError, key: str) -> RemoteError:
+    if exc.errno == errno.ENOENT:
+        return ObjectNotFound(key)
+    if exc.errno == errno.ENOSPC:
+        return RemoteError(f"{key}: no space left on device")
+    return RemoteError(f"{key}: {exc.strerror or exc}")

@@ -1,0 +1,44 @@
+"""URL scheme -> backend. Backends are imported lazily (cloud SDKs are slow to import)."""
+
+from __future__ import annotations
+
+import importlib
+from urllib.parse import urlparse
+
+from casstore.errors import ConfigError
+from casstore.remotes.base import Remote
+
+# scheme -> (module, factory function taking (bucket, prefix, **options))
+_BACKENDS = {
+    "s3": ("casstore.remotes.s3", "open_s3"),
+    "gs": ("casstore.remotes.gcs", "open_gcs"),
+    "az": ("casstore.remotes.azure", "open_azure"),
+}
+
+_MEMORY: dict[str, Remote] = {}
+
+
+def open_remote(url: str, **options: object) -> Remote:
+    parsed = urlparse(url)
+    scheme = parsed.scheme.lower()
+    if scheme == "file" or (scheme == "" and url.startswith("/")):
+        from casstore.remotes.local import LocalRemote
+
+        return LocalRemote(parsed.path if scheme else url)
+    if scheme == "memory":
+        from casstore.remotes.memory import MemoryRemote
+
+        return _MEMORY.setdefault(parsed.netloc, MemoryRemote(name=parsed.netloc))
+    if scheme not in _BACKENDS:
+        raise ConfigError(f"unknown remote URL scheme {scheme!r} in {url!r} (use s3://, gs://, az://, file://)")
+    if not parsed.netloc:
+        raise ConfigError(f"remote URL {url!r} names no bucket or container")
+    module_name, factory = _BACKENDS[scheme]
+    module = importlib.import_module(module_name)
+    return getattr(module, factory)(parsed.netloc, prefix_of(parsed.path), **options)
+
+
+def prefix_of(path: str) -> str:
+    """A URL path as a key prefix: '' or 'a/b/' (no leading slash, one trailing slash)."""
+    path = path.strip("/")
+    return f"{path}/" if path else ""
