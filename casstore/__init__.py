@@ -1,0 +1,77 @@
+"""casstore: content-addressed, deduplicated, compressed snapshots of a folder.
+
+    import casstore
+    repo = casstore.open()                      # settings from the environment / .env
+    snap = repo.snapshot()                      # snapshot the configured source
+    data = repo.get("latest").to_dict()         # {'snapshot_id', 'timestamp', 'data_sources': {...}}
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from casstore.errors import (
+    CasstoreError,
+    ConfigError,
+    IntegrityError,
+    ObjectNotFound,
+    RemoteError,
+    RepositoryNotFound,
+    SnapshotNotFound,
+)
+
+if TYPE_CHECKING:
+    from casstore.reader import Snapshot
+    from casstore.repository import Repository
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CasstoreError",
+    "ConfigError",
+    "IntegrityError",
+    "ObjectNotFound",
+    "RemoteError",
+    "Repository",
+    "RepositoryNotFound",
+    "Snapshot",
+    "SnapshotNotFound",
+    "cloud_storage",
+    "init",
+    "open",
+]
+
+
+def open(repository: str | None = None, *, remote: str | None = None, create: bool = False, **settings):
+    """Open a repository.
+
+    With no arguments: the local repository from CASSTORE_REPOSITORY (default ./.casstore) when it
+    exists, else the configured remote (CASSTORE_REMOTE or CLOUD_PROVIDER) read-only. `remote=URL`
+    opens that remote directly. `create=True` initializes the local repository if it is missing.
+    """
+    from casstore.session import open_repository
+
+    return open_repository(repository, remote=remote, create=create, **settings)
+
+
+def init(repository: str | None = None, **settings):
+    """Create a new local repository (see `casstore init`)."""
+    from casstore.session import init_repository
+
+    return init_repository(repository, **settings)
+
+
+def __getattr__(name: str):
+    if name == "cloud_storage":
+        from casstore.facade import cloud_storage
+
+        return cloud_storage
+    if name == "Repository":
+        from casstore.repository import Repository
+
+        return Repository
+    if name == "Snapshot":
+        from casstore.reader import Snapshot
+
+        return Snapshot
+    raise AttributeError(f"module 'casstore' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""The blob store: blobs encoded one by one, gathered into packs, located through indexes."""

@@ -1,0 +1,98 @@
+"""Blob encoding: one tag byte, then the payload.
+
+The tag makes stored bytes describe themselves (a registry keyed by one byte, as in borg):
+
+    0x00  raw       payload is the plaintext
+    0x01  zstd      payload is one zstd frame of the plaintext
+    0x02  reserved  AEAD-encrypted raw (client-side encryption, planned)
+    0x03  reserved  AEAD-encrypted zstd (planned)
+
+Each blob is compressed on its own so one blob can be read without its neighbours. A blob that
+does not shrink is stored raw. Decoding is bounded by the raw length recorded in the pack
+header, so a hostile frame cannot make us allocate more than that, and every decoded blob is
+re-hashed against its id: a mismatch is an IntegrityError, never returned data.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import blake3
+import zstandard
+
+from casstore.errors import FormatError, IntegrityError
+
+TAG_RAW = 0x00
+TAG_ZSTD = 0x01
+_RESERVED_TAGS = {0x02, 0x03}
+
+# blake3 releases the GIL above this size; small inputs are cheaper on one thread
+_HASH_THREADS_MIN = 1 << 20
+
+_local = threading.local()
+
+
+def blob_id(data: bytes | memoryview) -> bytes:
+    """BLAKE3-256 of the plaintext (the blob id)."""
+    return blake3.blake3(data).digest()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    cache = getattr(_local, "compressors", None)
+    if cache is None:
+        cache = _local.compressors = {}
+    if level not in cache:
+        cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return cache[level]
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    dctx = getattr(_local, "dctx", None)
+    if dctx is None:
+        dctx = _local.dctx = zstandard.ZstdDecompressor()
+    return dctx
+
+
+def encode(data: bytes | memoryview, level: int) -> bytes:
+    """Compress `data` into the blob envelope, or store it raw when zstd does not shrink it."""
+    if level > 0:
+        compressed = _compressor(level).compress(data)
+        if len(compressed) < len(data):
+            return bytes((TAG_ZSTD,)) + compressed
+    return bytes((TAG_RAW,)) + bytes(data)
+
+
+def decode(encoded: bytes | memoryview, raw_length: int) -> bytes:
+    """Undo `encode`, refusing to produce anything but exactly `raw_length` bytes."""
+    if not encoded:
+        raise FormatError("empty blob envelope")
+    tag, payload = encoded[0], memoryview(encoded)[1:]
+    if tag == TAG_RAW:
+        data = bytes(payload)
+    elif tag == TAG_ZSTD:
+        try:
+            data = _decompressor().decompress(payload, max_output_size=raw_length)
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"corrupt zstd blob: {exc}") from exc
+    elif tag in _RESERVED_TAGS:
+        raise FormatError("encrypted blobs are not supported by this version of casstore")
+    else:
+        raise FormatError(f"unknown blob tag 0x{tag:02x}")
+    if len(data) != raw_length:
+        raise IntegrityError(f"blob decodes to {len(data)} bytes, index says {raw_length}")
+    return data
+
+
+def decode_verified(encoded: bytes | memoryview, raw_length: int, expected_id: bytes) -> bytes:
+    """Decode and check the plaintext hashes to `expected_id`."""
+    data = decode(encoded, raw_length)
+    if blob_id(data) != expected_id:
+        raise IntegrityError(f"blob {expected_id.hex()[:16]} does not match its id")
+    return data
+
+
+def encode_verified(data: bytes | memoryview, level: int, expected_id: bytes) -> bytes:
+    """Encode, then decode the result and re-hash it before it may leave the process (design 5.5)."""
+    encoded = encode(data, level)
+    decode_verified(encoded, len(data), expected_id)
+    return encoded

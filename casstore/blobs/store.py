@@ -1,0 +1,141 @@
+"""BlobStore: add blobs (deduplicated, encoded, packed) and read them back verified."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from casstore.blobs import codec
+from casstore.blobs.index import IndexObject, Location, MasterIndex
+from casstore.blobs.pack import KIND_DATA, KIND_NAMES, KIND_TREE, BlobEntry, PackBuilder, pack_key
+from casstore.errors import IntegrityError, ObjectNotFound, RemoteError
+from casstore.remotes.base import Remote
+from casstore.repoconfig import RepoConfig
+
+log = logging.getLogger(__name__)
+
+PackCallback = Callable[[str, list[BlobEntry], int], None]
+
+
+class BlobStore:
+    """Blob-level access to one repository on one remote.
+
+    Write order (design 5.1): packs are uploaded first; `flush()` then writes the index that lists
+    them. Nothing here writes snapshots: the caller commits one only after `flush()` returned.
+    """
+
+    def __init__(self, remote: Remote, config: RepoConfig, index: MasterIndex, *,
+                 origin: dict, compression_level: int | None = None, upload_threads: int = 1,
+                 reload_index: Callable[[], None] | None = None) -> None:
+        self.remote, self.config, self.index = remote, config, index
+        self.origin = origin
+        self.level = config.compression["level"] if compression_level is None else compression_level
+        self._reload_index = reload_index
+        self._builders = {KIND_DATA: PackBuilder(KIND_DATA), KIND_TREE: PackBuilder(KIND_TREE)}
+        self._pending: set[tuple[int, bytes]] = set()       # in a builder or being uploaded
+        self._unindexed: dict[str, list[BlobEntry]] = {}    # uploaded, not yet in an index
+        self._uploads: list[Future] = []
+        self._pool = ThreadPoolExecutor(max(1, upload_threads), thread_name_prefix="casstore-upload")
+        self._max_in_flight = max(2, upload_threads * 2)
+        self._lock = threading.Lock()
+        self.on_pack_uploaded: PackCallback | None = None
+        self.packs_written = 0
+        self.bytes_written = 0
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def has(self, kind: int, blob_id: bytes) -> bool:
+        return (kind, blob_id) in self._pending or self.index.has(kind, blob_id)
+
+    def add(self, kind: int, data: bytes | memoryview) -> tuple[bytes, int]:
+        """Store `data` unless present; return (id, stored bytes added)."""
+        blob_id = codec.blob_id(data)
+        if self.has(kind, blob_id):
+            return blob_id, 0
+        return blob_id, self.add_encoded(kind, blob_id, codec.encode_verified(data, self.level, blob_id), len(data))
+
+    def add_encoded(self, kind: int, blob_id: bytes, encoded: bytes, raw_length: int) -> int:
+        """Add an already encoded and verified blob; return the stored bytes added (0 if a duplicate)."""
+        if self.has(kind, blob_id):
+            return 0
+        builder = self._builders[kind]
+        builder.add(blob_id, encoded, raw_length)
+        self._pending.add((kind, blob_id))
+        if builder.size >= self.config.pack_size:
+            self._seal(kind)
+        return len(encoded)
+
+    def _seal(self, kind: int) -> None:
+        builder = self._builders[kind]
+        if not len(builder):
+            return
+        self._builders[kind] = PackBuilder(kind)
+        pack_id, data = builder.finish()
+        self._wait_for_room()
+        self._uploads.append(self._pool.submit(self._upload, pack_id, data, builder.entries))
+
+    def _wait_for_room(self) -> None:
+        while len(self._uploads) >= self._max_in_flight:
+            self._uploads.pop(0).result()
+
+    def _upload(self, pack_id: str, data: bytes, entries: list[BlobEntry]) -> None:
+        self.remote.put(pack_key(pack_id), data)
+        with self._lock:
+            self._unindexed[pack_id] = entries
+            self.index.add_pack(pack_id, entries)
+            for e in entries:
+                self._pending.discard((e.kind, e.id))
+            self.packs_written += 1
+            self.bytes_written += len(data)
+        if self.on_pack_uploaded:
+            self.on_pack_uploaded(pack_id, entries, len(data))
+
+    def wait_uploads(self) -> None:
+        """Seal partial packs and wait until every pack is stored."""
+        for kind in (KIND_DATA, KIND_TREE):
+            self._seal(kind)
+        while self._uploads:
+            self._uploads.pop(0).result()
+
+    def write_index(self, kind: str = "writer") -> str | None:
+        """Write an index listing every uploaded pack not yet indexed; return its id."""
+        with self._lock:
+            packs, self._unindexed = self._unindexed, {}
+        if not packs:
+            return None
+        index = IndexObject(origin={**self.origin, "kind": kind}, packs=packs)
+        index_id, body = index.encode()
+        self.remote.put(f"index/{index_id}", body)
+        self.index.add_object(index_id, index)
+        return index_id
+
+    def flush(self) -> str | None:
+        """Packs first, then the index that lists them (design 5.1). Returns the index id."""
+        self.wait_uploads()
+        return self.write_index("writer")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def read(self, kind: int, blob_id: bytes) -> bytes:
+        """Return the blob's plaintext, verified; try every location, re-listing indexes once."""
+        errors: list[str] = []
+        for attempt in range(2):
+            for location in self.index.locations(kind, blob_id):
+                try:
+                    return self._read_at(location, blob_id)
+                except (IntegrityError, ObjectNotFound, RemoteError) as exc:
+                    errors.append(f"pack {location.pack_id[:12]}: {exc}")
+            if attempt == 0 and self._reload_index is not None:
+                self._reload_index()
+        name = KIND_NAMES.get(kind, "blob")
+        detail = "; ".join(errors) if errors else "not in any index"
+        raise IntegrityError(f"{name} blob {blob_id.hex()[:16]} cannot be read: {detail}")
+
+    def _read_at(self, location: Location, blob_id: bytes) -> bytes:
+        encoded = self.remote.get(pack_key(location.pack_id), location.offset, location.length)
+        return codec.decode_verified(encoded, location.raw_length, blob_id)

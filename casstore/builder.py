@@ -1,0 +1,293 @@
+"""Snapshot creation (design section 6): walk, chunk, dedup, pack, then commit.
+
+Files whose size, mtime, ctime and inode match the files cache (and whose chunks are all still
+indexed) are not read again. Everything else streams through the chunker and the pipeline; no
+file is ever held whole in memory. The snapshot manifest is written last, after the packs and
+the index: that write is the commit point.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from casstore import filescache
+from casstore.blobs.pack import KIND_DATA, KIND_TREE
+from casstore.blobs.store import BlobStore
+from casstore.errors import SourceError
+from casstore.excludes import Excluder
+from casstore.manifest.snapshot import SnapshotManifest
+from casstore.manifest.tree import Entry, EntryType, encode_tree_chain
+from casstore.pipeline import ChunkPipeline
+from casstore.summary import SnapshotSummary
+
+log = logging.getLogger(__name__)
+
+# A file touched this close to the snapshot's start may still change within one timestamp tick
+# without its size or mtime showing it, so its cached chunk list is not trusted (design 6).
+RACY_WINDOW_NS = 2_000_000_000
+READ_ATTEMPTS = 2
+
+_SPECIAL = {stat.S_IFIFO: EntryType.FIFO, stat.S_IFSOCK: EntryType.SOCKET,
+            stat.S_IFCHR: EntryType.CHARDEV, stat.S_IFBLK: EntryType.BLOCKDEV}
+
+
+@dataclass
+class SnapshotResult:
+    id: str
+    manifest: SnapshotManifest
+    summary: SnapshotSummary
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:8]
+
+    @property
+    def incomplete(self) -> bool:
+        return self.manifest.incomplete
+
+
+@dataclass
+class FileJob:
+    """One file being chunked; `chunk_ids` fills in as the pipeline delivers."""
+
+    name: bytes
+    st: os.stat_result
+    chunk_ids: list = field(default_factory=list)
+    previous: list | None = None      # chunk ids the files cache had, to tell changed from unchanged
+    cacheable: bool = True            # False when the file kept changing while it was read
+
+
+class SnapshotBuilder:
+    def __init__(self, repo, source: str, excludes: tuple[str, ...], progress: Callable[[int], None] | None):
+        self.repo = repo
+        self.source = os.path.abspath(source)
+        self.store: BlobStore = repo.blob_store()
+        self.pipeline = ChunkPipeline(self.store)
+        self.chunker = repo.config.make_chunker()
+        self.min_chunk = int(repo.config.chunker.get("min_size", 0))
+        self.excluder = Excluder(self.source, tuple(repo.settings.exclude) + tuple(excludes))
+        self.summary = SnapshotSummary()
+        self.start_ns = time.time_ns()
+        self.progress = progress or (lambda n: None)
+        self.cache_file = filescache.cache_path(repo.settings.cache_dir, repo.config.id, self.source)
+        self.old_cache = filescache.load(self.cache_file)
+        self.new_cache: dict[bytes, list] = {}
+        self.skip_dirs = _identities([repo.local_dir, repo.settings.cache_dir])
+
+    # -- walking -----------------------------------------------------------------------------
+
+    def build(self) -> bytes:
+        try:
+            root_stat = os.stat(self.source)
+        except OSError as exc:
+            raise SourceError(f"cannot read source {self.source}: {exc.strerror}") from None
+        if not stat.S_ISDIR(root_stat.st_mode):
+            raise SourceError(f"source {self.source} is not a directory")
+        try:
+            return self._tree(self.source, b"")
+        finally:
+            self.pipeline.close()
+
+    def _tree(self, path: str, rel: bytes) -> bytes:
+        entries: list[Entry] = []
+        jobs: list[FileJob] = []
+        for dirent in self._scan(path, rel):
+            entry_rel = rel + dirent.name.encode("utf-8", "surrogateescape")
+            item = self._entry(dirent, entry_rel, jobs)
+            if item is not None:
+                entries.append(item)
+        self.pipeline.drain()
+        entries += [self._file_entry(job) for job in jobs]
+        self.summary.dirs_total += 1
+        return encode_tree_chain(entries, self._store_tree)
+
+    def _scan(self, path: str, rel: bytes) -> list[os.DirEntry]:
+        try:
+            with os.scandir(path) as it:
+                return sorted(it, key=lambda d: d.name)
+        except OSError as exc:
+            self._error(rel.decode("utf-8", "surrogateescape") or ".", exc)
+            return []
+
+    def _entry(self, dirent: os.DirEntry, rel: bytes, jobs: list[FileJob]) -> Entry | None:
+        rel_text = rel.decode("utf-8", "surrogateescape")
+        try:
+            st = dirent.stat(follow_symlinks=False)
+        except OSError as exc:
+            self._error(rel_text, exc)
+            return None
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if self.excluder.excluded(rel_text, is_dir) or (st.st_dev, st.st_ino) in self.skip_dirs:
+            self.summary.excluded += 1
+            return None
+        name = dirent.name.encode("utf-8", "surrogateescape")
+        if is_dir:
+            return _make_entry(name, EntryType.DIR, st, self._tree(dirent.path, rel + b"/"))
+        if stat.S_ISREG(st.st_mode):
+            self._add_file(dirent.path, rel, FileJob(name, st), jobs)
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                return _make_entry(name, EntryType.SYMLINK, st, os.readlink(os.fsencode(dirent.path)))
+            except OSError as exc:
+                self._error(rel_text, exc)
+                return None
+        kind = _SPECIAL.get(stat.S_IFMT(st.st_mode))
+        if kind is None:
+            return None
+        content = st.st_rdev if kind in (EntryType.CHARDEV, EntryType.BLOCKDEV) else None
+        return _make_entry(name, kind, st, content)
+
+    # -- files -------------------------------------------------------------------------------
+
+    def _add_file(self, path: str, rel: bytes, job: FileJob, jobs: list[FileJob]) -> None:
+        self.summary.files_total += 1
+        self.summary.bytes_total += job.st.st_size
+        cached = self.old_cache.get(rel)
+        if cached is not None and self._reusable(cached, job.st):
+            job.chunk_ids = list(cached[4])
+            self.summary.files_unchanged += 1
+        elif not self._read_file(path, rel, job):
+            return
+        elif cached is None:
+            self.summary.files_new += 1
+        else:
+            job.previous = cached[4]
+        if job.cacheable:
+            self.new_cache[rel] = [job.st.st_size, job.st.st_mtime_ns, job.st.st_ctime_ns, job.st.st_ino,
+                                   job.chunk_ids]
+        jobs.append(job)
+
+    def _reusable(self, cached: list, st: os.stat_result) -> bool:
+        size, mtime_ns, ctime_ns, inode, chunk_ids = cached
+        if (size, mtime_ns, ctime_ns, inode) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
+            return False
+        if max(mtime_ns, ctime_ns) > self.start_ns - RACY_WINDOW_NS:
+            return False
+        return all(self.store.has(KIND_DATA, chunk_id) for chunk_id in chunk_ids)
+
+    def _read_file(self, path: str, rel: bytes, job: FileJob) -> bool:
+        """Chunk the file into the pipeline; re-read once if it changes while being read."""
+        rel_text = rel.decode("utf-8", "surrogateescape")
+        for _attempt in range(READ_ATTEMPTS):
+            try:
+                before, after = self._chunk_file(path, job)
+            except OSError as exc:
+                self._error(rel_text, exc)
+                return False
+            job.st = after
+            if _same_version(before, after):
+                return True
+        self.summary.changed_during_read += 1
+        job.cacheable = False
+        log.warning("%s changed while it was read; stored as last read, re-read next snapshot", rel_text)
+        return True
+
+    def _chunk_file(self, path: str, job: FileJob) -> tuple[os.stat_result, os.stat_result]:
+        """Feed the file's chunks to the pipeline; return its fstat before and after reading."""
+        slots: list = []
+        job.chunk_ids = slots  # a re-read starts a fresh list; late deliveries go to the old one
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb", buffering=0) as fh:
+            before = os.fstat(fh.fileno())
+            if not stat.S_ISREG(before.st_mode):
+                raise OSError(0, "no longer a regular file")
+            if before.st_size <= self.min_chunk:
+                self._submit(fh.read(), slots)
+            else:
+                for piece in self.chunker.chunks(fh):
+                    self._submit(bytes(piece), slots)
+            return before, os.fstat(fh.fileno())
+
+    def _submit(self, data: bytes, slots: list) -> None:
+        if not data:
+            return
+        position = len(slots)
+        slots.append(None)
+        self.summary.bytes_read += len(data)
+
+        def deliver(blob_id: bytes, raw_length: int, added: int) -> None:
+            slots[position] = blob_id
+            if added:
+                self.summary.blobs_added += 1
+                self.summary.bytes_added += raw_length
+                self.summary.bytes_added_stored += added
+            self.progress(raw_length)
+
+        self.pipeline.submit(data, deliver)
+
+    def _file_entry(self, job: FileJob) -> Entry:
+        if job.previous is not None:
+            if list(job.previous) == job.chunk_ids:
+                self.summary.files_unchanged += 1
+            else:
+                self.summary.files_changed += 1
+        return _make_entry(job.name, EntryType.FILE, job.st, job.chunk_ids)
+
+    # -- trees and commit --------------------------------------------------------------------
+
+    def _store_tree(self, body: bytes) -> bytes:
+        tree_id, added = self.store.add(KIND_TREE, body)
+        if added:
+            self.summary.blobs_added += 1
+            self.summary.bytes_added += len(body)
+            self.summary.bytes_added_stored += added
+        return tree_id
+
+    def _error(self, rel: str, exc: OSError) -> None:
+        message = f"{rel}: {exc.strerror or exc}"
+        log.warning("skipped %s", message)
+        self.summary.errors.append(message)
+
+
+def take_snapshot(repo, source: str, *, tags: tuple[str, ...] = (), excludes: tuple[str, ...] = (),
+                  progress: Callable[[int], None] | None = None) -> SnapshotResult:
+    """Snapshot `source` into `repo`: packs, then the index, then the manifest (the commit)."""
+    repo.load_index()
+    builder = SnapshotBuilder(repo, source, excludes, progress)
+    try:
+        root = builder.build()
+        builder.store.flush()
+    finally:
+        builder.store.close()
+    summary = builder.summary
+    summary.duration_ms = (time.time_ns() - builder.start_ns) // 1_000_000
+    parent = _parent(repo, builder.source)
+    manifest = SnapshotManifest(time_ns=builder.start_ns, host=repo.settings.host, source=builder.source,
+                                tree=root, tags=sorted(set(tags)), parent=parent,
+                                incomplete=bool(summary.errors), summary=summary.as_dict())
+    snapshot_id = repo.write_snapshot(manifest)
+    filescache.save(builder.cache_file, builder.new_cache)  # only after the commit
+    return SnapshotResult(snapshot_id, manifest, summary)
+
+
+def _parent(repo, source: str) -> str | None:
+    previous = repo.snapshots(limit=1, source=source)
+    return previous[0].id if previous else None
+
+
+def _make_entry(name: bytes, kind: EntryType, st: os.stat_result, content: object) -> Entry:
+    link = st.st_ino if kind is EntryType.FILE and st.st_nlink > 1 else 0
+    size = st.st_size if kind in (EntryType.FILE, EntryType.SYMLINK) else 0
+    return Entry(name, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, size, link, content)
+
+
+def _same_version(before: os.stat_result, after: os.stat_result) -> bool:
+    return (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
+
+
+def _identities(paths: list[str | None]) -> set[tuple[int, int]]:
+    found = set()
+    for path in paths:
+        if path:
+            try:
+                st = os.stat(path)
+                found.add((st.st_dev, st.st_ino))
+            except OSError:
+                pass
+    return found

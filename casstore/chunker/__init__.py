@@ -1,0 +1,41 @@
+"""Content-defined chunking behind one small interface.
+
+A chunker turns a binary stream into consecutive pieces. Every chunker has the same
+`chunks(stream)` API; which one a repository uses, with its parameters, is fixed in its config
+so that every host sharing the repository cuts identical data at identical points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import BinaryIO, Protocol
+
+from casstore.chunker.fastcdc import FastCDCChunker
+from casstore.chunker.fixed import FixedChunker
+
+__all__ = ["Chunker", "ChunkerParams", "FastCDCChunker", "FixedChunker", "chunker_from_params"]
+
+ChunkerParams = dict[str, int | str]
+
+
+class Chunker(Protocol):
+    max_size: int
+
+    def chunks(self, stream: BinaryIO) -> Iterator[memoryview]:
+        """Yield consecutive pieces of `stream`. A piece is valid only until the next one is yielded."""
+        ...
+
+    def params(self) -> ChunkerParams:
+        """The parameters to record in the repository config."""
+        ...
+
+
+def chunker_from_params(params: ChunkerParams) -> Chunker:
+    algorithm = params.get("algorithm")
+    if algorithm == FastCDCChunker.algorithm:
+        return FastCDCChunker.from_params(params)
+    if algorithm == FixedChunker.algorithm:
+        return FixedChunker.from_params(params)
+    from casstore.errors import FormatError
+
+    raise FormatError(f"unknown chunker algorithm {algorithm!r} in repository config")

@@ -1,0 +1,160 @@
+"""Settings: the only module that reads the environment and `.env`.
+
+Precedence, highest first: command-line options (passed in as overrides), environment variables,
+a `.env` file in the working directory, defaults. The seed's variable names are honoured as they
+are (CLOUD_PROVIDER, AWS_S3_BUCKET, GCP_BUCKET, AZURE_CONTAINER, ...). Secret values are kept out
+of `repr` so they are never printed or logged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from casstore.errors import ConfigError
+
+_PROVIDERS = {"local", "aws", "gcp", "azure"}
+
+
+def _secret() -> object:
+    return field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    source: str = "./data"
+    repository: str = "./.casstore"
+    cache_dir: str = ""
+    host: str = ""
+    remote: str | None = None          # resolved remote URL, None when CLOUD_PROVIDER=local
+    prefix: str = "casstore/"
+    exclude: tuple[str, ...] = ()
+    schedule: str | None = None
+    keep_last: int | None = None
+    grace_seconds: float = 24 * 3600
+    compression_level: int | None = None
+    upload_concurrency: int = 4
+    s3_sse: str = "auto"
+    s3_kms_key_id: str | None = None
+    storage_class: str | None = None
+    aws_region: str | None = None
+    aws_endpoint_url: str | None = None
+    aws_access_key_id: str | None = _secret()
+    aws_secret_access_key: str | None = _secret()
+    gcp_project: str | None = None
+    gcp_credentials: str | None = None
+    storage_emulator_host: str | None = None
+    azure_connection_string: str | None = _secret()
+    api_token: str | None = _secret()
+    notify_cmd: str | None = None
+
+    def with_overrides(self, **overrides: object) -> Settings:
+        known = {f.name for f in fields(self)}
+        return replace(self, **{k: v for k, v in overrides.items() if k in known and v is not None})
+
+    def remote_options(self) -> dict:
+        """Options for `open_remote` (credentials only when given explicitly, else the SDK's chain)."""
+        options = {
+            "region": self.aws_region, "endpoint_url": self.aws_endpoint_url, "sse": self.s3_sse,
+            "kms_key_id": self.s3_kms_key_id, "storage_class": self.storage_class,
+            "aws_access_key_id": self.aws_access_key_id, "aws_secret_access_key": self.aws_secret_access_key,
+            "project": self.gcp_project, "credentials_file": self.gcp_credentials,
+            "emulator_host": self.storage_emulator_host, "connection_string": self.azure_connection_string,
+        }
+        return {k: v for k, v in options.items() if v is not None}
+
+
+def load_settings(overrides: dict | None = None, environ: dict | None = None, dotenv_path: str = ".env") -> Settings:
+    """Read settings from the environment and `.env`; `overrides` (CLI options) win."""
+    env = _merged_environment(environ, dotenv_path)
+    settings = Settings(
+        source=env.get("CASSTORE_SOURCE", "./data"),
+        repository=env.get("CASSTORE_REPOSITORY", "./.casstore"),
+        cache_dir=env.get("CASSTORE_CACHE_DIR") or _default_cache_dir(env),
+        host=env.get("CASSTORE_HOST") or socket.gethostname(),
+        remote=_remote_url(env),
+        prefix=env.get("CASSTORE_PREFIX", "casstore/"),
+        exclude=tuple(p for p in re.split(r"[,\n]", env.get("CASSTORE_EXCLUDE", "")) if p.strip()),
+        schedule=env.get("CASSTORE_SCHEDULE") or None,
+        keep_last=_int(env, "CASSTORE_KEEP_LAST"),
+        grace_seconds=parse_duration(env.get("CASSTORE_GRACE", "24h")),
+        compression_level=_int(env, "CASSTORE_COMPRESSION_LEVEL"),
+        upload_concurrency=_int(env, "CASSTORE_UPLOAD_CONCURRENCY") or 4,
+        s3_sse=env.get("CASSTORE_S3_SSE", "auto"),
+        s3_kms_key_id=env.get("CASSTORE_S3_KMS_KEY_ID"),
+        storage_class=env.get("CASSTORE_STORAGE_CLASS"),
+        aws_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
+        aws_endpoint_url=env.get("AWS_ENDPOINT_URL"),
+        aws_access_key_id=_only_from_dotenv(env, environ, "AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=_only_from_dotenv(env, environ, "AWS_SECRET_ACCESS_KEY"),
+        gcp_project=env.get("GCP_PROJECT_ID"),
+        gcp_credentials=env.get("GOOGLE_APPLICATION_CREDENTIALS"),
+        storage_emulator_host=env.get("STORAGE_EMULATOR_HOST"),
+        azure_connection_string=env.get("AZURE_STORAGE_CONNECTION_STRING"),
+        api_token=env.get("CASSTORE_API_TOKEN"),
+        notify_cmd=env.get("CASSTORE_NOTIFY_CMD"),
+    )
+    return settings.with_overrides(**(overrides or {}))
+
+
+def _merged_environment(environ: dict | None, dotenv_path: str) -> dict:
+    from dotenv import dotenv_values
+
+    file_values = dotenv_values(dotenv_path) if os.path.isfile(dotenv_path) else {}
+    process = dict(os.environ if environ is None else environ)
+    return {**{k: v for k, v in file_values.items() if v is not None}, **process}
+
+
+def _only_from_dotenv(env: dict, environ: dict | None, name: str) -> str | None:
+    """Credentials in the process environment reach boto3 through its own chain; pass only .env ones."""
+    process = os.environ if environ is None else environ
+    return None if name in process else env.get(name)
+
+
+def _default_cache_dir(env: dict) -> str:
+    base = env.get("XDG_CACHE_HOME") or os.path.join(str(Path.home()), ".cache")
+    return os.path.join(base, "casstore")
+
+
+def _int(env: dict, name: str) -> int | None:
+    value = env.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {value!r}") from None
+
+
+def _remote_url(env: dict) -> str | None:
+    """CASSTORE_REMOTE wins over CLOUD_PROVIDER; CLOUD_PROVIDER=local means no off-site copy."""
+    if env.get("CASSTORE_REMOTE"):
+        return env["CASSTORE_REMOTE"]
+    provider = env.get("CLOUD_PROVIDER", "local").strip().lower() or "local"
+    if provider not in _PROVIDERS:
+        raise ConfigError(f"CLOUD_PROVIDER must be one of local, aws, gcp, azure (not {provider!r})")
+    prefix = env.get("CASSTORE_PREFIX", "casstore/").strip("/")
+    needed = {"aws": ("AWS_S3_BUCKET", "s3"), "gcp": ("GCP_BUCKET", "gs"), "azure": ("AZURE_CONTAINER", "az")}
+    if provider == "local":
+        return None
+    variable, scheme = needed[provider]
+    if not env.get(variable):
+        raise ConfigError(f"CLOUD_PROVIDER={provider} needs {variable} (set it in .env or the environment)")
+    if provider == "azure" and not env.get("AZURE_STORAGE_CONNECTION_STRING"):
+        raise ConfigError("CLOUD_PROVIDER=azure needs AZURE_STORAGE_CONNECTION_STRING")
+    return f"{scheme}://{env[variable]}/{prefix}"
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '15m', '24h', '30d', '2w' -> seconds."""
+    match = _DURATION.match(str(text).lower())
+    if not match:
+        raise ConfigError(f"not a duration: {text!r} (use e.g. 30s, 15m, 24h, 7d)")
+    return float(match.group(1)) * _UNITS[match.group(2)]

@@ -1,0 +1,53 @@
+"""Snapshot manifests: the small object a snapshot is, stored as `snapshots/<BLAKE3 of its bytes>`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+import blake3
+import msgpack
+
+from casstore.errors import FormatError, IntegrityError
+
+SNAPSHOT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SnapshotManifest:
+    time_ns: int                 # UTC, nanoseconds since the epoch (integers, never floats)
+    host: str
+    source: str
+    tree: bytes                  # root tree id
+    tags: list[str] = field(default_factory=list)
+    parent: str | None = None
+    incomplete: bool = False
+    summary: dict = field(default_factory=dict)
+    version: int = SNAPSHOT_VERSION
+
+    def encode(self) -> tuple[str, bytes]:
+        doc = asdict(self)
+        doc["tags"] = sorted(self.tags)
+        body = msgpack.packb(doc)
+        return blake3.blake3(body).hexdigest(), body
+
+    @property
+    def time(self) -> datetime:
+        return datetime.fromtimestamp(self.time_ns / 1e9, tz=UTC)
+
+
+def decode_snapshot(snapshot_id: str, body: bytes) -> SnapshotManifest:
+    if blake3.blake3(body).hexdigest() != snapshot_id:
+        raise IntegrityError(f"snapshot {snapshot_id[:8]} does not match its name")
+    try:
+        doc = msgpack.unpackb(body, max_bin_len=64)
+        if doc.get("version") != SNAPSHOT_VERSION:
+            raise FormatError(f"unsupported snapshot version {doc.get('version')}")
+        manifest = SnapshotManifest(**doc)
+        if not isinstance(manifest.tree, bytes) or len(manifest.tree) != 32:
+            raise ValueError("bad root tree id")
+        if not isinstance(manifest.time_ns, int) or not isinstance(manifest.summary, dict):
+            raise ValueError("bad field types")
+    except (TypeError, ValueError, msgpack.UnpackException) as exc:
+        raise FormatError(f"corrupt snapshot {snapshot_id[:8]}: {exc}") from exc
+    return manifest

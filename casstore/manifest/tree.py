@@ -1,0 +1,132 @@
+"""Tree blobs: one directory listing, deterministic so unchanged directories dedup.
+
+A tree blob is msgpack {"v": 1, "entries": [entry, ...], "next": tree id or None}. An entry is
+a fixed-order array:
+
+    [name (bytes), type (str), mode, uid, gid, mtime_ns, size, link, content]
+
+`link` is the hard-link identity (inode number when the file has more than one link, else 0).
+`content` is, by type: file -> list of chunk ids; dir -> subtree id; symlink -> target bytes;
+chardev/blockdev -> device number; fifo/socket -> None. Entries are sorted by name bytes and
+names are unique. A directory whose listing would exceed MAX_TREE_BYTES is split into a chain of
+tree blobs linked by "next", split at deterministic points so identical directories still dedup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+import msgpack
+
+from casstore.errors import FormatError
+
+TREE_VERSION = 1
+MAX_TREE_BYTES = 2 * 1024 * 1024
+
+
+class EntryType(StrEnum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    FIFO = "fifo"
+    SOCKET = "socket"
+    CHARDEV = "chardev"
+    BLOCKDEV = "blockdev"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    name: bytes
+    type: EntryType
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    size: int
+    link: int = 0
+    content: object = None
+
+    @property
+    def chunks(self) -> list[bytes]:
+        return self.content if self.type is EntryType.FILE else []  # type: ignore[return-value]
+
+    @property
+    def subtree(self) -> bytes:
+        assert self.type is EntryType.DIR
+        return self.content  # type: ignore[return-value]
+
+    def as_list(self) -> list:
+        return [self.name, self.type.value, self.mode, self.uid, self.gid, self.mtime_ns, self.size,
+                self.link, self.content]
+
+
+def encode_tree_chain(entries: Iterable[Entry], store: Callable[[bytes], bytes]) -> bytes:
+    """Encode a directory's entries as one tree blob or a chain; `store` saves a blob, returns its id."""
+    ordered = sorted(entries, key=lambda e: e.name)
+    _check_unique(ordered)
+    pages, page, size = [], [], 0
+    for entry in ordered:
+        packed = msgpack.packb(entry.as_list())
+        if page and size + len(packed) > MAX_TREE_BYTES:
+            pages.append(page)
+            page, size = [], 0
+        page.append(entry.as_list())
+        size += len(packed)
+    pages.append(page)
+    next_id = None
+    for page in reversed(pages):
+        next_id = store(msgpack.packb({"v": TREE_VERSION, "entries": page, "next": next_id}))
+    return next_id  # type: ignore[return-value]
+
+
+def decode_tree(body: bytes) -> tuple[list[Entry], bytes | None]:
+    """Decode one tree blob into (entries, next tree id); anything malformed is a FormatError."""
+    try:
+        doc = msgpack.unpackb(body, max_bin_len=1 << 24)
+        if doc["v"] != TREE_VERSION:
+            raise FormatError(f"unsupported tree version {doc['v']}")
+        entries = [_entry(item) for item in doc["entries"]]
+        next_id = doc["next"]
+        if next_id is not None and not _is_id(next_id):
+            raise ValueError("bad next tree id")
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+        raise FormatError(f"corrupt tree: {exc}") from exc
+    _check_unique(entries)
+    return entries, next_id
+
+
+def _entry(item: list) -> Entry:
+    name, type_name, mode, uid, gid, mtime_ns, size, link, content = item
+    if not isinstance(name, bytes) or not name:
+        raise ValueError("entry name must be non-empty bytes")
+    kind = EntryType(type_name)
+    if not all(isinstance(n, int) for n in (mode, uid, gid, mtime_ns, size, link)) or size < 0:
+        raise ValueError(f"entry {name!r}: bad integer field")
+    _check_content(kind, content, name)
+    return Entry(name, kind, mode, uid, gid, mtime_ns, size, link, content)
+
+
+def _check_content(kind: EntryType, content: object, name: bytes) -> None:
+    valid = {
+        EntryType.FILE: lambda c: isinstance(c, list) and all(_is_id(i) for i in c),
+        EntryType.DIR: _is_id,
+        EntryType.SYMLINK: lambda c: isinstance(c, bytes),
+        EntryType.CHARDEV: lambda c: isinstance(c, int),
+        EntryType.BLOCKDEV: lambda c: isinstance(c, int),
+        EntryType.FIFO: lambda c: c is None,
+        EntryType.SOCKET: lambda c: c is None,
+    }[kind]
+    if not valid(content):
+        raise ValueError(f"entry {name!r}: bad content for a {kind.value}")
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, bytes) and len(value) == 32
+
+
+def _check_unique(entries: list[Entry]) -> None:
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        raise FormatError("corrupt tree: duplicate entry name")

@@ -1,0 +1,55 @@
+"""The chunk pipeline: hash, compress and verify chunks on worker threads.
+
+BLAKE3 and zstd release the GIL, so with the main thread reading and cutting (the FastCDC loop
+also releases it) every core is busy. Results are applied on the main thread, in submission
+order, so the blob store needs no locking for its packs. The number of chunks in flight is
+bounded, which bounds memory whatever the file sizes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from casstore.blobs import codec
+from casstore.blobs.pack import KIND_DATA
+from casstore.blobs.store import BlobStore
+
+Prepared = tuple[bytes, bytes | None, int]          # id, encoded (None if already stored), raw length
+Deliver = Callable[[bytes, int, int], None]           # (id, raw length, stored bytes added)
+
+
+class ChunkPipeline:
+    def __init__(self, store: BlobStore, workers: int | None = None, window: int = 8) -> None:
+        self.store = store
+        self._pool = ThreadPoolExecutor(workers or os.cpu_count() or 2, thread_name_prefix="casstore-chunk")
+        self._in_flight: deque[tuple[Future, Deliver]] = deque()
+        self._window = window
+
+    def _prepare(self, data: bytes) -> Prepared:
+        blob_id = codec.blob_id(data)
+        if self.store.has(KIND_DATA, blob_id):
+            return blob_id, None, len(data)
+        return blob_id, codec.encode_verified(data, self.store.level, blob_id), len(data)
+
+    def submit(self, data: bytes, deliver: Deliver) -> None:
+        """Queue one chunk; `deliver(id, raw length, stored bytes added)` runs on this thread later."""
+        while len(self._in_flight) >= self._window:
+            self._apply_oldest()
+        self._in_flight.append((self._pool.submit(self._prepare, data), deliver))
+
+    def _apply_oldest(self) -> None:
+        future, deliver = self._in_flight.popleft()
+        blob_id, encoded, raw_length = future.result()
+        added = self.store.add_encoded(KIND_DATA, blob_id, encoded, raw_length) if encoded is not None else 0
+        deliver(blob_id, raw_length, added)
+
+    def drain(self) -> None:
+        while self._in_flight:
+            self._apply_oldest()
+
+    def close(self) -> None:
+        self._in_flight.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,69 @@
+"""The repository's `config` object: fixed at init, shared by every host that writes to it."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict, dataclass, field
+
+import msgpack
+
+from casstore.chunker import Chunker, chunker_from_params
+from casstore.chunker.fastcdc import FastCDCChunker, new_seed
+from casstore.errors import FormatError, IncompatibleRepository
+
+FORMAT_VERSION = 1
+KiB, MiB = 1024, 1024 * 1024
+
+DEFAULT_CHUNK_SIZES = {"min_size": 256 * KiB, "avg_size": 1 * MiB, "max_size": 8 * MiB}
+DEFAULT_PACK_SIZE = 16 * MiB
+DEFAULT_COMPRESSION_LEVEL = 3
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    id: str
+    chunker: dict
+    pack_size: int = DEFAULT_PACK_SIZE
+    compression: dict = field(default_factory=lambda: {"algorithm": "zstd", "level": DEFAULT_COMPRESSION_LEVEL})
+    encryption: dict | None = None
+    version: int = FORMAT_VERSION
+
+    @classmethod
+    def new(cls, *, min_size: int | None = None, avg_size: int | None = None, max_size: int | None = None,
+            pack_size: int = DEFAULT_PACK_SIZE, compression_level: int = DEFAULT_COMPRESSION_LEVEL) -> RepoConfig:
+        avg = avg_size or DEFAULT_CHUNK_SIZES["avg_size"]
+        lo = min_size or (DEFAULT_CHUNK_SIZES["min_size"] if avg_size is None else max(64, avg // 4))
+        hi = max_size or (DEFAULT_CHUNK_SIZES["max_size"] if avg_size is None else min(16 * MiB, avg * 8))
+        chunker = FastCDCChunker(lo, avg, hi, new_seed())
+        return cls(id=secrets.token_hex(16), chunker=chunker.params(), pack_size=pack_size,
+                   compression={"algorithm": "zstd", "level": compression_level})
+
+    def make_chunker(self) -> Chunker:
+        return chunker_from_params(self.chunker)
+
+    @property
+    def max_blob_size(self) -> int:
+        """No blob's raw length may exceed this; larger claims are refused before allocating."""
+        return max(int(self.chunker.get("max_size", self.chunker.get("size", 0))), 8 * MiB)
+
+    def encode(self) -> bytes:
+        return msgpack.packb(asdict(self))
+
+    @classmethod
+    def decode(cls, body: bytes) -> RepoConfig:
+        try:
+            doc = msgpack.unpackb(body)
+            if doc.get("version") != FORMAT_VERSION:
+                raise FormatError(f"unsupported repository format version {doc.get('version')}")
+            config = cls(**doc)
+            config.make_chunker()
+        except (TypeError, ValueError, KeyError, msgpack.UnpackException) as exc:
+            raise FormatError(f"corrupt repository config: {exc}") from exc
+        return config
+
+    def check_compatible(self, other: RepoConfig, other_name: str) -> None:
+        """Refuse to exchange blobs with a repository that cuts chunks differently."""
+        if self.chunker != other.chunker:
+            raise IncompatibleRepository(
+                f"{other_name} uses different chunker parameters or seed; "
+                f"run `casstore init --from {other_name}` to create a local repository that shares them")

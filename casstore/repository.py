@@ -1,0 +1,243 @@
+"""Repository: a remote holding the casstore format, plus its config, index and snapshots."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+from casstore.blobs.index import MasterIndex, decode_index
+from casstore.blobs.store import BlobStore
+from casstore.config import Settings, load_settings
+from casstore.errors import (
+    CasstoreError,
+    FormatError,
+    IntegrityError,
+    ObjectExists,
+    ObjectNotFound,
+    RepositoryExists,
+    RepositoryNotFound,
+    SnapshotNotFound,
+)
+from casstore.lock import repository_lock
+from casstore.manifest.snapshot import SnapshotManifest, decode_snapshot
+from casstore.remotes.base import Remote
+from casstore.remotes.local import LocalRemote
+from casstore.repoconfig import RepoConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """A snapshot as listings show it: its id and its manifest."""
+
+    id: str
+    manifest: SnapshotManifest
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:8]
+
+    def as_dict(self) -> dict:
+        m = self.manifest
+        return {"id": self.id, "short_id": self.short_id, "time": m.time.isoformat(), "host": m.host,
+                "source": m.source, "tags": list(m.tags), "parent": m.parent, "incomplete": m.incomplete,
+                "summary": dict(m.summary)}
+
+
+class Repository:
+    """One repository. Open with `Repository.open_local(path)` or `Repository.open_remote(remote)`."""
+
+    def __init__(self, remote: Remote, config: RepoConfig, settings: Settings, *,
+                 local_dir: str | None = None) -> None:
+        self.remote, self.config, self.settings = remote, config, settings
+        self.local_dir = local_dir          # set for the local repository (locks, records)
+        self.index = MasterIndex()
+        self._manifests: dict[str, SnapshotManifest] = {}
+        self._reader: BlobStore | None = None
+
+    # -- opening -----------------------------------------------------------------------------
+
+    @classmethod
+    def init_local(cls, path: str, settings: Settings | None = None, config: RepoConfig | None = None) -> Repository:
+        settings = settings or load_settings()
+        remote = LocalRemote(path)
+        return cls._init(remote, settings, config, local_dir=remote.root)
+
+    @classmethod
+    def init_remote(cls, remote: Remote, settings: Settings, config: RepoConfig | None = None) -> Repository:
+        return cls._init(remote, settings, config, local_dir=None)
+
+    @classmethod
+    def _init(cls, remote: Remote, settings: Settings, config: RepoConfig | None, local_dir: str | None):
+        config = config or RepoConfig.new(compression_level=settings.compression_level or 3)
+        try:
+            remote.put("config", config.encode(), if_absent=True)
+        except ObjectExists:
+            raise RepositoryExists(f"a repository already exists at {remote.url}") from None
+        return cls(remote, config, settings, local_dir=local_dir)
+
+    @classmethod
+    def open_local(cls, path: str, settings: Settings | None = None) -> Repository:
+        settings = settings or load_settings()
+        if not os.path.isfile(os.path.join(path, "config")):
+            raise RepositoryNotFound(f"no casstore repository at {path} (run `casstore init`)")
+        remote = LocalRemote(path, create=False)
+        return cls(remote, read_config(remote), settings, local_dir=remote.root)
+
+    @classmethod
+    def open_remote(cls, remote: Remote, settings: Settings | None = None) -> Repository:
+        return cls(remote, read_config(remote), settings or load_settings())
+
+    @property
+    def location(self) -> str:
+        return self.local_dir or self.remote.url
+
+    def locked(self, exclusive: bool = False):
+        """The local repository lock (design 5.8); a remote repository has none."""
+        if self.local_dir is None:
+            return nullcontext()
+        return repository_lock(self.local_dir, exclusive=exclusive)
+
+    # -- indexes -----------------------------------------------------------------------------
+
+    def load_index(self) -> MasterIndex:
+        """Load every index object listed now; entries of vanished index objects are dropped."""
+        listed = {info.key.split("/", 1)[1] for info in self.remote.list("index/")}
+        if set(self.index.index_packs) - listed:
+            self.index.clear()
+        for index_id in sorted(listed - set(self.index.index_packs)):
+            try:
+                body = self.remote.get(f"index/{index_id}")
+                self.index.add_object(index_id, decode_index(index_id, body, self.config.max_blob_size))
+            except (FormatError, IntegrityError, ObjectNotFound) as exc:
+                log.warning("skipping damaged index %s: %s", index_id[:16], exc)
+        return self.index
+
+    def blob_store(self, *, origin_kind: str = "writer", upload_threads: int = 1) -> BlobStore:
+        origin = {"kind": origin_kind, "host": self.settings.host or socket.gethostname(),
+                  "session": os.urandom(8).hex()}
+        return BlobStore(self.remote, self.config, self.index, origin=origin,
+                         compression_level=self.settings.compression_level, upload_threads=upload_threads,
+                         reload_index=self.load_index)
+
+    def read_blob(self, kind: int, blob_id: bytes) -> bytes:
+        """A blob's plaintext, verified; loads the index on first use."""
+        if self._reader is None:
+            if not self.index.index_packs:
+                self.load_index()
+            self._reader = self.blob_store(origin_kind="writer")
+        return self._reader.read(kind, blob_id)
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def snapshot_ids(self) -> list[str]:
+        return [info.key.split("/", 1)[1] for info in self.remote.list("snapshots/")]
+
+    def manifest(self, snapshot_id: str) -> SnapshotManifest:
+        if snapshot_id not in self._manifests:
+            try:
+                body = self.remote.get(f"snapshots/{snapshot_id}")
+            except ObjectNotFound:
+                raise SnapshotNotFound(f"snapshot {snapshot_id[:8]} not found") from None
+            self._manifests[snapshot_id] = decode_snapshot(snapshot_id, body)
+        return self._manifests[snapshot_id]
+
+    def all_snapshots(self) -> list[SnapshotInfo]:
+        """Every readable snapshot, newest first; damaged ones are skipped with a warning."""
+        infos = []
+        for snapshot_id in self.snapshot_ids():
+            try:
+                infos.append(SnapshotInfo(snapshot_id, self.manifest(snapshot_id)))
+            except (FormatError, IntegrityError, SnapshotNotFound) as exc:
+                log.warning("skipping damaged snapshot %s: %s", snapshot_id[:8], exc)
+        return sorted(infos, key=lambda s: (s.manifest.time_ns, s.id), reverse=True)
+
+    def snapshots(self, limit: int | None = None, *, host: str | None = None, all_hosts: bool = False,
+                  source: str | None = None) -> list[SnapshotInfo]:
+        """Snapshots of one (host, source) group, newest first (all hosts with `all_hosts`)."""
+        wanted_host = None if all_hosts else (host or self.settings.host)
+        found = [s for s in self.all_snapshots()
+                 if (wanted_host is None or s.manifest.host == wanted_host)
+                 and (source is None or s.manifest.source == source)]
+        return found[:limit] if limit else found
+
+    def resolve(self, ref: str, *, host: str | None = None, all_hosts: bool = False) -> SnapshotInfo:
+        """`latest`, a full id or any unique prefix -> the snapshot."""
+        if ref == "latest":
+            complete = [s for s in self.snapshots(host=host, all_hosts=all_hosts) if not s.manifest.incomplete]
+            if not complete:
+                raise SnapshotNotFound("no snapshot yet (take one with `casstore snapshot`)")
+            return complete[0]
+        ref = ref.lower()
+        if len(ref) < 4 or any(c not in "0123456789abcdef" for c in ref):
+            raise SnapshotNotFound(f"{ref!r} is not a snapshot id (give at least 4 hex digits, or 'latest')")
+        matches = [i for i in self.snapshot_ids() if i.startswith(ref)]
+        if not matches:
+            raise SnapshotNotFound(f"no snapshot with id {ref}")
+        if len(matches) > 1:
+            raise SnapshotNotFound(f"snapshot id {ref} is ambiguous ({len(matches)} match); give more digits")
+        return SnapshotInfo(matches[0], self.manifest(matches[0]))
+
+    def write_snapshot(self, manifest: SnapshotManifest) -> str:
+        snapshot_id, body = manifest.encode()
+        decode_snapshot(snapshot_id, body)  # read back before it leaves the process (design 5.5)
+        self.remote.put(f"snapshots/{snapshot_id}", body)
+        self._manifests[snapshot_id] = manifest
+        return snapshot_id
+
+    # -- operations (each in its own module) -------------------------------------------------
+
+    def snapshot(self, source: str | None = None, *, tags: tuple[str, ...] = (), excludes: tuple[str, ...] = (),
+                 progress: object = None):
+        from casstore.builder import take_snapshot
+
+        with self.locked():
+            return take_snapshot(self, source or self.settings.source, tags=tags, excludes=excludes,
+                                 progress=progress)
+
+    def get(self, ref: str = "latest", **kwargs: object):
+        from casstore.reader import Snapshot
+
+        info = self.resolve(ref, **kwargs)  # type: ignore[arg-type]
+        return Snapshot(self, info)
+
+    def restore(self, ref: str, target: str, **options: object):
+        from casstore.restore import restore_snapshot
+
+        with self.locked():
+            return restore_snapshot(self.get(ref), target, **options)
+
+    def check(self, *, read_data: bool = False, subset: float | None = None):
+        from casstore.check import check_repository
+
+        with self.locked():
+            return check_repository(self, read_data=read_data, subset=subset)
+
+    def stats(self) -> dict:
+        from casstore.stats import repository_stats
+
+        with self.locked():
+            return repository_stats(self)
+
+    def close(self) -> None:
+        self.remote.close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_config(remote: Remote) -> RepoConfig:
+    try:
+        return RepoConfig.decode(remote.get("config"))
+    except ObjectNotFound:
+        raise RepositoryNotFound(f"no casstore repository at {remote.url} (run `casstore init`)") from None
+
+
+__all__ = ["CasstoreError", "Repository", "SnapshotInfo", "read_config"]

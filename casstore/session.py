@@ -1,0 +1,40 @@
+"""Turning settings into an open repository: local when it exists, else the configured remote."""
+
+from __future__ import annotations
+
+import os
+
+from casstore.config import Settings, load_settings
+from casstore.errors import RepositoryNotFound
+from casstore.repository import Repository
+
+
+def settings_for(repository: str | None = None, **overrides) -> Settings:
+    if repository is not None:
+        overrides["repository"] = repository
+    return load_settings(overrides)
+
+
+def open_repository(repository: str | None = None, *, remote: str | None = None, create: bool = False,
+                    **overrides) -> Repository:
+    settings = settings_for(repository, **overrides)
+    if remote is not None:
+        return open_remote_repository(remote, settings)
+    if os.path.isfile(os.path.join(settings.repository, "config")):
+        return Repository.open_local(settings.repository, settings)
+    if create:
+        return Repository.init_local(settings.repository, settings)
+    if settings.remote:
+        return open_remote_repository(settings.remote, settings)
+    raise RepositoryNotFound(f"no casstore repository at {settings.repository} (run `casstore init`)")
+
+
+def open_remote_repository(url: str, settings: Settings) -> Repository:
+    from casstore.remotes import open_remote
+
+    return Repository.open_remote(open_remote(url, **settings.remote_options()), settings)
+
+
+def init_repository(repository: str | None = None, **overrides) -> Repository:
+    settings = settings_for(repository, **overrides)
+    return Repository.init_local(settings.repository, settings)
