@@ -9,6 +9,8 @@ from casstore.remotes.local import LocalRemote
 from casstore.remotes.memory import MemoryRemote
 from tests.remote_backends import REMOTE_BACKENDS
 
+pytest_plugins = ["tests.conftest_cloud"]
+
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(tmp_path, monkeypatch):

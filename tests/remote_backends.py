@@ -5,4 +5,11 @@ test session (tests/servers.py) and give each test its own bucket or container.
 """
 
 # fixture names, in the order they appear in test ids
-REMOTE_BACKENDS = ["memory_remote", "local_remote"]
+REMOTE_BACKENDS = [
+    "memory_remote",
+    "local_remote",
+    "moto_remote",
+    "seaweed_remote",
+    "azurite_remote",
+    "gcs_remote",
+]

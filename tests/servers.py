@@ -17,11 +17,14 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from casstore.remotes.base import Remote
 
 READY_TIMEOUT = 30.0
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -191,3 +194,86 @@ def _s3_client(endpoint: str, access_key: str, secret_key: str):  # noqa: ANN202
     return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=access_key,
                         aws_secret_access_key=secret_key,
                         config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=5))
+
+
+def unique_name(kind: str = "t") -> str:
+    """A fresh bucket / container name valid on every cloud (lowercase, 3-63 characters)."""
+    return f"casstore-{kind}-{uuid.uuid4().hex[:16]}"
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """An S3 endpoint and the credentials it accepts (moto accepts any)."""
+
+    endpoint: str
+    access_key: str = "testing"
+    secret_key: str = "testing"
+    region: str = "us-east-1"
+
+    def env(self) -> dict[str, str]:
+        """The settings a casstore process needs to reach this server."""
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.access_key,
+                "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_REGION": self.region}
+
+    def client(self):  # noqa: ANN201 - a boto3 S3 client
+        return _s3_client(self.endpoint, self.access_key, self.secret_key)
+
+    def new_bucket(self) -> str:
+        name = unique_name()
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def open(self, bucket: str, prefix: str = "", **options: object) -> Remote:
+        from casstore.remotes.s3 import open_s3
+
+        return open_s3(bucket, prefix, endpoint_url=self.endpoint, region=self.region,
+                       access_key_id=self.access_key, secret_access_key=self.secret_key, **options)
+
+
+@dataclass(frozen=True)
+class AzureServer:
+    """An Azurite endpoint, reached through a connection string with the development account."""
+
+    endpoint: str
+    connection_string: str
+
+    def env(self) -> dict[str, str]:
+        return {"AZURE_STORAGE_CONNECTION_STRING": self.connection_string}
+
+    def new_container(self) -> str:
+        from azure.storage.blob import BlobServiceClient
+
+        name = unique_name()
+        with BlobServiceClient.from_connection_string(self.connection_string, retry_total=0) as service:
+            service.create_container(name)
+        return name
+
+    def open(self, container: str, prefix: str = "", **options: object) -> Remote:
+        from casstore.remotes.azure import open_azure
+
+        return open_azure(container, prefix, connection_string=self.connection_string, **options)
+
+
+@dataclass(frozen=True)
+class GCSServer:
+    """A fake-gcs-server endpoint (no credentials: STORAGE_EMULATOR_HOST)."""
+
+    endpoint: str
+    project: str = "casstore-test"
+
+    def env(self) -> dict[str, str]:
+        return {"STORAGE_EMULATOR_HOST": self.endpoint, "GCP_PROJECT_ID": self.project}
+
+    def new_bucket(self) -> str:
+        from casstore.remotes.gcs import make_client
+
+        name = unique_name()
+        client = make_client(self.project, None, self.endpoint)
+        client.create_bucket(name, retry=None, timeout=10)
+        client.close()
+        return name
+
+    def open(self, bucket: str, prefix: str = "", **options: object) -> Remote:
+        from casstore.remotes.gcs import open_gcs
+
+        return open_gcs(bucket, prefix, project=self.project, endpoint=self.endpoint, **options)

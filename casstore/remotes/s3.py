@@ -87,6 +87,8 @@ def client_config(*, custom_endpoint: bool) -> Config:
         # Content-MD5 is sent explicitly; botocore's default trailing checksums trip some S3 clones
         request_checksum_calculation="when_required",
         s3={"addressing_style": "path"} if custom_endpoint else None,
+        # the endpoint is a casstore setting (AWS_ENDPOINT_URL, passed in), decided in one place
+        ignore_configured_endpoint_urls=True,
     )
 
 

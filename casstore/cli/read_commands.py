@@ -1,0 +1,181 @@
+"""list, show/ls, cat, diff, restore."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+
+import click
+
+from casstore.cli.common import Progress, emit, human, json_option, open_repo, repo_option
+
+remote_option = click.option("--remote", "--from", "remote", metavar="URL",
+                             help="Read from this remote repository instead of the local one.")
+host_options = [
+    click.option("--host", help="Snapshots of this host (default: CASSTORE_HOST or the hostname)."),
+    click.option("--all-hosts", is_flag=True, help="Snapshots of every host."),
+]
+
+
+def _host_options(fn):
+    for option in reversed(host_options):
+        fn = option(fn)
+    return fn
+
+
+@click.command("list")
+@repo_option
+@remote_option
+@click.option("--limit", "-n", type=int, help="Show at most N snapshots (newest first).")
+@_host_options
+@json_option
+@click.pass_context
+def list_snapshots(ctx, repository, remote, limit, host, all_hosts, as_json):
+    """List snapshots, newest first."""
+    with open_repo(ctx, repository, remote=remote) as repo:
+        infos = repo.snapshots(limit=limit, host=host, all_hosts=all_hosts)
+    emit(as_json, [i.as_dict() for i in infos], lambda: _print_list(infos))
+
+
+def _print_list(infos) -> None:
+    if not infos:
+        click.echo("no snapshots")
+        return
+    click.echo(f"{'ID':8}  {'TIME (local)':19}  {'HOST':12}  {'FILES':>7}  {'SIZE':>10}  {'ADDED':>10}  TAGS")
+    for info in infos:
+        m, s = info.manifest, info.manifest.summary
+        flag = " (incomplete)" if m.incomplete else ""
+        click.echo(f"{info.short_id}  {m.time.astimezone().strftime('%Y-%m-%d %H:%M:%S')}  {m.host[:12]:12}  "
+                   f"{s.get('files_total', 0):>7}  {human(s.get('bytes_total', 0)):>10}  "
+                   f"{human(s.get('bytes_added_stored', 0)):>10}  {','.join(m.tags)}{flag}")
+
+
+@click.command()
+@click.argument("snapshot_id", default="latest")
+@click.argument("path", default="")
+@repo_option
+@remote_option
+@click.option("--recursive", "-r", is_flag=True, help="List the whole tree below PATH.")
+@json_option
+@click.pass_context
+def show(ctx, snapshot_id, path, repository, remote, recursive, as_json):
+    """Show a snapshot's summary and list its files (PATH: a directory inside it)."""
+    with open_repo(ctx, repository, remote=remote) as repo:
+        snap = repo.get(snapshot_id)
+        rows = list(snap.walk(path)) if recursive else _children(snap, path)
+        payload = {**snap.info.as_dict(), "entries": [_row(r) for r in rows]}
+        emit(as_json, payload, lambda: _print_show(snap, rows))
+
+
+ls = click.Command("ls", callback=show.callback, params=show.params, help="Alias of `show`.",
+                   short_help="Alias of `show`.")
+
+
+def _children(snap, path: str) -> list:
+    prefix = path.strip("/")
+    return [info for info in snap.walk(path) if info.path.count("/") == (prefix.count("/") + 1 if prefix else 0)]
+
+
+def _row(info) -> dict:
+    return {"path": info.path, "type": info.type, "size": info.size, "mode": oct(info.mode),
+            "mtime": info.mtime.isoformat()}
+
+
+def _print_show(snap, rows) -> None:
+    m, s = snap.manifest, snap.manifest.summary
+    click.echo(f"snapshot {snap.short_id}  {m.time.astimezone().isoformat(timespec='seconds')}  host {m.host}")
+    click.echo(f"source   {m.source}")
+    if m.tags:
+        click.echo(f"tags     {', '.join(m.tags)}")
+    click.echo(f"files    {s.get('files_total', 0)} ({s.get('files_new', 0)} new, {s.get('files_changed', 0)} "
+               f"changed, {s.get('files_unchanged', 0)} unchanged), {human(s.get('bytes_total', 0))}")
+    click.echo(f"added    {human(s.get('bytes_added', 0))} ({human(s.get('bytes_added_stored', 0))} stored)"
+               + ("  INCOMPLETE" if m.incomplete else ""))
+    click.echo("")
+    for info in rows:
+        kind = {"dir": "d", "file": "-", "symlink": "l"}.get(info.type, "?")
+        suffix = "/" if info.type == "dir" else ""
+        click.echo(f"{kind} {info.mode:04o} {human(info.size) if info.type == 'file' else '':>10}  "
+                   f"{info.mtime.strftime('%Y-%m-%d %H:%M')}  {info.path}{suffix}")
+
+
+@click.command()
+@click.argument("snapshot_id")
+@click.argument("path")
+@repo_option
+@remote_option
+@click.pass_context
+def cat(ctx, snapshot_id, path, repository, remote):
+    """Write one file of a snapshot to standard output."""
+    with open_repo(ctx, repository, remote=remote) as repo, repo.get(snapshot_id).open(path) as fh:
+        out = sys.stdout.buffer
+        while block := fh.read(1 << 20):
+            out.write(block)
+        out.flush()
+
+
+@click.command()
+@click.argument("old_id")
+@click.argument("new_id", default="latest")
+@repo_option
+@remote_option
+@json_option
+@click.pass_context
+def diff(ctx, old_id, new_id, repository, remote, as_json):
+    """What changed from snapshot OLD_ID to NEW_ID (added +, removed -, modified M, metadata U)."""
+    from casstore.diff import diff_snapshots
+
+    with open_repo(ctx, repository, remote=remote) as repo:
+        changes = diff_snapshots(repo.get(old_id), repo.get(new_id))
+    emit(as_json, [c.as_dict() for c in changes], lambda: _print_diff(changes))
+
+
+def _print_diff(changes) -> None:
+    marks = {"added": "+", "removed": "-", "modified": "M", "metadata": "U"}
+    for c in changes:
+        sizes = {"added": human(c.new_size), "removed": human(c.old_size),
+                 "modified": f"{human(c.old_size)} -> {human(c.new_size)}", "metadata": ""}[c.kind]
+        click.echo(f"{marks[c.kind]}  {c.path}  {sizes if c.type == 'file' else ''}".rstrip())
+    counts = {k: sum(1 for c in changes if c.kind == k) for k in marks}
+    click.echo(f"{counts['added']} added, {counts['removed']} removed, {counts['modified']} modified, "
+               f"{counts['metadata']} metadata only")
+
+
+@click.command()
+@click.argument("snapshot_id")
+@click.argument("target")
+@repo_option
+@remote_option
+@click.option("--path", default="", help="Restore only this file or directory of the snapshot.")
+@click.option("--overwrite", type=click.Choice(["never", "if-changed", "always"]), default="never",
+              show_default=True, help="What to do with files that already exist in TARGET.")
+@click.option("--include", multiple=True, help="Restore only paths matching this pattern (repeatable).")
+@click.option("--exclude", multiple=True, help="Do not restore paths matching this pattern (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Say what would be restored, write nothing.")
+@click.option("--verify", is_flag=True, help="Read every restored file back and check it.")
+@json_option
+@click.pass_context
+def restore(ctx, snapshot_id, target, repository, remote, path, overwrite, include, exclude, dry_run, verify,
+            as_json):
+    """Restore snapshot SNAPSHOT_ID (an id prefix or 'latest') into directory TARGET."""
+    started = datetime.now()
+    with open_repo(ctx, repository, remote=remote) as repo:
+        total = repo.get(snapshot_id).manifest.summary.get("bytes_total")
+        with Progress(total, "restore") as progress:
+            result = repo.restore(snapshot_id, target, path=path, overwrite=overwrite, include=tuple(include),
+                                  exclude=tuple(exclude), dry_run=dry_run, verify=verify, progress=progress)
+    seconds = (datetime.now() - started).total_seconds()
+    emit(as_json, result.as_dict(), lambda: _print_restore(result, target, seconds))
+    if not result.ok:
+        sys.exit(1)
+
+
+def _print_restore(result, target: str, seconds: float) -> None:
+    verb = "would restore" if result.dry_run else "restored"
+    click.echo(f"{verb} {result.files} files, {result.dirs} directories, {result.symlinks} symlinks, "
+               f"{human(result.bytes)} into {target} in {seconds:.2f} s"
+               + (f" ({result.skipped} unchanged skipped)" if result.skipped else ""))
+    for error in result.errors[:100]:
+        click.echo(f"error: {error}", err=True)
+    if len(result.errors) > 100:
+        click.echo(f"... and {len(result.errors) - 100} more errors", err=True)

@@ -1,0 +1,193 @@
+"""init, snapshot/backup, check, stats."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import click
+
+from casstore.cli.common import Progress, emit, human, json_option, open_repo, repo_option, settings
+
+
+@click.command()
+@repo_option
+@click.option("--chunk-avg", type=int, help="Average chunk size in bytes (fixed for the repository's life).")
+@click.option("--chunk-min", type=int, help="Minimum chunk size in bytes.")
+@click.option("--chunk-max", type=int, help="Maximum chunk size in bytes.")
+@click.option("--pack-size", type=int, help="Target pack size in bytes (default 16 MiB).")
+@click.option("--from", "from_url", metavar="URL", help="Adopt the config (chunker and seed) of this remote.")
+@json_option
+@click.pass_context
+def init(ctx, repository, chunk_avg, chunk_min, chunk_max, pack_size, from_url, as_json):
+    """Create a new local repository."""
+    from casstore.repoconfig import DEFAULT_PACK_SIZE, RepoConfig
+    from casstore.repository import Repository
+
+    s = settings(ctx, repository)
+    if from_url:
+        config = _adopted_config(from_url, s)
+    else:
+        config = RepoConfig.new(min_size=chunk_min, avg_size=chunk_avg, max_size=chunk_max,
+                                pack_size=pack_size or DEFAULT_PACK_SIZE, compression_level=s.compression_level or 3)
+    repo = Repository.init_local(s.repository, s, config)
+    payload = {"repository": repo.location, "id": config.id, "chunker": {k: v for k, v in config.chunker.items()
+                                                                        if k != "seed"}}
+    emit(as_json, payload, lambda: click.echo(f"created repository {config.id[:8]} at {repo.location}"))
+
+
+def _adopted_config(url: str, s):
+    import secrets
+    from dataclasses import replace
+
+    from casstore.remotes import open_remote
+    from casstore.repository import read_config
+
+    with open_remote(url, **s.remote_options()) as remote:
+        remote_config = read_config(remote)
+    return replace(remote_config, id=secrets.token_hex(16))
+
+
+@click.command()
+@click.argument("source", required=False)
+@repo_option
+@click.option("--tag", "tags", multiple=True, help="Tag the snapshot (repeatable).")
+@click.option("--exclude", "excludes", multiple=True, help="gitignore-style pattern to leave out (repeatable).")
+@click.option("--pre-hook", help="Command to run first (quiesce the application); failing aborts.")
+@click.option("--post-hook", help="Command to run afterwards, whatever happened.")
+@json_option
+@click.pass_context
+def snapshot(ctx, source, repository, tags, excludes, pre_hook, post_hook, as_json):
+    """Take a snapshot of SOURCE (default: CASSTORE_SOURCE or ./data)."""
+    from casstore.errors import SourceError
+    from casstore.session import open_repository
+
+    s = settings(ctx, repository)
+    source = source or s.source
+    if not os.path.isdir(source):
+        raise SourceError(f"source directory {source} does not exist (set CASSTORE_SOURCE or pass a path)")
+    created = not os.path.isfile(os.path.join(s.repository, "config"))
+    repo = open_repository(s.repository, create=True)
+    if created and not as_json:
+        click.echo(f"created repository at {repo.location}", err=True)
+    _run_hook(pre_hook, "pre-hook")
+    try:
+        with Progress(None, "snapshot") as progress:
+            result = repo.snapshot(source, tags=tuple(tags), excludes=tuple(excludes), progress=progress)
+    finally:
+        if post_hook:
+            _run_hook(post_hook, "post-hook", fatal=False)
+    emit(as_json, {"id": result.id, "short_id": result.short_id, **result.summary.as_dict(),
+                   "incomplete": result.incomplete}, lambda: _print_snapshot(result))
+    if result.incomplete:
+        sys.exit(3)
+
+
+backup = click.Command("backup", callback=snapshot.callback, params=snapshot.params,
+                       help="Alias of `snapshot`.", short_help="Alias of `snapshot`.")
+
+
+def _run_hook(command: str | None, what: str, fatal: bool = True) -> None:
+    if not command:
+        return
+    from casstore.errors import CasstoreError
+
+    completed = subprocess.run(command, shell=True)  # the user's own command line, by design
+    if completed.returncode != 0:
+        message = f"{what} `{command}` failed with exit code {completed.returncode}"
+        if fatal:
+            raise CasstoreError(message + "; snapshot not taken")
+        click.echo(f"casstore: warning: {message}", err=True)
+
+
+def _print_snapshot(result) -> None:
+    s = result.summary
+    click.echo(f"snapshot {result.short_id} saved")
+    click.echo(f"  files: {s.files_total} ({s.files_new} new, {s.files_changed} changed, "
+               f"{s.files_unchanged} unchanged), {s.dirs_total} directories, {s.excluded} excluded")
+    click.echo(f"  read {human(s.bytes_read)} of {human(s.bytes_total)}; added {human(s.bytes_added)} "
+               f"({human(s.bytes_added_stored)} stored) in {s.duration_ms / 1000:.2f} s")
+    if s.changed_during_read:
+        click.echo(f"  {s.changed_during_read} file(s) changed while being read", err=True)
+    for error in s.errors:
+        click.echo(f"  error: {error}", err=True)
+    if result.incomplete:
+        click.echo("casstore: snapshot is INCOMPLETE: some files could not be read", err=True)
+
+
+@click.command()
+@repo_option
+@click.option("--read-data", is_flag=True, help="Download and verify every blob.")
+@click.option("--read-data-subset", metavar="N%", help="Verify a random N% of the packs.")
+@click.option("--remote", "--from", "remote", metavar="URL", help="Check this remote repository instead.")
+@json_option
+@click.pass_context
+def check(ctx, repository, read_data, read_data_subset, remote, as_json):
+    """Verify the repository's structure (and with --read-data, every stored byte)."""
+    subset = _percent(read_data_subset) if read_data_subset else None
+    with open_repo(ctx, repository, remote=remote) as repo:
+        report = repo.check(read_data=read_data, subset=subset)
+    emit(as_json, report.as_dict(), lambda: _print_check(report))
+    if not report.ok:
+        sys.exit(1)
+
+
+def _percent(text: str) -> float:
+    from casstore.errors import ConfigError
+
+    try:
+        value = float(text.rstrip("%")) / 100
+    except ValueError:
+        raise ConfigError(f"--read-data-subset takes a percentage like 10%, not {text!r}") from None
+    if not 0 < value <= 1:
+        raise ConfigError("--read-data-subset must be between 0% and 100%")
+    return value
+
+
+def _print_check(report) -> None:
+    click.echo(f"{report.snapshots} snapshots, {report.indexes} indexes, {report.packs} packs"
+               + (f", {report.packs_read} packs read, {report.blobs_verified} blobs verified"
+                  if report.packs_read else ""))
+    for error in report.errors:
+        click.echo(f"error: {error}")
+    for pack_id, reason in report.damaged_packs.items():
+        click.echo(f"damaged pack {pack_id[:16]}: {reason}")
+    for snapshot_id, paths in report.affected.items():
+        click.echo(f"snapshot {snapshot_id[:8]} is damaged:")
+        for path in paths[:50]:
+            click.echo(f"  {path}")
+    click.echo("no errors found" if report.ok else "check FAILED")
+
+
+@click.command()
+@repo_option
+@click.option("--remote", "--from", "remote", metavar="URL", help="Report on this remote repository instead.")
+@json_option
+@click.pass_context
+def stats(ctx, repository, remote, as_json):
+    """Logical and stored bytes, dedup and compression ratios, and estimated monthly cost."""
+    with open_repo(ctx, repository, remote=remote) as repo:
+        data = repo.stats()
+    emit(as_json, data, lambda: _print_stats(data))
+
+
+def _print_stats(d: dict) -> None:
+    click.echo(f"repository      {d['repository']}")
+    click.echo(f"snapshots       {d['snapshots']}")
+    click.echo(f"logical size    {human(d['logical_bytes_latest'])} latest, "
+               f"{human(d['logical_bytes_all_snapshots'])} across all snapshots")
+    click.echo(f"unique data     {human(d['unique_bytes'])} in {d['blobs']} blobs")
+    click.echo(f"stored          {human(d['stored_bytes'])} (packs {human(d['pack_bytes'])}, "
+               f"metadata {human(d['metadata_bytes'])})")
+    click.echo(f"dedup ratio     {d['dedup_ratio']}x   compression {d['compression_ratio']}x   "
+               f"overall {d['total_ratio']}x")
+    if d["per_source"]:
+        click.echo("per top-level source (latest snapshot):")
+        for name, row in d["per_source"].items():
+            click.echo(f"  {name:30} {row['files']:>7} files  {human(row['logical_bytes']):>10} logical  "
+                       f"{human(row['stored_bytes']):>10} stored")
+    click.echo("estimated monthly storage cost:")
+    for row in d["monthly_cost"].values():
+        click.echo(f"  {row['label']:34} ${row['usd_per_month']:.4f}/month  "
+                   f"(${row['usd_per_gb_month']}/GB, prices as of {row['prices_as_of']})")

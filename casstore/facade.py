@@ -1,0 +1,54 @@
+"""The seed's own names, kept as a thin facade over the Python API.
+
+    from casstore import cloud_storage
+    for meta in cloud_storage.list_backups(limit=5):
+        data = cloud_storage.get_backup(meta["backup_id"])
+        data["data_sources"]["ai_hub"]["collective_intelligence"]["collective_iq"]
+"""
+
+from __future__ import annotations
+
+
+class CloudStorage:
+    """Each call opens the configured repository afresh, so it sees snapshots taken meanwhile."""
+
+    def _repo(self):
+        import casstore
+
+        return casstore.open()
+
+    def list_backups(self, limit: int | None = None) -> list[dict]:
+        """Newest first: dicts with backup_id, timestamp, size_mb, files, host, tags."""
+        with self._repo() as repo:
+            return [backup_meta(info) for info in repo.snapshots(limit=limit)]
+
+    def get_backup(self, backup_id: str):
+        """The snapshot as the seed's dict: {'snapshot_id', 'timestamp', 'data_sources': {...}}."""
+        repo = self._repo()
+        return repo.get(backup_id).to_dict()
+
+    def create_backup(self) -> dict:
+        import casstore
+
+        with casstore.open(create=True) as repo:
+            result = repo.snapshot()
+            return {"success": not result.incomplete, "backup_id": result.id,
+                    "timestamp": result.manifest.time.isoformat(), **result.summary.as_dict()}
+
+
+def backup_meta(info) -> dict:
+    summary = info.manifest.summary
+    return {
+        "backup_id": info.id,
+        "short_id": info.short_id,
+        "timestamp": info.manifest.time.isoformat(),
+        "host": info.manifest.host,
+        "tags": list(info.manifest.tags),
+        "files": summary.get("files_total", 0),
+        "size_mb": round(summary.get("bytes_total", 0) / 1e6, 3),
+        "added_mb": round(summary.get("bytes_added_stored", 0) / 1e6, 3),
+        "incomplete": info.manifest.incomplete,
+    }
+
+
+cloud_storage = CloudStorage()

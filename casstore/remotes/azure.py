@@ -1,0 +1,175 @@
+"""Azure Blob Storage through azure-storage-blob.
+
+Conditional create is `overwrite=False` (409 BlobAlreadyExists); compare-and-swap is the ETag
+with `MatchConditions.IfNotModified` (412). Uploads and downloads up to SINGLE_REQUEST_LIMIT are
+one request each. The SDK's retries are off (`retry_total=0`):
+`casstore.remotes.wrappers.RetryingRemote` is the one place that retries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    DecodeError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
+
+from casstore.errors import (
+    AccessDenied,
+    BucketNotFound,
+    ConfigError,
+    ObjectExists,
+    ObjectNotFound,
+    RemoteError,
+    TransientError,
+)
+from casstore.remotes.base import ObjectInfo, Remote, validate_key
+from casstore.remotes.prefixed import KeyPrefix
+
+OCTET_STREAM = "application/octet-stream"
+SINGLE_REQUEST_LIMIT = 128 * 1024 * 1024
+CREDENTIALS_HINT = "check AZURE_STORAGE_CONNECTION_STRING (account key, or the SAS token's expiry and permissions)"
+_TRANSIENT_CODES = {"ServerBusy", "OperationTimedOut", "InternalError"}
+
+
+class RangeNotSatisfiable(ObjectNotFound):
+    """A ranged read starting at or past the end of the object (HTTP 416)."""
+
+
+def open_azure(container: str, prefix: str = "", *, connection_string: str | None = None) -> AzureRemote:
+    """An Azure Blob remote; the account and its credentials come from the connection string."""
+    if not container:
+        raise ConfigError("no Azure container given (AZURE_CONTAINER or az://container/prefix)")
+    if not connection_string:
+        raise ConfigError("AZURE_STORAGE_CONNECTION_STRING is not set")
+    try:
+        service = BlobServiceClient.from_connection_string(
+            connection_string, retry_total=0, connection_timeout=10, read_timeout=60,
+            max_single_put_size=SINGLE_REQUEST_LIMIT, max_single_get_size=SINGLE_REQUEST_LIMIT)
+    except ValueError as exc:  # the SDK's message never quotes the string; ours neither
+        raise ConfigError("AZURE_STORAGE_CONNECTION_STRING is malformed") from exc
+    return AzureRemote(service.get_container_client(container), prefix)
+
+
+class AzureRemote(Remote):
+    """Objects in one container below a key prefix, through a ready ContainerClient."""
+
+    def __init__(self, container: ContainerClient, prefix: str = "") -> None:
+        self._container = container
+        self.container = container.container_name
+        self._keys = KeyPrefix(prefix)
+        self.url = f"az://{self.container}/{self._keys.prefix}"
+
+    def _put(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None) -> ObjectInfo:
+        blob = self._container.get_blob_client(self._keys.full(key))
+        condition = {}
+        if if_match is not None:
+            condition = {"etag": f'"{if_match}"', "match_condition": MatchConditions.IfNotModified}
+        with self._errors(key):
+            result = blob.upload_blob(data, overwrite=not if_absent, max_concurrency=1, validate_content=True,
+                                      content_settings=ContentSettings(content_type=OCTET_STREAM), **condition)
+        return ObjectInfo(key, len(data), result["last_modified"].timestamp(), _unquote(result["etag"]))
+
+    def _get(self, key: str, offset: int, length: int | None) -> bytes:
+        if length == 0:
+            return self._empty_read(key, offset)
+        blob = self._container.get_blob_client(self._keys.full(key))
+        start = offset if offset or length is not None else None  # the SDK wants an offset with a length
+        try:
+            with self._errors(key):
+                data = blob.download_blob(offset=start, length=length, max_concurrency=1).readall()
+        except RangeNotSatisfiable:
+            return self._empty_read(key, offset)
+        if length is not None and len(data) != length:  # a range past the end comes back short
+            raise ObjectNotFound(f"{self.url}{key}: range {offset}+{length} past the end of the object")
+        return data
+
+    def _empty_read(self, key: str, offset: int) -> bytes:
+        size = self._stat(key).size
+        if offset > size:
+            raise ObjectNotFound(f"{self.url}{key}: offset {offset} past the end ({size} bytes)")
+        return b""
+
+    def _stat(self, key: str) -> ObjectInfo:
+        with self._errors(key):
+            props = self._container.get_blob_client(self._keys.full(key)).get_blob_properties()
+        return ObjectInfo(key, props.size, props.last_modified.timestamp(), _unquote(props.etag))
+
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
+        pages = self._container.list_blobs(name_starts_with=self._keys.full(prefix)).by_page()
+        seen_tokens: set[str] = set()
+        with self._errors(prefix):
+            for page in pages:
+                for item in page:
+                    key = self._keys.strip(item.name)
+                    if key is not None and _is_key(key):
+                        yield ObjectInfo(key, item.size, item.last_modified.timestamp(), _unquote(item.etag))
+                token = pages.continuation_token
+                if token and token in seen_tokens:
+                    raise RemoteError(f"{self.url}{prefix}: listing continuation token did not advance")
+                if token:
+                    seen_tokens.add(token)
+
+    def _delete(self, key: str) -> None:
+        blob = self._container.get_blob_client(self._keys.full(key))
+        with suppress(ObjectNotFound), self._errors(key):  # missing is success, as on S3
+            blob.delete_blob(delete_snapshots="include")
+
+    def close(self) -> None:
+        self._container.close()
+
+    @contextmanager
+    def _errors(self, key: str) -> Iterator[None]:
+        try:
+            yield
+        except AzureError as exc:
+            raise translate(exc, self.container, f"{self.url}{key}") from exc
+
+
+def translate(exc: AzureError, container: str, where: str) -> RemoteError:
+    """The casstore error for an azure-core exception. Messages carry no keys or signatures."""
+    code = str(getattr(exc, "error_code", None) or "")
+    status = getattr(exc, "status_code", None) or 0
+    detail = _describe(exc, code, status)
+    if code == "ContainerNotFound":
+        return BucketNotFound(f"container {container} does not exist ({where})")
+    if code == "InvalidRange" or status == 416:
+        return RangeNotSatisfiable(f"{where}: range starts past the end of the object")
+    if isinstance(exc, ResourceNotFoundError) or status == 404:
+        return ObjectNotFound(where)
+    if isinstance(exc, ResourceExistsError | ResourceModifiedError) or status in (409, 412):
+        return ObjectExists(f"{where}: precondition failed ({code or status})")
+    if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
+        return AccessDenied(f"{where}: access denied ({detail}); {CREDENTIALS_HINT}")
+    if (isinstance(exc, ServiceRequestError | ServiceResponseError | DecodeError) or code in _TRANSIENT_CODES
+            or status == 429 or status >= 500):
+        return TransientError(f"{where}: {detail}")
+    return RemoteError(f"{where}: {detail}")
+
+
+def _describe(exc: AzureError, code: str, status: int) -> str:
+    # only the first line: later lines of an auth failure echo the string the server signed
+    first_line = (str(exc.message or "") or type(exc).__name__).splitlines()[0]
+    return " ".join(part for part in (str(status or ""), code, first_line) if part)
+
+
+def _unquote(etag: str | None) -> str | None:
+    return etag.strip('"') if etag else None
+
+
+def _is_key(key: str) -> bool:
+    try:
+        validate_key(key)
+    except ValueError:
+        return False  # folder placeholders and foreign objects are not repository objects
+    return True
