@@ -261,7 +261,7 @@ def take_snapshot(repo, source: str, *, tags: tuple[str, ...] = (), excludes: tu
     manifest = SnapshotManifest(time_ns=builder.start_ns, host=repo.settings.host, source=builder.source,
                                 tree=root, tags=sorted(set(tags)), parent=parent,
                                 incomplete=bool(summary.errors), summary=summary.as_dict())
-    snapshot_id = repo.write_snapshot(manifest)
+    snapshot_id, _ = repo.write_snapshot(manifest)
     filescache.save(builder.cache_file, builder.new_cache)  # only after the commit
     return SnapshotResult(snapshot_id, manifest, summary)
 

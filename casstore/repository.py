@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from casstore.blobs.index import MasterIndex, decode_index
 from casstore.blobs.store import BlobStore
+from casstore.cache import BlobCache, LocalCache
 from casstore.config import Settings, load_settings
 from casstore.errors import (
     CasstoreError,
@@ -55,6 +56,8 @@ class Repository:
                  local_dir: str | None = None) -> None:
         self.remote, self.config, self.settings = remote, config, settings
         self.local_dir = local_dir          # set for the local repository (locks, records)
+        # a remote repository keeps local copies of its immutable objects; the local one needs none
+        self.cache = None if local_dir else LocalCache(os.path.join(settings.cache_dir, config.id))
         self.index = MasterIndex()
         self._manifests: dict[str, SnapshotManifest] = {}
         self._reader: BlobStore | None = None
@@ -111,18 +114,41 @@ class Repository:
             self.index.clear()
         for index_id in sorted(listed - set(self.index.index_packs)):
             try:
-                body = self.remote.get(f"index/{index_id}")
+                body = self._cached_get("index", index_id)
                 self.index.add_object(index_id, decode_index(index_id, body, self.config.max_blob_size))
             except (FormatError, IntegrityError, ObjectNotFound) as exc:
                 log.warning("skipping damaged index %s: %s", index_id[:16], exc)
+                if self.cache:
+                    self.cache.discard("index", index_id)
+        if self.cache:
+            for stale in self.cache.names("index") - listed:
+                self.cache.discard("index", stale)
         return self.index
+
+    def load_plans(self) -> list[str]:
+        """Read every gc plan; their condemned packs no longer count as holding blobs."""
+        from casstore.gcplan import condemned_packs, list_plan_keys, load_plans
+
+        keys = list_plan_keys(self.remote)
+        self.index.condemned = condemned_packs(load_plans(self.remote, keys))
+        return keys
+
+    def _cached_get(self, kind: str, name: str) -> bytes:
+        """An immutable object, from the local cache when this is a remote repository."""
+        if self.cache is None:
+            return self.remote.get(f"{kind}/{name}")
+        body = self.cache.get(kind, name)
+        if body is None:
+            body = self.remote.get(f"{kind}/{name}")
+            self.cache.put(kind, name, body)
+        return body
 
     def blob_store(self, *, origin_kind: str = "writer", upload_threads: int = 1) -> BlobStore:
         origin = {"kind": origin_kind, "host": self.settings.host or socket.gethostname(),
                   "session": os.urandom(8).hex()}
         return BlobStore(self.remote, self.config, self.index, origin=origin,
                          compression_level=self.settings.compression_level, upload_threads=upload_threads,
-                         reload_index=self.load_index)
+                         reload_index=self.load_index, blob_cache=BlobCache(self.cache) if self.cache else None)
 
     def read_blob(self, kind: int, blob_id: bytes) -> bytes:
         """A blob's plaintext, verified; loads the index on first use."""
@@ -140,10 +166,15 @@ class Repository:
     def manifest(self, snapshot_id: str) -> SnapshotManifest:
         if snapshot_id not in self._manifests:
             try:
-                body = self.remote.get(f"snapshots/{snapshot_id}")
+                body = self._cached_get("snapshots", snapshot_id)
             except ObjectNotFound:
                 raise SnapshotNotFound(f"snapshot {snapshot_id[:8]} not found") from None
-            self._manifests[snapshot_id] = decode_snapshot(snapshot_id, body)
+            try:
+                self._manifests[snapshot_id] = decode_snapshot(snapshot_id, body)
+            except (FormatError, IntegrityError):
+                if self.cache:
+                    self.cache.discard("snapshots", snapshot_id)
+                raise
         return self._manifests[snapshot_id]
 
     def all_snapshots(self) -> list[SnapshotInfo]:
@@ -182,12 +213,13 @@ class Repository:
             raise SnapshotNotFound(f"snapshot id {ref} is ambiguous ({len(matches)} match); give more digits")
         return SnapshotInfo(matches[0], self.manifest(matches[0]))
 
-    def write_snapshot(self, manifest: SnapshotManifest) -> str:
+    def write_snapshot(self, manifest: SnapshotManifest):
+        """Write a manifest (the commit point); return (id, the storage's ObjectInfo)."""
         snapshot_id, body = manifest.encode()
         decode_snapshot(snapshot_id, body)  # read back before it leaves the process (design 5.5)
-        self.remote.put(f"snapshots/{snapshot_id}", body)
+        info = self.remote.put(f"snapshots/{snapshot_id}", body)
         self._manifests[snapshot_id] = manifest
-        return snapshot_id
+        return snapshot_id, info
 
     # -- operations (each in its own module) -------------------------------------------------
 
@@ -216,6 +248,22 @@ class Repository:
 
         with self.locked():
             return check_repository(self, read_data=read_data, subset=subset)
+
+    def sync(self, remote=None, *, dry_run: bool = False, progress=None):
+        """Copy this repository's new snapshots to `remote` (a URL or Remote; default: the configured one)."""
+        from casstore.sync import sync_to_remote
+
+        with self.locked():
+            return sync_to_remote(self, remote, dry_run=dry_run, progress=progress)
+
+    def pull(self, remote=None, *, snapshot: str | None = None, host: str | None = None,
+             all_hosts: bool = True, progress=None):
+        """Copy snapshots from `remote` into this (local) repository."""
+        from casstore.sync import pull_from_remote
+
+        with self.locked():
+            return pull_from_remote(self, remote, snapshot=snapshot, host=host, all_hosts=all_hosts,
+                                    progress=progress)
 
     def stats(self) -> dict:
         from casstore.stats import repository_stats

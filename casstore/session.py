@@ -38,3 +38,24 @@ def open_remote_repository(url: str, settings: Settings) -> Repository:
 def init_repository(repository: str | None = None, **overrides) -> Repository:
     settings = settings_for(repository, **overrides)
     return Repository.init_local(settings.repository, settings)
+
+
+def adopted_config(url: str, settings: Settings):
+    """A new repository config sharing an existing remote's chunker, seed and pack settings."""
+    import secrets
+    from dataclasses import replace
+
+    from casstore.remotes import open_remote
+    from casstore.repository import read_config
+
+    with open_remote(url, **settings.remote_options()) as remote:
+        return replace(read_config(remote), id=secrets.token_hex(16))
+
+
+def open_or_init_from(url: str | None, settings: Settings) -> Repository:
+    """The local repository; created from the remote's config when it does not exist yet."""
+    if os.path.isfile(os.path.join(settings.repository, "config")):
+        return Repository.open_local(settings.repository, settings)
+    url = url or settings.remote
+    config = adopted_config(url, settings) if url else None
+    return Repository.init_local(settings.repository, settings, config)

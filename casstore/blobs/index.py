@@ -121,6 +121,15 @@ class MasterIndex:
             if location not in locations:
                 locations.append(location)
 
+    def drop_packs(self, pack_ids: set[str]) -> None:
+        """Forget every location in these packs (they are gone)."""
+        for key in list(self._locations):
+            kept = [loc for loc in self._locations[key] if loc.pack_id not in pack_ids]
+            if kept:
+                self._locations[key] = kept
+            else:
+                del self._locations[key]
+
     def locations(self, kind: int, blob_id: bytes) -> list[Location]:
         return self._locations.get((kind, blob_id), [])
 

@@ -28,17 +28,18 @@ class BlobStore:
 
     def __init__(self, remote: Remote, config: RepoConfig, index: MasterIndex, *,
                  origin: dict, compression_level: int | None = None, upload_threads: int = 1,
-                 reload_index: Callable[[], None] | None = None) -> None:
+                 reload_index: Callable[[], None] | None = None, blob_cache=None) -> None:
         self.remote, self.config, self.index = remote, config, index
         self.origin = origin
         self.level = config.compression["level"] if compression_level is None else compression_level
         self._reload_index = reload_index
+        self._blob_cache = blob_cache
         self._builders = {KIND_DATA: PackBuilder(KIND_DATA), KIND_TREE: PackBuilder(KIND_TREE)}
         self._pending: set[tuple[int, bytes]] = set()       # in a builder or being uploaded
         self._unindexed: dict[str, list[BlobEntry]] = {}    # uploaded, not yet in an index
         self._uploads: list[Future] = []
         self._pool = ThreadPoolExecutor(max(1, upload_threads), thread_name_prefix="casstore-upload")
-        self._max_in_flight = max(2, upload_threads * 2)
+        self._max_in_flight = upload_threads + 1  # bounds memory: each pack in flight is up to pack_size
         self._lock = threading.Lock()
         self.on_pack_uploaded: PackCallback | None = None
         self.packs_written = 0
@@ -92,6 +93,23 @@ class BlobStore:
         if self.on_pack_uploaded:
             self.on_pack_uploaded(pack_id, entries, len(data))
 
+    def adopt_uploaded(self, pack_id: str, entries: list[BlobEntry]) -> None:
+        """Take a pack an earlier, interrupted session uploaded (confirmed to exist) into this one."""
+        with self._lock:
+            self._unindexed[pack_id] = entries
+            self.index.add_pack(pack_id, entries)
+
+    def unindexed(self) -> dict[str, list[BlobEntry]]:
+        with self._lock:
+            return dict(self._unindexed)
+
+    def forget_unindexed(self, pack_ids: set[str]) -> None:
+        """Packs found gone before they were indexed: their blobs count as missing again."""
+        with self._lock:
+            for pack_id in pack_ids:
+                self._unindexed.pop(pack_id, None)
+        self.index.drop_packs(pack_ids)
+
     def wait_uploads(self) -> None:
         """Seal partial packs and wait until every pack is stored."""
         for kind in (KIND_DATA, KIND_TREE):
@@ -99,20 +117,20 @@ class BlobStore:
         while self._uploads:
             self._uploads.pop(0).result()
 
-    def write_index(self, kind: str = "writer") -> str | None:
-        """Write an index listing every uploaded pack not yet indexed; return its id."""
+    def write_index(self, kind: str = "writer"):
+        """Write an index listing every uploaded pack not yet indexed; return (id, ObjectInfo) or None."""
         with self._lock:
             packs, self._unindexed = self._unindexed, {}
         if not packs:
             return None
         index = IndexObject(origin={**self.origin, "kind": kind}, packs=packs)
         index_id, body = index.encode()
-        self.remote.put(f"index/{index_id}", body)
+        info = self.remote.put(f"index/{index_id}", body)
         self.index.add_object(index_id, index)
-        return index_id
+        return index_id, info
 
-    def flush(self) -> str | None:
-        """Packs first, then the index that lists them (design 5.1). Returns the index id."""
+    def flush(self):
+        """Packs first, then the index that lists them (design 5.1). Returns (index id, info) or None."""
         self.wait_uploads()
         return self.write_index("writer")
 
@@ -127,7 +145,7 @@ class BlobStore:
         for attempt in range(2):
             for location in self.index.locations(kind, blob_id):
                 try:
-                    return self._read_at(location, blob_id)
+                    return self._read_at(location, blob_id, kind)
                 except (IntegrityError, ObjectNotFound, RemoteError) as exc:
                     errors.append(f"pack {location.pack_id[:12]}: {exc}")
             if attempt == 0 and self._reload_index is not None:
@@ -136,6 +154,27 @@ class BlobStore:
         detail = "; ".join(errors) if errors else "not in any index"
         raise IntegrityError(f"{name} blob {blob_id.hex()[:16]} cannot be read: {detail}")
 
-    def _read_at(self, location: Location, blob_id: bytes) -> bytes:
+    def read_encoded(self, kind: int, blob_id: bytes) -> tuple[bytes, int]:
+        """The blob's stored encoding and raw length, verified by decoding (for copying blobs)."""
+        errors: list[str] = []
+        for location in self.index.locations(kind, blob_id):
+            try:
+                encoded = self._fetch(kind, location, blob_id)
+                codec.decode_verified(encoded, location.raw_length, blob_id)
+                return encoded, location.raw_length
+            except (IntegrityError, ObjectNotFound, RemoteError) as exc:
+                errors.append(f"pack {location.pack_id[:12]}: {exc}")
+        raise IntegrityError(f"blob {blob_id.hex()[:16]} cannot be read: {'; '.join(errors) or 'not indexed'}")
+
+    def _read_at(self, location: Location, blob_id: bytes, kind: int = KIND_DATA) -> bytes:
+        return codec.decode_verified(self._fetch(kind, location, blob_id), location.raw_length, blob_id)
+
+    def _fetch(self, kind: int, location: Location, blob_id: bytes) -> bytes:
+        if self._blob_cache is not None:
+            cached = self._blob_cache.get(kind, blob_id)
+            if cached is not None and len(cached) == location.length:
+                return cached
         encoded = self.remote.get(pack_key(location.pack_id), location.offset, location.length)
-        return codec.decode_verified(encoded, location.raw_length, blob_id)
+        if self._blob_cache is not None:
+            self._blob_cache.put(kind, blob_id, encoded)
+        return encoded

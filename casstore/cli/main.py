@@ -24,6 +24,8 @@ COMMANDS = {
     "restore": "casstore.cli.read_commands:restore",
     "check": "casstore.cli.repo_commands:check",
     "stats": "casstore.cli.repo_commands:stats",
+    "sync": "casstore.cli.remote_commands:sync",
+    "pull": "casstore.cli.remote_commands:pull",
 }
 
 

@@ -27,7 +27,9 @@ def init(ctx, repository, chunk_avg, chunk_min, chunk_max, pack_size, from_url, 
 
     s = settings(ctx, repository)
     if from_url:
-        config = _adopted_config(from_url, s)
+        from casstore.session import adopted_config
+
+        config = adopted_config(from_url, s)
     else:
         config = RepoConfig.new(min_size=chunk_min, avg_size=chunk_avg, max_size=chunk_max,
                                 pack_size=pack_size or DEFAULT_PACK_SIZE, compression_level=s.compression_level or 3)
@@ -35,18 +37,6 @@ def init(ctx, repository, chunk_avg, chunk_min, chunk_max, pack_size, from_url, 
     payload = {"repository": repo.location, "id": config.id, "chunker": {k: v for k, v in config.chunker.items()
                                                                         if k != "seed"}}
     emit(as_json, payload, lambda: click.echo(f"created repository {config.id[:8]} at {repo.location}"))
-
-
-def _adopted_config(url: str, s):
-    import secrets
-    from dataclasses import replace
-
-    from casstore.remotes import open_remote
-    from casstore.repository import read_config
-
-    with open_remote(url, **s.remote_options()) as remote:
-        remote_config = read_config(remote)
-    return replace(remote_config, id=secrets.token_hex(16))
 
 
 @click.command()

@@ -1,0 +1,61 @@
+"""sync and pull."""
+
+from __future__ import annotations
+
+import click
+
+from casstore.cli.common import Progress, emit, human, json_option, open_repo, repo_option
+
+remote_option = click.option("--remote", "--to", "remote", metavar="URL",
+                             help="Remote repository URL (default: CASSTORE_REMOTE or CLOUD_PROVIDER settings).")
+
+
+@click.command()
+@repo_option
+@remote_option
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan (snapshots, blobs, bytes, requests, cost); upload nothing.")
+@json_option
+@click.pass_context
+def sync(ctx, repository, remote, dry_run, as_json):
+    """Copy new local snapshots to the remote, uploading only what it lacks."""
+    with open_repo(ctx, repository) as repo, Progress(None, "sync") as progress:
+        report = repo.sync(remote, dry_run=dry_run, progress=progress)
+    emit(as_json, report.as_dict(), lambda: _print_report(report, "sync"))
+
+
+@click.command()
+@repo_option
+@click.option("--remote", "--from", "remote", metavar="URL", help="Remote repository URL (default: settings).")
+@click.option("--snapshot", "snapshot_id", help="Pull only this snapshot (id prefix or 'latest').")
+@click.option("--host", help="Pull only this host's snapshots.")
+@json_option
+@click.pass_context
+def pull(ctx, repository, remote, snapshot_id, host, as_json):
+    """Copy snapshots from the remote into the local repository (created if missing)."""
+    from casstore.cli.common import settings
+    from casstore.session import open_or_init_from
+
+    s = settings(ctx, repository)
+    with open_or_init_from(remote, s) as repo, Progress(None, "pull") as progress:
+        report = repo.pull(remote, snapshot=snapshot_id, host=host, progress=progress)
+    emit(as_json, report.as_dict(), lambda: _print_report(report, "pull"))
+
+
+def _print_report(r, verb: str) -> None:
+    if r.dry_run:
+        click.echo(f"plan: {verb} {len(r.snapshots)} snapshot(s) from {r.source} to {r.destination}")
+        click.echo(f"  {r.blobs_missing} blobs missing there: {human(r.bytes_missing)} "
+                   f"({human(r.bytes_missing_stored)} to upload); {r.requests} requests so far")
+    elif not r.snapshots:
+        click.echo(f"{verb}: nothing new ({r.requests} requests, {r.seconds:.2f} s)")
+    else:
+        click.echo(f"{verb}: {len(r.snapshots)} snapshot(s) to {r.destination}")
+        click.echo(f"  {r.blobs_missing} blobs ({human(r.bytes_missing)}) in {r.packs_uploaded} packs, "
+                   f"{human(r.bytes_uploaded)} transferred, {r.requests} requests, {r.seconds:.2f} s")
+        if r.reuploaded_blobs:
+            click.echo(f"  {r.reuploaded_blobs} blobs uploaded again after a concurrent gc")
+    if r.monthly_cost_after:
+        costs = ", ".join(f"{row['label'].split(' (')[0]} ${row['usd_per_month']:.4f}"
+                          for row in r.monthly_cost_after.values())
+        click.echo(f"  estimated monthly storage cost after: {costs}")

@@ -1,0 +1,71 @@
+"""gc plans: `gc/<yyyymmddthhmmssz>-<id>`, written by gc's mark phase (design section 9).
+
+msgpack {"version": 1, "host": str, "condemned_packs": [pack id, ...],
+         "superseded_indexes": [index id, ...]}
+
+Writers read every plan: a blob whose only copies lie in condemned packs counts as missing and
+is uploaded again into a fresh pack, never by re-sending a condemned pack's name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import msgpack
+
+from casstore.errors import FormatError, ObjectNotFound
+from casstore.remotes.base import Remote
+
+log = logging.getLogger(__name__)
+PLAN_VERSION = 1
+LEASE_KEY = "gc/lease"
+
+
+@dataclass
+class GcPlan:
+    condemned_packs: list[str] = field(default_factory=list)
+    superseded_indexes: list[str] = field(default_factory=list)
+    host: str = ""
+    version: int = PLAN_VERSION
+
+    def encode(self) -> bytes:
+        return msgpack.packb({"version": self.version, "host": self.host,
+                              "condemned_packs": sorted(self.condemned_packs),
+                              "superseded_indexes": sorted(self.superseded_indexes)})
+
+
+def decode_plan(body: bytes) -> GcPlan:
+    try:
+        doc = msgpack.unpackb(body)
+        if doc.get("version") != PLAN_VERSION:
+            raise FormatError(f"unsupported gc plan version {doc.get('version')}")
+        return GcPlan(list(doc["condemned_packs"]), list(doc["superseded_indexes"]), str(doc.get("host", "")))
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+        raise FormatError(f"corrupt gc plan: {exc}") from exc
+
+
+def plan_key(now: float | None = None) -> str:
+    stamp = time.strftime("%Y%m%dt%H%M%Sz", time.gmtime(now if now is not None else time.time()))
+    return f"gc/{stamp}-{os.urandom(6).hex()}"
+
+
+def list_plan_keys(remote: Remote) -> list[str]:
+    return sorted(info.key for info in remote.list("gc/") if info.key != LEASE_KEY)
+
+
+def load_plans(remote: Remote, keys: list[str] | None = None) -> dict[str, GcPlan]:
+    """Every gc plan. A plan that cannot be read is an error: writers must not guess (design 5.6)."""
+    plans = {}
+    for key in keys if keys is not None else list_plan_keys(remote):
+        try:
+            plans[key] = decode_plan(remote.get(key))
+        except ObjectNotFound:
+            continue  # swept meanwhile: a plan that is gone condemns nothing any more
+    return plans
+
+
+def condemned_packs(plans: dict[str, GcPlan]) -> set[str]:
+    return {pack for plan in plans.values() for pack in plan.condemned_packs}
