@@ -56,15 +56,17 @@ class Settings:
         return replace(self, **{k: v for k, v in overrides.items() if k in known and v is not None})
 
     def remote_options(self) -> dict:
-        """Options for `open_remote` (credentials only when given explicitly, else the SDK's chain)."""
-        options = {
-            "region": self.aws_region, "endpoint_url": self.aws_endpoint_url, "sse": self.s3_sse,
-            "kms_key_id": self.s3_kms_key_id, "storage_class": self.storage_class,
-            "aws_access_key_id": self.aws_access_key_id, "aws_secret_access_key": self.aws_secret_access_key,
-            "project": self.gcp_project, "credentials_file": self.gcp_credentials,
-            "emulator_host": self.storage_emulator_host, "connection_string": self.azure_connection_string,
+        """Options for `open_remote`, per URL scheme (credentials only when given explicitly in .env;
+        otherwise each SDK's own chain: environment, profiles, IAM roles, application default)."""
+        by_scheme = {
+            "s3": {"region": self.aws_region, "endpoint_url": self.aws_endpoint_url, "sse": self.s3_sse,
+                   "kms_key_id": self.s3_kms_key_id, "storage_class": self.storage_class,
+                   "access_key_id": self.aws_access_key_id, "secret_access_key": self.aws_secret_access_key},
+            "gs": {"project": self.gcp_project, "credentials_file": self.gcp_credentials,
+                   "endpoint": self.storage_emulator_host},
+            "az": {"connection_string": self.azure_connection_string},
         }
-        return {k: v for k, v in options.items() if v is not None}
+        return {scheme: {k: v for k, v in options.items() if v is not None} for scheme, options in by_scheme.items()}
 
 
 def load_settings(overrides: dict | None = None, environ: dict | None = None, dotenv_path: str = ".env") -> Settings:

@@ -72,3 +72,7 @@ def cli(ctx: click.Context, repository: str | None, verbose: bool) -> None:
 
 def main() -> None:
     cli(prog_name="casstore")
+
+
+if __name__ == "__main__":
+    main()

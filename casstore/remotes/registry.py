@@ -19,6 +19,8 @@ _MEMORY: dict[str, Remote] = {}
 
 
 def open_remote(url: str, **options: object) -> Remote:
+    """Open the backend for `url`. `options` may be flat, or keyed by scheme ({"s3": {...}, "gs": {...}})
+    as Settings.remote_options() gives them; only the options of the URL's scheme reach its backend."""
     parsed = urlparse(url)
     scheme = parsed.scheme.lower()
     if scheme == "file" or (scheme == "" and url.startswith("/")):
@@ -34,6 +36,8 @@ def open_remote(url: str, **options: object) -> Remote:
     if not parsed.netloc:
         raise ConfigError(f"remote URL {url!r} names no bucket or container")
     module_name, factory = _BACKENDS[scheme]
+    if any(key in _BACKENDS for key in options):
+        options = dict(options.get(scheme) or {})  # type: ignore[call-overload]
     module = importlib.import_module(module_name)
     return getattr(module, factory)(parsed.netloc, prefix_of(parsed.path), **options)
 

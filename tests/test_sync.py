@@ -1,0 +1,160 @@
+"""sync and pull (design section 8) against every remote backend."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from casstore.blobs.pack import KIND_DATA
+from casstore.config import load_settings
+from casstore.errors import IncompatibleRepository
+from casstore.remotes.wrappers import CountingRemote
+from casstore.repository import Repository
+from tests.remote_backends import REMOTE_BACKENDS
+from tests.sync_helpers import day_of_edits, local_repo, make_source, tree_digest
+
+
+@pytest.fixture(params=REMOTE_BACKENDS)
+def any_remote(request):
+    return request.getfixturevalue(request.param)
+
+
+def test_sync_then_restore_on_a_fresh_machine(any_remote, tmp_path):
+    source = make_source(tmp_path / "data")
+    repo = local_repo(tmp_path / "repo")
+    first = repo.snapshot(str(source))
+    day_of_edits(source)
+    second = repo.snapshot(str(source))
+    report = repo.sync(any_remote)
+    assert sorted(report.snapshots) == sorted([first.id, second.id])
+    expected = tree_digest(source)
+    shutil.rmtree(tmp_path / "repo")
+
+    fresh = Repository.open_remote(any_remote, load_settings({"cache_dir": str(tmp_path / "fresh-cache")}))
+    result = fresh.restore("latest", str(tmp_path / "restored"))
+    assert result.ok
+    assert tree_digest(tmp_path / "restored") == expected
+    assert fresh.check(read_data=True).ok
+
+
+def test_no_change_sync_costs_a_handful_of_requests(memory_remote, moto_remote, tmp_path):
+    for remote in (memory_remote, moto_remote):
+        source = make_source(tmp_path / f"data-{remote.url[:4]}")
+        repo = local_repo(tmp_path / f"repo-{remote.url[:4]}")
+        repo.snapshot(str(source))
+        repo.sync(remote)
+        counting = CountingRemote(remote)
+        report = repo.sync(counting)
+        assert report.snapshots == []
+        assert counting.total() <= 5
+        assert counting.bytes_up == 0
+
+
+def test_incremental_sync_uploads_about_what_the_snapshot_added(moto_remote, tmp_path):
+    source = make_source(tmp_path / "data")
+    repo = local_repo(tmp_path / "repo")
+    repo.snapshot(str(source))
+    repo.sync(moto_remote)
+    day_of_edits(source)
+    added = repo.snapshot(str(source)).summary.bytes_added_stored
+    report = repo.sync(moto_remote)
+    assert report.bytes_uploaded > 0
+    assert report.bytes_uploaded <= 1.5 * added + 4096  # pack headers and the index for tiny deltas
+
+
+def test_two_hosts_store_shared_data_once(memory_remote, tmp_path):
+    shared = make_source(tmp_path / "shared", seed=7, n_json=30, big_mib=4)
+    a = local_repo(tmp_path / "repo-a", host="host-a")
+    a.snapshot(str(shared))
+    a.sync(memory_remote)
+    stored_after_a = sum(i.size for i in memory_remote.list("data/"))
+
+    adopted = Repository.open_remote(memory_remote, load_settings({})).config
+    b_config = type(adopted)(**{**adopted.__dict__, "id": "b" * 32})
+    b = local_repo(tmp_path / "repo-b", host="host-b", config=b_config)
+    other = make_source(tmp_path / "other", seed=7, n_json=30, big_mib=4)
+    (other / "host_b_only.json").write_text('{"only": "b"}' * 2000)  # ~10% of the JSON is b's own
+    b.snapshot(str(other))
+    report = b.sync(memory_remote)
+    stored_after_b = sum(i.size for i in memory_remote.list("data/"))
+    assert report.bytes_uploaded < 0.2 * stored_after_a
+    assert stored_after_b < 1.2 * stored_after_a
+    remote_repo = Repository.open_remote(memory_remote, load_settings({"cache_dir": str(tmp_path / "c")}))
+    assert {s.manifest.host for s in remote_repo.snapshots(all_hosts=True)} == {"host-a", "host-b"}
+
+
+def test_different_chunker_seed_refuses_to_sync(memory_remote, tmp_path):
+    a = local_repo(tmp_path / "a")
+    a.snapshot(str(make_source(tmp_path / "data")))
+    a.sync(memory_remote)
+    b = local_repo(tmp_path / "b")
+    b.snapshot(str(tmp_path / "data"))
+    with pytest.raises(IncompatibleRepository, match="init --from"):
+        b.sync(memory_remote)
+
+
+def test_pull_into_a_new_local_repository(memory_remote, tmp_path):
+    source = make_source(tmp_path / "data")
+    a = local_repo(tmp_path / "a")
+    snap = a.snapshot(str(source))
+    a.sync(memory_remote)
+    remote_config = Repository.open_remote(memory_remote, load_settings({})).config
+    b = local_repo(tmp_path / "b", config=type(remote_config)(**{**remote_config.__dict__, "id": "c" * 32}))
+    report = b.pull(memory_remote)
+    assert report.snapshots == [snap.id]
+    assert b.check(read_data=True).ok
+    assert b.get("latest").read_json("ai_hub/collective_intelligence.json") == {"collective_iq": 101}
+    # pulled snapshots are not sent back
+    assert b.sync(memory_remote).snapshots == []
+
+
+def test_remote_reads_fetch_only_needed_blobs_and_cache_them(memory_remote, tmp_path):
+    source = make_source(tmp_path / "data", big_mib=4)
+    repo = local_repo(tmp_path / "repo")
+    repo.snapshot(str(source))
+    repo.sync(memory_remote)
+    counting = CountingRemote(memory_remote)
+    remote_repo = Repository.open_remote(counting, load_settings({"cache_dir": str(tmp_path / "cache")}))
+    data = remote_repo.get("latest").to_dict()
+    assert data["data_sources"]["ai_hub"]["collective_intelligence"]["collective_iq"] == 101
+    assert counting.bytes_down < 200 * 1024  # the 4 MiB file was not fetched
+    again = Repository.open_remote(counting, load_settings({"cache_dir": str(tmp_path / "cache")}))
+    before = counting.counts["get"]
+    again.get("latest").read_json("ai_hub/collective_intelligence.json")
+    assert counting.counts["get"] - before <= 1  # config only: index, manifest and blobs come from the cache
+
+
+def test_dry_run_uploads_nothing_and_reports_the_plan(memory_remote, tmp_path):
+    source = make_source(tmp_path / "data")
+    repo = local_repo(tmp_path / "repo")
+    snap = repo.snapshot(str(source))
+    report = repo.sync(memory_remote, dry_run=True)
+    assert report.snapshots == [snap.id]
+    assert report.blobs_missing > 0 and report.bytes_missing >= snap.summary.bytes_total
+    assert list(memory_remote.list("data/")) == [] and list(memory_remote.list("snapshots/")) == []
+    assert report.monthly_cost_after["aws"]["usd_per_month"] >= 0
+
+
+def test_blob_only_in_a_condemned_pack_is_uploaded_again(memory_remote, tmp_path):
+    from casstore.gcplan import GcPlan, plan_key
+
+    source = make_source(tmp_path / "data")
+    repo = local_repo(tmp_path / "repo")
+    repo.snapshot(str(source))
+    repo.sync(memory_remote)
+    condemned = [i.key.rsplit("/", 1)[1] for i in memory_remote.list("data/")]
+    memory_remote.put(plan_key(), GcPlan(condemned_packs=condemned).encode())
+    (source / "extra.json").write_text("{}")
+    repo.snapshot(str(source))
+    report = repo.sync(memory_remote)
+    remote_repo = Repository.open_remote(memory_remote, load_settings({"cache_dir": str(tmp_path / "c")}))
+    remote_repo.load_index()
+    remote_repo.load_plans()
+    # every blob of the new snapshot has a copy outside the condemned packs
+    snap = remote_repo.get("latest")
+    for info in snap.walk():
+        if info.type == "file":
+            for chunk in snap._file(info.path).chunks:
+                assert remote_repo.index.has(KIND_DATA, chunk)
+    assert report.blobs_missing > 0
