@@ -31,12 +31,14 @@ def _dotenv(server_kind: str, server, bucket: str) -> str:
     if server_kind == "gcp":
         return (f"CLOUD_PROVIDER=gcp\nGCP_BUCKET={bucket}\nGCP_PROJECT_ID={server.project}\n"
                 f"STORAGE_EMULATOR_HOST={server.endpoint}\n")
-    return f"CLOUD_PROVIDER=azure\nAZURE_CONTAINER={bucket}\nAZURE_STORAGE_CONNECTION_STRING={server.connection_string}\n"
+    return (f"CLOUD_PROVIDER=azure\nAZURE_CONTAINER={bucket}\n"
+            f"AZURE_STORAGE_CONNECTION_STRING={server.connection_string}\n")
 
 
 @pytest.mark.parametrize("provider", ["aws", "gcp", "azure"])
 def test_seed_dotenv_sync_and_fresh_machine_restore(provider, tmp_path, request):
-    server = request.getfixturevalue({"aws": "seaweed_server", "gcp": "gcs_server", "azure": "azurite_server"}[provider])
+    fixture = {"aws": "seaweed_server", "gcp": "gcs_server", "azure": "azurite_server"}[provider]
+    server = request.getfixturevalue(fixture)
     bucket = server.new_container() if provider == "azure" else server.new_bucket()
     dotenv = _dotenv(provider, server, bucket)
     machine_a, machine_b = tmp_path / "a", tmp_path / "b"
