@@ -30,9 +30,11 @@ def open_repository(repository: str | None = None, *, remote: str | None = None,
 
 
 def open_remote_repository(url: str, settings: Settings) -> Repository:
+    """A remote repository for reading, with transient failures retried."""
     from casstore.remotes import open_remote
+    from casstore.remotes.wrappers import RetryingRemote
 
-    return Repository.open_remote(open_remote(url, **settings.remote_options()), settings)
+    return Repository.open_remote(RetryingRemote(open_remote(url, **settings.remote_options())), settings)
 
 
 def init_repository(repository: str | None = None, **overrides) -> Repository:

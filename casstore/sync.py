@@ -53,6 +53,7 @@ class SyncReport:
     blobs_missing: int = 0
     bytes_missing: int = 0          # raw bytes of the missing blobs
     bytes_missing_stored: int = 0   # their encoded size, what is uploaded (plus pack headers)
+    requests_planned: int = 0       # PUTs the upload needs: packs, the index, the snapshots
     packs_uploaded: int = 0
     bytes_uploaded: int = 0
     requests: int = 0
@@ -321,6 +322,7 @@ def sync_to_remote(repo, remote=None, *, dry_run: bool = False, progress=None, c
         report.snapshots = todo
         report.blobs_missing = len(missing)
         report.bytes_missing, report.bytes_missing_stored = copier.sizes(missing)
+        report.requests_planned = _planned_puts(report, repo.config.pack_size)
         if not dry_run:
             _copy(copier, todo, blobs, missing)
             state.journal_clear()
@@ -333,6 +335,11 @@ def sync_to_remote(repo, remote=None, *, dry_run: bool = False, progress=None, c
     finally:
         copier.close()
     return _finish(report, counting, started, _stored_bytes(dst) + report.bytes_missing_stored * dry_run)
+
+
+def _planned_puts(report: SyncReport, pack_size: int) -> int:
+    packs = -(-report.bytes_missing_stored // pack_size) + (1 if report.blobs_missing else 0)  # + a tree pack
+    return packs + (1 if report.blobs_missing else 0) + len(report.snapshots)
 
 
 def _stored_bytes(dst) -> int:

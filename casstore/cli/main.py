@@ -1,7 +1,7 @@
 """The `casstore` command: a thin layer that parses options and calls the library.
 
-Subcommands live in their own modules and are imported only when invoked (or listed by
-`--help`), so the CLI starts fast and never imports a cloud SDK it does not need.
+Subcommands live in their own modules and are imported only when invoked (`--help` lists them
+from SUMMARIES), so the CLI starts fast and never imports a cloud SDK it does not need.
 """
 
 from __future__ import annotations
@@ -29,7 +29,41 @@ COMMANDS = {
 }
 
 
+# one-line help per command, so `casstore --help` lists commands without importing them
+SUMMARIES = {
+    "init": "Create a new local repository.",
+    "snapshot": "Take a snapshot of SOURCE (default: CASSTORE_SOURCE or ./data).",
+    "backup": "Alias of `snapshot`.",
+    "list": "List snapshots, newest first.",
+    "show": "Show a snapshot's summary and list its files.",
+    "ls": "Alias of `show`.",
+    "cat": "Write one file of a snapshot to standard output.",
+    "diff": "What changed between two snapshots.",
+    "restore": "Restore a snapshot into a directory.",
+    "check": "Verify the repository's structure (and with --read-data, every byte).",
+    "stats": "Stored vs logical bytes, dedup and compression ratios, monthly cost.",
+    "sync": "Copy new local snapshots to the remote, uploading only what it lacks.",
+    "pull": "Copy snapshots from the remote into the local repository.",
+    "forget": "Remove snapshots by a retention policy.",
+    "gc": "Delete data no snapshot needs (lock-free on shared remotes).",
+    "status": "Last snapshot, sync and scheduled run; non-zero when too old.",
+    "serve": "Serve the HTTP API and dashboard.",
+    "schedule": "Run snapshot, sync and retention on a schedule.",
+}
+
+
 class LazyGroup(click.Group):
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            summary = SUMMARIES.get(name)
+            if summary is None:
+                command = self.get_command(ctx, name)
+                summary = command.get_short_help_str(70) if command else ""
+            rows.append((name, summary))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
 

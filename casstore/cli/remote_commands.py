@@ -46,7 +46,8 @@ def _print_report(r, verb: str) -> None:
     if r.dry_run:
         click.echo(f"plan: {verb} {len(r.snapshots)} snapshot(s) from {r.source} to {r.destination}")
         click.echo(f"  {r.blobs_missing} blobs missing there: {human(r.bytes_missing)} "
-                   f"({human(r.bytes_missing_stored)} to upload); {r.requests} requests so far")
+                   f"({human(r.bytes_missing_stored)} to upload in about {r.requests_planned} PUT requests); "
+                   f"planning took {r.requests} requests")
     elif not r.snapshots:
         click.echo(f"{verb}: nothing new ({r.requests} requests, {r.seconds:.2f} s)")
     else:
