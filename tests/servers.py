@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -43,10 +44,14 @@ class Server:
     process: subprocess.Popen
     log: Path
     extra: dict[str, str] = field(default_factory=dict)
+    graceful: bool = True  # False: its data is throwaway, so SIGKILL instead of a slow clean stop
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.process.terminate()
+            if self.graceful:
+                self.process.terminate()
+            else:
+                self.process.kill()
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -76,7 +81,15 @@ def launch(name: str, argv: list[str], workdir: Path, env: dict[str, str] | None
     workdir.mkdir(parents=True, exist_ok=True)
     with open(workdir / f"{name}.log", "wb") as log:
         return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=workdir, env={**os.environ, **(env or {})})
+                                cwd=workdir, env={**os.environ, **(env or {})}, preexec_fn=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    """In the child: end the server when pytest dies, even by SIGKILL (Linux; elsewhere a no-op)."""
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def wait_ready(server: Server, ready: Callable[[], bool]) -> Server:
@@ -125,7 +138,7 @@ def start_seaweedfs(workdir: Path, access_key: str, secret_key: str) -> Server:
     env = {"TMPDIR": str(workdir), "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
     endpoint = f"http://127.0.0.1:{ports['s3.port']}"
     server = Server("seaweedfs", endpoint, launch("seaweedfs", argv, workdir, env), workdir / "seaweedfs.log",
-                    {"access_key": access_key, "secret_key": secret_key})
+                    {"access_key": access_key, "secret_key": secret_key}, graceful=False)
 
     def ready() -> bool:
         # the S3 port answers before the filer behind it does: a signed call proves both
@@ -193,7 +206,7 @@ def _s3_client(endpoint: str, access_key: str, secret_key: str):  # noqa: ANN202
 
     return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=access_key,
                         aws_secret_access_key=secret_key,
-                        config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=5))
+                        config=Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=5))
 
 
 def unique_name(kind: str = "t") -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
+import requests
+import requests.adapters
 from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
@@ -22,6 +24,7 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
+from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
 
 from casstore.errors import (
@@ -38,6 +41,7 @@ from casstore.remotes.prefixed import KeyPrefix
 
 OCTET_STREAM = "application/octet-stream"
 SINGLE_REQUEST_LIMIT = 128 * 1024 * 1024
+POOL_SIZE = 16
 CREDENTIALS_HINT = "check AZURE_STORAGE_CONNECTION_STRING (account key, or the SAS token's expiry and permissions)"
 _TRANSIENT_CODES = {"ServerBusy", "OperationTimedOut", "InternalError"}
 
@@ -54,11 +58,20 @@ def open_azure(container: str, prefix: str = "", *, connection_string: str | Non
         raise ConfigError("AZURE_STORAGE_CONNECTION_STRING is not set")
     try:
         service = BlobServiceClient.from_connection_string(
-            connection_string, retry_total=0, connection_timeout=10, read_timeout=60,
+            connection_string, retry_total=0, transport=_transport(),
             max_single_put_size=SINGLE_REQUEST_LIMIT, max_single_get_size=SINGLE_REQUEST_LIMIT)
     except ValueError as exc:  # the SDK's message never quotes the string; ours neither
         raise ConfigError("AZURE_STORAGE_CONNECTION_STRING is malformed") from exc
     return AzureRemote(service.get_container_client(container), prefix)
+
+
+def _transport() -> RequestsTransport:
+    """HTTP with timeouts and one pooled connection per upload thread (the default pool holds 10)."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_maxsize=POOL_SIZE)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return RequestsTransport(session=session, session_owner=True, connection_timeout=10, read_timeout=60)
 
 
 class AzureRemote(Remote):

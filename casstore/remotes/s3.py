@@ -70,17 +70,20 @@ def open_s3(bucket: str, prefix: str = "", *, endpoint_url: str | None = None, r
         session = boto3.session.Session(profile_name=profile or None, aws_access_key_id=access_key_id or None,
                                         aws_secret_access_key=secret_access_key or None,
                                         aws_session_token=session_token or None)
+        client = session.client("s3", endpoint_url=endpoint_url or None, region_name=region or None,
+                                config=client_config(custom_endpoint=bool(endpoint_url)))
     except ProfileNotFound as exc:
         raise ConfigError(f"AWS profile {profile!r} not found (AWS_PROFILE)") from exc
-    client = session.client("s3", endpoint_url=endpoint_url or None, region_name=region or None,
-                            config=client_config(custom_endpoint=bool(endpoint_url)))
+    except ValueError as exc:  # botocore: "Invalid endpoint: ..."
+        raise ConfigError(f"AWS_ENDPOINT_URL {endpoint_url!r} is not a usable URL ({exc})") from exc
     return S3Remote(client, bucket, prefix, put_args=encryption_args(sse, kms_key_id, bool(endpoint_url)),
                     storage_class=storage_class)
 
 
 def client_config(*, custom_endpoint: bool) -> Config:
     return Config(
-        retries={"max_attempts": 1, "mode": "standard"},
+        # total_max_attempts counts the first request; the legacy "max_attempts" counts retries only
+        retries={"total_max_attempts": 1, "mode": "standard"},
         connect_timeout=10,
         read_timeout=60,
         max_pool_connections=16,
