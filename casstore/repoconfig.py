@@ -53,6 +53,8 @@ class RepoConfig:
     def decode(cls, body: bytes) -> RepoConfig:
         try:
             doc = msgpack.unpackb(body)
+            if not isinstance(doc, dict):
+                raise ValueError("not a map")
             if doc.get("version") != FORMAT_VERSION:
                 raise FormatError(f"unsupported repository format version {doc.get('version')}")
             config = cls(**doc)

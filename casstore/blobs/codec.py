@@ -71,6 +71,11 @@ def decode(encoded: bytes | memoryview, raw_length: int) -> bytes:
         data = bytes(payload)
     elif tag == TAG_ZSTD:
         try:
+            # zstandard allocates a frame's declared content size up front and ignores
+            # max_output_size then: refuse a declared size other than the recorded one first
+            declared = zstandard.frame_content_size(payload)
+            if declared not in (-1, raw_length):
+                raise IntegrityError(f"zstd frame declares {declared} bytes, index says {raw_length}")
             data = _decompressor().decompress(payload, max_output_size=raw_length)
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"corrupt zstd blob: {exc}") from exc

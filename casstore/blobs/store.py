@@ -8,8 +8,17 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from casstore.blobs import codec
-from casstore.blobs.index import IndexObject, Location, MasterIndex
-from casstore.blobs.pack import KIND_DATA, KIND_NAMES, KIND_TREE, BlobEntry, PackBuilder, pack_key
+from casstore.blobs.index import IndexObject, Location, MasterIndex, decode_index
+from casstore.blobs.pack import (
+    KIND_DATA,
+    KIND_NAMES,
+    KIND_TREE,
+    BlobEntry,
+    PackBuilder,
+    pack_key,
+    parse_header,
+    verify_pack_id,
+)
 from casstore.errors import IntegrityError, ObjectNotFound, RemoteError
 from casstore.remotes.base import Remote
 from casstore.repoconfig import RepoConfig
@@ -74,6 +83,7 @@ class BlobStore:
             return
         self._builders[kind] = PackBuilder(kind)
         pack_id, data = builder.finish()
+        _read_back(pack_id, data, builder.entries, self.config.max_blob_size)
         self._wait_for_room()
         self._uploads.append(self._pool.submit(self._upload, pack_id, data, builder.entries))
 
@@ -125,6 +135,8 @@ class BlobStore:
             return None
         index = IndexObject(origin={**self.origin, "kind": kind}, packs=packs)
         index_id, body = index.encode()
+        if decode_index(index_id, body, self.config.max_blob_size).packs != packs:  # read back (design 5.5)
+            raise IntegrityError("internal error: an index does not decode to what was encoded")
         info = self.remote.put(f"index/{index_id}", body)
         self.index.add_object(index_id, index)
         return index_id, info
@@ -178,3 +190,14 @@ class BlobStore:
         if self._blob_cache is not None:
             self._blob_cache.put(kind, blob_id, encoded)
         return encoded
+
+
+def _read_back(pack_id: str, data: bytes, entries: list[BlobEntry], max_raw_length: int) -> None:
+    """A sealed pack must parse back to exactly the blobs put in it before it may be stored (design 5.5).
+
+    The blobs themselves were decoded and re-hashed when they were encoded; this checks the
+    pack's framing: its name, its header and that every blob lies where the header says.
+    """
+    verify_pack_id(pack_id, data)
+    if parse_header(data, max_raw_length) != entries:
+        raise IntegrityError("internal error: a pack header does not describe the blobs written")

@@ -26,6 +26,11 @@ COMMANDS = {
     "stats": "casstore.cli.repo_commands:stats",
     "sync": "casstore.cli.remote_commands:sync",
     "pull": "casstore.cli.remote_commands:pull",
+    "forget": "casstore.cli.maint_commands:forget",
+    "gc": "casstore.cli.maint_commands:gc",
+    "status": "casstore.cli.service_commands:status",
+    "serve": "casstore.cli.service_commands:serve",
+    "schedule": "casstore.cli.service_commands:schedule",
 }
 
 

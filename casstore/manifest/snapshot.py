@@ -41,13 +41,27 @@ def decode_snapshot(snapshot_id: str, body: bytes) -> SnapshotManifest:
         raise IntegrityError(f"snapshot {snapshot_id[:8]} does not match its name")
     try:
         doc = msgpack.unpackb(body, max_bin_len=64)
+        if not isinstance(doc, dict):
+            raise ValueError("not a map")
         if doc.get("version") != SNAPSHOT_VERSION:
             raise FormatError(f"unsupported snapshot version {doc.get('version')}")
         manifest = SnapshotManifest(**doc)
-        if not isinstance(manifest.tree, bytes) or len(manifest.tree) != 32:
-            raise ValueError("bad root tree id")
-        if not isinstance(manifest.time_ns, int) or not isinstance(manifest.summary, dict):
-            raise ValueError("bad field types")
+        _check_types(manifest)
     except (TypeError, ValueError, msgpack.UnpackException) as exc:
         raise FormatError(f"corrupt snapshot {snapshot_id[:8]}: {exc}") from exc
     return manifest
+
+
+def _check_types(m: SnapshotManifest) -> None:
+    if not isinstance(m.tree, bytes) or len(m.tree) != 32:
+        raise ValueError("bad root tree id")
+    if not isinstance(m.time_ns, int) or isinstance(m.time_ns, bool):
+        raise ValueError("time_ns must be an integer")
+    if not isinstance(m.host, str) or not isinstance(m.source, str):
+        raise ValueError("host and source must be strings")
+    if not isinstance(m.tags, list) or not all(isinstance(t, str) for t in m.tags):
+        raise ValueError("tags must be a list of strings")
+    if m.parent is not None and not isinstance(m.parent, str):
+        raise ValueError("parent must be a snapshot id")
+    if not isinstance(m.incomplete, bool) or not isinstance(m.summary, dict):
+        raise ValueError("bad incomplete flag or summary")

@@ -1,0 +1,220 @@
+"""The FastAPI application of `casstore serve`: the seed's /api/cloud/* endpoints, jobs, the dashboard.
+
+    GET  /api/cloud/status                 statistics, recent backups, schedule, last sync, costs
+    POST /api/cloud/backup[?wait=1]        202 + job (or the finished job); 409 while a run is on
+    GET  /api/cloud/backups?limit=10       newest first
+    POST /api/cloud/sync[?wait=1]          202 + job; 409 when no remote is configured
+    GET  /api/jobs/<id>                    a job's state and result
+    GET  /api/cloud/backup/<id>[?path=]    the snapshot as to_dict() gives it, streamed as JSON
+    GET  /api/cloud/backup/<id>/file?path= one file's bytes
+    GET  /                                 the dashboard;  /openapi.json, /docs
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from contextlib import asynccontextmanager
+from importlib import resources
+from urllib.parse import quote
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPBearer
+
+from casstore.api.jobs import JobManager
+from casstore.api.reading import BadPath, RepoAccess, clean_path, find, stream_file, stream_snapshot
+from casstore.api.security import GuardMiddleware
+from casstore.api.views import backups_view, status_view
+from casstore.config import Settings
+from casstore.errors import CasstoreError, RepositoryNotFound, SnapshotNotFound
+from casstore.manifest.tree import EntryType
+from casstore.reader import PathNotFound, Snapshot
+from casstore.runrecord import RunBusy, snapshot_step, sync_step
+
+JOB_ID = r"^[0-9a-f]{32}$"
+WAIT_TIMEOUT = 3600.0
+SHUTDOWN_GRACE = 30.0   # seconds a running backup/sync/scheduled run gets to finish its step on shutdown
+bearer = HTTPBearer(auto_error=False, description="CASSTORE_API_TOKEN, when the server has one")
+
+
+def create_app(settings: Settings, *, allowed_hosts: set[str] | None, scheduler=None) -> FastAPI:
+    """The app; `allowed_hosts` None answers any Host (wildcard bind with a token)."""
+    access = RepoAccess(settings)
+    jobs = JobManager(settings, on_finished=access.invalidate)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if scheduler is not None:
+            scheduler.start_thread()
+        yield
+        if scheduler is not None:
+            scheduler.stop_thread(SHUTDOWN_GRACE)
+        jobs.shutdown(SHUTDOWN_GRACE)
+        access.close()
+
+    app = FastAPI(title="casstore", version=_version(), lifespan=lifespan,
+                  description="Snapshots of a folder, synced off-site, readable as JSON. The seed's "
+                              "/api/cloud/* endpoints, background jobs and a dashboard at /.")
+    app.state.access, app.state.jobs, app.state.scheduler = access, jobs, scheduler
+    if scheduler is not None:
+        scheduler.on_run = lambda record: access.invalidate()
+    app.add_middleware(GuardMiddleware, token=settings.api_token, allowed_hosts=allowed_hosts)
+    _errors(app)
+    _routes(app, settings, access, jobs)
+    return app
+
+
+def _version() -> str:
+    import casstore
+
+    return casstore.__version__
+
+
+def _errors(app: FastAPI) -> None:
+    @app.exception_handler(SnapshotNotFound)
+    @app.exception_handler(PathNotFound)
+    @app.exception_handler(RepositoryNotFound)
+    async def not_found(request: Request, exc: Exception):
+        return JSONResponse({"success": False, "error": str(exc)}, status_code=404)
+
+    @app.exception_handler(BadPath)
+    async def bad_path(request: Request, exc: Exception):
+        return JSONResponse({"success": False, "error": str(exc)}, status_code=400)
+
+    @app.exception_handler(RunBusy)
+    async def busy(request: Request, exc: Exception):
+        return JSONResponse({"success": False, "error": str(exc), "running_job": _running(request)},
+                            status_code=409)
+
+    @app.exception_handler(CasstoreError)
+    async def casstore_error(request: Request, exc: Exception):
+        return JSONResponse({"success": False, "error": str(exc)}, status_code=500)
+
+
+def _running(request: Request) -> str | None:
+    current = request.app.state.jobs.current
+    return current.id if current else None
+
+
+def _routes(app: FastAPI, settings: Settings, access: RepoAccess, jobs: JobManager) -> None:
+    auth = [Depends(bearer)]
+
+    @app.get("/", include_in_schema=False)
+    def dashboard() -> HTMLResponse:
+        return _dashboard()
+
+    @app.get("/api/cloud/status", dependencies=auth, summary="Statistics, recent backups, schedule, sync, cost")
+    def status():
+        snapshots, stored = access.listing()
+        current = jobs.current.as_dict() if jobs.current else None
+        return status_view(settings, snapshots, stored, running_job=current)
+
+    @app.get("/api/cloud/backups", dependencies=auth, summary="Backups (snapshots), newest first")
+    def backups(limit: int = Query(10, ge=1, le=10000)):
+        return backups_view(access.snapshots(), limit)
+
+    @app.post("/api/cloud/backup", dependencies=auth, status_code=202,
+              summary="Take a backup in the background (?wait=1: return when it is done)",
+              responses={409: {"description": "a backup or sync is already running"}})
+    def backup(wait: bool = False):
+        if not os.path.isdir(settings.source):
+            return JSONResponse({"success": False, "error": f"source directory {settings.source} does not exist "
+                                 "(set CASSTORE_SOURCE)"}, status_code=409)
+        return _job_response(jobs.start("backup", (("snapshot", snapshot_step),)), wait)
+
+    @app.post("/api/cloud/sync", dependencies=auth, status_code=202,
+              summary="Sync new snapshots to the configured remote in the background",
+              responses={409: {"description": "no remote configured, or a run is already on"}})
+    def sync(wait: bool = False):
+        if not settings.remote:
+            return JSONResponse({"success": False, "error": "no remote configured: set CASSTORE_REMOTE or "
+                                 "CLOUD_PROVIDER (the local repository is the only copy)"}, status_code=409)
+        if not access.exists:
+            return JSONResponse({"success": False, "error": "no snapshot to sync yet"}, status_code=409)
+        return _job_response(jobs.start("sync", (("sync", sync_step),)), wait)
+
+    @app.get("/api/jobs/{job_id}", dependencies=auth, summary="A background job's state and result",
+             responses={404: {"description": "no such job"}})
+    def job(job_id: str):
+        found = jobs.get(job_id) if _is_job_id(job_id) else None
+        if found is None:
+            return JSONResponse({"success": False, "error": "no such job"}, status_code=404)
+        return {"success": True, "job": found.as_dict()}
+
+    @app.get("/api/cloud/backup/{backup_id}", dependencies=auth,
+             summary="A backup as the seed's dict (to_dict()), streamed; ?path= for one source or file",
+             responses={404: {"description": "no such backup or path"}, 400: {"description": "invalid path"}})
+    def backup_json(backup_id: str, path: str = Query("", max_length=4096)):
+        wanted = clean_path(path)
+        repo, snapshot, entry, real = _open_path(access, backup_id, wanted)
+        parts = stream_snapshot(snapshot, entry, real, whole=not wanted)
+        return StreamingResponse(_returning(parts, access, repo), media_type="application/json")
+
+    @app.get("/api/cloud/backup/{backup_id}/file", dependencies=auth, summary="One file's bytes",
+             response_class=Response, responses={404: {"description": "no such backup or file"}})
+    def backup_file(backup_id: str, path: str = Query(..., min_length=1, max_length=4096)):
+        wanted = clean_path(path)
+        repo, snapshot, entry, real = _open_path(access, backup_id, wanted)
+        if entry is None or entry.type is not EntryType.FILE:
+            access.checkin(repo)
+            raise PathNotFound(f"{wanted or '/'} is not a file in backup {snapshot.short_id}")
+        name = real.rsplit("/", 1)[-1]
+        headers = {"content-length": str(entry.size),
+                   "content-disposition": f"attachment; filename*=UTF-8''{quote(name, errors='replace')}"}
+        return StreamingResponse(_returning(stream_file(snapshot, real), access, repo),
+                                 media_type="application/octet-stream", headers=headers)
+
+
+def _open_path(access: RepoAccess, backup_id: str, path: str):
+    """(reader, snapshot, entry, real path) for a request; the reader goes back to the pool on errors."""
+    info = access.resolve(backup_id)
+    repo = access.checkout()
+    try:
+        snapshot = Snapshot(repo, info)
+        entry, real = find(snapshot, path)
+    except PathNotFound:
+        access.checkin(repo)
+        raise
+    except BaseException:
+        access.checkin(repo, broken=True)
+        raise
+    return repo, snapshot, entry, real
+
+
+def _job_response(job, wait: bool):
+    if wait:
+        job.done.wait(WAIT_TIMEOUT)
+        doc = job.as_dict()
+        return JSONResponse({"success": job.state == "succeeded", "job_id": job.id, "backup_id": doc["backup_id"],
+                             "job": doc, "error": job.error}, status_code=200)
+    return {"success": True, "job_id": job.id, "job": job.as_dict(), "poll": f"/api/jobs/{job.id}"}
+
+
+def _returning(parts, access: RepoAccess, repo):
+    """Stream `parts`, then give the reader back to the pool."""
+    broken = True
+    try:
+        yield from parts
+        broken = False
+    finally:
+        access.checkin(repo, broken=broken)
+
+
+def _is_job_id(text: str) -> bool:
+    return re.match(JOB_ID, text) is not None
+
+
+_PAGE: str | None = None
+
+
+def _dashboard() -> HTMLResponse:
+    global _PAGE
+    if _PAGE is None:
+        _PAGE = resources.files("casstore.api").joinpath("dashboard.html").read_text(encoding="utf-8")
+    nonce = secrets.token_urlsafe(16)
+    csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; img-src data:; "
+           "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return HTMLResponse(_PAGE.replace("{{nonce}}", nonce), headers={"content-security-policy": csp,
+                                                                     "cache-control": "no-store"})

@@ -1,0 +1,243 @@
+"""Reading the repository for the API: a briefly cached listing, a pool of readers, JSON streaming.
+
+The listing is re-read when older than LIST_TTL seconds (or when a job of ours finished), so the
+API sees snapshots the scheduler or the CLI just took. `GET /api/cloud/backup/<id>` streams the
+snapshot in `to_dict()`'s shape without holding it in memory: directories are nested objects,
+`name.json` / `name.jsonl` appear parsed under `name`, and every other file (or a JSON file that
+does not parse) as {"$file": path, "size": n, "href": raw download URL}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import quote
+
+from casstore.config import Settings
+from casstore.errors import SnapshotNotFound
+from casstore.lazydict import _assign_keys
+from casstore.manifest.tree import Entry, EntryType
+from casstore.reader import PathNotFound
+
+LIST_TTL = 3.0
+POOL_SIZE = 4
+STREAM_CHUNK = 64 * 1024
+MAX_PATH = 4096
+SNAPSHOT_REF = re.compile(r"^(latest|[0-9a-f]{4,64})$")
+
+
+class BadPath(ValueError):
+    """A path with `..`, NUL or control characters, or too long."""
+
+
+def clean_path(path: str) -> str:
+    """A snapshot-relative path, or BadPath; never lets `..` through."""
+    if len(path) > MAX_PATH or any(ord(c) < 32 or c == "\x7f" for c in path):
+        raise BadPath("invalid characters in path")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise BadPath("'..' is not allowed in a path")
+    return "/".join(parts)
+
+
+class RepoAccess:
+    def __init__(self, settings: Settings, ttl: float = LIST_TTL) -> None:
+        self.settings, self.ttl = settings, ttl
+        self._lock = threading.Lock()
+        self._listed: tuple[float, list, int] | None = None    # (when, snapshots, stored bytes)
+        self._pool: list = []
+        self._pool_lock = threading.Lock()
+
+    @property
+    def exists(self) -> bool:
+        return os.path.isfile(os.path.join(self.settings.repository, "config"))
+
+    def _open(self):
+        from casstore.repository import Repository
+
+        return Repository.open_local(self.settings.repository, self.settings)
+
+    # -- listing -------------------------------------------------------------------------------
+
+    def listing(self) -> tuple[list, int]:
+        """(snapshots newest first, stored bytes), re-read when older than the TTL."""
+        with self._lock:
+            if self._listed is None or time.monotonic() - self._listed[0] > self.ttl:
+                self._listed = (time.monotonic(), *self._read_listing())
+            return self._listed[1], self._listed[2]
+
+    def snapshots(self) -> list:
+        return self.listing()[0]
+
+    def _read_listing(self) -> tuple[list, int]:
+        if not self.exists:
+            return [], 0
+        with self.reader() as repo:
+            stored = sum(info.size for prefix in ("data/", "index/", "snapshots/") for info in repo.remote.list(prefix))
+            return repo.all_snapshots(), stored
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._listed = None
+
+    def resolve(self, ref: str):
+        """`latest` or an id prefix -> SnapshotInfo (SnapshotNotFound for anything else)."""
+        ref = ref.lower()
+        if not SNAPSHOT_REF.match(ref):
+            raise SnapshotNotFound(f"no snapshot with id {ref[:80]!r}")
+        for attempt in range(2):
+            found = self._match(self.snapshots(), ref)
+            if found:
+                return found
+            if attempt == 0:
+                self.invalidate()  # maybe it was taken a moment ago
+        raise SnapshotNotFound(f"no snapshot with id {ref}" if ref != "latest" else "no snapshot yet")
+
+    @staticmethod
+    def _match(snapshots: list, ref: str):
+        if ref == "latest":
+            return next((s for s in snapshots if not s.manifest.incomplete), None)
+        matches = [s for s in snapshots if s.id.startswith(ref)]
+        if len(matches) > 1:
+            raise SnapshotNotFound(f"snapshot id {ref} is ambiguous; give more digits")
+        return matches[0] if matches else None
+
+    # -- readers -------------------------------------------------------------------------------
+
+    def checkout(self):
+        """An open Repository for one request alone (pooled: index and manifests stay warm)."""
+        with self._pool_lock:
+            repo = self._pool.pop() if self._pool else None
+        return repo or self._open()
+
+    def checkin(self, repo, broken: bool = False) -> None:
+        with self._pool_lock:
+            if not broken and len(self._pool) < POOL_SIZE:
+                self._pool.append(repo)
+                return
+        repo.close()
+
+    @contextmanager
+    def reader(self) -> Iterator:
+        repo = self.checkout()
+        try:
+            yield repo
+        except BaseException:
+            self.checkin(repo, broken=True)
+            raise
+        self.checkin(repo)
+
+    def close(self) -> None:
+        with self._pool_lock:
+            for repo in self._pool:
+                repo.close()
+            self._pool.clear()
+
+
+# -- finding a path -------------------------------------------------------------------------------
+
+
+def find(snapshot, path: str) -> tuple[Entry | None, str]:
+    """The entry at `path` (a real path, or to_dict()'s keys such as `ai_hub/collective_intelligence`)
+    and its real path; (None, '') is the root. PathNotFound when neither form names anything."""
+    if not path:
+        return None, ""
+    try:
+        return snapshot.entry(path), path
+    except PathNotFound:
+        pass
+    tree_id, entry, real = snapshot.manifest.tree, None, []
+    for part in path.split("/"):
+        if entry is not None and entry.type is not EntryType.DIR:
+            raise PathNotFound(f"{path} is not in snapshot {snapshot.short_id}")
+        entry = _assign_keys(snapshot.tree(tree_id)).get(part)
+        if entry is None:
+            raise PathNotFound(f"{path} is not in snapshot {snapshot.short_id}")
+        real.append(entry.name.decode("utf-8", "surrogateescape"))
+        tree_id = entry.subtree if entry.type is EntryType.DIR else tree_id
+    return entry, "/".join(real)
+
+
+# -- streaming JSON --------------------------------------------------------------------------------
+
+
+def stream_snapshot(snapshot, entry: Entry | None, path: str, whole: bool) -> Iterator[bytes]:
+    """The snapshot (whole: with its header, as to_dict()) or one path's value, as JSON bytes."""
+    parts = _header(snapshot) if whole else _value(snapshot, entry, path)
+    return _coalesce(parts)
+
+
+def _header(snapshot) -> Iterator[str]:
+    head = {"snapshot_id": snapshot.id, "backup_id": snapshot.id, "timestamp": snapshot.time.isoformat(),
+            "host": snapshot.manifest.host, "tags": list(snapshot.manifest.tags)}
+    yield json.dumps(head)[:-1] + ', "data_sources": '
+    yield from _dir(snapshot, snapshot.manifest.tree, "")
+    yield "}"
+
+
+def _value(snapshot, entry: Entry | None, path: str) -> Iterator[str]:
+    if entry is None:
+        yield from _dir(snapshot, snapshot.manifest.tree, "")
+    elif entry.type is EntryType.DIR:
+        yield from _dir(snapshot, entry.subtree, path)
+    elif entry.type is EntryType.FILE:
+        yield _file(snapshot, entry, path)
+    else:
+        yield "null"
+
+
+def _dir(snapshot, tree_id: bytes, path: str) -> Iterator[str]:
+    yield "{"
+    for i, (key, entry) in enumerate(_assign_keys(snapshot.tree(tree_id)).items()):
+        name = entry.name.decode("utf-8", "surrogateescape")
+        yield ("," if i else "") + _dumps(key) + ":"
+        yield from _value(snapshot, entry, f"{path}/{name}" if path else name)
+    yield "}"
+
+
+def _file(snapshot, entry: Entry, path: str) -> str:
+    name = path.rsplit("/", 1)[-1]
+    if name.endswith((".json", ".jsonl")):
+        data = snapshot.read_bytes(path)
+        try:
+            if name.endswith(".jsonl"):
+                return "[" + ",".join(_dumps(json.loads(line)) for line in data.splitlines() if line.strip()) + "]"
+            return _dumps(json.loads(data))
+        except (ValueError, UnicodeDecodeError):
+            return _dumps(file_ref(snapshot, path, entry.size, error="does not parse as JSON"))
+    return _dumps(file_ref(snapshot, path, entry.size))
+
+
+def file_ref(snapshot, path: str, size: int, error: str | None = None) -> dict:
+    ref = {"$file": path, "size": size,
+           "href": f"/api/cloud/backup/{snapshot.id}/file?path={quote(path, safe='/', errors='surrogateescape')}"}
+    if error:
+        ref["error"] = error
+    return ref
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _coalesce(parts: Iterator[str]) -> Iterator[bytes]:
+    buffer, size = [], 0
+    for part in parts:
+        buffer.append(part)
+        size += len(part)
+        if size >= STREAM_CHUNK:
+            yield "".join(buffer).encode("utf-8", "replace")
+            buffer, size = [], 0
+    if buffer:
+        yield "".join(buffer).encode("utf-8", "replace")
+
+
+def stream_file(snapshot, path: str, piece: int = 1 << 20) -> Iterator[bytes]:
+    with snapshot.open(path) as fh:
+        while chunk := fh.read(piece):
+            yield chunk

@@ -1,0 +1,149 @@
+"""The dashboard in headless Chromium (Debian's chromium + chromedriver, driven by Selenium).
+
+The page must load without console errors, show the seeded repository's snapshots, and its
+"Backup now" button must take a snapshot. A screenshot goes to test-artifacts/dashboard.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+from casstore.repository import Repository
+from casstore.runrecord import snapshot_step
+from casstore.scheduler import Scheduler, parse_schedule
+from tests.test_api import TOKEN, make_settings, running_server, take_snapshots
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+RUNS = 10
+HOUR = 3600.0
+
+pytestmark = pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
+                                reason="needs Debian's chromium and chromium-driver (apt-get install -y chromium "
+                                       "chromium-driver)")
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-dev-shm-usage", "--window-size=1400,1050", "--hide-scrollbars"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(20)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def seeded_history(settings) -> None:
+    """Scheduled runs every 6 h over the last two and a half days, the data growing each time."""
+    import casstore.builder
+
+    now = [time.time() - (RUNS - 1) * 6 * HOUR - 2 * HOUR]
+    fake_time = types.SimpleNamespace(time_ns=lambda: int(now[0] * 1e9))   # snapshots dated in the past
+    rng = random.Random(5)
+    source = Path(settings.source)
+
+    def evolving_snapshot(repo, s):
+        day = len(list((source / "market").glob("day-*.json")))
+        rows = [{"symbol": f"S{i}", "price": round(rng.uniform(1, 500), 2), "note": rng.randbytes(24).hex()}
+                for i in range(400 + 150 * day)]
+        (source / "market" / f"day-{day}.json").write_text(json.dumps(rows))
+        with open(source / "ai_hub" / "communication_log.jsonl", "a") as log:
+            log.write("\n" + json.dumps({"n": day, "msg": "run"}))
+        return snapshot_step(repo, s)
+
+    def sleep(seconds):
+        now[0] += seconds
+
+    loop = Scheduler(settings, parse_schedule("6h"), clock=lambda: now[0], sleep=sleep, max_nap=1e9,
+                     steps=(("snapshot", evolving_snapshot),))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(casstore.builder, "time", fake_time)
+        loop.run_forever(until=now[0] + (RUNS - 1) * 6 * HOUR + 1)
+
+
+def wait_until(condition, timeout: float = 15, what: str = "the page"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def rows(driver) -> list:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, "#snapshots tr[data-id]")
+
+
+def console_errors(driver, allowed: tuple[str, ...] = ()) -> list[str]:
+    return [entry["message"] for entry in driver.get_log("browser")
+            if entry["level"] == "SEVERE" and not any(a in entry["message"] for a in allowed)]
+
+
+def test_dashboard_shows_snapshots_and_backup_now_takes_one(tmp_path, browser):
+    from selenium.webdriver.common.by import By
+
+    settings = make_settings(tmp_path, schedule="6h")
+    seeded_history(settings)
+    with running_server(settings) as url:
+        browser.get(url + "/")
+        wait_until(lambda: len(rows(browser)) == RUNS, what=f"{RUNS} snapshot rows")
+        assert browser.title == "casstore"
+        assert browser.find_element(By.ID, "c-count").text == str(RUNS)
+        assert "in " in browser.find_element(By.ID, "c-next").text                  # the next scheduled run
+        assert "ok" in browser.find_element(By.ID, "c-last-run").text
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#chart path")) == 3     # area + two lines
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#cost tr")) == 3
+        assert browser.find_element(By.ID, "health").text == "healthy"
+        assert browser.find_element(By.ID, "sync-now").get_attribute("disabled")   # no remote configured
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
+
+        browser.find_element(By.ID, "backup-now").click()
+        wait_until(lambda: len(rows(browser)) == RUNS + 1, timeout=30, what="the new snapshot's row")
+        toast = wait_until(lambda: browser.find_element(By.ID, "toast").text, what="the toast")
+        assert toast.startswith("Backup ") and "saved" in toast
+        assert console_errors(browser) == []
+        with Repository.open_local(settings.repository, settings) as repo:
+            ids = [s.id for s in repo.snapshots()]
+        assert len(ids) == RUNS + 1 and rows(browser)[0].get_attribute("data-id") == ids[0]
+
+
+def test_dashboard_asks_for_the_token_once_per_session(tmp_path, browser):
+    from selenium.webdriver.common.by import By
+
+    settings = make_settings(tmp_path, api_token=TOKEN)
+    take_snapshots(settings, 2)
+    with running_server(settings) as url:
+        browser.get(url + "/")
+        modal = browser.find_element(By.ID, "token-modal")
+        wait_until(lambda: modal.is_displayed(), what="the token prompt")
+        browser.find_element(By.ID, "token-input").send_keys(TOKEN)
+        browser.find_element(By.CSS_SELECTOR, "#token-form button").click()
+        wait_until(lambda: len(rows(browser)) == 2, what="the snapshots after the token")
+        assert browser.execute_script("return sessionStorage.getItem('casstore.api-token')") == TOKEN
+        browser.refresh()
+        wait_until(lambda: len(rows(browser)) == 2, what="the snapshots after a reload")
+        assert not browser.find_element(By.ID, "token-modal").is_displayed()
+        # the only console errors are the browser's own notes on the first, unauthenticated 401s
+        assert console_errors(browser, allowed=("401",)) == []
