@@ -249,6 +249,7 @@ def take_snapshot(repo, source: str, *, tags: tuple[str, ...] = (), excludes: tu
                   progress: Callable[[int], None] | None = None) -> SnapshotResult:
     """Snapshot `source` into `repo`: packs, then the index, then the manifest (the commit)."""
     repo.load_index()
+    repo.load_plans()  # blobs only in packs a gc plan condemns count as missing (design 5.4)
     builder = SnapshotBuilder(repo, source, excludes, progress)
     try:
         root = builder.build()

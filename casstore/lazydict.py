@@ -3,8 +3,9 @@
 A directory becomes a mapping; `name.json` appears under `name` holding the parsed JSON,
 `name.jsonl` under `name` holding the list of records, any other file its bytes under its full
 name. On a clash the directory wins, then `.json`, then `.jsonl`; the losers keep their full
-names. Nothing is read until a key is accessed, so a 5 GB snapshot need not fit in memory;
-`materialize()` turns the whole thing into plain dicts.
+names (a file literally named `name` keeps `name` too, so no entry is ever hidden). Nothing is
+read until a key is accessed, so a 5 GB snapshot need not fit in memory; `materialize()` turns
+the whole thing into plain dicts.
 """
 
 from __future__ import annotations
@@ -104,10 +105,12 @@ def _kind(entry: Entry) -> tuple[str, str]:
 
 def _assign_keys(entries: list[Entry]) -> dict[str, Entry]:
     wanted = sorted(((*_kind(e), e) for e in entries), key=lambda t: (_RANK.get(t[1], 3), t[2].name))
+    # a short key never takes another entry's full name, so every loser's full name stays free
+    full_names = {e.name.decode("utf-8", "surrogateescape") for e in entries}
     keys: dict[str, Entry] = {}
     for key, _rank, entry in wanted:
         full = entry.name.decode("utf-8", "surrogateescape")
-        keys[full if key in keys else key] = entry
+        keys[full if key != full and (key in keys or key in full_names) else key] = entry
     return dict(sorted(keys.items()))
 
 

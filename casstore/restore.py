@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import posixpath
 import secrets
 import stat
 from dataclasses import dataclass, field
@@ -188,6 +189,14 @@ class Restorer:
         else:
             kind = stat.S_IFCHR if entry.type is EntryType.CHARDEV else stat.S_IFBLK
             os.mknod(entry.name, entry.mode | kind, entry.content, dir_fd=dir_fd)  # type: ignore[arg-type]
+        # mkfifo/mknod apply the umask and stamp "now": set the recorded metadata on what we just made
+        if self.as_root:
+            try:
+                os.chown(entry.name, entry.uid, entry.gid, dir_fd=dir_fd, follow_symlinks=False)
+            except OSError:
+                pass
+        os.chmod(entry.name, entry.mode, dir_fd=dir_fd)
+        os.utime(entry.name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
 
     def _apply_metadata(self, fd: int, entry: Entry) -> None:
         if self.as_root:
@@ -236,14 +245,17 @@ def restore_snapshot(snapshot, target: str, *, path: str = "", **options) -> Res
 
 def _restore_path(restorer: Restorer, root_fd: int, path: str) -> None:
     """Restore one path, creating its parent directories inside the target."""
-    parts = [p for p in path.strip("/").split("/") if p]
+    # the same normalization the snapshot lookup uses, so `..` can never climb out of the target
+    parts = [p for p in posixpath.normpath("/" + path).split("/") if p]
+    if not all(safe_name(p.encode("utf-8", "surrogateescape")) for p in parts):
+        raise RestoreError(f"{path!r} is not a path inside the snapshot")
     fd, opened = root_fd, []
     try:
         for depth in range(len(parts) - 1):
             if not restorer.dry_run:
                 fd = open_child_dir(fd, parts[depth].encode("utf-8", "surrogateescape"))
                 opened.append(fd)
-        entry = restorer.snapshot.entry(path)
+        entry = restorer.snapshot.entry("/".join(parts))
         restorer.restore_entry(fd, entry, "/".join(parts))
     finally:
         for opened_fd in opened:

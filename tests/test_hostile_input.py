@@ -1,0 +1,339 @@
+"""Hostile input: packs, indexes, trees and snapshots built by the test to be wrong.
+
+Huge length claims, bad magic, out-of-bounds header lengths, wrong types, duplicate names, a
+zstd bomb: each gives a clean casstore error (FormatError or IntegrityError, both CasstoreError),
+with the peak Python allocation measured (tracemalloc) so a "huge allocation" fails the test,
+and through the CLI one line on stderr, no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import tracemalloc
+
+import blake3
+import msgpack
+import pytest
+import zstandard
+
+from casstore.blobs import codec
+from casstore.blobs.index import IndexObject, decode_index
+from casstore.blobs.pack import KIND_DATA, KIND_TREE, MAGIC, PackBuilder, parse_header, verify_pack_id
+from casstore.errors import CasstoreError, FormatError, IntegrityError
+from casstore.manifest.snapshot import SnapshotManifest, decode_snapshot
+from casstore.manifest.tree import decode_tree
+from casstore.repoconfig import RepoConfig
+from tests.helpers import (
+    NOW_NS,
+    MiB,
+    assert_one_line_error,
+    file_entry,
+    init_repo,
+    invoke,
+    objects,
+    open_repo,
+    run,
+    write,
+    write_snapshot,
+)
+
+MAX_RAW = 8 * MiB
+ALLOWED_PEAK = 4 * MiB
+ID = b"\x11" * 32
+
+
+def _bounded(call, *errors):
+    """Run `call`, require one of `errors`, and a small peak allocation while it ran."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(errors or (FormatError, IntegrityError)) as info:
+            call()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < ALLOWED_PEAK, f"{peak / MiB:.1f} MiB allocated refusing hostile input"
+    assert isinstance(info.value, CasstoreError)
+    return info.value
+
+
+def _pack(blobs: list[list], body: bytes = b"x" * 64, *, magic: bytes = MAGIC, version: int = 1,
+          header: bytes | None = None, header_length: int | None = None) -> bytes:
+    header = msgpack.packb({"nonce": b"n" * 16, "blobs": blobs}) if header is None else header
+    length = len(header) if header_length is None else header_length
+    return magic + bytes([version]) + body + header + struct.pack("<I", length)
+
+
+# -- packs -------------------------------------------------------------------------------------
+
+
+def test_a_real_pack_parses():
+    builder = PackBuilder(KIND_DATA)
+    encoded = codec.encode(b"hello" * 100, 3)
+    builder.add(codec.blob_id(b"hello" * 100), encoded, 500)
+    pack_id, data = builder.finish()
+    verify_pack_id(pack_id, data)
+    [entry] = parse_header(data, MAX_RAW)
+    assert codec.decode_verified(data[entry.offset:entry.offset + entry.length], 500, entry.id) == b"hello" * 100
+
+
+@pytest.mark.parametrize("case", [
+    "bad magic", "bad version", "too short", "header length 2**32-1", "header length past start",
+    "huge raw length", "negative raw length", "blob past body", "blob before body", "zero length",
+    "blob id str", "short blob id", "unknown kind", "float offset", "header not msgpack",
+    "header is a list", "blobs not a list", "entry too short", "huge array claim",
+])
+def test_hostile_pack_headers_are_format_errors(case):
+    ok = [KIND_DATA, ID, 5, 10, 10]
+    pack = {
+        "bad magic": lambda: _pack([ok], magic=b"PK\x03\x04"),
+        "bad version": lambda: _pack([ok], version=9),
+        "too short": lambda: MAGIC + b"\x01",
+        "header length 2**32-1": lambda: _pack([ok], header_length=2**32 - 1),
+        "header length past start": lambda: _pack([ok], header_length=len(_pack([ok])) - 4),
+        "huge raw length": lambda: _pack([[KIND_DATA, ID, 5, 10, 2**40]]),
+        "negative raw length": lambda: _pack([[KIND_DATA, ID, 5, 10, -1]]),
+        "blob past body": lambda: _pack([[KIND_DATA, ID, 5, 10**9, 10]]),
+        "blob before body": lambda: _pack([[KIND_DATA, ID, 0, 10, 10]]),
+        "zero length": lambda: _pack([[KIND_DATA, ID, 5, 0, 10]]),
+        "blob id str": lambda: _pack([[KIND_DATA, "11" * 32, 5, 10, 10]]),
+        "short blob id": lambda: _pack([[KIND_DATA, b"\x11" * 8, 5, 10, 10]]),
+        "unknown kind": lambda: _pack([[7, ID, 5, 10, 10]]),
+        "float offset": lambda: _pack([[KIND_DATA, ID, 5.0, 10, 10]]),
+        "header not msgpack": lambda: _pack([], header=b"\xc1\xc1\xc1"),
+        "header is a list": lambda: _pack([], header=msgpack.packb([1, 2, 3])),
+        "blobs not a list": lambda: _pack([], header=msgpack.packb({"nonce": b"", "blobs": 5})),
+        "entry too short": lambda: _pack([[KIND_DATA, ID, 5]]),
+        "huge array claim": lambda: _pack([], header=b"\x81\xa5blobs\xdd\x7f\xff\xff\xff"),
+    }[case]()
+    _bounded(lambda: parse_header(pack, MAX_RAW), FormatError)
+
+
+def test_pack_name_verifies_its_content():
+    builder = PackBuilder(KIND_DATA)
+    builder.add(ID, b"\x00abc", 3)
+    pack_id, data = builder.finish()
+    with pytest.raises(IntegrityError):
+        verify_pack_id(pack_id, data[:-1] + bytes([data[-1] ^ 1]))
+
+
+# -- blob envelopes ----------------------------------------------------------------------------
+
+
+def _zstd_bomb(claimed: int) -> bytes:
+    """A small zstd frame that decompresses to `claimed` zero bytes (content size in the header)."""
+    compressor = zstandard.ZstdCompressor(level=1).compressobj(size=claimed)
+    block = b"\0" * MiB
+    frame = b"".join(compressor.compress(block) for _ in range(claimed // MiB)) + compressor.flush()
+    return bytes([codec.TAG_ZSTD]) + frame
+
+
+def test_zstd_frame_without_content_size_is_bounded_by_the_raw_length():
+    compressor = zstandard.ZstdCompressor(level=1, write_content_size=False)
+    bomb = bytes([codec.TAG_ZSTD]) + compressor.compress(b"\0" * (64 * MiB))
+    assert len(bomb) < 64 * 1024
+    _bounded(lambda: codec.decode(bomb, 1000), IntegrityError)
+
+
+def test_zstd_bomb_with_content_size_is_refused_before_allocating():
+    bomb = _zstd_bomb(64 * MiB)
+    assert len(bomb) < 64 * 1024
+    _bounded(lambda: codec.decode(bomb, 1000), IntegrityError, FormatError)
+
+
+@pytest.mark.parametrize("encoded,raw_length", [
+    (b"", 0), (b"\x07abc", 3), (b"\x02secret", 6), (b"\x00abcd", 3), (b"\x00ab", 3), (b"\x01not zstd", 8),
+], ids=["empty", "unknown tag", "encrypted tag", "raw too long", "raw too short", "corrupt zstd"])
+def test_bad_blob_envelopes(encoded, raw_length):
+    _bounded(lambda: codec.decode(encoded, raw_length), FormatError, IntegrityError)
+
+
+def test_blob_that_decodes_to_other_bytes_is_an_integrity_error():
+    _bounded(lambda: codec.decode_verified(b"\x00abc", 3, ID), IntegrityError)
+
+
+# -- indexes -----------------------------------------------------------------------------------
+
+
+def _index_body(doc) -> tuple[str, bytes]:
+    body = msgpack.packb(doc)
+    return blake3.blake3(body).hexdigest(), body
+
+
+GOOD_PACK = "ab" * 32
+GOOD_ENTRY = [KIND_DATA, ID, 5, 10, 10]
+
+
+def _index(packs=None, **changes) -> dict:
+    doc = {"version": 1, "origin": {"kind": "writer", "host": "h", "session": "s"},
+           "packs": [[GOOD_PACK, [GOOD_ENTRY]]] if packs is None else packs, "supersedes": []}
+    doc.update(changes)
+    return doc
+
+
+@pytest.mark.parametrize("doc", [
+    _index(version=2), _index(origin="writer"), _index(origin={"kind": "thief"}), _index(packs=5),
+    _index(packs=[["not-hex", [GOOD_ENTRY]]]), _index(packs=[[GOOD_PACK, [[KIND_DATA, ID, 5, 10]]]]),
+    _index(packs=[[GOOD_PACK, [[KIND_DATA, b"\x11" * 31, 5, 10, 10]]]]),
+    _index(packs=[[GOOD_PACK, [[9, ID, 5, 10, 10]]]]), _index(packs=[[GOOD_PACK, [[KIND_DATA, ID, -5, 10, 10]]]]),
+    _index(packs=[[GOOD_PACK, [[KIND_DATA, ID, 5, "10", 10]]]]),
+    _index(packs=[[GOOD_PACK, [[KIND_DATA, ID, 5, 10, 2**40]]]]), _index(supersedes=["zz"]),
+    [1, 2, 3], "just a string", {"version": 1},
+], ids=["version", "origin str", "origin kind", "packs int", "pack id", "short entry", "short id", "kind",
+        "negative offset", "str length", "huge raw length", "supersedes", "a list", "a string", "no fields"])
+def test_hostile_indexes_are_format_errors(doc):
+    index_id, body = _index_body(doc)
+    _bounded(lambda: decode_index(index_id, body, MAX_RAW), FormatError)
+
+
+def test_index_with_huge_bin_claim_and_wrong_name():
+    body = b"\x81\xa4data\xc6\x7f\xff\xff\xff" + b"x" * 10   # bin32 claiming 2 GiB
+    _bounded(lambda: decode_index(blake3.blake3(body).hexdigest(), body, MAX_RAW), FormatError)
+    index_id, good = _index_body(_index())
+    decode_index(index_id, good, MAX_RAW)
+    _bounded(lambda: decode_index(index_id, good + b"\x00", MAX_RAW), IntegrityError)
+
+
+# -- trees -------------------------------------------------------------------------------------
+
+
+def _tree(entries, **changes) -> bytes:
+    doc = {"v": 1, "entries": entries, "next": None}
+    doc.update(changes)
+    return msgpack.packb(doc)
+
+
+def _file(name=b"f", **changes) -> list:
+    fields = {"name": name, "type": "file", "mode": 0o644, "uid": 0, "gid": 0, "mtime": NOW_NS, "size": 3,
+              "link": 0, "content": [ID]}
+    fields.update(changes)
+    return list(fields.values())
+
+
+@pytest.mark.parametrize("body", [
+    _tree([_file(b"same"), _file(b"same")]), _tree([_file("str-name")]), _tree([_file(b"")]),
+    _tree([_file(type="weird")]), _tree([_file(mode="0755")]), _tree([_file(size=-1)]),
+    _tree([_file(mtime=1.5)]), _tree([_file(content=ID)]), _tree([_file(content=[b"short"])]),
+    _tree([_file(type="dir", content=[ID])]), _tree([_file(type="symlink", content=5)]),
+    _tree([_file(type="fifo", content=b"x")]), _tree([_file()[:5]]), _tree([_file()], next=b"short"),
+    _tree([_file()], v=2), _tree(5), msgpack.packb([1, 2]), b"\xc1", b"\xdd\x7f\xff\xff\xff",
+], ids=["duplicate names", "str name", "empty name", "unknown type", "str mode", "negative size",
+        "float mtime", "file content id", "short chunk id", "dir content list", "symlink target int",
+        "fifo content", "short entry", "bad next", "version", "entries int", "a list", "not msgpack",
+        "huge array claim"])
+def test_hostile_trees_are_format_errors(body):
+    _bounded(lambda: decode_tree(body), FormatError)
+
+
+def test_duplicate_names_in_a_stored_tree_are_reported_everywhere(tmp_path):
+    repo = init_repo(tmp_path / ".casstore")
+
+    def build(store):
+        good = file_entry(store, b"dup", b"first")
+        body = _tree([good.as_list(), good.as_list()])
+        subtree = store.add(KIND_TREE, body)[0]
+        return [file_entry(store, b"fine.txt", b"fine"),
+                type(good)(b"sub", good.type.DIR, 0o755, 0, 0, NOW_NS, 0, 0, subtree)]
+
+    snapshot_id = write_snapshot(repo, build)
+    with pytest.raises(FormatError, match="duplicate"):
+        open_repo(tmp_path / ".casstore").get(snapshot_id).ls("sub")
+    assert_one_line_error(run("ls", snapshot_id[:8], "sub", expect=None), "duplicate")
+    proc = run("restore", snapshot_id[:8], tmp_path / "out", expect=None)
+    assert_one_line_error(proc, "duplicate")
+    result = invoke("check", "--read-data", expect=1)
+    assert "sub: directory unreadable" in result.stdout and "duplicate" in result.stdout
+
+
+# -- snapshot manifests and the config ---------------------------------------------------------
+
+
+def _manifest_body(doc) -> tuple[str, bytes]:
+    body = msgpack.packb(doc)
+    return blake3.blake3(body).hexdigest(), body
+
+
+GOOD_MANIFEST = {"time_ns": NOW_NS, "host": "h", "source": "/s", "tree": ID, "tags": [], "parent": None,
+                 "incomplete": False, "summary": {}, "version": 1}
+
+
+@pytest.mark.parametrize("changes", [
+    {"version": 2}, {"tree": "11" * 32}, {"tree": b"short"}, {"time_ns": 1.5}, {"summary": []},
+    {"unknown_field": 1}, {"time_ns": None},
+], ids=["version", "tree str", "tree short", "float time", "summary list", "unknown field", "no time"])
+def test_hostile_snapshot_manifests_are_format_errors(changes):
+    snapshot_id, body = _manifest_body({**GOOD_MANIFEST, **changes})
+    _bounded(lambda: decode_snapshot(snapshot_id, body), FormatError)
+
+
+def test_snapshot_manifest_must_match_its_name():
+    snapshot_id, body = SnapshotManifest(NOW_NS, "h", "/s", ID).encode()
+    decode_snapshot(snapshot_id, body)
+    _bounded(lambda: decode_snapshot(snapshot_id, body.replace(b"/s", b"/t")), IntegrityError)
+
+
+@pytest.mark.parametrize("doc", [
+    [1, 2, 3], {**GOOD_MANIFEST, "tags": 5}, {**GOOD_MANIFEST, "host": None}, {**GOOD_MANIFEST, "parent": 7},
+], ids=["a list", "tags int", "host none", "parent int"])
+def test_hostile_snapshot_manifest_types(doc):
+    snapshot_id, body = _manifest_body(doc)
+    _bounded(lambda: decode_snapshot(snapshot_id, body), FormatError)
+
+
+def test_hostile_snapshot_object_in_a_repository_is_skipped_by_readers(tmp_path):
+    write(tmp_path / "data" / "a.txt", "a\n")
+    run("snapshot")
+    snapshot_id, body = _manifest_body({**GOOD_MANIFEST, "tree": b"short"})
+    (tmp_path / ".casstore" / "snapshots" / snapshot_id).write_bytes(body)
+    listed = json.loads(run("list", "--json").stdout)
+    assert len(listed) == 1
+    assert_one_line_error(run("show", snapshot_id[:8], expect=None), "corrupt snapshot")
+    assert f"snapshot {snapshot_id[:8]}" in invoke("check", expect=1).stdout
+
+
+@pytest.mark.parametrize("body", [
+    b"\xc1garbage", msgpack.packb({"version": 99}),
+    msgpack.packb({"version": 1, "id": "x", "chunker": {"algorithm": "nope"}}),
+    msgpack.packb([1]),
+], ids=["not msgpack", "version", "chunker", "a list"])
+def test_corrupt_config_is_one_line_error(tmp_path, body):
+    init_repo(tmp_path / ".casstore")
+    with pytest.raises(FormatError):
+        RepoConfig.decode(body)
+    (tmp_path / ".casstore" / "config").write_bytes(body)
+    assert_one_line_error(run("list", expect=None), "repository")
+
+
+# -- hostile objects stored in a repository ----------------------------------------------------
+
+
+def test_pack_with_bad_magic_stored_under_its_own_name_is_reported_by_check(tmp_path):
+    write(tmp_path / "data" / "a.bin", b"payload " * 1000)
+    run("init", "--chunk-avg", 65536)
+    run("snapshot")
+    repo = open_repo(tmp_path / ".casstore")
+    index = repo.load_index()
+    [data_pack] = [p for p in objects(tmp_path / ".casstore", "data")
+                   if any(loc.pack_id == p.name for (kind, _), locs in index.blobs() for loc in locs
+                          if kind == KIND_DATA)]
+    forged = b"XXXX" + data_pack.read_bytes()[4:]
+    forged_id = blake3.blake3(forged).hexdigest()
+    repo.remote.put(f"data/{forged_id[:2]}/{forged_id}", forged)
+    entries = parse_header(data_pack.read_bytes(), MAX_RAW)
+    index_id, body = IndexObject({"kind": "writer", "host": "forger", "session": "x"}, {forged_id: entries}).encode()
+    repo.remote.put(f"index/{index_id}", body)
+    result = invoke("check", "--read-data", "--json", expect=1)
+    report = json.loads(result.stdout)
+    assert "bad magic" in report["damaged_packs"][forged_id]
+    assert report["affected"] == {}   # every blob still has a good copy in the original pack
+    assert open_repo(tmp_path / ".casstore").get("latest").read_bytes("a.bin") == b"payload " * 1000
+
+
+def test_index_claiming_a_huge_raw_length_is_skipped_and_reported(tmp_path):
+    write(tmp_path / "data" / "a.txt", "a\n")
+    run("snapshot")
+    index_id, body = _index_body(_index(packs=[[GOOD_PACK, [[KIND_DATA, ID, 5, 10, 2**40]]]]))
+    (tmp_path / ".casstore" / "index" / index_id).write_bytes(body)
+    assert open_repo(tmp_path / ".casstore").get("latest").read_bytes("a.txt") == b"a\n"
+    result = invoke("check", expect=1)
+    assert f"index {index_id[:16]}" in result.stdout
