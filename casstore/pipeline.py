@@ -22,11 +22,13 @@ Deliver = Callable[[bytes, int, int], None]           # (id, raw length, stored 
 
 
 class ChunkPipeline:
-    def __init__(self, store: BlobStore, workers: int | None = None, window: int = 8) -> None:
+    def __init__(self, store: BlobStore, workers: int | None = None, window: int = 8,
+                 window_bytes: int = 16 * 1024 * 1024) -> None:
         self.store = store
         self._pool = ThreadPoolExecutor(workers or os.cpu_count() or 2, thread_name_prefix="casstore-chunk")
-        self._in_flight: deque[tuple[Future, Deliver]] = deque()
-        self._window = window
+        self._in_flight: deque[tuple[Future, Deliver, int]] = deque()
+        self._window, self._window_bytes = window, window_bytes
+        self._bytes_in_flight = 0
 
     def _prepare(self, data: bytes) -> Prepared:
         blob_id = codec.blob_id(data)
@@ -36,12 +38,15 @@ class ChunkPipeline:
 
     def submit(self, data: bytes, deliver: Deliver) -> None:
         """Queue one chunk; `deliver(id, raw length, stored bytes added)` runs on this thread later."""
-        while len(self._in_flight) >= self._window:
+        while self._in_flight and (len(self._in_flight) >= self._window
+                                   or self._bytes_in_flight + len(data) > self._window_bytes):
             self._apply_oldest()
-        self._in_flight.append((self._pool.submit(self._prepare, data), deliver))
+        self._in_flight.append((self._pool.submit(self._prepare, data), deliver, len(data)))
+        self._bytes_in_flight += len(data)
 
     def _apply_oldest(self) -> None:
-        future, deliver = self._in_flight.popleft()
+        future, deliver, size = self._in_flight.popleft()
+        self._bytes_in_flight -= size
         blob_id, encoded, raw_length = future.result()
         added = self.store.add_encoded(KIND_DATA, blob_id, encoded, raw_length) if encoded is not None else 0
         deliver(blob_id, raw_length, added)

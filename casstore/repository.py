@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -61,6 +62,7 @@ class Repository:
         self.index = MasterIndex()
         self._manifests: dict[str, SnapshotManifest] = {}
         self._reader: BlobStore | None = None
+        self._reader_lock = threading.Lock()
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -152,11 +154,16 @@ class Repository:
 
     def read_blob(self, kind: int, blob_id: bytes) -> bytes:
         """A blob's plaintext, verified; loads the index on first use."""
-        if self._reader is None:
-            if not self.index.index_packs:
-                self.load_index()
-            self._reader = self.blob_store(origin_kind="writer")
-        return self._reader.read(kind, blob_id)
+        return self.read_blob_ready().read(kind, blob_id)
+
+    def read_blob_ready(self) -> BlobStore:
+        """The reading blob store, with the index loaded (call before reading from several threads)."""
+        with self._reader_lock:
+            if self._reader is None:
+                if not self.index.index_packs:
+                    self.load_index()
+                self._reader = self.blob_store(origin_kind="writer")
+            return self._reader
 
     # -- snapshots ---------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import os
 import posixpath
 import secrets
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pathspec
@@ -22,8 +23,10 @@ from casstore.blobs import codec
 from casstore.blobs.pack import KIND_DATA
 from casstore.errors import RestoreError
 from casstore.manifest.tree import Entry, EntryType
+from casstore.prefetch import Prefetcher
 
 OVERWRITE_MODES = ("never", "if-changed", "always")
+PREFETCH_WINDOW = 8   # chunks decoded ahead per directory (bounds memory: at most 8 x the max chunk size)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -64,22 +67,48 @@ class Restorer:
         self.progress = progress or (lambda n: None)
         self.result = RestoreResult(dry_run=dry_run)
         self.as_root = os.geteuid() == 0
+        self.pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="casstore-restore")
+        self._prefetchers: list[Prefetcher] = []
+        self._planned: set[int] = set()   # id() of file entries whose chunks are queued for prefetch
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
     # -- walking -----------------------------------------------------------------------------
 
     def restore_tree(self, dir_fd: int, tree_id: bytes, rel: str) -> None:
+        chosen = []
         for entry in self.snapshot.tree(tree_id):
             name = entry.name.decode("utf-8", "surrogateescape")
             path = f"{rel}/{name}" if rel else name
             if not safe_name(entry.name):
                 self._error(path, "unsafe name refused")
-                continue
-            if not self._selected(path, entry):
-                continue
-            try:
-                self.restore_entry(dir_fd, entry, path)
-            except OSError as exc:
-                self._error(path, _describe(exc))
+            elif self._selected(path, entry):
+                chosen.append((entry, path))
+        prefetcher = self._prefetch([e for e, _ in chosen if e.type is EntryType.FILE])
+        try:
+            for entry, path in chosen:
+                try:
+                    self.restore_entry(dir_fd, entry, path)
+                except OSError as exc:
+                    self._error(path, _describe(exc))
+        finally:
+            self._prefetchers.pop()
+            prefetcher.close()
+
+    def _prefetch(self, files: list[Entry]) -> Prefetcher:
+        """Fetch, decompress and verify this directory's chunks ahead, on the pool, in order."""
+        prefetcher = Prefetcher(lambda chunk_id: self.repo.read_blob(KIND_DATA, chunk_id), self.pool, PREFETCH_WINDOW)
+        if not self.dry_run:
+            prefetcher.plan(chunk_id for entry in files for chunk_id in entry.chunks)
+            self._planned.update(id(entry) for entry in files)
+        self._prefetchers.append(prefetcher)
+        return prefetcher
+
+    def _chunks(self, entry: Entry) -> FileChunks:
+        planned = id(entry) in self._planned
+        self._planned.discard(id(entry))
+        return FileChunks(entry, self._prefetchers[-1] if planned else None, self.repo)
 
     def _selected(self, path: str, entry: Entry) -> bool:
         is_dir = entry.type is EntryType.DIR
@@ -118,14 +147,18 @@ class Restorer:
         if self.dry_run:
             self._count_file(entry)
             return
-        existing = _lstat(dir_fd, entry.name)
-        if existing is not None:
-            if not self._may_replace(existing, entry, path):
-                return
-            self._write_file(dir_fd, entry, temp=True)
-        else:
-            self._write_file(dir_fd, entry, temp=False)
-        self._count_file(entry)
+        chunks = self._chunks(entry)
+        try:
+            existing = _lstat(dir_fd, entry.name)
+            if existing is not None:
+                if not self._may_replace(existing, entry, path):
+                    return
+                self._write_file(dir_fd, entry, chunks, temp=True)
+            else:
+                self._write_file(dir_fd, entry, chunks, temp=False)
+            self._count_file(entry)
+        finally:
+            chunks.discard()  # whatever was not written leaves the prefetch queue
 
     def _count_file(self, entry: Entry) -> None:
         self.result.files += 1
@@ -144,13 +177,12 @@ class Restorer:
             return False
         return True
 
-    def _write_file(self, dir_fd: int, entry: Entry, *, temp: bool) -> None:
+    def _write_file(self, dir_fd: int, entry: Entry, chunks: FileChunks, *, temp: bool) -> None:
         name = entry.name
         target = b".%s.%s.restore" % (name[:40], secrets.token_hex(4).encode()) if temp else name
         fd = os.open(target, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
         try:
-            for chunk_id in entry.chunks:
-                data = self.repo.read_blob(KIND_DATA, chunk_id)
+            for data in chunks:
                 _write_all(fd, data)
                 self.progress(len(data))
             if self.verify:
@@ -211,6 +243,27 @@ class Restorer:
         self.result.errors.append(f"{path}: {message}")
 
 
+class FileChunks:
+    """A file's chunks in order: from the directory's prefetcher when planned there, else read directly."""
+
+    def __init__(self, entry: Entry, prefetcher: Prefetcher | None, repo) -> None:
+        self._remaining = list(entry.chunks)
+        self._prefetcher, self._repo = prefetcher, repo
+
+    def __iter__(self):
+        while self._remaining:
+            chunk_id = self._remaining.pop(0)
+            if self._prefetcher is None:
+                yield self._repo.read_blob(KIND_DATA, chunk_id)
+            else:
+                yield self._prefetcher.take(chunk_id)
+
+    def discard(self) -> None:
+        if self._prefetcher is not None and self._remaining:
+            self._prefetcher.skip(self._remaining)
+        self._remaining = []
+
+
 def open_child_dir(dir_fd: int, name: bytes) -> int:
     """Create (if needed) and open a child directory, refusing to pass through a symlink."""
     try:
@@ -228,6 +281,14 @@ def open_child_dir(dir_fd: int, name: bytes) -> int:
 def restore_snapshot(snapshot, target: str, *, path: str = "", **options) -> RestoreResult:
     """Restore `snapshot` (or only `path` in it) below `target`, which is created if missing."""
     restorer = Restorer(snapshot, **options)
+    try:
+        return _restore(restorer, snapshot, target, path, options)
+    finally:
+        restorer.close()
+
+
+def _restore(restorer: Restorer, snapshot, target: str, path: str, options: dict) -> RestoreResult:
+    snapshot.repo.read_blob_ready()  # load the index once, before worker threads read blobs
     entry = snapshot.entry(path) if path else None
     if not options.get("dry_run"):
         os.makedirs(target, exist_ok=True)

@@ -48,7 +48,7 @@ class BlobStore:
         self._unindexed: dict[str, list[BlobEntry]] = {}    # uploaded, not yet in an index
         self._uploads: list[Future] = []
         self._pool = ThreadPoolExecutor(max(1, upload_threads), thread_name_prefix="casstore-upload")
-        self._max_in_flight = upload_threads + 1  # bounds memory: each pack in flight is up to pack_size
+        self._max_in_flight = max(1, upload_threads)  # bounds memory: each pack in flight is up to pack_size
         self._lock = threading.Lock()
         self.on_pack_uploaded: PackCallback | None = None
         self.packs_written = 0
