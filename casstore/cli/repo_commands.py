@@ -57,11 +57,11 @@ def snapshot(ctx, source, repository, tags, excludes, pre_hook, post_hook, as_js
     source = source or s.source
     if not os.path.isdir(source):
         raise SourceError(f"source directory {source} does not exist (set CASSTORE_SOURCE or pass a path)")
+    _run_hook(pre_hook, "pre-hook")  # before anything is created: a failing pre-hook changes nothing
     created = not os.path.isfile(os.path.join(s.repository, "config"))
     repo = open_repository(s.repository, create=True)
     if created and not as_json:
         click.echo(f"created repository at {repo.location}", err=True)
-    _run_hook(pre_hook, "pre-hook")
     try:
         with Progress(None, "snapshot") as progress:
             result = repo.snapshot(source, tags=tuple(tags), excludes=tuple(excludes), progress=progress)
