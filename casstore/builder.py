@@ -263,7 +263,8 @@ def take_snapshot(repo, source: str, *, tags: tuple[str, ...] = (), excludes: tu
                                 tree=root, tags=sorted(set(tags)), parent=parent,
                                 incomplete=bool(summary.errors), summary=summary.as_dict())
     snapshot_id, _ = repo.write_snapshot(manifest)
-    filescache.save(builder.cache_file, builder.new_cache)  # only after the commit
+    if builder.new_cache != builder.old_cache:
+        filescache.save(builder.cache_file, builder.new_cache)  # only after the commit
     return SnapshotResult(snapshot_id, manifest, summary)
 
 

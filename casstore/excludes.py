@@ -10,19 +10,30 @@ from __future__ import annotations
 
 import os
 
-import pathspec
-
 DEFAULT_PATTERNS = (".env", ".env.*", "!.env.example", "unified_backups/")
 IGNORE_FILE = ".casstoreignore"
 
 
 class Excluder:
     def __init__(self, source_root: str, patterns: tuple[str, ...] = ()) -> None:
-        lines = list(DEFAULT_PATTERNS) + list(patterns) + _ignore_file_lines(source_root)
-        self._spec = pathspec.GitIgnoreSpec.from_lines(lines)
+        extra = list(patterns) + _ignore_file_lines(source_root)
+        self._spec = None
+        if any(line.strip() and not line.lstrip().startswith("#") for line in extra):
+            import pathspec  # only when there are patterns beyond the defaults (it costs start-up time)
+
+            self._spec = pathspec.GitIgnoreSpec.from_lines(list(DEFAULT_PATTERNS) + extra)
 
     def excluded(self, rel_path: str, is_dir: bool) -> bool:
-        return self._spec.match_file(rel_path + "/" if is_dir else rel_path)
+        if self._spec is not None:
+            return self._spec.match_file(rel_path + "/" if is_dir else rel_path)
+        return _default_excluded(rel_path.rsplit("/", 1)[-1], is_dir)
+
+
+def _default_excluded(name: str, is_dir: bool) -> bool:
+    """DEFAULT_PATTERNS, matched by name without pathspec (the same answers, checked by a test)."""
+    if is_dir:
+        return name in ("unified_backups", ".env") or (name.startswith(".env.") and name != ".env.example")
+    return name == ".env" or (name.startswith(".env.") and name != ".env.example")
 
 
 def _ignore_file_lines(source_root: str) -> list[str]:
