@@ -200,11 +200,11 @@ class SnapshotBuilder:
             if before.st_size <= self.min_chunk:
                 self._submit(fh.read(), slots)
             else:
-                for piece in self.chunker.chunks(fh):
-                    self._submit(bytes(piece), slots)
+                for piece in self.chunker.chunks_of_fd(fh.fileno()):
+                    self._submit(piece, slots)  # a view into a fresh block: no copy
             return before, os.fstat(fh.fileno())
 
-    def _submit(self, data: bytes, slots: list) -> None:
+    def _submit(self, data: bytes | memoryview, slots: list) -> None:
         if not data:
             return
         position = len(slots)

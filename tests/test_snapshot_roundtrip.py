@@ -130,9 +130,9 @@ class _MutatingChunker:
         self.real, self.victim, self.times = real, victim, times
         self.max_size = real.max_size
 
-    def chunks(self, stream):
-        path = os.readlink(f"/proc/self/fd/{stream.fileno()}")
-        for n, piece in enumerate(self.real.chunks(stream)):
+    def chunks_of_fd(self, fd):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        for n, piece in enumerate(self.real.chunks_of_fd(fd)):
             yield piece
             if n == 0 and path == str(self.victim) and self.times > 0:
                 self.times -= 1

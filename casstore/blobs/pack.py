@@ -55,6 +55,7 @@ class PackBuilder:
         self.kind = kind
         self._parts: list[bytes] = [MAGIC + bytes((VERSION,))]
         self._size = _PREAMBLE
+        self._sealed: bytes | None = None
         self.entries: list[BlobEntry] = []
 
     @property
@@ -69,12 +70,18 @@ class PackBuilder:
         self._parts.append(encoded)
         self._size += len(encoded)
 
+    def seal(self) -> None:
+        """Frame the pack into one buffer and drop the parts (so at most one copy is alive)."""
+        if self._sealed is None:
+            header = msgpack.packb({"nonce": os.urandom(16), "blobs": [e.as_list() for e in self.entries]})
+            self._parts += [header, _TRAILER.pack(len(header))]
+            self._sealed = b"".join(self._parts)
+            self._parts = []
+
     def finish(self) -> tuple[str, bytes]:
-        """Return (pack id, pack bytes)."""
-        header = msgpack.packb({"nonce": os.urandom(16), "blobs": [e.as_list() for e in self.entries]})
-        self._parts += [header, _TRAILER.pack(len(header))]
-        data = b"".join(self._parts)
-        self._parts = []
+        """Return (pack id, pack bytes), sealing first if needed."""
+        self.seal()
+        data, self._sealed = self._sealed, None
         return blake3.blake3(data).hexdigest(), data
 
 

@@ -82,14 +82,19 @@ class BlobStore:
         if not len(builder):
             return
         self._builders[kind] = PackBuilder(kind)
-        pack_id, data = builder.finish()
-        _read_back(pack_id, data, builder.entries, self.config.max_blob_size)
+        builder.seal()  # here, so the parts are freed before the next pack fills
         self._wait_for_room()
-        self._uploads.append(self._pool.submit(self._upload, pack_id, data, builder.entries))
+        # hashing and read-back happen on the upload thread, off the snapshot's main thread
+        self._uploads.append(self._pool.submit(self._finish_and_upload, builder))
 
     def _wait_for_room(self) -> None:
         while len(self._uploads) >= self._max_in_flight:
             self._uploads.pop(0).result()
+
+    def _finish_and_upload(self, builder: PackBuilder) -> None:
+        pack_id, data = builder.finish()
+        _read_back(pack_id, data, builder.entries, self.config.max_blob_size)
+        self._upload(pack_id, data, builder.entries)
 
     def _upload(self, pack_id: str, data: bytes, entries: list[BlobEntry]) -> None:
         self.remote.put(pack_key(pack_id), data)

@@ -25,6 +25,10 @@ class Chunker(Protocol):
         """Yield consecutive pieces of `stream`. A piece is valid only until the next one is yielded."""
         ...
 
+    def chunks_of_fd(self, fd: int) -> Iterator[memoryview]:
+        """The same pieces from an open file descriptor; each stays valid after the next is yielded."""
+        ...
+
     def params(self) -> ChunkerParams:
         """The parameters to record in the repository config."""
         ...

@@ -7,6 +7,7 @@ cuts about 600x slower, so importing it is refused rather than silently used.
 
 from __future__ import annotations
 
+import os
 import secrets
 import warnings
 from collections.abc import Iterator
@@ -49,9 +50,47 @@ class FastCDCChunker:
                 "max_size": self.max_size, "normalization": NORMALIZATION, "seed": self.seed}
 
     def chunks(self, stream: BinaryIO) -> Iterator[memoryview]:
+        """The reference: pyfastcdc's own streaming cutter (its buffer is reused between chunks)."""
         for chunk in self._cdc.cut_stream(stream):
             yield chunk.data
 
-    def chunks_of_buffer(self, buffer: bytes | memoryview) -> Iterator[memoryview]:
-        for chunk in self._cdc.cut_buf(buffer):
-            yield chunk.data
+    def chunks_of_fd(self, fd: int) -> Iterator[memoryview]:
+        """Cut an open file, yielding views that stay valid after the next chunk (no copies).
+
+        The file is read in blocks of max + 2 x avg bytes, each into a fresh buffer, so chunks
+        handed to worker threads are never overwritten. A cut found in a block is the cut the
+        streaming cutter would make when (a) the file ends in the block, (b) at least max_size
+        bytes follow the chunk start (the cutter never looks further), or (c) at least avg_size
+        bytes follow and the cut was found before the block's end (the cutter scans forward with
+        the same masks and stops at the first cut; only a cut forced by the end of the data
+        depends on how much data there is). Otherwise the tail moves to the next block.
+        """
+        block_size = self.max_size + 2 * self.avg_size
+        tail = b""
+        while True:
+            block = bytearray(block_size)
+            block[:len(tail)] = tail
+            filled, eof = _fill(fd, block, len(tail))
+            view = memoryview(block)[:filled]
+            tail = b""
+            for chunk in self._cdc.cut_buf(view):
+                available = filled - chunk.offset
+                if eof or available >= self.max_size or (available >= self.avg_size and chunk.length < available):
+                    yield chunk.data
+                else:
+                    tail = view[chunk.offset:]
+                    break
+            if eof:
+                return
+
+
+def _fill(fd: int, block: bytearray, start: int) -> tuple[int, bool]:
+    """Read into block[start:] until it is full or the file ends; return (bytes in block, eof)."""
+    view = memoryview(block)
+    filled = start
+    while filled < len(block):
+        n = os.readv(fd, [view[filled:]])
+        if n == 0:
+            return filled, True
+        filled += n
+    return filled, False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -22,3 +23,7 @@ class FixedChunker:
     def chunks(self, stream: BinaryIO) -> Iterator[memoryview]:
         while piece := stream.read(self.max_size):
             yield memoryview(piece)
+
+    def chunks_of_fd(self, fd: int) -> Iterator[memoryview]:
+        with os.fdopen(os.dup(fd), "rb") as stream:
+            yield from self.chunks(stream)

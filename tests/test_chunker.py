@@ -1,0 +1,90 @@
+"""The chunker: compiled FastCDC in use, golden cut points, and the copy-free file cutter
+cutting exactly where the reference streaming cutter does."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+
+import pytest
+
+from casstore.chunker import FastCDCChunker, FixedChunker, chunker_from_params
+
+KiB, MiB = 1024, 1024 * 1024
+SEED = 0x5EED5EED
+GOLDEN_DATA = random.Random(20261125).randbytes(6 * MiB)
+
+# Cut lengths of GOLDEN_DATA with SEED. A change here silently ends dedup with every existing
+# repository: never update these numbers to make the test pass.
+GOLDEN = {
+    (16 * KiB, 64 * KiB, 512 * KiB): [
+        142365, 45143, 74754, 86256, 90541, 42189, 217584, 17409, 81809, 190923, 88480, 74743, 191355, 79017,
+        51459, 79303, 90672, 65936, 62973, 87775, 29490, 56774, 55758, 59630, 52992, 139629, 87653, 120220,
+        95706, 22568, 96089, 19469, 69556, 115968, 114269, 50036, 74730, 96841, 66836, 36110, 98935, 66891,
+        67371, 69127, 20085, 84620, 92441, 151537, 147424, 34290, 24458, 135418, 96491, 140075, 126456,
+        212680, 122104, 43328, 21028, 27424, 37113, 137909, 71817, 87736, 64285, 135866, 66946, 25799, 93077,
+        178517, 54772, 130855, 58081, 45490],
+    (256 * KiB, 1 * MiB, 8 * MiB): [1089908, 1606756, 1422777, 983752, 1188263],
+}
+
+
+def test_the_compiled_fastcdc_is_in_use():
+    import pyfastcdc
+    from pyfastcdc.cy import FastCDC as Compiled
+
+    from casstore.chunker import fastcdc
+
+    assert pyfastcdc.__version__ == "0.3.1"  # cut points are pinned to this version
+    assert fastcdc.FastCDC is Compiled
+    assert Compiled.__module__.startswith("pyfastcdc.cy")
+
+
+@pytest.mark.parametrize("sizes", sorted(GOLDEN))
+def test_golden_cut_points(sizes):
+    chunker = FastCDCChunker(*sizes, seed=SEED)
+    assert [len(p) for p in chunker.chunks(io.BytesIO(GOLDEN_DATA))] == GOLDEN[sizes]
+
+
+def _fd_cuts(chunker, data: bytes, tmp_path) -> list[bytes]:
+    path = tmp_path / "input"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        pieces = list(chunker.chunks_of_fd(fd))  # every view must still be valid at the end
+        return [bytes(p) for p in pieces]
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("sizes", [(16 * KiB, 64 * KiB, 512 * KiB), (64 * KiB, 256 * KiB, 2 * MiB),
+                                   (256 * KiB, 1 * MiB, 8 * MiB), (4 * KiB, 16 * KiB, 64 * KiB)])
+@pytest.mark.parametrize("length", [0, 1, 5000, 600 * KiB, 3 * MiB + 7, 21 * MiB + 3])
+def test_file_cutter_matches_the_streaming_cutter(tmp_path, sizes, length):
+    rng = random.Random(length)
+    # random data mixed with long runs of zeros, so forced cuts at max_size happen too
+    data = b"".join(rng.randbytes(rng.randrange(1, 200 * KiB)) + bytes(rng.randrange(0, 600 * KiB))
+                    for _ in range(1 + length // (300 * KiB)))[:length]
+    chunker = FastCDCChunker(*sizes, seed=SEED)
+    expected = [bytes(p) for p in chunker.chunks(io.BytesIO(data))]
+    assert _fd_cuts(chunker, data, tmp_path) == expected
+
+
+def test_golden_data_cut_from_a_file(tmp_path):
+    sizes = (256 * KiB, 1 * MiB, 8 * MiB)
+    pieces = _fd_cuts(FastCDCChunker(*sizes, seed=SEED), GOLDEN_DATA, tmp_path)
+    assert [len(p) for p in pieces] == GOLDEN[sizes]
+
+
+def test_params_roundtrip_and_seed_changes_cuts():
+    chunker = FastCDCChunker(16 * KiB, 64 * KiB, 512 * KiB, seed=SEED)
+    assert chunker_from_params(chunker.params()).params() == chunker.params()
+    other = FastCDCChunker(16 * KiB, 64 * KiB, 512 * KiB, seed=SEED + 2)
+    cuts = [len(p) for p in chunker.chunks(io.BytesIO(GOLDEN_DATA))]
+    assert [len(p) for p in other.chunks(io.BytesIO(GOLDEN_DATA))] != cuts
+
+
+def test_fixed_chunker(tmp_path):
+    data = bytes(range(256)) * 100
+    assert [bytes(p) for p in FixedChunker(1000).chunks(io.BytesIO(data))] == _fd_cuts(FixedChunker(1000), data,
+                                                                                       tmp_path)
