@@ -68,7 +68,7 @@ class SnapshotBuilder:
         self.source = os.path.abspath(source)
         self.store: BlobStore = repo.blob_store()
         self.pipeline = ChunkPipeline(self.store)
-        self.chunker = repo.config.make_chunker()
+        self._chunker = None
         self.min_chunk = int(repo.config.chunker.get("min_size", 0))
         self.excluder = Excluder(self.source, tuple(repo.settings.exclude) + tuple(excludes))
         self.summary = SnapshotSummary()
@@ -78,6 +78,12 @@ class SnapshotBuilder:
         self.old_cache = filescache.load(self.cache_file)
         self.new_cache: dict[bytes, list] = {}
         self.skip_dirs = _identities([repo.local_dir, repo.settings.cache_dir])
+
+    @property
+    def chunker(self):
+        if self._chunker is None:  # made on first use: a no-change snapshot never cuts anything
+            self._chunker = self.repo.config.make_chunker()
+        return self._chunker
 
     # -- walking -----------------------------------------------------------------------------
 

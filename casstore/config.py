@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -76,7 +75,7 @@ def load_settings(overrides: dict | None = None, environ: dict | None = None, do
         source=env.get("CASSTORE_SOURCE", "./data"),
         repository=env.get("CASSTORE_REPOSITORY", "./.casstore"),
         cache_dir=env.get("CASSTORE_CACHE_DIR") or _default_cache_dir(env),
-        host=env.get("CASSTORE_HOST") or socket.gethostname(),
+        host=env.get("CASSTORE_HOST") or os.uname().nodename,
         remote=_remote_url(env),
         prefix=env.get("CASSTORE_PREFIX", "casstore/"),
         exclude=tuple(p for p in re.split(r"[,\n]", env.get("CASSTORE_EXCLUDE", "")) if p.strip()),
@@ -103,9 +102,11 @@ def load_settings(overrides: dict | None = None, environ: dict | None = None, do
 
 
 def _merged_environment(environ: dict | None, dotenv_path: str) -> dict:
-    from dotenv import dotenv_values
+    file_values = {}
+    if os.path.isfile(dotenv_path):
+        from dotenv import dotenv_values  # only when there is a .env to read
 
-    file_values = dotenv_values(dotenv_path) if os.path.isfile(dotenv_path) else {}
+        file_values = dotenv_values(dotenv_path)
     process = dict(os.environ if environ is None else environ)
     return {**{k: v for k, v in file_values.items() if v is not None}, **process}
 

@@ -9,7 +9,6 @@ and directory fsync, or crash the process at the Nth call (`CASSTORE_CRASH_AT_IO
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 
 
@@ -73,7 +72,7 @@ class FileSystem:
 def temp_name(path: str) -> str:
     """A temp file name beside `path`; never a valid object key, so listings skip it."""
     directory, name = os.path.split(path)
-    return os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
+    return os.path.join(directory, f".{name}.{os.urandom(6).hex()}.tmp")
 
 
 def write_durably(fs: FileSystem, path: str, data: bytes, *, exclusive: bool = False) -> None:

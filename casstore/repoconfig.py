@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import secrets
+import os
 from dataclasses import asdict, dataclass, field
 
 import msgpack
 
-from casstore.chunker import Chunker, chunker_from_params
-from casstore.chunker.fastcdc import FastCDCChunker, new_seed
 from casstore.errors import FormatError, IncompatibleRepository
 
 FORMAT_VERSION = 1
@@ -34,11 +32,16 @@ class RepoConfig:
         avg = avg_size or DEFAULT_CHUNK_SIZES["avg_size"]
         lo = min_size or (DEFAULT_CHUNK_SIZES["min_size"] if avg_size is None else max(64, avg // 4))
         hi = max_size or (DEFAULT_CHUNK_SIZES["max_size"] if avg_size is None else min(16 * MiB, avg * 8))
+        from casstore.chunker.fastcdc import FastCDCChunker, new_seed
+
         chunker = FastCDCChunker(lo, avg, hi, new_seed())
-        return cls(id=secrets.token_hex(16), chunker=chunker.params(), pack_size=pack_size,
+        return cls(id=os.urandom(16).hex(), chunker=chunker.params(), pack_size=pack_size,
                    compression={"algorithm": "zstd", "level": compression_level})
 
-    def make_chunker(self) -> Chunker:
+    def make_chunker(self):
+        """The chunker these parameters describe (imported on first use: it is a compiled module)."""
+        from casstore.chunker import chunker_from_params
+
         return chunker_from_params(self.chunker)
 
     @property
@@ -58,7 +61,7 @@ class RepoConfig:
             if doc.get("version") != FORMAT_VERSION:
                 raise FormatError(f"unsupported repository format version {doc.get('version')}")
             config = cls(**doc)
-            config.make_chunker()
+            _check_chunker(config.chunker)
         except (TypeError, ValueError, KeyError, msgpack.UnpackException) as exc:
             raise FormatError(f"corrupt repository config: {exc}") from exc
         return config
@@ -69,3 +72,12 @@ class RepoConfig:
             raise IncompatibleRepository(
                 f"{other_name} uses different chunker parameters or seed; "
                 f"run `casstore init --from {other_name}` to create a local repository that shares them")
+
+
+def _check_chunker(params: object) -> None:
+    """Refuse chunker parameters that are not a known algorithm with integer sizes (no import needed)."""
+    if not isinstance(params, dict) or params.get("algorithm") not in ("fastcdc-2020", "fixed"):
+        raise FormatError(f"unknown chunker in repository config: {params!r}")
+    sizes = ("min_size", "avg_size", "max_size", "seed") if params["algorithm"] == "fastcdc-2020" else ("size",)
+    if not all(isinstance(params.get(k), int) and params[k] > 0 for k in sizes):
+        raise FormatError("bad chunker sizes in repository config")

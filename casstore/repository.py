@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -146,7 +145,7 @@ class Repository:
         return body
 
     def blob_store(self, *, origin_kind: str = "writer", upload_threads: int = 1) -> BlobStore:
-        origin = {"kind": origin_kind, "host": self.settings.host or socket.gethostname(),
+        origin = {"kind": origin_kind, "host": self.settings.host or os.uname().nodename,
                   "session": os.urandom(8).hex()}
         return BlobStore(self.remote, self.config, self.index, origin=origin,
                          compression_level=self.settings.compression_level, upload_threads=upload_threads,

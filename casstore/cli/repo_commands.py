@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import click
@@ -81,6 +80,8 @@ backup = click.Command("backup", callback=snapshot.callback, params=snapshot.par
 def _run_hook(command: str | None, what: str, fatal: bool = True) -> None:
     if not command:
         return
+    import subprocess
+
     from casstore.errors import CasstoreError
 
     completed = subprocess.run(command, shell=True)  # the user's own command line, by design
