@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 
 import pytest
@@ -158,3 +160,45 @@ def test_blob_only_in_a_condemned_pack_is_uploaded_again(memory_remote, tmp_path
             for chunk in snap._file(info.path).chunks:
                 assert remote_repo.index.has(KIND_DATA, chunk)
     assert report.blobs_missing > 0
+
+
+def test_changing_provider_uploads_everything_the_new_remote_lacks(memory_remote, local_remote, tmp_path):
+    source = make_source(tmp_path / "data")
+    repo = local_repo(tmp_path / "repo")
+    first = repo.snapshot(str(source))
+    repo.sync(memory_remote)
+    day_of_edits(source)
+    second = repo.snapshot(str(source))
+    repo.sync(memory_remote)
+    report = repo.sync(local_remote)   # the user switched CLOUD_PROVIDER: the new remote gets everything
+    assert sorted(report.snapshots) == sorted([first.id, second.id])
+    fresh = Repository.open_remote(local_remote, load_settings({"cache_dir": str(tmp_path / "c")}))
+    assert fresh.check(read_data=True).ok
+    assert repo.sync(memory_remote).snapshots == [] and repo.sync(local_remote).snapshots == []
+
+
+def test_init_from_a_remote_shares_its_chunker_so_hosts_dedup(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    remote_dir = tmp_path / "bucket"
+    shared = make_source(tmp_path / "shared", seed=3, big_mib=4)
+
+    def casstore(*args, host):
+        env = {**os.environ, "CASSTORE_HOST": host}
+        result = subprocess.run([sys.executable, "-m", "casstore.cli.main", *map(str, args)], env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    casstore("--repo", tmp_path / "a", "snapshot", shared, host="a")
+    casstore("--repo", tmp_path / "a", "sync", "--remote", f"file://{remote_dir}", host="a")
+    after_a = sum(f.stat().st_size for f in (remote_dir / "data").rglob("*") if f.is_file())
+    casstore("--repo", tmp_path / "b", "init", "--from", f"file://{remote_dir}", host="b")
+    casstore("--repo", tmp_path / "b", "snapshot", shared, host="b")
+    casstore("--repo", tmp_path / "b", "sync", "--remote", f"file://{remote_dir}", host="b")
+    after_b = sum(f.stat().st_size for f in (remote_dir / "data").rglob("*") if f.is_file())
+    assert after_b < after_a * 1.05   # b's identical data was not stored again (only b's own trees)
+    listed = casstore("--repo", tmp_path / "b", "list", "--all-hosts", "--remote", f"file://{remote_dir}", "--json",
+                      host="b")
+    assert {s["host"] for s in json.loads(listed.stdout)} == {"a", "b"}
