@@ -36,7 +36,8 @@ from casstore.errors import (
     RemoteError,
     TransientError,
 )
-from casstore.remotes.base import ObjectInfo, Remote, validate_key
+from casstore.remotes.base import ObjectInfo
+from casstore.remotes.cloud import CloudRemote, PageTokens, is_repository_key, unquote
 from casstore.remotes.prefixed import KeyPrefix
 
 OCTET_STREAM = "application/octet-stream"
@@ -74,7 +75,7 @@ def _transport() -> RequestsTransport:
     return RequestsTransport(session=session, session_owner=True, connection_timeout=10, read_timeout=60)
 
 
-class AzureRemote(Remote):
+class AzureRemote(CloudRemote):
     """Objects in one container below a key prefix, through a ready ContainerClient."""
 
     def __init__(self, container: ContainerClient, prefix: str = "") -> None:
@@ -91,7 +92,7 @@ class AzureRemote(Remote):
         with self._errors(key):
             result = blob.upload_blob(data, overwrite=not if_absent, max_concurrency=1, validate_content=True,
                                       content_settings=ContentSettings(content_type=OCTET_STREAM), **condition)
-        return ObjectInfo(key, len(data), result["last_modified"].timestamp(), _unquote(result["etag"]))
+        return ObjectInfo(key, len(data), result["last_modified"].timestamp(), unquote(result["etag"]))
 
     def _get(self, key: str, offset: int, length: int | None) -> bytes:
         if length == 0:
@@ -103,35 +104,23 @@ class AzureRemote(Remote):
                 data = blob.download_blob(offset=start, length=length, max_concurrency=1).readall()
         except RangeNotSatisfiable:
             return self._empty_read(key, offset)
-        if length is not None and len(data) != length:  # a range past the end comes back short
-            raise ObjectNotFound(f"{self.url}{key}: range {offset}+{length} past the end of the object")
-        return data
-
-    def _empty_read(self, key: str, offset: int) -> bytes:
-        size = self._stat(key).size
-        if offset > size:
-            raise ObjectNotFound(f"{self.url}{key}: offset {offset} past the end ({size} bytes)")
-        return b""
+        return self._exact(data, key, offset, length)
 
     def _stat(self, key: str) -> ObjectInfo:
         with self._errors(key):
             props = self._container.get_blob_client(self._keys.full(key)).get_blob_properties()
-        return ObjectInfo(key, props.size, props.last_modified.timestamp(), _unquote(props.etag))
+        return ObjectInfo(key, props.size, props.last_modified.timestamp(), unquote(props.etag))
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         pages = self._container.list_blobs(name_starts_with=self._keys.full(prefix)).by_page()
-        seen_tokens: set[str] = set()
+        tokens = PageTokens(f"{self.url}{prefix}")
         with self._errors(prefix):
             for page in pages:
                 for item in page:
                     key = self._keys.strip(item.name)
-                    if key is not None and _is_key(key):
-                        yield ObjectInfo(key, item.size, item.last_modified.timestamp(), _unquote(item.etag))
-                token = pages.continuation_token
-                if token and token in seen_tokens:
-                    raise RemoteError(f"{self.url}{prefix}: listing continuation token did not advance")
-                if token:
-                    seen_tokens.add(token)
+                    if is_repository_key(key):
+                        yield ObjectInfo(key, item.size, item.last_modified.timestamp(), unquote(item.etag))
+                tokens.advance(pages.continuation_token)
 
     def _delete(self, key: str) -> None:
         blob = self._container.get_blob_client(self._keys.full(key))
@@ -176,13 +165,4 @@ def _describe(exc: AzureError, code: str, status: int) -> str:
     return " ".join(part for part in (str(status or ""), code, first_line) if part)
 
 
-def _unquote(etag: str | None) -> str | None:
-    return etag.strip('"') if etag else None
 
-
-def _is_key(key: str) -> bool:
-    try:
-        validate_key(key)
-    except ValueError:
-        return False  # folder placeholders and foreign objects are not repository objects
-    return True

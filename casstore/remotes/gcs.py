@@ -32,7 +32,8 @@ from casstore.errors import (
     RemoteError,
     TransientError,
 )
-from casstore.remotes.base import ObjectInfo, Remote, validate_key
+from casstore.remotes.base import ObjectInfo
+from casstore.remotes.cloud import CloudRemote, PageTokens, is_repository_key
 from casstore.remotes.prefixed import KeyPrefix
 
 OCTET_STREAM = "application/octet-stream"
@@ -90,7 +91,7 @@ def _new_client(project: str | None, credentials_file: str | None, endpoint: str
         raise AccessDenied(f"no usable Google credentials ({type(exc).__name__}): {CREDENTIALS_HINT}") from exc
 
 
-class GCSRemote(Remote):
+class GCSRemote(CloudRemote):
     """Objects in one bucket below a key prefix, through a ready storage.Client."""
 
     def __init__(self, client: storage.Client, bucket: str, prefix: str = "") -> None:
@@ -123,15 +124,7 @@ class GCSRemote(Remote):
         except RangeNotSatisfiable:
             self._drop_idle_connections()
             return self._empty_read(key, offset)
-        if length is not None and len(data) != length:  # a range past the end comes back short
-            raise ObjectNotFound(f"{self.url}{key}: range {offset}+{length} past the end of the object")
-        return data
-
-    def _empty_read(self, key: str, offset: int) -> bytes:
-        size = self._stat(key).size
-        if offset > size:
-            raise ObjectNotFound(f"{self.url}{key}: offset {offset} past the end ({size} bytes)")
-        return b""
+        return self._exact(data, key, offset, length)
 
     def _drop_idle_connections(self) -> None:
         # fake-gcs-server closes the connection after a 416 without saying so; a request reusing
@@ -148,18 +141,14 @@ class GCSRemote(Remote):
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         blobs = self._client.list_blobs(self._bucket, prefix=self._keys.full(prefix), fields=_LIST_FIELDS,
                                         retry=None, timeout=TIMEOUT)
-        seen_tokens: set[str] = set()
+        tokens = PageTokens(f"{self.url}{prefix}")
         with self._errors(prefix, missing="bucket"):  # listing a prefix with no objects is no 404
             for page in blobs.pages:
                 for blob in page:
                     key = self._keys.strip(blob.name)
-                    if key is not None and _is_key(key):
+                    if is_repository_key(key):
                         yield _info(key, blob)
-                token = blobs.next_page_token
-                if token is not None and token in seen_tokens:
-                    raise RemoteError(f"{self.url}{prefix}: listing page token did not advance")
-                if token is not None:
-                    seen_tokens.add(token)
+                tokens.advance(blobs.next_page_token)
 
     def _delete(self, key: str) -> None:
         blob = self._bucket.blob(self._keys.full(key))
@@ -218,9 +207,3 @@ def _info(key: str, blob: Any) -> ObjectInfo:
     return ObjectInfo(key, int(blob.size or 0), stamp.timestamp() if stamp else 0.0, str(blob.generation))
 
 
-def _is_key(key: str) -> bool:
-    try:
-        validate_key(key)
-    except ValueError:
-        return False  # folder placeholders and foreign objects are not repository objects
-    return True

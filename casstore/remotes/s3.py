@@ -36,7 +36,8 @@ from casstore.errors import (
     RemoteError,
     TransientError,
 )
-from casstore.remotes.base import ObjectInfo, Remote, validate_key
+from casstore.remotes.base import ObjectInfo
+from casstore.remotes.cloud import CloudRemote, PageTokens, is_repository_key, unquote
 from casstore.remotes.prefixed import KeyPrefix
 
 OCTET_STREAM = "application/octet-stream"
@@ -111,7 +112,7 @@ def encryption_args(sse: str | None, kms_key_id: str | None, custom_endpoint: bo
     raise ConfigError(f"CASSTORE_S3_SSE must be auto, AES256, aws:kms or none, not {mode!r}")
 
 
-class S3Remote(Remote):
+class S3Remote(CloudRemote):
     """Objects in one bucket below a key prefix, through a ready boto3 S3 client."""
 
     def __init__(self, client: Any, bucket: str, prefix: str = "", *, put_args: dict[str, str] | None = None,
@@ -139,7 +140,7 @@ class S3Remote(Remote):
             if if_match is None:
                 raise
             raise ObjectExists(f"{self.url}{key}: no current object to compare-and-swap") from exc
-        return ObjectInfo(key, len(data), _server_time(response), _unquote(response.get("ETag")))
+        return ObjectInfo(key, len(data), _server_time(response), unquote(response.get("ETag")))
 
     def _get(self, key: str, offset: int, length: int | None) -> bytes:
         if length == 0:
@@ -152,28 +153,20 @@ class S3Remote(Remote):
                 data = self._client.get_object(**args)["Body"].read()
         except RangeNotSatisfiable:
             return self._empty_read(key, offset)
-        if length is not None and len(data) != length:  # S3 silently shortens a range past the end
-            raise ObjectNotFound(f"{self.url}{key}: range {offset}+{length} past the end of the object")
-        return data
-
-    def _empty_read(self, key: str, offset: int) -> bytes:
-        size = self._stat(key).size
-        if offset > size:
-            raise ObjectNotFound(f"{self.url}{key}: offset {offset} past the end ({size} bytes)")
-        return b""
+        return self._exact(data, key, offset, length)
 
     def _stat(self, key: str) -> ObjectInfo:
         with self._errors(key):
             head = self._client.head_object(Bucket=self.bucket, Key=self._keys.full(key))
-        return ObjectInfo(key, head["ContentLength"], head["LastModified"].timestamp(), _unquote(head.get("ETag")))
+        return ObjectInfo(key, head["ContentLength"], head["LastModified"].timestamp(), unquote(head.get("ETag")))
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         paginator = self._client.get_paginator("list_objects_v2")
         pages = paginator.paginate(Bucket=self.bucket, Prefix=self._keys.full(prefix))
-        seen_tokens: set[str] = set()
+        tokens = PageTokens(f"{self.url}{prefix}")
         with self._errors(prefix):
             for page in pages:
-                check_page(page, seen_tokens, f"{self.url}{prefix}")
+                check_page(page, tokens)
                 for item in page.get("Contents", ()):
                     info = self._listed(item)
                     if info is not None:
@@ -181,11 +174,9 @@ class S3Remote(Remote):
 
     def _listed(self, item: dict[str, Any]) -> ObjectInfo | None:
         key = self._keys.strip(item["Key"])
-        try:
-            validate_key(key or "")
-        except ValueError:
-            return None  # folder markers and foreign objects are not repository objects
-        return ObjectInfo(key, item["Size"], item["LastModified"].timestamp(), _unquote(item.get("ETag")))
+        if not is_repository_key(key):
+            return None
+        return ObjectInfo(key, item["Size"], item["LastModified"].timestamp(), unquote(item.get("ETag")))
 
     def _delete(self, key: str) -> None:
         with self._errors(key):
@@ -202,16 +193,14 @@ class S3Remote(Remote):
             raise translate(exc, self.bucket, f"{self.url}{key}") from exc
 
 
-def check_page(page: dict[str, Any], seen_tokens: set[str], where: str) -> None:
+def check_page(page: dict[str, Any], tokens: PageTokens) -> None:
     """Refuse a listing page that would make a cut-short listing look complete."""
     if not page.get("IsTruncated"):
         return
     token = page.get("NextContinuationToken")
     if not token:
-        raise RemoteError(f"{where}: listing truncated without a continuation token")
-    if token in seen_tokens:
-        raise RemoteError(f"{where}: listing continuation token did not advance")
-    seen_tokens.add(token)
+        raise RemoteError(f"{tokens.where}: listing truncated without a continuation token")
+    tokens.advance(token)
 
 
 def translate(exc: Exception, bucket: str, where: str) -> RemoteError:
@@ -257,6 +246,3 @@ def _server_time(response: dict[str, Any]) -> float:
             pass
     return time.time()
 
-
-def _unquote(etag: str | None) -> str | None:
-    return etag.strip('"') if etag else None
