@@ -195,7 +195,8 @@ class Copier:
             self.rechecks += 1
             plans = list_plan_keys(self.dst.remote)
             listed = {info.key.split("/", 1)[1] for info in self.dst.remote.list("index/")}
-            if plans == self.known_plans and self.relied_indexes <= listed:
+            # missing(): packs found gone before they were indexed must be uploaded before the commit
+            if plans == self.known_plans and self.relied_indexes <= listed and not self.missing(blobs):
                 self._mark_recheck()
                 pause_point("after-recheck")
                 return
@@ -244,8 +245,8 @@ class Copier:
         self.confirm_packs(blobs)
 
     def confirm_packs(self, blobs: list[tuple[int, bytes]]) -> None:
+        self.load_destination()   # indexes and plans first, then packs: a sweep in between shows
         existing = {info.key.rsplit("/", 1)[1] for info in self.dst.remote.list("data/")}
-        self.load_destination()
         self.dst.index.drop_packs(self.dst.index.all_pack_ids() - existing)
         gone = self.missing(blobs)
         if gone:

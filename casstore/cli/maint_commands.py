@@ -1,0 +1,124 @@
+"""forget and gc."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from casstore.cli.common import emit, human, json_option, repo_option, settings
+
+remote_option = click.option("--remote", "remote", metavar="URL",
+                             help="Act on this remote repository instead of the local one.")
+
+
+def open_target(ctx: click.Context, repository: str | None, remote: str | None, **overrides):
+    """The remote repository when --remote is given (or no local one exists but a remote is
+    configured), else the local repository."""
+    s = settings(ctx, repository, **overrides)
+    if remote or (s.remote and not os.path.isfile(os.path.join(s.repository, "config"))):
+        from casstore.sync import open_destination
+
+        repo, _ = open_destination(remote or s.remote, None, s)
+        return repo
+    from casstore.repository import Repository
+
+    return Repository.open_local(s.repository, s)
+
+
+@click.command()
+@repo_option
+@click.option("--keep-last", type=int, metavar="N", help="Keep the N newest complete snapshots.")
+@click.option("--keep-hourly", type=int, metavar="N", help="Keep the newest snapshot of each of the last N hours.")
+@click.option("--keep-daily", type=int, metavar="N", help="... of each of the last N days.")
+@click.option("--keep-weekly", type=int, metavar="N", help="... of each of the last N ISO weeks.")
+@click.option("--keep-monthly", type=int, metavar="N", help="... of each of the last N months.")
+@click.option("--keep-yearly", type=int, metavar="N", help="... of each of the last N years.")
+@click.option("--keep-within", metavar="DURATION", help="Keep every snapshot this close to the newest (e.g. 30d).")
+@click.option("--keep-tag", "keep_tags", multiple=True, metavar="TAG", help="Keep snapshots with this tag.")
+@click.option("--host", help="Act on this host's snapshots (default: CASSTORE_HOST).")
+@click.option("--all-hosts", is_flag=True, help="Act on every host's snapshots, each group on its own.")
+@click.option("--dry-run", is_flag=True, help="Show what would be forgotten; delete nothing.")
+@click.option("--prune", is_flag=True, help="Run gc afterwards.")
+@click.option("--force", is_flag=True, help="Also forget local snapshots never synced to the remote.")
+@remote_option
+@json_option
+@click.pass_context
+def forget(ctx, repository, keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly,
+           keep_within, keep_tags, host, all_hosts, dry_run, prune, force, remote, as_json):
+    """Remove snapshots by a retention policy; `--prune` then deletes the data they alone needed.
+
+    With no --keep-* option the policy is CASSTORE_KEEP_LAST. An incomplete snapshot fills no slot
+    of a counting rule and is kept only while newer than the newest complete one (or by --keep-within
+    or --keep-tag)."""
+    from casstore.retention import RetentionPolicy, apply_retention, policy_from_settings
+
+    policy = RetentionPolicy.coerce({"last": keep_last, "hourly": keep_hourly, "daily": keep_daily,
+                                     "weekly": keep_weekly, "monthly": keep_monthly, "yearly": keep_yearly,
+                                     "within": keep_within, "tags": keep_tags or None})
+    if policy.empty:   # no rule given: the scheduled runs' policy (CASSTORE_KEEP_LAST), if any
+        policy = policy_from_settings(settings(ctx, repository)) or policy
+    with open_target(ctx, repository, remote) as repo:
+        result = apply_retention(repo, policy, dry_run, host=host, all_hosts=all_hosts, force=force)
+        if prune:
+            from casstore.gc import collect_garbage
+
+            result.gc = collect_garbage(repo, dry_run=dry_run).as_dict()
+    emit(as_json, result.as_dict(), lambda: _print_forget(result))
+
+
+def _print_forget(result) -> None:
+    click.echo(f"policy: {result.policy.describe()}")
+    for group in result.groups:
+        click.echo(f"{group.host}:{group.source}: keep {len(group.keep)}, remove {len(group.remove)}")
+        for d in group.decisions:
+            m = d.snapshot.manifest
+            verdict = "keep  " if d.keep else "remove"
+            flags = (" [incomplete]" if m.incomplete else "") + (f" [{', '.join(m.tags)}]" if m.tags else "")
+            why = f"  ({'; '.join(d.reasons)})" if d.reasons else ""
+            click.echo(f"  {verdict} {d.snapshot.id[:8]}  {m.time.strftime('%Y-%m-%d %H:%M:%S')}{flags}{why}")
+    if result.dry_run:
+        click.echo(f"dry run: would forget {len(result.to_remove)} snapshot(s)")
+    else:
+        click.echo(f"forgot {len(result.removed)} snapshot(s)")
+    if result.gc:
+        _print_gc_dict(result.gc)
+
+
+@click.command()
+@repo_option
+@remote_option
+@click.option("--dry-run", is_flag=True, help="Show what would be freed; delete and write nothing.")
+@click.option("--grace", metavar="DURATION", help="Grace period on a remote (default: CASSTORE_GRACE or 24h).")
+@click.option("--exclusive", is_flag=True,
+              help="On a remote: delete at once, without the lease; only when no writer can run.")
+@json_option
+@click.pass_context
+def gc(ctx, repository, remote, dry_run, grace, exclusive, as_json):
+    """Delete data no snapshot needs (lock-free and two-phase on a shared remote)."""
+    from casstore.config import parse_duration
+    from casstore.gc import collect_garbage
+
+    grace_seconds = parse_duration(grace) if grace else None
+    with open_target(ctx, repository, remote) as repo:
+        report = collect_garbage(repo, dry_run=dry_run, grace=grace_seconds, exclusive=exclusive)
+    emit(as_json, report.as_dict(), lambda: _print_gc_dict(report.as_dict()))
+
+
+def _print_gc_dict(r: dict) -> None:
+    click.echo(f"gc ({r['mode']}) on {r['location']}: {r['snapshots']} snapshots, {r['live_blobs']} live blobs")
+    if r["plans_swept"]:
+        click.echo(f"  swept {r['plans_swept']} plan(s); {r['packs_kept']} condemned pack(s) kept (still needed)")
+    if r["dry_run"]:
+        click.echo(f"  dry run: would free {human(r['would_free'])} ({r['packs_condemned']} pack(s) to condemn, "
+                   f"{r['packs_repacked']} to repack)")
+        return
+    if r["packs_repacked"]:
+        click.echo(f"  repacked {r['packs_repacked']} pack(s) ({human(r['bytes_repacked'])}) into "
+                   f"{r['packs_written']} new pack(s) ({human(r['bytes_written'])})")
+    if r["plan"]:
+        click.echo(f"  condemned {r['packs_condemned']} pack(s) ({human(r['bytes_condemned'])}) in {r['plan']}; "
+                   "a gc at least one grace period from now deletes them")
+    click.echo(f"  deleted {r['objects_deleted']} object(s): {r['packs_deleted']} packs, {r['indexes_deleted']} "
+               f"indexes, {r['plans_deleted']} plans; {human(r['bytes_deleted'])} freed "
+               f"({r['requests']} requests, {r['seconds']:.2f} s)")

@@ -1,0 +1,295 @@
+"""The two-phase gc on a shared remote (design 9): what mark condemns, when sweep deletes, the lease.
+
+Every test runs on a MemoryRemote whose storage clock the test moves, so a grace period of an hour
+passes at once; gc and the writers take the same clock.
+"""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from casstore.blobs.index import decode_index
+from casstore.blobs.pack import KIND_DATA
+from casstore.blobs.store import BlobStore
+from casstore.errors import ObjectExists
+from casstore.gc import ClockSkew, LeaseHeld, NoConditionalWrites
+from casstore.gcplan import LEASE_KEY, list_plan_keys, load_plans
+from casstore.remotes.wrappers import RemoteWrapper
+from casstore.retention import apply_retention
+from tests.gc_helpers import (
+    GRACE,
+    FakeClock,
+    Writer,
+    assert_restorable,
+    cli_json,
+    gc,
+    gc_to_completion,
+    new_memory_remote,
+    remote_repo,
+    stored_bytes,
+)
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def remote(clock):
+    return new_memory_remote(clock)
+
+
+def _two_snapshots_older_forgotten(tmp_path, clock, remote):
+    writer = Writer(tmp_path / "a", "host-a", clock)
+    for seed in (1, 2):
+        writer.edit(seed)
+        writer.snapshot()
+        writer.sync(remote)
+    repo = remote_repo(remote, tmp_path)
+    assert len(apply_retention(repo, {"keep_last": 1}, all_hosts=True).removed) == 1
+    return writer, repo
+
+
+def _keys(remote, prefix: str = "") -> set[str]:
+    return {info.key for info in remote.list(prefix)}
+
+
+def _pack_ids(remote) -> set[str]:
+    return {key.rsplit("/", 1)[1] for key in _keys(remote, "data/")}
+
+
+def test_mark_condemns_only_after_the_grace_period_and_deletes_nothing(tmp_path, clock, remote):
+    writer, repo = _two_snapshots_older_forgotten(tmp_path, clock, remote)
+    young = gc(repo, clock)
+    assert young.packs_condemned == 0 and young.plan is None, "packs younger than the grace period stay"
+    clock.advance(GRACE + 1)
+    before = _keys(remote)
+    mark = gc(repo, clock)
+    assert mark.plan and mark.packs_condemned > 0 and mark.objects_deleted == 0
+    assert before <= _keys(remote), "mark deletes nothing"
+    plan = load_plans(remote)[mark.plan]
+    assert set(plan.condemned_packs) <= _pack_ids(remote)
+    assert_restorable(repo, writer.expected, tmp_path / "out")
+
+
+def test_sweep_waits_one_grace_period_after_the_plan(tmp_path, clock, remote):
+    writer, repo = _two_snapshots_older_forgotten(tmp_path, clock, remote)
+    clock.advance(GRACE + 1)
+    plan_key = gc(repo, clock).plan
+    condemned = set(load_plans(remote)[plan_key].condemned_packs)
+    clock.advance(GRACE / 2)
+    early = gc(repo, clock)
+    assert early.plans_swept == 0 and early.objects_deleted == 0
+    clock.advance(GRACE / 2 + 1)
+    sweep = gc(repo, clock)
+    assert sweep.plans_swept == 1 and sweep.packs_deleted == len(condemned)
+    assert sweep.bytes_deleted > 0 and sweep.objects_deleted == sweep.packs_deleted + sweep.indexes_deleted + 1
+    assert not condemned & _pack_ids(remote) and plan_key not in _keys(remote, "gc/")
+    assert_restorable(repo, writer.expected, tmp_path / "out")
+
+
+def test_sweep_consolidates_indexes_and_no_index_names_a_deleted_pack(tmp_path, clock, remote):
+    writer, repo = _two_snapshots_older_forgotten(tmp_path, clock, remote)
+    indexes_before = {k.split("/", 1)[1] for k in _keys(remote, "index/")}
+    gc_to_completion(repo, clock)
+    remaining = {k.split("/", 1)[1]: decode_index(k.split("/", 1)[1], remote.get(k), 1 << 24)
+                 for k in _keys(remote, "index/")}
+    assert len(remaining) == 1
+    (index,) = remaining.values()
+    assert index.origin["kind"] == "gc" and set(index.supersedes) >= indexes_before
+    assert set(index.packs) == _pack_ids(remote)
+    assert_restorable(repo, writer.expected, tmp_path / "out")
+
+
+def test_young_writer_index_protects_old_packs_but_gc_index_does_not(tmp_path, clock, remote):
+    writer, repo = _two_snapshots_older_forgotten(tmp_path, clock, remote)
+    gc_to_completion(repo, clock)
+    store = BlobStore(remote, repo.config, repo.load_index(), origin={"kind": "checkpoint", "host": "h",
+                                                                        "session": "s"})
+    store.add(KIND_DATA, b"uploaded by a long sync, no snapshot yet" * 100)
+    store.wait_uploads()
+    clock.advance(GRACE + 1)             # the pack is old now, but its checkpoint index is written now
+    store.write_index("checkpoint")
+    store.close()
+    assert gc(repo, clock).packs_condemned == 0, "a young checkpoint index protects its packs"
+    clock.advance(GRACE + 1)
+    assert gc(repo, clock).packs_condemned == 1, "once the index is old, the dead pack goes"
+    apply_retention(repo, {"keep_tag": "nothing"}, all_hosts=True)
+    reports = gc_to_completion(repo, clock)
+    assert sum(r.packs_deleted for r in reports) > 0, "the consolidated (gc) index protects nothing"
+    assert not _pack_ids(remote)
+
+
+def test_orphan_pack_is_condemned_only_after_the_grace_period(tmp_path, clock, remote):
+    writer, repo = _two_snapshots_older_forgotten(tmp_path, clock, remote)
+    gc_to_completion(repo, clock)
+    store = BlobStore(remote, repo.config, repo.load_index(), origin={"kind": "writer", "host": "h", "session": "s"})
+    store.add(KIND_DATA, b"from a sync that crashed before its index" * 100)
+    store.wait_uploads()
+    (orphan,) = store.unindexed()
+    store.close()
+    assert gc(repo, clock).packs_condemned == 0
+    clock.advance(GRACE + 1)
+    assert gc(repo, clock).packs_condemned == 1
+    clock.advance(GRACE + 1)
+    assert gc(repo, clock).packs_deleted == 1 and orphan not in _pack_ids(remote)
+    assert_restorable(repo, writer.expected, tmp_path / "out")
+
+
+def test_size_after_forgetting_all_but_the_newest_is_near_a_fresh_repository(tmp_path, clock, remote):
+    writer = Writer(tmp_path / "a", "host-a", clock)
+    for seed in range(5):
+        writer.edit(seed)
+        writer.snapshot()
+        writer.sync(remote)
+        clock.advance(600)
+    repo = remote_repo(remote, tmp_path)
+    apply_retention(repo, {"keep_last": 1}, all_hosts=True)
+    gc_to_completion(repo, clock)
+    fresh_remote = new_memory_remote(clock)
+    fresh = Writer(tmp_path / "fresh", "host-a", clock, config=writer.repo.config)
+    fresh.source = writer.source
+    fresh.snapshot()
+    fresh.sync(fresh_remote)
+    size, fresh_size = stored_bytes(remote), stored_bytes(fresh_remote)
+    print(f"after gc {size} bytes, fresh repository {fresh_size} bytes ({size / fresh_size:.3f}x)")
+    assert size <= 1.2 * fresh_size
+    assert_restorable(repo, writer.expected, tmp_path / "out")
+
+
+def test_dry_run_writes_and_deletes_nothing_and_reports_what_would_go(tmp_path, clock, remote):
+    writer, repo = _two_snapshots_older_forgotten(tmp_path, clock, remote)
+    clock.advance(GRACE + 1)
+    before = {info.key: info.etag for info in remote.list("")}
+    report = gc(repo, clock, dry_run=True)
+    assert report.would_free > 0 and report.packs_condemned > 0
+    assert {info.key: info.etag for info in remote.list("")} == before
+    gc(repo, clock)
+    clock.advance(GRACE + 1)
+    before = {info.key: info.etag for info in remote.list("")}
+    report = gc(repo, clock, dry_run=True)
+    assert report.plans_swept == 1 and report.would_free > 0
+    assert {info.key: info.etag for info in remote.list("")} == before
+
+
+# -- time and the lease -----------------------------------------------------------------------
+
+def test_gc_refuses_when_local_and_storage_clocks_disagree(tmp_path, clock, remote):
+    writer, repo = _two_snapshots_older_forgotten(tmp_path, clock, remote)
+    clock.advance(GRACE + 1)
+    with pytest.raises(ClockSkew):
+        gc(repo, clock, local_clock=lambda: clock() + 600)
+    assert not list_plan_keys(remote) and not remote.exists(LEASE_KEY)
+
+
+def test_a_held_lease_refuses_gc_until_it_expires(tmp_path, clock, remote):
+    writer, repo = _two_snapshots_older_forgotten(tmp_path, clock, remote)
+    clock.advance(GRACE + 1)
+    holder = msgpack.packb({"version": 1, "host": "elsewhere", "pid": 1, "boot_id": "x",
+                            "expires": clock() + 600})
+    remote.put(LEASE_KEY, holder, if_absent=True)
+    with pytest.raises(LeaseHeld, match="elsewhere"):
+        gc(repo, clock)
+    assert remote.get(LEASE_KEY) == holder
+    clock.advance(3600)                  # expired, by more than the allowed clock skew
+    assert gc(repo, clock).plan
+    assert not remote.exists(LEASE_KEY), "released when done"
+
+
+class IgnoresConditionalWrites(RemoteWrapper):
+    """A store that overwrites even when asked to create only if absent."""
+
+    def _put(self, key, data, *, if_absent, if_match):
+        return self.inner.put(key, data)
+
+
+def test_store_ignoring_conditional_create_gets_gc_only_with_exclusive(tmp_path, clock, remote):
+    writer, repo = _two_snapshots_older_forgotten(tmp_path, clock, remote)
+    clock.advance(GRACE + 1)
+    careless = remote_repo(IgnoresConditionalWrites(remote), tmp_path)
+    with pytest.raises(NoConditionalWrites):
+        gc(careless, clock)
+    assert not list_plan_keys(remote) and not remote.exists(LEASE_KEY)
+    report = gc(careless, clock, exclusive=True)
+    assert report.mode == "exclusive" and report.packs_deleted > 0 and not list_plan_keys(remote)
+    assert_restorable(repo, writer.expected, tmp_path / "out")
+
+
+def test_exclusive_gc_deletes_at_once_without_grace(tmp_path, clock, remote):
+    writer, repo = _two_snapshots_older_forgotten(tmp_path, clock, remote)
+    report = gc(repo, clock, exclusive=True)
+    assert report.packs_deleted > 0 and report.plan is None
+    assert gc(repo, clock, exclusive=True).packs_deleted == 0
+    assert_restorable(repo, writer.expected, tmp_path / "out")
+
+
+def test_lease_renewal_is_compare_and_swap(tmp_path, clock, remote):
+    from casstore.gc_lease import Lease
+
+    lease = Lease(remote, host="h", ttl=60, clock=clock, local_clock=clock).acquire()
+    remote.put(LEASE_KEY, b"someone else", if_match=lease.etag)     # another gc took it over
+    from casstore.gc import LeaseLost
+
+    with pytest.raises(LeaseLost):
+        lease.renew()
+    with pytest.raises(ObjectExists):
+        remote.put(LEASE_KEY, b"x", if_absent=True)
+
+
+# -- after gc, writers' view of the remote stays correct --------------------------------------
+
+def test_sync_after_gc_uploads_again_what_gc_removed(tmp_path, clock, remote):
+    writer = Writer(tmp_path / "a", "host-a", clock)
+    writer.snapshot()
+    writer.sync(remote)
+    repo = remote_repo(remote, tmp_path)
+    apply_retention(repo, {"keep_tag": "nothing"}, all_hosts=True)
+    gc_to_completion(repo, clock)
+    assert not _pack_ids(remote)
+    writer.snapshot()                     # the same data; the writer's index cache still lists it
+    report = writer.sync(remote)
+    assert report.blobs_missing > 0 and report.packs_uploaded > 0
+    assert_restorable(repo, writer.expected, tmp_path / "out")
+
+
+def test_cli_gc_on_a_directory_remote_uses_the_two_phase_protocol(tmp_path, clock):
+    writer = Writer(tmp_path / "a", "testhost", clock)
+    writer.snapshot()
+    url = f"file://{tmp_path / 'nas'}"
+    writer.sync(url)
+    forget = cli_json("forget", "--remote", url, "--keep-tag", "nothing", "--json")
+    assert len(forget["removed"]) == 1
+    report = cli_json("gc", "--remote", url, "--grace", "0s", "--json")
+    assert report["mode"] == "remote" and report["plan"] and report["objects_deleted"] == 0
+    report = cli_json("gc", "--remote", url, "--grace", "0s", "--json")
+    assert report["plans_swept"] == 1 and report["packs_deleted"] > 0 and report["bytes_deleted"] > 0
+    assert not list((tmp_path / "nas" / "gc").iterdir())
+
+
+class SlowStorage(RemoteWrapper):
+    """Every read takes 150 s of (fake) time; lease writes are counted."""
+
+    def __init__(self, inner, clock) -> None:
+        super().__init__(inner)
+        self.clock, self.lease_writes = clock, 0
+
+    def _get(self, key, offset, length):
+        self.clock.advance(150)
+        return super()._get(key, offset, length)
+
+    def _put(self, key, data, *, if_absent, if_match):
+        self.lease_writes += key == LEASE_KEY
+        return super()._put(key, data, if_absent=if_absent, if_match=if_match)
+
+
+def test_a_long_gc_keeps_renewing_its_lease(tmp_path, clock, remote):
+    writer, repo = _two_snapshots_older_forgotten(tmp_path, clock, remote)
+    clock.advance(GRACE + 1)
+    slow = SlowStorage(remote, clock)
+    started = clock()
+    report = gc(remote_repo(slow, tmp_path / "cold-cache"), clock)
+    elapsed = clock() - started
+    assert report.plan and elapsed > 1200
+    assert slow.lease_writes >= 3 + elapsed // 600, "renewed at least once per lease period (600 s)"

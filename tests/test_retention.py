@@ -1,0 +1,180 @@
+"""Retention policies (restic's forget rules, per host and source) and `forget`."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from casstore.config import load_settings
+from casstore.errors import ConfigError
+from casstore.manifest.snapshot import SnapshotManifest
+from casstore.repository import Repository, SnapshotInfo
+from casstore.retention import (
+    RetentionPolicy,
+    UnsyncedSnapshots,
+    apply_retention,
+    decide,
+    policy_from_settings,
+)
+from tests.gc_helpers import FakeClock, Writer, cli_json, new_memory_remote
+from tests.helpers import invoke, write_snapshot
+
+T0 = datetime(2024, 12, 29, 12, 0, tzinfo=UTC)   # a Sunday; the next day starts ISO week 2025-W01
+
+
+def snap(when: datetime, *, host: str = "h", source: str = "/data", tags=(), incomplete: bool = False):
+    manifest = SnapshotManifest(time_ns=int(when.timestamp() * 1e9), host=host, source=source, tree=b"\0" * 32,
+                                tags=list(tags), incomplete=incomplete)
+    return SnapshotInfo(uuid.uuid4().hex * 2, manifest)
+
+
+def kept(snapshots, **policy) -> dict:
+    """id -> reasons of every kept snapshot (all groups)."""
+    groups = decide(snapshots, RetentionPolicy(**policy))
+    return {d.snapshot.id: d.reasons for g in groups for d in g.keep}
+
+
+def test_keep_last_counts_complete_snapshots_only():
+    s = [snap(T0 + timedelta(hours=i), incomplete=i in (1, 4)) for i in range(5)]
+    result = kept(s, last=2)
+    assert set(result) == {s[4].id, s[3].id, s[2].id}
+    assert result[s[4].id] == ["incomplete, newer than the newest complete snapshot"]
+    assert result[s[3].id] == ["last"] and result[s[2].id] == ["last"]
+
+
+def test_old_incomplete_snapshot_goes_unless_a_time_or_tag_rule_keeps_it():
+    s = [snap(T0, incomplete=True, tags=["x"]), snap(T0 + timedelta(hours=1), incomplete=True),
+         snap(T0 + timedelta(hours=2))]
+    assert set(kept(s, last=5)) == {s[2].id}
+    assert set(kept(s, last=5, tags=("x",))) == {s[0].id, s[2].id}
+    assert set(kept(s, last=5, within=3600)) == {s[1].id, s[2].id}
+
+
+def test_daily_keeps_the_newest_of_each_of_the_last_days():
+    s = [snap(T0 - timedelta(days=d, hours=h)) for d in range(5) for h in (0, 3, 6)]
+    result = kept(s, daily=3)
+    assert set(result) == {s[0].id, s[3].id, s[6].id}
+    assert result[s[3].id] == ["daily 2024-12-28"]
+
+
+def test_hourly_weekly_monthly_yearly_buckets():
+    hours = [snap(T0 + timedelta(minutes=20 * i)) for i in range(7)]        # 12:00 .. 14:00
+    assert {r[0] for r in kept(hours, hourly=2).values()} == {"hourly 2024-12-29 14:00", "hourly 2024-12-29 13:00"}
+    days = [snap(T0 + timedelta(days=d)) for d in range(3)]                  # Sun, Mon, Tue
+    assert sorted(r[0] for r in kept(days, weekly=5).values()) == ["weekly 2024-w52", "weekly 2025-w01"]
+    months = [snap(T0 - timedelta(days=10 * i)) for i in range(8)]
+    assert len(kept(months, monthly=2)) == 2
+    assert sorted(r[0] for r in kept(months, yearly=3).values()) == ["yearly 2024"]
+
+
+def test_within_is_measured_from_the_newest_snapshot_of_the_group():
+    s = [snap(T0 - timedelta(days=d)) for d in range(10)]
+    assert set(kept(s, within=3 * 86400)) == {x.id for x in s[:4]}
+    assert kept(s, within=3 * 86400)[s[0].id] == ["within 3d"]
+
+
+def test_every_reason_is_reported_and_groups_are_independent():
+    a = [snap(T0 + timedelta(days=d), tags=["release"] if d == 0 else []) for d in range(3)]
+    b = [snap(T0 + timedelta(days=d), host="other") for d in range(3)]
+    c = [snap(T0 + timedelta(days=d), source="/elsewhere") for d in range(3)]
+    result = kept(a + b + c, last=1, daily=2, tags=("release",))
+    assert len(result) == 3 * 2 + 1
+    assert result[a[2].id] == ["last", "daily 2024-12-31"]
+    assert result[a[0].id] == ["tag release"]
+    groups = decide(a + b + c, RetentionPolicy(last=1))
+    assert [(g.host, g.source) for g in groups] == [("h", "/data"), ("h", "/elsewhere"), ("other", "/data")]
+
+
+def test_policies_from_mappings_and_settings():
+    assert RetentionPolicy.coerce({"keep_last": 30}) == RetentionPolicy(last=30)
+    assert RetentionPolicy.coerce({"within": "30d", "keep_tag": "x"}) == RetentionPolicy(within=30 * 86400,
+                                                                                      tags=("x",))
+    with pytest.raises(ConfigError):
+        RetentionPolicy.coerce({"keep_everything": 1})
+    assert policy_from_settings(load_settings({"keep_last": 30})) == RetentionPolicy(last=30)
+    assert policy_from_settings(load_settings({})) is None
+    assert policy_from_settings(load_settings(environ={"CASSTORE_KEEP_LAST": "7"})) == RetentionPolicy(last=7)
+
+
+# -- forget on repositories -------------------------------------------------------------------
+
+def _repo_with_hosts(tmp_path) -> Repository:
+    from tests.helpers import init_repo
+
+    repo = init_repo(tmp_path / "repo")
+    for i in range(3):
+        for host in ("testhost", "other"):
+            write_snapshot(repo, lambda store: [], host=host, time_ns=int((T0 + timedelta(hours=i)).timestamp() * 1e9))
+    return repo
+
+
+def _hosts(repo) -> list[str]:
+    return sorted(s.manifest.host for s in repo.all_snapshots())
+
+
+def test_forget_acts_on_this_hosts_snapshots_unless_told_otherwise(tmp_path):
+    repo = _repo_with_hosts(tmp_path)
+    result = apply_retention(repo, {"keep_last": 1})
+    assert len(result.removed) == 2 and _hosts(repo) == ["other"] * 3 + ["testhost"]
+    apply_retention(repo, RetentionPolicy(last=1), host="other")
+    assert _hosts(repo) == ["other", "testhost"]
+    repo2 = _repo_with_hosts(tmp_path / "second")
+    assert len(apply_retention(repo2, {"keep_last": 1}, all_hosts=True).removed) == 4
+
+
+def test_dry_run_and_empty_policy_remove_nothing(tmp_path):
+    repo = _repo_with_hosts(tmp_path)
+    result = apply_retention(repo, {"keep_last": 1}, dry_run=True)
+    assert len(result.to_remove) == 2 and not result.removed and len(_hosts(repo)) == 6
+    with pytest.raises(ConfigError):
+        apply_retention(repo, RetentionPolicy())
+
+
+def test_forget_on_a_remote_repository(tmp_path):
+    clock = FakeClock()
+    remote = new_memory_remote(clock)
+    writer = Writer(tmp_path / "a", "testhost", clock)
+    for seed in range(3):
+        writer.edit(seed)
+        writer.snapshot()
+    writer.sync(remote)
+    on_remote = Repository.open_remote(remote, load_settings({"cache_dir": str(tmp_path / "c")}))
+    assert len(apply_retention(on_remote, {"keep_last": 1}).removed) == 2
+    assert len(on_remote.snapshot_ids()) == 1 and len(writer.repo.snapshot_ids()) == 3
+
+
+def test_local_forget_keeps_snapshots_never_synced_unless_forced(tmp_path):
+    url = f"memory://{uuid.uuid4().hex}"
+    writer = Writer(tmp_path / "a", "testhost", FakeClock())
+    writer.repo.settings = writer.repo.settings.with_overrides(remote=url)
+    first = writer.snapshot()
+    writer.repo.sync()
+    writer.edit(1)
+    second = writer.snapshot()
+    assert apply_retention(writer.repo, {"keep_last": 1}).removed == [first], "a synced snapshot may go"
+    writer.edit(2)
+    writer.snapshot()
+    with pytest.raises(UnsyncedSnapshots, match="never synced"):
+        apply_retention(writer.repo, {"keep_last": 1})
+    assert second in writer.repo.snapshot_ids()
+    assert apply_retention(writer.repo, {"keep_last": 1}, force=True).removed == [second]
+
+
+def test_cli_forget_prints_which_rule_kept_each_snapshot(tmp_path):
+    repo = _repo_with_hosts(tmp_path)
+    out = invoke("forget", "--repo", repo.local_dir, "--keep-last", "1", "--keep-daily", "1", "--dry-run").stdout
+    assert "keep   " in out and "(last; daily 2024-12-29)" in out and out.count("  remove ") == 2
+    assert "dry run: would forget 2 snapshot(s)" in out
+    data = cli_json("forget", "--repo", repo.local_dir, "--keep-within", "1h", "--all-hosts", "--json")
+    assert len(data["removed"]) == 2 and data["kept"] == 4
+    error = invoke("forget", "--repo", repo.local_dir, expect=2)
+    assert "no retention rule" in error.stderr
+
+
+def test_cli_forget_without_rules_uses_casstore_keep_last(tmp_path, monkeypatch):
+    repo = _repo_with_hosts(tmp_path)
+    monkeypatch.setenv("CASSTORE_KEEP_LAST", "2")
+    data = cli_json("forget", "--repo", repo.local_dir, "--json")
+    assert data["policy"]["last"] == 2 and len(data["removed"]) == 1
