@@ -72,8 +72,11 @@ class Lease:
     # -- the lease body ----------------------------------------------------------------------
 
     def body(self, expires: float, probe: bool = False) -> bytes:
+        # the nonce makes every write's bytes unique: an S3 ETag is the content's MD5, so a
+        # compare-and-swap must never see two writes with equal bytes as the same version
         return msgpack.packb({"version": LEASE_VERSION, "host": self.host, "pid": os.getpid(),
-                              "boot_id": _boot_id(), "expires": expires, "probe": probe})
+                              "boot_id": _boot_id(), "expires": expires, "probe": probe,
+                              "nonce": os.urandom(8)})
 
     def now(self) -> float:
         """The storage's clock, estimated forward from our last write of the lease."""
