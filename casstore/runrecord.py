@@ -244,26 +244,17 @@ def sync_step(repo, settings: Settings) -> dict | None:
             "requests": report.requests, "seconds": report.seconds}
 
 
-def retention_policy(settings: Settings):
-    """The retention policy from settings, or None when none is set (CASSTORE_KEEP_LAST)."""
-    if not settings.keep_last:
-        return None
-    return {"keep_last": settings.keep_last}
-
-
 def retention_step(repo, settings: Settings) -> dict | None:
-    """Apply the retention policy when one is set and casstore.retention is available.
+    """Apply the retention policy (CASSTORE_KEEP_LAST) when one is set.
 
     Only snapshot objects are forgotten here; the space comes back when gc runs.
     """
-    policy = retention_policy(settings)
+    from casstore.retention import apply_retention, policy_from_settings
+
+    policy = policy_from_settings(settings)
     if policy is None:
         return None
-    try:
-        from casstore.retention import apply_retention
-    except ImportError:
-        return {"skipped": "retention is not available in this version of casstore", "policy": policy}
-    return _compact(apply_retention(repo, policy), policy)
+    return _compact(apply_retention(repo, policy), policy.describe())
 
 
 def _compact(result: object, asked: dict) -> dict:

@@ -188,22 +188,13 @@ def test_sigterm_finishes_the_current_step_and_abandons_the_rest(settings):
     assert record.abandoned == "stopped before sync" and record.snapshot and not record.ok
 
 
-def test_retention_runs_only_with_a_policy_and_plugs_in_when_available(settings, monkeypatch):
-    import types
-
+def test_retention_runs_only_with_a_policy(settings):
     clock = FakeClock()
     perform_run(settings, trigger="once", clock=clock)
     assert RunLog(settings.repository).last().retention is None       # no policy set
-    policy_settings = settings.with_overrides(keep_last=3)
-    monkeypatch.setitem(sys.modules, "casstore.retention", None)       # not written yet
-    record = perform_run(policy_settings, trigger="once", clock=clock)
-    assert record.ok and "skipped" in record.retention
-    calls = []
-    fake = types.SimpleNamespace(apply_retention=lambda repo, p: calls.append(p) or {"removed": [], "kept": 3})
-    monkeypatch.setitem(sys.modules, "casstore.retention", fake)
-    record = perform_run(policy_settings, trigger="once", clock=clock)
-    assert record.ok and record.retention == {"policy": {"keep_last": 3}, "removed": [], "kept": 3}
-    assert calls == [{"keep_last": 3}]
+    record = perform_run(settings.with_overrides(keep_last=3), trigger="once", clock=clock)
+    assert record.ok and record.retention["removed"] == [] and record.retention["kept"] == 2
+    assert "keep 3 last" in record.retention["policy"]
 
 
 def test_scheduled_retention_forgets_beyond_keep_last(settings):
