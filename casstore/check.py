@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass, field
 
 from casstore.blobs import codec
-from casstore.blobs.index import decode_index
+from casstore.blobs.index import decode_index, without_retracted
 from casstore.blobs.pack import KIND_DATA, KIND_TREE, pack_key, parse_header, verify_pack_id
 from casstore.errors import CasstoreError, FormatError, IntegrityError
 from casstore.manifest.snapshot import decode_snapshot
@@ -63,14 +63,17 @@ class Checker:
     def _check_indexes(self) -> None:
         index = self.repo.index
         index.clear()
+        objects = {}
         for info in self.repo.remote.list("index/"):
             index_id = info.key.split("/", 1)[1]
             try:
                 body = self.repo.remote.get(info.key)
-                index.add_object(index_id, decode_index(index_id, body, self.repo.config.max_blob_size))
+                objects[index_id] = decode_index(index_id, body, self.repo.config.max_blob_size)
                 self.report.indexes += 1
             except CasstoreError as exc:
                 self.report.errors.append(f"index {index_id[:16]}: {exc}")
+        for index_id, index_object in without_retracted(objects).items():  # withdrawn indexes name lost packs
+            index.add_object(index_id, index_object)
 
     def _check_packs_listed(self) -> None:
         self.pack_sizes = {info.key.rsplit("/", 1)[1]: info.size for info in self.repo.remote.list("data/")}

@@ -43,7 +43,7 @@ class Copier:
         self.src_store = src.blob_store()
         self.store = dst.blob_store(upload_threads=concurrency)
         if state is not None:
-            self.store.on_pack_uploaded = lambda pack_id, entries, size: state.journal_append(pack_id, entries)
+            self.store.on_pack_uploaded = self._pack_uploaded
         self.known_plans: list[str] = []
         self.relied_indexes: set[str] = set()
         self.recheck_clock = 0.0
@@ -114,17 +114,18 @@ class Copier:
         self.store.wait_uploads()
         pause_point("after-pack-upload")
 
+    def _pack_uploaded(self, pack_id: str, entries, size: int, info) -> None:
+        if self.state is not None:
+            self.state.journal_append(pack_id, entries)
+        self._note_write(info.mtime)
+
     def checkpoint(self) -> None:
         """Index what is uploaded so far, so gc protects those packs while this session lives."""
-        self.store.wait_uploads()
-        self._confirm_unindexed()
-        written = self.store.write_index("checkpoint")
+        written = self._write_index("checkpoint")
         self.checkpoint_clock = self.clock()
         if written is None:
             return
-        index_id, info = written
-        self.relied_indexes.add(index_id)
-        self._note_write(info.mtime)
+        _, info = written
         if self.checkpoint_storage is not None and info.mtime - self.checkpoint_storage > self.grace / 2:
             raise SessionExpired("checkpoints more than half the grace period apart; restarting the sync")
         self.checkpoint_storage = info.mtime
@@ -139,16 +140,49 @@ class Copier:
             self.store.forget_unindexed(gone)
 
     def flush(self) -> None:
+        self._write_index("writer")
+
+    def _write_index(self, kind: str):
+        """Index the uploaded packs; if the index landed late, make sure its packs still exist."""
         self.store.wait_uploads()
+        reference = self._storage_now()   # before the confirmation: a pause anywhere after it shows
         self._confirm_unindexed()
-        written = self.store.write_index("writer")
+        pause_point("before-index-put")
+        written = self.store.write_index(kind)
         if written is not None:
-            index_id, info = written
-            self.relied_indexes.add(index_id)
-            self._note_write(info.mtime)
+            self._check_index_landed(*written, reference, kind)
+        return written
+
+    def _check_index_landed(self, index_id: str, info, reference: float | None, kind: str, depth: int = 0) -> None:
+        """A writer paused between confirming its packs and indexing them (past two grace periods)
+        may have indexed packs gc has since deleted. It cannot delete its index (writers only put),
+        so it writes one without the lost packs that retracts it; the lost blobs then count as
+        missing and the re-check uploads them again before any snapshot relies on them."""
+        self.relied_indexes.add(index_id)
+        self._note_write(info.mtime)
+        if not self.protocol or (reference is not None and info.mtime - reference <= self.grace / 4):
+            return
+        packs = self.store.session_indexes[index_id]
+        gone = {p for p in packs if not self.dst.remote.exists(f"data/{p[:2]}/{p}")}
+        if not gone or depth >= MAX_RECHECKS:
+            return
+        log.warning("%d pack(s) were deleted before their index landed; withdrawing that index", len(gone))
+        self.dst.index.drop_packs(gone)
+        reference = self._storage_now()
+        kept = {p: entries for p, entries in packs.items() if p not in gone}
+        new_id, new_info = self.store.put_index(kept, kind, retracts=(index_id,))
+        self.relied_indexes.discard(index_id)
+        self._check_index_landed(new_id, new_info, reference, kind, depth + 1)
 
     def _note_write(self, storage_time: float) -> None:
         self.last_write = (storage_time, self.clock())
+
+    def _storage_now(self) -> float | None:
+        """The storage's clock now, estimated from our last write plus the boot-time elapsed since."""
+        if self.last_write is None:
+            return None
+        storage, at = self.last_write
+        return storage + (self.clock() - at)
 
     # -- committing --------------------------------------------------------------------------
 
@@ -173,13 +207,8 @@ class Copier:
         raise CasstoreError("the remote keeps changing under this sync (gc running?); run sync again")
 
     def _mark_recheck(self) -> None:
-        now = self.clock()
-        self.recheck_clock = now
-        if self.last_write is None:
-            self.recheck_storage = 0.0
-        else:
-            storage, at = self.last_write
-            self.recheck_storage = storage + (now - at)   # the storage's clock, estimated forward
+        self.recheck_clock = self.clock()
+        self.recheck_storage = self._storage_now() or 0.0
 
     def commit(self, snapshot_id: str, blobs: list[tuple[int, bytes]]) -> None:
         if self.protocol and self.clock() - self.recheck_clock > self.grace / 2:

@@ -38,7 +38,7 @@ from casstore.gc_lease import Lease, lease_ttl
 from casstore.gc_local import collect_at_once
 from casstore.gc_mark import mark
 from casstore.gc_sweep import sweep
-from casstore.gc_view import load_view
+from casstore.gc_view import delete_retracted, load_view
 from casstore.lock import repository_lock
 from casstore.testhooks_gc import crashing
 
@@ -79,6 +79,8 @@ def _two_phase(ctx: GcContext) -> None:
     ctx.report.snapshots, ctx.report.live_blobs = len(view.snapshots), len(view.live)
     if sweep(ctx, view) and not ctx.dry_run:
         view = load_view(ctx)   # mark on what is there now
+    elif not ctx.dry_run:
+        delete_retracted(ctx, view)   # withdrawn by their writers: safe to delete at any time
     mark(ctx, view)
 
 

@@ -12,7 +12,7 @@ from casstore.blobs.pack import pack_key
 from casstore.gc_common import GcContext
 from casstore.gc_repack import dead_bytes, mostly_dead, repack
 from casstore.gc_sweep import write_consolidated
-from casstore.gc_view import RepoView, load_view, needed_locations, pack_usage
+from casstore.gc_view import RepoView, delete_retracted, load_view, needed_locations, pack_usage
 
 
 def collect_at_once(ctx: GcContext) -> None:
@@ -36,6 +36,7 @@ def collect_at_once(ctx: GcContext) -> None:
 
 def _replace(ctx: GcContext, view: RepoView, doomed: set[str], new_packs: dict) -> None:
     """New index, then old indexes, then packs, then plans."""
+    delete_retracted(ctx, view)
     if doomed or new_packs or len(view.indexes) > 1:
         write_consolidated(ctx, view, doomed, new_packs)
         for index_id, (_, info) in sorted(view.indexes.items()):

@@ -19,7 +19,7 @@ from casstore import testhooks
 from casstore.blobs.index import IndexObject, decode_index
 from casstore.blobs.pack import pack_key
 from casstore.gc_common import GcContext
-from casstore.gc_view import PROTECTING_ORIGINS, RepoView
+from casstore.gc_view import PROTECTING_ORIGINS, RepoView, delete_retracted
 
 
 def due_plans(ctx: GcContext, view: RepoView, now: float) -> list[str]:
@@ -66,6 +66,7 @@ def sweep(ctx: GcContext, view: RepoView) -> bool:
         return True
     if indexes:
         write_consolidated(ctx, view, deleting)
+    delete_retracted(ctx, view)
     for index_id in sorted(indexes):
         ctx.delete(f"index/{index_id}", view.indexes[index_id][1].size, "indexes_deleted")
     for pack_id in sorted(deleting):

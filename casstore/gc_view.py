@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from casstore.blobs.index import IndexObject, Location, MasterIndex, decode_index
+from casstore.blobs.index import IndexObject, Location, MasterIndex, decode_index, without_retracted
 from casstore.blobs.pack import KIND_DATA, KIND_TREE
 from casstore.blobs.store import BlobStore
 from casstore.cache import BlobCache
@@ -32,6 +32,7 @@ class RepoView:
     plans: dict[str, tuple[GcPlan, ObjectInfo]] = field(default_factory=dict)
     snapshots: dict[str, SnapshotManifest] = field(default_factory=dict)
     indexes: dict[str, tuple[IndexObject, ObjectInfo]] = field(default_factory=dict)
+    retracted: dict[str, ObjectInfo] = field(default_factory=dict)   # withdrawn by their writer: ignored
     packs: dict[str, ObjectInfo] = field(default_factory=dict)
     index: MasterIndex = field(default_factory=MasterIndex)
     live: set[BlobKey] = field(default_factory=set)
@@ -59,6 +60,12 @@ class RepoView:
 
     def without(self, doomed: set[str]) -> dict[str, list]:
         return {pack: blobs for pack, blobs in self.pack_entries().items() if pack not in doomed}
+
+
+def delete_retracted(ctx: GcContext, view: RepoView) -> None:
+    """Delete indexes their writers withdrew, before anything that could delete the withdrawing index."""
+    for index_id, info in sorted(view.retracted.items()):
+        ctx.delete(f"index/{index_id}", info.size, "indexes_deleted")
 
 
 def load_view(ctx: GcContext, *, walk: bool = True) -> RepoView:
@@ -101,8 +108,12 @@ def _list_indexes(ctx: GcContext, view: RepoView) -> None:
     for info in ctx.remote.list("index/"):
         ctx.keep_lease()
         index_id = info.key.split("/", 1)[1]
-        index = _fetch_index(ctx, info.key, index_id)
-        view.indexes[index_id] = (index, info)
+        view.indexes[index_id] = (_fetch_index(ctx, info.key, index_id), info)
+    # an index its writer retracted names packs that are gone: it is neither trusted nor kept
+    active = without_retracted({index_id: index for index_id, (index, _) in view.indexes.items()})
+    view.retracted = {index_id: info for index_id, (_, info) in view.indexes.items() if index_id not in active}
+    view.indexes = {index_id: entry for index_id, entry in view.indexes.items() if index_id in active}
+    for index_id, (index, _) in view.indexes.items():
         view.index.add_object(index_id, index)
 
 

@@ -8,7 +8,7 @@ import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-from casstore.blobs.index import MasterIndex, decode_index
+from casstore.blobs.index import MasterIndex, decode_index, without_retracted
 from casstore.blobs.store import BlobStore
 from casstore.cache import BlobCache, LocalCache
 from casstore.config import Settings, load_settings
@@ -111,20 +111,32 @@ class Repository:
     def load_index(self) -> MasterIndex:
         """Load every index object listed now; entries of vanished index objects are dropped."""
         listed = {info.key.split("/", 1)[1] for info in self.remote.list("index/")}
-        if set(self.index.index_packs) - listed:
+        loaded = set(self.index.index_packs)
+        new = self._fetch_indexes(sorted(listed - loaded))
+        retracted = self.index.retracted | {r for index in new.values() for r in index.retracts}
+        if (loaded - listed) or (loaded & retracted):
+            # an index we used is gone or withdrawn: rebuild from what is listed now
             self.index.clear()
-        for index_id in sorted(listed - set(self.index.index_packs)):
-            try:
-                body = self._cached_get("index", index_id)
-                self.index.add_object(index_id, decode_index(index_id, body, self.config.max_blob_size))
-            except (FormatError, IntegrityError, ObjectNotFound) as exc:
-                log.warning("skipping damaged index %s: %s", index_id[:16], exc)
-                if self.cache:
-                    self.cache.discard("index", index_id)
+            new = self._fetch_indexes(sorted(listed))
+        for index_id, index in without_retracted(new).items():
+            if index_id not in self.index.retracted:
+                self.index.add_object(index_id, index)
         if self.cache:
             for stale in self.cache.names("index") - listed:
                 self.cache.discard("index", stale)
         return self.index
+
+    def _fetch_indexes(self, index_ids: list[str]) -> dict:
+        """Decode each index object; damaged ones are skipped with a warning (readers, design 5.6)."""
+        found = {}
+        for index_id in index_ids:
+            try:
+                found[index_id] = decode_index(index_id, self._cached_get("index", index_id), self.config.max_blob_size)
+            except (FormatError, IntegrityError, ObjectNotFound) as exc:
+                log.warning("skipping damaged index %s: %s", index_id[:16], exc)
+                if self.cache:
+                    self.cache.discard("index", index_id)
+        return found
 
     def load_plans(self) -> list[str]:
         """Read every gc plan; their condemned packs no longer count as holding blobs."""

@@ -140,6 +140,34 @@ def test_writer_paused_after_pack_upload_past_grace_while_gc_marks_and_sweeps(tm
     assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")
 
 
+def test_writer_paused_before_its_index_lands_past_two_grace_periods_withdraws_it(tmp_path, clock, remote,
+                                                                                 monkeypatch):
+    """The pause falls after the writer confirmed its packs and before its index lands: gc condemns
+    and sweeps the (orphan) packs meanwhile. The late index names deleted packs; the writer retracts
+    it, uploads the blobs again, and gc neither trusts nor keeps the retracted index."""
+    writer = Writer(tmp_path / "a", "host-a", clock)
+    writer.snapshot()
+    swept = []
+
+    def gc_while_paused():
+        repo = remote_repo(remote, tmp_path)
+        clock.advance(GRACE + 1)
+        assert gc(repo, clock).packs_condemned > 0
+        clock.advance(GRACE + 1)
+        swept.append(gc(repo, clock))
+
+    _at(monkeypatch, sync_module, "before-index-put", gc_while_paused)
+    report = writer.sync(remote)
+    assert swept[0].packs_deleted > 0
+    assert report.reuploaded_blobs > 0
+    repo = remote_repo(remote, tmp_path)
+    assert repo.check().ok, "the retracted index must not make the repository look damaged"
+    assert_restorable(repo, writer.expected, tmp_path / "out")
+    runs = gc_to_completion(repo, clock)     # gc does not abort on the withdrawn index, and deletes it
+    assert sum(r.indexes_deleted for r in runs) >= 1
+    assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out2")
+
+
 def test_writer_paused_after_pack_upload_within_grace_keeps_its_packs(tmp_path, clock, remote, monkeypatch):
     writer = Writer(tmp_path / "a", "host-a", clock)
     writer.snapshot()

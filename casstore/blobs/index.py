@@ -5,7 +5,13 @@ An index object is msgpack:
     {"version": 1,
      "origin": {"kind": "writer" | "checkpoint" | "gc", "host": str, "session": str},
      "packs": [[pack id (hex str), [[kind, blob id, offset, length, raw length], ...]], ...],
-     "supersedes": [index id, ...]}          # only for gc's consolidated indexes
+     "supersedes": [index id, ...],          # only for gc's consolidated indexes
+     "retracts": [index id, ...]}            # only when a writer withdraws an index of its own
+
+A writer that finds, after writing an index, that a pack it lists was deleted meanwhile (it was
+paused past the grace periods) cannot delete that index (writers may only put); it writes a new
+index without the lost pack that `retracts` the old one. Readers, check and gc ignore retracted
+indexes, and gc deletes them.
 
 It is stored as `index/<BLAKE3 of the bytes>`. In memory, `MasterIndex` keeps every location of
 every blob, keyed by (kind, id) so a chunk equal to a tree blob cannot be confused with it.
@@ -43,6 +49,7 @@ class IndexObject:
     origin: dict
     packs: dict[str, list[BlobEntry]]
     supersedes: list[str] = field(default_factory=list)
+    retracts: list[str] = field(default_factory=list)
 
     def encode(self) -> tuple[str, bytes]:
         body = msgpack.packb({
@@ -50,6 +57,7 @@ class IndexObject:
             "origin": self.origin,
             "packs": [[pack_id, [e.as_list() for e in entries]] for pack_id, entries in sorted(self.packs.items())],
             "supersedes": sorted(self.supersedes),
+            **({"retracts": sorted(self.retracts)} if self.retracts else {}),
         })
         return blake3.blake3(body).hexdigest(), body
 
@@ -64,12 +72,19 @@ def decode_index(index_id: str, body: bytes, max_raw_length: int) -> IndexObject
         packs = {_hex_id(pack_id): [_entry(item, max_raw_length) for item in entries]
                  for pack_id, entries in doc["packs"]}
         supersedes = [_hex_id(i) for i in doc.get("supersedes", [])]
+        retracts = [_hex_id(i) for i in doc.get("retracts", [])]
         origin = doc["origin"]
         if not isinstance(origin, dict) or origin.get("kind") not in ORIGINS:
             raise ValueError("bad origin")
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
         raise FormatError(f"corrupt index {index_id[:16]}: {exc}") from exc
-    return IndexObject(origin, packs, supersedes)
+    return IndexObject(origin, packs, supersedes, retracts)
+
+
+def without_retracted(objects: dict[str, IndexObject]) -> dict[str, IndexObject]:
+    """The index objects no other listed index retracts."""
+    retracted = {r for index in objects.values() for r in index.retracts}
+    return {index_id: index for index_id, index in objects.items() if index_id not in retracted}
 
 
 def _hex_id(value: object) -> str:
@@ -98,6 +113,7 @@ class MasterIndex:
         self._locations: dict[BlobKey, list[Location]] = {}
         self.index_packs: dict[str, set[str]] = {}   # index id -> packs it lists
         self.index_origins: dict[str, dict] = {}
+        self.retracted: set[str] = set()   # ids that a loaded index retracts
         self.condemned: set[str] = set()
 
     def clear(self) -> None:
@@ -105,12 +121,14 @@ class MasterIndex:
         self._locations.clear()
         self.index_packs.clear()
         self.index_origins.clear()
+        self.retracted.clear()
 
     def add_object(self, index_id: str, index: IndexObject) -> None:
         if index_id in self.index_packs:
             return
         self.index_packs[index_id] = set(index.packs)
         self.index_origins[index_id] = index.origin
+        self.retracted.update(index.retracts)
         for pack_id, entries in index.packs.items():
             self.add_pack(pack_id, entries)
 

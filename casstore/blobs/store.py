@@ -25,7 +25,7 @@ from casstore.repoconfig import RepoConfig
 
 log = logging.getLogger(__name__)
 
-PackCallback = Callable[[str, list[BlobEntry], int], None]
+PackCallback = Callable[[str, list[BlobEntry], int, object], None]   # pack id, entries, size, ObjectInfo
 
 
 class BlobStore:
@@ -51,6 +51,7 @@ class BlobStore:
         self._max_in_flight = max(1, upload_threads)  # bounds memory: each pack in flight is up to pack_size
         self._lock = threading.Lock()
         self.on_pack_uploaded: PackCallback | None = None
+        self.session_indexes: dict[str, dict[str, list[BlobEntry]]] = {}   # written by this session
         self.packs_written = 0
         self.bytes_written = 0
 
@@ -97,7 +98,7 @@ class BlobStore:
         self._upload(pack_id, data, builder.entries)
 
     def _upload(self, pack_id: str, data: bytes, entries: list[BlobEntry]) -> None:
-        self.remote.put(pack_key(pack_id), data)
+        info = self.remote.put(pack_key(pack_id), data)
         with self._lock:
             self._unindexed[pack_id] = entries
             self.index.add_pack(pack_id, entries)
@@ -106,7 +107,7 @@ class BlobStore:
             self.packs_written += 1
             self.bytes_written += len(data)
         if self.on_pack_uploaded:
-            self.on_pack_uploaded(pack_id, entries, len(data))
+            self.on_pack_uploaded(pack_id, entries, len(data), info)
 
     def adopt_uploaded(self, pack_id: str, entries: list[BlobEntry]) -> None:
         """Take a pack an earlier, interrupted session uploaded (confirmed to exist) into this one."""
@@ -138,12 +139,17 @@ class BlobStore:
             packs, self._unindexed = self._unindexed, {}
         if not packs:
             return None
-        index = IndexObject(origin={**self.origin, "kind": kind}, packs=packs)
+        return self.put_index(packs, kind)
+
+    def put_index(self, packs: dict[str, list[BlobEntry]], kind: str, retracts: tuple[str, ...] = ()):
+        """Write one index object of `packs` (withdrawing `retracts`); return (id, ObjectInfo)."""
+        index = IndexObject(origin={**self.origin, "kind": kind}, packs=packs, retracts=list(retracts))
         index_id, body = index.encode()
         if decode_index(index_id, body, self.config.max_blob_size).packs != packs:  # read back (design 5.5)
             raise IntegrityError("internal error: an index does not decode to what was encoded")
         info = self.remote.put(f"index/{index_id}", body)
         self.index.add_object(index_id, index)
+        self.session_indexes[index_id] = packs
         return index_id, info
 
     def flush(self):
