@@ -135,13 +135,18 @@ class Restorer:
             self.result.dirs += 1
             self.restore_tree(-1, entry.subtree, path)
             return
+        existed = _lstat(dir_fd, entry.name) is not None
         child = open_child_dir(dir_fd, entry.name)
+        before = (self.result.files, self.result.symlinks, self.result.dirs)
         try:
-            self.result.dirs += 1
             self.restore_tree(child, entry.subtree, path)
             self._apply_metadata(child, entry)
         finally:
             os.close(child)
+        if self.include and not existed and before == (self.result.files, self.result.symlinks, self.result.dirs):
+            os.rmdir(entry.name, dir_fd=dir_fd)  # --include matched nothing below it: leave no empty shell
+            return
+        self.result.dirs += 1
 
     def _restore_file(self, dir_fd: int, entry: Entry, path: str) -> None:
         if self.dry_run:

@@ -211,3 +211,19 @@ def test_overwrite_never_refuses_and_if_changed_skips(tmp_path, world):
     assert (target / "f.txt").read_bytes() == b"from snapshot"
     assert invoke("--repo", tmp_path / "repo", "restore", snapshot_id[:8], target, "--overwrite", "bogus",
                   expect=2).exit_code == 2
+
+
+def test_include_leaves_no_empty_directories_for_what_it_did_not_match(tmp_path):
+    import casstore
+
+    (tmp_path / "data" / "keep" / "deep").mkdir(parents=True)
+    (tmp_path / "data" / "skip" / "deeper").mkdir(parents=True)
+    (tmp_path / "data" / "keep" / "deep" / "a.json").write_text("{}")
+    (tmp_path / "data" / "skip" / "deeper" / "b.json").write_text("{}")
+    (tmp_path / "data" / "empty").mkdir()
+    repo = casstore.open(str(tmp_path / "repo"), create=True)
+    repo.snapshot(str(tmp_path / "data"))
+    result = repo.restore("latest", str(tmp_path / "out"), include=("keep/**/*.json",))
+    assert result.ok and result.files == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["keep"]
+    assert (tmp_path / "out" / "keep" / "deep" / "a.json").read_text() == "{}"
