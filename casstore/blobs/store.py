@@ -83,8 +83,8 @@ class BlobStore:
         if not len(builder):
             return
         self._builders[kind] = PackBuilder(kind)
-        builder.seal()  # here, so the parts are freed before the next pack fills
-        self._wait_for_room()
+        self._wait_for_room()   # first: sealing copies the pack once, so no other pack may be in flight then
+        builder.seal()          # here, so the parts are freed before the next pack fills
         # hashing and read-back happen on the upload thread, off the snapshot's main thread
         self._uploads.append(self._pool.submit(self._finish_and_upload, builder))
 
