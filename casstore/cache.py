@@ -9,7 +9,6 @@ wrong data.
 from __future__ import annotations
 
 import os
-import secrets
 
 
 class LocalCache:
@@ -29,7 +28,7 @@ class LocalCache:
     def put(self, kind: str, name: str, data: bytes) -> None:
         path = self._path(kind, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+        tmp = f"{path}.{os.urandom(4).hex()}.tmp"
         try:
             with open(tmp, "wb") as fh:
                 fh.write(data)

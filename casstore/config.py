@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 
 from casstore.errors import ConfigError
 
@@ -118,7 +117,7 @@ def _only_from_dotenv(env: dict, environ: dict | None, name: str) -> str | None:
 
 
 def _default_cache_dir(env: dict) -> str:
-    base = env.get("XDG_CACHE_HOME") or os.path.join(str(Path.home()), ".cache")
+    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "casstore")
 
 
