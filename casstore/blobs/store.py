@@ -25,6 +25,7 @@ from casstore.repoconfig import RepoConfig
 
 log = logging.getLogger(__name__)
 
+MAX_BYTES_IN_FLIGHT = 48 * 1024 * 1024   # packs being uploaded at once (sync runs several threads)
 PackCallback = Callable[[str, list[BlobEntry], int, object], None]   # pack id, entries, size, ObjectInfo
 
 
@@ -48,7 +49,8 @@ class BlobStore:
         self._unindexed: dict[str, list[BlobEntry]] = {}    # uploaded, not yet in an index
         self._uploads: list[Future] = []
         self._pool = ThreadPoolExecutor(max(1, upload_threads), thread_name_prefix="casstore-upload")
-        self._max_in_flight = max(1, upload_threads)  # bounds memory: each pack in flight is up to pack_size
+        # each pack in flight holds up to pack_size bytes: bound them by count and by bytes
+        self._max_in_flight = max(1, min(upload_threads, MAX_BYTES_IN_FLIGHT // config.pack_size))
         self._lock = threading.Lock()
         self.on_pack_uploaded: PackCallback | None = None
         self.session_indexes: dict[str, dict[str, list[BlobEntry]]] = {}   # written by this session
