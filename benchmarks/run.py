@@ -10,7 +10,9 @@ byte-identical). Before every measured command the source, every repository and 
 are evicted from the page cache (fsync, then posix_fadvise DONTNEED). Each command runs under
 `/usr/bin/time -v` for CPU time and peak RSS; wall time is measured around it. Also measured: the
 cold read of the source (the floor), `casstore --help`, `Snapshot.to_dict().materialize()` beside
-`json.load` of the same files, and casstore at 1 MiB, 256 KiB and 64 KiB average chunk sizes.
+`json.load` of the same files, casstore at 1 MiB, 256 KiB and 64 KiB average chunk sizes, and
+(`--sync`, on by default) `casstore sync` of the initial, the incremental and a no-change snapshot
+to moto and SeaweedFS started on loopback through tests/servers.py.
 
 The casstore code is copied into the work directory at the start and run from there
 (PYTHONPATH), so edits to the tree during a run do not mix versions.
@@ -28,6 +30,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -213,6 +216,14 @@ class Casstore(Tool):
         m = run_measured([self.bin, "--repo", self.repo, "restore", "latest", target], self.env, self.cwd)
         return m, target
 
+    def sync(self, remote: str, server_env: dict) -> dict:
+        """`casstore sync --remote URL --json` with the S3 server's settings; the report in m["report"]."""
+        env = {k: v for k, v in self.env.items() if not k.startswith(("AWS_", "CASSTORE_REMOTE", "CLOUD_"))}
+        env.update(server_env)
+        m = run_measured([self.bin, "--repo", self.repo, "sync", "--remote", remote, "--json"], env, self.cwd)
+        m["report"] = json.loads(m.pop("stdout"))
+        return m
+
 
 class Restic(Tool):
     name = "restic"
@@ -326,8 +337,15 @@ def versions(env: dict) -> dict:
                            text=True).stdout.strip()
     libs = out([sys.executable, "-c", "import blake3, zstandard, msgpack, pyfastcdc, importlib.metadata as m; "
                 "print(', '.join(f'{n} {m.version(n)}' for n in ('blake3', 'zstandard', 'msgpack', 'pyfastcdc')))"])
+    weed = Path(sysconfig.get_path("scripts")) / "weed"
+    sync_servers = (out([sys.executable, "-c", "import moto, boto3; print(f'moto {moto.__version__} (client boto3 "
+                         "{boto3.__version__})')"]) + "; SeaweedFS `weed version`: "
+                    + out([str(weed) if weed.exists() else "weed", "version"]))
+    concurrency = out([sys.executable, "-c", "from casstore.config import load_settings; "
+                       "print(load_settings(dotenv_path='/nonexistent/.env').upload_concurrency)"])
     return {"casstore": f"{out([casstore_bin(), '--version'])} (git {git}{', uncommitted changes' if dirty else ''})",
             "casstore_libs": libs, "restic": out(["restic", "version"]), "borg": out(["borg", "--version"]),
+            "sync_servers": sync_servers, "upload_concurrency": concurrency,
             "time": "GNU time " + out(["dpkg-query", "-W", "-f", "${Version}", "time"])}
 
 
@@ -514,6 +532,138 @@ def chunk_comparison(args, work: Path, pristine: Path, env: dict, results: dict)
                     f"index {m['index_bytes'] / 1024:8.1f} KiB")
 
 
+# -- sync to S3 servers on loopback ------------------------------------------------------------
+
+SYNC_SERVERS = ("moto", "seaweedfs")
+SYNC_SERVER_TITLES = {"moto": "moto (server mode)", "seaweedfs": "SeaweedFS (`weed mini`, SigV4 credentials on)"}
+SYNC_STEPS = ("initial", "incremental", "nochange")
+SYNC_STEP_TITLES = {"initial": "initial", "incremental": "incremental (day of change)", "nochange": "nothing new"}
+SYNC_PREFIX = "casstore"
+NOCHANGE_MAX_REQUESTS = 5
+MOTO_REQUEST_LINE = re.compile(r'^\S+ - - \[[^]]*\] "[A-Z]+ ', re.MULTILINE)   # werkzeug's access log
+
+
+def servers_module():  # noqa: ANN201 - the tests/servers.py module
+    """tests/servers.py: the servers start here exactly as the test fixtures start them."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from tests import servers
+
+    return servers
+
+
+class BenchServer:
+    """One S3 server on free loopback ports, with a fresh bucket; stopped by `stop()`."""
+
+    def __init__(self, kind: str, workdir: Path) -> None:
+        import secrets
+
+        servers = servers_module()
+        self.kind = kind
+        if kind == "moto":
+            self.server = servers.start_moto(workdir)
+            self.s3 = servers.S3Server(self.server.endpoint)
+        else:
+            access_key, secret_key = f"casstore{secrets.token_hex(4)}", secrets.token_hex(20)
+            self.server = servers.start_seaweedfs(workdir, access_key, secret_key)
+            self.s3 = servers.S3Server(self.server.endpoint, access_key, secret_key)
+        try:
+            self.bucket = self.s3.new_bucket()
+        except Exception:
+            self.server.stop()
+            raise
+        self.url = f"s3://{self.bucket}/{SYNC_PREFIX}"
+
+    def env(self) -> dict:
+        """AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION for the casstore process."""
+        return self.s3.env()
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the server process so far (all its threads), from /proc."""
+        try:
+            with open(f"/proc/{self.server.process.pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def http_requests(self) -> int | None:
+        """HTTP requests answered so far: moto logs one line per request; SeaweedFS logs none (None)."""
+        if self.kind != "moto":
+            return None
+        try:
+            return len(MOTO_REQUEST_LINE.findall(self.server.log.read_text(errors="replace")))
+        except OSError:
+            return None
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def start_sync_servers(root: Path, rep: int, results: dict) -> dict[str, BenchServer]:
+    import pytest  # tests/servers.py reports a server that cannot start through pytest.fail
+
+    started = {}
+    for kind in SYNC_SERVERS:
+        try:
+            started[kind] = BenchServer(kind, root / f"{kind}-r{rep}")
+        except (Exception, pytest.fail.Exception) as exc:
+            message = f"{kind} could not start: {str(exc).strip()[:300]}"
+            log(f"  !! {message}")
+            results["sync_errors"].append({"rep": rep, "server": kind, "error": message})
+    return started
+
+
+def sync_comparison(args, work: Path, pristine: Path, env: dict, results: dict) -> None:
+    """Per repetition: one local casstore repository, synced to a fresh moto and a fresh SeaweedFS
+    after the initial snapshot, after the day of change and once more with nothing new."""
+    root = work / "servers"
+    for rep in range(args.sync_reps):
+        log(f"sync, repetition {rep + 1}/{args.sync_reps}")
+        reset_dirs(work)
+        shutil.rmtree(root, ignore_errors=True)
+        source = fresh_source(work, pristine)
+        tool = Casstore(work, f"s-r{rep}", env)
+        tool.init()
+        servers = start_sync_servers(root, rep, results)
+        try:
+            changed_at = time.time()
+            for step_index, step in enumerate(SYNC_STEPS):
+                local_added = 0
+                if step != "nochange":
+                    if step == "incremental":
+                        mutate.day_of_change(source)
+                        changed_at = time.time()
+                    wait_past_racy_window(changed_at)
+                    before = tree_bytes(tool.repo)
+                    snap = tool.snapshot(source)
+                    local_added = tree_bytes(tool.repo) - before
+                    log(f"    local {step} snapshot {snap['wall']:.2f} s, added {local_added / MiB:.2f} MiB")
+                for kind in rotated(tuple(servers), rep + step_index):
+                    server = servers[kind]
+                    evict([tool.repo, tool.cache])
+                    cpu_before, http_before = server.cpu_seconds(), server.http_requests()
+                    m = tool.sync(server.url, server.env())
+                    if http_before is not None:
+                        time.sleep(0.3)   # the access log line follows the response
+                    http_after = server.http_requests()
+                    report = m["report"]
+                    m.update(rep=rep, step=step, server=kind, local_added_bytes=local_added,
+                             server_cpu=server.cpu_seconds() - cpu_before, load1=os.getloadavg()[0],
+                             http_requests=None if http_before is None or http_after is None
+                             else http_after - http_before)
+                    results["sync"].append(m)
+                    http = "" if m["http_requests"] is None else f" (HTTP {m['http_requests']})"
+                    log(f"    sync {step:11} {kind:9} wall {m['wall']:6.2f} s  cpu {m['cpu']:6.2f} s  server cpu "
+                        f"{m['server_cpu']:6.2f} s  rss {m['rss_mib']:5.0f} MiB  requests {report['requests']:4}"
+                        f"{http}  uploaded "
+                        f"{report['bytes_uploaded'] / MiB:8.2f} MiB in {report['packs_uploaded']} packs")
+        finally:
+            for server in servers.values():
+                server.stop()
+            shutil.rmtree(root, ignore_errors=True)
+
+
 # -- the report --------------------------------------------------------------------------------
 
 ANALYSIS_MARKER = "<!-- Everything below this line is written by hand and kept when run.py rewrites the file. -->"
@@ -662,10 +812,77 @@ def render(results: dict, analysis: str) -> str:
                        f"{med(inc, 'index_bytes') / 1024:.0f} | {med(ini, 'blobs_added'):.0f} | {rss:.0f} |")
         out += ["", "Peak RSS is the maximum over both steps and all repetitions.", ""]
 
+    out += sync_section(results)
+
     out += [f"Raw numbers: `{results.get('results_json', 'benchmarks/results.json')}` "
             "(`python benchmarks/run.py --report-only` re-renders this file from them).", "",
             ANALYSIS_MARKER, analysis.rstrip("\n") if analysis else ""]
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def sync_section(results: dict) -> list[str]:
+    runs, errors = results.get("sync", []), results.get("sync_errors", [])
+    if not runs and not errors:
+        return []
+    sreps = results["args"].get("sync_reps", 0)
+    v = results["versions"]
+    out = ["## Sync to S3 servers on loopback (issue 3)", "",
+           f"One local casstore repository per repetition (defaults: 1 MiB chunks, 16 MiB packs, "
+           f"{v.get('upload_concurrency', 4)} upload threads) is synced with `casstore --repo R sync --remote "
+           f"s3://BUCKET/{SYNC_PREFIX} --json` to a fresh bucket on each server: after the initial snapshot, after the "
+           "day of change and its incremental snapshot, and once more with nothing new. Each server is started by the "
+           "harness through `tests/servers.py` (the test fixtures' code) on free 127.0.0.1 ports, a new one per "
+           "repetition; the casstore process gets `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and "
+           "`AWS_REGION`. Server order rotates per step and repetition; the local repository and cache are evicted "
+           "from the page cache before each sync.", "",
+           f"- Servers: {v.get('sync_servers', '-')}.",
+           "- **Client and server share the same 2 cores** (and the disk): the server's work (its CPU seconds are "
+           "shown) competes with casstore's, and there is no network latency or bandwidth limit. The numbers say how "
+           "fast casstore can feed an S3 endpoint on this machine, not what a link to a real cloud gives.",
+           "- `requests` is casstore's own count (the JSON report: every remote call made, a paginated `list` counted "
+           "once); moto also logs every HTTP request it answers, shown beside it. Throughput is bytes uploaded over "
+           "the wall time of the whole command (interpreter start included); `sync s` is the report's own `seconds`. "
+           "MB = 10^6 bytes, GB = 10^9 bytes. `uploaded / added` compares the bytes uploaded with the bytes the local "
+           "snapshot added to the local repository.",
+           f"- {sreps} repetition(s), medians.", ""]
+    for error in errors:
+        out.append(f"- repetition {error['rep'] + 1}: {error['error']}")
+    if errors:
+        out.append("")
+    out += ["| server | sync | wall s | sync s | CPU s casstore | CPU s server | peak RSS MiB | requests | "
+            "HTTP requests (moto log) | packs | uploaded MiB | MB/s | requests per GB | uploaded / added |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for kind in SYNC_SERVERS:
+        for step in SYNC_STEPS:
+            r = [x for x in runs if x["server"] == kind and x["step"] == step]
+            if not r:
+                continue
+            rep = [dict(x["report"], wall=x["wall"]) for x in r]
+            up = med(rep, "bytes_uploaded")
+            http = [x["http_requests"] for x in r if x.get("http_requests") is not None]
+            added = med(r, "local_added_bytes")
+            mbps = statistics.median(x["report"]["bytes_uploaded"] / x["wall"] / 1e6 for x in r)
+            per_gb = (statistics.median(x["report"]["requests"] / (x["report"]["bytes_uploaded"] / 1e9) for x in r)
+                      if up > 0 else float("nan"))
+            out.append(f"| {kind} | {SYNC_STEP_TITLES[step]} | {med(r, 'wall'):.2f} | {med(rep, 'seconds'):.2f} | "
+                       f"{med(r, 'cpu'):.2f} | {med(r, 'server_cpu'):.2f} | {med(r, 'rss_mib'):.0f} | "
+                       f"{med(rep, 'requests'):.0f} | {statistics.median(http) if http else float('nan'):.0f} | "
+                       f"{med(rep, 'packs_uploaded'):.0f} | {up / MiB:.2f} | "
+                       f"{'-' if up == 0 else f'{mbps:.1f}'} | {'-' if per_gb != per_gb else f'{per_gb:.0f}'} | "
+                       f"{'-' if not added else f'{up / added:.2f}×'} |")
+    out = [line.replace("| nan |", "| - |") for line in out]
+    walls = {(k, st): [f"{x['wall']:.2f}" for x in runs if x["server"] == k and x["step"] == st]
+             for k in SYNC_SERVERS for st in SYNC_STEPS}
+    out += ["", "Wall times of each repetition: " + "; ".join(
+        f"{k} {SYNC_STEP_TITLES[st]} {', '.join(w)}" for (k, st), w in walls.items() if w), ""]
+    nochange = [x for x in runs if x["step"] == "nochange"]
+    if nochange:
+        counts = {k: sorted(x["report"]["requests"] for x in nochange if x["server"] == k) for k in SYNC_SERVERS}
+        http = sorted(x["http_requests"] for x in nochange if x.get("http_requests") is not None)
+        out += [f"Sync with nothing new: requests per run {'; '.join(f'{k} {counts[k]}' for k in counts if counts[k])}"
+                + (f" (HTTP requests moto answered: {http})" if http else "")
+                + f"; bytes uploaded {sorted({x['report']['bytes_uploaded'] for x in nochange})}.", ""]
+    return out
 
 
 def targets_table(results: dict) -> list[str]:
@@ -721,7 +938,17 @@ def targets_table(results: dict) -> list[str]:
     if help_times:
         h = statistics.median(help_times)
         row("`casstore --help`", "< 0.25 s", f"{h:.3f} s median", h < 0.25)
-    row("sync with nothing new", "≤ 5 requests", "not measured here (sync is not built yet)", None)
+    nochange = [x for x in results.get("sync", []) if x["step"] == "nochange"]
+    if nochange:
+        worst = max(x["report"]["requests"] for x in nochange)
+        per_server = ", ".join(f"{k} {max(x['report']['requests'] for x in nochange if x['server'] == k)}"
+                               for k in SYNC_SERVERS if any(x["server"] == k for x in nochange))
+        http = [x["http_requests"] for x in nochange if x.get("http_requests") is not None]
+        row("sync with nothing new", "≤ 5 requests",
+            f"max {worst} request(s) over {len(nochange)} runs ({per_server})"
+            + (f"; HTTP requests moto answered: max {max(http)}" if http else ""), worst <= NOCHANGE_MAX_REQUESTS)
+    else:
+        row("sync with nothing new", "≤ 5 requests", "not measured in this run (`--no-sync`)", None)
     return lines
 
 
@@ -743,6 +970,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=3, help="repetitions of the tool comparison (default 3)")
     p.add_argument("--chunk-reps", type=int, default=None, help="repetitions of the chunk-size comparison "
                    "(default: --reps; 0 skips it)")
+    p.add_argument("--sync", action=argparse.BooleanOptionalAction, default=True,
+                   help="measure casstore sync to moto and SeaweedFS on loopback (default on; --no-sync skips it)")
+    p.add_argument("--sync-reps", type=int, default=None, help="repetitions of the sync measurements (default --reps)")
     p.add_argument("--quick", action="store_true", help="smoke run: --scale 0.05 --reps 1, report into the work dir")
     p.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of casstore,restic,borg")
     p.add_argument("--seed", type=int, default=1, help="generator seed")
@@ -758,6 +988,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.chunk_reps = 1 if args.chunk_reps is None else args.chunk_reps
     if args.chunk_reps is None:
         args.chunk_reps = args.reps
+    if args.sync_reps is None:
+        args.sync_reps = args.reps
+    if not args.sync:
+        args.sync_reps = 0
     quick_dir = Path(args.work)
     args.output = Path(args.output or (quick_dir / "RESULTS-quick.md" if args.quick else HERE / "RESULTS.md"))
     args.results_json = Path(args.results_json or (quick_dir / "results-quick.json" if args.quick
@@ -782,10 +1016,10 @@ def main(argv: list[str] | None = None) -> None:
     env = pin_casstore_code(work, dict(os.environ))
     command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results = {"command": command.strip(), "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-               "args": {"scale": args.scale, "reps": args.reps, "chunk_reps": args.chunk_reps, "seed": args.seed,
-                        "tools": list(tools)},
+               "args": {"scale": args.scale, "reps": args.reps, "chunk_reps": args.chunk_reps,
+                        "sync_reps": args.sync_reps, "seed": args.seed, "tools": list(tools)},
                "machine": machine_info(work), "versions": versions(env), "runs": [], "floor": [], "help": {},
-               "materialize": {}, "chunks": [], "mutations": {}}
+               "materialize": {}, "chunks": [], "sync": [], "sync_errors": [], "mutations": {}}
     try:
         results["results_json"] = str(args.results_json.resolve().relative_to(ROOT))
     except ValueError:
@@ -807,6 +1041,8 @@ def main(argv: list[str] | None = None) -> None:
             measure_materialize(last["casstore"], str(work / "data"), env, results)
         if args.chunk_reps:
             chunk_comparison(args, work, pristine, env, results)
+        if args.sync_reps and "casstore" in tools:
+            sync_comparison(args, work, pristine, env, results)
     finally:
         results["seconds"] = time.perf_counter() - started
         results["load"]["end"] = os.getloadavg()
@@ -814,7 +1050,7 @@ def main(argv: list[str] | None = None) -> None:
         if results["runs"]:
             write_report(results, args.output)
         if not args.keep:
-            for sub in ("data", "repos", "cache", "restore", pristine.name):
+            for sub in ("data", "repos", "cache", "restore", "servers", pristine.name):
                 shutil.rmtree(work / sub, ignore_errors=True)
             marker.unlink(missing_ok=True)
     log(f"done in {results['seconds'] / 60:.1f} min")
