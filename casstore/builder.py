@@ -8,6 +8,7 @@ the index: that write is the commit point.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import stat
@@ -257,10 +258,14 @@ def take_snapshot(repo, source: str, *, tags: tuple[str, ...] = (), excludes: tu
     repo.load_index()
     repo.load_plans()  # blobs only in packs a gc plan condemns count as missing (design 5.4)
     builder = SnapshotBuilder(repo, source, excludes, progress)
+    # the index and the files cache live for the whole build: keep the cyclic collector from
+    # rescanning them on every collection (it was 6% of an incremental snapshot's main thread)
+    gc.freeze()
     try:
         root = builder.build()
         builder.store.flush()
     finally:
+        gc.unfreeze()
         builder.store.close()
     summary = builder.summary
     summary.duration_ms = (time.time_ns() - builder.start_ns) // 1_000_000
