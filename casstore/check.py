@@ -18,6 +18,7 @@ from casstore.blobs.pack import KIND_DATA, KIND_TREE, pack_key, parse_header, ve
 from casstore.errors import CasstoreError, FormatError, IntegrityError
 from casstore.manifest.snapshot import decode_snapshot
 from casstore.manifest.tree import EntryType, decode_tree
+from casstore.walk import VisitBudget
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +127,14 @@ class Checker:
                 self.report.errors.append(f"snapshot {snapshot_id[:8]}: {exc}")
                 continue
             self.report.snapshots += 1
-            self._check_tree(snapshot_id, manifest.tree, "")
+            try:
+                self._check_tree(snapshot_id, manifest.tree, "", VisitBudget(manifest.summary))
+            except IntegrityError as exc:
+                self._affect(snapshot_id, "/", str(exc))
 
-    def _check_tree(self, snapshot_id: str, tree_id: bytes, prefix: str) -> None:
+    def _check_tree(self, snapshot_id: str, tree_id: bytes, prefix: str, budget: VisitBudget) -> None:
         try:
-            entries = self._load_tree(tree_id)
+            entries = budget.spend(self._load_tree(tree_id))
         except CasstoreError as exc:
             self._affect(snapshot_id, prefix or "/", f"directory unreadable: {exc}")
             return
@@ -138,7 +142,7 @@ class Checker:
             name = entry.name.decode("utf-8", "surrogateescape")
             path = f"{prefix}/{name}" if prefix else name
             if entry.type is EntryType.DIR:
-                self._check_tree(snapshot_id, entry.subtree, path)
+                self._check_tree(snapshot_id, entry.subtree, path, budget)
             elif entry.type is EntryType.FILE:
                 lost = [c for c in entry.chunks if not self.repo.index.locations(KIND_DATA, c)
                         or (KIND_DATA, c) in self.bad_blobs]

@@ -12,6 +12,7 @@ from datetime import datetime
 from casstore.blobs.pack import KIND_DATA, KIND_TREE
 from casstore.errors import CasstoreError, IntegrityError
 from casstore.manifest.tree import Entry, EntryType, decode_tree
+from casstore.walk import VisitBudget
 
 
 class PathNotFound(CasstoreError, KeyError, FileNotFoundError):
@@ -102,16 +103,16 @@ class Snapshot:
     def walk(self, path: str = "") -> Iterator[FileInfo]:
         """Every entry below `path`, depth first, as FileInfo."""
         prefix = "/".join(p.decode("utf-8", "surrogateescape") for p in _split(path))
-        yield from self._walk(self._dir_tree(path), prefix)
+        yield from self._walk(self._dir_tree(path), prefix, VisitBudget(self.manifest.summary))
 
-    def _walk(self, tree_id: bytes, prefix: str) -> Iterator[FileInfo]:
-        for e in self.tree(tree_id):
+    def _walk(self, tree_id: bytes, prefix: str, budget: VisitBudget) -> Iterator[FileInfo]:
+        for e in budget.spend(self.tree(tree_id)):
             name = e.name.decode("utf-8", "surrogateescape")
             rel = f"{prefix}/{name}" if prefix else name
             yield FileInfo(rel, name, e.type.value, e.size, datetime.fromtimestamp(e.mtime_ns / 1e9).astimezone(),
                            e.mode)
             if e.type is EntryType.DIR:
-                yield from self._walk(e.subtree, rel)
+                yield from self._walk(e.subtree, rel, budget)
 
     # -- file contents -----------------------------------------------------------------------
 

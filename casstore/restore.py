@@ -24,6 +24,7 @@ from casstore.blobs.pack import KIND_DATA
 from casstore.errors import RestoreError
 from casstore.manifest.tree import Entry, EntryType
 from casstore.prefetch import Prefetcher
+from casstore.walk import VisitBudget
 
 OVERWRITE_MODES = ("never", "if-changed", "always")
 PREFETCH_WINDOW = 8   # chunks decoded ahead per directory (bounds memory: at most 8 x the max chunk size)
@@ -66,6 +67,7 @@ class Restorer:
         self.exclude = pathspec.GitIgnoreSpec.from_lines(exclude) if exclude else None
         self.progress = progress or (lambda n: None)
         self.result = RestoreResult(dry_run=dry_run)
+        self.budget = VisitBudget(snapshot.manifest.summary)
         self.as_root = os.geteuid() == 0
         self.pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="casstore-restore")
         self._prefetchers: list[Prefetcher] = []
@@ -78,7 +80,7 @@ class Restorer:
 
     def restore_tree(self, dir_fd: int, tree_id: bytes, rel: str) -> None:
         chosen = []
-        for entry in self.snapshot.tree(tree_id):
+        for entry in self.budget.spend(self.snapshot.tree(tree_id)):
             name = entry.name.decode("utf-8", "surrogateescape")
             path = f"{rel}/{name}" if rel else name
             if not safe_name(entry.name):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from casstore.blobs.pack import KIND_DATA
 from casstore.manifest.tree import EntryType
 from casstore.pricing import monthly_storage_cost
-from casstore.walk import walk_tree
+from casstore.walk import VisitBudget, walk_tree
 
 
 def repository_stats(repo) -> dict:
@@ -43,7 +43,8 @@ def per_top_level(repo, info) -> dict[str, dict]:
     snapshot = repo.get(info.id)
     counted: set[bytes] = set()
     result: dict[str, dict] = {}
-    for path, entry in walk_tree(snapshot.tree, info.manifest.tree):
+    budget = VisitBudget(info.manifest.summary)
+    for path, entry in walk_tree(lambda tree_id: budget.spend(snapshot.tree(tree_id)), info.manifest.tree):
         if entry.type is not EntryType.FILE:
             continue
         top = path.split("/", 1)[0] if "/" in path else "(top level files)"
