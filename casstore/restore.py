@@ -27,6 +27,7 @@ from casstore.prefetch import Prefetcher
 from casstore.walk import VisitBudget
 
 OVERWRITE_MODES = ("never", "if-changed", "always")
+MAX_LINK_GROUPS = 512   # hard-link groups restored as links (each keeps a directory descriptor open)
 PREFETCH_WINDOW = 8   # chunks decoded ahead per directory (bounds memory: at most 8 x the max chunk size)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -68,6 +69,8 @@ class Restorer:
         self.progress = progress or (lambda n: None)
         self.result = RestoreResult(dry_run=dry_run)
         self.budget = VisitBudget(snapshot.manifest.summary)
+        # hard-link identity -> (descriptor of the directory, name) of the first copy restored
+        self._links: dict[int, tuple[int, bytes]] = {}
         self.as_root = os.geteuid() == 0
         self.pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="casstore-restore")
         self._prefetchers: list[Prefetcher] = []
@@ -75,6 +78,9 @@ class Restorer:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+        for dir_fd, _ in self._links.values():
+            os.close(dir_fd)
+        self._links.clear()
 
     # -- walking -----------------------------------------------------------------------------
 
@@ -161,11 +167,27 @@ class Restorer:
                 if not self._may_replace(existing, entry, path):
                     return
                 self._write_file(dir_fd, entry, chunks, temp=True)
-            else:
+            elif not self._link_to_first_copy(dir_fd, entry):
                 self._write_file(dir_fd, entry, chunks, temp=False)
+                self._remember_link(dir_fd, entry)
             self._count_file(entry)
         finally:
             chunks.discard()  # whatever was not written leaves the prefetch queue
+
+    def _link_to_first_copy(self, dir_fd: int, entry: Entry) -> bool:
+        """Hard-link a file to the first restored copy of the same inode; False to write it instead."""
+        first = self._links.get(entry.link) if entry.link else None
+        if first is None:
+            return False
+        try:
+            os.link(first[1], entry.name, src_dir_fd=first[0], dst_dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return False   # another file system, or the first copy is gone: write a copy instead
+        return True
+
+    def _remember_link(self, dir_fd: int, entry: Entry) -> None:
+        if entry.link and entry.link not in self._links and len(self._links) < MAX_LINK_GROUPS:
+            self._links[entry.link] = (os.dup(dir_fd), entry.name)
 
     def _count_file(self, entry: Entry) -> None:
         self.result.files += 1

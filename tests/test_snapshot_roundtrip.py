@@ -181,3 +181,22 @@ def test_restore_verify_catches_a_bad_write(tmp_path, monkeypatch):
     verified = repo.restore(snapshot_id, str(tmp_path / "verified"), verify=True)
     assert not verified.ok and "does not verify" in verified.errors[0]
     assert os.listdir(tmp_path / "verified") == []
+
+
+def test_hard_links_are_restored_as_links(tmp_path):
+    import casstore
+
+    source = tmp_path / "data"
+    (source / "a").mkdir(parents=True)
+    (source / "b").mkdir()
+    (source / "a" / "one.bin").write_bytes(os.urandom(300_000))
+    os.link(source / "a" / "one.bin", source / "b" / "two.bin")
+    (source / "solo.txt").write_text("solo")
+    repo = casstore.open(str(tmp_path / "repo"), create=True)
+    repo.snapshot(str(source))
+    result = repo.restore("latest", str(tmp_path / "out"))
+    assert result.ok and result.files == 3
+    one, two = tmp_path / "out" / "a" / "one.bin", tmp_path / "out" / "b" / "two.bin"
+    assert one.stat().st_ino == two.stat().st_ino and one.stat().st_nlink == 2
+    assert two.read_bytes() == (source / "a" / "one.bin").read_bytes()
+    assert (tmp_path / "out" / "solo.txt").stat().st_nlink == 1
