@@ -15,12 +15,15 @@ Elapsed time uses CLOCK_BOOTTIME, which keeps counting while the machine is susp
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
 from casstore.copier import Copier, boottime
-from casstore.errors import CasstoreError, ConfigError
+from casstore.errors import ConfigError
 from casstore.syncstate import SyncState
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,7 +55,7 @@ def open_destination(url_or_remote, src, settings):
     import secrets
     from dataclasses import replace
 
-    from casstore.errors import ObjectExists
+    from casstore.errors import ObjectExists, RepositoryNotFound
     from casstore.remotes import open_remote
     from casstore.remotes.base import Remote
     from casstore.remotes.wrappers import CountingRemote, RetryingRemote
@@ -67,14 +70,16 @@ def open_destination(url_or_remote, src, settings):
     remote = CountingRemote(RetryingRemote(raw))
     try:
         config = read_config(remote)
-    except CasstoreError as exc:
-        if src is None or "no casstore repository" not in str(exc):
+    except RepositoryNotFound:
+        if src is None:
             raise
         config = replace(src.config, id=secrets.token_hex(16))
         try:
             remote.put("config", config.encode(), if_absent=True)
         except ObjectExists:
             config = read_config(remote)
+        for warning in remote.setup_warnings():
+            log.warning("%s", warning)
     if src is not None:
         src.config.check_compatible(config, remote.url)
     return Repository(remote, config, settings), remote

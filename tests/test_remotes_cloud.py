@@ -411,3 +411,28 @@ def test_counting_remote_counts_calls_and_bytes():
     assert remote.counts == {"put": 2, "get": 2, "stat": 1, "list": 1, "delete": 1}
     assert remote.total() == 7
     assert (remote.bytes_up, remote.bytes_down) == (7, 2)
+
+
+def test_versioned_bucket_without_lifecycle_rule_is_warned_about(moto_server, caplog, tmp_path):
+    import logging
+
+    from casstore.config import load_settings
+    from casstore.sync import open_destination
+    from tests.sync_helpers import local_repo, make_source
+
+    client = moto_server.client()
+    bucket = moto_server.new_bucket()
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    remote = moto_server.open(bucket, "casstore/")
+    assert remote.setup_warnings() and "NoncurrentVersionExpiration" in remote.setup_warnings()[0]
+    repo = local_repo(tmp_path / "repo")
+    repo.snapshot(str(make_source(tmp_path / "data")))
+    with caplog.at_level(logging.WARNING):
+        open_destination(remote, repo, load_settings({}))
+    assert "versioned" in caplog.text
+    client.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [{
+        "ID": "expire-old", "Status": "Enabled", "Filter": {"Prefix": ""},
+        "NoncurrentVersionExpiration": {"NoncurrentDays": 1}}]})
+    assert remote.setup_warnings() == []
+    plain = moto_server.open(moto_server.new_bucket(), "casstore/")
+    assert plain.setup_warnings() == []

@@ -107,6 +107,11 @@ class Remote(ABC):
             return False
         return True
 
+    def setup_warnings(self) -> list[str]:
+        """What the user should know about how the storage is set up (asked when a repository is
+        created there), e.g. a versioned bucket without a rule expiring old versions."""
+        return []
+
     def close(self) -> None:
         """Release connections; the remote must not be used afterwards."""
 

@@ -124,6 +124,24 @@ class S3Remote(CloudRemote):
         self._storage_class = storage_class or None
         self.url = f"s3://{bucket}/{self._keys.prefix}"
 
+    def setup_warnings(self) -> list[str]:
+        """A versioned bucket keeps every deleted pack as a noncurrent version: gc frees nothing
+        unless a lifecycle rule expires noncurrent versions."""
+        try:
+            if self._client.get_bucket_versioning(Bucket=self.bucket).get("Status") != "Enabled":
+                return []
+            rules = self._client.get_bucket_lifecycle_configuration(Bucket=self.bucket).get("Rules", [])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+                return []   # not allowed to ask: say nothing rather than guess
+            rules = []
+        except BotoCoreError:
+            return []
+        if any(r.get("Status") == "Enabled" and "NoncurrentVersionExpiration" in r for r in rules):
+            return []
+        return [f"bucket {self.bucket} is versioned and has no lifecycle rule expiring noncurrent versions: "
+                "gc will free no space (add a NoncurrentVersionExpiration rule)"]
+
     def _put(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None) -> ObjectInfo:
         args = {"Bucket": self.bucket, "Key": self._keys.full(key), "Body": data, "ContentType": OCTET_STREAM,
                 "ContentMD5": base64.b64encode(hashlib.md5(data).digest()).decode(), **self._put_args}

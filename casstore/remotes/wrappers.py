@@ -42,6 +42,9 @@ class RemoteWrapper(Remote):
     def _delete(self, key: str) -> None:
         self.inner.delete(key)
 
+    def setup_warnings(self) -> list[str]:
+        return self.inner.setup_warnings()
+
     def close(self) -> None:
         self.inner.close()
 
