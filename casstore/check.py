@@ -17,8 +17,8 @@ from casstore.blobs.index import decode_index, without_retracted
 from casstore.blobs.pack import KIND_DATA, KIND_TREE, pack_key, parse_header, verify_pack_id
 from casstore.errors import CasstoreError, FormatError, IntegrityError
 from casstore.manifest.snapshot import decode_snapshot
-from casstore.manifest.tree import EntryType, decode_tree
-from casstore.walk import VisitBudget
+from casstore.manifest.tree import EntryType
+from casstore.walk import VisitBudget, load_tree_chain
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +150,12 @@ class Checker:
                     self._affect(snapshot_id, path, f"{len(lost)} of {len(entry.chunks)} chunks missing or damaged")
 
     def _load_tree(self, tree_id: bytes) -> list:
+        return load_tree_chain(self._read_tree, tree_id)
+
+    def _read_tree(self, tree_id: bytes) -> bytes:
         if (KIND_TREE, tree_id) in self.bad_blobs:
             raise IntegrityError("tree blob is in a damaged pack")
-        entries, next_id = decode_tree(self.repo.read_blob(KIND_TREE, tree_id))
-        return entries + (self._load_tree(next_id) if next_id is not None else [])
+        return self.repo.read_blob(KIND_TREE, tree_id)
 
     def _affect(self, snapshot_id: str, path: str, why: str) -> None:
         self.report.affected.setdefault(snapshot_id, []).append(f"{path}: {why}")

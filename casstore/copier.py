@@ -7,12 +7,12 @@ import logging
 import time
 from collections.abc import Callable
 
-from casstore.blobs.pack import KIND_DATA, KIND_TREE
+from casstore.blobs.pack import KIND_TREE
 from casstore.errors import CasstoreError, RemoteError
 from casstore.gcplan import list_plan_keys
-from casstore.manifest.tree import EntryType, decode_tree
 from casstore.syncstate import SyncState
 from casstore.testhooks import pause_point
+from casstore.walk import add_reachable
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +66,8 @@ class Copier:
         """Every blob the snapshots need, trees before the chunks below them, each once."""
         seen: dict[tuple[int, bytes], None] = {}
         for snapshot_id in snapshot_ids:
-            self._walk(self.src.manifest(snapshot_id).tree, seen)
+            add_reachable(lambda i: self.src.read_blob(KIND_TREE, i), self.src.manifest(snapshot_id).tree, seen)
         return list(seen)
-
-    def _walk(self, tree_id: bytes, seen: dict) -> None:
-        next_id: bytes | None = tree_id
-        while next_id is not None and (KIND_TREE, next_id) not in seen:
-            seen[(KIND_TREE, next_id)] = None
-            entries, next_id = decode_tree(self.src.read_blob(KIND_TREE, next_id))
-            for entry in entries:
-                if entry.type is EntryType.DIR:
-                    self._walk(entry.subtree, seen)
-                elif entry.type is EntryType.FILE:
-                    for chunk_id in entry.chunks:
-                        seen.setdefault((KIND_DATA, chunk_id), None)
 
     def missing(self, blobs: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
         return [key for key in blobs if not self.store.has(*key)]

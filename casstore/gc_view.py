@@ -13,15 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from casstore.blobs.index import IndexObject, Location, MasterIndex, decode_index, without_retracted
-from casstore.blobs.pack import KIND_DATA, KIND_TREE
+from casstore.blobs.pack import KIND_TREE
 from casstore.blobs.store import BlobStore
 from casstore.cache import BlobCache
 from casstore.errors import CasstoreError, ObjectNotFound
 from casstore.gc_common import GcAborted, GcContext
 from casstore.gcplan import LEASE_KEY, GcPlan, decode_plan
 from casstore.manifest.snapshot import SnapshotManifest, decode_snapshot
-from casstore.manifest.tree import EntryType, decode_tree
 from casstore.remotes.base import ObjectInfo
+from casstore.walk import add_reachable
 
 BlobKey = tuple[int, bytes]
 PROTECTING_ORIGINS = ("writer", "checkpoint")
@@ -144,37 +144,21 @@ def reader(ctx: GcContext, index: MasterIndex) -> BlobStore:
 def live_blobs(ctx: GcContext, view: RepoView) -> set[BlobKey]:
     """Every tree and chunk reachable from the listed snapshots (each tree read and verified once)."""
     store = reader(ctx, view.index)
-    live: set[BlobKey] = set()
+    reached: dict[BlobKey, None] = {}
     try:
         for manifest in view.snapshots.values():
-            _walk(ctx, store, manifest.tree, live)
+            # each tree is read and verified once; a long walk renews the lease as it goes
+            add_reachable(lambda i: store.read(KIND_TREE, i), manifest.tree, reached, on_tree=ctx.keep_lease)
     except CasstoreError as exc:
         raise GcAborted(f"gc stopped, nothing deleted: a tree cannot be read ({exc})") from exc
     finally:
         store.close()
+    live = set(reached)
     unindexed = [key for key in live if not view.index.locations(*key)]
     if unindexed:
         raise GcAborted(f"{len(unindexed)} blob(s) that snapshots need are in no index (e.g. "
                         f"{unindexed[0][1].hex()[:16]}); run `casstore check`")
     return live
-
-
-def _walk(ctx: GcContext, store: BlobStore, root: bytes, live: set[BlobKey]) -> None:
-    stack = [root]
-    while stack:
-        tree_id = stack.pop()
-        if (KIND_TREE, tree_id) in live:
-            continue
-        ctx.keep_lease()   # a long walk renews the lease as it goes
-        live.add((KIND_TREE, tree_id))
-        entries, next_id = decode_tree(store.read(KIND_TREE, tree_id))
-        if next_id is not None:
-            stack.append(next_id)
-        for entry in entries:
-            if entry.type is EntryType.DIR:
-                stack.append(entry.subtree)
-            elif entry.type is EntryType.FILE:
-                live.update((KIND_DATA, chunk) for chunk in entry.chunks)
 
 
 def needed_locations(view: RepoView, preferred_last: set[str], excluded: set[str]) -> dict[BlobKey, Location]:

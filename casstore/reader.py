@@ -11,8 +11,8 @@ from datetime import datetime
 
 from casstore.blobs.pack import KIND_DATA, KIND_TREE
 from casstore.errors import CasstoreError, IntegrityError
-from casstore.manifest.tree import Entry, EntryType, decode_tree
-from casstore.walk import VisitBudget
+from casstore.manifest.tree import Entry, EntryType
+from casstore.walk import VisitBudget, load_tree_chain
 
 
 class PathNotFound(CasstoreError, KeyError, FileNotFoundError):
@@ -62,16 +62,7 @@ class Snapshot:
     def tree(self, tree_id: bytes) -> list[Entry]:
         """A directory's entries, following a split directory's chain of tree blobs."""
         if tree_id not in self._trees:
-            entries: list[Entry] = []
-            next_id: bytes | None = tree_id
-            seen = set()
-            while next_id is not None:
-                if next_id in seen:
-                    raise IntegrityError("tree chain loops")
-                seen.add(next_id)
-                page, next_id = decode_tree(self.repo.read_blob(KIND_TREE, next_id))
-                entries += page
-            self._trees[tree_id] = entries
+            self._trees[tree_id] = load_tree_chain(lambda i: self.repo.read_blob(KIND_TREE, i), tree_id)
         return self._trees[tree_id]
 
     def entry(self, path: str) -> Entry | None:
