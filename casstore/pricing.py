@@ -26,7 +26,3 @@ def monthly_storage_cost(stored_bytes: int) -> dict[str, dict]:
         for provider, (label, per_gb, _, _) in PRICES.items()
     }
 
-
-def request_cost(provider: str, puts: int, gets: int) -> float:
-    _, _, per_put, per_get = PRICES[provider]
-    return round(puts / 1000 * per_put + gets / 1000 * per_get, 6)
