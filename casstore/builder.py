@@ -24,6 +24,7 @@ from casstore.excludes import Excluder
 from casstore.manifest.snapshot import SnapshotManifest
 from casstore.manifest.tree import Entry, EntryType, encode_tree_chain
 from casstore.pipeline import ChunkPipeline
+from casstore.readahead import FILE_AHEAD, ReadAhead
 from casstore.summary import SnapshotSummary
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,21 @@ class FileJob:
     chunk_ids: list = field(default_factory=list)
     previous: list | None = None      # chunk ids the files cache had, to tell changed from unchanged
     cacheable: bool = True            # False when the file kept changing while it was read
+
+
+@dataclass(slots=True)
+class _Item:
+    """One directory entry, statted, that the snapshot will record."""
+
+    path: str
+    name: str
+    rel: bytes
+    st: os.stat_result
+    reuse: list | None      # a regular file's chunk ids from the files cache, if they can be trusted
+
+    @property
+    def will_read(self) -> bool:
+        return self.reuse is None and stat.S_ISREG(self.st.st_mode)
 
 
 class SnapshotBuilder:
@@ -103,15 +119,42 @@ class SnapshotBuilder:
     def _tree(self, path: str, rel: bytes) -> bytes:
         entries: list[Entry] = []
         jobs: list[FileJob] = []
-        for dirent in self._scan(path, rel):
-            entry_rel = rel + dirent.name.encode("utf-8", "surrogateescape")
-            item = self._entry(dirent, entry_rel, jobs)
-            if item is not None:
-                entries.append(item)
+        items = self._stat_entries(path, rel)
+        ahead = ReadAhead([(item.path, item.st.st_size) for item in items if item.will_read])
+        reads = 0
+        for item in items:
+            if item.will_read:
+                ahead.reading(reads)
+                reads += 1
+            entry = self._entry(item, jobs)
+            if entry is not None:
+                entries.append(entry)
         self.pipeline.drain()
         entries += [self._file_entry(job) for job in jobs]
         self.summary.dirs_total += 1
         return encode_tree_chain(entries, self._store_tree)
+
+    def _stat_entries(self, path: str, rel: bytes) -> list[_Item]:
+        """Stat a directory's entries (sorted by name), dropping excluded and unreadable ones.
+
+        All of a directory is statted before any file is read, so the files that will be read
+        are known in advance and can be read ahead.
+        """
+        items = []
+        for dirent in self._scan(path, rel):
+            entry_rel = rel + dirent.name.encode("utf-8", "surrogateescape")
+            rel_text = entry_rel.decode("utf-8", "surrogateescape")
+            try:
+                st = dirent.stat(follow_symlinks=False)
+            except OSError as exc:
+                self._error(rel_text, exc)
+                continue
+            if self.excluder.excluded(rel_text, stat.S_ISDIR(st.st_mode)) or (st.st_dev, st.st_ino) in self.skip_dirs:
+                self.summary.excluded += 1
+                continue
+            reuse = self._cached_chunks(entry_rel, st) if stat.S_ISREG(st.st_mode) else None
+            items.append(_Item(dirent.path, dirent.name, entry_rel, st, reuse))
+        return items
 
     def _scan(self, path: str, rel: bytes) -> list[os.DirEntry]:
         try:
@@ -121,28 +164,19 @@ class SnapshotBuilder:
             self._error(rel.decode("utf-8", "surrogateescape") or ".", exc)
             return []
 
-    def _entry(self, dirent: os.DirEntry, rel: bytes, jobs: list[FileJob]) -> Entry | None:
-        rel_text = rel.decode("utf-8", "surrogateescape")
-        try:
-            st = dirent.stat(follow_symlinks=False)
-        except OSError as exc:
-            self._error(rel_text, exc)
-            return None
-        is_dir = stat.S_ISDIR(st.st_mode)
-        if self.excluder.excluded(rel_text, is_dir) or (st.st_dev, st.st_ino) in self.skip_dirs:
-            self.summary.excluded += 1
-            return None
-        name = dirent.name.encode("utf-8", "surrogateescape")
-        if is_dir:
-            return _make_entry(name, EntryType.DIR, st, self._tree(dirent.path, rel + b"/"))
+    def _entry(self, item: _Item, jobs: list[FileJob]) -> Entry | None:
+        st = item.st
+        name = item.name.encode("utf-8", "surrogateescape")
+        if stat.S_ISDIR(st.st_mode):
+            return _make_entry(name, EntryType.DIR, st, self._tree(item.path, item.rel + b"/"))
         if stat.S_ISREG(st.st_mode):
-            self._add_file(dirent.path, rel, FileJob(name, st), jobs)
+            self._add_file(item, FileJob(name, st), jobs)
             return None
         if stat.S_ISLNK(st.st_mode):
             try:
-                return _make_entry(name, EntryType.SYMLINK, st, os.readlink(os.fsencode(dirent.path)))
+                return _make_entry(name, EntryType.SYMLINK, st, os.readlink(os.fsencode(item.path)))
             except OSError as exc:
-                self._error(rel_text, exc)
+                self._error(item.rel.decode("utf-8", "surrogateescape"), exc)
                 return None
         kind = _SPECIAL.get(stat.S_IFMT(st.st_mode))
         if kind is None:
@@ -152,23 +186,30 @@ class SnapshotBuilder:
 
     # -- files -------------------------------------------------------------------------------
 
-    def _add_file(self, path: str, rel: bytes, job: FileJob, jobs: list[FileJob]) -> None:
+    def _add_file(self, item: _Item, job: FileJob, jobs: list[FileJob]) -> None:
         self.summary.files_total += 1
         self.summary.bytes_total += job.st.st_size
-        cached = self.old_cache.get(rel)
-        if cached is not None and self._reusable(cached, job.st):
-            job.chunk_ids = list(cached[4])
+        cached = self.old_cache.get(item.rel)
+        if item.reuse is not None:
+            job.chunk_ids = item.reuse
             self.summary.files_unchanged += 1
-        elif not self._read_file(path, rel, job):
+        elif not self._read_file(item.path, item.rel, job):
             return
         elif cached is None:
             self.summary.files_new += 1
         else:
             job.previous = cached[4]
         if job.cacheable:
-            self.new_cache[rel] = [job.st.st_size, job.st.st_mtime_ns, job.st.st_ctime_ns, job.st.st_ino,
-                                   job.chunk_ids]
+            self.new_cache[item.rel] = [job.st.st_size, job.st.st_mtime_ns, job.st.st_ctime_ns, job.st.st_ino,
+                                        job.chunk_ids]
         jobs.append(job)
+
+    def _cached_chunks(self, rel: bytes, st: os.stat_result) -> list | None:
+        """The file's chunk ids from the files cache when they can be trusted, else None."""
+        cached = self.old_cache.get(rel)
+        if cached is not None and self._reusable(cached, st):
+            return list(cached[4])
+        return None
 
     def _reusable(self, cached: list, st: os.stat_result) -> bool:
         size, mtime_ns, ctime_ns, inode, chunk_ids = cached
@@ -207,7 +248,7 @@ class SnapshotBuilder:
             if before.st_size <= self.min_chunk:
                 self._submit(fh.read(), slots)
             else:
-                for piece in self.chunker.chunks_of_fd(fh.fileno()):
+                for piece in self.chunker.chunks_of_fd(fh.fileno(), read_ahead=FILE_AHEAD):
                     self._submit(piece, slots)  # a view into a fresh block: no copy
             return before, os.fstat(fh.fileno())
 

@@ -76,6 +76,48 @@ def test_golden_data_cut_from_a_file(tmp_path):
     assert [len(p) for p in pieces] == GOLDEN[sizes]
 
 
+def test_file_cutter_never_reuses_a_block_a_chunk_still_views(tmp_path):
+    # every view is held until the end: a block recycled while viewed would change them
+    sizes = (16 * KiB, 64 * KiB, 512 * KiB)
+    data = random.Random(7).randbytes(9 * MiB)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    chunker = FastCDCChunker(*sizes, seed=SEED)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        held = list(chunker.chunks_of_fd(fd))
+    finally:
+        os.close(fd)
+    assert b"".join(held) == data
+    assert len(chunker._blocks._blocks) == chunker._blocks.keep   # the pool filled, then fresh blocks
+
+
+def test_file_cutter_reuses_blocks_once_their_chunks_are_gone(tmp_path, monkeypatch):
+    from casstore.chunker import blocks
+
+    made = []
+    real = bytearray
+
+    def counting(*args):
+        made.append(1)
+        return real(*args)
+
+    sizes = (16 * KiB, 64 * KiB, 512 * KiB)
+    data = random.Random(8).randbytes(9 * MiB)
+    chunker = FastCDCChunker(*sizes, seed=SEED)
+    monkeypatch.setattr(blocks, "bytearray", counting, raising=False)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        pieces = [bytes(view) for view in chunker.chunks_of_fd(fd)]   # each view dropped at once
+    finally:
+        os.close(fd)
+    assert pieces == [bytes(p) for p in chunker.chunks(io.BytesIO(data))]
+    block_count = -(-len(data) // chunker._blocks.size)
+    assert block_count > 5 and len(made) <= 2
+
+
 def test_params_roundtrip_and_seed_changes_cuts():
     chunker = FastCDCChunker(16 * KiB, 64 * KiB, 512 * KiB, seed=SEED)
     assert chunker_from_params(chunker.params()).params() == chunker.params()

@@ -130,9 +130,9 @@ class _MutatingChunker:
         self.real, self.victim, self.times = real, victim, times
         self.max_size = real.max_size
 
-    def chunks_of_fd(self, fd):
+    def chunks_of_fd(self, fd, read_ahead=0):
         path = os.readlink(f"/proc/self/fd/{fd}")
-        for n, piece in enumerate(self.real.chunks_of_fd(fd)):
+        for n, piece in enumerate(self.real.chunks_of_fd(fd, read_ahead)):
             yield piece
             if n == 0 and path == str(self.victim) and self.times > 0:
                 self.times -= 1

@@ -53,22 +53,34 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return dctx
 
 
+_RAW, _ZSTD = bytes((TAG_RAW,)), bytes((TAG_ZSTD,))
+
+
 def encode(data: bytes | memoryview, level: int) -> bytes:
-    """Compress `data` into the blob envelope, or store it raw when zstd does not shrink it."""
+    """Compress `data` into the blob envelope, or store it raw when zstd does not shrink it.
+
+    One copy either way: the compressed frame (or the raw view) is copied once behind its tag,
+    which also frees zstd's worst-case-sized output buffer at once (kept, those fragment the heap).
+    """
     if level > 0:
         compressed = _compressor(level).compress(data)
         if len(compressed) < len(data):
-            return bytes((TAG_ZSTD,)) + compressed
-    return bytes((TAG_RAW,)) + bytes(data)
+            return _ZSTD + compressed
+    return _RAW + data
 
 
 def decode(encoded: bytes | memoryview, raw_length: int) -> bytes:
     """Undo `encode`, refusing to produce anything but exactly `raw_length` bytes."""
     if not encoded:
         raise FormatError("empty blob envelope")
-    tag, payload = encoded[0], memoryview(encoded)[1:]
+    view = memoryview(encoded)
+    return bytes(_plaintext(view[0], view[1:], raw_length))
+
+
+def _plaintext(tag: int, payload: bytes | memoryview, raw_length: int) -> bytes | memoryview:
+    """The decoded payload; a raw payload is returned as it is, not copied."""
     if tag == TAG_RAW:
-        data = bytes(payload)
+        data = payload
     elif tag == TAG_ZSTD:
         try:
             # zstandard allocates a frame's declared content size up front and ignores
@@ -99,5 +111,7 @@ def decode_verified(encoded: bytes | memoryview, raw_length: int, expected_id: b
 def encode_verified(data: bytes | memoryview, level: int, expected_id: bytes) -> bytes:
     """Encode, then decode the result and re-hash it before it may leave the process (design 5.5)."""
     encoded = encode(data, level)
-    decode_verified(encoded, len(data), expected_id)
+    view = memoryview(encoded)
+    if blob_id(_plaintext(view[0], view[1:], len(data))) != expected_id:
+        raise IntegrityError(f"blob {expected_id.hex()[:16]} does not survive its own encoding")
     return encoded

@@ -25,8 +25,11 @@ class Chunker(Protocol):
         """Yield consecutive pieces of `stream`. A piece is valid only until the next one is yielded."""
         ...
 
-    def chunks_of_fd(self, fd: int) -> Iterator[memoryview]:
-        """The same pieces from an open file descriptor; each stays valid after the next is yielded."""
+    def chunks_of_fd(self, fd: int, read_ahead: int = 0) -> Iterator[memoryview]:
+        """The same pieces from an open file descriptor; each stays valid after the next is yielded.
+
+        `read_ahead` asks for that many bytes beyond the current read to be fetched in the
+        background (a hint; a chunker may ignore it)."""
         ...
 
     def params(self) -> ChunkerParams:

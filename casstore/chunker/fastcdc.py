@@ -13,6 +13,9 @@ import warnings
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from casstore.chunker.blocks import BlockPool
+from casstore.readahead import hint_range
+
 with warnings.catch_warnings():
     warnings.simplefilter("error")  # pyfastcdc warns when it falls back to pure Python
     try:
@@ -40,6 +43,7 @@ class FastCDCChunker:
         self.min_size, self.avg_size, self.max_size, self.seed = min_size, avg_size, max_size, seed
         self._cdc = FastCDC(avg_size, min_size=min_size, max_size=max_size,
                             normalized_chunking=NORMALIZATION, seed=seed)
+        self._blocks = BlockPool(max_size + 2 * avg_size)
 
     @classmethod
     def from_params(cls, params: dict) -> FastCDCChunker:
@@ -54,23 +58,32 @@ class FastCDCChunker:
         for chunk in self._cdc.cut_stream(stream):
             yield chunk.data
 
-    def chunks_of_fd(self, fd: int) -> Iterator[memoryview]:
+    def chunks_of_fd(self, fd: int, read_ahead: int = 0) -> Iterator[memoryview]:
         """Cut an open file, yielding views that stay valid after the next chunk (no copies).
 
-        The file is read in blocks of max + 2 x avg bytes, each into a fresh buffer, so chunks
-        handed to worker threads are never overwritten. A cut found in a block is the cut the
-        streaming cutter would make when (a) the file ends in the block, (b) at least max_size
-        bytes follow the chunk start (the cutter never looks further), or (c) at least avg_size
-        bytes follow and the cut was found before the block's end (the cutter scans forward with
-        the same masks and stops at the first cut; only a cut forced by the end of the data
-        depends on how much data there is). Otherwise the tail moves to the next block.
+        The file is read in blocks of max + 2 x avg bytes, each into a block no chunk still
+        refers to (blocks.py), so chunks handed to worker threads are never overwritten. A cut
+        found in a block is the cut the streaming cutter would make when (a) the file ends in
+        the block, (b) at least max_size bytes follow the chunk start (the cutter never looks
+        further), or (c) at least avg_size bytes follow and the cut was found before the block's
+        end (the cutter scans forward with the same masks and stops at the first cut; only a
+        cut forced by the end of the data depends on how much data there is). Otherwise the
+        tail moves to the next block.
+
+        With `read_ahead`, the kernel is asked to read that many bytes beyond each block in the
+        background, so the disk works while the block is cut, hashed and compressed.
         """
-        block_size = self.max_size + 2 * self.avg_size
         tail = b""
+        offset = hinted = 0    # file offset read up to, and hinted up to
         while True:
-            block = bytearray(block_size)
+            block = self._blocks.get()
             block[:len(tail)] = tail
             filled, eof = _fill(fd, block, len(tail))
+            offset += filled - len(tail)
+            if read_ahead and not eof:
+                start = max(offset, hinted)
+                hinted = offset + read_ahead
+                hint_range(fd, start, hinted - start)
             view = memoryview(block)[:filled]
             tail = b""
             for chunk in self._cdc.cut_buf(view):
@@ -78,10 +91,11 @@ class FastCDCChunker:
                 if eof or available >= self.max_size or (available >= self.avg_size and chunk.length < available):
                     yield chunk.data
                 else:
-                    tail = view[chunk.offset:]
+                    tail = bytes(view[chunk.offset:])   # a copy, so this block is free again
                     break
             if eof:
                 return
+            view = chunk = None   # this frame's own views must not keep the block busy
 
 
 def _fill(fd: int, block: bytearray, start: int) -> tuple[int, bool]:

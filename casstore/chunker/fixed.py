@@ -24,6 +24,6 @@ class FixedChunker:
         while piece := stream.read(self.max_size):
             yield memoryview(piece)
 
-    def chunks_of_fd(self, fd: int) -> Iterator[memoryview]:
+    def chunks_of_fd(self, fd: int, read_ahead: int = 0) -> Iterator[memoryview]:
         with os.fdopen(os.dup(fd), "rb") as stream:
             yield from self.chunks(stream)
