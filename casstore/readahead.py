@@ -21,7 +21,7 @@ from collections import deque
 AHEAD_BYTES = 64 * 1024 * 1024    # hinted and not yet read, at most (page cache, not process memory)
 AHEAD_FILES = 1024
 FIRST_HINT = 4 * 1024 * 1024      # of one file, when it enters the window
-FILE_AHEAD = 32 * 1024 * 1024     # hinted beyond the block being cut in a large file
+FILE_AHEAD = 96 * 1024 * 1024     # hinted beyond the block being cut in a large file
 
 _CAN_HINT = hasattr(os, "posix_fadvise")
 # O_NONBLOCK: a file replaced by a FIFO since it was statted must not hang the hint

@@ -205,6 +205,27 @@ def test_a_bad_encoder_cannot_store_bad_data(tmp_path, source, monkeypatch):
     assert objects(tmp_path / "repo", "snapshots") == [] and objects(tmp_path / "repo", "data") == []
 
 
+@pytest.mark.parametrize("bug", ["one byte more", "one byte less", "raw and short", "garbage frame"])
+def test_verification_on_write_refuses_an_encoding_of_other_bytes(monkeypatch, bug):
+    import zstandard
+
+    data = b"casstore " * 50_000
+    real = codec.encode
+
+    def buggy(piece, level):
+        if bug == "one byte more":
+            return b"\x01" + zstandard.ZstdCompressor(level=3).compress(bytes(piece) + b"!")
+        if bug == "one byte less":
+            return b"\x01" + zstandard.ZstdCompressor(level=3, write_content_size=False).compress(bytes(piece)[:-1])
+        if bug == "raw and short":
+            return b"\x00" + bytes(piece)[:-1]
+        return real(piece, level)[:40] + b"\xff" * 100
+
+    monkeypatch.setattr(codec, "encode", buggy)
+    with pytest.raises(IntegrityError):
+        codec.encode_verified(data, 3, codec.blob_id(data))
+
+
 def test_a_bad_index_encoder_cannot_store_a_bad_index(tmp_path, source, monkeypatch):
     import blake3
 
