@@ -744,7 +744,7 @@ def render(results: dict, analysis: str) -> str:
             "difference across the step. Tables show medians; ratios are casstore's median over the tool's.",
             "- restic: repository version 2, `--compression auto`, password from `RESTIC_PASSWORD`, own cache dir. "
             "borg: `--encryption none`, `create --compression zstd,3`, own `BORG_BASE_DIR`. casstore: defaults "
-            "(1 MiB average chunks, zstd 3), own `CASSTORE_CACHE_DIR`.",
+            "(1 MiB average chunks, zstd level 3 with min_match 6 and chain_log 15), own `CASSTORE_CACHE_DIR`.",
             f"- Floor: cold read of the whole source after eviction {med(floor, 'cold_read_s'):.2f} s "
             f"({med(floor, 'bytes') / med(floor, 'cold_read_s') / MiB:.0f} MiB/s); cold stat of every file "
             f"{med(floor, 'stat_walk_s') * 1000:.0f} ms (medians).", ""]
