@@ -93,7 +93,7 @@ def test_file_cutter_never_reuses_a_block_a_chunk_still_views(tmp_path):
 
 
 def test_file_cutter_reuses_blocks_once_their_chunks_are_gone(tmp_path, monkeypatch):
-    from casstore.chunker import blocks
+    from casstore import buffers
 
     made = []
     real = bytearray
@@ -105,7 +105,7 @@ def test_file_cutter_reuses_blocks_once_their_chunks_are_gone(tmp_path, monkeypa
     sizes = (16 * KiB, 64 * KiB, 512 * KiB)
     data = random.Random(8).randbytes(9 * MiB)
     chunker = FastCDCChunker(*sizes, seed=SEED)
-    monkeypatch.setattr(blocks, "bytearray", counting, raising=False)
+    monkeypatch.setattr(buffers, "bytearray", counting, raising=False)
     path = tmp_path / "f"
     path.write_bytes(data)
     fd = os.open(path, os.O_RDONLY)

@@ -250,6 +250,7 @@ def test_a_bad_pack_header_cannot_be_stored(tmp_path, source, monkeypatch):
 
     def broken(self):
         _, data = real(self)
+        data = bytes(data)
         data = data[:-6] + bytes([data[-6] ^ 0xFF]) + data[-5:]   # one header byte
         return blake3.blake3(data).hexdigest(), data
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import blake3
 import msgpack
 
+from casstore.buffers import BufferPool
 from casstore.errors import FormatError, IntegrityError
 
 MAGIC = b"CASP"
@@ -70,19 +71,37 @@ class PackBuilder:
         self._parts.append(encoded)
         self._size += len(encoded)
 
-    def seal(self) -> None:
-        """Frame the pack into one buffer and drop the parts (so at most one copy is alive)."""
+    def seal(self, buffers: BufferPool | None = None) -> None:
+        """Frame the pack into one buffer and drop the parts (so at most one copy is alive).
+
+        With `buffers`, the pack is framed into a reused buffer (returned as a view) instead of
+        a fresh allocation: a fresh 16 MiB per pack raised glibc's mmap and trim thresholds, after
+        which it kept tens of MiB of freed memory (measured: 72 MiB free in the heap at the peak).
+        """
         if self._sealed is None:
             header = msgpack.packb({"nonce": os.urandom(16), "blobs": [e.as_list() for e in self.entries]})
             self._parts += [header, _TRAILER.pack(len(header))]
-            self._sealed = b"".join(self._parts)
+            total = self._size + len(header) + _TRAILER.size
+            if buffers is not None and total <= buffers.size:
+                self._sealed = _frame_into(buffers.get(), self._parts, total)
+            else:
+                self._sealed = b"".join(self._parts)
             self._parts = []
 
-    def finish(self) -> tuple[str, bytes]:
+    def finish(self) -> tuple[str, bytes | memoryview]:
         """Return (pack id, pack bytes), sealing first if needed."""
         self.seal()
         data, self._sealed = self._sealed, None
         return blake3.blake3(data).hexdigest(), data
+
+
+def _frame_into(buffer: bytearray, parts: list[bytes], total: int) -> memoryview:
+    view = memoryview(buffer)
+    offset = 0
+    for part in parts:
+        view[offset:offset + len(part)] = part
+        offset += len(part)
+    return view[:total]
 
 
 def parse_header(pack: bytes | memoryview, max_raw_length: int) -> list[BlobEntry]:

@@ -19,6 +19,7 @@ from casstore.blobs.pack import (
     parse_header,
     verify_pack_id,
 )
+from casstore.buffers import BufferPool
 from casstore.errors import IntegrityError, ObjectNotFound, RemoteError
 from casstore.remotes.base import Remote
 from casstore.repoconfig import RepoConfig
@@ -26,6 +27,7 @@ from casstore.repoconfig import RepoConfig
 log = logging.getLogger(__name__)
 
 MAX_BYTES_IN_FLIGHT = 48 * 1024 * 1024   # packs being uploaded at once (sync runs several threads)
+PACK_SLACK = 2 * 1024 * 1024              # a pack's last blob and header; a larger pack is joined afresh
 PackCallback = Callable[[str, list[BlobEntry], int, object], None]   # pack id, entries, size, ObjectInfo
 
 
@@ -51,6 +53,8 @@ class BlobStore:
         self._pool = ThreadPoolExecutor(max(1, upload_threads), thread_name_prefix="casstore-upload")
         # each pack in flight holds up to pack_size bytes: bound them by count and by bytes
         self._max_in_flight = max(1, min(upload_threads, MAX_BYTES_IN_FLIGHT // config.pack_size))
+        # data packs are framed into reused buffers (one per pack in flight, one being framed)
+        self._pack_buffers = BufferPool(config.pack_size + PACK_SLACK, keep=self._max_in_flight + 1)
         self._lock = threading.Lock()
         self.on_pack_uploaded: PackCallback | None = None
         self.session_indexes: dict[str, dict[str, list[BlobEntry]]] = {}   # written by this session
@@ -86,7 +90,7 @@ class BlobStore:
             return
         self._builders[kind] = PackBuilder(kind)
         self._wait_for_room()   # first: sealing copies the pack once, so no other pack may be in flight then
-        builder.seal()          # here, so the parts are freed before the next pack fills
+        builder.seal(self._pack_buffers if kind == KIND_DATA else None)   # here: parts freed before the next fills
         # hashing and read-back happen on the upload thread, off the snapshot's main thread
         self._uploads.append(self._pool.submit(self._finish_and_upload, builder))
 
@@ -99,7 +103,7 @@ class BlobStore:
         _read_back(pack_id, data, builder.entries, self.config.max_blob_size)
         self._upload(pack_id, data, builder.entries)
 
-    def _upload(self, pack_id: str, data: bytes, entries: list[BlobEntry]) -> None:
+    def _upload(self, pack_id: str, data: bytes | memoryview, entries: list[BlobEntry]) -> None:
         info = self.remote.put(pack_key(pack_id), data)
         with self._lock:
             self._unindexed[pack_id] = entries
@@ -205,7 +209,7 @@ class BlobStore:
         return encoded
 
 
-def _read_back(pack_id: str, data: bytes, entries: list[BlobEntry], max_raw_length: int) -> None:
+def _read_back(pack_id: str, data: bytes | memoryview, entries: list[BlobEntry], max_raw_length: int) -> None:
     """A sealed pack must parse back to exactly the blobs put in it before it may be stored (design 5.5).
 
     The blobs themselves were decoded and re-hashed when they were encoded; this checks the

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from casstore.chunker.blocks import BlockPool
+from casstore.buffers import BufferPool
 from casstore.readahead import hint_range
 
 with warnings.catch_warnings():
@@ -43,7 +43,7 @@ class FastCDCChunker:
         self.min_size, self.avg_size, self.max_size, self.seed = min_size, avg_size, max_size, seed
         self._cdc = FastCDC(avg_size, min_size=min_size, max_size=max_size,
                             normalized_chunking=NORMALIZATION, seed=seed)
-        self._blocks = BlockPool(max_size + 2 * avg_size)
+        self._blocks = BufferPool(max_size + 2 * avg_size)
 
     @classmethod
     def from_params(cls, params: dict) -> FastCDCChunker:
@@ -62,7 +62,7 @@ class FastCDCChunker:
         """Cut an open file, yielding views that stay valid after the next chunk (no copies).
 
         The file is read in blocks of max + 2 x avg bytes, each into a block no chunk still
-        refers to (blocks.py), so chunks handed to worker threads are never overwritten. A cut
+        refers to (casstore/buffers.py), so chunks handed to worker threads are never overwritten. A cut
         found in a block is the cut the streaming cutter would make when (a) the file ends in
         the block, (b) at least max_size bytes follow the chunk start (the cutter never looks
         further), or (c) at least avg_size bytes follow and the cut was found before the block's

@@ -76,12 +76,15 @@ class Remote(ABC):
 
     #: short human-readable location, never containing secrets
     url: str = ""
+    #: True when `_put` writes any bytes-like object as it is (no copy into `bytes` first)
+    takes_buffers: bool = False
 
     def put(self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None) -> ObjectInfo:
         if if_absent and if_match is not None:
             raise ValueError("if_absent and if_match exclude each other")
-        return self._put(validate_key(key), bytes(data) if isinstance(data, memoryview) else data,
-                         if_absent=if_absent, if_match=if_match)
+        if not isinstance(data, bytes) and not self.takes_buffers:
+            data = bytes(data)
+        return self._put(validate_key(key), data, if_absent=if_absent, if_match=if_match)
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         if offset < 0 or (length is not None and length < 0):

@@ -17,6 +17,7 @@ from casstore.remotes.base import ObjectInfo, Remote, validate_key
 
 
 class LocalRemote(Remote):
+    takes_buffers = True   # os.write takes any buffer: a pack is written from its buffer, not copied
     def __init__(self, root: str, fs: FileSystem | None = None, *, create: bool = True) -> None:
         self.root = os.path.abspath(root)
         self.fs = fs or FileSystem()

@@ -26,6 +26,7 @@ class RemoteWrapper(Remote):
     def __init__(self, inner: Remote) -> None:
         self.inner = inner
         self.url = inner.url
+        self.takes_buffers = inner.takes_buffers
 
     def _put(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None) -> ObjectInfo:
         return self.inner.put(key, data, if_absent=if_absent, if_match=if_match)
