@@ -12,8 +12,10 @@ import gc
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from casstore import filescache
@@ -33,6 +35,9 @@ log = logging.getLogger(__name__)
 # without its size or mtime showing it, so its cached chunk list is not trusted (design 6).
 RACY_WINDOW_NS = 2_000_000_000
 READ_ATTEMPTS = 2
+# Changed files at least this large may be read and cut on the side thread: two of them are then
+# read and cut at once, on both cores and with two streams of disk reads (`_reads_on_side`).
+SIDE_READ_MIN = 16 * 1024 * 1024
 
 _SPECIAL = {stat.S_IFIFO: EntryType.FIFO, stat.S_IFSOCK: EntryType.SOCKET,
             stat.S_IFCHR: EntryType.CHARDEV, stat.S_IFBLK: EntryType.BLOCKDEV}
@@ -62,6 +67,27 @@ class FileJob:
     chunk_ids: list = field(default_factory=list)
     previous: list | None = None      # chunk ids the files cache had, to tell changed from unchanged
     cacheable: bool = True            # False when the file kept changing while it was read
+
+
+class _Aborted(Exception):
+    """The snapshot failed elsewhere: a side read stops."""
+
+
+@dataclass
+class _PendingTree:
+    """A walked directory whose tree is encoded once all files are read."""
+
+    entries: list[Entry] = field(default_factory=list)    # symlinks and special files
+    jobs: list[FileJob] = field(default_factory=list)     # regular files, read or reused
+    dirs: list[tuple[bytes, os.stat_result, _PendingTree]] = field(default_factory=list)
+
+
+@dataclass
+class _SideRead:
+    item: _Item
+    job: FileJob
+    jobs: list[FileJob]       # the directory's files, which the job joins once read
+    future: Future
 
 
 @dataclass(slots=True)
@@ -95,6 +121,12 @@ class SnapshotBuilder:
         self.old_cache = filescache.load(self.cache_file)
         self.new_cache: dict[bytes, list] = {}
         self.skip_dirs = _identities([repo.local_dir, repo.settings.cache_dir])
+        # one large file at a time is read and cut on a side thread while the walk goes on
+        self._side = ThreadPoolExecutor(1, thread_name_prefix="casstore-read")
+        self._side_idle = threading.Semaphore(1)
+        self._side_reads: list[_SideRead] = []
+        self._aborted = threading.Event()
+        self._lock = threading.Lock()
 
     @property
     def chunker(self):
@@ -112,13 +144,22 @@ class SnapshotBuilder:
         if not stat.S_ISDIR(root_stat.st_mode):
             raise SourceError(f"source {self.source} is not a directory")
         try:
-            return self._tree(self.source, b"")
+            pending = self._tree(self.source, b"")
+            for side_read in self._side_reads:       # every large file read on the side thread
+                self._read_done(side_read.item, side_read.job, side_read.jobs, side_read.future.result())
+            self.pipeline.drain()
+            return self._finish_tree(pending)
+        except BaseException:
+            self._aborted.set()      # a side read stops at its next chunk
+            raise
         finally:
+            self._side.shutdown(wait=True, cancel_futures=True)
             self.pipeline.close()
 
-    def _tree(self, path: str, rel: bytes) -> bytes:
-        entries: list[Entry] = []
-        jobs: list[FileJob] = []
+    def _tree(self, path: str, rel: bytes) -> _PendingTree:
+        """Walk one directory. Its tree is encoded later (`_finish_tree`), once every file of the
+        whole walk is read, so a large file read on the side thread never holds up the walk."""
+        pending = _PendingTree()
         items = self._stat_entries(path, rel)
         ahead = ReadAhead([(item.path, item.st.st_size) for item in items if item.will_read])
         reads = 0
@@ -126,12 +167,15 @@ class SnapshotBuilder:
             if item.will_read:
                 ahead.reading(reads)
                 reads += 1
-            entry = self._entry(item, jobs)
+            entry = self._entry(item, pending)
             if entry is not None:
-                entries.append(entry)
-        self.pipeline.drain()
-        entries += [self._file_entry(job) for job in jobs]
+                pending.entries.append(entry)
         self.summary.dirs_total += 1
+        return pending
+
+    def _finish_tree(self, pending: _PendingTree) -> bytes:
+        entries = pending.entries + [self._file_entry(job) for job in pending.jobs]
+        entries += [_make_entry(name, EntryType.DIR, st, self._finish_tree(child)) for name, st, child in pending.dirs]
         return encode_tree_chain(entries, self._store_tree)
 
     def _stat_entries(self, path: str, rel: bytes) -> list[_Item]:
@@ -164,13 +208,14 @@ class SnapshotBuilder:
             self._error(rel.decode("utf-8", "surrogateescape") or ".", exc)
             return []
 
-    def _entry(self, item: _Item, jobs: list[FileJob]) -> Entry | None:
+    def _entry(self, item: _Item, pending: _PendingTree) -> Entry | None:
         st = item.st
         name = item.name.encode("utf-8", "surrogateescape")
         if stat.S_ISDIR(st.st_mode):
-            return _make_entry(name, EntryType.DIR, st, self._tree(item.path, item.rel + b"/"))
+            pending.dirs.append((name, st, self._tree(item.path, item.rel + b"/")))
+            return None
         if stat.S_ISREG(st.st_mode):
-            self._add_file(item, FileJob(name, st), jobs)
+            self._add_file(item, FileJob(name, st), pending.jobs)
             return None
         if stat.S_ISLNK(st.st_mode):
             try:
@@ -189,16 +234,43 @@ class SnapshotBuilder:
     def _add_file(self, item: _Item, job: FileJob, jobs: list[FileJob]) -> None:
         self.summary.files_total += 1
         self.summary.bytes_total += job.st.st_size
-        cached = self.old_cache.get(item.rel)
         if item.reuse is not None:
             job.chunk_ids = item.reuse
             self.summary.files_unchanged += 1
-        elif not self._read_file(item.path, item.rel, job):
+            self._keep(item, job, jobs)
+        elif self._reads_on_side(item, job) and self._side_idle.acquire(blocking=False):
+            future = self._side.submit(self._read_on_side, item.path, item.rel, job)
+            self._side_reads.append(_SideRead(item, job, jobs, future))
+        else:
+            self._read_done(item, job, jobs, self._read_file(item.path, item.rel, job))
+
+    def _reads_on_side(self, item: _Item, job: FileJob) -> bool:
+        """A large file that changed since the last snapshot may be read on the side thread.
+
+        Changed large files are what an incremental snapshot spends its time on, reading and
+        cutting while the workers idle (the new data is small): two at once halve that. A file
+        new to the snapshot stays on the walk's thread: in a first snapshot compression keeps
+        both cores busy already, and a second reader would only add its read blocks to memory.
+        """
+        return job.st.st_size >= SIDE_READ_MIN and item.rel in self.old_cache
+
+    def _read_on_side(self, path: str, rel: bytes, job: FileJob) -> bool:
+        try:
+            return self._read_file(path, rel, job)
+        finally:
+            self._side_idle.release()
+
+    def _read_done(self, item: _Item, job: FileJob, jobs: list[FileJob], read: bool) -> None:
+        if not read:
             return
-        elif cached is None:
+        cached = self.old_cache.get(item.rel)
+        if cached is None:
             self.summary.files_new += 1
         else:
             job.previous = cached[4]
+        self._keep(item, job, jobs)
+
+    def _keep(self, item: _Item, job: FileJob, jobs: list[FileJob]) -> None:
         if job.cacheable:
             self.new_cache[item.rel] = [job.st.st_size, job.st.st_mtime_ns, job.st.st_ctime_ns, job.st.st_ino,
                                         job.chunk_ids]
@@ -231,7 +303,8 @@ class SnapshotBuilder:
             job.st = after
             if _same_version(before, after):
                 return True
-        self.summary.changed_during_read += 1
+        with self._lock:
+            self.summary.changed_during_read += 1
         job.cacheable = False
         log.warning("%s changed while it was read; stored as last read, re-read next snapshot", rel_text)
         return True
@@ -255,12 +328,14 @@ class SnapshotBuilder:
     def _submit(self, data: bytes | memoryview, slots: list) -> None:
         if not data:
             return
+        if self._aborted.is_set():
+            raise _Aborted()
         position = len(slots)
         slots.append(None)
-        self.summary.bytes_read += len(data)
 
-        def deliver(blob_id: bytes, raw_length: int, added: int) -> None:
+        def deliver(blob_id: bytes, raw_length: int, added: int) -> None:   # in order, one at a time
             slots[position] = blob_id
+            self.summary.bytes_read += raw_length
             if added:
                 self.summary.blobs_added += 1
                 self.summary.bytes_added += raw_length
@@ -290,7 +365,8 @@ class SnapshotBuilder:
     def _error(self, rel: str, exc: OSError) -> None:
         message = f"{rel}: {exc.strerror or exc}"
         log.warning("skipped %s", message)
-        self.summary.errors.append(message)
+        with self._lock:
+            self.summary.errors.append(message)
 
 
 def take_snapshot(repo, source: str, *, tags: tuple[str, ...] = (), excludes: tuple[str, ...] = (),

@@ -1,14 +1,16 @@
 """The chunk pipeline: hash, compress and verify chunks on worker threads.
 
 BLAKE3 and zstd release the GIL, so with the main thread reading and cutting (the FastCDC loop
-also releases it) every core is busy. Results are applied on the main thread, in submission
-order, so the blob store needs no locking for its packs. The number of chunks in flight is
-bounded, which bounds memory whatever the file sizes.
+also releases it) every core is busy. Results are applied in submission order, one at a time
+under the pipeline's lock (the walk and the side reader both submit), so the blob store needs no
+locking for its packs. The number of chunks in flight is bounded, which bounds memory whatever
+the file sizes.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,6 +31,7 @@ class ChunkPipeline:
         self._in_flight: deque[tuple[Future, Deliver, int]] = deque()
         self._window, self._window_bytes = window, window_bytes
         self._bytes_in_flight = 0
+        self._lock = threading.Lock()
 
     def _prepare(self, data: bytes) -> Prepared:
         blob_id = codec.blob_id(data)
@@ -37,12 +40,14 @@ class ChunkPipeline:
         return blob_id, codec.encode_verified(data, self.store.level, blob_id), len(data)
 
     def submit(self, data: bytes, deliver: Deliver) -> None:
-        """Queue one chunk; `deliver(id, raw length, stored bytes added)` runs on this thread later."""
-        while self._in_flight and (len(self._in_flight) >= self._window
-                                   or self._bytes_in_flight + len(data) > self._window_bytes):
-            self._apply_oldest()
-        self._in_flight.append((self._pool.submit(self._prepare, data), deliver, len(data)))
-        self._bytes_in_flight += len(data)
+        """Queue one chunk; `deliver(id, raw length, stored bytes added)` runs later, under the lock,
+        on whichever thread submits or drains then."""
+        with self._lock:
+            while self._in_flight and (len(self._in_flight) >= self._window
+                                       or self._bytes_in_flight + len(data) > self._window_bytes):
+                self._apply_oldest()
+            self._in_flight.append((self._pool.submit(self._prepare, data), deliver, len(data)))
+            self._bytes_in_flight += len(data)
 
     def _apply_oldest(self) -> None:
         future, deliver, size = self._in_flight.popleft()
@@ -52,8 +57,9 @@ class ChunkPipeline:
         deliver(blob_id, raw_length, added)
 
     def drain(self) -> None:
-        while self._in_flight:
-            self._apply_oldest()
+        with self._lock:
+            while self._in_flight:
+                self._apply_oldest()
 
     def close(self) -> None:
         self._in_flight.clear()

@@ -15,6 +15,16 @@ def test_put_get_roundtrip(remote):
     assert remote.get("data/ab/abcdef") == b"hello world"
 
 
+def test_put_takes_any_bytes_like_body(remote):
+    # packs are written from a view of a reused buffer; a remote must store exactly its bytes
+    buffer = bytearray(b"xx-pack body-yy")
+    remote.put("data/cd/view", memoryview(buffer)[3:12])
+    remote.put("data/cd/array", bytearray(b"from a bytearray"))
+    buffer[3:12] = b"OVERWRITE"          # the buffer is reused once put returns
+    assert remote.get("data/cd/view") == b"pack body"
+    assert remote.get("data/cd/array") == b"from a bytearray"
+
+
 def test_empty_object(remote):
     remote.put("snapshots/empty", b"")
     assert remote.get("snapshots/empty") == b""

@@ -46,15 +46,16 @@ class BlobStore:
         self.level = config.compression["level"] if compression_level is None else compression_level
         self._reload_index = reload_index
         self._blob_cache = blob_cache
-        self._builders = {KIND_DATA: PackBuilder(KIND_DATA), KIND_TREE: PackBuilder(KIND_TREE)}
+        self._builders: dict[int, PackBuilder] = {}    # made when a blob of the kind first comes
         self._pending: set[tuple[int, bytes]] = set()       # in a builder or being uploaded
         self._unindexed: dict[str, list[BlobEntry]] = {}    # uploaded, not yet in an index
         self._uploads: list[Future] = []
         self._pool = ThreadPoolExecutor(max(1, upload_threads), thread_name_prefix="casstore-upload")
         # each pack in flight holds up to pack_size bytes: bound them by count and by bytes
         self._max_in_flight = max(1, min(upload_threads, MAX_BYTES_IN_FLIGHT // config.pack_size))
-        # data packs are framed into reused buffers (one per pack in flight, one being framed)
+        # data packs are built in reused buffers (one per pack in flight, one filling)
         self._pack_buffers = BufferPool(config.pack_size + PACK_SLACK, keep=self._max_in_flight + 1)
+
         self._lock = threading.Lock()
         self.on_pack_uploaded: PackCallback | None = None
         self.session_indexes: dict[str, dict[str, list[BlobEntry]]] = {}   # written by this session
@@ -77,20 +78,27 @@ class BlobStore:
         """Add an already encoded and verified blob; return the stored bytes added (0 if a duplicate)."""
         if self.has(kind, blob_id):
             return 0
-        builder = self._builders[kind]
+        if kind in self._builders and not self._builders[kind].fits(len(encoded)):
+            self._seal(kind)
+        builder = self._builders.get(kind)
+        if builder is None:
+            builder = self._builders[kind] = self._new_builder(kind)
         builder.add(blob_id, encoded, raw_length)
         self._pending.add((kind, blob_id))
         if builder.size >= self.config.pack_size:
             self._seal(kind)
         return len(encoded)
 
+    def _new_builder(self, kind: int) -> PackBuilder:
+        # tree packs are small: parts joined at the end are cheaper than a pack-sized buffer
+        return PackBuilder(kind, self._pack_buffers.get() if kind == KIND_DATA else None)
+
     def _seal(self, kind: int) -> None:
-        builder = self._builders[kind]
-        if not len(builder):
+        builder = self._builders.pop(kind, None)    # the next blob of this kind starts a new pack
+        if builder is None or not len(builder):
             return
-        self._builders[kind] = PackBuilder(kind)
-        self._wait_for_room()   # first: sealing copies the pack once, so no other pack may be in flight then
-        builder.seal(self._pack_buffers if kind == KIND_DATA else None)   # here: parts freed before the next fills
+        self._wait_for_room()   # first: the finished upload frees the buffer the next pack fills
+        builder.seal()
         # hashing and read-back happen on the upload thread, off the snapshot's main thread
         self._uploads.append(self._pool.submit(self._finish_and_upload, builder))
 

@@ -84,7 +84,7 @@ class FastCDCChunker:
                 start = max(offset, hinted)
                 hinted = offset + read_ahead
                 hint_range(fd, start, hinted - start)
-            view = memoryview(block)[:filled]
+            view = block[:filled]
             tail = b""
             for chunk in self._cdc.cut_buf(view):
                 available = filled - chunk.offset
@@ -95,14 +95,13 @@ class FastCDCChunker:
                     break
             if eof:
                 return
-            view = chunk = None   # this frame's own views must not keep the block busy
+            block = view = chunk = None   # this frame's own views must not keep the block busy
 
 
-def _fill(fd: int, block: bytearray, start: int) -> tuple[int, bool]:
-    """Read into block[start:] until it is full or the file ends; return (bytes in block, eof)."""
-    view = memoryview(block)
+def _fill(fd: int, view: memoryview, start: int) -> tuple[int, bool]:
+    """Read into view[start:] until it is full or the file ends; return (bytes in it, eof)."""
     filled = start
-    while filled < len(block):
+    while filled < len(view):
         n = os.readv(fd, [view[filled:]])
         if n == 0:
             return filled, True

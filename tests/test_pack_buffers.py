@@ -1,0 +1,74 @@
+"""Reused buffers: a buffer is never handed out while something views it, packs built in a
+reused buffer have the same layout as packs joined from parts, and a header too large for the
+buffer's slack still gives a valid pack."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from casstore import buffers
+from casstore.blobs import codec
+from casstore.blobs.pack import KIND_DATA, PackBuilder, parse_header, verify_pack_id
+from casstore.buffers import BufferPool
+
+
+def test_a_viewed_buffer_is_never_handed_out_again(monkeypatch):
+    monkeypatch.setattr(buffers, "WAIT_ROUNDS", 2)
+    pool = BufferPool(64, keep=2)
+    a, b = pool.get(), pool.get()
+    first = a.obj
+    assert first is not b.obj and len(pool._blocks) == 2
+    c = pool.get()                        # both kept ones in use: a new one, not kept
+    assert all(c.obj is not block for block in pool._blocks)
+    piece = a[10:20]
+    del a                                 # a slice still views the buffer
+    d = pool.get()
+    assert d.obj is not first and d.obj is not b.obj
+    del piece, d
+    assert pool.get().obj is first        # free again: reused
+
+
+def _pack(builder: PackBuilder, blobs: list[bytes]) -> tuple[str, bytes]:
+    for data in blobs:
+        builder.add(codec.blob_id(data), codec.encode(data, 3), len(data))
+    pack_id, body = builder.finish()
+    return pack_id, bytes(body)
+
+
+@pytest.mark.parametrize("buffer_size", [None, 1 << 20, 2500])
+def test_pack_built_in_a_buffer_parses_like_one_built_from_parts(buffer_size):
+    blobs = [os.urandom(300), b"json " * 200, os.urandom(700)]
+    buffer = memoryview(bytearray(buffer_size)) if buffer_size else None
+    pack_id, body = _pack(PackBuilder(KIND_DATA, buffer), blobs)
+    verify_pack_id(pack_id, body)
+    entries = parse_header(body, 1 << 20)
+    assert [e.id for e in entries] == [codec.blob_id(b) for b in blobs]
+    for entry, data in zip(entries, blobs, strict=True):
+        encoded = body[entry.offset:entry.offset + entry.length]
+        assert codec.decode_verified(encoded, entry.raw_length, entry.id) == data
+
+
+def test_a_blob_that_does_not_fit_is_refused_not_written_past_the_buffer():
+    builder = PackBuilder(KIND_DATA, memoryview(bytearray(100)))
+    assert builder.fits(90) and not builder.fits(96)
+    with pytest.raises(ValueError):
+        builder.add(b"\x00" * 32, b"\x00" + b"x" * 200, 200)
+
+
+def test_store_seals_a_pack_before_a_blob_that_would_not_fit(tmp_path, monkeypatch):
+    from casstore.blobs import store as store_module
+    from tests.helpers import init_repo
+
+    monkeypatch.setattr(store_module, "PACK_SLACK", 0)
+    repo = init_repo(tmp_path / "repo", pack_size=64 * 1024)
+    store = repo.blob_store()
+    blobs = [os.urandom(40 * 1024) for _ in range(5)]    # two never fit one 64 KiB buffer
+    for data in blobs:
+        store.add(KIND_DATA, data)
+    store.flush()
+    store.close()
+    assert store.packs_written == 5
+    for data in blobs:
+        assert store.read(KIND_DATA, codec.blob_id(data)) == data
