@@ -19,7 +19,7 @@ from casstore.blobs import codec
 from casstore.blobs.pack import KIND_DATA
 from casstore.blobs.store import BlobStore
 
-Prepared = tuple[bytes, bytes | None, int]          # id, encoded (None if already stored), raw length
+Prepared = tuple[bytes, codec.Encoded | None, int]  # id, encoded (None if already stored), raw length
 Deliver = Callable[[bytes, int, int], None]           # (id, raw length, stored bytes added)
 
 

@@ -192,14 +192,14 @@ def test_blobs_only_in_condemned_packs_are_uploaded_again(tmp_path, source, monk
 
 
 def test_a_bad_encoder_cannot_store_bad_data(tmp_path, source, monkeypatch):
-    real_encode = codec.encode
+    real_encode = codec.encode_parts
 
     def lossy(data, level):
-        encoded = real_encode(data, level)
-        return encoded[:-1] + bytes([encoded[-1] ^ 1])   # a "compression bug"
+        tag, payload = real_encode(data, level)
+        return tag, payload[:-1] + bytes([payload[-1] ^ 1])   # a "compression bug"
 
     repo = init_repo(tmp_path / "repo")
-    monkeypatch.setattr(casstore.blobs.codec, "encode", lossy)
+    monkeypatch.setattr(casstore.blobs.codec, "encode_parts", lossy)
     with pytest.raises(IntegrityError):
         repo.snapshot(str(source))
     assert objects(tmp_path / "repo", "snapshots") == [] and objects(tmp_path / "repo", "data") == []
@@ -210,18 +210,19 @@ def test_verification_on_write_refuses_an_encoding_of_other_bytes(monkeypatch, b
     import zstandard
 
     data = b"casstore " * 50_000
-    real = codec.encode
+    real = codec.encode_parts
 
     def buggy(piece, level):
         if bug == "one byte more":
-            return b"\x01" + zstandard.ZstdCompressor(level=3).compress(bytes(piece) + b"!")
+            return b"\x01", zstandard.ZstdCompressor(level=3).compress(bytes(piece) + b"!")
         if bug == "one byte less":
-            return b"\x01" + zstandard.ZstdCompressor(level=3, write_content_size=False).compress(bytes(piece)[:-1])
+            return b"\x01", zstandard.ZstdCompressor(level=3, write_content_size=False).compress(bytes(piece)[:-1])
         if bug == "raw and short":
-            return b"\x00" + bytes(piece)[:-1]
-        return real(piece, level)[:40] + b"\xff" * 100
+            return b"\x00", bytes(piece)[:-1]
+        tag, payload = real(piece, level)
+        return tag, payload[:40] + b"\xff" * 100
 
-    monkeypatch.setattr(codec, "encode", buggy)
+    monkeypatch.setattr(codec, "encode_parts", buggy)
     with pytest.raises(IntegrityError):
         codec.encode_verified(data, 3, codec.blob_id(data))
 

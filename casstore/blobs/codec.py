@@ -67,17 +67,23 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 _RAW, _ZSTD = bytes((TAG_RAW,)), bytes((TAG_ZSTD,))
 
 
-def encode(data: bytes | memoryview, level: int) -> bytes:
-    """Compress `data` into the blob envelope, or store it raw when zstd does not shrink it.
+# An envelope in two parts, tag and payload, laid back to back where it is stored: a pack copies
+# both into its buffer, so joining them first would copy every blob once more.
+Encoded = tuple[bytes, bytes]
 
-    One copy either way: the compressed frame (or the raw view) is copied once behind its tag,
-    which also frees zstd's worst-case-sized output buffer at once (kept, those fragment the heap).
-    """
+
+def encode_parts(data: bytes | memoryview, level: int) -> Encoded:
+    """Compress `data` into (tag, payload), or store it raw when zstd does not shrink it."""
     if level > 0:
         compressed = _compressor(level).compress(data)
         if len(compressed) < len(data):
-            return _ZSTD + compressed
-    return _RAW + data
+            return _ZSTD, compressed
+    return _RAW, bytes(data)
+
+
+def encode(data: bytes | memoryview, level: int) -> bytes:
+    """The blob envelope as one byte string."""
+    return b"".join(encode_parts(data, level))
 
 
 def decode(encoded: bytes | memoryview, raw_length: int) -> bytes:
@@ -164,10 +170,9 @@ def decode_verified(encoded: bytes | memoryview, raw_length: int, expected_id: b
     return data
 
 
-def encode_verified(data: bytes | memoryview, level: int, expected_id: bytes) -> bytes:
+def encode_verified(data: bytes | memoryview, level: int, expected_id: bytes) -> Encoded:
     """Encode, then decode the result and re-hash it before it may leave the process (design 5.5)."""
-    encoded = encode(data, level)
-    view = memoryview(encoded)
-    if _plaintext_id(view[0], view[1:], len(data)) != expected_id:
+    tag, payload = encode_parts(data, level)
+    if _plaintext_id(tag[0], payload, len(data)) != expected_id:
         raise IntegrityError(f"blob {expected_id.hex()[:16]} does not survive its own encoding")
-    return encoded
+    return tag, payload

@@ -82,15 +82,20 @@ class PackBuilder:
         """Whether a blob of `length` encoded bytes can still be added."""
         return self._buffer is None or self._size + length <= len(self._buffer)
 
-    def add(self, blob_id: bytes, encoded: bytes, raw_length: int) -> None:
-        if not self.fits(len(encoded)):
+    def add(self, blob_id: bytes, encoded: bytes | tuple[bytes, ...], raw_length: int) -> int:
+        """Append one blob's envelope, whole or in parts laid back to back; return its length."""
+        parts = encoded if isinstance(encoded, tuple) else (encoded,)
+        length = sum(map(len, parts))
+        if not self.fits(length):
             raise ValueError("internal error: blob added to a full pack buffer")
-        self.entries.append(BlobEntry(self.kind, blob_id, self._size, len(encoded), raw_length))
-        if self._buffer is None:
-            self._parts.append(encoded)
-        else:
-            self._buffer[self._size:self._size + len(encoded)] = encoded
-        self._size += len(encoded)
+        self.entries.append(BlobEntry(self.kind, blob_id, self._size, length, raw_length))
+        for part in parts:
+            if self._buffer is None:
+                self._parts.append(part)
+            else:
+                self._buffer[self._size:self._size + len(part)] = part
+            self._size += len(part)
+        return length
 
     def seal(self) -> None:
         """Append the header; the pack is then one buffer (at most one copy of it is alive)."""

@@ -17,7 +17,6 @@ from casstore.blobs.pack import (
     PackBuilder,
     pack_key,
     parse_header,
-    verify_pack_id,
 )
 from casstore.buffers import BufferPool
 from casstore.errors import IntegrityError, ObjectNotFound, RemoteError
@@ -74,11 +73,12 @@ class BlobStore:
             return blob_id, 0
         return blob_id, self.add_encoded(kind, blob_id, codec.encode_verified(data, self.level, blob_id), len(data))
 
-    def add_encoded(self, kind: int, blob_id: bytes, encoded: bytes, raw_length: int) -> int:
+    def add_encoded(self, kind: int, blob_id: bytes, encoded: bytes | codec.Encoded, raw_length: int) -> int:
         """Add an already encoded and verified blob; return the stored bytes added (0 if a duplicate)."""
         if self.has(kind, blob_id):
             return 0
-        if kind in self._builders and not self._builders[kind].fits(len(encoded)):
+        length = len(encoded) if isinstance(encoded, bytes) else sum(map(len, encoded))
+        if kind in self._builders and not self._builders[kind].fits(length):
             self._seal(kind)
         builder = self._builders.get(kind)
         if builder is None:
@@ -87,7 +87,7 @@ class BlobStore:
         self._pending.add((kind, blob_id))
         if builder.size >= self.config.pack_size:
             self._seal(kind)
-        return len(encoded)
+        return length
 
     def _new_builder(self, kind: int) -> PackBuilder:
         # tree packs are small: parts joined at the end are cheaper than a pack-sized buffer
@@ -220,9 +220,9 @@ class BlobStore:
 def _read_back(pack_id: str, data: bytes | memoryview, entries: list[BlobEntry], max_raw_length: int) -> None:
     """A sealed pack must parse back to exactly the blobs put in it before it may be stored (design 5.5).
 
-    The blobs themselves were decoded and re-hashed when they were encoded; this checks the
-    pack's framing: its name, its header and that every blob lies where the header says.
+    The blobs themselves were decoded and re-hashed when they were encoded, and the pack's name
+    was just hashed from these very bytes; this checks the framing: that the header parses back
+    to the blobs written, each where the header says.
     """
-    verify_pack_id(pack_id, data)
     if parse_header(data, max_raw_length) != entries:
         raise IntegrityError("internal error: a pack header does not describe the blobs written")
