@@ -386,18 +386,24 @@ def take_snapshot(repo, source: str, *, tags: tuple[str, ...] = (), excludes: tu
         builder.store.close()
     summary = builder.summary
     summary.duration_ms = (time.time_ns() - builder.start_ns) // 1_000_000
-    parent = _parent(repo, builder.source)
+    parent = _parent(repo, builder)
     manifest = SnapshotManifest(time_ns=builder.start_ns, host=repo.settings.host, source=builder.source,
                                 tree=root, tags=sorted(set(tags)), parent=parent,
                                 incomplete=bool(summary.errors), summary=summary.as_dict())
     snapshot_id, _ = repo.write_snapshot(manifest)
     if builder.new_cache != builder.old_cache:
         filescache.save(builder.cache_file, builder.new_cache)  # only after the commit
+    filescache.save_last(builder.cache_file, manifest.host, snapshot_id)
     return SnapshotResult(snapshot_id, manifest, summary)
 
 
-def _parent(repo, source: str) -> str | None:
-    previous = repo.snapshots(limit=1, source=source)
+def _parent(repo, builder: SnapshotBuilder) -> str | None:
+    """This host's previous snapshot of the source: the one noted locally if it still exists (one
+    stat), else found by reading every manifest (a new cache, or the noted one was forgotten)."""
+    noted = filescache.load_last(builder.cache_file, repo.settings.host)
+    if noted is not None and repo.remote.exists(f"snapshots/{noted}"):
+        return noted
+    previous = repo.snapshots(limit=1, source=builder.source)
     return previous[0].id if previous else None
 
 

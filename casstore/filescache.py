@@ -42,3 +42,32 @@ def load(path: str) -> dict[bytes, CacheEntry]:
 def save(path: str, entries: dict[bytes, CacheEntry]) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_durably(FileSystem(), path, msgpack.packb(entries))
+
+
+def _last_path(cache_file: str) -> str:
+    return cache_file + ".last"
+
+
+def load_last(cache_file: str, host: str) -> str | None:
+    """The id of this host's last snapshot of the source, as noted after it committed (a hint)."""
+    try:
+        with open(_last_path(cache_file), "rb") as fh:
+            doc = msgpack.unpackb(fh.read())
+        return doc["snapshot"] if isinstance(doc, dict) and doc.get("host") == host else None
+    except (OSError, ValueError, KeyError, msgpack.UnpackException):
+        return None
+
+
+def save_last(cache_file: str, host: str, snapshot_id: str) -> None:
+    """Note the snapshot just committed, so the next one finds its parent without reading every
+    manifest. A hint only: written without fsync (a lost note means one scan), never trusted
+    unless the snapshot still exists."""
+    path = _last_path(cache_file)
+    tmp = f"{path}.{os.urandom(4).hex()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(msgpack.packb({"host": host, "snapshot": snapshot_id}))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("could not note the last snapshot in %s: %s", path, exc)

@@ -156,3 +156,20 @@ def test_append_to_large_file_and_copy_of_file_cost_little(tmp_path):
     # the untouched directory is the very same tree blob in both snapshots
     assert one.entry("b").subtree == two.entry("b").subtree
     assert one.entry("a").subtree != two.entry("a").subtree
+
+
+def test_parent_is_the_previous_snapshot_of_the_source_noted_or_found(tmp_path, source, monkeypatch):
+    repo = init_repo(tmp_path / "repo")
+    first = repo.snapshot(str(source))
+    assert first.manifest.parent is None
+    scans = []
+    real = type(repo).snapshots
+    monkeypatch.setattr(type(repo), "snapshots", lambda self, *a, **k: scans.append(1) or real(self, *a, **k))
+    second = repo.snapshot(str(source))
+    assert second.manifest.parent == first.id and scans == []      # the local note, one stat
+    (tmp_path / "repo" / "snapshots" / second.id).unlink()          # as `forget` would
+    third = repo.snapshot(str(source))
+    assert third.manifest.parent == first.id and scans == [1]      # noted one gone: found by scanning
+    monkeypatch.setenv("CASSTORE_HOST", "another-host")
+    other = open_repo(tmp_path / "repo").snapshot(str(source))
+    assert other.manifest.parent is None                           # another host's note is not used

@@ -133,10 +133,13 @@ class MasterIndex:
             self.add_pack(pack_id, entries)
 
     def add_pack(self, pack_id: str, entries: Iterable[BlobEntry]) -> None:
+        known = self._locations
         for e in entries:
-            locations = self._locations.setdefault((e.kind, e.id), [])
             location = Location(pack_id, e.offset, e.length, e.raw_length)
-            if location not in locations:
+            locations = known.get((e.kind, e.id))
+            if locations is None:      # the common case, and every start-up loads them all
+                known[(e.kind, e.id)] = [location]
+            elif location not in locations:
                 locations.append(location)
 
     def drop_packs(self, pack_ids: set[str]) -> None:
@@ -153,7 +156,12 @@ class MasterIndex:
 
     def has(self, kind: int, blob_id: bytes) -> bool:
         """True if the blob has a copy in a pack no gc plan condemns."""
-        return any(loc.pack_id not in self.condemned for loc in self._locations.get((kind, blob_id), ()))
+        locations = self._locations.get((kind, blob_id))
+        if not locations:
+            return False
+        if not self.condemned:         # no gc plan in progress: any copy will do
+            return True
+        return any(loc.pack_id not in self.condemned for loc in locations)
 
     def all_pack_ids(self) -> set[str]:
         return {loc.pack_id for locs in self._locations.values() for loc in locs}
