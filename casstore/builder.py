@@ -239,6 +239,7 @@ class SnapshotBuilder:
             self.summary.files_unchanged += 1
             self._keep(item, job, jobs)
         elif self._reads_on_side(item, job) and self._side_idle.acquire(blocking=False):
+            _ = self.chunker       # made here, on the walk's thread, so never twice
             future = self._side.submit(self._read_on_side, item.path, item.rel, job)
             self._side_reads.append(_SideRead(item, job, jobs, future))
         else:
