@@ -44,6 +44,11 @@ class BlobEntry:
         return [self.kind, self.id, self.offset, self.length, self.raw_length]
 
 
+def envelope_parts(encoded: bytes | tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """A blob's envelope as the parts laid back to back: given whole, or as (tag, payload)."""
+    return encoded if isinstance(encoded, tuple) else (encoded,)
+
+
 def pack_key(pack_id: str) -> str:
     return f"data/{pack_id[:2]}/{pack_id}"
 
@@ -84,7 +89,7 @@ class PackBuilder:
 
     def add(self, blob_id: bytes, encoded: bytes | tuple[bytes, ...], raw_length: int) -> int:
         """Append one blob's envelope, whole or in parts laid back to back; return its length."""
-        parts = encoded if isinstance(encoded, tuple) else (encoded,)
+        parts = envelope_parts(encoded)
         length = sum(map(len, parts))
         if not self.fits(length):
             raise ValueError("internal error: blob added to a full pack buffer")

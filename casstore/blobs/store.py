@@ -15,6 +15,7 @@ from casstore.blobs.pack import (
     KIND_TREE,
     BlobEntry,
     PackBuilder,
+    envelope_parts,
     pack_key,
     parse_header,
 )
@@ -82,7 +83,7 @@ class BlobStore:
         """Add an already encoded and verified blob; return the stored bytes added (0 if a duplicate)."""
         if self.has(kind, blob_id):
             return 0
-        length = len(encoded) if isinstance(encoded, bytes) else sum(map(len, encoded))
+        length = sum(map(len, envelope_parts(encoded)))
         if kind in self._builders and not self._builders[kind].fits(length):
             self._seal(kind)
         builder = self._builders.get(kind)
