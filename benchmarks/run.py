@@ -341,7 +341,7 @@ def versions(env: dict) -> dict:
     sync_servers = (out([sys.executable, "-c", "import moto, boto3; print(f'moto {moto.__version__} (client boto3 "
                          "{boto3.__version__})')"]) + "; SeaweedFS `weed version`: "
                     + out([str(weed) if weed.exists() else "weed", "version"]))
-    concurrency = out([sys.executable, "-c", "from casstore.config import load_settings; "
+    concurrency = out([sys.executable, "-c", "from casstore.settings import load_settings; "
                        "print(load_settings(dotenv_path='/nonexistent/.env').upload_concurrency)"])
     return {"casstore": f"{out([casstore_bin(), '--version'])} (git {git}{', uncommitted changes' if dirty else ''})",
             "casstore_libs": libs, "restic": out(["restic", "version"]), "borg": out(["borg", "--version"]),

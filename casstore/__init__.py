@@ -21,8 +21,8 @@ from casstore.errors import (
 )
 
 if TYPE_CHECKING:
-    from casstore.reader import Snapshot
-    from casstore.repository import Repository
+    from casstore.read.reader import Snapshot
+    from casstore.repo.core import Repository
 
 __version__ = "0.1.0"
 
@@ -49,29 +49,29 @@ def open(repository: str | None = None, *, remote: str | None = None, create: bo
     exists, else the configured remote (CASSTORE_REMOTE or CLOUD_PROVIDER) read-only. `remote=URL`
     opens that remote directly. `create=True` initializes the local repository if it is missing.
     """
-    from casstore.session import open_repository
+    from casstore.repo.open import open_repository
 
     return open_repository(repository, remote=remote, create=create, **settings)
 
 
 def init(repository: str | None = None, **settings):
     """Create a new local repository (see `casstore init`)."""
-    from casstore.session import init_repository
+    from casstore.repo.open import init_repository
 
     return init_repository(repository, **settings)
 
 
 def __getattr__(name: str):
     if name == "cloud_storage":
-        from casstore.facade import cloud_storage
+        from casstore.compat import cloud_storage
 
         return cloud_storage
     if name == "Repository":
-        from casstore.repository import Repository
+        from casstore.repo.core import Repository
 
         return Repository
     if name == "Snapshot":
-        from casstore.reader import Snapshot
+        from casstore.read.reader import Snapshot
 
         return Snapshot
     raise AttributeError(f"module 'casstore' has no attribute {name!r}")

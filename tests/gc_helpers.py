@@ -12,12 +12,12 @@ import shutil
 import time
 from pathlib import Path
 
-from casstore.config import load_settings
-from casstore.gc import collect_garbage
+from casstore.format.config import RepoConfig
+from casstore.gc.run import collect_garbage
 from casstore.remotes.memory import MemoryRemote
-from casstore.repoconfig import RepoConfig
-from casstore.repository import Repository
-from casstore.sync import sync_to_remote
+from casstore.repo.core import Repository
+from casstore.settings import load_settings
+from casstore.sync.transfer import sync_to_remote
 from tests.sync_helpers import KiB, local_repo, make_source, tree_digest
 
 GRACE = 3600.0

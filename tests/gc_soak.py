@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from casstore.config import load_settings
+from casstore.format.config import RepoConfig
 from casstore.remotes.wrappers import RetryingRemote
-from casstore.repoconfig import RepoConfig
+from casstore.settings import load_settings
 from tests.gc_soak_driver import digest
 from tests.servers import PROJECT_ROOT
 from tests.sync_helpers import KiB
@@ -22,7 +22,7 @@ from tests.sync_helpers import KiB
 SOAK_SECONDS = 80
 SOAK_GRACE = 20
 #: writer 0 stops itself right after its re-check, writer 1 right after uploading packs no index lists
-#: yet (casstore.testhooks, CASSTORE_PAUSE_AT); the test holds the first such stop of each for longer
+#: yet (casstore._testing, CASSTORE_PAUSE_AT); the test holds the first such stop of each for longer
 #: than two grace periods (gc marks and sweeps meanwhile) and releases later ones at once. Writer 2 is
 #: stopped once at a random moment for longer than the grace period.
 PAUSE_POINTS = {0: "after-recheck", 1: "after-pack-upload"}
@@ -30,7 +30,7 @@ PAUSE_POINTS = {0: "after-recheck", 1: "after-pack-upload"}
 
 def remote_config(server, url: str) -> RepoConfig:
     from casstore.remotes import open_remote
-    from casstore.repository import Repository
+    from casstore.repo.core import Repository
 
     remote = open_remote(url, endpoint_url=server.endpoint, region=server.region,
                          access_key_id=server.access_key, secret_access_key=server.secret_key)
@@ -56,7 +56,7 @@ def spawn(args: list[str], env: dict) -> subprocess.Popen:
 def start_writer(server, url: str, config: RepoConfig, home: Path, index: int, seed: int, stop: Path):
     from dataclasses import replace
 
-    from casstore.repository import Repository
+    from casstore.repo.core import Repository
 
     env = soak_env(server, url, home, host=f"host-{index}")
     marker = home / "paused"
@@ -183,7 +183,7 @@ def _assert_paused_writers_reverified(writer_events, pauses) -> None:
 
 def _assert_remote_restores(server, url, tmp_path, writer_events) -> None:
     from casstore.remotes import open_remote
-    from casstore.repository import Repository
+    from casstore.repo.core import Repository
 
     expected = {e["id"]: e["digest"] for events in writer_events for e in events if e["event"] == "snapshot"}
     remote = open_remote(url, endpoint_url=server.endpoint, region=server.region,

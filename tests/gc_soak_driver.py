@@ -56,7 +56,7 @@ def log_event(log: Path, **event) -> None:
 
 def run_writer(repo_dir: str, source: str, seed: int, log: Path, stop: Path) -> None:
     from casstore.errors import CasstoreError
-    from casstore.repository import Repository
+    from casstore.repo.core import Repository
 
     rng = random.Random(seed)
     repo = Repository.open_local(repo_dir)
@@ -92,10 +92,10 @@ def verify_on_remote(repo, snapshot_ids: list[str], attempts: int = 3) -> list[s
 
 
 def _missing_on_remote(repo, snapshot_ids: list[str]) -> list[str]:
-    from casstore.blobs.pack import KIND_DATA, KIND_TREE
     from casstore.errors import SnapshotNotFound
-    from casstore.session import open_remote_repository
-    from casstore.walk import walk_tree
+    from casstore.format.pack import KIND_DATA, KIND_TREE
+    from casstore.format.walk import walk_tree
+    from casstore.repo.open import open_remote_repository
 
     remote_repo = open_remote_repository(repo.settings.remote, repo.settings)
     index = remote_repo.load_index()
@@ -121,11 +121,11 @@ def _missing_on_remote(repo, snapshot_ids: list[str]) -> list[str]:
 
 
 def run_gc(url: str, seed: int, log: Path, stop: Path) -> None:
-    from casstore.config import load_settings
     from casstore.errors import CasstoreError
-    from casstore.gc import collect_garbage
-    from casstore.retention import apply_retention
-    from casstore.sync import open_destination
+    from casstore.gc.retention import apply_retention
+    from casstore.gc.run import collect_garbage
+    from casstore.settings import load_settings
+    from casstore.sync.transfer import open_destination
 
     rng = random.Random(seed)
     repo, _ = open_destination(url, None, load_settings())

@@ -20,14 +20,14 @@ from pathlib import Path
 import blake3
 from click.testing import CliRunner
 
-from casstore.blobs.pack import KIND_DATA, KIND_TREE
 from casstore.cli.main import cli
-from casstore.config import load_settings
-from casstore.manifest.snapshot import SnapshotManifest
-from casstore.manifest.tree import Entry, EntryType, encode_tree_chain
+from casstore.format.config import RepoConfig
+from casstore.format.pack import KIND_DATA, KIND_TREE
+from casstore.format.snapshot import SnapshotManifest
+from casstore.format.tree import Entry, EntryType, encode_tree_chain
 from casstore.remotes.local import LocalRemote
-from casstore.repoconfig import RepoConfig
-from casstore.repository import Repository, read_config
+from casstore.repo.core import Repository, read_config
+from casstore.settings import load_settings
 
 KiB, MiB = 1024, 1024 * 1024
 SMALL_CHUNKS = 64 * KiB  # average chunk size for tests: many chunks from a few MiB

@@ -7,9 +7,9 @@ import os
 import random
 from pathlib import Path
 
-from casstore.config import load_settings
-from casstore.repoconfig import RepoConfig
-from casstore.repository import Repository
+from casstore.format.config import RepoConfig
+from casstore.repo.core import Repository
+from casstore.settings import load_settings
 
 KiB = 1024
 

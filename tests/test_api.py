@@ -26,8 +26,8 @@ import pytest
 from click.testing import CliRunner
 
 from casstore.cli.main import cli
-from casstore.config import load_settings
-from casstore.repository import Repository
+from casstore.repo.core import Repository
+from casstore.settings import load_settings
 
 TOKEN = "s3cr3t-t0ken-for-tests"
 BINARY = bytes(range(256)) * 40
@@ -332,7 +332,7 @@ def test_backup_wait_blocks_until_done_and_records_the_run(served):
     assert response.status_code == 200
     doc = response.json()
     assert doc["success"] and doc["job"]["state"] == "succeeded" and doc["backup_id"]
-    from casstore.runrecord import RunLog
+    from casstore.service.runs import RunLog
 
     record = RunLog(settings.repository).last()
     assert record.trigger == "api" and record.snapshot["id"] == doc["backup_id"]

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from casstore.blobs.pack import KIND_DATA, KIND_TREE
 from casstore.errors import IntegrityError
+from casstore.format.pack import KIND_DATA, KIND_TREE
 from tests.helpers import (
     KiB,
     assert_one_line_error,

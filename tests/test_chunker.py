@@ -93,7 +93,7 @@ def test_file_cutter_never_reuses_a_block_a_chunk_still_views(tmp_path):
 
 
 def test_file_cutter_reuses_blocks_once_their_chunks_are_gone(tmp_path, monkeypatch):
-    from casstore import buffers
+    from casstore.fsio import buffers
 
     made = []
     real = bytearray

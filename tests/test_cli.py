@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from casstore.blobs.pack import KIND_TREE
-from casstore.manifest.snapshot import SnapshotManifest
+from casstore.format.pack import KIND_TREE
+from casstore.format.snapshot import SnapshotManifest
 from tests.helpers import (
     CASSTORE,
     KiB,

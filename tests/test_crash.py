@@ -18,9 +18,9 @@ import fcntl
 import os
 import shutil
 
-from casstore.config import load_settings
-from casstore.localfs import FileSystem
-from casstore.repository import Repository
+from casstore.fsio.durable import FileSystem
+from casstore.repo.core import Repository
+from casstore.settings import load_settings
 from tests.helpers import (
     KiB,
     assert_same_tree,

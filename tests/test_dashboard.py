@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from casstore.repository import Repository
-from casstore.runrecord import snapshot_step
-from casstore.scheduler import Scheduler, parse_schedule
+from casstore.repo.core import Repository
+from casstore.service.runs import snapshot_step
+from casstore.service.scheduler import Scheduler, parse_schedule
 from tests.test_api import TOKEN, make_settings, running_server, take_snapshots
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -53,7 +53,7 @@ def browser():
 
 def seeded_history(settings) -> None:
     """Scheduled runs every 6 h over the last two and a half days, the data growing each time."""
-    import casstore.builder
+    import casstore.snapshot.builder
 
     now = [time.time() - (RUNS - 1) * 6 * HOUR - 2 * HOUR]
     fake_time = types.SimpleNamespace(time_ns=lambda: int(now[0] * 1e9))   # snapshots dated in the past
@@ -75,7 +75,7 @@ def seeded_history(settings) -> None:
     loop = Scheduler(settings, parse_schedule("6h"), clock=lambda: now[0], sleep=sleep, max_nap=1e9,
                      steps=(("snapshot", evolving_snapshot),))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(casstore.builder, "time", fake_time)
+        patch.setattr(casstore.snapshot.builder, "time", fake_time)
         loop.run_forever(until=now[0] + (RUNS - 1) * 6 * HOUR + 1)
 
 

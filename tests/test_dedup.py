@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from casstore.blobs.pack import KIND_DATA, KIND_TREE
+from casstore.format.pack import KIND_DATA, KIND_TREE
 from tests.helpers import (
     KiB,
     MiB,
@@ -70,7 +70,7 @@ def test_second_snapshot_of_unchanged_data_writes_no_pack(tmp_path, source):
 
 def test_files_cache_hit_reads_zero_bytes(tmp_path, source, monkeypatch):
     # ctime cannot be set back, so the 2 s racy window is turned off for this test
-    monkeypatch.setattr("casstore.builder.RACY_WINDOW_NS", 0)
+    monkeypatch.setattr("casstore.snapshot.builder.RACY_WINDOW_NS", 0)
     invoke("init", "--chunk-avg", 64 * KiB)
     first = _snapshot_json()
     assert first["bytes_read"] == first["bytes_total"] > 3 * MiB
@@ -89,7 +89,7 @@ def test_recently_touched_files_are_not_trusted_from_the_cache(tmp_path, source)
 
 
 def test_same_size_rewrite_with_restored_mtime_is_detected(tmp_path, source, monkeypatch):
-    monkeypatch.setattr("casstore.builder.RACY_WINDOW_NS", 0)
+    monkeypatch.setattr("casstore.snapshot.builder.RACY_WINDOW_NS", 0)
     invoke("init", "--chunk-avg", 64 * KiB)
     _snapshot_json()
     doc = source / "kb" / "doc03.json"
@@ -105,7 +105,7 @@ def test_same_size_rewrite_with_restored_mtime_is_detected(tmp_path, source, mon
 
 
 def test_replaced_file_with_same_size_and_mtime_is_detected(tmp_path, source, monkeypatch):
-    monkeypatch.setattr("casstore.builder.RACY_WINDOW_NS", 0)
+    monkeypatch.setattr("casstore.snapshot.builder.RACY_WINDOW_NS", 0)
     invoke("init", "--chunk-avg", 64 * KiB)
     _snapshot_json()
     doc = source / "kb" / "doc05.json"

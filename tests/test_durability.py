@@ -14,12 +14,12 @@ import os
 
 import pytest
 
-import casstore.filescache
-from casstore.config import load_settings
-from casstore.localfs import FileSystem
+import casstore.snapshot.filescache
+from casstore.format.config import RepoConfig
+from casstore.fsio.durable import FileSystem
 from casstore.remotes.local import LocalRemote
-from casstore.repoconfig import RepoConfig
-from casstore.repository import Repository
+from casstore.repo.core import Repository
+from casstore.settings import load_settings
 from tests.helpers import KiB, MiB, det_bytes, write
 
 
@@ -74,7 +74,7 @@ def recorded(tmp_path, monkeypatch):
         write(source / f"dir{i % 3}" / f"file{i}.bin", det_bytes(300 * KiB, i))
     write(source / "doc.json", '{"a": 1}')
     log: list = []
-    monkeypatch.setattr(casstore.filescache, "FileSystem", lambda: Recorder(log))
+    monkeypatch.setattr(casstore.snapshot.filescache, "FileSystem", lambda: Recorder(log))
     root = str(tmp_path / "repo")
     dirs_before = _directories(tmp_path)
     remote = LocalRemote(root, fs=Recorder(log))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pathspec
 import pytest
 
-from casstore.excludes import DEFAULT_PATTERNS, Excluder
+from casstore.snapshot.excludes import DEFAULT_PATTERNS, Excluder
 
 NAMES = [".env", ".env.local", ".env.example", "env", "a.env", ".envrc", "unified_backups", "unified_backups.json",
          "data.json", ".env.production.json", "x"]

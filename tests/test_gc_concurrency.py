@@ -1,7 +1,7 @@
 """gc racing writers (design 9): one test per dangerous interleaving, then a multi-process soak.
 
 The interleavings run in one process, deterministically: a writer's pause point
-(casstore.copier.pause_point) or gc's (casstore.testhooks.pause_point) is replaced by a callback
+(casstore.sync.copier.pause_point) or gc's (casstore._testing.pause_point) is replaced by a callback
 that runs gc, or another writer, at exactly that moment, on a MemoryRemote whose storage clock
 the test moves (a grace period of an hour passes in a microsecond). The soak test at the end runs
 real processes against an S3 server (moto), stopping writers with SIGSTOP past the grace period.
@@ -15,11 +15,11 @@ import threading
 
 import pytest
 
-from casstore import copier as sync_module
-from casstore import testhooks
-from casstore.gc import GcAborted, LeaseHeld, LeaseLost
-from casstore.gcplan import LEASE_KEY, condemned_packs, list_plan_keys, load_plans
-from casstore.retention import apply_retention
+from casstore import _testing as testhooks
+from casstore.format.plan import LEASE_KEY, condemned_packs, list_plan_keys, load_plans
+from casstore.gc.retention import apply_retention
+from casstore.gc.run import GcAborted, LeaseHeld, LeaseLost
+from casstore.sync import copier as sync_module
 from tests.gc_helpers import (
     GRACE,
     FakeClock,

@@ -11,18 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from casstore.blobs.pack import KIND_DATA, KIND_TREE, pack_key
-from casstore.config import load_settings
+from casstore._testing_gc import ENV as CRASH_ENV
 from casstore.errors import RemoteError
-from casstore.gc import GcAborted, GcError, collect_garbage
-from casstore.gcplan import LEASE_KEY, list_plan_keys
+from casstore.format.config import RepoConfig
+from casstore.format.pack import KIND_DATA, KIND_TREE, pack_key
+from casstore.format.plan import LEASE_KEY, list_plan_keys
+from casstore.gc.retention import apply_retention
+from casstore.gc.run import GcAborted, GcError, collect_garbage
 from casstore.remotes.base import ObjectInfo
 from casstore.remotes.local import LocalRemote
 from casstore.remotes.wrappers import RemoteWrapper, RetryingRemote
-from casstore.repoconfig import RepoConfig
-from casstore.repository import Repository
-from casstore.retention import apply_retention
-from casstore.testhooks_gc import ENV as CRASH_ENV
+from casstore.repo.core import Repository
+from casstore.settings import load_settings
 from tests.faults import FaultyRemote
 from tests.gc_helpers import (
     GRACE,

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from casstore import builder
-from casstore.blobs.pack import KIND_DATA
 from casstore.errors import LockError
-from casstore.gc import collect_garbage
-from casstore.lock import repository_lock
+from casstore.format.config import RepoConfig
+from casstore.format.pack import KIND_DATA
+from casstore.gc.retention import apply_retention
+from casstore.gc.run import collect_garbage
 from casstore.remotes.wrappers import RemoteWrapper
-from casstore.repoconfig import RepoConfig
-from casstore.retention import apply_retention
+from casstore.repo.lock import repository_lock
+from casstore.snapshot import builder
 from tests.gc_helpers import FakeClock, Writer, assert_restorable, cli_json, stored_bytes
 from tests.helpers import open_repo
 from tests.sync_helpers import KiB

@@ -9,14 +9,14 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from casstore.blobs.index import decode_index
-from casstore.blobs.pack import KIND_DATA
-from casstore.blobs.store import BlobStore
 from casstore.errors import ObjectExists
-from casstore.gc import ClockSkew, LeaseHeld, NoConditionalWrites
-from casstore.gcplan import LEASE_KEY, list_plan_keys, load_plans
+from casstore.format.index import decode_index
+from casstore.format.pack import KIND_DATA
+from casstore.format.plan import LEASE_KEY, list_plan_keys, load_plans
+from casstore.gc.retention import apply_retention
+from casstore.gc.run import ClockSkew, LeaseHeld, NoConditionalWrites
 from casstore.remotes.wrappers import RemoteWrapper
-from casstore.retention import apply_retention
+from casstore.repo.blobstore import BlobStore
 from tests.gc_helpers import (
     GRACE,
     FakeClock,
@@ -226,11 +226,11 @@ def test_exclusive_gc_deletes_at_once_without_grace(tmp_path, clock, remote):
 
 
 def test_lease_renewal_is_compare_and_swap(tmp_path, clock, remote):
-    from casstore.gc_lease import Lease
+    from casstore.gc.lease import Lease
 
     lease = Lease(remote, host="h", ttl=60, clock=clock, local_clock=clock).acquire()
     remote.put(LEASE_KEY, b"someone else", if_match=lease.etag)     # another gc took it over
-    from casstore.gc import LeaseLost
+    from casstore.gc.run import LeaseLost
 
     with pytest.raises(LeaseLost):
         lease.renew()

@@ -10,12 +10,12 @@ import os
 
 import pytest
 
-from casstore.blobs.pack import KIND_TREE
-from casstore.config import load_settings
 from casstore.errors import IntegrityError
-from casstore.manifest.snapshot import SnapshotManifest
-from casstore.manifest.tree import Entry, EntryType, encode_tree_chain
-from casstore.repository import Repository
+from casstore.format.pack import KIND_TREE
+from casstore.format.snapshot import SnapshotManifest
+from casstore.format.tree import Entry, EntryType, encode_tree_chain
+from casstore.repo.core import Repository
+from casstore.settings import load_settings
 
 LEVELS = 60
 

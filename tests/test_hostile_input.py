@@ -17,13 +17,13 @@ import msgpack
 import pytest
 import zstandard
 
-from casstore.blobs import codec
-from casstore.blobs.index import IndexObject, decode_index
-from casstore.blobs.pack import KIND_DATA, KIND_TREE, MAGIC, PackBuilder, parse_header, verify_pack_id
 from casstore.errors import CasstoreError, FormatError, IntegrityError
-from casstore.manifest.snapshot import SnapshotManifest, decode_snapshot
-from casstore.manifest.tree import decode_tree
-from casstore.repoconfig import RepoConfig
+from casstore.format import codec
+from casstore.format.config import RepoConfig
+from casstore.format.index import IndexObject, decode_index
+from casstore.format.pack import KIND_DATA, KIND_TREE, MAGIC, PackBuilder, parse_header, verify_pack_id
+from casstore.format.snapshot import SnapshotManifest, decode_snapshot
+from casstore.format.tree import decode_tree
 from tests.helpers import (
     NOW_NS,
     MiB,

@@ -50,16 +50,16 @@ from pathlib import Path
 
 import pytest
 
-import casstore.blobs.codec
-import casstore.repository
-from casstore.blobs import codec
-from casstore.blobs.index import IndexObject
-from casstore.blobs.pack import KIND_DATA, KIND_TREE, PackBuilder
+import casstore.format.codec
+import casstore.repo.core
 from casstore.errors import CasstoreError, IntegrityError, LockError, RemoteError
-from casstore.lock import repository_lock
+from casstore.format import codec
+from casstore.format.index import IndexObject
+from casstore.format.pack import KIND_DATA, KIND_TREE, PackBuilder
+from casstore.format.walk import walk_tree
 from casstore.remotes.local import LocalRemote
 from casstore.remotes.wrappers import RemoteWrapper
-from casstore.walk import walk_tree
+from casstore.repo.lock import repository_lock
 from tests.helpers import (
     CASSTORE,
     KiB,
@@ -113,7 +113,7 @@ def test_failed_pack_or_index_upload_commits_no_snapshot(tmp_path, source, prefi
 
 
 def test_every_referenced_blob_is_indexed_in_an_existing_pack(tmp_path, source, monkeypatch):
-    monkeypatch.setattr("casstore.builder.RACY_WINDOW_NS", 0)
+    monkeypatch.setattr("casstore.snapshot.builder.RACY_WINDOW_NS", 0)
     repo = init_repo(tmp_path / "repo", pack_size=256 * KiB)
     repo.snapshot(str(source))
     write(source / "d0" / "f0.bin", det_bytes(300 * KiB, "changed"))
@@ -135,7 +135,7 @@ def test_every_referenced_blob_is_indexed_in_an_existing_pack(tmp_path, source, 
 
 
 def test_files_cache_of_another_repository_is_not_trusted(tmp_path, source, monkeypatch):
-    monkeypatch.setattr("casstore.builder.RACY_WINDOW_NS", 0)
+    monkeypatch.setattr("casstore.snapshot.builder.RACY_WINDOW_NS", 0)
     init_repo(tmp_path / "a").snapshot(str(source))
     second = init_repo(tmp_path / "b").snapshot(str(source))
     assert second.summary.bytes_read == second.summary.bytes_total > MiB
@@ -170,9 +170,9 @@ def test_existing_objects_are_never_rewritten(tmp_path, source):
 
 
 def test_blobs_only_in_condemned_packs_are_uploaded_again(tmp_path, source, monkeypatch):
-    from casstore.gcplan import GcPlan, plan_key
+    from casstore.format.plan import GcPlan, plan_key
 
-    monkeypatch.setattr("casstore.builder.RACY_WINDOW_NS", 0)
+    monkeypatch.setattr("casstore.snapshot.builder.RACY_WINDOW_NS", 0)
     repo = init_repo(tmp_path / "repo", pack_size=256 * KiB)
     repo.snapshot(str(source))
     old_packs = {p.name for p in objects(tmp_path / "repo", "data")}
@@ -199,7 +199,7 @@ def test_a_bad_encoder_cannot_store_bad_data(tmp_path, source, monkeypatch):
         return tag, payload[:-1] + bytes([payload[-1] ^ 1])   # a "compression bug"
 
     repo = init_repo(tmp_path / "repo")
-    monkeypatch.setattr(casstore.blobs.codec, "encode_parts", lossy)
+    monkeypatch.setattr(casstore.format.codec, "encode_parts", lossy)
     with pytest.raises(IntegrityError):
         repo.snapshot(str(source))
     assert objects(tmp_path / "repo", "snapshots") == [] and objects(tmp_path / "repo", "data") == []
@@ -339,7 +339,7 @@ def test_listing_that_fails_midway_fails_check_and_the_cli(two_snapshots, prefix
             yield next(iter(items))
             raise RemoteError(f"listing of {p} cut off")
 
-    monkeypatch.setattr(casstore.repository, "LocalRemote", CutLocal)
+    monkeypatch.setattr(casstore.repo.core, "LocalRemote", CutLocal)
     commands = {"snapshots/": (["check"], ["list"], ["show", "latest"], ["stats"]),
                 "index/": (["check"], ["show", "latest"], ["stats"]),   # `list` needs no index
                 "data/": (["check"], ["stats"])}[prefix]                  # only these list packs

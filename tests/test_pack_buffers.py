@@ -8,10 +8,10 @@ import os
 
 import pytest
 
-from casstore import buffers
-from casstore.blobs import codec
-from casstore.blobs.pack import KIND_DATA, PackBuilder, parse_header, verify_pack_id
-from casstore.buffers import BufferPool
+from casstore.format import codec
+from casstore.format.pack import KIND_DATA, PackBuilder, parse_header, verify_pack_id
+from casstore.fsio import buffers
+from casstore.fsio.buffers import BufferPool
 
 
 def test_a_viewed_buffer_is_never_handed_out_again(monkeypatch):
@@ -58,7 +58,7 @@ def test_a_blob_that_does_not_fit_is_refused_not_written_past_the_buffer():
 
 
 def test_store_seals_a_pack_before_a_blob_that_would_not_fit(tmp_path, monkeypatch):
-    from casstore.blobs import store as store_module
+    from casstore.repo import blobstore as store_module
     from tests.helpers import init_repo
 
     monkeypatch.setattr(store_module, "PACK_SLACK", 0)

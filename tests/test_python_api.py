@@ -18,9 +18,9 @@ from collections.abc import Mapping
 import pytest
 
 import casstore
-from casstore.blobs.pack import KIND_DATA, KIND_TREE
 from casstore.errors import RepositoryNotFound, SnapshotNotFound
-from casstore.repository import Repository
+from casstore.format.pack import KIND_DATA, KIND_TREE
+from casstore.repo.core import Repository
 from tests.helpers import KiB, MiB, det_bytes, invoke, tree_state, write
 
 BIG = det_bytes(MiB + 12345, "big")

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from casstore import readahead
 from casstore.chunker import FastCDCChunker
+from casstore.fsio import readahead
 from tests.helpers import KiB, MiB, age_tree, det_bytes, init_repo, write
 
 
@@ -61,7 +61,7 @@ def test_snapshot_hints_each_file_it_will_read_and_none_it_will_not(tmp_path, hi
     assert read_order == docs            # hints never change what is read, or in which order
 
     hints.clear()
-    monkeypatch.setattr("casstore.builder.RACY_WINDOW_NS", 0)
+    monkeypatch.setattr("casstore.snapshot.builder.RACY_WINDOW_NS", 0)
     write(source / "docs" / "d05.json", det_bytes(3 * KiB, "changed"), mtime_ns=1)
     repo.snapshot(str(source))
     assert hints == []                   # one changed file: the files cache vouches for the rest

@@ -416,8 +416,8 @@ def test_counting_remote_counts_calls_and_bytes():
 def test_versioned_bucket_without_lifecycle_rule_is_warned_about(moto_server, caplog, tmp_path):
     import logging
 
-    from casstore.config import load_settings
-    from casstore.sync import open_destination
+    from casstore.settings import load_settings
+    from casstore.sync.transfer import open_destination
     from tests.sync_helpers import local_repo, make_source
 
     client = moto_server.client()

@@ -7,17 +7,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from casstore.config import load_settings
 from casstore.errors import ConfigError
-from casstore.manifest.snapshot import SnapshotManifest
-from casstore.repository import Repository, SnapshotInfo
-from casstore.retention import (
+from casstore.format.snapshot import SnapshotManifest
+from casstore.gc.retention import (
     RetentionPolicy,
     UnsyncedSnapshots,
     apply_retention,
     decide,
     policy_from_settings,
 )
+from casstore.repo.core import Repository, SnapshotInfo
+from casstore.settings import load_settings
 from tests.gc_helpers import FakeClock, Writer, cli_json, new_memory_remote
 from tests.helpers import invoke, write_snapshot
 

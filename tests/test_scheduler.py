@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from casstore.api.status import service_status, stale_reasons
 from casstore.cli.main import cli
-from casstore.config import load_settings
-from casstore.runrecord import RunBusy, RunLog, perform_run, run_lock
-from casstore.scheduler import Scheduler, SchedulerBusy, parse_schedule
+from casstore.service.runs import RunBusy, RunLog, perform_run, run_lock
+from casstore.service.scheduler import Scheduler, SchedulerBusy, parse_schedule
+from casstore.service.status import service_status, stale_reasons
+from casstore.settings import load_settings
 
 HOUR, DAY = 3600.0, 86400.0
 T0 = 1_760_000_400.0  # a whole hour, so interval grids and wall-clock hours line up
@@ -234,7 +234,7 @@ def test_status_shows_runs_and_flags_stale_repositories(settings, tmp_path, monk
 
 
 def _snapshots(s):
-    from casstore.repository import Repository
+    from casstore.repo.core import Repository
 
     with Repository.open_local(s.repository, s) as repo:
         return repo.all_snapshots()

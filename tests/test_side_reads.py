@@ -7,17 +7,17 @@ import threading
 
 import pytest
 
-import casstore.builder
-from casstore.builder import SnapshotBuilder
+import casstore.snapshot.builder
 from casstore.errors import IntegrityError
+from casstore.snapshot.builder import SnapshotBuilder
 from tests.helpers import KiB, MiB, age_tree, det_bytes, file_contents, init_repo, objects, open_repo, write
 
 
 @pytest.fixture
 def changed_pair(tmp_path, monkeypatch):
     """A source whose two large files (in two directories) changed since the first snapshot."""
-    monkeypatch.setattr(casstore.builder, "SIDE_READ_MIN", 256 * KiB)
-    monkeypatch.setattr(casstore.builder, "RACY_WINDOW_NS", 0)
+    monkeypatch.setattr(casstore.snapshot.builder, "SIDE_READ_MIN", 256 * KiB)
+    monkeypatch.setattr(casstore.snapshot.builder, "RACY_WINDOW_NS", 0)
     source = tmp_path / "data"
     write(source / "a" / "big.jsonl", det_bytes(3 * MiB, "a"))
     write(source / "b" / "big.json", det_bytes(3 * MiB, "b"))
@@ -58,7 +58,7 @@ def test_changed_large_files_are_read_two_at_once_and_stored_exactly(changed_pai
 def test_a_failure_while_a_side_read_runs_commits_nothing_and_stops_it(changed_pair, monkeypatch):
     source, repo = changed_pair
     before = objects(repo.local_dir, "snapshots")
-    from casstore.pipeline import ChunkPipeline
+    from casstore.snapshot.pipeline import ChunkPipeline
 
     real = ChunkPipeline._prepare
     calls = []

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-import casstore.repoconfig
-from casstore.builder import take_snapshot
+import casstore.format.config
+from casstore.snapshot.builder import take_snapshot
 from tests.helpers import (
     KiB,
     MiB,
@@ -148,7 +148,7 @@ def test_file_changing_while_read_is_reread_or_reported(tmp_path, monkeypatch, t
     repo = init_repo(tmp_path / "repo")
     real = repo.config.make_chunker()
     wrapper = _MutatingChunker(real, victim, times)
-    monkeypatch.setattr(casstore.repoconfig.RepoConfig, "make_chunker", lambda self: wrapper)
+    monkeypatch.setattr(casstore.format.config.RepoConfig, "make_chunker", lambda self: wrapper)
     result = take_snapshot(repo, str(source))
     stored = open_repo(tmp_path / "repo").get(result.id).read_bytes("growing.log")
     if times == 1:
@@ -160,22 +160,23 @@ def test_file_changing_while_read_is_reread_or_reported(tmp_path, monkeypatch, t
         assert result.summary.changed_during_read == 1
         assert result.manifest.summary["changed_during_read"] == 1
         assert stored.startswith(det_bytes(MiB, "grow"))
-        monkeypatch.setattr(casstore.repoconfig.RepoConfig, "make_chunker", lambda self: real)
-        monkeypatch.setattr("casstore.builder.RACY_WINDOW_NS", 0)
+        monkeypatch.setattr(casstore.format.config.RepoConfig, "make_chunker", lambda self: real)
+        monkeypatch.setattr("casstore.snapshot.builder.RACY_WINDOW_NS", 0)
         again = take_snapshot(repo, str(source))
         assert again.summary.bytes_read >= victim.stat().st_size
 
 
 def test_restore_verify_catches_a_bad_write(tmp_path, monkeypatch):
-    import casstore.restore
+    import casstore.restore.restorer
 
     source = tmp_path / "data"
     content = det_bytes(300 * KiB, "verify")
     write(source / "f.bin", content)
     repo = init_repo(tmp_path / "repo")
     snapshot_id = repo.snapshot(str(source)).id
-    real = casstore.restore._write_all
-    monkeypatch.setattr(casstore.restore, "_write_all", lambda fd, data: real(fd, data[:-1] + bytes([data[-1] ^ 1])))
+    restorer = casstore.restore.restorer
+    real = restorer._write_all
+    monkeypatch.setattr(restorer, "_write_all", lambda fd, data: real(fd, data[:-1] + bytes([data[-1] ^ 1])))
     unverified = repo.restore(snapshot_id, str(tmp_path / "unverified"))
     assert unverified.ok and (tmp_path / "unverified" / "f.bin").read_bytes() != content   # the fault is real
     verified = repo.restore(snapshot_id, str(tmp_path / "verified"), verify=True)

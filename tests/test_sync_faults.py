@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from casstore.blobs.pack import parse_header
-from casstore.config import load_settings
 from casstore.errors import CasstoreError
+from casstore.format.pack import parse_header
 from casstore.remotes.local import LocalRemote
-from casstore.repository import Repository
-from casstore.syncstate import SyncState
+from casstore.repo.core import Repository
+from casstore.settings import load_settings
+from casstore.sync.state import SyncState
 from tests.faults import FaultyRemote
 from tests.sync_helpers import day_of_edits, local_repo, make_source, tree_digest
 
@@ -72,7 +72,7 @@ def test_sigkill_mid_sync_then_rerun_uploads_no_journaled_pack_twice(tmp_path, c
     print(f"crash at durability call {crash_at}")
     source = make_source(tmp_path / "data", n_json=60, big_mib=3)
     repo_dir, remote_dir = tmp_path / "repo", tmp_path / "remote"
-    from casstore.repoconfig import RepoConfig
+    from casstore.format.config import RepoConfig
 
     repo = local_repo(repo_dir, config=RepoConfig.new(avg_size=64 * 1024, pack_size=256 * 1024))
     repo.snapshot(str(source))

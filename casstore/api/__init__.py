@@ -1,4 +1,4 @@
 """The HTTP API and dashboard of `casstore serve` (FastAPI + uvicorn, imported only when serving).
 
-`casstore.api.status` has no web dependency: `casstore status` uses it too.
+`casstore.service.status` has no web dependency: `casstore status` uses it too.
 """

@@ -27,11 +27,11 @@ from casstore.api.jobs import JobManager
 from casstore.api.reading import BadPath, RepoAccess, clean_path, find, stream_file, stream_snapshot
 from casstore.api.security import GuardMiddleware
 from casstore.api.views import backups_view, status_view
-from casstore.config import Settings
 from casstore.errors import CasstoreError, RepositoryNotFound, SnapshotNotFound
-from casstore.manifest.tree import EntryType
-from casstore.reader import PathNotFound, Snapshot
-from casstore.runrecord import RunBusy, snapshot_step, sync_step
+from casstore.format.tree import EntryType
+from casstore.read.reader import PathNotFound, Snapshot
+from casstore.service.runs import RunBusy, snapshot_step, sync_step
+from casstore.settings import Settings
 
 JOB_ID = r"^[0-9a-f]{32}$"
 WAIT_TIMEOUT = 3600.0

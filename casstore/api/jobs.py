@@ -16,8 +16,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 
-from casstore.config import Settings
-from casstore.runrecord import RunBusy, RunRecord, run_lock, run_locked
+from casstore.service.runs import RunBusy, RunRecord, run_lock, run_locked
+from casstore.settings import Settings
 
 KEEP_JOBS = 200
 log = logging.getLogger(__name__)

@@ -18,11 +18,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import quote
 
-from casstore.config import Settings
 from casstore.errors import SnapshotNotFound
-from casstore.lazydict import _assign_keys
-from casstore.manifest.tree import Entry, EntryType
-from casstore.reader import PathNotFound
+from casstore.format.tree import Entry, EntryType
+from casstore.read.dictview import _assign_keys
+from casstore.read.reader import PathNotFound
+from casstore.settings import Settings
 
 LIST_TTL = 3.0
 POOL_SIZE = 4
@@ -58,7 +58,7 @@ class RepoAccess:
         return os.path.isfile(os.path.join(self.settings.repository, "config"))
 
     def _open(self):
-        from casstore.repository import Repository
+        from casstore.repo.core import Repository
 
         return Repository.open_local(self.settings.repository, self.settings)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from urllib.parse import urlparse
 
-from casstore.api.status import service_status
-from casstore.config import Settings
-from casstore.facade import backup_meta
-from casstore.pricing import PRICES_AS_OF, monthly_storage_cost
+from casstore.compat import backup_meta
+from casstore.repo.pricing import PRICES_AS_OF, monthly_storage_cost
+from casstore.service.status import service_status
+from casstore.settings import Settings
 
 PROVIDERS = {"s3": "aws", "gs": "gcp", "az": "azure", "file": "directory", "memory": "memory"}
 

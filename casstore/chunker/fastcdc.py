@@ -13,8 +13,8 @@ import warnings
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from casstore.buffers import BufferPool
-from casstore.readahead import hint_range
+from casstore.fsio.buffers import BufferPool
+from casstore.fsio.readahead import hint_range
 
 with warnings.catch_warnings():
     warnings.simplefilter("error")  # pyfastcdc warns when it falls back to pure Python

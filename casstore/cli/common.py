@@ -14,7 +14,7 @@ repo_option = click.option("--repo", "repository", metavar="PATH",
 
 
 def settings(ctx: click.Context, repository: str | None = None, **overrides):
-    from casstore.config import load_settings
+    from casstore.settings import load_settings
 
     repo = repository or (ctx.obj or {}).get("repository")
     if repo:
@@ -24,7 +24,7 @@ def settings(ctx: click.Context, repository: str | None = None, **overrides):
 
 def open_repo(ctx: click.Context, repository: str | None = None, *, remote: str | None = None, **overrides):
     """The local repository, or the configured remote read-only when there is no local one."""
-    from casstore.session import open_repository
+    from casstore.repo.open import open_repository
 
     s = settings(ctx, repository, **overrides)
     return open_repository(s.repository, remote=remote, **{k: v for k, v in overrides.items() if v is not None})

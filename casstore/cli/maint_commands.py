@@ -17,11 +17,11 @@ def open_target(ctx: click.Context, repository: str | None, remote: str | None, 
     configured), else the local repository."""
     s = settings(ctx, repository, **overrides)
     if remote or (s.remote and not os.path.isfile(os.path.join(s.repository, "config"))):
-        from casstore.sync import open_destination
+        from casstore.sync.transfer import open_destination
 
         repo, _ = open_destination(remote or s.remote, None, s)
         return repo
-    from casstore.repository import Repository
+    from casstore.repo.core import Repository
 
     return Repository.open_local(s.repository, s)
 
@@ -51,7 +51,7 @@ def forget(ctx, repository, keep_last, keep_hourly, keep_daily, keep_weekly, kee
     With no --keep-* option the policy is CASSTORE_KEEP_LAST. An incomplete snapshot fills no slot
     of a counting rule and is kept only while newer than the newest complete one (or by --keep-within
     or --keep-tag)."""
-    from casstore.retention import RetentionPolicy, apply_retention, policy_from_settings
+    from casstore.gc.retention import RetentionPolicy, apply_retention, policy_from_settings
 
     policy = RetentionPolicy.coerce({"last": keep_last, "hourly": keep_hourly, "daily": keep_daily,
                                      "weekly": keep_weekly, "monthly": keep_monthly, "yearly": keep_yearly,
@@ -61,7 +61,7 @@ def forget(ctx, repository, keep_last, keep_hourly, keep_daily, keep_weekly, kee
     with open_target(ctx, repository, remote) as repo:
         result = apply_retention(repo, policy, dry_run, host=host, all_hosts=all_hosts, force=force)
         if prune:
-            from casstore.gc import collect_garbage
+            from casstore.gc.run import collect_garbage
 
             result.gc = collect_garbage(repo, dry_run=dry_run).as_dict()
     emit(as_json, result.as_dict(), lambda: _print_forget(result))
@@ -96,8 +96,8 @@ def _print_forget(result) -> None:
 @click.pass_context
 def gc(ctx, repository, remote, dry_run, grace, exclusive, as_json):
     """Delete data no snapshot needs (lock-free and two-phase on a shared remote)."""
-    from casstore.config import parse_duration
-    from casstore.gc import collect_garbage
+    from casstore.gc.run import collect_garbage
+    from casstore.settings import parse_duration
 
     grace_seconds = parse_duration(grace) if grace else None
     with open_target(ctx, repository, remote) as repo:

@@ -123,7 +123,7 @@ def cat(ctx, snapshot_id, path, repository, remote):
 @click.pass_context
 def diff(ctx, old_id, new_id, repository, remote, as_json):
     """What changed from snapshot OLD_ID to NEW_ID (added +, removed -, modified M, metadata U)."""
-    from casstore.diff import diff_snapshots
+    from casstore.read.diff import diff_snapshots
 
     with open_repo(ctx, repository, remote=remote) as repo:
         changes = diff_snapshots(repo.get(old_id), repo.get(new_id))

@@ -34,7 +34,7 @@ def sync(ctx, repository, remote, dry_run, as_json):
 def pull(ctx, repository, remote, snapshot_id, host, as_json):
     """Copy snapshots from the remote into the local repository (created if missing)."""
     from casstore.cli.common import settings
-    from casstore.session import open_or_init_from
+    from casstore.repo.open import open_or_init_from
 
     s = settings(ctx, repository)
     with open_or_init_from(remote, s) as repo, Progress(None, "pull") as progress:

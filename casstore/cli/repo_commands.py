@@ -21,12 +21,12 @@ from casstore.cli.common import Progress, emit, human, json_option, open_repo, r
 @click.pass_context
 def init(ctx, repository, chunk_avg, chunk_min, chunk_max, pack_size, from_url, as_json):
     """Create a new local repository."""
-    from casstore.repoconfig import DEFAULT_PACK_SIZE, RepoConfig
-    from casstore.repository import Repository
+    from casstore.format.config import DEFAULT_PACK_SIZE, RepoConfig
+    from casstore.repo.core import Repository
 
     s = settings(ctx, repository)
     if from_url:
-        from casstore.session import adopted_config
+        from casstore.repo.open import adopted_config
 
         config = adopted_config(from_url, s)
     else:
@@ -50,7 +50,7 @@ def init(ctx, repository, chunk_avg, chunk_min, chunk_max, pack_size, from_url, 
 def snapshot(ctx, source, repository, tags, excludes, pre_hook, post_hook, as_json):
     """Take a snapshot of SOURCE (default: CASSTORE_SOURCE or ./data)."""
     from casstore.errors import SourceError
-    from casstore.session import open_repository
+    from casstore.repo.open import open_repository
 
     s = settings(ctx, repository)
     source = source or s.source

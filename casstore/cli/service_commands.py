@@ -19,7 +19,7 @@ SERVE_HINT = "casstore serve needs FastAPI and uvicorn: pip install 'casstore[se
 def _when(timestamp: float | None, now: float) -> str:
     if timestamp is None:
         return "-"
-    from casstore.scheduler import human_age
+    from casstore.service.scheduler import human_age
 
     stamp = datetime.fromtimestamp(timestamp).astimezone().strftime("%Y-%m-%d %H:%M:%S")
     delta = human_age(abs(now - timestamp))
@@ -37,8 +37,8 @@ def _when(timestamp: float | None, now: float) -> str:
 @click.pass_context
 def status(ctx, repository, max_age, as_json):
     """Show the last snapshot, sync and scheduled run, and the next run."""
-    from casstore.api.status import service_status, stale_reasons
-    from casstore.config import parse_duration
+    from casstore.service.status import service_status, stale_reasons
+    from casstore.settings import parse_duration
 
     s = settings(ctx, repository)
     limit = parse_duration(max_age) if max_age else None
@@ -54,7 +54,7 @@ def status(ctx, repository, max_age, as_json):
 
 
 def _snapshots(s) -> list:
-    from casstore.repository import Repository
+    from casstore.repo.core import Repository
 
     if not os.path.isfile(os.path.join(s.repository, "config")):
         return []
@@ -119,7 +119,7 @@ def schedule(ctx, repository, every, cron, source, once, print_systemd, print_cr
     repository: a second one exits with an error. A run missed while the machine was off or
     asleep runs once at start. SIGTERM/SIGINT stop after the current step.
     """
-    from casstore.scheduler import Scheduler, parse_schedule
+    from casstore.service.scheduler import Scheduler, parse_schedule
 
     if every and cron:
         raise click.UsageError("give --every or --cron, not both")
@@ -148,15 +148,15 @@ def schedule(ctx, repository, every, cron, source, once, print_systemd, print_cr
 
 
 def _verbose_run_logs() -> None:
-    for name in ("casstore.scheduler", "casstore.runrecord"):
+    for name in ("casstore.service.scheduler", "casstore.service.runs"):
         logging.getLogger(name).setLevel(logging.INFO)
 
 
 def _run_once(s) -> None:
     import threading
 
-    from casstore.runrecord import perform_run
-    from casstore.scheduler import install_stop_signals
+    from casstore.service.runs import perform_run
+    from casstore.service.scheduler import install_stop_signals
 
     stop = threading.Event()
     restore = install_stop_signals(stop)
@@ -218,7 +218,7 @@ WantedBy=timers.target
 
 
 def _timer_lines(sched) -> str:
-    from casstore.scheduler import IntervalSchedule, format_duration
+    from casstore.service.scheduler import IntervalSchedule, format_duration
 
     if isinstance(sched, IntervalSchedule):
         calendar = _interval_calendar(sched.seconds)
@@ -292,7 +292,7 @@ def _dow_part(part: str) -> str:
 def cron_line(sched, s, exe: str) -> str:
     """A crontab line running `schedule --once` on this schedule."""
     from casstore.errors import ConfigError
-    from casstore.scheduler import IntervalSchedule
+    from casstore.service.scheduler import IntervalSchedule
 
     if not isinstance(sched, IntervalSchedule):
         timing = sched.expression
@@ -354,7 +354,7 @@ def serve(ctx, repository, host, port, schedule_text, allow_hosts):
 def _serve_scheduler(s, text: str | None):
     if not text:
         return None
-    from casstore.scheduler import Scheduler, parse_schedule
+    from casstore.service.scheduler import Scheduler, parse_schedule
 
     _verbose_run_logs()
     scheduler = Scheduler(s, parse_schedule(text))

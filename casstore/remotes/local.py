@@ -1,7 +1,7 @@
 """A directory as a remote: the embedded default repository, a NAS mount or a second disk.
 
 Objects are files below the root, one per key. Writes are atomic and durable (see
-`casstore.localfs`): readers never see a partial object, and a crash leaves either the old
+`casstore.fsio.durable`): readers never see a partial object, and a crash leaves either the old
 state or the new one, plus at most a temp file that listings ignore.
 """
 
@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 
 from casstore.errors import ObjectExists, ObjectNotFound, RemoteError
-from casstore.localfs import FileSystem, write_durably
+from casstore.fsio.durable import FileSystem, write_durably
 from casstore.remotes.base import ObjectInfo, Remote, validate_key
 
 

@@ -1,0 +1,48 @@
+"""gc that deletes at once: the local repository under its exclusive lock, or a remote with --exclusive.
+
+No other process writes meanwhile (the lock, or the user's word), so there is no grace period
+and no plan: every pack no snapshot needs is deleted now, orphans from crashed runs included.
+The order is still the sweep's (design 9): repacked blobs' new packs, then the consolidated
+index, then the old indexes, then the packs, then any plans an earlier two-phase gc left.
+"""
+
+from __future__ import annotations
+
+from casstore.format.pack import pack_key
+from casstore.gc.context import GcContext
+from casstore.gc.listing import RepoView, delete_retracted, load_view, needed_locations, pack_usage
+from casstore.gc.repack import dead_bytes, mostly_dead, repack
+from casstore.gc.sweep import write_consolidated
+
+
+def collect_at_once(ctx: GcContext) -> None:
+    view = load_view(ctx)
+    ctx.report.snapshots, ctx.report.live_blobs = len(view.snapshots), len(view.live)
+    needed = needed_locations(view, preferred_last=set(), excluded=set())
+    usage = pack_usage(view, needed)
+    indexed = view.indexed_packs()
+    dead = {pack for pack in view.packs if pack not in indexed or usage[pack][0] == 0}
+    sparse = mostly_dead(usage, set(view.packs) - dead)
+    report = ctx.report
+    report.packs_condemned += len(dead | sparse)
+    report.bytes_condemned += sum(view.packs[p].size for p in dead | sparse)
+    if ctx.dry_run:
+        report.would_free += sum(view.packs[p].size for p in dead) + dead_bytes(usage, sparse)
+        report.packs_repacked += len(sparse)
+        return
+    new_packs = repack(ctx, view, sparse, needed, index_kind=None) if sparse else {}
+    _replace(ctx, view, dead | sparse, new_packs)
+
+
+def _replace(ctx: GcContext, view: RepoView, doomed: set[str], new_packs: dict) -> None:
+    """New index, then old indexes, then packs, then plans."""
+    delete_retracted(ctx, view)
+    if doomed or new_packs or len(view.indexes) > 1:
+        write_consolidated(ctx, view, doomed, new_packs)
+        for index_id, (_, info) in sorted(view.indexes.items()):
+            ctx.delete(f"index/{index_id}", info.size, "indexes_deleted")
+    for pack_id in sorted(doomed):
+        ctx.delete(pack_key(pack_id), view.packs[pack_id].size, "packs_deleted")
+    for key, (_, info) in sorted(view.plans.items()):
+        ctx.delete(key, info.size, "plans_deleted")
+    ctx.report.plans_swept += len(view.plans)

@@ -1,0 +1,182 @@
+"""What gc sees: one strict listing of the repository and the blobs its snapshots need.
+
+Listed in the order writers write in reverse (design 4, 5.1): plans, snapshots, then indexes,
+then packs, so every pack an index listed is already in the pack listing and every index a
+listed snapshot needs is already in the index listing. Unlike readers, gc trusts nothing it
+could not verify (design 5.6): a listing error, an index or snapshot or tree that cannot be
+fetched and verified, an indexed pack missing from the pack listing, or a needed blob no index
+lists stops it (GcAborted) before it deletes anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from casstore.errors import CasstoreError, ObjectNotFound
+from casstore.format.index import IndexObject, Location, MasterIndex, decode_index, without_retracted
+from casstore.format.pack import KIND_TREE
+from casstore.format.plan import LEASE_KEY, GcPlan, decode_plan
+from casstore.format.snapshot import SnapshotManifest, decode_snapshot
+from casstore.format.walk import add_reachable
+from casstore.gc.context import GcAborted, GcContext
+from casstore.remotes.base import ObjectInfo
+from casstore.repo.blobstore import BlobStore
+from casstore.repo.objectcache import BlobCache
+
+BlobKey = tuple[int, bytes]
+PROTECTING_ORIGINS = ("writer", "checkpoint")
+
+
+@dataclass
+class RepoView:
+    plans: dict[str, tuple[GcPlan, ObjectInfo]] = field(default_factory=dict)
+    snapshots: dict[str, SnapshotManifest] = field(default_factory=dict)
+    indexes: dict[str, tuple[IndexObject, ObjectInfo]] = field(default_factory=dict)
+    retracted: dict[str, ObjectInfo] = field(default_factory=dict)   # withdrawn by their writer: ignored
+    packs: dict[str, ObjectInfo] = field(default_factory=dict)
+    index: MasterIndex = field(default_factory=MasterIndex)
+    live: set[BlobKey] = field(default_factory=set)
+
+    def condemned(self) -> set[str]:
+        """Packs condemned by any plan listed."""
+        return {pack for plan, _ in self.plans.values() for pack in plan.condemned_packs}
+
+    def indexed_packs(self) -> set[str]:
+        return {pack for index, _ in self.indexes.values() for pack in index.packs}
+
+    def pack_entries(self) -> dict[str, list]:
+        """pack id -> its blob entries, as the indexes list them (first listing wins)."""
+        entries: dict[str, list] = {}
+        for index, _ in self.indexes.values():
+            for pack_id, blobs in index.packs.items():
+                entries.setdefault(pack_id, blobs)
+        return entries
+
+    def protected(self, now: float, grace: float) -> set[str]:
+        """Packs listed in writer or checkpoint indexes younger than the grace period (design 9)."""
+        return {pack for index, info in self.indexes.values()
+                if index.origin.get("kind") in PROTECTING_ORIGINS and info.mtime > now - grace
+                for pack in index.packs}
+
+    def without(self, doomed: set[str]) -> dict[str, list]:
+        return {pack: blobs for pack, blobs in self.pack_entries().items() if pack not in doomed}
+
+
+def delete_retracted(ctx: GcContext, view: RepoView) -> None:
+    """Delete indexes their writers withdrew, before anything that could delete the withdrawing index."""
+    for index_id, info in sorted(view.retracted.items()):
+        ctx.delete(f"index/{index_id}", info.size, "indexes_deleted")
+
+
+def load_view(ctx: GcContext, *, walk: bool = True) -> RepoView:
+    view = RepoView()
+    try:
+        _list_plans(ctx, view)
+        _list_snapshots(ctx, view)
+        _list_indexes(ctx, view)
+        view.packs = {info.key.rsplit("/", 1)[1]: info for info in ctx.remote.list("data/")}
+    except GcAborted:
+        raise
+    except CasstoreError as exc:
+        raise GcAborted(f"gc stopped, nothing deleted: {exc}") from exc
+    missing = view.indexed_packs() - set(view.packs)
+    if missing:
+        raise GcAborted(f"{len(missing)} indexed pack(s) missing from the pack listing (e.g. {min(missing)[:16]}): "
+                        "the listing is incomplete or the repository is damaged; run `casstore check`")
+    if walk:
+        view.live = live_blobs(ctx, view)
+    return view
+
+
+def _list_plans(ctx: GcContext, view: RepoView) -> None:
+    listed = {info.key: info for info in ctx.remote.list("gc/") if info.key != LEASE_KEY}
+    for key in sorted(listed):
+        view.plans[key] = (decode_plan(ctx.remote.get(key)), listed[key])
+
+
+def _list_snapshots(ctx: GcContext, view: RepoView) -> None:
+    for info in ctx.remote.list("snapshots/"):
+        ctx.keep_lease()
+        snapshot_id = info.key.split("/", 1)[1]
+        try:
+            view.snapshots[snapshot_id] = decode_snapshot(snapshot_id, ctx.remote.get(info.key))
+        except ObjectNotFound:
+            continue  # forgotten since the listing: it needs nothing any more
+
+
+def _list_indexes(ctx: GcContext, view: RepoView) -> None:
+    for info in ctx.remote.list("index/"):
+        ctx.keep_lease()
+        index_id = info.key.split("/", 1)[1]
+        view.indexes[index_id] = (_fetch_index(ctx, info.key, index_id), info)
+    # an index its writer retracted names packs that are gone: it is neither trusted nor kept
+    active = without_retracted({index_id: index for index_id, (index, _) in view.indexes.items()})
+    view.retracted = {index_id: info for index_id, (_, info) in view.indexes.items() if index_id not in active}
+    view.indexes = {index_id: entry for index_id, entry in view.indexes.items() if index_id in active}
+    for index_id, (index, _) in view.indexes.items():
+        view.index.add_object(index_id, index)
+
+
+def _fetch_index(ctx: GcContext, key: str, index_id: str) -> IndexObject:
+    """An index object, verified by its name; a remote repository's local copy is used when sound."""
+    cache, max_blob = ctx.repo.cache, ctx.repo.config.max_blob_size
+    cached = cache.get("index", index_id) if cache else None
+    if cached is not None:
+        try:
+            return decode_index(index_id, cached, max_blob)
+        except CasstoreError:
+            cache.discard("index", index_id)
+    body = ctx.remote.get(key)
+    index = decode_index(index_id, body, max_blob)
+    if cache:
+        cache.put("index", index_id, body)
+    return index
+
+
+# -- the blobs the snapshots need ------------------------------------------------------------
+
+def reader(ctx: GcContext, index: MasterIndex) -> BlobStore:
+    """A strict blob reader over gc's own index: every location is tried, the index never reloaded."""
+    cache = BlobCache(ctx.repo.cache) if ctx.repo.cache else None
+    return BlobStore(ctx.remote, ctx.repo.config, index, origin=ctx.origin(), reload_index=None, blob_cache=cache)
+
+
+def live_blobs(ctx: GcContext, view: RepoView) -> set[BlobKey]:
+    """Every tree and chunk reachable from the listed snapshots (each tree read and verified once)."""
+    store = reader(ctx, view.index)
+    reached: dict[BlobKey, None] = {}
+    try:
+        for manifest in view.snapshots.values():
+            # each tree is read and verified once; a long walk renews the lease as it goes
+            add_reachable(lambda i: store.read(KIND_TREE, i), manifest.tree, reached, on_tree=ctx.keep_lease)
+    except CasstoreError as exc:
+        raise GcAborted(f"gc stopped, nothing deleted: a tree cannot be read ({exc})") from exc
+    finally:
+        store.close()
+    live = set(reached)
+    unindexed = [key for key in live if not view.index.locations(*key)]
+    if unindexed:
+        raise GcAborted(f"{len(unindexed)} blob(s) that snapshots need are in no index (e.g. "
+                        f"{unindexed[0][1].hex()[:16]}); run `casstore check`")
+    return live
+
+
+def needed_locations(view: RepoView, preferred_last: set[str], excluded: set[str]) -> dict[BlobKey, Location]:
+    """One copy of each live blob to keep: never in `excluded` packs, in `preferred_last` packs only
+    when there is no other copy; ties go to the lowest pack id (deterministic across runs)."""
+    chosen: dict[BlobKey, Location] = {}
+    for key in view.live:
+        candidates = [loc for loc in view.index.locations(*key) if loc.pack_id not in excluded]
+        if candidates:
+            chosen[key] = min(candidates, key=lambda loc: (loc.pack_id in preferred_last, loc.pack_id))
+    return chosen
+
+
+def pack_usage(view: RepoView, needed: dict[BlobKey, Location]) -> dict[str, tuple[int, int]]:
+    """pack id -> (bytes of blobs to keep there, bytes of all its blobs)."""
+    usage: dict[str, list[int]] = {}
+    for pack_id, entries in view.pack_entries().items():
+        usage[pack_id] = [0, sum(e.length for e in entries)]
+    for location in needed.values():
+        usage[location.pack_id][0] += location.length
+    return {pack: (kept, total) for pack, (kept, total) in usage.items()}

@@ -1,0 +1,108 @@
+"""gc: delete the data no snapshot needs (design 9).
+
+    collect_garbage(repo)                     one gc run; returns a GcReport
+
+- The local repository (one writer): under the exclusive repository lock, delete at once
+  (`gc_local`), in the sweep's order.
+- A remote shared by many hosts: lock-free and two-phase, under `gc/lease` (`gc_lease`). Each
+  run first sweeps the plans that are at least one grace period old (`gc_sweep`), then marks
+  (`gc_mark`): it condemns and repacks, writing a new plan, and deletes nothing. "gc to
+  completion" is repeating runs, a grace period apart, until one has nothing to condemn or sweep.
+- A remote with `exclusive=True`: the user guarantees no writer runs; deletes at once like the
+  local repository (the only way to gc a store that ignores conditional writes).
+
+gc stops, deleting nothing more, on any listing error, any index, snapshot, tree or pack it cannot
+fetch and verify, an indexed pack missing from the pack listing, a lost lease, or clocks that
+disagree (GcError and its subclasses in `gc_common`).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from casstore._testing_gc import crashing
+from casstore.gc.atonce import collect_at_once
+from casstore.gc.context import (
+    ClockSkew,
+    GcAborted,
+    GcContext,
+    GcError,
+    GcReport,
+    LeaseHeld,
+    LeaseLost,
+    NoConditionalWrites,
+    boottime,
+)
+from casstore.gc.lease import Lease, lease_ttl
+from casstore.gc.listing import delete_retracted, load_view
+from casstore.gc.mark import mark
+from casstore.gc.sweep import sweep
+from casstore.repo.lock import repository_lock
+
+
+def collect_garbage(repo, *, dry_run: bool = False, grace: float | None = None, exclusive: bool = False,
+                    clock: Callable[[], float] = boottime, local_clock: Callable[[], float] = time.time) -> GcReport:
+    """One gc run on `repo` (an open Repository, local or remote); see the module docstring.
+
+    `clock` measures elapsed time (CLOCK_BOOTTIME), `local_clock` is this machine's wall clock;
+    both are injectable so tests can run a grace period of hours in milliseconds.
+    """
+    started = time.monotonic()
+    requests_before = _requests(repo)
+    report = GcReport(location=repo.location, dry_run=dry_run)
+    ctx = GcContext(repo, crashing(repo.remote), repo.settings.grace_seconds if grace is None else grace, report,
+                    dry_run=dry_run, clock=clock, local_clock=local_clock,
+                    host=repo.settings.host or socket.gethostname())
+    if repo.local_dir is not None:
+        report.mode = "local"
+        with repository_lock(repo.local_dir, exclusive=True, wait=False):
+            collect_at_once(ctx)
+    elif exclusive:
+        report.mode = "exclusive"
+        with _leased(ctx, require_conditional=False):
+            collect_at_once(ctx)
+    else:
+        with _leased(ctx, require_conditional=True):
+            _two_phase(ctx)
+    if not dry_run:
+        repo.load_index()   # the in-memory index and the local index cache follow what gc deleted
+    report.requests = _requests(repo) - requests_before
+    report.seconds = round(time.monotonic() - started, 3)
+    return report
+
+
+def _two_phase(ctx: GcContext) -> None:
+    view = load_view(ctx)
+    ctx.report.snapshots, ctx.report.live_blobs = len(view.snapshots), len(view.live)
+    if sweep(ctx, view) and not ctx.dry_run:
+        view = load_view(ctx)   # mark on what is there now
+    elif not ctx.dry_run:
+        delete_retracted(ctx, view)   # withdrawn by their writers: safe to delete at any time
+    mark(ctx, view)
+
+
+@contextmanager
+def _leased(ctx: GcContext, *, require_conditional: bool) -> Iterator[None]:
+    if ctx.dry_run:
+        yield
+        return
+    lease = Lease(ctx.remote, host=ctx.host, ttl=lease_ttl(ctx.grace), clock=ctx.clock,
+                  local_clock=ctx.local_clock)
+    ctx.lease = lease.acquire(require_conditional=require_conditional)
+    try:
+        yield
+    finally:
+        ctx.lease = None
+        lease.release()
+
+
+def _requests(repo) -> int:
+    total = getattr(repo.remote, "total", None)
+    return total() if callable(total) else 0
+
+
+__all__ = ["ClockSkew", "GcAborted", "GcError", "GcReport", "LeaseHeld", "LeaseLost", "NoConditionalWrites",
+           "collect_garbage"]

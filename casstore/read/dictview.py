@@ -1,0 +1,125 @@
+"""`Snapshot.to_dict()`: the seed's dict shape, as lazy mappings.
+
+A directory becomes a mapping; `name.json` appears under `name` holding the parsed JSON,
+`name.jsonl` under `name` holding the list of records, any other file its bytes under its full
+name. On a clash the directory wins, then `.json`, then `.jsonl`; the losers keep their full
+names (a file literally named `name` keeps `name` too, so no entry is ever hidden). Nothing is
+read until a key is accessed, so a 5 GB snapshot need not fit in memory; `materialize()` turns
+the whole thing into plain dicts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping
+
+from casstore.format.tree import Entry, EntryType
+
+log = logging.getLogger(__name__)
+
+_RANK = {"dir": 0, "json": 1, "jsonl": 2}
+
+
+class LazyDir(Mapping):
+    def __init__(self, snapshot, tree_id: bytes, path: str) -> None:
+        self._snapshot, self._tree_id, self._path = snapshot, tree_id, path
+        self._keys: dict[str, Entry] | None = None
+        self._values: dict[str, object] = {}
+
+    def _key_map(self) -> dict[str, Entry]:
+        if self._keys is None:
+            self._keys = _assign_keys(self._snapshot.tree(self._tree_id))
+        return self._keys
+
+    def __getitem__(self, key: str) -> object:
+        if key not in self._values:
+            entry = self._key_map()[key]
+            self._values[key] = self._load(entry)
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._key_map())
+
+    def __len__(self) -> int:
+        return len(self._key_map())
+
+    def __repr__(self) -> str:
+        return f"<LazyDir {self._path or '/'} keys={list(self._key_map())[:8]}>"
+
+    def _load(self, entry: Entry) -> object:
+        name = entry.name.decode("utf-8", "surrogateescape")
+        path = f"{self._path}/{name}" if self._path else name
+        if entry.type is EntryType.DIR:
+            return LazyDir(self._snapshot, entry.subtree, path)
+        if entry.type is not EntryType.FILE:
+            return None
+        data = self._snapshot.read_bytes(path)
+        return _parse(path, name, data)
+
+    def materialize(self) -> dict:
+        return {key: (value.materialize() if isinstance(value, LazyDir) else value) for key, value in self.items()}
+
+
+class SnapshotDict(Mapping):
+    """{'snapshot_id', 'timestamp', 'host', 'tags', 'data_sources'} with a lazy data_sources."""
+
+    def __init__(self, snapshot) -> None:
+        self._items = {
+            "snapshot_id": snapshot.id,
+            "backup_id": snapshot.id,
+            "timestamp": snapshot.time.isoformat(),
+            "host": snapshot.manifest.host,
+            "tags": list(snapshot.manifest.tags),
+            "data_sources": LazyDir(snapshot, snapshot.manifest.tree, ""),
+        }
+
+    def __getitem__(self, key: str) -> object:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def materialize(self) -> dict:
+        return {k: (v.materialize() if isinstance(v, LazyDir) else v) for k, v in self._items.items()}
+
+
+def snapshot_dict(snapshot) -> SnapshotDict:
+    return SnapshotDict(snapshot)
+
+
+def _kind(entry: Entry) -> tuple[str, str]:
+    """(key it wants, rank name) for one entry."""
+    name = entry.name.decode("utf-8", "surrogateescape")
+    if entry.type is EntryType.DIR:
+        return name, "dir"
+    if entry.type is EntryType.FILE and name.endswith(".json") and len(name) > 5:
+        return name[:-5], "json"
+    if entry.type is EntryType.FILE and name.endswith(".jsonl") and len(name) > 6:
+        return name[:-6], "jsonl"
+    return name, "other"
+
+
+def _assign_keys(entries: list[Entry]) -> dict[str, Entry]:
+    wanted = sorted(((*_kind(e), e) for e in entries), key=lambda t: (_RANK.get(t[1], 3), t[2].name))
+    # a short key never takes another entry's full name, so every loser's full name stays free
+    full_names = {e.name.decode("utf-8", "surrogateescape") for e in entries}
+    keys: dict[str, Entry] = {}
+    for key, _rank, entry in wanted:
+        full = entry.name.decode("utf-8", "surrogateescape")
+        keys[full if key != full and (key in keys or key in full_names) else key] = entry
+    return dict(sorted(keys.items()))
+
+
+def _parse(path: str, name: str, data: bytes) -> object:
+    try:
+        if name.endswith(".jsonl"):
+            return [json.loads(line) for line in data.splitlines() if line.strip()]
+        if name.endswith(".json"):
+            return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        log.warning("%s does not parse as JSON (%s); returned as bytes", path, exc)
+    return data

@@ -1,0 +1,199 @@
+"""Reading a snapshot from Python without restoring it: ls, walk, read_bytes, read_json, open, to_dict."""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from casstore.errors import CasstoreError, IntegrityError
+from casstore.format.pack import KIND_DATA, KIND_TREE
+from casstore.format.tree import Entry, EntryType
+from casstore.format.walk import VisitBudget, load_tree_chain
+
+
+class PathNotFound(CasstoreError, KeyError, FileNotFoundError):
+    """A path that is not in the snapshot."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "path not found"
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str
+    name: str
+    type: str
+    size: int
+    mtime: datetime
+    mode: int
+
+
+class Snapshot:
+    """One snapshot, read lazily: trees and chunks are fetched only when a path needs them."""
+
+    def __init__(self, repo, info) -> None:
+        self.repo, self.info = repo, info
+        self.id, self.manifest = info.id, info.manifest
+        self._trees: dict[bytes, list[Entry]] = {}
+
+    # -- identity ----------------------------------------------------------------------------
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:8]
+
+    @property
+    def time(self) -> datetime:
+        return self.manifest.time
+
+    @property
+    def summary(self) -> dict:
+        return dict(self.manifest.summary)
+
+    def __repr__(self) -> str:
+        return f"<Snapshot {self.short_id} {self.time.isoformat()} {self.manifest.host}>"
+
+    # -- trees -------------------------------------------------------------------------------
+
+    def tree(self, tree_id: bytes) -> list[Entry]:
+        """A directory's entries, following a split directory's chain of tree blobs."""
+        if tree_id not in self._trees:
+            self._trees[tree_id] = load_tree_chain(lambda i: self.repo.read_blob(KIND_TREE, i), tree_id)
+        return self._trees[tree_id]
+
+    def entry(self, path: str) -> Entry | None:
+        """The entry at `path` ('' or '/' is the root, returned as None)."""
+        parts = _split(path)
+        tree_id, found = self.manifest.tree, None
+        for depth, part in enumerate(parts):
+            if found is not None and found.type is not EntryType.DIR:
+                raise PathNotFound(f"{'/'.join(parts[:depth])} is not a directory")
+            found = next((e for e in self.tree(tree_id) if e.name == part), None)
+            if found is None:
+                raise PathNotFound(f"{path} is not in snapshot {self.short_id}")
+            if found.type is EntryType.DIR:
+                tree_id = found.subtree
+        return found
+
+    def _dir_tree(self, path: str) -> bytes:
+        found = self.entry(path)
+        if found is None:
+            return self.manifest.tree
+        if found.type is not EntryType.DIR:
+            raise PathNotFound(f"{path} is not a directory")
+        return found.subtree
+
+    def ls(self, path: str = "") -> list[str]:
+        """Names in the directory at `path`, sorted."""
+        return [e.name.decode("utf-8", "surrogateescape") for e in self.tree(self._dir_tree(path))]
+
+    def walk(self, path: str = "") -> Iterator[FileInfo]:
+        """Every entry below `path`, depth first, as FileInfo."""
+        prefix = "/".join(p.decode("utf-8", "surrogateescape") for p in _split(path))
+        yield from self._walk(self._dir_tree(path), prefix, VisitBudget(self.manifest.summary))
+
+    def _walk(self, tree_id: bytes, prefix: str, budget: VisitBudget) -> Iterator[FileInfo]:
+        for e in budget.spend(self.tree(tree_id)):
+            name = e.name.decode("utf-8", "surrogateescape")
+            rel = f"{prefix}/{name}" if prefix else name
+            yield FileInfo(rel, name, e.type.value, e.size, datetime.fromtimestamp(e.mtime_ns / 1e9).astimezone(),
+                           e.mode)
+            if e.type is EntryType.DIR:
+                yield from self._walk(e.subtree, rel, budget)
+
+    # -- file contents -----------------------------------------------------------------------
+
+    def _file(self, path: str) -> Entry:
+        found = self.entry(path)
+        if found is None or found.type is not EntryType.FILE:
+            raise PathNotFound(f"{path} is not a file in snapshot {self.short_id}")
+        return found
+
+    def open(self, path: str) -> io.BufferedReader:
+        """A seekable, streaming file object; only the chunks that are read are fetched."""
+        return io.BufferedReader(ChunkedFile(self.repo, self._file(path)), buffer_size=1 << 20)
+
+    def read_bytes(self, path: str) -> bytes:
+        entry = self._file(path)
+        return b"".join(self.repo.read_blob(KIND_DATA, chunk_id) for chunk_id in entry.chunks)
+
+    def read_text(self, path: str, encoding: str = "utf-8") -> str:
+        return self.read_bytes(path).decode(encoding)
+
+    def read_json(self, path: str) -> object:
+        return json.loads(self.read_bytes(path))
+
+    def to_dict(self):
+        """The seed's shape: {'snapshot_id', 'timestamp', 'data_sources': {...}}, read lazily."""
+        from casstore.read.dictview import snapshot_dict
+
+        return snapshot_dict(self)
+
+
+class ChunkedFile(io.RawIOBase):
+    """A file in a snapshot as a raw, seekable stream over its chunks."""
+
+    def __init__(self, repo, entry: Entry) -> None:
+        self._repo, self._chunks = repo, list(entry.chunks)
+        self._starts = _chunk_starts(repo, self._chunks)
+        self._size = self._starts[-1]
+        self._pos = 0
+        self._cached: tuple[int, bytes] | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        if self._pos >= self._size:
+            return 0
+        index = _find_chunk(self._starts, self._pos)
+        data = self._chunk(index)
+        skip = self._pos - self._starts[index]
+        piece = memoryview(data)[skip:skip + len(buffer)]
+        buffer[:len(piece)] = piece
+        self._pos += len(piece)
+        return len(piece)
+
+    def _chunk(self, index: int) -> bytes:
+        if self._cached is None or self._cached[0] != index:
+            self._cached = (index, self._repo.read_blob(KIND_DATA, self._chunks[index]))
+        return self._cached[1]
+
+
+def _chunk_starts(repo, chunk_ids: list[bytes]) -> list[int]:
+    starts = [0]
+    for chunk_id in chunk_ids:
+        locations = repo.index.locations(KIND_DATA, chunk_id)
+        if not locations:
+            repo.load_index()
+            locations = repo.index.locations(KIND_DATA, chunk_id)
+        if not locations:
+            raise IntegrityError(f"chunk {chunk_id.hex()[:16]} is not in any index")
+        starts.append(starts[-1] + locations[0].raw_length)
+    return starts
+
+
+def _find_chunk(starts: list[int], pos: int) -> int:
+    import bisect
+
+    return bisect.bisect_right(starts, pos) - 1
+
+
+def _split(path: str) -> list[bytes]:
+    clean = posixpath.normpath("/" + path.strip()).strip("/")
+    return [p.encode("utf-8", "surrogateescape") for p in clean.split("/") if p and p != "."]

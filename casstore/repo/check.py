@@ -1,0 +1,170 @@
+"""check: is every snapshot complete and every stored byte what it claims to be? (design 10)
+
+Structure (default): config readable, every index readable, every indexed pack present in the
+pack listing, every snapshot's trees readable and every chunk they name indexed.
+`read_data` (or a `subset` fraction of packs) downloads packs and verifies every blob. The
+report names damaged packs, and the snapshots and files that lose data because of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+
+from casstore.errors import CasstoreError, FormatError, IntegrityError
+from casstore.format import codec
+from casstore.format.index import decode_index, without_retracted
+from casstore.format.pack import KIND_DATA, KIND_TREE, pack_key, parse_header, verify_pack_id
+from casstore.format.snapshot import decode_snapshot
+from casstore.format.tree import EntryType
+from casstore.format.walk import VisitBudget, load_tree_chain
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CheckReport:
+    snapshots: int = 0
+    indexes: int = 0
+    packs: int = 0
+    packs_read: int = 0
+    blobs_verified: int = 0
+    orphan_packs: int = 0
+    errors: list[str] = field(default_factory=list)
+    damaged_packs: dict[str, str] = field(default_factory=dict)
+    affected: dict[str, list[str]] = field(default_factory=dict)   # snapshot id -> damaged paths
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.damaged_packs and not self.affected
+
+    def as_dict(self) -> dict:
+        return {"ok": self.ok, "snapshots": self.snapshots, "indexes": self.indexes, "packs": self.packs,
+                "packs_read": self.packs_read, "blobs_verified": self.blobs_verified,
+                "orphan_packs": self.orphan_packs, "errors": self.errors, "damaged_packs": self.damaged_packs,
+                "affected": self.affected}
+
+
+class Checker:
+    def __init__(self, repo) -> None:
+        self.repo = repo
+        self.report = CheckReport()
+        self.bad_blobs: set[tuple[int, bytes]] = set()
+        self.pack_sizes: dict[str, int] = {}
+
+    def run(self, read_data: bool, subset: float | None) -> CheckReport:
+        self._check_indexes()
+        self._check_packs_listed()
+        if read_data or subset:
+            self._read_packs(subset)
+        self._check_snapshots()
+        return self.report
+
+    def _check_indexes(self) -> None:
+        index = self.repo.index
+        index.clear()
+        objects = {}
+        for info in self.repo.remote.list("index/"):
+            index_id = info.key.split("/", 1)[1]
+            try:
+                body = self.repo.remote.get(info.key)
+                objects[index_id] = decode_index(index_id, body, self.repo.config.max_blob_size)
+                self.report.indexes += 1
+            except CasstoreError as exc:
+                self.report.errors.append(f"index {index_id[:16]}: {exc}")
+        for index_id, index_object in without_retracted(objects).items():  # withdrawn indexes name lost packs
+            index.add_object(index_id, index_object)
+
+    def _check_packs_listed(self) -> None:
+        self.pack_sizes = {info.key.rsplit("/", 1)[1]: info.size for info in self.repo.remote.list("data/")}
+        self.report.packs = len(self.pack_sizes)
+        extents: dict[str, int] = {}
+        for _key, locations in self.repo.index.blobs():
+            for loc in locations:
+                extents[loc.pack_id] = max(extents.get(loc.pack_id, 0), loc.offset + loc.length)
+        for pack_id, extent in sorted(extents.items()):
+            size = self.pack_sizes.get(pack_id)
+            if size is None:
+                self._damaged(pack_id, "missing (indexed but not in the pack listing)")
+            elif size < extent:
+                self._damaged(pack_id, f"truncated ({size} bytes, index needs {extent})")
+        self.report.orphan_packs = len(set(self.pack_sizes) - set(extents))
+
+    def _damaged(self, pack_id: str, reason: str) -> None:
+        self.report.damaged_packs[pack_id] = reason
+        for key, locations in self.repo.index.blobs():
+            if any(loc.pack_id == pack_id for loc in locations) and \
+                    all(loc.pack_id in self.report.damaged_packs for loc in locations):
+                self.bad_blobs.add(key)
+
+    def _read_packs(self, subset: float | None) -> None:
+        packs = sorted(set(self.pack_sizes) & self.repo.index.all_pack_ids())
+        if subset:
+            packs = random.sample(packs, max(1, round(len(packs) * subset))) if packs else []
+        for pack_id in packs:
+            if pack_id in self.report.damaged_packs:
+                continue
+            try:
+                self._verify_pack(pack_id)
+            except CasstoreError as exc:
+                self._damaged(pack_id, str(exc))
+            self.report.packs_read += 1
+
+    def _verify_pack(self, pack_id: str) -> None:
+        data = self.repo.remote.get(pack_key(pack_id))
+        verify_pack_id(pack_id, data)
+        entries = parse_header(data, self.repo.config.max_blob_size)
+        for e in entries:
+            codec.decode_verified(memoryview(data)[e.offset:e.offset + e.length], e.raw_length, e.id)
+            self.report.blobs_verified += 1
+
+    def _check_snapshots(self) -> None:
+        for snapshot_id in self.repo.snapshot_ids():
+            try:
+                manifest = decode_snapshot(snapshot_id, self.repo.remote.get(f"snapshots/{snapshot_id}"))
+            except CasstoreError as exc:
+                self.report.errors.append(f"snapshot {snapshot_id[:8]}: {exc}")
+                continue
+            self.report.snapshots += 1
+            try:
+                self._check_tree(snapshot_id, manifest.tree, "", VisitBudget(manifest.summary))
+            except IntegrityError as exc:
+                self._affect(snapshot_id, "/", str(exc))
+
+    def _check_tree(self, snapshot_id: str, tree_id: bytes, prefix: str, budget: VisitBudget) -> None:
+        try:
+            entries = budget.spend(self._load_tree(tree_id))
+        except CasstoreError as exc:
+            self._affect(snapshot_id, prefix or "/", f"directory unreadable: {exc}")
+            return
+        for entry in entries:
+            name = entry.name.decode("utf-8", "surrogateescape")
+            path = f"{prefix}/{name}" if prefix else name
+            if entry.type is EntryType.DIR:
+                self._check_tree(snapshot_id, entry.subtree, path, budget)
+            elif entry.type is EntryType.FILE:
+                lost = [c for c in entry.chunks if not self.repo.index.locations(KIND_DATA, c)
+                        or (KIND_DATA, c) in self.bad_blobs]
+                if lost:
+                    self._affect(snapshot_id, path, f"{len(lost)} of {len(entry.chunks)} chunks missing or damaged")
+
+    def _load_tree(self, tree_id: bytes) -> list:
+        return load_tree_chain(self._read_tree, tree_id)
+
+    def _read_tree(self, tree_id: bytes) -> bytes:
+        if (KIND_TREE, tree_id) in self.bad_blobs:
+            raise IntegrityError("tree blob is in a damaged pack")
+        return self.repo.read_blob(KIND_TREE, tree_id)
+
+    def _affect(self, snapshot_id: str, path: str, why: str) -> None:
+        self.report.affected.setdefault(snapshot_id, []).append(f"{path}: {why}")
+
+
+def check_repository(repo, *, read_data: bool = False, subset: float | None = None) -> CheckReport:
+    try:
+        return Checker(repo).run(read_data, subset)
+    except FormatError as exc:
+        report = CheckReport()
+        report.errors.append(str(exc))
+        return report

@@ -1,0 +1,309 @@
+"""Repository: a remote holding the casstore format, plus its config, index and snapshots."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+from casstore.errors import (
+    CasstoreError,
+    FormatError,
+    IntegrityError,
+    ObjectExists,
+    ObjectNotFound,
+    RepositoryExists,
+    RepositoryNotFound,
+    SnapshotNotFound,
+)
+from casstore.format.config import RepoConfig
+from casstore.format.index import MasterIndex, decode_index, without_retracted
+from casstore.format.snapshot import SnapshotManifest, decode_snapshot
+from casstore.remotes.base import Remote
+from casstore.remotes.local import LocalRemote
+from casstore.repo.blobstore import BlobStore
+from casstore.repo.lock import repository_lock
+from casstore.repo.objectcache import BlobCache, LocalCache
+from casstore.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """A snapshot as listings show it: its id and its manifest."""
+
+    id: str
+    manifest: SnapshotManifest
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:8]
+
+    def as_dict(self) -> dict:
+        m = self.manifest
+        return {"id": self.id, "short_id": self.short_id, "time": m.time.isoformat(), "host": m.host,
+                "source": m.source, "tags": list(m.tags), "parent": m.parent, "incomplete": m.incomplete,
+                "summary": dict(m.summary)}
+
+
+class Repository:
+    """One repository. Open with `Repository.open_local(path)` or `Repository.open_remote(remote)`."""
+
+    def __init__(self, remote: Remote, config: RepoConfig, settings: Settings, *,
+                 local_dir: str | None = None) -> None:
+        self.remote, self.config, self.settings = remote, config, settings
+        self.local_dir = local_dir          # set for the local repository (locks, records)
+        # a remote repository keeps local copies of its immutable objects; the local one needs none
+        self.cache = None if local_dir else LocalCache(os.path.join(settings.cache_dir, config.id))
+        self.index = MasterIndex()
+        self._manifests: dict[str, SnapshotManifest] = {}
+        self._reader: BlobStore | None = None
+        self._reader_lock = threading.Lock()
+
+    # -- opening -----------------------------------------------------------------------------
+
+    @classmethod
+    def init_local(cls, path: str, settings: Settings | None = None, config: RepoConfig | None = None) -> Repository:
+        settings = settings or load_settings()
+        remote = LocalRemote(path)
+        return cls._init(remote, settings, config, local_dir=remote.root)
+
+    @classmethod
+    def init_remote(cls, remote: Remote, settings: Settings, config: RepoConfig | None = None) -> Repository:
+        return cls._init(remote, settings, config, local_dir=None)
+
+    @classmethod
+    def _init(cls, remote: Remote, settings: Settings, config: RepoConfig | None, local_dir: str | None):
+        config = config or RepoConfig.new(compression_level=settings.compression_level or 3)
+        try:
+            remote.put("config", config.encode(), if_absent=True)
+        except ObjectExists:
+            raise RepositoryExists(f"a repository already exists at {remote.url}") from None
+        return cls(remote, config, settings, local_dir=local_dir)
+
+    @classmethod
+    def open_local(cls, path: str, settings: Settings | None = None) -> Repository:
+        settings = settings or load_settings()
+        if not os.path.isfile(os.path.join(path, "config")):
+            raise RepositoryNotFound(f"no casstore repository at {path} (run `casstore init`)")
+        remote = LocalRemote(path, create=False)
+        return cls(remote, read_config(remote), settings, local_dir=remote.root)
+
+    @classmethod
+    def open_remote(cls, remote: Remote, settings: Settings | None = None) -> Repository:
+        return cls(remote, read_config(remote), settings or load_settings())
+
+    @property
+    def location(self) -> str:
+        return self.local_dir or self.remote.url
+
+    def locked(self, exclusive: bool = False):
+        """The local repository lock (design 5.8); a remote repository has none."""
+        if self.local_dir is None:
+            return nullcontext()
+        return repository_lock(self.local_dir, exclusive=exclusive)
+
+    # -- indexes -----------------------------------------------------------------------------
+
+    def load_index(self) -> MasterIndex:
+        """Load every index object listed now; entries of vanished index objects are dropped."""
+        listed = {info.key.split("/", 1)[1] for info in self.remote.list("index/")}
+        loaded = set(self.index.index_packs)
+        new = self._fetch_indexes(sorted(listed - loaded))
+        retracted = self.index.retracted | {r for index in new.values() for r in index.retracts}
+        if (loaded - listed) or (loaded & retracted):
+            # an index we used is gone or withdrawn: rebuild from what is listed now
+            self.index.clear()
+            new = self._fetch_indexes(sorted(listed))
+        for index_id, index in without_retracted(new).items():
+            if index_id not in self.index.retracted:
+                self.index.add_object(index_id, index)
+        if self.cache:
+            for stale in self.cache.names("index") - listed:
+                self.cache.discard("index", stale)
+        return self.index
+
+    def _fetch_indexes(self, index_ids: list[str]) -> dict:
+        """Decode each index object; damaged ones are skipped with a warning (readers, design 5.6)."""
+        found = {}
+        for index_id in index_ids:
+            try:
+                found[index_id] = decode_index(index_id, self._cached_get("index", index_id), self.config.max_blob_size)
+            except (FormatError, IntegrityError, ObjectNotFound) as exc:
+                log.warning("skipping damaged index %s: %s", index_id[:16], exc)
+                if self.cache:
+                    self.cache.discard("index", index_id)
+        return found
+
+    def load_plans(self) -> list[str]:
+        """Read every gc plan; their condemned packs no longer count as holding blobs."""
+        from casstore.format.plan import condemned_packs, list_plan_keys, load_plans
+
+        keys = list_plan_keys(self.remote)
+        self.index.condemned = condemned_packs(load_plans(self.remote, keys))
+        return keys
+
+    def _cached_get(self, kind: str, name: str) -> bytes:
+        """An immutable object, from the local cache when this is a remote repository."""
+        if self.cache is None:
+            return self.remote.get(f"{kind}/{name}")
+        body = self.cache.get(kind, name)
+        if body is None:
+            body = self.remote.get(f"{kind}/{name}")
+            self.cache.put(kind, name, body)
+        return body
+
+    def blob_store(self, *, origin_kind: str = "writer", upload_threads: int = 1) -> BlobStore:
+        origin = {"kind": origin_kind, "host": self.settings.host or os.uname().nodename,
+                  "session": os.urandom(8).hex()}
+        return BlobStore(self.remote, self.config, self.index, origin=origin,
+                         compression_level=self.settings.compression_level, upload_threads=upload_threads,
+                         reload_index=self.load_index, blob_cache=BlobCache(self.cache) if self.cache else None)
+
+    def read_blob(self, kind: int, blob_id: bytes) -> bytes:
+        """A blob's plaintext, verified; loads the index on first use."""
+        return self.read_blob_ready().read(kind, blob_id)
+
+    def read_blob_ready(self) -> BlobStore:
+        """The reading blob store, with the index loaded (call before reading from several threads)."""
+        with self._reader_lock:
+            if self._reader is None:
+                if not self.index.index_packs:
+                    self.load_index()
+                self._reader = self.blob_store(origin_kind="writer")
+            return self._reader
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def snapshot_ids(self) -> list[str]:
+        return [info.key.split("/", 1)[1] for info in self.remote.list("snapshots/")]
+
+    def manifest(self, snapshot_id: str) -> SnapshotManifest:
+        if snapshot_id not in self._manifests:
+            try:
+                body = self._cached_get("snapshots", snapshot_id)
+            except ObjectNotFound:
+                raise SnapshotNotFound(f"snapshot {snapshot_id[:8]} not found") from None
+            try:
+                self._manifests[snapshot_id] = decode_snapshot(snapshot_id, body)
+            except (FormatError, IntegrityError):
+                if self.cache:
+                    self.cache.discard("snapshots", snapshot_id)
+                raise
+        return self._manifests[snapshot_id]
+
+    def all_snapshots(self) -> list[SnapshotInfo]:
+        """Every readable snapshot, newest first; damaged ones are skipped with a warning."""
+        infos = []
+        for snapshot_id in self.snapshot_ids():
+            try:
+                infos.append(SnapshotInfo(snapshot_id, self.manifest(snapshot_id)))
+            except (FormatError, IntegrityError, SnapshotNotFound) as exc:
+                log.warning("skipping damaged snapshot %s: %s", snapshot_id[:8], exc)
+        return sorted(infos, key=lambda s: (s.manifest.time_ns, s.id), reverse=True)
+
+    def snapshots(self, limit: int | None = None, *, host: str | None = None, all_hosts: bool = False,
+                  source: str | None = None) -> list[SnapshotInfo]:
+        """Snapshots of one (host, source) group, newest first (all hosts with `all_hosts`)."""
+        wanted_host = None if all_hosts else (host or self.settings.host)
+        found = [s for s in self.all_snapshots()
+                 if (wanted_host is None or s.manifest.host == wanted_host)
+                 and (source is None or s.manifest.source == source)]
+        return found[:limit] if limit else found
+
+    def resolve(self, ref: str, *, host: str | None = None, all_hosts: bool = False) -> SnapshotInfo:
+        """`latest`, a full id or any unique prefix -> the snapshot."""
+        if ref == "latest":
+            complete = [s for s in self.snapshots(host=host, all_hosts=all_hosts) if not s.manifest.incomplete]
+            if not complete:
+                raise SnapshotNotFound("no snapshot yet (take one with `casstore snapshot`)")
+            return complete[0]
+        ref = ref.lower()
+        if len(ref) < 4 or any(c not in "0123456789abcdef" for c in ref):
+            raise SnapshotNotFound(f"{ref!r} is not a snapshot id (give at least 4 hex digits, or 'latest')")
+        matches = [i for i in self.snapshot_ids() if i.startswith(ref)]
+        if not matches:
+            raise SnapshotNotFound(f"no snapshot with id {ref}")
+        if len(matches) > 1:
+            raise SnapshotNotFound(f"snapshot id {ref} is ambiguous ({len(matches)} match); give more digits")
+        return SnapshotInfo(matches[0], self.manifest(matches[0]))
+
+    def write_snapshot(self, manifest: SnapshotManifest):
+        """Write a manifest (the commit point); return (id, the storage's ObjectInfo)."""
+        snapshot_id, body = manifest.encode()
+        decode_snapshot(snapshot_id, body)  # read back before it leaves the process (design 5.5)
+        info = self.remote.put(f"snapshots/{snapshot_id}", body)
+        self._manifests[snapshot_id] = manifest
+        return snapshot_id, info
+
+    # -- operations (each in its own module) -------------------------------------------------
+
+    def snapshot(self, source: str | None = None, *, tags: tuple[str, ...] = (), excludes: tuple[str, ...] = (),
+                 progress: object = None):
+        from casstore.snapshot.builder import take_snapshot
+
+        with self.locked():
+            return take_snapshot(self, source or self.settings.source, tags=tags, excludes=excludes,
+                                 progress=progress)
+
+    def get(self, ref: str = "latest", **kwargs: object):
+        from casstore.read.reader import Snapshot
+
+        info = self.resolve(ref, **kwargs)  # type: ignore[arg-type]
+        return Snapshot(self, info)
+
+    def restore(self, ref: str, target: str, **options: object):
+        from casstore.restore.restorer import restore_snapshot
+
+        with self.locked():
+            return restore_snapshot(self.get(ref), target, **options)
+
+    def check(self, *, read_data: bool = False, subset: float | None = None):
+        from casstore.repo.check import check_repository
+
+        with self.locked():
+            return check_repository(self, read_data=read_data, subset=subset)
+
+    def sync(self, remote=None, *, dry_run: bool = False, progress=None):
+        """Copy this repository's new snapshots to `remote` (a URL or Remote; default: the configured one)."""
+        from casstore.sync.transfer import sync_to_remote
+
+        with self.locked():
+            return sync_to_remote(self, remote, dry_run=dry_run, progress=progress)
+
+    def pull(self, remote=None, *, snapshot: str | None = None, host: str | None = None,
+             all_hosts: bool = True, progress=None):
+        """Copy snapshots from `remote` into this (local) repository."""
+        from casstore.sync.transfer import pull_from_remote
+
+        with self.locked():
+            return pull_from_remote(self, remote, snapshot=snapshot, host=host, all_hosts=all_hosts,
+                                    progress=progress)
+
+    def stats(self) -> dict:
+        from casstore.repo.stats import repository_stats
+
+        with self.locked():
+            return repository_stats(self)
+
+    def close(self) -> None:
+        self.remote.close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_config(remote: Remote) -> RepoConfig:
+    try:
+        return RepoConfig.decode(remote.get("config"))
+    except ObjectNotFound:
+        raise RepositoryNotFound(f"no casstore repository at {remote.url} (run `casstore init`)") from None
+
+
+__all__ = ["CasstoreError", "Repository", "SnapshotInfo", "read_config"]

@@ -1,0 +1,59 @@
+"""stats: what the repository holds, what deduplication and compression saved, what it costs."""
+
+from __future__ import annotations
+
+from casstore.format.pack import KIND_DATA
+from casstore.format.tree import EntryType
+from casstore.format.walk import VisitBudget, walk_tree
+from casstore.repo.pricing import monthly_storage_cost
+
+
+def repository_stats(repo) -> dict:
+    snapshots = repo.all_snapshots()
+    index = repo.load_index()
+    stored = sum(info.size for info in repo.remote.list("data/"))
+    metadata = sum(info.size for prefix in ("index/", "snapshots/") for info in repo.remote.list(prefix))
+    unique_raw = sum(locs[0].raw_length for _, locs in index.blobs())
+    unique_encoded = sum(locs[0].length for _, locs in index.blobs())
+    logical = sum(int(s.manifest.summary.get("bytes_total", 0)) for s in snapshots)
+    latest = snapshots[0] if snapshots else None
+    return {
+        "repository": repo.location,
+        "snapshots": len(snapshots),
+        "logical_bytes_all_snapshots": logical,
+        "logical_bytes_latest": int(latest.manifest.summary.get("bytes_total", 0)) if latest else 0,
+        "unique_bytes": unique_raw,
+        "stored_bytes": stored + metadata,
+        "pack_bytes": stored,
+        "metadata_bytes": metadata,
+        "blobs": len(index),
+        "dedup_ratio": round(logical / unique_raw, 2) if unique_raw else None,
+        "compression_ratio": round(unique_raw / unique_encoded, 2) if unique_encoded else None,
+        "total_ratio": round(logical / (stored + metadata), 2) if stored else None,
+        "per_source": per_top_level(repo, latest) if latest else {},
+        "monthly_cost": monthly_storage_cost(stored + metadata),
+    }
+
+
+def per_top_level(repo, info) -> dict[str, dict]:
+    """Logical and stored bytes of each top-level entry of the latest snapshot.
+
+    A chunk shared by several top-level entries is counted as stored under the first one met.
+    """
+    snapshot = repo.get(info.id)
+    counted: set[bytes] = set()
+    result: dict[str, dict] = {}
+    budget = VisitBudget(info.manifest.summary)
+    for path, entry in walk_tree(lambda tree_id: budget.spend(snapshot.tree(tree_id)), info.manifest.tree):
+        if entry.type is not EntryType.FILE:
+            continue
+        top = path.split("/", 1)[0] if "/" in path else "(top level files)"
+        row = result.setdefault(top, {"files": 0, "logical_bytes": 0, "stored_bytes": 0})
+        row["files"] += 1
+        row["logical_bytes"] += entry.size
+        for chunk_id in entry.chunks:
+            if chunk_id not in counted:
+                counted.add(chunk_id)
+                locations = repo.index.locations(KIND_DATA, chunk_id)
+                row["stored_bytes"] += locations[0].length if locations else 0
+    return dict(sorted(result.items()))

@@ -1,0 +1,73 @@
+"""The files cache: path -> (size, mtime_ns, ctime_ns, inode, chunk ids) of the last snapshot.
+
+Local and disposable. Keyed by repository id and source path, so two sources or two repositories
+never share one. It is replaced atomically, and only after the snapshot that produced it
+committed. A cached chunk list is trusted only when every chunk is still in the index outside
+condemned packs (checked by the builder), so a gc that removed data can never make a later
+snapshot skip a blob that no longer exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import blake3
+import msgpack
+
+from casstore.fsio.durable import FileSystem, write_durably
+
+log = logging.getLogger(__name__)
+
+CacheEntry = list  # [size, mtime_ns, ctime_ns, inode, [chunk ids]]
+
+
+def cache_path(cache_dir: str, repo_id: str, source: str) -> str:
+    key = blake3.blake3(os.path.abspath(source).encode()).hexdigest()[:24]
+    return os.path.join(cache_dir, repo_id, f"files-{key}")
+
+
+def load(path: str) -> dict[bytes, CacheEntry]:
+    try:
+        with open(path, "rb") as fh:
+            doc = msgpack.unpackb(fh.read())
+        return doc if isinstance(doc, dict) else {}
+    except FileNotFoundError:
+        return {}
+    except (ValueError, msgpack.UnpackException, OSError) as exc:
+        log.warning("ignoring unreadable files cache %s: %s", path, exc)
+        return {}
+
+
+def save(path: str, entries: dict[bytes, CacheEntry]) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_durably(FileSystem(), path, msgpack.packb(entries))
+
+
+def _last_path(cache_file: str) -> str:
+    return cache_file + ".last"
+
+
+def load_last(cache_file: str, host: str) -> str | None:
+    """The id of this host's last snapshot of the source, as noted after it committed (a hint)."""
+    try:
+        with open(_last_path(cache_file), "rb") as fh:
+            doc = msgpack.unpackb(fh.read())
+        return doc["snapshot"] if isinstance(doc, dict) and doc.get("host") == host else None
+    except (OSError, ValueError, KeyError, msgpack.UnpackException):
+        return None
+
+
+def save_last(cache_file: str, host: str, snapshot_id: str) -> None:
+    """Note the snapshot just committed, so the next one finds its parent without reading every
+    manifest. A hint only: written without fsync (a lost note means one scan), never trusted
+    unless the snapshot still exists."""
+    path = _last_path(cache_file)
+    tmp = f"{path}.{os.urandom(4).hex()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(msgpack.packb({"host": host, "snapshot": snapshot_id}))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("could not note the last snapshot in %s: %s", path, exc)

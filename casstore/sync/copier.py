@@ -1,0 +1,242 @@
+"""The Copier: copies blobs and snapshots from one repository into another, keeping the writer's
+side of the lock-free gc protocol (design sections 8 and 9); see casstore.sync.transfer for the steps."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from casstore._testing import pause_point
+from casstore.errors import CasstoreError, RemoteError
+from casstore.format.pack import KIND_TREE
+from casstore.format.plan import list_plan_keys
+from casstore.format.walk import add_reachable
+from casstore.sync.state import SyncState
+
+log = logging.getLogger(__name__)
+
+MAX_RECHECKS = 5
+
+
+def boottime() -> float:
+    """Seconds on a clock that keeps counting through suspend (design 9; restic #2715)."""
+    try:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (AttributeError, OSError):  # not Linux
+        return time.monotonic()
+
+
+class SessionExpired(RemoteError):
+    """Checkpoints drifted more than half a grace period apart: gc may have taken our packs."""
+
+
+class Copier:
+    """Copies blobs and snapshots from `src` into `dst` (both open Repositories)."""
+
+    def __init__(self, src, dst, *, concurrency: int, grace: float, state: SyncState | None,
+                 progress: Callable[[int], None] | None = None, clock: Callable[[], float] = boottime) -> None:
+        self.src, self.dst, self.state = src, dst, state
+        self.grace, self.clock = grace, clock
+        self.progress = progress or (lambda n: None)
+        self.protocol = dst.local_dir is None     # a remote: the lock-free protocol of design 9
+        self.src_store = src.blob_store()
+        self.store = dst.blob_store(upload_threads=concurrency)
+        if state is not None:
+            self.store.on_pack_uploaded = self._pack_uploaded
+        self.known_plans: list[str] = []
+        self.relied_indexes: set[str] = set()
+        self.recheck_clock = 0.0
+        self.recheck_storage = 0.0
+        self.last_write: tuple[float, float] | None = None   # (storage time, clock) of our last write
+        self.checkpoint_clock = clock()
+        self.checkpoint_storage: float | None = None
+        self.reuploaded = 0
+        self.rechecks = 0
+
+    # -- planning ----------------------------------------------------------------------------
+
+    def load_destination(self) -> None:
+        self.dst.load_index()
+        if self.protocol:
+            self.known_plans = self.dst.load_plans()
+        self.relied_indexes = set(self.dst.index.index_packs)
+
+    def reachable(self, snapshot_ids: list[str]) -> list[tuple[int, bytes]]:
+        """Every blob the snapshots need, trees before the chunks below them, each once."""
+        seen: dict[tuple[int, bytes], None] = {}
+        for snapshot_id in snapshot_ids:
+            add_reachable(lambda i: self.src.read_blob(KIND_TREE, i), self.src.manifest(snapshot_id).tree, seen)
+        return list(seen)
+
+    def missing(self, blobs: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+        return [key for key in blobs if not self.store.has(*key)]
+
+    def sizes(self, blobs: list[tuple[int, bytes]]) -> tuple[int, int]:
+        raw = stored = 0
+        for kind, blob_id in blobs:
+            location = self.src.index.locations(kind, blob_id)[0]
+            raw += location.raw_length
+            stored += location.length
+        return raw, stored
+
+    # -- uploading ---------------------------------------------------------------------------
+
+    def resume_journal(self) -> None:
+        """Adopt packs an interrupted sync uploaded, once confirmed to still exist."""
+        if self.state is None:
+            return
+        for pack_id, entries in self.state.journal().items():
+            if self.dst.remote.exists(f"data/{pack_id[:2]}/{pack_id}") and pack_id not in self.dst.index.condemned:
+                self.store.adopt_uploaded(pack_id, entries)
+
+    def upload(self, blobs: list[tuple[int, bytes]]) -> None:
+        for kind, blob_id in blobs:
+            if self.store.has(kind, blob_id):
+                continue
+            encoded, raw_length = self.src_store.read_encoded(kind, blob_id)
+            self.store.add_encoded(kind, blob_id, encoded, raw_length)
+            self.progress(raw_length)
+            if self.protocol and self.clock() - self.checkpoint_clock >= self.grace / 4:
+                self.checkpoint()
+        self.store.wait_uploads()
+        pause_point("after-pack-upload")
+
+    def _pack_uploaded(self, pack_id: str, entries, size: int, info) -> None:
+        if self.state is not None:
+            self.state.journal_append(pack_id, entries)
+        self._note_write(info.mtime)
+
+    def checkpoint(self) -> None:
+        """Index what is uploaded so far, so gc protects those packs while this session lives."""
+        written = self._write_index("checkpoint")
+        self.checkpoint_clock = self.clock()
+        if written is None:
+            return
+        _, info = written
+        if self.checkpoint_storage is not None and info.mtime - self.checkpoint_storage > self.grace / 2:
+            raise SessionExpired("checkpoints more than half the grace period apart; restarting the sync")
+        self.checkpoint_storage = info.mtime
+
+    def _confirm_unindexed(self) -> None:
+        """Packs uploaded over a quarter grace period ago and not yet indexed: confirm they exist."""
+        if not self.protocol or self.clock() - self.checkpoint_clock < self.grace / 4:
+            return
+        gone = {p for p in self.store.unindexed() if not self.dst.remote.exists(f"data/{p[:2]}/{p}")}
+        if gone:
+            log.warning("%d uploaded pack(s) vanished before they were indexed; uploading again", len(gone))
+            self.store.forget_unindexed(gone)
+
+    def flush(self) -> None:
+        self._write_index("writer")
+
+    def _write_index(self, kind: str):
+        """Index the uploaded packs; if the index landed late, make sure its packs still exist."""
+        self.store.wait_uploads()
+        reference = self._storage_now()   # before the confirmation: a pause anywhere after it shows
+        self._confirm_unindexed()
+        pause_point("before-index-put")
+        written = self.store.write_index(kind)
+        if written is not None:
+            self._check_index_landed(*written, reference, kind)
+        return written
+
+    def _check_index_landed(self, index_id: str, info, reference: float | None, kind: str, depth: int = 0) -> None:
+        """A writer paused between confirming its packs and indexing them (past two grace periods)
+        may have indexed packs gc has since deleted. It cannot delete its index (writers only put),
+        so it writes one without the lost packs that retracts it; the lost blobs then count as
+        missing and the re-check uploads them again before any snapshot relies on them."""
+        self.relied_indexes.add(index_id)
+        self._note_write(info.mtime)
+        if not self.protocol or (reference is not None and info.mtime - reference <= self.grace / 4):
+            return
+        packs = self.store.session_indexes[index_id]
+        gone = {p for p in packs if not self.dst.remote.exists(f"data/{p[:2]}/{p}")}
+        if not gone or depth >= MAX_RECHECKS:
+            return
+        log.warning("%d pack(s) were deleted before their index landed; withdrawing that index", len(gone))
+        self.dst.index.drop_packs(gone)
+        reference = self._storage_now()
+        kept = {p: entries for p, entries in packs.items() if p not in gone}
+        new_id, new_info = self.store.put_index(kept, kind, retracts=(index_id,))
+        self.relied_indexes.discard(index_id)
+        self._check_index_landed(new_id, new_info, reference, kind, depth + 1)
+
+    def _note_write(self, storage_time: float) -> None:
+        self.last_write = (storage_time, self.clock())
+
+    def _storage_now(self) -> float | None:
+        """The storage's clock now, estimated from our last write plus the boot-time elapsed since."""
+        if self.last_write is None:
+            return None
+        storage, at = self.last_write
+        return storage + (self.clock() - at)
+
+    # -- committing --------------------------------------------------------------------------
+
+    def recheck(self, blobs: list[tuple[int, bytes]]) -> None:
+        """Re-list gc/ and index/ right before committing; repair until nothing changed."""
+        if not self.protocol:
+            return
+        for _ in range(MAX_RECHECKS):
+            self.rechecks += 1
+            plans = list_plan_keys(self.dst.remote)
+            listed = {info.key.split("/", 1)[1] for info in self.dst.remote.list("index/")}
+            # missing(): packs found gone before they were indexed must be uploaded before the commit
+            if plans == self.known_plans and self.relied_indexes <= listed and not self.missing(blobs):
+                self._mark_recheck()
+                pause_point("after-recheck")
+                return
+            self.load_destination()
+            again = self.missing(blobs)
+            self.reuploaded += len(again)
+            self.upload(again)
+            self.flush()
+        raise CasstoreError("the remote keeps changing under this sync (gc running?); run sync again")
+
+    def _mark_recheck(self) -> None:
+        self.recheck_clock = self.clock()
+        self.recheck_storage = self._storage_now() or 0.0
+
+    def commit(self, snapshot_id: str, blobs: list[tuple[int, bytes]]) -> None:
+        if self.protocol and self.clock() - self.recheck_clock > self.grace / 2:
+            self.recheck(blobs)
+        body = self.src.remote.get(f"snapshots/{snapshot_id}")
+        self.src.manifest(snapshot_id)  # verified before it is copied
+        if self.state is not None:
+            self.state.pending.add(snapshot_id)
+            self.state.save()
+        info = self.dst.remote.put(f"snapshots/{snapshot_id}", body)
+        self._note_write(info.mtime)
+        pause_point("after-snapshot-put")
+        self.post_commit(info.mtime, blobs)
+        if self.state is not None:
+            self.state.pending.discard(snapshot_id)
+            self.state.synced.add(snapshot_id)
+            self.state.save()
+
+    def post_commit(self, snapshot_time: float | None, blobs: list[tuple[int, bytes]]) -> None:
+        """After the snapshot landed: if gc may have acted meanwhile, confirm every pack still exists."""
+        if not self.protocol:
+            return
+        late = snapshot_time is None or snapshot_time - self.recheck_storage > self.grace / 4
+        plans = list_plan_keys(self.dst.remote)
+        listed = {info.key.split("/", 1)[1] for info in self.dst.remote.list("index/")}
+        if not late and plans == self.known_plans and self.relied_indexes <= listed:
+            return
+        self.confirm_packs(blobs)
+
+    def confirm_packs(self, blobs: list[tuple[int, bytes]]) -> None:
+        self.load_destination()   # indexes and plans first, then packs: a sweep in between shows
+        existing = {info.key.rsplit("/", 1)[1] for info in self.dst.remote.list("data/")}
+        self.dst.index.drop_packs(self.dst.index.all_pack_ids() - existing)
+        gone = self.missing(blobs)
+        if gone:
+            log.warning("%d blob(s) vanished from the remote after the commit; uploading them again", len(gone))
+            self.reuploaded += len(gone)
+            self.upload(gone)
+            self.flush()
+
+    def close(self) -> None:
+        self.store.close()
+        self.src_store.close()

@@ -1,0 +1,86 @@
+"""What the local repository remembers about its remotes (local bookkeeping, not the format).
+
+Stored under `<repository>/state/`, one file per remote (named by a hash of its URL):
+- `synced`: snapshots committed to that remote (post-commit check passed);
+- `pending`: snapshots written to the remote whose post-commit check has not finished;
+- `pulled`: snapshots this repository got from a remote (not created here, never pushed back);
+- a journal of packs uploaded by an unfinished sync, so a resumed sync does not send them again.
+"""
+
+from __future__ import annotations
+
+import os
+
+import blake3
+import msgpack
+
+from casstore.format.pack import BlobEntry
+from casstore.fsio.durable import FileSystem, write_durably
+
+
+class SyncState:
+    def __init__(self, local_dir: str, remote_url: str) -> None:
+        self.dir = os.path.join(local_dir, "state")
+        os.makedirs(self.dir, exist_ok=True)
+        self.remote_key = blake3.blake3(remote_url.encode()).hexdigest()[:16]
+        self._path = os.path.join(self.dir, f"remote-{self.remote_key}")
+        self.journal_path = os.path.join(self.dir, f"journal-{self.remote_key}")
+        doc = _load(self._path)
+        self.synced: set[str] = set(doc.get("synced", []))
+        self.pending: set[str] = set(doc.get("pending", []))
+        self.last_sync: dict = doc.get("last_sync", {})
+
+    def save(self) -> None:
+        body = msgpack.packb({"synced": sorted(self.synced), "pending": sorted(self.pending),
+                              "last_sync": self.last_sync})
+        write_durably(FileSystem(), self._path, body)
+
+    # -- pulled snapshots (shared by every remote) -------------------------------------------
+
+    def pulled(self) -> set[str]:
+        return set(_load(os.path.join(self.dir, "pulled")).get("ids", []))
+
+    def add_pulled(self, ids: set[str]) -> None:
+        path = os.path.join(self.dir, "pulled")
+        write_durably(FileSystem(), path, msgpack.packb({"ids": sorted(self.pulled() | ids)}))
+
+    # -- upload journal ----------------------------------------------------------------------
+
+    def journal_append(self, pack_id: str, entries: list[BlobEntry]) -> None:
+        record = msgpack.packb([pack_id, [e.as_list() for e in entries]])
+        with open(self.journal_path, "ab") as fh:
+            fh.write(len(record).to_bytes(4, "little") + record)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def journal(self) -> dict[str, list[BlobEntry]]:
+        """Packs a previous, unfinished sync uploaded (a torn last record is ignored)."""
+        try:
+            with open(self.journal_path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            return {}
+        packs, pos = {}, 0
+        while pos + 4 <= len(data):
+            size = int.from_bytes(data[pos:pos + 4], "little")
+            if pos + 4 + size > len(data):
+                break
+            pack_id, entries = msgpack.unpackb(data[pos + 4:pos + 4 + size])
+            packs[pack_id] = [BlobEntry(*e) for e in entries]
+            pos += 4 + size
+        return packs
+
+    def journal_clear(self) -> None:
+        try:
+            os.unlink(self.journal_path)
+        except FileNotFoundError:
+            pass
+
+
+def _load(path: str) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            doc = msgpack.unpackb(fh.read())
+        return doc if isinstance(doc, dict) else {}
+    except (FileNotFoundError, ValueError, msgpack.UnpackException):
+        return {}

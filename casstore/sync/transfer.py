@@ -1,0 +1,205 @@
+"""sync and pull: copy snapshots between repositories, sending only the blobs the destination lacks.
+
+The writer's side of the lock-free gc protocol (design sections 8 and 9), kept by casstore.sync.copier:
+- blobs whose only copies lie in packs a gc plan condemns count as missing and are uploaded
+  again into fresh packs;
+- packs first (in parallel, journaled), checkpoint indexes at least every quarter of the grace
+  period, then the final index;
+- right before the snapshots, re-list `gc/` and `index/`; if a plan appeared or an index we relied
+  on vanished, reload and upload what is now missing, and re-check;
+- after each snapshot write, if it landed long after the re-check (the process was paused) or
+  `gc/` / `index/` changed meanwhile, confirm every pack it relies on still exists and re-upload
+  what is gone; only then is the snapshot recorded as committed.
+Elapsed time uses CLOCK_BOOTTIME, which keeps counting while the machine is suspended.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from casstore.errors import ConfigError
+from casstore.sync.copier import Copier, boottime
+from casstore.sync.state import SyncState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SyncReport:
+    source: str
+    destination: str
+    dry_run: bool = False
+    snapshots: list[str] = field(default_factory=list)
+    blobs_missing: int = 0
+    bytes_missing: int = 0          # raw bytes of the missing blobs
+    bytes_missing_stored: int = 0   # their encoded size, what is uploaded (plus pack headers)
+    requests_planned: int = 0       # PUTs the upload needs: packs, the index, the snapshots
+    packs_uploaded: int = 0
+    bytes_uploaded: int = 0
+    requests: int = 0
+    rechecks: int = 0
+    reuploaded_blobs: int = 0
+    seconds: float = 0.0
+    monthly_cost_after: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+# -- entry points ----------------------------------------------------------------------------
+
+def open_destination(url_or_remote, src, settings):
+    """Open (creating from `src`'s config if empty) the remote repository, wrapped for retries and counting."""
+    import secrets
+    from dataclasses import replace
+
+    from casstore.errors import ObjectExists, RepositoryNotFound
+    from casstore.remotes import open_remote
+    from casstore.remotes.base import Remote
+    from casstore.remotes.wrappers import CountingRemote, RetryingRemote
+    from casstore.repo.core import Repository, read_config
+
+    if url_or_remote is None:
+        url_or_remote = settings.remote
+    if url_or_remote is None:
+        raise ConfigError("no remote configured: set CASSTORE_REMOTE or CLOUD_PROVIDER (or pass --remote URL)")
+    raw = url_or_remote if isinstance(url_or_remote, Remote) else open_remote(url_or_remote,
+                                                                             **settings.remote_options())
+    remote = CountingRemote(RetryingRemote(raw))
+    try:
+        config = read_config(remote)
+    except RepositoryNotFound:
+        if src is None:
+            raise
+        config = replace(src.config, id=secrets.token_hex(16))
+        try:
+            remote.put("config", config.encode(), if_absent=True)
+        except ObjectExists:
+            config = read_config(remote)
+        for warning in remote.setup_warnings():
+            log.warning("%s", warning)
+    if src is not None:
+        src.config.check_compatible(config, remote.url)
+    return Repository(remote, config, settings), remote
+
+
+def sync_to_remote(repo, remote=None, *, dry_run: bool = False, progress=None, clock=boottime) -> SyncReport:
+    """Copy this repository's new snapshots to the remote (design section 8)."""
+    started = time.monotonic()
+    if repo.local_dir is None:
+        raise ConfigError("sync runs from a local repository")
+    dst, counting = open_destination(remote, repo, repo.settings)
+    state = SyncState(repo.local_dir, dst.remote.url)
+    report = SyncReport(repo.location, dst.remote.url, dry_run)
+    candidates = sorted(set(repo.snapshot_ids()) - state.synced - state.pulled(),
+                        key=lambda i: repo.manifest(i).time_ns)
+    if not candidates and not state.pending:
+        return _finish(report, counting, started, state.last_sync.get("stored_bytes", 0))
+    copier = Copier(repo, dst, concurrency=repo.settings.upload_concurrency, grace=repo.settings.grace_seconds,
+                    state=None if dry_run else state, progress=progress, clock=clock)
+    try:
+        repo.load_index()
+        copier.load_destination()
+        on_remote = set(dst.snapshot_ids())
+        _finish_pending(copier, state, on_remote, dry_run)
+        todo = [i for i in candidates if i not in on_remote]
+        state.synced |= set(candidates) - set(todo)
+        blobs = copier.reachable(todo)
+        if not dry_run:
+            copier.resume_journal()
+        missing = copier.missing(blobs)
+        report.snapshots = todo
+        report.blobs_missing = len(missing)
+        report.bytes_missing, report.bytes_missing_stored = copier.sizes(missing)
+        report.requests_planned = _planned_puts(report, repo.config.pack_size)
+        if not dry_run:
+            _copy(copier, todo, blobs, missing)
+            state.journal_clear()
+            state.last_sync = {"time": time.time(), "snapshots": len(todo), "ok": True,
+                               "stored_bytes": _stored_bytes(dst)}
+            state.save()
+        report.packs_uploaded = copier.store.packs_written
+        report.bytes_uploaded = copier.store.bytes_written
+        report.rechecks, report.reuploaded_blobs = copier.rechecks, copier.reuploaded
+    finally:
+        copier.close()
+    return _finish(report, counting, started, _stored_bytes(dst) + report.bytes_missing_stored * dry_run)
+
+
+def _planned_puts(report: SyncReport, pack_size: int) -> int:
+    packs = -(-report.bytes_missing_stored // pack_size) + (1 if report.blobs_missing else 0)  # + a tree pack
+    return packs + (1 if report.blobs_missing else 0) + len(report.snapshots)
+
+
+def _stored_bytes(dst) -> int:
+    """Encoded bytes of every blob the remote's indexes list (pack overhead aside)."""
+    return sum(locations[0].length for _, locations in dst.index.blobs())
+
+
+def _copy(copier: Copier, todo: list[str], blobs, missing) -> None:
+    copier.upload(missing)
+    copier.flush()
+    copier.recheck(blobs)
+    for snapshot_id in todo:
+        copier.commit(snapshot_id, copier.reachable([snapshot_id]))
+
+
+def _finish_pending(copier: Copier, state: SyncState, on_remote: set[str], dry_run: bool) -> None:
+    """A snapshot written by an interrupted sync: run its post-commit check before trusting it."""
+    for snapshot_id in sorted(state.pending):
+        if snapshot_id in on_remote and not dry_run:
+            copier.confirm_packs(copier.reachable([snapshot_id]))
+            state.synced.add(snapshot_id)
+        state.pending.discard(snapshot_id)
+    if not dry_run:
+        state.save()
+
+
+def _finish(report: SyncReport, counting, started: float, stored_bytes: int) -> SyncReport:
+    from casstore.repo.pricing import monthly_storage_cost
+
+    report.requests = counting.total()
+    report.seconds = round(time.monotonic() - started, 3)
+    report.monthly_cost_after = monthly_storage_cost(stored_bytes)
+    return report
+
+
+def pull_from_remote(repo, remote=None, *, snapshot: str | None = None, host: str | None = None,
+                     all_hosts: bool = True, progress=None) -> SyncReport:
+    """Copy snapshots from the remote into this local repository."""
+    started = time.monotonic()
+    src, counting = open_destination(remote, None, repo.settings)
+    repo.config.check_compatible(src.config, src.remote.url)
+    report = SyncReport(src.remote.url, repo.location)
+    if snapshot:
+        wanted = [src.resolve(snapshot, host=host, all_hosts=all_hosts).id]
+    else:
+        wanted = [s.id for s in src.snapshots(host=host, all_hosts=all_hosts and host is None)]
+    todo = sorted(set(wanted) - set(repo.snapshot_ids()), key=lambda i: src.manifest(i).time_ns)
+    copier = Copier(src, repo, concurrency=1, grace=repo.settings.grace_seconds, state=None, progress=progress)
+    try:
+        src.load_index()
+        repo.load_index()
+        blobs = copier.reachable(todo)
+        missing = copier.missing(blobs)
+        report.snapshots, report.blobs_missing = todo, len(missing)
+        report.bytes_missing, report.bytes_missing_stored = copier.sizes(missing)
+        copier.upload(missing)
+        copier.flush()
+        for snapshot_id in todo:
+            copier.commit(snapshot_id, [])
+        report.packs_uploaded, report.bytes_uploaded = copier.store.packs_written, copier.store.bytes_written
+    finally:
+        copier.close()
+    state = SyncState(repo.local_dir, src.remote.url)
+    state.add_pulled(set(todo))
+    state.synced |= set(todo)
+    state.save()
+    report.requests = counting.total()
+    report.seconds = round(time.monotonic() - started, 3)
+    return report
+
+
+__all__ = ["SyncReport", "open_destination", "pull_from_remote", "sync_to_remote"]
