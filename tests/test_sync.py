@@ -139,7 +139,8 @@ def test_dry_run_uploads_nothing_and_reports_the_plan(memory_remote, tmp_path):
 
 
 def test_blob_only_in_a_condemned_pack_is_uploaded_again(memory_remote, tmp_path):
-    from casstore.format.plan import GcPlan, plan_key
+    from casstore.format.layout import plan_key
+    from casstore.format.plan import GcPlan
 
     source = make_source(tmp_path / "data")
     repo = local_repo(tmp_path / "repo")

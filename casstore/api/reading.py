@@ -10,7 +10,6 @@ does not parse) as {"$file": path, "size": n, "href": raw download URL}.
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 import time
@@ -19,6 +18,7 @@ from contextlib import contextmanager
 from urllib.parse import quote
 
 from casstore.errors import SnapshotNotFound
+from casstore.format import layout
 from casstore.format.tree import Entry, EntryType
 from casstore.read.dictview import _assign_keys
 from casstore.read.reader import PathNotFound
@@ -55,7 +55,7 @@ class RepoAccess:
 
     @property
     def exists(self) -> bool:
-        return os.path.isfile(os.path.join(self.settings.repository, "config"))
+        return layout.is_local_repository(self.settings.repository)
 
     def _open(self):
         from casstore.repo.core import Repository
@@ -78,7 +78,7 @@ class RepoAccess:
         if not self.exists:
             return [], 0
         with self.reader() as repo:
-            stored = sum(info.size for prefix in ("data/", "index/", "snapshots/") for info in repo.remote.list(prefix))
+            stored = sum(info.size for prefix in layout.STORED_PREFIXES for info in repo.remote.list(prefix))
             return repo.all_snapshots(), stored
 
     def invalidate(self) -> None:

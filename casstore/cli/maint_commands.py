@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from casstore.cli.common import emit, human, json_option, repo_option, settings
+from casstore.format import layout
 
 remote_option = click.option("--remote", "remote", metavar="URL",
                              help="Act on this remote repository instead of the local one.")
@@ -16,7 +15,7 @@ def open_target(ctx: click.Context, repository: str | None, remote: str | None, 
     """The remote repository when --remote is given (or no local one exists but a remote is
     configured), else the local repository."""
     s = settings(ctx, repository, **overrides)
-    if remote or (s.remote and not os.path.isfile(os.path.join(s.repository, "config"))):
+    if remote or (s.remote and not layout.is_local_repository(s.repository)):
         from casstore.sync.transfer import open_destination
 
         repo, _ = open_destination(remote or s.remote, None, s)

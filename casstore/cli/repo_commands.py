@@ -8,6 +8,7 @@ import sys
 import click
 
 from casstore.cli.common import Progress, emit, human, json_option, open_repo, repo_option, settings
+from casstore.format import layout
 
 
 @click.command()
@@ -57,7 +58,7 @@ def snapshot(ctx, source, repository, tags, excludes, pre_hook, post_hook, as_js
     if not os.path.isdir(source):
         raise SourceError(f"source directory {source} does not exist (set CASSTORE_SOURCE or pass a path)")
     _run_hook(pre_hook, "pre-hook")  # before anything is created: a failing pre-hook changes nothing
-    created = not os.path.isfile(os.path.join(s.repository, "config"))
+    created = not layout.is_local_repository(s.repository)
     repo = open_repository(s.repository, create=True)
     if created and not as_json:
         click.echo(f"created repository at {repo.location}", err=True)

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 
 from casstore.errors import CasstoreError, ConfigError, ObjectNotFound
+from casstore.format import layout
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ def apply_retention(repo, policy: RetentionPolicy | Mapping, dry_run: bool = Fal
 
 def _forget(repo, snapshot_id: str) -> None:
     try:
-        repo.remote.delete(f"snapshots/{snapshot_id}")
+        repo.remote.delete(layout.snapshot_key(snapshot_id))
     except ObjectNotFound:
         pass
     if repo.cache is not None:

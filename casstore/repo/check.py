@@ -13,9 +13,10 @@ import random
 from dataclasses import dataclass, field
 
 from casstore.errors import CasstoreError, FormatError, IntegrityError
-from casstore.format import codec
+from casstore.format import codec, layout
 from casstore.format.index import decode_index, without_retracted
-from casstore.format.pack import KIND_DATA, KIND_TREE, pack_key, parse_header, verify_pack_id
+from casstore.format.layout import pack_key
+from casstore.format.pack import KIND_DATA, KIND_TREE, parse_header, verify_pack_id
 from casstore.format.snapshot import decode_snapshot
 from casstore.format.tree import EntryType
 from casstore.format.walk import VisitBudget, load_tree_chain
@@ -65,7 +66,7 @@ class Checker:
         index = self.repo.index
         index.clear()
         objects = {}
-        for info in self.repo.remote.list("index/"):
+        for info in self.repo.remote.list(layout.INDEX_PREFIX):
             index_id = info.key.split("/", 1)[1]
             try:
                 body = self.repo.remote.get(info.key)
@@ -77,7 +78,7 @@ class Checker:
             index.add_object(index_id, index_object)
 
     def _check_packs_listed(self) -> None:
-        self.pack_sizes = {info.key.rsplit("/", 1)[1]: info.size for info in self.repo.remote.list("data/")}
+        self.pack_sizes = {layout.name_of(info.key): info.size for info in self.repo.remote.list(layout.DATA_PREFIX)}
         self.report.packs = len(self.pack_sizes)
         extents: dict[str, int] = {}
         for _key, locations in self.repo.index.blobs():
@@ -122,7 +123,7 @@ class Checker:
     def _check_snapshots(self) -> None:
         for snapshot_id in self.repo.snapshot_ids():
             try:
-                manifest = decode_snapshot(snapshot_id, self.repo.remote.get(f"snapshots/{snapshot_id}"))
+                manifest = decode_snapshot(snapshot_id, self.repo.remote.get(layout.snapshot_key(snapshot_id)))
             except CasstoreError as exc:
                 self.report.errors.append(f"snapshot {snapshot_id[:8]}: {exc}")
                 continue

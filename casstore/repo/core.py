@@ -18,6 +18,7 @@ from casstore.errors import (
     RepositoryNotFound,
     SnapshotNotFound,
 )
+from casstore.format import layout
 from casstore.format.config import RepoConfig
 from casstore.format.index import MasterIndex, decode_index, without_retracted
 from casstore.format.snapshot import SnapshotManifest, decode_snapshot
@@ -79,7 +80,7 @@ class Repository:
     def _init(cls, remote: Remote, settings: Settings, config: RepoConfig | None, local_dir: str | None):
         config = config or RepoConfig.new(compression_level=settings.compression_level or 3)
         try:
-            remote.put("config", config.encode(), if_absent=True)
+            remote.put(layout.CONFIG_KEY, config.encode(), if_absent=True)
         except ObjectExists:
             raise RepositoryExists(f"a repository already exists at {remote.url}") from None
         return cls(remote, config, settings, local_dir=local_dir)
@@ -87,7 +88,7 @@ class Repository:
     @classmethod
     def open_local(cls, path: str, settings: Settings | None = None) -> Repository:
         settings = settings or load_settings()
-        if not os.path.isfile(os.path.join(path, "config")):
+        if not layout.is_local_repository(path):
             raise RepositoryNotFound(f"no casstore repository at {path} (run `casstore init`)")
         remote = LocalRemote(path, create=False)
         return cls(remote, read_config(remote), settings, local_dir=remote.root)
@@ -110,7 +111,7 @@ class Repository:
 
     def load_index(self) -> MasterIndex:
         """Load every index object listed now; entries of vanished index objects are dropped."""
-        listed = {info.key.split("/", 1)[1] for info in self.remote.list("index/")}
+        listed = {layout.name_of(info.key) for info in self.remote.list(layout.INDEX_PREFIX)}
         loaded = set(self.index.index_packs)
         new = self._fetch_indexes(sorted(listed - loaded))
         retracted = self.index.retracted | {r for index in new.values() for r in index.retracts}
@@ -122,8 +123,8 @@ class Repository:
             if index_id not in self.index.retracted:
                 self.index.add_object(index_id, index)
         if self.cache:
-            for stale in self.cache.names("index") - listed:
-                self.cache.discard("index", stale)
+            for stale in self.cache.names(layout.INDEX) - listed:
+                self.cache.discard(layout.INDEX, stale)
         return self.index
 
     def _fetch_indexes(self, index_ids: list[str]) -> dict:
@@ -131,11 +132,12 @@ class Repository:
         found = {}
         for index_id in index_ids:
             try:
-                found[index_id] = decode_index(index_id, self._cached_get("index", index_id), self.config.max_blob_size)
+                body = self._cached_get(layout.INDEX, index_id)
+                found[index_id] = decode_index(index_id, body, self.config.max_blob_size)
             except (FormatError, IntegrityError, ObjectNotFound) as exc:
                 log.warning("skipping damaged index %s: %s", index_id[:16], exc)
                 if self.cache:
-                    self.cache.discard("index", index_id)
+                    self.cache.discard(layout.INDEX, index_id)
         return found
 
     def load_plans(self) -> list[str]:
@@ -149,10 +151,10 @@ class Repository:
     def _cached_get(self, kind: str, name: str) -> bytes:
         """An immutable object, from the local cache when this is a remote repository."""
         if self.cache is None:
-            return self.remote.get(f"{kind}/{name}")
+            return self.remote.get(layout.key(kind, name))
         body = self.cache.get(kind, name)
         if body is None:
-            body = self.remote.get(f"{kind}/{name}")
+            body = self.remote.get(layout.key(kind, name))
             self.cache.put(kind, name, body)
         return body
 
@@ -179,19 +181,19 @@ class Repository:
     # -- snapshots ---------------------------------------------------------------------------
 
     def snapshot_ids(self) -> list[str]:
-        return [info.key.split("/", 1)[1] for info in self.remote.list("snapshots/")]
+        return [layout.name_of(info.key) for info in self.remote.list(layout.SNAPSHOTS_PREFIX)]
 
     def manifest(self, snapshot_id: str) -> SnapshotManifest:
         if snapshot_id not in self._manifests:
             try:
-                body = self._cached_get("snapshots", snapshot_id)
+                body = self._cached_get(layout.SNAPSHOTS, snapshot_id)
             except ObjectNotFound:
                 raise SnapshotNotFound(f"snapshot {snapshot_id[:8]} not found") from None
             try:
                 self._manifests[snapshot_id] = decode_snapshot(snapshot_id, body)
             except (FormatError, IntegrityError):
                 if self.cache:
-                    self.cache.discard("snapshots", snapshot_id)
+                    self.cache.discard(layout.SNAPSHOTS, snapshot_id)
                 raise
         return self._manifests[snapshot_id]
 
@@ -235,7 +237,7 @@ class Repository:
         """Write a manifest (the commit point); return (id, the storage's ObjectInfo)."""
         snapshot_id, body = manifest.encode()
         decode_snapshot(snapshot_id, body)  # read back before it leaves the process (design 5.5)
-        info = self.remote.put(f"snapshots/{snapshot_id}", body)
+        info = self.remote.put(layout.snapshot_key(snapshot_id), body)
         self._manifests[snapshot_id] = manifest
         return snapshot_id, info
 
@@ -301,7 +303,7 @@ class Repository:
 
 def read_config(remote: Remote) -> RepoConfig:
     try:
-        return RepoConfig.decode(remote.get("config"))
+        return RepoConfig.decode(remote.get(layout.CONFIG_KEY))
     except ObjectNotFound:
         raise RepositoryNotFound(f"no casstore repository at {remote.url} (run `casstore init`)") from None
 

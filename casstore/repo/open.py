@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
 from casstore.errors import RepositoryNotFound
+from casstore.format import layout
 from casstore.repo.core import Repository
 from casstore.settings import Settings, load_settings
 
@@ -20,7 +19,7 @@ def open_repository(repository: str | None = None, *, remote: str | None = None,
     settings = settings_for(repository, **overrides)
     if remote is not None:
         return open_remote_repository(remote, settings)
-    if os.path.isfile(os.path.join(settings.repository, "config")):
+    if layout.is_local_repository(settings.repository):
         return Repository.open_local(settings.repository, settings)
     if create:
         return Repository.init_local(settings.repository, settings)
@@ -56,7 +55,7 @@ def adopted_config(url: str, settings: Settings):
 
 def open_or_init_from(url: str | None, settings: Settings) -> Repository:
     """The local repository; created from the remote's config when it does not exist yet."""
-    if os.path.isfile(os.path.join(settings.repository, "config")):
+    if layout.is_local_repository(settings.repository):
         return Repository.open_local(settings.repository, settings)
     url = url or settings.remote
     config = adopted_config(url, settings) if url else None

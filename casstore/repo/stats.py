@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from casstore.format import layout
 from casstore.format.pack import KIND_DATA
 from casstore.format.tree import EntryType
 from casstore.format.walk import VisitBudget, walk_tree
@@ -11,8 +12,9 @@ from casstore.repo.pricing import monthly_storage_cost
 def repository_stats(repo) -> dict:
     snapshots = repo.all_snapshots()
     index = repo.load_index()
-    stored = sum(info.size for info in repo.remote.list("data/"))
-    metadata = sum(info.size for prefix in ("index/", "snapshots/") for info in repo.remote.list(prefix))
+    stored = sum(info.size for info in repo.remote.list(layout.DATA_PREFIX))
+    metadata = sum(info.size for prefix in (layout.INDEX_PREFIX, layout.SNAPSHOTS_PREFIX)
+                   for info in repo.remote.list(prefix))
     unique_raw = sum(locs[0].raw_length for _, locs in index.blobs())
     unique_encoded = sum(locs[0].length for _, locs in index.blobs())
     logical = sum(int(s.manifest.summary.get("bytes_total", 0)) for s in snapshots)

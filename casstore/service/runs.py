@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
 from casstore.errors import CasstoreError, LockError
+from casstore.format import layout
 from casstore.fsio.durable import FileSystem, write_durably
 from casstore.settings import Settings
 
@@ -275,7 +276,7 @@ def open_for_run(settings: Settings):
     """The local repository (created on the first run)."""
     from casstore.repo.core import Repository
 
-    if os.path.isfile(os.path.join(settings.repository, "config")):
+    if layout.is_local_repository(settings.repository):
         return Repository.open_local(settings.repository, settings)
     return Repository.init_local(settings.repository, settings)
 

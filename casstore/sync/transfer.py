@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 from casstore.errors import ConfigError
+from casstore.format import layout
 from casstore.sync.copier import Copier, boottime
 from casstore.sync.state import SyncState
 
@@ -75,7 +76,7 @@ def open_destination(url_or_remote, src, settings):
             raise
         config = replace(src.config, id=secrets.token_hex(16))
         try:
-            remote.put("config", config.encode(), if_absent=True)
+            remote.put(layout.CONFIG_KEY, config.encode(), if_absent=True)
         except ObjectExists:
             config = read_config(remote)
         for warning in remote.setup_warnings():
