@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from casstore._testing_gc import ENV as CRASH_ENV
+from casstore.client import Repository
 from casstore.errors import RemoteError
 from casstore.format.config import RepoConfig
 from casstore.format.layout import LEASE_KEY, pack_key
@@ -22,7 +23,6 @@ from casstore.gc.run import GcAborted, GcError, collect_garbage
 from casstore.remotes.base import ObjectInfo
 from casstore.remotes.local import LocalRemote
 from casstore.remotes.wrappers import RemoteWrapper, RetryingRemote
-from casstore.repo.core import Repository
 from casstore.settings import load_settings
 from tests.faults import FaultyRemote
 from tests.gc_helpers import (

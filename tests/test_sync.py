@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 
+from casstore.client import Repository
 from casstore.errors import IncompatibleRepository
 from casstore.format.pack import KIND_DATA
 from casstore.remotes.wrappers import CountingRemote
-from casstore.repo.core import Repository
 from casstore.settings import load_settings
 from tests.remote_backends import REMOTE_BACKENDS
 from tests.sync_helpers import day_of_edits, local_repo, make_source, tree_digest

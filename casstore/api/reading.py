@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import quote
 
+from casstore.client import Repository, open_repository
 from casstore.errors import SnapshotNotFound
 from casstore.format import layout
 from casstore.format.tree import Entry, EntryType
@@ -57,10 +58,8 @@ class RepoAccess:
     def exists(self) -> bool:
         return layout.is_local_repository(self.settings.repository)
 
-    def _open(self):
-        from casstore.repo.core import Repository
-
-        return Repository.open_local(self.settings.repository, self.settings)
+    def _open(self) -> Repository:
+        return open_repository(self.settings, fallback_remote=False)
 
     # -- listing -------------------------------------------------------------------------------
 
@@ -115,7 +114,7 @@ class RepoAccess:
             repo = self._pool.pop() if self._pool else None
         return repo or self._open()
 
-    def checkin(self, repo, broken: bool = False) -> None:
+    def checkin(self, repo: Repository, broken: bool = False) -> None:
         with self._pool_lock:
             if not broken and len(self._pool) < POOL_SIZE:
                 self._pool.append(repo)

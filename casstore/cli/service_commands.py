@@ -55,11 +55,11 @@ def status(ctx, repository, max_age, as_json):
 
 
 def _snapshots(s) -> list:
-    from casstore.repo.core import Repository
+    from casstore.client import open_repository
 
     if not layout.is_local_repository(s.repository):
         return []
-    with Repository.open_local(s.repository, s) as repo:
+    with open_repository(s, fallback_remote=False) as repo:
         return repo.all_snapshots()
 
 

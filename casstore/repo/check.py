@@ -20,6 +20,7 @@ from casstore.format.pack import KIND_DATA, KIND_TREE, parse_header, verify_pack
 from casstore.format.snapshot import decode_snapshot
 from casstore.format.tree import EntryType
 from casstore.format.walk import VisitBudget, load_tree_chain
+from casstore.repo.core import RepoCore
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class CheckReport:
 
 
 class Checker:
-    def __init__(self, repo) -> None:
+    def __init__(self, repo: RepoCore) -> None:
         self.repo = repo
         self.report = CheckReport()
         self.bad_blobs: set[tuple[int, bytes]] = set()
@@ -162,7 +163,7 @@ class Checker:
         self.report.affected.setdefault(snapshot_id, []).append(f"{path}: {why}")
 
 
-def check_repository(repo, *, read_data: bool = False, subset: float | None = None) -> CheckReport:
+def check_repository(repo: RepoCore, *, read_data: bool = False, subset: float | None = None) -> CheckReport:
     try:
         return Checker(repo).run(read_data, subset)
     except FormatError as exc:

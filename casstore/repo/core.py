@@ -1,4 +1,9 @@
-"""Repository: a remote holding the casstore format, plus its config, index and snapshots."""
+"""The repository core: a remote holding the casstore format, with its config, index and snapshots.
+
+RepoCore is what every operation (snapshot/, read/, restore/, sync/, gc/, repo.check, repo.stats)
+receives; it imports none of them. The public front with `snapshot()`, `get()`, `restore()`...
+is casstore.client.Repository, a RepoCore subclass, so the core's constructors build either.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import os
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Protocol, Self
 
 from casstore.errors import (
     CasstoreError,
@@ -21,6 +27,7 @@ from casstore.errors import (
 from casstore.format import layout
 from casstore.format.config import RepoConfig
 from casstore.format.index import MasterIndex, decode_index, without_retracted
+from casstore.format.plan import condemned_packs, list_plan_keys, load_plans
 from casstore.format.snapshot import SnapshotManifest, decode_snapshot
 from casstore.remotes.base import Remote
 from casstore.remotes.local import LocalRemote
@@ -50,8 +57,14 @@ class SnapshotInfo:
                 "summary": dict(m.summary)}
 
 
-class Repository:
-    """One repository. Open with `Repository.open_local(path)` or `Repository.open_remote(remote)`."""
+class BlobReader(Protocol):
+    """The one role a lazy reader of file contents needs (read/, restore/)."""
+
+    def read_blob(self, kind: int, blob_id: bytes) -> bytes: ...
+
+
+class RepoCore:
+    """One open repository. Open with `open_local(path)` or `open_remote(remote)` (or repo/open.py)."""
 
     def __init__(self, remote: Remote, config: RepoConfig, settings: Settings, *,
                  local_dir: str | None = None) -> None:
@@ -67,17 +80,17 @@ class Repository:
     # -- opening -----------------------------------------------------------------------------
 
     @classmethod
-    def init_local(cls, path: str, settings: Settings | None = None, config: RepoConfig | None = None) -> Repository:
+    def init_local(cls, path: str, settings: Settings | None = None, config: RepoConfig | None = None) -> Self:
         settings = settings or load_settings()
         remote = LocalRemote(path)
         return cls._init(remote, settings, config, local_dir=remote.root)
 
     @classmethod
-    def init_remote(cls, remote: Remote, settings: Settings, config: RepoConfig | None = None) -> Repository:
+    def init_remote(cls, remote: Remote, settings: Settings, config: RepoConfig | None = None) -> Self:
         return cls._init(remote, settings, config, local_dir=None)
 
     @classmethod
-    def _init(cls, remote: Remote, settings: Settings, config: RepoConfig | None, local_dir: str | None):
+    def _init(cls, remote: Remote, settings: Settings, config: RepoConfig | None, local_dir: str | None) -> Self:
         config = config or RepoConfig.new(compression_level=settings.compression_level or 3)
         try:
             remote.put(layout.CONFIG_KEY, config.encode(), if_absent=True)
@@ -86,7 +99,7 @@ class Repository:
         return cls(remote, config, settings, local_dir=local_dir)
 
     @classmethod
-    def open_local(cls, path: str, settings: Settings | None = None) -> Repository:
+    def open_local(cls, path: str, settings: Settings | None = None) -> Self:
         settings = settings or load_settings()
         if not layout.is_local_repository(path):
             raise RepositoryNotFound(f"no casstore repository at {path} (run `casstore init`)")
@@ -94,7 +107,7 @@ class Repository:
         return cls(remote, read_config(remote), settings, local_dir=remote.root)
 
     @classmethod
-    def open_remote(cls, remote: Remote, settings: Settings | None = None) -> Repository:
+    def open_remote(cls, remote: Remote, settings: Settings | None = None) -> Self:
         return cls(remote, read_config(remote), settings or load_settings())
 
     @property
@@ -142,8 +155,6 @@ class Repository:
 
     def load_plans(self) -> list[str]:
         """Read every gc plan; their condemned packs no longer count as holding blobs."""
-        from casstore.format.plan import condemned_packs, list_plan_keys, load_plans
-
         keys = list_plan_keys(self.remote)
         self.index.condemned = condemned_packs(load_plans(self.remote, keys))
         return keys
@@ -241,60 +252,10 @@ class Repository:
         self._manifests[snapshot_id] = manifest
         return snapshot_id, info
 
-    # -- operations (each in its own module) -------------------------------------------------
-
-    def snapshot(self, source: str | None = None, *, tags: tuple[str, ...] = (), excludes: tuple[str, ...] = (),
-                 progress: object = None):
-        from casstore.snapshot.builder import take_snapshot
-
-        with self.locked():
-            return take_snapshot(self, source or self.settings.source, tags=tags, excludes=excludes,
-                                 progress=progress)
-
-    def get(self, ref: str = "latest", **kwargs: object):
-        from casstore.read.reader import Snapshot
-
-        info = self.resolve(ref, **kwargs)  # type: ignore[arg-type]
-        return Snapshot(self, info)
-
-    def restore(self, ref: str, target: str, **options: object):
-        from casstore.restore.restorer import restore_snapshot
-
-        with self.locked():
-            return restore_snapshot(self.get(ref), target, **options)
-
-    def check(self, *, read_data: bool = False, subset: float | None = None):
-        from casstore.repo.check import check_repository
-
-        with self.locked():
-            return check_repository(self, read_data=read_data, subset=subset)
-
-    def sync(self, remote=None, *, dry_run: bool = False, progress=None):
-        """Copy this repository's new snapshots to `remote` (a URL or Remote; default: the configured one)."""
-        from casstore.sync.transfer import sync_to_remote
-
-        with self.locked():
-            return sync_to_remote(self, remote, dry_run=dry_run, progress=progress)
-
-    def pull(self, remote=None, *, snapshot: str | None = None, host: str | None = None,
-             all_hosts: bool = True, progress=None):
-        """Copy snapshots from `remote` into this (local) repository."""
-        from casstore.sync.transfer import pull_from_remote
-
-        with self.locked():
-            return pull_from_remote(self, remote, snapshot=snapshot, host=host, all_hosts=all_hosts,
-                                    progress=progress)
-
-    def stats(self) -> dict:
-        from casstore.repo.stats import repository_stats
-
-        with self.locked():
-            return repository_stats(self)
-
     def close(self) -> None:
         self.remote.close()
 
-    def __enter__(self) -> Repository:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -308,4 +269,4 @@ def read_config(remote: Remote) -> RepoConfig:
         raise RepositoryNotFound(f"no casstore repository at {remote.url} (run `casstore init`)") from None
 
 
-__all__ = ["CasstoreError", "Repository", "SnapshotInfo", "read_config"]
+__all__ = ["BlobReader", "CasstoreError", "RepoCore", "SnapshotInfo", "read_config"]

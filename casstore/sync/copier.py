@@ -13,6 +13,7 @@ from casstore.format import layout
 from casstore.format.pack import KIND_TREE
 from casstore.format.plan import list_plan_keys
 from casstore.format.walk import add_reachable
+from casstore.repo.core import RepoCore
 from casstore.sync.state import SyncState
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class SessionExpired(RemoteError):
 class Copier:
     """Copies blobs and snapshots from `src` into `dst` (both open Repositories)."""
 
-    def __init__(self, src, dst, *, concurrency: int, grace: float, state: SyncState | None,
+    def __init__(self, src: RepoCore, dst: RepoCore, *, concurrency: int, grace: float, state: SyncState | None,
                  progress: Callable[[int], None] | None = None, clock: Callable[[], float] = boottime) -> None:
         self.src, self.dst, self.state = src, dst, state
         self.grace, self.clock = grace, clock
