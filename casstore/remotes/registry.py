@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 from urllib.parse import urlparse
 
 from casstore.errors import ConfigError
@@ -14,6 +15,8 @@ _BACKENDS = {
     "gs": ("casstore.remotes.gcs", "open_gcs"),
     "az": ("casstore.remotes.azure", "open_azure"),
 }
+# scheme -> the PyPI package of its SDK (a dependency of casstore; named when it is missing anyway)
+SDK_PACKAGES = {"s3": "boto3", "gs": "google-cloud-storage", "az": "azure-storage-blob"}
 
 _MEMORY: dict[str, Remote] = {}
 
@@ -38,8 +41,18 @@ def open_remote(url: str, **options: object) -> Remote:
     module_name, factory = _BACKENDS[scheme]
     if any(key in _BACKENDS for key in options):
         options = dict(options.get(scheme) or {})  # type: ignore[call-overload]
-    module = importlib.import_module(module_name)
-    return getattr(module, factory)(parsed.netloc, prefix_of(parsed.path), **options)
+    return getattr(backend_module(scheme), factory)(parsed.netloc, prefix_of(parsed.path), **options)
+
+
+def backend_module(scheme: str) -> ModuleType:
+    """The backend of `scheme`, imported now; a missing SDK is one ConfigError naming its install command."""
+    try:
+        return importlib.import_module(_BACKENDS[scheme][0])
+    except ImportError as exc:
+        package = SDK_PACKAGES[scheme]
+        raise ConfigError(f"{scheme}:// remotes need the {package} package, which is not installed here "
+                          f"({exc.name or exc}): run `pip install {package}` (or reinstall casstore, "
+                          "which depends on it)") from None
 
 
 def prefix_of(path: str) -> str:

@@ -66,8 +66,19 @@ def schedule_summary(settings, runs: list[RunRecord], now: float) -> dict:
 
         description, next_run = expected_next_run(settings, now)
     return {"running": running, "pid": doc.get("pid") if running else None, "schedule": description,
-            "configured": settings.schedule, "next_run": next_run,
+            "configured": settings.schedule, "next_run": next_run, "retention": retention_summary(settings),
             "last_run": last.as_dict() if last else None}
+
+
+def retention_summary(settings) -> str:
+    """The scheduled runs' retention, as a phrase: 'keep last 30 (this host; local and bucket)' or 'off'."""
+    from casstore.gc.retention import policy_from_settings
+
+    policy = policy_from_settings(settings)
+    if policy is None:
+        return "off (CASSTORE_KEEP_LAST=0)"
+    where = "local repository and bucket" if settings.remote else "local repository"
+    return f"{policy.describe()} of this host's snapshots ({where})"
 
 
 def service_status(settings, snapshots, *, now: float | None = None) -> dict:
