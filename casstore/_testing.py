@@ -20,3 +20,14 @@ def pause_point(name: str) -> None:
         with open(marker, "w") as fh:
             fh.write(name)
     os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def snapshot_time_ns(now_ns: int) -> int:
+    """The time a new snapshot records: `now_ns`, unless `CASSTORE_TEST_CLOCK_FILE` names a file
+    holding epoch seconds (acceptance tests play 35 days of backups in seconds, through `serve` and
+    `schedule --once` processes, by rewriting that file between runs)."""
+    path = os.environ.get("CASSTORE_TEST_CLOCK_FILE")
+    if not path:
+        return now_ns
+    with open(path) as fh:
+        return int(float(fh.read().strip()) * 1e9)

@@ -43,7 +43,8 @@ def sync_summary(settings, runs: list[RunRecord], snapshots) -> dict:
 
         state = SyncState(settings.repository, url)
         last_sync, done = state.last_sync, state.synced | state.pulled()
-    unsynced = [s for s in snapshots if s.id not in done]
+    # a snapshot the remote holds (listings that merge say so) is off-site whoever put it there
+    unsynced = [s for s in snapshots if s.id not in done and getattr(s, "where", "local") == "local"]
     attempt = next((r for r in runs if r.sync is not None or r.failed_step == "sync"), None)
     return {"configured": True, "remote": url, "snapshots_synced": len(snapshots) - len(unsynced),
             "snapshots_unsynced": len(unsynced),

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from casstore._testing import snapshot_time_ns
 from casstore.errors import SourceError
 from casstore.format import layout
 from casstore.format.pack import KIND_DATA, KIND_TREE
@@ -390,7 +391,7 @@ def take_snapshot(repo: RepoCore, source: str, *, tags: tuple[str, ...] = (), ex
     summary = builder.summary
     summary.duration_ms = (time.time_ns() - builder.start_ns) // 1_000_000
     parent = _parent(repo, builder)
-    manifest = SnapshotManifest(time_ns=builder.start_ns, host=repo.settings.host, source=builder.source,
+    manifest = SnapshotManifest(time_ns=snapshot_time_ns(builder.start_ns), host=repo.settings.host, source=builder.source,
                                 tree=root, tags=sorted(set(tags)), parent=parent,
                                 incomplete=bool(summary.errors), summary=summary.as_dict())
     snapshot_id, _ = repo.write_snapshot(manifest)
