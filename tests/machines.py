@@ -77,7 +77,8 @@ def dotenv_for(provider: str, server: object, bucket: str, extra: str = "") -> s
         text = (f"CLOUD_PROVIDER=gcp\nGCP_BUCKET={bucket}\nGCP_PROJECT_ID={server.project}\n"
                 f"STORAGE_EMULATOR_HOST={server.endpoint}\n")
     else:
-        text = f"CLOUD_PROVIDER=azure\nAZURE_CONTAINER={bucket}\nAZURE_STORAGE_CONNECTION_STRING={server.connection_string}\n"
+        text = (f"CLOUD_PROVIDER=azure\nAZURE_CONTAINER={bucket}\n"
+                f"AZURE_STORAGE_CONNECTION_STRING={server.connection_string}\n")
     return text + extra
 
 
@@ -87,3 +88,17 @@ URL_SCHEME = {"aws": "s3", "gcp": "gs", "azure": "az"}
 
 def new_bucket(provider: str, server: object) -> str:
     return server.new_container() if provider == "azure" else server.new_bucket()
+
+
+def write_day(data: Path, day: int) -> None:
+    """A day of the seed's data: the IQ moves, a daily file is new, the rest stays."""
+    hub = data / "ai_hub"
+    hub.mkdir(parents=True, exist_ok=True)
+    (hub / "collective_intelligence.json").write_text(json.dumps({"collective_iq": 100 + day, "accuracy": 0.5}))
+    (hub / "shared_knowledge.json").write_text(json.dumps({"patterns": [f"p{i}" for i in range(200)]}))
+    market = data / "total_market_intelligence"
+    market.mkdir(exist_ok=True)
+    for old in market.glob("complete_market_data_*.json"):
+        old.unlink()
+    (market / f"complete_market_data_{day:03d}.json").write_text(json.dumps({"day": day, "prices": [
+        (day * 7919 + i * 104729) % 100003 / 7 for i in range(3000)]}))

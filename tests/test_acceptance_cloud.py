@@ -5,14 +5,14 @@ days: days 1-33 through the HTTP API (`casstore serve`, POST /api/cloud/backup, 
 34-35 through the scheduler (`casstore schedule --once`, which also forgets on the bucket by the
 default keep-last 30 and runs the bucket's two-phase gc). Machine B (host-b, only the `.env`) lists
 the bucket, restores byte-identical, reads `collective_iq` with the seed's own code, then takes over
-with two scheduled runs of its own into the same bucket.
+with a scheduled run of its own into the same bucket.
 
 The documented rule (DESIGN.md, Retention): scheduled runs forget only their own host's snapshots,
 so the bucket ends with host-a's last 30 (days 6-35), which stay until someone forgets them, and
-host-b's 2. Every one of them restores, and `check --read-data` on the bucket is clean.
+host-b's. Every one of them restores, and `check --read-data` on the bucket is clean.
 
 The simulated days are the snapshots' recorded times (CASSTORE_TEST_CLOCK_FILE); the grace period
-is 2 s, so a gc run sweeps what the previous run condemned.
+is 1 s, so a gc run sweeps what the previous run condemned.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.machines import SERVER_FIXTURE, URL_SCHEME, Machine, dotenv_for, new_bucket
+from tests.machines import SERVER_FIXTURE, URL_SCHEME, Machine, dotenv_for, new_bucket, write_day
 from tests.servers import free_port
 from tests.sync_helpers import tree_digest
 
 DAY0 = datetime(2026, 1, 1, 3, 0, tzinfo=UTC).timestamp()
-API_DAYS, SCHEDULED_DAYS, B_DAYS = range(1, 34), (34, 35), (36, 37)
+API_DAYS, SCHEDULED_DAYS, B_DAYS = range(1, 34), (34, 35), (36,)
 
 SEED_CODE = """
 from casstore import cloud_storage
@@ -57,20 +57,6 @@ for info in repo.snapshots(all_hosts=True):
             seen[info.id] = [info.manifest.host, json.load(fh)["collective_iq"], info.manifest.time_ns]
 print(json.dumps(seen))
 """
-
-
-def write_day(data: Path, day: int) -> None:
-    """A day of the seed's data: the IQ moves, a daily file is new, the rest stays."""
-    hub = data / "ai_hub"
-    hub.mkdir(parents=True, exist_ok=True)
-    (hub / "collective_intelligence.json").write_text(json.dumps({"collective_iq": 100 + day, "accuracy": 0.5}))
-    (hub / "shared_knowledge.json").write_text(json.dumps({"patterns": [f"p{i}" for i in range(200)]}))
-    market = data / "total_market_intelligence"
-    market.mkdir(exist_ok=True)
-    for old in market.glob("complete_market_data_*.json"):
-        old.unlink()
-    (market / f"complete_market_data_{day:03d}.json").write_text(json.dumps({"day": day, "prices": [
-        (day * 7919 + i * 104729) % 100003 / 7 for i in range(3000)]}))
 
 
 def set_clock(clock: Path, day: int) -> None:
@@ -115,7 +101,7 @@ def _wait_until_serving(client: httpx.Client, server) -> None:
 def scheduled_run(machine: Machine, clock: Path, day: int) -> dict:
     write_day(machine.dir / "data", day)
     set_clock(clock, day)
-    time.sleep(2.1)   # one grace period (CASSTORE_GRACE=2s) since the previous gc run's plan
+    time.sleep(1.1)   # one grace period (CASSTORE_GRACE=1s) since the previous gc run's plan
     machine.casstore("schedule", "--once")
     record = json.loads((machine.dir / ".casstore" / "state" / "runs.jsonl").read_text().splitlines()[-1])
     assert record["ok"] and record["sync"]["snapshots"] == 1, record
@@ -127,7 +113,7 @@ def test_a_replacement_machine_restores_reads_and_takes_over_the_bucket(provider
     server = request.getfixturevalue(SERVER_FIXTURE[provider])
     bucket = new_bucket(provider, server)
     url = f"{URL_SCHEME[provider]}://{bucket}/casstore/"
-    dotenv = dotenv_for(provider, server, bucket, extra="CASSTORE_GRACE=2s\n")
+    dotenv = dotenv_for(provider, server, bucket, extra="CASSTORE_GRACE=1s\n")
     clock_a, clock_b = tmp_path / "clock-a", tmp_path / "clock-b"
     a = Machine(tmp_path / "a", "host-a", dotenv, CASSTORE_TEST_CLOCK_FILE=str(clock_a))
     b = Machine(tmp_path / "b", "host-b", dotenv, CASSTORE_TEST_CLOCK_FILE=str(clock_b))
@@ -155,7 +141,8 @@ def test_a_replacement_machine_restores_reads_and_takes_over_the_bucket(provider
     for day in B_DAYS:
         record = scheduled_run(b, clock_b, day)
         assert record["bucket"]["removed"] == [], "B's retention touches host-b's snapshots only"
-    assert [s["host"] for s in b.json("list")] == ["host-b", "host-b"], "B now reads its own first"
+        assert record["bucket"]["gc"]["plans_swept"] >= 1, "B's gc sweeps what A's last run condemned"
+    assert [s["host"] for s in b.json("list")] == ["host-b"], "B now reads its own first"
     assert len(b.json("list", "--host", "host-a")) == 30
 
     # -- the bucket holds exactly what the rule keeps, every snapshot restores, check is clean -----

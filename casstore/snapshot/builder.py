@@ -391,8 +391,8 @@ def take_snapshot(repo: RepoCore, source: str, *, tags: tuple[str, ...] = (), ex
     summary = builder.summary
     summary.duration_ms = (time.time_ns() - builder.start_ns) // 1_000_000
     parent = _parent(repo, builder)
-    manifest = SnapshotManifest(time_ns=snapshot_time_ns(builder.start_ns), host=repo.settings.host, source=builder.source,
-                                tree=root, tags=sorted(set(tags)), parent=parent,
+    manifest = SnapshotManifest(time_ns=snapshot_time_ns(builder.start_ns), host=repo.settings.host,
+                                source=builder.source, tree=root, tags=sorted(set(tags)), parent=parent,
                                 incomplete=bool(summary.errors), summary=summary.as_dict())
     snapshot_id, _ = repo.write_snapshot(manifest)
     if builder.new_cache != builder.old_cache:
