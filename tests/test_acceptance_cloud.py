@@ -12,7 +12,7 @@ so the bucket ends with host-a's last 30 (days 6-35), which stay until someone f
 host-b's. Every one of them restores, and `check --read-data` on the bucket is clean.
 
 The simulated days are the snapshots' recorded times (CASSTORE_TEST_CLOCK_FILE); the grace period
-is 1 s, so a gc run sweeps what the previous run condemned.
+is 2 s (a sync needs its checkpoints within half of it), so a gc run sweeps what the previous run condemned.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def _wait_until_serving(client: httpx.Client, server) -> None:
 def scheduled_run(machine: Machine, clock: Path, day: int) -> dict:
     write_day(machine.dir / "data", day)
     set_clock(clock, day)
-    time.sleep(1.1)   # one grace period (CASSTORE_GRACE=1s) since the previous gc run's plan
+    time.sleep(2.1)   # one grace period (CASSTORE_GRACE=2s) since the previous gc run's plan
     machine.casstore("schedule", "--once")
     record = json.loads((machine.dir / ".casstore" / "state" / "runs.jsonl").read_text().splitlines()[-1])
     assert record["ok"] and record["sync"]["snapshots"] == 1, record
@@ -113,7 +113,7 @@ def test_a_replacement_machine_restores_reads_and_takes_over_the_bucket(provider
     server = request.getfixturevalue(SERVER_FIXTURE[provider])
     bucket = new_bucket(provider, server)
     url = f"{URL_SCHEME[provider]}://{bucket}/casstore/"
-    dotenv = dotenv_for(provider, server, bucket, extra="CASSTORE_GRACE=1s\n")
+    dotenv = dotenv_for(provider, server, bucket, extra="CASSTORE_GRACE=2s\n")
     clock_a, clock_b = tmp_path / "clock-a", tmp_path / "clock-b"
     a = Machine(tmp_path / "a", "host-a", dotenv, CASSTORE_TEST_CLOCK_FILE=str(clock_a))
     b = Machine(tmp_path / "b", "host-b", dotenv, CASSTORE_TEST_CLOCK_FILE=str(clock_b))
