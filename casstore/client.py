@@ -78,9 +78,15 @@ class Repository(RepoCore):
             return []
 
     def find(self, ref: str = "latest", *, host: str | None = None, all_hosts: bool = False) -> SnapshotInfo:
-        """`latest` over the merged listing; an id here first, then on the configured remote."""
+        """Here first, then on the configured remote: an id, or `latest` (this repository's newest under
+        the host rule; the merged listing's when this repository has none)."""
         if ref == "latest":
-            return latest_of(self.listing(host=host, all_hosts=all_hosts))
+            try:
+                return latest_of(self.readable(host=host, all_hosts=all_hosts))
+            except SnapshotNotFound:
+                if self.remote_view() is None:
+                    raise
+                return latest_of(self.listing(host=host, all_hosts=all_hosts))
         try:
             return self.resolve(check_ref(ref))
         except SnapshotNotFound:

@@ -182,6 +182,9 @@ def test_a_snapshot_only_the_bucket_holds_is_read_without_a_url(tmp_path, monkey
         listed = client.get("/api/cloud/backups", params={"all_hosts": 1}).json()["backups"]
         assert {b["backup_id"] for b in listed} >= {a_first, own}
         assert [b["backup_id"] for b in client.get("/api/cloud/backups").json()["backups"]] == [own]
+        latest_a = client.get("/api/cloud/backup/latest", params={"host": "host-a"}).json()
+        assert latest_a["host"] == "host-a" and latest_a["snapshot_id"] != a_first
+        assert client.get("/api/cloud/backup/latest").json()["snapshot_id"] == own
 
 
 # -- 4. the cloud SDKs --------------------------------------------------------------------------------
