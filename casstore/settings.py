@@ -21,6 +21,10 @@ def _secret() -> object:
     return field(default=None, repr=False)
 
 
+#: the package version (casstore.__version__), kept here so that every layer can read it
+VERSION = "0.1.0"
+
+
 @dataclass(frozen=True)
 class Settings:
     source: str = "./data"
@@ -103,7 +107,7 @@ def load_settings(overrides: dict | None = None, environ: dict | None = None, do
 def _merged_environment(environ: dict | None, dotenv_path: str) -> dict:
     file_values = {}
     if os.path.isfile(dotenv_path):
-        from dotenv import dotenv_values  # only when there is a .env to read
+        from dotenv import dotenv_values  # lazy: only when there is a .env to read
 
         file_values = dotenv_values(dotenv_path)
     process = dict(os.environ if environ is None else environ)

@@ -32,7 +32,7 @@ class RepoConfig:
         avg = avg_size or DEFAULT_CHUNK_SIZES["avg_size"]
         lo = min_size or (DEFAULT_CHUNK_SIZES["min_size"] if avg_size is None else max(64, avg // 4))
         hi = max_size or (DEFAULT_CHUNK_SIZES["max_size"] if avg_size is None else min(16 * MiB, avg * 8))
-        from casstore.chunker.fastcdc import FastCDCChunker, new_seed
+        from casstore.chunker.fastcdc import FastCDCChunker, new_seed  # lazy: compiled chunker, writers only
 
         chunker = FastCDCChunker(lo, avg, hi, new_seed())
         return cls(id=os.urandom(16).hex(), chunker=chunker.params(), pack_size=pack_size,
@@ -40,7 +40,7 @@ class RepoConfig:
 
     def make_chunker(self):
         """The chunker these parameters describe (imported on first use: it is a compiled module)."""
-        from casstore.chunker import chunker_from_params
+        from casstore.chunker import chunker_from_params  # lazy: compiled chunker, writers only
 
         return chunker_from_params(self.chunker)
 

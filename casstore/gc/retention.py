@@ -30,7 +30,10 @@ from datetime import UTC, datetime
 
 from casstore.errors import CasstoreError, ConfigError, ObjectNotFound
 from casstore.format import layout
+from casstore.remotes import open_remote
 from casstore.repo.core import RepoCore
+from casstore.settings import parse_duration
+from casstore.sync.state import SyncState
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,6 @@ class RetentionPolicy:
         """A policy, or a mapping such as {"keep_last": 30} or {"last": 30, "within": "30d"}."""
         if isinstance(policy, RetentionPolicy):
             return policy
-        from casstore.settings import parse_duration
 
         known = {f.name for f in fields(cls)}
         values = {}
@@ -243,8 +245,6 @@ def _refuse_unsynced(repo: RepoCore, snapshot_ids: list[str]) -> None:
     """With a remote configured, a local snapshot never synced there is kept (design 8.0)."""
     if repo.local_dir is None or not repo.settings.remote or not snapshot_ids:
         return
-    from casstore.remotes import open_remote
-    from casstore.sync.state import SyncState
 
     with open_remote(repo.settings.remote, **repo.settings.remote_options()) as remote:
         url = remote.url

@@ -14,10 +14,10 @@ import os
 import posixpath
 import secrets
 import stat
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-
-import pathspec
+from typing import Any
 
 from casstore.errors import RestoreError
 from casstore.format import codec
@@ -28,6 +28,12 @@ from casstore.repo.core import BlobReader, RepoCore
 from casstore.restore.prefetch import Prefetcher
 
 OVERWRITE_MODES = ("never", "if-changed", "always")
+
+
+def _patterns(lines: Iterable[str]) -> Any:
+    import pathspec  # lazy: start-up time (every command loads this module); only patterns need it
+
+    return pathspec.GitIgnoreSpec.from_lines(lines)
 MAX_LINK_GROUPS = 512   # hard-link groups restored as links (each keeps a directory descriptor open)
 PREFETCH_WINDOW = 8   # chunks decoded ahead per directory (bounds memory: at most 8 x the max chunk size)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -65,8 +71,8 @@ class Restorer:
             raise RestoreError(f"--overwrite must be one of {', '.join(OVERWRITE_MODES)}")
         self.snapshot, self.repo = snapshot, snapshot.repo
         self.overwrite, self.dry_run, self.verify = overwrite, dry_run, verify
-        self.include = pathspec.GitIgnoreSpec.from_lines(include) if include else None
-        self.exclude = pathspec.GitIgnoreSpec.from_lines(exclude) if exclude else None
+        self.include = _patterns(include) if include else None
+        self.exclude = _patterns(exclude) if exclude else None
         self.progress = progress or (lambda n: None)
         self.result = RestoreResult(dry_run=dry_run)
         self.budget = VisitBudget(snapshot.manifest.summary)

@@ -24,8 +24,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
-from casstore.errors import CasstoreError, LockError
+from casstore.errors import CasstoreError, LockError, SourceError
 from casstore.fsio.durable import FileSystem, write_durably
+from casstore.gc.retention import apply_retention, policy_from_settings
 from casstore.repo.core import RepoCore
 from casstore.repo.open import open_as
 from casstore.settings import Settings
@@ -228,8 +229,6 @@ class RunBusy(LockError):
 
 def snapshot_step(repo: RepoCore, settings: Settings) -> dict:
     if not os.path.isdir(settings.source):
-        from casstore.errors import SourceError
-
         raise SourceError(f"source directory {settings.source} does not exist (set CASSTORE_SOURCE)")
     with repo.locked():
         result = take_snapshot(repo, settings.source)
@@ -255,8 +254,6 @@ def retention_step(repo: RepoCore, settings: Settings) -> dict | None:
 
     Only snapshot objects are forgotten here; the space comes back when gc runs.
     """
-    from casstore.gc.retention import apply_retention, policy_from_settings
-
     policy = policy_from_settings(settings)
     if policy is None:
         return None

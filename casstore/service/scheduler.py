@@ -78,8 +78,8 @@ class CronSchedule:
         return self._iter(t + 1e-6).get_prev(float)
 
     def _iter(self, t: float):
-        from croniter import croniter
-        from dateutil.tz import tzlocal
+        from croniter import croniter  # lazy: 30 ms to import; only cron schedules need it
+        from dateutil.tz import tzlocal  # lazy: only cron schedules need it
 
         return croniter(self.expression, datetime.fromtimestamp(t, tzlocal()))
 
@@ -101,7 +101,7 @@ def parse_schedule(text: str) -> Schedule:
 
 
 def _cron(text: str) -> CronSchedule:
-    from croniter import croniter
+    from croniter import croniter  # lazy: 30 ms to import; only cron schedules need it
 
     if (text.startswith("@") or len(text.split()) == 5) and croniter.is_valid(text):
         return CronSchedule(text)
