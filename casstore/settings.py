@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 from casstore.errors import ConfigError
 
 _PROVIDERS = {"local", "aws", "gcp", "azure"}
 
 
-def _secret() -> object:
+def _secret() -> Any:
     return field(default=None, repr=False)
 
 
@@ -53,7 +54,7 @@ class Settings:
     api_token: str | None = _secret()
     notify_cmd: str | None = None
 
-    def with_overrides(self, **overrides: object) -> Settings:
+    def with_overrides(self, **overrides: Any) -> Settings:
         known = {f.name for f in fields(self)}
         return replace(self, **{k: v for k, v in overrides.items() if k in known and v is not None})
 

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from casstore.errors import CasstoreError, ConfigError, ObjectNotFound
 from casstore.format import layout
 from casstore.remotes import open_remote
-from casstore.repo.core import RepoCore
+from casstore.repo.core import RepoCore, SnapshotInfo
 from casstore.settings import parse_duration
 from casstore.sync.state import SyncState
 
@@ -95,7 +95,7 @@ def policy_from_settings(settings) -> RetentionPolicy | None:
 
 @dataclass
 class Decision:
-    snapshot: object                      # a repository.SnapshotInfo
+    snapshot: SnapshotInfo
     reasons: list[str] = field(default_factory=list)
 
     @property

@@ -74,7 +74,8 @@ class Snapshot:
         tree_id, found = self.manifest.tree, None
         for depth, part in enumerate(parts):
             if found is not None and found.type is not EntryType.DIR:
-                raise PathNotFound(f"{'/'.join(parts[:depth])} is not a directory")
+                above = b"/".join(parts[:depth]).decode("utf-8", "surrogateescape")  # names are bytes
+                raise PathNotFound(f"{above} is not a directory")
             found = next((e for e in self.tree(tree_id) if e.name == part), None)
             if found is None:
                 raise PathNotFound(f"{path} is not in snapshot {self.short_id}")

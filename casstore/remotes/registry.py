@@ -37,7 +37,8 @@ def open_remote(url: str, **options: object) -> Remote:
     if any(key in _BACKENDS for key in options):
         options = dict(options.get(scheme) or {})  # type: ignore[call-overload]
     module = importlib.import_module(module_name)
-    return getattr(module, factory)(parsed.netloc, prefix_of(parsed.path), **options)
+    remote: Remote = getattr(module, factory)(parsed.netloc, prefix_of(parsed.path), **options)
+    return remote
 
 
 def prefix_of(path: str) -> str:

@@ -95,11 +95,12 @@ class RetryingRemote(RemoteWrapper):
         if attempts < 1:
             raise ValueError("attempts must be >= 1")
         self.attempts, self.base_delay, self.max_delay = attempts, base_delay, max_delay
-        self._sleep, self._jitter = sleep, jitter
+        self._sleep: Callable[[float], None] = sleep
+        self._jitter: Callable[[], float] = jitter
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based): half fixed, half random."""
-        cap = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        cap = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
         return cap * (0.5 + self._jitter() / 2)
 
     def _retry(self, call: Callable[[int], T]) -> T:

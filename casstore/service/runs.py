@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from typing import Any
 
 from casstore.errors import CasstoreError, LockError, SourceError
 from casstore.fsio.durable import FileSystem, write_durably
@@ -175,7 +176,7 @@ class StateLock:
         return True
 
     def acquire(self, *, wait: bool, poll: float = 0.5, cancelled: Callable[[], bool] = lambda: False,
-                sleep: Callable[[float], None] = time.sleep) -> bool:
+                sleep: Callable[[float], object] = time.sleep) -> bool:
         """Take the lock; with `wait`, poll until it is free or `cancelled()` says to give up."""
         while not self.try_acquire():
             if not wait or cancelled():
@@ -260,12 +261,12 @@ def retention_step(repo: RepoCore, settings: Settings) -> dict | None:
     return _compact(apply_retention(repo, policy), policy.describe())
 
 
-def _compact(result: object, asked: dict) -> dict:
+def _compact(result: object, asked: str) -> dict[str, Any]:
     """The run record keeps what was removed and how many were kept, not every decision."""
     doc = result if isinstance(result, dict) else getattr(result, "as_dict", lambda: {"result": str(result)})()
     if "removed" not in doc or "kept" not in doc:
         return doc
-    policy = getattr(result, "policy", None)
+    policy: Any = getattr(result, "policy", None)
     described = policy.describe() if hasattr(policy, "describe") else asked
     return {"policy": described, "removed": list(doc["removed"]), "kept": doc["kept"]}
 
@@ -281,7 +282,7 @@ def open_for_run(settings: Settings) -> RepoCore:
 
 def perform_run(settings: Settings, *, trigger: str, due: float | None = None, clock: Callable[[], float] = time.time,
                 steps=STEPS, should_stop: Callable[[], bool] = lambda: False, wait: bool = True,
-                sleep: Callable[[float], None] = time.sleep) -> RunRecord:
+                sleep: Callable[[float], object] = time.sleep) -> RunRecord:
     """One run under the run lock: the steps in order, recorded, notified on failure.
 
     With `wait=False`, raise RunBusy when another run holds the lock; otherwise wait for it

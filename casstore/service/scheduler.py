@@ -120,7 +120,7 @@ def format_duration(seconds: float) -> str:
 def human_age(seconds: float) -> str:
     """'3d 4h', '40h 12m' style: the two largest units."""
     seconds = max(0, int(seconds))
-    parts = []
+    parts: list[str] = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if seconds >= size or (unit == "s" and not parts):
             parts.append(f"{seconds // size}{unit}")
