@@ -77,7 +77,7 @@ class RepoAccess:
         if not self.exists:
             return [], 0
         with self.reader() as repo:
-            stored = sum(info.size for prefix in layout.STORED_PREFIXES for info in repo.remote.list(prefix))
+            stored = repo.stored_bytes()
             return repo.all_snapshots(), stored
 
     def invalidate(self) -> None:

@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 
 from casstore.errors import CasstoreError, ConfigError, ObjectNotFound
-from casstore.format import layout
 from casstore.remotes import open_remote
 from casstore.repo.core import RepoCore, SnapshotInfo
 from casstore.settings import parse_duration
@@ -233,11 +232,9 @@ def apply_retention(repo: RepoCore, policy: RetentionPolicy | Mapping, dry_run: 
 
 def _forget(repo: RepoCore, snapshot_id: str) -> None:
     try:
-        repo.remote.delete(layout.snapshot_key(snapshot_id))
+        repo.delete_snapshot(snapshot_id)
     except ObjectNotFound:
         pass
-    if repo.cache is not None:
-        repo.cache.discard("snapshots", snapshot_id)
     log.info("forgot snapshot %s", snapshot_id[:8])
 
 
