@@ -7,6 +7,12 @@ that needs them, so importing casstore (and starting the CLI) never pays for the
 from __future__ import annotations
 
 from casstore.remotes.base import ObjectInfo, Remote, validate_key
-from casstore.remotes.registry import open_remote
 
 __all__ = ["ObjectInfo", "Remote", "open_remote", "validate_key"]
+
+
+def open_remote(url: str, **options: object) -> Remote:
+    """Open the remote a URL names: file:///path, memory://name, s3://, gs://, az://."""
+    from casstore.remotes.registry import open_remote as open_url  # lazy: start-up time (runs on every remotes import)
+
+    return open_url(url, **options)

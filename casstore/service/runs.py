@@ -31,8 +31,6 @@ from casstore.gc.retention import apply_retention, policy_from_settings
 from casstore.repo.core import RepoCore
 from casstore.repo.open import open_as
 from casstore.settings import Settings
-from casstore.snapshot.builder import take_snapshot
-from casstore.sync.transfer import sync_to_remote
 
 log = logging.getLogger(__name__)
 NOTIFY_TIMEOUT = 60.0
@@ -231,6 +229,8 @@ class RunBusy(LockError):
 def snapshot_step(repo: RepoCore, settings: Settings) -> dict:
     if not os.path.isdir(settings.source):
         raise SourceError(f"source directory {settings.source} does not exist (set CASSTORE_SOURCE)")
+    from casstore.snapshot.builder import take_snapshot  # lazy: start-up time of `casstore status`
+
     with repo.locked():
         result = take_snapshot(repo, settings.source)
     s = result.summary
@@ -243,6 +243,8 @@ def sync_step(repo: RepoCore, settings: Settings) -> dict | None:
     """Sync to the configured remote; None when there is none (CLOUD_PROVIDER=local)."""
     if not settings.remote:
         return None
+    from casstore.sync.transfer import sync_to_remote  # lazy: start-up time of `casstore status`
+
     with repo.locked():
         report = sync_to_remote(repo)
     return {"ok": True, "destination": report.destination, "snapshots": len(report.snapshots),
