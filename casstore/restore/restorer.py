@@ -24,6 +24,7 @@ from casstore.format import codec
 from casstore.format.pack import KIND_DATA
 from casstore.format.tree import Entry, EntryType
 from casstore.format.walk import VisitBudget
+from casstore.read.reader import Snapshot
 from casstore.repo.core import BlobReader, RepoCore
 from casstore.restore.prefetch import Prefetcher
 
@@ -64,7 +65,7 @@ def safe_name(name: bytes) -> bool:
 
 
 class Restorer:
-    def __init__(self, snapshot, *, overwrite: str = "never", include: tuple[str, ...] = (),
+    def __init__(self, snapshot: Snapshot, *, overwrite: str = "never", include: tuple[str, ...] = (),
                  exclude: tuple[str, ...] = (), dry_run: bool = False, verify: bool = False,
                  progress=None) -> None:
         if overwrite not in OVERWRITE_MODES:
@@ -314,7 +315,7 @@ def open_child_dir(dir_fd: int, name: bytes) -> int:
         raise
 
 
-def restore_snapshot(snapshot, target: str, *, path: str = "", **options) -> RestoreResult:
+def restore_snapshot(snapshot: Snapshot, target: str, *, path: str = "", **options) -> RestoreResult:
     """Restore `snapshot` (or only `path` in it) below `target`, which is created if missing."""
     restorer = Restorer(snapshot, **options)
     try:
@@ -353,6 +354,7 @@ def _restore_path(restorer: Restorer, root_fd: int, path: str) -> None:
                 fd = open_child_dir(fd, parts[depth].encode("utf-8", "surrogateescape"))
                 opened.append(fd)
         entry = restorer.snapshot.entry("/".join(parts))
+        assert entry is not None  # _restore looked this path up already: it is an entry, not the root
         restorer.restore_entry(fd, entry, "/".join(parts))
     finally:
         for opened_fd in opened:

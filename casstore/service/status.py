@@ -10,12 +10,13 @@ import time
 from urllib.parse import urlparse
 
 from casstore.remotes.registry import prefix_of
+from casstore.repo.core import SnapshotInfo
 from casstore.service.runs import RunLog, RunRecord, SchedulerState, scheduler_lock, state_dir
 from casstore.service.scheduler import expected_next_run, human_age
 from casstore.sync.state import SyncState
 
 
-def snapshot_brief(info) -> dict:
+def snapshot_brief(info: SnapshotInfo) -> dict:
     m = info.manifest
     return {"id": info.id, "short_id": info.short_id, "time": m.time.isoformat(), "timestamp": m.time_ns / 1e9,
             "host": m.host, "files": m.summary.get("files_total", 0), "bytes_total": m.summary.get("bytes_total", 0),
