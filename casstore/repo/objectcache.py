@@ -306,3 +306,39 @@ def parse_blob_name(name: str) -> tuple[int, bytes, int] | None:
         return int(parts[0]), bytes.fromhex(parts[1]), int(parts[2])
     except ValueError:
         return None
+
+
+# -- `casstore cache verify` ---------------------------------------------------------------------
+
+def entry_problem(entry: CacheEntry) -> str | None:
+    """Why a cache entry is unsound (its bytes do not match its name), or None when it is sound."""
+    from casstore.format import codec
+
+    try:
+        with open(entry.path, "rb") as fh:
+            body = fh.read()
+    except OSError as exc:
+        return f"unreadable: {exc.strerror}"
+    try:
+        if entry.kind == "blobs":
+            parsed = parse_blob_name(entry.name)
+            if parsed is None:
+                return "not a name this version writes"
+            codec.decode_verified(body, parsed[2], parsed[1])
+        else:
+            check_named(entry.kind, entry.name, body)
+    except BAD_BYTES as exc:
+        return str(exc)
+    return None
+
+
+def verify_cache(cache: LocalCache) -> tuple[int, list[tuple[CacheEntry, str]]]:
+    """Check every entry, evicting unsound ones; (entries checked, [(evicted entry, why)])."""
+    checked, evicted = 0, []
+    for entry in cache.entries():
+        checked += 1
+        problem = entry_problem(entry)
+        if problem is not None:
+            cache.discard(entry.kind, entry.name)
+            evicted.append((entry, problem))
+    return checked, evicted
