@@ -25,7 +25,7 @@ from casstore.remotes.base import Remote
 from casstore.remotes.local import LocalRemote
 from casstore.repo.blobstore import BlobStore
 from casstore.repo.lock import repository_lock
-from casstore.repo.objectcache import BlobCache, LocalCache, ReadPolicy, verified_object
+from casstore.repo.objectcache import BlobCache, LocalCache, ReadPolicy, read_verified, verified_object
 from casstore.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -299,7 +299,8 @@ class Repository:
 
 def read_config(remote: Remote) -> RepoConfig:
     try:
-        return RepoConfig.decode(remote.get("config"))
+        # the config has no id to check; one that does not decode is read again (design 5.9)
+        return read_verified("repository config", lambda: remote.get("config"), RepoConfig.decode, ReadPolicy())
     except ObjectNotFound:
         raise RepositoryNotFound(f"no casstore repository at {remote.url} (run `casstore init`)") from None
 
