@@ -70,7 +70,11 @@ class Settings:
                    "endpoint": self.storage_emulator_host},
             "az": {"connection_string": self.azure_connection_string},
         }
-        return {scheme: {k: v for k, v in options.items() if v is not None} for scheme, options in by_scheme.items()}
+        from casstore.remotes.timeouts import Timeouts
+
+        timeouts = Timeouts(self.connect_timeout, self.read_timeout, self.min_read_rate)
+        return {scheme: {**{k: v for k, v in options.items() if v is not None}, "timeouts": timeouts}
+                for scheme, options in by_scheme.items()}
 
 
 def load_settings(overrides: dict | None = None, environ: dict | None = None, dotenv_path: str = ".env") -> Settings:

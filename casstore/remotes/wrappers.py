@@ -62,12 +62,14 @@ class RetryingRemote(RemoteWrapper):
     """
 
     def __init__(self, inner: Remote, attempts: int = 5, base_delay: float = 0.2, max_delay: float = 5.0, *,
-                 sleep: Callable[[float], None] = time.sleep, jitter: Callable[[], float] = random.random) -> None:
+                 deadline: float | None = 120.0, sleep: Callable[[float], None] = time.sleep,
+                 jitter: Callable[[], float] = random.random, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(inner)
         if attempts < 1:
             raise ValueError("attempts must be >= 1")
         self.attempts, self.base_delay, self.max_delay = attempts, base_delay, max_delay
-        self._sleep, self._jitter = sleep, jitter
+        self.deadline = deadline        # one operation's total seconds, its retries and waits included
+        self._sleep, self._jitter, self._clock = sleep, jitter, clock
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based): half fixed, half random."""
@@ -75,14 +77,24 @@ class RetryingRemote(RemoteWrapper):
         return cap * (0.5 + self._jitter() / 2)
 
     def _retry(self, call: Callable[[int], T]) -> T:
+        started = self._clock()
         for attempt in range(1, self.attempts + 1):
             try:
                 return call(attempt)
-            except TransientError:
-                if attempt == self.attempts:
-                    raise
-                self._sleep(self.delay(attempt))
+            except TransientError as exc:
+                self._wait_or_give_up(exc, attempt, started)
         raise AssertionError("unreachable")
+
+    def _wait_or_give_up(self, exc: TransientError, attempt: int, started: float) -> None:
+        """Sleep before the next attempt, or raise when attempts or the operation's deadline run out."""
+        if attempt == self.attempts:
+            raise exc
+        delay = self.delay(attempt)
+        spent = self._clock() - started
+        if self.deadline is not None and spent + delay > self.deadline:
+            raise TransientError(f"{exc} (gave up after {attempt} attempts in {spent:.0f} s: "
+                                 f"the {self.deadline:.0f} s deadline, CASSTORE_REQUEST_DEADLINE)") from exc
+        self._sleep(delay)
 
     def _put(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None) -> ObjectInfo:
         def put_once(attempt: int) -> ObjectInfo:
@@ -112,6 +124,7 @@ class RetryingRemote(RemoteWrapper):
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         yielded: set[str] = set()
+        started = self._clock()
         for attempt in range(1, self.attempts + 1):
             try:
                 for info in self.inner.list(prefix):
@@ -119,10 +132,8 @@ class RetryingRemote(RemoteWrapper):
                         yielded.add(info.key)
                         yield info
                 return
-            except TransientError:
-                if attempt == self.attempts:
-                    raise
-                self._sleep(self.delay(attempt))
+            except TransientError as exc:
+                self._wait_or_give_up(exc, attempt, started)
 
 
 class CountingRemote(RemoteWrapper):

@@ -34,7 +34,8 @@ def open_remote_repository(url: str, settings: Settings) -> Repository:
     from casstore.remotes import open_remote
     from casstore.remotes.wrappers import RetryingRemote
 
-    return Repository.open_remote(RetryingRemote(open_remote(url, **settings.remote_options())), settings)
+    remote = RetryingRemote(open_remote(url, **settings.remote_options()), deadline=settings.request_deadline)
+    return Repository.open_remote(remote, settings)
 
 
 def init_repository(repository: str | None = None, **overrides) -> Repository:
