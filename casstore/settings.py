@@ -49,7 +49,7 @@ class Settings:
     api_token: str | None = _secret()
     notify_cmd: str | None = None
     cache_max_bytes: int | None = None     # local cache size limit; None: unbounded
-    read_attempts: int = 4                 # downloads of an object that fails verification (design 5.9)
+    read_attempts: int = 4                 # downloads of an object that fails verification (DESIGN.md "Verified reads")
     connect_timeout: float = 5.0           # seconds to open a connection
     read_timeout: float = 15.0             # seconds a small (metadata) answer may stall
     min_read_rate: int = 256 * 1024        # bytes/s a large read may fall to before it is cut

@@ -1,4 +1,4 @@
-"""How long one request may take: short for small objects, scaled to size for packs (design 5.9).
+"""How long one request may take: short for small objects, scaled to size for packs (DESIGN.md "Verified reads").
 
 Socket timeouts bound a stall (no byte for `read` seconds) and the time to connect. A large
 object also needs time proportional to its size: a 16 MiB pack PUT is answered only once the

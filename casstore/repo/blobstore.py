@@ -216,7 +216,7 @@ class BlobStore:
 
     def _fetch_verified(self, kind: int, location: Location, blob_id: bytes) -> tuple[bytes, bytes]:
         """(encoded, plaintext) of one blob at one location, checked against its id before it is
-        cached or returned; a cached copy that fails the check is evicted (design 5.9)."""
+        cached or returned; a cached copy that fails the check is evicted (DESIGN.md "Verified reads")."""
         cache, raw_length = self._blob_cache, location.raw_length
 
         def check(encoded: bytes) -> tuple[bytes, bytes]:

@@ -109,7 +109,7 @@ class Checker:
             try:
                 self.report.blobs_verified += self._verify_pack(pack_id)
             except CorruptObject as exc:
-                if exc.in_storage:      # damaged only when a second read agrees (design 5.9)
+                if exc.in_storage:      # damaged only when a second read agrees (DESIGN.md "Verified reads")
                     self._damaged(pack_id, str(exc))
                 else:
                     self.report.errors.append(f"pack {pack_id[:16]} could not be read intact: {exc}")

@@ -59,7 +59,7 @@ class Repository:
         # a remote repository keeps local copies of its immutable objects; the local one needs none
         self.cache = None if local_dir else LocalCache(os.path.join(settings.cache_dir, config.id),
                                                        settings.cache_max_bytes)
-        self.read_policy = ReadPolicy(attempts=settings.read_attempts)   # re-fetch on mismatch (design 5.9)
+        self.read_policy = ReadPolicy(attempts=settings.read_attempts)   # re-fetch on mismatch (DESIGN.md "Verified reads")
         self.index = MasterIndex()
         self._manifests: dict[str, SnapshotManifest] = {}
         self._reader: BlobStore | None = None
@@ -299,7 +299,7 @@ class Repository:
 
 def read_config(remote: Remote) -> RepoConfig:
     try:
-        # the config has no id to check; one that does not decode is read again (design 5.9)
+        # the config has no id to check; one that does not decode is read again (DESIGN.md "Verified reads")
         return read_verified("repository config", lambda: remote.get("config"), RepoConfig.decode, ReadPolicy())
     except ObjectNotFound:
         raise RepositoryNotFound(f"no casstore repository at {remote.url} (run `casstore init`)") from None

@@ -2,7 +2,7 @@
 
 Index objects, snapshot manifests and blobs never change once written, so a copy can be used
 for as long as the object is listed. Two rules keep a bad byte in transit from becoming a
-permanent failure (design 5.9):
+permanent failure (DESIGN.md "Verified reads"):
 
 - only verified bytes enter the cache: `read_verified` checks a download against its id before
   anything is written here;
