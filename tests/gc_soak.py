@@ -29,8 +29,8 @@ PAUSE_POINTS = {0: "after-recheck", 1: "after-pack-upload"}
 
 
 def remote_config(server, url: str) -> RepoConfig:
+    from casstore.client import Repository
     from casstore.remotes import open_remote
-    from casstore.repo.core import Repository
 
     remote = open_remote(url, endpoint_url=server.endpoint, region=server.region,
                          access_key_id=server.access_key, secret_access_key=server.secret_key)
@@ -56,7 +56,7 @@ def spawn(args: list[str], env: dict) -> subprocess.Popen:
 def start_writer(server, url: str, config: RepoConfig, home: Path, index: int, seed: int, stop: Path):
     from dataclasses import replace
 
-    from casstore.repo.core import Repository
+    from casstore.client import Repository
 
     env = soak_env(server, url, home, host=f"host-{index}")
     marker = home / "paused"
@@ -182,8 +182,8 @@ def _assert_paused_writers_reverified(writer_events, pauses) -> None:
 
 
 def _assert_remote_restores(server, url, tmp_path, writer_events) -> None:
+    from casstore.client import Repository
     from casstore.remotes import open_remote
-    from casstore.repo.core import Repository
 
     expected = {e["id"]: e["digest"] for events in writer_events for e in events if e["event"] == "snapshot"}
     remote = open_remote(url, endpoint_url=server.endpoint, region=server.region,

@@ -26,7 +26,7 @@ import pytest
 from click.testing import CliRunner
 
 from casstore.cli.main import cli
-from casstore.repo.core import Repository
+from casstore.client import Repository
 from casstore.settings import load_settings
 
 TOKEN = "s3cr3t-t0ken-for-tests"

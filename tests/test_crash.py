@@ -18,8 +18,8 @@ import fcntl
 import os
 import shutil
 
+from casstore.client import Repository
 from casstore.fsio.durable import FileSystem
-from casstore.repo.core import Repository
 from casstore.settings import load_settings
 from tests.helpers import (
     KiB,

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from casstore.client import Repository
 from casstore.errors import CasstoreError
 from casstore.remotes.base import Remote
 from casstore.remotes.wrappers import FaultyRemote, RetryingRemote
-from casstore.repo.core import Repository
 from casstore.settings import load_settings
 from tests.sync_helpers import day_of_edits, make_source, tree_digest
 

@@ -16,7 +16,8 @@ import threading
 import pytest
 
 from casstore import _testing as testhooks
-from casstore.format.plan import LEASE_KEY, condemned_packs, list_plan_keys, load_plans
+from casstore.format.layout import LEASE_KEY
+from casstore.format.plan import condemned_packs, list_plan_keys, load_plans
 from casstore.gc.retention import apply_retention
 from casstore.gc.run import GcAborted, LeaseHeld, LeaseLost
 from casstore.sync import copier as sync_module

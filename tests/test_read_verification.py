@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from casstore.client import Repository
 from casstore.errors import IntegrityError
 from casstore.remotes.base import Remote
 from casstore.remotes.local import LocalRemote
 from casstore.remotes.wrappers import CountingRemote, FaultyRemote
-from casstore.repo.core import Repository
 from casstore.repo.objectcache import LocalCache, verify_cache
 from casstore.settings import load_settings
 from tests.sync_helpers import local_repo, make_source, tree_digest

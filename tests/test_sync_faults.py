@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
+from casstore.client import Repository
 from casstore.errors import CasstoreError
 from casstore.format.pack import parse_header
 from casstore.remotes.local import LocalRemote
-from casstore.repo.core import Repository
 from casstore.settings import load_settings
 from casstore.sync.state import SyncState
 from tests.faults import FaultyRemote

@@ -10,7 +10,6 @@ does not parse) as {"$file": path, "size": n, "href": raw download URL}.
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 import time
@@ -18,7 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import quote
 
+from casstore.client import Repository, open_repository
 from casstore.errors import SnapshotNotFound
+from casstore.format import layout
 from casstore.format.tree import Entry, EntryType
 from casstore.read.dictview import _assign_keys
 from casstore.read.reader import PathNotFound
@@ -55,12 +56,10 @@ class RepoAccess:
 
     @property
     def exists(self) -> bool:
-        return os.path.isfile(os.path.join(self.settings.repository, "config"))
+        return layout.is_local_repository(self.settings.repository)
 
-    def _open(self):
-        from casstore.repo.core import Repository
-
-        return Repository.open_local(self.settings.repository, self.settings)
+    def _open(self) -> Repository:
+        return open_repository(self.settings, fallback_remote=False)
 
     # -- listing -------------------------------------------------------------------------------
 
@@ -78,7 +77,7 @@ class RepoAccess:
         if not self.exists:
             return [], 0
         with self.reader() as repo:
-            stored = sum(info.size for prefix in ("data/", "index/", "snapshots/") for info in repo.remote.list(prefix))
+            stored = sum(info.size for prefix in layout.STORED_PREFIXES for info in repo.remote.list(prefix))
             return repo.all_snapshots(), stored
 
     def invalidate(self) -> None:
@@ -115,7 +114,7 @@ class RepoAccess:
             repo = self._pool.pop() if self._pool else None
         return repo or self._open()
 
-    def checkin(self, repo, broken: bool = False) -> None:
+    def checkin(self, repo: Repository, broken: bool = False) -> None:
         with self._pool_lock:
             if not broken and len(self._pool) < POOL_SIZE:
                 self._pool.append(repo)

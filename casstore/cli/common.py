@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from casstore.client import Repository
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON for scripts.")
 repo_option = click.option("--repo", "repository", metavar="PATH",
@@ -22,12 +26,12 @@ def settings(ctx: click.Context, repository: str | None = None, **overrides):
     return load_settings(overrides)
 
 
-def open_repo(ctx: click.Context, repository: str | None = None, *, remote: str | None = None, **overrides):
+def open_repo(ctx: click.Context, repository: str | None = None, *, remote: str | None = None,
+              **overrides: Any) -> Repository:
     """The local repository, or the configured remote read-only when there is no local one."""
-    from casstore.repo.open import open_repository
+    from casstore.client import open_repository  # lazy: the operations are not needed for --help
 
-    s = settings(ctx, repository, **overrides)
-    return open_repository(s.repository, remote=remote, **{k: v for k, v in overrides.items() if v is not None})
+    return open_repository(settings(ctx, repository, **overrides), remote=remote)
 
 
 def emit(as_json: bool, payload: object, text: Callable[[], None]) -> None:

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-import os
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from casstore.cli.common import emit, human, json_option, repo_option, settings
 
+if TYPE_CHECKING:
+    from casstore.client import Repository
+
 remote_option = click.option("--remote", "remote", metavar="URL",
                              help="Act on this remote repository instead of the local one.")
 
 
-def open_target(ctx: click.Context, repository: str | None, remote: str | None, **overrides):
+def open_target(ctx: click.Context, repository: str | None, remote: str | None, **overrides: Any) -> Repository:
     """The remote repository when --remote is given (or no local one exists but a remote is
     configured), else the local repository."""
-    s = settings(ctx, repository, **overrides)
-    if remote or (s.remote and not os.path.isfile(os.path.join(s.repository, "config"))):
-        from casstore.sync.transfer import open_destination
+    from casstore.client import open_repository  # lazy: the operations are not needed for --help
 
-        repo, _ = open_destination(remote or s.remote, None, s)
-        return repo
-    from casstore.repo.core import Repository
-
-    return Repository.open_local(s.repository, s)
+    return open_repository(settings(ctx, repository, **overrides), remote=remote)
 
 
 @click.command()

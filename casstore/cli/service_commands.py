@@ -12,6 +12,7 @@ from datetime import datetime
 import click
 
 from casstore.cli.common import emit, human, json_option, repo_option, settings
+from casstore.format import layout
 
 SERVE_HINT = "casstore serve needs FastAPI and uvicorn: pip install 'casstore[serve]'"
 
@@ -54,11 +55,11 @@ def status(ctx, repository, max_age, as_json):
 
 
 def _snapshots(s) -> list:
-    from casstore.repo.core import Repository
+    from casstore.client import open_repository
 
-    if not os.path.isfile(os.path.join(s.repository, "config")):
+    if not layout.is_local_repository(s.repository):
         return []
-    with Repository.open_local(s.repository, s) as repo:
+    with open_repository(s, fallback_remote=False) as repo:
         return repo.all_snapshots()
 
 

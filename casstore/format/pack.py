@@ -49,10 +49,6 @@ def envelope_parts(encoded: bytes | tuple[bytes, ...]) -> tuple[bytes, ...]:
     return encoded if isinstance(encoded, tuple) else (encoded,)
 
 
-def pack_key(pack_id: str) -> str:
-    return f"data/{pack_id[:2]}/{pack_id}"
-
-
 class PackBuilder:
     """Accumulates encoded blobs of one kind until the pack is full.
 

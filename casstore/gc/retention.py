@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 
 from casstore.errors import CasstoreError, ConfigError, ObjectNotFound
+from casstore.format import layout
+from casstore.repo.core import RepoCore
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +211,8 @@ class UnsyncedSnapshots(CasstoreError):
     """forget would drop local snapshots the configured remote does not have yet."""
 
 
-def apply_retention(repo, policy: RetentionPolicy | Mapping, dry_run: bool = False, *, host: str | None = None,
-                    all_hosts: bool = False, force: bool = False) -> RetentionResult:
+def apply_retention(repo: RepoCore, policy: RetentionPolicy | Mapping, dry_run: bool = False, *,
+                    host: str | None = None, all_hosts: bool = False, force: bool = False) -> RetentionResult:
     """Apply `policy` to the snapshots of `repo` (the current host's unless `host`/`all_hosts`)."""
     policy = RetentionPolicy.coerce(policy)
     if policy.empty:
@@ -227,9 +229,9 @@ def apply_retention(repo, policy: RetentionPolicy | Mapping, dry_run: bool = Fal
     return result
 
 
-def _forget(repo, snapshot_id: str) -> None:
+def _forget(repo: RepoCore, snapshot_id: str) -> None:
     try:
-        repo.remote.delete(f"snapshots/{snapshot_id}")
+        repo.remote.delete(layout.snapshot_key(snapshot_id))
     except ObjectNotFound:
         pass
     if repo.cache is not None:
@@ -237,7 +239,7 @@ def _forget(repo, snapshot_id: str) -> None:
     log.info("forgot snapshot %s", snapshot_id[:8])
 
 
-def _refuse_unsynced(repo, snapshot_ids: list[str]) -> None:
+def _refuse_unsynced(repo: RepoCore, snapshot_ids: list[str]) -> None:
     """With a remote configured, a local snapshot never synced there is kept (design 8.0)."""
     if repo.local_dir is None or not repo.settings.remote or not snapshot_ids:
         return

@@ -40,10 +40,11 @@ from casstore.gc.lease import Lease, lease_ttl
 from casstore.gc.listing import delete_retracted, load_view
 from casstore.gc.mark import mark
 from casstore.gc.sweep import sweep
+from casstore.repo.core import RepoCore
 from casstore.repo.lock import repository_lock
 
 
-def collect_garbage(repo, *, dry_run: bool = False, grace: float | None = None, exclusive: bool = False,
+def collect_garbage(repo: RepoCore, *, dry_run: bool = False, grace: float | None = None, exclusive: bool = False,
                     clock: Callable[[], float] = boottime, local_clock: Callable[[], float] = time.time) -> GcReport:
     """One gc run on `repo` (an open Repository, local or remote); see the module docstring.
 
@@ -99,7 +100,7 @@ def _leased(ctx: GcContext, *, require_conditional: bool) -> Iterator[None]:
         lease.release()
 
 
-def _requests(repo) -> int:
+def _requests(repo: RepoCore) -> int:
     total = getattr(repo.remote, "total", None)
     return total() if callable(total) else 0
 

@@ -13,6 +13,7 @@ from casstore.errors import CasstoreError, IntegrityError
 from casstore.format.pack import KIND_DATA, KIND_TREE
 from casstore.format.tree import Entry, EntryType
 from casstore.format.walk import VisitBudget, load_tree_chain
+from casstore.repo.core import RepoCore, SnapshotInfo
 
 
 class PathNotFound(CasstoreError, KeyError, FileNotFoundError):
@@ -35,7 +36,7 @@ class FileInfo:
 class Snapshot:
     """One snapshot, read lazily: trees and chunks are fetched only when a path needs them."""
 
-    def __init__(self, repo, info) -> None:
+    def __init__(self, repo: RepoCore, info: SnapshotInfo) -> None:
         self.repo, self.info = repo, info
         self.id, self.manifest = info.id, info.manifest
         self._trees: dict[bytes, list[Entry]] = {}
@@ -137,7 +138,7 @@ class Snapshot:
 class ChunkedFile(io.RawIOBase):
     """A file in a snapshot as a raw, seekable stream over its chunks."""
 
-    def __init__(self, repo, entry: Entry) -> None:
+    def __init__(self, repo: RepoCore, entry: Entry) -> None:
         self._repo, self._chunks = repo, list(entry.chunks)
         self._starts = _chunk_starts(repo, self._chunks)
         self._size = self._starts[-1]
@@ -175,7 +176,7 @@ class ChunkedFile(io.RawIOBase):
         return self._cached[1]
 
 
-def _chunk_starts(repo, chunk_ids: list[bytes]) -> list[int]:
+def _chunk_starts(repo: RepoCore, chunk_ids: list[bytes]) -> list[int]:
     starts = [0]
     for chunk_id in chunk_ids:
         locations = repo.index.locations(KIND_DATA, chunk_id)

@@ -79,12 +79,17 @@ class Remote(ABC):
     #: True when `_put` writes any bytes-like object as it is (no copy into `bytes` first)
     takes_buffers: bool = False
 
-    def put(self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None) -> ObjectInfo:
+    def put(self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None,
+            cold: bool = False) -> ObjectInfo:
+        """`cold` is the caller's hint that the object is bulk data read rarely (a pack): a backend
+        configured with a cheaper storage class for such objects uses it. The storage layer never
+        guesses this from the key: it does not know the repository's layout."""
         if if_absent and if_match is not None:
             raise ValueError("if_absent and if_match exclude each other")
         if not isinstance(data, bytes) and not self.takes_buffers:
             data = bytes(data)
-        return self._put(validate_key(key), data, if_absent=if_absent, if_match=if_match)
+        put = self._put_cold if cold else self._put
+        return put(validate_key(key), data, if_absent=if_absent, if_match=if_match)
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         if offset < 0 or (length is not None and length < 0):
@@ -126,6 +131,10 @@ class Remote(ABC):
 
     @abstractmethod
     def _put(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None) -> ObjectInfo: ...
+
+    def _put_cold(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None) -> ObjectInfo:
+        """A put hinted `cold`; a backend with a storage class for cold objects overrides this."""
+        return self._put(key, data, if_absent=if_absent, if_match=if_match)
 
     @abstractmethod
     def _get(self, key: str, offset: int, length: int | None) -> bytes: ...

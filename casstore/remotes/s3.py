@@ -150,10 +150,17 @@ class S3Remote(CloudRemote):
                 "gc will free no space (add a NoncurrentVersionExpiration rule)"]
 
     def _put(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None) -> ObjectInfo:
+        return self._put_object(key, data, if_absent=if_absent, if_match=if_match, storage_class=None)
+
+    def _put_cold(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None) -> ObjectInfo:
+        return self._put_object(key, data, if_absent=if_absent, if_match=if_match, storage_class=self._storage_class)
+
+    def _put_object(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None,
+                    storage_class: str | None) -> ObjectInfo:
         args = {"Bucket": self.bucket, "Key": self._keys.full(key), "Body": data, "ContentType": OCTET_STREAM,
                 "ContentMD5": base64.b64encode(hashlib.md5(data).digest()).decode(), **self._put_args}
-        if self._storage_class and key.startswith("data/"):
-            args["StorageClass"] = self._storage_class
+        if storage_class:
+            args["StorageClass"] = storage_class
         if if_absent:
             args["IfNoneMatch"] = "*"
         if if_match is not None:

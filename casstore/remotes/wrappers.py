@@ -31,7 +31,19 @@ class RemoteWrapper(Remote):
         self.takes_buffers = inner.takes_buffers
 
     def _put(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None) -> ObjectInfo:
-        return self.inner.put(key, data, if_absent=if_absent, if_match=if_match)
+        return self._put_hinted(key, data, if_absent=if_absent, if_match=if_match, cold=False)
+
+    def _put_cold(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None) -> ObjectInfo:
+        if type(self)._put is not RemoteWrapper._put:
+            # a wrapper that overrides `_put` alone (fault injection) must see every put; the
+            # hint then stops there, which only costs a storage class
+            return self._put(key, data, if_absent=if_absent, if_match=if_match)
+        return self._put_hinted(key, data, if_absent=if_absent, if_match=if_match, cold=True)
+
+    def _put_hinted(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None,
+                    cold: bool) -> ObjectInfo:
+        """Every put, with its hint kept for the inner remote; subclasses override this one."""
+        return self.inner.put(key, data, if_absent=if_absent, if_match=if_match, cold=cold)
 
     def _get(self, key: str, offset: int, length: int | None) -> bytes:
         return self.inner.get(key, offset, length)
@@ -96,10 +108,11 @@ class RetryingRemote(RemoteWrapper):
                                  f"the {self.deadline:.0f} s deadline, CASSTORE_REQUEST_DEADLINE)") from exc
         self._sleep(delay)
 
-    def _put(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None) -> ObjectInfo:
+    def _put_hinted(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None,
+                    cold: bool) -> ObjectInfo:
         def put_once(attempt: int) -> ObjectInfo:
             try:
-                return self.inner.put(key, data, if_absent=if_absent, if_match=if_match)
+                return self.inner.put(key, data, if_absent=if_absent, if_match=if_match, cold=cold)
             except ObjectExists:
                 if attempt > 1 and self._holds(key, data):
                     return self.inner.stat(key)
@@ -165,9 +178,10 @@ class CountingRemote(RemoteWrapper):
             self.bytes_up += up
             self.bytes_down += down
 
-    def _put(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None) -> ObjectInfo:
+    def _put_hinted(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None,
+                    cold: bool) -> ObjectInfo:
         self._count("put")
-        info = self.inner.put(key, data, if_absent=if_absent, if_match=if_match)
+        info = self.inner.put(key, data, if_absent=if_absent, if_match=if_match, cold=cold)
         self._add_bytes(up=len(data))
         return info
 
@@ -249,10 +263,11 @@ class FaultyRemote(RemoteWrapper):
         if self._hit(rng, self.error_rate, "error"):
             raise TransientError(f"injected: 503 answer to {what}")
 
-    def _put(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None) -> ObjectInfo:
+    def _put_hinted(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None,
+                    cold: bool) -> ObjectInfo:
         rng = self._draw(f"put|{key}")
         self._before(rng, f"put {key}")
-        info = self.inner.put(key, data, if_absent=if_absent, if_match=if_match)
+        info = self.inner.put(key, data, if_absent=if_absent, if_match=if_match, cold=cold)
         if self._hit(rng, self.lost_ack_rate, "lost_ack"):
             raise TransientError(f"injected: connection reset after put {key} landed")
         return info

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from casstore.errors import IntegrityError, ObjectNotFound, RemoteError
-from casstore.format import codec
+from casstore.format import codec, layout
 from casstore.format.config import RepoConfig
 from casstore.format.index import IndexObject, Location, MasterIndex, decode_index
 from casstore.format.pack import (
@@ -18,7 +18,6 @@ from casstore.format.pack import (
     BlobEntry,
     PackBuilder,
     envelope_parts,
-    pack_key,
     parse_header,
 )
 from casstore.fsio.buffers import BufferPool
@@ -122,7 +121,7 @@ class BlobStore:
         self._upload(pack_id, data, builder.entries)
 
     def _upload(self, pack_id: str, data: bytes | memoryview, entries: list[BlobEntry]) -> None:
-        info = self.remote.put(pack_key(pack_id), data)
+        info = self.remote.put(layout.pack_key(pack_id), data, cold=True)  # packs may go to a colder class
         with self._lock:
             self._unindexed[pack_id] = entries
             self.index.add_pack(pack_id, entries)
@@ -171,7 +170,7 @@ class BlobStore:
         index_id, body = index.encode()
         if decode_index(index_id, body, self.config.max_blob_size).packs != packs:  # read back (design 5.5)
             raise IntegrityError("internal error: an index does not decode to what was encoded")
-        info = self.remote.put(f"index/{index_id}", body)
+        info = self.remote.put(layout.index_key(index_id), body)
         self.index.add_object(index_id, index)
         self.session_indexes[index_id] = packs
         return index_id, info
@@ -230,7 +229,7 @@ class BlobStore:
                 except BAD_BYTES as exc:
                     log.warning("evicting a damaged cached blob and downloading again: %s", exc)
                     cache.discard(kind, blob_id, raw_length)
-        key = pack_key(location.pack_id)
+        key = layout.pack_key(location.pack_id)
         return read_verified(
             f"blob {blob_id.hex()[:16]} in pack {location.pack_id[:12]}",
             lambda: self.remote.get(key, location.offset, location.length), check, self.read_policy,

@@ -33,11 +33,13 @@ from typing import TypeVar
 import blake3
 
 from casstore.errors import FormatError, IntegrityError, ShortRead
+from casstore.format import layout
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-KINDS = ("index", "snapshots", "blobs")
+BLOBS = "blobs"
+KINDS = (layout.INDEX, layout.SNAPSHOTS, BLOBS)   # the cache's folders
 # what a failed verification can look like when the bytes were damaged on the way
 BAD_BYTES = (IntegrityError, FormatError, ShortRead)
 
@@ -124,7 +126,7 @@ def check_named(kind: str, name: str, body: bytes) -> bytes:
 
 
 def _singular(kind: str) -> str:
-    return {"snapshots": "snapshot"}.get(kind, kind)
+    return {layout.SNAPSHOTS: "snapshot"}.get(kind, kind)
 
 
 def verified_object(remote, cache: LocalCache | None, kind: str, name: str, policy: ReadPolicy) -> bytes:
@@ -139,7 +141,7 @@ def verified_object(remote, cache: LocalCache | None, kind: str, name: str, poli
                 log.warning("evicting a damaged cache entry and downloading again: %s", exc)
                 cache.discard(kind, name)
     store = (lambda body: cache.put(kind, name, body)) if cache is not None else None
-    return read_verified(f"{_singular(kind)} {name[:16]}", lambda: remote.get(f"{kind}/{name}"),
+    return read_verified(f"{_singular(kind)} {name[:16]}", lambda: remote.get(layout.key(kind, name)),
                          lambda body: check_named(kind, name, body), policy, on_verified=store)
 
 
@@ -288,13 +290,13 @@ class BlobCache:
         return f"{kind}-{blob_id.hex()}-{raw_length}"
 
     def get(self, kind: int, blob_id: bytes, raw_length: int) -> bytes | None:
-        return self._cache.get("blobs", self.name(kind, blob_id, raw_length))
+        return self._cache.get(BLOBS, self.name(kind, blob_id, raw_length))
 
     def put(self, kind: int, blob_id: bytes, raw_length: int, encoded: bytes) -> None:
-        self._cache.put("blobs", self.name(kind, blob_id, raw_length), encoded)
+        self._cache.put(BLOBS, self.name(kind, blob_id, raw_length), encoded)
 
     def discard(self, kind: int, blob_id: bytes, raw_length: int) -> None:
-        self._cache.discard("blobs", self.name(kind, blob_id, raw_length))
+        self._cache.discard(BLOBS, self.name(kind, blob_id, raw_length))
 
 
 def parse_blob_name(name: str) -> tuple[int, bytes, int] | None:
@@ -320,7 +322,7 @@ def entry_problem(entry: CacheEntry) -> str | None:
     except OSError as exc:
         return f"unreadable: {exc.strerror}"
     try:
-        if entry.kind == "blobs":
+        if entry.kind == BLOBS:
             parsed = parse_blob_name(entry.name)
             if parsed is None:
                 return "not a name this version writes"

@@ -24,6 +24,7 @@ from casstore.format import codec
 from casstore.format.pack import KIND_DATA
 from casstore.format.tree import Entry, EntryType
 from casstore.format.walk import VisitBudget
+from casstore.repo.core import BlobReader, RepoCore
 from casstore.restore.prefetch import Prefetcher
 
 OVERWRITE_MODES = ("never", "if-changed", "always")
@@ -275,7 +276,7 @@ class Restorer:
 class FileChunks:
     """A file's chunks in order: from the directory's prefetcher when planned there, else read directly."""
 
-    def __init__(self, entry: Entry, prefetcher: Prefetcher | None, repo) -> None:
+    def __init__(self, entry: Entry, prefetcher: Prefetcher | None, repo: BlobReader) -> None:
         self._remaining = list(entry.chunks)
         self._prefetcher, self._repo = prefetcher, repo
 
@@ -365,7 +366,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _verify_written(fd: int, entry: Entry, repo) -> None:
+def _verify_written(fd: int, entry: Entry, repo: RepoCore) -> None:
     os.lseek(fd, 0, os.SEEK_SET)
     with os.fdopen(os.dup(fd), "rb") as fh:
         for chunk_id in entry.chunks:

@@ -26,7 +26,11 @@ from datetime import datetime
 
 from casstore.errors import CasstoreError, LockError
 from casstore.fsio.durable import FileSystem, write_durably
+from casstore.repo.core import RepoCore
+from casstore.repo.open import open_as
 from casstore.settings import Settings
+from casstore.snapshot.builder import take_snapshot
+from casstore.sync.transfer import sync_to_remote
 
 log = logging.getLogger(__name__)
 NOTIFY_TIMEOUT = 60.0
@@ -222,29 +226,31 @@ class RunBusy(LockError):
 # -- one run -----------------------------------------------------------------------------------
 
 
-def snapshot_step(repo, settings: Settings) -> dict:
+def snapshot_step(repo: RepoCore, settings: Settings) -> dict:
     if not os.path.isdir(settings.source):
         from casstore.errors import SourceError
 
         raise SourceError(f"source directory {settings.source} does not exist (set CASSTORE_SOURCE)")
-    result = repo.snapshot(settings.source)
+    with repo.locked():
+        result = take_snapshot(repo, settings.source)
     s = result.summary
     return {"id": result.id, "short_id": result.short_id, "files": s.files_total, "bytes_total": s.bytes_total,
             "bytes_added": s.bytes_added, "bytes_added_stored": s.bytes_added_stored,
             "incomplete": result.incomplete, "errors": s.errors[:5], "duration_ms": s.duration_ms}
 
 
-def sync_step(repo, settings: Settings) -> dict | None:
+def sync_step(repo: RepoCore, settings: Settings) -> dict | None:
     """Sync to the configured remote; None when there is none (CLOUD_PROVIDER=local)."""
     if not settings.remote:
         return None
-    report = repo.sync()
+    with repo.locked():
+        report = sync_to_remote(repo)
     return {"ok": True, "destination": report.destination, "snapshots": len(report.snapshots),
             "bytes_uploaded": report.bytes_uploaded, "packs_uploaded": report.packs_uploaded,
             "requests": report.requests, "seconds": report.seconds}
 
 
-def retention_step(repo, settings: Settings) -> dict | None:
+def retention_step(repo: RepoCore, settings: Settings) -> dict | None:
     """Apply the retention policy (CASSTORE_KEEP_LAST) when one is set.
 
     Only snapshot objects are forgotten here; the space comes back when gc runs.
@@ -271,13 +277,9 @@ STEPS: tuple[tuple[str, Callable], ...] = (("snapshot", snapshot_step), ("sync",
                                           ("retention", retention_step))
 
 
-def open_for_run(settings: Settings):
+def open_for_run(settings: Settings) -> RepoCore:
     """The local repository (created on the first run)."""
-    from casstore.repo.core import Repository
-
-    if os.path.isfile(os.path.join(settings.repository, "config")):
-        return Repository.open_local(settings.repository, settings)
-    return Repository.init_local(settings.repository, settings)
+    return open_as(RepoCore, settings, create=True)
 
 
 def perform_run(settings: Settings, *, trigger: str, due: float | None = None, clock: Callable[[], float] = time.time,
