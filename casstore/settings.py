@@ -49,7 +49,7 @@ class Settings:
     api_token: str | None = _secret()
     notify_cmd: str | None = None
     cache_max_bytes: int | None = None     # local cache size limit; None: unbounded
-    read_attempts: int = 4                 # downloads of an object that fails verification (DESIGN.md "Verified reads")
+    read_attempts: int = 5                 # reads of an object that fails verification (DESIGN.md "Verified reads")
     connect_timeout: float = 5.0           # seconds to open a connection
     read_timeout: float = 15.0             # seconds a small (metadata) answer may stall
     min_read_rate: int = 256 * 1024        # bytes/s a large read may fall to before it is cut
@@ -107,7 +107,7 @@ def load_settings(overrides: dict | None = None, environ: dict | None = None, do
         api_token=env.get("CASSTORE_API_TOKEN"),
         notify_cmd=env.get("CASSTORE_NOTIFY_CMD"),
         cache_max_bytes=parse_size(env["CASSTORE_CACHE_MAX"]) if env.get("CASSTORE_CACHE_MAX") else None,
-        read_attempts=_int(env, "CASSTORE_READ_ATTEMPTS") or 4,
+        read_attempts=_int(env, "CASSTORE_READ_ATTEMPTS") or 5,
         connect_timeout=parse_duration(env.get("CASSTORE_CONNECT_TIMEOUT", "5s")),
         read_timeout=parse_duration(env.get("CASSTORE_READ_TIMEOUT", "15s")),
         min_read_rate=parse_size(env.get("CASSTORE_MIN_READ_RATE", "256K")),

@@ -211,3 +211,29 @@ def test_faults_from_env_wraps_only_when_set():
     assert faults_from_env(plain, {}) is plain
     wrapped = faults_from_env(plain, {"CASSTORE_TEST_FAULTS": "seed=3,flip=0.5,only=data/"})
     assert isinstance(wrapped, FaultyRemote) and wrapped.flip_rate == 0.5 and wrapped.only == "data/"
+
+
+def test_pull_under_corrupted_downloads_copies_only_sound_bytes(memory_remote, tmp_path):
+    source = synced_source(tmp_path, memory_remote)
+    faulty = FaultyRemote(memory_remote, seed=8, flip_rate=0.15, truncate_rate=0.15)
+    other = local_repo(tmp_path / "other", host="other", config=remote_repo(memory_remote, tmp_path / "c").config)
+    other.pull(faulty)
+    assert faulty.faults.get("flip", 0) > 0
+    report = other.check(read_data=True)
+    assert report.ok, report.as_dict()
+    (pulled,) = other.snapshot_ids()
+    assert other.restore(pulled, str(tmp_path / "out")).ok
+    assert tree_digest(tmp_path / "out") == tree_digest(source)
+
+
+def test_stats_reads_through_verified_copies(memory_remote, tmp_path):
+    synced_source(tmp_path, memory_remote)
+    first = remote_repo(memory_remote, tmp_path / "cache")
+    expected = first.stats()
+    metadata = [e for e in object_cache(first).entries() if e.kind in ("index", "snapshots")]
+    assert {e.kind for e in metadata} == {"index", "snapshots"}
+    for entry in metadata:
+        flip_byte_in_file(entry.path, offset=3)
+    again = remote_repo(memory_remote, tmp_path / "cache")
+    assert again.stats() == expected       # damaged copies evicted and read again, not skipped
+    assert_cache_sound(again)

@@ -58,7 +58,7 @@ class CorruptObject(IntegrityError):
 class ReadPolicy:
     """How often a download that fails verification is fetched again, and how long to wait between."""
 
-    attempts: int = 4
+    attempts: int = 5
     base_delay: float = 0.05
     max_delay: float = 2.0
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
