@@ -1,7 +1,8 @@
 """The public front: `Repository`, a RepoCore with one method per operation.
 
 Each method takes the local repository lock (design 5.8) and hands the core to the operation's
-own module. The core (repo/core.py) imports no operation; this module is where they meet.
+own module. The core (repo/core.py) imports no operation; this module is where they meet, each
+imported when its method runs, so that `casstore list` never loads the restorer or sync.
 """
 
 from __future__ import annotations
@@ -9,21 +10,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from casstore.errors import CasstoreError, RepositoryNotFound, SnapshotNotFound
 from casstore.format.config import RepoConfig
-from casstore.read.reader import Snapshot
 from casstore.remotes.base import Remote
-from casstore.repo.check import CheckReport, check_repository
 from casstore.repo.core import RepoCore, SnapshotInfo, check_ref, for_reads, latest_of
 from casstore.repo.open import connect, open_as
-from casstore.repo.stats import repository_stats
-from casstore.restore.restorer import RestoreResult, restore_snapshot
 from casstore.settings import Settings
-from casstore.snapshot.builder import SnapshotResult, take_snapshot
 from casstore.snapshot.source import require_source
-from casstore.sync.transfer import SyncReport, pull_from_remote, sync_to_remote
+
+if TYPE_CHECKING:
+    from casstore.read.reader import Snapshot
+    from casstore.repo.check import CheckReport
+    from casstore.restore.restorer import RestoreResult
+    from casstore.snapshot.builder import SnapshotResult
+    from casstore.sync.transfer import SyncReport
 
 log = logging.getLogger(__name__)
 _UNOPENED = object()
@@ -40,6 +42,8 @@ class Repository(RepoCore):
 
     def snapshot(self, source: str | None = None, *, tags: tuple[str, ...] = (), excludes: tuple[str, ...] = (),
                  progress: Callable[[int], None] | None = None, allow_empty: bool | None = None) -> SnapshotResult:
+        from casstore.snapshot.builder import take_snapshot  # lazy: start-up time
+
         source = source or self.settings.source
         require_source(source, allow_empty=self.settings.allow_empty if allow_empty is None else allow_empty)
         with self.locked():
@@ -101,32 +105,44 @@ class Repository(RepoCore):
         return view or self
 
     def get(self, ref: str = "latest", *, host: str | None = None, all_hosts: bool = False) -> Snapshot:
+        from casstore.read.reader import Snapshot  # lazy: start-up time
+
         info = self.find(ref, host=host, all_hosts=all_hosts)
         return Snapshot(self.reader_for(info), info)
 
     def restore(self, ref: str, target: str, *, host: str | None = None, all_hosts: bool = False,
                 **options: Any) -> RestoreResult:
+        from casstore.restore.restorer import restore_snapshot  # lazy: start-up time
+
         with self.locked():
             return restore_snapshot(self.get(ref, host=host, all_hosts=all_hosts), target, **options)
 
     def check(self, *, read_data: bool = False, subset: float | None = None) -> CheckReport:
+        from casstore.repo.check import check_repository  # lazy: start-up time
+
         with self.locked():
             return check_repository(self, read_data=read_data, subset=subset)
 
     def sync(self, remote: str | Remote | None = None, *, dry_run: bool = False,
              progress: Callable[[int], None] | None = None) -> SyncReport:
         """Copy this repository's new snapshots to `remote` (a URL or Remote; default: the configured one)."""
+        from casstore.sync.transfer import sync_to_remote  # lazy: start-up time
+
         with self.locked():
             return sync_to_remote(self, remote, dry_run=dry_run, progress=progress)
 
     def pull(self, remote: str | Remote | None = None, *, snapshot: str | None = None, host: str | None = None,
              all_hosts: bool = True, progress: Callable[[int], None] | None = None) -> SyncReport:
         """Copy snapshots from `remote` into this (local) repository."""
+        from casstore.sync.transfer import pull_from_remote  # lazy: start-up time
+
         with self.locked():
             return pull_from_remote(self, remote, snapshot=snapshot, host=host, all_hosts=all_hosts,
                                     progress=progress)
 
     def stats(self) -> dict[str, Any]:
+        from casstore.repo.stats import repository_stats  # lazy: start-up time
+
         with self.locked():
             return repository_stats(self)
 

@@ -34,7 +34,7 @@ from casstore.errors import CasstoreError, RepositoryNotFound, SnapshotNotFound,
 from casstore.format.tree import EntryType
 from casstore.read.reader import PathNotFound, Snapshot
 from casstore.service.runs import RunBusy, snapshot_step, sync_step
-from casstore.settings import Settings
+from casstore.settings import VERSION, Settings
 from casstore.snapshot.source import require_source
 
 JOB_ID = r"^[0-9a-f]{32}$"
@@ -71,9 +71,7 @@ def create_app(settings: Settings, *, allowed_hosts: set[str] | None, scheduler=
 
 
 def _version() -> str:
-    import casstore
-
-    return casstore.__version__
+    return VERSION
 
 
 def _errors(app: FastAPI) -> None:

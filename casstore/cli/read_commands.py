@@ -8,6 +8,7 @@ from datetime import datetime
 import click
 
 from casstore.cli.common import Progress, emit, human, json_option, open_repo, repo_option
+from casstore.read.diff import diff_snapshots
 
 remote_option = click.option("--remote", "--from", "remote", metavar="URL",
                              help="Read from this remote repository instead of the local one.")
@@ -132,8 +133,6 @@ def cat(ctx, snapshot_id, path, repository, remote, host, all_hosts):
 @click.pass_context
 def diff(ctx, old_id, new_id, repository, remote, host, all_hosts, as_json):
     """What changed from snapshot OLD_ID to NEW_ID (added +, removed -, modified M, metadata U)."""
-    from casstore.read.diff import diff_snapshots
-
     with open_repo(ctx, repository, remote=remote) as repo:
         changes = diff_snapshots(repo.get(old_id, host=host, all_hosts=all_hosts),
                                  repo.get(new_id, host=host, all_hosts=all_hosts))

@@ -1,10 +1,14 @@
-"""sync and pull."""
+"""sync, pull, and remote create-bucket."""
 
 from __future__ import annotations
 
 import click
 
 from casstore.cli.common import Progress, emit, human, json_option, open_repo, repo_option, settings
+from casstore.client import open_repository
+from casstore.errors import ConfigError
+from casstore.remotes import open_remote
+from casstore.remotes.cloud import CloudRemote
 
 remote_option = click.option("--remote", "--to", "remote", metavar="URL",
                              help="Remote repository URL (default: CASSTORE_REMOTE or CLOUD_PROVIDER settings).")
@@ -33,8 +37,6 @@ def sync(ctx, repository, remote, dry_run, as_json):
 @click.pass_context
 def pull(ctx, repository, remote, snapshot_id, host, as_json):
     """Copy snapshots from the remote into the local repository (created if missing)."""
-    from casstore.client import open_repository
-
     s = settings(ctx, repository)
     # a new local repository shares the remote's chunker and seed, so what is pulled dedupes
     with open_repository(s, create=True, like=remote or s.remote) as repo, Progress(None, "pull") as progress:
@@ -54,10 +56,6 @@ def remote_group() -> None:
 def create_bucket(ctx, url, as_json):
     """Create the bucket (or Azure container) of URL (default: the configured remote) with the provider's
     secure defaults: public access blocked, encryption on. Buckets are otherwise expected to exist."""
-    from casstore.errors import ConfigError
-    from casstore.remotes import open_remote
-    from casstore.remotes.cloud import CloudRemote
-
     s = settings(ctx)
     url = url or s.remote
     if not url:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import click
 
 from casstore.cli.common import Progress, emit, human, json_option, open_repo, repo_option, settings
+from casstore.client import init_repository, open_repository
+from casstore.errors import CasstoreError, ConfigError
 from casstore.format import layout
+from casstore.format.config import DEFAULT_PACK_SIZE, RepoConfig
+from casstore.repo.open import adopt_or_share, adopted_config, remove_empty_local
+from casstore.snapshot.source import require_source
 
 
 @click.command()
@@ -27,10 +33,6 @@ def init(ctx, repository, chunk_avg, chunk_min, chunk_max, pack_size, from_url, 
 
     With a remote configured (or --from URL) it shares the remote repository's chunker and seed,
     creating the remote repository first when there is none, so every sync works."""
-    from casstore.client import init_repository
-    from casstore.format.config import DEFAULT_PACK_SIZE, RepoConfig
-    from casstore.repo.open import adopt_or_share, adopted_config, remove_empty_local
-
     s = settings(ctx, repository)
     if replace_empty:
         if not (from_url or s.remote):
@@ -66,9 +68,6 @@ def snapshot(ctx, source, repository, tags, excludes, pre_hook, post_hook, allow
 
     The first snapshot creates the local repository; with a remote configured it adopts the remote's
     repository (or creates both, compatible). A missing or empty SOURCE is refused."""
-    from casstore.client import open_repository
-    from casstore.snapshot.source import require_source
-
     s = settings(ctx, repository)
     source = source or s.source
     allow_empty = allow_empty or s.allow_empty
@@ -98,10 +97,6 @@ backup = click.Command("backup", callback=snapshot.callback, params=snapshot.par
 def _run_hook(command: str | None, what: str, fatal: bool = True) -> None:
     if not command:
         return
-    import subprocess
-
-    from casstore.errors import CasstoreError
-
     completed = subprocess.run(command, shell=True)  # the user's own command line, by design
     if completed.returncode != 0:
         message = f"{what} `{command}` failed with exit code {completed.returncode}"
@@ -143,8 +138,6 @@ def check(ctx, repository, read_data, read_data_subset, remote, as_json):
 
 
 def _percent(text: str) -> float:
-    from casstore.errors import ConfigError
-
     try:
         value = float(text.rstrip("%")) / 100
     except ValueError:

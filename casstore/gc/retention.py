@@ -24,13 +24,15 @@ a local snapshot never synced there is not dropped unless `force=True` (design 8
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 
-from casstore.errors import CasstoreError, ConfigError, ObjectNotFound
-from casstore.format import layout
-from casstore.repo.core import RepoCore
+from casstore.errors import CasstoreError, ConfigError, ObjectNotFound, SnapshotNotFound
+from casstore.remotes import open_remote
+from casstore.repo.core import RepoCore, SnapshotInfo, check_ref
+from casstore.settings import parse_duration
+from casstore.sync.state import SyncState
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,6 @@ class RetentionPolicy:
         """A policy, or a mapping such as {"keep_last": 30} or {"last": 30, "within": "30d"}."""
         if isinstance(policy, RetentionPolicy):
             return policy
-        from casstore.settings import parse_duration
 
         known = {f.name for f in fields(cls)}
         values = {}
@@ -93,7 +94,7 @@ def policy_from_settings(settings) -> RetentionPolicy | None:
 
 @dataclass
 class Decision:
-    snapshot: object                      # a repository.SnapshotInfo
+    snapshot: SnapshotInfo
     reasons: list[str] = field(default_factory=list)
 
     @property
@@ -229,14 +230,11 @@ def apply_retention(repo: RepoCore, policy: RetentionPolicy | Mapping, dry_run: 
     return result
 
 
-def forget_snapshots(repos: list[RepoCore], refs: list[str], dry_run: bool = False) -> dict[str, list[str]]:
+def forget_snapshots(repos: Sequence[RepoCore], refs: list[str], dry_run: bool = False) -> dict[str, list[str]]:
     """Forget the named snapshots (ids or unique prefixes) from every repository in `repos` that holds
     them (`casstore forget ID...`: the local repository and the configured remote, so a read that
     falls through cannot bring them back). Every ref is resolved before anything is deleted; one
     that no repository holds is SnapshotNotFound. Returns {snapshot id: [locations]}."""
-    from casstore.errors import SnapshotNotFound
-    from casstore.repo.core import check_ref
-
     found: dict[str, list[RepoCore]] = {}
     for ref in refs:
         ids = set()
@@ -267,11 +265,9 @@ def forget_snapshots(repos: list[RepoCore], refs: list[str], dry_run: bool = Fal
 
 def _forget(repo: RepoCore, snapshot_id: str) -> None:
     try:
-        repo.remote.delete(layout.snapshot_key(snapshot_id))
+        repo.delete_snapshot(snapshot_id)
     except ObjectNotFound:
         pass
-    if repo.cache is not None:
-        repo.cache.discard("snapshots", snapshot_id)
     log.info("forgot snapshot %s", snapshot_id[:8])
 
 
@@ -279,8 +275,6 @@ def _refuse_unsynced(repo: RepoCore, snapshot_ids: list[str]) -> None:
     """With a remote configured, a local snapshot never synced there is kept (design 8.0)."""
     if repo.local_dir is None or not repo.settings.remote or not snapshot_ids:
         return
-    from casstore.remotes import open_remote
-    from casstore.sync.state import SyncState
 
     with open_remote(repo.settings.remote, **repo.settings.remote_options()) as remote:
         url = remote.url
