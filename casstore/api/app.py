@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 from collections.abc import Iterator
@@ -21,19 +20,22 @@ from importlib import resources
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from casstore.api.jobs import JobManager
 from casstore.api.reading import BadPath, RepoAccess, clean_path, find, stream_file, stream_snapshot
 from casstore.api.security import GuardMiddleware
 from casstore.api.views import backups_view, status_view
 from casstore.client import Repository
-from casstore.errors import CasstoreError, RepositoryNotFound, SnapshotNotFound
+from casstore.errors import CasstoreError, RepositoryNotFound, SnapshotNotFound, SourceError
 from casstore.format.tree import EntryType
 from casstore.read.reader import PathNotFound, Snapshot
 from casstore.service.runs import RunBusy, snapshot_step, sync_step
 from casstore.settings import Settings
+from casstore.snapshot.builder import check_source
 
 JOB_ID = r"^[0-9a-f]{32}$"
 WAIT_TIMEOUT = 3600.0
@@ -94,6 +96,28 @@ def _errors(app: FastAPI) -> None:
     async def casstore_error(request: Request, exc: Exception):
         return JSONResponse({"success": False, "error": str(exc)}, status_code=500)
 
+    # FastAPI's own answers (404 for an unknown route, 405, 422 for a bad parameter) take the same
+    # {"success": false, "error"} shape as ours, so a client reads one shape for every error
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: Exception):
+        assert isinstance(exc, StarletteHTTPException)
+        return JSONResponse({"success": False, "error": str(exc.detail)}, status_code=exc.status_code,
+                            headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: Exception):
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse({"success": False, "error": validation_message(exc)}, status_code=422)
+
+
+def validation_message(exc: RequestValidationError) -> str:
+    """'limit: Input should be greater than or equal to 1; ...' from FastAPI's error list."""
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("query", "path", "body"))
+        parts.append(f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg", "invalid")))
+    return "invalid request: " + "; ".join(parts)
+
 
 def _running(request: Request) -> str | None:
     current = request.app.state.jobs.current
@@ -121,9 +145,10 @@ def _routes(app: FastAPI, settings: Settings, access: RepoAccess, jobs: JobManag
               summary="Take a backup in the background (?wait=1: return when it is done)",
               responses={409: {"description": "a backup or sync is already running"}})
     def backup(wait: bool = False):
-        if not os.path.isdir(settings.source):
-            return JSONResponse({"success": False, "error": f"source directory {settings.source} does not exist "
-                                 "(set CASSTORE_SOURCE)"}, status_code=409)
+        try:
+            check_source(settings.source, hint="set CASSTORE_SOURCE")
+        except SourceError as exc:
+            return JSONResponse({"success": False, "error": str(exc)}, status_code=409)
         return _job_response(jobs.start("backup", (("snapshot", snapshot_step),)), wait)
 
     @app.post("/api/cloud/sync", dependencies=auth, status_code=202,

@@ -6,7 +6,7 @@ from datetime import datetime
 from urllib.parse import urlparse
 
 from casstore.compat import backup_meta
-from casstore.repo.pricing import PRICES_AS_OF, monthly_storage_cost
+from casstore.repo.pricing import NO_PRICE, PRICES_AS_OF, is_directory, monthly_storage_cost
 from casstore.service.status import service_status
 from casstore.settings import Settings
 
@@ -67,7 +67,8 @@ def status_view(settings: Settings, snapshots: list, stored_bytes: int, *, runni
         "last_run": status["last_run"],
         "running_job": running_job,
         "cost_estimate": {"prices_as_of": PRICES_AS_OF, "stored_bytes": stored_bytes,
-                          "providers": monthly_storage_cost(stored_bytes)},
+                          "providers": monthly_storage_cost(stored_bytes, where=settings.remote),
+                          "note": NO_PRICE if settings.remote and is_directory(settings.remote) else None},
         "repository": status["repository"],
         "source": settings.source,
     }

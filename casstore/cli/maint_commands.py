@@ -96,7 +96,7 @@ def gc(ctx, repository, remote, dry_run, grace, exclusive, as_json):
     from casstore.gc.run import collect_garbage
     from casstore.settings import parse_duration
 
-    grace_seconds = parse_duration(grace) if grace else None
+    grace_seconds = parse_duration(grace, what="--grace") if grace else None
     with open_target(ctx, repository, remote) as repo:
         report = collect_garbage(repo, dry_run=dry_run, grace=grace_seconds, exclusive=exclusive)
     emit(as_json, report.as_dict(), lambda: _print_gc_dict(report.as_dict()))

@@ -43,6 +43,8 @@ def pull(ctx, repository, remote, snapshot_id, host, as_json):
 
 
 def _print_report(r, verb: str) -> None:
+    from casstore.repo.pricing import NO_PRICE, is_directory
+
     if r.dry_run:
         click.echo(f"plan: {verb} {len(r.snapshots)} snapshot(s) from {r.source} to {r.destination}")
         click.echo(f"  {r.blobs_missing} blobs missing there: {human(r.bytes_missing)} "
@@ -56,7 +58,9 @@ def _print_report(r, verb: str) -> None:
                    f"{human(r.bytes_uploaded)} transferred, {r.requests} requests, {r.seconds:.2f} s")
         if r.reuploaded_blobs:
             click.echo(f"  {r.reuploaded_blobs} blobs uploaded again after a concurrent gc")
-    if r.monthly_cost_after:
+    if not r.monthly_cost_after and r.destination and is_directory(r.destination):
+        click.echo(f"  estimated monthly storage cost after: {NO_PRICE}")
+    elif r.monthly_cost_after:
         costs = ", ".join(f"{row['label'].split(' (')[0]} ${row['usd_per_month']:.4f}"
                           for row in r.monthly_cost_after.values())
         click.echo(f"  estimated monthly storage cost after: {costs}")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
 
-from casstore.cli.common import Progress, emit, human, json_option, open_repo, repo_option, settings
+from casstore.cli.common import Progress, emit, estimate_total, human, json_option, open_repo, repo_option, settings
 from casstore.format import layout
 
 
@@ -50,12 +49,11 @@ def init(ctx, repository, chunk_avg, chunk_min, chunk_max, pack_size, from_url, 
 def snapshot(ctx, source, repository, tags, excludes, pre_hook, post_hook, as_json):
     """Take a snapshot of SOURCE (default: CASSTORE_SOURCE or ./data)."""
     from casstore.client import open_repository
-    from casstore.errors import SourceError
+    from casstore.snapshot.builder import check_source
 
     s = settings(ctx, repository)
     source = source or s.source
-    if not os.path.isdir(source):
-        raise SourceError(f"source directory {source} does not exist (set CASSTORE_SOURCE or pass a path)")
+    check_source(source)
     _run_hook(pre_hook, "pre-hook")  # before anything is created: a failing pre-hook changes nothing
     created = not layout.is_local_repository(s.repository)
     repo = open_repository(s, create=True)  # the settings read above: read once per snapshot
@@ -63,6 +61,7 @@ def snapshot(ctx, source, repository, tags, excludes, pre_hook, post_hook, as_js
         click.echo(f"created repository at {repo.location}", err=True)
     try:
         with Progress(None, "snapshot") as progress:
+            estimate_total(progress, repo, source)
             result = repo.snapshot(source, tags=tuple(tags), excludes=tuple(excludes), progress=progress)
     finally:
         if post_hook:
@@ -178,6 +177,11 @@ def _print_stats(d: dict) -> None:
         for name, row in d["per_source"].items():
             click.echo(f"  {name:30} {row['files']:>7} files  {human(row['logical_bytes']):>10} logical  "
                        f"{human(row['stored_bytes']):>10} stored")
+    if not d["monthly_cost"]:
+        from casstore.repo.pricing import NO_PRICE
+
+        click.echo(f"estimated monthly storage cost: {NO_PRICE}")
+        return
     click.echo("estimated monthly storage cost:")
     for row in d["monthly_cost"].values():
         click.echo(f"  {row['label']:34} ${row['usd_per_month']:.4f}/month  "

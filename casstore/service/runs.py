@@ -29,7 +29,7 @@ from casstore.fsio.durable import FileSystem, write_durably
 from casstore.repo.core import RepoCore
 from casstore.repo.open import open_as
 from casstore.settings import Settings
-from casstore.snapshot.builder import take_snapshot
+from casstore.snapshot.builder import check_source, take_snapshot
 from casstore.sync.transfer import sync_to_remote
 
 log = logging.getLogger(__name__)
@@ -227,10 +227,7 @@ class RunBusy(LockError):
 
 
 def snapshot_step(repo: RepoCore, settings: Settings) -> dict:
-    if not os.path.isdir(settings.source):
-        from casstore.errors import SourceError
-
-        raise SourceError(f"source directory {settings.source} does not exist (set CASSTORE_SOURCE)")
+    check_source(settings.source, hint="set CASSTORE_SOURCE")
     with repo.locked():
         result = take_snapshot(repo, settings.source)
     s = result.summary

@@ -239,6 +239,7 @@ class SnapshotBuilder:
         if item.reuse is not None:
             job.chunk_ids = item.reuse
             self.summary.files_unchanged += 1
+            self.progress(job.st.st_size)   # progress counts the whole source, read or reused
             self._keep(item, job, jobs)
         elif self._reads_on_side(item, job) and self._side_idle.acquire(blocking=False):
             _ = self.chunker       # made here, on the walk's thread, so never twice
@@ -370,6 +371,16 @@ class SnapshotBuilder:
         log.warning("skipped %s", message)
         with self._lock:
             self.summary.errors.append(message)
+
+
+def check_source(source: str, hint: str = "set CASSTORE_SOURCE or pass a path") -> None:
+    """SourceError unless `source` is a directory, saying what it is instead."""
+    if os.path.isdir(source):
+        return
+    if os.path.lexists(source):
+        what = "a file" if os.path.isfile(source) else "not a directory"
+        raise SourceError(f"source {source} is {what}: a snapshot is of a directory (give the folder that holds it)")
+    raise SourceError(f"source directory {source} does not exist ({hint})")
 
 
 def take_snapshot(repo: RepoCore, source: str, *, tags: tuple[str, ...] = (), excludes: tuple[str, ...] = (),
