@@ -6,6 +6,7 @@
     POST /api/cloud/sync[?wait=1]          202 + job; 409 when no remote is configured
     GET  /api/jobs/<id>                    a job's state and result
     GET  /api/cloud/backup/<id>[?path=]    the snapshot as to_dict() gives it, streamed as JSON
+    GET  /api/cloud/backup/<id>/tree?path= one directory's entries (the dashboard's snapshot view)
     GET  /api/cloud/backup/<id>/file?path= one file's bytes
     GET  /                                 the dashboard;  /openapi.json, /docs
 """
@@ -26,7 +27,7 @@ from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from casstore.api.jobs import JobManager
-from casstore.api.reading import BadPath, RepoAccess, clean_path, find, stream_file, stream_snapshot
+from casstore.api.reading import BadPath, RepoAccess, clean_path, directory_listing, find, stream_file, stream_snapshot
 from casstore.api.security import GuardMiddleware
 from casstore.api.views import backups_view, status_view
 from casstore.client import Repository
@@ -178,6 +179,17 @@ def _routes(app: FastAPI, settings: Settings, access: RepoAccess, jobs: JobManag
         repo, snapshot, entry, real = _open_path(access, backup_id, wanted)
         parts = stream_snapshot(snapshot, entry, real, whole=not wanted)
         return StreamingResponse(_returning(parts, access, repo), media_type="application/json")
+
+    @app.get("/api/cloud/backup/{backup_id}/tree", dependencies=auth,
+             summary="One directory of a backup: its entries (name, type, size, mode, mtime, symlink target)",
+             responses={404: {"description": "no such backup or directory"}, 400: {"description": "invalid path"}})
+    def backup_tree(backup_id: str, path: str = Query("", max_length=4096),
+                    limit: int = Query(5000, ge=1, le=100000)):
+        repo, snapshot, entry, real = _open_path(access, backup_id, clean_path(path))
+        try:
+            return directory_listing(snapshot, entry, real, limit)
+        finally:
+            access.checkin(repo)
 
     @app.get("/api/cloud/backup/{backup_id}/file", dependencies=auth, summary="One file's bytes",
              response_class=Response, responses={404: {"description": "no such backup or file"}})

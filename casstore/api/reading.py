@@ -24,6 +24,7 @@ from casstore.format import layout
 from casstore.format.tree import Entry, EntryType
 from casstore.read.dictview import _assign_keys, json_ready_file
 from casstore.read.reader import PathNotFound
+from casstore.repo.stats import stored_bytes
 from casstore.settings import Settings
 
 LIST_TTL = 3.0
@@ -78,8 +79,7 @@ class RepoAccess:
         if not self.exists:
             return [], 0
         with self.reader() as repo:
-            stored = sum(info.size for prefix in layout.STORED_PREFIXES for info in repo.remote.list(prefix))
-            return repo.all_snapshots(), stored
+            return repo.all_snapshots(), stored_bytes(repo.remote)
 
     def invalidate(self) -> None:
         with self._lock:
@@ -233,3 +233,29 @@ def stream_file(snapshot, path: str, piece: int = 1 << 20) -> Iterator[bytes]:
     with snapshot.open(path) as fh:
         while chunk := fh.read(piece):
             yield chunk
+
+
+# -- one directory, for the dashboard's snapshot view ------------------------------------------------
+
+
+def directory_listing(snapshot, entry: Entry | None, path: str, limit: int) -> dict:
+    """The directory at `path` (its entries, at most `limit`), or PathNotFound for anything else."""
+    if entry is not None and entry.type is not EntryType.DIR:
+        raise PathNotFound(f"{path} is not a directory in snapshot {snapshot.short_id}")
+    entries = snapshot.tree(entry.subtree if entry is not None else snapshot.manifest.tree)
+    rows = [_listing_row(snapshot, e, path) for e in entries[:limit]]
+    return {"success": True, "backup_id": snapshot.id, "short_id": snapshot.short_id,
+            "timestamp": snapshot.time.isoformat(), "host": snapshot.manifest.host, "path": path,
+            "total": len(entries), "truncated": len(entries) > limit, "entries": rows}
+
+
+def _listing_row(snapshot, entry: Entry, parent: str) -> dict:
+    name = entry.name.decode("utf-8", "surrogateescape")
+    path = f"{parent}/{name}" if parent else name
+    row: dict = {"name": name, "path": path, "type": entry.type.value, "size": entry.size,
+                 "mode": f"{entry.mode:04o}", "mtime_ns": entry.mtime_ns}
+    if entry.type is EntryType.SYMLINK and isinstance(entry.content, bytes):
+        row["target"] = entry.content.decode("utf-8", "surrogateescape")
+    if entry.type is EntryType.FILE:
+        row["href"] = file_href(snapshot, path)
+    return row

@@ -25,11 +25,14 @@ def iso(timestamp: float | None) -> str | None:
 
 
 def backup_rows(snapshots: list) -> list[dict]:
-    """Newest first, each with its sizes and the repository's stored size once it was taken."""
+    """Newest first, each with its sizes and the repository's stored size once it was taken: as the
+    snapshot recorded it (`repository_bytes`), else (older snapshots) the last recorded size plus
+    what the snapshots since added, so the history never drops when older snapshots are forgotten."""
     rows, stored = [], 0
     for info in reversed(snapshots):
         summary = info.manifest.summary
-        stored += int(summary.get("bytes_added_stored", 0))
+        recorded = summary.get("repository_bytes")
+        stored = int(recorded) if recorded else stored + int(summary.get("bytes_added_stored", 0))
         rows.append({**backup_meta(info), "bytes_total": int(summary.get("bytes_total", 0)),
                      "bytes_added": int(summary.get("bytes_added", 0)),
                      "bytes_added_stored": int(summary.get("bytes_added_stored", 0)),

@@ -8,8 +8,14 @@ from casstore.format import layout
 from casstore.format.pack import KIND_DATA, KIND_TREE
 from casstore.format.tree import Entry, EntryType
 from casstore.format.walk import VisitBudget, load_tree_chain, walk_tree
+from casstore.remotes.base import Remote
 from casstore.repo.core import RepoCore, SnapshotInfo
 from casstore.repo.pricing import monthly_storage_cost, priced_location
+
+
+def stored_bytes(remote: Remote) -> int:
+    """Every stored object's size: packs, indexes and snapshot manifests."""
+    return sum(info.size for prefix in layout.STORED_PREFIXES for info in remote.list(prefix))
 
 
 def repository_stats(repo: RepoCore) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from casstore.format.tree import Entry, EntryType, encode_tree_chain
 from casstore.fsio.readahead import FILE_AHEAD, ReadAhead
 from casstore.repo.blobstore import BlobStore
 from casstore.repo.core import RepoCore
+from casstore.repo.stats import stored_bytes
 from casstore.snapshot import filescache
 from casstore.snapshot.excludes import Excluder
 from casstore.snapshot.pipeline import ChunkPipeline
@@ -399,6 +400,7 @@ def take_snapshot(repo: RepoCore, source: str, *, tags: tuple[str, ...] = (), ex
         gc.unfreeze()
         builder.store.close()
     summary = builder.summary
+    summary.repository_bytes = stored_bytes(repo.remote)
     summary.duration_ms = (time.time_ns() - builder.start_ns) // 1_000_000
     parent = _parent(repo, builder)
     manifest = SnapshotManifest(time_ns=builder.start_ns, host=repo.settings.host, source=builder.source,
