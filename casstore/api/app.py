@@ -115,7 +115,10 @@ def validation_message(exc: RequestValidationError) -> str:
     """'limit: Input should be greater than or equal to 1; ...' from FastAPI's error list."""
     parts = []
     for error in exc.errors()[:5]:
-        where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("query", "path", "body"))
+        loc = [str(p) for p in error.get("loc", ())]
+        if loc and loc[0] in ("query", "path", "body", "header"):
+            loc = loc[1:]     # where the parameter came from; its name follows
+        where = ".".join(loc)
         parts.append(f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg", "invalid")))
     return "invalid request: " + "; ".join(parts)
 
