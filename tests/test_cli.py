@@ -176,7 +176,8 @@ def test_restore_overwrite_modes(history, tmp_path):
     _json("restore", "latest", target)
     write(target / "notes" / "todo.txt", "local change\n")
     proc = run("restore", "latest", target, expect=1)
-    assert b"exists (use --overwrite" in proc.stderr and b"Traceback" not in proc.stderr
+    assert b"already exist" in proc.stderr and b"--overwrite if-changed" in proc.stderr
+    assert b"Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1
     assert (target / "notes" / "todo.txt").read_text() == "local change\n"
     result = _json("restore", "latest", target, "--overwrite", "if-changed")
     assert result["ok"] and result["skipped"] == 5 and (target / "notes" / "todo.txt").read_text() == "todo\n"
