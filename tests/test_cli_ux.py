@@ -6,21 +6,17 @@ README promises it, and no cloud price for a directory remote.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import pty
 import re
 import signal
-import struct
 import subprocess
-import termios
 from pathlib import Path
 
 import pytest
 
 from casstore.cli.main import COMMANDS
-from tests.helpers import CASSTORE, KiB, assert_one_line_error, det_bytes, invoke, run, write
+from tests.helpers import CASSTORE, KiB, assert_one_line_error, det_bytes, invoke, on_a_terminal, run, write
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -168,24 +164,8 @@ def test_a_reader_gone_before_a_short_output_is_also_quiet(tmp_path):
 
 
 def _on_a_terminal(args: list[str]) -> tuple[int, str]:
-    """Run the console script with stderr on a pseudo-terminal; (exit code, what the terminal showed)."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))   # a fresh pty is 0x0
-    try:
-        proc = subprocess.run([CASSTORE, *args], stdout=subprocess.PIPE, stderr=slave, timeout=120)
-        os.close(slave)
-        seen = b""
-        while True:
-            try:
-                block = os.read(master, 65536)
-            except OSError:
-                break
-            if not block:
-                break
-            seen += block
-    finally:
-        os.close(master)
-    return proc.returncode, seen.decode(errors="replace")
+    code, seen = on_a_terminal(*args, columns=120)
+    return code, seen.decode(errors="replace")
 
 
 def _bar_with_total(shown: str, verb: str) -> str:
