@@ -103,6 +103,22 @@ def test_every_error_has_the_seeds_shape(served, method, url, status):
         assert "limit" in doc["error"] or "path" in doc["error"]
 
 
+def test_the_openapi_description_gives_the_same_error_shape(served):
+    client, _, _ = served
+    spec = client.get("/openapi.json").json()
+    error = spec["components"]["schemas"]["HTTPValidationError"]
+    assert set(error["required"]) == {"success", "error"} and "detail" not in error.get("properties", {})
+    assert "/api/cloud/backup/{backup_id}/tree" in spec["paths"]
+
+
+def test_status_quotes_no_cloud_price_for_a_directory_remote(tmp_path):
+    settings = make_settings(tmp_path, remote=(tmp_path / "nas").as_uri())
+    take_snapshots(settings, 1)
+    with running_server(settings) as url:
+        cost = httpx.get(url + "/api/cloud/status", timeout=30).json()["cost_estimate"]
+    assert cost["providers"] == {} and cost["note"] == "no provider price for a local directory"
+
+
 # -- the snapshot tree, for the dashboard's view ---------------------------------------------------
 
 

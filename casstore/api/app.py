@@ -68,7 +68,29 @@ def create_app(settings: Settings, *, allowed_hosts: set[str] | None, scheduler=
     app.add_middleware(GuardMiddleware, token=settings.api_token, allowed_hosts=allowed_hosts)
     _errors(app)
     _routes(app, settings, access, jobs)
+    _describe_errors(app)
     return app
+
+
+ERROR_SCHEMA = {"title": "Error", "type": "object", "required": ["success", "error"],
+                "properties": {"success": {"type": "boolean", "const": False}, "error": {"type": "string"}}}
+
+
+def _describe_errors(app: FastAPI) -> None:
+    """The OpenAPI description says what the 422 handler sends: the one error shape, not FastAPI's."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            schemas = spec.get("components", {}).get("schemas", {})
+            if "HTTPValidationError" in schemas:
+                schemas["HTTPValidationError"] = ERROR_SCHEMA
+                schemas.pop("ValidationError", None)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _version() -> str:
