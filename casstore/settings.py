@@ -11,14 +11,19 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 from casstore.errors import ConfigError
 
 _PROVIDERS = {"local", "aws", "gcp", "azure"}
 
 
-def _secret() -> object:
+def _secret() -> Any:
     return field(default=None, repr=False)
+
+
+#: the package version (casstore.__version__), kept here so that every layer can read it
+VERSION = "0.1.0"
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,7 @@ class Settings:
     api_token: str | None = _secret()
     notify_cmd: str | None = None
 
-    def with_overrides(self, **overrides: object) -> Settings:
+    def with_overrides(self, **overrides: Any) -> Settings:
         known = {f.name for f in fields(self)}
         return replace(self, **{k: v for k, v in overrides.items() if k in known and v is not None})
 
@@ -103,7 +108,7 @@ def load_settings(overrides: dict | None = None, environ: dict | None = None, do
 def _merged_environment(environ: dict | None, dotenv_path: str) -> dict:
     file_values = {}
     if os.path.isfile(dotenv_path):
-        from dotenv import dotenv_values  # only when there is a .env to read
+        from dotenv import dotenv_values  # lazy: only when there is a .env to read
 
         file_values = dotenv_values(dotenv_path)
     process = dict(os.environ if environ is None else environ)

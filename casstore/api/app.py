@@ -35,8 +35,8 @@ from casstore.errors import CasstoreError, RepositoryNotFound, SnapshotNotFound,
 from casstore.format.tree import EntryType
 from casstore.read.reader import PathNotFound, Snapshot
 from casstore.service.runs import RunBusy, snapshot_step, sync_step
-from casstore.settings import Settings
-from casstore.snapshot.builder import check_source
+from casstore.settings import VERSION, Settings
+from casstore.snapshot.source import check_source
 
 JOB_ID = r"^[0-9a-f]{32}$"
 WAIT_TIMEOUT = 3600.0
@@ -94,9 +94,7 @@ def _describe_errors(app: FastAPI) -> None:
 
 
 def _version() -> str:
-    import casstore
-
-    return casstore.__version__
+    return VERSION
 
 
 def _errors(app: FastAPI) -> None:

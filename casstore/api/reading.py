@@ -23,8 +23,7 @@ from casstore.errors import SnapshotNotFound
 from casstore.format import layout
 from casstore.format.tree import Entry, EntryType
 from casstore.read.dictview import _assign_keys, json_ready_file
-from casstore.read.reader import PathNotFound
-from casstore.repo.stats import stored_bytes
+from casstore.read.reader import PathNotFound, Snapshot
 from casstore.settings import Settings
 
 LIST_TTL = 3.0
@@ -79,7 +78,7 @@ class RepoAccess:
         if not self.exists:
             return [], 0
         with self.reader() as repo:
-            return repo.all_snapshots(), stored_bytes(repo.remote)
+            return repo.all_snapshots(), repo.stored_bytes()
 
     def invalidate(self) -> None:
         with self._lock:
@@ -142,7 +141,7 @@ class RepoAccess:
 # -- finding a path -------------------------------------------------------------------------------
 
 
-def find(snapshot, path: str) -> tuple[Entry | None, str]:
+def find(snapshot: Snapshot, path: str) -> tuple[Entry | None, str]:
     """The entry at `path` (a real path, or to_dict()'s keys such as `ai_hub/collective_intelligence`)
     and its real path; (None, '') is the root. PathNotFound when neither form names anything."""
     if not path:
@@ -166,13 +165,13 @@ def find(snapshot, path: str) -> tuple[Entry | None, str]:
 # -- streaming JSON --------------------------------------------------------------------------------
 
 
-def stream_snapshot(snapshot, entry: Entry | None, path: str, whole: bool) -> Iterator[bytes]:
+def stream_snapshot(snapshot: Snapshot, entry: Entry | None, path: str, whole: bool) -> Iterator[bytes]:
     """The snapshot (whole: with its header, as to_dict()) or one path's value, as JSON bytes."""
     parts = _header(snapshot) if whole else _value(snapshot, entry, path)
     return _coalesce(parts)
 
 
-def _header(snapshot) -> Iterator[str]:
+def _header(snapshot: Snapshot) -> Iterator[str]:
     head = {"snapshot_id": snapshot.id, "backup_id": snapshot.id, "timestamp": snapshot.time.isoformat(),
             "host": snapshot.manifest.host, "tags": list(snapshot.manifest.tags)}
     yield json.dumps(head)[:-1] + ', "data_sources": '
@@ -180,7 +179,7 @@ def _header(snapshot) -> Iterator[str]:
     yield "}"
 
 
-def _value(snapshot, entry: Entry | None, path: str) -> Iterator[str]:
+def _value(snapshot: Snapshot, entry: Entry | None, path: str) -> Iterator[str]:
     if entry is None:
         yield from _dir(snapshot, snapshot.manifest.tree, "")
     elif entry.type is EntryType.DIR:
@@ -191,7 +190,7 @@ def _value(snapshot, entry: Entry | None, path: str) -> Iterator[str]:
         yield "null"
 
 
-def _dir(snapshot, tree_id: bytes, path: str) -> Iterator[str]:
+def _dir(snapshot: Snapshot, tree_id: bytes, path: str) -> Iterator[str]:
     yield "{"
     for i, (key, entry) in enumerate(_assign_keys(snapshot.tree(tree_id)).items()):
         name = entry.name.decode("utf-8", "surrogateescape")
@@ -200,14 +199,14 @@ def _dir(snapshot, tree_id: bytes, path: str) -> Iterator[str]:
     yield "}"
 
 
-def _file(snapshot, entry: Entry, path: str) -> str:
+def _file(snapshot: Snapshot, entry: Entry, path: str) -> str:
     value = json_ready_file(snapshot, path, entry.size)
     if isinstance(value, dict) and "$file" in value:     # a reference: add where to download it
         value["href"] = file_href(snapshot, path)
     return _dumps(value)
 
 
-def file_href(snapshot, path: str) -> str:
+def file_href(snapshot: Snapshot, path: str) -> str:
     return f"/api/cloud/backup/{snapshot.id}/file?path={quote(path, safe='/', errors='surrogateescape')}"
 
 
@@ -229,7 +228,7 @@ def _coalesce(parts: Iterator[str]) -> Iterator[bytes]:
         yield "".join(buffer).encode("utf-8", "replace")
 
 
-def stream_file(snapshot, path: str, piece: int = 1 << 20) -> Iterator[bytes]:
+def stream_file(snapshot: Snapshot, path: str, piece: int = 1 << 20) -> Iterator[bytes]:
     with snapshot.open(path) as fh:
         while chunk := fh.read(piece):
             yield chunk

@@ -7,11 +7,14 @@ from SUMMARIES), so the CLI starts fast and never imports a cloud SDK it does no
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from typing import NoReturn
 
 import click
+
+from casstore.errors import CasstoreError
 
 # command name -> "module:function"; aliases point at the same function
 COMMANDS = {
@@ -81,8 +84,6 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context):
-        from casstore.errors import CasstoreError
-
         try:
             return super().invoke(ctx)
         except BrokenPipeError as exc:
@@ -107,8 +108,6 @@ class LazyGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, repository: str | None, verbose: bool) -> None:
     """Content-addressed, deduplicated, compressed snapshots of a folder."""
-    import logging
-
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="casstore: %(message)s")
     ctx.obj = {"repository": repository}
 

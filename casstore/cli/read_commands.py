@@ -8,6 +8,7 @@ from datetime import datetime
 import click
 
 from casstore.cli.common import Progress, emit, human, json_option, open_repo, repo_option
+from casstore.read.diff import diff_snapshots
 
 remote_option = click.option("--remote", "--from", "remote", metavar="URL",
                              help="Read from this remote repository instead of the local one.")
@@ -128,8 +129,6 @@ def diff(ctx, old_id, new_id, repository, remote, as_json):
     """What changed from snapshot OLD_ID to NEW_ID (added +, removed -, modified M, metadata U).
 
     M and U lines end with what changed: content (or a symlink's target), size, mode, mtime, owner."""
-    from casstore.read.diff import diff_snapshots
-
     with open_repo(ctx, repository, remote=remote) as repo:
         changes = diff_snapshots(repo.get(old_id), repo.get(new_id))
     emit(as_json, [c.as_dict() for c in changes], lambda: _print_diff(changes))

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import click
 
 from casstore.cli.common import Progress, emit, estimate_total, human, json_option, open_repo, repo_option, settings
+from casstore.client import init_repository, open_repository
+from casstore.errors import CasstoreError, ConfigError
 from casstore.format import layout
+from casstore.format.config import DEFAULT_PACK_SIZE, RepoConfig
+from casstore.repo.open import adopted_config
+from casstore.repo.pricing import NO_PRICE
+from casstore.snapshot.source import check_source
 
 
 @click.command()
@@ -21,10 +28,6 @@ from casstore.format import layout
 @click.pass_context
 def init(ctx, repository, chunk_avg, chunk_min, chunk_max, pack_size, from_url, as_json):
     """Create a new local repository."""
-    from casstore.client import init_repository
-    from casstore.format.config import DEFAULT_PACK_SIZE, RepoConfig
-    from casstore.repo.open import adopted_config
-
     s = settings(ctx, repository)
     if from_url:
         config = adopted_config(from_url, s)
@@ -48,9 +51,6 @@ def init(ctx, repository, chunk_avg, chunk_min, chunk_max, pack_size, from_url, 
 @click.pass_context
 def snapshot(ctx, source, repository, tags, excludes, pre_hook, post_hook, as_json):
     """Take a snapshot of SOURCE (default: CASSTORE_SOURCE or ./data)."""
-    from casstore.client import open_repository
-    from casstore.snapshot.builder import check_source
-
     s = settings(ctx, repository)
     source = source or s.source
     check_source(source)
@@ -79,10 +79,6 @@ backup = click.Command("backup", callback=snapshot.callback, params=snapshot.par
 def _run_hook(command: str | None, what: str, fatal: bool = True) -> None:
     if not command:
         return
-    import subprocess
-
-    from casstore.errors import CasstoreError
-
     completed = subprocess.run(command, shell=True)  # the user's own command line, by design
     if completed.returncode != 0:
         message = f"{what} `{command}` failed with exit code {completed.returncode}"
@@ -124,8 +120,6 @@ def check(ctx, repository, read_data, read_data_subset, remote, as_json):
 
 
 def _percent(text: str) -> float:
-    from casstore.errors import ConfigError
-
     try:
         value = float(text.rstrip("%")) / 100
     except ValueError:
@@ -178,8 +172,6 @@ def _print_stats(d: dict) -> None:
             click.echo(f"  {name:30} {row['files']:>7} files  {human(row['logical_bytes']):>10} logical  "
                        f"{human(row['stored_bytes']):>10} stored")
     if not d["monthly_cost"]:
-        from casstore.repo.pricing import NO_PRICE
-
         click.echo(f"estimated monthly storage cost: {NO_PRICE}")
         return
     click.echo("estimated monthly storage cost:")

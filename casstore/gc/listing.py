@@ -121,16 +121,16 @@ def _list_indexes(ctx: GcContext, view: RepoView) -> None:
 def _fetch_index(ctx: GcContext, key: str, index_id: str) -> IndexObject:
     """An index object, verified by its name; a remote repository's local copy is used when sound."""
     cache, max_blob = ctx.repo.cache, ctx.repo.config.max_blob_size
-    cached = cache.get("index", index_id) if cache else None
-    if cached is not None:
+    cached = cache.get(layout.INDEX, index_id) if cache else None
+    if cache is not None and cached is not None:
         try:
             return decode_index(index_id, cached, max_blob)
         except CasstoreError:
-            cache.discard("index", index_id)
+            cache.discard(layout.INDEX, index_id)
     body = ctx.remote.get(key)
     index = decode_index(index_id, body, max_blob)
     if cache:
-        cache.put("index", index_id, body)
+        cache.put(layout.INDEX, index_id, body)
     return index
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from typing import Any, cast
 
 import requests
 import requests.adapters
@@ -86,7 +87,7 @@ class AzureRemote(CloudRemote):
 
     def _put(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None) -> ObjectInfo:
         blob = self._container.get_blob_client(self._keys.full(key))
-        condition = {}
+        condition: dict[str, Any] = {}
         if if_match is not None:
             condition = {"etag": f'"{if_match}"', "match_condition": MatchConditions.IfNotModified}
         with self._errors(key):
@@ -120,7 +121,7 @@ class AzureRemote(CloudRemote):
                     key = self._keys.strip(item.name)
                     if is_repository_key(key):
                         yield ObjectInfo(key, item.size, item.last_modified.timestamp(), unquote(item.etag))
-                tokens.advance(pages.continuation_token)
+                tokens.advance(cast(Any, pages).continuation_token)  # the page iterator has it; its stubs do not
 
     def _delete(self, key: str) -> None:
         blob = self._container.get_blob_client(self._keys.full(key))

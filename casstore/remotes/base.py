@@ -11,10 +11,12 @@ methods and may assume a valid key.
 
 from __future__ import annotations
 
+import builtins
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 from casstore.errors import ObjectNotFound
 
@@ -79,7 +81,7 @@ class Remote(ABC):
     #: True when `_put` writes any bytes-like object as it is (no copy into `bytes` first)
     takes_buffers: bool = False
 
-    def put(self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None,
+    def put(self, key: str, data: bytes | memoryview, *, if_absent: bool = False, if_match: str | None = None,
             cold: bool = False) -> ObjectInfo:
         """`cold` is the caller's hint that the object is bulk data read rarely (a pack): a backend
         configured with a cheaper storage class for such objects uses it. The storage layer never
@@ -89,7 +91,8 @@ class Remote(ABC):
         if not isinstance(data, bytes) and not self.takes_buffers:
             data = bytes(data)
         put = self._put_cold if cold else self._put
-        return put(validate_key(key), data, if_absent=if_absent, if_match=if_match)
+        # a backend that `takes_buffers` writes any bytes-like object as it is
+        return put(validate_key(key), cast(bytes, data), if_absent=if_absent, if_match=if_match)
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         if offset < 0 or (length is not None and length < 0):
@@ -115,7 +118,7 @@ class Remote(ABC):
             return False
         return True
 
-    def setup_warnings(self) -> list[str]:
+    def setup_warnings(self) -> builtins.list[str]:  # `list` here is the method above
         """What the user should know about how the storage is set up (asked when a repository is
         created there), e.g. a versioned bucket without a rule expiring old versions."""
         return []

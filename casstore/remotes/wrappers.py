@@ -62,6 +62,24 @@ class RemoteWrapper(Remote):
         self.inner.close()
 
 
+class HookedRemote(RemoteWrapper):
+    """Calls `before_write()` right before each put and delete: a fault-injection seam in the style
+    of kopia's FaultyStorage (casstore._testing.crash_hook kills the process at the nth write)."""
+
+    def __init__(self, inner: Remote, before_write: Callable[[], None]) -> None:
+        super().__init__(inner)
+        self.before_write = before_write
+
+    def _put_hinted(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None,
+                    cold: bool) -> ObjectInfo:
+        self.before_write()
+        return super()._put_hinted(key, data, if_absent=if_absent, if_match=if_match, cold=cold)
+
+    def _delete(self, key: str) -> None:
+        self.before_write()
+        super()._delete(key)
+
+
 class RetryingRemote(RemoteWrapper):
     """Retries TransientError (throttling, 5xx, network) with capped exponential backoff and jitter.
 
@@ -77,11 +95,12 @@ class RetryingRemote(RemoteWrapper):
         if attempts < 1:
             raise ValueError("attempts must be >= 1")
         self.attempts, self.base_delay, self.max_delay = attempts, base_delay, max_delay
-        self._sleep, self._jitter = sleep, jitter
+        self._sleep: Callable[[float], None] = sleep
+        self._jitter: Callable[[], float] = jitter
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based): half fixed, half random."""
-        cap = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        cap = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
         return cap * (0.5 + self._jitter() / 2)
 
     def _retry(self, call: Callable[[int], T]) -> T:

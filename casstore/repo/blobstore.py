@@ -21,7 +21,7 @@ from casstore.format.pack import (
     parse_header,
 )
 from casstore.fsio.buffers import BufferPool
-from casstore.remotes.base import Remote
+from casstore.remotes.base import ObjectInfo, Remote
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class BlobStore:
 
     def __init__(self, remote: Remote, config: RepoConfig, index: MasterIndex, *,
                  origin: dict, compression_level: int | None = None, upload_threads: int = 1,
-                 reload_index: Callable[[], None] | None = None, blob_cache=None) -> None:
+                 reload_index: Callable[[], object] | None = None, blob_cache=None) -> None:
         self.remote, self.config, self.index = remote, config, index
         self.origin = origin
         self.level = config.compression["level"] if compression_level is None else compression_level
@@ -96,8 +96,8 @@ class BlobStore:
 
     def _new_builder(self, kind: int) -> PackBuilder:
         # tree packs are small: parts joined at the end are cheaper than a pack-sized buffer
-        use_buffer = kind == KIND_DATA and self._pack_buffers is not None
-        return PackBuilder(kind, self._pack_buffers.get() if use_buffer else None)
+        pool = self._pack_buffers if kind == KIND_DATA else None
+        return PackBuilder(kind, pool.get() if pool is not None else None)
 
     def _seal(self, kind: int) -> None:
         builder = self._builders.pop(kind, None)    # the next blob of this kind starts a new pack
@@ -153,7 +153,7 @@ class BlobStore:
         while self._uploads:
             self._uploads.pop(0).result()
 
-    def write_index(self, kind: str = "writer"):
+    def write_index(self, kind: str = "writer") -> tuple[str, ObjectInfo] | None:
         """Write an index listing every uploaded pack not yet indexed; return (id, ObjectInfo) or None."""
         with self._lock:
             packs, self._unindexed = self._unindexed, {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Protocol, Self
@@ -243,6 +244,22 @@ class RepoCore:
         if len(matches) > 1:
             raise SnapshotNotFound(f"snapshot id {ref} is ambiguous ({len(matches)} match); give more digits")
         return SnapshotInfo(matches[0], self.manifest(matches[0]))
+
+    def has_snapshot(self, snapshot_id: str) -> bool:
+        return self.remote.exists(layout.snapshot_key(snapshot_id))
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        """Forget a snapshot (retention): its manifest object goes; its data stays until gc."""
+        try:
+            self.remote.delete(layout.snapshot_key(snapshot_id))
+        finally:
+            self._manifests.pop(snapshot_id, None)
+            if self.cache:
+                self.cache.discard(layout.SNAPSHOTS, snapshot_id)
+
+    def stored_bytes(self, prefixes: Iterable[str] = layout.STORED_PREFIXES) -> int:
+        """The size of every object listed under `prefixes` (default: packs and metadata)."""
+        return sum(info.size for prefix in prefixes for info in self.remote.list(prefix))
 
     def write_snapshot(self, manifest: SnapshotManifest):
         """Write a manifest (the commit point); return (id, the storage's ObjectInfo)."""

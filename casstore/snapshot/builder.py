@@ -19,14 +19,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from casstore.errors import SourceError
-from casstore.format import layout
 from casstore.format.pack import KIND_DATA, KIND_TREE
 from casstore.format.snapshot import SnapshotManifest
 from casstore.format.tree import Entry, EntryType, encode_tree_chain
 from casstore.fsio.readahead import FILE_AHEAD, ReadAhead
 from casstore.repo.blobstore import BlobStore
 from casstore.repo.core import RepoCore
-from casstore.repo.stats import stored_bytes
 from casstore.snapshot import filescache
 from casstore.snapshot.excludes import Excluder
 from casstore.snapshot.pipeline import ChunkPipeline
@@ -374,16 +372,6 @@ class SnapshotBuilder:
             self.summary.errors.append(message)
 
 
-def check_source(source: str, hint: str = "set CASSTORE_SOURCE or pass a path") -> None:
-    """SourceError unless `source` is a directory, saying what it is instead."""
-    if os.path.isdir(source):
-        return
-    if os.path.lexists(source):
-        what = "a file" if os.path.isfile(source) else "not a directory"
-        raise SourceError(f"source {source} is {what}: a snapshot is of a directory (give the folder that holds it)")
-    raise SourceError(f"source directory {source} does not exist ({hint})")
-
-
 def take_snapshot(repo: RepoCore, source: str, *, tags: tuple[str, ...] = (), excludes: tuple[str, ...] = (),
                   progress: Callable[[int], None] | None = None) -> SnapshotResult:
     """Snapshot `source` into `repo`: packs, then the index, then the manifest (the commit)."""
@@ -400,7 +388,7 @@ def take_snapshot(repo: RepoCore, source: str, *, tags: tuple[str, ...] = (), ex
         gc.unfreeze()
         builder.store.close()
     summary = builder.summary
-    summary.repository_bytes = stored_bytes(repo.remote)
+    summary.repository_bytes = repo.stored_bytes()
     summary.duration_ms = (time.time_ns() - builder.start_ns) // 1_000_000
     parent = _parent(repo, builder)
     manifest = SnapshotManifest(time_ns=builder.start_ns, host=repo.settings.host, source=builder.source,
@@ -417,7 +405,7 @@ def _parent(repo: RepoCore, builder: SnapshotBuilder) -> str | None:
     """This host's previous snapshot of the source: the one noted locally if it still exists (one
     stat), else found by reading every manifest (a new cache, or the noted one was forgotten)."""
     noted = filescache.load_last(builder.cache_file, repo.settings.host)
-    if noted is not None and repo.remote.exists(layout.snapshot_key(noted)):
+    if noted is not None and repo.has_snapshot(noted):
         return noted
     previous = repo.snapshots(limit=1, source=builder.source)
     return previous[0].id if previous else None
