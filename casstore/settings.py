@@ -22,10 +22,6 @@ def _secret() -> Any:
     return field(default=None, repr=False)
 
 
-#: the package version (casstore.__version__), kept here so that every layer can read it
-VERSION = "0.1.0"
-
-
 @dataclass(frozen=True)
 class Settings:
     source: str = "./data"

@@ -17,7 +17,7 @@ import re
 import secrets
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
-from importlib import resources
+from importlib import metadata, resources
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -33,7 +33,7 @@ from casstore.errors import CasstoreError, RepositoryNotFound, SnapshotNotFound
 from casstore.format.tree import EntryType
 from casstore.read.reader import PathNotFound, Snapshot
 from casstore.service.runs import RunBusy, snapshot_step, sync_step
-from casstore.settings import VERSION, Settings
+from casstore.settings import Settings
 
 JOB_ID = r"^[0-9a-f]{32}$"
 WAIT_TIMEOUT = 3600.0
@@ -69,7 +69,7 @@ def create_app(settings: Settings, *, allowed_hosts: set[str] | None, scheduler=
 
 
 def _version() -> str:
-    return VERSION
+    return metadata.version("casstore")   # the installed package's, as `casstore --version` shows
 
 
 def _errors(app: FastAPI) -> None:

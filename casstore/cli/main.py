@@ -7,7 +7,6 @@ from SUMMARIES), so the CLI starts fast and never imports a cloud SDK it does no
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 
 import click
@@ -104,6 +103,8 @@ class LazyGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, repository: str | None, verbose: bool) -> None:
     """Content-addressed, deduplicated, compressed snapshots of a folder."""
+    import logging  # lazy: start-up time of `casstore --help`
+
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="casstore: %(message)s")
     ctx.obj = {"repository": repository}
 
