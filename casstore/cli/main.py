@@ -33,6 +33,7 @@ COMMANDS = {
     "status": "casstore.cli.service_commands:status",
     "serve": "casstore.cli.service_commands:serve",
     "schedule": "casstore.cli.service_commands:schedule",
+    "cache": "casstore.cli.cache_commands:cache",
 }
 
 
@@ -56,6 +57,7 @@ SUMMARIES = {
     "status": "Last snapshot, sync and scheduled run; non-zero when too old.",
     "serve": "Serve the HTTP API and dashboard.",
     "schedule": "Run snapshot, sync and retention on a schedule.",
+    "cache": "Show, verify or clear the local cache of remote objects.",
 }
 
 
