@@ -126,6 +126,27 @@ def test_cat_writes_exact_bytes(history):
     assert run("cat", "latest", "ai_hub/collective_intelligence.json").stdout == b'{"collective_iq": 135}'
 
 
+def test_snapshot_reads_its_settings_once(tmp_path, monkeypatch):
+    """`casstore snapshot` reads the environment and .env once and hands the settings on."""
+    import casstore.cli.common
+    import casstore.repo.core
+    import casstore.repo.open
+    from casstore.settings import load_settings
+
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return load_settings(*args, **kwargs)
+
+    for module in (casstore.cli.common, casstore.repo.core, casstore.repo.open):
+        monkeypatch.setattr(module, "load_settings", counting)
+    write(tmp_path / "data" / "a.json", "{}")
+    invoke("snapshot")      # the first one creates ./.casstore
+    invoke("snapshot")
+    assert len(calls) == 2 and (tmp_path / ".casstore" / "config").is_file()
+
+
 def test_cat_below_a_file_is_one_line_error(history):
     """A path that goes on below a file names nothing: one error line, not a traceback."""
     proc = run("cat", "latest", "ai_hub/collective_intelligence.json/x", expect=None)

@@ -17,7 +17,7 @@ import re
 import secrets
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
-from importlib import resources
+from importlib import metadata, resources
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -35,7 +35,7 @@ from casstore.errors import CasstoreError, RepositoryNotFound, SnapshotNotFound,
 from casstore.format.tree import EntryType
 from casstore.read.reader import PathNotFound, Snapshot
 from casstore.service.runs import RunBusy, snapshot_step, sync_step
-from casstore.settings import VERSION, Settings
+from casstore.settings import Settings
 from casstore.snapshot.source import check_source
 
 JOB_ID = r"^[0-9a-f]{32}$"
@@ -94,7 +94,7 @@ def _describe_errors(app: FastAPI) -> None:
 
 
 def _version() -> str:
-    return VERSION
+    return metadata.version("casstore")   # the installed package's, as `casstore --version` shows
 
 
 def _errors(app: FastAPI) -> None:

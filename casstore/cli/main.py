@@ -7,7 +7,6 @@ from SUMMARIES), so the CLI starts fast and never imports a cloud SDK it does no
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import sys
 from typing import NoReturn
@@ -36,6 +35,7 @@ COMMANDS = {
     "status": "casstore.cli.service_commands:status",
     "serve": "casstore.cli.service_commands:serve",
     "schedule": "casstore.cli.service_commands:schedule",
+    "cache": "casstore.cli.cache_commands:cache",
 }
 
 
@@ -59,6 +59,7 @@ SUMMARIES = {
     "status": "Last snapshot, sync and scheduled run; non-zero when too old.",
     "serve": "Serve the HTTP API and dashboard.",
     "schedule": "Run snapshot, sync and retention on a schedule.",
+    "cache": "Show, verify or clear the local cache of remote objects.",
 }
 
 
@@ -108,6 +109,8 @@ class LazyGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, repository: str | None, verbose: bool) -> None:
     """Content-addressed, deduplicated, compressed snapshots of a folder."""
+    import logging  # lazy: start-up time of `casstore --help`
+
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="casstore: %(message)s")
     ctx.obj = {"repository": repository}
 

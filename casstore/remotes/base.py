@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import cast
 
-from casstore.errors import ObjectNotFound
+from casstore.errors import ObjectNotFound, ShortRead
 
 _KEY = re.compile(r"^[a-z0-9][a-z0-9_\-.]*(/[a-z0-9][a-z0-9_\-.]*)*$")
 _TEMP_SUFFIXES = (".tmp", ".partial")
@@ -99,7 +99,7 @@ class Remote(ABC):
             raise ValueError("offset and length must be >= 0")
         data = self._get(validate_key(key), offset, length)
         if length is not None and len(data) != length:
-            raise ObjectNotFound(f"{key}: range {offset}+{length} past the end of the object")
+            raise ShortRead(f"{key}: range {offset}+{length} answered {len(data)} bytes")
         return data
 
     def stat(self, key: str) -> ObjectInfo:
@@ -156,5 +156,5 @@ def read_range(data: bytes, key: str, offset: int, length: int | None) -> bytes:
     """Slice `data` for a ranged read, refusing ranges that run past the end."""
     end = len(data) if length is None else offset + length
     if offset > len(data) or end > len(data):
-        raise ObjectNotFound(f"{key}: range {offset}..{end} past the end ({len(data)} bytes)")
+        raise ShortRead(f"{key}: range {offset}..{end} past the end ({len(data)} bytes)")
     return data[offset:end]

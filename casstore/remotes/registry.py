@@ -23,6 +23,12 @@ _MEMORY: dict[str, Remote] = {}
 def open_remote(url: str, **options: object) -> Remote:
     """Open the backend for `url`. `options` may be flat, or keyed by scheme ({"s3": {...}, "gs": {...}})
     as Settings.remote_options() gives them; only the options of the URL's scheme reach its backend."""
+    from casstore.remotes.wrappers import faults_from_env
+
+    return faults_from_env(_open_backend(url, **options))   # the test hook is a no-op unless set
+
+
+def _open_backend(url: str, **options: object) -> Remote:
     parsed = urlparse(url)
     scheme = parsed.scheme.lower()
     if scheme == "file" or (scheme == "" and url.startswith("/")):

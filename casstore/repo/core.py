@@ -34,7 +34,7 @@ from casstore.remotes.base import Remote
 from casstore.remotes.local import LocalRemote
 from casstore.repo.blobstore import BlobStore
 from casstore.repo.lock import repository_lock
-from casstore.repo.objectcache import BlobCache, LocalCache
+from casstore.repo.objectcache import BlobCache, LocalCache, ReadPolicy, read_verified, verified_object
 from casstore.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,10 @@ class RepoCore:
         self.remote, self.config, self.settings = remote, config, settings
         self.local_dir = local_dir          # set for the local repository (locks, records)
         # a remote repository keeps local copies of its immutable objects; the local one needs none
-        self.cache = None if local_dir else LocalCache(os.path.join(settings.cache_dir, config.id))
+        self.cache = None if local_dir else LocalCache(os.path.join(settings.cache_dir, config.id),
+                                                       settings.cache_max_bytes)
+        # a download that fails verification is fetched again (DESIGN.md "Verified reads")
+        self.read_policy = ReadPolicy(attempts=settings.read_attempts)
         self.index = MasterIndex()
         self._manifests: dict[str, SnapshotManifest] = {}
         self._reader: BlobStore | None = None
@@ -161,21 +164,17 @@ class RepoCore:
         return keys
 
     def _cached_get(self, kind: str, name: str) -> bytes:
-        """An immutable object, from the local cache when this is a remote repository."""
-        if self.cache is None:
-            return self.remote.get(layout.key(kind, name))
-        body = self.cache.get(kind, name)
-        if body is None:
-            body = self.remote.get(layout.key(kind, name))
-            self.cache.put(kind, name, body)
-        return body
+        """An immutable object verified against its name: from the local cache when this is a remote
+        repository and the copy is sound, else downloaded (again on mismatch) and then cached."""
+        return verified_object(self.remote, self.cache, kind, name, self.read_policy)
 
     def blob_store(self, *, origin_kind: str = "writer", upload_threads: int = 1) -> BlobStore:
         origin = {"kind": origin_kind, "host": self.settings.host or os.uname().nodename,
                   "session": os.urandom(8).hex()}
         return BlobStore(self.remote, self.config, self.index, origin=origin,
                          compression_level=self.settings.compression_level, upload_threads=upload_threads,
-                         reload_index=self.load_index, blob_cache=BlobCache(self.cache) if self.cache else None)
+                         reload_index=self.load_index, blob_cache=BlobCache(self.cache) if self.cache else None,
+                         read_policy=self.read_policy)
 
     def read_blob(self, kind: int, blob_id: bytes) -> bytes:
         """A blob's plaintext, verified; loads the index on first use."""
@@ -281,7 +280,9 @@ class RepoCore:
 
 def read_config(remote: Remote) -> RepoConfig:
     try:
-        return RepoConfig.decode(remote.get(layout.CONFIG_KEY))
+        # the config has no id to check; one that does not decode is read again (DESIGN.md "Verified reads")
+        return read_verified("repository config", lambda: remote.get(layout.CONFIG_KEY), RepoConfig.decode,
+                             ReadPolicy())
     except ObjectNotFound:
         raise RepositoryNotFound(f"no casstore repository at {remote.url} (run `casstore init`)") from None
 

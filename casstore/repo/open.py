@@ -55,7 +55,8 @@ def open_as(cls: type[R], settings: Settings, *, remote: str | Remote | None = N
 
 def connect(target: str | Remote, settings: Settings) -> Remote:
     """A remote by URL (or as given), with transient failures retried."""
-    return RetryingRemote(target if isinstance(target, Remote) else open_remote(target, **settings.remote_options()))
+    remote = target if isinstance(target, Remote) else open_remote(target, **settings.remote_options())
+    return RetryingRemote(remote, deadline=settings.request_deadline)
 
 
 def fresh_copy(config: RepoConfig) -> RepoConfig:
