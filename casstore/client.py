@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from casstore.format.config import RepoConfig
+from casstore.read.history import HistoryRow, history
 from casstore.read.reader import Snapshot
 from casstore.remotes.base import Remote
 from casstore.repo.check import CheckReport, check_repository
@@ -58,6 +59,12 @@ class Repository(RepoCore):
     def stats(self) -> dict[str, Any]:
         with self.locked():
             return repository_stats(self)
+
+    # -- questions across snapshots (read/history.py, read/jsondiff.py, read/find.py) -----------
+
+    def history(self, path: str, key: str | None = None, **options: Any) -> list[HistoryRow]:
+        """One row per snapshot where the file at `path` (or the value at `key`, 'a.b.0') changed."""
+        return history(self, path, key, **options)
 
 
 def open_repository(settings: Settings, *, remote: str | Remote | None = None, create: bool = False,
