@@ -11,6 +11,7 @@ from typing import Any
 
 from casstore.format.config import RepoConfig
 from casstore.read.history import HistoryRow, history
+from casstore.read.jsondiff import ValueDiff, diff_snapshot_values
 from casstore.read.reader import Snapshot
 from casstore.remotes.base import Remote
 from casstore.repo.check import CheckReport, check_repository
@@ -65,6 +66,10 @@ class Repository(RepoCore):
     def history(self, path: str, key: str | None = None, **options: Any) -> list[HistoryRow]:
         """One row per snapshot where the file at `path` (or the value at `key`, 'a.b.0') changed."""
         return history(self, path, key, **options)
+
+    def diff_values(self, old: str, new: str = "latest", path: str = "") -> list[ValueDiff]:
+        """What changed inside the JSON files below `path` from snapshot `old` to `new`, key path by key path."""
+        return diff_snapshot_values(self.get(old), self.get(new), path)
 
 
 def open_repository(settings: Settings, *, remote: str | Remote | None = None, create: bool = False,

@@ -63,3 +63,29 @@ def _cell(value: object) -> object:
     if value is None or isinstance(value, int | float | str):
         return "" if value is None else value
     return json.dumps(value, ensure_ascii=False)
+
+
+def value_diff(ctx: click.Context, old_id: str, new_id: str, path: str, repository: str | None, remote: str | None,
+               as_json: bool) -> None:
+    """`casstore diff A B [PATH] --values`: key paths added, removed and changed in JSON files."""
+    from casstore.read.jsondiff import diff_snapshot_values
+
+    with open_repo(ctx, repository, remote=remote) as repo:
+        diffs = diff_snapshot_values(repo.get(old_id), repo.get(new_id), path)
+    emit(as_json, [d.as_dict() for d in diffs], lambda: _print_value_diff(diffs))
+
+
+MARKS = {"added": "+", "removed": "-", "changed": "M", "appended": "+", "truncated": "-"}
+
+
+def _print_value_diff(diffs) -> None:
+    for d in diffs:
+        click.echo(f"{d.path} ({d.status}, {len(d.changes)} changes)")
+        for c in d.changes:
+            key = c["key"] or "(whole document)"
+            if c["op"] == "changed":
+                click.echo(f"  M {key}: {_short(c['old'])} -> {_short(c['new'])}")
+            else:
+                click.echo(f"  {MARKS[c['op']]} {key}: {_short(c['new'] if c['new'] is not None else c['old'])}"
+                           + ("  (appended)" if c["op"] == "appended" else ""))
+    click.echo(f"{len(diffs)} JSON files differ")
