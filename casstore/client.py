@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from casstore.format.config import RepoConfig
+from casstore.read.find import Found, find
 from casstore.read.history import HistoryRow, history
 from casstore.read.jsondiff import ValueDiff, diff_snapshot_values
 from casstore.read.reader import Snapshot
@@ -70,6 +71,10 @@ class Repository(RepoCore):
     def diff_values(self, old: str, new: str = "latest", path: str = "") -> list[ValueDiff]:
         """What changed inside the JSON files below `path` from snapshot `old` to `new`, key path by key path."""
         return diff_snapshot_values(self.get(old), self.get(new), path)
+
+    def find(self, pattern: str, **options: Any) -> list[Found]:
+        """Every (snapshot, path) whose name (or, with a '/', whole path) matches the glob `pattern`."""
+        return find(self, pattern, **options)
 
 
 def open_repository(settings: Settings, *, remote: str | Remote | None = None, create: bool = False,

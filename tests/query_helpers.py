@@ -10,6 +10,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 import casstore
 from casstore.client import Repository
 from casstore.read.reader import PathNotFound
@@ -66,15 +68,23 @@ def make_history(root: Path, count: int) -> History:
     try:
         for i in range(count):
             files = _folder(i, rng, state)
-            shutil.rmtree(source, ignore_errors=True)
-            for rel, data in files.items():
-                (source / rel).parent.mkdir(parents=True, exist_ok=True)
-                (source / rel).write_bytes(data)
+            _write_changes(source, hist.contents[-1] if hist.contents else {}, files)
             hist.ids.append(repo.snapshot(str(source)).id)
             hist.contents.append(files)
     finally:
         repo.close()
     return hist
+
+
+def _write_changes(source: Path, before: dict[str, bytes], after: dict[str, bytes]) -> None:
+    """Write only what changed, as a program would: unchanged files keep their mtime, so their
+    directories keep their tree ids across snapshots."""
+    for rel in before.keys() - after.keys():
+        (source / rel).unlink()
+    for rel, data in after.items():
+        if before.get(rel) != data:
+            (source / rel).parent.mkdir(parents=True, exist_ok=True)
+            (source / rel).write_bytes(data)
 
 
 def restored_json(repo: Repository, snapshot_id: str, path: str, target: Path) -> object:
@@ -95,3 +105,29 @@ def restored_json(repo: Repository, snapshot_id: str, path: str, target: Path) -
 
 MISSING_FILE = object()
 NOT_JSON = object()
+
+
+_BUILT: dict[str, History] = {}
+
+
+@pytest.fixture(scope="session", name="hist")
+def generated_history(tmp_path_factory) -> History:
+    """200 snapshots, read-only, built once per session and shared by the query test modules
+    (each module that imports this fixture gets its own copy of it, hence the module-level cache)."""
+    if "hist" not in _BUILT:
+        _BUILT["hist"] = make_history(tmp_path_factory.mktemp("history"), 200)
+    return _BUILT["hist"]
+
+
+def restored_dirs(hist: History) -> list[Path]:
+    """The brute force's raw material: every snapshot restored into its own directory (once per session)."""
+    if "restored" not in _RESTORED:
+        root = hist.repo_path.parent / "restored"
+        with hist.open() as repo:
+            for n, snapshot_id in enumerate(hist.ids):
+                repo.restore(snapshot_id, str(root / str(n)))
+        _RESTORED["restored"] = [root / str(n) for n in range(len(hist.ids))]
+    return _RESTORED["restored"]
+
+
+_RESTORED: dict[str, list[Path]] = {}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 
 import pytest
 
@@ -19,7 +18,7 @@ from casstore.format.pack import KIND_DATA
 from casstore.read.history import history
 from casstore.read.values import ValueCache
 from tests.helpers import invoke
-from tests.query_helpers import CI, FLICKER, PRICES, TICKS, make_history
+from tests.query_helpers import CI, FLICKER, PRICES, TICKS, generated_history, restored_dirs  # noqa: F401 - the `hist` fixture
 
 COUNT = 200
 PATHS = (CI, TICKS, PRICES, FLICKER)
@@ -27,21 +26,9 @@ GONE = object()
 
 
 @pytest.fixture(scope="module")
-def hist(tmp_path_factory):
-    return make_history(tmp_path_factory.mktemp("history"), COUNT)
-
-
-@pytest.fixture(scope="module")
-def restored(hist, tmp_path_factory):
-    """Per snapshot (oldest first): {path: json.load of the restored file, or GONE / raw bytes}."""
-    target = tmp_path_factory.mktemp("restored") / "out"
-    found = []
-    with hist.open() as repo:
-        for snapshot_id in hist.ids:
-            shutil.rmtree(target, ignore_errors=True)
-            repo.restore(snapshot_id, str(target))
-            found.append({path: _load(target / path) for path in PATHS})
-    return found
+def restored(hist):
+    """Per snapshot (oldest first): {path: json.load of the restored file, or GONE / its text}."""
+    return [{path: _load(target / path) for path in PATHS} for target in restored_dirs(hist)]
 
 
 def _load(file) -> object:

@@ -8,14 +8,13 @@ import pytest
 
 from casstore.read.jsondiff import diff_snapshot_values
 from casstore.settings import load_settings
-from tests.query_helpers import CI, HOST, TICKS, make_history
+from tests.query_helpers import CI, HOST, TICKS, generated_history  # noqa: F401 - the `hist` fixture
 from tests.test_api import running_server
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(hist, tmp_path_factory):
     root = tmp_path_factory.mktemp("qapi")
-    hist = make_history(root, 40)
     settings = load_settings({"repository": str(hist.repo_path), "source": str(root / "data"), "host": HOST,
                               "cache_dir": str(hist.cache_dir)}, environ={}, dotenv_path=str(root / "no.env"))
     with running_server(settings) as url, httpx.Client(base_url=url, timeout=30) as client:

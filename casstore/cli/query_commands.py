@@ -89,3 +89,37 @@ def _print_value_diff(diffs) -> None:
                 click.echo(f"  {MARKS[c['op']]} {key}: {_short(c['new'] if c['new'] is not None else c['old'])}"
                            + ("  (appended)" if c["op"] == "appended" else ""))
     click.echo(f"{len(diffs)} JSON files differ")
+
+
+@click.command()
+@click.argument("pattern")
+@click.option("--path-only", is_flag=True, help="Print each matching path once, not per snapshot.")
+@repo_option
+@remote_option
+@_host_options
+@json_option
+@click.pass_context
+def find(ctx, pattern, path_only, repository, remote, host, all_hosts, as_json):
+    """Snapshots and paths whose name matches the glob PATTERN (with a '/': the whole path)."""
+    with open_repo(ctx, repository, remote=remote) as repo:
+        found = repo.find(pattern, host=host, all_hosts=all_hosts)
+    if path_only:
+        paths = sorted({f.path for f in found})
+        emit(as_json, paths, lambda: [click.echo(p) for p in paths])
+        return
+    emit(as_json, [f.as_dict() for f in found], lambda: _print_found(found))
+
+
+def _print_found(found) -> None:
+    from itertools import groupby
+
+    from casstore.cli.common import human
+
+    for snapshot_id, group in groupby(found, key=lambda f: f.snapshot_id):
+        rows = list(group)
+        click.echo(f"{len(rows)} in snapshot {snapshot_id[:8]} from "
+                   f"{rows[0].time.astimezone().strftime('%Y-%m-%d %H:%M:%S')}")
+        for f in rows:
+            size = human(f.size) if f.type == "file" else ""
+            click.echo(f"  {f.path}{'/' if f.type == 'dir' else ''}  {size}".rstrip())
+    click.echo(f"{len(found)} matches in {len({f.snapshot_id for f in found})} snapshots")
