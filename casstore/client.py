@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from casstore.format.config import RepoConfig
+from casstore.legacy.importer import ImportReport, import_legacy
 from casstore.read.find import Found, find
 from casstore.read.history import HistoryRow, history
 from casstore.read.jsondiff import ValueDiff, diff_snapshot_values
@@ -57,6 +58,11 @@ class Repository(RepoCore):
         with self.locked():
             return pull_from_remote(self, remote, snapshot=snapshot, host=host, all_hosts=all_hosts,
                                     progress=progress)
+
+    def import_legacy(self, where: str) -> ImportReport:
+        """Each of the seed's unified_backup_*.json.gz (a folder or a bucket URL) as a snapshot."""
+        with self.locked():
+            return import_legacy(self, where)
 
     def stats(self) -> dict[str, Any]:
         with self.locked():
