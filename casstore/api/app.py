@@ -8,6 +8,8 @@
     GET  /api/cloud/backup/<id>[?path=]    the snapshot as to_dict() gives it, streamed as JSON
     GET  /api/cloud/backup/<id>/tree?path= one directory's entries (the dashboard's snapshot view)
     GET  /api/cloud/backup/<id>/file?path= one file's bytes
+    GET  /api/cloud/history?path=&key=     how a file or a value changed (api/query_routes.py)
+    GET  /api/cloud/diff?a=&b=&path=       key paths changed inside JSON files
     GET  /                                 the dashboard;  /openapi.json, /docs
 """
 
@@ -27,6 +29,7 @@ from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from casstore.api.jobs import JobManager
+from casstore.api.query_routes import add_query_routes
 from casstore.api.reading import BadPath, RepoAccess, clean_path, directory_listing, find, stream_file, stream_snapshot
 from casstore.api.security import GuardMiddleware
 from casstore.api.views import backups_view, status_view
@@ -150,6 +153,7 @@ def _running(request: Request) -> str | None:
 
 def _routes(app: FastAPI, settings: Settings, access: RepoAccess, jobs: JobManager) -> None:
     auth = [Depends(bearer)]
+    add_query_routes(app, access, auth)   # history and the value diff (api/query_routes.py)
 
     @app.get("/", include_in_schema=False)
     def dashboard() -> HTMLResponse:

@@ -30,7 +30,7 @@ LIST_TTL = 3.0
 POOL_SIZE = 4
 STREAM_CHUNK = 64 * 1024
 MAX_PATH = 4096
-SNAPSHOT_REF = re.compile(r"^(latest|[0-9a-f]{4,64})$")
+SNAPSHOT_REF = re.compile(r"^(latest|[0-9a-f]{4,64}|unified_backup_\d{8}_\d{6})$")   # the last: a seed id
 
 
 class BadPath(ValueError):
@@ -101,6 +101,8 @@ class RepoAccess:
     def _match(snapshots: list, ref: str):
         if ref == "latest":
             return next((s for s in snapshots if not s.manifest.incomplete), None)
+        if ref.startswith("unified_backup_"):   # imported by `casstore import-legacy`, tagged with it
+            return next((s for s in snapshots if ref in s.manifest.tags), None)
         matches = [s for s in snapshots if s.id.startswith(ref)]
         if len(matches) > 1:
             raise SnapshotNotFound(f"snapshot id {ref} is ambiguous; give more digits")

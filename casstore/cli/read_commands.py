@@ -121,16 +121,27 @@ def cat(ctx, snapshot_id, path, repository, remote):
 @click.command()
 @click.argument("old_id")
 @click.argument("new_id", default="latest")
+@click.argument("path", default="")
 @repo_option
 @remote_option
+@click.option("--values", is_flag=True, help="Compare the JSON inside: key paths added, removed, changed.")
 @json_option
 @click.pass_context
-def diff(ctx, old_id, new_id, repository, remote, as_json):
+def diff(ctx, old_id, new_id, path, repository, remote, values, as_json):
     """What changed from snapshot OLD_ID to NEW_ID (added +, removed -, modified M, metadata U).
 
+    PATH limits it to one file or directory; --values compares the JSON documents inside.
     M and U lines end with what changed: content (or a symlink's target), size, mode, mtime, owner."""
+
+    if values:
+        from casstore.cli.query_commands import value_diff
+
+        return value_diff(ctx, old_id, new_id, path, repository, remote, as_json)
     with open_repo(ctx, repository, remote=remote) as repo:
         changes = diff_snapshots(repo.get(old_id), repo.get(new_id))
+    if path.strip("/"):
+        inside = path.strip("/")
+        changes = [c for c in changes if c.path.rstrip("/") == inside or c.path.startswith(inside + "/")]
     emit(as_json, [c.as_dict() for c in changes], lambda: _print_diff(changes))
 
 
