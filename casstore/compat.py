@@ -34,8 +34,10 @@ class CloudStorage:
     def get_backup(self, backup_id: str, *, host: str | None = None, all_hosts: bool = False) -> Any:
         """The snapshot as the seed's dict: {'snapshot_id', 'timestamp', 'data_sources': {...}}
         (lazy: the repository stays open while the dict is in use)."""
+        from casstore.legacy.sources import legacy_ref  # the seed's own ids, once imported
+
         repo = self._repo()
-        return repo.get(backup_id, host=host, all_hosts=all_hosts).to_dict()
+        return repo.get(legacy_ref(repo, backup_id), host=host, all_hosts=all_hosts).to_dict()
 
     def create_backup(self, *, sync: bool = True, allow_empty: bool | None = None) -> dict[str, Any]:
         """Snapshot the source, then (with a remote configured, unless `sync=False`) sync it there,

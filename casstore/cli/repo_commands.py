@@ -7,12 +7,13 @@ import sys
 
 import click
 
-from casstore.cli.common import Progress, emit, human, json_option, open_repo, repo_option, settings
+from casstore.cli.common import Progress, emit, estimate_total, human, json_option, open_repo, repo_option, settings
 from casstore.client import init_repository, open_repository
 from casstore.errors import CasstoreError, ConfigError
 from casstore.format import layout
 from casstore.format.config import DEFAULT_PACK_SIZE, RepoConfig
 from casstore.repo.open import adopt_or_share, adopted_config, remove_empty_local
+from casstore.repo.pricing import NO_PRICE
 from casstore.snapshot.source import require_source
 
 
@@ -79,6 +80,7 @@ def snapshot(ctx, source, repository, tags, excludes, pre_hook, post_hook, allow
         click.echo(f"created repository at {repo.location}", err=True)
     try:
         with Progress(None, "snapshot") as progress:
+            estimate_total(progress, repo, source)
             result = repo.snapshot(source, tags=tuple(tags), excludes=tuple(excludes), progress=progress,
                                    allow_empty=allow_empty)
     finally:
@@ -189,6 +191,9 @@ def _print_stats(d: dict) -> None:
         for name, row in d["per_source"].items():
             click.echo(f"  {name:30} {row['files']:>7} files  {human(row['logical_bytes']):>10} logical  "
                        f"{human(row['stored_bytes']):>10} stored")
+    if not d["monthly_cost"]:
+        click.echo(f"estimated monthly storage cost: {NO_PRICE}")
+        return
     click.echo("estimated monthly storage cost:")
     for row in d["monthly_cost"].values():
         click.echo(f"  {row['label']:34} ${row['usd_per_month']:.4f}/month  "

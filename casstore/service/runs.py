@@ -229,7 +229,7 @@ class RunBusy(LockError):
 
 
 def snapshot_step(repo: RepoCore, settings: Settings) -> dict:
-    require_source(settings.source, allow_empty=settings.allow_empty)
+    require_source(settings.source, allow_empty=settings.allow_empty, hint="set CASSTORE_SOURCE")
     from casstore.snapshot.builder import take_snapshot  # lazy: start-up time of `casstore status`
 
     with repo.locked():
@@ -372,7 +372,7 @@ def _run_steps(settings: Settings, record: RunRecord, steps, should_stop: Callab
     try:
         if any(name == "snapshot" for name, _ in steps):   # refused before the repository is created
             current = "snapshot"
-            require_source(settings.source, allow_empty=settings.allow_empty)
+            require_source(settings.source, allow_empty=settings.allow_empty, hint="set CASSTORE_SOURCE")
             current = "repository"
         repo = open_for_run(settings)
         for current, step in steps:
