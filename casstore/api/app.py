@@ -149,7 +149,11 @@ def _routes(app: FastAPI, settings: Settings, access: RepoAccess, jobs: JobManag
     def backup_json(backup_id: str, path: str = Query("", max_length=4096)):
         wanted = clean_path(path)
         repo, snapshot, entry, real = _open_path(access, backup_id, wanted)
-        parts = stream_snapshot(snapshot, entry, real, whole=not wanted)
+        try:    # walks the trees and makes the first piece: a hostile snapshot is an error status
+            parts = stream_snapshot(snapshot, entry, real, whole=not wanted)
+        except BaseException:
+            access.checkin(repo, broken=True)
+            raise
         return StreamingResponse(_returning(parts, access, repo), media_type="application/json")
 
     @app.get("/api/cloud/backup/{backup_id}/file", dependencies=auth, summary="One file's bytes",

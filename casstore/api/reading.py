@@ -9,6 +9,7 @@ does not parse) as {"$file": path, "size": n, "href": raw download URL}.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from urllib.parse import quote
 
 from casstore.errors import SnapshotNotFound
 from casstore.format.tree import Entry, EntryType
+from casstore.format.walk import VisitBudget, walk_tree
 from casstore.read.dictview import _assign_keys
 from casstore.read.reader import PathNotFound
 from casstore.settings import Settings
@@ -167,48 +169,85 @@ def find(snapshot, path: str) -> tuple[Entry | None, str]:
 
 
 def stream_snapshot(snapshot, entry: Entry | None, path: str, whole: bool) -> Iterator[bytes]:
-    """The snapshot (whole: with its header, as to_dict()) or one path's value, as JSON bytes."""
-    parts = _header(snapshot) if whole else _value(snapshot, entry, path)
-    return _coalesce(parts)
+    """The snapshot (whole: with its header, as to_dict()) or one path's value, as JSON bytes.
+
+    The trees to be streamed are walked first, within the snapshot's declared totals, so a hostile
+    DAG or a lying summary is refused before any header is sent; and the first piece is made
+    before returning, so an error there is an error status too, never an empty 200.
+    """
+    plan_stream(snapshot, entry)
+    budget = VisitBudget(snapshot.manifest.summary)
+    parts = _coalesce(_header(snapshot, budget) if whole else _value(snapshot, entry, path, budget))
+    first = next(parts, b"")
+    return itertools.chain([first], parts)
 
 
-def _header(snapshot) -> Iterator[str]:
+def plan_stream(snapshot, entry: Entry | None) -> None:
+    """Walk the trees a stream would visit (no file is read): IntegrityError if too many."""
+    if entry is not None and entry.type is not EntryType.DIR:
+        return
+    budget = VisitBudget(snapshot.manifest.summary)
+    tree = snapshot.manifest.tree if entry is None else entry.subtree
+    for _ in walk_tree(lambda tree_id: budget.spend(snapshot.tree(tree_id)), tree):
+        pass
+
+
+def _header(snapshot, budget: VisitBudget) -> Iterator[str]:
     head = {"snapshot_id": snapshot.id, "backup_id": snapshot.id, "timestamp": snapshot.time.isoformat(),
             "host": snapshot.manifest.host, "tags": list(snapshot.manifest.tags)}
     yield json.dumps(head)[:-1] + ', "data_sources": '
-    yield from _dir(snapshot, snapshot.manifest.tree, "")
+    yield from _dir(snapshot, snapshot.manifest.tree, "", budget)
     yield "}"
 
 
-def _value(snapshot, entry: Entry | None, path: str) -> Iterator[str]:
+def _value(snapshot, entry: Entry | None, path: str, budget: VisitBudget) -> Iterator[str]:
     if entry is None:
-        yield from _dir(snapshot, snapshot.manifest.tree, "")
+        yield from _dir(snapshot, snapshot.manifest.tree, "", budget)
     elif entry.type is EntryType.DIR:
-        yield from _dir(snapshot, entry.subtree, path)
+        yield from _dir(snapshot, entry.subtree, path, budget)
     elif entry.type is EntryType.FILE:
-        yield _file(snapshot, entry, path)
+        yield _file(snapshot, entry, path, budget)
     else:
         yield "null"
 
 
-def _dir(snapshot, tree_id: bytes, path: str) -> Iterator[str]:
+def _dir(snapshot, tree_id: bytes, path: str, budget: VisitBudget) -> Iterator[str]:
+    """A directory as a JSON object, iteratively (an explicit stack: any depth)."""
+    def members(tree: bytes) -> Iterator[tuple[str, Entry]]:
+        return iter(_assign_keys(budget.spend(snapshot.tree(tree))).items())
+
+    stack = [(path, members(tree_id), [True])]
     yield "{"
-    for i, (key, entry) in enumerate(_assign_keys(snapshot.tree(tree_id)).items()):
+    while stack:
+        prefix, items, first = stack[-1]
+        item = next(items, None)
+        if item is None:
+            stack.pop()
+            yield "}"
+            continue
+        key, entry = item
         name = entry.name.decode("utf-8", "surrogateescape")
-        yield ("," if i else "") + _dumps(key) + ":"
-        yield from _value(snapshot, entry, f"{path}/{name}" if path else name)
-    yield "}"
+        child = f"{prefix}/{name}" if prefix else name
+        yield ("" if first[0] else ",") + _dumps(key) + ":"
+        first[0] = False
+        if entry.type is EntryType.DIR:
+            stack.append((child, members(entry.subtree), [True]))
+            yield "{"
+        elif entry.type is EntryType.FILE:
+            yield _file(snapshot, entry, child, budget)
+        else:
+            yield "null"
 
 
-def _file(snapshot, entry: Entry, path: str) -> str:
+def _file(snapshot, entry: Entry, path: str, budget: VisitBudget) -> str:
     name = path.rsplit("/", 1)[-1]
     if name.endswith((".json", ".jsonl")):
-        data = snapshot.read_bytes(path)
+        data = snapshot.read_entry(entry, path, budget)
         try:
             if name.endswith(".jsonl"):
                 return "[" + ",".join(_dumps(json.loads(line)) for line in data.splitlines() if line.strip()) + "]"
             return _dumps(json.loads(data))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):     # nested too deep: a file ref too
             return _dumps(file_ref(snapshot, path, entry.size, error="does not parse as JSON"))
     return _dumps(file_ref(snapshot, path, entry.size))
 

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Iterator, Mapping
 
 from casstore.format.tree import Entry, EntryType
+from casstore.format.walk import VisitBudget
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +23,17 @@ _RANK = {"dir": 0, "json": 1, "jsonl": 2}
 
 
 class LazyDir(Mapping):
-    def __init__(self, snapshot, tree_id: bytes, path: str) -> None:
+    def __init__(self, snapshot, tree_id: bytes, path: str, budget: VisitBudget | None = None) -> None:
         self._snapshot, self._tree_id, self._path = snapshot, tree_id, path
+        # one budget for the whole dict: a hostile DAG or a file naming one chunk a thousand
+        # times ends in an IntegrityError, not a walk that never ends or a MemoryError
+        self._budget = budget or VisitBudget(snapshot.manifest.summary)
         self._keys: dict[str, Entry] | None = None
         self._values: dict[str, object] = {}
 
     def _key_map(self) -> dict[str, Entry]:
         if self._keys is None:
-            self._keys = _assign_keys(self._snapshot.tree(self._tree_id))
+            self._keys = _assign_keys(self._budget.spend(self._snapshot.tree(self._tree_id)))
         return self._keys
 
     def __getitem__(self, key: str) -> object:
@@ -51,14 +55,25 @@ class LazyDir(Mapping):
         name = entry.name.decode("utf-8", "surrogateescape")
         path = f"{self._path}/{name}" if self._path else name
         if entry.type is EntryType.DIR:
-            return LazyDir(self._snapshot, entry.subtree, path)
+            return LazyDir(self._snapshot, entry.subtree, path, self._budget)
         if entry.type is not EntryType.FILE:
             return None
-        data = self._snapshot.read_bytes(path)
+        data = self._snapshot.read_entry(entry, path, self._budget)
         return _parse(path, name, data)
 
     def materialize(self) -> dict:
-        return {key: (value.materialize() if isinstance(value, LazyDir) else value) for key, value in self.items()}
+        """Plain dicts all the way down (iterative: a tree of any depth)."""
+        out: dict = {}
+        stack: list[tuple[LazyDir, dict]] = [(self, out)]
+        while stack:
+            lazy, target = stack.pop()
+            for key, value in lazy.items():
+                if isinstance(value, LazyDir):
+                    target[key] = {}
+                    stack.append((value, target[key]))
+                else:
+                    target[key] = value
+        return out
 
 
 class SnapshotDict(Mapping):
@@ -84,7 +99,7 @@ class SnapshotDict(Mapping):
         return len(self._items)
 
     def materialize(self) -> dict:
-        return {k: (v.materialize() if isinstance(v, LazyDir) else v) for k, v in self._items.items()}
+        return {k: (v.materialize() if isinstance(v, LazyDir) else v) for k, v in self._items.items()}  # one level
 
 
 def snapshot_dict(snapshot) -> SnapshotDict:
@@ -120,6 +135,6 @@ def _parse(path: str, name: str, data: bytes) -> object:
             return [json.loads(line) for line in data.splitlines() if line.strip()]
         if name.endswith(".json"):
             return json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        log.warning("%s does not parse as JSON (%s); returned as bytes", path, exc)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:   # nested too deep: bytes too
+        log.warning("%s does not parse as JSON (%s); returned as bytes", path, type(exc).__name__)
     return data
