@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import signal
 
+from casstore.fsio.private import open_private
+
 
 class FileSystem:
     """The durability-relevant system calls. Subclassed in tests to record or inject faults."""
@@ -29,7 +31,7 @@ class FileSystem:
     def write_new(self, path: str, data: bytes) -> int:
         """Create `path` exclusively and write `data`; return the open descriptor."""
         self._tick()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = open_private(path, os.O_WRONLY | os.O_EXCL)   # repository objects are the owner's alone
         try:
             view = memoryview(data)
             while view:

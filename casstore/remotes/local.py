@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 from casstore.errors import ObjectExists, ObjectNotFound, RemoteError
 from casstore.fsio.durable import FileSystem, write_durably
+from casstore.fsio.private import make_dirs
 from casstore.remotes.base import ObjectInfo, Remote, validate_key
 
 
@@ -23,7 +24,7 @@ class LocalRemote(Remote):
         self.fs = fs or FileSystem()
         self.url = f"file://{self.root}"
         if create:
-            os.makedirs(self.root, exist_ok=True)
+            make_dirs(self.root)
         self._made_dirs: set[str] = set()
 
     def _path(self, key: str) -> str:
@@ -34,7 +35,7 @@ class LocalRemote(Remote):
         if parent in self._made_dirs:
             return
         if not os.path.isdir(parent):
-            os.makedirs(parent, exist_ok=True)
+            make_dirs(parent)
             # the new directory entries themselves must survive a crash
             self.fs.fsync_dir(os.path.dirname(parent))
         self._made_dirs.add(parent)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+from casstore.fsio.private import make_dirs, open_private
+
 
 class LocalCache:
     def __init__(self, root: str) -> None:
@@ -27,10 +29,10 @@ class LocalCache:
 
     def put(self, kind: str, name: str, data: bytes) -> None:
         path = self._path(kind, name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{os.urandom(4).hex()}.tmp"
         try:
-            with open(tmp, "wb") as fh:
+            make_dirs(os.path.dirname(path))
+            with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_EXCL), "wb") as fh:
                 fh.write(data)
             os.replace(tmp, path)
         except OSError:
