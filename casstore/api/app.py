@@ -167,7 +167,12 @@ def _routes(app: FastAPI, settings: Settings, access: RepoAccess, jobs: JobManag
         name = real.rsplit("/", 1)[-1]
         headers = {"content-length": str(entry.size),
                    "content-disposition": f"attachment; filename*=UTF-8''{quote(name, errors='replace')}"}
-        return StreamingResponse(_returning(stream_file(snapshot, real), access, repo),
+        try:    # opened first: a size the chunks do not hold is an error status, not a short 200
+            opened = snapshot.open(real)
+        except BaseException:
+            access.checkin(repo, broken=True)
+            raise
+        return StreamingResponse(_returning(stream_file(opened), access, repo),
                                  media_type="application/octet-stream", headers=headers)
 
 

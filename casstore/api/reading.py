@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from casstore.errors import SnapshotNotFound
 from casstore.format.tree import Entry, EntryType
-from casstore.format.walk import VisitBudget, walk_tree
+from casstore.format.walk import VisitBudget
 from casstore.read.dictview import _assign_keys
 from casstore.read.reader import PathNotFound
 from casstore.settings import Settings
@@ -186,10 +186,8 @@ def plan_stream(snapshot, entry: Entry | None) -> None:
     """Walk the trees a stream would visit (no file is read): IntegrityError if too many."""
     if entry is not None and entry.type is not EntryType.DIR:
         return
-    budget = VisitBudget(snapshot.manifest.summary)
     tree = snapshot.manifest.tree if entry is None else entry.subtree
-    for _ in walk_tree(lambda tree_id: budget.spend(snapshot.tree(tree_id)), tree):
-        pass
+    VisitBudget(snapshot.manifest.summary).check_walk(snapshot.tree, tree)
 
 
 def _header(snapshot, budget: VisitBudget) -> Iterator[str]:
@@ -276,7 +274,8 @@ def _coalesce(parts: Iterator[str]) -> Iterator[bytes]:
         yield "".join(buffer).encode("utf-8", "replace")
 
 
-def stream_file(snapshot, path: str, piece: int = 1 << 20) -> Iterator[bytes]:
-    with snapshot.open(path) as fh:
+def stream_file(opened, piece: int = 1 << 20) -> Iterator[bytes]:
+    """An opened snapshot file's bytes, in pieces (closed at the end)."""
+    with opened as fh:
         while chunk := fh.read(piece):
             yield chunk

@@ -153,17 +153,21 @@ def _print_diff(changes) -> None:
 @click.option("--exclude", multiple=True, help="Do not restore paths matching this pattern (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Say what would be restored, write nothing.")
 @click.option("--verify", is_flag=True, help="Read every restored file back and check it.")
+@click.option("--privileged", is_flag=True,
+              help="As root: restore recorded owners, setuid/setgid bits and device nodes (default: none "
+                   "of them; files belong to the restoring user). Only for snapshots you trust.")
 @json_option
 @click.pass_context
 def restore(ctx, snapshot_id, target, repository, remote, path, overwrite, include, exclude, dry_run, verify,
-            as_json):
+            privileged, as_json):
     """Restore snapshot SNAPSHOT_ID (an id prefix or 'latest') into directory TARGET."""
     started = datetime.now()
     with open_repo(ctx, repository, remote=remote) as repo:
         total = repo.get(snapshot_id).manifest.summary.get("bytes_total")
         with Progress(total, "restore") as progress:
             result = repo.restore(snapshot_id, target, path=path, overwrite=overwrite, include=tuple(include),
-                                  exclude=tuple(exclude), dry_run=dry_run, verify=verify, progress=progress)
+                                  exclude=tuple(exclude), dry_run=dry_run, verify=verify, privileged=privileged,
+                                  progress=progress)
     seconds = (datetime.now() - started).total_seconds()
     emit(as_json, result.as_dict(), lambda: _print_restore(result, target, seconds))
     if not result.ok:

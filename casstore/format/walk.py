@@ -81,6 +81,14 @@ class VisitBudget:
             raise IntegrityError("the snapshot's trees hold far more entries than it records (corrupt or hostile)")
         return entries
 
+    def check_walk(self, load: TreeLoader, root: bytes) -> None:
+        """Refuse, before anything is written or sent, a walk of `root` that would exceed the budget
+        (one read per distinct tree, so a DAG of 2**60 paths costs 60 reads here)."""
+        walked = tree_sizes(load, root)[root]
+        if walked > self.left:
+            raise IntegrityError(f"the snapshot's trees hold far more entries than it records ({walked} to walk; "
+                                 "corrupt or hostile)")
+
     def spend_bytes(self, size: int) -> None:
         self.bytes_left -= size
         if self.bytes_left < 0:

@@ -63,6 +63,7 @@ class LazyDir(Mapping):
 
     def materialize(self) -> dict:
         """Plain dicts all the way down (iterative: a tree of any depth)."""
+        self._budget.check_walk(self._snapshot.tree, self._tree_id)
         out: dict = {}
         stack: list[tuple[LazyDir, dict]] = [(self, out)]
         while stack:

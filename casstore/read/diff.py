@@ -26,6 +26,8 @@ def diff_snapshots(old, new) -> list[Change]:
     """Changes from snapshot `old` to `new`; identical subtrees (same tree id) are skipped unread.
     Iterative (a stack of generators: any depth) and bounded by each snapshot's declared totals."""
     budgets = (VisitBudget(old.manifest.summary), VisitBudget(new.manifest.summary))
+    budgets[0].check_walk(old.tree, old.manifest.tree)
+    budgets[1].check_walk(new.tree, new.manifest.tree)
 
     def actions(old_tree: bytes | None, new_tree: bytes | None, prefix: str) -> Iterator[Change | tuple]:
         if old_tree == new_tree:

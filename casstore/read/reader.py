@@ -109,7 +109,9 @@ class Snapshot:
 
     def open(self, path: str) -> io.BufferedReader:
         """A seekable, streaming file object; only the chunks that are read are fetched."""
-        return io.BufferedReader(ChunkedFile(self.repo, self._file(path)), buffer_size=1 << 20)
+        entry = self._file(path)
+        VisitBudget(self.manifest.summary).spend_bytes(entry.size)   # within the declared totals
+        return io.BufferedReader(ChunkedFile(self.repo, entry), buffer_size=1 << 20)
 
     def read_bytes(self, path: str) -> bytes:
         return self.read_entry(self._file(path), path)
@@ -201,7 +203,8 @@ def checked_size(repo, entry: Entry, path: str) -> int:
 
 
 def _size_mismatch(path: str, recorded: int, stored: int) -> str:
-    return f"{path}: size recorded as {recorded} but its chunks hold {stored} bytes (corrupt or hostile)"
+    where = f"{path}: " if path else ""
+    return f"{where}size recorded as {recorded} but its chunks hold {stored} bytes (corrupt or hostile)"
 
 
 def _mtime(mtime_ns: int) -> datetime:

@@ -44,6 +44,7 @@ def per_top_level(repo, info) -> dict[str, dict]:
     counted: set[bytes] = set()
     result: dict[str, dict] = {}
     budget = VisitBudget(info.manifest.summary)
+    budget.check_walk(snapshot.tree, info.manifest.tree)
     for path, entry in walk_tree(lambda tree_id: budget.spend(snapshot.tree(tree_id)), info.manifest.tree):
         if entry.type is not EntryType.FILE:
             continue

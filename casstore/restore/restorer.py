@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 
 import pathspec
 
-from casstore.errors import RestoreError
+from casstore.errors import CasstoreError, RestoreError
 from casstore.format import codec
 from casstore.format.pack import KIND_DATA
 from casstore.format.tree import Entry, EntryType, safe_name
 from casstore.format.walk import VisitBudget
+from casstore.read.reader import checked_size
 from casstore.restore.prefetch import Prefetcher
 
 OVERWRITE_MODES = ("never", "if-changed", "always")
@@ -273,6 +274,14 @@ class Restorer:
             return
         chunks = self._chunks(entry)
         try:
+            # the chunks must hold the recorded size, within the snapshot's declared totals
+            # (a file naming one chunk thousands of times is refused, not written for ever)
+            self.budget.spend_bytes(checked_size(self.repo, entry, ""))
+        except CasstoreError as exc:
+            chunks.discard()
+            self._error(path, str(exc))
+            return
+        try:
             existing = _lstat(dir_fd, entry.name)
             if existing is not None:
                 if not self._may_replace(existing, entry, path):
@@ -471,6 +480,8 @@ def restore_snapshot(snapshot, target: str, *, path: str = "", **options) -> Res
 def _restore(restorer: Restorer, snapshot, target: str, path: str, options: dict) -> RestoreResult:
     snapshot.repo.read_blob_ready()  # load the index once, before worker threads read blobs
     entry = snapshot.entry(path) if path else None
+    if entry is None or entry.type is EntryType.DIR:   # a hostile DAG is refused before anything is written
+        restorer.budget.check_walk(snapshot.tree, snapshot.manifest.tree if entry is None else entry.subtree)
     if not options.get("dry_run"):
         os.makedirs(target, exist_ok=True)
     root_fd = -1 if options.get("dry_run") else os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
