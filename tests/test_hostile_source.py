@@ -233,3 +233,34 @@ def test_a_10000_level_tree_round_trips(tmp_path, deep):
     second = repo.snapshot(str(source))
     changes = diff_snapshots(snap, open_repo(tmp_path / "repo").get(second.id))
     assert [(c.kind, c.path) for c in changes] == [("modified", "d/" * DEPTH + "leaf")]
+
+
+# -- sparse files ----------------------------------------------------------------------------------
+
+
+def test_a_sparse_file_restores_sparse(tmp_path):
+    source = tmp_path / "data"
+    source.mkdir()
+    size = 64 * MiB
+    with open(source / "disk.img", "wb") as fh:   # data at both ends, a hole of ~64 MiB between
+        fh.write(det_bytes(8 * KiB, "head"))
+        fh.seek(size - 8 * KiB)
+        fh.write(det_bytes(8 * KiB, "tail"))
+    write(source / "zeros.bin", bytes(3 * MiB) + b"end")     # zero runs in a dense file become holes too
+    repo = init_repo(tmp_path / "repo")
+    result = repo.snapshot(str(source))
+    restored = tmp_path / "out"
+    assert repo.restore(result.id, str(restored)).ok
+    for name in ("disk.img", "zeros.bin"):
+        assert (restored / name).read_bytes() == (source / name).read_bytes()
+    allocated = os.stat(restored / "disk.img").st_blocks * 512
+    assert os.stat(restored / "disk.img").st_size == size and allocated < 4 * MiB, allocated
+
+
+def test_a_file_ending_in_zeros_keeps_its_length(tmp_path):
+    source = tmp_path / "data"
+    write(source / "tail.bin", det_bytes(100 * KiB, "x") + bytes(2 * MiB))
+    repo = init_repo(tmp_path / "repo")
+    result = repo.snapshot(str(source))
+    assert repo.restore(result.id, str(tmp_path / "out"), verify=True).ok
+    assert (tmp_path / "out" / "tail.bin").read_bytes() == (source / "tail.bin").read_bytes()

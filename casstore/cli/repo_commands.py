@@ -140,6 +140,11 @@ def _print_check(report) -> None:
     click.echo(f"{report.snapshots} snapshots, {report.indexes} indexes, {report.packs} packs"
                + (f", {report.packs_read} packs read, {report.blobs_verified} blobs verified"
                   if report.packs_read else ""))
+    if report.orphan_packs:
+        click.echo(f"{report.orphan_packs} packs no index names (left by interrupted runs; `casstore gc` removes them)")
+    if report.leftovers:
+        click.echo(f"{len(report.leftovers)} leftover temp files ({sum(s for _, s in report.leftovers)} bytes) "
+                   "from interrupted runs; `casstore gc` and the next snapshot remove those older than an hour")
     for error in report.errors:
         click.echo(f"error: {error}")
     for pack_id, reason in report.damaged_packs.items():

@@ -19,6 +19,7 @@ from casstore.format.pack import KIND_DATA, KIND_TREE, pack_key, parse_header, v
 from casstore.format.snapshot import decode_snapshot
 from casstore.format.tree import EntryType, safe_name
 from casstore.format.walk import VisitBudget, load_tree_chain, tree_sizes
+from casstore.remotes.local import leftovers
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class CheckReport:
     packs_read: int = 0
     blobs_verified: int = 0
     orphan_packs: int = 0
+    leftovers: list[tuple[str, int]] = field(default_factory=list)   # temp files of killed runs (local)
     errors: list[str] = field(default_factory=list)
     damaged_packs: dict[str, str] = field(default_factory=dict)
     affected: dict[str, list[str]] = field(default_factory=dict)   # snapshot id -> damaged paths
@@ -42,8 +44,9 @@ class CheckReport:
     def as_dict(self) -> dict:
         return {"ok": self.ok, "snapshots": self.snapshots, "indexes": self.indexes, "packs": self.packs,
                 "packs_read": self.packs_read, "blobs_verified": self.blobs_verified,
-                "orphan_packs": self.orphan_packs, "errors": self.errors, "damaged_packs": self.damaged_packs,
-                "affected": self.affected}
+                "orphan_packs": self.orphan_packs, "leftover_temp_files": len(self.leftovers),
+                "leftover_bytes": sum(size for _, size in self.leftovers), "errors": self.errors,
+                "damaged_packs": self.damaged_packs, "affected": self.affected}
 
 
 class Checker:
@@ -56,6 +59,7 @@ class Checker:
     def run(self, read_data: bool, subset: float | None) -> CheckReport:
         self._check_indexes()
         self._check_packs_listed()
+        self.report.leftovers = leftovers(self.repo.remote)
         if read_data or subset:
             self._read_packs(subset)
         self._check_snapshots()

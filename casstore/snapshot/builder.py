@@ -25,6 +25,7 @@ from casstore.format.pack import KIND_DATA, KIND_TREE
 from casstore.format.snapshot import SnapshotManifest
 from casstore.format.tree import Entry, EntryType, encode_tree_chain
 from casstore.fsio.readahead import FILE_AHEAD, ReadAhead
+from casstore.remotes.local import remove_leftovers
 from casstore.repo.blobstore import BlobStore
 from casstore.snapshot import filescache
 from casstore.snapshot.excludes import Excluder
@@ -527,6 +528,7 @@ def take_snapshot(repo, source: str, *, tags: tuple[str, ...] = (), excludes: tu
     """Snapshot `source` into `repo`: packs, then the index, then the manifest (the commit)."""
     repo.load_index()
     repo.load_plans()  # blobs only in packs a gc plan condemns count as missing (design 5.4)
+    remove_leftovers(repo.remote)   # temp files an earlier killed run left (issue 13, case 11)
     builder = SnapshotBuilder(repo, source, excludes, progress)
     # the index and the files cache live for the whole build: keep the cyclic collector from
     # rescanning them on every collection (it was 6% of an incremental snapshot's main thread)

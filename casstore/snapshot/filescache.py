@@ -41,8 +41,14 @@ def load(path: str) -> dict[bytes, CacheEntry]:
 
 
 def save(path: str, entries: dict[bytes, CacheEntry]) -> None:
-    make_dirs(os.path.dirname(path))
-    write_durably(FileSystem(), path, msgpack.packb(entries))
+    """Replace the cache. Best effort: it is saved after the snapshot committed, so a full or
+    unwritable cache directory costs the next snapshot a re-read, never this one its success."""
+    try:
+        make_dirs(os.path.dirname(path))
+        write_durably(FileSystem(), path, msgpack.packb(entries))
+    except OSError as exc:
+        log.warning("could not save the files cache %s: %s (the next snapshot reads every file)", path,
+                    exc.strerror or exc)
 
 
 def _last_path(cache_file: str) -> str:
