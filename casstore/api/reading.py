@@ -87,6 +87,11 @@ class RepoAccess:
         with self._lock:
             self._listed = None
 
+    def refresh(self) -> None:
+        """Forget the listing and every pooled reader (their indexes may name deleted packs)."""
+        self.invalidate()
+        self.close()
+
     def resolve(self, ref: str):
         """`latest` or an id prefix -> SnapshotInfo (SnapshotNotFound for anything else)."""
         ref = ref.lower()

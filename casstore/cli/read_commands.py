@@ -7,7 +7,7 @@ from datetime import datetime
 
 import click
 
-from casstore.cli.common import Progress, emit, human, json_option, open_repo, repo_option
+from casstore.cli.common import Progress, emit, human, json_option, open_repo, printable, repo_option
 
 remote_option = click.option("--remote", "--from", "remote", metavar="URL",
                              help="Read from this remote repository instead of the local one.")
@@ -45,9 +45,9 @@ def _print_list(infos) -> None:
     for info in infos:
         m, s = info.manifest, info.manifest.summary
         flag = " (incomplete)" if m.incomplete else ""
-        click.echo(f"{info.short_id}  {m.time.astimezone().strftime('%Y-%m-%d %H:%M:%S')}  {m.host[:12]:12}  "
-                   f"{s.get('files_total', 0):>7}  {human(s.get('bytes_total', 0)):>10}  "
-                   f"{human(s.get('bytes_added_stored', 0)):>10}  {','.join(m.tags)}{flag}")
+        click.echo(f"{info.short_id}  {m.time.astimezone().strftime('%Y-%m-%d %H:%M:%S')}  "
+                   f"{printable(m.host[:12]):12}  {s.get('files_total', 0):>7}  {human(s.get('bytes_total', 0)):>10}  "
+                   f"{human(s.get('bytes_added_stored', 0)):>10}  {printable(','.join(m.tags))}{flag}")
 
 
 @click.command()
@@ -83,10 +83,11 @@ def _row(info) -> dict:
 
 def _print_show(snap, rows) -> None:
     m, s = snap.manifest, snap.manifest.summary
-    click.echo(f"snapshot {snap.short_id}  {m.time.astimezone().isoformat(timespec='seconds')}  host {m.host}")
-    click.echo(f"source   {m.source}")
+    click.echo(f"snapshot {snap.short_id}  {m.time.astimezone().isoformat(timespec='seconds')}  "
+               f"host {printable(m.host)}")
+    click.echo(f"source   {printable(m.source)}")
     if m.tags:
-        click.echo(f"tags     {', '.join(m.tags)}")
+        click.echo(f"tags     {printable(', '.join(m.tags))}")
     click.echo(f"files    {s.get('files_total', 0)} ({s.get('files_new', 0)} new, {s.get('files_changed', 0)} "
                f"changed, {s.get('files_unchanged', 0)} unchanged), {human(s.get('bytes_total', 0))}")
     click.echo(f"added    {human(s.get('bytes_added', 0))} ({human(s.get('bytes_added_stored', 0))} stored)"
@@ -96,7 +97,7 @@ def _print_show(snap, rows) -> None:
         kind = {"dir": "d", "file": "-", "symlink": "l"}.get(info.type, "?")
         suffix = "/" if info.type == "dir" else ""
         click.echo(f"{kind} {info.mode:04o} {human(info.size) if info.type == 'file' else '':>10}  "
-                   f"{info.mtime.strftime('%Y-%m-%d %H:%M')}  {info.path}{suffix}")
+                   f"{info.mtime.strftime('%Y-%m-%d %H:%M')}  {printable(info.path)}{suffix}")
 
 
 @click.command()
@@ -135,7 +136,7 @@ def _print_diff(changes) -> None:
     for c in changes:
         sizes = {"added": human(c.new_size), "removed": human(c.old_size),
                  "modified": f"{human(c.old_size)} -> {human(c.new_size)}", "metadata": ""}[c.kind]
-        click.echo(f"{marks[c.kind]}  {c.path}  {sizes if c.type == 'file' else ''}".rstrip())
+        click.echo(f"{marks[c.kind]}  {printable(c.path)}  {sizes if c.type == 'file' else ''}".rstrip())
     counts = {k: sum(1 for c in changes if c.kind == k) for k in marks}
     click.echo(f"{counts['added']} added, {counts['removed']} removed, {counts['modified']} modified, "
                f"{counts['metadata']} metadata only")
@@ -180,6 +181,6 @@ def _print_restore(result, target: str, seconds: float) -> None:
                f"{human(result.bytes)} into {target} in {seconds:.2f} s"
                + (f" ({result.skipped} unchanged skipped)" if result.skipped else ""))
     for error in result.errors[:100]:
-        click.echo(f"error: {error}", err=True)
+        click.echo(f"error: {printable(error)}", err=True)
     if len(result.errors) > 100:
         click.echo(f"... and {len(result.errors) - 100} more errors", err=True)
