@@ -21,12 +21,13 @@ import blake3
 from click.testing import CliRunner
 
 from casstore.cli.main import cli
+from casstore.client import Repository
 from casstore.format.config import RepoConfig
 from casstore.format.pack import KIND_DATA, KIND_TREE
 from casstore.format.snapshot import SnapshotManifest
 from casstore.format.tree import Entry, EntryType, encode_tree_chain
 from casstore.remotes.local import LocalRemote
-from casstore.repo.core import Repository, read_config
+from casstore.repo.core import read_config
 from casstore.settings import load_settings
 
 KiB, MiB = 1024, 1024 * 1024
@@ -144,6 +145,32 @@ def invoke(*args: str, expect: int | None = 0):
                              f"stdout: {result.stdout[-3000:]}\nstderr: {result.stderr[-3000:]}\n"
                              f"exception: {result.exception!r}")
     return result
+
+
+def on_a_terminal(*args: str, columns: int = 100, timeout: float = 120) -> tuple[int, bytes]:
+    """Run the console script with stderr on a pseudo-terminal: (exit code, what the terminal got)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))  # a fresh pty is 0x0
+    try:
+        proc = subprocess.run([CASSTORE, *args], stdout=subprocess.PIPE, stderr=slave, timeout=timeout)
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                block = os.read(master, 65536)
+            except OSError:   # EIO once the last writer is gone
+                break
+            if not block:
+                break
+            seen += block
+    finally:
+        os.close(master)
+    return proc.returncode, seen
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:

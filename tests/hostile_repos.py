@@ -33,7 +33,7 @@ CHUNK = 512 * KiB             # the test repository's maximum chunk size
 def build(case: str, repo_dir: str) -> str:
     """Make the hostile repository `case` in `repo_dir`; return its hostile snapshot's id."""
     from casstore.format.config import RepoConfig
-    from casstore.repo.core import Repository
+    from casstore.client import Repository
     from casstore.settings import load_settings
 
     repo = Repository.init_local(repo_dir, load_settings({"host": "h"}),
@@ -203,7 +203,7 @@ def _outcome(run: Callable[[], str]) -> str:
 
 
 def _open(repo_dir: str, settings):
-    from casstore.repo.core import Repository
+    from casstore.client import Repository
 
     return Repository.open_local(repo_dir, settings)
 

@@ -37,7 +37,7 @@ def test_temp_files_of_a_killed_snapshot_are_reported_then_removed(tmp_path):
     write(source / "big.bin", det_bytes(600_000, "big"))
     init_repo(tmp_path / "repo")
     for n in range(1, 10):   # killed at the Nth durability call, until one dies with a temp file written
-        proc = run("snapshot", source, "--repo", tmp_path / "repo", env={"CASSTORE_CRASH_AT_IO": str(n)},
+        proc = run("snapshot", source, "--repo", tmp_path / "repo", env={"CASSTORE_TEST_CRASH_AT_IO": str(n)},
                    expect=None)
         assert proc.returncode != 0
         left = _temp_files(tmp_path / "repo")

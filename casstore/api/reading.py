@@ -3,15 +3,15 @@
 The listing is re-read when older than LIST_TTL seconds (or when a job of ours finished), so the
 API sees snapshots the scheduler or the CLI just took. `GET /api/cloud/backup/<id>` streams the
 snapshot in `to_dict()`'s shape without holding it in memory: directories are nested objects,
-`name.json` / `name.jsonl` appear parsed under `name`, and every other file (or a JSON file that
-does not parse) as {"$file": path, "size": n, "href": raw download URL}.
+`name.json` / `name.jsonl` appear parsed under `name` (NaN, Infinity and overflowing numbers as
+null), and every other file (or a JSON file that does not parse) as {"$file": path, "size": n,
+"href": raw download URL}: the JSON-ready form of read/dictview.py.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import threading
 import time
@@ -19,18 +19,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import quote
 
+from casstore.client import Repository, open_repository
 from casstore.errors import SnapshotNotFound
+from casstore.format import layout
 from casstore.format.tree import Entry, EntryType
 from casstore.format.walk import VisitBudget
-from casstore.read.dictview import _assign_keys
-from casstore.read.reader import PathNotFound
+from casstore.read.dictview import _assign_keys, json_ready_file
+from casstore.read.reader import PathNotFound, Snapshot
 from casstore.settings import Settings
 
 LIST_TTL = 3.0
 POOL_SIZE = 4
 STREAM_CHUNK = 64 * 1024
 MAX_PATH = 4096
-SNAPSHOT_REF = re.compile(r"^(latest|[0-9a-f]{4,64})$")
+SNAPSHOT_REF = re.compile(r"^(latest|[0-9a-f]{4,64}|unified_backup_\d{8}_\d{6})$")   # the last: a seed id
 
 
 class BadPath(ValueError):
@@ -57,12 +59,10 @@ class RepoAccess:
 
     @property
     def exists(self) -> bool:
-        return os.path.isfile(os.path.join(self.settings.repository, "config"))
+        return layout.is_local_repository(self.settings.repository)
 
-    def _open(self):
-        from casstore.repo.core import Repository
-
-        return Repository.open_local(self.settings.repository, self.settings)
+    def _open(self) -> Repository:
+        return open_repository(self.settings, fallback_remote=False)
 
     # -- listing -------------------------------------------------------------------------------
 
@@ -80,8 +80,7 @@ class RepoAccess:
         if not self.exists:
             return [], 0
         with self.reader() as repo:
-            stored = sum(info.size for prefix in ("data/", "index/", "snapshots/") for info in repo.remote.list(prefix))
-            return repo.all_snapshots(), stored
+            return repo.all_snapshots(), repo.stored_bytes()
 
     def invalidate(self) -> None:
         with self._lock:
@@ -109,6 +108,8 @@ class RepoAccess:
     def _match(snapshots: list, ref: str):
         if ref == "latest":
             return next((s for s in snapshots if not s.manifest.incomplete), None)
+        if ref.startswith("unified_backup_"):   # imported by `casstore import-legacy`, tagged with it
+            return next((s for s in snapshots if ref in s.manifest.tags), None)
         matches = [s for s in snapshots if s.id.startswith(ref)]
         if len(matches) > 1:
             raise SnapshotNotFound(f"snapshot id {ref} is ambiguous; give more digits")
@@ -122,7 +123,7 @@ class RepoAccess:
             repo = self._pool.pop() if self._pool else None
         return repo or self._open()
 
-    def checkin(self, repo, broken: bool = False) -> None:
+    def checkin(self, repo: Repository, broken: bool = False) -> None:
         with self._pool_lock:
             if not broken and len(self._pool) < POOL_SIZE:
                 self._pool.append(repo)
@@ -149,7 +150,7 @@ class RepoAccess:
 # -- finding a path -------------------------------------------------------------------------------
 
 
-def find(snapshot, path: str) -> tuple[Entry | None, str]:
+def find(snapshot: Snapshot, path: str) -> tuple[Entry | None, str]:
     """The entry at `path` (a real path, or to_dict()'s keys such as `ai_hub/collective_intelligence`)
     and its real path; (None, '') is the root. PathNotFound when neither form names anything."""
     if not path:
@@ -173,7 +174,7 @@ def find(snapshot, path: str) -> tuple[Entry | None, str]:
 # -- streaming JSON --------------------------------------------------------------------------------
 
 
-def stream_snapshot(snapshot, entry: Entry | None, path: str, whole: bool) -> Iterator[bytes]:
+def stream_snapshot(snapshot: Snapshot, entry: Entry | None, path: str, whole: bool) -> Iterator[bytes]:
     """The snapshot (whole: with its header, as to_dict()) or one path's value, as JSON bytes.
 
     The trees to be streamed are walked first, within the snapshot's declared totals, so a hostile
@@ -187,7 +188,7 @@ def stream_snapshot(snapshot, entry: Entry | None, path: str, whole: bool) -> It
     return itertools.chain([first], parts)
 
 
-def plan_stream(snapshot, entry: Entry | None) -> None:
+def plan_stream(snapshot: Snapshot, entry: Entry | None) -> None:
     """Walk the trees a stream would visit (no file is read): IntegrityError if too many."""
     if entry is not None and entry.type is not EntryType.DIR:
         return
@@ -195,7 +196,7 @@ def plan_stream(snapshot, entry: Entry | None) -> None:
     VisitBudget(snapshot.manifest.summary).check_walk(snapshot.tree, tree)
 
 
-def _header(snapshot, budget: VisitBudget) -> Iterator[str]:
+def _header(snapshot: Snapshot, budget: VisitBudget) -> Iterator[str]:
     head = {"snapshot_id": snapshot.id, "backup_id": snapshot.id, "timestamp": snapshot.time.isoformat(),
             "host": snapshot.manifest.host, "tags": list(snapshot.manifest.tags)}
     yield json.dumps(head)[:-1] + ', "data_sources": '
@@ -203,7 +204,7 @@ def _header(snapshot, budget: VisitBudget) -> Iterator[str]:
     yield "}"
 
 
-def _value(snapshot, entry: Entry | None, path: str, budget: VisitBudget) -> Iterator[str]:
+def _value(snapshot: Snapshot, entry: Entry | None, path: str, budget: VisitBudget) -> Iterator[str]:
     if entry is None:
         yield from _dir(snapshot, snapshot.manifest.tree, "", budget)
     elif entry.type is EntryType.DIR:
@@ -214,7 +215,7 @@ def _value(snapshot, entry: Entry | None, path: str, budget: VisitBudget) -> Ite
         yield "null"
 
 
-def _dir(snapshot, tree_id: bytes, path: str, budget: VisitBudget) -> Iterator[str]:
+def _dir(snapshot: Snapshot, tree_id: bytes, path: str, budget: VisitBudget) -> Iterator[str]:
     """A directory as a JSON object, iteratively (an explicit stack: any depth)."""
     def members(tree: bytes) -> Iterator[tuple[str, Entry]]:
         return iter(_assign_keys(budget.spend(snapshot.tree(tree))).items())
@@ -242,29 +243,21 @@ def _dir(snapshot, tree_id: bytes, path: str, budget: VisitBudget) -> Iterator[s
             yield "null"
 
 
-def _file(snapshot, entry: Entry, path: str, budget: VisitBudget) -> str:
-    name = path.rsplit("/", 1)[-1]
-    if name.endswith((".json", ".jsonl")):
-        data = snapshot.read_entry(entry, path, budget)
-        try:
-            if name.endswith(".jsonl"):
-                return "[" + ",".join(_dumps(json.loads(line)) for line in data.splitlines() if line.strip()) + "]"
-            return _dumps(json.loads(data))
-        except (ValueError, UnicodeDecodeError, RecursionError):     # nested too deep: a file ref too
-            return _dumps(file_ref(snapshot, path, entry.size, error="does not parse as JSON"))
-    return _dumps(file_ref(snapshot, path, entry.size))
+def _file(snapshot: Snapshot, entry: Entry, path: str, budget: VisitBudget) -> str:
+    value = json_ready_file(snapshot, path, entry, budget)
+    if isinstance(value, dict) and "$file" in value:     # a reference: add where to download it
+        value["href"] = file_href(snapshot, path)
+    return _dumps(value)
 
 
-def file_ref(snapshot, path: str, size: int, error: str | None = None) -> dict:
-    ref = {"$file": path, "size": size,
-           "href": f"/api/cloud/backup/{snapshot.id}/file?path={quote(path, safe='/', errors='surrogateescape')}"}
-    if error:
-        ref["error"] = error
-    return ref
+def file_href(snapshot: Snapshot, path: str) -> str:
+    return f"/api/cloud/backup/{snapshot.id}/file?path={quote(path, safe='/', errors='surrogateescape')}"
 
 
 def _dumps(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)
+    # allow_nan=False: the JSON-ready values hold no NaN/Infinity; if one slipped through, fail
+    # loudly rather than send a document that JSON.parse rejects
+    return json.dumps(value, ensure_ascii=False, default=str, allow_nan=False)
 
 
 def _coalesce(parts: Iterator[str]) -> Iterator[bytes]:
@@ -284,3 +277,29 @@ def stream_file(opened, piece: int = 1 << 20) -> Iterator[bytes]:
     with opened as fh:
         while chunk := fh.read(piece):
             yield chunk
+
+
+# -- one directory, for the dashboard's snapshot view ------------------------------------------------
+
+
+def directory_listing(snapshot, entry: Entry | None, path: str, limit: int) -> dict:
+    """The directory at `path` (its entries, at most `limit`), or PathNotFound for anything else."""
+    if entry is not None and entry.type is not EntryType.DIR:
+        raise PathNotFound(f"{path} is not a directory in snapshot {snapshot.short_id}")
+    entries = snapshot.tree(entry.subtree if entry is not None else snapshot.manifest.tree)
+    rows = [_listing_row(snapshot, e, path) for e in entries[:limit]]
+    return {"success": True, "backup_id": snapshot.id, "short_id": snapshot.short_id,
+            "timestamp": snapshot.time.isoformat(), "host": snapshot.manifest.host, "path": path,
+            "total": len(entries), "truncated": len(entries) > limit, "entries": rows}
+
+
+def _listing_row(snapshot, entry: Entry, parent: str) -> dict:
+    name = entry.name.decode("utf-8", "surrogateescape")
+    path = f"{parent}/{name}" if parent else name
+    row: dict = {"name": name, "path": path, "type": entry.type.value, "size": entry.size,
+                 "mode": f"{entry.mode:04o}", "mtime_ns": entry.mtime_ns}
+    if entry.type is EntryType.SYMLINK and isinstance(entry.content, bytes):
+        row["target"] = entry.content.decode("utf-8", "surrogateescape")
+    if entry.type is EntryType.FILE:
+        row["href"] = file_href(snapshot, path)
+    return row

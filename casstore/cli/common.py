@@ -4,30 +4,31 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from collections.abc import Callable
+from typing import Any
 
 import click
+
+from casstore.client import Repository, open_repository
+from casstore.settings import Settings, load_settings
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON for scripts.")
 repo_option = click.option("--repo", "repository", metavar="PATH",
                            help="Local repository (default: CASSTORE_REPOSITORY or ./.casstore).")
 
 
-def settings(ctx: click.Context, repository: str | None = None, **overrides):
-    from casstore.settings import load_settings
-
+def settings(ctx: click.Context, repository: str | None = None, **overrides: Any) -> Settings:
     repo = repository or (ctx.obj or {}).get("repository")
     if repo:
         overrides["repository"] = repo
     return load_settings(overrides)
 
 
-def open_repo(ctx: click.Context, repository: str | None = None, *, remote: str | None = None, **overrides):
+def open_repo(ctx: click.Context, repository: str | None = None, *, remote: str | None = None,
+              **overrides: Any) -> Repository:
     """The local repository, or the configured remote read-only when there is no local one."""
-    from casstore.repo.open import open_repository
-
-    s = settings(ctx, repository, **overrides)
-    return open_repository(s.repository, remote=remote, **{k: v for k, v in overrides.items() if v is not None})
+    return open_repository(settings(ctx, repository, **overrides), remote=remote)
 
 
 def emit(as_json: bool, payload: object, text: Callable[[], None]) -> None:
@@ -70,19 +71,33 @@ def human(n: int | float | None) -> str:
 
 
 class Progress:
-    """A byte-counting progress bar on a terminal, nothing otherwise."""
+    """A byte-counting progress bar on a terminal, nothing otherwise. With a total it shows the
+    percentage and the time left; the library calls `set_total` once it knows the total (sync,
+    after planning), and the CLI may set it from a background scan (snapshot)."""
 
     def __init__(self, total: int | None, description: str) -> None:
         self._bar = None
+        self._lock = threading.Lock()
         if sys.stderr.isatty():
-            from tqdm import tqdm
+            from tqdm import tqdm  # lazy: 60 ms to import; only a terminal shows a bar
 
             self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=description,
                              leave=False, file=sys.stderr)
 
+    @property
+    def shown(self) -> bool:
+        return self._bar is not None
+
     def __call__(self, n: int) -> None:
         if self._bar is not None:
-            self._bar.update(n)
+            with self._lock:   # reused files count on the walk's thread, read ones on the pipeline's
+                self._bar.update(n)
+
+    def set_total(self, total: int) -> None:
+        if self._bar is not None and total > 0:
+            with self._lock:
+                self._bar.total = total
+                self._bar.refresh()
 
     def close(self) -> None:
         if self._bar is not None:
@@ -93,3 +108,40 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def estimate_total(progress: Progress, repo: Repository, source: str) -> None:
+    """Give a snapshot's bar its total: the bytes of this host's last snapshot of `source`, or for a
+    first snapshot a quick scan's (file sizes, in a background thread, so nothing waits for it)."""
+    import os
+
+    if not progress.shown:
+        return
+    source = os.path.abspath(source)
+    previous = repo.snapshots(limit=1, source=source)
+    if previous:   # exact for an unchanged source, and it honours the excludes a scan would not
+        progress.set_total(int(previous[0].manifest.summary.get("bytes_total", 0)))
+        return
+    threading.Thread(target=lambda: progress.set_total(_tree_bytes(source)), daemon=True,
+                     name="casstore-scan").start()
+
+
+def _tree_bytes(root: str) -> int:
+    """Sizes of the regular files below `root` (excludes are not applied: an estimate)."""
+    import os
+
+    total, stack = 0, [root]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        elif entry.is_file(follow_symlinks=False):
+                            total += entry.stat(follow_symlinks=False).st_size
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+    return total

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
-import os
+import subprocess
 import sys
 
 import click
 
-from casstore.cli.common import Progress, emit, human, json_option, open_repo, printable, repo_option, settings
+from casstore.cli.common import (
+    Progress,
+    emit,
+    estimate_total,
+    human,
+    json_option,
+    open_repo,
+    printable,
+    repo_option,
+    settings,
+)
+from casstore.client import init_repository, open_repository
+from casstore.errors import CasstoreError, ConfigError
+from casstore.format import layout
+from casstore.format.config import DEFAULT_PACK_SIZE, RepoConfig
+from casstore.repo.open import adopted_config
+from casstore.repo.pricing import NO_PRICE
+from casstore.snapshot.source import check_source
 
 
 @click.command()
@@ -21,18 +38,13 @@ from casstore.cli.common import Progress, emit, human, json_option, open_repo, p
 @click.pass_context
 def init(ctx, repository, chunk_avg, chunk_min, chunk_max, pack_size, from_url, as_json):
     """Create a new local repository."""
-    from casstore.format.config import DEFAULT_PACK_SIZE, RepoConfig
-    from casstore.repo.core import Repository
-
     s = settings(ctx, repository)
     if from_url:
-        from casstore.repo.open import adopted_config
-
         config = adopted_config(from_url, s)
     else:
         config = RepoConfig.new(min_size=chunk_min, avg_size=chunk_avg, max_size=chunk_max,
                                 pack_size=pack_size or DEFAULT_PACK_SIZE, compression_level=s.compression_level or 3)
-    repo = Repository.init_local(s.repository, s, config)
+    repo = init_repository(s, config)
     payload = {"repository": repo.location, "id": config.id, "chunker": {k: v for k, v in config.chunker.items()
                                                                         if k != "seed"}}
     emit(as_json, payload, lambda: click.echo(f"created repository {config.id[:8]} at {repo.location}"))
@@ -49,20 +61,17 @@ def init(ctx, repository, chunk_avg, chunk_min, chunk_max, pack_size, from_url, 
 @click.pass_context
 def snapshot(ctx, source, repository, tags, excludes, pre_hook, post_hook, as_json):
     """Take a snapshot of SOURCE (default: CASSTORE_SOURCE or ./data)."""
-    from casstore.errors import SourceError
-    from casstore.repo.open import open_repository
-
     s = settings(ctx, repository)
     source = source or s.source
-    if not os.path.isdir(source):
-        raise SourceError(f"source directory {source} does not exist (set CASSTORE_SOURCE or pass a path)")
+    check_source(source)
     _run_hook(pre_hook, "pre-hook")  # before anything is created: a failing pre-hook changes nothing
-    created = not os.path.isfile(os.path.join(s.repository, "config"))
-    repo = open_repository(s.repository, create=True)
+    created = not layout.is_local_repository(s.repository)
+    repo = open_repository(s, create=True)  # the settings read above: read once per snapshot
     if created and not as_json:
         click.echo(f"created repository at {repo.location}", err=True)
     try:
         with Progress(None, "snapshot") as progress:
+            estimate_total(progress, repo, source)
             result = repo.snapshot(source, tags=tuple(tags), excludes=tuple(excludes), progress=progress)
     finally:
         if post_hook:
@@ -80,10 +89,6 @@ backup = click.Command("backup", callback=snapshot.callback, params=snapshot.par
 def _run_hook(command: str | None, what: str, fatal: bool = True) -> None:
     if not command:
         return
-    import subprocess
-
-    from casstore.errors import CasstoreError
-
     completed = subprocess.run(command, shell=True)  # the user's own command line, by design
     if completed.returncode != 0:
         message = f"{what} `{command}` failed with exit code {completed.returncode}"
@@ -125,8 +130,6 @@ def check(ctx, repository, read_data, read_data_subset, remote, as_json):
 
 
 def _percent(text: str) -> float:
-    from casstore.errors import ConfigError
-
     try:
         value = float(text.rstrip("%")) / 100
     except ValueError:
@@ -183,6 +186,9 @@ def _print_stats(d: dict) -> None:
         for name, row in d["per_source"].items():
             click.echo(f"  {name:30} {row['files']:>7} files  {human(row['logical_bytes']):>10} logical  "
                        f"{human(row['stored_bytes']):>10} stored")
+    if not d["monthly_cost"]:
+        click.echo(f"estimated monthly storage cost: {NO_PRICE}")
+        return
     click.echo("estimated monthly storage cost:")
     for row in d["monthly_cost"].values():
         click.echo(f"  {row['label']:34} ${row['usd_per_month']:.4f}/month  "

@@ -15,7 +15,8 @@ pack id), so duplicate copies uploaded by racing hosts are reclaimed too.
 
 from __future__ import annotations
 
-from casstore.format.plan import GcPlan, plan_key
+from casstore.format.layout import plan_key
+from casstore.format.plan import GcPlan
 from casstore.gc.context import GcContext
 from casstore.gc.listing import RepoView, needed_locations, pack_usage
 from casstore.gc.repack import dead_bytes, mostly_dead, repack

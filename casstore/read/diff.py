@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from casstore.format.tree import Entry, EntryType
 from casstore.format.walk import VisitBudget
+
+if TYPE_CHECKING:
+    from casstore.read.reader import Snapshot
 
 
 @dataclass(frozen=True)
@@ -16,13 +20,14 @@ class Change:
     type: str
     old_size: int | None
     new_size: int | None
+    what: tuple[str, ...] = ()     # modified/metadata: which of content, target, size, mode, mtime, owner
 
     def as_dict(self) -> dict:
         return {"change": self.kind, "path": self.path, "type": self.type,
-                "old_size": self.old_size, "new_size": self.new_size}
+                "old_size": self.old_size, "new_size": self.new_size, "what": list(self.what)}
 
 
-def diff_snapshots(old, new) -> list[Change]:
+def diff_snapshots(old: Snapshot, new: Snapshot) -> list[Change]:
     """Changes from snapshot `old` to `new`; identical subtrees (same tree id) are skipped unread.
     Iterative (a stack of generators: any depth) and bounded by each snapshot's declared totals."""
     budgets = (VisitBudget(old.manifest.summary), VisitBudget(new.manifest.summary))
@@ -55,7 +60,7 @@ def _entry_actions(a: Entry | None, b: Entry | None, path: str) -> Iterator[Chan
     """The changes for one name, and the subtree pairs to descend into, in output order."""
     if a is not None and b is not None and a.type is EntryType.DIR and b.type is EntryType.DIR:
         if _meta(a) != _meta(b):
-            yield Change("metadata", path + "/", "dir", None, None)
+            yield Change("metadata", path + "/", "dir", None, None, _what(a, b))
         yield (a.subtree, b.subtree, path)
         return
     if a is None or b is None or a.type is not b.type:
@@ -65,9 +70,9 @@ def _entry_actions(a: Entry | None, b: Entry | None, path: str) -> Iterator[Chan
             yield from _one_side(b, path, "added")
         return
     if a.content != b.content or a.size != b.size:
-        yield Change("modified", path, b.type.value, a.size, b.size)
+        yield Change("modified", path, b.type.value, a.size, b.size, _what(a, b))
     elif _meta(a) != _meta(b):
-        yield Change("metadata", path, b.type.value, a.size, b.size)
+        yield Change("metadata", path, b.type.value, a.size, b.size, _what(a, b))
 
 
 def _one_side(entry: Entry, path: str, kind: str) -> Iterator[Change | tuple]:
@@ -76,6 +81,14 @@ def _one_side(entry: Entry, path: str, kind: str) -> Iterator[Change | tuple]:
     yield Change(kind, path + ("/" if is_dir else ""), entry.type.value, *sizes)
     if is_dir:
         yield (entry.subtree, None, path) if kind == "removed" else (None, entry.subtree, path)
+
+
+def _what(a: Entry, b: Entry) -> tuple[str, ...]:
+    """The aspects that differ, in a fixed order; a symlink's content is its target."""
+    content = "target" if b.type is EntryType.SYMLINK else "content"
+    differs = {content: b.type is not EntryType.DIR and a.content != b.content, "size": a.size != b.size,
+               "mode": a.mode != b.mode, "mtime": a.mtime_ns != b.mtime_ns, "owner": (a.uid, a.gid) != (b.uid, b.gid)}
+    return tuple(name for name, changed in differs.items() if changed)
 
 
 def _meta(e: Entry) -> tuple:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import io
 import json
 import posixpath
@@ -13,6 +14,8 @@ from casstore.errors import CasstoreError, IntegrityError
 from casstore.format.pack import KIND_DATA, KIND_TREE
 from casstore.format.tree import Entry, EntryType
 from casstore.format.walk import VisitBudget, load_tree_chain, walk_tree
+from casstore.read.dictview import json_ready_dict, snapshot_dict
+from casstore.repo.core import RepoCore, SnapshotInfo
 
 
 class PathNotFound(CasstoreError, KeyError, FileNotFoundError):
@@ -30,12 +33,13 @@ class FileInfo:
     size: int
     mtime: datetime
     mode: int
+    target: str | None = None     # a symlink's target
 
 
 class Snapshot:
     """One snapshot, read lazily: trees and chunks are fetched only when a path needs them."""
 
-    def __init__(self, repo, info) -> None:
+    def __init__(self, repo: RepoCore, info: SnapshotInfo) -> None:
         self.repo, self.info = repo, info
         self.id, self.manifest = info.id, info.manifest
         self._trees: dict[bytes, list[Entry]] = {}
@@ -71,7 +75,8 @@ class Snapshot:
         tree_id, found = self.manifest.tree, None
         for depth, part in enumerate(parts):
             if found is not None and found.type is not EntryType.DIR:
-                raise PathNotFound(f"{'/'.join(parts[:depth])} is not a directory")
+                above = b"/".join(parts[:depth]).decode("utf-8", "surrogateescape")  # names are bytes
+                raise PathNotFound(f"{above} is not a directory")
             found = next((e for e in self.tree(tree_id) if e.name == part), None)
             if found is None:
                 raise PathNotFound(f"{path} is not in snapshot {self.short_id}")
@@ -97,7 +102,7 @@ class Snapshot:
         budget = VisitBudget(self.manifest.summary)
         for rel, e in walk_tree(lambda tree_id: budget.spend(self.tree(tree_id)), self._dir_tree(path), prefix):
             name = rel.rsplit("/", 1)[-1]
-            yield FileInfo(rel, name, e.type.value, e.size, _mtime(e.mtime_ns), e.mode)
+            yield FileInfo(rel, name, e.type.value, e.size, _mtime(e.mtime_ns), e.mode, _link_target(e))
 
     # -- file contents -----------------------------------------------------------------------
 
@@ -130,18 +135,25 @@ class Snapshot:
     def read_json(self, path: str) -> object:
         return json.loads(self.read_bytes(path))
 
-    def to_dict(self):
-        """The seed's shape: {'snapshot_id', 'timestamp', 'data_sources': {...}}, read lazily."""
-        from casstore.read.dictview import snapshot_dict
+    def to_dict(self, json_ready: bool = False):
+        """The seed's shape: {'snapshot_id', 'timestamp', 'data_sources': {...}}, read lazily.
 
-        return snapshot_dict(self)
+        json_ready=True: plain dicts, read whole, that `json.dumps` writes as standard JSON (files
+        that are not JSON as {"$file": path, "size": n} references; NaN and Infinity as None)."""
+        return json_ready_dict(self) if json_ready else snapshot_dict(self)
+
+
+def _link_target(entry: Entry) -> str | None:
+    if entry.type is not EntryType.SYMLINK or not isinstance(entry.content, bytes):
+        return None
+    return entry.content.decode("utf-8", "surrogateescape")
 
 
 class ChunkedFile(io.RawIOBase):
     """A file in a snapshot as a raw, seekable stream over its chunks (whose lengths must add up
     to the size the entry records, so a Content-Length taken from it holds)."""
 
-    def __init__(self, repo, entry: Entry) -> None:
+    def __init__(self, repo: RepoCore, entry: Entry) -> None:
         self._repo, self._chunks = repo, list(entry.chunks)
         self._starts = _chunk_starts(repo, self._chunks)
         self._size = self._starts[-1]
@@ -181,7 +193,7 @@ class ChunkedFile(io.RawIOBase):
         return self._cached[1]
 
 
-def _chunk_starts(repo, chunk_ids: list[bytes]) -> list[int]:
+def _chunk_starts(repo: RepoCore, chunk_ids: list[bytes]) -> list[int]:
     starts = [0]
     for chunk_id in chunk_ids:
         locations = repo.index.locations(KIND_DATA, chunk_id)
@@ -215,8 +227,6 @@ def _mtime(mtime_ns: int) -> datetime:
 
 
 def _find_chunk(starts: list[int], pos: int) -> int:
-    import bisect
-
     return bisect.bisect_right(starts, pos) - 1
 
 

@@ -17,18 +17,24 @@ import stat
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-
-import pathspec
+from typing import Any
 
 from casstore.errors import CasstoreError, RestoreError
 from casstore.format import codec
 from casstore.format.pack import KIND_DATA
 from casstore.format.tree import Entry, EntryType, safe_name
 from casstore.format.walk import VisitBudget
-from casstore.read.reader import checked_size
+from casstore.read.reader import Snapshot, checked_size
+from casstore.repo.core import BlobReader, RepoCore
 from casstore.restore.prefetch import Prefetcher
 
 OVERWRITE_MODES = ("never", "if-changed", "always")
+
+
+def _patterns(lines: Iterable[str]) -> Any:
+    import pathspec  # lazy: start-up time (every command loads this module); only patterns need it
+
+    return pathspec.GitIgnoreSpec.from_lines(lines)
 MAX_LINK_GROUPS = 512   # hard-link groups restored as links (each keeps a directory descriptor open)
 PREFETCH_WINDOW = 8   # chunks decoded ahead per directory (bounds memory: at most 8 x the max chunk size)
 MAX_OPEN_DIRS = 64       # directory descriptors a restore keeps open (the deepest ones)
@@ -38,6 +44,7 @@ MAX_TIME_NS = 2**63 - 1
 MAX_DEVICE = 2**64 - 1
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+EXISTING_SHOWN = 20
 
 
 @dataclass
@@ -49,14 +56,17 @@ class RestoreResult:
     skipped: int = 0
     dry_run: bool = False
     errors: list[str] = field(default_factory=list)
+    existing: int = 0        # files left alone because they exist (--overwrite never): one summary, not N errors
+    existing_paths: list[str] = field(default_factory=list)   # the first EXISTING_SHOWN of them
 
     @property
     def ok(self) -> bool:
-        return not self.errors
+        return not self.errors and not self.existing
 
     def as_dict(self) -> dict:
         return {"files": self.files, "dirs": self.dirs, "symlinks": self.symlinks, "bytes": self.bytes,
-                "skipped": self.skipped, "dry_run": self.dry_run, "errors": self.errors, "ok": self.ok}
+                "skipped": self.skipped, "dry_run": self.dry_run, "errors": self.errors,
+                "existing": self.existing, "existing_paths": self.existing_paths, "ok": self.ok}
 
 
 def _refusal(entry: Entry, privileged: bool) -> str | None:
@@ -77,15 +87,15 @@ def _refusal(entry: Entry, privileged: bool) -> str | None:
 
 
 class Restorer:
-    def __init__(self, snapshot, *, overwrite: str = "never", include: tuple[str, ...] = (),
+    def __init__(self, snapshot: Snapshot, *, overwrite: str = "never", include: tuple[str, ...] = (),
                  exclude: tuple[str, ...] = (), dry_run: bool = False, verify: bool = False,
                  privileged: bool = False, progress=None) -> None:
         if overwrite not in OVERWRITE_MODES:
             raise RestoreError(f"--overwrite must be one of {', '.join(OVERWRITE_MODES)}")
         self.snapshot, self.repo = snapshot, snapshot.repo
         self.overwrite, self.dry_run, self.verify = overwrite, dry_run, verify
-        self.include = pathspec.GitIgnoreSpec.from_lines(include) if include else None
-        self.exclude = pathspec.GitIgnoreSpec.from_lines(exclude) if exclude else None
+        self.include = _patterns(include) if include else None
+        self.exclude = _patterns(exclude) if exclude else None
         self.progress = progress or (lambda n: None)
         self.result = RestoreResult(dry_run=dry_run)
         self.budget = VisitBudget(snapshot.manifest.summary)
@@ -318,7 +328,9 @@ class Restorer:
             self._error(path, "a directory is in the way")
             return False
         if self.overwrite == "never":
-            self._error(path, "exists (use --overwrite if-changed or always)")
+            self.result.existing += 1
+            if len(self.result.existing_paths) < EXISTING_SHOWN:
+                self.result.existing_paths.append(path)
             return False
         if self.overwrite == "if-changed" and stat.S_ISREG(existing.st_mode) \
                 and (existing.st_size, existing.st_mtime_ns) == (entry.size, entry.mtime_ns):
@@ -436,7 +448,7 @@ def _reopen_parent(child_fd: int, ident: tuple[int, int]) -> int | None:
 class FileChunks:
     """A file's chunks in order: from the directory's prefetcher when planned there, else read directly."""
 
-    def __init__(self, entry: Entry, prefetcher: Prefetcher | None, repo) -> None:
+    def __init__(self, entry: Entry, prefetcher: Prefetcher | None, repo: BlobReader) -> None:
         self._remaining = list(entry.chunks)
         self._prefetcher, self._repo = prefetcher, repo
 
@@ -468,7 +480,7 @@ def open_child_dir(dir_fd: int, name: bytes) -> int:
         raise
 
 
-def restore_snapshot(snapshot, target: str, *, path: str = "", **options) -> RestoreResult:
+def restore_snapshot(snapshot: Snapshot, target: str, *, path: str = "", **options) -> RestoreResult:
     """Restore `snapshot` (or only `path` in it) below `target`, which is created if missing."""
     restorer = Restorer(snapshot, **options)
     try:
@@ -509,6 +521,7 @@ def _restore_path(restorer: Restorer, root_fd: int, path: str) -> None:
                 fd = open_child_dir(fd, parts[depth].encode("utf-8", "surrogateescape"))
                 opened.append(fd)
         entry = restorer.snapshot.entry("/".join(parts))
+        assert entry is not None  # _restore looked this path up already: it is an entry, not the root
         restorer.restore_entry(fd, entry, "/".join(parts))
     finally:
         for opened_fd in opened:
@@ -543,7 +556,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _verify_written(fd: int, entry: Entry, repo) -> None:
+def _verify_written(fd: int, entry: Entry, repo: RepoCore) -> None:
     os.lseek(fd, 0, os.SEEK_SET)
     with os.fdopen(os.dup(fd), "rb") as fh:
         for chunk_id in entry.chunks:

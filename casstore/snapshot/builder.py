@@ -27,6 +27,7 @@ from casstore.format.tree import Entry, EntryType, encode_tree_chain
 from casstore.fsio.readahead import FILE_AHEAD, ReadAhead
 from casstore.remotes.local import remove_leftovers
 from casstore.repo.blobstore import BlobStore
+from casstore.repo.core import RepoCore
 from casstore.snapshot import filescache
 from casstore.snapshot.excludes import Excluder
 from casstore.snapshot.pipeline import ChunkPipeline
@@ -130,7 +131,7 @@ class _Item:
 
 
 class SnapshotBuilder:
-    def __init__(self, repo, source: str, excludes: tuple[str, ...], progress: Callable[[int], None] | None):
+    def __init__(self, repo: RepoCore, source: str, excludes: tuple[str, ...], progress: Callable[[int], None] | None):
         self.repo = repo
         self.source = os.path.abspath(source)
         self.store: BlobStore = repo.blob_store()
@@ -348,6 +349,7 @@ class SnapshotBuilder:
             self._count_file(job)
             job.chunk_ids = item.reuse
             self.summary.files_unchanged += 1
+            self.progress(job.st.st_size)   # progress counts the whole source, read or reused
             self._keep(item, job, jobs)
             return
         fd = self._open_file(frame, item)
@@ -523,7 +525,7 @@ class SnapshotBuilder:
         self._error(rel.decode("utf-8", "surrogateescape"), f"changed during the snapshot: {what}")
 
 
-def take_snapshot(repo, source: str, *, tags: tuple[str, ...] = (), excludes: tuple[str, ...] = (),
+def take_snapshot(repo: RepoCore, source: str, *, tags: tuple[str, ...] = (), excludes: tuple[str, ...] = (),
                   progress: Callable[[int], None] | None = None) -> SnapshotResult:
     """Snapshot `source` into `repo`: packs, then the index, then the manifest (the commit)."""
     repo.load_index()
@@ -540,6 +542,7 @@ def take_snapshot(repo, source: str, *, tags: tuple[str, ...] = (), excludes: tu
         gc.unfreeze()
         builder.store.close()
     summary = builder.summary
+    summary.repository_bytes = repo.stored_bytes()
     summary.duration_ms = (time.time_ns() - builder.start_ns) // 1_000_000
     parent = _parent(repo, builder)
     manifest = SnapshotManifest(time_ns=builder.start_ns, host=repo.settings.host, source=builder.source,
@@ -552,11 +555,11 @@ def take_snapshot(repo, source: str, *, tags: tuple[str, ...] = (), excludes: tu
     return SnapshotResult(snapshot_id, manifest, summary)
 
 
-def _parent(repo, builder: SnapshotBuilder) -> str | None:
+def _parent(repo: RepoCore, builder: SnapshotBuilder) -> str | None:
     """This host's previous snapshot of the source: the one noted locally if it still exists (one
     stat), else found by reading every manifest (a new cache, or the noted one was forgotten)."""
     noted = filescache.load_last(builder.cache_file, repo.settings.host)
-    if noted is not None and repo.remote.exists(f"snapshots/{noted}"):
+    if noted is not None and repo.has_snapshot(noted):
         return noted
     previous = repo.snapshots(limit=1, source=builder.source)
     return previous[0].id if previous else None

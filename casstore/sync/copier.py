@@ -9,9 +9,11 @@ from collections.abc import Callable
 
 from casstore._testing import pause_point
 from casstore.errors import CasstoreError, RemoteError
+from casstore.format import layout
 from casstore.format.pack import KIND_TREE
 from casstore.format.plan import list_plan_keys
 from casstore.format.walk import add_reachable
+from casstore.repo.core import RepoCore
 from casstore.sync.state import SyncState
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ class SessionExpired(RemoteError):
 class Copier:
     """Copies blobs and snapshots from `src` into `dst` (both open Repositories)."""
 
-    def __init__(self, src, dst, *, concurrency: int, grace: float, state: SyncState | None,
+    def __init__(self, src: RepoCore, dst: RepoCore, *, concurrency: int, grace: float, state: SyncState | None,
                  progress: Callable[[int], None] | None = None, clock: Callable[[], float] = boottime) -> None:
         self.src, self.dst, self.state = src, dst, state
         self.grace, self.clock = grace, clock
@@ -87,7 +89,7 @@ class Copier:
         if self.state is None:
             return
         for pack_id, entries in self.state.journal().items():
-            if self.dst.remote.exists(f"data/{pack_id[:2]}/{pack_id}") and pack_id not in self.dst.index.condemned:
+            if self.dst.remote.exists(layout.pack_key(pack_id)) and pack_id not in self.dst.index.condemned:
                 self.store.adopt_uploaded(pack_id, entries)
 
     def upload(self, blobs: list[tuple[int, bytes]]) -> None:
@@ -122,7 +124,7 @@ class Copier:
         """Packs uploaded over a quarter grace period ago and not yet indexed: confirm they exist."""
         if not self.protocol or self.clock() - self.checkpoint_clock < self.grace / 4:
             return
-        gone = {p for p in self.store.unindexed() if not self.dst.remote.exists(f"data/{p[:2]}/{p}")}
+        gone = {p for p in self.store.unindexed() if not self.dst.remote.exists(layout.pack_key(p))}
         if gone:
             log.warning("%d uploaded pack(s) vanished before they were indexed; uploading again", len(gone))
             self.store.forget_unindexed(gone)
@@ -151,7 +153,7 @@ class Copier:
         if not self.protocol or (reference is not None and info.mtime - reference <= self.grace / 4):
             return
         packs = self.store.session_indexes[index_id]
-        gone = {p for p in packs if not self.dst.remote.exists(f"data/{p[:2]}/{p}")}
+        gone = {p for p in packs if not self.dst.remote.exists(layout.pack_key(p))}
         if not gone or depth >= MAX_RECHECKS:
             return
         log.warning("%d pack(s) were deleted before their index landed; withdrawing that index", len(gone))
@@ -181,7 +183,7 @@ class Copier:
         for _ in range(MAX_RECHECKS):
             self.rechecks += 1
             plans = list_plan_keys(self.dst.remote)
-            listed = {info.key.split("/", 1)[1] for info in self.dst.remote.list("index/")}
+            listed = {layout.name_of(info.key) for info in self.dst.remote.list(layout.INDEX_PREFIX)}
             # missing(): packs found gone before they were indexed must be uploaded before the commit
             if plans == self.known_plans and self.relied_indexes <= listed and not self.missing(blobs):
                 self._mark_recheck()
@@ -201,12 +203,12 @@ class Copier:
     def commit(self, snapshot_id: str, blobs: list[tuple[int, bytes]]) -> None:
         if self.protocol and self.clock() - self.recheck_clock > self.grace / 2:
             self.recheck(blobs)
-        body = self.src.remote.get(f"snapshots/{snapshot_id}")
-        self.src.manifest(snapshot_id)  # verified before it is copied
+        body = self.src._cached_get(layout.SNAPSHOTS, snapshot_id)  # verified (re-fetched on mismatch) before copied
+        self.src.manifest(snapshot_id)
         if self.state is not None:
             self.state.pending.add(snapshot_id)
             self.state.save()
-        info = self.dst.remote.put(f"snapshots/{snapshot_id}", body)
+        info = self.dst.remote.put(layout.snapshot_key(snapshot_id), body)
         self._note_write(info.mtime)
         pause_point("after-snapshot-put")
         self.post_commit(info.mtime, blobs)
@@ -221,14 +223,14 @@ class Copier:
             return
         late = snapshot_time is None or snapshot_time - self.recheck_storage > self.grace / 4
         plans = list_plan_keys(self.dst.remote)
-        listed = {info.key.split("/", 1)[1] for info in self.dst.remote.list("index/")}
+        listed = {layout.name_of(info.key) for info in self.dst.remote.list(layout.INDEX_PREFIX)}
         if not late and plans == self.known_plans and self.relied_indexes <= listed:
             return
         self.confirm_packs(blobs)
 
     def confirm_packs(self, blobs: list[tuple[int, bytes]]) -> None:
         self.load_destination()   # indexes and plans first, then packs: a sweep in between shows
-        existing = {info.key.rsplit("/", 1)[1] for info in self.dst.remote.list("data/")}
+        existing = {layout.name_of(info.key) for info in self.dst.remote.list(layout.DATA_PREFIX)}
         self.dst.index.drop_packs(self.dst.index.all_pack_ids() - existing)
         gone = self.missing(blobs)
         if gone:
