@@ -32,8 +32,8 @@ CHUNK = 512 * KiB             # the test repository's maximum chunk size
 
 def build(case: str, repo_dir: str) -> str:
     """Make the hostile repository `case` in `repo_dir`; return its hostile snapshot's id."""
-    from casstore.format.config import RepoConfig
     from casstore.client import Repository
+    from casstore.format.config import RepoConfig
     from casstore.settings import load_settings
 
     repo = Repository.init_local(repo_dir, load_settings({"host": "h"}),
