@@ -107,11 +107,11 @@ def _check_rest(config: RepoConfig) -> None:
     if not isinstance(config.id, str) or len(config.id) != 32:
         raise FormatError("bad repository id in config")
     params = config.chunker
-    sizes = {k: params[k] for k in ("min_size", "avg_size", "max_size", "size") if k in params}
+    sizes: dict[str, int] = {k: params[k] for k in ("min_size", "avg_size", "max_size", "size") if k in params}
     _check_sizes(sizes, config.pack_size, compression["level"])
 
 
-def _check_sizes(sizes: dict, pack_size: object, level: object) -> None:
+def _check_sizes(sizes: dict[str, int], pack_size: object, level: object) -> None:
     """Chunk sizes, pack size and compression level inside the format's stated ranges."""
     lo, hi = CHUNK_RANGE
     for name, value in sizes.items():

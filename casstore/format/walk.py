@@ -97,7 +97,7 @@ class VisitBudget:
             raise IntegrityError("the snapshot's files hold far more bytes than it records (corrupt or hostile)")
 
 
-def _declared(summary: dict, key: str) -> int:
+def _declared(summary: Mapping[str, Any], key: str) -> int:
     value = summary.get(key, 0) if isinstance(summary, dict) else 0
     return value if isinstance(value, int) and value > 0 else 0
 

@@ -166,10 +166,10 @@ class Restorer:
             frame = _DirFrame(fd, _identity(fd), entry, path, owned=True, existed=existed,
                               before=(self.result.files, self.result.symlinks, self.result.dirs))
         try:
-            frame.dirs = self._restore_entries(frame.fd, entry.subtree, path)
+            frame.dirs = self._restore_entries(_fd_of(frame), entry.subtree, path)
         except BaseException:
             if frame.owned:
-                os.close(frame.fd)   # type: ignore[arg-type]
+                os.close(_fd_of(frame))
             raise
         return frame
 
