@@ -19,12 +19,13 @@ from casstore.errors import (
     RepositoryNotFound,
     SnapshotNotFound,
 )
+from casstore.settings import VERSION
 
 if TYPE_CHECKING:
     from casstore.client import Repository
     from casstore.read.reader import Snapshot
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "CasstoreError",
@@ -51,7 +52,7 @@ def open(repository: str | None = None, *, remote: str | None = None, create: bo
     opens that remote directly. `create=True` initializes the local repository if it is missing.
     """
     from casstore.client import open_repository  # lazy: `import casstore` stays light
-    from casstore.repo.open import settings_for
+    from casstore.repo.open import settings_for  # lazy: `import casstore` stays light
 
     return open_repository(settings_for(repository, **settings), remote=remote, create=create)
 
@@ -59,23 +60,22 @@ def open(repository: str | None = None, *, remote: str | None = None, create: bo
 def init(repository: str | None = None, **settings: Any) -> Repository:
     """Create a new local repository (see `casstore init`)."""
     from casstore.client import init_repository  # lazy: `import casstore` stays light
-    from casstore.repo.open import settings_for
+    from casstore.repo.open import settings_for  # lazy: `import casstore` stays light
 
     return init_repository(settings_for(repository, **settings))
 
 
 def __getattr__(name: str) -> object:
-    # lazy: `import casstore` (and the CLI's start) must not load every operation
     if name == "cloud_storage":
-        from casstore.compat import cloud_storage
+        from casstore.compat import cloud_storage  # lazy: `import casstore` stays light
 
         return cloud_storage
     if name == "Repository":
-        from casstore.client import Repository
+        from casstore.client import Repository  # lazy: `import casstore` stays light
 
         return Repository
     if name == "Snapshot":
-        from casstore.read.reader import Snapshot
+        from casstore.read.reader import Snapshot  # lazy: `import casstore` stays light
 
         return Snapshot
     raise AttributeError(f"module 'casstore' has no attribute {name!r}")

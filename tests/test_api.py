@@ -184,6 +184,14 @@ def test_path_selects_one_source_or_file(served):
     assert client.get(f"/api/cloud/backup/{short}?path=nothing/here").status_code == 404
 
 
+def test_a_path_below_a_file_is_404(served):
+    client, _, ids = served
+    for ref in ("latest", ids[0][:8]):
+        for path in ("ai_hub/collective_intelligence.json/x", "market/big.bin/deeper/still"):
+            assert client.get(f"/api/cloud/backup/{ref}", params={"path": path}).status_code == 404
+            assert client.get(f"/api/cloud/backup/{ref}/file", params={"path": path}).status_code == 404
+
+
 def test_raw_download_is_an_attachment(served):
     client, _, ids = served
     response = client.get(f"/api/cloud/backup/{ids[1]}/file", params={"path": "market/big.bin"})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from casstore._testing_gc import ENV as CRASH_ENV
+from casstore._testing import CRASH_AT as CRASH_ENV
 from casstore.client import Repository
 from casstore.errors import RemoteError
 from casstore.format.config import RepoConfig

@@ -36,7 +36,7 @@ from casstore.errors import CasstoreError, RepositoryNotFound, SnapshotNotFound
 from casstore.format.tree import EntryType
 from casstore.read.reader import PathNotFound, Snapshot
 from casstore.service.runs import RunBusy, snapshot_step, sync_step
-from casstore.settings import Settings
+from casstore.settings import VERSION, Settings
 
 JOB_ID = r"^[0-9a-f]{32}$"
 WAIT_TIMEOUT = 3600.0
@@ -72,9 +72,7 @@ def create_app(settings: Settings, *, allowed_hosts: set[str] | None, scheduler=
 
 
 def _version() -> str:
-    import casstore
-
-    return casstore.__version__
+    return VERSION
 
 
 def _errors(app: FastAPI) -> None:

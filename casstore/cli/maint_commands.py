@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from casstore.cli.common import emit, human, json_option, repo_option, settings
+from casstore.gc.retention import RetentionPolicy, apply_retention, policy_from_settings
+from casstore.gc.run import collect_garbage
+from casstore.settings import parse_duration
 
 if TYPE_CHECKING:
     from casstore.client import Repository
@@ -48,8 +51,6 @@ def forget(ctx, repository, keep_last, keep_hourly, keep_daily, keep_weekly, kee
     With no --keep-* option the policy is CASSTORE_KEEP_LAST. An incomplete snapshot fills no slot
     of a counting rule and is kept only while newer than the newest complete one (or by --keep-within
     or --keep-tag)."""
-    from casstore.gc.retention import RetentionPolicy, apply_retention, policy_from_settings
-
     policy = RetentionPolicy.coerce({"last": keep_last, "hourly": keep_hourly, "daily": keep_daily,
                                      "weekly": keep_weekly, "monthly": keep_monthly, "yearly": keep_yearly,
                                      "within": keep_within, "tags": keep_tags or None})
@@ -58,8 +59,6 @@ def forget(ctx, repository, keep_last, keep_hourly, keep_daily, keep_weekly, kee
     with open_target(ctx, repository, remote) as repo:
         result = apply_retention(repo, policy, dry_run, host=host, all_hosts=all_hosts, force=force)
         if prune:
-            from casstore.gc.run import collect_garbage
-
             result.gc = collect_garbage(repo, dry_run=dry_run).as_dict()
     emit(as_json, result.as_dict(), lambda: _print_forget(result))
 
@@ -93,9 +92,6 @@ def _print_forget(result) -> None:
 @click.pass_context
 def gc(ctx, repository, remote, dry_run, grace, exclusive, as_json):
     """Delete data no snapshot needs (lock-free and two-phase on a shared remote)."""
-    from casstore.gc.run import collect_garbage
-    from casstore.settings import parse_duration
-
     grace_seconds = parse_duration(grace) if grace else None
     with open_target(ctx, repository, remote) as repo:
         report = collect_garbage(repo, dry_run=dry_run, grace=grace_seconds, exclusive=exclusive)

@@ -8,6 +8,7 @@ from datetime import datetime
 import click
 
 from casstore.cli.common import Progress, emit, human, json_option, open_repo, repo_option
+from casstore.read.diff import diff_snapshots
 
 remote_option = click.option("--remote", "--from", "remote", metavar="URL",
                              help="Read from this remote repository instead of the local one.")
@@ -127,10 +128,8 @@ def diff(ctx, old_id, new_id, path, repository, remote, values, as_json):
     """What changed from snapshot OLD_ID to NEW_ID (added +, removed -, modified M, metadata U).
 
     PATH limits it to one file or directory; --values compares the JSON documents inside."""
-    from casstore.read.diff import diff_snapshots
-
     if values:
-        from casstore.cli.query_commands import value_diff
+        from casstore.cli.values_view import value_diff  # lazy: only --values needs it
 
         return value_diff(ctx, old_id, new_id, path, repository, remote, as_json)
     with open_repo(ctx, repository, remote=remote) as repo:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 
 import click
 
 from casstore.cli.common import Progress, emit, human, json_option, open_repo, repo_option, settings
+from casstore.client import init_repository, open_repository
+from casstore.errors import CasstoreError, ConfigError, SourceError
 from casstore.format import layout
+from casstore.format.config import DEFAULT_PACK_SIZE, RepoConfig
+from casstore.repo.open import adopted_config
 
 
 @click.command()
@@ -22,10 +27,6 @@ from casstore.format import layout
 @click.pass_context
 def init(ctx, repository, chunk_avg, chunk_min, chunk_max, pack_size, from_url, as_json):
     """Create a new local repository."""
-    from casstore.client import init_repository
-    from casstore.format.config import DEFAULT_PACK_SIZE, RepoConfig
-    from casstore.repo.open import adopted_config
-
     s = settings(ctx, repository)
     if from_url:
         config = adopted_config(from_url, s)
@@ -49,9 +50,6 @@ def init(ctx, repository, chunk_avg, chunk_min, chunk_max, pack_size, from_url, 
 @click.pass_context
 def snapshot(ctx, source, repository, tags, excludes, pre_hook, post_hook, as_json):
     """Take a snapshot of SOURCE (default: CASSTORE_SOURCE or ./data)."""
-    from casstore.client import open_repository
-    from casstore.errors import SourceError
-
     s = settings(ctx, repository)
     source = source or s.source
     if not os.path.isdir(source):
@@ -80,10 +78,6 @@ backup = click.Command("backup", callback=snapshot.callback, params=snapshot.par
 def _run_hook(command: str | None, what: str, fatal: bool = True) -> None:
     if not command:
         return
-    import subprocess
-
-    from casstore.errors import CasstoreError
-
     completed = subprocess.run(command, shell=True)  # the user's own command line, by design
     if completed.returncode != 0:
         message = f"{what} `{command}` failed with exit code {completed.returncode}"
@@ -125,8 +119,6 @@ def check(ctx, repository, read_data, read_data_subset, remote, as_json):
 
 
 def _percent(text: str) -> float:
-    from casstore.errors import ConfigError
-
     try:
         value = float(text.rstrip("%")) / 100
     except ValueError:

@@ -18,16 +18,15 @@ import os
 import time
 
 CONFIG_KEY = "config"
-DATA = "data"
-INDEX = "index"
-SNAPSHOTS = "snapshots"
-GC = "gc"
+DATA_PREFIX = "data/"
+INDEX_PREFIX = "index/"
+SNAPSHOTS_PREFIX = "snapshots/"
+GC_PREFIX = "gc/"
+LEASE_KEY = "gc/lease"
 
-DATA_PREFIX = DATA + "/"
-INDEX_PREFIX = INDEX + "/"
-SNAPSHOTS_PREFIX = SNAPSHOTS + "/"
-GC_PREFIX = GC + "/"
-LEASE_KEY = GC_PREFIX + "lease"
+#: the flat folders by name, for key() and the local object cache's folder names
+INDEX = INDEX_PREFIX.rstrip("/")
+SNAPSHOTS = SNAPSHOTS_PREFIX.rstrip("/")
 #: every prefix whose objects count as stored repository data (packs and metadata)
 STORED_PREFIXES = (DATA_PREFIX, INDEX_PREFIX, SNAPSHOTS_PREFIX)
 

@@ -30,9 +30,10 @@ class GcPlan:
     version: int = PLAN_VERSION
 
     def encode(self) -> bytes:
-        return msgpack.packb({"version": self.version, "host": self.host,
-                              "condemned_packs": sorted(self.condemned_packs),
-                              "superseded_indexes": sorted(self.superseded_indexes)})
+        body: bytes = msgpack.packb({"version": self.version, "host": self.host,
+                                     "condemned_packs": sorted(self.condemned_packs),
+                                     "superseded_indexes": sorted(self.superseded_indexes)})
+        return body
 
 
 def decode_plan(body: bytes) -> GcPlan:

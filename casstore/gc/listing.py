@@ -22,7 +22,7 @@ from casstore.format.walk import add_reachable
 from casstore.gc.context import GcAborted, GcContext
 from casstore.remotes.base import ObjectInfo
 from casstore.repo.blobstore import BlobStore
-from casstore.repo.objectcache import BlobCache
+from casstore.repo.objectcache import BlobCache, verified_object
 
 BlobKey = tuple[int, bytes]
 PROTECTING_ORIGINS = ("writer", "checkpoint")
@@ -100,7 +100,8 @@ def _list_snapshots(ctx: GcContext, view: RepoView) -> None:
         ctx.keep_lease()
         snapshot_id = info.key.split("/", 1)[1]
         try:
-            view.snapshots[snapshot_id] = decode_snapshot(snapshot_id, ctx.remote.get(info.key))
+            view.snapshots[snapshot_id] = decode_snapshot(snapshot_id, verified_object(
+                ctx.remote, None, layout.SNAPSHOTS, snapshot_id, ctx.repo.read_policy))   # re-read on mismatch
         except ObjectNotFound:
             continue  # forgotten since the listing: it needs nothing any more
 
@@ -120,18 +121,8 @@ def _list_indexes(ctx: GcContext, view: RepoView) -> None:
 
 def _fetch_index(ctx: GcContext, key: str, index_id: str) -> IndexObject:
     """An index object, verified by its name; a remote repository's local copy is used when sound."""
-    cache, max_blob = ctx.repo.cache, ctx.repo.config.max_blob_size
-    cached = cache.get("index", index_id) if cache else None
-    if cached is not None:
-        try:
-            return decode_index(index_id, cached, max_blob)
-        except CasstoreError:
-            cache.discard("index", index_id)
-    body = ctx.remote.get(key)
-    index = decode_index(index_id, body, max_blob)
-    if cache:
-        cache.put("index", index_id, body)
-    return index
+    body = verified_object(ctx.remote, ctx.repo.cache, layout.INDEX, index_id, ctx.repo.read_policy)
+    return decode_index(index_id, body, ctx.repo.config.max_blob_size)
 
 
 # -- the blobs the snapshots need ------------------------------------------------------------
@@ -139,7 +130,8 @@ def _fetch_index(ctx: GcContext, key: str, index_id: str) -> IndexObject:
 def reader(ctx: GcContext, index: MasterIndex) -> BlobStore:
     """A strict blob reader over gc's own index: every location is tried, the index never reloaded."""
     cache = BlobCache(ctx.repo.cache) if ctx.repo.cache else None
-    return BlobStore(ctx.remote, ctx.repo.config, index, origin=ctx.origin(), reload_index=None, blob_cache=cache)
+    return BlobStore(ctx.remote, ctx.repo.config, index, origin=ctx.origin(), reload_index=None, blob_cache=cache,
+                     read_policy=ctx.repo.read_policy)
 
 
 def live_blobs(ctx: GcContext, view: RepoView) -> set[BlobKey]:

@@ -29,8 +29,10 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 
 from casstore.errors import CasstoreError, ConfigError, ObjectNotFound
-from casstore.format import layout
-from casstore.repo.core import RepoCore
+from casstore.remotes import open_remote
+from casstore.repo.core import RepoCore, SnapshotInfo
+from casstore.settings import parse_duration
+from casstore.sync.state import SyncState
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,6 @@ class RetentionPolicy:
         """A policy, or a mapping such as {"keep_last": 30} or {"last": 30, "within": "30d"}."""
         if isinstance(policy, RetentionPolicy):
             return policy
-        from casstore.settings import parse_duration
 
         known = {f.name for f in fields(cls)}
         values = {}
@@ -93,7 +94,7 @@ def policy_from_settings(settings) -> RetentionPolicy | None:
 
 @dataclass
 class Decision:
-    snapshot: object                      # a repository.SnapshotInfo
+    snapshot: SnapshotInfo
     reasons: list[str] = field(default_factory=list)
 
     @property
@@ -231,11 +232,9 @@ def apply_retention(repo: RepoCore, policy: RetentionPolicy | Mapping, dry_run: 
 
 def _forget(repo: RepoCore, snapshot_id: str) -> None:
     try:
-        repo.remote.delete(layout.snapshot_key(snapshot_id))
+        repo.delete_snapshot(snapshot_id)
     except ObjectNotFound:
         pass
-    if repo.cache is not None:
-        repo.cache.discard("snapshots", snapshot_id)
     log.info("forgot snapshot %s", snapshot_id[:8])
 
 
@@ -243,8 +242,6 @@ def _refuse_unsynced(repo: RepoCore, snapshot_ids: list[str]) -> None:
     """With a remote configured, a local snapshot never synced there is kept (design 8.0)."""
     if repo.local_dir is None or not repo.settings.remote or not snapshot_ids:
         return
-    from casstore.remotes import open_remote
-    from casstore.sync.state import SyncState
 
     with open_remote(repo.settings.remote, **repo.settings.remote_options()) as remote:
         url = remote.url

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from casstore._testing_gc import crashing
+from casstore._testing import CRASH_AT, crash_hook
 from casstore.gc.atonce import collect_at_once
 from casstore.gc.context import (
     ClockSkew,
@@ -40,6 +40,8 @@ from casstore.gc.lease import Lease, lease_ttl
 from casstore.gc.listing import delete_retracted, load_view
 from casstore.gc.mark import mark
 from casstore.gc.sweep import sweep
+from casstore.remotes.base import Remote
+from casstore.remotes.wrappers import HookedRemote
 from casstore.repo.core import RepoCore
 from casstore.repo.lock import repository_lock
 
@@ -54,7 +56,7 @@ def collect_garbage(repo: RepoCore, *, dry_run: bool = False, grace: float | Non
     started = time.monotonic()
     requests_before = _requests(repo)
     report = GcReport(location=repo.location, dry_run=dry_run)
-    ctx = GcContext(repo, crashing(repo.remote), repo.settings.grace_seconds if grace is None else grace, report,
+    ctx = GcContext(repo, _hooked(repo.remote), repo.settings.grace_seconds if grace is None else grace, report,
                     dry_run=dry_run, clock=clock, local_clock=local_clock,
                     host=repo.settings.host or socket.gethostname())
     if repo.local_dir is not None:
@@ -98,6 +100,12 @@ def _leased(ctx: GcContext, *, require_conditional: bool) -> Iterator[None]:
     finally:
         ctx.lease = None
         lease.release()
+
+
+def _hooked(remote: Remote) -> Remote:
+    """The remote gc writes through: wrapped only when a crash test asks (casstore._testing)."""
+    hook = crash_hook(CRASH_AT)
+    return remote if hook is None else HookedRemote(remote, hook)
 
 
 def _requests(repo: RepoCore) -> int:

@@ -15,7 +15,7 @@ checkpoint indexes stay, because they protect their packs.
 
 from __future__ import annotations
 
-from casstore import _testing as testhooks
+from casstore._testing import pause_point
 from casstore.format import layout
 from casstore.format.index import IndexObject, decode_index
 from casstore.format.layout import pack_key
@@ -51,7 +51,7 @@ def sweep(ctx: GcContext, view: RepoView) -> bool:
     due = due_plans(ctx, view, ctx.storage_now())
     if not due:
         return False
-    testhooks.pause_point("sweep-after-list")
+    pause_point("sweep-after-list")
     if ctx.lease is not None:
         ctx.lease.renew()   # stop here if another gc took the lease while we were listing
     now = ctx.storage_now()

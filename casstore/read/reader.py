@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import io
 import json
 import posixpath
@@ -13,6 +14,7 @@ from casstore.errors import CasstoreError, IntegrityError
 from casstore.format.pack import KIND_DATA, KIND_TREE
 from casstore.format.tree import Entry, EntryType
 from casstore.format.walk import VisitBudget, load_tree_chain
+from casstore.read.dictview import snapshot_dict
 from casstore.repo.core import RepoCore, SnapshotInfo
 
 
@@ -72,7 +74,8 @@ class Snapshot:
         tree_id, found = self.manifest.tree, None
         for depth, part in enumerate(parts):
             if found is not None and found.type is not EntryType.DIR:
-                raise PathNotFound(f"{'/'.join(parts[:depth])} is not a directory")
+                above = b"/".join(parts[:depth]).decode("utf-8", "surrogateescape")  # names are bytes
+                raise PathNotFound(f"{above} is not a directory")
             found = next((e for e in self.tree(tree_id) if e.name == part), None)
             if found is None:
                 raise PathNotFound(f"{path} is not in snapshot {self.short_id}")
@@ -130,8 +133,6 @@ class Snapshot:
 
     def to_dict(self):
         """The seed's shape: {'snapshot_id', 'timestamp', 'data_sources': {...}}, read lazily."""
-        from casstore.read.dictview import snapshot_dict
-
         return snapshot_dict(self)
 
 
@@ -190,8 +191,6 @@ def _chunk_starts(repo: RepoCore, chunk_ids: list[bytes]) -> list[int]:
 
 
 def _find_chunk(starts: list[int], pos: int) -> int:
-    import bisect
-
     return bisect.bisect_right(starts, pos) - 1
 
 

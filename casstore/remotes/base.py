@@ -11,12 +11,14 @@ methods and may assume a valid key.
 
 from __future__ import annotations
 
+import builtins
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
-from casstore.errors import ObjectNotFound
+from casstore.errors import ObjectNotFound, ShortRead
 
 _KEY = re.compile(r"^[a-z0-9][a-z0-9_\-.]*(/[a-z0-9][a-z0-9_\-.]*)*$")
 _TEMP_SUFFIXES = (".tmp", ".partial")
@@ -79,7 +81,7 @@ class Remote(ABC):
     #: True when `_put` writes any bytes-like object as it is (no copy into `bytes` first)
     takes_buffers: bool = False
 
-    def put(self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None,
+    def put(self, key: str, data: bytes | memoryview, *, if_absent: bool = False, if_match: str | None = None,
             cold: bool = False) -> ObjectInfo:
         """`cold` is the caller's hint that the object is bulk data read rarely (a pack): a backend
         configured with a cheaper storage class for such objects uses it. The storage layer never
@@ -89,14 +91,15 @@ class Remote(ABC):
         if not isinstance(data, bytes) and not self.takes_buffers:
             data = bytes(data)
         put = self._put_cold if cold else self._put
-        return put(validate_key(key), data, if_absent=if_absent, if_match=if_match)
+        # a backend that `takes_buffers` writes any bytes-like object as it is
+        return put(validate_key(key), cast(bytes, data), if_absent=if_absent, if_match=if_match)
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         if offset < 0 or (length is not None and length < 0):
             raise ValueError("offset and length must be >= 0")
         data = self._get(validate_key(key), offset, length)
         if length is not None and len(data) != length:
-            raise ObjectNotFound(f"{key}: range {offset}+{length} past the end of the object")
+            raise ShortRead(f"{key}: range {offset}+{length} answered {len(data)} bytes")
         return data
 
     def stat(self, key: str) -> ObjectInfo:
@@ -115,7 +118,7 @@ class Remote(ABC):
             return False
         return True
 
-    def setup_warnings(self) -> list[str]:
+    def setup_warnings(self) -> builtins.list[str]:  # `list` here is the method above
         """What the user should know about how the storage is set up (asked when a repository is
         created there), e.g. a versioned bucket without a rule expiring old versions."""
         return []
@@ -153,5 +156,5 @@ def read_range(data: bytes, key: str, offset: int, length: int | None) -> bytes:
     """Slice `data` for a ranged read, refusing ranges that run past the end."""
     end = len(data) if length is None else offset + length
     if offset > len(data) or end > len(data):
-        raise ObjectNotFound(f"{key}: range {offset}..{end} past the end ({len(data)} bytes)")
+        raise ShortRead(f"{key}: range {offset}..{end} past the end ({len(data)} bytes)")
     return data[offset:end]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Protocol, Self
@@ -33,7 +34,7 @@ from casstore.remotes.base import Remote
 from casstore.remotes.local import LocalRemote
 from casstore.repo.blobstore import BlobStore
 from casstore.repo.lock import repository_lock
-from casstore.repo.objectcache import BlobCache, LocalCache
+from casstore.repo.objectcache import BlobCache, LocalCache, ReadPolicy, read_verified, verified_object
 from casstore.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,10 @@ class RepoCore:
         self.remote, self.config, self.settings = remote, config, settings
         self.local_dir = local_dir          # set for the local repository (locks, records)
         # a remote repository keeps local copies of its immutable objects; the local one needs none
-        self.cache = None if local_dir else LocalCache(os.path.join(settings.cache_dir, config.id))
+        self.cache = None if local_dir else LocalCache(os.path.join(settings.cache_dir, config.id),
+                                                       settings.cache_max_bytes)
+        # a download that fails verification is fetched again (DESIGN.md "Verified reads")
+        self.read_policy = ReadPolicy(attempts=settings.read_attempts)
         self.index = MasterIndex()
         self._manifests: dict[str, SnapshotManifest] = {}
         self._reader: BlobStore | None = None
@@ -160,21 +164,17 @@ class RepoCore:
         return keys
 
     def _cached_get(self, kind: str, name: str) -> bytes:
-        """An immutable object, from the local cache when this is a remote repository."""
-        if self.cache is None:
-            return self.remote.get(layout.key(kind, name))
-        body = self.cache.get(kind, name)
-        if body is None:
-            body = self.remote.get(layout.key(kind, name))
-            self.cache.put(kind, name, body)
-        return body
+        """An immutable object verified against its name: from the local cache when this is a remote
+        repository and the copy is sound, else downloaded (again on mismatch) and then cached."""
+        return verified_object(self.remote, self.cache, kind, name, self.read_policy)
 
     def blob_store(self, *, origin_kind: str = "writer", upload_threads: int = 1) -> BlobStore:
         origin = {"kind": origin_kind, "host": self.settings.host or os.uname().nodename,
                   "session": os.urandom(8).hex()}
         return BlobStore(self.remote, self.config, self.index, origin=origin,
                          compression_level=self.settings.compression_level, upload_threads=upload_threads,
-                         reload_index=self.load_index, blob_cache=BlobCache(self.cache) if self.cache else None)
+                         reload_index=self.load_index, blob_cache=BlobCache(self.cache) if self.cache else None,
+                         read_policy=self.read_policy)
 
     def read_blob(self, kind: int, blob_id: bytes) -> bytes:
         """A blob's plaintext, verified; loads the index on first use."""
@@ -244,6 +244,22 @@ class RepoCore:
             raise SnapshotNotFound(f"snapshot id {ref} is ambiguous ({len(matches)} match); give more digits")
         return SnapshotInfo(matches[0], self.manifest(matches[0]))
 
+    def has_snapshot(self, snapshot_id: str) -> bool:
+        return self.remote.exists(layout.snapshot_key(snapshot_id))
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        """Forget a snapshot (retention): its manifest object goes; its data stays until gc."""
+        try:
+            self.remote.delete(layout.snapshot_key(snapshot_id))
+        finally:
+            self._manifests.pop(snapshot_id, None)
+            if self.cache:
+                self.cache.discard(layout.SNAPSHOTS, snapshot_id)
+
+    def stored_bytes(self, prefixes: Iterable[str] = layout.STORED_PREFIXES) -> int:
+        """The size of every object listed under `prefixes` (default: packs and metadata)."""
+        return sum(info.size for prefix in prefixes for info in self.remote.list(prefix))
+
     def write_snapshot(self, manifest: SnapshotManifest):
         """Write a manifest (the commit point); return (id, the storage's ObjectInfo)."""
         snapshot_id, body = manifest.encode()
@@ -264,7 +280,9 @@ class RepoCore:
 
 def read_config(remote: Remote) -> RepoConfig:
     try:
-        return RepoConfig.decode(remote.get(layout.CONFIG_KEY))
+        # the config has no id to check; one that does not decode is read again (DESIGN.md "Verified reads")
+        return read_verified("repository config", lambda: remote.get(layout.CONFIG_KEY), RepoConfig.decode,
+                             ReadPolicy())
     except ObjectNotFound:
         raise RepositoryNotFound(f"no casstore repository at {remote.url} (run `casstore init`)") from None
 

@@ -33,8 +33,8 @@ def open_as(cls: type[R], settings: Settings, *, remote: str | Remote | None = N
             like: RepoConfig | str | None = None, fallback_remote: bool = True) -> R:
     """Open a repository as `cls` (RepoCore or the public front).
 
-    - `remote` given (a URL, or a Remote used as it is): that remote repository. With `create`, an
-      empty remote gets a new repository sharing `like`'s chunker, seed and pack settings.
+    - `remote` given (a URL, or a Remote used as it is): that remote repository. With `create` and
+      `like`, an empty remote gets a new repository sharing `like`'s chunker, seed and pack settings.
     - otherwise the local repository at settings.repository. When it does not exist: created with
       `create` (sharing the config of `like`, a config or a remote's URL, when given); else, with
       `fallback_remote`, the configured remote (settings.remote) read through retries; else
@@ -42,7 +42,7 @@ def open_as(cls: type[R], settings: Settings, *, remote: str | Remote | None = N
     """
     if remote is not None:
         return _open_remote(cls, remote if isinstance(remote, Remote) else connect(remote, settings), settings,
-                            create_like=_config_of(like, settings) if create else None)
+                            create_like=_config_of(like, settings) if create and like is not None else None)
     if layout.is_local_repository(settings.repository):
         return cls.open_local(settings.repository, settings)
     if create:
@@ -55,7 +55,8 @@ def open_as(cls: type[R], settings: Settings, *, remote: str | Remote | None = N
 
 def connect(target: str | Remote, settings: Settings) -> Remote:
     """A remote by URL (or as given), with transient failures retried."""
-    return RetryingRemote(target if isinstance(target, Remote) else open_remote(target, **settings.remote_options()))
+    remote = target if isinstance(target, Remote) else open_remote(target, **settings.remote_options())
+    return RetryingRemote(remote, deadline=settings.request_deadline)
 
 
 def fresh_copy(config: RepoConfig) -> RepoConfig:
@@ -69,7 +70,7 @@ def adopted_config(url: str, settings: Settings) -> RepoConfig:
         return fresh_copy(read_config(remote))
 
 
-def _config_of(like: RepoConfig | str | None, settings: Settings) -> RepoConfig | None:
+def _config_of(like: RepoConfig | str, settings: Settings) -> RepoConfig:
     return adopted_config(like, settings) if isinstance(like, str) else like
 
 

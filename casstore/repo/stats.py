@@ -15,9 +15,8 @@ from casstore.repo.pricing import monthly_storage_cost
 def repository_stats(repo: RepoCore) -> dict[str, Any]:
     snapshots = repo.all_snapshots()
     index = repo.load_index()
-    stored = sum(info.size for info in repo.remote.list(layout.DATA_PREFIX))
-    metadata = sum(info.size for prefix in (layout.INDEX_PREFIX, layout.SNAPSHOTS_PREFIX)
-                   for info in repo.remote.list(prefix))
+    stored = repo.stored_bytes([layout.DATA_PREFIX])
+    metadata = repo.stored_bytes([layout.INDEX_PREFIX, layout.SNAPSHOTS_PREFIX])
     unique_raw = sum(locs[0].raw_length for _, locs in index.blobs())
     unique_encoded = sum(locs[0].length for _, locs in index.blobs())
     logical = sum(int(s.manifest.summary.get("bytes_total", 0)) for s in snapshots)

@@ -19,7 +19,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from casstore.errors import SourceError
-from casstore.format import layout
 from casstore.format.pack import KIND_DATA, KIND_TREE
 from casstore.format.snapshot import SnapshotManifest
 from casstore.format.tree import Entry, EntryType, encode_tree_chain
@@ -404,7 +403,7 @@ def _parent(repo: RepoCore, builder: SnapshotBuilder) -> str | None:
     """This host's previous snapshot of the source: the one noted locally if it still exists (one
     stat), else found by reading every manifest (a new cache, or the noted one was forgotten)."""
     noted = filescache.load_last(builder.cache_file, repo.settings.host)
-    if noted is not None and repo.remote.exists(layout.snapshot_key(noted)):
+    if noted is not None and repo.has_snapshot(noted):
         return noted
     previous = repo.snapshots(limit=1, source=builder.source)
     return previous[0].id if previous else None

@@ -203,8 +203,8 @@ class Copier:
     def commit(self, snapshot_id: str, blobs: list[tuple[int, bytes]]) -> None:
         if self.protocol and self.clock() - self.recheck_clock > self.grace / 2:
             self.recheck(blobs)
-        body = self.src.remote.get(layout.snapshot_key(snapshot_id))
-        self.src.manifest(snapshot_id)  # verified before it is copied
+        body = self.src._cached_get(layout.SNAPSHOTS, snapshot_id)  # verified (re-fetched on mismatch) before copied
+        self.src.manifest(snapshot_id)
         if self.state is not None:
             self.state.pending.add(snapshot_id)
             self.state.save()

@@ -156,6 +156,8 @@ def pull_from_remote(repo: RepoCore, remote: str | Remote | None = None, *, snap
                      progress: Callable[[int], None] | None = None) -> SyncReport:
     """Copy snapshots from the remote into this local repository."""
     started = time.monotonic()
+    if repo.local_dir is None:
+        raise ConfigError("pull copies into a local repository")
     src, counting = open_destination(remote, None, repo.settings)
     repo.config.check_compatible(src.config, src.remote.url)
     report = SyncReport(src.remote.url, repo.location)
