@@ -133,9 +133,8 @@ def diff(ctx, old_id, new_id, path, repository, remote, values, as_json):
 
     PATH limits it to one file or directory; --values compares the JSON documents inside.
     M and U lines end with what changed: content (or a symlink's target), size, mode, mtime, owner."""
-
     if values:
-        from casstore.cli.query_commands import value_diff
+        from casstore.cli.values_view import value_diff  # lazy: only --values needs it
 
         return value_diff(ctx, old_id, new_id, path, repository, remote, as_json)
     with open_repo(ctx, repository, remote=remote) as repo:
