@@ -136,3 +136,62 @@ def test_an_orphan_pack_is_condemned_at_exactly_the_grace_period_not_a_second_be
     assert early.plans_swept == 0 and early.packs_deleted == 0, "the plan is one second short of the grace period"
     clock.advance(1)
     assert gc(repo, clock).packs_deleted == 1
+
+
+# -- gc stops, deleting nothing, when it cannot trust what it would keep ---------------------------
+
+def _objects(remote) -> set[str]:  # type: ignore[no-untyped-def]
+    from casstore.format.layout import LEASE_KEY
+
+    return {info.key for info in remote.list("") if info.key != LEASE_KEY}
+
+
+def test_gc_stops_when_a_pack_it_must_repack_is_corrupt(tmp_path: Path) -> None:
+    from casstore.format.pack import parse_header
+    from casstore.gc.retention import apply_retention
+    from casstore.gc.run import GcAborted
+
+    clock = FakeClock()
+    remote = new_memory_remote(clock)
+    writer = Writer(tmp_path / "a", "host-a", clock)
+    for seed in (1, 2):
+        writer.edit(seed)
+        writer.snapshot()
+        writer.sync(remote)
+    repo = remote_repo(remote, tmp_path)
+    apply_retention(repo, {"keep_last": 1}, all_hosts=True)
+    for info in remote.list("data/"):
+        pack = bytearray(remote.get(info.key))
+        first = parse_header(bytes(pack), 1 << 24)[0]
+        if first.kind == KIND_DATA:
+            pack[first.offset + first.length - 1] ^= 0x01     # the pack no longer matches its name
+            remote.put(info.key, bytes(pack))
+    before = _objects(remote)
+    clock.advance(GRACE + 1)
+    with pytest.raises(GcAborted, match="cannot be repacked"):
+        gc(repo, clock)
+    assert _objects(remote) == before, "nothing deleted, no plan written"
+
+
+def test_gc_stops_when_a_snapshot_needs_a_blob_no_index_lists(tmp_path: Path) -> None:
+    from casstore.format.tree import Entry, EntryType
+    from casstore.gc.run import GcAborted
+    from tests.helpers import file_entry, write_snapshot
+
+    clock = FakeClock()
+    remote = new_memory_remote(clock)
+    writer = Writer(tmp_path / "a", "host-a", clock)
+    writer.snapshot()
+    writer.sync(remote)
+    repo = remote_repo(remote, tmp_path)
+
+    def build(store):  # type: ignore[no-untyped-def]
+        lost = Entry(b"lost.bin", EntryType.FILE, 0o644, 0, 0, 0, 10, 0, [b"\x42" * 32])   # a chunk no pack holds
+        return [lost, file_entry(store, b"ok.txt", b"fine\n")]
+
+    write_snapshot(repo, build)
+    before = _objects(remote)
+    clock.advance(GRACE + 1)
+    with pytest.raises(GcAborted, match="in no index"):
+        gc(repo, clock)
+    assert _objects(remote) == before

@@ -121,6 +121,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--tests", nargs="*", help="test files to select from (default: pyproject's)")
     parser.add_argument("--json", type=Path, help="also write the raw result here")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave MUTATION.md as it is")
     args = parser.parse_args()
     result = run(args.modules, args.sample, args.seed, args.tests, args.workers)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
@@ -128,9 +129,33 @@ def main() -> None:
     result.update(commit=commit, command=" ".join(["python -m tests.mutation.run", *sys.argv[1:]]))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
-    print("\n".join(table(result["codes"])))
-    for name, diff in result["survivors"].items():
-        print(f"survived {name}: {diff}")
+    report = render(result, args.sample)
+    print(report)
+    if not args.no_write:
+        write_report(report)
+
+
+NOTES = "<!-- notes: everything below is kept when the run above is rewritten -->"
+
+
+def render(result: dict, sample: int) -> str:
+    kind = (f"a seeded SAMPLE of {len(result['codes'])} of {result['population']} mutants" if sample
+            else f"a FULL run: all {result['population']} mutants")
+    lines = ["# Mutation testing (mutmut 3)", "",
+             f"Measured on commit `{result['commit']}`: {kind} of the modules below, in {result['seconds']} s.",
+             f"Command: `{result['command']}` (see tests/mutation/run.py and [tool.mutmut] in pyproject.toml).",
+             "Score = (killed + timed out) / (killed + timed out + survived); `other` = not run / no test reaches it.",
+             "", *table(result["codes"]), "", "## Survivors of this run", ""]
+    lines += [f"- `{name}`: {diff}" for name, diff in sorted(result["survivors"].items())] or ["none"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: str) -> None:
+    path = ROOT / "MUTATION.md"
+    kept = ""
+    if path.exists() and NOTES in path.read_text():
+        kept = path.read_text().split(NOTES, 1)[1]
+    path.write_text(report + "\n" + NOTES + (kept or "\n"))
 
 
 if __name__ == "__main__":
