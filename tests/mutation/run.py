@@ -51,7 +51,8 @@ def _export(work: Path, tests: list[str] | None) -> None:
 
 def _mutmut(work: Path, *args: str) -> None:
     exe = Path(sys.executable).with_name("mutmut")
-    subprocess.run([str(exe), *args], cwd=work, check=False, stdout=subprocess.DEVNULL)
+    with open(work.parent / f"{work.name}.log", "ab") as log:   # mutmut's own output, kept after the run
+        subprocess.run([str(exe), *args], cwd=work, check=False, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _meta(work: Path) -> dict[str, int | None]:
