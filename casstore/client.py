@@ -21,7 +21,6 @@ from casstore.settings import Settings
 from casstore.snapshot.source import require_source
 
 if TYPE_CHECKING:
-    from casstore.legacy.importer import ImportReport
     from casstore.read.find import Found
     from casstore.read.history import HistoryRow
     from casstore.read.jsondiff import ValueDiff
@@ -29,6 +28,7 @@ if TYPE_CHECKING:
     from casstore.repo.check import CheckReport
     from casstore.restore.restorer import RestoreResult
     from casstore.snapshot.builder import SnapshotResult
+    from casstore.snapshot.legacy import ImportReport
     from casstore.sync.transfer import SyncReport
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ class Repository(RepoCore):
 
     def import_legacy(self, where: str) -> ImportReport:
         """Each of the seed's unified_backup_*.json.gz (a folder or a bucket URL) as a snapshot."""
-        from casstore.legacy.importer import import_legacy  # lazy: start-up time
+        from casstore.snapshot.legacy import import_legacy  # lazy: start-up time
 
         with self.locked():
             return import_legacy(self, where)

@@ -369,6 +369,7 @@ def _sweep_between_index_and_plan_listings(monkeypatch, resume: threading.Event,
 # -- many hosts syncing into one S3 bucket while gc runs, some writers stopped past the grace ---
 # (orchestration in tests/gc_soak.py, the processes in tests/gc_soak_driver.py)
 
+@pytest.mark.timeout(600)   # a soak: minutes by design (the suite default is 120 s)
 def test_soak_writers_and_gc_on_one_bucket_with_sigstop(moto_server, tmp_path):
     seed = int(os.environ.get("CASSTORE_SOAK_SEED") or random.randrange(1 << 30))
     print(f"soak seed {seed} (rerun with CASSTORE_SOAK_SEED={seed})")
