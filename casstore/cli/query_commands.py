@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from itertools import groupby
 
 import click
 
-from casstore.cli.common import emit, json_option, open_repo, repo_option
-from casstore.cli.read_commands import _host_options, remote_option
+from casstore.cli.common import _host_options, emit, human, json_option, open_repo, remote_option, repo_option
+from casstore.read.history import parse_since
+from casstore.read.jsondiff import diff_snapshot_values
 
 VALUE_WIDTH = 100
 
@@ -27,8 +29,6 @@ VALUE_WIDTH = 100
 @click.pass_context
 def history(ctx, path, key, since, limit, repository, remote, host, all_hosts, as_json, as_csv):
     """One row per snapshot where the file PATH (or the value at --key) changed, oldest first."""
-    from casstore.read.history import parse_since
-
     with open_repo(ctx, repository, remote=remote) as repo:
         rows = repo.history(path, key, since=parse_since(since) if since else None, limit=limit, host=host,
                             all_hosts=all_hosts)
@@ -68,8 +68,6 @@ def _cell(value: object) -> object:
 def value_diff(ctx: click.Context, old_id: str, new_id: str, path: str, repository: str | None, remote: str | None,
                as_json: bool) -> None:
     """`casstore diff A B [PATH] --values`: key paths added, removed and changed in JSON files."""
-    from casstore.read.jsondiff import diff_snapshot_values
-
     with open_repo(ctx, repository, remote=remote) as repo:
         diffs = diff_snapshot_values(repo.get(old_id), repo.get(new_id), path)
     emit(as_json, [d.as_dict() for d in diffs], lambda: _print_value_diff(diffs))
@@ -111,10 +109,6 @@ def find(ctx, pattern, path_only, repository, remote, host, all_hosts, as_json):
 
 
 def _print_found(found) -> None:
-    from itertools import groupby
-
-    from casstore.cli.common import human
-
     for snapshot_id, group in groupby(found, key=lambda f: f.snapshot_id):
         rows = list(group)
         click.echo(f"{len(rows)} in snapshot {snapshot_id[:8]} from "

@@ -7,21 +7,18 @@ from datetime import datetime
 
 import click
 
-from casstore.cli.common import Progress, emit, human, json_option, open_repo, repo_option
+from casstore.cli.common import (
+    Progress,
+    _host_options,
+    emit,
+    human,
+    json_option,
+    open_repo,
+    remote_option,
+    repo_option,
+)
+from casstore.cli.query_commands import value_diff
 from casstore.read.diff import diff_snapshots
-
-remote_option = click.option("--remote", "--from", "remote", metavar="URL",
-                             help="Read from this remote repository instead of the local one.")
-host_options = [
-    click.option("--host", help="Snapshots of this host (default: CASSTORE_HOST or the hostname)."),
-    click.option("--all-hosts", is_flag=True, help="Snapshots of every host."),
-]
-
-
-def _host_options(fn):
-    for option in reversed(host_options):
-        fn = option(fn)
-    return fn
 
 
 @click.command("list")
@@ -134,8 +131,6 @@ def diff(ctx, old_id, new_id, path, repository, remote, values, as_json):
     M and U lines end with what changed: content (or a symlink's target), size, mode, mtime, owner."""
 
     if values:
-        from casstore.cli.query_commands import value_diff
-
         return value_diff(ctx, old_id, new_id, path, repository, remote, as_json)
     with open_repo(ctx, repository, remote=remote) as repo:
         changes = diff_snapshots(repo.get(old_id), repo.get(new_id))
