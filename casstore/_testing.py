@@ -8,6 +8,8 @@ a hook is reached (unset in normal use, when each hook costs a dictionary lookup
 - `CASSTORE_TEST_CRASH_AT=<n>`: gc SIGKILLs itself right before its nth mutating storage call (a
   put or a delete, counted across the run): `crash_hook(CRASH_AT)` gives the function gc's remote
   calls before each write (remotes/wrappers.py HookedRemote), so crash tests can loop over n.
+- `CASSTORE_TEST_FAULTS="seed=3,flip=0.05,..."`: every remote a process opens by URL is wrapped
+  in a seeded fault injector (remotes/wrappers.py FaultyRemote, `faults_from_env`).
 - `CASSTORE_TEST_CRASH_AT_IO=<n>`: any command SIGKILLs itself at its nth durability call (temp
   write, fsync, rename, link, unlink, directory fsync: fsio/durable.py FileSystem).
 
@@ -26,6 +28,7 @@ PAUSE_AT = "CASSTORE_TEST_PAUSE_AT"
 PAUSE_FILE = "CASSTORE_TEST_PAUSE_FILE"
 CRASH_AT = "CASSTORE_TEST_CRASH_AT"
 CRASH_AT_IO = "CASSTORE_TEST_CRASH_AT_IO"
+FAULTS = "CASSTORE_TEST_FAULTS"
 
 
 def pause_point(name: str) -> None:
