@@ -15,6 +15,7 @@ pack id), so duplicate copies uploaded by racing hosts are reclaimed too.
 
 from __future__ import annotations
 
+from casstore import _testing as testhooks
 from casstore.format.plan import GcPlan, plan_key
 from casstore.gc.context import GcContext
 from casstore.gc.listing import RepoView, needed_locations, pack_usage
@@ -44,6 +45,7 @@ def mark(ctx: GcContext, view: RepoView) -> None:
     if sparse:
         repack(ctx, view, sparse, needed, index_kind="gc")
     condemned = dead | sparse
+    testhooks.pause_point("mark-before-plan")
     if condemned:
         write_plan(ctx, view, condemned)
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from casstore._testing import pause_point
 from casstore.errors import SourceError
 from casstore.format.pack import KIND_DATA, KIND_TREE
 from casstore.format.snapshot import SnapshotManifest
@@ -381,6 +382,8 @@ def take_snapshot(repo, source: str, *, tags: tuple[str, ...] = (), excludes: tu
     gc.freeze()
     try:
         root = builder.build()
+        builder.store.wait_uploads()
+        pause_point("snapshot-before-index")
         builder.store.flush()
     finally:
         gc.unfreeze()
@@ -391,6 +394,7 @@ def take_snapshot(repo, source: str, *, tags: tuple[str, ...] = (), excludes: tu
     manifest = SnapshotManifest(time_ns=builder.start_ns, host=repo.settings.host, source=builder.source,
                                 tree=root, tags=sorted(set(tags)), parent=parent,
                                 incomplete=bool(summary.errors), summary=summary.as_dict())
+    pause_point("snapshot-before-commit")
     snapshot_id, _ = repo.write_snapshot(manifest)
     if builder.new_cache != builder.old_cache:
         filescache.save(builder.cache_file, builder.new_cache)  # only after the commit
