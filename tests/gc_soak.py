@@ -34,7 +34,7 @@ def remote_config(server, url: str) -> RepoConfig:
 
     remote = open_remote(url, endpoint_url=server.endpoint, region=server.region,
                          access_key_id=server.access_key, secret_access_key=server.secret_key)
-    config = RepoConfig.new(avg_size=16 * KiB, pack_size=128 * KiB)
+    config = RepoConfig.new(avg_size=16 * KiB, pack_size=128 * KiB, grace_seconds=SOAK_GRACE)
     Repository.init_remote(remote, load_settings({}), config)
     remote.close()
     return config

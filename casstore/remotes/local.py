@@ -8,8 +8,11 @@ state or the new one, plus at most a temp file that listings ignore.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 from casstore.errors import ObjectExists, ObjectNotFound, RemoteError
 from casstore.fsio.durable import FileSystem, write_durably
@@ -42,10 +45,20 @@ class LocalRemote(Remote):
     def _put(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None) -> ObjectInfo:
         path = self._path(key)
         self._ensure_parent(path)
-        if if_match is not None and _etag(path) != if_match:
-            raise ObjectExists(f"{key}: etag does not match")
+        if if_match is None:
+            return self._write(key, path, data, exclusive=if_absent)
+        # compare-and-swap: the etag check and the rename must be one step, or two writers both
+        # win (two gc runs holding gc/lease); a lock beside the object makes them one, across threads
+        # (the in-process lock: on NFS flock is a POSIX lock, which threads of one process share) and
+        # across processes and hosts (flock)
+        with _cas_lock(path):
+            if _etag(path) != if_match:
+                raise ObjectExists(f"{key}: etag does not match")
+            return self._write(key, path, data, exclusive=False)
+
+    def _write(self, key: str, path: str, data: bytes, *, exclusive: bool) -> ObjectInfo:
         try:
-            write_durably(self.fs, path, data, exclusive=if_absent)
+            write_durably(self.fs, path, data, exclusive=exclusive)
         except FileExistsError as exc:
             raise ObjectExists(key) from exc
         except OSError as exc:
@@ -97,6 +110,22 @@ class LocalRemote(Remote):
             return
         except OSError as exc:
             raise _translate(exc, key) from exc
+
+
+_CAS_THREADS = threading.Lock()
+
+
+@contextmanager
+def _cas_lock(path: str) -> Iterator[None]:
+    """Exclusive while comparing and swapping `path`: a `.lock` file beside it (never a valid key)."""
+    lock_path = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.lock")
+    with _CAS_THREADS:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
 
 def _etag_of(st: os.stat_result) -> str:

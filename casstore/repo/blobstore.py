@@ -50,6 +50,7 @@ class BlobStore:
         self._builders: dict[int, PackBuilder] = {}    # made when a blob of the kind first comes
         self._pending: set[tuple[int, bytes]] = set()       # in a builder or being uploaded
         self._unindexed: dict[str, list[BlobEntry]] = {}    # uploaded, not yet in an index
+        self._session: dict[str, list[BlobEntry]] = {}      # every pack this session uploaded or adopted
         self._uploads: list[Future] = []
         self._pool = ThreadPoolExecutor(max(1, upload_threads), thread_name_prefix="casstore-upload")
         # each pack in flight holds up to pack_size bytes: bound them by count and by bytes
@@ -122,6 +123,7 @@ class BlobStore:
         info = self.remote.put(pack_key(pack_id), data)
         with self._lock:
             self._unindexed[pack_id] = entries
+            self._session[pack_id] = entries
             self.index.add_pack(pack_id, entries)
             for e in entries:
                 self._pending.discard((e.kind, e.id))
@@ -134,17 +136,23 @@ class BlobStore:
         """Take a pack an earlier, interrupted session uploaded (confirmed to exist) into this one."""
         with self._lock:
             self._unindexed[pack_id] = entries
+            self._session[pack_id] = entries
             self.index.add_pack(pack_id, entries)
 
     def unindexed(self) -> dict[str, list[BlobEntry]]:
         with self._lock:
             return dict(self._unindexed)
 
+    def session_packs(self) -> set[str]:
+        with self._lock:
+            return set(self._session)
+
     def forget_unindexed(self, pack_ids: set[str]) -> None:
         """Packs found gone before they were indexed: their blobs count as missing again."""
         with self._lock:
             for pack_id in pack_ids:
                 self._unindexed.pop(pack_id, None)
+                self._session.pop(pack_id, None)
         self.index.drop_packs(pack_ids)
 
     def wait_uploads(self) -> None:
@@ -158,6 +166,16 @@ class BlobStore:
         """Write an index listing every uploaded pack not yet indexed; return (id, ObjectInfo) or None."""
         with self._lock:
             packs, self._unindexed = self._unindexed, {}
+        if not packs:
+            return None
+        return self.put_index(packs, kind)
+
+    def write_session_index(self, kind: str):
+        """Write an index listing every pack of this session, indexed before or not (design 9: a
+        checkpoint protects every pack of the live session, not only those since the previous
+        one). Returns (id, ObjectInfo), or None when the session has no pack."""
+        with self._lock:
+            packs, self._unindexed = dict(self._session), {}
         if not packs:
             return None
         return self.put_index(packs, kind)

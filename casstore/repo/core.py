@@ -77,7 +77,8 @@ class Repository:
 
     @classmethod
     def _init(cls, remote: Remote, settings: Settings, config: RepoConfig | None, local_dir: str | None):
-        config = config or RepoConfig.new(compression_level=settings.compression_level or 3)
+        config = config or RepoConfig.new(compression_level=settings.compression_level or 3,
+                                          grace_seconds=settings.grace_seconds)
         try:
             remote.put("config", config.encode(), if_absent=True)
         except ObjectExists:

@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from casstore._testing import pause_point
-from casstore.errors import SourceError
+from casstore.errors import ConfigError, SourceError
 from casstore.format.pack import KIND_DATA, KIND_TREE
 from casstore.format.snapshot import SnapshotManifest
 from casstore.format.tree import Entry, EntryType, encode_tree_chain
@@ -374,6 +374,11 @@ class SnapshotBuilder:
 def take_snapshot(repo, source: str, *, tags: tuple[str, ...] = (), excludes: tuple[str, ...] = (),
                   progress: Callable[[int], None] | None = None) -> SnapshotResult:
     """Snapshot `source` into `repo`: packs, then the index, then the manifest (the commit)."""
+    if repo.local_dir is None:
+        # straight into a shared remote there would be no checkpoints, confirmation or re-check, so
+        # gc could sweep its packs under it (design 9): it is built locally and synced instead
+        raise ConfigError(f"{repo.location} is a remote repository, which is read-only here: a snapshot is "
+                          "built in a local repository and reaches a remote through `casstore sync`")
     repo.load_index()
     repo.load_plans()  # blobs only in packs a gc plan condemns count as missing (design 5.4)
     builder = SnapshotBuilder(repo, source, excludes, progress)
