@@ -64,6 +64,7 @@ class BlobStore:
 
         self._lock = threading.Lock()
         self.on_pack_uploaded: PackCallback | None = None
+        self.on_index_written: Callable[[str, bytes], None] | None = None   # index id, its bytes
         self.session_indexes: dict[str, dict[str, list[BlobEntry]]] = {}   # written by this session
         self.packs_written = 0
         self.bytes_written = 0
@@ -187,6 +188,8 @@ class BlobStore:
         if decode_index(index_id, body, self.config.max_blob_size).packs != packs:  # read back (design 5.5)
             raise IntegrityError("internal error: an index does not decode to what was encoded")
         info = self.remote.put(f"index/{index_id}", body)
+        if self.on_index_written:
+            self.on_index_written(index_id, body)
         self.index.add_object(index_id, index)
         self.session_indexes[index_id] = packs
         return index_id, info

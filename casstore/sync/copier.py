@@ -44,6 +44,8 @@ class Copier:
         self.store = dst.blob_store(upload_threads=concurrency)
         if state is not None:
             self.store.on_pack_uploaded = self._pack_uploaded
+        if dst.cache is not None:   # our own index is not fetched back by the next sync
+            self.store.on_index_written = lambda index_id, body: dst.cache.put("index", index_id, body)
         self.known_plans: list[str] = []
         self.relied_indexes: set[str] = set()
         self.recheck_clock = 0.0
@@ -257,11 +259,15 @@ class Copier:
             self.state.save()
 
     def post_commit(self, snapshot_time: float | None, blobs: list[tuple[int, bytes]]) -> None:
-        """After the snapshot landed: if gc may have acted meanwhile, confirm every pack still exists.
+        """After the snapshot landed late, gc may have acted meanwhile: confirm every pack, re-upload.
 
         Late means more than a quarter grace period after the re-check: by storage timestamps when
-        the re-check's storage time is known, else (nothing was written before it, design 8.4: an
-        unchanged folder's sync must not list `data/`) by the boot time elapsed since it.
+        the re-check's storage time is known, else (nothing was written before it) by the boot
+        time elapsed since it. On time, nothing it relies on can go: a plan the re-check did not
+        see was written after it, so its sweep comes a grace period later at the earliest, lists
+        this snapshot and keeps what it needs; an index that vanished was consolidated into gc's
+        (its packs stay indexed) or listed only packs of plans the re-check saw. So no listing is
+        made then (design 8.4: a sync of an unchanged folder costs a handful of requests).
         """
         if not self.protocol:
             return
@@ -269,11 +275,8 @@ class Copier:
             late = snapshot_time - self.recheck_storage > self.grace / 4
         else:
             late = self.clock() - self.recheck_clock > self.grace / 4
-        plans = list_plan_keys(self.dst.remote)
-        listed = {info.key.split("/", 1)[1] for info in self.dst.remote.list("index/")}
-        if not late and plans == self.known_plans and self.relied_indexes <= listed:
-            return
-        self.confirm_packs(blobs)
+        if late:
+            self.confirm_packs(blobs)
 
     def confirm_packs(self, blobs: list[tuple[int, bytes]]) -> None:
         """Until every blob is in a pack that exists and no plan condemns: upload what is gone.
