@@ -125,3 +125,67 @@ def test_file_remote_compare_and_swap_has_one_winner(tmp_path):
         for t in threads:
             t.join()
         assert len(wins) == 1, f"round {round_}: {len(wins)} threads won the same compare-and-swap"
+
+
+def test_blob_reads_hold_the_shared_lock_python_api_and_http_alike(tmp_path):
+    """A local gc (exclusive, not waiting) is refused while a read is inside a blob read (design 5.8)."""
+    from casstore.errors import LockError
+    from casstore.read.reader import Snapshot
+    from casstore.repo.lock import repository_lock
+
+    writer = Writer(tmp_path / "a", "host-a", FakeClock(), big_mib=0)
+    snapshot_id = writer.snapshot()
+    repo = writer.repo
+    store = repo.read_blob_ready()
+    refused: list[bool] = []
+    original = store.read
+
+    def read(kind, blob_id):
+        try:
+            with repository_lock(repo.local_dir, exclusive=True, wait=False):
+                refused.append(False)
+        except LockError:
+            refused.append(True)
+        return original(kind, blob_id)
+
+    store.read = read
+    Snapshot(repo, repo.resolve(snapshot_id)).read_json("ai_hub/collective_intelligence.json")
+    assert refused and all(refused)
+
+
+def test_a_killed_soak_run_leaves_no_stopped_process(tmp_path):
+    """The soak's processes die with the test process, even while they are SIGSTOPped."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from casstore.repo.core import Repository
+    from casstore.settings import load_settings
+    from tests.servers import PROJECT_ROOT
+
+    Repository.init_remote(LocalRemote(str(tmp_path / "nas")), load_settings({}), RepoConfig.new())
+    script = ("import subprocess, sys, time\n"
+              f"p = subprocess.Popen([sys.executable, '-m', 'tests.gc_soak_driver', 'gc', 'file://{tmp_path}/nas', "
+              f"'1', '{tmp_path}/gc.log', '{tmp_path}/stop'])\n"
+              "print(p.pid, flush=True)\ntime.sleep(600)\n")
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "CASSTORE_CACHE_DIR": str(tmp_path / "cache")}
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env, cwd=PROJECT_ROOT)
+    child = int(parent.stdout.readline())
+    while not (tmp_path / "gc.log").exists():   # the driver is running its loop
+        time.sleep(0.05)
+    os.kill(child, signal.SIGSTOP)
+    parent.kill()
+    parent.wait()
+    for _ in range(200):
+        try:
+            with open(f"/proc/{child}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.05)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError(f"the soak driver {child} outlived its parent (state {state})")

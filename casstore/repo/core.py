@@ -165,8 +165,13 @@ class Repository:
                          reload_index=self.load_index, blob_cache=BlobCache(self.cache) if self.cache else None)
 
     def read_blob(self, kind: int, blob_id: bytes) -> bytes:
-        """A blob's plaintext, verified; loads the index on first use."""
-        return self.read_blob_ready().read(kind, blob_id)
+        """A blob's plaintext, verified; loads the index on first use.
+
+        Each read holds the shared repository lock (design 5.8), so a local gc (exclusive) never
+        deletes a pack under a Python-API or HTTP read; between reads it may, and a read that then
+        misses re-lists the index once and finds the blob where gc repacked it."""
+        with self.locked():
+            return self.read_blob_ready().read(kind, blob_id)
 
     def read_blob_ready(self) -> BlobStore:
         """The reading blob store, with the index loaded (call before reading from several threads)."""
