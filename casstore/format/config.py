@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import msgpack
 
-from casstore.errors import ConfigError, FormatError, IncompatibleRepository
+from casstore.errors import ConfigError, FormatError, IncompatibleRepository, IntegrityError
 
 FORMAT_VERSION = 1
 KiB, MiB = 1024, 1024 * 1024
@@ -61,6 +61,13 @@ class RepoConfig:
 
     def encode(self) -> bytes:
         return msgpack.packb(asdict(self))
+
+    def encode_verified(self) -> bytes:
+        """The encoding, decoded back before it leaves the process (design 5.5)."""
+        body = self.encode()
+        if RepoConfig.decode(body) != self:
+            raise IntegrityError("internal error: the repository config does not decode to what was encoded")
+        return body
 
     @classmethod
     def decode(cls, body: bytes) -> RepoConfig:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,8 +87,14 @@ class LocalRemote(Remote):
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         top = self._path(prefix.rstrip("/")) if prefix else self.root
-        if not os.path.isdir(top):
-            return
+        try:
+            if not stat.S_ISDIR(os.stat(top).st_mode):
+                return
+        except FileNotFoundError:
+            return   # nothing was ever written under this prefix
+        except OSError as exc:
+            # ESTALE, EIO on a NAS: a listing that failed is an error, never "empty" (design 5.6)
+            raise RemoteError(f"listing {prefix or '/'} failed: {exc.strerror or exc}") from exc
         for dirpath, dirnames, filenames in os.walk(top, onerror=_raise):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             rel = os.path.relpath(dirpath, self.root)
@@ -101,15 +108,21 @@ class LocalRemote(Remote):
                     st = os.stat(os.path.join(dirpath, name))
                 except FileNotFoundError:
                     continue  # deleted while listing: it is no longer an object
+                except OSError as exc:
+                    raise RemoteError(f"listing {prefix or '/'} failed at {key}: {exc.strerror or exc}") from exc
                 yield ObjectInfo(key, st.st_size, st.st_mtime_ns / 1e9, _etag_of(st))
 
     def _delete(self, key: str) -> None:
+        path = self._path(key)
         try:
-            self.fs.unlink(self._path(key))
+            self.fs.unlink(path)
         except FileNotFoundError:
             return
         except OSError as exc:
             raise _translate(exc, key) from exc
+        # the removal itself must survive a crash: local gc deletes packs only after the new index
+        # and the index deletions are durable, so each step's directory entry is made durable too
+        self.fs.fsync_dir(os.path.dirname(path))
 
 
 _CAS_THREADS = threading.Lock()

@@ -220,15 +220,21 @@ class BlobStore:
         raise IntegrityError(f"{name} blob {blob_id.hex()[:16]} cannot be read: {detail}")
 
     def read_encoded(self, kind: int, blob_id: bytes) -> tuple[bytes, int]:
-        """The blob's stored encoding and raw length, verified by decoding (for copying blobs)."""
+        """The blob's stored encoding and raw length, verified by decoding (for copying blobs).
+
+        Like `read`, every location is tried and the index re-listed once (a gc of the source may
+        have repacked the blob since the index was loaded)."""
         errors: list[str] = []
-        for location in self.index.locations(kind, blob_id):
-            try:
-                encoded = self._fetch(kind, location, blob_id)
-                codec.decode_verified(encoded, location.raw_length, blob_id)
-                return encoded, location.raw_length
-            except (IntegrityError, ObjectNotFound, RemoteError) as exc:
-                errors.append(f"pack {location.pack_id[:12]}: {exc}")
+        for attempt in range(2):
+            for location in self.index.locations(kind, blob_id):
+                try:
+                    encoded = self._fetch(kind, location, blob_id)
+                    codec.decode_verified(encoded, location.raw_length, blob_id)
+                    return encoded, location.raw_length
+                except (IntegrityError, ObjectNotFound, RemoteError) as exc:
+                    errors.append(f"pack {location.pack_id[:12]}: {exc}")
+            if attempt == 0 and self._reload_index is not None:
+                self._reload_index()
         raise IntegrityError(f"blob {blob_id.hex()[:16]} cannot be read: {'; '.join(errors) or 'not indexed'}")
 
     def _read_at(self, location: Location, blob_id: bytes, kind: int = KIND_DATA) -> bytes:

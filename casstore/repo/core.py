@@ -80,7 +80,7 @@ class Repository:
         config = config or RepoConfig.new(compression_level=settings.compression_level or 3,
                                           grace_seconds=settings.grace_seconds)
         try:
-            remote.put("config", config.encode(), if_absent=True)
+            remote.put("config", config.encode_verified(), if_absent=True)
         except ObjectExists:
             raise RepositoryExists(f"a repository already exists at {remote.url}") from None
         return cls(remote, config, settings, local_dir=local_dir)

@@ -75,7 +75,7 @@ def open_destination(url_or_remote, src, settings):
             raise
         config = replace(src.config, id=secrets.token_hex(16))
         try:
-            remote.put("config", config.encode(), if_absent=True)
+            remote.put("config", config.encode_verified(), if_absent=True)
         except ObjectExists:
             config = read_config(remote)
         for warning in remote.setup_warnings():
