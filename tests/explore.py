@@ -35,7 +35,7 @@ from casstore.remotes.local import LocalRemote
 from casstore.remotes.memory import MemoryRemote
 from casstore.remotes.wrappers import RemoteWrapper
 from casstore.repo.core import Repository
-from casstore.settings import load_settings
+from casstore.settings import Settings, load_settings
 from casstore.sync.transfer import sync_to_remote
 from tests.sync_helpers import tree_digest
 
@@ -202,7 +202,8 @@ class Scheduler:
                 self.trace.append(f"+{jump:.0f}s {actor.name}@{actor.at}" if jump else f"{actor.name}@{actor.at}")
                 self._go(actor)
             for actor in self.actors:
-                actor.thread.join()
+                if actor.thread is not None:
+                    actor.thread.join()
         finally:
             testhooks.set_pause_hook(None)
         return self.trace
@@ -244,7 +245,7 @@ class Host:
     expected: dict[str, dict] = field(default_factory=dict)
 
 
-def settings_for(root: Path, host: str, grace: float) -> object:
+def settings_for(root: Path, host: str, grace: float) -> Settings:
     return load_settings({"host": host, "repository": str(root / f"repo-{host}"), "grace_seconds": grace,
                           "cache_dir": str(root / f"cache-{host}"), "upload_concurrency": 1})
 
@@ -293,7 +294,7 @@ def sync_actor(world: World, host: Host) -> Callable[[Callable[[], float]], obje
 def gc_actor(world: World, runs: int, grace: float, host: str = "gc-host") -> Callable[[Callable[[], float]], object]:
     def body(boot: Callable[[], float]) -> object:
         repo = remote_repo(world.remote, world.root, host, grace)
-        reports = []
+        reports: list[object] = []
         for _ in range(runs):
             testhooks.pause_point("gc-start")
             try:
