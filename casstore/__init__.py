@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from casstore.errors import (
     CasstoreError,
@@ -19,12 +19,13 @@ from casstore.errors import (
     RepositoryNotFound,
     SnapshotNotFound,
 )
+from casstore.settings import VERSION
 
 if TYPE_CHECKING:
+    from casstore.client import Repository
     from casstore.read.reader import Snapshot
-    from casstore.repo.core import Repository
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "CasstoreError",
@@ -42,36 +43,39 @@ __all__ = [
 ]
 
 
-def open(repository: str | None = None, *, remote: str | None = None, create: bool = False, **settings):
+def open(repository: str | None = None, *, remote: str | None = None, create: bool = False,
+         **settings: Any) -> Repository:
     """Open a repository.
 
     With no arguments: the local repository from CASSTORE_REPOSITORY (default ./.casstore) when it
     exists, else the configured remote (CASSTORE_REMOTE or CLOUD_PROVIDER) read-only. `remote=URL`
     opens that remote directly. `create=True` initializes the local repository if it is missing.
     """
-    from casstore.repo.open import open_repository
+    from casstore.client import open_repository  # lazy: `import casstore` stays light
+    from casstore.repo.open import settings_for  # lazy: `import casstore` stays light
 
-    return open_repository(repository, remote=remote, create=create, **settings)
+    return open_repository(settings_for(repository, **settings), remote=remote, create=create)
 
 
-def init(repository: str | None = None, **settings):
+def init(repository: str | None = None, **settings: Any) -> Repository:
     """Create a new local repository (see `casstore init`)."""
-    from casstore.repo.open import init_repository
+    from casstore.client import init_repository  # lazy: `import casstore` stays light
+    from casstore.repo.open import settings_for  # lazy: `import casstore` stays light
 
-    return init_repository(repository, **settings)
+    return init_repository(settings_for(repository, **settings))
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name == "cloud_storage":
-        from casstore.compat import cloud_storage
+        from casstore.compat import cloud_storage  # lazy: `import casstore` stays light
 
         return cloud_storage
     if name == "Repository":
-        from casstore.repo.core import Repository
+        from casstore.client import Repository  # lazy: `import casstore` stays light
 
         return Repository
     if name == "Snapshot":
-        from casstore.read.reader import Snapshot
+        from casstore.read.reader import Snapshot  # lazy: `import casstore` stays light
 
         return Snapshot
     raise AttributeError(f"module 'casstore' has no attribute {name!r}")

@@ -1,12 +1,23 @@
-"""Test-only pause points, so protocol tests can stop a process exactly where a race matters.
+"""Every test hook, in one place: environment variables named CASSTORE_TEST_*, read at the moment
+a hook is reached (unset in normal use, when each hook costs a dictionary lookup).
 
-`CASSTORE_PAUSE_AT=<name>` makes the process stop itself (SIGSTOP) when it reaches the named
-point, after touching `CASSTORE_PAUSE_FILE` (if set) so the test knows it got there; the test
-resumes it with SIGCONT. Unset in normal use: then `pause_point` is a dictionary lookup.
+- `CASSTORE_TEST_PAUSE_AT=<name>`: `pause_point(name)` stops the process (SIGSTOP) when it
+  reaches that point, after writing the name to `CASSTORE_TEST_PAUSE_FILE` (if set) so the test
+  knows it got there; the test resumes it with SIGCONT. Points: sync/copier.py (after-pack-upload,
+  before-index-put, after-recheck, after-snapshot-put), gc/sweep.py (sweep-after-list,
+  sweep-before-packs, sweep-before-plans), gc/mark.py (mark-before-plan) and snapshot/builder.py
+  (snapshot-before-index, snapshot-before-commit).
+- `set_pause_hook(fn)` routes every pause point to `fn(name)` instead, in this process: the
+  exploration tests (tests/explore.py) park each actor's thread there until their scheduler says go.
+- `CASSTORE_TEST_CRASH_AT=<n>`: gc SIGKILLs itself right before its nth mutating storage call (a
+  put or a delete, counted across the run): `crash_hook(CRASH_AT)` gives the function gc's remote
+  calls before each write (remotes/wrappers.py HookedRemote), so crash tests can loop over n.
+- `CASSTORE_TEST_CRASH_AT_IO=<n>`: any command SIGKILLs itself at its nth durability call (temp
+  write, fsync, rename, link, unlink, directory fsync: fsio/durable.py FileSystem).
+
+Binding: a module imports a hook by name (`from casstore._testing import pause_point`); an
+in-process test replaces it on that module (`monkeypatch.setattr(copier, "pause_point", ...)`).
 These are hooks, not settings, which is why they are read here and not in casstore.settings.
-
-`set_pause_hook(fn)` routes every pause point to `fn(name)` instead, in this process: the
-exploration tests (tests/explore.py) park each actor's thread there until their scheduler says go.
 """
 
 from __future__ import annotations
@@ -14,6 +25,11 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable
+
+PAUSE_AT = "CASSTORE_TEST_PAUSE_AT"
+PAUSE_FILE = "CASSTORE_TEST_PAUSE_FILE"
+CRASH_AT = "CASSTORE_TEST_CRASH_AT"
+CRASH_AT_IO = "CASSTORE_TEST_CRASH_AT_IO"
 
 _hook: Callable[[str], None] | None = None
 
@@ -27,10 +43,26 @@ def pause_point(name: str) -> None:
     if _hook is not None:
         _hook(name)
         return
-    if os.environ.get("CASSTORE_PAUSE_AT") != name:
+    if os.environ.get(PAUSE_AT) != name:
         return
-    marker = os.environ.get("CASSTORE_PAUSE_FILE")
+    marker = os.environ.get(PAUSE_FILE)
     if marker:
         with open(marker, "w") as fh:
             fh.write(name)
     os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def crash_hook(variable: str) -> Callable[[], None] | None:
+    """With `variable` (CRASH_AT or CRASH_AT_IO) set to n, a function that kills this process on
+    its nth call; else None."""
+    limit = os.environ.get(variable)
+    if not limit:
+        return None
+    counter = [0]
+
+    def count_and_maybe_die() -> None:
+        counter[0] += 1
+        if counter[0] >= int(limit):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return count_and_maybe_die

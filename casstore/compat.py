@@ -8,35 +8,36 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from casstore.client import Repository, SnapshotInfo, open_repository
+from casstore.repo.open import settings_for
+
 
 class CloudStorage:
     """Each call opens the configured repository afresh, so it sees snapshots taken meanwhile."""
 
-    def _repo(self):
-        import casstore
+    def _repo(self, create: bool = False) -> Repository:
+        return open_repository(settings_for(), create=create)
 
-        return casstore.open()
-
-    def list_backups(self, limit: int | None = None) -> list[dict]:
+    def list_backups(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Newest first: dicts with backup_id, timestamp, size_mb, files, host, tags."""
         with self._repo() as repo:
             return [backup_meta(info) for info in repo.snapshots(limit=limit)]
 
-    def get_backup(self, backup_id: str):
+    def get_backup(self, backup_id: str) -> Any:
         """The snapshot as the seed's dict: {'snapshot_id', 'timestamp', 'data_sources': {...}}."""
         repo = self._repo()
         return repo.get(backup_id).to_dict()
 
-    def create_backup(self) -> dict:
-        import casstore
-
-        with casstore.open(create=True) as repo:
+    def create_backup(self) -> dict[str, Any]:
+        with self._repo(create=True) as repo:
             result = repo.snapshot()
             return {"success": not result.incomplete, "backup_id": result.id,
                     "timestamp": result.manifest.time.isoformat(), **result.summary.as_dict()}
 
 
-def backup_meta(info) -> dict:
+def backup_meta(info: SnapshotInfo) -> dict[str, Any]:
     summary = info.manifest.summary
     return {
         "backup_id": info.id,

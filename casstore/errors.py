@@ -14,6 +14,7 @@
     ├── RestoreError                  restore refused (unsafe name, existing file)
     └── RemoteError                   the storage below a repository failed
         ├── ObjectNotFound            the only meaning of "missing"
+        │   └── ShortRead             a ranged read answered fewer bytes than asked (cut, or past the end)
         ├── ObjectExists              a conditional create or compare-and-swap lost
         ├── AccessDenied              credentials refused
         ├── BucketNotFound            the bucket / container does not exist
@@ -42,6 +43,7 @@ __all__ = [
     "RepositoryNotFound",
     "RestoreError",
     "SnapshotNotFound",
+    "ShortRead",
     "SourceError",
     "TransientError",
 ]
@@ -103,6 +105,11 @@ class RemoteError(CasstoreError):
 
 class ObjectNotFound(RemoteError):
     pass
+
+
+class ShortRead(ObjectNotFound):
+    """A subclass, not a sibling: callers that only know "past the end is missing" keep working,
+    while verified reads treat it as damage in transit and fetch again."""
 
 
 class ObjectExists(RemoteError):

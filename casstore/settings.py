@@ -11,14 +11,19 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 from casstore.errors import ConfigError
 
 _PROVIDERS = {"local", "aws", "gcp", "azure"}
 
 
-def _secret() -> object:
+def _secret() -> Any:
     return field(default=None, repr=False)
+
+
+#: the package version (casstore.__version__), kept here so that every layer can read it
+VERSION = "0.1.0"
 
 
 @dataclass(frozen=True)
@@ -48,8 +53,14 @@ class Settings:
     azure_connection_string: str | None = _secret()
     api_token: str | None = _secret()
     notify_cmd: str | None = None
+    cache_max_bytes: int | None = None     # local cache size limit; None: unbounded
+    read_attempts: int = 5                 # reads of an object that fails verification (DESIGN.md "Verified reads")
+    connect_timeout: float = 5.0           # seconds to open a connection
+    read_timeout: float = 15.0             # seconds a small (metadata) answer may stall
+    min_read_rate: int = 256 * 1024        # bytes/s a large read may fall to before it is cut
+    request_deadline: float = 120.0        # one request's total time, retries and backoff included
 
-    def with_overrides(self, **overrides: object) -> Settings:
+    def with_overrides(self, **overrides: Any) -> Settings:
         known = {f.name for f in fields(self)}
         return replace(self, **{k: v for k, v in overrides.items() if k in known and v is not None})
 
@@ -64,7 +75,11 @@ class Settings:
                    "endpoint": self.storage_emulator_host},
             "az": {"connection_string": self.azure_connection_string},
         }
-        return {scheme: {k: v for k, v in options.items() if v is not None} for scheme, options in by_scheme.items()}
+        from casstore.remotes.timeouts import Timeouts
+
+        timeouts = Timeouts(self.connect_timeout, self.read_timeout, self.min_read_rate)
+        return {scheme: {**{k: v for k, v in options.items() if v is not None}, "timeouts": timeouts}
+                for scheme, options in by_scheme.items()}
 
 
 def load_settings(overrides: dict | None = None, environ: dict | None = None, dotenv_path: str = ".env") -> Settings:
@@ -96,6 +111,12 @@ def load_settings(overrides: dict | None = None, environ: dict | None = None, do
         azure_connection_string=env.get("AZURE_STORAGE_CONNECTION_STRING"),
         api_token=env.get("CASSTORE_API_TOKEN"),
         notify_cmd=env.get("CASSTORE_NOTIFY_CMD"),
+        cache_max_bytes=parse_size(env["CASSTORE_CACHE_MAX"]) if env.get("CASSTORE_CACHE_MAX") else None,
+        read_attempts=_int(env, "CASSTORE_READ_ATTEMPTS") or 5,
+        connect_timeout=parse_duration(env.get("CASSTORE_CONNECT_TIMEOUT", "5s")),
+        read_timeout=parse_duration(env.get("CASSTORE_READ_TIMEOUT", "15s")),
+        min_read_rate=parse_size(env.get("CASSTORE_MIN_READ_RATE", "256K")),
+        request_deadline=parse_duration(env.get("CASSTORE_REQUEST_DEADLINE", "120s")),
     )
     return settings.with_overrides(**(overrides or {}))
 
@@ -103,7 +124,7 @@ def load_settings(overrides: dict | None = None, environ: dict | None = None, do
 def _merged_environment(environ: dict | None, dotenv_path: str) -> dict:
     file_values = {}
     if os.path.isfile(dotenv_path):
-        from dotenv import dotenv_values  # only when there is a .env to read
+        from dotenv import dotenv_values  # lazy: only when there is a .env to read
 
         file_values = dotenv_values(dotenv_path)
     process = dict(os.environ if environ is None else environ)
@@ -160,3 +181,15 @@ def parse_duration(text: str) -> float:
     if not match:
         raise ConfigError(f"not a duration: {text!r} (use e.g. 30s, 15m, 24h, 7d)")
     return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$")
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
+
+
+def parse_size(text: str) -> int:
+    """'500M', '2G', '2GiB', '1048576' -> bytes (binary units)."""
+    match = _SIZE.match(str(text).lower())
+    if not match:
+        raise ConfigError(f"not a size: {text!r} (use e.g. 500M, 2G)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from casstore import _testing as testhooks
+from casstore.client import Repository
 from casstore.errors import CasstoreError, ConfigError
 from casstore.format.config import RepoConfig
 from casstore.gc.run import GcAborted, LeaseHeld, LeaseLost, collect_garbage
@@ -34,7 +35,6 @@ from casstore.remotes.base import ObjectInfo, Remote
 from casstore.remotes.local import LocalRemote
 from casstore.remotes.memory import MemoryRemote
 from casstore.remotes.wrappers import RemoteWrapper
-from casstore.repo.core import Repository
 from casstore.settings import Settings, load_settings
 from casstore.sync.transfer import sync_to_remote
 from tests.sync_helpers import tree_digest

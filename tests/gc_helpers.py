@@ -12,10 +12,10 @@ import shutil
 import time
 from pathlib import Path
 
+from casstore.client import Repository
 from casstore.format.config import RepoConfig
 from casstore.gc.run import collect_garbage
 from casstore.remotes.memory import MemoryRemote
-from casstore.repo.core import Repository
 from casstore.settings import load_settings
 from casstore.sync.transfer import sync_to_remote
 from tests.sync_helpers import KiB, local_repo, make_source, tree_digest

@@ -22,15 +22,15 @@ from tests.sync_helpers import KiB
 SOAK_SECONDS = 80
 SOAK_GRACE = 20
 #: writer 0 stops itself right after its re-check, writer 1 right after uploading packs no index lists
-#: yet (casstore._testing, CASSTORE_PAUSE_AT); the test holds the first such stop of each for longer
+#: yet (casstore._testing, CASSTORE_TEST_PAUSE_AT); the test holds the first such stop of each for longer
 #: than two grace periods (gc marks and sweeps meanwhile) and releases later ones at once. Writer 2 is
 #: SIGSTOPped once at a random moment for more than two grace periods (across marks and sweeps).
 PAUSE_POINTS = {0: "after-recheck", 1: "after-pack-upload"}
 
 
 def remote_config(server, url: str) -> RepoConfig:
+    from casstore.client import Repository
     from casstore.remotes import open_remote
-    from casstore.repo.core import Repository
 
     remote = open_remote(url, endpoint_url=server.endpoint, region=server.region,
                          access_key_id=server.access_key, secret_access_key=server.secret_key)
@@ -42,7 +42,7 @@ def remote_config(server, url: str) -> RepoConfig:
 
 def soak_env(server, url: str, home: Path, host: str = "gc-host") -> dict:
     home.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CASSTORE_PAUSE")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CASSTORE_TEST_")}
     return {**env, **server.env(), "CASSTORE_REMOTE": url, "CASSTORE_GRACE": f"{SOAK_GRACE}s",
             "CASSTORE_HOST": host, "CASSTORE_CACHE_DIR": str(home / "cache"),
             "CASSTORE_UPLOAD_CONCURRENCY": "2", "PYTHONPATH": str(PROJECT_ROOT)}
@@ -56,12 +56,12 @@ def spawn(args: list[str], env: dict) -> subprocess.Popen:
 def start_writer(server, url: str, config: RepoConfig, home: Path, index: int, seed: int, stop: Path):
     from dataclasses import replace
 
-    from casstore.repo.core import Repository
+    from casstore.client import Repository
 
     env = soak_env(server, url, home, host=f"host-{index}")
     marker = home / "paused"
     if index in PAUSE_POINTS:
-        env.update(CASSTORE_PAUSE_AT=PAUSE_POINTS[index], CASSTORE_PAUSE_FILE=str(marker))
+        env.update(CASSTORE_TEST_PAUSE_AT=PAUSE_POINTS[index], CASSTORE_TEST_PAUSE_FILE=str(marker))
     source = home / "data"
     source.mkdir(parents=True)
     Repository.init_local(str(home / "repo"), load_settings({"cache_dir": env["CASSTORE_CACHE_DIR"]}),
@@ -195,8 +195,8 @@ def _assert_paused_writers_reverified(writer_events, pauses) -> None:
 
 
 def _assert_remote_restores(server, url, tmp_path, writer_events) -> None:
+    from casstore.client import Repository
     from casstore.remotes import open_remote
-    from casstore.repo.core import Repository
 
     expected = {e["id"]: e["digest"] for events in writer_events for e in events if e["event"] == "snapshot"}
     remote = open_remote(url, endpoint_url=server.endpoint, region=server.region,

@@ -55,8 +55,8 @@ def log_event(log: Path, **event) -> None:
 
 
 def run_writer(repo_dir: str, source: str, seed: int, log: Path, stop: Path) -> None:
+    from casstore.client import Repository
     from casstore.errors import CasstoreError
-    from casstore.repo.core import Repository
 
     rng = random.Random(seed)
     repo = Repository.open_local(repo_dir)
@@ -92,12 +92,12 @@ def verify_on_remote(repo, snapshot_ids: list[str], attempts: int = 3) -> list[s
 
 
 def _missing_on_remote(repo, snapshot_ids: list[str]) -> list[str]:
+    from casstore.client import open_repository
     from casstore.errors import SnapshotNotFound
     from casstore.format.pack import KIND_DATA, KIND_TREE
     from casstore.format.walk import walk_tree
-    from casstore.repo.open import open_remote_repository
 
-    remote_repo = open_remote_repository(repo.settings.remote, repo.settings)
+    remote_repo = open_repository(repo.settings, remote=repo.settings.remote)
     index = remote_repo.load_index()
     packs = {info.key.rsplit("/", 1)[1] for info in remote_repo.remote.list("data/")}
     missing: list[str] = []

@@ -21,12 +21,13 @@ import blake3
 from click.testing import CliRunner
 
 from casstore.cli.main import cli
+from casstore.client import Repository
 from casstore.format.config import RepoConfig
 from casstore.format.pack import KIND_DATA, KIND_TREE
 from casstore.format.snapshot import SnapshotManifest
 from casstore.format.tree import Entry, EntryType, encode_tree_chain
 from casstore.remotes.local import LocalRemote
-from casstore.repo.core import Repository, read_config
+from casstore.repo.core import read_config
 from casstore.settings import load_settings
 
 KiB, MiB = 1024, 1024 * 1024

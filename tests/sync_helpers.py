@@ -7,8 +7,8 @@ import os
 import random
 from pathlib import Path
 
+from casstore.client import Repository
 from casstore.format.config import RepoConfig
-from casstore.repo.core import Repository
 from casstore.settings import load_settings
 
 KiB = 1024

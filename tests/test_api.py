@@ -26,7 +26,7 @@ import pytest
 from click.testing import CliRunner
 
 from casstore.cli.main import cli
-from casstore.repo.core import Repository
+from casstore.client import Repository
 from casstore.settings import load_settings
 
 TOKEN = "s3cr3t-t0ken-for-tests"
@@ -182,6 +182,14 @@ def test_path_selects_one_source_or_file(served):
     assert by_file == by_key == {"collective_iq": 142, "accuracy": 0.91}
     assert client.get(f"/api/cloud/backup/{short}?path=market/big.bin").json()["size"] == len(BINARY)
     assert client.get(f"/api/cloud/backup/{short}?path=nothing/here").status_code == 404
+
+
+def test_a_path_below_a_file_is_404(served):
+    client, _, ids = served
+    for ref in ("latest", ids[0][:8]):
+        for path in ("ai_hub/collective_intelligence.json/x", "market/big.bin/deeper/still"):
+            assert client.get(f"/api/cloud/backup/{ref}", params={"path": path}).status_code == 404
+            assert client.get(f"/api/cloud/backup/{ref}/file", params={"path": path}).status_code == 404
 
 
 def test_raw_download_is_an_attachment(served):

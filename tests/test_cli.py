@@ -126,6 +126,12 @@ def test_cat_writes_exact_bytes(history):
     assert run("cat", "latest", "ai_hub/collective_intelligence.json").stdout == b'{"collective_iq": 135}'
 
 
+def test_cat_below_a_file_is_one_line_error(history):
+    """A path that goes on below a file names nothing: one error line, not a traceback."""
+    proc = run("cat", "latest", "ai_hub/collective_intelligence.json/x", expect=None)
+    assert_one_line_error(proc, "ai_hub/collective_intelligence.json is not a directory")
+
+
 def test_diff_added_removed_modified_metadata(history):
     changes = _json("diff", history["first"]["short_id"], history["second"]["short_id"])
     by_path = {c["path"]: c for c in changes}

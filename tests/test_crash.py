@@ -1,7 +1,7 @@
 """Crash safety (design 5.1): SIGKILL a `casstore snapshot` at many I/O points.
 
-`CASSTORE_CRASH_AT_IO=N` makes the process SIGKILL itself at its Nth durability call (temp
-write, fsync, rename, link, unlink, directory fsync; see casstore/localfs.py). For every N
+`CASSTORE_TEST_CRASH_AT_IO=N` makes the process SIGKILL itself at its Nth durability call (temp
+write, fsync, rename, link, unlink, directory fsync; see casstore/fsio/durable.py). For every N
 over the whole snapshot (and a few during the very first snapshot, which creates the
 repository), starting each time from the same committed repository:
 
@@ -18,8 +18,8 @@ import fcntl
 import os
 import shutil
 
+from casstore.client import Repository
 from casstore.fsio.durable import FileSystem
-from casstore.repo.core import Repository
 from casstore.settings import load_settings
 from tests.helpers import (
     KiB,
@@ -110,7 +110,7 @@ def test_sigkill_during_snapshot_at_every_io_point(tmp_path):
             shutil.rmtree(path)
             shutil.copytree(base, path)
         try:
-            proc = run("snapshot", source, env={"CASSTORE_CRASH_AT_IO": str(n)}, expect=None)
+            proc = run("snapshot", source, env={"CASSTORE_TEST_CRASH_AT_IO": str(n)}, expect=None)
             assert proc.returncode == -9, f"not killed (exit {proc.returncode}): {proc.stderr[-500:]!r}"
             kills += 1
             assert _lock_is_free(repo_dir), "the dead process still holds the repository lock"
@@ -139,7 +139,7 @@ def test_sigkill_during_the_first_snapshot_that_creates_the_repository(tmp_path)
     for n in (1, 3, 5, 8, 12):
         try:
             shutil.rmtree(tmp_path / ".casstore", ignore_errors=True)
-            proc = run("snapshot", env={"CASSTORE_CRASH_AT_IO": str(n)}, expect=None)
+            proc = run("snapshot", env={"CASSTORE_TEST_CRASH_AT_IO": str(n)}, expect=None)
             assert proc.returncode == -9, f"not killed (exit {proc.returncode})"
             if (tmp_path / ".casstore" / "config").exists():
                 invoke("check", "--read-data")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from casstore.repo.core import Repository
+from casstore.client import Repository
 from casstore.service.runs import snapshot_step
 from casstore.service.scheduler import Scheduler, parse_schedule
 from tests.test_api import TOKEN, make_settings, running_server, take_snapshots

@@ -15,10 +15,10 @@ import os
 import pytest
 
 import casstore.snapshot.filescache
+from casstore.client import Repository
 from casstore.format.config import RepoConfig
 from casstore.fsio.durable import FileSystem
 from casstore.remotes.local import LocalRemote
-from casstore.repo.core import Repository
 from casstore.settings import load_settings
 from tests.helpers import KiB, MiB, det_bytes, write
 

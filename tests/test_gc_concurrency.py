@@ -1,7 +1,7 @@
 """gc racing writers (design 9): one test per dangerous interleaving, then a multi-process soak.
 
 The interleavings run in one process, deterministically: a writer's pause point
-(casstore.sync.copier.pause_point) or gc's (casstore._testing.pause_point) is replaced by a callback
+(casstore.sync.copier.pause_point) or gc's (casstore.gc.sweep.pause_point) is replaced by a callback
 that runs gc, or another writer, at exactly that moment, on a MemoryRemote whose storage clock
 the test moves (a grace period of an hour passes in a microsecond). The soak test at the end runs
 real processes against an S3 server (moto), stopping writers with SIGSTOP past the grace period.
@@ -15,8 +15,9 @@ import threading
 
 import pytest
 
-from casstore import _testing as testhooks
-from casstore.format.plan import LEASE_KEY, condemned_packs, list_plan_keys, load_plans
+from casstore.format.layout import LEASE_KEY
+from casstore.format.plan import condemned_packs, list_plan_keys, load_plans
+from casstore.gc import sweep as sweep_module
 from casstore.gc.retention import apply_retention
 from casstore.gc.run import GcAborted, LeaseHeld, LeaseLost
 from casstore.sync import copier as sync_module
@@ -265,7 +266,7 @@ def test_two_gc_runs_at_once_the_second_is_refused(tmp_path, clock, remote, monk
             gc(second, clock)
         refused.append(True)
 
-    _at(monkeypatch, testhooks, "sweep-after-list", second_gc)
+    _at(monkeypatch, sweep_module, "sweep-after-list", second_gc)
     first = gc(repo, clock)
     assert refused and first.packs_deleted > 0
     assert not remote.exists(LEASE_KEY)
@@ -280,12 +281,12 @@ def test_sweep_paused_past_its_lease_stops_and_the_taker_finishes(tmp_path, cloc
     taken = []
 
     def lease_expires_and_another_gc_sweeps():
-        monkeypatch.setattr(testhooks, "pause_point", lambda name: None)
+        monkeypatch.setattr(sweep_module, "pause_point", lambda name: None)
         clock.advance(3600)                  # far past the lease's expiry
         taken.append(gc(taker, clock))
         taken.append({i.key for i in remote.list("")})
 
-    _at(monkeypatch, testhooks, "sweep-after-list", lease_expires_and_another_gc_sweeps)
+    _at(monkeypatch, sweep_module, "sweep-after-list", lease_expires_and_another_gc_sweeps)
     with pytest.raises(LeaseLost):
         gc(repo, clock)
     assert taken[0].packs_deleted > 0 and taken[0].indexes_deleted > 0
@@ -306,7 +307,7 @@ def test_index_written_during_the_sweep_survives_the_consolidation(tmp_path, clo
         assert other.sync(remote).snapshots
         written.update(_index_keys(remote) - before)
 
-    _at(monkeypatch, testhooks, "sweep-after-list", other_writer_syncs)
+    _at(monkeypatch, sweep_module, "sweep-after-list", other_writer_syncs)
     sweep = gc(repo, clock)
     assert written and sweep.indexes_deleted > 0
     assert written <= _index_keys(remote), "an index written after the sweep listed must not be deleted"
@@ -331,7 +332,7 @@ def test_post_commit_confirmation_racing_a_sweep(tmp_path, clock, remote, monkey
             if name == "sweep-after-list":
                 listed.set()
                 resume.wait(10)
-        monkeypatch.setattr(testhooks, "pause_point", pause)
+        monkeypatch.setattr(sweep_module, "pause_point", pause)
         try:
             sweeps.append(gc(repo, clock))
         except GcAborted as exc:    # its mark, right after the sweep, may see the snapshot before the repair

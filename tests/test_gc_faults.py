@@ -11,17 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from casstore._testing_gc import ENV as CRASH_ENV
+from casstore._testing import CRASH_AT as CRASH_ENV
+from casstore.client import Repository
 from casstore.errors import RemoteError
 from casstore.format.config import RepoConfig
-from casstore.format.pack import KIND_DATA, KIND_TREE, pack_key
-from casstore.format.plan import LEASE_KEY, list_plan_keys
+from casstore.format.layout import LEASE_KEY, pack_key
+from casstore.format.pack import KIND_DATA, KIND_TREE
+from casstore.format.plan import list_plan_keys
 from casstore.gc.retention import apply_retention
 from casstore.gc.run import GcAborted, GcError, collect_garbage
 from casstore.remotes.base import ObjectInfo
 from casstore.remotes.local import LocalRemote
 from casstore.remotes.wrappers import RemoteWrapper, RetryingRemote
-from casstore.repo.core import Repository
 from casstore.settings import load_settings
 from tests.faults import FaultyRemote
 from tests.gc_helpers import (

@@ -13,8 +13,9 @@ import pytest
 
 from casstore.errors import ObjectExists
 from casstore.format.index import decode_index
+from casstore.format.layout import LEASE_KEY
 from casstore.format.pack import KIND_DATA
-from casstore.format.plan import LEASE_KEY, list_plan_keys, load_plans
+from casstore.format.plan import list_plan_keys, load_plans
 from casstore.gc.retention import apply_retention
 from casstore.gc.run import ClockSkew, LeaseHeld, NoConditionalWrites
 from casstore.remotes.wrappers import RemoteWrapper

@@ -83,7 +83,7 @@ def test_gc_on_a_nas_whose_pack_folder_fails_to_list_deletes_nothing(tmp_path, c
     writer.snapshot()
     url = f"file://{tmp_path / 'nas'}"
     writer.sync(url)
-    from casstore.repo.core import Repository
+    from casstore.client import Repository
     from casstore.settings import load_settings
 
     repo = Repository.open_remote(LocalRemote(str(tmp_path / "nas")),

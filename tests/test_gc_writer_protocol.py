@@ -161,7 +161,7 @@ def test_a_killed_soak_run_leaves_no_stopped_process(tmp_path):
     import sys
     import time
 
-    from casstore.repo.core import Repository
+    from casstore.client import Repository
     from casstore.settings import load_settings
     from tests.servers import PROJECT_ROOT
 

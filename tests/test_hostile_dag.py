@@ -10,11 +10,11 @@ import os
 
 import pytest
 
+from casstore.client import Repository
 from casstore.errors import IntegrityError
 from casstore.format.pack import KIND_TREE
 from casstore.format.snapshot import SnapshotManifest
 from casstore.format.tree import Entry, EntryType, encode_tree_chain
-from casstore.repo.core import Repository
 from casstore.settings import load_settings
 
 LEVELS = 60

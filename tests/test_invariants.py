@@ -170,7 +170,8 @@ def test_existing_objects_are_never_rewritten(tmp_path, source):
 
 
 def test_blobs_only_in_condemned_packs_are_uploaded_again(tmp_path, source, monkeypatch):
-    from casstore.format.plan import GcPlan, plan_key
+    from casstore.format.layout import plan_key
+    from casstore.format.plan import GcPlan
 
     monkeypatch.setattr("casstore.snapshot.builder.RACY_WINDOW_NS", 0)
     repo = init_repo(tmp_path / "repo", pack_size=256 * KiB)

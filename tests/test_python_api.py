@@ -18,9 +18,9 @@ from collections.abc import Mapping
 import pytest
 
 import casstore
+from casstore.client import Repository
 from casstore.errors import RepositoryNotFound, SnapshotNotFound
 from casstore.format.pack import KIND_DATA, KIND_TREE
-from casstore.repo.core import Repository
 from tests.helpers import KiB, MiB, det_bytes, invoke, tree_state, write
 
 BIG = det_bytes(MiB + 12345, "big")

@@ -166,7 +166,7 @@ def test_s3_prefix_isolates_and_puts_ask_for_encryption_and_class(moto_server):
     client.put_object(Bucket=bucket, Key="elsewhere/config", Body=b"foreign")
     client.put_object(Bucket=bucket, Key="casstore/data/NOT-A-KEY", Body=b"foreign")
     remote = moto_server.open(bucket, "casstore", sse="AES256", storage_class="STANDARD_IA")
-    remote.put("data/aa/pack", b"p")
+    remote.put("data/aa/pack", b"p", cold=True)
     remote.put("index/one", b"i")
     assert sorted(info.key for info in remote.list("")) == ["data/aa/pack", "index/one"]
     pack = client.head_object(Bucket=bucket, Key="casstore/data/aa/pack")

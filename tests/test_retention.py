@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from casstore.client import Repository, SnapshotInfo
 from casstore.errors import ConfigError
 from casstore.format.snapshot import SnapshotManifest
 from casstore.gc.retention import (
@@ -16,7 +17,6 @@ from casstore.gc.retention import (
     decide,
     policy_from_settings,
 )
-from casstore.repo.core import Repository, SnapshotInfo
 from casstore.settings import load_settings
 from tests.gc_helpers import FakeClock, Writer, cli_json, new_memory_remote
 from tests.helpers import invoke, write_snapshot

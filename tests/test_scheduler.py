@@ -234,7 +234,7 @@ def test_status_shows_runs_and_flags_stale_repositories(settings, tmp_path, monk
 
 
 def _snapshots(s):
-    from casstore.repo.core import Repository
+    from casstore.client import Repository
 
     with Repository.open_local(s.repository, s) as repo:
         return repo.all_snapshots()

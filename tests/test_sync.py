@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 
+from casstore.client import Repository
 from casstore.errors import IncompatibleRepository
 from casstore.format.pack import KIND_DATA
 from casstore.remotes.wrappers import CountingRemote
-from casstore.repo.core import Repository
 from casstore.settings import load_settings
 from tests.remote_backends import REMOTE_BACKENDS
 from tests.sync_helpers import day_of_edits, local_repo, make_source, tree_digest
@@ -139,7 +139,8 @@ def test_dry_run_uploads_nothing_and_reports_the_plan(memory_remote, tmp_path):
 
 
 def test_blob_only_in_a_condemned_pack_is_uploaded_again(memory_remote, tmp_path):
-    from casstore.format.plan import GcPlan, plan_key
+    from casstore.format.layout import plan_key
+    from casstore.format.plan import GcPlan
 
     source = make_source(tmp_path / "data")
     repo = local_repo(tmp_path / "repo")

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
+from casstore.client import Repository
 from casstore.errors import CasstoreError
 from casstore.format.pack import parse_header
 from casstore.remotes.local import LocalRemote
-from casstore.repo.core import Repository
 from casstore.settings import load_settings
 from casstore.sync.state import SyncState
 from tests.faults import FaultyRemote
@@ -76,7 +76,7 @@ def test_sigkill_mid_sync_then_rerun_uploads_no_journaled_pack_twice(tmp_path, c
 
     repo = local_repo(repo_dir, config=RepoConfig.new(avg_size=64 * 1024, pack_size=256 * 1024))
     repo.snapshot(str(source))
-    killed = _run_sync(repo_dir, remote_dir, {"CASSTORE_CRASH_AT_IO": str(crash_at)})
+    killed = _run_sync(repo_dir, remote_dir, {"CASSTORE_TEST_CRASH_AT_IO": str(crash_at)})
     assert killed.returncode == -9, killed.stderr
     remote = LocalRemote(str(remote_dir))
     journal = SyncState(str(repo_dir), remote.url).journal()

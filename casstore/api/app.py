@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from collections.abc import Iterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from urllib.parse import quote
@@ -27,11 +28,12 @@ from casstore.api.jobs import JobManager
 from casstore.api.reading import BadPath, RepoAccess, clean_path, find, stream_file, stream_snapshot
 from casstore.api.security import GuardMiddleware
 from casstore.api.views import backups_view, status_view
+from casstore.client import Repository
 from casstore.errors import CasstoreError, RepositoryNotFound, SnapshotNotFound
 from casstore.format.tree import EntryType
 from casstore.read.reader import PathNotFound, Snapshot
 from casstore.service.runs import RunBusy, snapshot_step, sync_step
-from casstore.settings import Settings
+from casstore.settings import VERSION, Settings
 
 JOB_ID = r"^[0-9a-f]{32}$"
 WAIT_TIMEOUT = 3600.0
@@ -67,9 +69,7 @@ def create_app(settings: Settings, *, allowed_hosts: set[str] | None, scheduler=
 
 
 def _version() -> str:
-    import casstore
-
-    return casstore.__version__
+    return VERSION
 
 
 def _errors(app: FastAPI) -> None:
@@ -192,7 +192,7 @@ def _job_response(job, wait: bool):
     return {"success": True, "job_id": job.id, "job": job.as_dict(), "poll": f"/api/jobs/{job.id}"}
 
 
-def _returning(parts, access: RepoAccess, repo):
+def _returning(parts: Iterator[bytes], access: RepoAccess, repo: Repository) -> Iterator[bytes]:
     """Stream `parts`, then give the reader back to the pool."""
     broken = True
     try:

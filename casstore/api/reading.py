@@ -10,7 +10,6 @@ does not parse) as {"$file": path, "size": n, "href": raw download URL}.
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 import time
@@ -18,10 +17,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import quote
 
+from casstore.client import Repository, open_repository
 from casstore.errors import SnapshotNotFound
+from casstore.format import layout
 from casstore.format.tree import Entry, EntryType
 from casstore.read.dictview import _assign_keys
-from casstore.read.reader import PathNotFound
+from casstore.read.reader import PathNotFound, Snapshot
 from casstore.settings import Settings
 
 LIST_TTL = 3.0
@@ -55,12 +56,10 @@ class RepoAccess:
 
     @property
     def exists(self) -> bool:
-        return os.path.isfile(os.path.join(self.settings.repository, "config"))
+        return layout.is_local_repository(self.settings.repository)
 
-    def _open(self):
-        from casstore.repo.core import Repository
-
-        return Repository.open_local(self.settings.repository, self.settings)
+    def _open(self) -> Repository:
+        return open_repository(self.settings, fallback_remote=False)
 
     # -- listing -------------------------------------------------------------------------------
 
@@ -78,7 +77,7 @@ class RepoAccess:
         if not self.exists:
             return [], 0
         with self.reader() as repo:
-            stored = sum(info.size for prefix in ("data/", "index/", "snapshots/") for info in repo.remote.list(prefix))
+            stored = repo.stored_bytes()
             return repo.all_snapshots(), stored
 
     def invalidate(self) -> None:
@@ -115,7 +114,7 @@ class RepoAccess:
             repo = self._pool.pop() if self._pool else None
         return repo or self._open()
 
-    def checkin(self, repo, broken: bool = False) -> None:
+    def checkin(self, repo: Repository, broken: bool = False) -> None:
         with self._pool_lock:
             if not broken and len(self._pool) < POOL_SIZE:
                 self._pool.append(repo)
@@ -142,7 +141,7 @@ class RepoAccess:
 # -- finding a path -------------------------------------------------------------------------------
 
 
-def find(snapshot, path: str) -> tuple[Entry | None, str]:
+def find(snapshot: Snapshot, path: str) -> tuple[Entry | None, str]:
     """The entry at `path` (a real path, or to_dict()'s keys such as `ai_hub/collective_intelligence`)
     and its real path; (None, '') is the root. PathNotFound when neither form names anything."""
     if not path:
@@ -166,13 +165,13 @@ def find(snapshot, path: str) -> tuple[Entry | None, str]:
 # -- streaming JSON --------------------------------------------------------------------------------
 
 
-def stream_snapshot(snapshot, entry: Entry | None, path: str, whole: bool) -> Iterator[bytes]:
+def stream_snapshot(snapshot: Snapshot, entry: Entry | None, path: str, whole: bool) -> Iterator[bytes]:
     """The snapshot (whole: with its header, as to_dict()) or one path's value, as JSON bytes."""
     parts = _header(snapshot) if whole else _value(snapshot, entry, path)
     return _coalesce(parts)
 
 
-def _header(snapshot) -> Iterator[str]:
+def _header(snapshot: Snapshot) -> Iterator[str]:
     head = {"snapshot_id": snapshot.id, "backup_id": snapshot.id, "timestamp": snapshot.time.isoformat(),
             "host": snapshot.manifest.host, "tags": list(snapshot.manifest.tags)}
     yield json.dumps(head)[:-1] + ', "data_sources": '
@@ -180,7 +179,7 @@ def _header(snapshot) -> Iterator[str]:
     yield "}"
 
 
-def _value(snapshot, entry: Entry | None, path: str) -> Iterator[str]:
+def _value(snapshot: Snapshot, entry: Entry | None, path: str) -> Iterator[str]:
     if entry is None:
         yield from _dir(snapshot, snapshot.manifest.tree, "")
     elif entry.type is EntryType.DIR:
@@ -191,7 +190,7 @@ def _value(snapshot, entry: Entry | None, path: str) -> Iterator[str]:
         yield "null"
 
 
-def _dir(snapshot, tree_id: bytes, path: str) -> Iterator[str]:
+def _dir(snapshot: Snapshot, tree_id: bytes, path: str) -> Iterator[str]:
     yield "{"
     for i, (key, entry) in enumerate(_assign_keys(snapshot.tree(tree_id)).items()):
         name = entry.name.decode("utf-8", "surrogateescape")
@@ -200,7 +199,7 @@ def _dir(snapshot, tree_id: bytes, path: str) -> Iterator[str]:
     yield "}"
 
 
-def _file(snapshot, entry: Entry, path: str) -> str:
+def _file(snapshot: Snapshot, entry: Entry, path: str) -> str:
     name = path.rsplit("/", 1)[-1]
     if name.endswith((".json", ".jsonl")):
         data = snapshot.read_bytes(path)
@@ -213,7 +212,7 @@ def _file(snapshot, entry: Entry, path: str) -> str:
     return _dumps(file_ref(snapshot, path, entry.size))
 
 
-def file_ref(snapshot, path: str, size: int, error: str | None = None) -> dict:
+def file_ref(snapshot: Snapshot, path: str, size: int, error: str | None = None) -> dict:
     ref = {"$file": path, "size": size,
            "href": f"/api/cloud/backup/{snapshot.id}/file?path={quote(path, safe='/', errors='surrogateescape')}"}
     if error:
@@ -237,7 +236,7 @@ def _coalesce(parts: Iterator[str]) -> Iterator[bytes]:
         yield "".join(buffer).encode("utf-8", "replace")
 
 
-def stream_file(snapshot, path: str, piece: int = 1 << 20) -> Iterator[bytes]:
+def stream_file(snapshot: Snapshot, path: str, piece: int = 1 << 20) -> Iterator[bytes]:
     with snapshot.open(path) as fh:
         while chunk := fh.read(piece):
             yield chunk

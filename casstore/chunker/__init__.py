@@ -12,6 +12,7 @@ from typing import BinaryIO, Protocol
 
 from casstore.chunker.fastcdc import FastCDCChunker
 from casstore.chunker.fixed import FixedChunker
+from casstore.errors import FormatError
 
 __all__ = ["Chunker", "ChunkerParams", "FastCDCChunker", "FixedChunker", "chunker_from_params"]
 
@@ -43,6 +44,4 @@ def chunker_from_params(params: ChunkerParams) -> Chunker:
         return FastCDCChunker.from_params(params)
     if algorithm == FixedChunker.algorithm:
         return FixedChunker.from_params(params)
-    from casstore.errors import FormatError
-
     raise FormatError(f"unknown chunker algorithm {algorithm!r} in repository config")

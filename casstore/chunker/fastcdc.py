@@ -95,7 +95,8 @@ class FastCDCChunker:
                     break
             if eof:
                 return
-            block = view = chunk = None   # this frame's own views must not keep the block busy
+            del block, view   # this frame's own views must not keep the block busy
+            chunk = None
 
 
 def _fill(fd: int, view: memoryview, start: int) -> tuple[int, bool]:

@@ -5,29 +5,29 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import click
+
+from casstore.client import Repository, open_repository
+from casstore.settings import Settings, load_settings
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON for scripts.")
 repo_option = click.option("--repo", "repository", metavar="PATH",
                            help="Local repository (default: CASSTORE_REPOSITORY or ./.casstore).")
 
 
-def settings(ctx: click.Context, repository: str | None = None, **overrides):
-    from casstore.settings import load_settings
-
+def settings(ctx: click.Context, repository: str | None = None, **overrides: Any) -> Settings:
     repo = repository or (ctx.obj or {}).get("repository")
     if repo:
         overrides["repository"] = repo
     return load_settings(overrides)
 
 
-def open_repo(ctx: click.Context, repository: str | None = None, *, remote: str | None = None, **overrides):
+def open_repo(ctx: click.Context, repository: str | None = None, *, remote: str | None = None,
+              **overrides: Any) -> Repository:
     """The local repository, or the configured remote read-only when there is no local one."""
-    from casstore.repo.open import open_repository
-
-    s = settings(ctx, repository, **overrides)
-    return open_repository(s.repository, remote=remote, **{k: v for k, v in overrides.items() if v is not None})
+    return open_repository(settings(ctx, repository, **overrides), remote=remote)
 
 
 def emit(as_json: bool, payload: object, text: Callable[[], None]) -> None:
@@ -54,7 +54,7 @@ class Progress:
     def __init__(self, total: int | None, description: str) -> None:
         self._bar = None
         if sys.stderr.isatty():
-            from tqdm import tqdm
+            from tqdm import tqdm  # lazy: 60 ms to import; only a terminal shows a bar
 
             self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=description,
                              leave=False, file=sys.stderr)

@@ -7,9 +7,12 @@ from SUMMARIES), so the CLI starts fast and never imports a cloud SDK it does no
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 import click
+
+from casstore.errors import CasstoreError
 
 # command name -> "module:function"; aliases point at the same function
 COMMANDS = {
@@ -31,6 +34,7 @@ COMMANDS = {
     "status": "casstore.cli.service_commands:status",
     "serve": "casstore.cli.service_commands:serve",
     "schedule": "casstore.cli.service_commands:schedule",
+    "cache": "casstore.cli.cache_commands:cache",
 }
 
 
@@ -54,6 +58,7 @@ SUMMARIES = {
     "status": "Last snapshot, sync and scheduled run; non-zero when too old.",
     "serve": "Serve the HTTP API and dashboard.",
     "schedule": "Run snapshot, sync and retention on a schedule.",
+    "cache": "Show, verify or clear the local cache of remote objects.",
 }
 
 
@@ -79,8 +84,6 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context):
-        from casstore.errors import CasstoreError
-
         try:
             return super().invoke(ctx)
         except CasstoreError as exc:
@@ -103,8 +106,6 @@ class LazyGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, repository: str | None, verbose: bool) -> None:
     """Content-addressed, deduplicated, compressed snapshots of a folder."""
-    import logging
-
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="casstore: %(message)s")
     ctx.obj = {"repository": repository}
 

@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-import os
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from casstore.cli.common import emit, human, json_option, repo_option, settings
+from casstore.gc.retention import RetentionPolicy, apply_retention, policy_from_settings
+from casstore.gc.run import collect_garbage
+from casstore.settings import parse_duration
+
+if TYPE_CHECKING:
+    from casstore.client import Repository
 
 remote_option = click.option("--remote", "remote", metavar="URL",
                              help="Act on this remote repository instead of the local one.")
 
 
-def open_target(ctx: click.Context, repository: str | None, remote: str | None, **overrides):
+def open_target(ctx: click.Context, repository: str | None, remote: str | None, **overrides: Any) -> Repository:
     """The remote repository when --remote is given (or no local one exists but a remote is
     configured), else the local repository."""
-    s = settings(ctx, repository, **overrides)
-    if remote or (s.remote and not os.path.isfile(os.path.join(s.repository, "config"))):
-        from casstore.sync.transfer import open_destination
+    from casstore.client import open_repository  # lazy: the operations are not needed for --help
 
-        repo, _ = open_destination(remote or s.remote, None, s)
-        return repo
-    from casstore.repo.core import Repository
-
-    return Repository.open_local(s.repository, s)
+    return open_repository(settings(ctx, repository, **overrides), remote=remote)
 
 
 @click.command()
@@ -51,8 +51,6 @@ def forget(ctx, repository, keep_last, keep_hourly, keep_daily, keep_weekly, kee
     With no --keep-* option the policy is CASSTORE_KEEP_LAST. An incomplete snapshot fills no slot
     of a counting rule and is kept only while newer than the newest complete one (or by --keep-within
     or --keep-tag)."""
-    from casstore.gc.retention import RetentionPolicy, apply_retention, policy_from_settings
-
     policy = RetentionPolicy.coerce({"last": keep_last, "hourly": keep_hourly, "daily": keep_daily,
                                      "weekly": keep_weekly, "monthly": keep_monthly, "yearly": keep_yearly,
                                      "within": keep_within, "tags": keep_tags or None})
@@ -61,8 +59,6 @@ def forget(ctx, repository, keep_last, keep_hourly, keep_daily, keep_weekly, kee
     with open_target(ctx, repository, remote) as repo:
         result = apply_retention(repo, policy, dry_run, host=host, all_hosts=all_hosts, force=force)
         if prune:
-            from casstore.gc.run import collect_garbage
-
             result.gc = collect_garbage(repo, dry_run=dry_run).as_dict()
     emit(as_json, result.as_dict(), lambda: _print_forget(result))
 
@@ -98,9 +94,6 @@ def _print_forget(result) -> None:
 @click.pass_context
 def gc(ctx, repository, remote, dry_run, grace, exclusive, as_json):
     """Delete data no snapshot needs (lock-free and two-phase on a shared remote)."""
-    from casstore.gc.run import collect_garbage
-    from casstore.settings import parse_duration
-
     grace_seconds = parse_duration(grace) if grace else None
     with open_target(ctx, repository, remote) as repo:
         report = collect_garbage(repo, dry_run=dry_run, grace=grace_seconds, exclusive=exclusive)

@@ -8,6 +8,7 @@ from datetime import datetime
 import click
 
 from casstore.cli.common import Progress, emit, human, json_option, open_repo, repo_option
+from casstore.read.diff import diff_snapshots
 
 remote_option = click.option("--remote", "--from", "remote", metavar="URL",
                              help="Read from this remote repository instead of the local one.")
@@ -123,8 +124,6 @@ def cat(ctx, snapshot_id, path, repository, remote):
 @click.pass_context
 def diff(ctx, old_id, new_id, repository, remote, as_json):
     """What changed from snapshot OLD_ID to NEW_ID (added +, removed -, modified M, metadata U)."""
-    from casstore.read.diff import diff_snapshots
-
     with open_repo(ctx, repository, remote=remote) as repo:
         changes = diff_snapshots(repo.get(old_id), repo.get(new_id))
     emit(as_json, [c.as_dict() for c in changes], lambda: _print_diff(changes))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from casstore.cli.common import Progress, emit, human, json_option, open_repo, repo_option
+from casstore.cli.common import Progress, emit, human, json_option, open_repo, repo_option, settings
+from casstore.client import open_repository
 
 remote_option = click.option("--remote", "--to", "remote", metavar="URL",
                              help="Remote repository URL (default: CASSTORE_REMOTE or CLOUD_PROVIDER settings).")
@@ -33,11 +34,9 @@ def sync(ctx, repository, remote, dry_run, as_json):
 @click.pass_context
 def pull(ctx, repository, remote, snapshot_id, host, as_json):
     """Copy snapshots from the remote into the local repository (created if missing)."""
-    from casstore.cli.common import settings
-    from casstore.repo.open import open_or_init_from
-
     s = settings(ctx, repository)
-    with open_or_init_from(remote, s) as repo, Progress(None, "pull") as progress:
+    # a new local repository shares the remote's chunker and seed, so what is pulled dedupes
+    with open_repository(s, create=True, like=remote or s.remote) as repo, Progress(None, "pull") as progress:
         report = repo.pull(remote, snapshot=snapshot_id, host=host, progress=progress)
     emit(as_json, report.as_dict(), lambda: _print_report(report, "pull"))
 

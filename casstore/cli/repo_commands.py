@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 
 import click
 
 from casstore.cli.common import Progress, emit, human, json_option, open_repo, repo_option, settings
+from casstore.client import init_repository, open_repository
+from casstore.errors import CasstoreError, ConfigError, SourceError
+from casstore.format import layout
+from casstore.format.config import DEFAULT_PACK_SIZE, RepoConfig
+from casstore.repo.open import adopted_config
 
 
 @click.command()
@@ -21,19 +27,14 @@ from casstore.cli.common import Progress, emit, human, json_option, open_repo, r
 @click.pass_context
 def init(ctx, repository, chunk_avg, chunk_min, chunk_max, pack_size, from_url, as_json):
     """Create a new local repository."""
-    from casstore.format.config import DEFAULT_PACK_SIZE, RepoConfig
-    from casstore.repo.core import Repository
-
     s = settings(ctx, repository)
     if from_url:
-        from casstore.repo.open import adopted_config
-
         config = adopted_config(from_url, s)
     else:
         config = RepoConfig.new(min_size=chunk_min, avg_size=chunk_avg, max_size=chunk_max,
                                 pack_size=pack_size or DEFAULT_PACK_SIZE, compression_level=s.compression_level or 3,
                                 grace_seconds=s.grace_seconds)
-    repo = Repository.init_local(s.repository, s, config)
+    repo = init_repository(s, config)
     payload = {"repository": repo.location, "id": config.id, "chunker": {k: v for k, v in config.chunker.items()
                                                                         if k != "seed"}}
     emit(as_json, payload, lambda: click.echo(f"created repository {config.id[:8]} at {repo.location}"))
@@ -50,16 +51,13 @@ def init(ctx, repository, chunk_avg, chunk_min, chunk_max, pack_size, from_url, 
 @click.pass_context
 def snapshot(ctx, source, repository, tags, excludes, pre_hook, post_hook, as_json):
     """Take a snapshot of SOURCE (default: CASSTORE_SOURCE or ./data)."""
-    from casstore.errors import SourceError
-    from casstore.repo.open import open_repository
-
     s = settings(ctx, repository)
     source = source or s.source
     if not os.path.isdir(source):
         raise SourceError(f"source directory {source} does not exist (set CASSTORE_SOURCE or pass a path)")
     _run_hook(pre_hook, "pre-hook")  # before anything is created: a failing pre-hook changes nothing
-    created = not os.path.isfile(os.path.join(s.repository, "config"))
-    repo = open_repository(s.repository, create=True)
+    created = not layout.is_local_repository(s.repository)
+    repo = open_repository(s, create=True)  # the settings read above: read once per snapshot
     if created and not as_json:
         click.echo(f"created repository at {repo.location}", err=True)
     try:
@@ -81,10 +79,6 @@ backup = click.Command("backup", callback=snapshot.callback, params=snapshot.par
 def _run_hook(command: str | None, what: str, fatal: bool = True) -> None:
     if not command:
         return
-    import subprocess
-
-    from casstore.errors import CasstoreError
-
     completed = subprocess.run(command, shell=True)  # the user's own command line, by design
     if completed.returncode != 0:
         message = f"{what} `{command}` failed with exit code {completed.returncode}"
@@ -126,8 +120,6 @@ def check(ctx, repository, read_data, read_data_subset, remote, as_json):
 
 
 def _percent(text: str) -> float:
-    from casstore.errors import ConfigError
-
     try:
         value = float(text.rstrip("%")) / 100
     except ValueError:

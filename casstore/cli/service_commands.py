@@ -4,14 +4,31 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import sys
+import threading
 import time
 from datetime import datetime
 
 import click
 
+from casstore.api.security import allowed_host_names, is_loopback
 from casstore.cli.common import emit, human, json_option, repo_option, settings
+from casstore.client import open_repository
+from casstore.errors import ConfigError
+from casstore.format import layout
+from casstore.service.runs import perform_run
+from casstore.service.scheduler import (
+    IntervalSchedule,
+    Scheduler,
+    format_duration,
+    human_age,
+    install_stop_signals,
+    parse_schedule,
+)
+from casstore.service.status import service_status, stale_reasons
+from casstore.settings import parse_duration
 
 SERVE_HINT = "casstore serve needs FastAPI and uvicorn: pip install 'casstore[serve]'"
 
@@ -19,8 +36,6 @@ SERVE_HINT = "casstore serve needs FastAPI and uvicorn: pip install 'casstore[se
 def _when(timestamp: float | None, now: float) -> str:
     if timestamp is None:
         return "-"
-    from casstore.service.scheduler import human_age
-
     stamp = datetime.fromtimestamp(timestamp).astimezone().strftime("%Y-%m-%d %H:%M:%S")
     delta = human_age(abs(now - timestamp))
     return f"{stamp} ({delta} ago)" if timestamp <= now else f"{stamp} (in {delta})"
@@ -37,9 +52,6 @@ def _when(timestamp: float | None, now: float) -> str:
 @click.pass_context
 def status(ctx, repository, max_age, as_json):
     """Show the last snapshot, sync and scheduled run, and the next run."""
-    from casstore.service.status import service_status, stale_reasons
-    from casstore.settings import parse_duration
-
     s = settings(ctx, repository)
     limit = parse_duration(max_age) if max_age else None
     now = time.time()
@@ -54,11 +66,9 @@ def status(ctx, repository, max_age, as_json):
 
 
 def _snapshots(s) -> list:
-    from casstore.repo.core import Repository
-
-    if not os.path.isfile(os.path.join(s.repository, "config")):
+    if not layout.is_local_repository(s.repository):
         return []
-    with Repository.open_local(s.repository, s) as repo:
+    with open_repository(s, fallback_remote=False) as repo:
         return repo.all_snapshots()
 
 
@@ -119,8 +129,6 @@ def schedule(ctx, repository, every, cron, source, once, print_systemd, print_cr
     repository: a second one exits with an error. A run missed while the machine was off or
     asleep runs once at start. SIGTERM/SIGINT stop after the current step.
     """
-    from casstore.service.scheduler import Scheduler, parse_schedule
-
     if every and cron:
         raise click.UsageError("give --every or --cron, not both")
     s = settings(ctx, repository, source=source)
@@ -153,11 +161,6 @@ def _verbose_run_logs() -> None:
 
 
 def _run_once(s) -> None:
-    import threading
-
-    from casstore.service.runs import perform_run
-    from casstore.service.scheduler import install_stop_signals
-
     stop = threading.Event()
     restore = install_stop_signals(stop)
     try:
@@ -170,8 +173,6 @@ def _run_once(s) -> None:
 
 def _executable() -> str:
     """The casstore command as a quoted command line (absolute: systemd and cron have a bare PATH)."""
-    import shlex
-
     found = shutil.which("casstore")
     return shlex.quote(os.path.abspath(found)) if found else shlex.join([sys.executable, "-m", "casstore.cli.main"])
 
@@ -218,8 +219,6 @@ WantedBy=timers.target
 
 
 def _timer_lines(sched) -> str:
-    from casstore.service.scheduler import IntervalSchedule, format_duration
-
     if isinstance(sched, IntervalSchedule):
         calendar = _interval_calendar(sched.seconds)
         if calendar is None:
@@ -240,8 +239,6 @@ def _interval_calendar(seconds: float) -> str | None:
 
 def _cron_calendar(expression: str) -> str:
     """A 5-field cron expression as a systemd OnCalendar= value (the common forms)."""
-    from casstore.errors import ConfigError
-
     if expression.startswith("@"):
         if expression.lower() not in _ALIASES:
             raise ConfigError(f"{expression} has no systemd timer equivalent; use --print-cron")
@@ -257,8 +254,6 @@ def _cron_calendar(expression: str) -> str:
 
 def _field(text: str, first: int) -> str:
     """One cron field in systemd syntax: '*', '5', '1,15', '1-5' -> '1..5', '*/15' -> '00/15'."""
-    from casstore.errors import ConfigError
-
     parts = []
     for part in text.split(","):
         base, _, step = part.partition("/")
@@ -279,8 +274,6 @@ def _number(text: str) -> int:
 
 
 def _dow_part(part: str) -> str:
-    from casstore.errors import ConfigError
-
     if "/" in part:
         raise ConfigError("a stepped day-of-week has no OnCalendar equivalent; use --print-cron")
     if "-" in part:
@@ -291,9 +284,6 @@ def _dow_part(part: str) -> str:
 
 def cron_line(sched, s, exe: str) -> str:
     """A crontab line running `schedule --once` on this schedule."""
-    from casstore.errors import ConfigError
-    from casstore.service.scheduler import IntervalSchedule
-
     if not isinstance(sched, IntervalSchedule):
         timing = sched.expression
     elif sched.seconds % 60 == 0 and 3600 % sched.seconds == 0:
@@ -309,8 +299,6 @@ def cron_line(sched, s, exe: str) -> str:
 
 
 def _quote(text: str) -> str:
-    import shlex
-
     return shlex.quote(text)
 
 
@@ -329,18 +317,15 @@ def _quote(text: str) -> str:
 @click.pass_context
 def serve(ctx, repository, host, port, schedule_text, allow_hosts):
     """Serve the HTTP API (the seed's /api/cloud/* endpoints) and the dashboard at /."""
-    from casstore.api.security import allowed_host_names, is_loopback
-    from casstore.errors import ConfigError
-
     s = settings(ctx, repository)
     s = s.with_overrides(repository=os.path.abspath(s.repository), source=os.path.abspath(s.source))
     if not s.api_token and not is_loopback(host):
         raise ConfigError(f"refusing to listen on {host} without a token: set CASSTORE_API_TOKEN, "
                           "or listen on 127.0.0.1 (the default)")
     try:
-        import uvicorn
+        import uvicorn  # lazy: optional SDK (the `serve` extra); only `serve` needs it
 
-        from casstore.api.app import create_app
+        from casstore.api.app import create_app  # lazy: imports fastapi (the `serve` extra)
     except ImportError as exc:
         raise ConfigError(f"{SERVE_HINT} ({exc})") from None
     scheduler = _serve_scheduler(s, schedule_text)
@@ -354,7 +339,6 @@ def serve(ctx, repository, host, port, schedule_text, allow_hosts):
 def _serve_scheduler(s, text: str | None):
     if not text:
         return None
-    from casstore.service.scheduler import Scheduler, parse_schedule
 
     _verbose_run_logs()
     scheduler = Scheduler(s, parse_schedule(text))

@@ -47,7 +47,7 @@ _TUNED = {3: {"min_match": 6, "chain_log": 15}}
 
 
 def _compressor(level: int) -> zstandard.ZstdCompressor:
-    cache = getattr(_local, "compressors", None)
+    cache: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "compressors", None)
     if cache is None:
         cache = _local.compressors = {}
     if level not in cache:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from casstore.errors import ConfigError, FormatError, IncompatibleRepository, IntegrityError
+
+if TYPE_CHECKING:
+    from casstore.chunker import Chunker
 
 FORMAT_VERSION = 1
 KiB, MiB = 1024, 1024 * 1024
@@ -24,10 +28,11 @@ MIN_GRACE_SECONDS = 10
 @dataclass(frozen=True)
 class RepoConfig:
     id: str
-    chunker: dict
+    chunker: dict[str, Any]
     pack_size: int = DEFAULT_PACK_SIZE
-    compression: dict = field(default_factory=lambda: {"algorithm": "zstd", "level": DEFAULT_COMPRESSION_LEVEL})
-    encryption: dict | None = None
+    compression: dict[str, Any] = field(
+        default_factory=lambda: {"algorithm": "zstd", "level": DEFAULT_COMPRESSION_LEVEL})
+    encryption: dict[str, Any] | None = None
     version: int = FORMAT_VERSION
     #: gc's grace period on a shared remote, fixed at init like the chunker: every writer and every
     #: gc host uses this one, so no host's setting can make gc delete what a writer still protects
@@ -40,7 +45,7 @@ class RepoConfig:
         avg = avg_size or DEFAULT_CHUNK_SIZES["avg_size"]
         lo = min_size or (DEFAULT_CHUNK_SIZES["min_size"] if avg_size is None else max(64, avg // 4))
         hi = max_size or (DEFAULT_CHUNK_SIZES["max_size"] if avg_size is None else min(16 * MiB, avg * 8))
-        from casstore.chunker.fastcdc import FastCDCChunker, new_seed
+        from casstore.chunker.fastcdc import FastCDCChunker, new_seed  # lazy: compiled chunker, writers only
 
         chunker = FastCDCChunker(lo, avg, hi, new_seed())
         if grace_seconds < MIN_GRACE_SECONDS:
@@ -48,9 +53,9 @@ class RepoConfig:
         return cls(id=os.urandom(16).hex(), chunker=chunker.params(), pack_size=pack_size,
                    compression={"algorithm": "zstd", "level": compression_level}, grace_seconds=int(grace_seconds))
 
-    def make_chunker(self):
+    def make_chunker(self) -> Chunker:
         """The chunker these parameters describe (imported on first use: it is a compiled module)."""
-        from casstore.chunker import chunker_from_params
+        from casstore.chunker import chunker_from_params  # lazy: compiled chunker, writers only
 
         return chunker_from_params(self.chunker)
 
@@ -60,7 +65,8 @@ class RepoConfig:
         return max(int(self.chunker.get("max_size", self.chunker.get("size", 0))), 8 * MiB)
 
     def encode(self) -> bytes:
-        return msgpack.packb(asdict(self))
+        body: bytes = msgpack.packb(asdict(self))
+        return body
 
     def encode_verified(self) -> bytes:
         """The encoding, decoded back before it leaves the process (design 5.5)."""

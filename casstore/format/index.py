@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import blake3
 import msgpack
@@ -46,7 +47,7 @@ class Location:
 class IndexObject:
     """One decoded index object."""
 
-    origin: dict
+    origin: dict[str, Any]
     packs: dict[str, list[BlobEntry]]
     supersedes: list[str] = field(default_factory=list)
     retracts: list[str] = field(default_factory=list)
@@ -93,7 +94,7 @@ def _hex_id(value: object) -> str:
     return value
 
 
-def _entry(item: list, max_raw_length: int) -> BlobEntry:
+def _entry(item: list[Any], max_raw_length: int) -> BlobEntry:
     kind, blob_id, offset, length, raw_length = item
     if kind not in KINDS or not isinstance(blob_id, bytes) or len(blob_id) != 32:
         raise ValueError("bad blob kind or id")
@@ -112,7 +113,7 @@ class MasterIndex:
     def __init__(self) -> None:
         self._locations: dict[BlobKey, list[Location]] = {}
         self.index_packs: dict[str, set[str]] = {}   # index id -> packs it lists
-        self.index_origins: dict[str, dict] = {}
+        self.index_origins: dict[str, dict[str, Any]] = {}
         self.retracted: set[str] = set()   # ids that a loaded index retracts
         self.condemned: set[str] = set()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import blake3
 import msgpack
@@ -40,17 +41,13 @@ class BlobEntry:
     length: int
     raw_length: int
 
-    def as_list(self) -> list:
+    def as_list(self) -> list[Any]:
         return [self.kind, self.id, self.offset, self.length, self.raw_length]
 
 
 def envelope_parts(encoded: bytes | tuple[bytes, ...]) -> tuple[bytes, ...]:
     """A blob's envelope as the parts laid back to back: given whole, or as (tag, payload)."""
     return encoded if isinstance(encoded, tuple) else (encoded,)
-
-
-def pack_key(pack_id: str) -> str:
-    return f"data/{pack_id[:2]}/{pack_id}"
 
 
 class PackBuilder:
@@ -125,6 +122,7 @@ class PackBuilder:
         """Return (pack id, pack bytes), sealing first if needed."""
         self.seal()
         data, self._sealed = self._sealed, None
+        assert data is not None  # seal() just set it
         return blake3.blake3(data).hexdigest(), data
 
 
@@ -147,7 +145,7 @@ def parse_header(pack: bytes | memoryview, max_raw_length: int) -> list[BlobEntr
     return entries
 
 
-def _entry(item: list, body_end: int, max_raw_length: int) -> BlobEntry:
+def _entry(item: list[Any], body_end: int, max_raw_length: int) -> BlobEntry:
     kind, blob_id, offset, length, raw_length = item
     if kind not in KINDS or not isinstance(blob_id, bytes) or len(blob_id) != 32:
         raise ValueError("bad blob kind or id")

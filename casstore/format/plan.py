@@ -10,18 +10,16 @@ is uploaded again into a fresh pack, never by re-sending a condemned pack's name
 from __future__ import annotations
 
 import logging
-import os
-import time
 from dataclasses import dataclass, field
 
 import msgpack
 
 from casstore.errors import FormatError, IntegrityError, ObjectNotFound
+from casstore.format.layout import GC_PREFIX, is_plan_key
 from casstore.remotes.base import Remote
 
 log = logging.getLogger(__name__)
 PLAN_VERSION = 1
-LEASE_KEY = "gc/lease"
 
 
 @dataclass
@@ -32,9 +30,10 @@ class GcPlan:
     version: int = PLAN_VERSION
 
     def encode(self) -> bytes:
-        return msgpack.packb({"version": self.version, "host": self.host,
-                              "condemned_packs": sorted(self.condemned_packs),
-                              "superseded_indexes": sorted(self.superseded_indexes)})
+        body: bytes = msgpack.packb({"version": self.version, "host": self.host,
+                                     "condemned_packs": sorted(self.condemned_packs),
+                                     "superseded_indexes": sorted(self.superseded_indexes)})
+        return body
 
 
 def encode_plan_verified(plan: GcPlan) -> bytes:
@@ -57,13 +56,8 @@ def decode_plan(body: bytes) -> GcPlan:
         raise FormatError(f"corrupt gc plan: {exc}") from exc
 
 
-def plan_key(now: float | None = None) -> str:
-    stamp = time.strftime("%Y%m%dt%H%M%Sz", time.gmtime(now if now is not None else time.time()))
-    return f"gc/{stamp}-{os.urandom(6).hex()}"
-
-
 def list_plan_keys(remote: Remote) -> list[str]:
-    return sorted(info.key for info in remote.list("gc/") if info.key != LEASE_KEY)
+    return sorted(info.key for info in remote.list(GC_PREFIX) if is_plan_key(info.key))
 
 
 def load_plans(remote: Remote, keys: list[str] | None = None) -> dict[str, GcPlan]:

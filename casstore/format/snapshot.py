@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import blake3
 import msgpack
@@ -22,7 +23,7 @@ class SnapshotManifest:
     tags: list[str] = field(default_factory=list)
     parent: str | None = None
     incomplete: bool = False
-    summary: dict = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
     version: int = SNAPSHOT_VERSION
 
     def encode(self) -> tuple[str, bytes]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import msgpack
 
@@ -57,7 +58,7 @@ class Entry:
         assert self.type is EntryType.DIR
         return self.content  # type: ignore[return-value]
 
-    def as_list(self) -> list:
+    def as_list(self) -> list[Any]:
         return [self.name, self.type.value, self.mode, self.uid, self.gid, self.mtime_ns, self.size,
                 self.link, self.content]
 
@@ -66,7 +67,9 @@ def encode_tree_chain(entries: Iterable[Entry], store: Callable[[bytes], bytes])
     """Encode a directory's entries as one tree blob or a chain; `store` saves a blob, returns its id."""
     ordered = sorted(entries, key=lambda e: e.name)
     _check_unique(ordered)
-    pages, page, size = [], [], 0
+    pages: list[list[list[Any]]] = []
+    page: list[list[Any]] = []
+    size = 0
     for entry in ordered:
         packed = msgpack.packb(entry.as_list())
         if page and size + len(packed) > MAX_TREE_BYTES:
@@ -97,7 +100,7 @@ def decode_tree(body: bytes) -> tuple[list[Entry], bytes | None]:
     return entries, next_id
 
 
-def _entry(item: list) -> Entry:
+def _entry(item: list[Any]) -> Entry:
     name, type_name, mode, uid, gid, mtime_ns, size, link, content = item
     if not isinstance(name, bytes) or not name:
         raise ValueError("entry name must be non-empty bytes")
@@ -109,7 +112,7 @@ def _entry(item: list) -> Entry:
 
 
 def _check_content(kind: EntryType, content: object, name: bytes) -> None:
-    valid = {
+    valid: Callable[[object], bool] = {
         EntryType.FILE: lambda c: isinstance(c, list) and all(_is_id(i) for i in c),
         EntryType.DIR: _is_id,
         EntryType.SYMLINK: lambda c: isinstance(c, bytes),

@@ -6,7 +6,8 @@ directory's chain, a loop in it, or a DAG of shared subtrees is handled the same
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from casstore.errors import IntegrityError
 from casstore.format.pack import KIND_DATA, KIND_TREE
@@ -30,7 +31,8 @@ def load_tree_chain(read_tree: TreeReader, tree_id: bytes) -> list[Entry]:
     return entries
 
 
-def add_reachable(read_tree: TreeReader, root: bytes, reached: dict, on_tree: Callable[[], None] | None = None) -> None:
+def add_reachable(read_tree: TreeReader, root: bytes, reached: dict[tuple[int, bytes], None],
+                  on_tree: Callable[[], None] | None = None) -> None:
     """Add every tree blob and chunk reachable from `root` to `reached`, keyed (kind, id).
 
     A tree already in `reached` is not read again, so shared subtrees (and hostile DAGs) cost one
@@ -65,7 +67,7 @@ class VisitBudget:
     refused as corrupt.
     """
 
-    def __init__(self, summary: dict) -> None:
+    def __init__(self, summary: Mapping[str, Any]) -> None:
         recorded = 0
         for key in ("files_total", "dirs_total"):
             value = summary.get(key, 0) if isinstance(summary, dict) else 0

@@ -3,28 +3,25 @@
 Invariant (design 5.3): temp file in the same directory -> write -> fsync -> rename -> fsync
 the directory. A rename never comes before its file's fsync. Every call that matters for
 durability goes through `FileSystem`, so a test can record the order of write, fsync, rename
-and directory fsync, or crash the process at the Nth call (`CASSTORE_CRASH_AT_IO`).
+and directory fsync, or crash the process at the Nth call (CASSTORE_TEST_CRASH_AT_IO, casstore/_testing.py).
 """
 
 from __future__ import annotations
 
 import os
-import signal
+
+from casstore._testing import CRASH_AT_IO, crash_hook
 
 
 class FileSystem:
     """The durability-relevant system calls. Subclassed in tests to record or inject faults."""
 
     def __init__(self) -> None:
-        crash_at = os.environ.get("CASSTORE_CRASH_AT_IO")  # test hook: SIGKILL self at call N
-        self._crash_at = int(crash_at) if crash_at else 0
-        self._calls = 0
+        self._crash = crash_hook(CRASH_AT_IO)  # test hook: SIGKILL self at call N
 
     def _tick(self) -> None:
-        if self._crash_at:
-            self._calls += 1
-            if self._calls >= self._crash_at:
-                os.kill(os.getpid(), signal.SIGKILL)
+        if self._crash is not None:
+            self._crash()
 
     def write_new(self, path: str, data: bytes) -> int:
         """Create `path` exclusively and write `data`; return the open descriptor."""

@@ -8,7 +8,8 @@ index, then the old indexes, then the packs, then any plans an earlier two-phase
 
 from __future__ import annotations
 
-from casstore.format.pack import pack_key
+from casstore.format import layout
+from casstore.format.layout import pack_key
 from casstore.gc.context import GcContext
 from casstore.gc.listing import RepoView, delete_retracted, load_view, needed_locations, pack_usage
 from casstore.gc.repack import dead_bytes, mostly_dead, repack
@@ -40,7 +41,7 @@ def _replace(ctx: GcContext, view: RepoView, doomed: set[str], new_packs: dict) 
     if doomed or new_packs or len(view.indexes) > 1:
         write_consolidated(ctx, view, doomed, new_packs)
         for index_id, (_, info) in sorted(view.indexes.items()):
-            ctx.delete(f"index/{index_id}", info.size, "indexes_deleted")
+            ctx.delete(layout.index_key(index_id), info.size, "indexes_deleted")
     for pack_id in sorted(doomed):
         ctx.delete(pack_key(pack_id), view.packs[pack_id].size, "packs_deleted")
     for key, (_, info) in sorted(view.plans.items()):

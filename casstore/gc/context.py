@@ -16,9 +16,11 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from casstore.errors import CasstoreError
 from casstore.remotes.base import Remote
+from casstore.repo.core import RepoCore
 
 #: a pack whose dead blobs take at least this fraction of its blob bytes is repacked
 REPACK_DEAD_FRACTION = 0.10
@@ -101,18 +103,28 @@ class GcReport:
         return doc
 
 
+class HeldLease(Protocol):
+    """What a run needs of the lease it holds (gc/lease.py Lease)."""
+
+    def now(self) -> float: ...
+
+    def renew(self) -> None: ...
+
+    def keep(self) -> None: ...
+
+
 @dataclass
 class GcContext:
     """One gc run: where it works, how long the grace period is, and which clocks it trusts."""
 
-    repo: object
+    repo: RepoCore
     remote: Remote
     grace: float
     report: GcReport
     dry_run: bool = False
     clock: Callable[[], float] = boottime            # elapsed time (lease renewal)
     local_clock: Callable[[], float] = time.time     # wall clock (skew check, dry runs)
-    lease: object = None                             # a gc_lease.Lease while one is held
+    lease: HeldLease | None = None                   # a gc/lease.py Lease while one is held
     host: str = field(default_factory=socket.gethostname)
 
     def storage_now(self) -> float:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 import msgpack
 
 from casstore.errors import IntegrityError, ObjectExists, ObjectNotFound, RemoteError
-from casstore.format.plan import LEASE_KEY
+from casstore.format.layout import LEASE_KEY
 from casstore.gc.context import MAX_CLOCK_SKEW, ClockSkew, LeaseHeld, LeaseLost, NoConditionalWrites
 from casstore.remotes.base import Remote
 

@@ -13,15 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from casstore.errors import CasstoreError, ObjectNotFound
+from casstore.format import layout
 from casstore.format.index import IndexObject, Location, MasterIndex, decode_index, without_retracted
 from casstore.format.pack import KIND_TREE
-from casstore.format.plan import LEASE_KEY, GcPlan, decode_plan
+from casstore.format.plan import GcPlan, decode_plan
 from casstore.format.snapshot import SnapshotManifest, decode_snapshot
 from casstore.format.walk import add_reachable
 from casstore.gc.context import GcAborted, GcContext
 from casstore.remotes.base import ObjectInfo
 from casstore.repo.blobstore import BlobStore
-from casstore.repo.objectcache import BlobCache
+from casstore.repo.objectcache import BlobCache, verified_object
 
 BlobKey = tuple[int, bytes]
 PROTECTING_ORIGINS = ("writer", "checkpoint")
@@ -65,7 +66,7 @@ class RepoView:
 def delete_retracted(ctx: GcContext, view: RepoView) -> None:
     """Delete indexes their writers withdrew, before anything that could delete the withdrawing index."""
     for index_id, info in sorted(view.retracted.items()):
-        ctx.delete(f"index/{index_id}", info.size, "indexes_deleted")
+        ctx.delete(layout.index_key(index_id), info.size, "indexes_deleted")
 
 
 def load_view(ctx: GcContext, *, walk: bool = True) -> RepoView:
@@ -74,7 +75,7 @@ def load_view(ctx: GcContext, *, walk: bool = True) -> RepoView:
         _list_plans(ctx, view)
         _list_snapshots(ctx, view)
         _list_indexes(ctx, view)
-        view.packs = {info.key.rsplit("/", 1)[1]: info for info in ctx.remote.list("data/")}
+        view.packs = {layout.name_of(info.key): info for info in ctx.remote.list(layout.DATA_PREFIX)}
     except GcAborted:
         raise
     except CasstoreError as exc:
@@ -89,23 +90,24 @@ def load_view(ctx: GcContext, *, walk: bool = True) -> RepoView:
 
 
 def _list_plans(ctx: GcContext, view: RepoView) -> None:
-    listed = {info.key: info for info in ctx.remote.list("gc/") if info.key != LEASE_KEY}
+    listed = {info.key: info for info in ctx.remote.list(layout.GC_PREFIX) if layout.is_plan_key(info.key)}
     for key in sorted(listed):
         view.plans[key] = (decode_plan(ctx.remote.get(key)), listed[key])
 
 
 def _list_snapshots(ctx: GcContext, view: RepoView) -> None:
-    for info in ctx.remote.list("snapshots/"):
+    for info in ctx.remote.list(layout.SNAPSHOTS_PREFIX):
         ctx.keep_lease()
         snapshot_id = info.key.split("/", 1)[1]
         try:
-            view.snapshots[snapshot_id] = decode_snapshot(snapshot_id, ctx.remote.get(info.key))
+            view.snapshots[snapshot_id] = decode_snapshot(snapshot_id, verified_object(
+                ctx.remote, None, layout.SNAPSHOTS, snapshot_id, ctx.repo.read_policy))   # re-read on mismatch
         except ObjectNotFound:
             continue  # forgotten since the listing: it needs nothing any more
 
 
 def _list_indexes(ctx: GcContext, view: RepoView) -> None:
-    for info in ctx.remote.list("index/"):
+    for info in ctx.remote.list(layout.INDEX_PREFIX):
         ctx.keep_lease()
         index_id = info.key.split("/", 1)[1]
         view.indexes[index_id] = (_fetch_index(ctx, info.key, index_id), info)
@@ -119,18 +121,8 @@ def _list_indexes(ctx: GcContext, view: RepoView) -> None:
 
 def _fetch_index(ctx: GcContext, key: str, index_id: str) -> IndexObject:
     """An index object, verified by its name; a remote repository's local copy is used when sound."""
-    cache, max_blob = ctx.repo.cache, ctx.repo.config.max_blob_size
-    cached = cache.get("index", index_id) if cache else None
-    if cached is not None:
-        try:
-            return decode_index(index_id, cached, max_blob)
-        except CasstoreError:
-            cache.discard("index", index_id)
-    body = ctx.remote.get(key)
-    index = decode_index(index_id, body, max_blob)
-    if cache:
-        cache.put("index", index_id, body)
-    return index
+    body = verified_object(ctx.remote, ctx.repo.cache, layout.INDEX, index_id, ctx.repo.read_policy)
+    return decode_index(index_id, body, ctx.repo.config.max_blob_size)
 
 
 # -- the blobs the snapshots need ------------------------------------------------------------
@@ -138,7 +130,8 @@ def _fetch_index(ctx: GcContext, key: str, index_id: str) -> IndexObject:
 def reader(ctx: GcContext, index: MasterIndex) -> BlobStore:
     """A strict blob reader over gc's own index: every location is tried, the index never reloaded."""
     cache = BlobCache(ctx.repo.cache) if ctx.repo.cache else None
-    return BlobStore(ctx.remote, ctx.repo.config, index, origin=ctx.origin(), reload_index=None, blob_cache=cache)
+    return BlobStore(ctx.remote, ctx.repo.config, index, origin=ctx.origin(), reload_index=None, blob_cache=cache,
+                     read_policy=ctx.repo.read_policy)
 
 
 def live_blobs(ctx: GcContext, view: RepoView) -> set[BlobKey]:

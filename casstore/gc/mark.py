@@ -15,8 +15,9 @@ pack id), so duplicate copies uploaded by racing hosts are reclaimed too.
 
 from __future__ import annotations
 
-from casstore import _testing as testhooks
-from casstore.format.plan import GcPlan, encode_plan_verified, plan_key
+from casstore._testing import pause_point
+from casstore.format.layout import plan_key
+from casstore.format.plan import GcPlan, encode_plan_verified
 from casstore.gc.context import GcContext
 from casstore.gc.listing import RepoView, needed_locations, pack_usage
 from casstore.gc.repack import dead_bytes, mostly_dead, repack
@@ -45,7 +46,7 @@ def mark(ctx: GcContext, view: RepoView) -> None:
     if sparse:
         repack(ctx, view, sparse, needed, index_kind="gc")
     condemned = dead | sparse
-    testhooks.pause_point("mark-before-plan")
+    pause_point("mark-before-plan")
     if condemned:
         write_plan(ctx, view, condemned)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from casstore.errors import CasstoreError
 from casstore.format import codec
 from casstore.format.index import Location, MasterIndex
-from casstore.format.pack import BlobEntry, pack_key, verify_pack_id
+from casstore.format.layout import pack_key
+from casstore.format.pack import BlobEntry, verify_pack_id
 from casstore.gc.context import REPACK_DEAD_FRACTION, GcAborted, GcContext
 from casstore.gc.listing import BlobKey, RepoView
 from casstore.repo.blobstore import BlobStore

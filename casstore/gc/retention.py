@@ -29,6 +29,10 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 
 from casstore.errors import CasstoreError, ConfigError, ObjectNotFound
+from casstore.remotes import open_remote
+from casstore.repo.core import RepoCore, SnapshotInfo
+from casstore.settings import parse_duration
+from casstore.sync.state import SyncState
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +59,6 @@ class RetentionPolicy:
         """A policy, or a mapping such as {"keep_last": 30} or {"last": 30, "within": "30d"}."""
         if isinstance(policy, RetentionPolicy):
             return policy
-        from casstore.settings import parse_duration
 
         known = {f.name for f in fields(cls)}
         values = {}
@@ -91,7 +94,7 @@ def policy_from_settings(settings) -> RetentionPolicy | None:
 
 @dataclass
 class Decision:
-    snapshot: object                      # a repository.SnapshotInfo
+    snapshot: SnapshotInfo
     reasons: list[str] = field(default_factory=list)
 
     @property
@@ -209,8 +212,8 @@ class UnsyncedSnapshots(CasstoreError):
     """forget would drop local snapshots the configured remote does not have yet."""
 
 
-def apply_retention(repo, policy: RetentionPolicy | Mapping, dry_run: bool = False, *, host: str | None = None,
-                    all_hosts: bool = False, force: bool = False) -> RetentionResult:
+def apply_retention(repo: RepoCore, policy: RetentionPolicy | Mapping, dry_run: bool = False, *,
+                    host: str | None = None, all_hosts: bool = False, force: bool = False) -> RetentionResult:
     """Apply `policy` to the snapshots of `repo` (the current host's unless `host`/`all_hosts`)."""
     policy = RetentionPolicy.coerce(policy)
     if policy.empty:
@@ -227,22 +230,18 @@ def apply_retention(repo, policy: RetentionPolicy | Mapping, dry_run: bool = Fal
     return result
 
 
-def _forget(repo, snapshot_id: str) -> None:
+def _forget(repo: RepoCore, snapshot_id: str) -> None:
     try:
-        repo.remote.delete(f"snapshots/{snapshot_id}")
+        repo.delete_snapshot(snapshot_id)
     except ObjectNotFound:
         pass
-    if repo.cache is not None:
-        repo.cache.discard("snapshots", snapshot_id)
     log.info("forgot snapshot %s", snapshot_id[:8])
 
 
-def _refuse_unsynced(repo, snapshot_ids: list[str]) -> None:
+def _refuse_unsynced(repo: RepoCore, snapshot_ids: list[str]) -> None:
     """With a remote configured, a local snapshot never synced there is kept (design 8.0)."""
     if repo.local_dir is None or not repo.settings.remote or not snapshot_ids:
         return
-    from casstore.remotes import open_remote
-    from casstore.sync.state import SyncState
 
     with open_remote(repo.settings.remote, **repo.settings.remote_options()) as remote:
         url = remote.url

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from casstore._testing_gc import crashing
+from casstore._testing import CRASH_AT, crash_hook
 from casstore.gc.atonce import collect_at_once
 from casstore.gc.context import (
     ClockSkew,
@@ -41,10 +41,13 @@ from casstore.gc.lease import Lease, lease_ttl
 from casstore.gc.listing import delete_retracted, load_view
 from casstore.gc.mark import mark
 from casstore.gc.sweep import sweep
+from casstore.remotes.base import Remote
+from casstore.remotes.wrappers import HookedRemote
+from casstore.repo.core import RepoCore
 from casstore.repo.lock import repository_lock
 
 
-def collect_garbage(repo, *, dry_run: bool = False, grace: float | None = None, exclusive: bool = False,
+def collect_garbage(repo: RepoCore, *, dry_run: bool = False, grace: float | None = None, exclusive: bool = False,
                     clock: Callable[[], float] = boottime, local_clock: Callable[[], float] = time.time) -> GcReport:
     """One gc run on `repo` (an open Repository, local or remote); see the module docstring.
 
@@ -54,7 +57,7 @@ def collect_garbage(repo, *, dry_run: bool = False, grace: float | None = None, 
     started = time.monotonic()
     requests_before = _requests(repo)
     report = GcReport(location=repo.location, dry_run=dry_run)
-    ctx = GcContext(repo, crashing(repo.remote), effective_grace(repo, grace, exclusive), report,
+    ctx = GcContext(repo, _hooked(repo.remote), effective_grace(repo, grace, exclusive), report,
                     dry_run=dry_run, clock=clock, local_clock=local_clock,
                     host=repo.settings.host or socket.gethostname())
     if repo.local_dir is not None:
@@ -75,7 +78,7 @@ def collect_garbage(repo, *, dry_run: bool = False, grace: float | None = None, 
     return report
 
 
-def effective_grace(repo, requested: float | None, exclusive: bool) -> float:
+def effective_grace(repo: RepoCore, requested: float | None, exclusive: bool) -> float:
     """The repository's grace period (design 9): fixed at init, the same for every writer and gc.
 
     A longer `requested` grace is honoured (it only keeps more); a shorter one is refused, since
@@ -117,7 +120,13 @@ def _leased(ctx: GcContext, *, require_conditional: bool) -> Iterator[None]:
         lease.release()
 
 
-def _requests(repo) -> int:
+def _hooked(remote: Remote) -> Remote:
+    """The remote gc writes through: wrapped only when a crash test asks (casstore._testing)."""
+    hook = crash_hook(CRASH_AT)
+    return remote if hook is None else HookedRemote(remote, hook)
+
+
+def _requests(repo: RepoCore) -> int:
     total = getattr(repo.remote, "total", None)
     return total() if callable(total) else 0
 

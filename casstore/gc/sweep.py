@@ -15,9 +15,10 @@ checkpoint indexes stay, because they protect their packs.
 
 from __future__ import annotations
 
-from casstore import _testing as testhooks
+from casstore._testing import pause_point
+from casstore.format import layout
 from casstore.format.index import IndexObject, decode_index
-from casstore.format.pack import pack_key
+from casstore.format.layout import pack_key
 from casstore.gc.context import GcContext
 from casstore.gc.listing import PROTECTING_ORIGINS, RepoView, delete_retracted
 
@@ -50,7 +51,7 @@ def sweep(ctx: GcContext, view: RepoView) -> bool:
     due = due_plans(ctx, view, ctx.storage_now())
     if not due:
         return False
-    testhooks.pause_point("sweep-after-list")
+    pause_point("sweep-after-list")
     if ctx.lease is not None:
         ctx.lease.renew()   # stop here if another gc took the lease while we were listing
     now = ctx.storage_now()
@@ -68,11 +69,11 @@ def sweep(ctx: GcContext, view: RepoView) -> bool:
         write_consolidated(ctx, view, deleting)
     delete_retracted(ctx, view)
     for index_id in sorted(indexes):
-        ctx.delete(f"index/{index_id}", view.indexes[index_id][1].size, "indexes_deleted")
-    testhooks.pause_point("sweep-before-packs")
+        ctx.delete(layout.index_key(index_id), view.indexes[index_id][1].size, "indexes_deleted")
+    pause_point("sweep-before-packs")
     for pack_id in sorted(deleting):
         ctx.delete(pack_key(pack_id), view.packs[pack_id].size, "packs_deleted")
-    testhooks.pause_point("sweep-before-plans")
+    pause_point("sweep-before-plans")
     for key in due:
         ctx.delete(key, view.plans[key][1].size, "plans_deleted")
     return True
@@ -86,5 +87,5 @@ def write_consolidated(ctx: GcContext, view: RepoView, deleting: set[str], extra
     index = IndexObject(origin=ctx.origin(), packs=packs, supersedes=sorted(view.indexes))
     index_id, body = index.encode()
     decode_index(index_id, body, ctx.repo.config.max_blob_size)   # read back before it leaves (design 5.5)
-    ctx.put(f"index/{index_id}", body)
+    ctx.put(layout.index_key(index_id), body)
     return index_id

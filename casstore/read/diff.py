@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from casstore.format.tree import Entry, EntryType
+
+if TYPE_CHECKING:
+    from casstore.read.reader import Snapshot
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ def _diff_entry(old, new, a: Entry | None, b: Entry | None, path: str, out: list
         out.append(Change("metadata", path, b.type.value, a.size, b.size))
 
 
-def _removed_or_added(snapshot, entry: Entry, path: str, kind: str, out: list[Change]) -> None:
+def _removed_or_added(snapshot: Snapshot, entry: Entry, path: str, kind: str, out: list[Change]) -> None:
     sizes = (entry.size, None) if kind == "removed" else (None, entry.size)
     out.append(Change(kind, path + ("/" if entry.type is EntryType.DIR else ""), entry.type.value, *sizes))
     if entry.type is EntryType.DIR:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import io
 import json
 import posixpath
@@ -13,6 +14,8 @@ from casstore.errors import CasstoreError, IntegrityError
 from casstore.format.pack import KIND_DATA, KIND_TREE
 from casstore.format.tree import Entry, EntryType
 from casstore.format.walk import VisitBudget, load_tree_chain
+from casstore.read.dictview import snapshot_dict
+from casstore.repo.core import RepoCore, SnapshotInfo
 
 
 class PathNotFound(CasstoreError, KeyError, FileNotFoundError):
@@ -35,7 +38,7 @@ class FileInfo:
 class Snapshot:
     """One snapshot, read lazily: trees and chunks are fetched only when a path needs them."""
 
-    def __init__(self, repo, info) -> None:
+    def __init__(self, repo: RepoCore, info: SnapshotInfo) -> None:
         self.repo, self.info = repo, info
         self.id, self.manifest = info.id, info.manifest
         self._trees: dict[bytes, list[Entry]] = {}
@@ -71,7 +74,8 @@ class Snapshot:
         tree_id, found = self.manifest.tree, None
         for depth, part in enumerate(parts):
             if found is not None and found.type is not EntryType.DIR:
-                raise PathNotFound(f"{'/'.join(parts[:depth])} is not a directory")
+                above = b"/".join(parts[:depth]).decode("utf-8", "surrogateescape")  # names are bytes
+                raise PathNotFound(f"{above} is not a directory")
             found = next((e for e in self.tree(tree_id) if e.name == part), None)
             if found is None:
                 raise PathNotFound(f"{path} is not in snapshot {self.short_id}")
@@ -129,15 +133,13 @@ class Snapshot:
 
     def to_dict(self):
         """The seed's shape: {'snapshot_id', 'timestamp', 'data_sources': {...}}, read lazily."""
-        from casstore.read.dictview import snapshot_dict
-
         return snapshot_dict(self)
 
 
 class ChunkedFile(io.RawIOBase):
     """A file in a snapshot as a raw, seekable stream over its chunks."""
 
-    def __init__(self, repo, entry: Entry) -> None:
+    def __init__(self, repo: RepoCore, entry: Entry) -> None:
         self._repo, self._chunks = repo, list(entry.chunks)
         self._starts = _chunk_starts(repo, self._chunks)
         self._size = self._starts[-1]
@@ -175,7 +177,7 @@ class ChunkedFile(io.RawIOBase):
         return self._cached[1]
 
 
-def _chunk_starts(repo, chunk_ids: list[bytes]) -> list[int]:
+def _chunk_starts(repo: RepoCore, chunk_ids: list[bytes]) -> list[int]:
     starts = [0]
     for chunk_id in chunk_ids:
         locations = repo.index.locations(KIND_DATA, chunk_id)
@@ -189,8 +191,6 @@ def _chunk_starts(repo, chunk_ids: list[bytes]) -> list[int]:
 
 
 def _find_chunk(starts: list[int], pos: int) -> int:
-    import bisect
-
     return bisect.bisect_right(starts, pos) - 1
 
 

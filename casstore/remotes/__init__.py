@@ -13,6 +13,6 @@ __all__ = ["ObjectInfo", "Remote", "open_remote", "validate_key"]
 
 def open_remote(url: str, **options: object) -> Remote:
     """Open the remote a URL names: file:///path, memory://name, s3://, gs://, az://."""
-    from casstore.remotes.registry import open_remote as _open
+    from casstore.remotes.registry import open_remote as open_url  # lazy: start-up time (runs on every remotes import)
 
-    return _open(url, **options)
+    return open_url(url, **options)

@@ -8,8 +8,10 @@ one request each. The SDK's retries are off (`retry_total=0`):
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from typing import Any, cast
 
 import requests
 import requests.adapters
@@ -39,6 +41,7 @@ from casstore.errors import (
 from casstore.remotes.base import ObjectInfo
 from casstore.remotes.cloud import CloudRemote, PageTokens, is_repository_key, unquote
 from casstore.remotes.prefixed import KeyPrefix
+from casstore.remotes.timeouts import Timeouts
 
 OCTET_STREAM = "application/octet-stream"
 SINGLE_REQUEST_LIMIT = 128 * 1024 * 1024
@@ -51,47 +54,53 @@ class RangeNotSatisfiable(ObjectNotFound):
     """A ranged read starting at or past the end of the object (HTTP 416)."""
 
 
-def open_azure(container: str, prefix: str = "", *, connection_string: str | None = None) -> AzureRemote:
-    """An Azure Blob remote; the account and its credentials come from the connection string."""
+def open_azure(container: str, prefix: str = "", *, connection_string: str | None = None,
+               timeouts: Timeouts | None = None) -> AzureRemote:
+    """An Azure Blob remote; the account and its credentials come from the connection string.
+    `timeouts` are given per request: short for metadata, scaled to size for packs."""
+    timeouts = timeouts or Timeouts()
     if not container:
         raise ConfigError("no Azure container given (AZURE_CONTAINER or az://container/prefix)")
     if not connection_string:
         raise ConfigError("AZURE_STORAGE_CONNECTION_STRING is not set")
     try:
         service = BlobServiceClient.from_connection_string(
-            connection_string, retry_total=0, transport=_transport(),
+            connection_string, retry_total=0, transport=_transport(timeouts),
             max_single_put_size=SINGLE_REQUEST_LIMIT, max_single_get_size=SINGLE_REQUEST_LIMIT)
     except ValueError as exc:  # the SDK's message never quotes the string; ours neither
         raise ConfigError("AZURE_STORAGE_CONNECTION_STRING is malformed") from exc
-    return AzureRemote(service.get_container_client(container), prefix)
+    return AzureRemote(service.get_container_client(container), prefix, timeouts)
 
 
-def _transport() -> RequestsTransport:
+def _transport(timeouts: Timeouts) -> RequestsTransport:
     """HTTP with timeouts and one pooled connection per upload thread (the default pool holds 10)."""
     session = requests.Session()
     adapter = requests.adapters.HTTPAdapter(pool_maxsize=POOL_SIZE)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
-    return RequestsTransport(session=session, session_owner=True, connection_timeout=10, read_timeout=60)
+    return RequestsTransport(session=session, session_owner=True, connection_timeout=timeouts.connect,
+                             read_timeout=timeouts.read)
 
 
 class AzureRemote(CloudRemote):
     """Objects in one container below a key prefix, through a ready ContainerClient."""
 
-    def __init__(self, container: ContainerClient, prefix: str = "") -> None:
+    def __init__(self, container: ContainerClient, prefix: str = "", timeouts: Timeouts | None = None) -> None:
         self._container = container
+        self._timeouts = timeouts or Timeouts()
         self.container = container.container_name
         self._keys = KeyPrefix(prefix)
         self.url = f"az://{self.container}/{self._keys.prefix}"
 
     def _put(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None) -> ObjectInfo:
         blob = self._container.get_blob_client(self._keys.full(key))
-        condition = {}
+        condition: dict[str, Any] = {}
         if if_match is not None:
             condition = {"etag": f'"{if_match}"', "match_condition": MatchConditions.IfNotModified}
         with self._errors(key):
             result = blob.upload_blob(data, overwrite=not if_absent, max_concurrency=1, validate_content=True,
-                                      content_settings=ContentSettings(content_type=OCTET_STREAM), **condition)
+                                      content_settings=ContentSettings(content_type=OCTET_STREAM),
+                                      read_timeout=self._timeouts.for_key(key, len(data)), **condition)
         return ObjectInfo(key, len(data), result["last_modified"].timestamp(), unquote(result["etag"]))
 
     def _get(self, key: str, offset: int, length: int | None) -> bytes:
@@ -101,9 +110,13 @@ class AzureRemote(CloudRemote):
         start = offset if offset or length is not None else None  # the SDK wants an offset with a length
         try:
             with self._errors(key):
-                data = blob.download_blob(offset=start, length=length, max_concurrency=1).readall()
+                download = blob.download_blob(offset=start, length=length, max_concurrency=1,
+                                              read_timeout=self._timeouts.for_key(key, length))
+                data = download.readall()
         except RangeNotSatisfiable:
             return self._empty_read(key, offset)
+        if start is None:
+            check_content_md5(data, download.properties.content_settings.content_md5, f"{self.url}{key}")
         return self._exact(data, key, offset, length)
 
     def _stat(self, key: str) -> ObjectInfo:
@@ -120,7 +133,7 @@ class AzureRemote(CloudRemote):
                     key = self._keys.strip(item.name)
                     if is_repository_key(key):
                         yield ObjectInfo(key, item.size, item.last_modified.timestamp(), unquote(item.etag))
-                tokens.advance(pages.continuation_token)
+                tokens.advance(cast(Any, pages).continuation_token)  # the page iterator has it; its stubs do not
 
     def _delete(self, key: str) -> None:
         blob = self._container.get_blob_client(self._keys.full(key))
@@ -136,6 +149,13 @@ class AzureRemote(CloudRemote):
             yield
         except AzureError as exc:
             raise translate(exc, self.container, f"{self.url}{key}") from exc
+
+
+def check_content_md5(data: bytes, stored: bytes | bytearray | None, where: str) -> None:
+    """A whole blob against the MD5 the service stored at upload (a single Put Blob records it); a
+    mismatch is damage on the way, retried like any transient failure. A range has no stored MD5."""
+    if stored and hashlib.md5(data).digest() != bytes(stored):
+        raise TransientError(f"{where}: the body does not match its stored Content-MD5 (damaged in transit)")
 
 
 def translate(exc: AzureError, container: str, where: str) -> RemoteError:

@@ -11,12 +11,14 @@ methods and may assume a valid key.
 
 from __future__ import annotations
 
+import builtins
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
-from casstore.errors import ObjectNotFound
+from casstore.errors import ObjectNotFound, ShortRead
 
 _KEY = re.compile(r"^[a-z0-9][a-z0-9_\-.]*(/[a-z0-9][a-z0-9_\-.]*)*$")
 _TEMP_SUFFIXES = (".tmp", ".partial")
@@ -79,19 +81,25 @@ class Remote(ABC):
     #: True when `_put` writes any bytes-like object as it is (no copy into `bytes` first)
     takes_buffers: bool = False
 
-    def put(self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None) -> ObjectInfo:
+    def put(self, key: str, data: bytes | memoryview, *, if_absent: bool = False, if_match: str | None = None,
+            cold: bool = False) -> ObjectInfo:
+        """`cold` is the caller's hint that the object is bulk data read rarely (a pack): a backend
+        configured with a cheaper storage class for such objects uses it. The storage layer never
+        guesses this from the key: it does not know the repository's layout."""
         if if_absent and if_match is not None:
             raise ValueError("if_absent and if_match exclude each other")
         if not isinstance(data, bytes) and not self.takes_buffers:
             data = bytes(data)
-        return self._put(validate_key(key), data, if_absent=if_absent, if_match=if_match)
+        put = self._put_cold if cold else self._put
+        # a backend that `takes_buffers` writes any bytes-like object as it is
+        return put(validate_key(key), cast(bytes, data), if_absent=if_absent, if_match=if_match)
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         if offset < 0 or (length is not None and length < 0):
             raise ValueError("offset and length must be >= 0")
         data = self._get(validate_key(key), offset, length)
         if length is not None and len(data) != length:
-            raise ObjectNotFound(f"{key}: range {offset}+{length} past the end of the object")
+            raise ShortRead(f"{key}: range {offset}+{length} answered {len(data)} bytes")
         return data
 
     def stat(self, key: str) -> ObjectInfo:
@@ -110,7 +118,7 @@ class Remote(ABC):
             return False
         return True
 
-    def setup_warnings(self) -> list[str]:
+    def setup_warnings(self) -> builtins.list[str]:  # `list` here is the method above
         """What the user should know about how the storage is set up (asked when a repository is
         created there), e.g. a versioned bucket without a rule expiring old versions."""
         return []
@@ -126,6 +134,10 @@ class Remote(ABC):
 
     @abstractmethod
     def _put(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None) -> ObjectInfo: ...
+
+    def _put_cold(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None) -> ObjectInfo:
+        """A put hinted `cold`; a backend with a storage class for cold objects overrides this."""
+        return self._put(key, data, if_absent=if_absent, if_match=if_match)
 
     @abstractmethod
     def _get(self, key: str, offset: int, length: int | None) -> bytes: ...
@@ -144,5 +156,5 @@ def read_range(data: bytes, key: str, offset: int, length: int | None) -> bytes:
     """Slice `data` for a ranged read, refusing ranges that run past the end."""
     end = len(data) if length is None else offset + length
     if offset > len(data) or end > len(data):
-        raise ObjectNotFound(f"{key}: range {offset}..{end} past the end ({len(data)} bytes)")
+        raise ShortRead(f"{key}: range {offset}..{end} past the end ({len(data)} bytes)")
     return data[offset:end]

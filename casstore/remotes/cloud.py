@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 from casstore.errors import ObjectNotFound, RemoteError
 from casstore.remotes.base import Remote, validate_key
 
@@ -43,7 +45,7 @@ def unquote(etag: str | None) -> str | None:
     return etag.strip('"') if etag else None
 
 
-def is_repository_key(key: str | None) -> bool:
+def is_repository_key(key: str | None) -> TypeGuard[str]:
     """Folder placeholders and foreign objects in a bucket are not repository objects."""
     try:
         validate_key(key or "")

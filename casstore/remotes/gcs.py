@@ -35,9 +35,9 @@ from casstore.errors import (
 from casstore.remotes.base import ObjectInfo
 from casstore.remotes.cloud import CloudRemote, PageTokens, is_repository_key
 from casstore.remotes.prefixed import KeyPrefix
+from casstore.remotes.timeouts import Timeouts
 
 OCTET_STREAM = "application/octet-stream"
-TIMEOUT = (10, 60)  # connect, read (seconds)
 POOL_SIZE = 16
 SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
 CREDENTIALS_HINT = "check GOOGLE_APPLICATION_CREDENTIALS (or the ambient credentials) and the bucket's IAM roles"
@@ -58,11 +58,12 @@ class RangeNotSatisfiable(ObjectNotFound):
 
 
 def open_gcs(bucket: str, prefix: str = "", *, project: str | None = None, credentials_file: str | None = None,
-             endpoint: str | None = None) -> GCSRemote:
-    """A GCS remote. `endpoint` (STORAGE_EMULATOR_HOST) selects an emulator, without credentials."""
+             endpoint: str | None = None, timeouts: Timeouts | None = None) -> GCSRemote:
+    """A GCS remote. `endpoint` (STORAGE_EMULATOR_HOST) selects an emulator, without credentials.
+    `timeouts` are given per request: short for metadata, scaled to size for packs."""
     if not bucket:
         raise ConfigError("no GCS bucket given (GCP_BUCKET or gs://bucket/prefix)")
-    return GCSRemote(make_client(project, credentials_file, endpoint), bucket, prefix)
+    return GCSRemote(make_client(project, credentials_file, endpoint), bucket, prefix, timeouts)
 
 
 def make_client(project: str | None, credentials_file: str | None, endpoint: str | None) -> storage.Client:
@@ -94,8 +95,9 @@ def _new_client(project: str | None, credentials_file: str | None, endpoint: str
 class GCSRemote(CloudRemote):
     """Objects in one bucket below a key prefix, through a ready storage.Client."""
 
-    def __init__(self, client: storage.Client, bucket: str, prefix: str = "") -> None:
+    def __init__(self, client: storage.Client, bucket: str, prefix: str = "", timeouts: Timeouts | None = None) -> None:
         self._client = client
+        self._timeouts = timeouts or Timeouts()
         self._bucket = client.bucket(bucket)
         self.bucket = bucket
         self._keys = KeyPrefix(prefix)
@@ -110,7 +112,7 @@ class GCSRemote(CloudRemote):
             generation = int(if_match)
         with self._errors(key, missing="bucket"):  # an upload never needs the object to exist
             blob.upload_from_string(data, content_type=OCTET_STREAM, if_generation_match=generation,
-                                    retry=None, timeout=TIMEOUT)
+                                    retry=None, timeout=self._timeout(key, len(data)))
         return _info(key, blob)
 
     def _get(self, key: str, offset: int, length: int | None) -> bytes:
@@ -120,11 +122,17 @@ class GCSRemote(CloudRemote):
         end = None if length is None else offset + length - 1
         try:
             with self._errors(key):
-                data = blob.download_as_bytes(start=offset or None, end=end, retry=None, timeout=TIMEOUT)
+                # a whole-object download is checked against the stored CRC32C/MD5 by the library
+                # (DataCorruption, retried); a range has no stored checksum: the caller verifies it
+                data = blob.download_as_bytes(start=offset or None, end=end, retry=None,
+                                              timeout=self._timeout(key, length))
         except RangeNotSatisfiable:
             self._drop_idle_connections()
             return self._empty_read(key, offset)
         return self._exact(data, key, offset, length)
+
+    def _timeout(self, key: str, size: int | None) -> tuple[float, float]:
+        return self._timeouts.connect, self._timeouts.for_key(key, size)
 
     def _drop_idle_connections(self) -> None:
         # fake-gcs-server closes the connection after a 416 without saying so; a request reusing
@@ -135,12 +143,12 @@ class GCSRemote(CloudRemote):
     def _stat(self, key: str) -> ObjectInfo:
         blob = self._bucket.blob(self._keys.full(key))
         with self._errors(key):
-            blob.reload(retry=None, timeout=TIMEOUT)
+            blob.reload(retry=None, timeout=self._timeout(key, 0))
         return _info(key, blob)
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         blobs = self._client.list_blobs(self._bucket, prefix=self._keys.full(prefix), fields=_LIST_FIELDS,
-                                        retry=None, timeout=TIMEOUT)
+                                        retry=None, timeout=self._timeout(prefix, 0))
         tokens = PageTokens(f"{self.url}{prefix}")
         with self._errors(prefix, missing="bucket"):  # listing a prefix with no objects is no 404
             for page in blobs.pages:
@@ -153,7 +161,7 @@ class GCSRemote(CloudRemote):
     def _delete(self, key: str) -> None:
         blob = self._bucket.blob(self._keys.full(key))
         with suppress(ObjectNotFound), self._errors(key):  # missing is success, as on S3
-            blob.delete(retry=None, timeout=TIMEOUT)
+            blob.delete(retry=None, timeout=self._timeout(key, 0))
 
     def close(self) -> None:
         self._client.close()

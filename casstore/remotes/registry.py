@@ -7,6 +7,8 @@ from urllib.parse import urlparse
 
 from casstore.errors import ConfigError
 from casstore.remotes.base import Remote
+from casstore.remotes.local import LocalRemote
+from casstore.remotes.memory import MemoryRemote
 
 # scheme -> (module, factory function taking (bucket, prefix, **options))
 _BACKENDS = {
@@ -21,15 +23,17 @@ _MEMORY: dict[str, Remote] = {}
 def open_remote(url: str, **options: object) -> Remote:
     """Open the backend for `url`. `options` may be flat, or keyed by scheme ({"s3": {...}, "gs": {...}})
     as Settings.remote_options() gives them; only the options of the URL's scheme reach its backend."""
+    from casstore.remotes.wrappers import faults_from_env
+
+    return faults_from_env(_open_backend(url, **options))   # the test hook is a no-op unless set
+
+
+def _open_backend(url: str, **options: object) -> Remote:
     parsed = urlparse(url)
     scheme = parsed.scheme.lower()
     if scheme == "file" or (scheme == "" and url.startswith("/")):
-        from casstore.remotes.local import LocalRemote
-
         return LocalRemote(parsed.path if scheme else url)
     if scheme == "memory":
-        from casstore.remotes.memory import MemoryRemote
-
         return _MEMORY.setdefault(parsed.netloc, MemoryRemote(name=parsed.netloc))
     if scheme not in _BACKENDS:
         raise ConfigError(f"unknown remote URL scheme {scheme!r} in {url!r} (use s3://, gs://, az://, file://)")
@@ -39,7 +43,8 @@ def open_remote(url: str, **options: object) -> Remote:
     if any(key in _BACKENDS for key in options):
         options = dict(options.get(scheme) or {})  # type: ignore[call-overload]
     module = importlib.import_module(module_name)
-    return getattr(module, factory)(parsed.netloc, prefix_of(parsed.path), **options)
+    remote: Remote = getattr(module, factory)(parsed.netloc, prefix_of(parsed.path), **options)
+    return remote
 
 
 def prefix_of(path: str) -> str:

@@ -39,6 +39,7 @@ from casstore.errors import (
 from casstore.remotes.base import ObjectInfo
 from casstore.remotes.cloud import CloudRemote, PageTokens, is_repository_key, unquote
 from casstore.remotes.prefixed import KeyPrefix
+from casstore.remotes.timeouts import Timeouts
 
 OCTET_STREAM = "application/octet-stream"
 CREDENTIALS_HINT = "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, the IAM role) and bucket policy"
@@ -58,35 +59,40 @@ class RangeNotSatisfiable(ObjectNotFound):
 def open_s3(bucket: str, prefix: str = "", *, endpoint_url: str | None = None, region: str | None = None,
             sse: str = "auto", kms_key_id: str | None = None, storage_class: str | None = None,
             profile: str | None = None, access_key_id: str | None = None, secret_access_key: str | None = None,
-            session_token: str | None = None) -> S3Remote:
+            session_token: str | None = None, timeouts: Timeouts | None = None) -> S3Remote:
     """An S3 remote. Credentials come from boto3's own chain unless given explicitly.
 
     `endpoint_url` selects an S3-compatible store (AWS_ENDPOINT_URL). `sse="auto"` asks AWS for
     SSE-S3 and sends nothing to custom endpoints; `kms_key_id` selects SSE-KMS. `storage_class`
     applies to data packs (`data/...`) only: indexes and snapshots stay in the hot class.
+    `timeouts`: botocore sets them per client, so packs go through a second client whose read
+    timeout is scaled to a pack's size (casstore.remotes.timeouts).
     """
+    timeouts = timeouts or Timeouts()
     if not bucket:
         raise ConfigError("no S3 bucket given (AWS_S3_BUCKET or s3://bucket/prefix)")
     try:
         session = boto3.session.Session(profile_name=profile or None, aws_access_key_id=access_key_id or None,
                                         aws_secret_access_key=secret_access_key or None,
                                         aws_session_token=session_token or None)
-        client = session.client("s3", endpoint_url=endpoint_url or None, region_name=region or None,
-                                config=client_config(custom_endpoint=bool(endpoint_url)))
+        clients = [session.client("s3", endpoint_url=endpoint_url or None, region_name=region or None,
+                                  config=client_config(custom_endpoint=bool(endpoint_url), connect_timeout=
+                                                       timeouts.connect, read_timeout=read_timeout))
+                   for read_timeout in (timeouts.read, timeouts.for_key("data/", None))]
     except ProfileNotFound as exc:
         raise ConfigError(f"AWS profile {profile!r} not found (AWS_PROFILE)") from exc
     except ValueError as exc:  # botocore: "Invalid endpoint: ..."
         raise ConfigError(f"AWS_ENDPOINT_URL {endpoint_url!r} is not a usable URL ({exc})") from exc
-    return S3Remote(client, bucket, prefix, put_args=encryption_args(sse, kms_key_id, bool(endpoint_url)),
-                    storage_class=storage_class)
+    return S3Remote(clients[0], bucket, prefix, put_args=encryption_args(sse, kms_key_id, bool(endpoint_url)),
+                    storage_class=storage_class, pack_client=clients[1])
 
 
-def client_config(*, custom_endpoint: bool) -> Config:
+def client_config(*, custom_endpoint: bool, connect_timeout: float = 5.0, read_timeout: float = 15.0) -> Config:
     return Config(
         # total_max_attempts counts the first request; the legacy "max_attempts" counts retries only
         retries={"total_max_attempts": 1, "mode": "standard"},
-        connect_timeout=10,
-        read_timeout=60,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
         max_pool_connections=16,
         # Content-MD5 is sent explicitly; botocore's default trailing checksums trip some S3 clones
         request_checksum_calculation="when_required",
@@ -116,8 +122,9 @@ class S3Remote(CloudRemote):
     """Objects in one bucket below a key prefix, through a ready boto3 S3 client."""
 
     def __init__(self, client: Any, bucket: str, prefix: str = "", *, put_args: dict[str, str] | None = None,
-                 storage_class: str | None = None) -> None:
+                 storage_class: str | None = None, pack_client: Any = None) -> None:
         self._client = client
+        self._pack_client = pack_client or client    # the same API, a read timeout scaled to packs
         self.bucket = bucket
         self._keys = KeyPrefix(prefix)
         self._put_args = dict(put_args or {})
@@ -143,17 +150,24 @@ class S3Remote(CloudRemote):
                 "gc will free no space (add a NoncurrentVersionExpiration rule)"]
 
     def _put(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None) -> ObjectInfo:
+        return self._put_object(key, data, if_absent=if_absent, if_match=if_match, storage_class=None)
+
+    def _put_cold(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None) -> ObjectInfo:
+        return self._put_object(key, data, if_absent=if_absent, if_match=if_match, storage_class=self._storage_class)
+
+    def _put_object(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None,
+                    storage_class: str | None) -> ObjectInfo:
         args = {"Bucket": self.bucket, "Key": self._keys.full(key), "Body": data, "ContentType": OCTET_STREAM,
                 "ContentMD5": base64.b64encode(hashlib.md5(data).digest()).decode(), **self._put_args}
-        if self._storage_class and key.startswith("data/"):
-            args["StorageClass"] = self._storage_class
+        if storage_class:
+            args["StorageClass"] = storage_class
         if if_absent:
             args["IfNoneMatch"] = "*"
         if if_match is not None:
             args["IfMatch"] = f'"{if_match}"'
         try:
             with self._errors(key):
-                response = self._client.put_object(**args)
+                response = self._client_for(key).put_object(**args)
         except ObjectNotFound as exc:  # AWS answers If-Match on a missing key with NoSuchKey
             if if_match is None:
                 raise
@@ -168,10 +182,13 @@ class S3Remote(CloudRemote):
             args["Range"] = f"bytes={offset}-{'' if length is None else offset + length - 1}"
         try:
             with self._errors(key):
-                data = self._client.get_object(**args)["Body"].read()
+                data = self._client_for(key).get_object(**args)["Body"].read()
         except RangeNotSatisfiable:
             return self._empty_read(key, offset)
         return self._exact(data, key, offset, length)
+
+    def _client_for(self, key: str) -> Any:
+        return self._pack_client if key.startswith("data/") else self._client
 
     def _stat(self, key: str) -> ObjectInfo:
         with self._errors(key):
@@ -202,6 +219,8 @@ class S3Remote(CloudRemote):
 
     def close(self) -> None:
         self._client.close()
+        if self._pack_client is not self._client:
+            self._pack_client.close()
 
     @contextmanager
     def _errors(self, key: str) -> Iterator[None]:

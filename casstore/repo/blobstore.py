@@ -8,7 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from casstore.errors import IntegrityError, ObjectNotFound, RemoteError
-from casstore.format import codec
+from casstore.format import codec, layout
 from casstore.format.config import RepoConfig
 from casstore.format.index import IndexObject, Location, MasterIndex, decode_index
 from casstore.format.pack import (
@@ -18,11 +18,11 @@ from casstore.format.pack import (
     BlobEntry,
     PackBuilder,
     envelope_parts,
-    pack_key,
     parse_header,
 )
 from casstore.fsio.buffers import BufferPool
-from casstore.remotes.base import Remote
+from casstore.remotes.base import ObjectInfo, Remote
+from casstore.repo.objectcache import BAD_BYTES, BlobCache, ReadPolicy, read_verified
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +41,14 @@ class BlobStore:
 
     def __init__(self, remote: Remote, config: RepoConfig, index: MasterIndex, *,
                  origin: dict, compression_level: int | None = None, upload_threads: int = 1,
-                 reload_index: Callable[[], None] | None = None, blob_cache=None) -> None:
+                 reload_index: Callable[[], object] | None = None, blob_cache: BlobCache | None = None,
+                 read_policy: ReadPolicy | None = None) -> None:
         self.remote, self.config, self.index = remote, config, index
         self.origin = origin
         self.level = config.compression["level"] if compression_level is None else compression_level
         self._reload_index = reload_index
         self._blob_cache = blob_cache
+        self.read_policy = read_policy or ReadPolicy()
         self._builders: dict[int, PackBuilder] = {}    # made when a blob of the kind first comes
         self._pending: set[tuple[int, bytes]] = set()       # in a builder or being uploaded
         self._unindexed: dict[str, list[BlobEntry]] = {}    # uploaded, not yet in an index
@@ -99,8 +101,8 @@ class BlobStore:
 
     def _new_builder(self, kind: int) -> PackBuilder:
         # tree packs are small: parts joined at the end are cheaper than a pack-sized buffer
-        use_buffer = kind == KIND_DATA and self._pack_buffers is not None
-        return PackBuilder(kind, self._pack_buffers.get() if use_buffer else None)
+        pool = self._pack_buffers if kind == KIND_DATA else None
+        return PackBuilder(kind, pool.get() if pool is not None else None)
 
     def _seal(self, kind: int) -> None:
         builder = self._builders.pop(kind, None)    # the next blob of this kind starts a new pack
@@ -121,7 +123,7 @@ class BlobStore:
         self._upload(pack_id, data, builder.entries)
 
     def _upload(self, pack_id: str, data: bytes | memoryview, entries: list[BlobEntry]) -> None:
-        info = self.remote.put(pack_key(pack_id), data)
+        info = self.remote.put(layout.pack_key(pack_id), data, cold=True)  # packs may go to a colder class
         with self._lock:
             self._unindexed[pack_id] = entries
             self._session[pack_id] = entries
@@ -163,7 +165,7 @@ class BlobStore:
         while self._uploads:
             self._uploads.pop(0).result()
 
-    def write_index(self, kind: str = "writer"):
+    def write_index(self, kind: str = "writer") -> tuple[str, ObjectInfo] | None:
         """Write an index listing every uploaded pack not yet indexed; return (id, ObjectInfo) or None."""
         with self._lock:
             packs, self._unindexed = self._unindexed, {}
@@ -187,7 +189,7 @@ class BlobStore:
         index_id, body = index.encode()
         if decode_index(index_id, body, self.config.max_blob_size).packs != packs:  # read back (design 5.5)
             raise IntegrityError("internal error: an index does not decode to what was encoded")
-        info = self.remote.put(f"index/{index_id}", body)
+        info = self.remote.put(layout.index_key(index_id), body)
         if self.on_index_written:
             self.on_index_written(index_id, body)
         self.index.add_object(index_id, index)
@@ -228,9 +230,7 @@ class BlobStore:
         for attempt in range(2):
             for location in self.index.locations(kind, blob_id):
                 try:
-                    encoded = self._fetch(kind, location, blob_id)
-                    codec.decode_verified(encoded, location.raw_length, blob_id)
-                    return encoded, location.raw_length
+                    return self._fetch_verified(kind, location, blob_id)[0], location.raw_length
                 except (IntegrityError, ObjectNotFound, RemoteError) as exc:
                     errors.append(f"pack {location.pack_id[:12]}: {exc}")
             if attempt == 0 and self._reload_index is not None:
@@ -238,17 +238,29 @@ class BlobStore:
         raise IntegrityError(f"blob {blob_id.hex()[:16]} cannot be read: {'; '.join(errors) or 'not indexed'}")
 
     def _read_at(self, location: Location, blob_id: bytes, kind: int = KIND_DATA) -> bytes:
-        return codec.decode_verified(self._fetch(kind, location, blob_id), location.raw_length, blob_id)
+        return self._fetch_verified(kind, location, blob_id)[1]
 
-    def _fetch(self, kind: int, location: Location, blob_id: bytes) -> bytes:
-        if self._blob_cache is not None:
-            cached = self._blob_cache.get(kind, blob_id)
-            if cached is not None and len(cached) == location.length:
-                return cached
-        encoded = self.remote.get(pack_key(location.pack_id), location.offset, location.length)
-        if self._blob_cache is not None:
-            self._blob_cache.put(kind, blob_id, encoded)
-        return encoded
+    def _fetch_verified(self, kind: int, location: Location, blob_id: bytes) -> tuple[bytes, bytes]:
+        """(encoded, plaintext) of one blob at one location, checked against its id before it is
+        cached or returned; a cached copy that fails the check is evicted (DESIGN.md "Verified reads")."""
+        cache, raw_length = self._blob_cache, location.raw_length
+
+        def check(encoded: bytes) -> tuple[bytes, bytes]:
+            return encoded, codec.decode_verified(encoded, raw_length, blob_id)
+
+        if cache is not None:
+            cached = cache.get(kind, blob_id, raw_length)
+            if cached is not None:
+                try:
+                    return check(cached)
+                except BAD_BYTES as exc:
+                    log.warning("evicting a damaged cached blob and downloading again: %s", exc)
+                    cache.discard(kind, blob_id, raw_length)
+        key = layout.pack_key(location.pack_id)
+        return read_verified(
+            f"blob {blob_id.hex()[:16]} in pack {location.pack_id[:12]}",
+            lambda: self.remote.get(key, location.offset, location.length), check, self.read_policy,
+            on_verified=(lambda encoded: cache.put(kind, blob_id, raw_length, encoded)) if cache else None)
 
 
 def _read_back(pack_id: str, data: bytes | memoryview, entries: list[BlobEntry], max_raw_length: int) -> None:

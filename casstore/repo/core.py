@@ -1,12 +1,19 @@
-"""Repository: a remote holding the casstore format, plus its config, index and snapshots."""
+"""The repository core: a remote holding the casstore format, with its config, index and snapshots.
+
+RepoCore is what every operation (snapshot/, read/, restore/, sync/, gc/, repo.check, repo.stats)
+receives; it imports none of them. The public front with `snapshot()`, `get()`, `restore()`...
+is casstore.client.Repository, a RepoCore subclass, so the core's constructors build either.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import threading
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Protocol, Self
 
 from casstore.errors import (
     CasstoreError,
@@ -18,14 +25,16 @@ from casstore.errors import (
     RepositoryNotFound,
     SnapshotNotFound,
 )
+from casstore.format import layout
 from casstore.format.config import RepoConfig
 from casstore.format.index import MasterIndex, decode_index, without_retracted
+from casstore.format.plan import condemned_packs, list_plan_keys, load_plans
 from casstore.format.snapshot import SnapshotManifest, decode_snapshot
 from casstore.remotes.base import Remote
 from casstore.remotes.local import LocalRemote
 from casstore.repo.blobstore import BlobStore
 from casstore.repo.lock import repository_lock
-from casstore.repo.objectcache import BlobCache, LocalCache
+from casstore.repo.objectcache import BlobCache, LocalCache, ReadPolicy, read_verified, verified_object
 from casstore.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -49,15 +58,24 @@ class SnapshotInfo:
                 "summary": dict(m.summary)}
 
 
-class Repository:
-    """One repository. Open with `Repository.open_local(path)` or `Repository.open_remote(remote)`."""
+class BlobReader(Protocol):
+    """The one role a lazy reader of file contents needs (read/, restore/)."""
+
+    def read_blob(self, kind: int, blob_id: bytes) -> bytes: ...
+
+
+class RepoCore:
+    """One open repository. Open with `open_local(path)` or `open_remote(remote)` (or repo/open.py)."""
 
     def __init__(self, remote: Remote, config: RepoConfig, settings: Settings, *,
                  local_dir: str | None = None) -> None:
         self.remote, self.config, self.settings = remote, config, settings
         self.local_dir = local_dir          # set for the local repository (locks, records)
         # a remote repository keeps local copies of its immutable objects; the local one needs none
-        self.cache = None if local_dir else LocalCache(os.path.join(settings.cache_dir, config.id))
+        self.cache = None if local_dir else LocalCache(os.path.join(settings.cache_dir, config.id),
+                                                       settings.cache_max_bytes)
+        # a download that fails verification is fetched again (DESIGN.md "Verified reads")
+        self.read_policy = ReadPolicy(attempts=settings.read_attempts)
         self.index = MasterIndex()
         self._manifests: dict[str, SnapshotManifest] = {}
         self._reader: BlobStore | None = None
@@ -66,35 +84,35 @@ class Repository:
     # -- opening -----------------------------------------------------------------------------
 
     @classmethod
-    def init_local(cls, path: str, settings: Settings | None = None, config: RepoConfig | None = None) -> Repository:
+    def init_local(cls, path: str, settings: Settings | None = None, config: RepoConfig | None = None) -> Self:
         settings = settings or load_settings()
         remote = LocalRemote(path)
         return cls._init(remote, settings, config, local_dir=remote.root)
 
     @classmethod
-    def init_remote(cls, remote: Remote, settings: Settings, config: RepoConfig | None = None) -> Repository:
+    def init_remote(cls, remote: Remote, settings: Settings, config: RepoConfig | None = None) -> Self:
         return cls._init(remote, settings, config, local_dir=None)
 
     @classmethod
-    def _init(cls, remote: Remote, settings: Settings, config: RepoConfig | None, local_dir: str | None):
+    def _init(cls, remote: Remote, settings: Settings, config: RepoConfig | None, local_dir: str | None) -> Self:
         config = config or RepoConfig.new(compression_level=settings.compression_level or 3,
                                           grace_seconds=settings.grace_seconds)
         try:
-            remote.put("config", config.encode_verified(), if_absent=True)
+            remote.put(layout.CONFIG_KEY, config.encode_verified(), if_absent=True)
         except ObjectExists:
             raise RepositoryExists(f"a repository already exists at {remote.url}") from None
         return cls(remote, config, settings, local_dir=local_dir)
 
     @classmethod
-    def open_local(cls, path: str, settings: Settings | None = None) -> Repository:
+    def open_local(cls, path: str, settings: Settings | None = None) -> Self:
         settings = settings or load_settings()
-        if not os.path.isfile(os.path.join(path, "config")):
+        if not layout.is_local_repository(path):
             raise RepositoryNotFound(f"no casstore repository at {path} (run `casstore init`)")
         remote = LocalRemote(path, create=False)
         return cls(remote, read_config(remote), settings, local_dir=remote.root)
 
     @classmethod
-    def open_remote(cls, remote: Remote, settings: Settings | None = None) -> Repository:
+    def open_remote(cls, remote: Remote, settings: Settings | None = None) -> Self:
         return cls(remote, read_config(remote), settings or load_settings())
 
     @property
@@ -111,7 +129,7 @@ class Repository:
 
     def load_index(self) -> MasterIndex:
         """Load every index object listed now; entries of vanished index objects are dropped."""
-        listed = {info.key.split("/", 1)[1] for info in self.remote.list("index/")}
+        listed = {layout.name_of(info.key) for info in self.remote.list(layout.INDEX_PREFIX)}
         loaded = set(self.index.index_packs)
         new = self._fetch_indexes(sorted(listed - loaded))
         retracted = self.index.retracted | {r for index in new.values() for r in index.retracts}
@@ -123,8 +141,8 @@ class Repository:
             if index_id not in self.index.retracted:
                 self.index.add_object(index_id, index)
         if self.cache:
-            for stale in self.cache.names("index") - listed:
-                self.cache.discard("index", stale)
+            for stale in self.cache.names(layout.INDEX) - listed:
+                self.cache.discard(layout.INDEX, stale)
         return self.index
 
     def _fetch_indexes(self, index_ids: list[str]) -> dict:
@@ -132,37 +150,32 @@ class Repository:
         found = {}
         for index_id in index_ids:
             try:
-                found[index_id] = decode_index(index_id, self._cached_get("index", index_id), self.config.max_blob_size)
+                body = self._cached_get(layout.INDEX, index_id)
+                found[index_id] = decode_index(index_id, body, self.config.max_blob_size)
             except (FormatError, IntegrityError, ObjectNotFound) as exc:
                 log.warning("skipping damaged index %s: %s", index_id[:16], exc)
                 if self.cache:
-                    self.cache.discard("index", index_id)
+                    self.cache.discard(layout.INDEX, index_id)
         return found
 
     def load_plans(self) -> list[str]:
         """Read every gc plan; their condemned packs no longer count as holding blobs."""
-        from casstore.format.plan import condemned_packs, list_plan_keys, load_plans
-
         keys = list_plan_keys(self.remote)
         self.index.condemned = condemned_packs(load_plans(self.remote, keys))
         return keys
 
     def _cached_get(self, kind: str, name: str) -> bytes:
-        """An immutable object, from the local cache when this is a remote repository."""
-        if self.cache is None:
-            return self.remote.get(f"{kind}/{name}")
-        body = self.cache.get(kind, name)
-        if body is None:
-            body = self.remote.get(f"{kind}/{name}")
-            self.cache.put(kind, name, body)
-        return body
+        """An immutable object verified against its name: from the local cache when this is a remote
+        repository and the copy is sound, else downloaded (again on mismatch) and then cached."""
+        return verified_object(self.remote, self.cache, kind, name, self.read_policy)
 
     def blob_store(self, *, origin_kind: str = "writer", upload_threads: int = 1) -> BlobStore:
         origin = {"kind": origin_kind, "host": self.settings.host or os.uname().nodename,
                   "session": os.urandom(8).hex()}
         return BlobStore(self.remote, self.config, self.index, origin=origin,
                          compression_level=self.settings.compression_level, upload_threads=upload_threads,
-                         reload_index=self.load_index, blob_cache=BlobCache(self.cache) if self.cache else None)
+                         reload_index=self.load_index, blob_cache=BlobCache(self.cache) if self.cache else None,
+                         read_policy=self.read_policy)
 
     def read_blob(self, kind: int, blob_id: bytes) -> bytes:
         """A blob's plaintext, verified; loads the index on first use.
@@ -185,19 +198,19 @@ class Repository:
     # -- snapshots ---------------------------------------------------------------------------
 
     def snapshot_ids(self) -> list[str]:
-        return [info.key.split("/", 1)[1] for info in self.remote.list("snapshots/")]
+        return [layout.name_of(info.key) for info in self.remote.list(layout.SNAPSHOTS_PREFIX)]
 
     def manifest(self, snapshot_id: str) -> SnapshotManifest:
         if snapshot_id not in self._manifests:
             try:
-                body = self._cached_get("snapshots", snapshot_id)
+                body = self._cached_get(layout.SNAPSHOTS, snapshot_id)
             except ObjectNotFound:
                 raise SnapshotNotFound(f"snapshot {snapshot_id[:8]} not found") from None
             try:
                 self._manifests[snapshot_id] = decode_snapshot(snapshot_id, body)
             except (FormatError, IntegrityError):
                 if self.cache:
-                    self.cache.discard("snapshots", snapshot_id)
+                    self.cache.discard(layout.SNAPSHOTS, snapshot_id)
                 raise
         return self._manifests[snapshot_id]
 
@@ -237,68 +250,34 @@ class Repository:
             raise SnapshotNotFound(f"snapshot id {ref} is ambiguous ({len(matches)} match); give more digits")
         return SnapshotInfo(matches[0], self.manifest(matches[0]))
 
+    def has_snapshot(self, snapshot_id: str) -> bool:
+        return self.remote.exists(layout.snapshot_key(snapshot_id))
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        """Forget a snapshot (retention): its manifest object goes; its data stays until gc."""
+        try:
+            self.remote.delete(layout.snapshot_key(snapshot_id))
+        finally:
+            self._manifests.pop(snapshot_id, None)
+            if self.cache:
+                self.cache.discard(layout.SNAPSHOTS, snapshot_id)
+
+    def stored_bytes(self, prefixes: Iterable[str] = layout.STORED_PREFIXES) -> int:
+        """The size of every object listed under `prefixes` (default: packs and metadata)."""
+        return sum(info.size for prefix in prefixes for info in self.remote.list(prefix))
+
     def write_snapshot(self, manifest: SnapshotManifest):
         """Write a manifest (the commit point); return (id, the storage's ObjectInfo)."""
         snapshot_id, body = manifest.encode()
         decode_snapshot(snapshot_id, body)  # read back before it leaves the process (design 5.5)
-        info = self.remote.put(f"snapshots/{snapshot_id}", body)
+        info = self.remote.put(layout.snapshot_key(snapshot_id), body)
         self._manifests[snapshot_id] = manifest
         return snapshot_id, info
-
-    # -- operations (each in its own module) -------------------------------------------------
-
-    def snapshot(self, source: str | None = None, *, tags: tuple[str, ...] = (), excludes: tuple[str, ...] = (),
-                 progress: object = None):
-        from casstore.snapshot.builder import take_snapshot
-
-        with self.locked():
-            return take_snapshot(self, source or self.settings.source, tags=tags, excludes=excludes,
-                                 progress=progress)
-
-    def get(self, ref: str = "latest", **kwargs: object):
-        from casstore.read.reader import Snapshot
-
-        info = self.resolve(ref, **kwargs)  # type: ignore[arg-type]
-        return Snapshot(self, info)
-
-    def restore(self, ref: str, target: str, **options: object):
-        from casstore.restore.restorer import restore_snapshot
-
-        with self.locked():
-            return restore_snapshot(self.get(ref), target, **options)
-
-    def check(self, *, read_data: bool = False, subset: float | None = None):
-        from casstore.repo.check import check_repository
-
-        with self.locked():
-            return check_repository(self, read_data=read_data, subset=subset)
-
-    def sync(self, remote=None, *, dry_run: bool = False, progress=None):
-        """Copy this repository's new snapshots to `remote` (a URL or Remote; default: the configured one)."""
-        from casstore.sync.transfer import sync_to_remote
-
-        with self.locked():
-            return sync_to_remote(self, remote, dry_run=dry_run, progress=progress)
-
-    def pull(self, remote=None, *, snapshot: str | None = None, host: str | None = None,
-             all_hosts: bool = True, progress=None):
-        """Copy snapshots from `remote` into this (local) repository."""
-        from casstore.sync.transfer import pull_from_remote
-
-        with self.locked():
-            return pull_from_remote(self, remote, snapshot=snapshot, host=host, all_hosts=all_hosts,
-                                    progress=progress)
-
-    def stats(self) -> dict:
-        from casstore.repo.stats import repository_stats
-
-        with self.locked():
-            return repository_stats(self)
 
     def close(self) -> None:
         self.remote.close()
 
-    def __enter__(self) -> Repository:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -307,9 +286,11 @@ class Repository:
 
 def read_config(remote: Remote) -> RepoConfig:
     try:
-        return RepoConfig.decode(remote.get("config"))
+        # the config has no id to check; one that does not decode is read again (DESIGN.md "Verified reads")
+        return read_verified("repository config", lambda: remote.get(layout.CONFIG_KEY), RepoConfig.decode,
+                             ReadPolicy())
     except ObjectNotFound:
         raise RepositoryNotFound(f"no casstore repository at {remote.url} (run `casstore init`)") from None
 
 
-__all__ = ["CasstoreError", "Repository", "SnapshotInfo", "read_config"]
+__all__ = ["BlobReader", "CasstoreError", "RepoCore", "SnapshotInfo", "read_config"]

@@ -1,63 +1,95 @@
-"""Turning settings into an open repository: local when it exists, else the configured remote."""
+"""The one way to open or create a repository: `open_as`. Every entry point uses it: the CLI, the
+API, the scheduler, sync (its destination) and the seed's facade, through casstore.client for the
+public front or directly with RepoCore.
+"""
 
 from __future__ import annotations
 
-import os
+import logging
+import secrets
+from dataclasses import replace
+from typing import Any, TypeVar
 
-from casstore.errors import RepositoryNotFound
-from casstore.repo.core import Repository
+from casstore.errors import ObjectExists, RepositoryNotFound
+from casstore.format import layout
+from casstore.format.config import RepoConfig
+from casstore.remotes import open_remote
+from casstore.remotes.base import Remote
+from casstore.remotes.wrappers import RetryingRemote
+from casstore.repo.core import RepoCore, read_config
 from casstore.settings import Settings, load_settings
 
+log = logging.getLogger(__name__)
+R = TypeVar("R", bound=RepoCore)
 
-def settings_for(repository: str | None = None, **overrides) -> Settings:
+
+def settings_for(repository: str | None = None, **overrides: Any) -> Settings:
     if repository is not None:
         overrides["repository"] = repository
     return load_settings(overrides)
 
 
-def open_repository(repository: str | None = None, *, remote: str | None = None, create: bool = False,
-                    **overrides) -> Repository:
-    settings = settings_for(repository, **overrides)
+def open_as(cls: type[R], settings: Settings, *, remote: str | Remote | None = None, create: bool = False,
+            like: RepoConfig | str | None = None, fallback_remote: bool = True) -> R:
+    """Open a repository as `cls` (RepoCore or the public front).
+
+    - `remote` given (a URL, or a Remote used as it is): that remote repository. With `create` and
+      `like`, an empty remote gets a new repository sharing `like`'s chunker, seed and pack settings.
+    - otherwise the local repository at settings.repository. When it does not exist: created with
+      `create` (sharing the config of `like`, a config or a remote's URL, when given); else, with
+      `fallback_remote`, the configured remote (settings.remote) read through retries; else
+      RepositoryNotFound.
+    """
     if remote is not None:
-        return open_remote_repository(remote, settings)
-    if os.path.isfile(os.path.join(settings.repository, "config")):
-        return Repository.open_local(settings.repository, settings)
+        return _open_remote(cls, remote if isinstance(remote, Remote) else connect(remote, settings), settings,
+                            create_like=_config_of(like, settings) if create and like is not None else None)
+    if layout.is_local_repository(settings.repository):
+        return cls.open_local(settings.repository, settings)
     if create:
-        return Repository.init_local(settings.repository, settings)
-    if settings.remote:
-        return open_remote_repository(settings.remote, settings)
+        config = fresh_copy(_config_of(like, settings)) if like is not None else None
+        return cls.init_local(settings.repository, settings, config)
+    if fallback_remote and settings.remote:
+        return _open_remote(cls, connect(settings.remote, settings), settings, create_like=None)
     raise RepositoryNotFound(f"no casstore repository at {settings.repository} (run `casstore init`)")
 
 
-def open_remote_repository(url: str, settings: Settings) -> Repository:
-    """A remote repository for reading, with transient failures retried."""
-    from casstore.remotes import open_remote
-    from casstore.remotes.wrappers import RetryingRemote
-
-    return Repository.open_remote(RetryingRemote(open_remote(url, **settings.remote_options())), settings)
+def connect(target: str | Remote, settings: Settings) -> Remote:
+    """A remote by URL (or as given), with transient failures retried."""
+    remote = target if isinstance(target, Remote) else open_remote(target, **settings.remote_options())
+    return RetryingRemote(remote, deadline=settings.request_deadline)
 
 
-def init_repository(repository: str | None = None, **overrides) -> Repository:
-    settings = settings_for(repository, **overrides)
-    return Repository.init_local(settings.repository, settings)
+def fresh_copy(config: RepoConfig) -> RepoConfig:
+    """A new repository's config sharing `config`'s chunker, seed and pack settings (so blobs dedupe)."""
+    return replace(config, id=secrets.token_hex(16))
 
 
-def adopted_config(url: str, settings: Settings):
+def adopted_config(url: str, settings: Settings) -> RepoConfig:
     """A new repository config sharing an existing remote's chunker, seed and pack settings."""
-    import secrets
-    from dataclasses import replace
-
-    from casstore.remotes import open_remote
-    from casstore.repo.core import read_config
-
     with open_remote(url, **settings.remote_options()) as remote:
-        return replace(read_config(remote), id=secrets.token_hex(16))
+        return fresh_copy(read_config(remote))
 
 
-def open_or_init_from(url: str | None, settings: Settings) -> Repository:
-    """The local repository; created from the remote's config when it does not exist yet."""
-    if os.path.isfile(os.path.join(settings.repository, "config")):
-        return Repository.open_local(settings.repository, settings)
-    url = url or settings.remote
-    config = adopted_config(url, settings) if url else None
-    return Repository.init_local(settings.repository, settings, config)
+def _config_of(like: RepoConfig | str, settings: Settings) -> RepoConfig:
+    return adopted_config(like, settings) if isinstance(like, str) else like
+
+
+def _open_remote(cls: type[R], remote: Remote, settings: Settings, *, create_like: RepoConfig | None) -> R:
+    try:
+        config = read_config(remote)
+    except RepositoryNotFound:
+        if create_like is None:
+            raise
+        config = _create_remote(remote, fresh_copy(create_like))
+    return cls(remote, config, settings)
+
+
+def _create_remote(remote: Remote, config: RepoConfig) -> RepoConfig:
+    """Write `config` unless another writer created the repository first (then theirs counts)."""
+    try:
+        remote.put(layout.CONFIG_KEY, config.encode_verified(), if_absent=True)
+    except ObjectExists:
+        config = read_config(remote)
+    for warning in remote.setup_warnings():
+        log.warning("%s", warning)
+    return config

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from casstore.format.pack import KIND_DATA
-from casstore.format.tree import EntryType
-from casstore.format.walk import VisitBudget, walk_tree
+from typing import Any
+
+from casstore.format import layout
+from casstore.format.pack import KIND_DATA, KIND_TREE
+from casstore.format.tree import Entry, EntryType
+from casstore.format.walk import VisitBudget, load_tree_chain, walk_tree
+from casstore.repo.core import RepoCore, SnapshotInfo
 from casstore.repo.pricing import monthly_storage_cost
 
 
-def repository_stats(repo) -> dict:
+def repository_stats(repo: RepoCore) -> dict[str, Any]:
     snapshots = repo.all_snapshots()
     index = repo.load_index()
-    stored = sum(info.size for info in repo.remote.list("data/"))
-    metadata = sum(info.size for prefix in ("index/", "snapshots/") for info in repo.remote.list(prefix))
+    stored = repo.stored_bytes([layout.DATA_PREFIX])
+    metadata = repo.stored_bytes([layout.INDEX_PREFIX, layout.SNAPSHOTS_PREFIX])
     unique_raw = sum(locs[0].raw_length for _, locs in index.blobs())
     unique_encoded = sum(locs[0].length for _, locs in index.blobs())
     logical = sum(int(s.manifest.summary.get("bytes_total", 0)) for s in snapshots)
@@ -35,16 +39,15 @@ def repository_stats(repo) -> dict:
     }
 
 
-def per_top_level(repo, info) -> dict[str, dict]:
+def per_top_level(repo: RepoCore, info: SnapshotInfo) -> dict[str, dict[str, int]]:
     """Logical and stored bytes of each top-level entry of the latest snapshot.
 
     A chunk shared by several top-level entries is counted as stored under the first one met.
     """
-    snapshot = repo.get(info.id)
     counted: set[bytes] = set()
     result: dict[str, dict] = {}
     budget = VisitBudget(info.manifest.summary)
-    for path, entry in walk_tree(lambda tree_id: budget.spend(snapshot.tree(tree_id)), info.manifest.tree):
+    for path, entry in walk_tree(lambda tree_id: budget.spend(_tree(repo, tree_id)), info.manifest.tree):
         if entry.type is not EntryType.FILE:
             continue
         top = path.split("/", 1)[0] if "/" in path else "(top level files)"
@@ -57,3 +60,7 @@ def per_top_level(repo, info) -> dict[str, dict]:
                 locations = repo.index.locations(KIND_DATA, chunk_id)
                 row["stored_bytes"] += locations[0].length if locations else 0
     return dict(sorted(result.items()))
+
+
+def _tree(repo: RepoCore, tree_id: bytes) -> list[Entry]:
+    return load_tree_chain(lambda blob_id: repo.read_blob(KIND_TREE, blob_id), tree_id)

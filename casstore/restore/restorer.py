@@ -14,19 +14,27 @@ import os
 import posixpath
 import secrets
 import stat
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-
-import pathspec
+from typing import Any
 
 from casstore.errors import RestoreError
 from casstore.format import codec
 from casstore.format.pack import KIND_DATA
 from casstore.format.tree import Entry, EntryType
 from casstore.format.walk import VisitBudget
+from casstore.read.reader import Snapshot
+from casstore.repo.core import BlobReader, RepoCore
 from casstore.restore.prefetch import Prefetcher
 
 OVERWRITE_MODES = ("never", "if-changed", "always")
+
+
+def _patterns(lines: Iterable[str]) -> Any:
+    import pathspec  # lazy: start-up time (every command loads this module); only patterns need it
+
+    return pathspec.GitIgnoreSpec.from_lines(lines)
 MAX_LINK_GROUPS = 512   # hard-link groups restored as links (each keeps a directory descriptor open)
 PREFETCH_WINDOW = 8   # chunks decoded ahead per directory (bounds memory: at most 8 x the max chunk size)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -57,15 +65,15 @@ def safe_name(name: bytes) -> bool:
 
 
 class Restorer:
-    def __init__(self, snapshot, *, overwrite: str = "never", include: tuple[str, ...] = (),
+    def __init__(self, snapshot: Snapshot, *, overwrite: str = "never", include: tuple[str, ...] = (),
                  exclude: tuple[str, ...] = (), dry_run: bool = False, verify: bool = False,
                  progress=None) -> None:
         if overwrite not in OVERWRITE_MODES:
             raise RestoreError(f"--overwrite must be one of {', '.join(OVERWRITE_MODES)}")
         self.snapshot, self.repo = snapshot, snapshot.repo
         self.overwrite, self.dry_run, self.verify = overwrite, dry_run, verify
-        self.include = pathspec.GitIgnoreSpec.from_lines(include) if include else None
-        self.exclude = pathspec.GitIgnoreSpec.from_lines(exclude) if exclude else None
+        self.include = _patterns(include) if include else None
+        self.exclude = _patterns(exclude) if exclude else None
         self.progress = progress or (lambda n: None)
         self.result = RestoreResult(dry_run=dry_run)
         self.budget = VisitBudget(snapshot.manifest.summary)
@@ -275,7 +283,7 @@ class Restorer:
 class FileChunks:
     """A file's chunks in order: from the directory's prefetcher when planned there, else read directly."""
 
-    def __init__(self, entry: Entry, prefetcher: Prefetcher | None, repo) -> None:
+    def __init__(self, entry: Entry, prefetcher: Prefetcher | None, repo: BlobReader) -> None:
         self._remaining = list(entry.chunks)
         self._prefetcher, self._repo = prefetcher, repo
 
@@ -307,7 +315,7 @@ def open_child_dir(dir_fd: int, name: bytes) -> int:
         raise
 
 
-def restore_snapshot(snapshot, target: str, *, path: str = "", **options) -> RestoreResult:
+def restore_snapshot(snapshot: Snapshot, target: str, *, path: str = "", **options) -> RestoreResult:
     """Restore `snapshot` (or only `path` in it) below `target`, which is created if missing."""
     restorer = Restorer(snapshot, **options)
     try:
@@ -346,6 +354,7 @@ def _restore_path(restorer: Restorer, root_fd: int, path: str) -> None:
                 fd = open_child_dir(fd, parts[depth].encode("utf-8", "surrogateescape"))
                 opened.append(fd)
         entry = restorer.snapshot.entry("/".join(parts))
+        assert entry is not None  # _restore looked this path up already: it is an entry, not the root
         restorer.restore_entry(fd, entry, "/".join(parts))
     finally:
         for opened_fd in opened:
@@ -365,7 +374,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _verify_written(fd: int, entry: Entry, repo) -> None:
+def _verify_written(fd: int, entry: Entry, repo: RepoCore) -> None:
     os.lseek(fd, 0, os.SEEK_SET)
     with os.fdopen(os.dup(fd), "rb") as fh:
         for chunk_id in entry.chunks:

@@ -23,9 +23,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from typing import Any
 
-from casstore.errors import CasstoreError, LockError
+from casstore.errors import CasstoreError, LockError, SourceError
 from casstore.fsio.durable import FileSystem, write_durably
+from casstore.gc.retention import apply_retention, policy_from_settings
+from casstore.repo.core import RepoCore
+from casstore.repo.open import open_as
 from casstore.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -170,7 +174,7 @@ class StateLock:
         return True
 
     def acquire(self, *, wait: bool, poll: float = 0.5, cancelled: Callable[[], bool] = lambda: False,
-                sleep: Callable[[float], None] = time.sleep) -> bool:
+                sleep: Callable[[float], object] = time.sleep) -> bool:
         """Take the lock; with `wait`, poll until it is free or `cancelled()` says to give up."""
         while not self.try_acquire():
             if not wait or cancelled():
@@ -222,47 +226,49 @@ class RunBusy(LockError):
 # -- one run -----------------------------------------------------------------------------------
 
 
-def snapshot_step(repo, settings: Settings) -> dict:
+def snapshot_step(repo: RepoCore, settings: Settings) -> dict:
     if not os.path.isdir(settings.source):
-        from casstore.errors import SourceError
-
         raise SourceError(f"source directory {settings.source} does not exist (set CASSTORE_SOURCE)")
-    result = repo.snapshot(settings.source)
+    from casstore.snapshot.builder import take_snapshot  # lazy: start-up time of `casstore status`
+
+    with repo.locked():
+        result = take_snapshot(repo, settings.source)
     s = result.summary
     return {"id": result.id, "short_id": result.short_id, "files": s.files_total, "bytes_total": s.bytes_total,
             "bytes_added": s.bytes_added, "bytes_added_stored": s.bytes_added_stored,
             "incomplete": result.incomplete, "errors": s.errors[:5], "duration_ms": s.duration_ms}
 
 
-def sync_step(repo, settings: Settings) -> dict | None:
+def sync_step(repo: RepoCore, settings: Settings) -> dict | None:
     """Sync to the configured remote; None when there is none (CLOUD_PROVIDER=local)."""
     if not settings.remote:
         return None
-    report = repo.sync()
+    from casstore.sync.transfer import sync_to_remote  # lazy: start-up time of `casstore status`
+
+    with repo.locked():
+        report = sync_to_remote(repo)
     return {"ok": True, "destination": report.destination, "snapshots": len(report.snapshots),
             "bytes_uploaded": report.bytes_uploaded, "packs_uploaded": report.packs_uploaded,
             "requests": report.requests, "seconds": report.seconds}
 
 
-def retention_step(repo, settings: Settings) -> dict | None:
+def retention_step(repo: RepoCore, settings: Settings) -> dict | None:
     """Apply the retention policy (CASSTORE_KEEP_LAST) when one is set.
 
     Only snapshot objects are forgotten here; the space comes back when gc runs.
     """
-    from casstore.gc.retention import apply_retention, policy_from_settings
-
     policy = policy_from_settings(settings)
     if policy is None:
         return None
     return _compact(apply_retention(repo, policy), policy.describe())
 
 
-def _compact(result: object, asked: dict) -> dict:
+def _compact(result: object, asked: str) -> dict[str, Any]:
     """The run record keeps what was removed and how many were kept, not every decision."""
     doc = result if isinstance(result, dict) else getattr(result, "as_dict", lambda: {"result": str(result)})()
     if "removed" not in doc or "kept" not in doc:
         return doc
-    policy = getattr(result, "policy", None)
+    policy: Any = getattr(result, "policy", None)
     described = policy.describe() if hasattr(policy, "describe") else asked
     return {"policy": described, "removed": list(doc["removed"]), "kept": doc["kept"]}
 
@@ -271,18 +277,14 @@ STEPS: tuple[tuple[str, Callable], ...] = (("snapshot", snapshot_step), ("sync",
                                           ("retention", retention_step))
 
 
-def open_for_run(settings: Settings):
+def open_for_run(settings: Settings) -> RepoCore:
     """The local repository (created on the first run)."""
-    from casstore.repo.core import Repository
-
-    if os.path.isfile(os.path.join(settings.repository, "config")):
-        return Repository.open_local(settings.repository, settings)
-    return Repository.init_local(settings.repository, settings)
+    return open_as(RepoCore, settings, create=True)
 
 
 def perform_run(settings: Settings, *, trigger: str, due: float | None = None, clock: Callable[[], float] = time.time,
                 steps=STEPS, should_stop: Callable[[], bool] = lambda: False, wait: bool = True,
-                sleep: Callable[[float], None] = time.sleep) -> RunRecord:
+                sleep: Callable[[float], object] = time.sleep) -> RunRecord:
     """One run under the run lock: the steps in order, recorded, notified on failure.
 
     With `wait=False`, raise RunBusy when another run holds the lock; otherwise wait for it

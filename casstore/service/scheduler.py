@@ -78,8 +78,8 @@ class CronSchedule:
         return self._iter(t + 1e-6).get_prev(float)
 
     def _iter(self, t: float):
-        from croniter import croniter
-        from dateutil.tz import tzlocal
+        from croniter import croniter  # lazy: 30 ms to import; only cron schedules need it
+        from dateutil.tz import tzlocal  # lazy: only cron schedules need it
 
         return croniter(self.expression, datetime.fromtimestamp(t, tzlocal()))
 
@@ -101,7 +101,7 @@ def parse_schedule(text: str) -> Schedule:
 
 
 def _cron(text: str) -> CronSchedule:
-    from croniter import croniter
+    from croniter import croniter  # lazy: 30 ms to import; only cron schedules need it
 
     if (text.startswith("@") or len(text.split()) == 5) and croniter.is_valid(text):
         return CronSchedule(text)
@@ -120,7 +120,7 @@ def format_duration(seconds: float) -> str:
 def human_age(seconds: float) -> str:
     """'3d 4h', '40h 12m' style: the two largest units."""
     seconds = max(0, int(seconds))
-    parts = []
+    parts: list[str] = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if seconds >= size or (unit == "s" and not parts):
             parts.append(f"{seconds // size}{unit}")

@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import os
 import time
+from urllib.parse import urlparse
 
+from casstore.remotes.registry import prefix_of
+from casstore.repo.core import SnapshotInfo
 from casstore.service.runs import RunLog, RunRecord, SchedulerState, scheduler_lock, state_dir
+from casstore.service.scheduler import expected_next_run, human_age
+from casstore.sync.state import SyncState
 
 
-def snapshot_brief(info) -> dict:
+def snapshot_brief(info: SnapshotInfo) -> dict:
     m = info.manifest
     return {"id": info.id, "short_id": info.short_id, "time": m.time.isoformat(), "timestamp": m.time_ns / 1e9,
             "host": m.host, "files": m.summary.get("files_total", 0), "bytes_total": m.summary.get("bytes_total", 0),
@@ -20,10 +25,6 @@ def snapshot_brief(info) -> dict:
 
 def normalized_remote_url(url: str) -> str:
     """The URL a remote calls itself (what SyncState is keyed by), without opening it."""
-    from urllib.parse import urlparse
-
-    from casstore.remotes.registry import prefix_of
-
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
         return f"file://{os.path.abspath(parsed.path if parsed.scheme else url)}"
@@ -39,8 +40,6 @@ def sync_summary(settings, runs: list[RunRecord], snapshots) -> dict:
     url = normalized_remote_url(settings.remote)
     last_sync, done = {}, set()
     if os.path.isdir(state_dir(settings.repository)):
-        from casstore.sync.state import SyncState
-
         state = SyncState(settings.repository, url)
         last_sync, done = state.last_sync, state.synced | state.pulled()
     unsynced = [s for s in snapshots if s.id not in done]
@@ -62,8 +61,6 @@ def schedule_summary(settings, runs: list[RunRecord], now: float) -> dict:
     next_run = doc.get("next_run") if running else None
     description = doc.get("schedule") if running else None
     if not running and settings.schedule:
-        from casstore.service.scheduler import expected_next_run
-
         description, next_run = expected_next_run(settings, now)
     return {"running": running, "pid": doc.get("pid") if running else None, "schedule": description,
             "configured": settings.schedule, "next_run": next_run,
@@ -93,8 +90,6 @@ def stale_reasons(status: dict, max_age: float, now: float) -> list[str]:
     Stale: the newest complete snapshot is older than `max_age`, or (with a remote) a snapshot
     older than `max_age` is still not synced, i.e. the off-site copy lags by more than `max_age`.
     """
-    from casstore.service.scheduler import human_age
-
     reasons, limit = [], human_age(max_age)
     good = status["last_good_snapshot"]
     if good is None:

@@ -25,6 +25,7 @@ from casstore.format.snapshot import SnapshotManifest
 from casstore.format.tree import Entry, EntryType, encode_tree_chain
 from casstore.fsio.readahead import FILE_AHEAD, ReadAhead
 from casstore.repo.blobstore import BlobStore
+from casstore.repo.core import RepoCore
 from casstore.snapshot import filescache
 from casstore.snapshot.excludes import Excluder
 from casstore.snapshot.pipeline import ChunkPipeline
@@ -107,7 +108,7 @@ class _Item:
 
 
 class SnapshotBuilder:
-    def __init__(self, repo, source: str, excludes: tuple[str, ...], progress: Callable[[int], None] | None):
+    def __init__(self, repo: RepoCore, source: str, excludes: tuple[str, ...], progress: Callable[[int], None] | None):
         self.repo = repo
         self.source = os.path.abspath(source)
         self.store: BlobStore = repo.blob_store()
@@ -371,7 +372,7 @@ class SnapshotBuilder:
             self.summary.errors.append(message)
 
 
-def take_snapshot(repo, source: str, *, tags: tuple[str, ...] = (), excludes: tuple[str, ...] = (),
+def take_snapshot(repo: RepoCore, source: str, *, tags: tuple[str, ...] = (), excludes: tuple[str, ...] = (),
                   progress: Callable[[int], None] | None = None) -> SnapshotResult:
     """Snapshot `source` into `repo`: packs, then the index, then the manifest (the commit)."""
     if repo.local_dir is None:
@@ -407,11 +408,11 @@ def take_snapshot(repo, source: str, *, tags: tuple[str, ...] = (), excludes: tu
     return SnapshotResult(snapshot_id, manifest, summary)
 
 
-def _parent(repo, builder: SnapshotBuilder) -> str | None:
+def _parent(repo: RepoCore, builder: SnapshotBuilder) -> str | None:
     """This host's previous snapshot of the source: the one noted locally if it still exists (one
     stat), else found by reading every manifest (a new cache, or the noted one was forgotten)."""
     noted = filescache.load_last(builder.cache_file, repo.settings.host)
-    if noted is not None and repo.remote.exists(f"snapshots/{noted}"):
+    if noted is not None and repo.has_snapshot(noted):
         return noted
     previous = repo.snapshots(limit=1, source=builder.source)
     return previous[0].id if previous else None

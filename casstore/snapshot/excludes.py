@@ -19,7 +19,7 @@ class Excluder:
         extra = list(patterns) + _ignore_file_lines(source_root)
         self._spec = None
         if any(line.strip() and not line.lstrip().startswith("#") for line in extra):
-            import pathspec  # only when there are patterns beyond the defaults (it costs start-up time)
+            import pathspec  # lazy: start-up time; only patterns beyond the defaults need it
 
             self._spec = pathspec.GitIgnoreSpec.from_lines(list(DEFAULT_PATTERNS) + extra)
 

@@ -33,13 +33,13 @@ class ChunkPipeline:
         self._bytes_in_flight = 0
         self._lock = threading.Lock()
 
-    def _prepare(self, data: bytes) -> Prepared:
+    def _prepare(self, data: bytes | memoryview) -> Prepared:
         blob_id = codec.blob_id(data)
         if self.store.has(KIND_DATA, blob_id):
             return blob_id, None, len(data)
         return blob_id, codec.encode_verified(data, self.store.level, blob_id), len(data)
 
-    def submit(self, data: bytes, deliver: Deliver) -> None:
+    def submit(self, data: bytes | memoryview, deliver: Deliver) -> None:
         """Queue one chunk; `deliver(id, raw length, stored bytes added)` runs later, under the lock,
         on whichever thread submits or drains then."""
         with self._lock:

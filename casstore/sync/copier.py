@@ -9,9 +9,11 @@ from collections.abc import Callable
 
 from casstore._testing import pause_point
 from casstore.errors import CasstoreError, RemoteError
+from casstore.format import layout
 from casstore.format.pack import KIND_TREE
 from casstore.format.plan import list_plan_keys
 from casstore.format.walk import add_reachable
+from casstore.repo.core import RepoCore
 from casstore.sync.state import SyncState
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ class SessionExpired(RemoteError):
 class Copier:
     """Copies blobs and snapshots from `src` into `dst` (both open Repositories)."""
 
-    def __init__(self, src, dst, *, concurrency: int, grace: float, state: SyncState | None,
+    def __init__(self, src: RepoCore, dst: RepoCore, *, concurrency: int, grace: float, state: SyncState | None,
                  progress: Callable[[int], None] | None = None, clock: Callable[[], float] = boottime) -> None:
         self.src, self.dst, self.state = src, dst, state
         self.grace, self.clock = grace, clock
@@ -137,7 +139,7 @@ class Copier:
             return set()
         self.dst.load_plans()
         condemned = packs & self.dst.index.condemned
-        return condemned | {p for p in packs - condemned if not self.dst.remote.exists(f"data/{p[:2]}/{p}")}
+        return condemned | {p for p in packs - condemned if not self.dst.remote.exists(layout.pack_key(p))}
 
     def _confirm_session(self) -> None:
         """Before an index names the session's packs: drop those gc has taken or is taking.
@@ -224,7 +226,7 @@ class Copier:
         for _ in range(MAX_RECHECKS):
             self.rechecks += 1
             plans = list_plan_keys(self.dst.remote)
-            listed = {info.key.split("/", 1)[1] for info in self.dst.remote.list("index/")}
+            listed = {layout.name_of(info.key) for info in self.dst.remote.list(layout.INDEX_PREFIX)}
             # missing(): packs found gone before they were indexed must be uploaded before the commit
             if plans == self.known_plans and self.relied_indexes <= listed and not self.missing(blobs):
                 self._mark_recheck()
@@ -244,12 +246,12 @@ class Copier:
     def commit(self, snapshot_id: str, blobs: list[tuple[int, bytes]]) -> None:
         if self.protocol and self.clock() - self.recheck_clock > self.grace / 2:
             self.recheck(blobs)
-        body = self.src.remote.get(f"snapshots/{snapshot_id}")
-        self.src.manifest(snapshot_id)  # verified before it is copied
+        body = self.src._cached_get(layout.SNAPSHOTS, snapshot_id)  # verified (re-fetched on mismatch) before copied
+        self.src.manifest(snapshot_id)
         if self.state is not None:
             self.state.pending.add(snapshot_id)
             self.state.save()
-        info = self.dst.remote.put(f"snapshots/{snapshot_id}", body)
+        info = self.dst.remote.put(layout.snapshot_key(snapshot_id), body)
         self._note_write(info.mtime)
         pause_point("after-snapshot-put")
         self.post_commit(info.mtime, blobs)
@@ -285,7 +287,7 @@ class Copier:
         this repeats until a round finds nothing missing."""
         for _ in range(MAX_RECHECKS):
             self.load_destination()   # indexes and plans first, then packs: a sweep in between shows
-            existing = {info.key.rsplit("/", 1)[1] for info in self.dst.remote.list("data/")}
+            existing = {layout.name_of(info.key) for info in self.dst.remote.list(layout.DATA_PREFIX)}
             self.dst.index.drop_packs(self.dst.index.all_pack_ids() - existing)
             gone = self.missing(blobs)
             if not gone:

@@ -17,9 +17,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from casstore.errors import ConfigError
+from casstore.remotes.base import Remote
+from casstore.remotes.wrappers import CountingRemote
+from casstore.repo.core import RepoCore
+from casstore.repo.open import connect, open_as
+from casstore.repo.pricing import monthly_storage_cost
+from casstore.settings import Settings
 from casstore.sync.copier import Copier, boottime
 from casstore.sync.state import SyncState
 
@@ -50,42 +57,22 @@ class SyncReport:
 
 # -- entry points ----------------------------------------------------------------------------
 
-def open_destination(url_or_remote, src, settings):
+def open_destination(url_or_remote: str | Remote | None, src: RepoCore | None,
+                     settings: Settings) -> tuple[RepoCore, CountingRemote]:
     """Open (creating from `src`'s config if empty) the remote repository, wrapped for retries and counting."""
-    import secrets
-    from dataclasses import replace
-
-    from casstore.errors import ObjectExists, RepositoryNotFound
-    from casstore.remotes import open_remote
-    from casstore.remotes.base import Remote
-    from casstore.remotes.wrappers import CountingRemote, RetryingRemote
-    from casstore.repo.core import Repository, read_config
-
     if url_or_remote is None:
         url_or_remote = settings.remote
     if url_or_remote is None:
         raise ConfigError("no remote configured: set CASSTORE_REMOTE or CLOUD_PROVIDER (or pass --remote URL)")
-    raw = url_or_remote if isinstance(url_or_remote, Remote) else open_remote(url_or_remote,
-                                                                             **settings.remote_options())
-    remote = CountingRemote(RetryingRemote(raw))
-    try:
-        config = read_config(remote)
-    except RepositoryNotFound:
-        if src is None:
-            raise
-        config = replace(src.config, id=secrets.token_hex(16))
-        try:
-            remote.put("config", config.encode_verified(), if_absent=True)
-        except ObjectExists:
-            config = read_config(remote)
-        for warning in remote.setup_warnings():
-            log.warning("%s", warning)
+    counting = CountingRemote(connect(url_or_remote, settings))
+    dst = open_as(RepoCore, settings, remote=counting, create=src is not None, like=src.config if src else None)
     if src is not None:
-        src.config.check_compatible(config, remote.url)
-    return Repository(remote, config, settings), remote
+        src.config.check_compatible(dst.config, counting.url)
+    return dst, counting
 
 
-def sync_to_remote(repo, remote=None, *, dry_run: bool = False, progress=None, clock=boottime) -> SyncReport:
+def sync_to_remote(repo: RepoCore, remote: str | Remote | None = None, *, dry_run: bool = False,
+                   progress: Callable[[int], None] | None = None, clock: Callable[[], float] = boottime) -> SyncReport:
     """Copy this repository's new snapshots to the remote (design section 8)."""
     started = time.monotonic()
     if repo.local_dir is None:
@@ -133,7 +120,7 @@ def _planned_puts(report: SyncReport, pack_size: int) -> int:
     return packs + (1 if report.blobs_missing else 0) + len(report.snapshots)
 
 
-def _stored_bytes(dst) -> int:
+def _stored_bytes(dst: RepoCore) -> int:
     """Encoded bytes of every blob the remote's indexes list (pack overhead aside)."""
     return sum(locations[0].length for _, locations in dst.index.blobs())
 
@@ -158,18 +145,19 @@ def _finish_pending(copier: Copier, state: SyncState, on_remote: set[str], dry_r
 
 
 def _finish(report: SyncReport, counting, started: float, stored_bytes: int) -> SyncReport:
-    from casstore.repo.pricing import monthly_storage_cost
-
     report.requests = counting.total()
     report.seconds = round(time.monotonic() - started, 3)
     report.monthly_cost_after = monthly_storage_cost(stored_bytes)
     return report
 
 
-def pull_from_remote(repo, remote=None, *, snapshot: str | None = None, host: str | None = None,
-                     all_hosts: bool = True, progress=None) -> SyncReport:
+def pull_from_remote(repo: RepoCore, remote: str | Remote | None = None, *, snapshot: str | None = None,
+                     host: str | None = None, all_hosts: bool = True,
+                     progress: Callable[[int], None] | None = None) -> SyncReport:
     """Copy snapshots from the remote into this local repository."""
     started = time.monotonic()
+    if repo.local_dir is None:
+        raise ConfigError("pull copies into a local repository")
     src, counting = open_destination(remote, None, repo.settings)
     repo.config.check_compatible(src.config, src.remote.url)
     report = SyncReport(src.remote.url, repo.location)

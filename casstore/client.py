@@ -1,0 +1,90 @@
+"""The public front: `Repository`, a RepoCore with one method per operation.
+
+Each method takes the local repository lock (design 5.8) and hands the core to the operation's
+own module. The core (repo/core.py) imports no operation; this module is where they meet, each
+imported when its method runs, so that `casstore list` never loads the restorer or sync.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from casstore.format.config import RepoConfig
+from casstore.remotes.base import Remote
+from casstore.repo.core import RepoCore, SnapshotInfo
+from casstore.repo.open import open_as
+from casstore.settings import Settings
+
+if TYPE_CHECKING:
+    from casstore.read.reader import Snapshot
+    from casstore.repo.check import CheckReport
+    from casstore.restore.restorer import RestoreResult
+    from casstore.snapshot.builder import SnapshotResult
+    from casstore.sync.transfer import SyncReport
+
+
+class Repository(RepoCore):
+    """One repository, with the operations: snapshot, get, restore, check, sync, pull, stats."""
+
+    def snapshot(self, source: str | None = None, *, tags: tuple[str, ...] = (), excludes: tuple[str, ...] = (),
+                 progress: Callable[[int], None] | None = None) -> SnapshotResult:
+        from casstore.snapshot.builder import take_snapshot  # lazy: start-up time
+
+        with self.locked():
+            return take_snapshot(self, source or self.settings.source, tags=tags, excludes=excludes,
+                                 progress=progress)
+
+    def get(self, ref: str = "latest", *, host: str | None = None, all_hosts: bool = False) -> Snapshot:
+        from casstore.read.reader import Snapshot  # lazy: start-up time
+
+        return Snapshot(self, self.resolve(ref, host=host, all_hosts=all_hosts))
+
+    def restore(self, ref: str, target: str, **options: Any) -> RestoreResult:
+        from casstore.restore.restorer import restore_snapshot  # lazy: start-up time
+
+        with self.locked():
+            return restore_snapshot(self.get(ref), target, **options)
+
+    def check(self, *, read_data: bool = False, subset: float | None = None) -> CheckReport:
+        from casstore.repo.check import check_repository  # lazy: start-up time
+
+        with self.locked():
+            return check_repository(self, read_data=read_data, subset=subset)
+
+    def sync(self, remote: str | Remote | None = None, *, dry_run: bool = False,
+             progress: Callable[[int], None] | None = None) -> SyncReport:
+        """Copy this repository's new snapshots to `remote` (a URL or Remote; default: the configured one)."""
+        from casstore.sync.transfer import sync_to_remote  # lazy: start-up time
+
+        with self.locked():
+            return sync_to_remote(self, remote, dry_run=dry_run, progress=progress)
+
+    def pull(self, remote: str | Remote | None = None, *, snapshot: str | None = None, host: str | None = None,
+             all_hosts: bool = True, progress: Callable[[int], None] | None = None) -> SyncReport:
+        """Copy snapshots from `remote` into this (local) repository."""
+        from casstore.sync.transfer import pull_from_remote  # lazy: start-up time
+
+        with self.locked():
+            return pull_from_remote(self, remote, snapshot=snapshot, host=host, all_hosts=all_hosts,
+                                    progress=progress)
+
+    def stats(self) -> dict[str, Any]:
+        from casstore.repo.stats import repository_stats  # lazy: start-up time
+
+        with self.locked():
+            return repository_stats(self)
+
+
+def open_repository(settings: Settings, *, remote: str | Remote | None = None, create: bool = False,
+                    like: RepoConfig | str | None = None, fallback_remote: bool = True) -> Repository:
+    """The one open/create path (repo/open.py `open_as`, which explains the parameters), as the front."""
+    return open_as(Repository, settings, remote=remote, create=create, like=like, fallback_remote=fallback_remote)
+
+
+def init_repository(settings: Settings, config: RepoConfig | None = None) -> Repository:
+    """A new local repository (RepositoryExists if there is one): `casstore init`, `casstore.init()`."""
+    return Repository.init_local(settings.repository, settings, config)
+
+
+__all__ = ["Repository", "SnapshotInfo", "init_repository", "open_repository"]
