@@ -173,7 +173,7 @@ class BlobStore:
             return None
         return self.put_index(packs, kind)
 
-    def write_session_index(self, kind: str):
+    def write_session_index(self, kind: str) -> tuple[str, ObjectInfo] | None:
         """Write an index listing every pack of this session, indexed before or not (design 9: a
         checkpoint protects every pack of the live session, not only those since the previous
         one). Returns (id, ObjectInfo), or None when the session has no pack."""

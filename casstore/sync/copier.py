@@ -46,8 +46,9 @@ class Copier:
         self.store = dst.blob_store(upload_threads=concurrency)
         if state is not None:
             self.store.on_pack_uploaded = self._pack_uploaded
-        if dst.cache is not None:   # our own index is not fetched back by the next sync
-            self.store.on_index_written = lambda index_id, body: dst.cache.put("index", index_id, body)
+        cache = dst.cache
+        if cache is not None:   # our own index is not fetched back by the next sync
+            self.store.on_index_written = lambda index_id, body: cache.put("index", index_id, body)
         self.known_plans: list[str] = []
         self.relied_indexes: set[str] = set()
         self.recheck_clock = 0.0
@@ -176,7 +177,8 @@ class Copier:
         if written is not None:
             self.fresh_load = False
             self.checkpoint_clock = before_put
-            self._check_index_landed(*written, reference, kind)
+            index_id, info = written
+            self._check_index_landed(index_id, info, reference, kind)
         return written
 
     def _check_index_landed(self, index_id: str, info, reference: float | None, kind: str, depth: int = 0) -> None:
