@@ -372,14 +372,18 @@ class SnapshotBuilder:
             self.summary.errors.append(message)
 
 
+def refuse_remote(repo: RepoCore) -> None:
+    """Straight into a shared remote a snapshot would have no checkpoints, confirmation or re-check,
+    so gc could sweep its packs under it (design 9): it is built locally and synced instead."""
+    if repo.local_dir is None:
+        raise ConfigError(f"{repo.location} is a remote repository, which is read-only here: a snapshot is "
+                          "built in a local repository and reaches a remote through `casstore sync`")
+
+
 def take_snapshot(repo: RepoCore, source: str, *, tags: tuple[str, ...] = (), excludes: tuple[str, ...] = (),
                   progress: Callable[[int], None] | None = None) -> SnapshotResult:
     """Snapshot `source` into `repo`: packs, then the index, then the manifest (the commit)."""
-    if repo.local_dir is None:
-        # straight into a shared remote there would be no checkpoints, confirmation or re-check, so
-        # gc could sweep its packs under it (design 9): it is built locally and synced instead
-        raise ConfigError(f"{repo.location} is a remote repository, which is read-only here: a snapshot is "
-                          "built in a local repository and reaches a remote through `casstore sync`")
+    refuse_remote(repo)
     repo.load_index()
     repo.load_plans()  # blobs only in packs a gc plan condemns count as missing (design 5.4)
     builder = SnapshotBuilder(repo, source, excludes, progress)
