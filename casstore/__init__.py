@@ -19,13 +19,12 @@ from casstore.errors import (
     RepositoryNotFound,
     SnapshotNotFound,
 )
-from casstore.settings import VERSION
 
 if TYPE_CHECKING:
     from casstore.client import Repository
     from casstore.read.reader import Snapshot
 
-__version__ = VERSION
+__version__ = "0.1.0"   # as in pyproject.toml
 
 __all__ = [
     "CasstoreError",

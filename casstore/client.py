@@ -17,6 +17,10 @@ from casstore.repo.open import open_as
 from casstore.settings import Settings
 
 if TYPE_CHECKING:
+    from casstore.legacy.importer import ImportReport
+    from casstore.read.find import Found
+    from casstore.read.history import HistoryRow
+    from casstore.read.jsondiff import ValueDiff
     from casstore.read.reader import Snapshot
     from casstore.repo.check import CheckReport
     from casstore.restore.restorer import RestoreResult
@@ -69,11 +73,38 @@ class Repository(RepoCore):
             return pull_from_remote(self, remote, snapshot=snapshot, host=host, all_hosts=all_hosts,
                                     progress=progress)
 
+    def import_legacy(self, where: str) -> ImportReport:
+        """Each of the seed's unified_backup_*.json.gz (a folder or a bucket URL) as a snapshot."""
+        from casstore.legacy.importer import import_legacy  # lazy: start-up time
+
+        with self.locked():
+            return import_legacy(self, where)
+
     def stats(self) -> dict[str, Any]:
         from casstore.repo.stats import repository_stats  # lazy: start-up time
 
         with self.locked():
             return repository_stats(self)
+
+    # -- questions across snapshots (read/history.py, read/jsondiff.py, read/find.py) -----------
+
+    def history(self, path: str, key: str | None = None, **options: Any) -> list[HistoryRow]:
+        """One row per snapshot where the file at `path` (or the value at `key`, 'a.b.0') changed."""
+        from casstore.read.history import history  # lazy: start-up time
+
+        return history(self, path, key, **options)
+
+    def diff_values(self, old: str, new: str = "latest", path: str = "") -> list[ValueDiff]:
+        """What changed inside the JSON files below `path` from snapshot `old` to `new`, key path by key path."""
+        from casstore.read.jsondiff import diff_snapshot_values  # lazy: start-up time
+
+        return diff_snapshot_values(self.get(old), self.get(new), path)
+
+    def find(self, pattern: str, **options: Any) -> list[Found]:
+        """Every (snapshot, path) whose name (or, with a '/', whole path) matches the glob `pattern`."""
+        from casstore.read.find import find  # lazy: start-up time
+
+        return find(self, pattern, **options)
 
 
 def open_repository(settings: Settings, *, remote: str | Remote | None = None, create: bool = False,

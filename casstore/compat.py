@@ -27,8 +27,10 @@ class CloudStorage:
 
     def get_backup(self, backup_id: str) -> Any:
         """The snapshot as the seed's dict: {'snapshot_id', 'timestamp', 'data_sources': {...}}."""
+        from casstore.legacy.sources import legacy_ref  # the seed's own ids, once imported
+
         repo = self._repo()
-        return repo.get(backup_id).to_dict()
+        return repo.get(legacy_ref(repo, backup_id)).to_dict()
 
     def create_backup(self) -> dict[str, Any]:
         with self._repo(create=True) as repo:

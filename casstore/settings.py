@@ -22,10 +22,6 @@ def _secret() -> Any:
     return field(default=None, repr=False)
 
 
-#: the package version (casstore.__version__), kept here so that every layer can read it
-VERSION = "0.1.0"
-
-
 @dataclass(frozen=True)
 class Settings:
     source: str = "./data"
@@ -175,11 +171,16 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def parse_duration(text: str) -> float:
-    """'90s', '15m', '24h', '30d', '2w' -> seconds."""
+def parse_duration(text: str, what: str | None = None) -> float:
+    """'90s', '15m', '24h', '30d', '2w' -> seconds. With `what` (the option's name), a bare number
+    other than 0 is refused: `--every 24` meant 24h far more often than 24 seconds."""
     match = _DURATION.match(str(text).lower())
     if not match:
         raise ConfigError(f"not a duration: {text!r} (use e.g. 30s, 15m, 24h, 7d)")
+    if what and not match.group(2) and float(match.group(1)) != 0:
+        number = match.group(1)
+        raise ConfigError(f"{what} {number} has no unit: did you mean {number}h? "
+                          f"(write {number}h, {number}m or {number}s; units s, m, h, d, w)")
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 

@@ -147,6 +147,32 @@ def invoke(*args: str, expect: int | None = 0):
     return result
 
 
+def on_a_terminal(*args: str, columns: int = 100, timeout: float = 120) -> tuple[int, bytes]:
+    """Run the console script with stderr on a pseudo-terminal: (exit code, what the terminal got)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))  # a fresh pty is 0x0
+    try:
+        proc = subprocess.run([CASSTORE, *args], stdout=subprocess.PIPE, stderr=slave, timeout=timeout)
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                block = os.read(master, 65536)
+            except OSError:   # EIO once the last writer is gone
+                break
+            if not block:
+                break
+            seen += block
+    finally:
+        os.close(master)
+    return proc.returncode, seen
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     """A user error: non-zero exit, exactly one line on stderr, no traceback; returns that line."""
     err = proc.stderr.decode(errors="replace")

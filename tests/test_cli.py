@@ -21,7 +21,6 @@ import pytest
 from casstore.format.pack import KIND_TREE
 from casstore.format.snapshot import SnapshotManifest
 from tests.helpers import (
-    CASSTORE,
     KiB,
     assert_one_line_error,
     assert_same_tree,
@@ -30,6 +29,7 @@ from tests.helpers import (
     flip_bit,
     invoke,
     objects,
+    on_a_terminal,
     open_repo,
     run,
     tree_state,
@@ -126,6 +126,27 @@ def test_cat_writes_exact_bytes(history):
     assert run("cat", "latest", "ai_hub/collective_intelligence.json").stdout == b'{"collective_iq": 135}'
 
 
+def test_snapshot_reads_its_settings_once(tmp_path, monkeypatch):
+    """`casstore snapshot` reads the environment and .env once and hands the settings on."""
+    import casstore.cli.common
+    import casstore.repo.core
+    import casstore.repo.open
+    from casstore.settings import load_settings
+
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return load_settings(*args, **kwargs)
+
+    for module in (casstore.cli.common, casstore.repo.core, casstore.repo.open):
+        monkeypatch.setattr(module, "load_settings", counting)
+    write(tmp_path / "data" / "a.json", "{}")
+    invoke("snapshot")      # the first one creates ./.casstore
+    invoke("snapshot")
+    assert len(calls) == 2 and (tmp_path / ".casstore" / "config").is_file()
+
+
 def test_cat_below_a_file_is_one_line_error(history):
     """A path that goes on below a file names nothing: one error line, not a traceback."""
     proc = run("cat", "latest", "ai_hub/collective_intelligence.json/x", expect=None)
@@ -182,7 +203,8 @@ def test_restore_overwrite_modes(history, tmp_path):
     _json("restore", "latest", target)
     write(target / "notes" / "todo.txt", "local change\n")
     proc = run("restore", "latest", target, expect=1)
-    assert b"exists (use --overwrite" in proc.stderr and b"Traceback" not in proc.stderr
+    assert b"already exist" in proc.stderr and b"--overwrite if-changed" in proc.stderr
+    assert b"Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1
     assert (target / "notes" / "todo.txt").read_text() == "local change\n"
     result = _json("restore", "latest", target, "--overwrite", "if-changed")
     assert result["ok"] and result["skipped"] == 5 and (target / "notes" / "todo.txt").read_text() == "todo\n"
@@ -339,29 +361,9 @@ def test_cli_does_not_import_cloud_sdks_for_local_work(tmp_path):
 
 
 def test_progress_bars_on_a_terminal(tmp_path):
-    import fcntl
-    import pty
-    import struct
-    import termios
-
     write(tmp_path / "data" / "big.bin", det_bytes(2 * 1024 * KiB, "tty"))
     run("snapshot")   # not a terminal: no bar (checked above); now with stderr on a pseudo-terminal
     for args in (["snapshot"], ["restore", "latest", str(tmp_path / "out")]):
-        master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a fresh pty is 0x0
-        try:
-            proc = subprocess.run([CASSTORE, *args], stdout=subprocess.PIPE, stderr=slave, timeout=60)
-            os.close(slave)
-            seen = b""
-            while True:
-                try:
-                    block = os.read(master, 65536)
-                except OSError:
-                    break
-                if not block:
-                    break
-                seen += block
-        finally:
-            os.close(master)
-        assert proc.returncode == 0
+        code, seen = on_a_terminal(*args)
+        assert code == 0
         assert args[0].encode() in seen and b"B" in seen, seen[-300:]

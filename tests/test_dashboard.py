@@ -1,7 +1,8 @@
 """The dashboard in headless Chromium (Debian's chromium + chromedriver, driven by Selenium).
 
 The page must load without console errors, show the seeded repository's snapshots, and its
-"Backup now" button must take a snapshot. A screenshot goes to test-artifacts/dashboard.png.
+"Backup now" button must take a snapshot; a snapshot's id opens a view of it (its tree, a JSON
+viewer, a download); the cost column fits its card. Screenshots go to test-artifacts/.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from casstore.client import Repository
+from casstore.gc.retention import apply_retention
 from casstore.service.runs import snapshot_step
 from casstore.service.scheduler import Scheduler, parse_schedule
-from tests.test_api import TOKEN, make_settings, running_server, take_snapshots
+from tests.test_api import BINARY, TOKEN, make_settings, running_server, take_snapshots
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -33,11 +35,12 @@ pytestmark = pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists
 
 
 @pytest.fixture
-def browser():
+def browser(tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
+    options.add_experimental_option("prefs", {"download.default_directory": str(tmp_path / "downloads")})
     options.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-dev-shm-usage", "--window-size=1400,1050", "--hide-scrollbars"):
@@ -147,3 +150,96 @@ def test_dashboard_asks_for_the_token_once_per_session(tmp_path, browser):
         assert not browser.find_element(By.ID, "token-modal").is_displayed()
         # the only console errors are the browser's own notes on the first, unauthenticated 401s
         assert console_errors(browser, allowed=("401",)) == []
+
+
+def bytes_text(n: int) -> str:
+    """The page's bytes() for sizes under 1 MiB."""
+    return f"{n} B" if n < 1024 else f"{n / 1024:.2f} KiB" if n < 10 * 1024 else f"{n / 1024:.1f} KiB"
+
+
+def test_the_cost_column_fits_its_card_on_a_narrower_window(tmp_path, browser):
+    from selenium.webdriver.common.by import By
+
+    settings = make_settings(tmp_path, remote="s3://bucket/casstore")   # provider aws: a "current" tag too
+    take_snapshots(settings, 1)
+    browser.set_window_size(1100, 900)
+    with running_server(settings) as url:
+        browser.get(url + "/")
+        wait_until(lambda: len(rows(browser)) == 1, what="the snapshot row")
+        wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, "#cost td.usd"), what="the cost table")
+        overflow = browser.execute_script("""
+            const card = document.getElementById("cost").closest(".card").getBoundingClientRect();
+            return [...document.querySelectorAll("#cost td")].map((td) => td.getBoundingClientRect().right - card.right)
+                                                               .filter((over) => over > -1);""")
+        assert overflow == [], f"cost cells stick out of their card by {overflow} px"
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "dashboard-1100.png"))
+
+
+def test_a_snapshot_id_opens_its_tree_a_json_viewer_and_a_download(tmp_path, browser):
+    from selenium.webdriver.common.by import By
+
+    settings = make_settings(tmp_path)
+    data = Path(settings.source)
+    (data / "ai_hub" / "metrics.json").write_text('{"score": NaN, "best": Infinity, "n": 3}')
+    os.symlink("ai_hub/metrics.json", data / "current")
+    first, second = take_snapshots(settings, 2)
+    with running_server(settings) as url:
+        browser.get(url + "/")
+        wait_until(lambda: len(rows(browser)) == 2, what="two snapshot rows")
+        link = rows(browser)[1].find_element(By.CSS_SELECTOR, "td.id a")
+        assert link.text == first[:8]
+        link.click()
+        viewer = browser.find_element(By.ID, "viewer")
+
+        def entries() -> dict:
+            return {r.get_attribute("data-path"): r for r in viewer.find_elements(By.CSS_SELECTOR, "tr[data-path]")}
+
+        wait_until(lambda: "ai_hub" in entries(), what="the snapshot's root directory")
+        assert viewer.is_displayed() and first[:8] in browser.find_element(By.ID, "viewer-title").text
+        assert browser.current_url.endswith(f"#snapshot/{first}")
+        assert entries()["current"].text.startswith("current → ai_hub/metrics.json")
+
+        entries()["ai_hub"].find_element(By.TAG_NAME, "a").click()
+        wait_until(lambda: "ai_hub/metrics.json" in entries(), what="the ai_hub directory")
+        entries()["ai_hub/metrics.json"].find_element(By.TAG_NAME, "a").click()
+        shown = wait_until(lambda: browser.find_elements(By.ID, "viewer-json"), what="the JSON viewer")[0]
+        assert json.loads(shown.text) == {"score": None, "best": None, "n": 3}   # NaN/Infinity arrive as null
+
+        browser.back()                                  # a real link: history works
+        wait_until(lambda: "ai_hub/collective_intelligence.json" in entries(), what="back in ai_hub")
+        browser.find_element(By.CSS_SELECTOR, "#viewer-crumbs a").click()
+        wait_until(lambda: "market" in entries(), what="the root again")
+        entries()["market"].find_element(By.TAG_NAME, "a").click()
+        wait_until(lambda: "market/big.bin" in entries(), what="the market directory")
+        entries()["market/big.bin"].find_element(By.TAG_NAME, "a").click()
+        download = browser.find_element(By.ID, "viewer-download")
+        wait_until(lambda: download.is_displayed(), what="the download button")
+        assert "Not a JSON file" in browser.find_element(By.ID, "viewer-content").text
+        download.click()
+        saved = tmp_path / "downloads" / "big.bin"
+        wait_until(lambda: saved.exists() and saved.read_bytes() == BINARY, what="the downloaded file")
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "dashboard-snapshot-view.png"))
+
+        browser.find_element(By.ID, "viewer-close").click()
+        wait_until(lambda: not viewer.is_displayed(), what="the view to close")
+        assert console_errors(browser) == []
+
+
+def test_the_repository_column_keeps_its_sizes_after_retention(tmp_path, browser):
+    from selenium.webdriver.common.by import By
+
+    settings = make_settings(tmp_path)
+    ids = []
+    for i in range(3):
+        (Path(settings.source) / f"day-{i}.bin").write_bytes(random.Random(i).randbytes(3000))
+        ids += take_snapshots(settings, 1)
+    with Repository.open_local(settings.repository, settings) as repo:
+        recorded = {s.id: s.manifest.summary["repository_bytes"] for s in repo.snapshots()}
+        assert len(apply_retention(repo, {"last": 1}).removed) == 2
+    with running_server(settings) as url:
+        browser.get(url + "/")
+        wait_until(lambda: len(rows(browser)) == 1, what="the one snapshot left")
+        cells = rows(browser)[0].find_elements(By.TAG_NAME, "td")
+        assert cells[7].text == bytes_text(recorded[ids[2]]) != "0 B"

@@ -6,34 +6,40 @@
     POST /api/cloud/sync[?wait=1]          202 + job; 409 when no remote is configured
     GET  /api/jobs/<id>                    a job's state and result
     GET  /api/cloud/backup/<id>[?path=]    the snapshot as to_dict() gives it, streamed as JSON
+    GET  /api/cloud/backup/<id>/tree?path= one directory's entries (the dashboard's snapshot view)
     GET  /api/cloud/backup/<id>/file?path= one file's bytes
+    GET  /api/cloud/history?path=&key=     how a file or a value changed (api/query_routes.py)
+    GET  /api/cloud/diff?a=&b=&path=       key paths changed inside JSON files
     GET  /                                 the dashboard;  /openapi.json, /docs
 """
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
-from importlib import resources
+from importlib import metadata, resources
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from casstore.api.jobs import JobManager
-from casstore.api.reading import BadPath, RepoAccess, clean_path, find, stream_file, stream_snapshot
+from casstore.api.query_routes import add_query_routes
+from casstore.api.reading import BadPath, RepoAccess, clean_path, directory_listing, find, stream_file, stream_snapshot
 from casstore.api.security import GuardMiddleware
 from casstore.api.views import backups_view, status_view
 from casstore.client import Repository
-from casstore.errors import CasstoreError, RepositoryNotFound, SnapshotNotFound
+from casstore.errors import CasstoreError, RepositoryNotFound, SnapshotNotFound, SourceError
 from casstore.format.tree import EntryType
 from casstore.read.reader import PathNotFound, Snapshot
 from casstore.service.runs import RunBusy, snapshot_step, sync_step
-from casstore.settings import VERSION, Settings
+from casstore.settings import Settings
+from casstore.snapshot.source import check_source
 
 JOB_ID = r"^[0-9a-f]{32}$"
 WAIT_TIMEOUT = 3600.0
@@ -65,11 +71,33 @@ def create_app(settings: Settings, *, allowed_hosts: set[str] | None, scheduler=
     app.add_middleware(GuardMiddleware, token=settings.api_token, allowed_hosts=allowed_hosts)
     _errors(app)
     _routes(app, settings, access, jobs)
+    _describe_errors(app)
     return app
 
 
+ERROR_SCHEMA = {"title": "Error", "type": "object", "required": ["success", "error"],
+                "properties": {"success": {"type": "boolean", "const": False}, "error": {"type": "string"}}}
+
+
+def _describe_errors(app: FastAPI) -> None:
+    """The OpenAPI description says what the 422 handler sends: the one error shape, not FastAPI's."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            schemas = spec.get("components", {}).get("schemas", {})
+            if "HTTPValidationError" in schemas:
+                schemas["HTTPValidationError"] = ERROR_SCHEMA
+                schemas.pop("ValidationError", None)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def _version() -> str:
-    return VERSION
+    return metadata.version("casstore")   # the installed package's, as `casstore --version` shows
 
 
 def _errors(app: FastAPI) -> None:
@@ -92,6 +120,31 @@ def _errors(app: FastAPI) -> None:
     async def casstore_error(request: Request, exc: Exception):
         return JSONResponse({"success": False, "error": str(exc)}, status_code=500)
 
+    # FastAPI's own answers (404 for an unknown route, 405, 422 for a bad parameter) take the same
+    # {"success": false, "error"} shape as ours, so a client reads one shape for every error
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: Exception):
+        assert isinstance(exc, StarletteHTTPException)
+        return JSONResponse({"success": False, "error": str(exc.detail)}, status_code=exc.status_code,
+                            headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: Exception):
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse({"success": False, "error": validation_message(exc)}, status_code=422)
+
+
+def validation_message(exc: RequestValidationError) -> str:
+    """'limit: Input should be greater than or equal to 1; ...' from FastAPI's error list."""
+    parts = []
+    for error in exc.errors()[:5]:
+        loc = [str(p) for p in error.get("loc", ())]
+        if loc and loc[0] in ("query", "path", "body", "header"):
+            loc = loc[1:]     # where the parameter came from; its name follows
+        where = ".".join(loc)
+        parts.append(f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg", "invalid")))
+    return "invalid request: " + "; ".join(parts)
+
 
 def _running(request: Request) -> str | None:
     current = request.app.state.jobs.current
@@ -100,6 +153,7 @@ def _running(request: Request) -> str | None:
 
 def _routes(app: FastAPI, settings: Settings, access: RepoAccess, jobs: JobManager) -> None:
     auth = [Depends(bearer)]
+    add_query_routes(app, access, auth)   # history and the value diff (api/query_routes.py)
 
     @app.get("/", include_in_schema=False)
     def dashboard() -> HTMLResponse:
@@ -119,9 +173,10 @@ def _routes(app: FastAPI, settings: Settings, access: RepoAccess, jobs: JobManag
               summary="Take a backup in the background (?wait=1: return when it is done)",
               responses={409: {"description": "a backup or sync is already running"}})
     def backup(wait: bool = False):
-        if not os.path.isdir(settings.source):
-            return JSONResponse({"success": False, "error": f"source directory {settings.source} does not exist "
-                                 "(set CASSTORE_SOURCE)"}, status_code=409)
+        try:
+            check_source(settings.source, hint="set CASSTORE_SOURCE")
+        except SourceError as exc:
+            return JSONResponse({"success": False, "error": str(exc)}, status_code=409)
         return _job_response(jobs.start("backup", (("snapshot", snapshot_step),)), wait)
 
     @app.post("/api/cloud/sync", dependencies=auth, status_code=202,
@@ -151,6 +206,17 @@ def _routes(app: FastAPI, settings: Settings, access: RepoAccess, jobs: JobManag
         repo, snapshot, entry, real = _open_path(access, backup_id, wanted)
         parts = stream_snapshot(snapshot, entry, real, whole=not wanted)
         return StreamingResponse(_returning(parts, access, repo), media_type="application/json")
+
+    @app.get("/api/cloud/backup/{backup_id}/tree", dependencies=auth,
+             summary="One directory of a backup: its entries (name, type, size, mode, mtime, symlink target)",
+             responses={404: {"description": "no such backup or directory"}, 400: {"description": "invalid path"}})
+    def backup_tree(backup_id: str, path: str = Query("", max_length=4096),
+                    limit: int = Query(5000, ge=1, le=100000)):
+        repo, snapshot, entry, real = _open_path(access, backup_id, clean_path(path))
+        try:
+            return directory_listing(snapshot, entry, real, limit)
+        finally:
+            access.checkin(repo)
 
     @app.get("/api/cloud/backup/{backup_id}/file", dependencies=auth, summary="One file's bytes",
              response_class=Response, responses={404: {"description": "no such backup or file"}})

@@ -3,8 +3,9 @@
 The listing is re-read when older than LIST_TTL seconds (or when a job of ours finished), so the
 API sees snapshots the scheduler or the CLI just took. `GET /api/cloud/backup/<id>` streams the
 snapshot in `to_dict()`'s shape without holding it in memory: directories are nested objects,
-`name.json` / `name.jsonl` appear parsed under `name`, and every other file (or a JSON file that
-does not parse) as {"$file": path, "size": n, "href": raw download URL}.
+`name.json` / `name.jsonl` appear parsed under `name` (NaN, Infinity and overflowing numbers as
+null), and every other file (or a JSON file that does not parse) as {"$file": path, "size": n,
+"href": raw download URL}: the JSON-ready form of read/dictview.py.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from casstore.client import Repository, open_repository
 from casstore.errors import SnapshotNotFound
 from casstore.format import layout
 from casstore.format.tree import Entry, EntryType
-from casstore.read.dictview import _assign_keys
+from casstore.read.dictview import _assign_keys, json_ready_file
 from casstore.read.reader import PathNotFound, Snapshot
 from casstore.settings import Settings
 
@@ -29,7 +30,7 @@ LIST_TTL = 3.0
 POOL_SIZE = 4
 STREAM_CHUNK = 64 * 1024
 MAX_PATH = 4096
-SNAPSHOT_REF = re.compile(r"^(latest|[0-9a-f]{4,64})$")
+SNAPSHOT_REF = re.compile(r"^(latest|[0-9a-f]{4,64}|unified_backup_\d{8}_\d{6})$")   # the last: a seed id
 
 
 class BadPath(ValueError):
@@ -77,8 +78,7 @@ class RepoAccess:
         if not self.exists:
             return [], 0
         with self.reader() as repo:
-            stored = repo.stored_bytes()
-            return repo.all_snapshots(), stored
+            return repo.all_snapshots(), repo.stored_bytes()
 
     def invalidate(self) -> None:
         with self._lock:
@@ -101,6 +101,8 @@ class RepoAccess:
     def _match(snapshots: list, ref: str):
         if ref == "latest":
             return next((s for s in snapshots if not s.manifest.incomplete), None)
+        if ref.startswith("unified_backup_"):   # imported by `casstore import-legacy`, tagged with it
+            return next((s for s in snapshots if ref in s.manifest.tags), None)
         matches = [s for s in snapshots if s.id.startswith(ref)]
         if len(matches) > 1:
             raise SnapshotNotFound(f"snapshot id {ref} is ambiguous; give more digits")
@@ -200,28 +202,20 @@ def _dir(snapshot: Snapshot, tree_id: bytes, path: str) -> Iterator[str]:
 
 
 def _file(snapshot: Snapshot, entry: Entry, path: str) -> str:
-    name = path.rsplit("/", 1)[-1]
-    if name.endswith((".json", ".jsonl")):
-        data = snapshot.read_bytes(path)
-        try:
-            if name.endswith(".jsonl"):
-                return "[" + ",".join(_dumps(json.loads(line)) for line in data.splitlines() if line.strip()) + "]"
-            return _dumps(json.loads(data))
-        except (ValueError, UnicodeDecodeError):
-            return _dumps(file_ref(snapshot, path, entry.size, error="does not parse as JSON"))
-    return _dumps(file_ref(snapshot, path, entry.size))
+    value = json_ready_file(snapshot, path, entry.size)
+    if isinstance(value, dict) and "$file" in value:     # a reference: add where to download it
+        value["href"] = file_href(snapshot, path)
+    return _dumps(value)
 
 
-def file_ref(snapshot: Snapshot, path: str, size: int, error: str | None = None) -> dict:
-    ref = {"$file": path, "size": size,
-           "href": f"/api/cloud/backup/{snapshot.id}/file?path={quote(path, safe='/', errors='surrogateescape')}"}
-    if error:
-        ref["error"] = error
-    return ref
+def file_href(snapshot: Snapshot, path: str) -> str:
+    return f"/api/cloud/backup/{snapshot.id}/file?path={quote(path, safe='/', errors='surrogateescape')}"
 
 
 def _dumps(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)
+    # allow_nan=False: the JSON-ready values hold no NaN/Infinity; if one slipped through, fail
+    # loudly rather than send a document that JSON.parse rejects
+    return json.dumps(value, ensure_ascii=False, default=str, allow_nan=False)
 
 
 def _coalesce(parts: Iterator[str]) -> Iterator[bytes]:
@@ -240,3 +234,29 @@ def stream_file(snapshot: Snapshot, path: str, piece: int = 1 << 20) -> Iterator
     with snapshot.open(path) as fh:
         while chunk := fh.read(piece):
             yield chunk
+
+
+# -- one directory, for the dashboard's snapshot view ------------------------------------------------
+
+
+def directory_listing(snapshot, entry: Entry | None, path: str, limit: int) -> dict:
+    """The directory at `path` (its entries, at most `limit`), or PathNotFound for anything else."""
+    if entry is not None and entry.type is not EntryType.DIR:
+        raise PathNotFound(f"{path} is not a directory in snapshot {snapshot.short_id}")
+    entries = snapshot.tree(entry.subtree if entry is not None else snapshot.manifest.tree)
+    rows = [_listing_row(snapshot, e, path) for e in entries[:limit]]
+    return {"success": True, "backup_id": snapshot.id, "short_id": snapshot.short_id,
+            "timestamp": snapshot.time.isoformat(), "host": snapshot.manifest.host, "path": path,
+            "total": len(entries), "truncated": len(entries) > limit, "entries": rows}
+
+
+def _listing_row(snapshot, entry: Entry, parent: str) -> dict:
+    name = entry.name.decode("utf-8", "surrogateescape")
+    path = f"{parent}/{name}" if parent else name
+    row: dict = {"name": name, "path": path, "type": entry.type.value, "size": entry.size,
+                 "mode": f"{entry.mode:04o}", "mtime_ns": entry.mtime_ns}
+    if entry.type is EntryType.SYMLINK and isinstance(entry.content, bytes):
+        row["target"] = entry.content.decode("utf-8", "surrogateescape")
+    if entry.type is EntryType.FILE:
+        row["href"] = file_href(snapshot, path)
+    return row

@@ -6,7 +6,7 @@ from datetime import datetime
 from urllib.parse import urlparse
 
 from casstore.compat import backup_meta
-from casstore.repo.pricing import PRICES_AS_OF, monthly_storage_cost
+from casstore.repo.pricing import NO_PRICE, PRICES_AS_OF, is_directory, monthly_storage_cost
 from casstore.service.status import service_status
 from casstore.settings import Settings
 
@@ -25,11 +25,14 @@ def iso(timestamp: float | None) -> str | None:
 
 
 def backup_rows(snapshots: list) -> list[dict]:
-    """Newest first, each with its sizes and the repository's stored size once it was taken."""
+    """Newest first, each with its sizes and the repository's stored size once it was taken: as the
+    snapshot recorded it (`repository_bytes`), else (older snapshots) the last recorded size plus
+    what the snapshots since added, so the history never drops when older snapshots are forgotten."""
     rows, stored = [], 0
     for info in reversed(snapshots):
         summary = info.manifest.summary
-        stored += int(summary.get("bytes_added_stored", 0))
+        recorded = summary.get("repository_bytes")
+        stored = int(recorded) if recorded else stored + int(summary.get("bytes_added_stored", 0))
         rows.append({**backup_meta(info), "bytes_total": int(summary.get("bytes_total", 0)),
                      "bytes_added": int(summary.get("bytes_added", 0)),
                      "bytes_added_stored": int(summary.get("bytes_added_stored", 0)),
@@ -67,7 +70,8 @@ def status_view(settings: Settings, snapshots: list, stored_bytes: int, *, runni
         "last_run": status["last_run"],
         "running_job": running_job,
         "cost_estimate": {"prices_as_of": PRICES_AS_OF, "stored_bytes": stored_bytes,
-                          "providers": monthly_storage_cost(stored_bytes)},
+                          "providers": monthly_storage_cost(stored_bytes, where=settings.remote),
+                          "note": NO_PRICE if settings.remote and is_directory(settings.remote) else None},
         "repository": status["repository"],
         "source": settings.source,
     }

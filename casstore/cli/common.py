@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -49,19 +50,33 @@ def human(n: int | float | None) -> str:
 
 
 class Progress:
-    """A byte-counting progress bar on a terminal, nothing otherwise."""
+    """A byte-counting progress bar on a terminal, nothing otherwise. With a total it shows the
+    percentage and the time left; the library calls `set_total` once it knows the total (sync,
+    after planning), and the CLI may set it from a background scan (snapshot)."""
 
     def __init__(self, total: int | None, description: str) -> None:
         self._bar = None
+        self._lock = threading.Lock()
         if sys.stderr.isatty():
             from tqdm import tqdm  # lazy: 60 ms to import; only a terminal shows a bar
 
             self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=description,
                              leave=False, file=sys.stderr)
 
+    @property
+    def shown(self) -> bool:
+        return self._bar is not None
+
     def __call__(self, n: int) -> None:
         if self._bar is not None:
-            self._bar.update(n)
+            with self._lock:   # reused files count on the walk's thread, read ones on the pipeline's
+                self._bar.update(n)
+
+    def set_total(self, total: int) -> None:
+        if self._bar is not None and total > 0:
+            with self._lock:
+                self._bar.total = total
+                self._bar.refresh()
 
     def close(self) -> None:
         if self._bar is not None:
@@ -72,3 +87,40 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def estimate_total(progress: Progress, repo: Repository, source: str) -> None:
+    """Give a snapshot's bar its total: the bytes of this host's last snapshot of `source`, or for a
+    first snapshot a quick scan's (file sizes, in a background thread, so nothing waits for it)."""
+    import os
+
+    if not progress.shown:
+        return
+    source = os.path.abspath(source)
+    previous = repo.snapshots(limit=1, source=source)
+    if previous:   # exact for an unchanged source, and it honours the excludes a scan would not
+        progress.set_total(int(previous[0].manifest.summary.get("bytes_total", 0)))
+        return
+    threading.Thread(target=lambda: progress.set_total(_tree_bytes(source)), daemon=True,
+                     name="casstore-scan").start()
+
+
+def _tree_bytes(root: str) -> int:
+    """Sizes of the regular files below `root` (excludes are not applied: an estimate)."""
+    import os
+
+    total, stack = 0, [root]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        elif entry.is_file(follow_symlinks=False):
+                            total += entry.stat(follow_symlinks=False).st_size
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+    return total

@@ -7,8 +7,9 @@ from SUMMARIES), so the CLI starts fast and never imports a cloud SDK it does no
 from __future__ import annotations
 
 import importlib
-import logging
+import os
 import sys
+from typing import NoReturn
 
 import click
 
@@ -25,6 +26,9 @@ COMMANDS = {
     "cat": "casstore.cli.read_commands:cat",
     "diff": "casstore.cli.read_commands:diff",
     "restore": "casstore.cli.read_commands:restore",
+    "history": "casstore.cli.query_commands:history",
+    "find": "casstore.cli.query_commands:find",
+    "import-legacy": "casstore.cli.legacy_commands:import_legacy",
     "check": "casstore.cli.repo_commands:check",
     "stats": "casstore.cli.repo_commands:stats",
     "sync": "casstore.cli.remote_commands:sync",
@@ -49,6 +53,9 @@ SUMMARIES = {
     "cat": "Write one file of a snapshot to standard output.",
     "diff": "What changed between two snapshots.",
     "restore": "Restore a snapshot into a directory.",
+    "history": "How a file, or a value inside a JSON file, changed across snapshots.",
+    "find": "Which snapshots hold files whose names match a pattern.",
+    "import-legacy": "Import the old system's unified_backup_*.json.gz files as snapshots.",
     "check": "Verify the repository's structure (and with --read-data, every byte).",
     "stats": "Stored vs logical bytes, dedup and compression ratios, monthly cost.",
     "sync": "Copy new local snapshots to the remote, uploading only what it lacks.",
@@ -86,13 +93,15 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except BrokenPipeError as exc:
+            if stdout_closed():   # the reader of our output stopped reading: not an error
+                die_of_sigpipe()
+            _os_error(exc)
         except CasstoreError as exc:
             click.echo(f"casstore: error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except OSError as exc:
-            click.echo(f"casstore: error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
-                       err=True)
-            sys.exit(1)
+            _os_error(exc)
         except KeyboardInterrupt:
             click.echo("casstore: interrupted", err=True)
             sys.exit(130)
@@ -106,12 +115,50 @@ class LazyGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, repository: str | None, verbose: bool) -> None:
     """Content-addressed, deduplicated, compressed snapshots of a folder."""
+    import logging  # lazy: start-up time of `casstore --help`
+
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="casstore: %(message)s")
     ctx.obj = {"repository": repository}
 
 
+def _os_error(exc: OSError) -> NoReturn:
+    click.echo(f"casstore: error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), err=True)
+    sys.exit(1)
+
+
+def stdout_closed() -> bool:
+    """True when standard output is a pipe whose reader has gone (`casstore ls | head`)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), 0)   # POLLERR/POLLHUP are always reported
+        return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+    except (OSError, ValueError, AttributeError):   # no real file descriptor (tests' CliRunner)
+        return False
+
+
+def die_of_sigpipe() -> NoReturn:
+    """End as `cat`, `git` and the other Unix tools do when their reader stops reading: killed by
+    SIGPIPE, silently (the shell shows nothing; the exit status is 141). Python ignores SIGPIPE
+    so that network writes get an error instead; here, at the very end, its default is restored."""
+    import signal
+
+    sys.stderr.flush()
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+    os._exit(128 + signal.SIGPIPE)   # not reached
+
+
 def main() -> None:
-    cli(prog_name="casstore")
+    try:
+        cli(prog_name="casstore", standalone_mode=True)
+    except SystemExit:
+        try:
+            sys.stdout.flush()   # output buffered until exit meets the closed pipe here
+        except BrokenPipeError:
+            die_of_sigpipe()
+        raise
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ def _print_forget(result) -> None:
 @click.pass_context
 def gc(ctx, repository, remote, dry_run, grace, exclusive, as_json):
     """Delete data no snapshot needs (lock-free and two-phase on a shared remote)."""
-    grace_seconds = parse_duration(grace) if grace else None
+    grace_seconds = parse_duration(grace, what="--grace") if grace else None
     with open_target(ctx, repository, remote) as repo:
         report = collect_garbage(repo, dry_run=dry_run, grace=grace_seconds, exclusive=exclusive)
     emit(as_json, report.as_dict(), lambda: _print_gc_dict(report.as_dict()))

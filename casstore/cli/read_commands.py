@@ -78,8 +78,11 @@ def _children(snap, path: str) -> list:
 
 
 def _row(info) -> dict:
-    return {"path": info.path, "type": info.type, "size": info.size, "mode": oct(info.mode),
-            "mtime": info.mtime.isoformat()}
+    row = {"path": info.path, "type": info.type, "size": info.size, "mode": oct(info.mode),
+           "mtime": info.mtime.isoformat()}
+    if info.target is not None:
+        row["target"] = info.target
+    return row
 
 
 def _print_show(snap, rows) -> None:
@@ -95,7 +98,7 @@ def _print_show(snap, rows) -> None:
     click.echo("")
     for info in rows:
         kind = {"dir": "d", "file": "-", "symlink": "l"}.get(info.type, "?")
-        suffix = "/" if info.type == "dir" else ""
+        suffix = "/" if info.type == "dir" else f" -> {info.target}" if info.target is not None else ""
         click.echo(f"{kind} {info.mode:04o} {human(info.size) if info.type == 'file' else '':>10}  "
                    f"{info.mtime.strftime('%Y-%m-%d %H:%M')}  {info.path}{suffix}")
 
@@ -118,14 +121,27 @@ def cat(ctx, snapshot_id, path, repository, remote):
 @click.command()
 @click.argument("old_id")
 @click.argument("new_id", default="latest")
+@click.argument("path", default="")
 @repo_option
 @remote_option
+@click.option("--values", is_flag=True, help="Compare the JSON inside: key paths added, removed, changed.")
 @json_option
 @click.pass_context
-def diff(ctx, old_id, new_id, repository, remote, as_json):
-    """What changed from snapshot OLD_ID to NEW_ID (added +, removed -, modified M, metadata U)."""
+def diff(ctx, old_id, new_id, path, repository, remote, values, as_json):
+    """What changed from snapshot OLD_ID to NEW_ID (added +, removed -, modified M, metadata U).
+
+    PATH limits it to one file or directory; --values compares the JSON documents inside.
+    M and U lines end with what changed: content (or a symlink's target), size, mode, mtime, owner."""
+
+    if values:
+        from casstore.cli.query_commands import value_diff
+
+        return value_diff(ctx, old_id, new_id, path, repository, remote, as_json)
     with open_repo(ctx, repository, remote=remote) as repo:
         changes = diff_snapshots(repo.get(old_id), repo.get(new_id))
+    if path.strip("/"):
+        inside = path.strip("/")
+        changes = [c for c in changes if c.path.rstrip("/") == inside or c.path.startswith(inside + "/")]
     emit(as_json, [c.as_dict() for c in changes], lambda: _print_diff(changes))
 
 
@@ -134,7 +150,8 @@ def _print_diff(changes) -> None:
     for c in changes:
         sizes = {"added": human(c.new_size), "removed": human(c.old_size),
                  "modified": f"{human(c.old_size)} -> {human(c.new_size)}", "metadata": ""}[c.kind]
-        click.echo(f"{marks[c.kind]}  {c.path}  {sizes if c.type == 'file' else ''}".rstrip())
+        what = f"  ({', '.join(c.what)})" if c.what else ""
+        click.echo(f"{marks[c.kind]}  {c.path}  {sizes if c.type == 'file' else ''}".rstrip() + what)
     counts = {k: sum(1 for c in changes if c.kind == k) for k in marks}
     click.echo(f"{counts['added']} added, {counts['removed']} removed, {counts['modified']} modified, "
                f"{counts['metadata']} metadata only")
@@ -174,6 +191,11 @@ def _print_restore(result, target: str, seconds: float) -> None:
     click.echo(f"{verb} {result.files} files, {result.dirs} directories, {result.symlinks} symlinks, "
                f"{human(result.bytes)} into {target} in {seconds:.2f} s"
                + (f" ({result.skipped} unchanged skipped)" if result.skipped else ""))
+    if result.existing:
+        example = f" (such as {result.existing_paths[0]})" if result.existing_paths else ""
+        click.echo(f"casstore: error: {result.existing} file(s) already exist in {target}{example} and were left "
+                   "as they are; use --overwrite if-changed to replace those that differ, or --overwrite always",
+                   err=True)
     for error in result.errors[:100]:
         click.echo(f"error: {error}", err=True)
     if len(result.errors) > 100:

@@ -6,6 +6,7 @@ import click
 
 from casstore.cli.common import Progress, emit, human, json_option, open_repo, repo_option, settings
 from casstore.client import open_repository
+from casstore.repo.pricing import NO_PRICE, is_directory
 
 remote_option = click.option("--remote", "--to", "remote", metavar="URL",
                              help="Remote repository URL (default: CASSTORE_REMOTE or CLOUD_PROVIDER settings).")
@@ -55,7 +56,9 @@ def _print_report(r, verb: str) -> None:
                    f"{human(r.bytes_uploaded)} transferred, {r.requests} requests, {r.seconds:.2f} s")
         if r.reuploaded_blobs:
             click.echo(f"  {r.reuploaded_blobs} blobs uploaded again after a concurrent gc")
-    if r.monthly_cost_after:
+    if not r.monthly_cost_after and r.destination and is_directory(r.destination):
+        click.echo(f"  estimated monthly storage cost after: {NO_PRICE}")
+    elif r.monthly_cost_after:
         costs = ", ".join(f"{row['label'].split(' (')[0]} ${row['usd_per_month']:.4f}"
                           for row in r.monthly_cost_after.values())
         click.echo(f"  estimated monthly storage cost after: {costs}")

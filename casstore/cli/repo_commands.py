@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import click
 
-from casstore.cli.common import Progress, emit, human, json_option, open_repo, repo_option, settings
+from casstore.cli.common import Progress, emit, estimate_total, human, json_option, open_repo, repo_option, settings
 from casstore.client import init_repository, open_repository
-from casstore.errors import CasstoreError, ConfigError, SourceError
+from casstore.errors import CasstoreError, ConfigError
 from casstore.format import layout
 from casstore.format.config import DEFAULT_PACK_SIZE, RepoConfig
 from casstore.repo.open import adopted_config
+from casstore.repo.pricing import NO_PRICE
+from casstore.snapshot.source import check_source
 
 
 @click.command()
@@ -53,8 +54,7 @@ def snapshot(ctx, source, repository, tags, excludes, pre_hook, post_hook, as_js
     """Take a snapshot of SOURCE (default: CASSTORE_SOURCE or ./data)."""
     s = settings(ctx, repository)
     source = source or s.source
-    if not os.path.isdir(source):
-        raise SourceError(f"source directory {source} does not exist (set CASSTORE_SOURCE or pass a path)")
+    check_source(source)
     _run_hook(pre_hook, "pre-hook")  # before anything is created: a failing pre-hook changes nothing
     created = not layout.is_local_repository(s.repository)
     repo = open_repository(s, create=True)  # the settings read above: read once per snapshot
@@ -62,6 +62,7 @@ def snapshot(ctx, source, repository, tags, excludes, pre_hook, post_hook, as_js
         click.echo(f"created repository at {repo.location}", err=True)
     try:
         with Progress(None, "snapshot") as progress:
+            estimate_total(progress, repo, source)
             result = repo.snapshot(source, tags=tuple(tags), excludes=tuple(excludes), progress=progress)
     finally:
         if post_hook:
@@ -171,6 +172,9 @@ def _print_stats(d: dict) -> None:
         for name, row in d["per_source"].items():
             click.echo(f"  {name:30} {row['files']:>7} files  {human(row['logical_bytes']):>10} logical  "
                        f"{human(row['stored_bytes']):>10} stored")
+    if not d["monthly_cost"]:
+        click.echo(f"estimated monthly storage cost: {NO_PRICE}")
+        return
     click.echo("estimated monthly storage cost:")
     for row in d["monthly_cost"].values():
         click.echo(f"  {row['label']:34} ${row['usd_per_month']:.4f}/month  "

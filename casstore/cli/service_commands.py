@@ -53,7 +53,7 @@ def _when(timestamp: float | None, now: float) -> str:
 def status(ctx, repository, max_age, as_json):
     """Show the last snapshot, sync and scheduled run, and the next run."""
     s = settings(ctx, repository)
-    limit = parse_duration(max_age) if max_age else None
+    limit = parse_duration(max_age, what="--max-age") if max_age else None
     now = time.time()
     doc = service_status(s, _snapshots(s), now=now)
     reasons = stale_reasons(doc, limit, now) if limit is not None else []

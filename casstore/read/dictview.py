@@ -6,12 +6,19 @@ name. On a clash the directory wins, then `.json`, then `.jsonl`; the losers kee
 names (a file literally named `name` keeps `name` too, so no entry is ever hidden). Nothing is
 read until a key is accessed, so a 5 GB snapshot need not fit in memory; `materialize()` turns
 the whole thing into plain dicts.
+
+The JSON-ready form (`to_dict(json_ready=True)`, and what the HTTP API streams) is plain dicts that
+`json.dumps` writes as standard JSON: a file that is not JSON (or does not parse) appears as a
+reference {"$file": path, "size": n} (plus "error" for a .json that does not parse), never as bytes,
+and NaN, Infinity, -Infinity and numbers beyond a double's range (1e999) become None (null), as
+JavaScript's JSON.stringify writes them, so `JSON.parse` and strict parsers accept every document.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator, Mapping
 
 from casstore.format.tree import Entry, EntryType
@@ -22,8 +29,9 @@ _RANK = {"dir": 0, "json": 1, "jsonl": 2}
 
 
 class LazyDir(Mapping):
-    def __init__(self, snapshot, tree_id: bytes, path: str) -> None:
+    def __init__(self, snapshot, tree_id: bytes, path: str, json_ready: bool = False) -> None:
         self._snapshot, self._tree_id, self._path = snapshot, tree_id, path
+        self._json_ready = json_ready
         self._keys: dict[str, Entry] | None = None
         self._values: dict[str, object] = {}
 
@@ -51,9 +59,11 @@ class LazyDir(Mapping):
         name = entry.name.decode("utf-8", "surrogateescape")
         path = f"{self._path}/{name}" if self._path else name
         if entry.type is EntryType.DIR:
-            return LazyDir(self._snapshot, entry.subtree, path)
+            return LazyDir(self._snapshot, entry.subtree, path, self._json_ready)
         if entry.type is not EntryType.FILE:
             return None
+        if self._json_ready:
+            return json_ready_file(self._snapshot, path, entry.size)
         data = self._snapshot.read_bytes(path)
         return _parse(path, name, data)
 
@@ -64,14 +74,14 @@ class LazyDir(Mapping):
 class SnapshotDict(Mapping):
     """{'snapshot_id', 'timestamp', 'host', 'tags', 'data_sources'} with a lazy data_sources."""
 
-    def __init__(self, snapshot) -> None:
+    def __init__(self, snapshot, json_ready: bool = False) -> None:
         self._items = {
             "snapshot_id": snapshot.id,
             "backup_id": snapshot.id,
             "timestamp": snapshot.time.isoformat(),
             "host": snapshot.manifest.host,
             "tags": list(snapshot.manifest.tags),
-            "data_sources": LazyDir(snapshot, snapshot.manifest.tree, ""),
+            "data_sources": LazyDir(snapshot, snapshot.manifest.tree, "", json_ready),
         }
 
     def __getitem__(self, key: str) -> object:
@@ -89,6 +99,45 @@ class SnapshotDict(Mapping):
 
 def snapshot_dict(snapshot) -> SnapshotDict:
     return SnapshotDict(snapshot)
+
+
+def json_ready_dict(snapshot) -> dict:
+    """The whole snapshot as plain dicts that json.dumps writes as standard JSON (module docstring)."""
+    return SnapshotDict(snapshot, json_ready=True).materialize()
+
+
+def json_ready_file(snapshot, path: str, size: int) -> object:
+    """A .json/.jsonl file parsed (non-finite numbers as None); any other file as a reference."""
+    if not path.endswith((".json", ".jsonl")):
+        return file_ref(path, size)
+    try:
+        return parse_json_file(path, snapshot.read_bytes(path), json_ready=True)
+    except ValueError:      # UnicodeDecodeError is one
+        return file_ref(path, size, error="does not parse as JSON")
+
+
+def file_ref(path: str, size: int, error: str | None = None) -> dict:
+    ref: dict = {"$file": path, "size": size}
+    if error:
+        ref["error"] = error
+    return ref
+
+
+def _finite_or_none(text: str) -> float | None:
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+# json.loads hooks of the JSON-ready form: NaN/Infinity/-Infinity and overflowing numbers -> None
+_JSON_READY = {"parse_constant": lambda _name: None, "parse_float": _finite_or_none}
+
+
+def parse_json_file(name: str, data: bytes, *, json_ready: bool = False) -> object:
+    """A .json file's value or a .jsonl file's list of records; ValueError when it does not parse."""
+    hooks: dict = _JSON_READY if json_ready else {}
+    if name.endswith(".jsonl"):
+        return [json.loads(line, **hooks) for line in data.splitlines() if line.strip()]
+    return json.loads(data, **hooks)
 
 
 def _kind(entry: Entry) -> tuple[str, str]:
@@ -116,10 +165,8 @@ def _assign_keys(entries: list[Entry]) -> dict[str, Entry]:
 
 def _parse(path: str, name: str, data: bytes) -> object:
     try:
-        if name.endswith(".jsonl"):
-            return [json.loads(line) for line in data.splitlines() if line.strip()]
-        if name.endswith(".json"):
-            return json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+        if name.endswith((".json", ".jsonl")):
+            return parse_json_file(name, data)
+    except ValueError as exc:
         log.warning("%s does not parse as JSON (%s); returned as bytes", path, exc)
     return data

@@ -18,10 +18,11 @@ class Change:
     type: str
     old_size: int | None
     new_size: int | None
+    what: tuple[str, ...] = ()     # modified/metadata: which of content, target, size, mode, mtime, owner
 
     def as_dict(self) -> dict:
         return {"change": self.kind, "path": self.path, "type": self.type,
-                "old_size": self.old_size, "new_size": self.new_size}
+                "old_size": self.old_size, "new_size": self.new_size, "what": list(self.what)}
 
 
 def diff_snapshots(old, new) -> list[Change]:
@@ -45,7 +46,7 @@ def _diff_tree(old, new, old_tree: bytes | None, new_tree: bytes | None, prefix:
 def _diff_entry(old, new, a: Entry | None, b: Entry | None, path: str, out: list[Change]) -> None:
     if a is not None and b is not None and a.type is EntryType.DIR and b.type is EntryType.DIR:
         if _meta(a) != _meta(b):
-            out.append(Change("metadata", path + "/", "dir", None, None))
+            out.append(Change("metadata", path + "/", "dir", None, None, _what(a, b)))
         _diff_tree(old, new, a.subtree, b.subtree, path, out)
         return
     if a is None or b is None or a.type is not b.type:
@@ -55,9 +56,9 @@ def _diff_entry(old, new, a: Entry | None, b: Entry | None, path: str, out: list
             _removed_or_added(new, b, path, "added", out)
         return
     if a.content != b.content or a.size != b.size:
-        out.append(Change("modified", path, b.type.value, a.size, b.size))
+        out.append(Change("modified", path, b.type.value, a.size, b.size, _what(a, b)))
     elif _meta(a) != _meta(b):
-        out.append(Change("metadata", path, b.type.value, a.size, b.size))
+        out.append(Change("metadata", path, b.type.value, a.size, b.size, _what(a, b)))
 
 
 def _removed_or_added(snapshot: Snapshot, entry: Entry, path: str, kind: str, out: list[Change]) -> None:
@@ -67,6 +68,14 @@ def _removed_or_added(snapshot: Snapshot, entry: Entry, path: str, kind: str, ou
         for child in snapshot.tree(entry.subtree):
             name = child.name.decode("utf-8", "surrogateescape")
             _removed_or_added(snapshot, child, f"{path}/{name}", kind, out)
+
+
+def _what(a: Entry, b: Entry) -> tuple[str, ...]:
+    """The aspects that differ, in a fixed order; a symlink's content is its target."""
+    content = "target" if b.type is EntryType.SYMLINK else "content"
+    differs = {content: b.type is not EntryType.DIR and a.content != b.content, "size": a.size != b.size,
+               "mode": a.mode != b.mode, "mtime": a.mtime_ns != b.mtime_ns, "owner": (a.uid, a.gid) != (b.uid, b.gid)}
+    return tuple(name for name, changed in differs.items() if changed)
 
 
 def _meta(e: Entry) -> tuple:

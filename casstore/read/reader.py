@@ -14,7 +14,7 @@ from casstore.errors import CasstoreError, IntegrityError
 from casstore.format.pack import KIND_DATA, KIND_TREE
 from casstore.format.tree import Entry, EntryType
 from casstore.format.walk import VisitBudget, load_tree_chain
-from casstore.read.dictview import snapshot_dict
+from casstore.read.dictview import json_ready_dict, snapshot_dict
 from casstore.repo.core import RepoCore, SnapshotInfo
 
 
@@ -33,6 +33,7 @@ class FileInfo:
     size: int
     mtime: datetime
     mode: int
+    target: str | None = None     # a symlink's target
 
 
 class Snapshot:
@@ -105,7 +106,7 @@ class Snapshot:
             name = e.name.decode("utf-8", "surrogateescape")
             rel = f"{prefix}/{name}" if prefix else name
             yield FileInfo(rel, name, e.type.value, e.size, datetime.fromtimestamp(e.mtime_ns / 1e9).astimezone(),
-                           e.mode)
+                           e.mode, _link_target(e))
             if e.type is EntryType.DIR:
                 yield from self._walk(e.subtree, rel, budget)
 
@@ -131,9 +132,18 @@ class Snapshot:
     def read_json(self, path: str) -> object:
         return json.loads(self.read_bytes(path))
 
-    def to_dict(self):
-        """The seed's shape: {'snapshot_id', 'timestamp', 'data_sources': {...}}, read lazily."""
-        return snapshot_dict(self)
+    def to_dict(self, json_ready: bool = False):
+        """The seed's shape: {'snapshot_id', 'timestamp', 'data_sources': {...}}, read lazily.
+
+        json_ready=True: plain dicts, read whole, that `json.dumps` writes as standard JSON (files
+        that are not JSON as {"$file": path, "size": n} references; NaN and Infinity as None)."""
+        return json_ready_dict(self) if json_ready else snapshot_dict(self)
+
+
+def _link_target(entry: Entry) -> str | None:
+    if entry.type is not EntryType.SYMLINK or not isinstance(entry.content, bytes):
+        return None
+    return entry.content.decode("utf-8", "surrogateescape")
 
 
 class ChunkedFile(io.RawIOBase):

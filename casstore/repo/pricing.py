@@ -18,11 +18,30 @@ PRICES: dict[str, tuple[str, float, float, float]] = {
 }
 
 
-def monthly_storage_cost(stored_bytes: int) -> dict[str, dict]:
-    """Estimated monthly cost of keeping `stored_bytes` with each provider."""
+NO_PRICE = "no provider price for a local directory"
+
+
+def monthly_storage_cost(stored_bytes: int, where: str | None = None) -> dict[str, dict]:
+    """Estimated monthly cost of keeping `stored_bytes` with each provider; none when `where` (the
+    URL of the storage being priced) is a directory (file://): no cloud price applies there.
+    `where` None (no remote configured yet) gives every provider's price, as what it would cost."""
+    if where is not None and is_directory(where):
+        return {}
     return {
         provider: {"label": label, "usd_per_month": round(stored_bytes / GB * per_gb, 4),
                    "usd_per_gb_month": per_gb, "prices_as_of": PRICES_AS_OF}
         for provider, (label, per_gb, _, _) in PRICES.items()
     }
 
+
+
+def is_directory(url: str) -> bool:
+    """A file:// URL or a plain path: storage no provider bills."""
+    scheme = url.split("://", 1)[0] if "://" in url else "file"
+    return scheme == "file"
+
+
+def priced_location(location: str, is_local: bool, configured_remote: str | None) -> str | None:
+    """What a repository's storage cost depends on: a remote's own URL; for the local repository,
+    where its off-site copy goes (the configured remote), or None (no remote: every provider)."""
+    return configured_remote if is_local else location

@@ -39,6 +39,7 @@ MAX_LINK_GROUPS = 512   # hard-link groups restored as links (each keeps a direc
 PREFETCH_WINDOW = 8   # chunks decoded ahead per directory (bounds memory: at most 8 x the max chunk size)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+EXISTING_SHOWN = 20
 
 
 @dataclass
@@ -50,14 +51,17 @@ class RestoreResult:
     skipped: int = 0
     dry_run: bool = False
     errors: list[str] = field(default_factory=list)
+    existing: int = 0        # files left alone because they exist (--overwrite never): one summary, not N errors
+    existing_paths: list[str] = field(default_factory=list)   # the first EXISTING_SHOWN of them
 
     @property
     def ok(self) -> bool:
-        return not self.errors
+        return not self.errors and not self.existing
 
     def as_dict(self) -> dict:
         return {"files": self.files, "dirs": self.dirs, "symlinks": self.symlinks, "bytes": self.bytes,
-                "skipped": self.skipped, "dry_run": self.dry_run, "errors": self.errors, "ok": self.ok}
+                "skipped": self.skipped, "dry_run": self.dry_run, "errors": self.errors,
+                "existing": self.existing, "existing_paths": self.existing_paths, "ok": self.ok}
 
 
 def safe_name(name: bytes) -> bool:
@@ -206,7 +210,9 @@ class Restorer:
             self._error(path, "a directory is in the way")
             return False
         if self.overwrite == "never":
-            self._error(path, "exists (use --overwrite if-changed or always)")
+            self.result.existing += 1
+            if len(self.result.existing_paths) < EXISTING_SHOWN:
+                self.result.existing_paths.append(path)
             return False
         if self.overwrite == "if-changed" and stat.S_ISREG(existing.st_mode) \
                 and (existing.st_size, existing.st_mtime_ns) == (entry.size, entry.mtime_ns):

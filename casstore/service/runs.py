@@ -25,12 +25,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from casstore.errors import CasstoreError, LockError, SourceError
+from casstore.errors import CasstoreError, LockError
 from casstore.fsio.durable import FileSystem, write_durably
 from casstore.gc.retention import apply_retention, policy_from_settings
 from casstore.repo.core import RepoCore
 from casstore.repo.open import open_as
 from casstore.settings import Settings
+from casstore.snapshot.source import check_source
 
 log = logging.getLogger(__name__)
 NOTIFY_TIMEOUT = 60.0
@@ -227,8 +228,7 @@ class RunBusy(LockError):
 
 
 def snapshot_step(repo: RepoCore, settings: Settings) -> dict:
-    if not os.path.isdir(settings.source):
-        raise SourceError(f"source directory {settings.source} does not exist (set CASSTORE_SOURCE)")
+    check_source(settings.source, hint="set CASSTORE_SOURCE")
     from casstore.snapshot.builder import take_snapshot  # lazy: start-up time of `casstore status`
 
     with repo.locked():

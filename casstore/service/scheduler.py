@@ -88,9 +88,11 @@ Schedule = IntervalSchedule | CronSchedule
 
 
 def parse_schedule(text: str) -> Schedule:
-    """'24h', 'every 6h', '0 3 * * *' or '@daily' -> a schedule."""
+    """'24h', 'every 6h', '0 3 * * *' or '@daily' -> a schedule; a bare number ('24') is refused."""
     text = " ".join(str(text).split())
     body = text[6:] if text.lower().startswith("every ") else text
+    if body.replace(".", "", 1).isdigit():
+        parse_duration(body, what="schedule")   # raises: did you mean 24h?
     try:
         seconds = parse_duration(body)
     except ConfigError:

@@ -239,6 +239,7 @@ class SnapshotBuilder:
         if item.reuse is not None:
             job.chunk_ids = item.reuse
             self.summary.files_unchanged += 1
+            self.progress(job.st.st_size)   # progress counts the whole source, read or reused
             self._keep(item, job, jobs)
         elif self._reads_on_side(item, job) and self._side_idle.acquire(blocking=False):
             _ = self.chunker       # made here, on the walk's thread, so never twice
@@ -399,6 +400,7 @@ def take_snapshot(repo: RepoCore, source: str, *, tags: tuple[str, ...] = (), ex
         gc.unfreeze()
         builder.store.close()
     summary = builder.summary
+    summary.repository_bytes = repo.stored_bytes()
     summary.duration_ms = (time.time_ns() - builder.start_ns) // 1_000_000
     parent = _parent(repo, builder)
     manifest = SnapshotManifest(time_ns=builder.start_ns, host=repo.settings.host, source=builder.source,

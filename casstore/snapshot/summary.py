@@ -21,6 +21,9 @@ class SnapshotSummary:
     changed_during_read: int = 0
     errors: list[str] = field(default_factory=list)
     duration_ms: int = 0
+    # the repository's stored bytes (packs, indexes, manifests) once this snapshot's data was written:
+    # the dashboard's size history, which must not shrink when retention forgets older snapshots
+    repository_bytes: int = 0
 
     def as_dict(self) -> dict:
         doc = asdict(self)

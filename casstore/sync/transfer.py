@@ -101,6 +101,7 @@ def sync_to_remote(repo: RepoCore, remote: str | Remote | None = None, *, dry_ru
         report.blobs_missing = len(missing)
         report.bytes_missing, report.bytes_missing_stored = copier.sizes(missing)
         report.requests_planned = _planned_puts(report, repo.config.pack_size)
+        announce_total(progress, report.bytes_missing)
         if not dry_run:
             _copy(copier, todo, blobs, missing)
             state.journal_clear()
@@ -113,6 +114,13 @@ def sync_to_remote(repo: RepoCore, remote: str | Remote | None = None, *, dry_ru
     finally:
         copier.close()
     return _finish(report, counting, started, _stored_bytes(dst) + report.bytes_missing_stored * dry_run)
+
+
+def announce_total(progress: Callable[[int], None] | None, total: int) -> None:
+    """Tell a progress callback that has `set_total` (the CLI's bar) how many bytes will come."""
+    set_total = getattr(progress, "set_total", None)
+    if set_total is not None:
+        set_total(total)
 
 
 def _planned_puts(report: SyncReport, pack_size: int) -> int:
@@ -147,7 +155,7 @@ def _finish_pending(copier: Copier, state: SyncState, on_remote: set[str], dry_r
 def _finish(report: SyncReport, counting, started: float, stored_bytes: int) -> SyncReport:
     report.requests = counting.total()
     report.seconds = round(time.monotonic() - started, 3)
-    report.monthly_cost_after = monthly_storage_cost(stored_bytes)
+    report.monthly_cost_after = monthly_storage_cost(stored_bytes, where=report.destination)
     return report
 
 
@@ -174,6 +182,7 @@ def pull_from_remote(repo: RepoCore, remote: str | Remote | None = None, *, snap
         missing = copier.missing(blobs)
         report.snapshots, report.blobs_missing = todo, len(missing)
         report.bytes_missing, report.bytes_missing_stored = copier.sizes(missing)
+        announce_total(progress, report.bytes_missing)
         copier.upload(missing)
         copier.flush()
         for snapshot_id in todo:

@@ -1,0 +1,125 @@
+"""history, find and the value diff's printing: questions asked across snapshots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import click
+
+from casstore.cli.common import emit, json_option, open_repo, repo_option
+from casstore.cli.read_commands import _host_options, remote_option
+
+VALUE_WIDTH = 100
+
+
+@click.command()
+@click.argument("path")
+@click.option("--key", "-k", metavar="A.B.C", help="A key path inside the JSON file (list indexes as numbers).")
+@click.option("--since", metavar="TIME", help="Only snapshots at or after TIME (2026-02-07, ISO time, or 30d).")
+@click.option("--limit", "-n", type=click.IntRange(min=1), help="Only the newest N rows.")
+@repo_option
+@remote_option
+@_host_options
+@json_option
+@click.option("--csv", "as_csv", is_flag=True, help="Print the rows as CSV (value as JSON).")
+@click.pass_context
+def history(ctx, path, key, since, limit, repository, remote, host, all_hosts, as_json, as_csv):
+    """One row per snapshot where the file PATH (or the value at --key) changed, oldest first."""
+    from casstore.read.history import parse_since
+
+    with open_repo(ctx, repository, remote=remote) as repo:
+        rows = repo.history(path, key, since=parse_since(since) if since else None, limit=limit, host=host,
+                            all_hosts=all_hosts)
+    if as_csv:
+        _print_csv([r.as_dict() for r in rows], ("time", "snapshot_id", "change", "value", "size"))
+        return
+    emit(as_json, [r.as_dict() for r in rows], lambda: _print_history(rows))
+
+
+def _print_history(rows) -> None:
+    click.echo(f"{'TIME (local)':19}  {'ID':8}  {'CHANGE':7}  VALUE")
+    for row in rows:
+        click.echo(f"{row.time.astimezone().strftime('%Y-%m-%d %H:%M:%S')}  {row.snapshot_id[:8]}  "
+                   f"{row.change:7}  {_short(row.value) if row.change != 'removed' else '-'}")
+    click.echo(f"{len(rows)} rows")
+
+
+def _short(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= VALUE_WIDTH else text[:VALUE_WIDTH - 3] + "..."
+
+
+def _print_csv(rows: list[dict], columns: tuple[str, ...]) -> None:
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row[c]) for c in columns])
+
+
+def _cell(value: object) -> object:
+    if value is None or isinstance(value, int | float | str):
+        return "" if value is None else value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def value_diff(ctx: click.Context, old_id: str, new_id: str, path: str, repository: str | None, remote: str | None,
+               as_json: bool) -> None:
+    """`casstore diff A B [PATH] --values`: key paths added, removed and changed in JSON files."""
+    from casstore.read.jsondiff import diff_snapshot_values
+
+    with open_repo(ctx, repository, remote=remote) as repo:
+        diffs = diff_snapshot_values(repo.get(old_id), repo.get(new_id), path)
+    emit(as_json, [d.as_dict() for d in diffs], lambda: _print_value_diff(diffs))
+
+
+MARKS = {"added": "+", "removed": "-", "changed": "M", "appended": "+", "truncated": "-"}
+
+
+def _print_value_diff(diffs) -> None:
+    for d in diffs:
+        click.echo(f"{d.path} ({d.status}, {len(d.changes)} changes)")
+        for c in d.changes:
+            key = c["key"] or "(whole document)"
+            if c["op"] == "changed":
+                click.echo(f"  M {key}: {_short(c['old'])} -> {_short(c['new'])}")
+            else:
+                click.echo(f"  {MARKS[c['op']]} {key}: {_short(c['new'] if c['new'] is not None else c['old'])}"
+                           + ("  (appended)" if c["op"] == "appended" else ""))
+    click.echo(f"{len(diffs)} JSON files differ")
+
+
+@click.command()
+@click.argument("pattern")
+@click.option("--path-only", is_flag=True, help="Print each matching path once, not per snapshot.")
+@repo_option
+@remote_option
+@_host_options
+@json_option
+@click.pass_context
+def find(ctx, pattern, path_only, repository, remote, host, all_hosts, as_json):
+    """Snapshots and paths whose name matches the glob PATTERN (with a '/': the whole path)."""
+    with open_repo(ctx, repository, remote=remote) as repo:
+        found = repo.find(pattern, host=host, all_hosts=all_hosts)
+    if path_only:
+        paths = sorted({f.path for f in found})
+        emit(as_json, paths, lambda: [click.echo(p) for p in paths])
+        return
+    emit(as_json, [f.as_dict() for f in found], lambda: _print_found(found))
+
+
+def _print_found(found) -> None:
+    from itertools import groupby
+
+    from casstore.cli.common import human
+
+    for snapshot_id, group in groupby(found, key=lambda f: f.snapshot_id):
+        rows = list(group)
+        click.echo(f"{len(rows)} in snapshot {snapshot_id[:8]} from "
+                   f"{rows[0].time.astimezone().strftime('%Y-%m-%d %H:%M:%S')}")
+        for f in rows:
+            size = human(f.size) if f.type == "file" else ""
+            click.echo(f"  {f.path}{'/' if f.type == 'dir' else ''}  {size}".rstrip())
+    click.echo(f"{len(found)} matches in {len({f.snapshot_id for f in found})} snapshots")
