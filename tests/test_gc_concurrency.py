@@ -383,6 +383,7 @@ def _sweep_between_index_and_plan_listings(monkeypatch, resume: threading.Event,
 # -- many hosts syncing into one S3 bucket while gc runs, some writers stopped past the grace ---
 # (orchestration in tests/gc_soak.py, the processes in tests/gc_soak_driver.py)
 
+@pytest.mark.timeout(600)   # a soak: minutes by design (the suite default is 120 s)
 def test_soak_writers_and_gc_on_seaweedfs_with_sigstop_across_sweeps(seaweed_server, tmp_path):
     """Three writer processes and gc every 1-3 s on SeaweedFS (S3) with a repository grace of 20 s;
     writers held stopped more than two grace periods (at pause points, and by SIGSTOP at a random

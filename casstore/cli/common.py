@@ -38,6 +38,27 @@ def emit(as_json: bool, payload: object, text: Callable[[], None]) -> None:
         text()
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: object) -> str:
+    """`text` safe for a terminal: control characters (C0, DEL, C1) and undecodable bytes (lone
+    surrogates from surrogateescape) as escapes, so a hostile file name cannot move the cursor,
+    retitle the terminal or hide another line of the listing (issue 13, case 12)."""
+    return "".join(_escape(c) for c in str(text))
+
+
+def _escape(c: str) -> str:
+    code = ord(c)
+    if code < 0x20 or 0x7F <= code < 0xA0:
+        return _ESCAPES.get(c, f"\\x{code:02x}")
+    if 0xDC80 <= code <= 0xDCFF:            # a byte that was not UTF-8
+        return f"\\x{code - 0xDC00:02x}"
+    if 0xD800 <= code <= 0xDFFF:
+        return f"\\u{code:04x}"
+    return c
+
+
 def human(n: int | float | None) -> str:
     if n is None:
         return "-"

@@ -19,7 +19,7 @@ def import_legacy(ctx, where, repository, as_json):
 
     Each becomes a snapshot with its original time, tagged with its old id; corrupt files are
     reported and skipped; backups imported before are left alone."""
-    from casstore.client import open_repository
+    from casstore.client import open_repository  # lazy: the operations are not needed for --help
 
     with open_repository(settings(ctx, repository), create=True) as repo:
         report = repo.import_legacy(where)

@@ -49,11 +49,20 @@ def encode_plan_verified(plan: GcPlan) -> bytes:
 def decode_plan(body: bytes) -> GcPlan:
     try:
         doc = msgpack.unpackb(body)
+        if not isinstance(doc, dict):
+            raise ValueError("not a map")
         if doc.get("version") != PLAN_VERSION:
             raise FormatError(f"unsupported gc plan version {doc.get('version')}")
-        return GcPlan(list(doc["condemned_packs"]), list(doc["superseded_indexes"]), str(doc.get("host", "")))
+        return GcPlan(_names(doc["condemned_packs"]), _names(doc["superseded_indexes"]), str(doc.get("host", "")))
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
         raise FormatError(f"corrupt gc plan: {exc}") from exc
+
+
+def _names(value: object) -> list[str]:
+    """A plan's list of object names (found by fuzzing: anything else was accepted or crashed)."""
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise ValueError("object names must be a list of strings")
+    return list(value)
 
 
 def list_plan_keys(remote: Remote) -> list[str]:
