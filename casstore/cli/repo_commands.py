@@ -43,7 +43,8 @@ def init(ctx, repository, chunk_avg, chunk_min, chunk_max, pack_size, from_url, 
         config = adopted_config(from_url, s)
     else:
         config = RepoConfig.new(min_size=chunk_min, avg_size=chunk_avg, max_size=chunk_max,
-                                pack_size=pack_size or DEFAULT_PACK_SIZE, compression_level=s.compression_level or 3)
+                                pack_size=pack_size or DEFAULT_PACK_SIZE, compression_level=s.compression_level or 3,
+                                grace_seconds=s.grace_seconds)
     repo = init_repository(s, config)
     payload = {"repository": repo.location, "id": config.id, "chunker": {k: v for k, v in config.chunker.items()
                                                                         if k != "seed"}}
