@@ -26,6 +26,7 @@ from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -83,8 +84,6 @@ ERROR_SCHEMA = {"title": "Error", "type": "object", "required": ["success", "err
 
 def _describe_errors(app: FastAPI) -> None:
     """The OpenAPI description says what the 422 handler sends: the one error shape, not FastAPI's."""
-    from fastapi.openapi.utils import get_openapi
-
     def openapi() -> dict:
         if app.openapi_schema is None:
             spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)

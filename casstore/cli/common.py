@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -16,6 +17,20 @@ from casstore.settings import Settings, load_settings
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON for scripts.")
 repo_option = click.option("--repo", "repository", metavar="PATH",
                            help="Local repository (default: CASSTORE_REPOSITORY or ./.casstore).")
+# the read commands' options, shared by read_commands and query_commands
+remote_option = click.option("--remote", "--from", "remote", metavar="URL",
+                             help="Read from this remote repository instead of the local one.")
+host_options = [
+    click.option("--host", help="Snapshots of this host (default: this host's (CASSTORE_HOST or the hostname) "
+                                "when it has any, else every host's)."),
+    click.option("--all-hosts", is_flag=True, help="Snapshots of every host."),
+]
+
+
+def _host_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(host_options):
+        fn = option(fn)
+    return fn
 
 
 def settings(ctx: click.Context, repository: str | None = None, **overrides: Any) -> Settings:
@@ -113,8 +128,6 @@ class Progress:
 def estimate_total(progress: Progress, repo: Repository, source: str) -> None:
     """Give a snapshot's bar its total: the bytes of this host's last snapshot of `source`, or for a
     first snapshot a quick scan's (file sizes, in a background thread, so nothing waits for it)."""
-    import os
-
     if not progress.shown:
         return
     source = os.path.abspath(source)
@@ -128,8 +141,6 @@ def estimate_total(progress: Progress, repo: Repository, source: str) -> None:
 
 def _tree_bytes(root: str) -> int:
     """Sizes of the regular files below `root` (excludes are not applied: an estimate)."""
-    import os
-
     total, stack = 0, [root]
     while stack:
         try:

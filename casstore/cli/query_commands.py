@@ -9,8 +9,7 @@ from itertools import groupby
 
 import click
 
-from casstore.cli.common import emit, human, json_option, open_repo, repo_option
-from casstore.cli.read_commands import _host_options, remote_option
+from casstore.cli.common import _host_options, emit, human, json_option, open_repo, remote_option, repo_option
 from casstore.cli.values_view import short_value
 
 

@@ -7,22 +7,18 @@ from datetime import datetime
 
 import click
 
-from casstore.cli.common import Progress, emit, human, json_option, open_repo, printable, repo_option
+from casstore.cli.common import (
+    Progress,
+    _host_options,
+    emit,
+    human,
+    json_option,
+    open_repo,
+    printable,
+    remote_option,
+    repo_option,
+)
 from casstore.read.diff import diff_snapshots
-
-remote_option = click.option("--remote", "--from", "remote", metavar="URL",
-                             help="Read from this remote repository instead of the local one.")
-host_options = [
-    click.option("--host", help="Snapshots of this host (default: this host's (CASSTORE_HOST or the hostname) "
-                                "when it has any, else every host's)."),
-    click.option("--all-hosts", is_flag=True, help="Snapshots of every host."),
-]
-
-
-def _host_options(fn):
-    for option in reversed(host_options):
-        fn = option(fn)
-    return fn
 
 
 @click.command("list")

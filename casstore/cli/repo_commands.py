@@ -51,7 +51,8 @@ def init(ctx, repository, chunk_avg, chunk_min, chunk_max, pack_size, from_url, 
         remove_empty_local(s)
     chosen = any(v is not None for v in (chunk_avg, chunk_min, chunk_max, pack_size))
     proposed = RepoConfig.new(min_size=chunk_min, avg_size=chunk_avg, max_size=chunk_max,
-                              pack_size=pack_size or DEFAULT_PACK_SIZE, compression_level=s.compression_level or 3)
+                              pack_size=pack_size or DEFAULT_PACK_SIZE, compression_level=s.compression_level or 3,
+                              grace_seconds=s.grace_seconds)
     if from_url:
         config = adopted_config(from_url, s)
     elif s.remote and not layout.is_local_repository(s.repository):

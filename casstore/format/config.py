@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from casstore.errors import FormatError, IncompatibleRepository
+from casstore.errors import ConfigError, FormatError, IncompatibleRepository, IntegrityError
 
 if TYPE_CHECKING:
     from casstore.chunker import Chunker
@@ -19,6 +19,10 @@ KiB, MiB = 1024, 1024 * 1024
 DEFAULT_CHUNK_SIZES = {"min_size": 256 * KiB, "avg_size": 1 * MiB, "max_size": 8 * MiB}
 DEFAULT_PACK_SIZE = 16 * MiB
 DEFAULT_COMPRESSION_LEVEL = 3
+#: the grace period of a repository whose config predates the setting (design 9)
+DEFAULT_GRACE_SECONDS = 24 * 3600
+#: the shortest grace period a repository may be created with: a writer checkpoints every quarter
+MIN_GRACE_SECONDS = 10
 # The format's stated ranges (DESIGN.md, config). A config outside them is refused when the
 # repository is opened: a hostile `max_size = 2**40` would otherwise let 1 GiB blobs in, and a
 # huge `pack_size` would size every pack buffer.
@@ -36,10 +40,14 @@ class RepoConfig:
         default_factory=lambda: {"algorithm": "zstd", "level": DEFAULT_COMPRESSION_LEVEL})
     encryption: dict[str, Any] | None = None
     version: int = FORMAT_VERSION
+    #: gc's grace period on a shared remote, fixed at init like the chunker: every writer and every
+    #: gc host uses this one, so no host's setting can make gc delete what a writer still protects
+    grace_seconds: int = DEFAULT_GRACE_SECONDS
 
     @classmethod
     def new(cls, *, min_size: int | None = None, avg_size: int | None = None, max_size: int | None = None,
-            pack_size: int = DEFAULT_PACK_SIZE, compression_level: int = DEFAULT_COMPRESSION_LEVEL) -> RepoConfig:
+            pack_size: int = DEFAULT_PACK_SIZE, compression_level: int = DEFAULT_COMPRESSION_LEVEL,
+            grace_seconds: float = DEFAULT_GRACE_SECONDS) -> RepoConfig:
         avg = avg_size or DEFAULT_CHUNK_SIZES["avg_size"]
         lo = min_size or (DEFAULT_CHUNK_SIZES["min_size"] if avg_size is None else max(64, avg // 4))
         hi = max_size or (DEFAULT_CHUNK_SIZES["max_size"] if avg_size is None else min(16 * MiB, avg * 8))
@@ -47,8 +55,10 @@ class RepoConfig:
 
         _check_sizes({"min_size": lo, "avg_size": avg, "max_size": hi}, pack_size, compression_level)
         chunker = FastCDCChunker(lo, avg, hi, new_seed())
+        if grace_seconds < MIN_GRACE_SECONDS:
+            raise ConfigError(f"a grace period shorter than {MIN_GRACE_SECONDS} s is not safe for writers")
         return cls(id=os.urandom(16).hex(), chunker=chunker.params(), pack_size=pack_size,
-                   compression={"algorithm": "zstd", "level": compression_level})
+                   compression={"algorithm": "zstd", "level": compression_level}, grace_seconds=int(grace_seconds))
 
     def make_chunker(self) -> Chunker:
         """The chunker these parameters describe (imported on first use: it is a compiled module)."""
@@ -65,6 +75,13 @@ class RepoConfig:
         body: bytes = msgpack.packb(asdict(self))
         return body
 
+    def encode_verified(self) -> bytes:
+        """The encoding, decoded back before it leaves the process (design 5.5)."""
+        body = self.encode()
+        if RepoConfig.decode(body) != self:
+            raise IntegrityError("internal error: the repository config does not decode to what was encoded")
+        return body
+
     @classmethod
     def decode(cls, body: bytes) -> RepoConfig:
         try:
@@ -76,6 +93,8 @@ class RepoConfig:
             config = cls(**doc)
             _check_chunker(config.chunker)
             _check_rest(config)
+            if not isinstance(config.grace_seconds, int) or config.grace_seconds < MIN_GRACE_SECONDS:
+                raise FormatError(f"bad grace period in repository config: {config.grace_seconds!r}")
         except (TypeError, ValueError, KeyError, msgpack.UnpackException) as exc:
             raise FormatError(f"corrupt repository config: {exc}") from exc
         return config

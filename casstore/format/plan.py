@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from casstore.errors import FormatError, ObjectNotFound
+from casstore.errors import FormatError, IntegrityError, ObjectNotFound
 from casstore.format.layout import GC_PREFIX, is_plan_key
 from casstore.remotes.base import Remote
 
@@ -34,6 +34,16 @@ class GcPlan:
                                      "condemned_packs": sorted(self.condemned_packs),
                                      "superseded_indexes": sorted(self.superseded_indexes)})
         return body
+
+
+def encode_plan_verified(plan: GcPlan) -> bytes:
+    """A plan's bytes, decoded back before they leave the process (design 5.5)."""
+    body = plan.encode()
+    back = decode_plan(body)
+    if (sorted(back.condemned_packs), sorted(back.superseded_indexes)) != (
+            sorted(plan.condemned_packs), sorted(plan.superseded_indexes)):
+        raise IntegrityError("internal error: a gc plan does not decode to what was encoded")
+    return body
 
 
 def decode_plan(body: bytes) -> GcPlan:

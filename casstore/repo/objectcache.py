@@ -33,7 +33,7 @@ from typing import TypeVar
 import blake3
 
 from casstore.errors import FormatError, IntegrityError, ShortRead
-from casstore.format import layout
+from casstore.format import codec, layout
 from casstore.fsio.private import make_dirs, open_private
 
 log = logging.getLogger(__name__)
@@ -315,8 +315,6 @@ def parse_blob_name(name: str) -> tuple[int, bytes, int] | None:
 
 def entry_problem(entry: CacheEntry) -> str | None:
     """Why a cache entry is unsound (its bytes do not match its name), or None when it is sound."""
-    from casstore.format import codec
-
     try:
         with open(entry.path, "rb") as fh:
             body = fh.read()

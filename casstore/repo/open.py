@@ -92,7 +92,8 @@ def adopt_or_share(settings: Settings, proposed: RepoConfig | None = None) -> Re
         try:
             existing = read_config(remote)
         except RepositoryNotFound:
-            proposed = proposed or RepoConfig.new(compression_level=settings.compression_level or 3)
+            proposed = proposed or RepoConfig.new(compression_level=settings.compression_level or 3,
+                                                  grace_seconds=settings.grace_seconds)
             return fresh_copy(_create_remote(remote, fresh_copy(proposed)))
     if proposed is not None and proposed.chunker != existing.chunker:
         raise ConfigError(f"{remote.url} already holds a repository with other chunker parameters; "
@@ -129,7 +130,7 @@ def _open_remote(cls: type[R], remote: Remote, settings: Settings, *, create_lik
 def _create_remote(remote: Remote, config: RepoConfig) -> RepoConfig:
     """Write `config` unless another writer created the repository first (then theirs counts)."""
     try:
-        remote.put(layout.CONFIG_KEY, config.encode(), if_absent=True)
+        remote.put(layout.CONFIG_KEY, config.encode_verified(), if_absent=True)
     except ObjectExists:
         config = read_config(remote)
     for warning in remote.setup_warnings():

@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from casstore._testing import pause_point, snapshot_time_ns
-from casstore.errors import SourceError
+from casstore.errors import ConfigError, SourceError
 from casstore.format.pack import KIND_DATA, KIND_TREE
 from casstore.format.snapshot import SnapshotManifest
 from casstore.format.tree import Entry, EntryType, encode_tree_chain
@@ -525,9 +525,18 @@ class SnapshotBuilder:
         self._error(rel.decode("utf-8", "surrogateescape"), f"changed during the snapshot: {what}")
 
 
+def refuse_remote(repo: RepoCore) -> None:
+    """Straight into a shared remote a snapshot would have no checkpoints, confirmation or re-check,
+    so gc could sweep its packs under it (design 9): it is built locally and synced instead."""
+    if repo.local_dir is None:
+        raise ConfigError(f"{repo.location} is a remote repository, which is read-only here: a snapshot is "
+                          "built in a local repository and reaches a remote through `casstore sync`")
+
+
 def take_snapshot(repo: RepoCore, source: str, *, tags: tuple[str, ...] = (), excludes: tuple[str, ...] = (),
                   progress: Callable[[int], None] | None = None) -> SnapshotResult:
     """Snapshot `source` into `repo`: packs, then the index, then the manifest (the commit)."""
+    refuse_remote(repo)
     repo.load_index()
     repo.load_plans()  # blobs only in packs a gc plan condemns count as missing (design 5.4)
     remove_leftovers(repo.remote)   # temp files an earlier killed run left (issue 13, case 11)
@@ -537,6 +546,8 @@ def take_snapshot(repo: RepoCore, source: str, *, tags: tuple[str, ...] = (), ex
     gc.freeze()
     try:
         root = builder.build()
+        builder.store.wait_uploads()
+        pause_point("snapshot-before-index")
         builder.store.flush()
     finally:
         gc.unfreeze()
@@ -548,6 +559,7 @@ def take_snapshot(repo: RepoCore, source: str, *, tags: tuple[str, ...] = (), ex
     manifest = SnapshotManifest(time_ns=snapshot_time_ns(builder.start_ns), host=repo.settings.host,
                                 source=builder.source, tree=root, tags=sorted(set(tags)), parent=parent,
                                 incomplete=bool(summary.errors), summary=summary.as_dict())
+    pause_point("snapshot-before-commit")
     snapshot_id, _ = repo.write_snapshot(manifest)
     if builder.new_cache != builder.old_cache:
         filescache.save(builder.cache_file, builder.new_cache)  # only after the commit

@@ -14,6 +14,7 @@ import os
 import blake3
 import msgpack
 
+from casstore.errors import CasstoreError
 from casstore.format.pack import BlobEntry
 from casstore.fsio.durable import FileSystem, write_durably
 from casstore.fsio.private import make_dirs, open_private
@@ -78,10 +79,21 @@ class SyncState:
             pass
 
 
+class StateError(CasstoreError):
+    """A local record of what went to a remote cannot be read."""
+
+
 def _load(path: str) -> dict:
+    """A state file, or {} when there is none; a damaged one is an error, not "nothing synced":
+    read as empty, it would send snapshots again that were forgotten on the remote (design 8.0)."""
     try:
         with open(path, "rb") as fh:
             doc = msgpack.unpackb(fh.read())
-        return doc if isinstance(doc, dict) else {}
-    except (FileNotFoundError, ValueError, msgpack.UnpackException):
+    except FileNotFoundError:
         return {}
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise StateError(f"the sync record {path} is damaged ({exc}); move it away to start over "
+                         "(snapshots forgotten on the remote would then be sent again)") from exc
+    if not isinstance(doc, dict):
+        raise StateError(f"the sync record {path} is damaged (not a map); move it away to start over")
+    return doc
