@@ -12,7 +12,8 @@ so the bucket ends with host-a's last 30 (days 6-35), which stay until someone f
 host-b's. Every one of them restores, and `check --read-data` on the bucket is clean.
 
 The simulated days are the snapshots' recorded times (CASSTORE_TEST_CLOCK_FILE); the grace period
-is 2 s (a sync needs its checkpoints within half of it), so a gc run sweeps what the previous run condemned.
+is 10 s (the shortest a repository allows), and each scheduled run comes at least that long after
+the previous one, so a gc run sweeps what the previous run condemned.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from tests.sync_helpers import tree_digest
 
 DAY0 = datetime(2026, 1, 1, 3, 0, tzinfo=UTC).timestamp()
 API_DAYS, SCHEDULED_DAYS, B_DAYS = range(1, 34), (34, 35), (36,)
+GRACE = 10.0
+LAST_RUN = [0.0]   # monotonic time of the last scheduled run
 
 SEED_CODE = """
 from casstore import cloud_storage
@@ -72,6 +75,7 @@ def backup_through_api(machine: Machine, port: int, clock: Path, days: range) ->
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             _wait_until_serving(client, server)
+            LAST_RUN[0] = time.monotonic()   # day 1's packs must be a grace period old before gc can condemn them
             for day in days:
                 write_day(machine.dir / "data", day)
                 set_clock(clock, day)
@@ -101,8 +105,10 @@ def _wait_until_serving(client: httpx.Client, server) -> None:
 def scheduled_run(machine: Machine, clock: Path, day: int) -> dict:
     write_day(machine.dir / "data", day)
     set_clock(clock, day)
-    time.sleep(2.1)   # one grace period (CASSTORE_GRACE=2s) since the previous gc run's plan
+    # one grace period (CASSTORE_GRACE=10s, the shortest allowed) since the previous gc run's plan
+    time.sleep(max(0.0, GRACE + 0.2 - (time.monotonic() - LAST_RUN[0])))
     machine.casstore("schedule", "--once")
+    LAST_RUN[0] = time.monotonic()
     record = json.loads((machine.dir / ".casstore" / "state" / "runs.jsonl").read_text().splitlines()[-1])
     assert record["ok"] and record["sync"]["snapshots"] == 1, record
     return record
@@ -113,7 +119,7 @@ def test_a_replacement_machine_restores_reads_and_takes_over_the_bucket(provider
     server = request.getfixturevalue(SERVER_FIXTURE[provider])
     bucket = new_bucket(provider, server)
     url = f"{URL_SCHEME[provider]}://{bucket}/casstore/"
-    dotenv = dotenv_for(provider, server, bucket, extra="CASSTORE_GRACE=2s\n")
+    dotenv = dotenv_for(provider, server, bucket, extra=f"CASSTORE_GRACE={GRACE:g}s\n")
     clock_a, clock_b = tmp_path / "clock-a", tmp_path / "clock-b"
     a = Machine(tmp_path / "a", "host-a", dotenv, CASSTORE_TEST_CLOCK_FILE=str(clock_a))
     b = Machine(tmp_path / "b", "host-b", dotenv, CASSTORE_TEST_CLOCK_FILE=str(clock_b))

@@ -234,14 +234,14 @@ def test_api_and_facade_backups_sync_unless_told_not_to(tmp_path, monkeypatch, b
 
 
 def test_scheduled_runs_forget_on_the_bucket_and_gc_it_for_this_host_only(tmp_path, monkeypatch, bucket):
+    monkeypatch.setenv("CASSTORE_GRACE", "10s")   # the bucket's grace (the shortest allowed), set when created
     other = backed_up(tmp_path, monkeypatch, "host-a", range(1, 4))
     folder = machine(tmp_path, monkeypatch, "host-b")
     monkeypatch.setenv("CASSTORE_KEEP_LAST", "2")
-    monkeypatch.setenv("CASSTORE_GRACE", "1s")
     records = []
     for day in range(10, 14):
         write_day(folder / "data", day)
-        time.sleep(1.1 if day >= 12 else 0)   # packs a grace period old are condemned; plans that old swept
+        time.sleep(10.2 if day >= 12 else 0)   # packs a grace period old are condemned; plans that old swept
         records.append(perform_run(load_settings(), trigger="once"))
     assert all(r.ok for r in records), [r.error for r in records]
     assert [len(r.bucket["removed"]) for r in records] == [0, 0, 1, 1]
