@@ -113,7 +113,7 @@ class MasterIndex:
     `condemned` holds packs that a gc plan condemns: a blob whose only copies are there counts as
     missing for writers (design 9), so it is uploaded again rather than relied on.
 
-    Storage is a table of fixed 47-byte records, not Python objects (issue 14): see `_BlobTable`.
+    Storage is a table of fixed 47-byte records in sorted runs, not Python objects (issue 14): see `_BlobTable`.
     """
 
     def __init__(self) -> None:
@@ -171,27 +171,27 @@ class MasterIndex:
 _RECORD = struct.Struct(">31sIIII")
 _SIZE = _RECORD.size                   # 47
 _KEY = 32                              # id[1:] + kind byte
-_BUCKET_BITS = 12                      # 4096 buckets: ~2,400 records each at 10M blobs
+_BUCKET_BITS = 14                      # 16,384 buckets: ~610 records each at 10M blobs, 0.7 MB when all used
 _MAX_PACKS = 1 << 24
-_MAX_FIELD = 1 << 32
 _INSERT_LIMIT = 16                     # up to this many new records are inserted; more re-sort the bucket
+_KIND_BYTE = [bytes((kind,)) for kind in range(256)]
 
 
 class _BlobTable:
-    """Blob locations as fixed-size records in 4096 bytearrays, bucketed by the id's first 12 bits.
+    """Blob locations as fixed-size records in 16,384 buckets, by the id's first 14 bits.
 
-    Each bucket is a sorted run followed by an unsorted tail of recent additions; a lookup settles
-    its bucket first (bisect-insert a short tail, re-sort a long one, dropping exact duplicates), so
-    a bulk load costs one sort per bucket and a pack added mid-snapshot a few small inserts. Pack ids
-    are interned (a record holds a 3-byte pack number). A location that does not fit (a field of
-    4 GiB or more, over 16M packs) lives in the small `_wide` dict instead, so nothing is refused.
+    Each bucket is a sorted run (one `bytes`; empty buckets share b"") plus, after additions, an
+    unsorted tail (a bytearray in `_tails`); a lookup settles its bucket first (bisect-insert a
+    short tail, re-sort a long one, dropping exact duplicates), so a bulk load costs one sort per
+    bucket and a pack added mid-snapshot a few small inserts. Pack ids are interned (a record holds
+    a 3-byte pack number). A location that does not fit (a field of 4 GiB or more, beyond 16M packs)
+    lives in the small `_wide` dict instead, so nothing is refused.
     """
 
     def __init__(self) -> None:
-        self._buckets = [bytearray() for _ in range(1 << _BUCKET_BITS)]
-        self._sorted = array("I", bytes(4 << _BUCKET_BITS))     # records in each bucket's sorted run
-        self._distinct = array("I", bytes(4 << _BUCKET_BITS))   # distinct (kind, id) in each sorted run
-        self._dirty: set[int] = set()
+        self._runs: list[bytes] = [b""] * (1 << _BUCKET_BITS)
+        self._distinct = array("I", bytes(4 << _BUCKET_BITS))   # distinct (kind, id) in each run
+        self._tails: dict[int, bytearray] = {}
         self._packs: list[str] = []
         self._numbers: dict[str, int] = {}
         self._counts = array("Q")                                # records per pack number
@@ -209,15 +209,19 @@ class _BlobTable:
 
     def add(self, pack_id: str, entries: Iterable[BlobEntry]) -> None:
         number = self._number(pack_id)
-        buckets, dirty, pack, shift = self._buckets, self._dirty, _RECORD.pack, 16 - _BUCKET_BITS
-        added = 0
+        tails, pack, shift = self._tails, _RECORD.pack, 16 - _BUCKET_BITS
+        added, wide = 0, number >= _MAX_PACKS
         for e in entries:
-            if number >= _MAX_PACKS or max(e.offset, e.length, e.raw_length) >= _MAX_FIELD:
+            if wide or (e.offset | e.length | e.raw_length) >> 32:
                 self._add_wide(e, Location(pack_id, e.offset, e.length, e.raw_length))
                 continue
             b = int.from_bytes(e.id[:2], "big") >> shift
-            buckets[b] += pack(e.id[1:], e.kind << 24 | number, e.offset, e.length, e.raw_length)
-            dirty.add(b)
+            record = pack(e.id[1:], e.kind << 24 | number, e.offset, e.length, e.raw_length)
+            tail = tails.get(b)
+            if tail is None:
+                tails[b] = bytearray(record)
+            else:
+                tail += record
             added += 1
         self._counts[number] += added
 
@@ -228,15 +232,13 @@ class _BlobTable:
 
     def _settle(self, b: int) -> None:
         """Merge bucket b's unsorted tail into its sorted run."""
-        self._dirty.discard(b)
-        buf, run = self._buckets[b], self._sorted[b]
-        tail = [bytes(buf[i:i + _SIZE]) for i in range(run * _SIZE, len(buf), _SIZE)]
-        if run and len(tail) <= _INSERT_LIMIT:
-            del buf[run * _SIZE:]
-            for record in tail:
-                self._insert(b, buf, record)
+        tail, run = self._tails.pop(b), self._runs[b]
+        new = [bytes(tail[i:i + _SIZE]) for i in range(0, len(tail), _SIZE)]
+        if run and len(new) <= _INSERT_LIMIT:
+            for record in new:
+                self._insert(b, record)
             return
-        records = [bytes(buf[i:i + _SIZE]) for i in range(0, run * _SIZE, _SIZE)] + tail
+        records = [run[i:i + _SIZE] for i in range(0, len(run), _SIZE)] + new
         records.sort()
         kept: list[bytes] = []
         distinct = 0
@@ -247,24 +249,27 @@ class _BlobTable:
             if not kept or record[:_KEY] != kept[-1][:_KEY]:
                 distinct += 1
             kept.append(record)
-        self._buckets[b] = bytearray(b"".join(kept))
-        self._sorted[b], self._distinct[b] = len(kept), distinct
+        self._runs[b], self._distinct[b] = b"".join(kept), distinct
 
-    def _insert(self, b: int, buf: bytearray, record: bytes) -> None:
-        n = len(buf) // _SIZE
-        i = bisect_left(range(n), record, key=lambda j: buf[j * _SIZE:(j + 1) * _SIZE])
-        if i < n and buf[i * _SIZE:(i + 1) * _SIZE] == record:
+    def _insert(self, b: int, record: bytes) -> None:
+        run = self._runs[b]
+        n = len(run) // _SIZE
+        i = bisect_left(range(n), record, key=lambda j: run[j * _SIZE:(j + 1) * _SIZE])
+        at = i * _SIZE
+        if i < n and run[at:at + _SIZE] == record:
             self._uncount(record)      # an exact duplicate: the same location listed twice
             return
         key = record[:_KEY]
-        new_key = not ((i < n and buf[i * _SIZE:i * _SIZE + _KEY] == key)
-                       or (i > 0 and buf[(i - 1) * _SIZE:(i - 1) * _SIZE + _KEY] == key))
-        buf[i * _SIZE:i * _SIZE] = record
-        self._sorted[b] = n + 1
-        self._distinct[b] += new_key
+        old_key = run[at:at + _KEY] == key or (i > 0 and run[at - _SIZE:at - _SIZE + _KEY] == key)
+        self._runs[b] = run[:at] + record + run[at:]
+        self._distinct[b] += not old_key
 
     def _uncount(self, record: bytes) -> None:
         self._counts[_RECORD.unpack(record)[1] & 0xFFFFFF] -= 1
+
+    def _settle_all(self) -> None:
+        for b in list(self._tails):
+            self._settle(b)
 
     def drop(self, pack_ids: set[str]) -> None:
         numbers = {self._numbers[p] for p in pack_ids if p in self._numbers}
@@ -277,45 +282,47 @@ class _BlobTable:
         numbers = {n for n in numbers if self._counts[n]}
         if not numbers:
             return
-        for b in range(len(self._buckets)):
-            self._settle(b)
-            buf = self._buckets[b]
-            kept = [rec for rec in (buf[i:i + _SIZE] for i in range(0, len(buf), _SIZE))
+        self._settle_all()
+        for b, run in enumerate(self._runs):
+            kept = [rec for rec in (run[i:i + _SIZE] for i in range(0, len(run), _SIZE))
                     if _RECORD.unpack(rec)[1] & 0xFFFFFF not in numbers]
-            if len(kept) * _SIZE != len(buf):
-                self._buckets[b] = bytearray(b"".join(kept))
-                self._sorted[b] = len(kept)
-                self._distinct[b] = len({bytes(rec[:_KEY]) for rec in kept})
+            if len(kept) * _SIZE != len(run):
+                self._runs[b] = b"".join(kept)
+                self._distinct[b] = len({rec[:_KEY] for rec in kept})
         for n in numbers:
             self._counts[n] = 0
 
     # -- reading -----------------------------------------------------------------------------
 
-    def _span(self, kind: int, blob_id: bytes) -> tuple[bytearray, int, int]:
-        """Bucket, first and end record index of the records of (kind, blob_id)."""
+    def _span(self, kind: int, blob_id: bytes) -> tuple[bytes, int, int]:
+        """Sorted run, first and end record index of the records of (kind, blob_id)."""
         b = int.from_bytes(blob_id[:2], "big") >> (16 - _BUCKET_BITS)
-        if b in self._dirty:
+        if b in self._tails:
             self._settle(b)
-        buf = self._buckets[b]
-        key = blob_id[1:] + bytes((kind,))
-        n = len(buf) // _SIZE
-        start = bisect_left(range(n), key, key=lambda j: buf[j * _SIZE:j * _SIZE + _KEY])
+        run = self._runs[b]
+        key = blob_id[1:] + _KIND_BYTE[kind]
+        n = len(run) // _SIZE
+        start = bisect_left(range(n), key, key=lambda j: run[j * _SIZE:j * _SIZE + _KEY])
         end = start
-        while end < n and buf[end * _SIZE:end * _SIZE + _KEY] == key:
+        while end < n and run[end * _SIZE:end * _SIZE + _KEY] == key:
             end += 1
-        return buf, start, end
+        return run, start, end
 
     def find(self, kind: int, blob_id: bytes) -> list[Location]:
-        buf, start, end = self._span(kind, blob_id)
-        found = [self._location(buf, i) for i in range(start, end)]
+        run, start, end = self._span(kind, blob_id)
+        found = [self._location(run, i) for i in range(start, end)]
         wide = self._wide.get((kind, blob_id)) if self._wide else None
         return found + wide if wide else found
 
     def contains(self, kind: int, blob_id: bytes) -> bool:
         return self._in_table(kind, blob_id) or (kind, blob_id) in self._wide
 
-    def _location(self, buf: bytearray, i: int) -> Location:
-        _, kind_pack, offset, length, raw_length = _RECORD.unpack_from(buf, i * _SIZE)
+    def _in_table(self, kind: int, blob_id: bytes) -> bool:
+        _, start, end = self._span(kind, blob_id)
+        return end > start
+
+    def _location(self, run: bytes, i: int) -> Location:
+        _, kind_pack, offset, length, raw_length = _RECORD.unpack_from(run, i * _SIZE)
         return Location(self._packs[kind_pack & 0xFFFFFF], offset, length, raw_length)
 
     def pack_ids(self) -> set[str]:
@@ -323,28 +330,22 @@ class _BlobTable:
         return ids | {loc.pack_id for locs in self._wide.values() for loc in locs}
 
     def items(self) -> Iterator[tuple[BlobKey, list[Location]]]:
+        self._settle_all()
         wide = dict(self._wide)
-        for b in range(len(self._buckets)):
-            if b in self._dirty:
-                self._settle(b)
-            buf, first = self._buckets[b], bytes((b >> (_BUCKET_BITS - 8),))
-            i, n = 0, len(buf) // _SIZE
+        for b, run in enumerate(self._runs):
+            first = _KIND_BYTE[b >> (_BUCKET_BITS - 8)]
+            i, n = 0, len(run) // _SIZE
             while i < n:
-                key = buf[i * _SIZE:i * _SIZE + _KEY]
-                blob = (key[-1], first + bytes(key[:-1]))
+                key = run[i * _SIZE:i * _SIZE + _KEY]
+                blob = (key[-1], first + key[:-1])
                 end = i + 1
-                while end < n and buf[end * _SIZE:end * _SIZE + _KEY] == key:
+                while end < n and run[end * _SIZE:end * _SIZE + _KEY] == key:
                     end += 1
-                yield blob, [self._location(buf, j) for j in range(i, end)] + wide.pop(blob, [])
+                yield blob, [self._location(run, j) for j in range(i, end)] + wide.pop(blob, [])
                 i = end
         yield from wide.items()
 
     def __len__(self) -> int:
-        for b in list(self._dirty):
-            self._settle(b)
+        self._settle_all()
         wide_only = sum(1 for kind, blob_id in self._wide if not self._in_table(kind, blob_id))
         return sum(self._distinct) + wide_only
-
-    def _in_table(self, kind: int, blob_id: bytes) -> bool:
-        _, start, end = self._span(kind, blob_id)
-        return end > start
