@@ -53,7 +53,9 @@ class DictIndex:
 def index_objects(n: int, per_pack: int, per_index: int, seed: int) -> tuple[list[tuple[str, bytes]], list[bytes]]:
     """Encoded index objects listing n blobs, and a sample of their ids to look up."""
     rng = random.Random(seed)
-    objects, sample, made = [], [], 0
+    objects: list[tuple[str, bytes]] = []
+    sample: list[bytes] = []
+    made = 0
     while made < n:
         packs: dict[str, list[BlobEntry]] = {}
         for _ in range(per_index):
@@ -69,7 +71,8 @@ def index_objects(n: int, per_pack: int, per_index: int, seed: int) -> tuple[lis
     return objects, sample
 
 
-def load(objects: list[tuple[str, bytes]], make: Callable[[], MasterIndex | DictIndex]) -> tuple[object, float, float]:
+def load(objects: list[tuple[str, bytes]],
+         make: Callable[[], MasterIndex | DictIndex]) -> tuple[MasterIndex | DictIndex, float, float]:
     t0 = time.perf_counter()
     decoded = [(index_id, decode_index(index_id, body, MAX_RAW)) for index_id, body in objects]
     t1 = time.perf_counter()

@@ -284,11 +284,11 @@ class _BlobTable:
             return
         self._settle_all()
         for b, run in enumerate(self._runs):
-            kept = [rec for rec in (run[i:i + _SIZE] for i in range(0, len(run), _SIZE))
+            left = [rec for rec in (run[i:i + _SIZE] for i in range(0, len(run), _SIZE))
                     if _RECORD.unpack(rec)[1] & 0xFFFFFF not in numbers]
-            if len(kept) * _SIZE != len(run):
-                self._runs[b] = b"".join(kept)
-                self._distinct[b] = len({rec[:_KEY] for rec in kept})
+            if len(left) * _SIZE != len(run):
+                self._runs[b] = b"".join(left)
+                self._distinct[b] = len({rec[:_KEY] for rec in left})
         for n in numbers:
             self._counts[n] = 0
 
