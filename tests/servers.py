@@ -81,11 +81,11 @@ def launch(name: str, argv: list[str], workdir: Path, env: dict[str, str] | None
     workdir.mkdir(parents=True, exist_ok=True)
     with open(workdir / f"{name}.log", "wb") as log:
         return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=workdir, env={**os.environ, **(env or {})}, preexec_fn=_die_with_parent)
+                                cwd=workdir, env={**os.environ, **(env or {})}, preexec_fn=die_with_parent)
 
 
-def _die_with_parent() -> None:
-    """In the child: end the server when pytest dies, even by SIGKILL (Linux; elsewhere a no-op)."""
+def die_with_parent() -> None:
+    """In the child: end it (a server, a scheduler) when pytest dies, even by SIGKILL (Linux; elsewhere a no-op)."""
     if sys.platform == "linux":
         import ctypes
 

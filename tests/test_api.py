@@ -28,6 +28,7 @@ from click.testing import CliRunner
 from casstore.cli.main import cli
 from casstore.client import Repository
 from casstore.settings import load_settings
+from tests.servers import die_with_parent
 
 TOKEN = "s3cr3t-t0ken-for-tests"
 BINARY = bytes(range(256)) * 40
@@ -402,7 +403,8 @@ def test_serve_command_with_the_scheduler_inside(tmp_path):
     sock.close()
     env = {**os.environ, "CASSTORE_REPOSITORY": settings.repository, "CASSTORE_SOURCE": settings.source}
     command = [sys.executable, "-m", "casstore.cli.main", "serve", "--port", str(port), "--schedule", "6h"]
-    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=die_with_parent)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             status = _poll_status(client, server)

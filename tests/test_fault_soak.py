@@ -75,6 +75,7 @@ def assert_nothing_wrong_restored(target: Path, source: Path) -> None:
             assert (source / rel).is_file() and path.read_bytes() == (source / rel).read_bytes(), rel
 
 
+@pytest.mark.timeout(600)   # a soak: minutes by design (the suite default is 120 s)
 @pytest.mark.parametrize("server_fixture", sorted(SERVERS))
 def test_soak_under_faults_on_cloud_servers(server_fixture, request, tmp_path):
     seed = sorted(SERVERS).index(server_fixture) + 1

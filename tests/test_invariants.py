@@ -74,6 +74,7 @@ from tests.helpers import (
     tree_state,
     write,
 )
+from tests.servers import die_with_parent
 
 
 @pytest.fixture
@@ -447,7 +448,7 @@ def test_an_exclusive_holder_makes_a_snapshot_wait(two_snapshots, source):
     fd = os.open(lock, os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX)
     proc = subprocess.Popen([CASSTORE, "--repo", str(two_snapshots), "snapshot", str(source)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=die_with_parent)
     try:
         deadline = time.monotonic() + 60
         while not any("->" in line and f":{inode} " in line for line in Path("/proc/locks").read_text().splitlines()):

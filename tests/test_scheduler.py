@@ -20,6 +20,7 @@ from casstore.service.runs import RunBusy, RunLog, perform_run, run_lock
 from casstore.service.scheduler import Scheduler, SchedulerBusy, parse_schedule
 from casstore.service.status import service_status, stale_reasons
 from casstore.settings import load_settings
+from tests.servers import die_with_parent
 
 HOUR, DAY = 3600.0, 86400.0
 T0 = 1_760_000_400.0  # a whole hour, so interval grids and wall-clock hours line up
@@ -261,7 +262,8 @@ def test_schedule_once_and_the_system_scheduler_files(settings, monkeypatch):
 def test_a_second_scheduler_process_exits_with_a_clear_message_and_sigterm_stops_cleanly(settings):
     env = {**os.environ, "CASSTORE_REPOSITORY": settings.repository, "CASSTORE_SOURCE": settings.source}
     command = [sys.executable, "-m", "casstore.cli.main", "schedule", "--every", "1h"]
-    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=die_with_parent)
     try:
         runs = Path(settings.repository, "state", "runs.jsonl")
         deadline = time.monotonic() + 20

@@ -9,6 +9,7 @@ from casstore.errors import ConfigError
 from casstore.remotes.base import Remote
 from casstore.remotes.local import LocalRemote
 from casstore.remotes.memory import MemoryRemote
+from casstore.remotes.wrappers import faults_from_env
 
 # scheme -> (module, factory function taking (bucket, prefix, **options))
 _BACKENDS = {
@@ -23,8 +24,6 @@ _MEMORY: dict[str, Remote] = {}
 def open_remote(url: str, **options: object) -> Remote:
     """Open the backend for `url`. `options` may be flat, or keyed by scheme ({"s3": {...}, "gs": {...}})
     as Settings.remote_options() gives them; only the options of the URL's scheme reach its backend."""
-    from casstore.remotes.wrappers import faults_from_env
-
     return faults_from_env(_open_backend(url, **options))   # the test hook is a no-op unless set
 
 

@@ -1,0 +1,163 @@
+"""Mutation testing of the core layers with mutmut 3 (issue 19); writes MUTATION.md.
+
+    python -m tests.mutation.run                       # seeded sample (default 160 mutants), 2 workers
+    python -m tests.mutation.run --sample 0            # every mutant of the modules (hours on 2 cores)
+    python -m tests.mutation.run --tests tests/test_x.py ...   # another test selection
+
+The run happens in a scratch export of HEAD (`git archive`), so the work tree is never mutated and
+uncommitted edits are not measured. mutmut (configured in pyproject.toml, [tool.mutmut]) runs the
+selected test files once under tracing to learn which tests reach which function, then runs, for
+each mutant, only those tests (coverage-based selection) under a CPU-time limit derived from their
+measured duration (per-mutant timeout: a mutant that makes a loop endless counts as `timeout`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+# the modules sampled by default: the format, the chunker, retention, gc's mark and sweep, sync's plan
+DEFAULT_MODULES = [
+    "casstore.format.codec", "casstore.format.pack", "casstore.format.index", "casstore.format.tree",
+    "casstore.format.snapshot", "casstore.format.config", "casstore.format.plan", "casstore.chunker.fastcdc",
+    "casstore.gc.retention", "casstore.gc.mark", "casstore.gc.sweep", "casstore.sync.transfer",
+]
+STATUS = {1: "killed", 3: "killed", 0: "survived", 36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout",
+          255: "timeout", None: "not checked", 33: "no tests", 5: "no tests", 37: "killed"}
+
+
+def _export(work: Path, tests: list[str] | None) -> None:
+    archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
+    if tests is not None:
+        pyproject = work / "pyproject.toml"
+        text = pyproject.read_text()
+        current = tomllib.loads(text)["tool"]["mutmut"]["pytest_add_cli_args_test_selection"]
+        start = text.index("pytest_add_cli_args_test_selection")
+        end = text.index("]", start) + 1
+        pyproject.write_text(text[:start] + f"pytest_add_cli_args_test_selection = {json.dumps(tests)}" + text[end:])
+        print(f"test selection {current} -> {tests}", file=sys.stderr)
+
+
+def _mutmut(work: Path, *args: str) -> None:
+    exe = Path(sys.executable).with_name("mutmut")
+    with open(work.parent / f"{work.name}.log", "ab") as log:   # mutmut's own output, kept after the run
+        subprocess.run([str(exe), *args], cwd=work, check=False, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _meta(work: Path) -> dict[str, int | None]:
+    codes: dict[str, int | None] = {}
+    for meta in (work / "mutants" / "casstore").rglob("*.meta"):
+        codes.update(json.loads(meta.read_text())["exit_code_by_key"])
+    return codes
+
+
+def _module(name: str) -> str:
+    return name.split(".x", 1)[0].split(".xǁ", 1)[0]
+
+
+def run(modules: list[str], sample: int, seed: int, tests: list[str] | None, workers: int) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="casstore-mutation-"))
+    try:
+        _export(work, tests)
+        _mutmut(work, "run", "--max-children", str(workers), "no-such-mutant")   # generate, trace, run nothing
+        every = sorted(k for k in _meta(work) if _module(k) in modules)
+        chosen = sorted(random.Random(seed).sample(every, sample)) if 0 < sample < len(every) else every
+        started = time.monotonic()
+        for i in range(0, len(chosen), 200):       # keep the command line short
+            _mutmut(work, "run", "--max-children", str(workers), *chosen[i:i + 200])
+        codes = _meta(work)
+        survivors = {name: _diff(work, name) for name in chosen if STATUS.get(codes.get(name), "?") == "survived"}
+        return {"codes": {name: codes.get(name) for name in chosen}, "population": len(every),
+                "seconds": round(time.monotonic() - started), "survivors": survivors}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _diff(work: Path, name: str) -> str:
+    exe = Path(sys.executable).with_name("mutmut")
+    out = subprocess.run([str(exe), "show", name], cwd=work, capture_output=True, text=True).stdout
+    changed = [line for line in out.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+    return " / ".join(line.strip() for line in changed)[:200]
+
+
+def table(codes: dict[str, int | None]) -> list[str]:
+    per: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for name, code in codes.items():
+        per[_module(name)][STATUS.get(code, "suspicious")] += 1
+    rows = ["| module | mutants | killed | survived | timed out | other | score |", "|---|---|---|---|---|---|---|"]
+    totals: dict[str, int] = defaultdict(int)
+    for module in sorted(per):
+        c = per[module]
+        rows.append(_row(module, c))
+        for k, v in c.items():
+            totals[k] += v
+    rows.append(_row("**all**", totals))
+    return rows
+
+
+def _row(module: str, c: dict[str, int]) -> str:
+    n = sum(c.values())
+    caught = c["killed"] + c["timeout"]
+    other = n - caught - c["survived"]
+    score = f"{100 * caught / (caught + c['survived']):.0f}%" if caught + c["survived"] else "-"
+    return f"| {module} | {n} | {c['killed']} | {c['survived']} | {c['timeout']} | {other} | {score} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modules", nargs="*", default=DEFAULT_MODULES)
+    parser.add_argument("--sample", type=int, default=160, help="mutants to draw (0: all)")
+    parser.add_argument("--seed", type=int, default=19)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--tests", nargs="*", help="test files to select from (default: pyproject's)")
+    parser.add_argument("--json", type=Path, help="also write the raw result here")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave MUTATION.md as it is")
+    args = parser.parse_args()
+    result = run(args.modules, args.sample, args.seed, args.tests, args.workers)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    result.update(commit=commit, command=" ".join(["python -m tests.mutation.run", *sys.argv[1:]]))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    report = render(result, args.sample)
+    print(report)
+    if not args.no_write:
+        write_report(report)
+
+
+NOTES = "<!-- notes: everything below is kept when the run above is rewritten -->"
+
+
+def render(result: dict, sample: int) -> str:
+    kind = (f"a seeded SAMPLE of {len(result['codes'])} of {result['population']} mutants" if sample
+            else f"a FULL run: all {result['population']} mutants")
+    lines = ["# Mutation testing (mutmut 3)", "",
+             f"Measured on commit `{result['commit']}`: {kind} of the modules below, in {result['seconds']} s.",
+             f"Command: `{result['command']}` (see tests/mutation/run.py and [tool.mutmut] in pyproject.toml).",
+             "Score = (killed + timed out) / (killed + timed out + survived); `other` = not run / no test reaches it.",
+             "", *table(result["codes"]), "", "## Survivors of this run", ""]
+    lines += [f"- `{name}`: {diff}" for name, diff in sorted(result["survivors"].items())] or ["none"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: str) -> None:
+    path = ROOT / "MUTATION.md"
+    kept = ""
+    if path.exists() and NOTES in path.read_text():
+        kept = path.read_text().split(NOTES, 1)[1]
+    path.write_text(report + "\n" + NOTES + (kept or "\n"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""Golden format vectors: fixed bytes of every stored object kind (tests/golden/*.bin).
+
+Each vector decodes to the values written here, field by field, and the encoder given those
+values (and the fixed nonce) produces the very same bytes. A format change must change these
+files on purpose, with DESIGN.md: regenerate with `python -m tests.golden.make_vectors` and
+update the values below; never edit the values to make a failing run pass.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import blake3
+import msgpack
+import pytest
+
+from casstore.errors import FormatError
+from casstore.format import codec
+from casstore.format.config import RepoConfig
+from casstore.format.index import IndexObject, decode_index
+from casstore.format.pack import KIND_DATA, PackBuilder, parse_header
+from casstore.format.plan import GcPlan, decode_plan
+from casstore.format.snapshot import SnapshotManifest, decode_snapshot
+from casstore.format.tree import MAX_TREE_BYTES, Entry, EntryType, decode_tree, encode_tree_chain
+
+GOLDEN = Path(__file__).parent / "golden"
+MAX_RAW = 8 << 20
+NONCE = bytes(range(16))
+RAW_BLOB = b"golden raw blob\n"
+ZSTD_BLOB = b"casstore golden vector " * 40
+RAW_ID = "26ad4bfc8455b216a647a94a39e44f19e272e6888d710adfa19ff7d919303da9"
+ZSTD_ID = "e165e87794d2e4f804ec891b992e191604b6329fddf0830423f1b6d5e5d7e5ee"
+PACK_ID = "66a1b11ae8dd46a09205e96ae1382af8c6e34943f5963d60c7ea7355afbe400e"
+INDEX_ID = "67cb787431056cd59e426dbb5f2d384688e4cde4f69119445c70a01f86e20d21"
+TREE_ID = "9e49f6f945052370ce25c2711c4d7428fb67e9fce9800d7e422a8022a6f75f04"
+SNAPSHOT_ID = "77e6de94a3b0c54590703f08f6c43982493ca0fe34f78e52f00d6059341af0f7"
+
+
+def _vector(name: str) -> bytes:
+    return (GOLDEN / name).read_bytes()
+
+
+def test_config_vector() -> None:
+    body = _vector("config.bin")
+    config = RepoConfig.decode(body)
+    assert config.version == 1
+    assert config.id == "0123456789abcdef0123456789abcdef"
+    assert config.chunker == {"algorithm": "fastcdc-2020", "min_size": 65536, "avg_size": 262144,
+                              "max_size": 2097152, "normalization": 1, "seed": 0x5EED5EED}
+    assert config.pack_size == 16 * 1024 * 1024
+    assert config.compression == {"algorithm": "zstd", "level": 3}
+    assert config.encryption is None
+    assert config.max_blob_size == 8 * 1024 * 1024
+    again = RepoConfig(id="0123456789abcdef0123456789abcdef", chunker=dict(config.chunker))
+    assert again.encode() == body
+
+
+def test_pack_vector() -> None:
+    pack = _vector("pack.bin")
+    assert blake3.blake3(pack).hexdigest() == PACK_ID
+    assert pack[:5] == b"CASP\x01"
+    (header_length,) = struct.unpack("<I", pack[-4:])
+    assert header_length == 112
+    header = msgpack.unpackb(pack[-4 - header_length:-4])
+    assert header["nonce"] == NONCE
+    entries = parse_header(pack, MAX_RAW)
+    assert [(e.kind, e.id.hex(), e.offset, e.length, e.raw_length) for e in entries] == [
+        (KIND_DATA, RAW_ID, 5, 17, 16),
+        (KIND_DATA, ZSTD_ID, 22, 41, 920),
+    ]
+    raw, packed = (pack[e.offset:e.offset + e.length] for e in entries)
+    assert raw[0] == codec.TAG_RAW and raw[1:] == RAW_BLOB
+    assert packed[0] == codec.TAG_ZSTD
+    assert codec.decode_verified(raw, 16, bytes.fromhex(RAW_ID)) == RAW_BLOB
+    assert codec.decode_verified(packed, 920, bytes.fromhex(ZSTD_ID)) == ZSTD_BLOB
+
+
+def test_pack_vector_reencodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    pack = _vector("pack.bin")
+    builder = PackBuilder(KIND_DATA)
+    for e in parse_header(pack, MAX_RAW):
+        builder.add(e.id, pack[e.offset:e.offset + e.length], e.raw_length)
+    monkeypatch.setattr(os, "urandom", lambda n: NONCE[:n])
+    pack_id, again = builder.finish()
+    assert (pack_id, bytes(again)) == (PACK_ID, pack)
+
+
+def test_pack_of_another_version_is_refused() -> None:
+    pack = bytearray(_vector("pack.bin"))
+    pack[4] = 2
+    with pytest.raises(FormatError, match="unsupported pack version 2"):
+        parse_header(bytes(pack), MAX_RAW)
+
+
+def test_index_vector() -> None:
+    body = _vector("index.bin")
+    index = decode_index(INDEX_ID, body, MAX_RAW)
+    assert index.origin == {"kind": "writer", "host": "golden-host", "session": "golden-session"}
+    assert list(index.packs) == [PACK_ID]
+    assert [(e.kind, e.id.hex(), e.offset, e.length, e.raw_length) for e in index.packs[PACK_ID]] == [
+        (KIND_DATA, RAW_ID, 5, 17, 16),
+        (KIND_DATA, ZSTD_ID, 22, 41, 920),
+    ]
+    assert index.supersedes == ["ab" * 32]
+    assert index.retracts == []
+    assert msgpack.unpackb(body)["version"] == 1
+    again = IndexObject(dict(index.origin), {PACK_ID: list(index.packs[PACK_ID])}, supersedes=["ab" * 32])
+    assert again.encode() == (INDEX_ID, body)
+
+
+def _tree_entries() -> list[Entry]:
+    return [
+        Entry(b"link", EntryType.SYMLINK, 0o120777, 0, 0, 1_700_000_002_000_000_000, 9, 0, b"notes.txt"),
+        Entry(b"notes.txt", EntryType.FILE, 0o100644, 1000, 1000, 1_700_000_000_123_456_789, 920, 0,
+              [bytes.fromhex(ZSTD_ID)]),
+        Entry(b"pipe", EntryType.FIFO, 0o10600, 0, 0, 1_700_000_003_000_000_000, 0, 0, None),
+        Entry(b"sub", EntryType.DIR, 0o40755, 1000, 1000, 1_700_000_001_000_000_000, 0, 0, b"\x11" * 32),
+    ]
+
+
+def test_tree_page_vector() -> None:
+    body = _vector("tree.bin")
+    assert codec.blob_id(body).hex() == TREE_ID
+    entries, next_id = decode_tree(body)
+    assert next_id is None
+    assert entries == _tree_entries()     # sorted by name bytes, every field as written
+    assert msgpack.unpackb(body)["v"] == 1
+    pages: list[bytes] = []
+    root = encode_tree_chain(reversed(_tree_entries()), lambda b: pages.append(b) or codec.blob_id(b))
+    assert (root.hex(), pages) == (TREE_ID, [body])
+
+
+def test_snapshot_vector() -> None:
+    body = _vector("snapshot.bin")
+    m = decode_snapshot(SNAPSHOT_ID, body)
+    assert m.time_ns == 1_700_000_100_000_000_000
+    assert m.host == "golden-host"
+    assert m.source == "/data/golden"
+    assert m.tree == b"\x22" * 32
+    assert m.tags == ["alpha", "nightly"]
+    assert m.parent == "cd" * 32
+    assert m.incomplete is False
+    assert m.summary == {"files_total": 3, "bytes_total": 945, "duration_ms": 12}
+    assert m.version == 1
+    again = SnapshotManifest(time_ns=m.time_ns, host="golden-host", source="/data/golden", tree=b"\x22" * 32,
+                             tags=["nightly", "alpha"], parent="cd" * 32,
+                             summary={"files_total": 3, "bytes_total": 945, "duration_ms": 12})
+    assert again.encode() == (SNAPSHOT_ID, body)
+
+
+def test_gc_plan_vector() -> None:
+    body = _vector("plan.bin")
+    plan = decode_plan(body)
+    assert plan.version == 1
+    assert plan.host == "golden-host"
+    assert plan.condemned_packs == ["0a" * 32, "ef" * 32]
+    assert plan.superseded_indexes == ["12" * 32]
+    again = GcPlan(condemned_packs=["ef" * 32, "0a" * 32], superseded_indexes=["12" * 32], host="golden-host")
+    assert again.encode() == body
+
+
+# -- tree paging at its boundary: MAX_TREE_BYTES is part of the format (identical directories on
+# every host must split at the same points, or they stop deduplicating)
+
+def _file_entry(name: bytes) -> Entry:
+    return Entry(name, EntryType.FILE, 0o100644, 0, 0, 0, 0, 0, [])
+
+
+def _entry_of_packed_size(first: bytes, size: int) -> Entry:
+    probe = len(msgpack.packb(_file_entry(first + b"x" * 70000).as_list())) - 70001
+    return _file_entry(first + b"x" * (size - probe - 1))
+
+
+def _pages(entries: list[Entry]) -> list[dict]:
+    stored: dict[bytes, bytes] = {}
+
+    def store(body: bytes) -> bytes:
+        stored[codec.blob_id(body)] = body
+        return codec.blob_id(body)
+
+    pages, next_id = [], encode_tree_chain(entries, store)
+    while next_id is not None:
+        page = msgpack.unpackb(stored[next_id])
+        pages.append(page)
+        next_id = page["next"]
+    return pages
+
+
+def test_tree_paging_limit_is_two_mebibytes() -> None:
+    assert MAX_TREE_BYTES == 2 * 1024 * 1024
+
+
+def test_a_directory_of_exactly_the_page_limit_is_one_page() -> None:
+    a = _entry_of_packed_size(b"a", 1024 * 1024)
+    b = _entry_of_packed_size(b"b", MAX_TREE_BYTES - 1024 * 1024)
+    assert len(msgpack.packb(a.as_list())) + len(msgpack.packb(b.as_list())) == MAX_TREE_BYTES
+    pages = _pages([b, a])
+    assert [[e[0][:1] for e in p["entries"]] for p in pages] == [[b"a", b"b"]]
+
+
+def test_a_directory_one_byte_over_the_page_limit_is_a_chain_of_two() -> None:
+    a = _entry_of_packed_size(b"a", 1024 * 1024)
+    b = _entry_of_packed_size(b"b", MAX_TREE_BYTES - 1024 * 1024 + 1)
+    pages = _pages([b, a])
+    assert [[e[0][:1] for e in p["entries"]] for p in pages] == [[b"a"], [b"b"]]
+    assert pages[-1]["next"] is None
+    entries = [e for p in pages for e in p["entries"]]
+    assert entries == [a.as_list(), b.as_list()]

@@ -1,0 +1,277 @@
+"""Property tests (hypothesis): the codec, the chunker, retention, restore's path safety, the sync plan.
+
+Each property is stated on the public behaviour, so it holds whatever the implementation looks like
+inside. Example counts are bounded so the file runs in well under a minute on a loaded machine.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from casstore.chunker import FastCDCChunker, FixedChunker
+from casstore.errors import CasstoreError
+from casstore.format import codec
+from casstore.format.snapshot import SnapshotManifest
+from casstore.gc.retention import BUCKETS, RetentionPolicy, decide
+from casstore.repo.core import SnapshotInfo
+
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SLOW = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+# -- codec -------------------------------------------------------------------------------------
+
+blobs = st.one_of(st.binary(max_size=600), st.builds(lambda s, n: s * n, st.binary(min_size=1, max_size=8),
+                                                     st.integers(1, 200)))
+levels = st.sampled_from([0, 1, 3, 9])
+
+
+@FAST
+@given(data=blobs, level=levels)
+def test_codec_round_trips(data: bytes, level: int) -> None:
+    blob_id = codec.blob_id(data)
+    encoded = codec.encode(data, level)
+    assert codec.decode_verified(encoded, len(data), blob_id) == data
+    tag, payload = codec.encode_verified(data, level, blob_id)
+    assert tag + payload == encoded
+    assert len(encoded) <= len(data) + 1          # a blob that does not shrink is stored raw
+
+
+def _decodes_to_original_or_fails(envelope: bytes, data: bytes) -> None:
+    try:
+        decoded = codec.decode_verified(envelope, len(data), codec.blob_id(data))
+    except CasstoreError:
+        return
+    # zstd may ignore a bit (a window-size hint): accepted only if the plaintext is exactly right
+    assert decoded == data
+
+
+@FAST
+@given(data=blobs, level=levels)
+def test_codec_refuses_every_truncation(data: bytes, level: int) -> None:
+    encoded = codec.encode(data, level)
+    for cut in range(len(encoded)):
+        with pytest.raises(CasstoreError):
+            codec.decode_verified(encoded[:cut], len(data), codec.blob_id(data))
+
+
+@FAST
+@given(data=blobs, level=levels)
+def test_codec_never_returns_wrong_data_after_a_bit_flip(data: bytes, level: int) -> None:
+    encoded = codec.encode(data, level)
+    for bit in range(min(len(encoded) * 8, 800)):
+        flipped = bytearray(encoded)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        if bit < 8 or encoded[0] == codec.TAG_RAW:
+            with pytest.raises(CasstoreError):     # the tag, or raw bytes checked by their hash
+                codec.decode_verified(bytes(flipped), len(data), codec.blob_id(data))
+        else:
+            _decodes_to_original_or_fails(bytes(flipped), data)
+
+
+@FAST
+@given(data=st.binary(min_size=1, max_size=300), wrong=st.integers(-3, 3))
+def test_codec_refuses_a_wrong_raw_length(data: bytes, wrong: int) -> None:
+    assume(wrong != 0 and len(data) + wrong >= 0)
+    for level in (0, 3):
+        encoded = codec.encode(data * 4, level)
+        with pytest.raises(CasstoreError):
+            codec.decode(encoded, len(data) * 4 + wrong)
+
+
+def test_codec_refuses_an_empty_envelope_and_unknown_tags() -> None:
+    for envelope in (b"", b"\x02abc", b"\x03abc", b"\x04abc", b"\xffabc"):
+        with pytest.raises(CasstoreError):
+            codec.decode(envelope, 3)
+
+
+# -- chunker -----------------------------------------------------------------------------------
+
+MIN, AVG, MAX = 64, 256, 1024
+SEED = 0x5EED
+
+
+def _cutter() -> FastCDCChunker:
+    return FastCDCChunker(MIN, AVG, MAX, SEED)
+
+
+def _cuts(data: bytes) -> list[bytes]:
+    return [bytes(c) for c in _cutter().chunks(io.BytesIO(data))]
+
+
+def _offsets(pieces: list[bytes]) -> list[int]:
+    out, at = [], 0
+    for p in pieces:
+        at += len(p)
+        out.append(at)
+    return out
+
+
+inputs = st.one_of(
+    st.builds(lambda seed, n: random.Random(seed).randbytes(n), st.integers(0, 2**32), st.integers(0, 40_000)),
+    st.builds(lambda b, n: bytes([b]) * n, st.integers(0, 255), st.integers(0, 20_000)),   # no content to cut on
+    st.binary(max_size=3000),
+)
+
+
+@FAST
+@given(data=inputs)
+def test_chunks_reassemble_respect_bounds_and_are_deterministic(data: bytes) -> None:
+    pieces = _cuts(data)
+    assert b"".join(pieces) == data
+    assert all(0 < len(p) <= MAX for p in pieces)
+    assert all(len(p) >= MIN for p in pieces[:-1])
+    assert len(pieces) <= len(data) // MIN + 1        # bounded work: never more pieces than this
+    assert _cuts(data) == pieces
+
+
+@SLOW
+@given(data=inputs)
+def test_cutting_a_file_cuts_where_the_stream_cutter_does(data: bytes) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "f"
+        path.write_bytes(data)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            pieces = [bytes(p) for p in list(_cutter().chunks_of_fd(fd))]
+        finally:
+            os.close(fd)
+    assert pieces == _cuts(data)
+
+
+@FAST
+@given(seed=st.integers(0, 2**32), where=st.floats(0, 1), inserted=st.binary(min_size=1, max_size=100))
+def test_boundaries_resynchronise_after_an_insert(seed: int, where: float, inserted: bytes) -> None:
+    data = random.Random(seed).randbytes(40_000)
+    at = int(where * 20_000)
+    changed = data[:at] + inserted + data[at:]
+    old, new = _offsets(_cuts(data)), set(_offsets(_cuts(changed)))
+    # every cut well past the insert is found again, shifted by the inserted length
+    later = [o + len(inserted) for o in old if o >= at + 16 * MAX]
+    assert later and all(o in new for o in later)
+    # and every cut before the insert's chunk is unchanged
+    assert all(o in new for o in old if o <= at - MAX)
+
+
+@FAST
+@given(size=st.integers(1, 500), data=st.binary(max_size=3000))
+def test_fixed_chunker_cuts_every_size_bytes(size: int, data: bytes) -> None:
+    pieces = [bytes(p) for p in FixedChunker(size).chunks(io.BytesIO(data))]
+    assert b"".join(pieces) == data
+    assert all(len(p) == size for p in pieces[:-1])
+    assert not pieces or 0 < len(pieces[-1]) <= size
+
+
+# -- retention ---------------------------------------------------------------------------------
+
+HOUR_NS = 3600 * 10**9
+
+
+def _info(i: int, time_ns: int, incomplete: bool, tags: list[str]) -> SnapshotInfo:
+    m = SnapshotManifest(time_ns=time_ns, host="h", source="/s", tree=b"\0" * 32, tags=tags, incomplete=incomplete)
+    return SnapshotInfo(f"{i:064x}", m)
+
+
+snapshot_lists = st.lists(
+    st.tuples(st.integers(0, 24 * 400), st.booleans(), st.lists(st.sampled_from(["a", "b"]), max_size=2)),
+    max_size=30,
+).map(lambda rows: [_info(i, 1_600_000_000 * 10**9 + h * HOUR_NS, inc and i % 3 == 0, tags)
+                    for i, (h, inc, tags) in enumerate(rows)])
+
+policies = st.builds(
+    RetentionPolicy, last=st.integers(0, 6), hourly=st.integers(0, 4), daily=st.integers(0, 4),
+    weekly=st.integers(0, 3), monthly=st.integers(0, 3), yearly=st.integers(0, 2),
+    within=st.sampled_from([0.0, 3600.0, 86400.0 * 3]), tags=st.sampled_from([(), ("a",), ("a", "b")]))
+
+
+def _kept(snapshots: list[SnapshotInfo], policy: RetentionPolicy) -> set[str]:
+    return {d.snapshot.id for g in decide(snapshots, policy) for d in g.keep}
+
+
+@FAST
+@given(snapshots=snapshot_lists, n=st.integers(1, 8))
+def test_keep_last_n_keeps_exactly_the_n_newest_complete(snapshots: list[SnapshotInfo], n: int) -> None:
+    complete = sorted((s for s in snapshots if not s.manifest.incomplete),
+                      key=lambda s: (s.manifest.time_ns, s.id), reverse=True)
+    newest_complete = complete[0].manifest.time_ns if complete else None
+    newer_incomplete = {s.id for s in snapshots if s.manifest.incomplete
+                        and (newest_complete is None or s.manifest.time_ns > newest_complete)}
+    assert _kept(snapshots, RetentionPolicy(last=n)) == {s.id for s in complete[:n]} | newer_incomplete
+
+
+@FAST
+@given(snapshots=snapshot_lists, policy=policies)
+def test_a_policy_keeps_the_union_of_its_rules(snapshots: list[SnapshotInfo], policy: RetentionPolicy) -> None:
+    assume(not policy.empty)
+    singles = [RetentionPolicy(**{name: getattr(policy, name)}) for name in ("last", *BUCKETS, "within", "tags")
+               if getattr(policy, name)]
+    assert _kept(snapshots, policy) == set().union(*(_kept(snapshots, p) for p in singles))
+
+
+@FAST
+@given(snapshots=snapshot_lists, n=st.integers(1, 5))
+def test_daily_keeps_the_newest_of_each_of_the_n_newest_days(snapshots: list[SnapshotInfo], n: int) -> None:
+    complete = [s for s in snapshots if not s.manifest.incomplete]
+    by_day: dict[str, SnapshotInfo] = {}
+    for s in sorted(complete, key=lambda s: (s.manifest.time_ns, s.id)):
+        by_day[datetime.fromtimestamp(s.manifest.time_ns / 1e9, UTC).strftime("%Y-%m-%d")] = s
+    expected = {by_day[day].id for day in sorted(by_day, reverse=True)[:n]}
+    kept_complete = _kept(snapshots, RetentionPolicy(daily=n)) & {s.id for s in complete}
+    assert kept_complete == expected
+
+
+@FAST
+@given(snapshots=snapshot_lists, hours=st.integers(1, 100))
+def test_within_keeps_exactly_the_snapshots_up_to_that_age(snapshots: list[SnapshotInfo], hours: int) -> None:
+    assume(snapshots)
+    newest = max(s.manifest.time_ns for s in snapshots)
+    within = {s.id for s in snapshots if s.manifest.time_ns >= newest - hours * HOUR_NS}
+    kept = _kept(snapshots, RetentionPolicy(within=hours * 3600.0))
+    assert within <= kept
+    assert kept - within <= {s.id for s in snapshots if s.manifest.incomplete}
+
+
+# -- restore: no generated name escapes the target ---------------------------------------------
+
+name_parts = st.sampled_from([b"..", b".", b"/", b"a", b"b", b"\0", b"\\", b"..\\", b"x/..", b"/.."])
+names = st.lists(name_parts, min_size=1, max_size=4).map(b"".join)
+
+
+@SLOW
+@given(top=st.lists(names, min_size=1, max_size=4, unique=True), inner=st.lists(names, max_size=3, unique=True))
+def test_no_generated_name_escapes_the_restore_target(tmp_path: Path, top: list[bytes], inner: list[bytes]) -> None:
+    from tests.helpers import dir_entry, file_entry, init_repo, tree_state, write_snapshot
+
+    work = Path(tempfile.mkdtemp(dir=tmp_path))
+    (work / "outside").mkdir()
+    (work / "outside" / "bait").write_bytes(b"bait\n")
+    (work / "box").mkdir()
+    repo = init_repo(work / "repo")
+    target = work / "box" / "target"
+
+    def build(store):
+        entries = [file_entry(store, name, b"payload " + name) for name in top]
+        if inner:
+            entries.append(dir_entry(store, b"inner-dir", [file_entry(store, n, b"deep") for n in inner]))
+        return entries
+
+    snapshot_id = write_snapshot(repo, build)
+    before = sorted(os.listdir(work)), tree_state(work / "outside")
+    repo.restore(snapshot_id, str(target))
+    assert (sorted(os.listdir(work)), tree_state(work / "outside")) == before
+    real_target = os.path.realpath(target)
+    for root, dirs, files in os.walk(target):
+        for name in dirs + files:
+            assert os.path.realpath(os.path.join(root, name)).startswith(real_target + os.sep)
+    safe = {n for n in top if n not in (b".", b"..") and b"/" not in n and b"\0" not in n}
+    assert {os.fsencode(n) for n in os.listdir(target)} - {b"inner-dir"} == safe
+    shutil.rmtree(work)

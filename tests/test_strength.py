@@ -1,0 +1,197 @@
+"""Behaviours that mutation testing found unchecked (issue 19): each test names one rule that a
+one-token change to the code would break without any other test noticing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from casstore.errors import AccessDenied
+from casstore.format.pack import KIND_DATA
+from casstore.remotes.wrappers import RemoteWrapper
+from casstore.repo.blobstore import BlobStore
+from casstore.sync.state import SyncState
+from casstore.sync.transfer import sync_to_remote
+from tests.gc_helpers import GRACE, FakeClock, Writer, gc, gc_to_completion, new_memory_remote, remote_repo
+from tests.sync_helpers import local_repo, make_source, tree_digest
+
+# -- restore --verify --------------------------------------------------------------------------
+
+
+def test_restore_verify_keeps_every_correct_file(tmp_path: Path) -> None:
+    source = make_source(tmp_path / "data", n_json=6, big_mib=1)
+    repo = local_repo(tmp_path / "repo")
+    snapshot_id = repo.snapshot(str(source)).id
+    result = repo.restore(snapshot_id, str(tmp_path / "out"), verify=True)
+    assert result.ok, result.errors
+    assert not result.errors
+    assert tree_digest(tmp_path / "out") == tree_digest(source)
+
+
+# -- sync bookkeeping: only a snapshot that reached the remote is recorded as synced -------------
+
+class NoSnapshotWrites(RemoteWrapper):
+    """Packs and indexes land; every snapshot write is refused."""
+
+    def _put(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None):  # type: ignore[no-untyped-def]
+        if key.startswith("snapshots/"):
+            raise AccessDenied(f"refused: {key}")
+        return super()._put(key, data, if_absent=if_absent, if_match=if_match)
+
+
+def test_a_pending_snapshot_that_never_reached_the_remote_is_not_recorded_as_synced(tmp_path: Path) -> None:
+    clock = FakeClock()
+    remote = new_memory_remote(clock)
+    repo = local_repo(tmp_path / "repo")
+    snapshot_id = repo.snapshot(str(make_source(tmp_path / "data", n_json=6, big_mib=1))).id
+    state = SyncState(repo.local_dir, remote.url)
+    state.pending.add(snapshot_id)        # an interrupted sync was about to write it
+    state.save()
+    with pytest.raises(AccessDenied):
+        sync_to_remote(repo, NoSnapshotWrites(remote), clock=clock)
+    after = SyncState(repo.local_dir, remote.url)
+    assert snapshot_id not in after.synced
+    assert not remote.exists(f"snapshots/{snapshot_id}")
+    sync_to_remote(repo, remote, clock=clock)
+    assert snapshot_id in SyncState(repo.local_dir, remote.url).synced
+
+
+def test_a_dry_run_sync_records_nothing(tmp_path: Path) -> None:
+    clock = FakeClock()
+    remote = new_memory_remote(clock)
+    repo = local_repo(tmp_path / "repo")
+    snapshot_id = repo.snapshot(str(make_source(tmp_path / "data", n_json=6, big_mib=1))).id
+    report = sync_to_remote(repo, remote, dry_run=True, clock=clock)
+    assert report.snapshots == [snapshot_id] and report.blobs_missing > 0
+    assert snapshot_id not in SyncState(repo.local_dir, remote.url).synced
+    assert not list(remote.list("snapshots/")) and not list(remote.list("data/"))
+
+
+# -- the sync plan: uploads exactly the reachable blobs the remote lacks -------------------------
+
+def _blob_keys(remote_repository) -> set[tuple[int, bytes]]:
+    return {key for key, _ in remote_repository.load_index().blobs()}
+
+
+def test_sync_uploads_exactly_the_reachable_blobs_the_remote_lacks(tmp_path: Path) -> None:
+    clock = FakeClock()
+    remote = new_memory_remote(clock)
+    writer = Writer(tmp_path / "a", "host-a", clock)
+    writer.snapshot()
+    writer.sync(remote)
+    present = _blob_keys(remote_repo(remote, tmp_path / "r1"))
+    writer.edit(7)
+    writer.snapshot()
+    report = writer.sync(remote)
+    after = _blob_keys(remote_repo(remote, tmp_path / "r2"))
+    local = writer.repo
+    local.load_index()
+    reachable: set[tuple[int, bytes]] = set()
+    for snapshot_id in local.snapshot_ids():
+        reachable |= _reachable(local, snapshot_id)
+    assert after == present | reachable
+    assert report.blobs_missing == len(reachable - present)
+
+
+def _reachable(repo, snapshot_id: str) -> set[tuple[int, bytes]]:  # type: ignore[no-untyped-def]
+    from casstore.format.pack import KIND_TREE
+    from casstore.format.tree import EntryType, decode_tree
+
+    found: set[tuple[int, bytes]] = set()
+    todo = [repo.manifest(snapshot_id).tree]
+    while todo:
+        tree_id = todo.pop()
+        found.add((KIND_TREE, tree_id))
+        entries, next_id = decode_tree(repo.read_blob(KIND_TREE, tree_id))
+        todo += [next_id] if next_id else []
+        for e in entries:
+            if e.type is EntryType.DIR:
+                todo.append(e.subtree)
+            found |= {(KIND_DATA, c) for c in e.chunks}
+    return found
+
+
+# -- gc's grace period at its edge ---------------------------------------------------------------
+
+def test_an_orphan_pack_is_condemned_at_exactly_the_grace_period_not_a_second_before(tmp_path: Path) -> None:
+    clock = FakeClock()
+    remote = new_memory_remote(clock)
+    writer = Writer(tmp_path / "a", "host-a", clock)
+    writer.snapshot()
+    writer.sync(remote)
+    repo = remote_repo(remote, tmp_path)
+    gc_to_completion(repo, clock)
+    store = BlobStore(remote, repo.config, repo.load_index(), origin={"kind": "writer", "host": "h", "session": "s"})
+    store.add(KIND_DATA, b"uploaded by a sync that crashed before its index" * 100)
+    store.wait_uploads()
+    store.close()
+    clock.advance(GRACE - 1)
+    assert gc(repo, clock).packs_condemned == 0, "one second short of the grace period"
+    clock.advance(1)
+    report = gc(repo, clock)
+    assert report.packs_condemned == 1, "exactly the grace period old"
+    clock.advance(GRACE - 1)
+    early = gc(repo, clock)
+    assert early.plans_swept == 0 and early.packs_deleted == 0, "the plan is one second short of the grace period"
+    clock.advance(1)
+    assert gc(repo, clock).packs_deleted == 1
+
+
+# -- gc stops, deleting nothing, when it cannot trust what it would keep ---------------------------
+
+def _objects(remote) -> set[str]:  # type: ignore[no-untyped-def]
+    from casstore.format.layout import LEASE_KEY
+
+    return {info.key for info in remote.list("") if info.key != LEASE_KEY}
+
+
+def test_gc_stops_when_a_pack_it_must_repack_is_corrupt(tmp_path: Path) -> None:
+    from casstore.format.pack import parse_header
+    from casstore.gc.retention import apply_retention
+    from casstore.gc.run import GcAborted
+
+    clock = FakeClock()
+    remote = new_memory_remote(clock)
+    writer = Writer(tmp_path / "a", "host-a", clock)
+    for seed in (1, 2):
+        writer.edit(seed)
+        writer.snapshot()
+        writer.sync(remote)
+    repo = remote_repo(remote, tmp_path)
+    apply_retention(repo, {"keep_last": 1}, all_hosts=True)
+    for info in remote.list("data/"):
+        pack = bytearray(remote.get(info.key))
+        first = parse_header(bytes(pack), 1 << 24)[0]
+        if first.kind == KIND_DATA:
+            pack[first.offset + first.length - 1] ^= 0x01     # the pack no longer matches its name
+            remote.put(info.key, bytes(pack))
+    before = _objects(remote)
+    clock.advance(GRACE + 1)
+    with pytest.raises(GcAborted, match="cannot be repacked"):
+        gc(repo, clock)
+    assert _objects(remote) == before, "nothing deleted, no plan written"
+
+
+def test_gc_stops_when_a_snapshot_needs_a_blob_no_index_lists(tmp_path: Path) -> None:
+    from casstore.format.tree import Entry, EntryType
+    from casstore.gc.run import GcAborted
+    from tests.helpers import file_entry, write_snapshot
+
+    clock = FakeClock()
+    remote = new_memory_remote(clock)
+    writer = Writer(tmp_path / "a", "host-a", clock)
+    writer.snapshot()
+    writer.sync(remote)
+    repo = remote_repo(remote, tmp_path)
+
+    def build(store):  # type: ignore[no-untyped-def]
+        lost = Entry(b"lost.bin", EntryType.FILE, 0o644, 0, 0, 0, 10, 0, [b"\x42" * 32])   # a chunk no pack holds
+        return [lost, file_entry(store, b"ok.txt", b"fine\n")]
+
+    write_snapshot(repo, build)
+    before = _objects(remote)
+    clock.advance(GRACE + 1)
+    with pytest.raises(GcAborted, match="in no index"):
+        gc(repo, clock)
+    assert _objects(remote) == before
