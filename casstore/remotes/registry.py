@@ -9,6 +9,7 @@ from casstore.errors import ConfigError
 from casstore.remotes.base import Remote
 from casstore.remotes.local import LocalRemote
 from casstore.remotes.memory import MemoryRemote
+from casstore.remotes.timeouts import Timeouts
 from casstore.remotes.wrappers import faults_from_env
 
 # scheme -> (module, factory function taking (bucket, prefix, **options))
@@ -41,6 +42,8 @@ def _open_backend(url: str, **options: object) -> Remote:
     module_name, factory = _BACKENDS[scheme]
     if any(key in _BACKENDS for key in options):
         options = dict(options.get(scheme) or {})  # type: ignore[call-overload]
+    if isinstance(options.get("timeouts"), dict):     # as Settings.remote_options() gives them
+        options = {**options, "timeouts": Timeouts(**options["timeouts"])}  # type: ignore[arg-type]
     module = importlib.import_module(module_name)
     remote: Remote = getattr(module, factory)(parsed.netloc, prefix_of(parsed.path), **options)
     return remote
