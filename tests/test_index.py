@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import sys
+import threading
 
 from casstore.format.index import IndexObject, Location, MasterIndex
 from casstore.format.pack import KIND_DATA, KIND_TREE, BlobEntry
@@ -104,3 +106,39 @@ def test_random_adds_lookups_and_drops_agree_with_a_dict_of_locations() -> None:
     assert {k: sorted(v, key=str) for k, v in index.blobs()} == {k: sorted(v, key=str) for k, v in model.items()}
     assert len(index) == len(model)
     assert index.all_pack_ids() == {loc.pack_id for locs in model.values() for loc in locs}
+
+
+def test_lookups_on_worker_threads_while_packs_are_added_see_every_pack_added_before() -> None:
+    # the snapshot path: chunk workers call has() while upload threads add packs
+    index = MasterIndex()
+    added: list[bytes] = []
+    failures: list[object] = []
+    rng = random.Random(7)
+    packs = [(pack_name(n), [entry(rng.randbytes(32), i) for i in range(50)]) for n in range(300)]
+
+    def writer() -> None:
+        for pack_id, entries in packs:
+            index.add_pack(pack_id, entries)
+            added.append(entries[rng.randrange(50)].id)
+
+    def reader() -> None:
+        try:
+            while len(added) < len(packs):
+                for blob_id in added[-20:]:
+                    if not index.has(KIND_DATA, blob_id):
+                        failures.append(blob_id)
+        except Exception as exc:   # a race inside the table surfaces here
+            failures.append(exc)
+
+    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader) for _ in range(3)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)        # switch threads often, so an unguarded settle would be caught mid-way
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert failures == []
+    assert len(index) == 300 * 50

@@ -21,6 +21,7 @@ fixed-size records (about 47 bytes a blob, not Python objects).
 from __future__ import annotations
 
 import struct
+import threading
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
@@ -186,6 +187,9 @@ class _BlobTable:
     bucket and a pack added mid-snapshot a few small inserts. Pack ids are interned (a record holds
     a 3-byte pack number). A location that does not fit (a field of 4 GiB or more, beyond 16M packs)
     lives in the small `_wide` dict instead, so nothing is refused.
+
+    Upload threads add packs while chunk workers look blobs up, and a lookup may settle a bucket:
+    one lock serialises them (a dict needed none: each of its operations was atomic).
     """
 
     def __init__(self) -> None:
@@ -196,6 +200,7 @@ class _BlobTable:
         self._numbers: dict[str, int] = {}
         self._counts = array("Q")                                # records per pack number
         self._wide: dict[BlobKey, list[Location]] = {}
+        self._lock = threading.Lock()
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -208,6 +213,10 @@ class _BlobTable:
         return number
 
     def add(self, pack_id: str, entries: Iterable[BlobEntry]) -> None:
+        with self._lock:
+            self._add(pack_id, list(entries))
+
+    def _add(self, pack_id: str, entries: list[BlobEntry]) -> None:
         number = self._number(pack_id)
         tails, pack, shift = self._tails, _RECORD.pack, 16 - _BUCKET_BITS
         added, wide = 0, number >= _MAX_PACKS
@@ -272,6 +281,10 @@ class _BlobTable:
             self._settle(b)
 
     def drop(self, pack_ids: set[str]) -> None:
+        with self._lock:
+            self._drop(pack_ids)
+
+    def _drop(self, pack_ids: set[str]) -> None:
         numbers = {self._numbers[p] for p in pack_ids if p in self._numbers}
         for key in [k for k, locs in self._wide.items() if any(loc.pack_id in pack_ids for loc in locs)]:
             kept = [loc for loc in self._wide[key] if loc.pack_id not in pack_ids]
@@ -309,13 +322,14 @@ class _BlobTable:
         return run, start, end
 
     def find(self, kind: int, blob_id: bytes) -> list[Location]:
-        run, start, end = self._span(kind, blob_id)
-        found = [self._location(run, i) for i in range(start, end)]
-        wide = self._wide.get((kind, blob_id)) if self._wide else None
-        return found + wide if wide else found
+        with self._lock:
+            run, start, end = self._span(kind, blob_id)
+            wide = list(self._wide.get((kind, blob_id), ())) if self._wide else []
+        return [self._location(run, i) for i in range(start, end)] + wide
 
     def contains(self, kind: int, blob_id: bytes) -> bool:
-        return self._in_table(kind, blob_id) or (kind, blob_id) in self._wide
+        with self._lock:
+            return self._in_table(kind, blob_id) or (kind, blob_id) in self._wide
 
     def _in_table(self, kind: int, blob_id: bytes) -> bool:
         _, start, end = self._span(kind, blob_id)
@@ -326,13 +340,15 @@ class _BlobTable:
         return Location(self._packs[kind_pack & 0xFFFFFF], offset, length, raw_length)
 
     def pack_ids(self) -> set[str]:
-        ids = {self._packs[n] for n, count in enumerate(self._counts) if count}
-        return ids | {loc.pack_id for locs in self._wide.values() for loc in locs}
+        with self._lock:
+            ids = {self._packs[n] for n, count in enumerate(self._counts) if count}
+            return ids | {loc.pack_id for locs in self._wide.values() for loc in locs}
 
     def items(self) -> Iterator[tuple[BlobKey, list[Location]]]:
-        self._settle_all()
-        wide = dict(self._wide)
-        for b, run in enumerate(self._runs):
+        with self._lock:               # runs are immutable bytes: iterate a snapshot of the list
+            self._settle_all()
+            runs, wide = list(self._runs), {key: list(locs) for key, locs in self._wide.items()}
+        for b, run in enumerate(runs):
             first = _KIND_BYTE[b >> (_BUCKET_BITS - 8)]
             i, n = 0, len(run) // _SIZE
             while i < n:
@@ -346,6 +362,7 @@ class _BlobTable:
         yield from wide.items()
 
     def __len__(self) -> int:
-        self._settle_all()
-        wide_only = sum(1 for kind, blob_id in self._wide if not self._in_table(kind, blob_id))
-        return sum(self._distinct) + wide_only
+        with self._lock:
+            self._settle_all()
+            wide_only = sum(1 for kind, blob_id in self._wide if not self._in_table(kind, blob_id))
+            return sum(self._distinct) + wide_only
