@@ -82,12 +82,17 @@ def run(modules: list[str], sample: int, seed: int, tests: list[str] | None, wor
         started = time.monotonic()
         for i in range(0, len(chosen), 200):       # keep the command line short
             _mutmut(work, "run", "--max-children", str(workers), *chosen[i:i + 200])
-        codes = {**(previous["codes"] if previous else {}), **{name: _meta(work).get(name) for name in chosen}}
+        codes = merge(previous["codes"] if previous else {}, {name: _meta(work).get(name) for name in chosen})
         survivors = {name: _diff(work, name) for name in chosen if STATUS.get(codes.get(name), "?") == "survived"}
         return {"codes": codes, "population": len(every), "seconds": round(time.monotonic() - started),
                 "survivors": survivors}
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def merge(before: dict[str, int | None], again: dict[str, int | None]) -> dict[str, int | None]:
+    """Earlier results updated by a re-run; a mutant no selected test reaches keeps its earlier result."""
+    return {**before, **{k: v for k, v in again.items() if STATUS.get(v) not in ("no tests", "not checked")}}
 
 
 def _diff(work: Path, name: str) -> str:
