@@ -4,10 +4,16 @@ a hook is reached (unset in normal use, when each hook costs a dictionary lookup
 - `CASSTORE_TEST_PAUSE_AT=<name>`: `pause_point(name)` stops the process (SIGSTOP) when it
   reaches that point, after writing the name to `CASSTORE_TEST_PAUSE_FILE` (if set) so the test
   knows it got there; the test resumes it with SIGCONT. Points: sync/copier.py (after-pack-upload,
-  before-index-put, after-recheck, after-snapshot-put) and gc/sweep.py (sweep-after-list).
+  before-index-put, after-recheck, after-snapshot-put), gc/sweep.py (sweep-after-list,
+  sweep-before-packs, sweep-before-plans), gc/mark.py (mark-before-plan) and snapshot/builder.py
+  (snapshot-before-index, snapshot-before-commit).
+- `set_pause_hook(fn)` routes every pause point to `fn(name)` instead, in this process: the
+  exploration tests (tests/explore.py) park each actor's thread there until their scheduler says go.
 - `CASSTORE_TEST_CRASH_AT=<n>`: gc SIGKILLs itself right before its nth mutating storage call (a
   put or a delete, counted across the run): `crash_hook(CRASH_AT)` gives the function gc's remote
   calls before each write (remotes/wrappers.py HookedRemote), so crash tests can loop over n.
+- `CASSTORE_TEST_FAULTS="seed=3,flip=0.05,..."`: every remote a process opens by URL is wrapped
+  in a seeded fault injector (remotes/wrappers.py FaultyRemote, `faults_from_env`).
 - `CASSTORE_TEST_CRASH_AT_IO=<n>`: any command SIGKILLs itself at its nth durability call (temp
   write, fsync, rename, link, unlink, directory fsync: fsio/durable.py FileSystem).
 
@@ -26,9 +32,20 @@ PAUSE_AT = "CASSTORE_TEST_PAUSE_AT"
 PAUSE_FILE = "CASSTORE_TEST_PAUSE_FILE"
 CRASH_AT = "CASSTORE_TEST_CRASH_AT"
 CRASH_AT_IO = "CASSTORE_TEST_CRASH_AT_IO"
+FAULTS = "CASSTORE_TEST_FAULTS"
+
+_hook: Callable[[str], None] | None = None
+
+
+def set_pause_hook(hook: Callable[[str], None] | None) -> None:
+    global _hook
+    _hook = hook
 
 
 def pause_point(name: str) -> None:
+    if _hook is not None:
+        _hook(name)
+        return
     if os.environ.get(PAUSE_AT) != name:
         return
     marker = os.environ.get(PAUSE_FILE)

@@ -17,7 +17,6 @@ from casstore.repo.open import open_as
 from casstore.settings import Settings
 
 if TYPE_CHECKING:
-    from casstore.legacy.importer import ImportReport
     from casstore.read.find import Found
     from casstore.read.history import HistoryRow
     from casstore.read.jsondiff import ValueDiff
@@ -25,6 +24,7 @@ if TYPE_CHECKING:
     from casstore.repo.check import CheckReport
     from casstore.restore.restorer import RestoreResult
     from casstore.snapshot.builder import SnapshotResult
+    from casstore.snapshot.legacy import ImportReport
     from casstore.sync.transfer import SyncReport
 
 
@@ -75,7 +75,7 @@ class Repository(RepoCore):
 
     def import_legacy(self, where: str) -> ImportReport:
         """Each of the seed's unified_backup_*.json.gz (a folder or a bucket URL) as a snapshot."""
-        from casstore.legacy.importer import import_legacy  # lazy: start-up time
+        from casstore.snapshot.legacy import import_legacy  # lazy: start-up time
 
         with self.locked():
             return import_legacy(self, where)

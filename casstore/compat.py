@@ -27,7 +27,7 @@ class CloudStorage:
 
     def get_backup(self, backup_id: str) -> Any:
         """The snapshot as the seed's dict: {'snapshot_id', 'timestamp', 'data_sources': {...}}."""
-        from casstore.legacy.sources import legacy_ref  # the seed's own ids, once imported
+        from casstore.snapshot.legacy_files import legacy_ref  # lazy: start-up time (old ids, once imported)
 
         repo = self._repo()
         return repo.get(legacy_ref(repo, backup_id)).to_dict()

@@ -71,9 +71,8 @@ class Settings:
                    "endpoint": self.storage_emulator_host},
             "az": {"connection_string": self.azure_connection_string},
         }
-        from casstore.remotes.timeouts import Timeouts
-
-        timeouts = Timeouts(self.connect_timeout, self.read_timeout, self.min_read_rate)
+        # plain numbers: the registry turns them into remotes.timeouts.Timeouts (settings sits below remotes)
+        timeouts = {"connect": self.connect_timeout, "read": self.read_timeout, "min_rate": self.min_read_rate}
         return {scheme: {**{k: v for k, v in options.items() if v is not None}, "timeouts": timeouts}
                 for scheme, options in by_scheme.items()}
 

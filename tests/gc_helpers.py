@@ -21,7 +21,7 @@ from casstore.sync.transfer import sync_to_remote
 from tests.sync_helpers import KiB, local_repo, make_source, tree_digest
 
 GRACE = 3600.0
-SMALL = {"avg_size": 16 * KiB, "pack_size": 128 * KiB}
+SMALL = {"avg_size": 16 * KiB, "pack_size": 128 * KiB, "grace_seconds": GRACE}
 
 
 class FakeClock:

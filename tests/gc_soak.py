@@ -24,7 +24,7 @@ SOAK_GRACE = 20
 #: writer 0 stops itself right after its re-check, writer 1 right after uploading packs no index lists
 #: yet (casstore._testing, CASSTORE_TEST_PAUSE_AT); the test holds the first such stop of each for longer
 #: than two grace periods (gc marks and sweeps meanwhile) and releases later ones at once. Writer 2 is
-#: stopped once at a random moment for longer than the grace period.
+#: SIGSTOPped once at a random moment for more than two grace periods (across marks and sweeps).
 PAUSE_POINTS = {0: "after-recheck", 1: "after-pack-upload"}
 
 
@@ -34,7 +34,7 @@ def remote_config(server, url: str) -> RepoConfig:
 
     remote = open_remote(url, endpoint_url=server.endpoint, region=server.region,
                          access_key_id=server.access_key, secret_access_key=server.secret_key)
-    config = RepoConfig.new(avg_size=16 * KiB, pack_size=128 * KiB)
+    config = RepoConfig.new(avg_size=16 * KiB, pack_size=128 * KiB, grace_seconds=SOAK_GRACE)
     Repository.init_remote(remote, load_settings({}), config)
     remote.close()
     return config
@@ -76,7 +76,7 @@ class Pauser:
     def __init__(self, rng: random.Random, writers) -> None:
         self.writers, self.started = writers, _boottime()
         self.long_stops = {0: 2 * SOAK_GRACE + 4, 1: 2 * SOAK_GRACE + 4}   # writer -> seconds, used once
-        self.random_stop = (rng.uniform(5, SOAK_SECONDS - SOAK_GRACE - 20), SOAK_GRACE + rng.uniform(6, 12))
+        self.random_stop = (rng.uniform(5, SOAK_SECONDS - 2 * SOAK_GRACE - 15), 2 * SOAK_GRACE + rng.uniform(2, 6))
         self.resume_at: dict[int, float] = {}
         self.pauses: list[tuple[int, str, float, float]] = []
 
@@ -120,6 +120,19 @@ class Pauser:
         if marker.exists():
             marker.unlink()
         proc.send_signal(signal.SIGCONT)
+
+
+def kill_all(procs: list[subprocess.Popen]) -> None:
+    """End every soak process still running, stopped ones included (SIGKILL ends a stopped one)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.send_signal(signal.SIGCONT)
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def release_until_exit(procs: list[subprocess.Popen], timeout: float = 60) -> None:

@@ -139,7 +139,21 @@ def run_gc(url: str, seed: int, log: Path, stop: Path) -> None:
         time.sleep(rng.uniform(1.0, 3.0))
 
 
+def _die_with_parent() -> None:
+    """SIGKILL this process when the test that started it dies (even while it is SIGSTOPped,
+    which no handler of its own could do): a killed soak run leaves no stopped orphans."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str]) -> None:
+    _die_with_parent()
     if argv[0] == "writer":
         run_writer(argv[1], argv[2], int(argv[3]), Path(argv[4]), Path(argv[5]))
     else:

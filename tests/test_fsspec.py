@@ -42,7 +42,7 @@ class DataReads:
 
 
 def test_the_protocol_is_registered_by_entry_point():
-    from casstore.read.fsspec_fs import CasstoreFileSystem
+    from casstore.fsspec_fs import CasstoreFileSystem
 
     assert fsspec.get_filesystem_class("casstore") is CasstoreFileSystem
 

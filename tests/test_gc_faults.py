@@ -197,7 +197,7 @@ def crash_template(tmp_path_factory) -> tuple[Path, dict]:
     os.environ.setdefault("CASSTORE_HOST", "testhost")
     remote_dir = root / "remote"
     writer = Writer(root / "w", "testhost", FakeClock(), big_mib=0,
-                    config=RepoConfig.new(avg_size=16 * KiB, pack_size=MiB))
+                    config=RepoConfig.new(avg_size=16 * KiB, pack_size=MiB, grace_seconds=GRACE))
     for seed in range(4):
         writer.edit(seed)
         writer.snapshot()

@@ -6,6 +6,8 @@ passes at once; gc and the writers take the same clock.
 
 from __future__ import annotations
 
+import os
+
 import msgpack
 import pytest
 
@@ -30,6 +32,7 @@ from tests.gc_helpers import (
     remote_repo,
     stored_bytes,
 )
+from tests.helpers import invoke
 
 
 @pytest.fixture
@@ -262,11 +265,23 @@ def test_cli_gc_on_a_directory_remote_uses_the_two_phase_protocol(tmp_path, cloc
     writer.sync(url)
     forget = cli_json("forget", "--remote", url, "--keep-tag", "nothing", "--json")
     assert len(forget["removed"]) == 1
-    report = cli_json("gc", "--remote", url, "--grace", "0s", "--json")
+    refused = invoke("gc", "--remote", url, "--grace", "0s", expect=None)
+    assert refused.exit_code != 0 and "shorter than the repository's grace period" in refused.stderr
+    _age(tmp_path / "nas", 2 * GRACE)   # the repository's grace (fixed at init) has passed
+    report = cli_json("gc", "--remote", url, "--json")
     assert report["mode"] == "remote" and report["plan"] and report["objects_deleted"] == 0
-    report = cli_json("gc", "--remote", url, "--grace", "0s", "--json")
+    _age(tmp_path / "nas" / "gc", 2 * GRACE)
+    report = cli_json("gc", "--remote", url, "--json")
     assert report["plans_swept"] == 1 and report["packs_deleted"] > 0 and report["bytes_deleted"] > 0
-    assert not list((tmp_path / "nas" / "gc").iterdir())
+    assert not [p for p in (tmp_path / "nas" / "gc").iterdir() if not p.name.startswith(".")]   # a lock file stays
+
+
+def _age(root, seconds: float) -> None:
+    """Make every object below `root` `seconds` older (a directory remote's storage time is the mtime)."""
+    for path in root.rglob("*"):
+        if path.is_file():
+            stamp = path.stat().st_mtime - seconds
+            os.utime(path, (stamp, stamp))
 
 
 class SlowStorage(RemoteWrapper):

@@ -11,6 +11,7 @@ import pytest
 
 from casstore.client import Repository
 from casstore.errors import CasstoreError
+from casstore.format.config import RepoConfig
 from casstore.format.pack import parse_header
 from casstore.remotes.local import LocalRemote
 from casstore.settings import load_settings
@@ -30,7 +31,10 @@ def _remote_is_consistent(remote, cache_dir) -> None:
 def test_sync_under_faults_completes_or_fails_cleanly(memory_remote, tmp_path, seed):
     print(f"fault seed {seed}")
     source = make_source(tmp_path / "data", seed=seed)
-    repo = local_repo(tmp_path / "repo", pack_size=None)
+    # small packs: enough requests (dozens) that the 10% faults surely land; with 16 MiB packs a sync
+    # makes about ten (fewer since an on-time commit lists nothing), and as pack names are random,
+    # some runs drew no fault at all
+    repo = local_repo(tmp_path / "repo", config=RepoConfig.new(avg_size=64 * 1024, pack_size=128 * 1024))
     repo.snapshot(str(source))
     day_of_edits(source)
     repo.snapshot(str(source))

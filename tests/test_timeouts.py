@@ -97,7 +97,7 @@ def test_settings_carry_timeouts_to_every_backend():
                                    "CASSTORE_CACHE_MAX": "2G"}, dotenv_path="/nonexistent")
     assert s.request_deadline == 30 and s.cache_max_bytes == 2 * 1024 ** 3
     for options in s.remote_options().values():
-        assert options["timeouts"] == Timeouts(connect=2, read=3, min_rate=1024 * 1024)
+        assert Timeouts(**options["timeouts"]) == Timeouts(connect=2, read=3, min_rate=1024 * 1024)
 
 
 class AlwaysBusy(MemoryRemote):

@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -81,8 +82,6 @@ ERROR_SCHEMA = {"title": "Error", "type": "object", "required": ["success", "err
 
 def _describe_errors(app: FastAPI) -> None:
     """The OpenAPI description says what the 422 handler sends: the one error shape, not FastAPI's."""
-    from fastapi.openapi.utils import get_openapi
-
     def openapi() -> dict:
         if app.openapi_schema is None:
             spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
@@ -203,8 +202,16 @@ def _routes(app: FastAPI, settings: Settings, access: RepoAccess, jobs: JobManag
              responses={404: {"description": "no such backup or path"}, 400: {"description": "invalid path"}})
     def backup_json(backup_id: str, path: str = Query("", max_length=4096)):
         wanted = clean_path(path)
-        repo, snapshot, entry, real = _open_path(access, backup_id, wanted)
-        parts = stream_snapshot(snapshot, entry, real, whole=not wanted)
+
+        def prepare():
+            repo, snapshot, entry, real = _open_path(access, backup_id, wanted)
+            try:    # walks the trees and makes the first piece: a hostile snapshot is an error status
+                return repo, stream_snapshot(snapshot, entry, real, whole=not wanted)
+            except BaseException:
+                access.checkin(repo, broken=True)
+                raise
+
+        repo, parts = _fresh_on_failure(access, prepare)
         return StreamingResponse(_returning(parts, access, repo), media_type="application/json")
 
     @app.get("/api/cloud/backup/{backup_id}/tree", dependencies=auth,
@@ -222,15 +229,37 @@ def _routes(app: FastAPI, settings: Settings, access: RepoAccess, jobs: JobManag
              response_class=Response, responses={404: {"description": "no such backup or file"}})
     def backup_file(backup_id: str, path: str = Query(..., min_length=1, max_length=4096)):
         wanted = clean_path(path)
-        repo, snapshot, entry, real = _open_path(access, backup_id, wanted)
-        if entry is None or entry.type is not EntryType.FILE:
-            access.checkin(repo)
-            raise PathNotFound(f"{wanted or '/'} is not a file in backup {snapshot.short_id}")
+
+        def prepare():
+            repo, snapshot, entry, real = _open_path(access, backup_id, wanted)
+            if entry is None or entry.type is not EntryType.FILE:
+                access.checkin(repo)
+                raise PathNotFound(f"{wanted or '/'} is not a file in backup {snapshot.short_id}")
+            try:    # opened first: a size the chunks do not hold is an error status, not a short 200
+                return repo, entry, real, snapshot.open(real)
+            except BaseException:
+                access.checkin(repo, broken=True)
+                raise
+
+        repo, entry, real, opened = _fresh_on_failure(access, prepare)
         name = real.rsplit("/", 1)[-1]
         headers = {"content-length": str(entry.size),
                    "content-disposition": f"attachment; filename*=UTF-8''{quote(name, errors='replace')}"}
-        return StreamingResponse(_returning(stream_file(snapshot, real), access, repo),
+        return StreamingResponse(_returning(stream_file(opened), access, repo),
                                  media_type="application/octet-stream", headers=headers)
+
+
+def _fresh_on_failure(access: RepoAccess, prepare):
+    """`prepare()`, once more with a fresh listing and fresh readers if it fails reading the
+    repository: a CLI gc or forget since they were loaded leaves pooled indexes naming packs
+    that are gone, and the cached listing naming snapshots that are (issue 13, case 12)."""
+    try:
+        return prepare()
+    except (PathNotFound, SnapshotNotFound, BadPath):
+        raise
+    except CasstoreError:
+        access.refresh()
+        return prepare()
 
 
 def _open_path(access: RepoAccess, backup_id: str, path: str):

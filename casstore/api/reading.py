@@ -10,6 +10,7 @@ null), and every other file (or a JSON file that does not parse) as {"$file": pa
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import threading
@@ -22,6 +23,7 @@ from casstore.client import Repository, open_repository
 from casstore.errors import SnapshotNotFound
 from casstore.format import layout
 from casstore.format.tree import Entry, EntryType
+from casstore.format.walk import VisitBudget
 from casstore.read.dictview import _assign_keys, json_ready_file
 from casstore.read.reader import PathNotFound, Snapshot
 from casstore.settings import Settings
@@ -83,6 +85,11 @@ class RepoAccess:
     def invalidate(self) -> None:
         with self._lock:
             self._listed = None
+
+    def refresh(self) -> None:
+        """Forget the listing and every pooled reader (their indexes may name deleted packs)."""
+        self.invalidate()
+        self.close()
 
     def resolve(self, ref: str):
         """`latest` or an id prefix -> SnapshotInfo (SnapshotNotFound for anything else)."""
@@ -168,41 +175,76 @@ def find(snapshot: Snapshot, path: str) -> tuple[Entry | None, str]:
 
 
 def stream_snapshot(snapshot: Snapshot, entry: Entry | None, path: str, whole: bool) -> Iterator[bytes]:
-    """The snapshot (whole: with its header, as to_dict()) or one path's value, as JSON bytes."""
-    parts = _header(snapshot) if whole else _value(snapshot, entry, path)
-    return _coalesce(parts)
+    """The snapshot (whole: with its header, as to_dict()) or one path's value, as JSON bytes.
+
+    The trees to be streamed are walked first, within the snapshot's declared totals, so a hostile
+    DAG or a lying summary is refused before any header is sent; and the first piece is made
+    before returning, so an error there is an error status too, never an empty 200.
+    """
+    plan_stream(snapshot, entry)
+    budget = VisitBudget(snapshot.manifest.summary)
+    parts = _coalesce(_header(snapshot, budget) if whole else _value(snapshot, entry, path, budget))
+    first = next(parts, b"")
+    return itertools.chain([first], parts)
 
 
-def _header(snapshot: Snapshot) -> Iterator[str]:
+def plan_stream(snapshot: Snapshot, entry: Entry | None) -> None:
+    """Walk the trees a stream would visit (no file is read): IntegrityError if too many."""
+    if entry is not None and entry.type is not EntryType.DIR:
+        return
+    tree = snapshot.manifest.tree if entry is None else entry.subtree
+    VisitBudget(snapshot.manifest.summary).check_walk(snapshot.tree, tree)
+
+
+def _header(snapshot: Snapshot, budget: VisitBudget) -> Iterator[str]:
     head = {"snapshot_id": snapshot.id, "backup_id": snapshot.id, "timestamp": snapshot.time.isoformat(),
             "host": snapshot.manifest.host, "tags": list(snapshot.manifest.tags)}
     yield json.dumps(head)[:-1] + ', "data_sources": '
-    yield from _dir(snapshot, snapshot.manifest.tree, "")
+    yield from _dir(snapshot, snapshot.manifest.tree, "", budget)
     yield "}"
 
 
-def _value(snapshot: Snapshot, entry: Entry | None, path: str) -> Iterator[str]:
+def _value(snapshot: Snapshot, entry: Entry | None, path: str, budget: VisitBudget) -> Iterator[str]:
     if entry is None:
-        yield from _dir(snapshot, snapshot.manifest.tree, "")
+        yield from _dir(snapshot, snapshot.manifest.tree, "", budget)
     elif entry.type is EntryType.DIR:
-        yield from _dir(snapshot, entry.subtree, path)
+        yield from _dir(snapshot, entry.subtree, path, budget)
     elif entry.type is EntryType.FILE:
-        yield _file(snapshot, entry, path)
+        yield _file(snapshot, entry, path, budget)
     else:
         yield "null"
 
 
-def _dir(snapshot: Snapshot, tree_id: bytes, path: str) -> Iterator[str]:
+def _dir(snapshot: Snapshot, tree_id: bytes, path: str, budget: VisitBudget) -> Iterator[str]:
+    """A directory as a JSON object, iteratively (an explicit stack: any depth)."""
+    def members(tree: bytes) -> Iterator[tuple[str, Entry]]:
+        return iter(_assign_keys(budget.spend(snapshot.tree(tree))).items())
+
+    stack = [(path, members(tree_id), [True])]
     yield "{"
-    for i, (key, entry) in enumerate(_assign_keys(snapshot.tree(tree_id)).items()):
+    while stack:
+        prefix, items, first = stack[-1]
+        item = next(items, None)
+        if item is None:
+            stack.pop()
+            yield "}"
+            continue
+        key, entry = item
         name = entry.name.decode("utf-8", "surrogateescape")
-        yield ("," if i else "") + _dumps(key) + ":"
-        yield from _value(snapshot, entry, f"{path}/{name}" if path else name)
-    yield "}"
+        child = f"{prefix}/{name}" if prefix else name
+        yield ("" if first[0] else ",") + _dumps(key) + ":"
+        first[0] = False
+        if entry.type is EntryType.DIR:
+            stack.append((child, members(entry.subtree), [True]))
+            yield "{"
+        elif entry.type is EntryType.FILE:
+            yield _file(snapshot, entry, child, budget)
+        else:
+            yield "null"
 
 
-def _file(snapshot: Snapshot, entry: Entry, path: str) -> str:
-    value = json_ready_file(snapshot, path, entry.size)
+def _file(snapshot: Snapshot, entry: Entry, path: str, budget: VisitBudget) -> str:
+    value = json_ready_file(snapshot, path, entry, budget)
     if isinstance(value, dict) and "$file" in value:     # a reference: add where to download it
         value["href"] = file_href(snapshot, path)
     return _dumps(value)
@@ -230,8 +272,9 @@ def _coalesce(parts: Iterator[str]) -> Iterator[bytes]:
         yield "".join(buffer).encode("utf-8", "replace")
 
 
-def stream_file(snapshot: Snapshot, path: str, piece: int = 1 << 20) -> Iterator[bytes]:
-    with snapshot.open(path) as fh:
+def stream_file(opened, piece: int = 1 << 20) -> Iterator[bytes]:
+    """An opened snapshot file's bytes, in pieces (closed at the end)."""
+    with opened as fh:
         while chunk := fh.read(piece):
             yield chunk
 

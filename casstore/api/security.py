@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 MAX_BODY = 64 * 1024
+MIN_TOKEN_LENGTH = 16            # for a server reachable from other machines
+DEFAULT_PORTS = {"http": 80, "https": 443}
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 SECURITY_HEADERS = [
@@ -59,6 +61,31 @@ def host_name(value: str) -> str:
     if value.startswith("["):
         return value[1:value.find("]")] if "]" in value else value
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def host_port(value: str) -> int | None:
+    """The explicit port of a Host header ('localhost:5000' -> 5000); None when it names none (a
+    reverse proxy may pass the bare name, and the scheme it was reached by is unknown here)."""
+    value = value.strip()
+    tail = value[value.find("]") + 1:] if value.startswith("[") else value
+    if tail.count(":") != 1:
+        return None
+    port = tail.rpartition(":")[2]
+    return int(port) if port.isdigit() else None
+
+
+def token_problem(token: str | None, bind_host: str) -> str | None:
+    """Why `token` cannot guard a server bound to `bind_host`, or None."""
+    if is_loopback(bind_host):
+        return None
+    if not token:
+        return (f"refusing to listen on {bind_host} without a token: set CASSTORE_API_TOKEN, "
+                "or listen on 127.0.0.1 (the default)")
+    if len(token) < MIN_TOKEN_LENGTH:
+        return (f"refusing to listen on {bind_host} with a {len(token)}-character token: CASSTORE_API_TOKEN "
+                f"needs at least {MIN_TOKEN_LENGTH} characters (e.g. `python -c 'import secrets; "
+                "print(secrets.token_urlsafe(24))'`)")
+    return None
 
 
 def token_matches(header: str | None, token: str) -> bool:
@@ -107,8 +134,17 @@ class GuardMiddleware:
         origin = headers.get("origin")
         if not origin:
             return False
-        origin_host = urlsplit(origin).hostname or ""
+        try:
+            parts = urlsplit(origin)
+            origin_host, origin_port = parts.hostname or "", parts.port or DEFAULT_PORTS.get(parts.scheme)
+        except ValueError:
+            return True
         if origin == "null" or not origin_host:
+            return True
+        # another port of the same host is another site: a page served on localhost:8080 must not
+        # drive a tokenless API on localhost:5000 (issue 13, case 12)
+        port = host_port(headers.get("host", ""))
+        if port is not None and origin_port != port:
             return True
         same = origin_host == host_name(headers.get("host", ""))
         return not same and (self.allowed_hosts is None or origin_host not in self.allowed_hosts)

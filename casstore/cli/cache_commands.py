@@ -7,9 +7,13 @@ correctness; these commands show it, check it ahead of time, and free its space.
 
 from __future__ import annotations
 
+import os
+from collections import Counter
+
 import click
 
 from casstore.cli.common import emit, human, json_option, settings
+from casstore.repo.objectcache import LocalCache, cache_roots, verify_cache
 
 
 @click.group()
@@ -18,8 +22,6 @@ def cache() -> None:
 
 
 def _caches(ctx: click.Context):
-    from casstore.repo.objectcache import LocalCache, cache_roots
-
     s = settings(ctx)
     return s, [LocalCache(root, s.cache_max_bytes) for root in cache_roots(s.cache_dir)]
 
@@ -29,9 +31,6 @@ def _caches(ctx: click.Context):
 @click.pass_context
 def info(ctx: click.Context, as_json: bool) -> None:
     """Where the cache is, its size limit, and entries and bytes per repository."""
-    import os
-    from collections import Counter
-
     s, caches = _caches(ctx)
     repos = []
     for c in caches:
@@ -57,8 +56,6 @@ def info(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def verify(ctx: click.Context, as_json: bool) -> None:
     """Check every entry against its id; evict those that fail (they are downloaded again when needed)."""
-    from casstore.repo.objectcache import verify_cache
-
     _, caches = _caches(ctx)
     checked, evicted = 0, []
     for c in caches:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -16,6 +17,19 @@ from casstore.settings import Settings, load_settings
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON for scripts.")
 repo_option = click.option("--repo", "repository", metavar="PATH",
                            help="Local repository (default: CASSTORE_REPOSITORY or ./.casstore).")
+# the read commands' options, shared by read_commands and query_commands
+remote_option = click.option("--remote", "--from", "remote", metavar="URL",
+                             help="Read from this remote repository instead of the local one.")
+host_options = [
+    click.option("--host", help="Snapshots of this host (default: CASSTORE_HOST or the hostname)."),
+    click.option("--all-hosts", is_flag=True, help="Snapshots of every host."),
+]
+
+
+def _host_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(host_options):
+        fn = option(fn)
+    return fn
 
 
 def settings(ctx: click.Context, repository: str | None = None, **overrides: Any) -> Settings:
@@ -36,6 +50,27 @@ def emit(as_json: bool, payload: object, text: Callable[[], None]) -> None:
         click.echo(json.dumps(payload, indent=2, default=str))
     else:
         text()
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: object) -> str:
+    """`text` safe for a terminal: control characters (C0, DEL, C1) and undecodable bytes (lone
+    surrogates from surrogateescape) as escapes, so a hostile file name cannot move the cursor,
+    retitle the terminal or hide another line of the listing (issue 13, case 12)."""
+    return "".join(_escape(c) for c in str(text))
+
+
+def _escape(c: str) -> str:
+    code = ord(c)
+    if code < 0x20 or 0x7F <= code < 0xA0:
+        return _ESCAPES.get(c, f"\\x{code:02x}")
+    if 0xDC80 <= code <= 0xDCFF:            # a byte that was not UTF-8
+        return f"\\x{code - 0xDC00:02x}"
+    if 0xD800 <= code <= 0xDFFF:
+        return f"\\u{code:04x}"
+    return c
 
 
 def human(n: int | float | None) -> str:
@@ -92,8 +127,6 @@ class Progress:
 def estimate_total(progress: Progress, repo: Repository, source: str) -> None:
     """Give a snapshot's bar its total: the bytes of this host's last snapshot of `source`, or for a
     first snapshot a quick scan's (file sizes, in a background thread, so nothing waits for it)."""
-    import os
-
     if not progress.shown:
         return
     source = os.path.abspath(source)
@@ -107,8 +140,6 @@ def estimate_total(progress: Progress, repo: Repository, source: str) -> None:
 
 def _tree_bytes(root: str) -> int:
     """Sizes of the regular files below `root` (excludes are not applied: an estimate)."""
-    import os
-
     total, stack = 0, [root]
     while stack:
         try:

@@ -7,6 +7,7 @@ import sys
 import click
 
 from casstore.cli.common import emit, json_option, repo_option, settings
+from casstore.client import open_repository
 
 
 @click.command("import-legacy")
@@ -19,8 +20,6 @@ def import_legacy(ctx, where, repository, as_json):
 
     Each becomes a snapshot with its original time, tagged with its old id; corrupt files are
     reported and skipped; backups imported before are left alone."""
-    from casstore.client import open_repository
-
     with open_repository(settings(ctx, repository), create=True) as repo:
         report = repo.import_legacy(where)
     emit(as_json, report.as_dict(), lambda: _print(report))

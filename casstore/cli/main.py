@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import select
+import signal
 import sys
 from typing import NoReturn
 
@@ -128,8 +130,6 @@ def _os_error(exc: OSError) -> NoReturn:
 
 def stdout_closed() -> bool:
     """True when standard output is a pipe whose reader has gone (`casstore ls | head`)."""
-    import select
-
     try:
         poller = select.poll()
         poller.register(sys.stdout.fileno(), 0)   # POLLERR/POLLHUP are always reported
@@ -142,8 +142,6 @@ def die_of_sigpipe() -> NoReturn:
     """End as `cat`, `git` and the other Unix tools do when their reader stops reading: killed by
     SIGPIPE, silently (the shell shows nothing; the exit status is 141). Python ignores SIGPIPE
     so that network writes get an error instead; here, at the very end, its default is restored."""
-    import signal
-
     sys.stderr.flush()
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGPIPE)

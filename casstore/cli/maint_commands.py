@@ -85,7 +85,9 @@ def _print_forget(result) -> None:
 @repo_option
 @remote_option
 @click.option("--dry-run", is_flag=True, help="Show what would be freed; delete and write nothing.")
-@click.option("--grace", metavar="DURATION", help="Grace period on a remote (default: CASSTORE_GRACE or 24h).")
+@click.option("--grace", metavar="DURATION",
+              help="Grace period on a remote: the repository's (fixed at init) unless longer; "
+                   "a shorter one needs --exclusive.")
 @click.option("--exclusive", is_flag=True,
               help="On a remote: delete at once, without the lease; only when no writer can run.")
 @json_option

@@ -1,17 +1,16 @@
-"""history, find and the value diff's printing: questions asked across snapshots."""
+"""history and find: questions asked across snapshots."""
 
 from __future__ import annotations
 
 import csv
 import json
 import sys
+from itertools import groupby
 
 import click
 
-from casstore.cli.common import emit, json_option, open_repo, repo_option
-from casstore.cli.read_commands import _host_options, remote_option
-
-VALUE_WIDTH = 100
+from casstore.cli.common import _host_options, emit, human, json_option, open_repo, remote_option, repo_option
+from casstore.cli.values_view import short_value
 
 
 @click.command()
@@ -27,7 +26,7 @@ VALUE_WIDTH = 100
 @click.pass_context
 def history(ctx, path, key, since, limit, repository, remote, host, all_hosts, as_json, as_csv):
     """One row per snapshot where the file PATH (or the value at --key) changed, oldest first."""
-    from casstore.read.history import parse_since
+    from casstore.read.history import parse_since  # lazy: start-up time
 
     with open_repo(ctx, repository, remote=remote) as repo:
         rows = repo.history(path, key, since=parse_since(since) if since else None, limit=limit, host=host,
@@ -42,14 +41,8 @@ def _print_history(rows) -> None:
     click.echo(f"{'TIME (local)':19}  {'ID':8}  {'CHANGE':7}  VALUE")
     for row in rows:
         click.echo(f"{row.time.astimezone().strftime('%Y-%m-%d %H:%M:%S')}  {row.snapshot_id[:8]}  "
-                   f"{row.change:7}  {_short(row.value) if row.change != 'removed' else '-'}")
+                   f"{row.change:7}  {short_value(row.value) if row.change != 'removed' else '-'}")
     click.echo(f"{len(rows)} rows")
-
-
-def _short(value: object) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    text = text.replace("\n", "\\n")
-    return text if len(text) <= VALUE_WIDTH else text[:VALUE_WIDTH - 3] + "..."
 
 
 def _print_csv(rows: list[dict], columns: tuple[str, ...]) -> None:
@@ -63,32 +56,6 @@ def _cell(value: object) -> object:
     if value is None or isinstance(value, int | float | str):
         return "" if value is None else value
     return json.dumps(value, ensure_ascii=False)
-
-
-def value_diff(ctx: click.Context, old_id: str, new_id: str, path: str, repository: str | None, remote: str | None,
-               as_json: bool) -> None:
-    """`casstore diff A B [PATH] --values`: key paths added, removed and changed in JSON files."""
-    from casstore.read.jsondiff import diff_snapshot_values
-
-    with open_repo(ctx, repository, remote=remote) as repo:
-        diffs = diff_snapshot_values(repo.get(old_id), repo.get(new_id), path)
-    emit(as_json, [d.as_dict() for d in diffs], lambda: _print_value_diff(diffs))
-
-
-MARKS = {"added": "+", "removed": "-", "changed": "M", "appended": "+", "truncated": "-"}
-
-
-def _print_value_diff(diffs) -> None:
-    for d in diffs:
-        click.echo(f"{d.path} ({d.status}, {len(d.changes)} changes)")
-        for c in d.changes:
-            key = c["key"] or "(whole document)"
-            if c["op"] == "changed":
-                click.echo(f"  M {key}: {_short(c['old'])} -> {_short(c['new'])}")
-            else:
-                click.echo(f"  {MARKS[c['op']]} {key}: {_short(c['new'] if c['new'] is not None else c['old'])}"
-                           + ("  (appended)" if c["op"] == "appended" else ""))
-    click.echo(f"{len(diffs)} JSON files differ")
 
 
 @click.command()
@@ -111,10 +78,6 @@ def find(ctx, pattern, path_only, repository, remote, host, all_hosts, as_json):
 
 
 def _print_found(found) -> None:
-    from itertools import groupby
-
-    from casstore.cli.common import human
-
     for snapshot_id, group in groupby(found, key=lambda f: f.snapshot_id):
         rows = list(group)
         click.echo(f"{len(rows)} in snapshot {snapshot_id[:8]} from "

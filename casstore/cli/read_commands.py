@@ -7,21 +7,18 @@ from datetime import datetime
 
 import click
 
-from casstore.cli.common import Progress, emit, human, json_option, open_repo, repo_option
+from casstore.cli.common import (
+    Progress,
+    _host_options,
+    emit,
+    human,
+    json_option,
+    open_repo,
+    printable,
+    remote_option,
+    repo_option,
+)
 from casstore.read.diff import diff_snapshots
-
-remote_option = click.option("--remote", "--from", "remote", metavar="URL",
-                             help="Read from this remote repository instead of the local one.")
-host_options = [
-    click.option("--host", help="Snapshots of this host (default: CASSTORE_HOST or the hostname)."),
-    click.option("--all-hosts", is_flag=True, help="Snapshots of every host."),
-]
-
-
-def _host_options(fn):
-    for option in reversed(host_options):
-        fn = option(fn)
-    return fn
 
 
 @click.command("list")
@@ -46,9 +43,9 @@ def _print_list(infos) -> None:
     for info in infos:
         m, s = info.manifest, info.manifest.summary
         flag = " (incomplete)" if m.incomplete else ""
-        click.echo(f"{info.short_id}  {m.time.astimezone().strftime('%Y-%m-%d %H:%M:%S')}  {m.host[:12]:12}  "
-                   f"{s.get('files_total', 0):>7}  {human(s.get('bytes_total', 0)):>10}  "
-                   f"{human(s.get('bytes_added_stored', 0)):>10}  {','.join(m.tags)}{flag}")
+        click.echo(f"{info.short_id}  {m.time.astimezone().strftime('%Y-%m-%d %H:%M:%S')}  "
+                   f"{printable(m.host[:12]):12}  {s.get('files_total', 0):>7}  {human(s.get('bytes_total', 0)):>10}  "
+                   f"{human(s.get('bytes_added_stored', 0)):>10}  {printable(','.join(m.tags))}{flag}")
 
 
 @click.command()
@@ -87,10 +84,11 @@ def _row(info) -> dict:
 
 def _print_show(snap, rows) -> None:
     m, s = snap.manifest, snap.manifest.summary
-    click.echo(f"snapshot {snap.short_id}  {m.time.astimezone().isoformat(timespec='seconds')}  host {m.host}")
-    click.echo(f"source   {m.source}")
+    click.echo(f"snapshot {snap.short_id}  {m.time.astimezone().isoformat(timespec='seconds')}  "
+               f"host {printable(m.host)}")
+    click.echo(f"source   {printable(m.source)}")
     if m.tags:
-        click.echo(f"tags     {', '.join(m.tags)}")
+        click.echo(f"tags     {printable(', '.join(m.tags))}")
     click.echo(f"files    {s.get('files_total', 0)} ({s.get('files_new', 0)} new, {s.get('files_changed', 0)} "
                f"changed, {s.get('files_unchanged', 0)} unchanged), {human(s.get('bytes_total', 0))}")
     click.echo(f"added    {human(s.get('bytes_added', 0))} ({human(s.get('bytes_added_stored', 0))} stored)"
@@ -100,7 +98,7 @@ def _print_show(snap, rows) -> None:
         kind = {"dir": "d", "file": "-", "symlink": "l"}.get(info.type, "?")
         suffix = "/" if info.type == "dir" else f" -> {info.target}" if info.target is not None else ""
         click.echo(f"{kind} {info.mode:04o} {human(info.size) if info.type == 'file' else '':>10}  "
-                   f"{info.mtime.strftime('%Y-%m-%d %H:%M')}  {info.path}{suffix}")
+                   f"{info.mtime.strftime('%Y-%m-%d %H:%M')}  {printable(info.path)}{suffix}")
 
 
 @click.command()
@@ -132,9 +130,8 @@ def diff(ctx, old_id, new_id, path, repository, remote, values, as_json):
 
     PATH limits it to one file or directory; --values compares the JSON documents inside.
     M and U lines end with what changed: content (or a symlink's target), size, mode, mtime, owner."""
-
     if values:
-        from casstore.cli.query_commands import value_diff
+        from casstore.cli.values_view import value_diff  # lazy: only --values needs it
 
         return value_diff(ctx, old_id, new_id, path, repository, remote, as_json)
     with open_repo(ctx, repository, remote=remote) as repo:
@@ -151,7 +148,7 @@ def _print_diff(changes) -> None:
         sizes = {"added": human(c.new_size), "removed": human(c.old_size),
                  "modified": f"{human(c.old_size)} -> {human(c.new_size)}", "metadata": ""}[c.kind]
         what = f"  ({', '.join(c.what)})" if c.what else ""
-        click.echo(f"{marks[c.kind]}  {c.path}  {sizes if c.type == 'file' else ''}".rstrip() + what)
+        click.echo(f"{marks[c.kind]}  {printable(c.path)}  {sizes if c.type == 'file' else ''}".rstrip() + what)
     counts = {k: sum(1 for c in changes if c.kind == k) for k in marks}
     click.echo(f"{counts['added']} added, {counts['removed']} removed, {counts['modified']} modified, "
                f"{counts['metadata']} metadata only")
@@ -169,17 +166,21 @@ def _print_diff(changes) -> None:
 @click.option("--exclude", multiple=True, help="Do not restore paths matching this pattern (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Say what would be restored, write nothing.")
 @click.option("--verify", is_flag=True, help="Read every restored file back and check it.")
+@click.option("--privileged", is_flag=True,
+              help="As root: restore recorded owners, setuid/setgid bits and device nodes (default: none "
+                   "of them; files belong to the restoring user). Only for snapshots you trust.")
 @json_option
 @click.pass_context
 def restore(ctx, snapshot_id, target, repository, remote, path, overwrite, include, exclude, dry_run, verify,
-            as_json):
+            privileged, as_json):
     """Restore snapshot SNAPSHOT_ID (an id prefix or 'latest') into directory TARGET."""
     started = datetime.now()
     with open_repo(ctx, repository, remote=remote) as repo:
         total = repo.get(snapshot_id).manifest.summary.get("bytes_total")
         with Progress(total, "restore") as progress:
             result = repo.restore(snapshot_id, target, path=path, overwrite=overwrite, include=tuple(include),
-                                  exclude=tuple(exclude), dry_run=dry_run, verify=verify, progress=progress)
+                                  exclude=tuple(exclude), dry_run=dry_run, verify=verify, privileged=privileged,
+                                  progress=progress)
     seconds = (datetime.now() - started).total_seconds()
     emit(as_json, result.as_dict(), lambda: _print_restore(result, target, seconds))
     if not result.ok:
@@ -197,6 +198,6 @@ def _print_restore(result, target: str, seconds: float) -> None:
                    "as they are; use --overwrite if-changed to replace those that differ, or --overwrite always",
                    err=True)
     for error in result.errors[:100]:
-        click.echo(f"error: {error}", err=True)
+        click.echo(f"error: {printable(error)}", err=True)
     if len(result.errors) > 100:
         click.echo(f"... and {len(result.errors) - 100} more errors", err=True)

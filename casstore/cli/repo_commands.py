@@ -7,7 +7,17 @@ import sys
 
 import click
 
-from casstore.cli.common import Progress, emit, estimate_total, human, json_option, open_repo, repo_option, settings
+from casstore.cli.common import (
+    Progress,
+    emit,
+    estimate_total,
+    human,
+    json_option,
+    open_repo,
+    printable,
+    repo_option,
+    settings,
+)
 from casstore.client import init_repository, open_repository
 from casstore.errors import CasstoreError, ConfigError
 from casstore.format import layout
@@ -33,7 +43,8 @@ def init(ctx, repository, chunk_avg, chunk_min, chunk_max, pack_size, from_url, 
         config = adopted_config(from_url, s)
     else:
         config = RepoConfig.new(min_size=chunk_min, avg_size=chunk_avg, max_size=chunk_max,
-                                pack_size=pack_size or DEFAULT_PACK_SIZE, compression_level=s.compression_level or 3)
+                                pack_size=pack_size or DEFAULT_PACK_SIZE, compression_level=s.compression_level or 3,
+                                grace_seconds=s.grace_seconds)
     repo = init_repository(s, config)
     payload = {"repository": repo.location, "id": config.id, "chunker": {k: v for k, v in config.chunker.items()
                                                                         if k != "seed"}}
@@ -97,7 +108,7 @@ def _print_snapshot(result) -> None:
     if s.changed_during_read:
         click.echo(f"  {s.changed_during_read} file(s) changed while being read", err=True)
     for error in s.errors:
-        click.echo(f"  error: {error}", err=True)
+        click.echo(f"  error: {printable(error)}", err=True)
     if result.incomplete:
         click.echo("casstore: snapshot is INCOMPLETE: some files could not be read", err=True)
 
@@ -133,14 +144,19 @@ def _print_check(report) -> None:
     click.echo(f"{report.snapshots} snapshots, {report.indexes} indexes, {report.packs} packs"
                + (f", {report.packs_read} packs read, {report.blobs_verified} blobs verified"
                   if report.packs_read else ""))
+    if report.orphan_packs:
+        click.echo(f"{report.orphan_packs} packs no index names (left by interrupted runs; `casstore gc` removes them)")
+    if report.leftovers:
+        click.echo(f"{len(report.leftovers)} leftover temp files ({sum(s for _, s in report.leftovers)} bytes) "
+                   "from interrupted runs; `casstore gc` and the next snapshot remove those older than an hour")
     for error in report.errors:
-        click.echo(f"error: {error}")
+        click.echo(f"error: {printable(error)}")
     for pack_id, reason in report.damaged_packs.items():
         click.echo(f"damaged pack {pack_id[:16]}: {reason}")
     for snapshot_id, paths in report.affected.items():
         click.echo(f"snapshot {snapshot_id[:8]} is damaged:")
         for path in paths[:50]:
-            click.echo(f"  {path}")
+            click.echo(f"  {printable(path)}")
     click.echo("no errors found" if report.ok else "check FAILED")
 
 

@@ -13,7 +13,7 @@ from datetime import datetime
 
 import click
 
-from casstore.api.security import allowed_host_names, is_loopback
+from casstore.api.security import allowed_host_names, token_problem
 from casstore.cli.common import emit, human, json_option, repo_option, settings
 from casstore.client import open_repository
 from casstore.errors import ConfigError
@@ -319,9 +319,9 @@ def serve(ctx, repository, host, port, schedule_text, allow_hosts):
     """Serve the HTTP API (the seed's /api/cloud/* endpoints) and the dashboard at /."""
     s = settings(ctx, repository)
     s = s.with_overrides(repository=os.path.abspath(s.repository), source=os.path.abspath(s.source))
-    if not s.api_token and not is_loopback(host):
-        raise ConfigError(f"refusing to listen on {host} without a token: set CASSTORE_API_TOKEN, "
-                          "or listen on 127.0.0.1 (the default)")
+    problem = token_problem(s.api_token, host)
+    if problem:
+        raise ConfigError(problem)
     try:
         import uvicorn  # lazy: optional SDK (the `serve` extra); only `serve` needs it
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from casstore.errors import FormatError, IncompatibleRepository
+from casstore.errors import ConfigError, FormatError, IncompatibleRepository, IntegrityError
 
 if TYPE_CHECKING:
     from casstore.chunker import Chunker
@@ -19,6 +19,16 @@ KiB, MiB = 1024, 1024 * 1024
 DEFAULT_CHUNK_SIZES = {"min_size": 256 * KiB, "avg_size": 1 * MiB, "max_size": 8 * MiB}
 DEFAULT_PACK_SIZE = 16 * MiB
 DEFAULT_COMPRESSION_LEVEL = 3
+#: the grace period of a repository whose config predates the setting (design 9)
+DEFAULT_GRACE_SECONDS = 24 * 3600
+#: the shortest grace period a repository may be created with: a writer checkpoints every quarter
+MIN_GRACE_SECONDS = 10
+# The format's stated ranges (DESIGN.md, config). A config outside them is refused when the
+# repository is opened: a hostile `max_size = 2**40` would otherwise let 1 GiB blobs in, and a
+# huge `pack_size` would size every pack buffer.
+CHUNK_RANGE = (64, 64 * MiB)
+PACK_SIZE_RANGE = (4 * KiB, 1024 * MiB)
+LEVEL_RANGE = (-(1 << 17), 22)         # zstd's levels
 
 
 @dataclass(frozen=True)
@@ -30,18 +40,25 @@ class RepoConfig:
         default_factory=lambda: {"algorithm": "zstd", "level": DEFAULT_COMPRESSION_LEVEL})
     encryption: dict[str, Any] | None = None
     version: int = FORMAT_VERSION
+    #: gc's grace period on a shared remote, fixed at init like the chunker: every writer and every
+    #: gc host uses this one, so no host's setting can make gc delete what a writer still protects
+    grace_seconds: int = DEFAULT_GRACE_SECONDS
 
     @classmethod
     def new(cls, *, min_size: int | None = None, avg_size: int | None = None, max_size: int | None = None,
-            pack_size: int = DEFAULT_PACK_SIZE, compression_level: int = DEFAULT_COMPRESSION_LEVEL) -> RepoConfig:
+            pack_size: int = DEFAULT_PACK_SIZE, compression_level: int = DEFAULT_COMPRESSION_LEVEL,
+            grace_seconds: float = DEFAULT_GRACE_SECONDS) -> RepoConfig:
         avg = avg_size or DEFAULT_CHUNK_SIZES["avg_size"]
         lo = min_size or (DEFAULT_CHUNK_SIZES["min_size"] if avg_size is None else max(64, avg // 4))
         hi = max_size or (DEFAULT_CHUNK_SIZES["max_size"] if avg_size is None else min(16 * MiB, avg * 8))
         from casstore.chunker.fastcdc import FastCDCChunker, new_seed  # lazy: compiled chunker, writers only
 
+        _check_sizes({"min_size": lo, "avg_size": avg, "max_size": hi}, pack_size, compression_level)
         chunker = FastCDCChunker(lo, avg, hi, new_seed())
+        if grace_seconds < MIN_GRACE_SECONDS:
+            raise ConfigError(f"a grace period shorter than {MIN_GRACE_SECONDS} s is not safe for writers")
         return cls(id=os.urandom(16).hex(), chunker=chunker.params(), pack_size=pack_size,
-                   compression={"algorithm": "zstd", "level": compression_level})
+                   compression={"algorithm": "zstd", "level": compression_level}, grace_seconds=int(grace_seconds))
 
     def make_chunker(self) -> Chunker:
         """The chunker these parameters describe (imported on first use: it is a compiled module)."""
@@ -58,6 +75,13 @@ class RepoConfig:
         body: bytes = msgpack.packb(asdict(self))
         return body
 
+    def encode_verified(self) -> bytes:
+        """The encoding, decoded back before it leaves the process (design 5.5)."""
+        body = self.encode()
+        if RepoConfig.decode(body) != self:
+            raise IntegrityError("internal error: the repository config does not decode to what was encoded")
+        return body
+
     @classmethod
     def decode(cls, body: bytes) -> RepoConfig:
         try:
@@ -68,6 +92,9 @@ class RepoConfig:
                 raise FormatError(f"unsupported repository format version {doc.get('version')}")
             config = cls(**doc)
             _check_chunker(config.chunker)
+            _check_rest(config)
+            if not isinstance(config.grace_seconds, int) or config.grace_seconds < MIN_GRACE_SECONDS:
+                raise FormatError(f"bad grace period in repository config: {config.grace_seconds!r}")
         except (TypeError, ValueError, KeyError, msgpack.UnpackException) as exc:
             raise FormatError(f"corrupt repository config: {exc}") from exc
         return config
@@ -87,3 +114,32 @@ def _check_chunker(params: object) -> None:
     sizes = ("min_size", "avg_size", "max_size", "seed") if params["algorithm"] == "fastcdc-2020" else ("size",)
     if not all(isinstance(params.get(k), int) and params[k] > 0 for k in sizes):
         raise FormatError("bad chunker sizes in repository config")
+
+
+def _check_rest(config: RepoConfig) -> None:
+    compression = config.compression
+    if not isinstance(compression, dict) or compression.get("algorithm") != "zstd" \
+            or not isinstance(compression.get("level"), int):
+        raise FormatError(f"unknown compression in repository config: {compression!r}")
+    if config.encryption is not None:
+        raise FormatError("encrypted repositories are not supported by this version")
+    if not isinstance(config.id, str) or len(config.id) != 32:
+        raise FormatError("bad repository id in config")
+    params = config.chunker
+    sizes: dict[str, int] = {k: params[k] for k in ("min_size", "avg_size", "max_size", "size") if k in params}
+    _check_sizes(sizes, config.pack_size, compression["level"])
+
+
+def _check_sizes(sizes: dict[str, int], pack_size: object, level: object) -> None:
+    """Chunk sizes, pack size and compression level inside the format's stated ranges."""
+    lo, hi = CHUNK_RANGE
+    for name, value in sizes.items():
+        if not lo <= value <= hi:
+            raise FormatError(f"chunker {name} {value} is outside the format's range ({lo} to {hi} bytes)")
+    if "max_size" in sizes and not sizes["min_size"] <= sizes["avg_size"] <= sizes["max_size"]:
+        raise FormatError("chunker sizes must satisfy min_size <= avg_size <= max_size")
+    if not isinstance(pack_size, int) or not PACK_SIZE_RANGE[0] <= pack_size <= PACK_SIZE_RANGE[1]:
+        raise FormatError(f"pack_size {pack_size} is outside the format's range "
+                          f"({PACK_SIZE_RANGE[0]} to {PACK_SIZE_RANGE[1]} bytes)")
+    if not isinstance(level, int) or not LEVEL_RANGE[0] <= level <= LEVEL_RANGE[1]:
+        raise FormatError(f"compression level {level} is outside zstd's range")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from casstore.errors import FormatError, ObjectNotFound
+from casstore.errors import FormatError, IntegrityError, ObjectNotFound
 from casstore.format.layout import GC_PREFIX, is_plan_key
 from casstore.remotes.base import Remote
 
@@ -36,14 +36,33 @@ class GcPlan:
         return body
 
 
+def encode_plan_verified(plan: GcPlan) -> bytes:
+    """A plan's bytes, decoded back before they leave the process (design 5.5)."""
+    body = plan.encode()
+    back = decode_plan(body)
+    if (sorted(back.condemned_packs), sorted(back.superseded_indexes)) != (
+            sorted(plan.condemned_packs), sorted(plan.superseded_indexes)):
+        raise IntegrityError("internal error: a gc plan does not decode to what was encoded")
+    return body
+
+
 def decode_plan(body: bytes) -> GcPlan:
     try:
         doc = msgpack.unpackb(body)
+        if not isinstance(doc, dict):
+            raise ValueError("not a map")
         if doc.get("version") != PLAN_VERSION:
             raise FormatError(f"unsupported gc plan version {doc.get('version')}")
-        return GcPlan(list(doc["condemned_packs"]), list(doc["superseded_indexes"]), str(doc.get("host", "")))
+        return GcPlan(_names(doc["condemned_packs"]), _names(doc["superseded_indexes"]), str(doc.get("host", "")))
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
         raise FormatError(f"corrupt gc plan: {exc}") from exc
+
+
+def _names(value: object) -> list[str]:
+    """A plan's list of object names (found by fuzzing: anything else was accepted or crashed)."""
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise ValueError("object names must be a list of strings")
+    return list(value)
 
 
 def list_plan_keys(remote: Remote) -> list[str]:

@@ -125,6 +125,11 @@ def _check_content(kind: EntryType, content: object, name: bytes) -> None:
         raise ValueError(f"entry {name!r}: bad content for a {kind.value}")
 
 
+def safe_name(name: bytes) -> bool:
+    """A name that can be created inside a directory: not empty, `.` or `..`, no `/` or NUL."""
+    return bool(name) and name not in (b".", b"..") and b"/" not in name and b"\0" not in name
+
+
 def _is_id(value: object) -> bool:
     return isinstance(value, bytes) and len(value) == 32
 

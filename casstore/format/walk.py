@@ -57,22 +57,25 @@ def add_reachable(read_tree: TreeReader, root: bytes, reached: dict[tuple[int, b
                     reached.setdefault((KIND_DATA, chunk_id), None)
 
 
+MAX_VISIT = 50_000_000        # entries any one walk visits, whatever a summary claims
+MAX_READ_BYTES = 1 << 40     # bytes any one reader returns, whatever a summary claims
+
+
 class VisitBudget:
-    """How many entries one walk of a snapshot may visit.
+    """How many entries (and file bytes) one walk of a snapshot may visit.
 
     Trees are a DAG: an identical directory is stored once and referenced from every place it
     appears, which is what makes dedup work. A hostile repository can use that to make a tree that
-    references one subtree twice at each of 60 levels, so a walk would never end. A snapshot's own
-    summary says how many files and directories it holds; a walk that visits far more than that is
-    refused as corrupt.
+    references one subtree twice at each of 60 levels, so a walk would never end; or a file that
+    names one 8 MiB chunk a thousand times. A snapshot's own summary says how many files and
+    directories (and bytes) it holds; a walk that visits far more than that is refused as corrupt,
+    and a hard limit holds when the summary itself lies.
     """
 
     def __init__(self, summary: Mapping[str, Any]) -> None:
-        recorded = 0
-        for key in ("files_total", "dirs_total"):
-            value = summary.get(key, 0) if isinstance(summary, dict) else 0
-            recorded += value if isinstance(value, int) and value > 0 else 0
-        self.left = 4 * recorded + 100_000
+        self.left = min(4 * (_declared(summary, "files_total") + _declared(summary, "dirs_total")) + 100_000,
+                        MAX_VISIT)
+        self.bytes_left = min(4 * _declared(summary, "bytes_total") + (1 << 30), MAX_READ_BYTES)
 
     def spend(self, entries: list[Entry]) -> list[Entry]:
         self.left -= len(entries)
@@ -80,12 +83,55 @@ class VisitBudget:
             raise IntegrityError("the snapshot's trees hold far more entries than it records (corrupt or hostile)")
         return entries
 
+    def check_walk(self, load: TreeLoader, root: bytes) -> None:
+        """Refuse, before anything is written or sent, a walk of `root` that would exceed the budget
+        (one read per distinct tree, so a DAG of 2**60 paths costs 60 reads here)."""
+        walked = tree_sizes(load, root)[root]
+        if walked > self.left:
+            raise IntegrityError(f"the snapshot's trees hold far more entries than it records ({walked} to walk; "
+                                 "corrupt or hostile)")
+
+    def spend_bytes(self, size: int) -> None:
+        self.bytes_left -= size
+        if self.bytes_left < 0:
+            raise IntegrityError("the snapshot's files hold far more bytes than it records (corrupt or hostile)")
+
+
+def _declared(summary: Mapping[str, Any], key: str) -> int:
+    value = summary.get(key, 0) if isinstance(summary, dict) else 0
+    return value if isinstance(value, int) and value > 0 else 0
+
 
 def walk_tree(load: TreeLoader, tree_id: bytes, prefix: str = "") -> Iterator[tuple[str, Entry]]:
-    """Yield (path, entry) for everything below `tree_id`, depth first."""
-    for entry in load(tree_id):
+    """Yield (path, entry) for everything below `tree_id`, depth first (iterative: any depth)."""
+    stack: list[tuple[str, Iterator[Entry]]] = [(prefix, iter(load(tree_id)))]
+    while stack:
+        base, entries = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
         name = entry.name.decode("utf-8", "surrogateescape")
-        path = f"{prefix}/{name}" if prefix else name
+        path = f"{base}/{name}" if base else name
         yield path, entry
         if entry.type is EntryType.DIR:
-            yield from walk_tree(load, entry.subtree, path)
+            stack.append((path, iter(load(entry.subtree))))
+
+
+def tree_sizes(load: TreeLoader, root: bytes) -> dict[bytes, int]:
+    """For every tree below `root`, the number of entries a full walk of it visits (shared
+    subtrees counted each time they appear), computed once per distinct tree: linear in the
+    repository's size even for a DAG whose walk would never end."""
+    sizes: dict[bytes, int] = {}
+    stack: list[tuple[bytes, list[Entry] | None]] = [(root, None)]
+    while stack:
+        tree_id, entries = stack.pop()
+        if tree_id in sizes:
+            continue
+        if entries is None:
+            entries = load(tree_id)
+            stack.append((tree_id, entries))
+            stack.extend((e.subtree, None) for e in entries if e.type is EntryType.DIR and e.subtree not in sizes)
+            continue
+        sizes[tree_id] = len(entries) + sum(sizes.get(e.subtree, 0) for e in entries if e.type is EntryType.DIR)
+    return sizes

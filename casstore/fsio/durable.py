@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from casstore._testing import CRASH_AT_IO, crash_hook
+from casstore.fsio.private import open_private
 
 
 class FileSystem:
@@ -26,7 +27,7 @@ class FileSystem:
     def write_new(self, path: str, data: bytes) -> int:
         """Create `path` exclusively and write `data`; return the open descriptor."""
         self._tick()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = open_private(path, os.O_WRONLY | os.O_EXCL)   # repository objects are the owner's alone
         try:
             view = memoryview(data)
             while view:

@@ -37,9 +37,10 @@ def hint_range(fd: int, offset: int, length: int) -> None:
             pass
 
 
-def hint_file(path: str, length: int) -> None:
+def hint_file(path: str, length: int, dir_fd: int | None = None) -> None:
+    """Hint the start of a file: `path`, relative to `dir_fd` when given."""
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        fd = os.open(path, _OPEN_FLAGS, dir_fd=dir_fd)
     except OSError:
         return
     try:
@@ -59,8 +60,9 @@ class ReadAhead:
         self._window: deque[tuple[int, int]] = deque()    # (file index, bytes hinted), not yet reached
         self._window_bytes = 0
 
-    def reading(self, index: int) -> None:
-        """The builder starts reading file `index` of the list: slide the window past it."""
+    def reading(self, index: int, dir_fd: int | None = None) -> None:
+        """The builder starts reading file `index` of the list: slide the window past it.
+        With `dir_fd`, the files' names are relative to that directory descriptor."""
         while self._window and self._window[0][0] <= index:
             self._window_bytes -= self._window.popleft()[1]
         self._next = max(self._next, index + 1)
@@ -68,7 +70,10 @@ class ReadAhead:
                and self._window_bytes < self._ahead_bytes):
             path, size = self._files[self._next]
             length = min(size, FIRST_HINT)
-            hint_file(path, length)
+            if dir_fd is None:
+                hint_file(path, length)
+            else:
+                hint_file(path, length, dir_fd)
             self._window.append((self._next, length))
             self._window_bytes += length
             self._next += 1

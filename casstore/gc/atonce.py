@@ -8,12 +8,17 @@ index, then the old indexes, then the packs, then any plans an earlier two-phase
 
 from __future__ import annotations
 
+import logging
+
 from casstore.format import layout
 from casstore.format.layout import pack_key
 from casstore.gc.context import GcContext
 from casstore.gc.listing import RepoView, delete_retracted, load_view, needed_locations, pack_usage
 from casstore.gc.repack import dead_bytes, mostly_dead, repack
 from casstore.gc.sweep import write_consolidated
+from casstore.remotes.local import remove_leftovers
+
+log = logging.getLogger(__name__)
 
 
 def collect_at_once(ctx: GcContext) -> None:
@@ -36,7 +41,20 @@ def collect_at_once(ctx: GcContext) -> None:
 
 
 def _replace(ctx: GcContext, view: RepoView, doomed: set[str], new_packs: dict) -> None:
-    """New index, then old indexes, then packs, then plans."""
+    """Leftovers and packs no index names first, then the new index, old indexes, packs, plans.
+
+    On a full disk the index cannot be written until something is deleted: temp files of killed
+    runs and packs no index names (what a snapshot that failed on a full disk leaves) are
+    unreachable by every reader, so they go first and make the room (issue 13, case 11).
+    """
+    files, size = remove_leftovers(ctx.remote)
+    ctx.report.bytes_deleted += size
+    if files:
+        log.info("removed %d leftover temp files (%d bytes)", files, size)
+    indexed = view.indexed_packs()
+    for pack_id in sorted(p for p in doomed if p not in indexed):
+        ctx.delete(pack_key(pack_id), view.packs[pack_id].size, "packs_deleted")
+    doomed = {p for p in doomed if p in indexed}
     delete_retracted(ctx, view)
     if doomed or new_packs or len(view.indexes) > 1:
         write_consolidated(ctx, view, doomed, new_packs)

@@ -5,7 +5,8 @@
     ├── LeaseHeld                    another gc holds `gc/lease`
     ├── LeaseLost                    the lease could not be renewed; gc stopped
     ├── ClockSkew                    local clock and storage clock disagree by minutes
-    └── NoConditionalWrites          the store ignores conditional create (use --exclusive)
+    ├── NoConditionalWrites          the store ignores conditional create (use --exclusive)
+    └── GraceTooShort                --grace below the repository's grace period (use --exclusive)
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ class ClockSkew(GcError):
 
 class NoConditionalWrites(GcError):
     pass
+
+
+class GraceTooShort(GcError):
+    """A grace period shorter than the repository's was asked for on a shared remote."""
 
 
 def boottime() -> float:

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 
 import msgpack
 
-from casstore.errors import ObjectExists, ObjectNotFound, RemoteError
+from casstore.errors import IntegrityError, ObjectExists, ObjectNotFound, RemoteError
 from casstore.format.layout import LEASE_KEY
 from casstore.gc.context import MAX_CLOCK_SKEW, ClockSkew, LeaseHeld, LeaseLost, NoConditionalWrites
 from casstore.remotes.base import Remote
@@ -74,9 +74,12 @@ class Lease:
     def body(self, expires: float, probe: bool = False) -> bytes:
         # the nonce makes every write's bytes unique: an S3 ETag is the content's MD5, so a
         # compare-and-swap must never see two writes with equal bytes as the same version
-        return msgpack.packb({"version": LEASE_VERSION, "host": self.host, "pid": os.getpid(),
-                              "boot_id": _boot_id(), "expires": expires, "probe": probe,
-                              "nonce": os.urandom(8)})
+        doc = {"version": LEASE_VERSION, "host": self.host, "pid": os.getpid(), "boot_id": _boot_id(),
+               "expires": expires, "probe": probe, "nonce": os.urandom(8)}
+        body = msgpack.packb(doc)
+        if msgpack.unpackb(body) != doc:   # read back before it leaves the process (design 5.5)
+            raise IntegrityError("internal error: the gc lease does not decode to what was encoded")
+        return body
 
     def now(self) -> float:
         """The storage's clock, estimated forward from our last write of the lease."""

@@ -15,8 +15,9 @@ pack id), so duplicate copies uploaded by racing hosts are reclaimed too.
 
 from __future__ import annotations
 
+from casstore._testing import pause_point
 from casstore.format.layout import plan_key
-from casstore.format.plan import GcPlan
+from casstore.format.plan import GcPlan, encode_plan_verified
 from casstore.gc.context import GcContext
 from casstore.gc.listing import RepoView, needed_locations, pack_usage
 from casstore.gc.repack import dead_bytes, mostly_dead, repack
@@ -45,6 +46,7 @@ def mark(ctx: GcContext, view: RepoView) -> None:
     if sparse:
         repack(ctx, view, sparse, needed, index_kind="gc")
     condemned = dead | sparse
+    pause_point("mark-before-plan")
     if condemned:
         write_plan(ctx, view, condemned)
 
@@ -53,7 +55,7 @@ def write_plan(ctx: GcContext, view: RepoView, condemned: set[str]) -> str:
     superseded = {index_id for index_id, (index, _) in view.indexes.items() if set(index.packs) & condemned}
     plan = GcPlan(condemned_packs=sorted(condemned), superseded_indexes=sorted(superseded), host=ctx.host)
     key = plan_key(ctx.storage_now())
-    ctx.put(key, plan.encode())
+    ctx.put(key, encode_plan_verified(plan))
     ctx.report.plan = key
     ctx.report.packs_condemned += len(condemned)
     ctx.report.bytes_condemned += sum(view.packs[p].size for p in condemned)

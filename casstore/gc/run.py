@@ -31,6 +31,7 @@ from casstore.gc.context import (
     GcContext,
     GcError,
     GcReport,
+    GraceTooShort,
     LeaseHeld,
     LeaseLost,
     NoConditionalWrites,
@@ -56,7 +57,7 @@ def collect_garbage(repo: RepoCore, *, dry_run: bool = False, grace: float | Non
     started = time.monotonic()
     requests_before = _requests(repo)
     report = GcReport(location=repo.location, dry_run=dry_run)
-    ctx = GcContext(repo, _hooked(repo.remote), repo.settings.grace_seconds if grace is None else grace, report,
+    ctx = GcContext(repo, _hooked(repo.remote), effective_grace(repo, grace, exclusive), report,
                     dry_run=dry_run, clock=clock, local_clock=local_clock,
                     host=repo.settings.host or socket.gethostname())
     if repo.local_dir is not None:
@@ -75,6 +76,23 @@ def collect_garbage(repo: RepoCore, *, dry_run: bool = False, grace: float | Non
     report.requests = _requests(repo) - requests_before
     report.seconds = round(time.monotonic() - started, 3)
     return report
+
+
+def effective_grace(repo: RepoCore, requested: float | None, exclusive: bool) -> float:
+    """The repository's grace period (design 9): fixed at init, the same for every writer and gc.
+
+    A longer `requested` grace is honoured (it only keeps more); a shorter one is refused, since
+    writers checkpoint and re-check by the repository's grace, unless gc runs `exclusive` (no
+    writer runs, nothing waits for a grace period). No host setting (CASSTORE_GRACE) shortens it.
+    """
+    fixed = float(repo.config.grace_seconds)
+    if requested is None:
+        return fixed
+    if requested < fixed and not exclusive and repo.local_dir is None:
+        raise GraceTooShort(f"--grace {requested:.0f}s is shorter than the repository's grace period "
+                            f"({fixed:.0f}s, fixed at init); writers rely on it. Use --exclusive only when no "
+                            "writer runs")
+    return max(fixed, requested)
 
 
 def _two_phase(ctx: GcContext) -> None:
@@ -113,5 +131,5 @@ def _requests(repo: RepoCore) -> int:
     return total() if callable(total) else 0
 
 
-__all__ = ["ClockSkew", "GcAborted", "GcError", "GcReport", "LeaseHeld", "LeaseLost", "NoConditionalWrites",
-           "collect_garbage"]
+__all__ = ["ClockSkew", "GcAborted", "GcError", "GcReport", "GraceTooShort", "LeaseHeld", "LeaseLost",
+           "NoConditionalWrites", "collect_garbage"]

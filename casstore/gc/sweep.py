@@ -70,8 +70,10 @@ def sweep(ctx: GcContext, view: RepoView) -> bool:
     delete_retracted(ctx, view)
     for index_id in sorted(indexes):
         ctx.delete(layout.index_key(index_id), view.indexes[index_id][1].size, "indexes_deleted")
+    pause_point("sweep-before-packs")
     for pack_id in sorted(deleting):
         ctx.delete(pack_key(pack_id), view.packs[pack_id].size, "packs_deleted")
+    pause_point("sweep-before-plans")
     for key in due:
         ctx.delete(key, view.plans[key][1].size, "plans_deleted")
     return True

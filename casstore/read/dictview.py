@@ -22,6 +22,7 @@ import math
 from collections.abc import Iterator, Mapping
 
 from casstore.format.tree import Entry, EntryType
+from casstore.format.walk import VisitBudget
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +30,19 @@ _RANK = {"dir": 0, "json": 1, "jsonl": 2}
 
 
 class LazyDir(Mapping):
-    def __init__(self, snapshot, tree_id: bytes, path: str, json_ready: bool = False) -> None:
+    def __init__(self, snapshot, tree_id: bytes, path: str, json_ready: bool = False,
+                 budget: VisitBudget | None = None) -> None:
         self._snapshot, self._tree_id, self._path = snapshot, tree_id, path
         self._json_ready = json_ready
+        # one budget for the whole dict: a hostile DAG or a file naming one chunk a thousand
+        # times ends in an IntegrityError, not a walk that never ends or a MemoryError
+        self._budget = budget or VisitBudget(snapshot.manifest.summary)
         self._keys: dict[str, Entry] | None = None
         self._values: dict[str, object] = {}
 
     def _key_map(self) -> dict[str, Entry]:
         if self._keys is None:
-            self._keys = _assign_keys(self._snapshot.tree(self._tree_id))
+            self._keys = _assign_keys(self._budget.spend(self._snapshot.tree(self._tree_id)))
         return self._keys
 
     def __getitem__(self, key: str) -> object:
@@ -59,16 +64,28 @@ class LazyDir(Mapping):
         name = entry.name.decode("utf-8", "surrogateescape")
         path = f"{self._path}/{name}" if self._path else name
         if entry.type is EntryType.DIR:
-            return LazyDir(self._snapshot, entry.subtree, path, self._json_ready)
+            return LazyDir(self._snapshot, entry.subtree, path, self._json_ready, self._budget)
         if entry.type is not EntryType.FILE:
             return None
         if self._json_ready:
-            return json_ready_file(self._snapshot, path, entry.size)
-        data = self._snapshot.read_bytes(path)
+            return json_ready_file(self._snapshot, path, entry, self._budget)
+        data = self._snapshot.read_entry(entry, path, self._budget)
         return _parse(path, name, data)
 
     def materialize(self) -> dict:
-        return {key: (value.materialize() if isinstance(value, LazyDir) else value) for key, value in self.items()}
+        """Plain dicts all the way down (iterative: a tree of any depth)."""
+        self._budget.check_walk(self._snapshot.tree, self._tree_id)
+        out: dict = {}
+        stack: list[tuple[LazyDir, dict]] = [(self, out)]
+        while stack:
+            lazy, target = stack.pop()
+            for key, value in lazy.items():
+                if isinstance(value, LazyDir):
+                    target[key] = {}
+                    stack.append((value, target[key]))
+                else:
+                    target[key] = value
+        return out
 
 
 class SnapshotDict(Mapping):
@@ -94,7 +111,7 @@ class SnapshotDict(Mapping):
         return len(self._items)
 
     def materialize(self) -> dict:
-        return {k: (v.materialize() if isinstance(v, LazyDir) else v) for k, v in self._items.items()}
+        return {k: (v.materialize() if isinstance(v, LazyDir) else v) for k, v in self._items.items()}  # one level
 
 
 def snapshot_dict(snapshot) -> SnapshotDict:
@@ -106,14 +123,16 @@ def json_ready_dict(snapshot) -> dict:
     return SnapshotDict(snapshot, json_ready=True).materialize()
 
 
-def json_ready_file(snapshot, path: str, size: int) -> object:
-    """A .json/.jsonl file parsed (non-finite numbers as None); any other file as a reference."""
+def json_ready_file(snapshot, path: str, entry: Entry, budget: VisitBudget | None = None) -> object:
+    """A .json/.jsonl file parsed (non-finite numbers as None); any other file as a reference.
+    The file is read within `budget` (the snapshot's declared totals)."""
     if not path.endswith((".json", ".jsonl")):
-        return file_ref(path, size)
+        return file_ref(path, entry.size)
+    data = snapshot.read_entry(entry, path, budget)
     try:
-        return parse_json_file(path, snapshot.read_bytes(path), json_ready=True)
-    except ValueError:      # UnicodeDecodeError is one
-        return file_ref(path, size, error="does not parse as JSON")
+        return parse_json_file(path, data, json_ready=True)
+    except (ValueError, RecursionError):      # UnicodeDecodeError is a ValueError; too deep: a reference
+        return file_ref(path, entry.size, error="does not parse as JSON")
 
 
 def file_ref(path: str, size: int, error: str | None = None) -> dict:
@@ -167,6 +186,6 @@ def _parse(path: str, name: str, data: bytes) -> object:
     try:
         if name.endswith((".json", ".jsonl")):
             return parse_json_file(name, data)
-    except ValueError as exc:
-        log.warning("%s does not parse as JSON (%s); returned as bytes", path, exc)
+    except (ValueError, RecursionError) as exc:   # nested too deep to parse: bytes too
+        log.warning("%s does not parse as JSON (%s); returned as bytes", path, type(exc).__name__)
     return data

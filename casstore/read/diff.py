@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from casstore.format.tree import Entry, EntryType
+from casstore.format.walk import VisitBudget
 
 if TYPE_CHECKING:
     from casstore.read.reader import Snapshot
@@ -25,49 +27,60 @@ class Change:
                 "old_size": self.old_size, "new_size": self.new_size, "what": list(self.what)}
 
 
-def diff_snapshots(old, new) -> list[Change]:
-    """Changes from snapshot `old` to `new`; identical subtrees (same tree id) are skipped unread."""
+def diff_snapshots(old: Snapshot, new: Snapshot) -> list[Change]:
+    """Changes from snapshot `old` to `new`; identical subtrees (same tree id) are skipped unread.
+    Iterative (a stack of generators: any depth) and bounded by each snapshot's declared totals."""
+    budgets = (VisitBudget(old.manifest.summary), VisitBudget(new.manifest.summary))
+    budgets[0].check_walk(old.tree, old.manifest.tree)
+    budgets[1].check_walk(new.tree, new.manifest.tree)
+
+    def actions(old_tree: bytes | None, new_tree: bytes | None, prefix: str) -> Iterator[Change | tuple]:
+        if old_tree == new_tree:
+            return
+        before = {e.name: e for e in budgets[0].spend(old.tree(old_tree))} if old_tree else {}
+        after = {e.name: e for e in budgets[1].spend(new.tree(new_tree))} if new_tree else {}
+        for name in sorted(before.keys() | after.keys()):
+            text = name.decode("utf-8", "surrogateescape")
+            yield from _entry_actions(before.get(name), after.get(name), f"{prefix}/{text}" if prefix else text)
+
     changes: list[Change] = []
-    _diff_tree(old, new, old.manifest.tree, new.manifest.tree, "", changes)
+    stack = [actions(old.manifest.tree, new.manifest.tree, "")]
+    while stack:
+        action = next(stack[-1], None)
+        if action is None:
+            stack.pop()
+        elif isinstance(action, Change):
+            changes.append(action)
+        else:
+            stack.append(actions(*action))       # descend: (old subtree, new subtree, path)
     return changes
 
 
-def _diff_tree(old, new, old_tree: bytes | None, new_tree: bytes | None, prefix: str, out: list[Change]) -> None:
-    if old_tree == new_tree:
-        return
-    before = {e.name: e for e in old.tree(old_tree)} if old_tree else {}
-    after = {e.name: e for e in new.tree(new_tree)} if new_tree else {}
-    for name in sorted(before.keys() | after.keys()):
-        path = f"{prefix}/{name.decode('utf-8', 'surrogateescape')}" if prefix else name.decode(
-            "utf-8", "surrogateescape")
-        _diff_entry(old, new, before.get(name), after.get(name), path, out)
-
-
-def _diff_entry(old, new, a: Entry | None, b: Entry | None, path: str, out: list[Change]) -> None:
+def _entry_actions(a: Entry | None, b: Entry | None, path: str) -> Iterator[Change | tuple]:
+    """The changes for one name, and the subtree pairs to descend into, in output order."""
     if a is not None and b is not None and a.type is EntryType.DIR and b.type is EntryType.DIR:
         if _meta(a) != _meta(b):
-            out.append(Change("metadata", path + "/", "dir", None, None, _what(a, b)))
-        _diff_tree(old, new, a.subtree, b.subtree, path, out)
+            yield Change("metadata", path + "/", "dir", None, None, _what(a, b))
+        yield (a.subtree, b.subtree, path)
         return
     if a is None or b is None or a.type is not b.type:
         if a is not None:
-            _removed_or_added(old, a, path, "removed", out)
+            yield from _one_side(a, path, "removed")
         if b is not None:
-            _removed_or_added(new, b, path, "added", out)
+            yield from _one_side(b, path, "added")
         return
     if a.content != b.content or a.size != b.size:
-        out.append(Change("modified", path, b.type.value, a.size, b.size, _what(a, b)))
+        yield Change("modified", path, b.type.value, a.size, b.size, _what(a, b))
     elif _meta(a) != _meta(b):
-        out.append(Change("metadata", path, b.type.value, a.size, b.size, _what(a, b)))
+        yield Change("metadata", path, b.type.value, a.size, b.size, _what(a, b))
 
 
-def _removed_or_added(snapshot: Snapshot, entry: Entry, path: str, kind: str, out: list[Change]) -> None:
+def _one_side(entry: Entry, path: str, kind: str) -> Iterator[Change | tuple]:
     sizes = (entry.size, None) if kind == "removed" else (None, entry.size)
-    out.append(Change(kind, path + ("/" if entry.type is EntryType.DIR else ""), entry.type.value, *sizes))
-    if entry.type is EntryType.DIR:
-        for child in snapshot.tree(entry.subtree):
-            name = child.name.decode("utf-8", "surrogateescape")
-            _removed_or_added(snapshot, child, f"{path}/{name}", kind, out)
+    is_dir = entry.type is EntryType.DIR
+    yield Change(kind, path + ("/" if is_dir else ""), entry.type.value, *sizes)
+    if is_dir:
+        yield (entry.subtree, None, path) if kind == "removed" else (None, entry.subtree, path)
 
 
 def _what(a: Entry, b: Entry) -> tuple[str, ...]:

@@ -10,13 +10,15 @@ and parsed 30 times. Nothing is restored.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
+from casstore.errors import ConfigError
 from casstore.format.tree import EntryType
 from casstore.read.reader import PathNotFound
 from casstore.read.trees import TreeCache, path_parts
 from casstore.read.values import MISSING, BadQuery, ValueCache, canonical, lookup, parse_key
 from casstore.repo.core import RepoCore, SnapshotInfo
+from casstore.settings import parse_duration
 
 GONE = "\0gone"     # the signature of "no value"; no canonical JSON text starts with NUL
 
@@ -87,11 +89,6 @@ def _oldest_first(infos: list[SnapshotInfo], since: datetime | None) -> list[Sna
 
 def parse_since(text: str) -> datetime:
     """'2026-02-07', '2026-02-07T15:12:23', or a duration back from now ('30d', '12h')."""
-    from datetime import UTC, timedelta
-
-    from casstore.errors import ConfigError
-    from casstore.settings import parse_duration
-
     try:
         found = datetime.fromisoformat(text.strip())
         return found if found.tzinfo else found.astimezone()

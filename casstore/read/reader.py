@@ -13,7 +13,7 @@ from datetime import datetime
 from casstore.errors import CasstoreError, IntegrityError
 from casstore.format.pack import KIND_DATA, KIND_TREE
 from casstore.format.tree import Entry, EntryType
-from casstore.format.walk import VisitBudget, load_tree_chain
+from casstore.format.walk import VisitBudget, load_tree_chain, walk_tree
 from casstore.read.dictview import json_ready_dict, snapshot_dict
 from casstore.repo.core import RepoCore, SnapshotInfo
 
@@ -99,16 +99,10 @@ class Snapshot:
     def walk(self, path: str = "") -> Iterator[FileInfo]:
         """Every entry below `path`, depth first, as FileInfo."""
         prefix = "/".join(p.decode("utf-8", "surrogateescape") for p in _split(path))
-        yield from self._walk(self._dir_tree(path), prefix, VisitBudget(self.manifest.summary))
-
-    def _walk(self, tree_id: bytes, prefix: str, budget: VisitBudget) -> Iterator[FileInfo]:
-        for e in budget.spend(self.tree(tree_id)):
-            name = e.name.decode("utf-8", "surrogateescape")
-            rel = f"{prefix}/{name}" if prefix else name
-            yield FileInfo(rel, name, e.type.value, e.size, datetime.fromtimestamp(e.mtime_ns / 1e9).astimezone(),
-                           e.mode, _link_target(e))
-            if e.type is EntryType.DIR:
-                yield from self._walk(e.subtree, rel, budget)
+        budget = VisitBudget(self.manifest.summary)
+        for rel, e in walk_tree(lambda tree_id: budget.spend(self.tree(tree_id)), self._dir_tree(path), prefix):
+            name = rel.rsplit("/", 1)[-1]
+            yield FileInfo(rel, name, e.type.value, e.size, _mtime(e.mtime_ns), e.mode, _link_target(e))
 
     # -- file contents -----------------------------------------------------------------------
 
@@ -120,10 +114,19 @@ class Snapshot:
 
     def open(self, path: str) -> io.BufferedReader:
         """A seekable, streaming file object; only the chunks that are read are fetched."""
-        return io.BufferedReader(ChunkedFile(self.repo, self._file(path)), buffer_size=1 << 20)
+        entry = self._file(path)
+        VisitBudget(self.manifest.summary).spend_bytes(entry.size)   # within the declared totals
+        return io.BufferedReader(ChunkedFile(self.repo, entry), buffer_size=1 << 20)
 
     def read_bytes(self, path: str) -> bytes:
-        entry = self._file(path)
+        return self.read_entry(self._file(path), path)
+
+    def read_entry(self, entry: Entry, path: str, budget: VisitBudget | None = None) -> bytes:
+        """A file entry's bytes, after checking that its chunks hold the size it records and that
+        the size fits the snapshot's declared totals (a hostile entry naming one chunk a thousand
+        times is refused before anything is allocated)."""
+        size = checked_size(self.repo, entry, path)
+        (budget or VisitBudget(self.manifest.summary)).spend_bytes(size)
         return b"".join(self.repo.read_blob(KIND_DATA, chunk_id) for chunk_id in entry.chunks)
 
     def read_text(self, path: str, encoding: str = "utf-8") -> str:
@@ -147,12 +150,15 @@ def _link_target(entry: Entry) -> str | None:
 
 
 class ChunkedFile(io.RawIOBase):
-    """A file in a snapshot as a raw, seekable stream over its chunks."""
+    """A file in a snapshot as a raw, seekable stream over its chunks (whose lengths must add up
+    to the size the entry records, so a Content-Length taken from it holds)."""
 
     def __init__(self, repo: RepoCore, entry: Entry) -> None:
         self._repo, self._chunks = repo, list(entry.chunks)
         self._starts = _chunk_starts(repo, self._chunks)
         self._size = self._starts[-1]
+        if self._size != entry.size:
+            raise IntegrityError(_size_mismatch(entry.name.decode("utf-8", "surrogateescape"), entry.size, self._size))
         self._pos = 0
         self._cached: tuple[int, bytes] | None = None
 
@@ -198,6 +204,26 @@ def _chunk_starts(repo: RepoCore, chunk_ids: list[bytes]) -> list[int]:
             raise IntegrityError(f"chunk {chunk_id.hex()[:16]} is not in any index")
         starts.append(starts[-1] + locations[0].raw_length)
     return starts
+
+
+def checked_size(repo, entry: Entry, path: str) -> int:
+    """The file's size, once its chunks are known to hold exactly that many bytes."""
+    stored = _chunk_starts(repo, list(entry.chunks))[-1]
+    if stored != entry.size:
+        raise IntegrityError(_size_mismatch(path, entry.size, stored))
+    return stored
+
+
+def _size_mismatch(path: str, recorded: int, stored: int) -> str:
+    where = f"{path}: " if path else ""
+    return f"{where}size recorded as {recorded} but its chunks hold {stored} bytes (corrupt or hostile)"
+
+
+def _mtime(mtime_ns: int) -> datetime:
+    try:
+        return datetime.fromtimestamp(mtime_ns / 1e9).astimezone()
+    except (OverflowError, ValueError, OSError):
+        return datetime.fromtimestamp(0).astimezone()    # out of the platform's range: shown as the epoch
 
 
 def _find_chunk(starts: list[int], pos: int) -> int:

@@ -9,6 +9,8 @@ from casstore.errors import ConfigError
 from casstore.remotes.base import Remote
 from casstore.remotes.local import LocalRemote
 from casstore.remotes.memory import MemoryRemote
+from casstore.remotes.timeouts import Timeouts
+from casstore.remotes.wrappers import faults_from_env
 
 # scheme -> (module, factory function taking (bucket, prefix, **options))
 _BACKENDS = {
@@ -23,8 +25,6 @@ _MEMORY: dict[str, Remote] = {}
 def open_remote(url: str, **options: object) -> Remote:
     """Open the backend for `url`. `options` may be flat, or keyed by scheme ({"s3": {...}, "gs": {...}})
     as Settings.remote_options() gives them; only the options of the URL's scheme reach its backend."""
-    from casstore.remotes.wrappers import faults_from_env
-
     return faults_from_env(_open_backend(url, **options))   # the test hook is a no-op unless set
 
 
@@ -42,6 +42,8 @@ def _open_backend(url: str, **options: object) -> Remote:
     module_name, factory = _BACKENDS[scheme]
     if any(key in _BACKENDS for key in options):
         options = dict(options.get(scheme) or {})  # type: ignore[call-overload]
+    if isinstance(options.get("timeouts"), dict):     # as Settings.remote_options() gives them
+        options = {**options, "timeouts": Timeouts(**options["timeouts"])}  # type: ignore[arg-type]
     module = importlib.import_module(module_name)
     remote: Remote = getattr(module, factory)(parsed.netloc, prefix_of(parsed.path), **options)
     return remote

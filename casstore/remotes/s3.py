@@ -36,10 +36,11 @@ from casstore.errors import (
     RemoteError,
     TransientError,
 )
+from casstore.format.layout import is_pack_key
 from casstore.remotes.base import ObjectInfo
 from casstore.remotes.cloud import CloudRemote, PageTokens, is_repository_key, unquote
 from casstore.remotes.prefixed import KeyPrefix
-from casstore.remotes.timeouts import Timeouts
+from casstore.remotes.timeouts import PACK_SIZE_GUESS, Timeouts
 
 OCTET_STREAM = "application/octet-stream"
 CREDENTIALS_HINT = "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, the IAM role) and bucket policy"
@@ -78,7 +79,7 @@ def open_s3(bucket: str, prefix: str = "", *, endpoint_url: str | None = None, r
         clients = [session.client("s3", endpoint_url=endpoint_url or None, region_name=region or None,
                                   config=client_config(custom_endpoint=bool(endpoint_url), connect_timeout=
                                                        timeouts.connect, read_timeout=read_timeout))
-                   for read_timeout in (timeouts.read, timeouts.for_key("data/", None))]
+                   for read_timeout in (timeouts.read, timeouts.for_size(PACK_SIZE_GUESS))]
     except ProfileNotFound as exc:
         raise ConfigError(f"AWS profile {profile!r} not found (AWS_PROFILE)") from exc
     except ValueError as exc:  # botocore: "Invalid endpoint: ..."
@@ -188,7 +189,7 @@ class S3Remote(CloudRemote):
         return self._exact(data, key, offset, length)
 
     def _client_for(self, key: str) -> Any:
-        return self._pack_client if key.startswith("data/") else self._client
+        return self._pack_client if is_pack_key(key) else self._client
 
     def _stat(self, key: str) -> ObjectInfo:
         with self._errors(key):

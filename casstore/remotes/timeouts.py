@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from casstore.format.layout import is_pack_key
+
 #: the size assumed for a whole pack read whose size is not known up front
 PACK_SIZE_GUESS = 32 * 1024 * 1024
 
@@ -28,5 +30,5 @@ class Timeouts:
     def for_key(self, key: str, size: int | None) -> float:
         """A request's read timeout: by its size, else by its kind (packs are large, the rest small)."""
         if size is None:
-            size = PACK_SIZE_GUESS if key.startswith("data/") else 0
+            size = PACK_SIZE_GUESS if is_pack_key(key) else 0
         return self.for_size(size)

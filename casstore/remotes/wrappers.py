@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
+from casstore._testing import FAULTS
 from casstore.errors import ObjectExists, ObjectNotFound, RemoteError, TransientError
 from casstore.remotes.base import ObjectInfo, Remote
 
@@ -324,7 +325,7 @@ class FaultyRemote(RemoteWrapper):
         self.inner.delete(key)
 
 
-FAULTS_VARIABLE = "CASSTORE_TEST_FAULTS"
+FAULTS_VARIABLE = FAULTS   # casstore._testing lists every test hook
 _FAULT_FIELDS = {"seed": int, "error": float, "lost_ack": float, "truncate": float, "flip": float,
                  "delay_rate": float, "delay": float, "cut_listing": float, "only": str}
 

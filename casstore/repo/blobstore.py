@@ -52,6 +52,7 @@ class BlobStore:
         self._builders: dict[int, PackBuilder] = {}    # made when a blob of the kind first comes
         self._pending: set[tuple[int, bytes]] = set()       # in a builder or being uploaded
         self._unindexed: dict[str, list[BlobEntry]] = {}    # uploaded, not yet in an index
+        self._session: dict[str, list[BlobEntry]] = {}      # every pack this session uploaded or adopted
         self._uploads: list[Future] = []
         self._pool = ThreadPoolExecutor(max(1, upload_threads), thread_name_prefix="casstore-upload")
         # each pack in flight holds up to pack_size bytes: bound them by count and by bytes
@@ -65,6 +66,7 @@ class BlobStore:
 
         self._lock = threading.Lock()
         self.on_pack_uploaded: PackCallback | None = None
+        self.on_index_written: Callable[[str, bytes], None] | None = None   # index id, its bytes
         self.session_indexes: dict[str, dict[str, list[BlobEntry]]] = {}   # written by this session
         self.packs_written = 0
         self.bytes_written = 0
@@ -124,6 +126,7 @@ class BlobStore:
         info = self.remote.put(layout.pack_key(pack_id), data, cold=True)  # packs may go to a colder class
         with self._lock:
             self._unindexed[pack_id] = entries
+            self._session[pack_id] = entries
             self.index.add_pack(pack_id, entries)
             for e in entries:
                 self._pending.discard((e.kind, e.id))
@@ -136,17 +139,23 @@ class BlobStore:
         """Take a pack an earlier, interrupted session uploaded (confirmed to exist) into this one."""
         with self._lock:
             self._unindexed[pack_id] = entries
+            self._session[pack_id] = entries
             self.index.add_pack(pack_id, entries)
 
     def unindexed(self) -> dict[str, list[BlobEntry]]:
         with self._lock:
             return dict(self._unindexed)
 
+    def session_packs(self) -> set[str]:
+        with self._lock:
+            return set(self._session)
+
     def forget_unindexed(self, pack_ids: set[str]) -> None:
         """Packs found gone before they were indexed: their blobs count as missing again."""
         with self._lock:
             for pack_id in pack_ids:
                 self._unindexed.pop(pack_id, None)
+                self._session.pop(pack_id, None)
         self.index.drop_packs(pack_ids)
 
     def wait_uploads(self) -> None:
@@ -164,6 +173,16 @@ class BlobStore:
             return None
         return self.put_index(packs, kind)
 
+    def write_session_index(self, kind: str) -> tuple[str, ObjectInfo] | None:
+        """Write an index listing every pack of this session, indexed before or not (design 9: a
+        checkpoint protects every pack of the live session, not only those since the previous
+        one). Returns (id, ObjectInfo), or None when the session has no pack."""
+        with self._lock:
+            packs, self._unindexed = dict(self._session), {}
+        if not packs:
+            return None
+        return self.put_index(packs, kind)
+
     def put_index(self, packs: dict[str, list[BlobEntry]], kind: str, retracts: tuple[str, ...] = ()):
         """Write one index object of `packs` (withdrawing `retracts`); return (id, ObjectInfo)."""
         index = IndexObject(origin={**self.origin, "kind": kind}, packs=packs, retracts=list(retracts))
@@ -171,6 +190,8 @@ class BlobStore:
         if decode_index(index_id, body, self.config.max_blob_size).packs != packs:  # read back (design 5.5)
             raise IntegrityError("internal error: an index does not decode to what was encoded")
         info = self.remote.put(layout.index_key(index_id), body)
+        if self.on_index_written:
+            self.on_index_written(index_id, body)
         self.index.add_object(index_id, index)
         self.session_indexes[index_id] = packs
         return index_id, info
@@ -201,13 +222,19 @@ class BlobStore:
         raise IntegrityError(f"{name} blob {blob_id.hex()[:16]} cannot be read: {detail}")
 
     def read_encoded(self, kind: int, blob_id: bytes) -> tuple[bytes, int]:
-        """The blob's stored encoding and raw length, verified by decoding (for copying blobs)."""
+        """The blob's stored encoding and raw length, verified by decoding (for copying blobs).
+
+        Like `read`, every location is tried and the index re-listed once (a gc of the source may
+        have repacked the blob since the index was loaded)."""
         errors: list[str] = []
-        for location in self.index.locations(kind, blob_id):
-            try:
-                return self._fetch_verified(kind, location, blob_id)[0], location.raw_length
-            except (IntegrityError, ObjectNotFound, RemoteError) as exc:
-                errors.append(f"pack {location.pack_id[:12]}: {exc}")
+        for attempt in range(2):
+            for location in self.index.locations(kind, blob_id):
+                try:
+                    return self._fetch_verified(kind, location, blob_id)[0], location.raw_length
+                except (IntegrityError, ObjectNotFound, RemoteError) as exc:
+                    errors.append(f"pack {location.pack_id[:12]}: {exc}")
+            if attempt == 0 and self._reload_index is not None:
+                self._reload_index()
         raise IntegrityError(f"blob {blob_id.hex()[:16]} cannot be read: {'; '.join(errors) or 'not indexed'}")
 
     def _read_at(self, location: Location, blob_id: bytes, kind: int = KIND_DATA) -> bytes:

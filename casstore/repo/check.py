@@ -18,8 +18,9 @@ from casstore.format.index import decode_index, without_retracted
 from casstore.format.layout import pack_key
 from casstore.format.pack import KIND_DATA, KIND_TREE, parse_header, verify_pack_id
 from casstore.format.snapshot import decode_snapshot
-from casstore.format.tree import EntryType
-from casstore.format.walk import VisitBudget, load_tree_chain
+from casstore.format.tree import EntryType, safe_name
+from casstore.format.walk import VisitBudget, load_tree_chain, tree_sizes
+from casstore.remotes.local import leftovers
 from casstore.repo.core import RepoCore
 from casstore.repo.objectcache import CorruptObject, ReadPolicy, check_named, read_verified
 
@@ -34,6 +35,7 @@ class CheckReport:
     packs_read: int = 0
     blobs_verified: int = 0
     orphan_packs: int = 0
+    leftovers: list[tuple[str, int]] = field(default_factory=list)   # temp files of killed runs (local)
     errors: list[str] = field(default_factory=list)
     damaged_packs: dict[str, str] = field(default_factory=dict)
     affected: dict[str, list[str]] = field(default_factory=dict)   # snapshot id -> damaged paths
@@ -45,8 +47,9 @@ class CheckReport:
     def as_dict(self) -> dict:
         return {"ok": self.ok, "snapshots": self.snapshots, "indexes": self.indexes, "packs": self.packs,
                 "packs_read": self.packs_read, "blobs_verified": self.blobs_verified,
-                "orphan_packs": self.orphan_packs, "errors": self.errors, "damaged_packs": self.damaged_packs,
-                "affected": self.affected}
+                "orphan_packs": self.orphan_packs, "leftover_temp_files": len(self.leftovers),
+                "leftover_bytes": sum(size for _, size in self.leftovers), "errors": self.errors,
+                "damaged_packs": self.damaged_packs, "affected": self.affected}
 
 
 class Checker:
@@ -59,6 +62,7 @@ class Checker:
     def run(self, read_data: bool, subset: float | None) -> CheckReport:
         self._check_indexes()
         self._check_packs_listed()
+        self.report.leftovers = leftovers(self.repo.remote)
         if read_data or subset:
             self._read_packs(subset)
         self._check_snapshots()
@@ -147,27 +151,50 @@ class Checker:
                 self.report.errors.append(f"snapshot {snapshot_id[:8]}: {exc}")
                 continue
             self.report.snapshots += 1
-            try:
-                self._check_tree(snapshot_id, manifest.tree, "", VisitBudget(manifest.summary))
-            except IntegrityError as exc:
-                self._affect(snapshot_id, "/", str(exc))
+            self._check_tree(snapshot_id, manifest.tree, VisitBudget(manifest.summary))
 
-    def _check_tree(self, snapshot_id: str, tree_id: bytes, prefix: str, budget: VisitBudget) -> None:
-        try:
-            entries = budget.spend(self._load_tree(tree_id))
-        except CasstoreError as exc:
-            self._affect(snapshot_id, prefix or "/", f"directory unreadable: {exc}")
+    def _check_tree(self, snapshot_id: str, root: bytes, budget: VisitBudget) -> None:
+        """Check every directory of a snapshot once (a shared subtree is checked where it first
+        appears), so a DAG that names one subtree 2**60 times costs one read per distinct tree
+        and never hangs, whatever the summary says; then say whether a full walk (restore,
+        to_dict) would visit far more entries than the snapshot records."""
+        seen: set[bytes] = set()
+        counted: dict[bytes, list] = {}       # tree id -> its entries, for the walk-size count
+        stack = [(root, "")]
+        while stack:
+            tree_id, prefix = stack.pop()
+            if tree_id in seen:
+                continue
+            seen.add(tree_id)
+            try:
+                entries = self._load_tree(tree_id)
+            except CasstoreError as exc:
+                self._affect(snapshot_id, prefix or "/", f"directory unreadable: {exc}")
+                continue
+            counted[tree_id] = entries
+            for entry in entries:
+                name = entry.name.decode("utf-8", "surrogateescape")
+                path = f"{prefix}/{name}" if prefix else name
+                if not safe_name(entry.name):
+                    self._affect(snapshot_id, path, "unsafe name (restore refuses it)")
+                if entry.type is EntryType.DIR:
+                    stack.append((entry.subtree, path))
+                elif entry.type is EntryType.FILE:
+                    self._check_file(snapshot_id, path, entry)
+        walked = tree_sizes(lambda tree_id: counted.get(tree_id, []), root).get(root, 0)
+        if walked > budget.left:
+            self._affect(snapshot_id, "/", f"a full walk visits {walked} entries, far more than the snapshot "
+                                           "records (corrupt or hostile)")
+
+    def _check_file(self, snapshot_id: str, path: str, entry) -> None:
+        lost = [c for c in entry.chunks if not self.repo.index.locations(KIND_DATA, c)
+                or (KIND_DATA, c) in self.bad_blobs]
+        if lost:
+            self._affect(snapshot_id, path, f"{len(lost)} of {len(entry.chunks)} chunks missing or damaged")
             return
-        for entry in entries:
-            name = entry.name.decode("utf-8", "surrogateescape")
-            path = f"{prefix}/{name}" if prefix else name
-            if entry.type is EntryType.DIR:
-                self._check_tree(snapshot_id, entry.subtree, path, budget)
-            elif entry.type is EntryType.FILE:
-                lost = [c for c in entry.chunks if not self.repo.index.locations(KIND_DATA, c)
-                        or (KIND_DATA, c) in self.bad_blobs]
-                if lost:
-                    self._affect(snapshot_id, path, f"{len(lost)} of {len(entry.chunks)} chunks missing or damaged")
+        stored = sum(self.repo.index.locations(KIND_DATA, c)[0].raw_length for c in entry.chunks)
+        if stored != entry.size:
+            self._affect(snapshot_id, path, f"size recorded as {entry.size} but its chunks hold {stored} bytes")
 
     def _load_tree(self, tree_id: bytes) -> list:
         return load_tree_chain(self._read_tree, tree_id)

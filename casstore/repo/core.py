@@ -95,9 +95,10 @@ class RepoCore:
 
     @classmethod
     def _init(cls, remote: Remote, settings: Settings, config: RepoConfig | None, local_dir: str | None) -> Self:
-        config = config or RepoConfig.new(compression_level=settings.compression_level or 3)
+        config = config or RepoConfig.new(compression_level=settings.compression_level or 3,
+                                          grace_seconds=settings.grace_seconds)
         try:
-            remote.put(layout.CONFIG_KEY, config.encode(), if_absent=True)
+            remote.put(layout.CONFIG_KEY, config.encode_verified(), if_absent=True)
         except ObjectExists:
             raise RepositoryExists(f"a repository already exists at {remote.url}") from None
         return cls(remote, config, settings, local_dir=local_dir)
@@ -177,8 +178,13 @@ class RepoCore:
                          read_policy=self.read_policy)
 
     def read_blob(self, kind: int, blob_id: bytes) -> bytes:
-        """A blob's plaintext, verified; loads the index on first use."""
-        return self.read_blob_ready().read(kind, blob_id)
+        """A blob's plaintext, verified; loads the index on first use.
+
+        Each read holds the shared repository lock (design 5.8), so a local gc (exclusive) never
+        deletes a pack under a Python-API or HTTP read; between reads it may, and a read that then
+        misses re-lists the index once and finds the blob where gc repacked it."""
+        with self.locked():
+            return self.read_blob_ready().read(kind, blob_id)
 
     def read_blob_ready(self) -> BlobStore:
         """The reading blob store, with the index loaded (call before reading from several threads)."""

@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from casstore.errors import LockError
+from casstore.fsio.private import open_private
 
 
 @contextmanager
 def repository_lock(repo_dir: str, *, exclusive: bool = False, wait: bool = True) -> Iterator[None]:
-    fd = os.open(os.path.join(repo_dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = open_private(os.path.join(repo_dir, "lock"), os.O_RDWR)
     try:
         mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         try:

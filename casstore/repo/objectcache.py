@@ -33,7 +33,8 @@ from typing import TypeVar
 import blake3
 
 from casstore.errors import FormatError, IntegrityError, ShortRead
-from casstore.format import layout
+from casstore.format import codec, layout
+from casstore.fsio.private import make_dirs, open_private
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +184,10 @@ class LocalCache:
 
     def put(self, kind: str, name: str, data: bytes | memoryview) -> None:
         path = self._path(kind, name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{os.urandom(4).hex()}.tmp"
         try:
-            with open(tmp, "wb") as fh:
+            make_dirs(os.path.dirname(path))
+            with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_EXCL), "wb") as fh:
                 fh.write(data)
             os.replace(tmp, path)
         except OSError:
@@ -314,8 +315,6 @@ def parse_blob_name(name: str) -> tuple[int, bytes, int] | None:
 
 def entry_problem(entry: CacheEntry) -> str | None:
     """Why a cache entry is unsound (its bytes do not match its name), or None when it is sound."""
-    from casstore.format import codec
-
     try:
         with open(entry.path, "rb") as fh:
             body = fh.read()

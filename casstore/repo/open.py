@@ -87,7 +87,7 @@ def _open_remote(cls: type[R], remote: Remote, settings: Settings, *, create_lik
 def _create_remote(remote: Remote, config: RepoConfig) -> RepoConfig:
     """Write `config` unless another writer created the repository first (then theirs counts)."""
     try:
-        remote.put(layout.CONFIG_KEY, config.encode(), if_absent=True)
+        remote.put(layout.CONFIG_KEY, config.encode_verified(), if_absent=True)
     except ObjectExists:
         config = read_config(remote)
     for warning in remote.setup_warnings():

@@ -48,6 +48,7 @@ def per_top_level(repo: RepoCore, info: SnapshotInfo) -> dict[str, dict[str, int
     counted: set[bytes] = set()
     result: dict[str, dict] = {}
     budget = VisitBudget(info.manifest.summary)
+    budget.check_walk(lambda tree_id: _tree(repo, tree_id), info.manifest.tree)
     for path, entry in walk_tree(lambda tree_id: budget.spend(_tree(repo, tree_id)), info.manifest.tree):
         if entry.type is not EntryType.FILE:
             continue

@@ -14,17 +14,17 @@ import os
 import posixpath
 import secrets
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from casstore.errors import RestoreError
+from casstore.errors import CasstoreError, RestoreError
 from casstore.format import codec
 from casstore.format.pack import KIND_DATA
-from casstore.format.tree import Entry, EntryType
+from casstore.format.tree import Entry, EntryType, safe_name
 from casstore.format.walk import VisitBudget
-from casstore.read.reader import Snapshot
+from casstore.read.reader import Snapshot, checked_size
 from casstore.repo.core import BlobReader, RepoCore
 from casstore.restore.prefetch import Prefetcher
 
@@ -37,6 +37,11 @@ def _patterns(lines: Iterable[str]) -> Any:
     return pathspec.GitIgnoreSpec.from_lines(lines)
 MAX_LINK_GROUPS = 512   # hard-link groups restored as links (each keeps a directory descriptor open)
 PREFETCH_WINDOW = 8   # chunks decoded ahead per directory (bounds memory: at most 8 x the max chunk size)
+MAX_OPEN_DIRS = 64       # directory descriptors a restore keeps open (the deepest ones)
+SPARSE_MIN = 4096        # a chunk of zeros at least this long is restored as a hole
+MAX_ID = 2**32 - 2       # uid/gid range of the platform ((uid_t)-1 means "unchanged")
+MAX_TIME_NS = 2**63 - 1
+MAX_DEVICE = 2**64 - 1
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 EXISTING_SHOWN = 20
@@ -64,14 +69,27 @@ class RestoreResult:
                 "existing": self.existing, "existing_paths": self.existing_paths, "ok": self.ok}
 
 
-def safe_name(name: bytes) -> bool:
-    return bool(name) and name not in (b".", b"..") and b"/" not in name and b"\0" not in name
+def _refusal(entry: Entry, privileged: bool) -> str | None:
+    """Why an entry is not restored (an unsafe name, metadata out of the platform's range, a
+    device node without --privileged), or None."""
+    if not safe_name(entry.name):
+        return "unsafe name refused"
+    if not 0 <= entry.mode <= 0o7777 or not 0 <= entry.uid <= MAX_ID or not 0 <= entry.gid <= MAX_ID \
+            or not -MAX_TIME_NS <= entry.mtime_ns <= MAX_TIME_NS:
+        return (f"metadata out of range (mode {entry.mode:#o}, uid {entry.uid}, gid {entry.gid}, "
+                f"mtime {entry.mtime_ns}); not restored")
+    if entry.type in (EntryType.CHARDEV, EntryType.BLOCKDEV):
+        if not privileged:
+            return "device node not created (restore with --privileged as root to create device nodes)"
+        if not 0 <= entry.content <= MAX_DEVICE:   # type: ignore[operator]
+            return f"device number {entry.content} out of range; not restored"
+    return None
 
 
 class Restorer:
     def __init__(self, snapshot: Snapshot, *, overwrite: str = "never", include: tuple[str, ...] = (),
                  exclude: tuple[str, ...] = (), dry_run: bool = False, verify: bool = False,
-                 progress=None) -> None:
+                 privileged: bool = False, progress=None) -> None:
         if overwrite not in OVERWRITE_MODES:
             raise RestoreError(f"--overwrite must be one of {', '.join(OVERWRITE_MODES)}")
         self.snapshot, self.repo = snapshot, snapshot.repo
@@ -83,7 +101,10 @@ class Restorer:
         self.budget = VisitBudget(snapshot.manifest.summary)
         # hard-link identity -> (descriptor of the directory, name) of the first copy restored
         self._links: dict[int, tuple[int, bytes]] = {}
-        self.as_root = os.geteuid() == 0
+        # Privileged restore (root only, and only when asked): recorded owners, setuid/setgid bits
+        # and device nodes. By default a restore as root plants none of them (issue 13, case 9).
+        self.privileged = privileged
+        self.same_owner = privileged and os.geteuid() == 0
         self.pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="casstore-restore")
         self._prefetchers: list[Prefetcher] = []
         self._planned: set[int] = set()   # id() of file entries whose chunks are queued for prefetch
@@ -95,26 +116,133 @@ class Restorer:
         self._links.clear()
 
     # -- walking -----------------------------------------------------------------------------
+    #
+    # Iterative (an explicit stack), so a directory 10,000 levels deep restores like any other.
+    # A directory's files, symlinks and special files are restored before its subdirectories, so
+    # at most one directory's chunks are prefetched at a time. Only the deepest MAX_OPEN_DIRS
+    # directories keep a descriptor; an ancestor's is reopened through ".." (identity checked).
 
     def restore_tree(self, dir_fd: int, tree_id: bytes, rel: str) -> None:
-        chosen = []
+        """Restore the tree `tree_id` into the open directory `dir_fd` (not closed here)."""
+        top = _DirFrame(dir_fd, _identity(dir_fd), None, rel, owned=False)
+        top.dirs = self._restore_entries(dir_fd, tree_id, rel)
+        self._run([top])
+
+    def _restore_dirs(self, dir_fd: int, entry: Entry, path: str) -> None:
+        """Restore one directory entry (and everything below it) into the open directory `dir_fd`."""
+        top = _DirFrame(dir_fd, _identity(dir_fd), None, path, owned=False)
+        top.dirs = [(entry, path)]
+        self._run([top])
+
+    def _run(self, stack: list[_DirFrame]) -> None:
+        try:
+            while stack:
+                frame = stack[-1]
+                if frame.next < len(frame.dirs):
+                    entry, path = frame.dirs[frame.next]
+                    frame.next += 1
+                    try:
+                        child = self._enter_dir(frame, entry, path)
+                    except OSError as exc:
+                        self._error(path, _describe(exc))
+                        continue
+                    stack.append(child)
+                    self._limit_open(stack)
+                else:
+                    stack.pop()
+                    self._leave_dir(frame, stack)
+        finally:
+            for frame in stack:
+                if frame.owned and frame.fd is not None and frame.fd >= 0:
+                    os.close(frame.fd)
+
+    def _enter_dir(self, parent: _DirFrame, entry: Entry, path: str) -> _DirFrame:
+        if self.dry_run:
+            frame = _DirFrame(-1, (0, 0), entry, path, owned=False)
+        else:
+            parent_fd = _fd_of(parent)
+            existed = _lstat(parent_fd, entry.name) is not None
+            fd = open_child_dir(parent_fd, entry.name)
+            frame = _DirFrame(fd, _identity(fd), entry, path, owned=True, existed=existed,
+                              before=(self.result.files, self.result.symlinks, self.result.dirs))
+        try:
+            frame.dirs = self._restore_entries(_fd_of(frame), entry.subtree, path)
+        except BaseException:
+            if frame.owned:
+                os.close(_fd_of(frame))
+            raise
+        return frame
+
+    def _leave_dir(self, frame: _DirFrame, stack: list[_DirFrame]) -> None:
+        if frame.entry is None:
+            return       # a top frame: the caller's directory
+        if self.dry_run:
+            self.result.dirs += 1
+            return
+        parent = stack[-1]
+        if frame.fd is None:          # lost (moved away while restoring): so is a closed parent
+            if parent.fd is None:
+                self._lose(parent)
+            return
+        try:
+            if parent.fd is None:
+                parent.fd = _reopen_parent(frame.fd, parent.ident)
+            try:
+                self._apply_metadata(frame.fd, frame.entry)
+            except OSError as exc:
+                self._error(frame.path, _describe(exc))
+        finally:
+            os.close(frame.fd)
+            frame.fd = None
+        if parent.fd is None:
+            self._lose(parent)
+            return
+        if self.include and not frame.existed and frame.before == (self.result.files, self.result.symlinks,
+                                                                   self.result.dirs):
+            # --include matched nothing below it: leave no empty shell
+            os.rmdir(frame.entry.name, dir_fd=parent.fd)
+            return
+        self.result.dirs += 1
+
+    def _lose(self, frame: _DirFrame) -> None:
+        self._error(frame.path or ".", "moved during the restore; the rest of it is skipped")
+        frame.next = len(frame.dirs)
+
+    def _limit_open(self, stack: list[_DirFrame]) -> None:
+        """Keep at most MAX_OPEN_DIRS descriptors: close the shallowest owned ones."""
+        if self.dry_run or len(stack) <= MAX_OPEN_DIRS:
+            return
+        frame = stack[-MAX_OPEN_DIRS - 1]
+        if frame.owned and frame.fd is not None:
+            os.close(frame.fd)
+            frame.fd = None
+
+    def _restore_entries(self, dir_fd: int, tree_id: bytes, rel: str) -> list[tuple[Entry, str]]:
+        """Restore a directory's non-directory entries; return its subdirectories to restore next."""
+        chosen, dirs = [], []
         for entry in self.budget.spend(self.snapshot.tree(tree_id)):
             name = entry.name.decode("utf-8", "surrogateescape")
             path = f"{rel}/{name}" if rel else name
-            if not safe_name(entry.name):
-                self._error(path, "unsafe name refused")
-            elif self._selected(path, entry):
+            problem = _refusal(entry, self.privileged)
+            if problem:
+                self._error(path, problem)
+            elif not self._selected(path, entry):
+                continue
+            elif entry.type is EntryType.DIR:
+                dirs.append((entry, path))
+            else:
                 chosen.append((entry, path))
         prefetcher = self._prefetch([e for e, _ in chosen if e.type is EntryType.FILE])
         try:
             for entry, path in chosen:
                 try:
                     self.restore_entry(dir_fd, entry, path)
-                except OSError as exc:
+                except (OSError, OverflowError, ValueError) as exc:   # one file's failure, reported
                     self._error(path, _describe(exc))
         finally:
             self._prefetchers.pop()
             prefetcher.close()
+        return dirs
 
     def _prefetch(self, files: list[Entry]) -> Prefetcher:
         """Fetch, decompress and verify this directory's chunks ahead, on the pool, in order."""
@@ -140,7 +268,7 @@ class Restorer:
 
     def restore_entry(self, dir_fd: int, entry: Entry, path: str) -> None:
         if entry.type is EntryType.DIR:
-            self._restore_dir(dir_fd, entry, path)
+            self._restore_dirs(dir_fd, entry, path)
         elif entry.type is EntryType.FILE:
             self._restore_file(dir_fd, entry, path)
         elif entry.type is EntryType.SYMLINK:
@@ -150,29 +278,19 @@ class Restorer:
 
     # -- entries -----------------------------------------------------------------------------
 
-    def _restore_dir(self, dir_fd: int, entry: Entry, path: str) -> None:
-        if self.dry_run:
-            self.result.dirs += 1
-            self.restore_tree(-1, entry.subtree, path)
-            return
-        existed = _lstat(dir_fd, entry.name) is not None
-        child = open_child_dir(dir_fd, entry.name)
-        before = (self.result.files, self.result.symlinks, self.result.dirs)
-        try:
-            self.restore_tree(child, entry.subtree, path)
-            self._apply_metadata(child, entry)
-        finally:
-            os.close(child)
-        if self.include and not existed and before == (self.result.files, self.result.symlinks, self.result.dirs):
-            os.rmdir(entry.name, dir_fd=dir_fd)  # --include matched nothing below it: leave no empty shell
-            return
-        self.result.dirs += 1
-
     def _restore_file(self, dir_fd: int, entry: Entry, path: str) -> None:
         if self.dry_run:
             self._count_file(entry)
             return
         chunks = self._chunks(entry)
+        try:
+            # the chunks must hold the recorded size, within the snapshot's declared totals
+            # (a file naming one chunk thousands of times is refused, not written for ever)
+            self.budget.spend_bytes(checked_size(self.repo, entry, ""))
+        except CasstoreError as exc:
+            chunks.discard()
+            self._error(path, str(exc))
+            return
         try:
             existing = _lstat(dir_fd, entry.name)
             if existing is not None:
@@ -225,9 +343,7 @@ class Restorer:
         target = b".%s.%s.restore" % (name[:40], secrets.token_hex(4).encode()) if temp else name
         fd = os.open(target, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
         try:
-            for data in chunks:
-                _write_all(fd, data)
-                self.progress(len(data))
+            _write_sparse(fd, chunks, self.progress)
             if self.verify:
                 _verify_written(fd, entry, self.repo)
             self._apply_metadata(fd, entry)
@@ -260,30 +376,73 @@ class Restorer:
             self.result.skipped += 1
             return
         if entry.type is EntryType.FIFO:
-            os.mkfifo(entry.name, entry.mode, dir_fd=dir_fd)
+            os.mkfifo(entry.name, self._mode(entry), dir_fd=dir_fd)
         else:
             kind = stat.S_IFCHR if entry.type is EntryType.CHARDEV else stat.S_IFBLK
-            os.mknod(entry.name, entry.mode | kind, entry.content, dir_fd=dir_fd)  # type: ignore[arg-type]
+            os.mknod(entry.name, self._mode(entry) | kind, entry.content, dir_fd=dir_fd)  # type: ignore[arg-type]
         # mkfifo/mknod apply the umask and stamp "now": set the recorded metadata on what we just made
-        if self.as_root:
+        if self.same_owner:
             try:
                 os.chown(entry.name, entry.uid, entry.gid, dir_fd=dir_fd, follow_symlinks=False)
             except OSError:
                 pass
-        os.chmod(entry.name, entry.mode, dir_fd=dir_fd)
+        os.chmod(entry.name, self._mode(entry), dir_fd=dir_fd)
         os.utime(entry.name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
 
     def _apply_metadata(self, fd: int, entry: Entry) -> None:
-        if self.as_root:
+        if self.same_owner:
             try:
                 os.fchown(fd, entry.uid, entry.gid)
             except OSError:
                 pass
-        os.fchmod(fd, entry.mode)
+        os.fchmod(fd, self._mode(entry))
         os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+
+    def _mode(self, entry: Entry) -> int:
+        """The recorded permission bits; setuid and setgid only when restoring privileged."""
+        return entry.mode if self.privileged else entry.mode & ~(stat.S_ISUID | stat.S_ISGID)
 
     def _error(self, path: str, message: str) -> None:
         self.result.errors.append(f"{path}: {message}")
+
+
+@dataclass
+class _DirFrame:
+    """A directory being restored: its subdirectories still to do, and its open descriptor."""
+
+    fd: int | None                  # None while closed to bound open descriptors; -1 in a dry run
+    ident: tuple[int, int]
+    entry: Entry | None             # None for a top frame (the caller's directory)
+    path: str
+    owned: bool                     # opened here, so closed here
+    existed: bool = True
+    before: tuple[int, int, int] = (0, 0, 0)
+    dirs: list[tuple[Entry, str]] = field(default_factory=list)
+    next: int = 0
+
+
+def _fd_of(frame: _DirFrame) -> int:
+    assert frame.fd is not None   # the top of the stack always holds its descriptor
+    return frame.fd
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    if fd < 0:
+        return (0, 0)
+    st = os.fstat(fd)
+    return (st.st_dev, st.st_ino)
+
+
+def _reopen_parent(child_fd: int, ident: tuple[int, int]) -> int | None:
+    """The parent of directory `child_fd`, through "..", if it is still the directory `ident` names."""
+    try:
+        fd = os.open("..", _DIR_FLAGS, dir_fd=child_fd)
+    except OSError:
+        return None
+    if _identity(fd) != ident:
+        os.close(fd)
+        return None
+    return fd
 
 
 class FileChunks:
@@ -333,6 +492,8 @@ def restore_snapshot(snapshot: Snapshot, target: str, *, path: str = "", **optio
 def _restore(restorer: Restorer, snapshot, target: str, path: str, options: dict) -> RestoreResult:
     snapshot.repo.read_blob_ready()  # load the index once, before worker threads read blobs
     entry = snapshot.entry(path) if path else None
+    if entry is None or entry.type is EntryType.DIR:   # a hostile DAG is refused before anything is written
+        restorer.budget.check_walk(snapshot.tree, snapshot.manifest.tree if entry is None else entry.subtree)
     if not options.get("dry_run"):
         os.makedirs(target, exist_ok=True)
     root_fd = -1 if options.get("dry_run") else os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -374,6 +535,21 @@ def _lstat(dir_fd: int, name: bytes) -> os.stat_result | None:
         return None
 
 
+def _write_sparse(fd: int, chunks: Iterable[bytes], progress: Callable[[int], None]) -> None:
+    """Write the chunks in order; a chunk of zeros of at least SPARSE_MIN bytes becomes a hole
+    (skipped by seeking), and the file is cut to its length at the end, so a sparse file
+    restores sparse and a file ending in zeros keeps its size."""
+    size = 0
+    for data in chunks:
+        if len(data) >= SPARSE_MIN and data.count(0) == len(data):
+            os.lseek(fd, len(data), os.SEEK_CUR)
+        else:
+            _write_all(fd, data)
+        size += len(data)
+        progress(len(data))
+    os.ftruncate(fd, size)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -391,5 +567,5 @@ def _verify_written(fd: int, entry: Entry, repo: RepoCore) -> None:
             raise OSError(errno.EIO, "restored file is longer than the snapshot says")
 
 
-def _describe(exc: OSError) -> str:
-    return exc.strerror or str(exc)
+def _describe(exc: Exception) -> str:
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)

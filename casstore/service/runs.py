@@ -27,6 +27,7 @@ from typing import Any
 
 from casstore.errors import CasstoreError, LockError
 from casstore.fsio.durable import FileSystem, write_durably
+from casstore.fsio.private import make_dirs, open_private
 from casstore.gc.retention import apply_retention, policy_from_settings
 from casstore.repo.core import RepoCore
 from casstore.repo.open import open_as
@@ -43,7 +44,7 @@ SCHEDULED_TRIGGERS = ("schedule", "catch-up", "once")
 def state_dir(repository: str, *, create: bool = False) -> str:
     path = os.path.join(repository, "state")
     if create:
-        os.makedirs(path, exist_ok=True)
+        make_dirs(path)
     return path
 
 
@@ -92,8 +93,8 @@ class RunLog:
     def append(self, record: RunRecord) -> None:
         line = (json.dumps(record.as_dict(), default=str) + "\n").encode()
         with self._lock:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            make_dirs(os.path.dirname(self.path))
+            fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
             try:
                 os.write(fd, line)
                 os.fsync(fd)
@@ -145,7 +146,7 @@ class SchedulerState:
 
     def update(self, **values: object) -> dict:
         doc = {**self.load(), **values, "updated": time.time()}
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        make_dirs(os.path.dirname(self.path))
         write_durably(FileSystem(), self.path, json.dumps(doc, default=str).encode())
         return doc
 
@@ -162,8 +163,8 @@ class StateLock:
         self._fd: int | None = None
 
     def try_acquire(self) -> bool:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        make_dirs(os.path.dirname(self.path))
+        fd = open_private(self.path, os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -237,17 +237,24 @@ class Scheduler:
     def _step(self, due: float, trigger: str) -> tuple[float, str]:
         now = self.clock()
         if now < due:
-            if self.next_run != due:
-                self.next_run = due
-                self.state.update(next_run=due)
+            self._announce(due)
             self.sleep(min(due - now, self.max_nap))
             return due, trigger
         if trigger == "schedule" and now - due > CATCH_UP_AFTER:   # we slept through it
             trigger = "catch-up"
             due = self.schedule.latest_at_or_before(now, anchor=due)
+        # the slot after this one is known before the run starts: status shows it throughout the
+        # run, and as soon as the run's record appears (a reader never sees a record and no next run)
+        self._announce(self.schedule.next_after(max(due, now), anchor=due))
         self.run_once(trigger, due)
         following = self.schedule.next_after(max(due, self.clock()), anchor=due)
+        self._announce(following)
         return following, "schedule"
+
+    def _announce(self, next_run: float) -> None:
+        if self.next_run != next_run:
+            self.next_run = next_run
+            self.state.update(next_run=next_run)
 
     def run_once(self, trigger: str, due: float | None = None) -> RunRecord:
         record = perform_run(self.settings, trigger=trigger, due=due, clock=self.clock, steps=self.steps,

@@ -16,6 +16,7 @@ import blake3
 import msgpack
 
 from casstore.fsio.durable import FileSystem, write_durably
+from casstore.fsio.private import make_dirs, open_private
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,14 @@ def load(path: str) -> dict[bytes, CacheEntry]:
 
 
 def save(path: str, entries: dict[bytes, CacheEntry]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_durably(FileSystem(), path, msgpack.packb(entries))
+    """Replace the cache. Best effort: it is saved after the snapshot committed, so a full or
+    unwritable cache directory costs the next snapshot a re-read, never this one its success."""
+    try:
+        make_dirs(os.path.dirname(path))
+        write_durably(FileSystem(), path, msgpack.packb(entries))
+    except OSError as exc:
+        log.warning("could not save the files cache %s: %s (the next snapshot reads every file)", path,
+                    exc.strerror or exc)
 
 
 def _last_path(cache_file: str) -> str:
@@ -65,8 +72,8 @@ def save_last(cache_file: str, host: str, snapshot_id: str) -> None:
     path = _last_path(cache_file)
     tmp = f"{path}.{os.urandom(4).hex()}.tmp"
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(tmp, "wb") as fh:
+        make_dirs(os.path.dirname(path))
+        with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_EXCL), "wb") as fh:
             fh.write(msgpack.packb({"host": host, "snapshot": snapshot_id}))
         os.replace(tmp, path)
     except OSError as exc:

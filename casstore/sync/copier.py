@@ -46,10 +46,15 @@ class Copier:
         self.store = dst.blob_store(upload_threads=concurrency)
         if state is not None:
             self.store.on_pack_uploaded = self._pack_uploaded
+        cache = dst.cache
+        if cache is not None:   # our own index is not fetched back by the next sync
+            self.store.on_index_written = lambda index_id, body: cache.put("index", index_id, body)
         self.known_plans: list[str] = []
         self.relied_indexes: set[str] = set()
         self.recheck_clock = 0.0
-        self.recheck_storage = 0.0
+        self.recheck_storage: float | None = None
+        self.load_clock = 0.0
+        self.fresh_load = False     # nothing written since load_destination listed gc/ and index/
         self.last_write: tuple[float, float] | None = None   # (storage time, clock) of our last write
         self.checkpoint_clock = clock()
         self.checkpoint_storage: float | None = None
@@ -59,10 +64,12 @@ class Copier:
     # -- planning ----------------------------------------------------------------------------
 
     def load_destination(self) -> None:
+        self.load_clock = self.clock()
         self.dst.load_index()
         if self.protocol:
             self.known_plans = self.dst.load_plans()
         self.relied_indexes = set(self.dst.index.index_packs)
+        self.fresh_load = True
 
     def reachable(self, snapshot_ids: list[str]) -> list[tuple[int, bytes]]:
         """Every blob the snapshots need, trees before the chunks below them, each once."""
@@ -88,14 +95,17 @@ class Copier:
         """Adopt packs an interrupted sync uploaded, once confirmed to still exist."""
         if self.state is None:
             return
-        for pack_id, entries in self.state.journal().items():
-            if self.dst.remote.exists(layout.pack_key(pack_id)) and pack_id not in self.dst.index.condemned:
+        journal = self.state.journal()
+        gone = self.gone(set(journal)) if journal else set()
+        for pack_id, entries in journal.items():
+            if pack_id not in gone:
                 self.store.adopt_uploaded(pack_id, entries)
 
     def upload(self, blobs: list[tuple[int, bytes]]) -> None:
         for kind, blob_id in blobs:
             if self.store.has(kind, blob_id):
                 continue
+            self.fresh_load = False
             encoded, raw_length = self.src_store.read_encoded(kind, blob_id)
             self.store.add_encoded(kind, blob_id, encoded, raw_length)
             self.progress(raw_length)
@@ -110,9 +120,8 @@ class Copier:
         self._note_write(info.mtime)
 
     def checkpoint(self) -> None:
-        """Index what is uploaded so far, so gc protects those packs while this session lives."""
+        """Index every pack of the session so far, so gc protects them while this session lives."""
         written = self._write_index("checkpoint")
-        self.checkpoint_clock = self.clock()
         if written is None:
             return
         _, info = written
@@ -120,11 +129,34 @@ class Copier:
             raise SessionExpired("checkpoints more than half the grace period apart; restarting the sync")
         self.checkpoint_storage = info.mtime
 
-    def _confirm_unindexed(self) -> None:
-        """Packs uploaded over a quarter grace period ago and not yet indexed: confirm they exist."""
-        if not self.protocol or self.clock() - self.checkpoint_clock < self.grace / 4:
+    def gone(self, packs: set[str]) -> set[str]:
+        """Which of our `packs` gc has taken or is taking: condemned by a plan listed now, or missing.
+
+        The plans are read first, then the packs statted: a sweep deletes a plan's packs before
+        the plan itself, so a pack still there is either condemned by a plan this reads (a sweep
+        may be deleting it right now) or safe for at least a grace period from the plan listing.
+        """
+        if not self.protocol or not packs:
+            return set()
+        self.dst.load_plans()
+        condemned = packs & self.dst.index.condemned
+        return condemned | {p for p in packs - condemned if not self.dst.remote.exists(layout.pack_key(p))}
+
+    def _confirm_session(self) -> None:
+        """Before an index names the session's packs: drop those gc has taken or is taking.
+
+        Within a quarter grace period of the session's last index (or confirmation) no pack of it
+        can have been condemned since: they were protected, or too young. Past that, every pack is
+        confirmed, plans first. Packs a known plan condemns are dropped in any case."""
+        if not self.protocol:
             return
-        gone = {p for p in self.store.unindexed() if not self.dst.remote.exists(layout.pack_key(p))}
+        session = self.store.session_packs()
+        if self.clock() - self.checkpoint_clock >= self.grace / 4:
+            started = self.clock()
+            gone = self.gone(session)
+            self.checkpoint_clock = started
+        else:
+            gone = session & self.dst.index.condemned
         if gone:
             log.warning("%d uploaded pack(s) vanished before they were indexed; uploading again", len(gone))
             self.store.forget_unindexed(gone)
@@ -136,11 +168,17 @@ class Copier:
         """Index the uploaded packs; if the index landed late, make sure its packs still exist."""
         self.store.wait_uploads()
         reference = self._storage_now()   # before the confirmation: a pause anywhere after it shows
-        self._confirm_unindexed()
+        self._confirm_session()
         pause_point("before-index-put")
-        written = self.store.write_index(kind)
+        before_put = self.clock()   # the index protects from when it lands, which is after this
+        # on a shared remote every index of the session lists all its packs, so the youngest
+        # (a checkpoint, then the final index) protects them all while the session lives (design 9)
+        written = self.store.write_session_index(kind) if self.protocol else self.store.write_index(kind)
         if written is not None:
-            self._check_index_landed(*written, reference, kind)
+            self.fresh_load = False
+            self.checkpoint_clock = before_put
+            index_id, info = written
+            self._check_index_landed(index_id, info, reference, kind)
         return written
 
     def _check_index_landed(self, index_id: str, info, reference: float | None, kind: str, depth: int = 0) -> None:
@@ -153,11 +191,11 @@ class Copier:
         if not self.protocol or (reference is not None and info.mtime - reference <= self.grace / 4):
             return
         packs = self.store.session_indexes[index_id]
-        gone = {p for p in packs if not self.dst.remote.exists(layout.pack_key(p))}
+        gone = self.gone(set(packs))
         if not gone or depth >= MAX_RECHECKS:
             return
         log.warning("%d pack(s) were deleted before their index landed; withdrawing that index", len(gone))
-        self.dst.index.drop_packs(gone)
+        self.store.forget_unindexed(gone)
         reference = self._storage_now()
         kept = {p: entries for p, entries in packs.items() if p not in gone}
         new_id, new_info = self.store.put_index(kept, kind, retracts=(index_id,))
@@ -180,6 +218,13 @@ class Copier:
         """Re-list gc/ and index/ right before committing; repair until nothing changed."""
         if not self.protocol:
             return
+        if self.fresh_load and self.clock() - self.load_clock < self.grace / 4 and not self.missing(blobs):
+            # nothing was written since load_destination listed gc/ and index/, just now: that
+            # listing is the re-check (design 8.4: an unchanged folder's sync costs a few requests)
+            self.fresh_load = False
+            self.recheck_clock, self.recheck_storage = self.load_clock, None
+            pause_point("after-recheck")
+            return
         for _ in range(MAX_RECHECKS):
             self.rechecks += 1
             plans = list_plan_keys(self.dst.remote)
@@ -198,7 +243,7 @@ class Copier:
 
     def _mark_recheck(self) -> None:
         self.recheck_clock = self.clock()
-        self.recheck_storage = self._storage_now() or 0.0
+        self.recheck_storage = self._storage_now()
 
     def commit(self, snapshot_id: str, blobs: list[tuple[int, bytes]]) -> None:
         if self.protocol and self.clock() - self.recheck_clock > self.grace / 2:
@@ -218,26 +263,42 @@ class Copier:
             self.state.save()
 
     def post_commit(self, snapshot_time: float | None, blobs: list[tuple[int, bytes]]) -> None:
-        """After the snapshot landed: if gc may have acted meanwhile, confirm every pack still exists."""
+        """After the snapshot landed late, gc may have acted meanwhile: confirm every pack, re-upload.
+
+        Late means more than a quarter grace period after the re-check: by storage timestamps when
+        the re-check's storage time is known, else (nothing was written before it) by the boot
+        time elapsed since it. On time, nothing it relies on can go: a plan the re-check did not
+        see was written after it, so its sweep comes a grace period later at the earliest, lists
+        this snapshot and keeps what it needs; an index that vanished was consolidated into gc's
+        (its packs stay indexed) or listed only packs of plans the re-check saw. So no listing is
+        made then (design 8.4: a sync of an unchanged folder costs a handful of requests).
+        """
         if not self.protocol:
             return
-        late = snapshot_time is None or snapshot_time - self.recheck_storage > self.grace / 4
-        plans = list_plan_keys(self.dst.remote)
-        listed = {layout.name_of(info.key) for info in self.dst.remote.list(layout.INDEX_PREFIX)}
-        if not late and plans == self.known_plans and self.relied_indexes <= listed:
-            return
-        self.confirm_packs(blobs)
+        if self.recheck_storage is not None and snapshot_time is not None:
+            late = snapshot_time - self.recheck_storage > self.grace / 4
+        else:
+            late = self.clock() - self.recheck_clock > self.grace / 4
+        if late:
+            self.confirm_packs(blobs)
 
     def confirm_packs(self, blobs: list[tuple[int, bytes]]) -> None:
-        self.load_destination()   # indexes and plans first, then packs: a sweep in between shows
-        existing = {layout.name_of(info.key) for info in self.dst.remote.list(layout.DATA_PREFIX)}
-        self.dst.index.drop_packs(self.dst.index.all_pack_ids() - existing)
-        gone = self.missing(blobs)
-        if gone:
+        """Until every blob is in a pack that exists and no plan condemns: upload what is gone.
+
+        A repair's own index may land late and be withdrawn (its packs swept meanwhile), so
+        this repeats until a round finds nothing missing."""
+        for _ in range(MAX_RECHECKS):
+            self.load_destination()   # indexes and plans first, then packs: a sweep in between shows
+            existing = {layout.name_of(info.key) for info in self.dst.remote.list(layout.DATA_PREFIX)}
+            self.dst.index.drop_packs(self.dst.index.all_pack_ids() - existing)
+            gone = self.missing(blobs)
+            if not gone:
+                return
             log.warning("%d blob(s) vanished from the remote after the commit; uploading them again", len(gone))
             self.reuploaded += len(gone)
             self.upload(gone)
             self.flush()
+        raise CasstoreError("the remote keeps changing under this sync (gc running?); run sync again")
 
     def close(self) -> None:
         self.store.close()

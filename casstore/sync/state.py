@@ -14,14 +14,16 @@ import os
 import blake3
 import msgpack
 
+from casstore.errors import CasstoreError
 from casstore.format.pack import BlobEntry
 from casstore.fsio.durable import FileSystem, write_durably
+from casstore.fsio.private import make_dirs, open_private
 
 
 class SyncState:
     def __init__(self, local_dir: str, remote_url: str) -> None:
         self.dir = os.path.join(local_dir, "state")
-        os.makedirs(self.dir, exist_ok=True)
+        make_dirs(self.dir)
         self.remote_key = blake3.blake3(remote_url.encode()).hexdigest()[:16]
         self._path = os.path.join(self.dir, f"remote-{self.remote_key}")
         self.journal_path = os.path.join(self.dir, f"journal-{self.remote_key}")
@@ -48,7 +50,7 @@ class SyncState:
 
     def journal_append(self, pack_id: str, entries: list[BlobEntry]) -> None:
         record = msgpack.packb([pack_id, [e.as_list() for e in entries]])
-        with open(self.journal_path, "ab") as fh:
+        with os.fdopen(open_private(self.journal_path, os.O_WRONLY | os.O_APPEND), "ab") as fh:
             fh.write(len(record).to_bytes(4, "little") + record)
             fh.flush()
             os.fsync(fh.fileno())
@@ -77,10 +79,21 @@ class SyncState:
             pass
 
 
+class StateError(CasstoreError):
+    """A local record of what went to a remote cannot be read."""
+
+
 def _load(path: str) -> dict:
+    """A state file, or {} when there is none; a damaged one is an error, not "nothing synced":
+    read as empty, it would send snapshots again that were forgotten on the remote (design 8.0)."""
     try:
         with open(path, "rb") as fh:
             doc = msgpack.unpackb(fh.read())
-        return doc if isinstance(doc, dict) else {}
-    except (FileNotFoundError, ValueError, msgpack.UnpackException):
+    except FileNotFoundError:
         return {}
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise StateError(f"the sync record {path} is damaged ({exc}); move it away to start over "
+                         "(snapshots forgotten on the remote would then be sent again)") from exc
+    if not isinstance(doc, dict):
+        raise StateError(f"the sync record {path} is damaged (not a map); move it away to start over")
+    return doc

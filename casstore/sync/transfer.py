@@ -84,7 +84,7 @@ def sync_to_remote(repo: RepoCore, remote: str | Remote | None = None, *, dry_ru
                         key=lambda i: repo.manifest(i).time_ns)
     if not candidates and not state.pending:
         return _finish(report, counting, started, state.last_sync.get("stored_bytes", 0))
-    copier = Copier(repo, dst, concurrency=repo.settings.upload_concurrency, grace=repo.settings.grace_seconds,
+    copier = Copier(repo, dst, concurrency=repo.settings.upload_concurrency, grace=float(dst.config.grace_seconds),
                     state=None if dry_run else state, progress=progress, clock=clock)
     try:
         repo.load_index()
@@ -174,7 +174,7 @@ def pull_from_remote(repo: RepoCore, remote: str | Remote | None = None, *, snap
     else:
         wanted = [s.id for s in src.snapshots(host=host, all_hosts=all_hosts and host is None)]
     todo = sorted(set(wanted) - set(repo.snapshot_ids()), key=lambda i: src.manifest(i).time_ns)
-    copier = Copier(src, repo, concurrency=1, grace=repo.settings.grace_seconds, state=None, progress=progress)
+    copier = Copier(src, repo, concurrency=1, grace=float(src.config.grace_seconds), state=None, progress=progress)
     try:
         src.load_index()
         repo.load_index()

@@ -44,7 +44,7 @@ class LegacySource:
         self._remote: Remote | None = None
         self._folder: str | None = None
         if "://" in where:
-            from casstore.remotes import open_remote
+            from casstore.remotes import open_remote  # lazy: start-up time (a bucket's SDK)
 
             self._remote = open_remote(where, **settings.remote_options())
         else:

@@ -21,9 +21,9 @@ from casstore.errors import CasstoreError
 from casstore.format.pack import KIND_DATA, KIND_TREE
 from casstore.format.snapshot import SnapshotManifest
 from casstore.format.tree import Entry, EntryType, encode_tree_chain
-from casstore.legacy.sources import CorruptBackup, LegacySource, OldBackup
 from casstore.repo.blobstore import BlobStore
 from casstore.repo.core import RepoCore
+from casstore.snapshot.legacy_files import CorruptBackup, LegacySource, OldBackup
 from casstore.snapshot.summary import SnapshotSummary
 
 MAX_NAME = 250     # bytes; a file name is at most 255 with ".json"

@@ -21,9 +21,11 @@ from typing import Any
 
 from fsspec.spec import AbstractFileSystem
 
+from casstore.client import open_repository
 from casstore.format.tree import Entry, EntryType
 from casstore.read.reader import PathNotFound, Snapshot
 from casstore.read.trees import path_parts
+from casstore.repo.open import settings_for
 
 _TYPES = {EntryType.FILE: "file", EntryType.DIR: "directory"}
 
@@ -119,9 +121,6 @@ _REPOS_LOCK = threading.Lock()
 def _opened(repository: str | None, remote: str | None):
     """One open Repository per (repository, remote, cache, host) the settings resolve to, kept for
     the process: its index and manifests stay loaded between reads."""
-    from casstore.client import open_repository
-    from casstore.repo.open import settings_for
-
     settings = settings_for(repository)
     key = (os.path.abspath(settings.repository), remote, settings.remote, settings.cache_dir, settings.host)
     with _REPOS_LOCK:

@@ -1,0 +1,586 @@
+"""Bad luck, enumerated: run writers and gc as cooperating steps and check the invariants after each
+schedule (shared/testing.md, "Bad luck, enumerated").
+
+Each actor is a thread running the real code (sync, gc, a snapshot). Every test pause point
+(`casstore._testing.pause_point`) parks the thread that reaches it until the scheduler says go,
+so exactly one actor runs at a time. Before each go the scheduler may move the storage clock
+forward, by nothing or by up to more than two grace periods: every parked actor is "suspended"
+meanwhile (each actor's boot clock is the storage clock plus its own origin, so it keeps counting
+through the suspension, as CLOCK_BOOTTIME does). The choices come from a `Chooser`: a seeded
+random one, or an enumerating one that walks every choice sequence up to a depth bound.
+
+A schedule's verdict is the invariants of design 5 and 9 checked afterwards: every snapshot on
+the remote restores byte-identical to the folder it was taken of, `check --read-data` is clean,
+and gc runs again without aborting (then the snapshots still restore).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from casstore import _testing as testhooks
+from casstore.client import Repository
+from casstore.errors import CasstoreError, ConfigError
+from casstore.format.config import RepoConfig
+from casstore.gc.run import GcAborted, LeaseHeld, LeaseLost, collect_garbage
+from casstore.remotes.base import ObjectInfo, Remote
+from casstore.remotes.local import LocalRemote
+from casstore.remotes.memory import MemoryRemote
+from casstore.remotes.wrappers import RemoteWrapper
+from casstore.settings import Settings, load_settings
+from casstore.sync.transfer import sync_to_remote
+from tests.sync_helpers import tree_digest
+
+GRACE = 3600.0
+T0 = 1_800_000_000.0
+#: how far the storage clock may jump before a step: mostly not at all, sometimes past two grace periods
+ADVANCES = (0.0, 0.0, 0.0, GRACE / 4 + 1, GRACE / 2 + 1, GRACE + 1, 2 * GRACE + 1)
+#: a writer that is merely slow: two minutes, far inside the repository's grace period
+SLOW = (0.0, 0.0, 121.0)
+STEP_TIMEOUT = 60.0
+
+
+class Hang(AssertionError):
+    """An actor neither parked nor finished in time: a deadlock between actors."""
+
+
+class StorageClock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ClockedRemote(RemoteWrapper):
+    """A file:// remote whose objects carry the storage clock's time as their mtime."""
+
+    def __init__(self, inner: LocalRemote, clock: StorageClock) -> None:
+        super().__init__(inner)
+        self.local, self.clock = inner, clock
+
+    def _put(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None) -> ObjectInfo:
+        super()._put(key, data, if_absent=if_absent, if_match=if_match)
+        stamp = self.clock()
+        os.utime(self.local._path(key), (stamp, stamp))
+        return self.local.stat(key)
+
+
+# -- choosing --------------------------------------------------------------------------------
+
+class Chooser:
+    def choose(self, options: int) -> int:
+        raise NotImplementedError
+
+
+class RandomChooser(Chooser):
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def choose(self, options: int) -> int:
+        return self.rng.randrange(options)
+
+
+class Enumerator(Chooser):
+    """Depth-first over every choice sequence: the first `depth` choices branch, later ones take 0.
+
+    Each schedule replays the prefix it was given and records how many options each choice had;
+    `advance()` then moves to the next unexplored sequence (False when all were run).
+    """
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+        self.prefix: list[int] = []
+        self.taken: list[tuple[int, int]] = []   # (choice, options) of the current run
+
+    def start(self) -> None:
+        self.taken = []
+
+    def choose(self, options: int) -> int:
+        n = len(self.taken)
+        pick = self.prefix[n] if n < len(self.prefix) else 0
+        pick = min(pick, options - 1)
+        self.taken.append((pick, options if n < self.depth else 1))
+        return pick
+
+    def advance(self) -> bool:
+        path = list(self.taken)
+        while path:
+            pick, options = path.pop()
+            if pick + 1 < options:
+                self.prefix = [p for p, _ in path] + [pick + 1]
+                return True
+        return False
+
+
+# -- actors and the scheduler ----------------------------------------------------------------
+
+@dataclass
+class Actor:
+    name: str
+    body: Callable[[Callable[[], float]], object]   # gets its boot clock
+    origin: float = 0.0                             # its boot clock reads storage time + origin
+    at: str = "start"
+    done: bool = False
+    turn: bool = False
+    error: BaseException | None = None
+    result: object = None
+    thread: threading.Thread | None = None
+
+
+class Scheduler:
+    def __init__(self, clock: StorageClock, chooser: Chooser, advances: tuple[float, ...] = ADVANCES) -> None:
+        self.clock, self.chooser, self.advances = clock, chooser, advances
+        self.actors: list[Actor] = []
+        self.trace: list[str] = []
+        self._cond = threading.Condition()
+        self._by_thread: dict[int, Actor] = {}
+
+    def add(self, name: str, body: Callable[[Callable[[], float]], object]) -> Actor:
+        actor = Actor(name, body, origin=1000.0 * (len(self.actors) + 1))
+        self.actors.append(actor)
+        return actor
+
+    def boot_clock(self, actor: Actor) -> Callable[[], float]:
+        return lambda: self.clock.now - T0 + actor.origin
+
+    # -- the actor's side ----------------------------------------------------------------------
+
+    def _park(self, name: str) -> None:
+        actor = self._by_thread.get(threading.get_ident())
+        if actor is None:
+            return   # an upload thread, or code outside the exploration
+        with self._cond:
+            actor.at, actor.turn = name, False
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: actor.turn)
+
+    def _run_actor(self, actor: Actor) -> None:
+        self._by_thread[threading.get_ident()] = actor
+        with self._cond:
+            self._cond.wait_for(lambda: actor.turn)
+        try:
+            actor.result = actor.body(self.boot_clock(actor))
+        except BaseException as exc:   # reported with the schedule, judged by the caller
+            actor.error = exc
+        finally:
+            with self._cond:
+                actor.done, actor.turn = True, False
+                self._cond.notify_all()
+
+    # -- the scheduler's side ------------------------------------------------------------------
+
+    def _go(self, actor: Actor) -> None:
+        with self._cond:
+            actor.turn = True
+            self._cond.notify_all()
+            if not self._cond.wait_for(lambda: not actor.turn, timeout=STEP_TIMEOUT):
+                raise Hang(f"{actor.name} did not reach a pause point after {actor.at}; trace {self.trace}")
+
+    def run(self) -> list[str]:
+        testhooks.set_pause_hook(self._park)
+        try:
+            for actor in self.actors:
+                actor.thread = threading.Thread(target=self._run_actor, args=(actor,), daemon=True,
+                                                name=f"explore-{actor.name}")
+                actor.thread.start()
+            while True:
+                live = [a for a in self.actors if not a.done]
+                if not live:
+                    break
+                actor = live[self.chooser.choose(len(live))]
+                jump = self.advances[self.chooser.choose(len(self.advances))]
+                self.clock.now += jump
+                self.trace.append(f"+{jump:.0f}s {actor.name}@{actor.at}" if jump else f"{actor.name}@{actor.at}")
+                self._go(actor)
+            for actor in self.actors:
+                if actor.thread is not None:
+                    actor.thread.join()
+        finally:
+            testhooks.set_pause_hook(None)
+        return self.trace
+
+
+# -- the world one schedule runs in ----------------------------------------------------------
+
+def tiny_config(grace: float = GRACE) -> RepoConfig:
+    """Chunks of about 1 KiB, packs of 4 KiB: a few files make several packs."""
+    return _config_with_grace(RepoConfig.new(avg_size=1024, pack_size=4096), grace)
+
+
+def _config_with_grace(config: RepoConfig, grace: float) -> RepoConfig:
+    from dataclasses import fields, replace
+
+    if "grace_seconds" in {f.name for f in fields(RepoConfig)}:
+        return replace(config, grace_seconds=int(grace))
+    return config
+
+
+def write_source(root: Path, seed: int, shared_seed: int = 0) -> Path:
+    """A handful of small documents; those from `shared_seed` are the same on every host."""
+    rng, shared = random.Random(seed), random.Random(shared_seed)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "shared.json").write_bytes(shared.randbytes(3000))
+    for i in range(2):
+        (root / f"own-{i}.bin").write_bytes(rng.randbytes(2500))
+    for path in root.iterdir():
+        os.utime(path, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    return root
+
+
+@dataclass
+class Host:
+    """A writer: its local repository and the folder digests of the snapshots it took."""
+
+    name: str
+    repo: Repository
+    expected: dict[str, dict] = field(default_factory=dict)
+
+
+def settings_for(root: Path, host: str, grace: float) -> Settings:
+    return load_settings({"host": host, "repository": str(root / f"repo-{host}"), "grace_seconds": grace,
+                          "cache_dir": str(root / f"cache-{host}"), "upload_concurrency": 1})
+
+
+def make_host(root: Path, name: str, config: RepoConfig, seeds: list[int], grace: float = GRACE) -> Host:
+    settings = settings_for(root, name, grace)
+    repo = Repository.init_local(str(root / f"repo-{name}"), settings, config)
+    host = Host(name, repo)
+    for seed in seeds:
+        source = write_source(root / f"src-{name}", seed)
+        result = repo.snapshot(str(source))
+        host.expected[result.id] = tree_digest(source)
+    return host
+
+
+def remote_repo(remote: Remote, root: Path, host: str, grace: float = GRACE) -> Repository:
+    return Repository.open_remote(remote, settings_for(root, host, grace))
+
+
+# -- scenarios -------------------------------------------------------------------------------
+
+@dataclass
+class World:
+    root: Path
+    clock: StorageClock
+    remote: Remote
+    expected: dict[str, dict] = field(default_factory=dict)   # snapshot id -> folder digest
+
+
+def new_world(root: Path, kind: str) -> World:
+    clock = StorageClock()
+    if kind == "memory":
+        remote: Remote = MemoryRemote(clock=clock, name="explore")
+    else:
+        remote = ClockedRemote(LocalRemote(str(root / "bucket")), clock)
+    return World(root, clock, remote)
+
+
+def sync_actor(world: World, host: Host) -> Callable[[Callable[[], float]], object]:
+    def body(boot: Callable[[], float]) -> object:
+        testhooks.pause_point("sync-start")
+        return sync_to_remote(host.repo, world.remote, clock=boot)
+    return body
+
+
+def gc_actor(world: World, runs: int, grace: float, host: str = "gc-host") -> Callable[[Callable[[], float]], object]:
+    def body(boot: Callable[[], float]) -> object:
+        repo = remote_repo(world.remote, world.root, host, grace)
+        reports: list[object] = []
+        for _ in range(runs):
+            testhooks.pause_point("gc-start")
+            try:
+                reports.append(collect_garbage(repo, clock=boot, local_clock=world.clock))
+            except (LeaseHeld, LeaseLost) as exc:
+                reports.append(exc)
+        return reports
+    return body
+
+
+def remote_snapshot_actor(world: World, source: Path) -> Callable[[Callable[[], float]], object]:
+    """`casstore.open(remote=URL).snapshot()`: a snapshot taken straight into the remote."""
+    def body(boot: Callable[[], float]) -> object:
+        testhooks.pause_point("snapshot-start")
+        repo = remote_repo(world.remote, world.root, "host-r")
+        try:
+            result = repo.snapshot(str(source))
+        except ConfigError as refused:   # the fix: refused, it must be built locally and synced
+            return refused
+        world.expected[result.id] = tree_digest(source)
+        return result
+    return body
+
+
+SCENARIOS = ("writers", "grace", "remote-snapshot", "all")
+
+
+def prepare(world: World) -> dict[str, dict[str, dict]]:
+    """The state every schedule starts from; returns each host's snapshot digests.
+
+    Host a's first snapshot is on the remote and forgotten there: dead data a's second snapshot
+    (not synced yet) relies on. Host b has one snapshot sharing a file with a's; host r's folder
+    is ready for a snapshot taken straight into the remote.
+    """
+    config = tiny_config()
+    remote_setup = Repository.init_remote(world.remote, settings_for(world.root, "init", GRACE), config)
+    hosts = [make_host(world.root, "a", config, [1]), make_host(world.root, "b", config, [2])]
+    sync_to_remote(hosts[0].repo, world.remote, clock=lambda: world.clock.now - T0)
+    for snapshot_id in remote_setup.snapshot_ids():
+        world.remote.delete(f"snapshots/{snapshot_id}")
+    world.clock.now += GRACE / 2
+    source_a = write_source(world.root / "src-a", 1)
+    (source_a / "own-0.bin").write_bytes(random.Random(11).randbytes(2500))
+    result = hosts[0].repo.snapshot(str(source_a))
+    hosts[0].expected[result.id] = tree_digest(source_a)
+    write_source(world.root / "src-r", 3)
+    for host in hosts:
+        host.repo.close()
+    return {host.name: host.expected for host in hosts}
+
+
+def build(world: World, scenario: str, scheduler: Scheduler, expected: dict[str, dict[str, dict]]) -> list[Host]:
+    """Add `scenario`'s actors to `scheduler`; returns the writing hosts.
+
+    - writers: host a (whose new snapshot relies on data the remote holds for a forgotten snapshot)
+      and host b (sharing a file with a) sync, while gc runs three times (one repository grace);
+    - grace: as writers, but the gc host's own setting says a grace of one minute, and every
+      pause lasts at most two minutes (a slow writer, not a suspended one);
+    - remote-snapshot: a snapshot taken straight into the remote while gc runs;
+    - all: every actor above at once, plus a second gc host whose own setting says one minute.
+    """
+    hosts = [Host(name, Repository.open_local(str(world.root / f"repo-{name}"), settings_for(world.root, name, GRACE)),
+                  dict(digests)) for name, digests in sorted(expected.items())]
+    gc_grace = GRACE / 60 if scenario == "grace" else GRACE
+    if scenario in ("writers", "grace", "all"):
+        for host in hosts:
+            scheduler.add(host.name, sync_actor(world, host))
+    if scenario in ("remote-snapshot", "all"):
+        scheduler.add("r", remote_snapshot_actor(world, world.root / "src-r"))
+    scheduler.add("gc", gc_actor(world, 3, gc_grace))
+    if scenario == "all":   # a second gc host, whose own setting says one minute
+        scheduler.add("gc2", gc_actor(world, 2, GRACE / 60, host="gc2-host"))
+    return hosts
+
+
+# -- templates: the prepared state, copied for each schedule ---------------------------------
+
+@dataclass
+class Template:
+    path: Path                                  # a copy of the prepared world's folder
+    clock: float
+    expected: dict[str, dict[str, dict]]
+    objects: dict | None = None                 # the memory remote's objects
+
+
+_TEMPLATES: dict[str, Template] = {}
+
+
+def _base() -> Path:
+    """Where schedules run: tmpfs when there is one (fsync is then free), one folder per process."""
+    shm = Path("/dev/shm")
+    parent = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    return parent / f"casstore-explore-{os.getpid()}"
+
+
+def _cleanup() -> None:
+    shutil.rmtree(_base(), ignore_errors=True)
+
+
+def fresh_world(kind: str) -> tuple[World, dict[str, dict[str, dict]]]:
+    """A world in the prepared state, always at the same path (so every absolute path in the
+    local repositories' records, and a file:// remote's URL, stays the same)."""
+    run = _base() / f"run-{kind}"
+    shutil.rmtree(run, ignore_errors=True)
+    template = _TEMPLATES.get(kind)
+    if template is None:
+        import atexit
+
+        atexit.register(_cleanup)
+        world = new_world(run, kind)
+        expected = prepare(world)
+        objects = dict(world.remote._objects) if isinstance(world.remote, MemoryRemote) else None
+        template = Template(_base() / f"template-{kind}", world.clock.now, expected, objects)
+        shutil.rmtree(template.path, ignore_errors=True)
+        shutil.copytree(run, template.path, symlinks=True)
+        _TEMPLATES[kind] = template
+        shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(template.path, run, symlinks=True)
+    world = new_world(run, kind)
+    world.clock.now = template.clock
+    if isinstance(world.remote, MemoryRemote):
+        world.remote._objects = dict(template.objects or {})
+        world.remote._version = len(world.remote._objects) + 1_000_000
+    return world, template.expected
+
+
+# -- one schedule, and many ----------------------------------------------------------------
+
+@dataclass
+class Verdict:
+    ok: bool
+    trace: list[str]
+    problems: list[str]
+
+
+def run_schedule(scenario: str, kind: str, chooser: Chooser) -> Verdict:
+    world, expected = fresh_world(kind)
+    scheduler = Scheduler(world.clock, chooser, SLOW if scenario == "grace" else ADVANCES)
+    hosts = build(world, scenario, scheduler, expected)
+    try:
+        trace = scheduler.run()
+        problems = [f"{a.name}: {type(a.error).__name__}: {a.error}" for a in scheduler.actors
+                    if a.error is not None and not _tolerated(a.error)]
+        problems += _rerun_failed_syncs(world, scheduler, hosts)
+    finally:
+        for host in hosts:
+            host.repo.close()
+    for host in hosts:
+        world.expected.update(host.expected)
+    problems += check_invariants(world)
+    return Verdict(not problems, trace, problems)
+
+
+def _rerun_failed_syncs(world: World, scheduler: Scheduler, hosts: list[Host]) -> list[str]:
+    """A writer that gave up is run again, as its next scheduled sync would: that finishes the
+    post-commit check of a snapshot it wrote but had not recorded as committed (design 9)."""
+    problems = []
+    for actor in scheduler.actors:
+        host = next((h for h in hosts if h.name == actor.name), None)
+        if host is None or actor.error is None:
+            continue
+        try:
+            sync_to_remote(host.repo, world.remote, clock=scheduler.boot_clock(actor))
+        except CasstoreError as exc:
+            problems.append(f"{host.name}: sync run again failed: {exc}")
+    return problems
+
+
+def _tolerated(error: BaseException) -> bool:
+    """An actor may give up cleanly: a writer told to run sync again, a gc that lost its lease, or
+    a gc that aborted, deleting nothing, on a snapshot whose writer is still repairing it after a
+    late commit. Whether anything was lost is for the invariants afterwards (gc must run again)."""
+    if isinstance(error, GcAborted):
+        return True
+    return isinstance(error, CasstoreError) and "keeps changing" in str(error) or type(error).__name__ in (
+        "SessionExpired", "LeaseHeld", "LeaseLost")
+
+
+def check_invariants(world: World) -> list[str]:
+    """Every snapshot restores byte-identical, check --read-data is clean, gc runs again cleanly."""
+    repo = remote_repo(world.remote, world.root, "checker")
+    problems = _restorable(repo, world)
+    if problems:
+        return problems
+    try:
+        for _ in range(3):
+            world.clock.now += 2 * GRACE + 1
+            collect_garbage(repo, clock=lambda: world.clock.now, local_clock=world.clock)
+    except CasstoreError as exc:
+        return [f"gc cannot run again: {type(exc).__name__}: {exc}"]
+    return _restorable(repo, world)
+
+
+def _restorable(repo: Repository, world: World) -> list[str]:
+    problems = []
+    repo.load_index()
+    report = repo.check(read_data=True)
+    if not report.ok:
+        problems.append(f"check --read-data: {_short(report.as_dict())}")
+    for snapshot_id in repo.snapshot_ids():
+        target = world.root / "restore" / snapshot_id[:12]
+        try:
+            result = repo.restore(snapshot_id, str(target))
+            if not result.ok or tree_digest(target) != world.expected.get(snapshot_id):
+                problems.append(f"snapshot {snapshot_id[:12]} does not restore as taken")
+        except CasstoreError as exc:
+            problems.append(f"snapshot {snapshot_id[:12]} cannot be restored: {exc}")
+        shutil.rmtree(target, ignore_errors=True)
+    return problems
+
+
+def _short(doc: dict) -> str:
+    text = str({k: v for k, v in doc.items() if v})
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+@dataclass
+class Exploration:
+    scenario: str
+    kind: str
+    schedules: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, Verdict]] = field(default_factory=list)   # (seed or path, verdict)
+
+
+def explore_random(scenario: str, kind: str, seeds: Iterator[int] | range, budget: float,
+                   stop_at_first: bool = False) -> Exploration:
+    """Run seeded random schedules until `seeds` or the time budget (seconds) is used up."""
+    found = Exploration(scenario, kind)
+    started = time.monotonic()
+    for seed in seeds:
+        if time.monotonic() - started > budget:
+            break
+        verdict = run_schedule(scenario, kind, RandomChooser(seed))
+        found.schedules += 1
+        if not verdict.ok:
+            found.failures.append((f"seed {seed}", verdict))
+            if stop_at_first:
+                break
+    found.seconds = time.monotonic() - started
+    return found
+
+
+def explore_all(scenario: str, kind: str, depth: int, budget: float) -> Exploration:
+    """Every choice sequence whose first `depth` choices branch (the rest run the first live actor)."""
+    found = Exploration(scenario, kind)
+    started = time.monotonic()
+    chooser = Enumerator(depth)
+    while time.monotonic() - started <= budget:
+        chooser.start()
+        path = list(chooser.prefix)
+        verdict = run_schedule(scenario, kind, chooser)
+        found.schedules += 1
+        if not verdict.ok:
+            found.failures.append((f"path {path}", verdict))
+        if not chooser.advance():
+            break
+    found.seconds = time.monotonic() - started
+    return found
+
+
+def replay(scenario: str, kind: str, seed: int) -> Verdict:
+    return run_schedule(scenario, kind, RandomChooser(seed))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tests.explore SCENARIO KIND [--seed N | --schedules N]`: replay or explore."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.explore")
+    parser.add_argument("scenario", choices=SCENARIOS)
+    parser.add_argument("kind", choices=("memory", "file"))
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--schedules", type=int, default=100)
+    args = parser.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.ERROR)
+    seeds = range(args.seed, args.seed + 1) if args.seed is not None else range(args.schedules)
+    found = explore_random(args.scenario, args.kind, seeds, budget=float("inf"))
+    print(f"explored {found.schedules} schedules of '{args.scenario}' on {args.kind} in {found.seconds:.1f} s, "
+          f"{len(found.failures)} failing")
+    for where, verdict in found.failures:
+        print(f"{where}: {'; '.join(verdict.problems)}\n  schedule: {' '.join(verdict.trace)}")
+    return 1 if found.failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""Exploration of writer/gc interleavings (issue 11; tests/explore.py has the scheduler).
+
+Each scenario runs a fixed list of seeded random schedules on the memory remote and on a file://
+remote, and asserts the invariants after each: every snapshot restores byte-identical,
+`check --read-data` is clean, gc runs again without aborting. The number of schedules explored
+is printed (run with `-s` to see it). A failing seed replays exactly:
+`python -m tests.explore <scenario> <memory|file> --seed N`.
+
+The per-schedule cost is real code (two local repositories on tmpfs copied from a prepared
+template, a sync each, three gc runs, the checks): about 25-60 ms on the memory remote and twice
+that on file://, so CI runs 1,600 schedules (320 per scenario on memory, 80 on file://) in
+about 1.5 minutes on a loaded 2-core machine, not the 100,000 the issue hoped for. Settings:
+- CASSTORE_EXPLORE_SCHEDULES=N   N seeds per scenario on the memory remote (file://: a quarter);
+- CASSTORE_EXPLORE_FIRST_SEED=S  start at seed S (other seeds than CI's);
+- CASSTORE_EXPLORE_SLOW=1        instead, enumerate every choice sequence whose first
+  CASSTORE_EXPLORE_DEPTH (default 6) choices branch, within CASSTORE_EXPLORE_SECONDS per scenario.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+
+from tests.explore import SCENARIOS, Exploration, explore_all, explore_random
+
+MEMORY_SCHEDULES = int(os.environ.get("CASSTORE_EXPLORE_SCHEDULES", "320"))
+SLOW = os.environ.get("CASSTORE_EXPLORE_SLOW") == "1"
+
+
+def _report(found: Exploration) -> str:
+    lines = [f"explored {found.schedules} schedules of '{found.scenario}' on {found.kind} in {found.seconds:.1f} s, "
+             f"{len(found.failures)} failing"]
+    for where, verdict in found.failures[:5]:
+        lines.append(f"  {where}: {'; '.join(verdict.problems)[:400]}\n    schedule: {' '.join(verdict.trace)}")
+    return "\n".join(lines)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_writers(caplog):
+    # writers log a warning each time they repair what gc took; thousands of schedules would flood the log
+    caplog.set_level(logging.ERROR)
+
+
+@pytest.mark.parametrize("kind", ["memory", "file"])
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_explored_schedule_keeps_every_snapshot_restorable(scenario, kind):
+    if SLOW:
+        depth = int(os.environ.get("CASSTORE_EXPLORE_DEPTH", "6"))
+        found = explore_all(scenario, kind, depth, float(os.environ.get("CASSTORE_EXPLORE_SECONDS", "3600")))
+    else:
+        count = MEMORY_SCHEDULES if kind == "memory" else max(1, MEMORY_SCHEDULES // 4)
+        first = int(os.environ.get("CASSTORE_EXPLORE_FIRST_SEED", "0"))
+        found = explore_random(scenario, kind, range(first, first + count), budget=float("inf"))
+    print(_report(found))
+    assert found.schedules > 0
+    assert not found.failures, _report(found)
+
+
+# -- the exploration finds each hole again when its fix is taken out -------------------------
+# (on the code before the fixes it found all three: see the commit "Exploration of writer/gc
+# interleavings" for the seeds; these keep it honest from now on)
+
+def _stat_only_confirmation(self, packs: set[str]) -> set[str]:
+    """Hole 1's cause: confirm packs by stat alone, without reading the gc plans first."""
+    return {p for p in packs if not self.dst.remote.exists(f"data/{p[:2]}/{p}")} if self.protocol else set()
+
+
+def _per_host_grace(repo, requested, exclusive) -> float:
+    """Hole 2's cause: the grace of whoever runs gc."""
+    return repo.settings.grace_seconds if requested is None else requested
+
+
+@pytest.mark.parametrize("hole, scenario", [(1, "writers"), (2, "grace"), (3, "remote-snapshot")])
+def test_the_exploration_finds_each_hole_with_its_fix_taken_out(hole, scenario, monkeypatch):
+    from casstore.gc import run as gc_run
+    from casstore.snapshot import builder
+    from casstore.sync import copier
+
+    if hole == 1:
+        monkeypatch.setattr(copier.Copier, "gone", _stat_only_confirmation)
+    elif hole == 2:
+        monkeypatch.setattr(gc_run, "effective_grace", _per_host_grace)
+    else:
+        monkeypatch.setattr(builder, "refuse_remote", lambda repo: None)
+    found = explore_random(scenario, "memory", range(400), budget=float("inf"), stop_at_first=True)
+    print(_report(found))
+    assert found.failures, f"hole {hole} was not found in {found.schedules} schedules"

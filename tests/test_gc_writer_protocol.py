@@ -1,0 +1,191 @@
+"""Issue 11's single items: the repository's grace, no snapshot straight into a remote, checkpoints
+that protect the whole session, the requests of an unchanged daily sync, file:// compare-and-swap."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from casstore import _testing as testhooks
+from casstore.errors import ConfigError, ObjectExists
+from casstore.format.config import DEFAULT_GRACE_SECONDS, RepoConfig
+from casstore.gc.run import GraceTooShort
+from casstore.remotes.local import LocalRemote
+from casstore.remotes.wrappers import CountingRemote
+from tests.gc_helpers import GRACE, FakeClock, Writer, gc, new_memory_remote, remote_repo
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+def test_grace_is_the_repositorys_and_a_shorter_one_is_refused(tmp_path, clock):
+    remote = new_memory_remote(clock)
+    writer = Writer(tmp_path / "a", "host-a", clock)
+    writer.snapshot()
+    writer.sync(remote)
+    repo = remote_repo(remote, tmp_path)
+    assert repo.config.grace_seconds == GRACE          # copied from the writer's config at the first sync
+    with pytest.raises(GraceTooShort):
+        gc(repo, clock, grace=60)
+    short_host = repo.settings.with_overrides(grace_seconds=60.0)   # CASSTORE_GRACE=60s on the gc host
+    repo.settings = short_host
+    clock.advance(600)   # ten minutes: far inside the repository's grace, past the host's setting
+    assert gc(repo, clock).packs_condemned == 0
+    assert gc(repo, clock, exclusive=True).mode == "exclusive"   # the user's word that no writer runs
+
+
+def test_a_config_without_a_grace_period_reads_as_the_default():
+    import msgpack
+
+    doc = msgpack.unpackb(RepoConfig.new().encode())
+    del doc["grace_seconds"]
+    assert RepoConfig.decode(msgpack.packb(doc)).grace_seconds == DEFAULT_GRACE_SECONDS
+
+
+def test_snapshot_on_a_remote_repository_is_refused(tmp_path, clock):
+    remote = new_memory_remote(clock)
+    writer = Writer(tmp_path / "a", "host-a", clock)
+    writer.snapshot()
+    writer.sync(remote)
+    with pytest.raises(ConfigError, match="casstore sync"):
+        remote_repo(remote, tmp_path).snapshot(str(writer.source))
+    assert len(list(remote.list("snapshots/"))) == 1
+
+
+def test_checkpoints_protect_every_pack_of_a_long_session(tmp_path, clock):
+    """An upload lasting over two grace periods, gc marking at every checkpoint: nothing of the live
+    session is condemned and nothing is uploaded twice (before, early packs were condemned)."""
+    remote = new_memory_remote(clock)
+    writer = Writer(tmp_path / "a", "host-a", clock, big_mib=2)
+    writer.snapshot()
+    reports = []
+
+    def ticking() -> float:   # every reading of the writer's boot clock is a slow upload step
+        clock.advance(GRACE / 40)
+        return clock.now
+
+    def hook(name: str) -> None:
+        if name == "before-index-put" and threading.current_thread() is threading.main_thread():
+            reports.append(gc(remote_repo(remote, tmp_path), clock))
+
+    testhooks.set_pause_hook(hook)
+    try:
+        from casstore.sync.transfer import sync_to_remote
+
+        report = sync_to_remote(writer.repo, remote, clock=ticking)
+    finally:
+        testhooks.set_pause_hook(None)
+    assert len(reports) >= 4, "the upload must span several checkpoints"
+    assert sum(r.packs_condemned for r in reports) == 0
+    assert report.reuploaded_blobs == 0
+
+
+def test_daily_sync_of_an_unchanged_folder_makes_five_requests_and_lists_no_data(tmp_path, clock):
+    """get config, list index/ gc/ snapshots/, put the snapshot: nothing else, whatever the size."""
+    remote = new_memory_remote(clock)
+    writer = Writer(tmp_path / "a", "host-a", clock, big_mib=0)
+    writer.snapshot()
+    writer.sync(remote)
+    for i in range(10_000):   # a large repository: a listing of data/ would show
+        remote.put(f"data/{i % 256:02x}/{i:064x}", b"p")
+    counting = CountingRemote(remote)
+    listed: list[str] = []
+    original = counting._list
+    counting._list = lambda prefix: (listed.append(prefix), original(prefix))[1]
+    clock.advance(86400)
+    writer.snapshot()   # the same folder the next day: a new manifest, no new blob
+    report = writer.sync(counting)
+    assert len(report.snapshots) == 1 and report.packs_uploaded == 0
+    assert "data/" not in listed
+    print(f"requests by kind: {counting.counts}, listings: {listed}")
+    assert counting.counts["put"] == 1
+    assert counting.total() <= 5, counting.counts
+
+
+def _swap(remote: LocalRemote, barrier: threading.Barrier, etag: str, n: int, wins: list[int]) -> None:
+    barrier.wait()
+    try:
+        remote.put("gc/lease", f"taker {n}".encode(), if_match=etag)
+        wins.append(n)
+    except ObjectExists:
+        pass
+
+
+def test_file_remote_compare_and_swap_has_one_winner(tmp_path):
+    remote = LocalRemote(str(tmp_path / "nas"))
+    for round_ in range(20):
+        etag = remote.put("gc/lease", f"round {round_}".encode()).etag
+        barrier, wins = threading.Barrier(4), []
+        threads = [threading.Thread(target=_swap, args=(remote, barrier, etag, n, wins)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(wins) == 1, f"round {round_}: {len(wins)} threads won the same compare-and-swap"
+
+
+def test_blob_reads_hold_the_shared_lock_python_api_and_http_alike(tmp_path):
+    """A local gc (exclusive, not waiting) is refused while a read is inside a blob read (design 5.8)."""
+    from casstore.errors import LockError
+    from casstore.read.reader import Snapshot
+    from casstore.repo.lock import repository_lock
+
+    writer = Writer(tmp_path / "a", "host-a", FakeClock(), big_mib=0)
+    snapshot_id = writer.snapshot()
+    repo = writer.repo
+    store = repo.read_blob_ready()
+    refused: list[bool] = []
+    original = store.read
+
+    def read(kind, blob_id):
+        try:
+            with repository_lock(repo.local_dir, exclusive=True, wait=False):
+                refused.append(False)
+        except LockError:
+            refused.append(True)
+        return original(kind, blob_id)
+
+    store.read = read
+    Snapshot(repo, repo.resolve(snapshot_id)).read_json("ai_hub/collective_intelligence.json")
+    assert refused and all(refused)
+
+
+def test_a_killed_soak_run_leaves_no_stopped_process(tmp_path):
+    """The soak's processes die with the test process, even while they are SIGSTOPped."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from casstore.client import Repository
+    from casstore.settings import load_settings
+    from tests.servers import PROJECT_ROOT
+
+    Repository.init_remote(LocalRemote(str(tmp_path / "nas")), load_settings({}), RepoConfig.new())
+    script = ("import subprocess, sys, time\n"
+              f"p = subprocess.Popen([sys.executable, '-m', 'tests.gc_soak_driver', 'gc', 'file://{tmp_path}/nas', "
+              f"'1', '{tmp_path}/gc.log', '{tmp_path}/stop'])\n"
+              "print(p.pid, flush=True)\ntime.sleep(600)\n")
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "CASSTORE_CACHE_DIR": str(tmp_path / "cache")}
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env, cwd=PROJECT_ROOT)
+    child = int(parent.stdout.readline())
+    while not (tmp_path / "gc.log").exists():   # the driver is running its loop
+        time.sleep(0.05)
+    os.kill(child, signal.SIGSTOP)
+    parent.kill()
+    parent.wait()
+    for _ in range(200):
+        try:
+            with open(f"/proc/{child}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.05)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError(f"the soak driver {child} outlived its parent (state {state})")
