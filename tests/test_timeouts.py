@@ -105,7 +105,7 @@ class AlwaysBusy(MemoryRemote):
         super().__init__()
         self.calls = 0
 
-    def _get(self, key: str, offset: int, length: int | None) -> bytes:
+    def _get(self, key: str, offset: int, length: int | None, *, large: bool) -> bytes:
         self.calls += 1
         raise TransientError("503 SlowDown")
 

@@ -259,7 +259,7 @@ class BlobStore:
         key = layout.pack_key(location.pack_id)
         return read_verified(
             f"blob {blob_id.hex()[:16]} in pack {location.pack_id[:12]}",
-            lambda: self.remote.get(key, location.offset, location.length), check, self.read_policy,
+            lambda: self.remote.get(key, location.offset, location.length, large=True), check, self.read_policy,
             on_verified=(lambda encoded: cache.put(kind, blob_id, raw_length, encoded)) if cache else None)
 
 
