@@ -64,7 +64,7 @@ def open_s3(bucket: str, prefix: str = "", *, endpoint_url: str | None = None, r
 
     `endpoint_url` selects an S3-compatible store (AWS_ENDPOINT_URL). `sse="auto"` asks AWS for
     SSE-S3 and sends nothing to custom endpoints; `kms_key_id` selects SSE-KMS. `storage_class`
-    applies to data packs (`data/...`) only: indexes and snapshots stay in the hot class.
+    applies to puts hinted `cold` (the blob store's packs) only: indexes and snapshots stay hot.
     `timeouts`: botocore sets them per client, so large requests (reads hinted `large`, puts too
     big for the short timeout) go through a second client whose read timeout is scaled to a
     pack's size (casstore.remotes.timeouts).
