@@ -110,7 +110,7 @@ class GCSRemote(CloudRemote):
         bucket.iam_configuration.uniform_bucket_level_access_enabled = True
         bucket.iam_configuration.public_access_prevention = "enforced"
         with self._errors("", missing="bucket"):
-            self._client.create_bucket(bucket, retry=None, timeout=self._timeout("", 0))
+            self._client.create_bucket(bucket, retry=None, timeout=self._timeout(0))
         return ["uniform bucket-level access", "public access prevention enforced",
                 "encrypted at rest (Google-managed keys)"]
 
