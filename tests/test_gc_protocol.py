@@ -291,9 +291,9 @@ class SlowStorage(RemoteWrapper):
         super().__init__(inner)
         self.clock, self.lease_writes = clock, 0
 
-    def _get(self, key, offset, length):
+    def _get(self, key, offset, length, *, large):
         self.clock.advance(150)
-        return super()._get(key, offset, length)
+        return super()._get(key, offset, length, large=large)
 
     def _put(self, key, data, *, if_absent, if_match):
         self.lease_writes += key == LEASE_KEY

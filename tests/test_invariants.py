@@ -399,9 +399,9 @@ class _LockProbe(RemoteWrapper):
         self._probe()
         return super()._put(key, data, if_absent=if_absent, if_match=if_match)
 
-    def _get(self, key, offset, length):
+    def _get(self, key, offset, length, *, large):
         self._probe()
-        return super()._get(key, offset, length)
+        return super()._get(key, offset, length, large=large)
 
     def _list(self, prefix):
         self._probe()

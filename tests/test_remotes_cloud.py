@@ -336,9 +336,9 @@ class FlakyRemote(MemoryRemote):
         self._flake("put")
         return super()._put(key, data, if_absent=if_absent, if_match=if_match)
 
-    def _get(self, key, offset, length) -> bytes:
+    def _get(self, key, offset, length, *, large) -> bytes:
         self._flake("get")
-        return super()._get(key, offset, length)
+        return super()._get(key, offset, length, large=large)
 
     def _list(self, prefix) -> Iterator[ObjectInfo]:
         infos = list(super()._list(prefix))

@@ -59,11 +59,6 @@ def is_plan_key(listed_key: str) -> bool:
     return listed_key != LEASE_KEY
 
 
-def is_pack_key(key: str) -> bool:
-    """Whether `key` names a pack: the large objects (the storage seam sizes timeouts by this)."""
-    return key.startswith(DATA_PREFIX)
-
-
 def name_of(listed_key: str) -> str:
     """The id at the end of a pack, index or snapshot key."""
     return listed_key.rsplit("/", 1)[1]

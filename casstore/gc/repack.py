@@ -61,7 +61,7 @@ def repack(ctx: GcContext, view: RepoView, packs: set[str], needed: dict[BlobKey
 def _copy_pack(ctx: GcContext, store: BlobStore, pack_id: str, blobs: list[tuple[BlobKey, Location]]) -> None:
     ctx.keep_lease()
     try:
-        data = ctx.remote.get(pack_key(pack_id))
+        data = ctx.remote.get(pack_key(pack_id), large=True)
         verify_pack_id(pack_id, data)
         for (kind, blob_id), loc in sorted(blobs, key=lambda item: item[1].offset):
             encoded = data[loc.offset:loc.offset + loc.length]

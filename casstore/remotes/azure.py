@@ -106,10 +106,10 @@ class AzureRemote(CloudRemote):
         with self._errors(key):
             result = blob.upload_blob(data, overwrite=not if_absent, max_concurrency=1, validate_content=True,
                                       content_settings=ContentSettings(content_type=OCTET_STREAM),
-                                      read_timeout=self._timeouts.for_key(key, len(data)), **condition)
+                                      read_timeout=self._timeouts.for_request(len(data)), **condition)
         return ObjectInfo(key, len(data), result["last_modified"].timestamp(), unquote(result["etag"]))
 
-    def _get(self, key: str, offset: int, length: int | None) -> bytes:
+    def _get(self, key: str, offset: int, length: int | None, *, large: bool) -> bytes:
         if length == 0:
             return self._empty_read(key, offset)
         blob = self._container.get_blob_client(self._keys.full(key))
@@ -117,7 +117,7 @@ class AzureRemote(CloudRemote):
         try:
             with self._errors(key):
                 download = blob.download_blob(offset=start, length=length, max_concurrency=1,
-                                              read_timeout=self._timeouts.for_key(key, length))
+                                              read_timeout=self._timeouts.for_request(length, large=large))
                 data = download.readall()
         except RangeNotSatisfiable:
             return self._empty_read(key, offset)

@@ -69,7 +69,9 @@ class Remote(ABC):
       ObjectExists (compare-and-swap; used only for `gc/lease`). It returns the new ObjectInfo.
     - `get(key, offset, length)` returns exactly `length` bytes from `offset` (or everything
       from `offset` to the end when length is None). A missing key is ObjectNotFound; a range
-      past the end of the object is an error, never a silently short answer.
+      past the end of the object is an error, never a silently short answer. `large=True` is the
+      caller's hint that the read may move many bytes (a pack, or a blob in one): a backend gives
+      such a request a read timeout scaled for it rather than the short one for small objects.
     - `stat` returns ObjectInfo or raises ObjectNotFound.
     - `list(prefix)` yields every object whose key starts with `prefix`, each exactly once, in
       no particular order. A listing that fails or ends early raises; it never looks empty.
@@ -94,10 +96,12 @@ class Remote(ABC):
         # a backend that `takes_buffers` writes any bytes-like object as it is
         return put(validate_key(key), cast(bytes, data), if_absent=if_absent, if_match=if_match)
 
-    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+    def get(self, key: str, offset: int = 0, length: int | None = None, *, large: bool = False) -> bytes:
+        """`large` is the caller's hint that the read may be long (a pack): as with `cold`, the
+        storage layer never guesses this from the key."""
         if offset < 0 or (length is not None and length < 0):
             raise ValueError("offset and length must be >= 0")
-        data = self._get(validate_key(key), offset, length)
+        data = self._get(validate_key(key), offset, length, large=large)
         if length is not None and len(data) != length:
             raise ShortRead(f"{key}: range {offset}+{length} answered {len(data)} bytes")
         return data
@@ -140,7 +144,7 @@ class Remote(ABC):
         return self._put(key, data, if_absent=if_absent, if_match=if_match)
 
     @abstractmethod
-    def _get(self, key: str, offset: int, length: int | None) -> bytes: ...
+    def _get(self, key: str, offset: int, length: int | None, *, large: bool) -> bytes: ...
 
     @abstractmethod
     def _stat(self, key: str) -> ObjectInfo: ...

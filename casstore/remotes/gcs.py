@@ -110,7 +110,7 @@ class GCSRemote(CloudRemote):
         bucket.iam_configuration.uniform_bucket_level_access_enabled = True
         bucket.iam_configuration.public_access_prevention = "enforced"
         with self._errors("", missing="bucket"):
-            self._client.create_bucket(bucket, retry=None, timeout=self._timeout("", 0))
+            self._client.create_bucket(bucket, retry=None, timeout=self._timeout(0))
         return ["uniform bucket-level access", "public access prevention enforced",
                 "encrypted at rest (Google-managed keys)"]
 
@@ -123,10 +123,10 @@ class GCSRemote(CloudRemote):
             generation = int(if_match)
         with self._errors(key, missing="bucket"):  # an upload never needs the object to exist
             blob.upload_from_string(data, content_type=OCTET_STREAM, if_generation_match=generation,
-                                    retry=None, timeout=self._timeout(key, len(data)))
+                                    retry=None, timeout=self._timeout(len(data)))
         return _info(key, blob)
 
-    def _get(self, key: str, offset: int, length: int | None) -> bytes:
+    def _get(self, key: str, offset: int, length: int | None, *, large: bool) -> bytes:
         if length == 0:
             return self._empty_read(key, offset)
         blob = self._bucket.blob(self._keys.full(key))
@@ -136,14 +136,14 @@ class GCSRemote(CloudRemote):
                 # a whole-object download is checked against the stored CRC32C/MD5 by the library
                 # (DataCorruption, retried); a range has no stored checksum: the caller verifies it
                 data = blob.download_as_bytes(start=offset or None, end=end, retry=None,
-                                              timeout=self._timeout(key, length))
+                                              timeout=self._timeout(length, large=large))
         except RangeNotSatisfiable:
             self._drop_idle_connections()
             return self._empty_read(key, offset)
         return self._exact(data, key, offset, length)
 
-    def _timeout(self, key: str, size: int | None) -> tuple[float, float]:
-        return self._timeouts.connect, self._timeouts.for_key(key, size)
+    def _timeout(self, size: int | None, *, large: bool = False) -> tuple[float, float]:
+        return self._timeouts.connect, self._timeouts.for_request(size, large=large)
 
     def _drop_idle_connections(self) -> None:
         # fake-gcs-server closes the connection after a 416 without saying so; a request reusing
@@ -154,12 +154,12 @@ class GCSRemote(CloudRemote):
     def _stat(self, key: str) -> ObjectInfo:
         blob = self._bucket.blob(self._keys.full(key))
         with self._errors(key):
-            blob.reload(retry=None, timeout=self._timeout(key, 0))
+            blob.reload(retry=None, timeout=self._timeout(0))
         return _info(key, blob)
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         blobs = self._client.list_blobs(self._bucket, prefix=self._keys.full(prefix), fields=_LIST_FIELDS,
-                                        retry=None, timeout=self._timeout(prefix, 0))
+                                        retry=None, timeout=self._timeout(0))
         tokens = PageTokens(f"{self.url}{prefix}")
         with self._errors(prefix, missing="bucket"):  # listing a prefix with no objects is no 404
             for page in blobs.pages:
@@ -172,7 +172,7 @@ class GCSRemote(CloudRemote):
     def _delete(self, key: str) -> None:
         blob = self._bucket.blob(self._keys.full(key))
         with suppress(ObjectNotFound), self._errors(key):  # missing is success, as on S3
-            blob.delete(retry=None, timeout=self._timeout(key, 0))
+            blob.delete(retry=None, timeout=self._timeout(0))
 
     def close(self) -> None:
         self._client.close()

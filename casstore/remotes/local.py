@@ -69,7 +69,7 @@ class LocalRemote(Remote):
             raise _translate(exc, key) from exc
         return self._stat(key)
 
-    def _get(self, key: str, offset: int, length: int | None) -> bytes:
+    def _get(self, key: str, offset: int, length: int | None, *, large: bool) -> bytes:
         try:
             with open(self._path(key), "rb") as fh:
                 size = os.fstat(fh.fileno()).st_size

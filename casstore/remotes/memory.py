@@ -32,7 +32,7 @@ class MemoryRemote(Remote):
             self._objects[key] = (bytes(data), info)
             return info
 
-    def _get(self, key: str, offset: int, length: int | None) -> bytes:
+    def _get(self, key: str, offset: int, length: int | None, *, large: bool) -> bytes:
         data, _ = self._lookup(key)
         return read_range(data, key, offset, length)
 

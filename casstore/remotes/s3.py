@@ -36,7 +36,6 @@ from casstore.errors import (
     RemoteError,
     TransientError,
 )
-from casstore.format.layout import is_pack_key
 from casstore.remotes.base import ObjectInfo
 from casstore.remotes.cloud import CloudRemote, PageTokens, is_repository_key, unquote
 from casstore.remotes.prefixed import KeyPrefix
@@ -65,9 +64,10 @@ def open_s3(bucket: str, prefix: str = "", *, endpoint_url: str | None = None, r
 
     `endpoint_url` selects an S3-compatible store (AWS_ENDPOINT_URL). `sse="auto"` asks AWS for
     SSE-S3 and sends nothing to custom endpoints; `kms_key_id` selects SSE-KMS. `storage_class`
-    applies to data packs (`data/...`) only: indexes and snapshots stay in the hot class.
-    `timeouts`: botocore sets them per client, so packs go through a second client whose read
-    timeout is scaled to a pack's size (casstore.remotes.timeouts).
+    applies to puts hinted `cold` (the blob store's packs) only: indexes and snapshots stay hot.
+    `timeouts`: botocore sets them per client, so large requests (reads hinted `large`, puts too
+    big for the short timeout) go through a second client whose read timeout is scaled to a
+    pack's size (casstore.remotes.timeouts).
     """
     timeouts = timeouts or Timeouts()
     if not bucket:
@@ -85,7 +85,7 @@ def open_s3(bucket: str, prefix: str = "", *, endpoint_url: str | None = None, r
     except ValueError as exc:  # botocore: "Invalid endpoint: ..."
         raise ConfigError(f"AWS_ENDPOINT_URL {endpoint_url!r} is not a usable URL ({exc})") from exc
     return S3Remote(clients[0], bucket, prefix, put_args=encryption_args(sse, kms_key_id, bool(endpoint_url)),
-                    storage_class=storage_class, pack_client=clients[1])
+                    storage_class=storage_class, pack_client=clients[1], timeouts=timeouts)
 
 
 def client_config(*, custom_endpoint: bool, connect_timeout: float = 5.0, read_timeout: float = 15.0) -> Config:
@@ -123,9 +123,10 @@ class S3Remote(CloudRemote):
     """Objects in one bucket below a key prefix, through a ready boto3 S3 client."""
 
     def __init__(self, client: Any, bucket: str, prefix: str = "", *, put_args: dict[str, str] | None = None,
-                 storage_class: str | None = None, pack_client: Any = None) -> None:
+                 storage_class: str | None = None, pack_client: Any = None, timeouts: Timeouts | None = None) -> None:
         self._client = client
         self._pack_client = pack_client or client    # the same API, a read timeout scaled to packs
+        self._timeouts = timeouts or Timeouts()
         self.bucket = bucket
         self._keys = KeyPrefix(prefix)
         self._put_args = dict(put_args or {})
@@ -182,14 +183,14 @@ class S3Remote(CloudRemote):
             args["IfMatch"] = f'"{if_match}"'
         try:
             with self._errors(key):
-                response = self._client_for(key).put_object(**args)
+                response = self._client_for(large=self._timeouts.is_long(len(data))).put_object(**args)
         except ObjectNotFound as exc:  # AWS answers If-Match on a missing key with NoSuchKey
             if if_match is None:
                 raise
             raise ObjectExists(f"{self.url}{key}: no current object to compare-and-swap") from exc
         return ObjectInfo(key, len(data), _server_time(response), unquote(response.get("ETag")))
 
-    def _get(self, key: str, offset: int, length: int | None) -> bytes:
+    def _get(self, key: str, offset: int, length: int | None, *, large: bool) -> bytes:
         if length == 0:
             return self._empty_read(key, offset)
         args = {"Bucket": self.bucket, "Key": self._keys.full(key)}
@@ -197,13 +198,13 @@ class S3Remote(CloudRemote):
             args["Range"] = f"bytes={offset}-{'' if length is None else offset + length - 1}"
         try:
             with self._errors(key):
-                data = self._client_for(key).get_object(**args)["Body"].read()
+                data = self._client_for(large=large).get_object(**args)["Body"].read()
         except RangeNotSatisfiable:
             return self._empty_read(key, offset)
         return self._exact(data, key, offset, length)
 
-    def _client_for(self, key: str) -> Any:
-        return self._pack_client if is_pack_key(key) else self._client
+    def _client_for(self, *, large: bool) -> Any:
+        return self._pack_client if large else self._client
 
     def _stat(self, key: str) -> ObjectInfo:
         with self._errors(key):

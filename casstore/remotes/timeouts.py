@@ -1,19 +1,19 @@
-"""How long one request may take: short for small objects, scaled to size for packs (DESIGN.md "Verified reads").
+"""How long one request may take: short for small objects, scaled to size for large ones (DESIGN.md "Verified reads").
 
 Socket timeouts bound a stall (no byte for `read` seconds) and the time to connect. A large
 object also needs time proportional to its size: a 16 MiB pack PUT is answered only once the
 store has received and stored it. So a request for `size` bytes gets `read + size / min_rate`
 before it is cut, where `min_rate` is the slowest transfer rate still worth waiting for. The
 total time of one operation, retries included, is bounded in RetryingRemote (`deadline`).
+A read whose size is not known up front is sized by the caller's `large` hint (Remote.get): the
+storage layer never guesses it from the key, it does not know the repository's layout.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from casstore.format.layout import is_pack_key
-
-#: the size assumed for a whole pack read whose size is not known up front
+#: the size assumed for a read hinted `large` whose size is not known up front (a whole pack)
 PACK_SIZE_GUESS = 32 * 1024 * 1024
 
 
@@ -27,8 +27,13 @@ class Timeouts:
         """The read timeout for a request moving `size` bytes."""
         return self.read + size / max(1, self.min_rate)
 
-    def for_key(self, key: str, size: int | None) -> float:
-        """A request's read timeout: by its size, else by its kind (packs are large, the rest small)."""
+    def for_request(self, size: int | None, *, large: bool = False) -> float:
+        """A request's read timeout: by its size when known, else by the caller's hint (large or small)."""
         if size is None:
-            size = PACK_SIZE_GUESS if is_pack_key(key) else 0
+            size = PACK_SIZE_GUESS if large else 0
         return self.for_size(size)
+
+    def is_long(self, size: int) -> bool:
+        """True when moving `size` bytes at `min_rate` takes longer than a small answer may stall:
+        such a request needs a read timeout scaled to its size."""
+        return size / max(1, self.min_rate) > self.read

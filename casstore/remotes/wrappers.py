@@ -46,8 +46,8 @@ class RemoteWrapper(Remote):
         """Every put, with its hint kept for the inner remote; subclasses override this one."""
         return self.inner.put(key, data, if_absent=if_absent, if_match=if_match, cold=cold)
 
-    def _get(self, key: str, offset: int, length: int | None) -> bytes:
-        return self.inner.get(key, offset, length)
+    def _get(self, key: str, offset: int, length: int | None, *, large: bool) -> bytes:
+        return self.inner.get(key, offset, length, large=large)
 
     def _stat(self, key: str) -> ObjectInfo:
         return self.inner.stat(key)
@@ -135,20 +135,20 @@ class RetryingRemote(RemoteWrapper):
             try:
                 return self.inner.put(key, data, if_absent=if_absent, if_match=if_match, cold=cold)
             except ObjectExists:
-                if attempt > 1 and self._holds(key, data):
+                if attempt > 1 and self._holds(key, data, large=cold):  # a cold put is bulk data
                     return self.inner.stat(key)
                 raise
 
         return self._retry(put_once)
 
-    def _holds(self, key: str, data: bytes) -> bool:
+    def _holds(self, key: str, data: bytes, *, large: bool) -> bool:
         try:
-            return self.inner.get(key) == data
+            return self.inner.get(key, large=large) == data
         except ObjectNotFound:
             return False
 
-    def _get(self, key: str, offset: int, length: int | None) -> bytes:
-        return self._retry(lambda _: self.inner.get(key, offset, length))
+    def _get(self, key: str, offset: int, length: int | None, *, large: bool) -> bytes:
+        return self._retry(lambda _: self.inner.get(key, offset, length, large=large))
 
     def _stat(self, key: str) -> ObjectInfo:
         return self._retry(lambda _: self.inner.stat(key))
@@ -206,9 +206,9 @@ class CountingRemote(RemoteWrapper):
         self._add_bytes(up=len(data))
         return info
 
-    def _get(self, key: str, offset: int, length: int | None) -> bytes:
+    def _get(self, key: str, offset: int, length: int | None, *, large: bool) -> bytes:
         self._count("get")
-        data = self.inner.get(key, offset, length)
+        data = self.inner.get(key, offset, length, large=large)
         self._add_bytes(down=len(data))
         return data
 
@@ -293,10 +293,10 @@ class FaultyRemote(RemoteWrapper):
             raise TransientError(f"injected: connection reset after put {key} landed")
         return info
 
-    def _get(self, key: str, offset: int, length: int | None) -> bytes:
+    def _get(self, key: str, offset: int, length: int | None, *, large: bool) -> bytes:
         rng = self._draw(f"get|{key}|{offset}|{length}")
         self._before(rng, f"get {key}")
-        data = self.inner.get(key, offset, length)
+        data = self.inner.get(key, offset, length, large=large)
         if data and self._hit(rng, self.truncate_rate, "truncate"):
             return data[: rng.randrange(len(data))]
         if data and self._hit(rng, self.flip_rate, "flip"):

@@ -257,9 +257,10 @@ class BlobStore:
                     log.warning("evicting a damaged cached blob and downloading again: %s", exc)
                     cache.discard(kind, blob_id, raw_length)
         key = layout.pack_key(location.pack_id)
+        # `large`: a blob may be MiBs, so the remote gives the read a pack's timeout, not a small object's
         return read_verified(
             f"blob {blob_id.hex()[:16]} in pack {location.pack_id[:12]}",
-            lambda: self.remote.get(key, location.offset, location.length), check, self.read_policy,
+            lambda: self.remote.get(key, location.offset, location.length, large=True), check, self.read_policy,
             on_verified=(lambda encoded: cache.put(kind, blob_id, raw_length, encoded)) if cache else None)
 
 

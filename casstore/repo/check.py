@@ -132,7 +132,7 @@ class Checker:
                 codec.decode_verified(memoryview(data)[e.offset:e.offset + e.length], e.raw_length, e.id)
             return len(entries)
 
-        return read_verified(f"pack {pack_id[:16]}", lambda: self.repo.remote.get(pack_key(pack_id)), check,
+        return read_verified(f"pack {pack_id[:16]}", lambda: self.repo.remote.get(pack_key(pack_id), large=True), check,
                              self._policy())
 
     def _policy(self) -> ReadPolicy:
