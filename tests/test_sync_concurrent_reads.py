@@ -93,3 +93,23 @@ def test_a_sync_with_nothing_new_reads_only_the_config(tmp_path):
     gate = Gate(remote, width=1)
     writer.sync(gate)
     assert [c for c, _ in gate.calls] == ["get config"]
+
+
+def test_a_fresh_machine_fetches_the_index_objects_together(tmp_path):
+    """The gets a listing leads to are independent too: with an empty cache they overlap."""
+    from tests.gc_helpers import remote_repo
+
+    clock = FakeClock()
+    remote = new_memory_remote(clock)
+    writer = Writer(tmp_path / "a", "host-a", clock, big_mib=0)
+    for seed in range(3):
+        writer.edit(seed)
+        writer.snapshot()
+        writer.sync(remote)
+    indexes = len(list(remote.list("index/")))
+    assert indexes >= 3
+    repo = remote_repo(remote, tmp_path, host="fresh")   # its own, empty cache
+    repo.remote = gate = Gate(remote, width=3)
+    repo.load_index()
+    assert len(repo.index.index_packs) == indexes
+    assert gate.most >= 3, f"at most {gate.most} index gets in flight: fetched one after another"
