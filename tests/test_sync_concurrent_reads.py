@@ -7,12 +7,14 @@ get there (each waits out its short fallback alone), and the assertion on the ma
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from casstore.remotes.base import ObjectInfo, Remote
 from casstore.remotes.wrappers import RemoteWrapper
 from tests.gc_helpers import FakeClock, Writer, new_memory_remote
 
+T = TypeVar("T")
 READS = 4   # get config, list index/, gc/, snapshots/
 
 
@@ -42,7 +44,7 @@ class Gate(RemoteWrapper):
         with self.cond:
             self.in_flight -= 1
 
-    def _through(self, call: str, run):
+    def _through(self, call: str, run: Callable[[], T]) -> T:
         self._enter(call)
         try:
             return run()
@@ -64,7 +66,7 @@ class Gate(RemoteWrapper):
         return self._through(f"stat {key}", lambda: self.inner.stat(key))
 
 
-def test_unchanged_sync_sends_its_four_reads_at_once_and_the_snapshot_put_alone(tmp_path):
+def test_unchanged_sync_sends_its_four_reads_at_once_and_the_snapshot_put_alone(tmp_path) -> None:
     clock = FakeClock()
     remote = new_memory_remote(clock)
     writer = Writer(tmp_path / "a", "host-a", clock, big_mib=0)
@@ -83,7 +85,7 @@ def test_unchanged_sync_sends_its_four_reads_at_once_and_the_snapshot_put_alone(
     assert [c.split("/")[0] for c, _ in rest] == ["put snapshots"] and rest[0][1] == 1
 
 
-def test_a_sync_with_nothing_new_reads_only_the_config(tmp_path):
+def test_a_sync_with_nothing_new_reads_only_the_config(tmp_path) -> None:
     """Nothing to copy: no listing is sent ahead (they would be wasted requests)."""
     clock = FakeClock()
     remote = new_memory_remote(clock)
@@ -95,7 +97,7 @@ def test_a_sync_with_nothing_new_reads_only_the_config(tmp_path):
     assert [c for c, _ in gate.calls] == ["get config"]
 
 
-def test_a_fresh_machine_fetches_the_index_objects_together(tmp_path):
+def test_a_fresh_machine_fetches_the_index_objects_together(tmp_path) -> None:
     """The gets a listing leads to are independent too: with an empty cache they overlap."""
     from tests.gc_helpers import remote_repo
 
