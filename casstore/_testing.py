@@ -16,6 +16,9 @@ a hook is reached (unset in normal use, when each hook costs a dictionary lookup
   in a seeded fault injector (remotes/wrappers.py FaultyRemote, `faults_from_env`).
 - `CASSTORE_TEST_CRASH_AT_IO=<n>`: any command SIGKILLs itself at its nth durability call (temp
   write, fsync, rename, link, unlink, directory fsync: fsio/durable.py FileSystem).
+- `CASSTORE_TEST_CLOCK_FILE=<path>`: a new snapshot records the epoch seconds in that file as its
+  time (`snapshot_time_ns`, snapshot/builder.py), so acceptance tests play days of backups through
+  `serve` and `schedule --once` processes in seconds.
 
 Binding: a module imports a hook by name (`from casstore._testing import pause_point`); an
 in-process test replaces it on that module (`monkeypatch.setattr(copier, "pause_point", ...)`).
@@ -32,6 +35,7 @@ PAUSE_AT = "CASSTORE_TEST_PAUSE_AT"
 PAUSE_FILE = "CASSTORE_TEST_PAUSE_FILE"
 CRASH_AT = "CASSTORE_TEST_CRASH_AT"
 CRASH_AT_IO = "CASSTORE_TEST_CRASH_AT_IO"
+CLOCK_FILE = "CASSTORE_TEST_CLOCK_FILE"
 FAULTS = "CASSTORE_TEST_FAULTS"
 
 _hook: Callable[[str], None] | None = None
@@ -69,3 +73,14 @@ def crash_hook(variable: str) -> Callable[[], None] | None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     return count_and_maybe_die
+
+
+def snapshot_time_ns(now_ns: int) -> int:
+    """The time a new snapshot records: `now_ns`, unless `CASSTORE_TEST_CLOCK_FILE` names a file
+    holding epoch seconds (acceptance tests play 35 days of backups in seconds, through `serve` and
+    `schedule --once` processes, by rewriting that file between runs)."""
+    path = os.environ.get(CLOCK_FILE)
+    if not path:
+        return now_ns
+    with open(path) as fh:
+        return int(float(fh.read().strip()) * 1e9)

@@ -7,14 +7,18 @@ imported when its method runs, so that `casstore list` never loads the restorer 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from casstore.errors import CasstoreError, RepositoryNotFound, SnapshotNotFound
 from casstore.format.config import RepoConfig
 from casstore.remotes.base import Remote
-from casstore.repo.core import RepoCore, SnapshotInfo
-from casstore.repo.open import open_as
+from casstore.repo.core import RepoCore, SnapshotInfo, check_ref, for_reads, latest_of
+from casstore.repo.open import connect, open_as
 from casstore.settings import Settings
+from casstore.snapshot.source import require_source
 
 if TYPE_CHECKING:
     from casstore.read.find import Found
@@ -27,28 +31,95 @@ if TYPE_CHECKING:
     from casstore.snapshot.legacy import ImportReport
     from casstore.sync.transfer import SyncReport
 
+log = logging.getLogger(__name__)
+_UNOPENED = object()
+
 
 class Repository(RepoCore):
-    """One repository, with the operations: snapshot, get, restore, check, sync, pull, stats."""
+    """One repository, with the operations: snapshot, get, restore, check, sync, pull, stats.
+
+    Reads of a local repository fall through to the configured remote (design: reads): `listing()`
+    merges both, `get()` looks here first, then there, with no URL to retype.
+    """
+
+    _remote_view: Any = _UNOPENED
 
     def snapshot(self, source: str | None = None, *, tags: tuple[str, ...] = (), excludes: tuple[str, ...] = (),
-                 progress: Callable[[int], None] | None = None) -> SnapshotResult:
+                 progress: Callable[[int], None] | None = None, allow_empty: bool | None = None) -> SnapshotResult:
         from casstore.snapshot.builder import take_snapshot  # lazy: start-up time
 
+        source = source or self.settings.source
+        require_source(source, allow_empty=self.settings.allow_empty if allow_empty is None else allow_empty)
         with self.locked():
-            return take_snapshot(self, source or self.settings.source, tags=tags, excludes=excludes,
-                                 progress=progress)
+            return take_snapshot(self, source, tags=tags, excludes=excludes, progress=progress)
+
+    def remote_view(self) -> Repository | None:
+        """The configured remote as a repository, for the snapshots this local one lacks; None when this
+        is not a local repository, no remote is configured, or it holds no repository yet."""
+        if self._remote_view is _UNOPENED:
+            self._remote_view = None
+            if self.local_dir is not None and self.settings.remote:
+                try:
+                    self._remote_view = Repository.open_remote(connect(self.settings.remote, self.settings),
+                                                               self.settings)
+                except RepositoryNotFound:
+                    pass
+        return self._remote_view
+
+    def listing(self, limit: int | None = None, *, host: str | None = None,
+                all_hosts: bool = False) -> list[SnapshotInfo]:
+        """Snapshots for reads: this repository's and the configured remote's (each once, `where`
+        saying which holds it), newest first, under the host rule of reads (core.for_reads)."""
+        merged = {info.id: info for info in self.all_snapshots()}
+        for info in self._remote_snapshots():
+            merged[info.id] = replace(merged[info.id], where="both") if info.id in merged else info
+        ordered = sorted(merged.values(), key=lambda s: (s.manifest.time_ns, s.id), reverse=True)
+        found = for_reads(ordered, self.settings.host, host=host, all_hosts=all_hosts)
+        return found[:limit] if limit else found
+
+    def _remote_snapshots(self) -> list[SnapshotInfo]:
+        try:
+            view = self.remote_view()
+            return view.all_snapshots() if view is not None else []
+        except CasstoreError as exc:   # the local repository still answers; say why the bucket does not
+            log.warning("listing only the local repository: %s", exc)
+            return []
+
+    def locate(self, ref: str = "latest", *, host: str | None = None, all_hosts: bool = False) -> SnapshotInfo:
+        """Here first, then on the configured remote: an id, or `latest` (this repository's newest under
+        the host rule; the merged listing's when this repository has none)."""
+        if ref == "latest":
+            try:
+                return latest_of(self.readable(host=host, all_hosts=all_hosts))
+            except SnapshotNotFound:
+                if self.remote_view() is None:
+                    raise
+                return latest_of(self.listing(host=host, all_hosts=all_hosts))
+        try:
+            return self.resolve(check_ref(ref))
+        except SnapshotNotFound:
+            view = self.remote_view()
+            if view is None:
+                raise
+            return view.resolve(ref)
+
+    def reader_for(self, info: SnapshotInfo) -> Repository:
+        """The repository that holds `info`'s data: this one, or the remote for a remote-only snapshot."""
+        view = self.remote_view() if info.where == "remote" and self.local_dir is not None else None
+        return view or self
 
     def get(self, ref: str = "latest", *, host: str | None = None, all_hosts: bool = False) -> Snapshot:
         from casstore.read.reader import Snapshot  # lazy: start-up time
 
-        return Snapshot(self, self.resolve(ref, host=host, all_hosts=all_hosts))
+        info = self.locate(ref, host=host, all_hosts=all_hosts)
+        return Snapshot(self.reader_for(info), info)
 
-    def restore(self, ref: str, target: str, **options: Any) -> RestoreResult:
+    def restore(self, ref: str, target: str, *, host: str | None = None, all_hosts: bool = False,
+                **options: Any) -> RestoreResult:
         from casstore.restore.restorer import restore_snapshot  # lazy: start-up time
 
         with self.locked():
-            return restore_snapshot(self.get(ref), target, **options)
+            return restore_snapshot(self.get(ref, host=host, all_hosts=all_hosts), target, **options)
 
     def check(self, *, read_data: bool = False, subset: float | None = None) -> CheckReport:
         from casstore.repo.check import check_repository  # lazy: start-up time
@@ -105,6 +176,12 @@ class Repository(RepoCore):
         from casstore.read.find import find  # lazy: start-up time
 
         return find(self, pattern, **options)
+
+    def close(self) -> None:
+        view, self._remote_view = self._remote_view, _UNOPENED
+        if isinstance(view, Repository):
+            view.close()
+        super().close()
 
 
 def open_repository(settings: Settings, *, remote: str | Remote | None = None, create: bool = False,

@@ -12,31 +12,45 @@ from typing import Any
 
 from casstore.client import Repository, SnapshotInfo, open_repository
 from casstore.repo.open import settings_for
+from casstore.snapshot.source import require_source
 
 
 class CloudStorage:
-    """Each call opens the configured repository afresh, so it sees snapshots taken meanwhile."""
+    """Each call opens the configured repository afresh, so it sees snapshots taken meanwhile.
+
+    Reads follow the CLI's rules: the local repository and the configured remote together, this
+    host's backups when it has any, else every host's (`host=` / `all_hosts=True` to choose).
+    """
 
     def _repo(self, create: bool = False) -> Repository:
         return open_repository(settings_for(), create=create)
 
-    def list_backups(self, limit: int | None = None) -> list[dict[str, Any]]:
+    def list_backups(self, limit: int | None = None, *, host: str | None = None,
+                     all_hosts: bool = False) -> list[dict[str, Any]]:
         """Newest first: dicts with backup_id, timestamp, size_mb, files, host, tags."""
         with self._repo() as repo:
-            return [backup_meta(info) for info in repo.snapshots(limit=limit)]
+            return [backup_meta(info) for info in repo.listing(limit, host=host, all_hosts=all_hosts)]
 
-    def get_backup(self, backup_id: str) -> Any:
-        """The snapshot as the seed's dict: {'snapshot_id', 'timestamp', 'data_sources': {...}}."""
+    def get_backup(self, backup_id: str, *, host: str | None = None, all_hosts: bool = False) -> Any:
+        """The snapshot as the seed's dict: {'snapshot_id', 'timestamp', 'data_sources': {...}}
+        (lazy: the repository stays open while the dict is in use)."""
         from casstore.snapshot.legacy_files import legacy_ref  # lazy: start-up time (old ids, once imported)
 
         repo = self._repo()
-        return repo.get(legacy_ref(repo, backup_id)).to_dict()
+        return repo.get(legacy_ref(repo, backup_id), host=host, all_hosts=all_hosts).to_dict()
 
-    def create_backup(self) -> dict[str, Any]:
-        with self._repo(create=True) as repo:
-            result = repo.snapshot()
-            return {"success": not result.incomplete, "backup_id": result.id,
-                    "timestamp": result.manifest.time.isoformat(), **result.summary.as_dict()}
+    def create_backup(self, *, sync: bool = True, allow_empty: bool | None = None) -> dict[str, Any]:
+        """Snapshot the source, then (with a remote configured, unless `sync=False`) sync it there,
+        as the seed's call did. A missing or empty source is refused before anything is created."""
+        settings = settings_for()
+        require_source(settings.source, allow_empty=settings.allow_empty if allow_empty is None else allow_empty)
+        with open_repository(settings, create=True) as repo:
+            result = repo.snapshot(allow_empty=True)   # checked above, before the repository existed
+            done = {"success": not result.incomplete, "backup_id": result.id,
+                    "timestamp": result.manifest.time.isoformat(), **result.summary.as_dict(), "synced": None}
+            if sync and settings.remote and not result.incomplete:
+                done["synced"] = repo.sync().as_dict()
+            return done
 
 
 def backup_meta(info: SnapshotInfo) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 from casstore.errors import ConfigError
 
 _PROVIDERS = {"local", "aws", "gcp", "azure"}
+DEFAULT_KEEP_LAST = 30
 
 
 def _secret() -> Any:
@@ -32,7 +33,8 @@ class Settings:
     prefix: str = "casstore/"
     exclude: tuple[str, ...] = ()
     schedule: str | None = None
-    keep_last: int | None = None
+    keep_last: int | None = 30          # scheduled runs' retention; CASSTORE_KEEP_LAST=0 turns it off
+    allow_empty: bool = False           # snapshot a missing-but-empty source (never a missing one)
     grace_seconds: float = 24 * 3600
     compression_level: int | None = None
     upload_concurrency: int = 4
@@ -89,7 +91,8 @@ def load_settings(overrides: dict | None = None, environ: dict | None = None, do
         prefix=env.get("CASSTORE_PREFIX", "casstore/"),
         exclude=tuple(p for p in re.split(r"[,\n]", env.get("CASSTORE_EXCLUDE", "")) if p.strip()),
         schedule=env.get("CASSTORE_SCHEDULE") or None,
-        keep_last=_int(env, "CASSTORE_KEEP_LAST"),
+        keep_last=_keep_last(env),
+        allow_empty=env.get("CASSTORE_ALLOW_EMPTY", "").strip().lower() in ("1", "true", "yes"),
         grace_seconds=parse_duration(env.get("CASSTORE_GRACE", "24h")),
         compression_level=_int(env, "CASSTORE_COMPRESSION_LEVEL"),
         upload_concurrency=_int(env, "CASSTORE_UPLOAD_CONCURRENCY") or 4,
@@ -145,6 +148,16 @@ def _int(env: dict, name: str) -> int | None:
         return int(value)
     except ValueError:
         raise ConfigError(f"{name} must be a whole number, not {value!r}") from None
+
+
+def _keep_last(env: dict) -> int | None:
+    """The seed kept the last 30 backups: that is the default; 0 turns retention off."""
+    value = _int(env, "CASSTORE_KEEP_LAST")
+    if value is None:
+        return DEFAULT_KEEP_LAST
+    if value < 0:
+        raise ConfigError(f"CASSTORE_KEEP_LAST must be 0 (off) or more, not {value}")
+    return value or None
 
 
 def _remote_url(env: dict) -> str | None:

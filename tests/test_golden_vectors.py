@@ -52,6 +52,7 @@ def test_config_vector() -> None:
     assert config.pack_size == 16 * 1024 * 1024
     assert config.compression == {"algorithm": "zstd", "level": 3}
     assert config.encryption is None
+    assert config.grace_seconds == 24 * 3600
     assert config.max_blob_size == 8 * 1024 * 1024
     again = RepoConfig(id="0123456789abcdef0123456789abcdef", chunker=dict(config.chunker))
     assert again.encode() == body

@@ -94,7 +94,8 @@ def test_policies_from_mappings_and_settings():
     with pytest.raises(ConfigError):
         RetentionPolicy.coerce({"keep_everything": 1})
     assert policy_from_settings(load_settings({"keep_last": 30})) == RetentionPolicy(last=30)
-    assert policy_from_settings(load_settings({})) is None
+    assert policy_from_settings(load_settings({}, environ={})) == RetentionPolicy(last=30), "the seed kept 30"
+    assert policy_from_settings(load_settings(environ={"CASSTORE_KEEP_LAST": "0"})) is None, "0 turns it off"
     assert policy_from_settings(load_settings(environ={"CASSTORE_KEEP_LAST": "7"})) == RetentionPolicy(last=7)
 
 
@@ -162,13 +163,14 @@ def test_local_forget_keeps_snapshots_never_synced_unless_forced(tmp_path):
     assert apply_retention(writer.repo, {"keep_last": 1}, force=True).removed == [second]
 
 
-def test_cli_forget_prints_which_rule_kept_each_snapshot(tmp_path):
+def test_cli_forget_prints_which_rule_kept_each_snapshot(tmp_path, monkeypatch):
     repo = _repo_with_hosts(tmp_path)
     out = invoke("forget", "--repo", repo.local_dir, "--keep-last", "1", "--keep-daily", "1", "--dry-run").stdout
     assert "keep   " in out and "(last; daily 2024-12-29)" in out and out.count("  remove ") == 2
     assert "dry run: would forget 2 snapshot(s)" in out
     data = cli_json("forget", "--repo", repo.local_dir, "--keep-within", "1h", "--all-hosts", "--json")
     assert len(data["removed"]) == 2 and data["kept"] == 4
+    monkeypatch.setenv("CASSTORE_KEEP_LAST", "0")   # no default policy either
     error = invoke("forget", "--repo", repo.local_dir, expect=2)
     assert "no retention rule" in error.stderr
 

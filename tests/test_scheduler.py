@@ -3,6 +3,7 @@ notification, signals, one scheduler per repository, status, and the systemd/cro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -191,7 +192,8 @@ def test_sigterm_finishes_the_current_step_and_abandons_the_rest(settings):
 
 def test_retention_runs_only_with_a_policy(settings):
     clock = FakeClock()
-    perform_run(settings, trigger="once", clock=clock)
+    assert settings.keep_last == 30, "the seed's keep-last 30 is the default of scheduled runs"
+    perform_run(dataclasses.replace(settings, keep_last=None), trigger="once", clock=clock)  # CASSTORE_KEEP_LAST=0
     assert RunLog(settings.repository).last().retention is None       # no policy set
     record = perform_run(settings.with_overrides(keep_last=3), trigger="once", clock=clock)
     assert record.ok and record.retention["removed"] == [] and record.retention["kept"] == 2

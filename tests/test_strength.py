@@ -195,3 +195,44 @@ def test_gc_stops_when_a_snapshot_needs_a_blob_no_index_lists(tmp_path: Path) ->
     with pytest.raises(GcAborted, match="in no index"):
         gc(repo, clock)
     assert _objects(remote) == before
+
+
+# -- sync state keeps what it knew ---------------------------------------------------------------
+
+def test_every_sync_and_pull_keeps_the_earlier_synced_records(tmp_path: Path) -> None:
+    from casstore.sync.transfer import pull_from_remote
+
+    clock = FakeClock()
+    remote = new_memory_remote(clock)
+    a = Writer(tmp_path / "a", "host-a", clock)
+    first = a.snapshot()
+    a.sync(remote)
+    a.edit(3)
+    second = a.snapshot()
+    a.sync(remote)
+    assert {first, second} <= SyncState(a.repo.local_dir, remote.url).synced
+    b = Writer(tmp_path / "b", "host-b", clock, config=a.repo.config)
+    other = b.snapshot()
+    b.sync(remote)
+    pull_from_remote(a.repo, remote, snapshot=other)
+    assert {first, second} <= SyncState(a.repo.local_dir, remote.url).synced
+
+
+def test_a_dry_run_report_says_it_was_a_dry_run(tmp_path: Path) -> None:
+    clock = FakeClock()
+    repo = local_repo(tmp_path / "repo")
+    repo.snapshot(str(make_source(tmp_path / "data", n_json=3, big_mib=1)))
+    assert sync_to_remote(repo, new_memory_remote(clock), dry_run=True, clock=clock).dry_run is True
+
+
+def test_an_incomplete_snapshot_as_old_as_the_newest_complete_one_is_not_kept_for_being_newer() -> None:
+    from casstore.format.snapshot import SnapshotManifest
+    from casstore.gc.retention import RetentionPolicy, decide
+    from casstore.repo.core import SnapshotInfo
+
+    def info(i: int, incomplete: bool) -> SnapshotInfo:
+        return SnapshotInfo(f"{i:064x}", SnapshotManifest(time_ns=10**18, host="h", source="/s", tree=b"\0" * 32,
+                                                          incomplete=incomplete))
+
+    (group,) = decide([info(1, False), info(2, True)], RetentionPolicy(last=1))
+    assert [d.snapshot.id for d in group.keep] == [f"{1:064x}"]

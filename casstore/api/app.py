@@ -1,8 +1,9 @@
 """The FastAPI application of `casstore serve`: the seed's /api/cloud/* endpoints, jobs, the dashboard.
 
     GET  /api/cloud/status                 statistics, recent backups, schedule, last sync, costs
-    POST /api/cloud/backup[?wait=1]        202 + job (or the finished job); 409 while a run is on
-    GET  /api/cloud/backups?limit=10       newest first
+    POST /api/cloud/backup[?wait=1]        202 + job (or the finished job); 409 while a run is on; the job
+                                           snapshots, then syncs to the configured remote (&sync=0: not)
+    GET  /api/cloud/backups?limit=10       newest first (&host=NAME or &all_hosts=1; default: the host rule)
     POST /api/cloud/sync[?wait=1]          202 + job; 409 when no remote is configured
     GET  /api/jobs/<id>                    a job's state and result
     GET  /api/cloud/backup/<id>[?path=]    the snapshot as to_dict() gives it, streamed as JSON
@@ -19,6 +20,7 @@ import re
 import secrets
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from importlib import metadata, resources
 from urllib.parse import quote
 
@@ -40,7 +42,7 @@ from casstore.format.tree import EntryType
 from casstore.read.reader import PathNotFound, Snapshot
 from casstore.service.runs import RunBusy, snapshot_step, sync_step
 from casstore.settings import Settings
-from casstore.snapshot.source import check_source
+from casstore.snapshot.source import require_source
 
 JOB_ID = r"^[0-9a-f]{32}$"
 WAIT_TIMEOUT = 3600.0
@@ -165,18 +167,22 @@ def _routes(app: FastAPI, settings: Settings, access: RepoAccess, jobs: JobManag
         return status_view(settings, snapshots, stored, running_job=current)
 
     @app.get("/api/cloud/backups", dependencies=auth, summary="Backups (snapshots), newest first")
-    def backups(limit: int = Query(10, ge=1, le=10000)):
-        return backups_view(access.snapshots(), limit)
+    def backups(limit: int = Query(10, ge=1, le=10000), host: str | None = Query(None, max_length=255),
+                all_hosts: bool = False):
+        return backups_view(access.snapshots(host, all_hosts), limit)
 
     @app.post("/api/cloud/backup", dependencies=auth, status_code=202,
               summary="Take a backup in the background (?wait=1: return when it is done)",
               responses={409: {"description": "a backup or sync is already running"}})
-    def backup(wait: bool = False):
+    def backup(wait: bool = False, sync: bool = True, allow_empty: bool = False):
         try:
-            check_source(settings.source, hint="set CASSTORE_SOURCE")
+            require_source(settings.source, allow_empty=allow_empty or settings.allow_empty,
+                           hint="set CASSTORE_SOURCE")
         except SourceError as exc:
             return JSONResponse({"success": False, "error": str(exc)}, status_code=409)
-        return _job_response(jobs.start("backup", (("snapshot", snapshot_step),)), wait)
+        run_settings = replace(settings, allow_empty=True)   # checked just above
+        steps = (("snapshot", snapshot_step),) + ((("sync", sync_step),) if sync and settings.remote else ())
+        return _job_response(jobs.start("backup", steps, run_settings), wait)
 
     @app.post("/api/cloud/sync", dependencies=auth, status_code=202,
               summary="Sync new snapshots to the configured remote in the background",
@@ -200,11 +206,12 @@ def _routes(app: FastAPI, settings: Settings, access: RepoAccess, jobs: JobManag
     @app.get("/api/cloud/backup/{backup_id}", dependencies=auth,
              summary="A backup as the seed's dict (to_dict()), streamed; ?path= for one source or file",
              responses={404: {"description": "no such backup or path"}, 400: {"description": "invalid path"}})
-    def backup_json(backup_id: str, path: str = Query("", max_length=4096)):
+    def backup_json(backup_id: str, path: str = Query("", max_length=4096),
+                    host: str | None = Query(None, max_length=255), all_hosts: bool = False):
         wanted = clean_path(path)
 
         def prepare():
-            repo, snapshot, entry, real = _open_path(access, backup_id, wanted)
+            repo, snapshot, entry, real = _open_path(access, backup_id, wanted, host, all_hosts)
             try:    # walks the trees and makes the first piece: a hostile snapshot is an error status
                 return repo, stream_snapshot(snapshot, entry, real, whole=not wanted)
             except BaseException:
@@ -262,12 +269,13 @@ def _fresh_on_failure(access: RepoAccess, prepare):
         return prepare()
 
 
-def _open_path(access: RepoAccess, backup_id: str, path: str):
-    """(reader, snapshot, entry, real path) for a request; the reader goes back to the pool on errors."""
-    info = access.resolve(backup_id)
+def _open_path(access: RepoAccess, backup_id: str, path: str, host: str | None = None, all_hosts: bool = False):
+    """(reader, snapshot, entry, real path) for a request; the reader goes back to the pool on errors.
+    A snapshot only the configured remote holds is read from there (the reader's remote view)."""
+    info = access.resolve(backup_id, host, all_hosts)
     repo = access.checkout()
     try:
-        snapshot = Snapshot(repo, info)
+        snapshot = Snapshot(repo.reader_for(info), info)
         entry, real = find(snapshot, path)
     except PathNotFound:
         access.checkin(repo)

@@ -50,8 +50,9 @@ class JobManager:
         self._stopping = threading.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="casstore-job")
 
-    def start(self, kind: str, steps) -> Job:
-        """Accept a job now (holding the run lock) and run it in the background; RunBusy if a run is on."""
+    def start(self, kind: str, steps, settings: Settings | None = None) -> Job:
+        """Accept a job now (holding the run lock) and run it in the background; RunBusy if a run is on.
+        `settings` (default: the server's) are the run's."""
         lock = run_lock(self.settings.repository)
         with self._lock:
             if not lock.try_acquire():
@@ -64,7 +65,7 @@ class JobManager:
             while len(self.jobs) > KEEP_JOBS:
                 self.jobs.popitem(last=False)
         try:
-            self._executor.submit(self._run, job, lock, steps)
+            self._executor.submit(self._run, job, lock, steps, settings or self.settings)
         except RuntimeError:  # shutting down
             lock.release()
             raise RunBusy("the server is shutting down") from None
@@ -73,9 +74,9 @@ class JobManager:
     def get(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id)
 
-    def _run(self, job: Job, lock, steps) -> None:
+    def _run(self, job: Job, lock, steps, settings: Settings) -> None:
         try:
-            record = run_locked(self.settings, RunRecord.begin("api", time.time()), clock=time.time, steps=steps,
+            record = run_locked(settings, RunRecord.begin("api", time.time()), clock=time.time, steps=steps,
                                 should_stop=self._stopping.is_set)
             job.result, job.error = record.as_dict(), record.error or record.abandoned
             job.state = "succeeded" if record.ok else "failed"

@@ -47,5 +47,6 @@ def add_query_routes(app: FastAPI, access: RepoAccess, auth: Sequence[Any]) -> N
         wanted = clean_path(path)
         old, new = access.resolve(a), access.resolve(b)
         with access.reader() as repo:
-            diffs = diff_snapshot_values(Snapshot(repo, old), Snapshot(repo, new), wanted)
+            diffs = diff_snapshot_values(Snapshot(repo.reader_for(old), old), Snapshot(repo.reader_for(new), new),
+                                         wanted)
         return {"success": True, "a": old.id, "b": new.id, "path": wanted, "files": [d.as_dict() for d in diffs]}

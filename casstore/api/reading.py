@@ -20,12 +20,13 @@ from contextlib import contextmanager
 from urllib.parse import quote
 
 from casstore.client import Repository, open_repository
-from casstore.errors import SnapshotNotFound
+from casstore.errors import RepositoryNotFound, SnapshotNotFound
 from casstore.format import layout
 from casstore.format.tree import Entry, EntryType
 from casstore.format.walk import VisitBudget
 from casstore.read.dictview import _assign_keys, json_ready_file
 from casstore.read.reader import PathNotFound, Snapshot
+from casstore.repo.core import for_reads
 from casstore.settings import Settings
 
 LIST_TTL = 3.0
@@ -59,28 +60,41 @@ class RepoAccess:
 
     @property
     def exists(self) -> bool:
+        """Whether the local repository exists (sync needs one)."""
         return layout.is_local_repository(self.settings.repository)
 
+    @property
+    def readable(self) -> bool:
+        """Whether there is anything to read: the local repository, or the configured remote."""
+        return self.exists or bool(self.settings.remote)
+
     def _open(self) -> Repository:
-        return open_repository(self.settings, fallback_remote=False)
+        """The local repository (reads fall through to the remote), or the remote when there is none."""
+        return open_repository(self.settings)
 
     # -- listing -------------------------------------------------------------------------------
 
-    def listing(self) -> tuple[list, int]:
-        """(snapshots newest first, stored bytes), re-read when older than the TTL."""
+    def listing(self, host: str | None = None, all_hosts: bool = False) -> tuple[list, int]:
+        """(snapshots newest first under the host rule of reads, stored bytes), re-read when older than
+        the TTL. Snapshots are the local repository's and the configured remote's."""
         with self._lock:
             if self._listed is None or time.monotonic() - self._listed[0] > self.ttl:
                 self._listed = (time.monotonic(), *self._read_listing())
-            return self._listed[1], self._listed[2]
+            every, stored = self._listed[1], self._listed[2]
+        return for_reads(every, self.settings.host, host=host, all_hosts=all_hosts), stored
 
-    def snapshots(self) -> list:
-        return self.listing()[0]
+    def snapshots(self, host: str | None = None, all_hosts: bool = False) -> list:
+        return self.listing(host, all_hosts)[0]
 
     def _read_listing(self) -> tuple[list, int]:
-        if not self.exists:
+        if not self.readable:
             return [], 0
-        with self.reader() as repo:
-            return repo.all_snapshots(), repo.stored_bytes()
+        try:
+            with self.reader() as repo:
+                stored = repo.stored_bytes()
+                return repo.listing(all_hosts=True), stored
+        except RepositoryNotFound:   # no local repository, and the remote holds none yet
+            return [], 0
 
     def invalidate(self) -> None:
         with self._lock:
@@ -91,13 +105,14 @@ class RepoAccess:
         self.invalidate()
         self.close()
 
-    def resolve(self, ref: str):
-        """`latest` or an id prefix -> SnapshotInfo (SnapshotNotFound for anything else)."""
+    def resolve(self, ref: str, host: str | None = None, all_hosts: bool = False):
+        """`latest` (under the host rule) or an id prefix -> SnapshotInfo (SnapshotNotFound otherwise)."""
         ref = ref.lower()
         if not SNAPSHOT_REF.match(ref):
             raise SnapshotNotFound(f"no snapshot with id {ref[:80]!r}")
         for attempt in range(2):
-            found = self._match(self.snapshots(), ref)
+            wanted = self.snapshots(host, all_hosts) if ref == "latest" else self.snapshots(all_hosts=True)
+            found = self._match(wanted, ref)
             if found:
                 return found
             if attempt == 0:
@@ -121,6 +136,9 @@ class RepoAccess:
         """An open Repository for one request alone (pooled: index and manifests stay warm)."""
         with self._pool_lock:
             repo = self._pool.pop() if self._pool else None
+        if repo is not None and repo.local_dir is None and self.exists:
+            repo.close()   # opened on the remote before the first backup created the local repository
+            repo = None
         return repo or self._open()
 
     def checkin(self, repo: Repository, broken: bool = False) -> None:

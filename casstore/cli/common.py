@@ -21,7 +21,8 @@ repo_option = click.option("--repo", "repository", metavar="PATH",
 remote_option = click.option("--remote", "--from", "remote", metavar="URL",
                              help="Read from this remote repository instead of the local one.")
 host_options = [
-    click.option("--host", help="Snapshots of this host (default: CASSTORE_HOST or the hostname)."),
+    click.option("--host", help="Snapshots of this host (default: this host's (CASSTORE_HOST or the hostname) "
+                                "when it has any, else every host's)."),
     click.option("--all-hosts", is_flag=True, help="Snapshots of every host."),
 ]
 

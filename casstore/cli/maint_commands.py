@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from casstore.cli.common import emit, human, json_option, repo_option, settings
-from casstore.gc.retention import RetentionPolicy, apply_retention, policy_from_settings
+from casstore.gc.retention import RetentionPolicy, apply_retention, forget_snapshots, policy_from_settings
 from casstore.gc.run import collect_garbage
 from casstore.settings import parse_duration
 
@@ -27,6 +28,7 @@ def open_target(ctx: click.Context, repository: str | None, remote: str | None, 
 
 
 @click.command()
+@click.argument("snapshot_ids", nargs=-1, metavar="[ID]...")
 @repo_option
 @click.option("--keep-last", type=int, metavar="N", help="Keep the N newest complete snapshots.")
 @click.option("--keep-hourly", type=int, metavar="N", help="Keep the newest snapshot of each of the last N hours.")
@@ -44,16 +46,23 @@ def open_target(ctx: click.Context, repository: str | None, remote: str | None, 
 @remote_option
 @json_option
 @click.pass_context
-def forget(ctx, repository, keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly,
-           keep_within, keep_tags, host, all_hosts, dry_run, prune, force, remote, as_json):
-    """Remove snapshots by a retention policy; `--prune` then deletes the data they alone needed.
+def forget(ctx, snapshot_ids, repository, keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly,
+           keep_yearly, keep_within, keep_tags, host, all_hosts, dry_run, prune, force, remote, as_json):
+    """Remove the snapshots ID... , or those a retention policy drops; `--prune` then deletes the data
+    they alone needed.
 
-    With no --keep-* option the policy is CASSTORE_KEEP_LAST. An incomplete snapshot fills no slot
-    of a counting rule and is kept only while newer than the newest complete one (or by --keep-within
-    or --keep-tag)."""
+    Given IDs are forgotten from the local repository and from the configured remote, wherever they
+    are (with --remote URL: from that remote only). With no ID and no --keep-* option the policy is
+    CASSTORE_KEEP_LAST (default 30). An incomplete snapshot fills no slot of a counting rule and is
+    kept only while newer than the newest complete one (or by --keep-within or --keep-tag)."""
     policy = RetentionPolicy.coerce({"last": keep_last, "hourly": keep_hourly, "daily": keep_daily,
                                      "weekly": keep_weekly, "monthly": keep_monthly, "yearly": keep_yearly,
                                      "within": keep_within, "tags": keep_tags or None})
+    if snapshot_ids:
+        if not policy.empty or host or all_hosts:
+            raise click.UsageError("give snapshot IDs or --keep-*/--host options, not both")
+        _forget_ids(ctx, repository, remote, list(snapshot_ids), dry_run, prune, as_json)
+        return
     if policy.empty:   # no rule given: the scheduled runs' policy (CASSTORE_KEEP_LAST), if any
         policy = policy_from_settings(settings(ctx, repository)) or policy
     with open_target(ctx, repository, remote) as repo:
@@ -61,6 +70,27 @@ def forget(ctx, repository, keep_last, keep_hourly, keep_daily, keep_weekly, kee
         if prune:
             result.gc = collect_garbage(repo, dry_run=dry_run).as_dict()
     emit(as_json, result.as_dict(), lambda: _print_forget(result))
+
+
+def _forget_ids(ctx: click.Context, repository: str | None, remote: str | None, refs: list[str], dry_run: bool,
+                prune: bool, as_json: bool) -> None:
+    with ExitStack() as stack:
+        repo = stack.enter_context(open_target(ctx, repository, remote))
+        view = repo.remote_view() if remote is None else None   # the configured remote, beside a local one
+        repos = [repo] + ([view] if view is not None else [])
+        done = forget_snapshots(repos, refs, dry_run)
+        gc = [collect_garbage(r, dry_run=dry_run).as_dict() for r in repos] if prune else []
+    payload = {"dry_run": dry_run, "forgotten": [{"id": i, "locations": where} for i, where in done.items()],
+               "gc": gc}
+
+    def text() -> None:
+        verb = "would forget" if dry_run else "forgot"
+        for snapshot_id, where in done.items():
+            click.echo(f"{verb} {snapshot_id[:8]} from {', '.join(where)}")
+        for report in gc:
+            _print_gc_dict(report)
+
+    emit(as_json, payload, text)
 
 
 def _print_forget(result) -> None:

@@ -29,13 +29,17 @@ from casstore.read.diff import diff_snapshots
 @json_option
 @click.pass_context
 def list_snapshots(ctx, repository, remote, limit, host, all_hosts, as_json):
-    """List snapshots, newest first."""
+    """List snapshots, newest first (the local repository's and the configured remote's)."""
     with open_repo(ctx, repository, remote=remote) as repo:
-        infos = repo.snapshots(limit=limit, host=host, all_hosts=all_hosts)
-    emit(as_json, [i.as_dict() for i in infos], lambda: _print_list(infos))
+        every = repo.listing(all_hosts=True)
+        shown = repo.listing(host=host, all_hosts=all_hosts)
+    infos = shown[:limit] if limit else shown
+    emit(as_json, [i.as_dict() for i in infos], lambda: _print_list(infos, len(every) - len(shown)))
 
 
-def _print_list(infos) -> None:
+def _print_list(infos, hidden: int = 0) -> None:
+    if hidden:
+        click.echo(f"({hidden} snapshot(s) of other hosts not shown: --all-hosts shows them)", err=True)
     if not infos:
         click.echo("no snapshots")
         return
@@ -54,12 +58,13 @@ def _print_list(infos) -> None:
 @repo_option
 @remote_option
 @click.option("--recursive", "-r", is_flag=True, help="List the whole tree below PATH.")
+@_host_options
 @json_option
 @click.pass_context
-def show(ctx, snapshot_id, path, repository, remote, recursive, as_json):
+def show(ctx, snapshot_id, path, repository, remote, recursive, host, all_hosts, as_json):
     """Show a snapshot's summary and list its files (PATH: a directory inside it)."""
     with open_repo(ctx, repository, remote=remote) as repo:
-        snap = repo.get(snapshot_id)
+        snap = repo.get(snapshot_id, host=host, all_hosts=all_hosts)
         rows = list(snap.walk(path)) if recursive else _children(snap, path)
         payload = {**snap.info.as_dict(), "entries": [_row(r) for r in rows]}
         emit(as_json, payload, lambda: _print_show(snap, rows))
@@ -106,10 +111,12 @@ def _print_show(snap, rows) -> None:
 @click.argument("path")
 @repo_option
 @remote_option
+@_host_options
 @click.pass_context
-def cat(ctx, snapshot_id, path, repository, remote):
+def cat(ctx, snapshot_id, path, repository, remote, host, all_hosts):
     """Write one file of a snapshot to standard output."""
-    with open_repo(ctx, repository, remote=remote) as repo, repo.get(snapshot_id).open(path) as fh:
+    with open_repo(ctx, repository, remote=remote) as repo, \
+            repo.get(snapshot_id, host=host, all_hosts=all_hosts).open(path) as fh:
         out = sys.stdout.buffer
         while block := fh.read(1 << 20):
             out.write(block)
@@ -123,9 +130,10 @@ def cat(ctx, snapshot_id, path, repository, remote):
 @repo_option
 @remote_option
 @click.option("--values", is_flag=True, help="Compare the JSON inside: key paths added, removed, changed.")
+@_host_options
 @json_option
 @click.pass_context
-def diff(ctx, old_id, new_id, path, repository, remote, values, as_json):
+def diff(ctx, old_id, new_id, path, repository, remote, values, host, all_hosts, as_json):
     """What changed from snapshot OLD_ID to NEW_ID (added +, removed -, modified M, metadata U).
 
     PATH limits it to one file or directory; --values compares the JSON documents inside.
@@ -135,7 +143,8 @@ def diff(ctx, old_id, new_id, path, repository, remote, values, as_json):
 
         return value_diff(ctx, old_id, new_id, path, repository, remote, as_json)
     with open_repo(ctx, repository, remote=remote) as repo:
-        changes = diff_snapshots(repo.get(old_id), repo.get(new_id))
+        changes = diff_snapshots(repo.get(old_id, host=host, all_hosts=all_hosts),
+                                 repo.get(new_id, host=host, all_hosts=all_hosts))
     if path.strip("/"):
         inside = path.strip("/")
         changes = [c for c in changes if c.path.rstrip("/") == inside or c.path.startswith(inside + "/")]
@@ -169,13 +178,15 @@ def _print_diff(changes) -> None:
 @click.option("--privileged", is_flag=True,
               help="As root: restore recorded owners, setuid/setgid bits and device nodes (default: none "
                    "of them; files belong to the restoring user). Only for snapshots you trust.")
+@_host_options
 @json_option
 @click.pass_context
 def restore(ctx, snapshot_id, target, repository, remote, path, overwrite, include, exclude, dry_run, verify,
-            privileged, as_json):
+            privileged, host, all_hosts, as_json):
     """Restore snapshot SNAPSHOT_ID (an id prefix or 'latest') into directory TARGET."""
     started = datetime.now()
     with open_repo(ctx, repository, remote=remote) as repo:
+        snapshot_id = repo.locate(snapshot_id, host=host, all_hosts=all_hosts).id   # resolved once
         total = repo.get(snapshot_id).manifest.summary.get("bytes_total")
         with Progress(total, "restore") as progress:
             result = repo.restore(snapshot_id, target, path=path, overwrite=overwrite, include=tuple(include),

@@ -1,4 +1,4 @@
-"""sync and pull."""
+"""sync, pull, and remote create-bucket."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import click
 
 from casstore.cli.common import Progress, emit, human, json_option, open_repo, repo_option, settings
 from casstore.client import open_repository
+from casstore.errors import ConfigError
+from casstore.remotes import open_remote
+from casstore.remotes.cloud import CloudRemote
 from casstore.repo.pricing import NO_PRICE, is_directory
 
 remote_option = click.option("--remote", "--to", "remote", metavar="URL",
@@ -40,6 +43,31 @@ def pull(ctx, repository, remote, snapshot_id, host, as_json):
     with open_repository(s, create=True, like=remote or s.remote) as repo, Progress(None, "pull") as progress:
         report = repo.pull(remote, snapshot=snapshot_id, host=host, progress=progress)
     emit(as_json, report.as_dict(), lambda: _print_report(report, "pull"))
+
+
+@click.group("remote")
+def remote_group() -> None:
+    """Manage the remote: `casstore remote create-bucket`."""
+
+
+@remote_group.command("create-bucket")
+@click.argument("url", required=False)
+@json_option
+@click.pass_context
+def create_bucket(ctx, url, as_json):
+    """Create the bucket (or Azure container) of URL (default: the configured remote) with the provider's
+    secure defaults: public access blocked, encryption on. Buckets are otherwise expected to exist."""
+    s = settings(ctx)
+    url = url or s.remote
+    if not url:
+        raise ConfigError("no remote to create: give a URL (s3://bucket, gs://bucket, az://container) or set "
+                          "CLOUD_PROVIDER and its bucket in .env")
+    with open_remote(url, **s.remote_options()) as remote:
+        if not isinstance(remote, CloudRemote):
+            raise ConfigError(f"{url} is not a cloud bucket (create-bucket is for s3://, gs:// and az://)")
+        applied = remote.create_bucket()
+    payload = {"url": url, "created": True, "settings": applied}
+    emit(as_json, payload, lambda: click.echo(f"created the bucket of {url}: " + ", ".join(applied)))
 
 
 def _print_report(r, verb: str) -> None:

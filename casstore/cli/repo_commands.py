@@ -22,9 +22,9 @@ from casstore.client import init_repository, open_repository
 from casstore.errors import CasstoreError, ConfigError
 from casstore.format import layout
 from casstore.format.config import DEFAULT_PACK_SIZE, RepoConfig
-from casstore.repo.open import adopted_config
+from casstore.repo.open import adopt_or_share, adopted_config, remove_empty_local
 from casstore.repo.pricing import NO_PRICE
-from casstore.snapshot.source import check_source
+from casstore.snapshot.source import require_source
 
 
 @click.command()
@@ -33,18 +33,32 @@ from casstore.snapshot.source import check_source
 @click.option("--chunk-min", type=int, help="Minimum chunk size in bytes.")
 @click.option("--chunk-max", type=int, help="Maximum chunk size in bytes.")
 @click.option("--pack-size", type=int, help="Target pack size in bytes (default 16 MiB).")
-@click.option("--from", "from_url", metavar="URL", help="Adopt the config (chunker and seed) of this remote.")
+@click.option("--from", "from_url", metavar="URL",
+              help="Adopt the config (chunker and seed) of this remote (default: the configured remote's).")
+@click.option("--replace-empty", is_flag=True,
+              help="Replace an existing local repository that holds no snapshot by one adopting the remote's config.")
 @json_option
 @click.pass_context
-def init(ctx, repository, chunk_avg, chunk_min, chunk_max, pack_size, from_url, as_json):
-    """Create a new local repository."""
+def init(ctx, repository, chunk_avg, chunk_min, chunk_max, pack_size, from_url, replace_empty, as_json):
+    """Create a new local repository.
+
+    With a remote configured (or --from URL) it shares the remote repository's chunker and seed,
+    creating the remote repository first when there is none, so every sync works."""
     s = settings(ctx, repository)
+    if replace_empty:
+        if not (from_url or s.remote):
+            raise click.UsageError("--replace-empty adopts a remote's config: give --from URL or configure a remote")
+        remove_empty_local(s)
+    chosen = any(v is not None for v in (chunk_avg, chunk_min, chunk_max, pack_size))
+    proposed = RepoConfig.new(min_size=chunk_min, avg_size=chunk_avg, max_size=chunk_max,
+                              pack_size=pack_size or DEFAULT_PACK_SIZE, compression_level=s.compression_level or 3,
+                              grace_seconds=s.grace_seconds)
     if from_url:
         config = adopted_config(from_url, s)
+    elif s.remote and not layout.is_local_repository(s.repository):
+        config = adopt_or_share(s, proposed if chosen else None)
     else:
-        config = RepoConfig.new(min_size=chunk_min, avg_size=chunk_avg, max_size=chunk_max,
-                                pack_size=pack_size or DEFAULT_PACK_SIZE, compression_level=s.compression_level or 3,
-                                grace_seconds=s.grace_seconds)
+        config = proposed
     repo = init_repository(s, config)
     payload = {"repository": repo.location, "id": config.id, "chunker": {k: v for k, v in config.chunker.items()
                                                                         if k != "seed"}}
@@ -58,13 +72,18 @@ def init(ctx, repository, chunk_avg, chunk_min, chunk_max, pack_size, from_url, 
 @click.option("--exclude", "excludes", multiple=True, help="gitignore-style pattern to leave out (repeatable).")
 @click.option("--pre-hook", help="Command to run first (quiesce the application); failing aborts.")
 @click.option("--post-hook", help="Command to run afterwards, whatever happened.")
+@click.option("--allow-empty", is_flag=True, help="Snapshot SOURCE even when it is empty (refused by default).")
 @json_option
 @click.pass_context
-def snapshot(ctx, source, repository, tags, excludes, pre_hook, post_hook, as_json):
-    """Take a snapshot of SOURCE (default: CASSTORE_SOURCE or ./data)."""
+def snapshot(ctx, source, repository, tags, excludes, pre_hook, post_hook, allow_empty, as_json):
+    """Take a snapshot of SOURCE (default: CASSTORE_SOURCE or ./data).
+
+    The first snapshot creates the local repository; with a remote configured it adopts the remote's
+    repository (or creates both, compatible). A missing or empty SOURCE is refused."""
     s = settings(ctx, repository)
     source = source or s.source
-    check_source(source)
+    allow_empty = allow_empty or s.allow_empty
+    require_source(source, allow_empty=allow_empty)
     _run_hook(pre_hook, "pre-hook")  # before anything is created: a failing pre-hook changes nothing
     created = not layout.is_local_repository(s.repository)
     repo = open_repository(s, create=True)  # the settings read above: read once per snapshot
@@ -73,7 +92,8 @@ def snapshot(ctx, source, repository, tags, excludes, pre_hook, post_hook, as_js
     try:
         with Progress(None, "snapshot") as progress:
             estimate_total(progress, repo, source)
-            result = repo.snapshot(source, tags=tuple(tags), excludes=tuple(excludes), progress=progress)
+            result = repo.snapshot(source, tags=tuple(tags), excludes=tuple(excludes), progress=progress,
+                                   allow_empty=allow_empty)
     finally:
         if post_hook:
             _run_hook(post_hook, "post-hook", fatal=False)

@@ -108,6 +108,7 @@ def _print_schedule(schedule: dict, now: float) -> None:
                    "no scheduler is running]")
     else:
         click.echo("next run:       no scheduler is running (casstore schedule --every 24h)")
+    click.echo(f"retention:      {schedule['retention']} (CASSTORE_KEEP_LAST)")
 
 
 # -- schedule ----------------------------------------------------------------------------------
@@ -121,9 +122,12 @@ def _print_schedule(schedule: dict, now: float) -> None:
 @click.option("--once", is_flag=True, help="Do one run now (snapshot, sync, retention) and exit; for cron/systemd.")
 @click.option("--print-systemd", is_flag=True, help="Print a systemd service and timer for this schedule.")
 @click.option("--print-cron", is_flag=True, help="Print a crontab line for this schedule.")
+@click.option("--allow-empty", is_flag=True, default=None,
+              help="Snapshot the source even when it is empty (default: refused, CASSTORE_ALLOW_EMPTY).")
 @click.pass_context
-def schedule(ctx, repository, every, cron, source, once, print_systemd, print_cron):
-    """Snapshot, then sync, then apply retention: on a schedule, until stopped.
+def schedule(ctx, repository, every, cron, source, once, print_systemd, print_cron, allow_empty):
+    """Snapshot, then sync, then apply retention (locally and on the bucket, then the bucket's gc):
+    on a schedule, until stopped.
 
     The schedule comes from --every, --cron or CASSTORE_SCHEDULE. One scheduler runs per
     repository: a second one exits with an error. A run missed while the machine was off or
@@ -131,7 +135,7 @@ def schedule(ctx, repository, every, cron, source, once, print_systemd, print_cr
     """
     if every and cron:
         raise click.UsageError("give --every or --cron, not both")
-    s = settings(ctx, repository, source=source)
+    s = settings(ctx, repository, source=source, allow_empty=allow_empty)
     s = s.with_overrides(repository=os.path.abspath(s.repository), source=os.path.abspath(s.source))
     text = every or cron or s.schedule
     _verbose_run_logs()

@@ -104,7 +104,8 @@ class RepoConfig:
         if self.chunker != other.chunker:
             raise IncompatibleRepository(
                 f"{other_name} uses different chunker parameters or seed; "
-                f"run `casstore init --from {other_name}` to create a local repository that shares them")
+                f"run `casstore init --from {other_name}` to create a local repository that shares them "
+                "(`casstore init --replace-empty` replaces an empty local repository by one that does)")
 
 
 def _check_chunker(params: object) -> None:

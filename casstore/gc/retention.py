@@ -24,13 +24,13 @@ a local snapshot never synced there is not dropped unless `force=True` (design 8
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 
-from casstore.errors import CasstoreError, ConfigError, ObjectNotFound
+from casstore.errors import CasstoreError, ConfigError, ObjectNotFound, SnapshotNotFound
 from casstore.remotes import open_remote
-from casstore.repo.core import RepoCore, SnapshotInfo
+from casstore.repo.core import RepoCore, SnapshotInfo, check_ref
 from casstore.settings import parse_duration
 from casstore.sync.state import SyncState
 
@@ -230,6 +230,39 @@ def apply_retention(repo: RepoCore, policy: RetentionPolicy | Mapping, dry_run: 
     return result
 
 
+def forget_snapshots(repos: Sequence[RepoCore], refs: list[str], dry_run: bool = False) -> dict[str, list[str]]:
+    """Forget the named snapshots (ids or unique prefixes) from every repository in `repos` that holds
+    them (`casstore forget ID...`: the local repository and the configured remote, so a read that
+    falls through cannot bring them back). Every ref is resolved before anything is deleted; one
+    that no repository holds is SnapshotNotFound. Returns {snapshot id: [locations]}."""
+    found: dict[str, list[RepoCore]] = {}
+    for ref in refs:
+        ids = set()
+        for repo in repos:
+            try:
+                snapshot_id = repo.resolve(check_ref(ref)).id
+            except SnapshotNotFound as exc:
+                if "ambiguous" in str(exc):
+                    raise
+                continue
+            ids.add(snapshot_id)
+            holders = found.setdefault(snapshot_id, [])
+            if repo not in holders:
+                holders.append(repo)
+        if not ids:
+            raise SnapshotNotFound(f"no snapshot with id {ref} in " + " or ".join(r.location for r in repos))
+        if len(ids) > 1:
+            raise SnapshotNotFound(f"snapshot id {ref} is ambiguous; give more digits")
+    done: dict[str, list[str]] = {}
+    for snapshot_id, holders in found.items():
+        for repo in holders:
+            if not dry_run:
+                with repo.locked():
+                    _forget(repo, snapshot_id)
+            done.setdefault(snapshot_id, []).append(repo.location)
+    return done
+
+
 def _forget(repo: RepoCore, snapshot_id: str) -> None:
     try:
         repo.delete_snapshot(snapshot_id)
@@ -254,4 +287,4 @@ def _refuse_unsynced(repo: RepoCore, snapshot_ids: list[str]) -> None:
 
 
 __all__ = ["Decision", "GroupDecision", "RetentionPolicy", "RetentionResult", "UnsyncedSnapshots",
-           "apply_retention", "decide", "policy_from_settings"]
+           "apply_retention", "decide", "forget_snapshots", "policy_from_settings"]

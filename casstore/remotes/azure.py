@@ -92,6 +92,12 @@ class AzureRemote(CloudRemote):
         self._keys = KeyPrefix(prefix)
         self.url = f"az://{self.container}/{self._keys.prefix}"
 
+    def create_bucket(self) -> list[str]:
+        """The container, private (no anonymous access); Azure Storage encrypts every blob at rest."""
+        with self._errors(""):
+            self._container.create_container(public_access=None)
+        return ["private (no anonymous access)", "encrypted at rest (Azure Storage Service Encryption)"]
+
     def _put(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None) -> ObjectInfo:
         blob = self._container.get_blob_client(self._keys.full(key))
         condition: dict[str, Any] = {}

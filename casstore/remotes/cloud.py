@@ -11,6 +11,11 @@ from casstore.remotes.base import Remote, validate_key
 class CloudRemote(Remote):
     """A Remote over an object store SDK; subclasses set `url` and implement `_stat`."""
 
+    def create_bucket(self) -> list[str]:
+        """Create the bucket (container) with the provider's secure defaults; return what was set.
+        Buckets are otherwise expected to exist: only `casstore remote create-bucket` calls this."""
+        raise NotImplementedError
+
     def _empty_read(self, key: str, offset: int) -> bytes:
         """A zero-length read (or a 416 answer): empty at the end of the object, an error past it."""
         size = self._stat(key).size

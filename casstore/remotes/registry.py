@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 from urllib.parse import urlparse
 
 from casstore.errors import ConfigError
@@ -18,6 +19,8 @@ _BACKENDS = {
     "gs": ("casstore.remotes.gcs", "open_gcs"),
     "az": ("casstore.remotes.azure", "open_azure"),
 }
+# scheme -> the PyPI package of its SDK (a dependency of casstore; named when it is missing anyway)
+SDK_PACKAGES = {"s3": "boto3", "gs": "google-cloud-storage", "az": "azure-storage-blob"}
 
 _MEMORY: dict[str, Remote] = {}
 
@@ -39,14 +42,24 @@ def _open_backend(url: str, **options: object) -> Remote:
         raise ConfigError(f"unknown remote URL scheme {scheme!r} in {url!r} (use s3://, gs://, az://, file://)")
     if not parsed.netloc:
         raise ConfigError(f"remote URL {url!r} names no bucket or container")
-    module_name, factory = _BACKENDS[scheme]
+    factory = _BACKENDS[scheme][1]
     if any(key in _BACKENDS for key in options):
         options = dict(options.get(scheme) or {})  # type: ignore[call-overload]
     if isinstance(options.get("timeouts"), dict):     # as Settings.remote_options() gives them
         options = {**options, "timeouts": Timeouts(**options["timeouts"])}  # type: ignore[arg-type]
-    module = importlib.import_module(module_name)
-    remote: Remote = getattr(module, factory)(parsed.netloc, prefix_of(parsed.path), **options)
+    remote: Remote = getattr(backend_module(scheme), factory)(parsed.netloc, prefix_of(parsed.path), **options)
     return remote
+
+
+def backend_module(scheme: str) -> ModuleType:
+    """The backend of `scheme`, imported now; a missing SDK is one ConfigError naming its install command."""
+    try:
+        return importlib.import_module(_BACKENDS[scheme][0])
+    except ImportError as exc:
+        package = SDK_PACKAGES[scheme]
+        raise ConfigError(f"{scheme}:// remotes need the {package} package, which is not installed here "
+                          f"({exc.name or exc}): run `pip install {package}` (or reinstall casstore, "
+                          "which depends on it)") from None
 
 
 def prefix_of(path: str) -> str:

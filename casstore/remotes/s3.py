@@ -132,6 +132,20 @@ class S3Remote(CloudRemote):
         self._storage_class = storage_class or None
         self.url = f"s3://{bucket}/{self._keys.prefix}"
 
+    def create_bucket(self) -> list[str]:
+        """The bucket, then public access blocked (all four settings) and default encryption SSE-S3."""
+        region = self._client.meta.region_name
+        location = {} if region in (None, "us-east-1") else {
+            "CreateBucketConfiguration": {"LocationConstraint": region}}
+        blocked = dict.fromkeys(("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy",
+                                 "RestrictPublicBuckets"), True)
+        encryption = {"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]}
+        with self._errors(""):
+            self._client.create_bucket(Bucket=self.bucket, **location)
+            self._client.put_public_access_block(Bucket=self.bucket, PublicAccessBlockConfiguration=blocked)
+            self._client.put_bucket_encryption(Bucket=self.bucket, ServerSideEncryptionConfiguration=encryption)
+        return ["public access blocked", "default encryption SSE-S3 (AES256)"]
+
     def setup_warnings(self) -> list[str]:
         """A versioned bucket keeps every deleted pack as a noncurrent version: gc frees nothing
         unless a lifecycle rule expires noncurrent versions."""

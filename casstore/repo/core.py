@@ -47,6 +47,7 @@ class SnapshotInfo:
 
     id: str
     manifest: SnapshotManifest
+    where: str = "local"      # local | remote | both: which repository holds it (listings that merge)
 
     @property
     def short_id(self) -> str:
@@ -56,7 +57,7 @@ class SnapshotInfo:
         m = self.manifest
         return {"id": self.id, "short_id": self.short_id, "time": m.time.isoformat(), "host": m.host,
                 "source": m.source, "tags": list(m.tags), "parent": m.parent, "incomplete": m.incomplete,
-                "summary": dict(m.summary)}
+                "summary": dict(m.summary), "where": self.where}
 
 
 class BlobReader(Protocol):
@@ -218,10 +219,10 @@ class RepoCore:
 
     def all_snapshots(self) -> list[SnapshotInfo]:
         """Every readable snapshot, newest first; damaged ones are skipped with a warning."""
-        infos = []
+        infos, where = [], "local" if self.local_dir else "remote"
         for snapshot_id in self.snapshot_ids():
             try:
-                infos.append(SnapshotInfo(snapshot_id, self.manifest(snapshot_id)))
+                infos.append(SnapshotInfo(snapshot_id, self.manifest(snapshot_id), where))
             except (FormatError, IntegrityError, SnapshotNotFound) as exc:
                 log.warning("skipping damaged snapshot %s: %s", snapshot_id[:8], exc)
         return sorted(infos, key=lambda s: (s.manifest.time_ns, s.id), reverse=True)
@@ -235,22 +236,23 @@ class RepoCore:
                  and (source is None or s.manifest.source == source)]
         return found[:limit] if limit else found
 
+    def readable(self, limit: int | None = None, *, host: str | None = None,
+                 all_hosts: bool = False) -> list[SnapshotInfo]:
+        """Snapshots as reads see them (`for_reads`: this host's when it has any, else every host's)."""
+        found = for_reads(self.all_snapshots(), self.settings.host, host=host, all_hosts=all_hosts)
+        return found[:limit] if limit else found
+
     def resolve(self, ref: str, *, host: str | None = None, all_hosts: bool = False) -> SnapshotInfo:
-        """`latest`, a full id or any unique prefix -> the snapshot."""
+        """`latest` (the newest complete snapshot that reads see), a full id or any unique prefix."""
         if ref == "latest":
-            complete = [s for s in self.snapshots(host=host, all_hosts=all_hosts) if not s.manifest.incomplete]
-            if not complete:
-                raise SnapshotNotFound("no snapshot yet (take one with `casstore snapshot`)")
-            return complete[0]
-        ref = ref.lower()
-        if len(ref) < 4 or any(c not in "0123456789abcdef" for c in ref):
-            raise SnapshotNotFound(f"{ref!r} is not a snapshot id (give at least 4 hex digits, or 'latest')")
+            return latest_of(self.readable(host=host, all_hosts=all_hosts))
+        ref = check_ref(ref)
         matches = [i for i in self.snapshot_ids() if i.startswith(ref)]
         if not matches:
             raise SnapshotNotFound(f"no snapshot with id {ref}")
         if len(matches) > 1:
             raise SnapshotNotFound(f"snapshot id {ref} is ambiguous ({len(matches)} match); give more digits")
-        return SnapshotInfo(matches[0], self.manifest(matches[0]))
+        return SnapshotInfo(matches[0], self.manifest(matches[0]), "local" if self.local_dir else "remote")
 
     def has_snapshot(self, snapshot_id: str) -> bool:
         return self.remote.exists(layout.snapshot_key(snapshot_id))
@@ -286,6 +288,39 @@ class RepoCore:
         self.close()
 
 
+def for_reads(snapshots: list[SnapshotInfo], own_host: str, *, host: str | None = None,
+              all_hosts: bool = False) -> list[SnapshotInfo]:
+    """The host rule of reads (list, show, cat, diff, restore, get, the API's GETs, the facade).
+
+    `all_hosts`: every host's snapshots; `host`: that host's; otherwise this host's snapshots when
+    it has any, else every host's, so a replacement machine with a new hostname sees the bucket's
+    backups while hosts that share a bucket keep reading their own. Writes (parents, retention)
+    never use this rule: they act on this host's snapshots only.
+    """
+    if all_hosts:
+        return list(snapshots)
+    if host:
+        return [s for s in snapshots if s.manifest.host == host]
+    own = [s for s in snapshots if s.manifest.host == own_host]
+    return own or list(snapshots)
+
+
+def latest_of(snapshots: list[SnapshotInfo]) -> SnapshotInfo:
+    """The newest complete snapshot of a newest-first listing."""
+    for info in snapshots:
+        if not info.manifest.incomplete:
+            return info
+    raise SnapshotNotFound("no snapshot yet (take one with `casstore snapshot`)")
+
+
+def check_ref(ref: str) -> str:
+    """A snapshot id prefix, lowercased; SnapshotNotFound when it cannot be one."""
+    ref = ref.lower()
+    if len(ref) < 4 or any(c not in "0123456789abcdef" for c in ref):
+        raise SnapshotNotFound(f"{ref!r} is not a snapshot id (give at least 4 hex digits, or 'latest')")
+    return ref
+
+
 def read_config(remote: Remote) -> RepoConfig:
     try:
         # the config has no id to check; one that does not decode is read again (DESIGN.md "Verified reads")
@@ -295,4 +330,5 @@ def read_config(remote: Remote) -> RepoConfig:
         raise RepositoryNotFound(f"no casstore repository at {remote.url} (run `casstore init`)") from None
 
 
-__all__ = ["BlobReader", "CasstoreError", "RepoCore", "SnapshotInfo", "read_config"]
+__all__ = ["BlobReader", "CasstoreError", "RepoCore", "SnapshotInfo", "check_ref", "for_reads", "latest_of",
+           "read_config"]

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import logging
 import secrets
+import shutil
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from casstore.errors import ObjectExists, RepositoryNotFound
+from casstore.errors import ConfigError, ObjectExists, RepositoryExists, RepositoryNotFound
 from casstore.format import layout
 from casstore.format.config import RepoConfig
 from casstore.remotes import open_remote
@@ -36,9 +37,9 @@ def open_as(cls: type[R], settings: Settings, *, remote: str | Remote | None = N
     - `remote` given (a URL, or a Remote used as it is): that remote repository. With `create` and
       `like`, an empty remote gets a new repository sharing `like`'s chunker, seed and pack settings.
     - otherwise the local repository at settings.repository. When it does not exist: created with
-      `create` (sharing the config of `like`, a config or a remote's URL, when given); else, with
-      `fallback_remote`, the configured remote (settings.remote) read through retries; else
-      RepositoryNotFound.
+      `create` (sharing the config of `like`, a config or a remote's URL, when given; else adopting
+      the configured remote's, see `adopt_or_share`); else, with `fallback_remote`, the configured
+      remote (settings.remote) read through retries; else RepositoryNotFound.
     """
     if remote is not None:
         return _open_remote(cls, remote if isinstance(remote, Remote) else connect(remote, settings), settings,
@@ -46,8 +47,7 @@ def open_as(cls: type[R], settings: Settings, *, remote: str | Remote | None = N
     if layout.is_local_repository(settings.repository):
         return cls.open_local(settings.repository, settings)
     if create:
-        config = fresh_copy(_config_of(like, settings)) if like is not None else None
-        return cls.init_local(settings.repository, settings, config)
+        return cls.init_local(settings.repository, settings, new_local_config(settings, like))
     if fallback_remote and settings.remote:
         return _open_remote(cls, connect(settings.remote, settings), settings, create_like=None)
     raise RepositoryNotFound(f"no casstore repository at {settings.repository} (run `casstore init`)")
@@ -68,6 +68,49 @@ def adopted_config(url: str, settings: Settings) -> RepoConfig:
     """A new repository config sharing an existing remote's chunker, seed and pack settings."""
     with open_remote(url, **settings.remote_options()) as remote:
         return fresh_copy(read_config(remote))
+
+
+def new_local_config(settings: Settings, like: RepoConfig | str | None = None) -> RepoConfig | None:
+    """The config of a new local repository: `like`'s chunker when given, else the configured remote's
+    (adopted, or shared by creating it), else None (a fresh one)."""
+    if like is not None:
+        return fresh_copy(_config_of(like, settings))
+    if settings.remote:
+        return adopt_or_share(settings)
+    return None
+
+
+def adopt_or_share(settings: Settings, proposed: RepoConfig | None = None) -> RepoConfig:
+    """A new local repository's config when a remote is configured (design: adoption).
+
+    The remote holds a repository: share its chunker, seed and pack settings (as `init --from`), so
+    the first sync works on a replacement machine. It holds none: write `proposed` (or a new config)
+    there first, then share it, so both are created compatible; a host that created it meanwhile wins.
+    """
+    assert settings.remote
+    with connect(settings.remote, settings) as remote:
+        try:
+            existing = read_config(remote)
+        except RepositoryNotFound:
+            proposed = proposed or RepoConfig.new(compression_level=settings.compression_level or 3,
+                                                  grace_seconds=settings.grace_seconds)
+            return fresh_copy(_create_remote(remote, fresh_copy(proposed)))
+    if proposed is not None and proposed.chunker != existing.chunker:
+        raise ConfigError(f"{remote.url} already holds a repository with other chunker parameters; "
+                          "drop the --chunk-* options to share its parameters")
+    return fresh_copy(existing)
+
+
+def remove_empty_local(settings: Settings) -> None:
+    """Delete the local repository so that it can be created again from a remote's config
+    (`init --replace-empty`); refused when it holds a snapshot (nothing is lost, only unreferenced data)."""
+    core = RepoCore.open_local(settings.repository, settings)
+    with core, core.locked(exclusive=True):
+        held = core.snapshot_ids()
+        if held:
+            raise RepositoryExists(f"{settings.repository} holds {len(held)} snapshot(s): --replace-empty only "
+                                   "replaces a repository without snapshots (sync or pull them first)")
+        shutil.rmtree(core.location)
 
 
 def _config_of(like: RepoConfig | str, settings: Settings) -> RepoConfig:

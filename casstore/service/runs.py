@@ -3,8 +3,8 @@
 Everything lives in `<repository>/state/` (local bookkeeping, not the repository format):
 
 - `runs.jsonl`: one JSON line per run (scheduled, caught up, `--once`, or asked for through the
-  API): start, end, snapshot, sync result, retention result, error. Appended and fsynced; the
-  oldest lines are dropped once there are more than `MAX_RECORDS * 2`.
+  API): start, end, snapshot, sync result, retention result, the bucket's retention and gc, error.
+  Appended and fsynced; the oldest lines are dropped once there are more than `MAX_RECORDS * 2`.
 - `scheduler.json`: the running scheduler's schedule, pid, the last slot it served and its next run.
 - `run.lock`: held (fcntl) for the whole of each run, in every process: two runs never overlap.
 - `scheduler.lock`: held by the one scheduler loop of this repository.
@@ -32,7 +32,7 @@ from casstore.gc.retention import apply_retention, policy_from_settings
 from casstore.repo.core import RepoCore
 from casstore.repo.open import open_as
 from casstore.settings import Settings
-from casstore.snapshot.source import check_source
+from casstore.snapshot.source import require_source
 
 log = logging.getLogger(__name__)
 NOTIFY_TIMEOUT = 60.0
@@ -61,8 +61,9 @@ class RunRecord:
     snapshot: dict | None = None
     sync: dict | None = None
     retention: dict | None = None
+    bucket: dict | None = None        # retention and gc on the configured remote (scheduled runs)
     error: str | None = None
-    failed_step: str | None = None    # snapshot | sync | retention | repository
+    failed_step: str | None = None    # snapshot | sync | retention | bucket | repository
     abandoned: str | None = None      # why the rest of the run was skipped (SIGTERM, shutdown)
     pid: int = field(default_factory=os.getpid)
 
@@ -229,7 +230,7 @@ class RunBusy(LockError):
 
 
 def snapshot_step(repo: RepoCore, settings: Settings) -> dict:
-    check_source(settings.source, hint="set CASSTORE_SOURCE")
+    require_source(settings.source, allow_empty=settings.allow_empty, hint="set CASSTORE_SOURCE")
     from casstore.snapshot.builder import take_snapshot  # lazy: start-up time of `casstore status`
 
     with repo.locked():
@@ -264,6 +265,30 @@ def retention_step(repo: RepoCore, settings: Settings) -> dict | None:
     return _compact(apply_retention(repo, policy), policy.describe())
 
 
+def bucket_step(repo: RepoCore, settings: Settings) -> dict | None:
+    """On the configured remote: forget this host's snapshots the policy drops, then one gc run.
+
+    The policy is the local one (CASSTORE_KEEP_LAST), applied to the bucket's snapshots of this
+    host only: a host never decides for another (a replaced host's snapshots stay until someone
+    forgets them). gc is the shared bucket's two-phase gc with the repository's grace: this run
+    condemns, a run at least one grace period later deletes. None without a remote or a policy.
+    """
+    policy = policy_from_settings(settings)
+    if policy is None or not settings.remote:
+        return None
+    from casstore.gc.run import LeaseHeld, collect_garbage  # lazy: start-up time of `casstore status`
+
+    with open_as(RepoCore, settings, remote=settings.remote) as bucket:
+        forgotten = _compact(apply_retention(bucket, policy), policy.describe())
+        try:
+            report = collect_garbage(bucket).as_dict()
+        except LeaseHeld as exc:   # another host's gc is running: it does the work this time
+            report = {"skipped": str(exc)}
+    gc = {k: report[k] for k in ("plan", "plans_swept", "packs_condemned", "packs_deleted", "bytes_deleted",
+                                 "skipped") if k in report}
+    return {"location": settings.remote, **forgotten, "gc": gc}
+
+
 def _compact(result: object, asked: str) -> dict[str, Any]:
     """The run record keeps what was removed and how many were kept, not every decision."""
     doc = result if isinstance(result, dict) else getattr(result, "as_dict", lambda: {"result": str(result)})()
@@ -275,7 +300,7 @@ def _compact(result: object, asked: str) -> dict[str, Any]:
 
 
 STEPS: tuple[tuple[str, Callable], ...] = (("snapshot", snapshot_step), ("sync", sync_step),
-                                          ("retention", retention_step))
+                                          ("retention", retention_step), ("bucket", bucket_step))
 
 
 def open_for_run(settings: Settings) -> RepoCore:
@@ -337,6 +362,8 @@ def describe_run(record: RunRecord) -> str:
         parts.append(f"synced {record.sync['snapshots']} snapshot(s), {record.sync['bytes_uploaded'] / 1e6:.1f} MB")
     if record.retention and isinstance(record.retention.get("removed"), list):
         parts.append(f"retention forgot {len(record.retention['removed'])}, kept {record.retention['kept']}")
+    if record.bucket and isinstance(record.bucket.get("removed"), list):
+        parts.append(f"bucket forgot {len(record.bucket['removed'])}, kept {record.bucket['kept']}")
     outcome = "ok" if record.ok else f"FAILED ({record.error})" if record.error else f"abandoned ({record.abandoned})"
     return f"run {record.id} ({record.trigger}) {outcome}" + (": " + "; ".join(parts) if parts else "")
 
@@ -344,6 +371,10 @@ def describe_run(record: RunRecord) -> str:
 def _run_steps(settings: Settings, record: RunRecord, steps, should_stop: Callable[[], bool]) -> None:
     repo, current = None, "repository"
     try:
+        if any(name == "snapshot" for name, _ in steps):   # refused before the repository is created
+            current = "snapshot"
+            require_source(settings.source, allow_empty=settings.allow_empty, hint="set CASSTORE_SOURCE")
+            current = "repository"
         repo = open_for_run(settings)
         for current, step in steps:
             if should_stop():

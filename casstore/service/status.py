@@ -9,6 +9,7 @@ import os
 import time
 from urllib.parse import urlparse
 
+from casstore.gc.retention import policy_from_settings
 from casstore.remotes.registry import prefix_of
 from casstore.repo.core import SnapshotInfo
 from casstore.service.runs import RunLog, RunRecord, SchedulerState, scheduler_lock, state_dir
@@ -42,7 +43,8 @@ def sync_summary(settings, runs: list[RunRecord], snapshots) -> dict:
     if os.path.isdir(state_dir(settings.repository)):
         state = SyncState(settings.repository, url)
         last_sync, done = state.last_sync, state.synced | state.pulled()
-    unsynced = [s for s in snapshots if s.id not in done]
+    # a snapshot the remote holds (listings that merge say so) is off-site whoever put it there
+    unsynced = [s for s in snapshots if s.id not in done and getattr(s, "where", "local") == "local"]
     attempt = next((r for r in runs if r.sync is not None or r.failed_step == "sync"), None)
     return {"configured": True, "remote": url, "snapshots_synced": len(snapshots) - len(unsynced),
             "snapshots_unsynced": len(unsynced),
@@ -63,8 +65,17 @@ def schedule_summary(settings, runs: list[RunRecord], now: float) -> dict:
     if not running and settings.schedule:
         description, next_run = expected_next_run(settings, now)
     return {"running": running, "pid": doc.get("pid") if running else None, "schedule": description,
-            "configured": settings.schedule, "next_run": next_run,
+            "configured": settings.schedule, "next_run": next_run, "retention": retention_summary(settings),
             "last_run": last.as_dict() if last else None}
+
+
+def retention_summary(settings) -> str:
+    """The scheduled runs' retention, as a phrase: 'keep last 30 (this host; local and bucket)' or 'off'."""
+    policy = policy_from_settings(settings)
+    if policy is None:
+        return "off (CASSTORE_KEEP_LAST=0)"
+    where = "local repository and bucket" if settings.remote else "local repository"
+    return f"{policy.describe()} of this host's snapshots ({where})"
 
 
 def service_status(settings, snapshots, *, now: float | None = None) -> dict:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from casstore._testing import pause_point
+from casstore._testing import pause_point, snapshot_time_ns
 from casstore.errors import ConfigError, SourceError
 from casstore.format.pack import KIND_DATA, KIND_TREE
 from casstore.format.snapshot import SnapshotManifest
@@ -556,8 +556,8 @@ def take_snapshot(repo: RepoCore, source: str, *, tags: tuple[str, ...] = (), ex
     summary.repository_bytes = repo.stored_bytes()
     summary.duration_ms = (time.time_ns() - builder.start_ns) // 1_000_000
     parent = _parent(repo, builder)
-    manifest = SnapshotManifest(time_ns=builder.start_ns, host=repo.settings.host, source=builder.source,
-                                tree=root, tags=sorted(set(tags)), parent=parent,
+    manifest = SnapshotManifest(time_ns=snapshot_time_ns(builder.start_ns), host=repo.settings.host,
+                                source=builder.source, tree=root, tags=sorted(set(tags)), parent=parent,
                                 incomplete=bool(summary.errors), summary=summary.as_dict())
     pause_point("snapshot-before-commit")
     snapshot_id, _ = repo.write_snapshot(manifest)

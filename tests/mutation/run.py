@@ -66,22 +66,33 @@ def _module(name: str) -> str:
     return name.split(".x", 1)[0].split(".xǁ", 1)[0]
 
 
-def run(modules: list[str], sample: int, seed: int, tests: list[str] | None, workers: int) -> dict:
+def run(modules: list[str], sample: int, seed: int, tests: list[str] | None, workers: int,
+        previous: dict | None = None) -> dict:
+    """Run a seeded sample; with `previous` (an earlier result), run again only its survivors: tests
+    were added since, and a mutant an earlier test killed stays killed."""
     work = Path(tempfile.mkdtemp(prefix="casstore-mutation-"))
     try:
         _export(work, tests)
         _mutmut(work, "run", "--max-children", str(workers), "no-such-mutant")   # generate, trace, run nothing
         every = sorted(k for k in _meta(work) if _module(k) in modules)
-        chosen = sorted(random.Random(seed).sample(every, sample)) if 0 < sample < len(every) else every
+        if previous is not None:
+            chosen = sorted(previous["survivors"])
+        else:
+            chosen = sorted(random.Random(seed).sample(every, sample)) if 0 < sample < len(every) else every
         started = time.monotonic()
         for i in range(0, len(chosen), 200):       # keep the command line short
             _mutmut(work, "run", "--max-children", str(workers), *chosen[i:i + 200])
-        codes = _meta(work)
+        codes = merge(previous["codes"] if previous else {}, {name: _meta(work).get(name) for name in chosen})
         survivors = {name: _diff(work, name) for name in chosen if STATUS.get(codes.get(name), "?") == "survived"}
-        return {"codes": {name: codes.get(name) for name in chosen}, "population": len(every),
-                "seconds": round(time.monotonic() - started), "survivors": survivors}
+        return {"codes": codes, "population": len(every), "seconds": round(time.monotonic() - started),
+                "survivors": survivors}
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def merge(before: dict[str, int | None], again: dict[str, int | None]) -> dict[str, int | None]:
+    """Earlier results updated by a re-run; a mutant no selected test reaches keeps its earlier result."""
+    return {**before, **{k: v for k, v in again.items() if STATUS.get(v) not in ("no tests", "not checked")}}
 
 
 def _diff(work: Path, name: str) -> str:
@@ -123,8 +134,10 @@ def main() -> None:
     parser.add_argument("--tests", nargs="*", help="test files to select from (default: pyproject's)")
     parser.add_argument("--json", type=Path, help="also write the raw result here")
     parser.add_argument("--no-write", action="store_true", help="print only; leave MUTATION.md as it is")
+    parser.add_argument("--rerun-survivors", type=Path, help="a --json result: run only its survivors again")
     args = parser.parse_args()
-    result = run(args.modules, args.sample, args.seed, args.tests, args.workers)
+    previous = json.loads(args.rerun_survivors.read_text()) if args.rerun_survivors else None
+    result = run(args.modules, args.sample, args.seed, args.tests, args.workers, previous)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     result.update(commit=commit, command=" ".join(["python -m tests.mutation.run", *sys.argv[1:]]))

@@ -1,0 +1,144 @@
+"""MasterIndex on its compact record table (issue 14): the same answers a dict of locations gives."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import threading
+
+from casstore.format.index import IndexObject, Location, MasterIndex
+from casstore.format.pack import KIND_DATA, KIND_TREE, BlobEntry
+
+ORIGIN = {"kind": "writer", "host": "h", "session": "s"}
+
+
+def pack_name(n: int) -> str:
+    return f"{n:064x}"
+
+
+def entry(blob_id: bytes, offset: int, kind: int = KIND_DATA, length: int = 10, raw: int = 20) -> BlobEntry:
+    return BlobEntry(kind, blob_id, offset, length, raw)
+
+
+def test_a_blob_in_two_packs_has_both_locations_and_a_repeated_listing_counts_once() -> None:
+    index, blob = MasterIndex(), os.urandom(32)
+    index.add_pack(pack_name(1), [entry(blob, 5)])
+    index.add_pack(pack_name(2), [entry(blob, 7)])
+    index.add_pack(pack_name(1), [entry(blob, 5)])         # the same location listed again
+    assert index.locations(KIND_DATA, blob) == [Location(pack_name(1), 5, 10, 20), Location(pack_name(2), 7, 10, 20)]
+    assert len(index) == 1
+    assert index.locations(KIND_TREE, blob) == [] and not index.has(KIND_TREE, blob)
+
+
+def test_a_tree_and_a_chunk_with_the_same_id_stay_apart() -> None:
+    index, blob = MasterIndex(), os.urandom(32)
+    index.add_pack(pack_name(1), [entry(blob, 5, KIND_DATA), entry(blob, 9, KIND_TREE, raw=3)])
+    assert index.locations(KIND_TREE, blob) == [Location(pack_name(1), 9, 10, 3)]
+    assert len(index) == 2
+    assert sorted(key for key, _ in index.blobs()) == [(KIND_DATA, blob), (KIND_TREE, blob)]
+
+
+def test_drop_packs_forgets_their_locations_and_blobs_left_without_any() -> None:
+    index, shared, only = MasterIndex(), os.urandom(32), os.urandom(32)
+    index.add_pack(pack_name(1), [entry(shared, 5), entry(only, 20)])
+    index.add_pack(pack_name(2), [entry(shared, 5)])
+    index.drop_packs({pack_name(1), pack_name(9)})
+    assert index.locations(KIND_DATA, shared) == [Location(pack_name(2), 5, 10, 20)]
+    assert not index.has(KIND_DATA, only) and len(index) == 1
+    assert index.all_pack_ids() == {pack_name(2)}
+    index.add_pack(pack_name(1), [entry(only, 20)])        # a pack id seen before comes back
+    assert index.locations(KIND_DATA, only) == [Location(pack_name(1), 20, 10, 20)]
+
+
+def test_a_blob_whose_copies_are_all_condemned_counts_as_missing() -> None:
+    index, blob, safe = MasterIndex(), os.urandom(32), os.urandom(32)
+    index.add_pack(pack_name(1), [entry(blob, 5), entry(safe, 30)])
+    index.add_pack(pack_name(2), [entry(safe, 5)])
+    index.condemned = {pack_name(1)}
+    assert not index.has(KIND_DATA, blob) and index.has(KIND_DATA, safe)
+    assert index.locations(KIND_DATA, blob)               # still readable, only not relied on
+
+
+def test_objects_record_their_packs_origins_and_retractions_and_clear_forgets_them() -> None:
+    index, blob = MasterIndex(), os.urandom(32)
+    obj = IndexObject(ORIGIN, {pack_name(1): [entry(blob, 5)]}, retracts=["ab" * 32])
+    index.add_object("cd" * 32, obj)
+    index.add_object("cd" * 32, obj)                      # loading the same object twice is a no-op
+    assert index.index_packs == {"cd" * 32: {pack_name(1)}}
+    assert index.retracted == {"ab" * 32} and index.index_origins["cd" * 32] == ORIGIN
+    index.clear()
+    assert len(index) == 0 and not index.has(KIND_DATA, blob) and not index.index_packs
+    assert not index.retracted and index.all_pack_ids() == set()
+
+
+def test_locations_beyond_the_record_fields_are_kept_exactly() -> None:
+    index, blob = MasterIndex(), os.urandom(32)
+    index.add_pack(pack_name(1), [entry(blob, 1 << 40, raw=1 << 33)])
+    index.add_pack(pack_name(2), [entry(blob, 3)])
+    wide = Location(pack_name(1), 1 << 40, 10, 1 << 33)
+    assert index.locations(KIND_DATA, blob) == [Location(pack_name(2), 3, 10, 20), wide]
+    assert len(index) == 1 and index.all_pack_ids() == {pack_name(1), pack_name(2)}
+    index.drop_packs({pack_name(2)})
+    assert [loc.pack_id for _, locs in index.blobs() for loc in locs] == [pack_name(1)]
+
+
+def test_random_adds_lookups_and_drops_agree_with_a_dict_of_locations() -> None:
+    rng = random.Random(14)
+    index = MasterIndex()
+    model: dict[tuple[int, bytes], list[Location]] = {}
+    ids = [rng.randbytes(32) for _ in range(3000)] + [bytes(31) + b"\x01", b"\xff" * 32]
+    for step in range(60):
+        pack = pack_name(rng.randrange(40))
+        entries = [entry(rng.choice(ids), rng.randrange(1000), rng.choice((KIND_DATA, KIND_TREE)))
+                   for _ in range(rng.choice((1, 5, 400)))]
+        index.add_pack(pack, entries)
+        for e in entries:
+            locations = model.setdefault((e.kind, e.id), [])
+            if (loc := Location(pack, e.offset, e.length, e.raw_length)) not in locations:
+                locations.append(loc)
+        if step % 7 == 6:
+            gone = {pack_name(rng.randrange(40)) for _ in range(3)}
+            index.drop_packs(gone)
+            model = {k: kept for k, locs in model.items() if (kept := [x for x in locs if x.pack_id not in gone])}
+        for key in rng.sample(sorted(model), min(20, len(model))) + [(KIND_DATA, rng.randbytes(32))]:
+            assert sorted(index.locations(*key), key=str) == sorted(model.get(key, []), key=str)
+    assert {k: sorted(v, key=str) for k, v in index.blobs()} == {k: sorted(v, key=str) for k, v in model.items()}
+    assert len(index) == len(model)
+    assert index.all_pack_ids() == {loc.pack_id for locs in model.values() for loc in locs}
+
+
+def test_lookups_on_worker_threads_while_packs_are_added_see_every_pack_added_before() -> None:
+    # the snapshot path: chunk workers call has() while upload threads add packs
+    index = MasterIndex()
+    added: list[bytes] = []
+    failures: list[object] = []
+    rng = random.Random(7)
+    packs = [(pack_name(n), [entry(rng.randbytes(32), i) for i in range(50)]) for n in range(300)]
+
+    def writer() -> None:
+        for pack_id, entries in packs:
+            index.add_pack(pack_id, entries)
+            added.append(entries[rng.randrange(50)].id)
+
+    def reader() -> None:
+        try:
+            while len(added) < len(packs):
+                for blob_id in added[-20:]:
+                    if not index.has(KIND_DATA, blob_id):
+                        failures.append(blob_id)
+        except Exception as exc:   # a race inside the table surfaces here
+            failures.append(exc)
+
+    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader) for _ in range(3)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)        # switch threads often, so an unguarded settle would be caught mid-way
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert failures == []
+    assert len(index) == 300 * 50
