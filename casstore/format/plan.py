@@ -17,6 +17,7 @@ import msgpack
 from casstore.errors import FormatError, IntegrityError, ObjectNotFound
 from casstore.format.layout import GC_PREFIX, is_plan_key
 from casstore.remotes.base import Remote
+from casstore.remotes.fanout import each_concurrently
 
 log = logging.getLogger(__name__)
 PLAN_VERSION = 1
@@ -71,13 +72,16 @@ def list_plan_keys(remote: Remote) -> list[str]:
 
 def load_plans(remote: Remote, keys: list[str] | None = None) -> dict[str, GcPlan]:
     """Every gc plan. A plan that cannot be read is an error: writers must not guess (design 5.6)."""
-    plans = {}
-    for key in keys if keys is not None else list_plan_keys(remote):
+    keys = keys if keys is not None else list_plan_keys(remote)
+
+    def read(key: str) -> GcPlan | None:
         try:
-            plans[key] = decode_plan(remote.get(key))
+            return decode_plan(remote.get(key))
         except ObjectNotFound:
-            continue  # swept meanwhile: a plan that is gone condemns nothing any more
-    return plans
+            return None  # swept meanwhile: a plan that is gone condemns nothing any more
+
+    # independent reads, issued together (a sync's first reads, issue 20)
+    return {key: plan for key, plan in zip(keys, each_concurrently(read, keys), strict=True) if plan is not None}
 
 
 def condemned_packs(plans: dict[str, GcPlan]) -> set[str]:

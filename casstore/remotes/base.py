@@ -76,6 +76,8 @@ class Remote(ABC):
     - `list(prefix)` yields every object whose key starts with `prefix`, each exactly once, in
       no particular order. A listing that fails or ends early raises; it never looks empty.
     - `delete` removes a key; deleting a missing key succeeds (uniform across clouds).
+    - Calls may come from several threads at once (parallel pack uploads, a sync's first
+      listings, casstore.sync.ahead); the SDK clients the backends hold are safe for that.
     """
 
     #: short human-readable location, never containing secrets

@@ -27,10 +27,11 @@ from casstore.errors import (
 )
 from casstore.format import layout
 from casstore.format.config import RepoConfig
-from casstore.format.index import MasterIndex, decode_index, without_retracted
+from casstore.format.index import IndexObject, MasterIndex, decode_index, without_retracted
 from casstore.format.plan import condemned_packs, list_plan_keys, load_plans
 from casstore.format.snapshot import SnapshotManifest, decode_snapshot
 from casstore.remotes.base import Remote
+from casstore.remotes.fanout import each_concurrently
 from casstore.remotes.local import LocalRemote
 from casstore.repo.blobstore import BlobStore
 from casstore.repo.lock import repository_lock
@@ -148,16 +149,17 @@ class RepoCore:
 
     def _fetch_indexes(self, index_ids: list[str]) -> dict:
         """Decode each index object; damaged ones are skipped with a warning (readers, design 5.6)."""
-        found = {}
-        for index_id in index_ids:
-            try:
-                body = self._cached_get(layout.INDEX, index_id)
-                found[index_id] = decode_index(index_id, body, self.config.max_blob_size)
-            except (FormatError, IntegrityError, ObjectNotFound) as exc:
-                log.warning("skipping damaged index %s: %s", index_id[:16], exc)
-                if self.cache:
-                    self.cache.discard(layout.INDEX, index_id)
-        return found
+        decoded = each_concurrently(self._fetch_index, index_ids)   # a fresh cache: their latencies overlap
+        return {index_id: index for index_id, index in zip(index_ids, decoded, strict=True) if index is not None}
+
+    def _fetch_index(self, index_id: str) -> IndexObject | None:
+        try:
+            return decode_index(index_id, self._cached_get(layout.INDEX, index_id), self.config.max_blob_size)
+        except (FormatError, IntegrityError, ObjectNotFound) as exc:
+            log.warning("skipping damaged index %s: %s", index_id[:16], exc)
+            if self.cache:
+                self.cache.discard(layout.INDEX, index_id)
+            return None
 
     def load_plans(self) -> list[str]:
         """Read every gc plan; their condemned packs no longer count as holding blobs."""

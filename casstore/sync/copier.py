@@ -37,8 +37,11 @@ class Copier:
     """Copies blobs and snapshots from `src` into `dst` (both open Repositories)."""
 
     def __init__(self, src: RepoCore, dst: RepoCore, *, concurrency: int, grace: float, state: SyncState | None,
-                 progress: Callable[[int], None] | None = None, clock: Callable[[], float] = boottime) -> None:
+                 progress: Callable[[int], None] | None = None, clock: Callable[[], float] = boottime,
+                 listed_since: float | None = None) -> None:
         self.src, self.dst, self.state = src, dst, state
+        # when the first listings were issued ahead (casstore.sync.ahead): the clock before they began
+        self.listed_since = listed_since
         self.grace, self.clock = grace, clock
         self.progress = progress or (lambda n: None)
         self.protocol = dst.local_dir is None     # a remote: the lock-free protocol of design 9
@@ -64,7 +67,9 @@ class Copier:
     # -- planning ----------------------------------------------------------------------------
 
     def load_destination(self) -> None:
-        self.load_clock = self.clock()
+        # the listing counts from when it was sent, not answered: earlier is the safe side
+        since, self.listed_since = self.listed_since, None
+        self.load_clock = self.clock() if since is None else since
         self.dst.load_index()
         if self.protocol:
             self.known_plans = self.dst.load_plans()

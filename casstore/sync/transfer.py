@@ -21,16 +21,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from casstore.errors import ConfigError
+from casstore.format import layout
 from casstore.remotes.base import Remote
 from casstore.remotes.wrappers import CountingRemote
 from casstore.repo.core import RepoCore
 from casstore.repo.open import connect, open_as
 from casstore.repo.pricing import monthly_storage_cost
 from casstore.settings import Settings
+from casstore.sync.ahead import ListingsAhead
 from casstore.sync.copier import Copier, boottime
 from casstore.sync.state import SyncState
 
 log = logging.getLogger(__name__)
+
+# what a sync with work to do lists first; none depends on another's answer (casstore.sync.ahead)
+FIRST_LISTINGS = (layout.INDEX_PREFIX, layout.GC_PREFIX, layout.SNAPSHOTS_PREFIX)
 
 
 @dataclass
@@ -60,15 +65,31 @@ class SyncReport:
 def open_destination(url_or_remote: str | Remote | None, src: RepoCore | None,
                      settings: Settings) -> tuple[RepoCore, CountingRemote]:
     """Open (creating from `src`'s config if empty) the remote repository, wrapped for retries and counting."""
+    counting = connect_counting(url_or_remote, settings)
+    return open_counted(counting, src, settings), counting
+
+
+def connect_counting(url_or_remote: str | Remote | None, settings: Settings) -> CountingRemote:
+    """The remote (the configured one by default), wrapped for retries and counting; no request yet."""
     if url_or_remote is None:
         url_or_remote = settings.remote
     if url_or_remote is None:
         raise ConfigError("no remote configured: set CASSTORE_REMOTE or CLOUD_PROVIDER (or pass --remote URL)")
-    counting = CountingRemote(connect(url_or_remote, settings))
-    dst = open_as(RepoCore, settings, remote=counting, create=src is not None, like=src.config if src else None)
-    if src is not None:
-        src.config.check_compatible(dst.config, counting.url)
-    return dst, counting
+    return CountingRemote(connect(url_or_remote, settings))
+
+
+def open_counted(counting: CountingRemote, src: RepoCore | None, settings: Settings,
+                 list_ahead: tuple[str, ...] = ()) -> RepoCore:
+    """Read (or create) the repository at `counting`; the `list_ahead` listings run meanwhile."""
+    remote = ListingsAhead(counting, list_ahead)
+    try:
+        dst = open_as(RepoCore, settings, remote=remote, create=src is not None, like=src.config if src else None)
+        if src is not None:
+            src.config.check_compatible(dst.config, counting.url)
+    except BaseException:
+        remote.settle()
+        raise
+    return dst
 
 
 def sync_to_remote(repo: RepoCore, remote: str | Remote | None = None, *, dry_run: bool = False,
@@ -77,15 +98,19 @@ def sync_to_remote(repo: RepoCore, remote: str | Remote | None = None, *, dry_ru
     started = time.monotonic()
     if repo.local_dir is None:
         raise ConfigError("sync runs from a local repository")
-    dst, counting = open_destination(remote, repo, repo.settings)
-    state = SyncState(repo.local_dir, dst.remote.url)
-    report = SyncReport(repo.location, dst.remote.url, dry_run)
+    counting = connect_counting(remote, repo.settings)
+    state = SyncState(repo.local_dir, counting.url)
     candidates = sorted(set(repo.snapshot_ids()) - state.synced - state.pulled(),
                         key=lambda i: repo.manifest(i).time_ns)
-    if not candidates and not state.pending:
+    work = bool(candidates or state.pending)
+    # with work to do, the listings it needs go out with the config read, not after it (issue 20)
+    listed_since = clock()
+    dst = open_counted(counting, repo, repo.settings, list_ahead=FIRST_LISTINGS if work else ())
+    report = SyncReport(repo.location, dst.remote.url, dry_run)
+    if not work:
         return _finish(report, counting, started, state.last_sync.get("stored_bytes", 0))
     copier = Copier(repo, dst, concurrency=repo.settings.upload_concurrency, grace=float(dst.config.grace_seconds),
-                    state=None if dry_run else state, progress=progress, clock=clock)
+                    state=None if dry_run else state, progress=progress, clock=clock, listed_since=listed_since)
     try:
         repo.load_index()
         copier.load_destination()
