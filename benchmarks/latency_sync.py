@@ -51,9 +51,9 @@ class Delayed(RemoteWrapper):
             self.waits.append((call, seconds))
         time.sleep(seconds)
 
-    def _get(self, key: str, offset: int, length: int | None) -> bytes:
+    def _get(self, key: str, offset: int, length: int | None, *, large: bool) -> bytes:
         self._wait(f"get {key.split('/')[0]}")
-        return self.inner.get(key, offset, length)
+        return self.inner.get(key, offset, length, large=large)
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         self._wait(f"list {prefix}")

@@ -51,8 +51,8 @@ class Gate(RemoteWrapper):
         finally:
             self._leave()
 
-    def _get(self, key: str, offset: int, length: int | None) -> bytes:
-        return self._through(f"get {key}", lambda: super(Gate, self)._get(key, offset, length))
+    def _get(self, key: str, offset: int, length: int | None, *, large: bool) -> bytes:
+        return self._through(f"get {key}", lambda: super(Gate, self)._get(key, offset, length, large=large))
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         return iter(self._through(f"list {prefix}", lambda: list(self.inner.list(prefix))))
