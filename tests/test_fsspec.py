@@ -93,3 +93,19 @@ def test_a_remote_repository_chosen_from_the_settings(snapshots, moto_server, tm
     reads = DataReads(fs.repo)
     assert fs.cat_file("latest/big.bin", start=MiB, end=MiB + 10) == BIG[MiB:MiB + 10]
     assert reads.count <= 2
+
+
+def test_pyarrow_reads_parquet_and_csv_through_the_protocol(tmp_path):
+    """pyarrow (pandas' parquet engine, dask's reader) seeks into the file: the footer first."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = pa.table({"t": list(range(5000)), "price": [100.0 + i % 7 for i in range(5000)]})
+    (tmp_path / "data" / "market").mkdir(parents=True)
+    pq.write_table(table, tmp_path / "data" / "market" / "ticks.parquet")
+    pd.DataFrame(RECORDS).to_csv(tmp_path / "data" / "market" / "ticks.csv", index=False)
+    invoke("init", "--chunk-avg", 64 * KiB)
+    invoke("snapshot", "data")
+    # pyarrow resolves only its own URI schemes: an fsspec filesystem is handed to it
+    assert pq.read_table("latest/market/ticks.parquet", filesystem=fsspec.filesystem("casstore")).equals(table)
+    assert pd.read_parquet("casstore://latest/market/ticks.parquet", engine="pyarrow").equals(table.to_pandas())
+    assert pd.read_csv("casstore://latest/market/ticks.csv").to_dict("records") == RECORDS
