@@ -109,3 +109,12 @@ def test_pyarrow_reads_parquet_and_csv_through_the_protocol(tmp_path):
     assert pq.read_table("latest/market/ticks.parquet", filesystem=fsspec.filesystem("casstore")).equals(table)
     assert pd.read_parquet("casstore://latest/market/ticks.parquet", engine="pyarrow").equals(table.to_pandas())
     assert pd.read_csv("casstore://latest/market/ticks.csv").to_dict("records") == RECORDS
+
+
+def test_dask_reads_a_snapshot_file_through_the_protocol(tmp_path):
+    dd = pytest.importorskip("dask.dataframe")
+    write(tmp_path / "data" / "market" / "ticks.csv", pd.DataFrame(RECORDS).to_csv(index=False))
+    invoke("init", "--chunk-avg", 64 * KiB)
+    invoke("snapshot", "data")
+    frame = dd.read_csv("casstore://latest/market/ticks.csv").compute()
+    assert frame.to_dict("records") == RECORDS
