@@ -6,6 +6,8 @@ The tag makes stored bytes describe themselves (a registry keyed by one byte, as
     0x01  zstd      payload is one zstd frame of the plaintext
     0x02  reserved  AEAD-encrypted raw (client-side encryption, planned)
     0x03  reserved  AEAD-encrypted zstd (planned)
+    0x04  delta     base id (32 bytes) | one zstd frame with the base's plaintext as a raw-content
+                    dictionary (format/delta.py); decoding needs the base's plaintext
 
 Each blob is compressed on its own so one blob can be read without its neighbours. A blob that
 does not shrink is stored raw. Decoding is bounded by the raw length recorded in the pack
@@ -21,6 +23,7 @@ import blake3
 import zstandard
 
 from casstore.errors import FormatError, IntegrityError
+from casstore.format import delta
 
 TAG_RAW = 0x00
 TAG_ZSTD = 0x01
@@ -86,18 +89,24 @@ def encode(data: bytes | memoryview, level: int) -> bytes:
     return b"".join(encode_parts(data, level))
 
 
-def decode(encoded: bytes | memoryview, raw_length: int) -> bytes:
-    """Undo `encode`, refusing to produce anything but exactly `raw_length` bytes."""
+def decode(encoded: bytes | memoryview, raw_length: int, base: bytes | memoryview | None = None) -> bytes:
+    """Undo `encode`, refusing to produce anything but exactly `raw_length` bytes. A delta blob
+    needs its base's plaintext (`base`; the base id is `delta.base_of(encoded)`)."""
     if not encoded:
         raise FormatError("empty blob envelope")
     view = memoryview(encoded)
-    return bytes(_plaintext(view[0], view[1:], raw_length))
+    return bytes(_plaintext(view[0], view[1:], raw_length, base))
 
 
-def _plaintext(tag: int, payload: bytes | memoryview, raw_length: int) -> bytes | memoryview:
+def _plaintext(tag: int, payload: bytes | memoryview, raw_length: int,
+               base: bytes | memoryview | None = None) -> bytes | memoryview:
     """The decoded payload; a raw payload is returned as it is, not copied."""
     if _check_tag(tag) == TAG_RAW:
         data = payload
+    elif tag == delta.TAG_DELTA:
+        if base is None:
+            raise FormatError("a delta blob cannot be decoded without its base")
+        data = delta.decode_payload(payload, raw_length, base)
     else:
         _check_declared_size(payload, raw_length)
         try:
@@ -137,7 +146,7 @@ def _plaintext_id(tag: int, payload: bytes | memoryview, raw_length: int) -> byt
 
 
 def _check_tag(tag: int) -> int:
-    if tag in (TAG_RAW, TAG_ZSTD):
+    if tag in (TAG_RAW, TAG_ZSTD, delta.TAG_DELTA):
         return tag
     if tag in _RESERVED_TAGS:
         raise FormatError("encrypted blobs are not supported by this version of casstore")
@@ -162,17 +171,28 @@ def _verify_buffer() -> memoryview:
     return piece
 
 
-def decode_verified(encoded: bytes | memoryview, raw_length: int, expected_id: bytes) -> bytes:
+def decode_verified(encoded: bytes | memoryview, raw_length: int, expected_id: bytes,
+                    base: bytes | memoryview | None = None) -> bytes:
     """Decode and check the plaintext hashes to `expected_id`."""
-    data = decode(encoded, raw_length)
+    data = decode(encoded, raw_length, base)
     if blob_id(data) != expected_id:
         raise IntegrityError(f"blob {expected_id.hex()[:16]} does not match its id")
     return data
 
 
-def encode_verified(data: bytes | memoryview, level: int, expected_id: bytes) -> Encoded:
-    """Encode, then decode the result and re-hash it before it may leave the process (design 5.5)."""
+def encode_verified(data: bytes | memoryview, level: int, expected_id: bytes,
+                    base: tuple[bytes, bytes | memoryview] | None = None) -> Encoded:
+    """Encode, then decode the result and re-hash it before it may leave the process (design 5.5).
+
+    With `base` (its id and plaintext), a delta against it is kept when it is smaller."""
     tag, payload = encode_parts(data, level)
+    if base is not None and level > 0:
+        delta_tag, frame = delta.encode_parts(data, level, *base)
+        if len(delta_tag) + len(frame) < len(tag) + len(payload):
+            plain = delta.decode_frame(frame, len(data), base[1])
+            if blob_id(plain) != expected_id:
+                raise IntegrityError(f"blob {expected_id.hex()[:16]} does not survive its own delta encoding")
+            return delta_tag, frame
     if _plaintext_id(tag[0], payload, len(data)) != expected_id:
         raise IntegrityError(f"blob {expected_id.hex()[:16]} does not survive its own encoding")
     return tag, payload

@@ -4,7 +4,7 @@ An index object is msgpack:
 
     {"version": 1,
      "origin": {"kind": "writer" | "checkpoint" | "gc", "host": str, "session": str},
-     "packs": [[pack id (hex str), [[kind, blob id, offset, length, raw length], ...]], ...],
+     "packs": [[pack id (hex str), [[kind, blob id, offset, length, raw length(, base id)], ...]], ...],
      "supersedes": [index id, ...],          # only for gc's consolidated indexes
      "retracts": [index id, ...]}            # only when a writer withdraws an index of its own
 
@@ -32,7 +32,7 @@ import blake3
 import msgpack
 
 from casstore.errors import FormatError, IntegrityError
-from casstore.format.pack import KINDS, BlobEntry
+from casstore.format.pack import BlobEntry, entry_fields
 
 INDEX_VERSION = 1
 ORIGINS = ("writer", "checkpoint", "gc")
@@ -46,6 +46,7 @@ class Location:
     offset: int
     length: int
     raw_length: int
+    base: bytes | None = None      # a delta blob's base (format/delta.py)
 
 
 @dataclass
@@ -100,12 +101,24 @@ def _hex_id(value: object) -> str:
 
 
 def _entry(item: list[Any], max_raw_length: int) -> BlobEntry:
-    kind, blob_id, offset, length, raw_length = item
-    if kind not in KINDS or not isinstance(blob_id, bytes) or len(blob_id) != 32:
-        raise ValueError("bad blob kind or id")
-    if not all(isinstance(n, int) and n >= 0 for n in (offset, length, raw_length)) or raw_length > max_raw_length:
+    entry = entry_fields(item)
+    bounds = (entry.offset, entry.length, entry.raw_length)
+    if not all(isinstance(n, int) and n >= 0 for n in bounds) or entry.raw_length > max_raw_length:
         raise ValueError("bad blob bounds")
-    return BlobEntry(kind, blob_id, offset, length, raw_length)
+    return entry
+
+
+def add_delta_bases(index: MasterIndex, reached: dict[BlobKey, None]) -> None:
+    """Add to `reached` the base of every delta copy of a blob in it, and theirs, in order: a blob
+    is readable only with its chain, so gc keeps bases live and sync carries them."""
+    deltas = index.delta_keys()
+    todo = [key for key in reached if key in deltas] if deltas else []
+    while todo:
+        kind, blob_id = todo.pop()
+        for base in index.delta_bases(kind, blob_id):
+            if (kind, base) not in reached:
+                reached[(kind, base)] = None
+                todo.append((kind, base))
 
 
 class MasterIndex:
@@ -159,6 +172,30 @@ class MasterIndex:
     def all_pack_ids(self) -> set[str]:
         return self._table.pack_ids()
 
+    def delta_keys(self) -> set[BlobKey]:
+        """Every blob with a delta copy somewhere (they all live in the table's small `_wide` part)."""
+        return self._table.delta_keys()
+
+    def delta_bases(self, kind: int, blob_id: bytes) -> set[bytes]:
+        """The bases of the blob's delta copies (empty for a blob stored whole everywhere)."""
+        return {loc.base for loc in self.locations(kind, blob_id) if loc.base is not None}
+
+    def delta_depth(self, kind: int, blob_id: bytes, limit: int) -> int:
+        """Deltas to decode before the blob's shortest chain reaches a whole blob (0: stored whole),
+        or `limit` when that is `limit` or more, or a base is in no index."""
+        frontier, depth = {blob_id}, 0
+        while depth < limit:
+            bases: set[bytes] = set()
+            for one in frontier:
+                locations = self.locations(kind, one)
+                if any(loc.base is None for loc in locations):
+                    return depth
+                bases |= {loc.base for loc in locations if loc.base is not None}
+            if not bases:
+                return limit
+            frontier, depth = bases, depth + 1
+        return limit
+
     def blobs(self) -> Iterator[tuple[BlobKey, list[Location]]]:
         return self._table.items()
 
@@ -185,8 +222,8 @@ class _BlobTable:
     unsorted tail (a bytearray in `_tails`); a lookup settles its bucket first (bisect-insert a
     short tail, re-sort a long one, dropping exact duplicates), so a bulk load costs one sort per
     bucket and a pack added mid-snapshot a few small inserts. Pack ids are interned (a record holds
-    a 3-byte pack number). A location that does not fit (a field of 4 GiB or more, beyond 16M packs)
-    lives in the small `_wide` dict instead, so nothing is refused.
+    a 3-byte pack number). A location that does not fit (a field of 4 GiB or more, beyond 16M packs,
+    or a delta blob's base id) lives in the small `_wide` dict instead, so nothing is refused.
 
     Upload threads add packs while chunk workers look blobs up, and a lookup may settle a bucket:
     one lock serialises them (a dict needed none: each of its operations was atomic).
@@ -221,8 +258,9 @@ class _BlobTable:
         tails, pack, shift = self._tails, _RECORD.pack, 16 - _BUCKET_BITS
         added, wide = 0, number >= _MAX_PACKS
         for e in entries:
-            if wide or (e.offset | e.length | e.raw_length) >> 32:
-                self._add_wide(e, Location(pack_id, e.offset, e.length, e.raw_length))
+            # a delta's base has no room in a record: deltas are a minority, kept in `_wide`
+            if wide or e.base is not None or (e.offset | e.length | e.raw_length) >> 32:
+                self._add_wide(e, Location(pack_id, e.offset, e.length, e.raw_length, e.base))
                 continue
             b = int.from_bytes(e.id[:2], "big") >> shift
             record = pack(e.id[1:], e.kind << 24 | number, e.offset, e.length, e.raw_length)
@@ -338,6 +376,10 @@ class _BlobTable:
     def _location(self, run: bytes, i: int) -> Location:
         _, kind_pack, offset, length, raw_length = _RECORD.unpack_from(run, i * _SIZE)
         return Location(self._packs[kind_pack & 0xFFFFFF], offset, length, raw_length)
+
+    def delta_keys(self) -> set[BlobKey]:
+        with self._lock:
+            return {key for key, locs in self._wide.items() if any(loc.base is not None for loc in locs)}
 
     def pack_ids(self) -> set[str]:
         with self._lock:

@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 
 from casstore.errors import CasstoreError, ObjectNotFound
 from casstore.format import layout
-from casstore.format.index import IndexObject, Location, MasterIndex, decode_index, without_retracted
+from casstore.format.index import (
+    IndexObject,
+    Location,
+    MasterIndex,
+    add_delta_bases,
+    decode_index,
+    without_retracted,
+)
 from casstore.format.pack import KIND_TREE
 from casstore.format.plan import GcPlan, decode_plan
 from casstore.format.snapshot import SnapshotManifest, decode_snapshot
@@ -135,7 +142,8 @@ def reader(ctx: GcContext, index: MasterIndex) -> BlobStore:
 
 
 def live_blobs(ctx: GcContext, view: RepoView) -> set[BlobKey]:
-    """Every tree and chunk reachable from the listed snapshots (each tree read and verified once)."""
+    """Every tree and chunk reachable from the listed snapshots (each tree read and verified once),
+    and the delta bases of those chunks, and theirs."""
     store = reader(ctx, view.index)
     reached: dict[BlobKey, None] = {}
     try:
@@ -146,6 +154,7 @@ def live_blobs(ctx: GcContext, view: RepoView) -> set[BlobKey]:
         raise GcAborted(f"gc stopped, nothing deleted: a tree cannot be read ({exc})") from exc
     finally:
         store.close()
+    add_delta_bases(view.index, reached)     # a delta is readable only with its chain
     live = set(reached)
     unindexed = [key for key in live if not view.index.locations(*key)]
     if unindexed:

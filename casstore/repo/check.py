@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass, field, replace
 
 from casstore.errors import CasstoreError, FormatError, IntegrityError
-from casstore.format import codec, layout
+from casstore.format import codec, delta, layout
 from casstore.format.index import decode_index, without_retracted
 from casstore.format.layout import pack_key
 from casstore.format.pack import KIND_DATA, KIND_TREE, parse_header, verify_pack_id
@@ -128,12 +128,28 @@ class Checker:
         def check(data: bytes) -> int:
             verify_pack_id(pack_id, data)
             entries = parse_header(data, self.repo.config.max_blob_size)
+            verified = 0
             for e in entries:
-                codec.decode_verified(memoryview(data)[e.offset:e.offset + e.length], e.raw_length, e.id)
-            return len(entries)
+                base = None if e.base is None else self._base(pack_id, e)
+                if e.base is None or base is not None:
+                    codec.decode_verified(memoryview(data)[e.offset:e.offset + e.length], e.raw_length, e.id, base)
+                    verified += 1
+            return verified
 
         return read_verified(f"pack {pack_id[:16]}", lambda: self.repo.remote.get(pack_key(pack_id), large=True), check,
                              self._policy())
+
+    def _base(self, pack_id: str, e) -> bytes | None:
+        """A delta's base plaintext, or None (an error recorded, the delta counted lost) when its chain
+        cannot be read: the delta's own pack is not damaged for that."""
+        assert e.base is not None
+        try:
+            return self.repo.read_blob_ready().base_plaintext(e.base)
+        except CasstoreError as exc:
+            self.bad_blobs.add((e.kind, e.id))
+            self.report.errors.append(f"blob {e.id.hex()[:16]} in pack {pack_id[:16]}: its delta base "
+                                      f"{e.base.hex()[:16]} cannot be read ({exc})")
+            return None
 
     def _policy(self) -> ReadPolicy:
         return replace(self.repo.read_policy, attempts=max(2, self.repo.read_policy.attempts))
@@ -187,14 +203,28 @@ class Checker:
                                            "records (corrupt or hostile)")
 
     def _check_file(self, snapshot_id: str, path: str, entry) -> None:
-        lost = [c for c in entry.chunks if not self.repo.index.locations(KIND_DATA, c)
-                or (KIND_DATA, c) in self.bad_blobs]
+        lost = [c for c in entry.chunks if self._lost(c)]
         if lost:
             self._affect(snapshot_id, path, f"{len(lost)} of {len(entry.chunks)} chunks missing or damaged")
             return
         stored = sum(self.repo.index.locations(KIND_DATA, c)[0].raw_length for c in entry.chunks)
         if stored != entry.size:
             self._affect(snapshot_id, path, f"size recorded as {entry.size} but its chunks hold {stored} bytes")
+
+    def _lost(self, chunk_id: bytes) -> bool:
+        """No readable copy: not indexed, damaged, or every copy a delta whose chain is."""
+        frontier: set[bytes] = {chunk_id}
+        for _depth in range(delta.MAX_RESOLVE + 1):
+            bases: set[bytes] = set()
+            for blob in frontier:
+                locations = [] if (KIND_DATA, blob) in self.bad_blobs else self.repo.index.locations(KIND_DATA, blob)
+                if any(loc.base is None for loc in locations):
+                    return False
+                bases |= {loc.base for loc in locations if loc.base is not None}
+            if not bases:
+                return True
+            frontier = bases
+        return True
 
     def _load_tree(self, tree_id: bytes) -> list:
         return load_tree_chain(self._read_tree, tree_id)

@@ -441,7 +441,7 @@ class SnapshotBuilder:
         try:
             for _attempt in range(READ_ATTEMPTS):
                 try:
-                    before, after, read = self._chunk_file(fd, job)
+                    before, after, read = self._chunk_file(fd, job, self._delta_hints(rel))
                 except OSError as exc:
                     self._error(rel_text, exc)
                     return False
@@ -456,7 +456,12 @@ class SnapshotBuilder:
         log.warning("%s changed while it was read; stored as last read, re-read next snapshot", rel_text)
         return True
 
-    def _chunk_file(self, fd: int, job: FileJob) -> tuple[os.stat_result, os.stat_result, int]:
+    def _delta_hints(self, rel: bytes) -> list:
+        """The file's chunk ids in the previous snapshot (files cache): chunk k's candidate delta base."""
+        cached = self.old_cache.get(rel)
+        return list(cached[4]) if cached is not None else []
+
+    def _chunk_file(self, fd: int, job: FileJob, hints: list) -> tuple[os.stat_result, os.stat_result, int]:
         """Feed the file's chunks to the pipeline; return its fstat before and after reading, and
         how many bytes were read."""
         slots: list = []
@@ -468,14 +473,14 @@ class SnapshotBuilder:
             with os.fdopen(fd, "rb", buffering=0, closefd=False) as fh:
                 data = fh.read()
             read = len(data)
-            self._submit(data, slots)
+            self._submit(data, slots, hints)
         else:
             for piece in self.chunker.chunks_of_fd(fd, read_ahead=FILE_AHEAD):
                 read += len(piece)
-                self._submit(piece, slots)  # a view into a fresh block: no copy
+                self._submit(piece, slots, hints)  # a view into a fresh block: no copy
         return before, os.fstat(fd), read
 
-    def _submit(self, data: bytes | memoryview, slots: list) -> None:
+    def _submit(self, data: bytes | memoryview, slots: list, hints: list) -> None:
         if not data:
             return
         if self._aborted.is_set():
@@ -492,7 +497,7 @@ class SnapshotBuilder:
                 self.summary.bytes_added_stored += added
             self.progress(raw_length)
 
-        self.pipeline.submit(data, deliver)
+        self.pipeline.submit(data, deliver, hints[position] if position < len(hints) else None)
 
     def _file_entry(self, job: FileJob) -> Entry:
         if job.previous is not None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from casstore._testing import pause_point
 from casstore.errors import CasstoreError, RemoteError
 from casstore.format import layout
+from casstore.format.index import add_delta_bases
 from casstore.format.pack import KIND_TREE
 from casstore.format.plan import list_plan_keys
 from casstore.format.walk import add_reachable
@@ -77,10 +78,12 @@ class Copier:
         self.fresh_load = True
 
     def reachable(self, snapshot_ids: list[str]) -> list[tuple[int, bytes]]:
-        """Every blob the snapshots need, trees before the chunks below them, each once."""
+        """Every blob the snapshots need, trees before the chunks below them, each once, then the
+        delta bases of those chunks (a delta copied without its chain could not be read)."""
         seen: dict[tuple[int, bytes], None] = {}
         for snapshot_id in snapshot_ids:
             add_reachable(lambda i: self.src.read_blob(KIND_TREE, i), self.src.manifest(snapshot_id).tree, seen)
+        add_delta_bases(self.src.index, seen)
         return list(seen)
 
     def missing(self, blobs: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
