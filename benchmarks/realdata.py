@@ -225,14 +225,14 @@ def render(results: dict) -> str:
            "- Settings as in the generated-data benchmark: restic repository v2 `--compression auto`, borg "
            "`--encryption none --compression zstd,3`, casstore defaults. Page cache evicted before every command.",
            "", "| version | files | MiB | files changed / added / removed | MiB rewritten | "
-           + " | ".join(f"{t} s" for t in tools) + " | " + " | ".join(f"{t} repo MiB" for t in tools)
+           + " | ".join(f"{t} wall / CPU s" for t in tools) + " | " + " | ".join(f"{t} repo MiB" for t in tools)
            + " | " + " | ".join(f"{t} RSS MiB" for t in tools) + " |",
            "|---" * (5 + 3 * len(tools)) + "|"]
     for i, change in enumerate(results["changes"]):
         cells = [str(i + 1), str(change["files"]), fmt_mib(change["bytes"]),
                  f"{change['changed']} / {change['added']} / {change['removed']}", fmt_mib(change["changed_bytes"])]
         snaps = [pick("snapshot", t, i) for t in tools]
-        cells += [f"{m['wall']:.2f}" if m else "-" for m in snaps]
+        cells += [f"{m['wall']:.2f} / {m['cpu']:.2f}" if m else "-" for m in snaps]
         cells += [fmt_mib(m["repo_bytes"]) if m else "-" for m in snaps]
         cells += [f"{m['rss_mib']:.0f}" if m else "-" for m in snaps]
         out.append("| " + " | ".join(cells) + " |")
@@ -247,12 +247,12 @@ def render(results: dict) -> str:
         out.append(f"| {title} | " + " | ".join(cells) + " |")
     last = results["args"]["versions"] - 1
     final = {t: pick("snapshot", t, last) for t in tools}
-    later = {t: [m["wall"] for m in runs if m["tool"] == t and m["step"] == "snapshot" and m["version"] > 0]
+    later = {t: [m["cpu"] for m in runs if m["tool"] == t and m["step"] == "snapshot" and m["version"] > 0]
              for t in tools}
     peaks = {t: max(m["rss_mib"] for m in runs if m["tool"] == t) for t in tools}
     out += ["", "Summary: repository after the last version " + ", ".join(
         f"{t} {fmt_mib(final[t]['repo_bytes'])} MiB" for t in tools if final[t]) + "; later versions' snapshot "
-        "time " + ", ".join(f"{t} {min(later[t]):.2f}-{max(later[t]):.2f} s" for t in tools if later[t])
+        "CPU time " + ", ".join(f"{t} {min(later[t]):.2f}-{max(later[t]):.2f} s" for t in tools if later[t])
         + "; peak RSS over every step " + ", ".join(f"{t} {peaks[t]:.0f} MiB" for t in tools) + ".", ""]
     return "\n".join(out)
 
@@ -281,11 +281,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--results-json", default=None, help="raw results (default benchmarks/realdata-results.json)")
     p.add_argument("--no-results", action="store_true", help="do not touch RESULTS.md")
     p.add_argument("--keep", action="store_true", help="keep the data and repositories afterwards")
+    p.add_argument("--report-only", action="store_true", help="re-render the section from --results-json")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.report_only:
+        write_section(render(json.loads(Path(args.results_json or HERE / "realdata-results.json").read_text())),
+                      Path(args.output))
+        return
     if not os.path.exists("/usr/bin/time"):
         raise SystemExit("/usr/bin/time is missing: apt-get install -y time")
     tools = tuple(t for t in args.tools.split(",") if t and tool_available(t))

@@ -16,8 +16,6 @@ The base id is also recorded beside the blob's location in pack headers and inde
 
 from __future__ import annotations
 
-import threading
-
 import zstandard
 
 from casstore.errors import FormatError, IntegrityError
@@ -26,8 +24,12 @@ TAG_DELTA = 0x04
 ID_LENGTH = 32
 MAX_RESOLVE = 64         # deltas in a row a reader follows before refusing the chain as corrupt
 
-_local = threading.local()
 _TAG = bytes((TAG_DELTA,))
+
+
+class BaseUnreadable(IntegrityError):
+    """A delta's base (or one further down its chain) cannot be read: the delta cannot be either.
+    Raised once, where the chain breaks, and not retried at every level above it."""
 
 
 def _window_log(base_length: int, length: int) -> int:

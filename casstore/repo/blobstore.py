@@ -218,6 +218,8 @@ class BlobStore:
             for location in self._by_preference(self.index.locations(kind, blob_id)):
                 try:
                     return self._fetch_verified(kind, location, blob_id, depth)[1]
+                except delta.BaseUnreadable:
+                    raise
                 except (IntegrityError, ObjectNotFound, RemoteError) as exc:
                     errors.append(f"pack {location.pack_id[:12]}: {exc}")
             if attempt == 0 and self._reload_index is not None:
@@ -267,9 +269,14 @@ class BlobStore:
         plain = self._bases.get(blob_id)
         if plain is None:
             if depth >= delta.MAX_RESOLVE:
-                raise IntegrityError(f"delta chain longer than {delta.MAX_RESOLVE} at {blob_id.hex()[:16]} "
-                                     "(corrupt or hostile)")
-            plain = self._read(KIND_DATA, blob_id, depth + 1)
+                raise delta.BaseUnreadable(f"delta chain longer than {delta.MAX_RESOLVE} at {blob_id.hex()[:16]} "
+                                           "(corrupt or hostile)")
+            try:
+                plain = self._read(KIND_DATA, blob_id, depth + 1)
+            except delta.BaseUnreadable:
+                raise
+            except (IntegrityError, ObjectNotFound, RemoteError) as exc:
+                raise delta.BaseUnreadable(f"delta base {blob_id.hex()[:16]} cannot be read: {exc}") from exc
             self._bases.put(blob_id, plain)
         return plain
 
@@ -278,12 +285,12 @@ class BlobStore:
         cached or returned; a cached copy that fails the check is evicted (DESIGN.md "Verified reads").
         A delta's base is read first (the chain, `depth` deep so far, through the bounded cache)."""
         cache, raw_length = self._blob_cache, location.raw_length
+        # the base first, outside the verified read: a broken chain is not worth fetching this again
+        base = None if location.base is None else self.base_plaintext(location.base, depth)
 
         def check(encoded: bytes) -> tuple[bytes, bytes]:
-            base_id = delta.base_of(encoded)
-            if base_id != location.base:
+            if delta.base_of(encoded) != location.base:
                 raise IntegrityError(f"blob {blob_id.hex()[:16]}: its envelope's delta base is not the indexed one")
-            base = None if base_id is None else self.base_plaintext(base_id, depth)
             return encoded, codec.decode_verified(encoded, raw_length, blob_id, base)
 
         if cache is not None:
