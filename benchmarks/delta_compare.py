@@ -102,9 +102,10 @@ class PerChunk(Scheme):
 
 
 class Delta(PerChunk):
-    def __init__(self, name: str, chain: int) -> None:
-        super().__init__(name, (256 * 1024, MiB, 8 * MiB))
-        self.chain = chain
+    def __init__(self, name: str, chain: int, align: bool = False,
+                 sizes: tuple[int, int, int] = (256 * 1024, MiB, 8 * MiB)) -> None:
+        super().__init__(name, sizes)
+        self.chain, self.align = chain, align
         self.previous: dict[str, list[bytes]] = {}
         self.depth: dict[bytes, int] = {}
         self.deltas = 0
@@ -112,10 +113,15 @@ class Delta(PerChunk):
     def add_file(self, path: str, data: bytes) -> None:
         chunks = cut(self.chunker, data)
         before = self.previous.get(path, [])
+        position = {codec.blob_id(c): i for i, c in enumerate(before)} if self.align else {}
+        shift = 0
         for k, chunk in enumerate(chunks):
             cid = codec.blob_id(chunk)
+            if cid in position:                 # an unchanged chunk realigns the old and new lists
+                shift = position[cid] - k
             if cid in self.seen:
                 continue
+            k += shift
             self.seen.add(cid)
             started = time.process_time()
             full = sum(map(len, codec.encode_parts(chunk, 3)))
@@ -211,7 +217,9 @@ class Grouped(PerChunk):
 def schemes(chain: int) -> list[Scheme]:
     return [PerChunk("base", (256 * 1024, MiB, 8 * MiB)), PerChunk("cdc256k", (64 * 1024, 256 * 1024, 2 * MiB)),
             PerChunk("cdc64k", (16 * 1024, 64 * 1024, 512 * 1024)), Delta("delta", chain),
-            Delta("delta-chain2", 2), Trained("dict"), Grouped("group")]
+            Delta("delta-chain2", 2), Delta("delta-align", chain, align=True),
+            Delta("delta-align-256k", chain, align=True, sizes=(64 * 1024, 256 * 1024, 2 * MiB)),
+            Trained("dict"), Grouped("group")]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -220,10 +228,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--chain", type=int, default=8, help="deltas in a row before a full blob (default 8)")
     p.add_argument("--cache", default=str(HERE / "work" / "realdata-cache"))
     p.add_argument("--output", default=str(HERE / "delta-compare.json"))
+    p.add_argument("--schemes", default="", help="comma-separated subset of the schemes (default all)")
     args = p.parse_args(argv)
     packages = load_pins(args.versions)
     cache = Path(args.cache)
-    all_schemes = schemes(args.chain)
+    all_schemes = [s for s in schemes(args.chain) if not args.schemes or s.name in args.schemes.split(",")]
     seen_files: dict[str, bytes] = {}     # path -> content id of the last version (unchanged: skipped)
     raw_new: list[int] = []
     for i in range(args.versions):

@@ -15,15 +15,14 @@ import pytest
 
 from casstore.client import Repository
 from casstore.errors import IntegrityError
-from casstore.format import codec, delta
+from casstore.format import codec, delta, layout
 from casstore.format.config import RepoConfig
 from casstore.format.index import MasterIndex
-from casstore.format import layout
 from casstore.format.pack import KIND_DATA, PackBuilder
-from casstore.remotes.memory import MemoryRemote
-from casstore.repo.blobstore import BlobStore
 from casstore.gc.retention import apply_retention
 from casstore.gc.run import collect_garbage
+from casstore.remotes.memory import MemoryRemote
+from casstore.repo.blobstore import BlobStore
 from casstore.settings import load_settings
 from tests.helpers import flip_bit, pack_of
 from tests.sync_helpers import KiB, local_repo, tree_digest

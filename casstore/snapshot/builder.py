@@ -29,6 +29,7 @@ from casstore.remotes.local import remove_leftovers
 from casstore.repo.blobstore import BlobStore
 from casstore.repo.core import RepoCore
 from casstore.snapshot import filescache
+from casstore.snapshot.deltahints import DeltaHints
 from casstore.snapshot.excludes import Excluder
 from casstore.snapshot.pipeline import ChunkPipeline
 from casstore.snapshot.summary import SnapshotSummary
@@ -456,12 +457,12 @@ class SnapshotBuilder:
         log.warning("%s changed while it was read; stored as last read, re-read next snapshot", rel_text)
         return True
 
-    def _delta_hints(self, rel: bytes) -> list:
-        """The file's chunk ids in the previous snapshot (files cache): chunk k's candidate delta base."""
+    def _delta_hints(self, rel: bytes) -> DeltaHints:
+        """Candidate delta bases: the file's chunk ids in the previous snapshot (files cache)."""
         cached = self.old_cache.get(rel)
-        return list(cached[4]) if cached is not None else []
+        return DeltaHints(list(cached[4]) if cached is not None and self.store.config.delta_chain else [])
 
-    def _chunk_file(self, fd: int, job: FileJob, hints: list) -> tuple[os.stat_result, os.stat_result, int]:
+    def _chunk_file(self, fd: int, job: FileJob, hints: DeltaHints) -> tuple[os.stat_result, os.stat_result, int]:
         """Feed the file's chunks to the pipeline; return its fstat before and after reading, and
         how many bytes were read."""
         slots: list = []
@@ -480,7 +481,7 @@ class SnapshotBuilder:
                 self._submit(piece, slots, hints)  # a view into a fresh block: no copy
         return before, os.fstat(fd), read
 
-    def _submit(self, data: bytes | memoryview, slots: list, hints: list) -> None:
+    def _submit(self, data: bytes | memoryview, slots: list, hints: DeltaHints) -> None:
         if not data:
             return
         if self._aborted.is_set():
@@ -497,7 +498,10 @@ class SnapshotBuilder:
                 self.summary.bytes_added_stored += added
             self.progress(raw_length)
 
-        self.pipeline.submit(data, deliver, hints[position] if position < len(hints) else None)
+        if hints:
+            self.pipeline.submit(data, deliver, *hints.next(data))
+        else:
+            self.pipeline.submit(data, deliver)
 
     def _file_entry(self, job: FileJob) -> Entry:
         if job.previous is not None:

@@ -33,22 +33,23 @@ class ChunkPipeline:
         self._bytes_in_flight = 0
         self._lock = threading.Lock()
 
-    def _prepare(self, data: bytes | memoryview, hint: bytes | None) -> Prepared:
-        blob_id = codec.blob_id(data)
+    def _prepare(self, data: bytes | memoryview, blob_id: bytes | None, hint: bytes | None) -> Prepared:
+        blob_id = blob_id or codec.blob_id(data)
         if self.store.has(KIND_DATA, blob_id):
             return blob_id, None, len(data)
         base = self.store.delta_base(hint, blob_id)
         return blob_id, codec.encode_verified(data, self.store.level, blob_id, base), len(data)
 
-    def submit(self, data: bytes | memoryview, deliver: Deliver, hint: bytes | None = None) -> None:
+    def submit(self, data: bytes | memoryview, deliver: Deliver, blob_id: bytes | None = None,
+               hint: bytes | None = None) -> None:
         """Queue one chunk; `deliver(id, raw length, stored bytes added)` runs later, under the lock,
-        on whichever thread submits or drains then. `hint`: the chunk this one probably replaces
-        (same file, same position, previous snapshot), a candidate delta base."""
+        on whichever thread submits or drains then. `blob_id` when already known; `hint`: the chunk
+        this one probably replaces (snapshot/deltahints.py), a candidate delta base."""
         with self._lock:
             while self._in_flight and (len(self._in_flight) >= self._window
                                        or self._bytes_in_flight + len(data) > self._window_bytes):
                 self._apply_oldest()
-            self._in_flight.append((self._pool.submit(self._prepare, data, hint), deliver, len(data)))
+            self._in_flight.append((self._pool.submit(self._prepare, data, blob_id, hint), deliver, len(data)))
             self._bytes_in_flight += len(data)
 
     def _apply_oldest(self) -> None:
