@@ -1,7 +1,7 @@
 """Ways to store fewer bytes for a history of real JSON releases, measured on the same data
 (issue 17): the bytes each scheme would store after every version, and its compression CPU time.
 
-    python benchmarks/delta_compare.py [--versions 12] [--chain 8] [--markdown]
+    python benchmarks/delta_compare.py [--versions 12] [--chain 8] [--schemes a,b]
 
 Uses the pinned npm versions and the tarball cache of `realdata.py` (run that first, or this
 fetches them). Each scheme sees the versions in order, file by file, as casstore would; a blob is
@@ -11,7 +11,10 @@ stored once per distinct plaintext (BLAKE3 id). Schemes:
 - `cdc256k`, `cdc64k`: the same with 256 KiB (64 KiB / 2 MiB) and 64 KiB (16 KiB / 512 KiB) chunks.
 - `delta`:  1 MiB chunks; a new chunk of a file is compressed with the chunk at the same position
             (index) in the previous version of the same path as a zstd raw-content dictionary, when
-            that is smaller; at most `--chain` deltas in a row before a full blob.
+            that is smaller; at most `--chain` deltas in a row before a full blob. The frame is
+            what casstore writes (format/delta.py). `delta-chain2`, `delta-chain4`: bounds 2 and 4.
+- `delta-align`: as `delta`, the old and new chunk lists realigned on every unchanged chunk
+            (snapshot/deltahints.py); `delta-align-256k` the same with 256 KiB chunks.
 - `dict`:   1 MiB chunks, every chunk compressed with one 112 KiB zstd dictionary trained on the
             first version's chunks (its size counted once).
 - `group`:  1 MiB chunks; chunks under 64 KiB are grouped into zstd frames of up to 1 MiB
@@ -38,7 +41,7 @@ sys.path.insert(0, str(HERE))
 from realdata import fetch, load_pins, package_dir  # noqa: E402
 
 from casstore.chunker.fastcdc import FastCDCChunker  # noqa: E402
-from casstore.format import codec  # noqa: E402
+from casstore.format import codec, delta  # noqa: E402
 
 MiB = 1024 * 1024
 SEED = 0x5EED_CA55  # fixed: every scheme cuts at the same places
@@ -61,15 +64,9 @@ def cut(chunker: FastCDCChunker, data: bytes) -> list[bytes]:
     return [bytes(c) for c in chunker.chunks(io.BytesIO(data))] if data else [b""]
 
 
-def delta_params(base: bytes, data: bytes) -> zstandard.ZstdCompressionParameters:
-    # the window must reach back over the whole base from the end of the new chunk
-    window = min(27, max(20, (len(base) + len(data)).bit_length()))
-    return zstandard.ZstdCompressionParameters.from_level(3, window_log=window, write_content_size=True)
-
-
 def delta_size(base: bytes, data: bytes) -> int:
-    zdict = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-    return len(zstandard.ZstdCompressor(dict_data=zdict, compression_params=delta_params(base, data)).compress(data))
+    """The frame casstore writes (format/delta.py), without the envelope's tag and base id."""
+    return len(delta.encode_parts(data, 3, codec.blob_id(base), base)[1])
 
 
 class Scheme:
@@ -217,7 +214,7 @@ class Grouped(PerChunk):
 def schemes(chain: int) -> list[Scheme]:
     return [PerChunk("base", (256 * 1024, MiB, 8 * MiB)), PerChunk("cdc256k", (64 * 1024, 256 * 1024, 2 * MiB)),
             PerChunk("cdc64k", (16 * 1024, 64 * 1024, 512 * 1024)), Delta("delta", chain),
-            Delta("delta-chain2", 2), Delta("delta-align", chain, align=True),
+            Delta("delta-chain2", 2), Delta("delta-chain4", 4), Delta("delta-align", chain, align=True),
             Delta("delta-align-256k", chain, align=True, sizes=(64 * 1024, 256 * 1024, 2 * MiB)),
             Trained("dict"), Grouped("group")]
 

@@ -37,6 +37,12 @@ def _window_log(base_length: int, length: int) -> int:
     return min(27, max(20, (base_length + length).bit_length()))
 
 
+# Level 3's own tables (hash_log 17) index too little of a 1-8 MiB dictionary: on real releases a
+# 1 MiB chunk with a few edits came out at 861 KiB against its base instead of 7 KiB. Tables of
+# 2**20 entries (4 MiB each, freed after the chunk) find the runs (RESULTS.md, issue 17).
+_TABLE_LOG = 20
+
+
 def _dictionary(base: bytes | memoryview) -> zstandard.ZstdCompressionDict:
     return zstandard.ZstdCompressionDict(bytes(base), dict_type=zstandard.DICT_TYPE_RAWCONTENT)
 
@@ -44,8 +50,10 @@ def _dictionary(base: bytes | memoryview) -> zstandard.ZstdCompressionDict:
 def encode_parts(data: bytes | memoryview, level: int, base_id: bytes,
                  base: bytes | memoryview) -> tuple[bytes, bytes]:
     """(tag and base id, frame) of `data` compressed against `base`."""
+    window = _window_log(len(base), len(data))
     params = zstandard.ZstdCompressionParameters.from_level(
-        max(level, 1), window_log=_window_log(len(base), len(data)), write_content_size=True)
+        max(level, 1), window_log=window, hash_log=min(window, _TABLE_LOG), chain_log=min(window, _TABLE_LOG),
+        write_content_size=True)
     frame = zstandard.ZstdCompressor(dict_data=_dictionary(base), compression_params=params).compress(data)
     return _TAG + base_id, frame
 
