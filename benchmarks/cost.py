@@ -61,16 +61,19 @@ def files_of(root: Path) -> dict[str, os.stat_result]:
 def changed_span(old: bytes, new: bytes) -> bytes:
     """The new bytes between the first and the last byte that differ from `old`."""
     limit = min(len(old), len(new))
-    start = 0
-    step = 1 << 16
-    while start < limit and old[start:start + step] == new[start:start + step]:
-        start += step
-    while start < limit and old[start] == new[start]:
-        start += 1
-    end_new, end_old = len(new), len(old)
-    while end_new > start and end_old > start and old[end_old - 1] == new[end_new - 1]:
-        end_new, end_old = end_new - 1, end_old - 1
-    return new[start:end_new]
+    start = _common(lambda i, n: old[i:i + n] == new[i:i + n], limit)
+    tail = _common(lambda i, n: old[len(old) - i - n:len(old) - i] == new[len(new) - i - n:len(new) - i],
+                   limit - start)
+    return new[start:len(new) - tail]
+
+
+def _common(same, limit: int) -> int:
+    """How many leading units agree, found in 64 KiB steps then bytes (`same(at, n)` compares n units)."""
+    at = 0
+    for step in (1 << 16, 1):
+        while at + step <= limit and same(at, step):
+            at += step
+    return at
 
 
 def compressed_changes(source: Path, shadow: Path, before: dict[str, os.stat_result]) -> tuple[int, int]:

@@ -180,3 +180,20 @@ def test_a_delta_chain_that_loops_is_refused_not_followed_forever():
     store = BlobStore(remote, RepoConfig.new(), index, origin={})
     with pytest.raises(IntegrityError, match="delta chain longer than"):
         store.read(KIND_DATA, a)
+
+
+def test_the_http_api_serves_a_file_stored_as_deltas(tmp_path):
+    import httpx
+
+    from tests.test_api import running_server
+
+    source = tmp_path / "src"
+    settings = load_settings({"repository": str(tmp_path / "repo"), "source": str(source), "host": "testhost",
+                              "cache_dir": str(tmp_path / "cache")}, environ={}, dotenv_path=str(tmp_path / "no.env"))
+    repo = Repository.init_local(str(tmp_path / "repo"), settings, RepoConfig.new(avg_size=64 * KiB))
+    ids = _versions(repo, source, 2)
+    assert _deltas(repo)
+    repo.close()
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+        response = client.get(f"/api/cloud/backup/{ids[1]}/file", params={"path": "table.json"})
+        assert response.status_code == 200 and response.content == (source / "table.json").read_bytes()

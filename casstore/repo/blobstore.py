@@ -310,12 +310,14 @@ class BlobStore:
 
 
 class BaseCache:
-    """Plaintexts of recently used delta bases, bounded in bytes (least recently used out first).
+    """Plaintexts of recently used delta bases, bounded in bytes (least recently used out first;
+    a base over a quarter of the bound is not kept).
 
-    Consecutive versions' deltas of one file often share a chain, so a restore or a sync decodes
-    each base once instead of once per delta above it."""
+    A delta read twice, or two deltas on one base, decode that base once. Small on purpose: a
+    chain (at most `compression.delta` bases) is read base first, so each base is needed once
+    per read, and memory is the tighter bound (issue 17: peak RSS)."""
 
-    def __init__(self, limit: int = 32 * 1024 * 1024) -> None:
+    def __init__(self, limit: int = 8 * 1024 * 1024) -> None:
         self._items: OrderedDict[bytes, bytes] = OrderedDict()
         self._bytes, self._limit = 0, limit
         self._lock = threading.Lock()
