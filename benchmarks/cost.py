@@ -133,7 +133,7 @@ def estimates(local: Repository, remote, settings) -> dict:
     dry = local.sync(remote, dry_run=True)
     out["sync --dry-run"] = dry.monthly_cost_after.get(PROVIDER, {}).get("usd_per_month")
     status = service_status(local.settings, local.all_snapshots())
-    out["status"] = "shows no cost" if "cost" not in json.dumps(status, default=str) else "see status"
+    out["status"] = status.get("cost_estimate") or "shows no cost estimate"
     view = status_view(local.settings, local.all_snapshots(), local.stored_bytes(), running_job=None)
     out["dashboard (GET /api/status cost_estimate)"] = view["cost_estimate"]["providers"].get(PROVIDER, {}).get(
         "usd_per_month")
@@ -227,7 +227,8 @@ def render(results: dict) -> str:
               f"**${b['total_usd']:.4f}**.",
               f"- The seed's scheme (a full compressed copy per backup, 30 kept): {s['seed_stored'] / GB:.2f} GB, "
               f"**${s['seed_bill']['total_usd']:.4f}** a month.",
-              "- casstore's own estimates (storage only): " + "; ".join(
+              "- casstore's own estimates (`sync` prices storage and the requests of the last 30 days' syncs; "
+              "`stats` and the dashboard price storage only): " + "; ".join(
                   f"{k} " + (f"${v:.4f} ({v / b['total_usd']:.2f}× the bill)" if isinstance(v, float) else str(v))
                   for k, v in results["estimates"].items()) + ".", ""]
     return "\n".join(lines)
