@@ -16,7 +16,7 @@ import blake3
 import msgpack
 import pytest
 
-from casstore.errors import FormatError
+from casstore.errors import DowngradeError, FormatError
 from casstore.format import codec
 from casstore.format.config import RepoConfig
 from casstore.format.index import IndexObject, decode_index
@@ -90,8 +90,11 @@ def test_pack_vector_reencodes(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_pack_of_another_version_is_refused() -> None:
     pack = bytearray(_vector("pack.bin"))
-    pack[4] = 2
-    with pytest.raises(FormatError, match="unsupported pack version 2"):
+    pack[4] = 3
+    with pytest.raises(FormatError, match="unsupported pack version 3"):
+        parse_header(bytes(pack), MAX_RAW)
+    pack[4] = 2   # the encrypted pack version: under a plain config, a downgrade
+    with pytest.raises(DowngradeError, match="downgrade"):
         parse_header(bytes(pack), MAX_RAW)
 
 

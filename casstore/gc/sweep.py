@@ -85,7 +85,8 @@ def write_consolidated(ctx: GcContext, view: RepoView, deleting: set[str], extra
     if not packs:
         return None
     index = IndexObject(origin=ctx.origin(), packs=packs, supersedes=sorted(view.indexes))
-    index_id, body = index.encode()
-    decode_index(index_id, body, ctx.repo.config.max_blob_size)   # read back before it leaves (design 5.5)
+    sealer = ctx.repo.config.sealer
+    index_id, body = index.encode(sealer)
+    decode_index(index_id, body, ctx.repo.config.max_blob_size, sealer)   # read back before it leaves (design 5.5)
     ctx.put(layout.index_key(index_id), body)
     return index_id
