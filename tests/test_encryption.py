@@ -331,3 +331,26 @@ def _run_env(cwd: Path, env: dict[str, str], *args, expect: int | None = 0):
 def test_a_master_key_never_prints_its_secret():
     key = MasterKey.generate()
     assert key.secret.hex() not in repr(key) and key.secret.hex() not in repr(RepoConfig.new(keys=key))
+
+
+def test_a_remote_downgraded_to_a_plain_config_is_refused_by_readers_and_by_sync(tmp_path):
+    """The bucket's config replaced by a plain one: its key slots say otherwise (a reader with no
+    local repository), and a local encrypted repository refuses to sync to it (its own marker)."""
+    source = make_source(tmp_path / "data")
+    remote = tmp_path / "remote"
+    url = f"file://{remote}"
+    env = {"CASSTORE_REMOTE": url}
+    run("--repo", tmp_path / "repo", "init", "--encrypt", env=env)
+    run("--repo", tmp_path / "repo", "snapshot", source, env=env)
+    run("--repo", tmp_path / "repo", "sync", env=env)
+    # a second machine adopts the encrypted remote with `init --from`
+    run("--repo", tmp_path / "second", "init", "--from", url)
+    assert run("--repo", tmp_path / "second", "list", "--remote", url, "--json").stdout.count(b'"id"') == 1
+    (remote / "config").write_bytes(plain_config_bytes(tmp_path))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = run("list", "--remote", url, expect=None, cwd=elsewhere)
+    assert_one_line_error(proc, "downgrade")
+    (source / "new.txt").write_text("more")
+    run("--repo", tmp_path / "repo", "snapshot", source, env=env)
+    assert_one_line_error(run("--repo", tmp_path / "repo", "sync", env=env, expect=None), "downgrade")
