@@ -354,3 +354,18 @@ def test_a_remote_downgraded_to_a_plain_config_is_refused_by_readers_and_by_sync
     (source / "new.txt").write_text("more")
     run("--repo", tmp_path / "repo", "snapshot", source, env=env)
     assert_one_line_error(run("--repo", tmp_path / "repo", "sync", env=env, expect=None), "downgrade")
+
+
+def test_the_python_api_creates_and_opens_an_encrypted_repository(tmp_path, monkeypatch):
+    import casstore
+
+    monkeypatch.delenv("CASSTORE_PASSWORD")
+    source = make_source(tmp_path / "data")
+    with casstore.init(str(tmp_path / "repo"), encrypt=True, password=PASSWORD) as repo:
+        assert repo.config.encrypted
+        snapshot_id = repo.snapshot(str(source)).id
+    keys.forget_unlocked()
+    with pytest.raises(MissingKey, match="CASSTORE_PASSWORD"):
+        casstore.open(str(tmp_path / "repo"))
+    with casstore.open(str(tmp_path / "repo"), password=PASSWORD) as repo:
+        assert repo.get(snapshot_id).to_dict()["data_sources"]["random.bin"]

@@ -100,7 +100,7 @@ def test_two_hosts_share_an_encrypted_bucket_and_it_shows_nothing_readable(moto_
     needles["host names"] = b"hostb"
     assert_nothing_readable(objects, {k: v for k, v in needles.items() if k != "host names"})
     # host names appear only in key slots (who holds a key), never in snapshots or indexes
-    assert all(b"hostb" not in body for key, body in objects.items() if not key.split("/")[1] == "keys")
+    assert all(b"hostb" not in body for key, body in objects.items() if key.split("/")[1] != "keys")
 
 
 def test_the_http_api_and_the_scheduler_on_an_encrypted_repository(tmp_path, monkeypatch):

@@ -74,35 +74,40 @@ def list_keys(ctx: click.Context, repository: str | None, remote: str | None, as
 @repo_option
 @remote_option
 @click.option("--host", "for_host", help="Host name recorded in the new slot (default: this host).")
+@json_option
 @click.pass_context
-def add_key(ctx: click.Context, repository: str | None, remote: str | None, for_host: str | None) -> None:
+def add_key(ctx: click.Context, repository: str | None, remote: str | None, for_host: str | None,
+            as_json: bool) -> None:
     """Add a key slot with a new password (CASSTORE_NEW_PASSWORD[_FILE] or a prompt)."""
     s, store, key = _opened(ctx, repository, remote)
     slot_id = keys.add_slot(store, key, keys.password(s, new=True), for_host or keys.host_name(s))
-    click.echo(f"added key {slot_id[:8]}")
+    emit(as_json, {"added": slot_id}, lambda: click.echo(f"added key {slot_id[:8]}"))
 
 
 @key_group.command("remove")
 @click.argument("slot")
 @repo_option
 @remote_option
+@json_option
 @click.pass_context
-def remove_key(ctx: click.Context, slot: str, repository: str | None, remote: str | None) -> None:
+def remove_key(ctx: click.Context, slot: str, repository: str | None, remote: str | None, as_json: bool) -> None:
     """Remove key slot SLOT (an id prefix); never the one in use, never the last."""
     _, store, key = _opened(ctx, repository, remote)
     slot_id = keys.resolve_slot(store, slot)
     keys.remove_slot(store, slot_id, key.slot_id)
-    click.echo(f"removed key {slot_id[:8]}")
+    emit(as_json, {"removed": slot_id}, lambda: click.echo(f"removed key {slot_id[:8]}"))
 
 
 @key_group.command("passwd")
 @repo_option
 @remote_option
+@json_option
 @click.pass_context
-def change_password(ctx: click.Context, repository: str | None, remote: str | None) -> None:
+def change_password(ctx: click.Context, repository: str | None, remote: str | None, as_json: bool) -> None:
     """Change the password: a new slot for the new password, then the old slot is removed."""
     s, store, key = _opened(ctx, repository, remote)
     slot_id = keys.add_slot(store, key, keys.password(s, new=True), keys.host_name(s))
     if key.slot_id is not None:
         keys.remove_slot(store, key.slot_id, current=slot_id)
-    click.echo(f"changed password: key {slot_id[:8]} replaces {(key.slot_id or '')[:8]}")
+    emit(as_json, {"added": slot_id, "removed": key.slot_id},
+         lambda: click.echo(f"changed password: key {slot_id[:8]} replaces {(key.slot_id or '')[:8]}"))

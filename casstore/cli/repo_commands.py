@@ -22,8 +22,7 @@ from casstore.client import init_repository, open_repository
 from casstore.errors import CasstoreError, ConfigError, RepositoryExists
 from casstore.format import layout
 from casstore.format.config import DEFAULT_PACK_SIZE, RepoConfig
-from casstore.repo import keys
-from casstore.repo.open import adopt_or_share, adopted_config, remove_empty_local
+from casstore.repo.open import adopt_or_share, adopted_config, new_config, remove_empty_local
 from casstore.repo.pricing import NO_PRICE
 from casstore.snapshot.source import require_source
 
@@ -62,11 +61,8 @@ def init(ctx, repository, chunk_avg, chunk_min, chunk_max, pack_size, from_url, 
         if encrypt and not config.encrypted:
             raise ConfigError(f"{from_url} holds an unencrypted repository: drop --encrypt to share it")
     else:
-        master = keys.new_key(s, keys.host_name(s)) if encrypt else None
-        proposed = RepoConfig.new(min_size=chunk_min, avg_size=chunk_avg, max_size=chunk_max,
-                                  pack_size=pack_size or DEFAULT_PACK_SIZE,
-                                  compression_level=s.compression_level or 3, grace_seconds=s.grace_seconds,
-                                  keys=master)
+        proposed = new_config(s, encrypt=encrypt, min_size=chunk_min, avg_size=chunk_avg, max_size=chunk_max,
+                              pack_size=pack_size or DEFAULT_PACK_SIZE)
         config = adopt_or_share(s, proposed if chosen or encrypt else None) if s.remote else proposed
     repo = init_repository(s, config)
     payload = {"repository": repo.location, "id": config.id, "encrypted": config.encrypted,

@@ -117,7 +117,11 @@ class RepoConfig:
     def encode_verified(self) -> bytes:
         """The encoding, decoded back before it leaves the process (design 5.5)."""
         body = self.encode()
-        if RepoConfig.decode(body, self.keys) != self:
+        try:
+            back = RepoConfig.decode(body, self.keys)
+        except FormatError as exc:
+            raise IntegrityError(f"internal error: the repository config does not decode: {exc}") from exc
+        if back != self:
             raise IntegrityError("internal error: the repository config does not decode to what was encoded")
         return body
 

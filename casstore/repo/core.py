@@ -117,8 +117,10 @@ class RepoCore:
 
     @classmethod
     def open_remote(cls, remote: Remote, settings: Settings | None = None) -> Self:
+        """The repository at `remote` as it is: its key slots are not listed for a downgrade check
+        (repo/open.py `open_as` does that when no local repository is the marker)."""
         settings = settings or load_settings()
-        return cls(remote, read_config(remote, settings), settings)
+        return cls(remote, read_config(remote, settings, downgrade_check=False), settings)
 
     @property
     def location(self) -> str:

@@ -17,6 +17,7 @@ from casstore.format.config import RepoConfig
 from casstore.remotes import open_remote
 from casstore.remotes.base import Remote
 from casstore.remotes.wrappers import RetryingRemote
+from casstore.repo import keys
 from casstore.repo.core import RepoCore, create_config, read_config
 from casstore.settings import Settings, load_settings
 
@@ -57,6 +58,14 @@ def connect(target: str | Remote, settings: Settings) -> Remote:
     """A remote by URL (or as given), with transient failures retried."""
     remote = target if isinstance(target, Remote) else open_remote(target, **settings.remote_options())
     return RetryingRemote(remote, deadline=settings.request_deadline)
+
+
+def new_config(settings: Settings, *, encrypt: bool = False, **sizes: Any) -> RepoConfig:
+    """A new repository's config from the settings (chunk and pack sizes given as `sizes`); with
+    `encrypt`, under a new master key with one key slot for the settings' password."""
+    master = keys.new_key(settings, keys.host_name(settings)) if encrypt else None
+    return RepoConfig.new(compression_level=settings.compression_level or 3, grace_seconds=settings.grace_seconds,
+                          keys=master, **sizes)
 
 
 def fresh_copy(config: RepoConfig) -> RepoConfig:
