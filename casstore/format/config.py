@@ -172,6 +172,11 @@ def encryption_domain(body: bytes) -> str | None:
         encryption = doc.get("encryption") if isinstance(doc, dict) else None
     except (ValueError, msgpack.UnpackException) as exc:
         raise FormatError(f"corrupt repository config: {exc}") from exc
+    return _domain_of(encryption)
+
+
+def _domain_of(encryption: object) -> str | None:
+    """The domain an `encryption` field names (None: plain), refusing an unknown scheme."""
     if encryption is None:
         return None
     if not isinstance(encryption, dict) or encryption.get("scheme") != SCHEME:
@@ -186,7 +191,7 @@ def encryption_domain(body: bytes) -> str | None:
 def _unsealed_fields(doc: dict[str, Any], keys: MasterKey | None) -> dict[str, Any]:
     """An encrypted config's fields: the public ones and the opened secret part."""
     encryption = doc["encryption"]
-    domain = encryption_domain(msgpack.packb({"encryption": encryption}))
+    domain = _domain_of(encryption)
     if keys is None:
         raise MissingKey("this repository is encrypted: its key is needed to read its config")
     if keys.domain.hex() != domain:
