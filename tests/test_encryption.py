@@ -118,7 +118,9 @@ def test_encrypted_repository_snapshots_dedups_checks_restores_and_reads_as_dict
         repo.restore(first.id, str(tmp_path / "out"))
         assert file_contents(tmp_path / "out") == file_contents(source)
         config = repo.config
-    assert_nothing_readable(stored_objects(tmp_path / "repo"), needles_of(source, config))
+    cache = stored_objects(tmp_path / "cache")
+    assert any("/files-" in key for key in cache), "the files cache was written"
+    assert_nothing_readable({**stored_objects(tmp_path / "repo"), **cache}, needles_of(source, config))
 
 
 def test_blob_ids_are_keyed_and_the_chunker_is_seeded_from_the_key(tmp_path):

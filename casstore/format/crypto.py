@@ -54,7 +54,7 @@ KIND_INDEX = 4
 KIND_SNAPSHOT = 5
 KIND_PLAN = 6
 KIND_CONFIG = 7
-KIND_KEY_SLOT = 8
+KIND_FILES_CACHE = 9          # the local files cache (snapshot/filescache.py), not a stored object
 
 _CONTEXT = "casstore 2026-12 "   # BLAKE3 derive_key contexts: application, date, purpose
 
