@@ -371,3 +371,18 @@ def test_the_python_api_creates_and_opens_an_encrypted_repository(tmp_path, monk
         casstore.open(str(tmp_path / "repo"))
     with casstore.open(str(tmp_path / "repo"), password=PASSWORD) as repo:
         assert repo.get(snapshot_id).to_dict()["data_sources"]["random.bin"]
+
+
+def test_two_data_packs_swapped_under_each_others_names_restore_nothing_wrong(snapshotted, tmp_path):
+    repo_dir, snapshot_id, _ = snapshotted
+    first, second = data_packs(repo_dir)
+    a, b = first.read_bytes(), second.read_bytes()
+    first.write_bytes(b)
+    second.write_bytes(a)
+    out = tmp_path / "out"
+    proc = run("--repo", repo_dir, "restore", snapshot_id, out, expect=None, env={"CASSTORE_READ_ATTEMPTS": "1"})
+    assert proc.returncode != 0
+    source = file_contents(repo_dir.parent / "data")
+    for name, data in file_contents(out).items():
+        assert data == source[name], f"{name} restored with other bytes"
+    assert run("--repo", repo_dir, "check", "--read-data", "--json", expect=None).returncode != 0
