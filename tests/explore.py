@@ -36,6 +36,7 @@ from casstore.remotes.local import LocalRemote
 from casstore.remotes.memory import MemoryRemote
 from casstore.remotes.wrappers import RemoteWrapper
 from casstore.settings import Settings, load_settings
+from casstore.sync import transfer
 from casstore.sync.transfer import sync_to_remote
 from tests.sync_helpers import tree_digest
 
@@ -45,6 +46,8 @@ T0 = 1_800_000_000.0
 ADVANCES = (0.0, 0.0, 0.0, GRACE / 4 + 1, GRACE / 2 + 1, GRACE + 1, 2 * GRACE + 1)
 #: a writer that is merely slow: two minutes, far inside the repository's grace period
 SLOW = (0.0, 0.0, 121.0)
+#: a window of seconds, not a suspension: the storage clock moves by a minute at most
+SHORT = (0.0, 0.0, 60.0)
 STEP_TIMEOUT = 60.0
 
 
@@ -72,6 +75,20 @@ class ClockedRemote(RemoteWrapper):
         stamp = self.clock()
         os.utime(self.local._path(key), (stamp, stamp))
         return self.local.stat(key)
+
+
+class ListedOnUse(RemoteWrapper):
+    """In place of `casstore.sync.ahead.ListingsAhead` while a schedule runs: each listing a sync
+    sends ahead is answered when the sync uses it. Sent together, those listings may be answered in
+    any order and arbitrarily late (a retried request, a stalled connection); this is the order in
+    which the sync reads them, with a pause point between them, so a whole gc can run in between.
+    (Threads the scheduler does not park would otherwise answer them all before the first pause.)"""
+
+    def __init__(self, inner: Remote, prefixes: object = ()) -> None:
+        super().__init__(inner)
+
+    def settle(self) -> None:
+        pass
 
 
 # -- choosing --------------------------------------------------------------------------------
@@ -187,6 +204,7 @@ class Scheduler:
 
     def run(self) -> list[str]:
         testhooks.set_pause_hook(self._park)
+        listings_ahead, transfer.ListingsAhead = transfer.ListingsAhead, ListedOnUse   # type: ignore[misc]
         try:
             for actor in self.actors:
                 actor.thread = threading.Thread(target=self._run_actor, args=(actor,), daemon=True,
@@ -206,6 +224,7 @@ class Scheduler:
                     actor.thread.join()
         finally:
             testhooks.set_pause_hook(None)
+            transfer.ListingsAhead = listings_ahead   # type: ignore[misc]
         return self.trace
 
 
@@ -319,7 +338,32 @@ def remote_snapshot_actor(world: World, source: Path) -> Callable[[Callable[[], 
     return body
 
 
-SCENARIOS = ("writers", "grace", "remote-snapshot", "all")
+SCENARIOS = ("writers", "grace", "remote-snapshot", "unchanged", "all")
+
+
+def setup_of(scenario: str) -> str:
+    """Which prepared state a scenario starts from (see `prepare`, `prepare_due_plan`)."""
+    return "due-plan" if scenario == "unchanged" else "main"
+
+
+def prepare_due_plan(world: World) -> dict[str, dict[str, dict]]:
+    """Host c's state for the unchanged-sync window: its first snapshot was synced and forgotten on
+    the remote, and a gc plan condemning its packs is already due; its second snapshot is of the
+    same folder, unchanged (a new manifest, no new blob: every blob it needs is condemned)."""
+    config = tiny_config()
+    remote_setup = Repository.init_remote(world.remote, settings_for(world.root, "init", GRACE), config)
+    host = make_host(world.root, "c", config, [4])
+    sync_to_remote(host.repo, world.remote, clock=lambda: world.clock.now - T0)
+    for snapshot_id in remote_setup.snapshot_ids():
+        world.remote.delete(f"snapshots/{snapshot_id}")
+    world.clock.now += GRACE + 1
+    report = collect_garbage(remote_setup, clock=lambda: world.clock.now - T0, local_clock=world.clock)
+    assert report.plan, "the preparation's gc condemned nothing"
+    world.clock.now += GRACE + 1
+    result = host.repo.snapshot(str(world.root / "src-c"))
+    host.expected[result.id] = tree_digest(world.root / "src-c")
+    host.repo.close()
+    return {host.name: host.expected}
 
 
 def prepare(world: World) -> dict[str, dict[str, dict]]:
@@ -327,12 +371,16 @@ def prepare(world: World) -> dict[str, dict[str, dict]]:
 
     Host a's first snapshot is on the remote and forgotten there: dead data a's second snapshot
     (not synced yet) relies on. Host b has one snapshot sharing a file with a's; host r's folder
-    is ready for a snapshot taken straight into the remote.
+    is ready for a snapshot taken straight into the remote. Host c's first snapshot is on the
+    remote and forgotten there too, and its second is of the same folder, unchanged: a new
+    manifest and no new blob, all of them dead data on the remote (the daily sync's shortcut).
     """
     config = tiny_config()
     remote_setup = Repository.init_remote(world.remote, settings_for(world.root, "init", GRACE), config)
-    hosts = [make_host(world.root, "a", config, [1]), make_host(world.root, "b", config, [2])]
-    sync_to_remote(hosts[0].repo, world.remote, clock=lambda: world.clock.now - T0)
+    hosts = [make_host(world.root, "a", config, [1]), make_host(world.root, "b", config, [2]),
+             make_host(world.root, "c", config, [4])]
+    for synced in (hosts[0], hosts[2]):
+        sync_to_remote(synced.repo, world.remote, clock=lambda: world.clock.now - T0)
     for snapshot_id in remote_setup.snapshot_ids():
         world.remote.delete(f"snapshots/{snapshot_id}")
     world.clock.now += GRACE / 2
@@ -340,6 +388,8 @@ def prepare(world: World) -> dict[str, dict[str, dict]]:
     (source_a / "own-0.bin").write_bytes(random.Random(11).randbytes(2500))
     result = hosts[0].repo.snapshot(str(source_a))
     hosts[0].expected[result.id] = tree_digest(source_a)
+    result = hosts[2].repo.snapshot(str(world.root / "src-c"))
+    hosts[2].expected[result.id] = tree_digest(world.root / "src-c")
     write_source(world.root / "src-r", 3)
     for host in hosts:
         host.repo.close()
@@ -354,17 +404,21 @@ def build(world: World, scenario: str, scheduler: Scheduler, expected: dict[str,
     - grace: as writers, but the gc host's own setting says a grace of one minute, and every
       pause lasts at most two minutes (a slow writer, not a suspended one);
     - remote-snapshot: a snapshot taken straight into the remote while gc runs;
+    - unchanged: from `prepare_due_plan`, host c's sync of an unchanged folder, all of whose blobs
+      a due plan condemns, while gc runs twice; the clock moves by a minute at most (the window
+      between a sync's first listings is seconds long);
     - all: every actor above at once, plus a second gc host whose own setting says one minute.
     """
     hosts = [Host(name, Repository.open_local(str(world.root / f"repo-{name}"), settings_for(world.root, name, GRACE)),
                   dict(digests)) for name, digests in sorted(expected.items())]
     gc_grace = GRACE / 60 if scenario == "grace" else GRACE
-    if scenario in ("writers", "grace", "all"):
-        for host in hosts:
+    writers = {"writers": "ab", "grace": "ab", "unchanged": "c", "all": "abc"}.get(scenario, "")
+    for host in hosts:
+        if host.name in writers:
             scheduler.add(host.name, sync_actor(world, host))
     if scenario in ("remote-snapshot", "all"):
         scheduler.add("r", remote_snapshot_actor(world, world.root / "src-r"))
-    scheduler.add("gc", gc_actor(world, 3, gc_grace))
+    scheduler.add("gc", gc_actor(world, 2 if scenario == "unchanged" else 3, gc_grace))
     if scenario == "all":   # a second gc host, whose own setting says one minute
         scheduler.add("gc2", gc_actor(world, 2, GRACE / 60, host="gc2-host"))
     return hosts
@@ -394,23 +448,23 @@ def _cleanup() -> None:
     shutil.rmtree(_base(), ignore_errors=True)
 
 
-def fresh_world(kind: str) -> tuple[World, dict[str, dict[str, dict]]]:
+def fresh_world(kind: str, setup: str = "main") -> tuple[World, dict[str, dict[str, dict]]]:
     """A world in the prepared state, always at the same path (so every absolute path in the
     local repositories' records, and a file:// remote's URL, stays the same)."""
-    run = _base() / f"run-{kind}"
+    run = _base() / f"run-{setup}-{kind}"
     shutil.rmtree(run, ignore_errors=True)
-    template = _TEMPLATES.get(kind)
+    template = _TEMPLATES.get(f"{setup}-{kind}")
     if template is None:
         import atexit
 
         atexit.register(_cleanup)
         world = new_world(run, kind)
-        expected = prepare(world)
+        expected = prepare_due_plan(world) if setup == "due-plan" else prepare(world)
         objects = dict(world.remote._objects) if isinstance(world.remote, MemoryRemote) else None
-        template = Template(_base() / f"template-{kind}", world.clock.now, expected, objects)
+        template = Template(_base() / f"template-{setup}-{kind}", world.clock.now, expected, objects)
         shutil.rmtree(template.path, ignore_errors=True)
         shutil.copytree(run, template.path, symlinks=True)
-        _TEMPLATES[kind] = template
+        _TEMPLATES[f"{setup}-{kind}"] = template
         shutil.rmtree(run, ignore_errors=True)
     shutil.copytree(template.path, run, symlinks=True)
     world = new_world(run, kind)
@@ -431,8 +485,9 @@ class Verdict:
 
 
 def run_schedule(scenario: str, kind: str, chooser: Chooser) -> Verdict:
-    world, expected = fresh_world(kind)
-    scheduler = Scheduler(world.clock, chooser, SLOW if scenario == "grace" else ADVANCES)
+    world, expected = fresh_world(kind, setup_of(scenario))
+    advances = {"grace": SLOW, "unchanged": SHORT}.get(scenario, ADVANCES)
+    scheduler = Scheduler(world.clock, chooser, advances)
     hosts = build(world, scenario, scheduler, expected)
     try:
         trace = scheduler.run()

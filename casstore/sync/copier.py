@@ -71,6 +71,7 @@ class Copier:
         since, self.listed_since = self.listed_since, None
         self.load_clock = self.clock() if since is None else since
         self.dst.load_index()
+        pause_point("between-listings")
         if self.protocol:
             self.known_plans = self.dst.load_plans()
         self.relied_indexes = set(self.dst.index.index_packs)
