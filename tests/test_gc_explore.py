@@ -67,13 +67,29 @@ def _stat_only_confirmation(self, packs: set[str]) -> set[str]:
     return {p for p in packs if not self.dst.remote.exists(f"data/{p[:2]}/{p}")} if self.protocol else set()
 
 
+def _index_before_plans(self) -> None:
+    """The window's cause (issue 11 (d)): `index/` listed before `gc/`, so a whole sweep can run
+    between the two listings (the pause point between them lets the exploration put it there)."""
+    from casstore.sync.copier import pause_point
+
+    since, self.listed_since = self.listed_since, None
+    self.load_clock = self.clock() if since is None else since
+    self.dst.load_index()
+    pause_point("between-listings")
+    if self.protocol:
+        self.known_plans = self.dst.load_plans()
+    self.relied_indexes = set(self.dst.index.index_packs)
+    self.fresh_load = True
+
+
 def _per_host_grace(repo, requested, exclusive) -> float:
     """Hole 2's cause: the grace of whoever runs gc."""
     return repo.settings.grace_seconds if requested is None else requested
 
 
-@pytest.mark.parametrize("hole, scenario", [(1, "writers"), (2, "grace"), (3, "remote-snapshot")])
+@pytest.mark.parametrize("hole, scenario", [(1, "writers"), (2, "grace"), (3, "remote-snapshot"), (4, "unchanged")])
 def test_the_exploration_finds_each_hole_with_its_fix_taken_out(hole, scenario, monkeypatch):
+    """Hole 4 is issue 11's window (d): an unchanged sync listing `index/` before `gc/`."""
     from casstore.gc import run as gc_run
     from casstore.snapshot import builder
     from casstore.sync import copier
@@ -82,6 +98,8 @@ def test_the_exploration_finds_each_hole_with_its_fix_taken_out(hole, scenario, 
         monkeypatch.setattr(copier.Copier, "gone", _stat_only_confirmation)
     elif hole == 2:
         monkeypatch.setattr(gc_run, "effective_grace", _per_host_grace)
+    elif hole == 4:
+        monkeypatch.setattr(copier.Copier, "load_destination", _index_before_plans)
     else:
         monkeypatch.setattr(builder, "refuse_remote", lambda repo: None)
     found = explore_random(scenario, "memory", range(400), budget=float("inf"), stop_at_first=True)
