@@ -12,6 +12,12 @@ random one, or an enumerating one that walks every choice sequence up to a depth
 A schedule's verdict is the invariants of design 5 and 9 checked afterwards: every snapshot on
 the remote restores byte-identical to the folder it was taken of, `check --read-data` is clean,
 and gc runs again without aborting (then the snapshots still restore).
+
+**Cost.** That full check costs more than the schedule itself, so every schedule gets the cheap
+one (every blob each snapshot reaches has a location, in an index listed now, in a pack listed
+now: what every hole found so far broke), before and after gc runs again; the full restore and
+`check --read-data` run on every FULL_EVERY-th seed (CASSTORE_EXPLORE_FULL_EVERY, default 8; 1 =
+all), and on any schedule replayed by seed.
 """
 
 from __future__ import annotations
@@ -29,7 +35,10 @@ from pathlib import Path
 from casstore import _testing as testhooks
 from casstore.client import Repository
 from casstore.errors import CasstoreError, ConfigError
+from casstore.format import layout
 from casstore.format.config import RepoConfig
+from casstore.format.pack import KIND_TREE
+from casstore.format.walk import add_reachable
 from casstore.gc.run import GcAborted, LeaseHeld, LeaseLost, collect_garbage
 from casstore.remotes.base import ObjectInfo, Remote
 from casstore.remotes.local import LocalRemote
@@ -49,6 +58,8 @@ SLOW = (0.0, 0.0, 121.0)
 #: a window of seconds, not a suspension: the storage clock moves by a minute at most
 SHORT = (0.0, 0.0, 60.0)
 STEP_TIMEOUT = 60.0
+#: the full restore + check --read-data on every FULL_EVERY-th seed; the cheap invariant on all
+FULL_EVERY = int(os.environ.get("CASSTORE_EXPLORE_FULL_EVERY", "8"))
 
 
 class Hang(AssertionError):
@@ -484,7 +495,7 @@ class Verdict:
     problems: list[str]
 
 
-def run_schedule(scenario: str, kind: str, chooser: Chooser) -> Verdict:
+def run_schedule(scenario: str, kind: str, chooser: Chooser, full: bool = True) -> Verdict:
     world, expected = fresh_world(kind, setup_of(scenario))
     advances = {"grace": SLOW, "unchanged": SHORT}.get(scenario, ADVANCES)
     scheduler = Scheduler(world.clock, chooser, advances)
@@ -499,7 +510,7 @@ def run_schedule(scenario: str, kind: str, chooser: Chooser) -> Verdict:
             host.repo.close()
     for host in hosts:
         world.expected.update(host.expected)
-    problems += check_invariants(world)
+    problems += check_invariants(world, full)
     return Verdict(not problems, trace, problems)
 
 
@@ -528,10 +539,11 @@ def _tolerated(error: BaseException) -> bool:
         "SessionExpired", "LeaseHeld", "LeaseLost")
 
 
-def check_invariants(world: World) -> list[str]:
-    """Every snapshot restores byte-identical, check --read-data is clean, gc runs again cleanly."""
+def check_invariants(world: World, full: bool = True) -> list[str]:
+    """Every snapshot's blobs are stored (and, `full`, it restores byte-identical and check
+    --read-data is clean); then gc runs again cleanly, three times, and the same holds."""
     repo = remote_repo(world.remote, world.root, "checker")
-    problems = _restorable(repo, world)
+    problems = _stored(repo) + (_restorable(repo, world) if full else [])
     if problems:
         return problems
     try:
@@ -540,7 +552,27 @@ def check_invariants(world: World) -> list[str]:
             collect_garbage(repo, clock=lambda: world.clock.now, local_clock=world.clock)
     except CasstoreError as exc:
         return [f"gc cannot run again: {type(exc).__name__}: {exc}"]
-    return _restorable(repo, world)
+    return _stored(repo) + (_restorable(repo, world) if full else [])
+
+
+def _stored(repo: Repository) -> list[str]:
+    """The cheap invariant: every blob a snapshot reaches (its trees and chunks) has a location, in
+    an index listed now (withdrawn ones aside), in a pack listed now."""
+    repo.load_index()
+    packs = {layout.name_of(info.key) for info in repo.remote.list(layout.DATA_PREFIX)}
+    problems = []
+    for snapshot_id in repo.snapshot_ids():
+        reached: dict[tuple[int, bytes], None] = {}
+        try:
+            add_reachable(lambda i: repo.read_blob(KIND_TREE, i), repo.manifest(snapshot_id).tree, reached)
+        except CasstoreError as exc:
+            problems.append(f"snapshot {snapshot_id[:12]}: a tree cannot be read: {exc}")
+            continue
+        lost = [key for key in reached if not any(loc.pack_id in packs for loc in repo.index.locations(*key))]
+        if lost:
+            problems.append(f"snapshot {snapshot_id[:12]}: {len(lost)} blob(s) in no stored pack an index "
+                            f"names, e.g. {lost[0][1].hex()[:16]}")
+    return problems
 
 
 def _restorable(repo: Repository, world: World) -> list[str]:
@@ -573,22 +605,83 @@ class Exploration:
     schedules: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, Verdict]] = field(default_factory=list)   # (seed or path, verdict)
+    traces: set[int] = field(default_factory=set)   # distinct schedules (hashes of their traces)
+    full: int = 0                                   # how many got the full restore + check --read-data
+
+    def add(self, other: Exploration) -> None:
+        self.schedules += other.schedules
+        self.failures += other.failures
+        self.traces |= other.traces
+        self.full += other.full
 
 
 def explore_random(scenario: str, kind: str, seeds: Iterator[int] | range, budget: float,
-                   stop_at_first: bool = False) -> Exploration:
-    """Run seeded random schedules until `seeds` or the time budget (seconds) is used up."""
+                   stop_at_first: bool = False, full_every: int = FULL_EVERY, workers: int = 1) -> Exploration:
+    """Run seeded random schedules until `seeds` or the time budget (seconds) is used up; with
+    `workers` > 1, in that many processes (each builds its own prepared state once)."""
+    if workers > 1 and not stop_at_first:
+        return _explore_in_processes(scenario, kind, list(seeds), budget, full_every, workers)
     found = Exploration(scenario, kind)
     started = time.monotonic()
     for seed in seeds:
         if time.monotonic() - started > budget:
             break
-        verdict = run_schedule(scenario, kind, RandomChooser(seed))
+        full = seed % full_every == 0
+        verdict = run_schedule(scenario, kind, RandomChooser(seed), full=full)
         found.schedules += 1
+        found.full += full
+        found.traces.add(trace_id(verdict.trace))
         if not verdict.ok:
             found.failures.append((f"seed {seed}", verdict))
             if stop_at_first:
                 break
+    found.seconds = time.monotonic() - started
+    return found
+
+
+def trace_id(trace: list[str]) -> int:
+    """The same in every process (str hashes are salted per process)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b("|".join(trace).encode(), digest_size=8).digest(), "big")
+
+
+_POOL: object = None   # concurrent.futures.ProcessPoolExecutor, made on first use and kept
+
+
+def _pool(workers: int):   # -> ProcessPoolExecutor
+    """Worker processes, kept for the whole run: each builds its prepared states once."""
+    global _POOL
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    if _POOL is None or _POOL._max_workers != workers:   # type: ignore[attr-defined]
+        if _POOL is not None:
+            _POOL.shutdown()   # type: ignore[attr-defined]
+        # spawned, not forked: a fork would copy whatever threads the parent has mid-call
+        _POOL = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_quiet)
+        import atexit
+
+        atexit.register(_POOL.shutdown)   # type: ignore[attr-defined]
+    return _POOL
+
+
+def _quiet() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.ERROR)   # writers warn at each repair: thousands of schedules
+    logging.getLogger().setLevel(logging.ERROR)
+
+
+def _explore_in_processes(scenario: str, kind: str, seeds: list[int], budget: float, full_every: int,
+                          workers: int) -> Exploration:
+    started = time.monotonic()
+    found = Exploration(scenario, kind)
+    shares = [seeds[i::workers] for i in range(workers)]
+    futures = [_pool(workers).submit(explore_random, scenario, kind, share, budget, False, full_every)  # type: ignore[attr-defined]
+               for share in shares if share]
+    for future in futures:
+        found.add(future.result())
     found.seconds = time.monotonic() - started
     return found
 
@@ -601,14 +694,24 @@ def explore_all(scenario: str, kind: str, depth: int, budget: float) -> Explorat
     while time.monotonic() - started <= budget:
         chooser.start()
         path = list(chooser.prefix)
-        verdict = run_schedule(scenario, kind, chooser)
+        full = found.schedules % FULL_EVERY == 0
+        verdict = run_schedule(scenario, kind, chooser, full=full)
         found.schedules += 1
+        found.full += full
+        found.traces.add(trace_id(verdict.trace))
         if not verdict.ok:
             found.failures.append((f"path {path}", verdict))
         if not chooser.advance():
             break
     found.seconds = time.monotonic() - started
     return found
+
+
+def summary(found: Exploration) -> str:
+    rate = found.schedules / found.seconds if found.seconds else 0.0
+    return (f"explored {found.schedules} schedules ({len(found.traces)} distinct, {found.full} with the full "
+            f"restore + check --read-data) of '{found.scenario}' on {found.kind} in {found.seconds:.1f} s "
+            f"({rate:.1f}/s)")
 
 
 def replay(scenario: str, kind: str, seed: int) -> Verdict:
@@ -624,14 +727,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("kind", choices=("memory", "file"))
     parser.add_argument("--seed", type=int)
     parser.add_argument("--schedules", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=1, help="processes to explore in")
     args = parser.parse_args(argv)
     import logging
 
     logging.basicConfig(level=logging.ERROR)
     seeds = range(args.seed, args.seed + 1) if args.seed is not None else range(args.schedules)
-    found = explore_random(args.scenario, args.kind, seeds, budget=float("inf"))
-    print(f"explored {found.schedules} schedules of '{args.scenario}' on {args.kind} in {found.seconds:.1f} s, "
-          f"{len(found.failures)} failing")
+    found = explore_random(args.scenario, args.kind, seeds, budget=float("inf"),
+                           full_every=1 if args.seed is not None else FULL_EVERY, workers=args.workers)
+    print(f"{summary(found)}, {len(found.failures)} failing")
     for where, verdict in found.failures:
         print(f"{where}: {'; '.join(verdict.problems)}\n  schedule: {' '.join(verdict.trace)}")
     return 1 if found.failures else 0
