@@ -51,6 +51,7 @@ def _quiet_writers(caplog):
 
 @pytest.mark.parametrize("kind", ["memory", "file"])
 @pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.timeout(0 if SLOW else 120)   # the big run takes its time (CASSTORE_EXPLORE_SECONDS)
 def test_every_explored_schedule_keeps_every_snapshot_restorable(scenario, kind):
     if SLOW:
         found = _slow(scenario, kind)
