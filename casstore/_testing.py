@@ -4,7 +4,7 @@ a hook is reached (unset in normal use, when each hook costs a dictionary lookup
 - `CASSTORE_TEST_PAUSE_AT=<name>`: `pause_point(name)` stops the process (SIGSTOP) when it
   reaches that point, after writing the name to `CASSTORE_TEST_PAUSE_FILE` (if set) so the test
   knows it got there; the test resumes it with SIGCONT. Points: sync/copier.py (after-pack-upload,
-  before-index-put, after-recheck, after-snapshot-put), gc/sweep.py (sweep-after-list,
+  between-listings, before-index-put, after-recheck, after-snapshot-put), gc/sweep.py (sweep-after-list,
   sweep-before-packs, sweep-before-plans), gc/mark.py (mark-before-plan) and snapshot/builder.py
   (snapshot-before-index, snapshot-before-commit).
 - `set_pause_hook(fn)` routes every pause point to `fn(name)` instead, in this process: the

@@ -302,6 +302,8 @@ class _BlobTable:
             return
         self._settle_all()
         for b, run in enumerate(self._runs):
+            if not run:   # most of the 16,384 buckets are empty in a small index: skip them cheaply
+                continue
             left = [rec for rec in (run[i:i + _SIZE] for i in range(0, len(run), _SIZE))
                     if _RECORD.unpack(rec)[1] & 0xFFFFFF not in numbers]
             if len(left) * _SIZE != len(run):
@@ -354,6 +356,8 @@ class _BlobTable:
             self._settle_all()
             runs, wide = list(self._runs), {key: list(locs) for key, locs in self._wide.items()}
         for b, run in enumerate(runs):
+            if not run:
+                continue
             first = _KIND_BYTE[b >> (_BUCKET_BITS - 8)]
             i, n = 0, len(run) // _SIZE
             while i < n:

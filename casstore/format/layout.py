@@ -7,6 +7,9 @@
     gc/<utc stamp>-<random>     gc plans (format/plan.py)
     gc/lease                    the gc lease (gc/lease.py)
     keys/<slot id>              key slots of an encrypted repository (format/crypto.py)
+    clock                       written by gc to read the storage's clock (its last-modified) when a
+                                lease is already there (gc/lease.py); outside every listed prefix,
+                                so no listing sees it (an older casstore would read gc/<x> as a plan)
 
 A local repository is a directory holding these keys as files (remotes/local.py), so it exists
 when `config` exists in it. The local object cache (repo/objectcache.py) names its folders after
@@ -25,6 +28,7 @@ SNAPSHOTS_PREFIX = "snapshots/"
 GC_PREFIX = "gc/"
 LEASE_KEY = "gc/lease"
 KEYS_PREFIX = "keys/"
+CLOCK_KEY = "clock"
 
 #: the flat folders by name, for key() and the local object cache's folder names
 INDEX = INDEX_PREFIX.rstrip("/")

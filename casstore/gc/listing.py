@@ -65,8 +65,8 @@ class RepoView:
 
 def delete_retracted(ctx: GcContext, view: RepoView) -> None:
     """Delete indexes their writers withdrew, before anything that could delete the withdrawing index."""
-    for index_id, info in sorted(view.retracted.items()):
-        ctx.delete(layout.index_key(index_id), info.size, "indexes_deleted")
+    ctx.delete_all([(layout.index_key(i), info.size) for i, info in sorted(view.retracted.items())],
+                   "indexes_deleted")
 
 
 def load_view(ctx: GcContext, *, walk: bool = True) -> RepoView:
