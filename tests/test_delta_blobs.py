@@ -155,12 +155,12 @@ def test_a_delta_decodes_only_with_its_own_base():
     base = json.dumps([{"k": i, "v": i * 3} for i in range(3000)]).encode()
     data = base.replace(b'"v": 300,', b'"v": 301,')
     base_id, data_id = codec.blob_id(base), codec.blob_id(data)
-    tag, frame = codec.encode_verified(data, 3, data_id, (base_id, base))
+    tag, frame = codec.encode_verified(data, 3, data_id, base=(base_id, base))
     envelope = tag + frame
     assert delta.base_of(envelope) == base_id and len(envelope) < len(codec.encode(data, 3)) / 4
-    assert codec.decode_verified(envelope, len(data), data_id, base) == data
+    assert codec.decode_verified(envelope, len(data), data_id, base=base) == data
     with pytest.raises(IntegrityError):
-        codec.decode_verified(envelope, len(data), data_id, base[:-1] + b"]]")
+        codec.decode_verified(envelope, len(data), data_id, base=base[:-1] + b"]]")
     with pytest.raises(Exception, match="without its base"):
         codec.decode(envelope, len(data))
 

@@ -69,7 +69,7 @@ def _copy_pack(ctx: GcContext, store: BlobStore, pack_id: str, blobs: list[tuple
         for (kind, blob_id), loc in sorted(blobs, key=lambda item: item[1].offset):
             encoded = data[loc.offset:loc.offset + loc.length]
             base = None if loc.base is None else bases.base_plaintext(loc.base)
-            codec.decode_verified(encoded, loc.raw_length, blob_id, base)
+            codec.decode_verified(encoded, loc.raw_length, blob_id, ctx.repo.config.sealer, kind, base=base)
             store.add_encoded(kind, blob_id, encoded, loc.raw_length)
     except CasstoreError as exc:
         raise GcAborted(f"gc stopped: pack {pack_id[:16]} cannot be repacked ({exc}); run `casstore check`") from exc

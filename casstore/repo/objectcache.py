@@ -325,6 +325,8 @@ def entry_problem(entry: CacheEntry) -> str | None:
             parsed = parse_blob_name(entry.name)
             if parsed is None:
                 return "not a name this version writes"
+            if codec.is_sealed(body):
+                return None   # an encrypted repository's blob: verified with its key on every use
             if delta.base_of(body) is not None:
                 # a delta decodes only with its base, which the cache may not hold: its frame is
                 # checked here, its plaintext against its id on every read (as every cached blob)

@@ -39,16 +39,18 @@ class ChunkPipeline:
         self._delta_pool = ThreadPoolExecutor(1, thread_name_prefix="casstore-delta")
 
     def _prepare(self, data: bytes | memoryview, blob_id: bytes | None, hint: bytes | None) -> Prepared:
-        blob_id = blob_id or codec.blob_id(data)
+        blob_id = blob_id or codec.blob_id(data, self.store.sealer)
         if self.store.has(KIND_DATA, blob_id):
             return blob_id, None, len(data)
         if hint is None:
-            return blob_id, codec.encode_verified(data, self.store.level, blob_id), len(data)
+            return blob_id, codec.encode_verified(data, self.store.level, blob_id, self.store.sealer, KIND_DATA), \
+                len(data)
         return self._delta_pool.submit(self._prepare_delta, data, blob_id, hint).result()
 
     def _prepare_delta(self, data: bytes | memoryview, blob_id: bytes, hint: bytes) -> Prepared:
         base = self.store.delta_base(hint, blob_id)
-        return blob_id, codec.encode_verified(data, self.store.level, blob_id, base), len(data)
+        return blob_id, codec.encode_verified(data, self.store.level, blob_id, self.store.sealer, KIND_DATA,
+                                              base=base), len(data)
 
     def submit(self, data: bytes | memoryview, deliver: Deliver, blob_id: bytes | None = None,
                hint: bytes | None = None) -> None:
