@@ -41,8 +41,9 @@ sys.path.insert(0, str(HERE))
 from run import Borg, Casstore, Restic, compare_trees, run_measured, tool_available  # noqa: E402
 
 TOOLS = ("casstore", "restic", "borg")
-WORDS = ("alpha beta gamma delta market signal model agent price volume trend score update status risk "
-         "asset report alert index learning data source feature weight vector token").split()
+WORDS = ["alpha", "beta", "gamma", "delta", "market", "signal", "model", "agent", "price", "volume", "trend",
+         "score", "update", "status", "risk", "asset", "report", "alert", "index", "learning", "data", "source",
+         "feature", "weight", "vector", "token"]
 
 
 # -- data ----------------------------------------------------------------------------------------
