@@ -224,11 +224,13 @@ def log(message: str) -> None:
 def cell(m: dict | None) -> str:
     if not m:
         return ""
-    return f"{m['wall']:.2f} s / {m['rss_mib']:.0f} MiB ({m['sys']:.1f} s sys)"
+    return f"{m['wall']:.1f} s / {m['rss_mib']:.0f} MiB (cpu {m['user'] + m['sys']:.1f} s, sys {m['sys']:.1f} s)"
 
 
 def render(result: dict) -> str:
-    lines = [f"Command: `{result['command']}`", "", f"Load average at start: {result['load']}", ""]
+    lines = [f"Command: `{result['command']}`", "",
+             f"Load average at start: {result['load']}; at the end: {result.get('load_end', '?')}. Cells: wall "
+             "time / peak RSS (user + system CPU time, system time).", ""]
     names = result["labels"]
     lines += ["| files | step | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for size in result["sizes"]:
@@ -271,7 +273,11 @@ def main() -> None:
     p.add_argument("--work", default=str(HERE / "work" / "scale"))
     p.add_argument("--out", default=str(HERE / "work" / "scale.json"))
     p.add_argument("--append-results", action="store_true", help="append the tables to benchmarks/RESULTS.md")
+    p.add_argument("--report-only", action="store_true", help="print the tables of --out again")
     args = p.parse_args()
+    if args.report_only:
+        print(render(json.loads(Path(args.out).read_text())))
+        return
     args.tools = [t for t in args.tools.split(",") if tool_available(t)]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
