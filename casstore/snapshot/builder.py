@@ -481,6 +481,7 @@ class SnapshotBuilder:
         except BaseException:
             os.close(dir_fd)      # raised before the task was queued (an earlier result failed)
             raise
+        self._collect()           # batches applied meanwhile join their directories (a flat one too)
 
     def _store_batch(self, pending: _PendingTree, batch: list[tuple[_Item, FileJob]], reads: list[SmallRead]) -> None:
         """A batch's chunks into the store, in order (under the pipeline's lock, on any thread)."""
