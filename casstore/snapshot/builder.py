@@ -172,8 +172,8 @@ class SnapshotBuilder:
         self.start_ns = time.time_ns()
         self.progress = progress or (lambda n: None)
         self.cache_file = filescache.cache_path(repo.settings.cache_dir, repo.config.id, self.source)
-        self.old_cache = filescache.CacheReader(self.cache_file)
-        self.new_cache = filescache.CacheWriter(self.cache_file, self.old_cache)
+        self.old_cache = filescache.CacheReader(self.cache_file, repo.config.sealer)
+        self.new_cache = filescache.CacheWriter(self.cache_file, self.old_cache, repo.config.sealer)
         self.skip_dirs = _identities([repo.local_dir, repo.settings.cache_dir])
         # one large file at a time is read and cut on a side thread while the walk goes on
         self._side = ThreadPoolExecutor(1, thread_name_prefix="casstore-read")

@@ -8,7 +8,8 @@ snapshot skip a blob that no longer exists.
 On disk (version 2) it is a stream of msgpack objects: the header `{"v": 2}`, then one record
 `[directory (relative bytes, "" or "a/b/"), {name: entry}]` per directory that holds regular files,
 in the walk's order of directories (depth first, names sorted, a directory before its
-subdirectories). A snapshot reads it alongside its walk (`CacheReader`): memory holds one
+subdirectories); in an encrypted repository each record is sealed (a msgpack bin of the sealed
+record), since it names files. A snapshot reads it alongside its walk (`CacheReader`): memory holds one
 directory's record, never the whole cache. The new cache is streamed to a temp file as the
 snapshot's directories complete (`CacheWriter`); it replaces the old one atomically and only
 after the snapshot that produced it committed. While every record so far equals the old one
@@ -27,6 +28,8 @@ from typing import BinaryIO
 import blake3
 import msgpack
 
+from casstore.errors import CasstoreError
+from casstore.format.crypto import KIND_FILES_CACHE, Sealer, seal_if, unseal_if
 from casstore.fsio.durable import FileSystem, temp_name
 from casstore.fsio.private import make_dirs, open_private
 
@@ -63,8 +66,8 @@ class Record:
 class CacheReader:
     """The old cache, read in the walk's order: `lookup` one directory at a time, in that order."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str, sealer: Sealer | None = None) -> None:
+        self.path, self.sealer = path, sealer
         self.size = 0
         self.header_end = 0       # 0: no version 2 file to copy records from
         self._fh: BinaryIO | None = None
@@ -74,7 +77,7 @@ class CacheReader:
             self._open()
         except FileNotFoundError:
             pass
-        except (ValueError, msgpack.UnpackException, OSError) as exc:
+        except (ValueError, msgpack.UnpackException, OSError, CasstoreError) as exc:
             log.warning("ignoring unreadable files cache %s: %s", path, exc)
             self.close()
             self.header_end, self._records = 0, iter(())
@@ -87,7 +90,7 @@ class CacheReader:
         if isinstance(first, dict) and first.get("v") == CACHE_VERSION:
             self.header_end = unpacker.tell()
             self._records = self._stream(unpacker)
-        elif isinstance(first, dict):     # version 1: one map, read whole this once
+        elif isinstance(first, dict) and self.sealer is None:    # version 1: one map, read whole this once
             self.close()
             self._records = iter(_legacy_records(first))
         self._advance()
@@ -97,14 +100,24 @@ class CacheReader:
         try:
             for doc in unpacker:
                 end = unpacker.tell()
-                rel, entries = doc
+                rel, entries = self._record(doc)
                 if not isinstance(rel, bytes) or not isinstance(entries, dict):
                     raise ValueError("bad record")
                 yield Record(rel, entries, start, end)
                 start = end
-        except (ValueError, TypeError, msgpack.UnpackException, OSError) as exc:
+        except (ValueError, TypeError, msgpack.UnpackException, OSError, CasstoreError) as exc:
             log.warning("files cache %s is damaged from byte %d on: %s", self.path, start, exc)
             self.size = -1     # never equal to what was copied: the cache is rewritten
+
+    def _record(self, doc: object) -> list:
+        """A record as stored: sealed (bytes) in an encrypted repository, a plain array otherwise."""
+        if isinstance(doc, bytes):
+            doc = msgpack.unpackb(unseal_if(self.sealer, KIND_FILES_CACHE, doc, "files cache"))
+        elif self.sealer is not None:
+            raise ValueError("a plain record in an encrypted repository's files cache")
+        if not isinstance(doc, list) or len(doc) != 2:
+            raise ValueError("bad record")
+        return doc
 
     def _advance(self) -> None:
         self._head = next(self._records, None)
@@ -157,8 +170,8 @@ class CacheWriter:
     full or unwritable cache directory costs the next snapshot a re-read, never this one its success.
     """
 
-    def __init__(self, path: str, old: CacheReader) -> None:
-        self.path, self.old = path, old
+    def __init__(self, path: str, old: CacheReader, sealer: Sealer | None = None) -> None:
+        self.path, self.old, self.sealer = path, old, sealer
         self._copied_upto = old.header_end     # old bytes that the new cache repeats so far
         self._tmp: str | None = None
         self._fd: int | None = None
@@ -174,7 +187,7 @@ class CacheWriter:
             self._copied_upto = old.end
             return
         if entries:
-            self._write(msgpack.packb([rel, entries]))
+            self._write(self._stored(msgpack.packb([rel, entries])))
         elif old is not None and self._fd is None:
             self._write(b"")     # the old record is not repeated: the copied prefix ends before it
 
@@ -186,6 +199,9 @@ class CacheWriter:
             _write_all(self._fd, data)
         except OSError as exc:
             self._give_up(exc)
+
+    def _stored(self, record: bytes) -> bytes:
+        return record if self.sealer is None else msgpack.packb(seal_if(self.sealer, KIND_FILES_CACHE, record))
 
     def _start(self) -> None:
         make_dirs(os.path.dirname(self.path))
