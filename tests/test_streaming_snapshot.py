@@ -215,3 +215,20 @@ def test_restore_in_batches_respects_existing_files(tmp_path):
     replaced = repo.restore(snapshot_id, str(target), overwrite="always")
     assert replaced.ok and replaced.files == 80
     assert file_contents(target) == file_contents(source)
+
+
+def test_an_encrypted_repository_s_cache_is_sealed_record_by_record_and_still_trusted(tmp_path):
+    from tests.test_encryption import encrypted_repo
+
+    source = _source(tmp_path / "data", dirs=6)
+    with encrypted_repo(tmp_path / "repo") as repo:
+        repo.snapshot(str(source))
+        cache = _cache_file(repo, source)
+        with open(cache, "rb") as fh:
+            records = list(msgpack.Unpacker(fh))
+        assert records[0] == {"v": 2} and all(isinstance(r, bytes) for r in records[1:])   # sealed
+        assert repo.snapshot(str(source)).summary.bytes_read == 0
+        with open(cache, "wb") as fh:      # a plain record planted in an encrypted repository's cache
+            fh.write(msgpack.packb({"v": 2}) + msgpack.packb([b"g0/d00/", {b"f0.json": [1, 2, 3, 4, []]}]))
+        planted = repo.snapshot(str(source))
+        assert planted.summary.bytes_read == planted.summary.bytes_total
