@@ -43,11 +43,23 @@ class ChunkPipeline:
         """Queue one chunk; `deliver(id, raw length, stored bytes added)` runs later, under the lock,
         on whichever thread submits or drains then."""
         with self._lock:
-            while self._in_flight and (len(self._in_flight) >= self._window
-                                       or self._bytes_in_flight + len(data) > self._window_bytes):
-                self._apply_oldest()
+            self._make_room(len(data))
             self._in_flight.append((self._pool.submit(self._prepare, data), deliver, len(data)))
             self._bytes_in_flight += len(data)
+
+    def submit_known(self, blob_id: bytes, raw_length: int, deliver: Deliver) -> None:
+        """Queue a chunk whose id is known and whose blob an earlier `submit` stores (a zero chunk
+        repeated through a hole): nothing to hash or compress, delivered in order like the rest."""
+        done: Future = Future()
+        done.set_result((blob_id, None, raw_length))
+        with self._lock:
+            self._make_room(0)
+            self._in_flight.append((done, deliver, 0))
+
+    def _make_room(self, size: int) -> None:
+        while self._in_flight and (len(self._in_flight) >= self._window
+                                   or self._bytes_in_flight + size > self._window_bytes):
+            self._apply_oldest()
 
     def _apply_oldest(self) -> None:
         future, deliver, size = self._in_flight.popleft()
