@@ -236,3 +236,36 @@ def test_an_incomplete_snapshot_as_old_as_the_newest_complete_one_is_not_kept_fo
 
     (group,) = decide([info(1, False), info(2, True)], RetentionPolicy(last=1))
     assert [d.snapshot.id for d in group.keep] == [f"{1:064x}"]
+
+
+def test_a_dry_run_plans_exactly_the_objects_the_sync_then_writes(tmp_path: Path) -> None:
+    """The dry run's request estimate is the packs, index and manifests the real sync then puts,
+    both with new data (two snapshots) and with none (a manifest only)."""
+    clock = FakeClock()
+    remote = new_memory_remote(clock)
+    repo = local_repo(tmp_path / "repo")
+    source = make_source(tmp_path / "data", n_json=4, big_mib=1)
+    repo.snapshot(str(source))
+    (source / "new.txt").write_text("more")
+    repo.snapshot(str(source))
+
+    def objects() -> int:
+        return sum(len(list(remote.list(prefix))) for prefix in ("data/", "index/", "snapshots/"))
+
+    for expected_snapshots in (2, 1):
+        before = objects()
+        plan = sync_to_remote(repo, remote, dry_run=True, clock=clock)
+        assert len(plan.snapshots) == expected_snapshots
+        sync_to_remote(repo, remote, clock=clock)
+        assert objects() - before == plan.requests_planned
+        repo.snapshot(str(source))      # the same data again: nothing to send but its manifest
+
+
+def test_a_pull_reports_where_it_copied_from_and_to(tmp_path: Path) -> None:
+    clock = FakeClock()
+    remote = new_memory_remote(clock)
+    repo = local_repo(tmp_path / "repo")
+    repo.snapshot(str(make_source(tmp_path / "data", n_json=2, big_mib=0)))
+    sync_to_remote(repo, remote, clock=clock)
+    report = repo.pull(remote)
+    assert (report.source, report.destination, report.snapshots) == (remote.url, repo.location, [])
