@@ -269,3 +269,36 @@ def test_a_pull_reports_where_it_copied_from_and_to(tmp_path: Path) -> None:
     sync_to_remote(repo, remote, clock=clock)
     report = repo.pull(remote)
     assert (report.source, report.destination, report.snapshots) == (remote.url, repo.location, [])
+
+
+# -- gc plans as writers read them ---------------------------------------------------------------
+
+def test_writers_see_every_gc_plan_and_only_plans(tmp_path: Path) -> None:
+    """The lease lives under gc/ too and is not a plan; every plan is read with what it condemns
+    and who wrote it; a plan swept between the listing and the read condemns nothing."""
+    from casstore.format.layout import LEASE_KEY, plan_key
+    from casstore.format.plan import GcPlan, condemned_packs, list_plan_keys, load_plans
+
+    remote = new_memory_remote(FakeClock())
+    first, second = plan_key(1000.0), plan_key(2000.0)
+    remote.put(first, GcPlan(["aa" * 32, "bb" * 32], ["cc" * 32], host="one").encode())
+    remote.put(second, GcPlan(["dd" * 32], [], host="two").encode())
+    remote.put(LEASE_KEY, b"lease")
+    assert list_plan_keys(remote) == [first, second]
+    plans = load_plans(remote)
+    assert {key: (plan.host, plan.superseded_indexes) for key, plan in plans.items()} == \
+        {first: ("one", ["cc" * 32]), second: ("two", [])}
+    assert condemned_packs(plans) == {"aa" * 32, "bb" * 32, "dd" * 32}
+    remote.delete(first)
+    assert list(load_plans(remote, [first, second])) == [second]
+
+
+def test_a_gc_plan_that_cannot_be_read_stops_the_writer(tmp_path: Path) -> None:
+    from casstore.errors import FormatError
+    from casstore.format.layout import plan_key
+    from casstore.format.plan import load_plans
+
+    remote = new_memory_remote(FakeClock())
+    remote.put(plan_key(1000.0), b"\x81\xa7version\x02")       # a plan of a version this writer does not know
+    with pytest.raises(FormatError):
+        load_plans(remote)
