@@ -289,6 +289,7 @@ def test_writers_see_every_gc_plan_and_only_plans(tmp_path: Path) -> None:
     assert {key: (plan.host, plan.superseded_indexes) for key, plan in plans.items()} == \
         {first: ("one", ["cc" * 32]), second: ("two", [])}
     assert condemned_packs(plans) == {"aa" * 32, "bb" * 32, "dd" * 32}
+    assert list(load_plans(remote, [second])) == [second]         # the keys asked for, no others
     remote.delete(first)
     assert list(load_plans(remote, [first, second])) == [second]
 
@@ -302,3 +303,26 @@ def test_a_gc_plan_that_cannot_be_read_stops_the_writer(tmp_path: Path) -> None:
     remote.put(plan_key(1000.0), b"\x81\xa7version\x02")       # a plan of a version this writer does not know
     with pytest.raises(FormatError):
         load_plans(remote)
+
+
+# -- repository config ---------------------------------------------------------------------------
+
+def test_a_new_config_with_chunk_sizes_out_of_order_is_refused_at_creation() -> None:
+    from casstore.errors import FormatError
+    from casstore.format.config import RepoConfig
+
+    with pytest.raises(FormatError, match="min_size <= avg_size <= max_size"):
+        RepoConfig.new(min_size=64 * 1024, avg_size=128 * 1024, max_size=96 * 1024)
+    assert RepoConfig.new(min_size=64 * 1024, avg_size=64 * 1024, max_size=64 * 1024).chunker["max_size"] == 65536
+
+
+def test_a_repository_config_with_the_fixed_chunker_reads_back() -> None:
+    from dataclasses import replace
+
+    from casstore.chunker import FixedChunker
+    from casstore.format.config import RepoConfig
+
+    config = replace(RepoConfig.new(), chunker=FixedChunker(64 * 1024).params())
+    back = RepoConfig.decode(config.encode())
+    assert back.chunker == {"algorithm": "fixed", "size": 65536}
+    assert isinstance(back.make_chunker(), FixedChunker)

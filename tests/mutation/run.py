@@ -146,9 +146,9 @@ def main() -> None:
                         help="leave the gc exploration test out of the selection (it joins when a gc module is run)")
     args = parser.parse_args()
     previous = json.loads(args.rerun_survivors.read_text()) if args.rerun_survivors else None
-    result = run(args.modules, args.sample, args.seed, args.tests, args.workers, previous, not args.no_explore)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+                            text=True).stdout.strip()    # the commit exported, read before the run
+    result = run(args.modules, args.sample, args.seed, args.tests, args.workers, previous, not args.no_explore)
     result.update(commit=commit, command=" ".join(["python -m tests.mutation.run", *sys.argv[1:]]))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
