@@ -326,3 +326,24 @@ def test_a_repository_config_with_the_fixed_chunker_reads_back() -> None:
     back = RepoConfig.decode(config.encode())
     assert back.chunker == {"algorithm": "fixed", "size": 65536}
     assert isinstance(back.make_chunker(), FixedChunker)
+
+
+def test_sync_and_pull_refuse_what_they_cannot_do_with_one_clear_error(tmp_path: Path) -> None:
+    """A pull into a remote repository, a sync from one, and either with no remote configured."""
+    from casstore.errors import ConfigError
+    from casstore.sync.transfer import pull_from_remote
+
+    clock = FakeClock()
+    remote = new_memory_remote(clock)
+    repo = local_repo(tmp_path / "repo")
+    repo.snapshot(str(make_source(tmp_path / "data", n_json=2, big_mib=0)))
+    sync_to_remote(repo, remote, clock=clock)
+    shared = remote_repo(remote, tmp_path)
+    with pytest.raises(ConfigError, match="pull copies into a local repository"):
+        pull_from_remote(shared, new_memory_remote(clock))
+    with pytest.raises(ConfigError, match="sync runs from a local repository"):
+        sync_to_remote(shared, new_memory_remote(clock))
+    with pytest.raises(ConfigError, match="no remote configured"):
+        sync_to_remote(repo, None)
+    with pytest.raises(ConfigError, match="no remote configured"):
+        pull_from_remote(repo, None)
