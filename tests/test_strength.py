@@ -347,3 +347,33 @@ def test_sync_and_pull_refuse_what_they_cannot_do_with_one_clear_error(tmp_path:
         sync_to_remote(repo, None)
     with pytest.raises(ConfigError, match="no remote configured"):
         pull_from_remote(repo, None)
+
+
+def test_a_pull_for_one_host_takes_only_that_hosts_snapshots(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from tests.helpers import write_snapshot
+
+    clock = FakeClock()
+    remote = new_memory_remote(clock)
+    repo = local_repo(tmp_path / "repo")
+    ours = write_snapshot(repo, lambda store: [], host="a")
+    write_snapshot(repo, lambda store: [], host="b")
+    sync_to_remote(repo, remote, clock=clock)
+    other = local_repo(tmp_path / "other", config=replace(repo.config, id="c" * 32))
+    assert other.pull(remote, host="a").snapshots == [ours]
+    assert other.snapshot_ids() == [ours]
+
+
+def test_a_sync_with_nothing_to_send_reports_the_same_cost_and_labels(tmp_path: Path) -> None:
+    """A second sync finds nothing new: it still names what it synced where, and estimates the
+    remote's monthly cost from what the last sync left there, not from nothing."""
+    clock = FakeClock()
+    remote = new_memory_remote(clock)
+    repo = local_repo(tmp_path / "repo")
+    repo.snapshot(str(make_source(tmp_path / "data", n_json=4, big_mib=8)))     # enough to cost 0.0001 $
+    first = sync_to_remote(repo, remote, clock=clock)
+    again = sync_to_remote(repo, remote, clock=clock)
+    assert again.snapshots == [] and (again.source, again.destination) == (repo.location, remote.url)
+    assert first.monthly_cost_after == again.monthly_cost_after
+    assert first.monthly_cost_after["aws"]["usd_per_month"] > 0
