@@ -3,6 +3,7 @@ one-token change to the code would break without any other test noticing."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -377,3 +378,47 @@ def test_a_sync_with_nothing_to_send_reports_the_same_cost_and_labels(tmp_path: 
     assert again.snapshots == [] and (again.source, again.destination) == (repo.location, remote.url)
     assert first.monthly_cost_after == again.monthly_cost_after
     assert first.monthly_cost_after["aws"]["usd_per_month"] > 0
+
+
+# -- restore -------------------------------------------------------------------------------------
+
+def _small_tree(source: Path) -> Path:
+    for folder in ("a/b", "c"):
+        (source / folder).mkdir(parents=True)
+    for name in ("a/one.txt", "a/b/two.txt", "c/three.json", "top.txt"):
+        (source / name).write_text(name)
+    (source / "link").symlink_to("top.txt")
+    return source
+
+
+def test_a_restore_counts_what_it_restored_and_a_dry_run_writes_nothing(tmp_path: Path) -> None:
+    repo = local_repo(tmp_path / "repo")
+    snap = repo.snapshot(str(_small_tree(tmp_path / "data")))
+    dry = repo.restore(snap.id, str(tmp_path / "dry"), dry_run=True)
+    assert dry.ok and (dry.files, dry.symlinks) == (4, 1) and not (tmp_path / "dry").exists()
+    real = repo.restore(snap.id, str(tmp_path / "out"))
+    restored_dirs = [p for p in (tmp_path / "out").rglob("*") if p.is_dir() and not p.is_symlink()]
+    assert real.ok and (real.files, real.dirs, real.symlinks) == (4, len(restored_dirs), 1) == (4, dry.dirs, 1)
+
+
+def test_a_restore_leaves_out_what_it_is_told_to_exclude(tmp_path: Path) -> None:
+    repo = local_repo(tmp_path / "repo")
+    snap = repo.snapshot(str(_small_tree(tmp_path / "data")))
+    assert repo.restore(snap.id, str(tmp_path / "out"), exclude=("*.txt", "c/")).ok
+    left = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*"))
+    assert left == ["a", "a/b", "link"]
+
+
+def test_a_restore_drops_setuid_and_setgid_bits_unless_privileged(tmp_path: Path) -> None:
+    source = tmp_path / "data"
+    source.mkdir()
+    (source / "tool").write_bytes(b"#!/bin/sh\n")
+    os.chmod(source / "tool", 0o6755)
+    if os.stat(source / "tool").st_mode & 0o6000 != 0o6000:
+        pytest.skip("this file system or user cannot set setuid/setgid bits")
+    repo = local_repo(tmp_path / "repo")
+    snap = repo.snapshot(str(source))
+    assert repo.restore(snap.id, str(tmp_path / "plain")).ok
+    assert os.stat(tmp_path / "plain" / "tool").st_mode & 0o7777 == 0o755
+    assert repo.restore(snap.id, str(tmp_path / "privileged"), privileged=True).ok
+    assert os.stat(tmp_path / "privileged" / "tool").st_mode & 0o7777 == 0o6755
