@@ -180,7 +180,7 @@ def test_a_1_gib_sparse_file_is_snapshotted_without_reading_or_hashing_its_holes
         repo = Repository.init_local(str(tmp_path / "repo"), load_settings(), RepoConfig.new())
         hashed: list[int] = []
         real_blob_id = codec.blob_id
-        monkeypatch.setattr(codec, "blob_id", lambda data: hashed.append(len(data)) or real_blob_id(data))
+        monkeypatch.setattr(codec, "blob_id", lambda data, *key: hashed.append(len(data)) or real_blob_id(data, *key))
         before = _rchar()
         result = repo.snapshot(str(source))
         read = _rchar() - before
@@ -200,19 +200,30 @@ def test_a_1_gib_sparse_file_is_snapshotted_without_reading_or_hashing_its_holes
         source.rmdir()
 
 
-def test_a_sparse_file_and_its_dense_copy_store_the_same_chunks(tmp_path):
-    """Same bytes, same chunk ids, whether the file has holes or real zeros: the copy adds nothing."""
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_a_sparse_file_and_its_dense_copy_store_the_same_chunks(tmp_path, monkeypatch, encrypted):
+    """Same bytes, same chunk ids (keyed ids too), whether the file has holes or real zeros: the
+    copy adds nothing."""
     _need_holes(tmp_path)
     source = tmp_path / "data"
     source.mkdir()
     layout = [("data", 5), ("hole", 700), ("data", 40), ("hole", 1100), ("data", 1), ("hole", 900)]
     content = _write_layout(source / "sparse.bin", layout, seed=3)
-    repo = init_repo(tmp_path / "repo")
+    if encrypted:
+        from casstore.repo import keys
+        from tests.test_encryption import PASSWORD, encrypted_repo
+
+        monkeypatch.setenv("CASSTORE_TEST_WEAK_KDF", "1")
+        monkeypatch.setenv("CASSTORE_PASSWORD", PASSWORD)
+        keys.forget_unlocked()
+        repo = encrypted_repo(tmp_path / "repo")
+    else:
+        repo = init_repo(tmp_path / "repo")
     first = repo.snapshot(str(source))
     (source / "dense.bin").write_bytes(content)
     assert _data_extents(source / "dense.bin") == [(0, len(content))]     # truly dense
     second = repo.snapshot(str(source))
-    snap = open_repo(tmp_path / "repo").get(second.id)
+    snap = repo.get(second.id)
     assert snap.entry("sparse.bin").chunks == snap.entry("dense.bin").chunks
     assert second.summary.blobs_added <= 1              # the new tree only: every chunk was stored
     assert first.summary.bytes_read == len(content)     # counted as the file's bytes, holes included
@@ -226,9 +237,13 @@ def test_restore_keeps_the_zero_pages_inside_a_chunk_as_holes(tmp_path):
     source.mkdir()
     content = det_bytes(5000, "head") + bytes(4 * MiB) + det_bytes(3000, "tail")
     (source / "mixed.bin").write_bytes(content)                 # dense on disk
+    ending = det_bytes(5000, "end") + bytes(64 * KiB)           # one chunk that ends in zero pages
+    (source / "ending.bin").write_bytes(ending)
     repo = Repository.init_local(str(tmp_path / "repo"), load_settings(), RepoConfig.new())   # 8 MiB chunks
     result = repo.snapshot(str(source))
-    assert repo.restore(result.id, str(tmp_path / "out"), verify=True).ok
-    restored = tmp_path / "out" / "mixed.bin"
-    assert restored.read_bytes() == content
-    assert os.stat(restored).st_blocks * 512 <= 64 * KiB
+    for verify in (True, False):     # without --verify a small file takes the batched path
+        out = tmp_path / f"out-{verify}"
+        assert repo.restore(result.id, str(out), verify=verify).ok
+        assert (out / "mixed.bin").read_bytes() == content
+        assert os.stat(out / "mixed.bin").st_blocks * 512 <= 64 * KiB
+        assert (out / "ending.bin").read_bytes() == ending          # its length kept after the skipped pages

@@ -13,7 +13,8 @@ paused past the grace periods) cannot delete that index (writers may only put); 
 index without the lost pack that `retracts` the old one. Readers, check and gc ignore retracted
 indexes, and gc deletes them.
 
-It is stored as `index/<BLAKE3 of the bytes>`. In memory, `MasterIndex` keeps every location of
+It is stored as `index/<BLAKE3 of the stored bytes>` (sealed first in an encrypted
+repository). In memory, `MasterIndex` keeps every location of
 every blob, keyed by (kind, id) so a chunk equal to a tree blob cannot be confused with it, as
 fixed-size records (about 47 bytes a blob, not Python objects).
 """
@@ -32,6 +33,7 @@ import blake3
 import msgpack
 
 from casstore.errors import FormatError, IntegrityError
+from casstore.format.crypto import KIND_INDEX, Sealer, seal_if, unseal_if
 from casstore.format.pack import KINDS, BlobEntry
 
 INDEX_VERSION = 1
@@ -57,7 +59,8 @@ class IndexObject:
     supersedes: list[str] = field(default_factory=list)
     retracts: list[str] = field(default_factory=list)
 
-    def encode(self) -> tuple[str, bytes]:
+    def encode(self, sealer: Sealer | None = None) -> tuple[str, bytes]:
+        """(id, stored bytes): sealed in an encrypted repository, named by the BLAKE3 of what is stored."""
         body = msgpack.packb({
             "version": INDEX_VERSION,
             "origin": self.origin,
@@ -65,12 +68,14 @@ class IndexObject:
             "supersedes": sorted(self.supersedes),
             **({"retracts": sorted(self.retracts)} if self.retracts else {}),
         })
-        return blake3.blake3(body).hexdigest(), body
+        stored = seal_if(sealer, KIND_INDEX, body)
+        return blake3.blake3(stored).hexdigest(), stored
 
 
-def decode_index(index_id: str, body: bytes, max_raw_length: int) -> IndexObject:
+def decode_index(index_id: str, body: bytes, max_raw_length: int, sealer: Sealer | None = None) -> IndexObject:
     if blake3.blake3(body).hexdigest() != index_id:
         raise IntegrityError(f"index {index_id[:16]} does not match its name")
+    body = unseal_if(sealer, KIND_INDEX, body, f"index {index_id[:16]}")
     try:
         doc = msgpack.unpackb(body, max_bin_len=64)
         if doc["version"] != INDEX_VERSION:
@@ -297,6 +302,8 @@ class _BlobTable:
             return
         self._settle_all()
         for b, run in enumerate(self._runs):
+            if not run:   # most of the 16,384 buckets are empty in a small index: skip them cheaply
+                continue
             left = [rec for rec in (run[i:i + _SIZE] for i in range(0, len(run), _SIZE))
                     if _RECORD.unpack(rec)[1] & 0xFFFFFF not in numbers]
             if len(left) * _SIZE != len(run):
@@ -349,6 +356,8 @@ class _BlobTable:
             self._settle_all()
             runs, wide = list(self._runs), {key: list(locs) for key, locs in self._wide.items()}
         for b, run in enumerate(runs):
+            if not run:
+                continue
             first = _KIND_BYTE[b >> (_BUCKET_BITS - 8)]
             i, n = 0, len(run) // _SIZE
             while i < n:
