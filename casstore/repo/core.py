@@ -34,6 +34,7 @@ from casstore.remotes.base import Remote
 from casstore.remotes.fanout import each_concurrently
 from casstore.remotes.local import LocalRemote
 from casstore.repo.blobstore import BlobStore
+from casstore.repo.indexcache import IndexTableCache
 from casstore.repo.lock import repository_lock
 from casstore.repo.objectcache import BlobCache, LocalCache, ReadPolicy, read_verified, verified_object
 from casstore.settings import Settings, load_settings
@@ -79,6 +80,7 @@ class RepoCore:
         # a download that fails verification is fetched again (DESIGN.md "Verified reads")
         self.read_policy = ReadPolicy(attempts=settings.read_attempts)
         self.index = MasterIndex()
+        self.table_cache = IndexTableCache(settings.cache_dir, config.id, self.location)
         self._manifests: dict[str, SnapshotManifest] = {}
         self._reader: BlobStore | None = None
         self._reader_lock = threading.Lock()
@@ -130,18 +132,27 @@ class RepoCore:
     # -- indexes -----------------------------------------------------------------------------
 
     def load_index(self) -> MasterIndex:
-        """Load every index object listed now; entries of vanished index objects are dropped."""
+        """Load every index object listed now; entries of vanished index objects are dropped.
+
+        The first load of a process starts from the local index table cache when it has a sound
+        one (repo/indexcache.py), so only index objects listed since it was saved are fetched."""
         listed = {layout.name_of(info.key) for info in self.remote.list(layout.INDEX_PREFIX)}
+        if not self.index.index_packs and len(self.index) == 0:
+            self.table_cache.restore(self.index)
         loaded = set(self.index.index_packs)
         new = self._fetch_indexes(sorted(listed - loaded))
         retracted = self.index.retracted | {r for index in new.values() for r in index.retracts}
-        if (loaded - listed) or (loaded & retracted):
-            # an index we used is gone or withdrawn: rebuild from what is listed now
-            self.index.clear()
-            new = self._fetch_indexes(sorted(listed))
+        # an index we used is gone or withdrawn: forget it (packs another index lists stay)
+        gone = (loaded - listed) | (loaded & retracted)
+        if gone:
+            self.index.remove_objects(gone)
+        added = 0
         for index_id, index in without_retracted(new).items():
             if index_id not in self.index.retracted:
                 self.index.add_object(index_id, index)
+                added += 1
+        if gone or added or not os.path.exists(self.table_cache.path):
+            self.table_cache.save(self.index)
         if self.cache:
             for stale in self.cache.names(layout.INDEX) - listed:
                 self.cache.discard(layout.INDEX, stale)
