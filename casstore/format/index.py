@@ -20,6 +20,7 @@ fixed-size records (about 47 bytes a blob, not Python objects).
 
 from __future__ import annotations
 
+import io
 import struct
 import sys
 import threading
@@ -208,7 +209,7 @@ class MasterIndex:
             out.write(piece)
         out.write(hasher.digest())
 
-    def read_image(self, src: BinaryIO) -> None:
+    def read_image(self, src: io.BufferedIOBase) -> None:
         """Replace everything but `condemned` with an image `write_image` wrote; FormatError when
         it is not one, or its digest does not match (then nothing is replaced)."""
         hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
@@ -243,7 +244,7 @@ class MasterIndex:
 _IMAGE_MAGIC = b"casstore index table 1\n"
 
 
-def _le(values: array) -> bytes:
+def _le(values: array[int]) -> bytes:
     """An array's bytes, little-endian whatever the machine."""
     if sys.byteorder == "big":
         values = array(values.typecode, values)
@@ -251,7 +252,7 @@ def _le(values: array) -> bytes:
     return values.tobytes()
 
 
-def _from_le(typecode: str, data: bytes | bytearray) -> array:
+def _from_le(typecode: str, data: bytes | bytearray) -> array[int]:
     values = array(typecode, data)
     if sys.byteorder == "big":
         values.byteswap()
@@ -316,7 +317,8 @@ class _BlobTable:
 
     def __init__(self) -> None:
         # the sorted table, the record number where each bucket begins in it, the unsorted tails
-        self._state: tuple[bytes, array, dict[int, bytearray]] = (b"", array("I", bytes(4 * (_BUCKETS + 1))), {})
+        self._state: tuple[bytes | bytearray, array[int], dict[int, bytearray]] = (
+            b"", array("I", bytes(4 * (_BUCKETS + 1))), {})
         self._distinct = 0                                     # distinct (kind, id) in the table
         self._packs: list[str] = []
         self._numbers: dict[str, int] = {}
@@ -389,11 +391,11 @@ class _BlobTable:
 
     def _merge(self, run: bytes | bytearray, tail: bytes | bytearray, drop: frozenset[int]) -> tuple[bytes, int]:
         """One bucket's run and tail as one sorted run, and the change in its distinct keys."""
-        records = [run[i:i + _SIZE] for i in range(0, len(run), _SIZE)]
+        records: list[bytes | bytearray] = [run[i:i + _SIZE] for i in range(0, len(run), _SIZE)]
         before = _distinct_keys(records)
         records += [bytes(tail[i:i + _SIZE]) for i in range(0, len(tail), _SIZE)]
         records.sort()
-        kept: list[bytes] = []
+        kept: list[bytes | bytearray] = []
         for record in records:
             if (kept and record == kept[-1]) or (drop and _pack_number(record) in drop):
                 self._counts[_pack_number(record)] -= 1
@@ -419,12 +421,12 @@ class _BlobTable:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def _records(self, kind: int, blob_id: bytes) -> list[bytes]:
+    def _records(self, kind: int, blob_id: bytes) -> list[bytes | bytearray]:
         """Every record of (kind, blob_id), from the table and the bucket's tail."""
         b, key = _bucket(blob_id), blob_id[2:] + _KIND_BYTE[kind]
         table, starts, tails = self._state
         hi = starts[b + 1] * _SIZE
-        found: list[bytes] = []
+        found: list[bytes | bytearray] = []
         at = _find_sorted(table, key, starts[b] * _SIZE, hi)
         if at >= 0:
             while at < hi and table[at:at + _KEY] == key:
@@ -467,7 +469,7 @@ class _BlobTable:
             return True
         return bool(self._wide) and (kind, blob_id) in self._wide
 
-    def _location(self, record: bytes) -> Location:
+    def _location(self, record: bytes | bytearray) -> Location:
         _, kind_pack, offset, length, raw_length = _RECORD.unpack(record)
         return Location(self._packs[kind_pack & 0xFFFFFF], offset, length, raw_length)
 
@@ -486,7 +488,7 @@ class _BlobTable:
             at, hi = starts[b] * _SIZE, starts[b + 1] * _SIZE
             while at < hi:
                 key = table[at:at + _KEY]
-                blob = (key[-1], prefix + key[:-1])
+                blob = (key[-1], prefix + bytes(key[:-1]))   # a loaded image's table is a bytearray
                 records = []
                 while at < hi and table[at:at + _KEY] == key:
                     records.append(table[at:at + _SIZE])
@@ -496,7 +498,7 @@ class _BlobTable:
 
     # -- whole images (the local index table cache) ------------------------------------------
 
-    def image(self) -> tuple[bytes | bytearray, array, array, list[str], list]:
+    def image(self) -> tuple[bytes | bytearray, array[int], array[int], list[str], list[Any]]:
         """(settled table, starts, records per pack number, pack ids, the wide locations)."""
         with self._lock:
             self._settle()
@@ -511,8 +513,8 @@ class _BlobTable:
             return self._distinct
 
     @classmethod
-    def from_image(cls, table: bytes | bytearray, starts: array, counts: array, packs: list[str], distinct: int,
-                   wide: list) -> _BlobTable:
+    def from_image(cls, table: bytes | bytearray, starts: array[int], counts: array[int], packs: list[str],
+                   distinct: int, wide: list[Any]) -> _BlobTable:
         if len(starts) != _BUCKETS + 1 or starts[0] or starts[-1] * _SIZE != len(table) or len(counts) != len(packs) \
                 or any(starts[b] > starts[b + 1] for b in range(_BUCKETS)):
             raise ValueError("inconsistent table image")
@@ -534,9 +536,9 @@ class _BlobTable:
         return _find_sorted(table, blob_id[2:] + _KIND_BYTE[kind], starts[b] * _SIZE, starts[b + 1] * _SIZE) >= 0
 
 
-def _pack_number(record: bytes) -> int:
+def _pack_number(record: bytes | bytearray) -> int:
     return int.from_bytes(record[_KEY:_KEY + 3], "big")
 
 
-def _distinct_keys(records: list[bytes]) -> int:
+def _distinct_keys(records: list[bytes | bytearray]) -> int:
     return sum(1 for i, record in enumerate(records) if i == 0 or record[:_KEY] != records[i - 1][:_KEY])
