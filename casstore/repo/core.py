@@ -81,6 +81,7 @@ class RepoCore:
         self.read_policy = ReadPolicy(attempts=settings.read_attempts)
         self.index = MasterIndex()
         self.table_cache = IndexTableCache(settings.cache_dir, config.id, self.location)
+        self._table_restored = False      # the index came from the local table cache (see reload_index)
         self._manifests: dict[str, SnapshotManifest] = {}
         self._reader: BlobStore | None = None
         self._reader_lock = threading.Lock()
@@ -138,7 +139,7 @@ class RepoCore:
         one (repo/indexcache.py), so only index objects listed since it was saved are fetched."""
         listed = {layout.name_of(info.key) for info in self.remote.list(layout.INDEX_PREFIX)}
         if not self.index.index_packs and len(self.index) == 0:
-            self.table_cache.restore(self.index)
+            self._table_restored = self.table_cache.restore(self.index)
         loaded = set(self.index.index_packs)
         new = self._fetch_indexes(sorted(listed - loaded))
         retracted = self.index.retracted | {r for index in new.values() for r in index.retracts}
@@ -157,6 +158,19 @@ class RepoCore:
             for stale in self.cache.names(layout.INDEX) - listed:
                 self.cache.discard(layout.INDEX, stale)
         return self.index
+
+    def reload_index(self) -> MasterIndex:
+        """Load again after a blob was not found where the index said (or not at all).
+
+        A table restored from the local cache is a cache, never an authority: the first miss
+        rebuilds it from the index objects (unless a writer holds packs it has not indexed yet,
+        which a rebuild would forget), so a stale or wrong table costs one rebuild, not a failure."""
+        if self._table_restored and self.index.from_objects_only:
+            log.info("a blob is missing from the index table restored from the local cache: rebuilding it")
+            self._table_restored = False
+            self.index.clear()
+            self.table_cache.discard()
+        return self.load_index()
 
     def _fetch_indexes(self, index_ids: list[str]) -> dict:
         """Decode each index object; damaged ones are skipped with a warning (readers, design 5.6)."""
@@ -188,7 +202,7 @@ class RepoCore:
                   "session": os.urandom(8).hex()}
         return BlobStore(self.remote, self.config, self.index, origin=origin,
                          compression_level=self.settings.compression_level, upload_threads=upload_threads,
-                         reload_index=self.load_index, blob_cache=BlobCache(self.cache) if self.cache else None,
+                         reload_index=self.reload_index, blob_cache=BlobCache(self.cache) if self.cache else None,
                          read_policy=self.read_policy)
 
     def read_blob(self, kind: int, blob_id: bytes) -> bytes:
