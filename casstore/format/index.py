@@ -265,6 +265,7 @@ def _from_le(typecode: str, data: bytes | bytearray) -> array[int]:
 # 31 bytes (id[2:] + kind) are the record's key.
 _RECORD = struct.Struct(">30sIIII")
 _SIZE = _RECORD.size                   # 46
+_UNPACK = _RECORD.unpack_from
 _KEY = 31
 _BUCKETS = 1 << 16
 _MAX_PACKS = 1 << 24
@@ -391,17 +392,27 @@ class _BlobTable:
 
     def _merge(self, run: bytes | bytearray, tail: bytes | bytearray, drop: frozenset[int]) -> tuple[bytes, int]:
         """One bucket's run and tail as one sorted run, and the change in its distinct keys."""
-        records: list[bytes | bytearray] = [run[i:i + _SIZE] for i in range(0, len(run), _SIZE)]
-        before = _distinct_keys(records)
-        records += [bytes(tail[i:i + _SIZE]) for i in range(0, len(tail), _SIZE)]
+        run = bytes(run)               # a restored table is a bytearray: slices must be hashable
+        records = [run[i:i + _SIZE] for i in range(0, len(run), _SIZE)]
+        before = len({record[:_KEY] for record in records}) if records else 0
+        added = bytes(tail)
+        records += [added[i:i + _SIZE] for i in range(0, len(added), _SIZE)]
+        if drop or len(set(records)) < len(records):
+            records = self._without(records, drop)
         records.sort()
-        kept: list[bytes | bytearray] = []
+        return b"".join(records), len({record[:_KEY] for record in records}) - before
+
+    def _without(self, records: list[bytes], drop: frozenset[int]) -> list[bytes]:
+        """`records` without exact repeats and without the records of `drop` pack numbers, counted."""
+        seen: set[bytes] = set()
+        kept = []
         for record in records:
-            if (kept and record == kept[-1]) or (drop and _pack_number(record) in drop):
+            if record in seen or (drop and _pack_number(record) in drop):
                 self._counts[_pack_number(record)] -= 1
                 continue
+            seen.add(record)
             kept.append(record)
-        return b"".join(kept), _distinct_keys(kept) - before
+        return kept
 
     def drop(self, pack_ids: set[str]) -> None:
         with self._lock:
@@ -442,13 +453,15 @@ class _BlobTable:
         return found
 
     def find(self, kind: int, blob_id: bytes) -> list[Location]:
-        b, key = _bucket(blob_id), blob_id[2:] + _KIND_BYTE[kind]
+        b, key = blob_id[0] << 8 | blob_id[1], blob_id[2:] + _KIND_BYTE[kind]
         table, starts, tails = self._state
         if b in tails:                 # rare once settled: merge with the tail's records
             found = [self._location(record) for record in self._records(kind, blob_id)]
         else:                          # the hot path: decode the table's adjacent records directly
-            found, hi, packs, unpack = [], starts[b + 1] * _SIZE, self._packs, _RECORD.unpack_from
-            at = _find_sorted(table, key, starts[b] * _SIZE, hi)
+            found, hi, packs, unpack = [], starts[b + 1] * _SIZE, self._packs, _UNPACK
+            at = table.find(key, starts[b] * _SIZE, hi)
+            if at > 0 and at % _SIZE:  # a hit across two records: look on (rare)
+                at = _find_sorted(table, key, at + 1, hi)
             while at >= 0:
                 _, kind_pack, offset, length, raw_length = unpack(table, at)
                 found.append(Location(packs[kind_pack & 0xFFFFFF], offset, length, raw_length))
@@ -538,7 +551,3 @@ class _BlobTable:
 
 def _pack_number(record: bytes | bytearray) -> int:
     return int.from_bytes(record[_KEY:_KEY + 3], "big")
-
-
-def _distinct_keys(records: list[bytes | bytearray]) -> int:
-    return sum(1 for i, record in enumerate(records) if i == 0 or record[:_KEY] != records[i - 1][:_KEY])

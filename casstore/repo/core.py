@@ -27,7 +27,7 @@ from casstore.errors import (
 )
 from casstore.format import layout
 from casstore.format.config import RepoConfig
-from casstore.format.index import IndexObject, MasterIndex, decode_index, without_retracted
+from casstore.format.index import IndexObject, MasterIndex, decode_index
 from casstore.format.plan import condemned_packs, list_plan_keys, load_plans
 from casstore.format.snapshot import SnapshotManifest, decode_snapshot
 from casstore.remotes.base import Remote
@@ -40,6 +40,7 @@ from casstore.repo.objectcache import BlobCache, LocalCache, ReadPolicy, read_ve
 from casstore.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
+INDEX_BATCH = 64      # index objects decoded at once by load_index (their entries are Python objects)
 
 
 @dataclass(frozen=True)
@@ -141,18 +142,18 @@ class RepoCore:
         if not self.index.index_packs and len(self.index) == 0:
             self._table_restored = self.table_cache.restore(self.index)
         loaded = set(self.index.index_packs)
-        new = self._fetch_indexes(sorted(listed - loaded))
-        retracted = self.index.retracted | {r for index in new.values() for r in index.retracts}
-        # an index we used is gone or withdrawn: forget it (packs another index lists stay)
-        gone = (loaded - listed) | (loaded & retracted)
+        gone = loaded - listed        # consolidated by gc: forget it (packs another index lists stay)
         if gone:
             self.index.remove_objects(gone)
-        added = 0
-        for index_id, index in without_retracted(new).items():
-            if index_id not in self.index.retracted:
+        todo, added = sorted(listed - loaded - self.index.retracted), 0
+        for start in range(0, len(todo), INDEX_BATCH):   # decoded a batch at a time: entries are big
+            for index_id, index in self._fetch_indexes(todo[start:start + INDEX_BATCH]).items():
                 self.index.add_object(index_id, index)
                 added += 1
-        if gone or added or not os.path.exists(self.table_cache.path):
+        withdrawn = set(self.index.index_packs) & self.index.retracted   # by an index loaded now
+        if withdrawn:
+            self.index.remove_objects(withdrawn)
+        if gone or added or withdrawn or not os.path.exists(self.table_cache.path):
             self.table_cache.save(self.index)
         if self.cache:
             for stale in self.cache.names(layout.INDEX) - listed:
