@@ -191,20 +191,24 @@ class MasterIndex:
     def __len__(self) -> int:
         return len(self._table)
 
+    def untouched(self) -> bool:
+        """True when nothing was ever added since it was made or cleared (no settle needed to say so)."""
+        return not self.index_packs and self._table.untouched()
+
     # -- saving and restoring the whole table ------------------------------------------------
 
     def write_image(self, out: BinaryIO) -> None:
         """Write the table and what it was built from (index ids, origins, retractions), ending in
         a BLAKE3 digest of everything before it, for `read_image`."""
         hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-        table, starts, counts, packs, wide = self._table.image()
+        fps, rests, starts, counts, packs, wide = self._table.image()
         numbers = {pack_id: n for n, pack_id in enumerate(packs)}
         header = msgpack.packb({
             "indexes": [[index_id, self.index_origins.get(index_id, {}), sorted(numbers[p] for p in pack_ids)]
                         for index_id, pack_ids in self.index_packs.items()],
-            "retracted": sorted(self.retracted), "packs": packs, "records": len(table) // _SIZE,
+            "retracted": sorted(self.retracted), "packs": packs, "records": len(fps) // _FP,
             "distinct": self._table.distinct, "counts": _le(counts), "wide": wide})
-        for piece in (_IMAGE_MAGIC, len(header).to_bytes(8, "little"), header, _le(starts), table):
+        for piece in (_IMAGE_MAGIC, len(header).to_bytes(8, "little"), header, _le(starts), fps, rests):
             hasher.update(piece)
             out.write(piece)
         out.write(hasher.digest())
@@ -226,10 +230,10 @@ class MasterIndex:
                 raise FormatError("not an index table image")
             doc = msgpack.unpackb(take(int.from_bytes(take(8), "little")))
             starts = _from_le("I", take(4 * (_BUCKETS + 1)))
-            table = take(doc["records"] * _SIZE)
+            fps, rests = take(doc["records"] * _FP), take(doc["records"] * _REST)
             if src.read(33) != hasher.digest():     # 33: trailing bytes count as a mismatch too
                 raise FormatError("index table image does not match its digest")
-            loaded = _BlobTable.from_image(table, starts, _from_le("Q", doc["counts"]), doc["packs"],
+            loaded = _BlobTable.from_image(fps, rests, starts, _from_le("Q", doc["counts"]), doc["packs"],
                                            doc["distinct"], doc["wide"])
         except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
             raise FormatError(f"corrupt index table image: {exc}") from exc
@@ -241,7 +245,7 @@ class MasterIndex:
         self.retracted = set(doc["retracted"])
 
 
-_IMAGE_MAGIC = b"casstore index table 1\n"
+_IMAGE_MAGIC = b"casstore index table 2\n"
 
 
 def _le(values: array[int]) -> bytes:
@@ -262,33 +266,44 @@ def _from_le(typecode: str, data: bytes | bytearray) -> array[int]:
 # One record: the blob id without its first two bytes (the bucket, the id's first 16 bits, implies
 # them), then kind << 24 | pack number, offset, length, raw length; big-endian, so that bytes order
 # is (id, kind, pack, offset) order and all locations of one (kind, id) lie side by side. The first
-# 31 bytes (id[2:] + kind) are the record's key.
+# 31 bytes (id[2:] + kind) are the record's key. A settled table stores each record in two columns:
+# its first 4 bytes (id[2:6], the fingerprint a lookup scans) and the other 42.
 _RECORD = struct.Struct(">30sIIII")
 _SIZE = _RECORD.size                   # 46
-_UNPACK = _RECORD.unpack_from
 _KEY = 31
+_FP = 4                                # (shifts by 2 in the lookups rely on it)
+_REST = _SIZE - _FP                    # 42
+_REST_KEY = _KEY - _FP                 # 27
+_UNPACK_REST = struct.Struct(">26sIIII").unpack_from
 _BUCKETS = 1 << 16
 _MAX_PACKS = 1 << 24
 _KIND_BYTE = [bytes((kind,)) for kind in range(256)]
+
+Column = bytes | bytearray             # a restored image's columns are bytearrays
 
 
 def _bucket(blob_id: bytes) -> int:
     return blob_id[0] << 8 | blob_id[1]
 
 
-def _find_sorted(run: bytes | bytearray, key: bytes, lo: int, hi: int) -> int:
-    """Offset of the first record in run[lo:hi] whose key is `key`, or -1.
+def _first(fps: Column, rests: Column, fp: bytes, rest_key: bytes, lo: int, hi: int) -> int:
+    """The number of the first record in [lo, hi) whose key is fp + rest_key, or -1.
 
-    `bytes.find` scans at C speed; a hit that is not at a record boundary (the key's bytes
-    appearing across two records) is skipped. In a sorted run the first aligned hit is the first
-    record of that key."""
-    at = run.find(key, lo, hi)
-    while at >= 0 and at % _SIZE:
-        at = run.find(key, at + 1, hi)
-    return at
+    `bytes.find` scans the bucket's 4-byte fingerprints at C speed (60 bytes at 1M blobs, 600 at
+    10M); a hit off a 4-byte boundary, or whose other 27 key bytes differ (the same id of another
+    kind, or another id with the same 4 bytes), is passed over. In a sorted bucket the first
+    matching record is the first of its key."""
+    at = fps.find(fp, lo * _FP, hi * _FP)
+    while at >= 0:
+        if not at % _FP:
+            i = at // _FP
+            if rests[i * _REST:i * _REST + _REST_KEY] == rest_key:
+                return i
+        at = fps.find(fp, at + 1, hi * _FP)
+    return -1
 
 
-def _aligned_hits(run: bytes | bytearray, key: bytes) -> Iterator[int]:
+def _aligned_hits(run: Column, key: bytes) -> Iterator[int]:
     """Offsets of every record of an unsorted tail whose key is `key`."""
     at = run.find(key)
     while at >= 0:
@@ -301,25 +316,26 @@ class _BlobTable:
     """Blob locations as fixed 46-byte records: one sorted table, bucket after bucket by the id's
     first 16 bits, plus unsorted per-bucket tails of records added since it was last settled.
 
-    A lookup is a `bytes.find` of the 31-byte key within its bucket's range of the table (about
-    15 records at 1M blobs, 150 at 10M) and within the bucket's tail: no Python object per record
-    and no bisect with a key function. `_starts` (65,537 uint32) says where each bucket begins, so
-    the table is one object, not 65,536 (which would cost ~50 bytes a bucket). Settling (for
-    `len`, `items`, `drop`, saving) merges the tails into a new table in one pass and drops exact
-    duplicates; the old table object is never mutated, so a lookup that holds it stays valid.
+    A lookup is a `bytes.find` of the id's 4-byte fingerprint within its bucket's range of the
+    fingerprint column, then one comparison of the rest of the key: no Python object per record,
+    no bisect with a key function. `starts` (65,537 uint32) says where each bucket begins, so the
+    table is two objects, not 65,536 (which would cost ~50 bytes a bucket). Settling (for `len`,
+    `items`, `drop`, saving) merges the tails into a new table in one pass and drops exact
+    duplicates; a settled table is never mutated, so a lookup that holds it stays valid.
 
     Pack ids are interned (a record holds a 3-byte pack number). A location that does not fit (a
     field of 4 GiB or more, beyond 16M packs) lives in the small `_wide` dict, so nothing is refused.
     Upload threads add packs while chunk workers look blobs up. Writers (adding, settling,
-    dropping) take one lock; lookups take none: they read `_state`, the (table, starts, tails)
-    triple that settling replaces in one assignment, so a lookup sees one consistent state, and
-    appending to a tail bytearray or inserting a new tail is a single operation under the GIL.
+    dropping) take one lock; lookups take none: they read `_state`, the (fingerprints, rests,
+    starts, tails) tuple that settling replaces in one assignment, so a lookup sees one consistent
+    state, and appending to a tail bytearray or inserting a new tail is one operation under the GIL.
     """
 
     def __init__(self) -> None:
-        # the sorted table, the record number where each bucket begins in it, the unsorted tails
-        self._state: tuple[bytes | bytearray, array[int], dict[int, bytearray]] = (
-            b"", array("I", bytes(4 * (_BUCKETS + 1))), {})
+        # the two columns of the sorted table, the record number where each bucket begins in them,
+        # the unsorted tails (whole records)
+        self._state: tuple[Column, Column, array[int], dict[int, bytearray]] = (
+            b"", b"", array("I", bytes(4 * (_BUCKETS + 1))), {})
         self._distinct = 0                                     # distinct (kind, id) in the table
         self._packs: list[str] = []
         self._numbers: dict[str, int] = {}
@@ -328,6 +344,9 @@ class _BlobTable:
         self._lock = threading.Lock()
 
     # -- writing -----------------------------------------------------------------------------
+
+    def untouched(self) -> bool:
+        return not self._packs and not self._wide
 
     def _number(self, pack_id: str) -> int:
         number = self._numbers.get(pack_id)
@@ -343,7 +362,7 @@ class _BlobTable:
 
     def _add(self, pack_id: str, entries: list[BlobEntry]) -> None:
         number = self._number(pack_id)
-        tails, pack = self._state[2], _RECORD.pack
+        tails, pack = self._state[3], _RECORD.pack
         added, wide = 0, number >= _MAX_PACKS
         for e in entries:
             if wide or (e.offset | e.length | e.raw_length) >> 32:
@@ -367,40 +386,43 @@ class _BlobTable:
     def _settle(self, drop: frozenset[int] = frozenset()) -> None:
         """Merge every tail into a new sorted table (dropping exact repeats and, with `drop`, the
         records of those pack numbers); untouched stretches of the table are copied whole."""
-        old, starts, tails = self._state
+        fps, rests, starts, tails = self._state
         if not tails and not drop:
             return
         touched = range(_BUCKETS) if drop else sorted(tails)
-        pieces: list[bytes | memoryview] = []   # joined once at the end: no over-allocation kept
+        fp_pieces: list[Column | memoryview] = []     # joined once at the end: no over-allocation kept
+        rest_pieces: list[Column | memoryview] = []
         new_starts = array("I", bytes(4 * (_BUCKETS + 1)))
-        copied_to = 0                  # bucket up to which `old` has been taken into `pieces`
+        copied_to = 0                  # bucket up to which the old table has been taken into the pieces
         shift = 0                      # records gained (or lost) so far
         for b in touched:
-            lo, hi = starts[b] * _SIZE, starts[b + 1] * _SIZE
-            pieces.append(memoryview(old)[starts[copied_to] * _SIZE:lo])
+            lo, hi = starts[b], starts[b + 1]
+            fp_pieces.append(memoryview(fps)[starts[copied_to] * _FP:lo * _FP])
+            rest_pieces.append(memoryview(rests)[starts[copied_to] * _REST:lo * _REST])
             for j in range(copied_to, b + 1):
                 new_starts[j] = starts[j] + shift
-            merged, distinct_change = self._merge(old[lo:hi], tails.get(b, b""), drop)
-            pieces.append(merged)
-            shift += (len(merged) - (hi - lo)) // _SIZE
+            old = _whole_records(fps[lo * _FP:hi * _FP], rests[lo * _REST:hi * _REST])
+            merged, distinct_change = self._merge(old, tails.get(b, b""), drop)
+            fp_pieces.append(b"".join(record[:_FP] for record in merged))
+            rest_pieces.append(b"".join(record[_FP:] for record in merged))
+            shift += len(merged) - (hi - lo)
             self._distinct += distinct_change
             copied_to = b + 1
-        pieces.append(memoryview(old)[starts[copied_to] * _SIZE:])
+        fp_pieces.append(memoryview(fps)[starts[copied_to] * _FP:])
+        rest_pieces.append(memoryview(rests)[starts[copied_to] * _REST:])
         for j in range(copied_to, _BUCKETS + 1):
             new_starts[j] = starts[j] + shift
-        self._state = (b"".join(pieces), new_starts, {})
+        self._state = (b"".join(fp_pieces), b"".join(rest_pieces), new_starts, {})
 
-    def _merge(self, run: bytes | bytearray, tail: bytes | bytearray, drop: frozenset[int]) -> tuple[bytes, int]:
-        """One bucket's run and tail as one sorted run, and the change in its distinct keys."""
-        run = bytes(run)               # a restored table is a bytearray: slices must be hashable
-        records = [run[i:i + _SIZE] for i in range(0, len(run), _SIZE)]
+    def _merge(self, records: list[bytes], tail: Column, drop: frozenset[int]) -> tuple[list[bytes], int]:
+        """One bucket's records and tail as one sorted list, and the change in its distinct keys."""
         before = len({record[:_KEY] for record in records}) if records else 0
         added = bytes(tail)
         records += [added[i:i + _SIZE] for i in range(0, len(added), _SIZE)]
         if drop or len(set(records)) < len(records):
             records = self._without(records, drop)
         records.sort()
-        return b"".join(records), len({record[:_KEY] for record in records}) - before
+        return records, len({record[:_KEY] for record in records}) - before
 
     def _without(self, records: list[bytes], drop: frozenset[int]) -> list[bytes]:
         """`records` without exact repeats and without the records of `drop` pack numbers, counted."""
@@ -432,20 +454,18 @@ class _BlobTable:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def _records(self, kind: int, blob_id: bytes) -> list[bytes | bytearray]:
-        """Every record of (kind, blob_id), from the table and the bucket's tail."""
-        b, key = _bucket(blob_id), blob_id[2:] + _KIND_BYTE[kind]
-        table, starts, tails = self._state
-        hi = starts[b + 1] * _SIZE
-        found: list[bytes | bytearray] = []
-        at = _find_sorted(table, key, starts[b] * _SIZE, hi)
-        if at >= 0:
-            while at < hi and table[at:at + _KEY] == key:
-                found.append(table[at:at + _SIZE])
-                at += _SIZE
+    def _records(self, kind: int, blob_id: bytes) -> list[bytes]:
+        """Every record of (kind, blob_id), whole, from the table and the bucket's tail; sorted."""
+        b, fp, rest_key = _bucket(blob_id), blob_id[2:6], blob_id[6:] + _KIND_BYTE[kind]
+        fps, rests, starts, tails = self._state
+        found: list[bytes] = []
+        i, hi = _first(fps, rests, fp, rest_key, starts[b], starts[b + 1]), starts[b + 1]
+        while 0 <= i < hi and fps[i * _FP:(i + 1) * _FP] == fp and rests[i * _REST:i * _REST + _REST_KEY] == rest_key:
+            found.append(bytes(fps[i * _FP:(i + 1) * _FP] + rests[i * _REST:(i + 1) * _REST]))
+            i += 1
         tail = tails.get(b)
         if tail:
-            for at in _aligned_hits(tail, key):
+            for at in _aligned_hits(tail, fp + rest_key):
                 record = bytes(tail[at:at + _SIZE])
                 if record not in found:
                     found.append(record)
@@ -453,36 +473,54 @@ class _BlobTable:
         return found
 
     def find(self, kind: int, blob_id: bytes) -> list[Location]:
-        b, key = blob_id[0] << 8 | blob_id[1], blob_id[2:] + _KIND_BYTE[kind]
-        table, starts, tails = self._state
+        # the hot path of every read and every chunk of a snapshot: `_first` inlined, locals only
+        b = blob_id[0] << 8 | blob_id[1]
+        fps, rests, starts, tails = self._state
+        found: list[Location] = []
         if b in tails:                 # rare once settled: merge with the tail's records
             found = [self._location(record) for record in self._records(kind, blob_id)]
-        else:                          # the hot path: decode the table's adjacent records directly
-            found, hi, packs, unpack = [], starts[b + 1] * _SIZE, self._packs, _UNPACK
-            at = table.find(key, starts[b] * _SIZE, hi)
-            if at > 0 and at % _SIZE:  # a hit across two records: look on (rare)
-                at = _find_sorted(table, key, at + 1, hi)
-            while at >= 0:
-                _, kind_pack, offset, length, raw_length = unpack(table, at)
-                found.append(Location(packs[kind_pack & 0xFFFFFF], offset, length, raw_length))
-                at += _SIZE
-                if at >= hi or table[at:at + _KEY] != key:
-                    break
+        else:
+            fp, hi = blob_id[2:6], starts[b + 1] << 2
+            at = fps.find(fp, starts[b] << 2, hi)
+            if at >= 0:
+                rest_key = blob_id[6:] + _KIND_BYTE[kind]
+                while at >= 0:
+                    r = (at >> 2) * _REST
+                    if not at & 3 and rests[r:r + _REST_KEY] == rest_key:
+                        found = self._run_at(fps, rests, at >> 2, hi >> 2, fp, rest_key)
+                        break
+                    at = fps.find(fp, at + 1, hi)
         if self._wide:
             found += self._wide.get((kind, blob_id), ())
         return found
 
+    def _run_at(self, fps: Column, rests: Column, i: int, hi: int, fp: bytes, rest_key: bytes) -> list[Location]:
+        """The locations of record i and of the records after it with the same key."""
+        packs, found = self._packs, []
+        while True:
+            _, kind_pack, offset, length, raw_length = _UNPACK_REST(rests, i * _REST)
+            found.append(Location(packs[kind_pack & 0xFFFFFF], offset, length, raw_length))
+            i += 1
+            if i >= hi or fps[i * _FP:(i + 1) * _FP] != fp or rests[i * _REST:i * _REST + _REST_KEY] != rest_key:
+                return found
+
     def contains(self, kind: int, blob_id: bytes) -> bool:
-        b, key = _bucket(blob_id), blob_id[2:] + _KIND_BYTE[kind]
-        table, starts, tails = self._state
-        if _find_sorted(table, key, starts[b] * _SIZE, starts[b + 1] * _SIZE) >= 0:
-            return True
-        tail = tails.get(b)
-        if tail and next(_aligned_hits(tail, key), None) is not None:
+        b = blob_id[0] << 8 | blob_id[1]
+        fps, rests, starts, tails = self._state
+        fp, hi = blob_id[2:6], starts[b + 1] << 2
+        at = fps.find(fp, starts[b] << 2, hi)
+        if at >= 0:                    # most lookups of a blob not stored end here
+            rest_key = blob_id[6:] + _KIND_BYTE[kind]
+            while at >= 0:
+                r = (at >> 2) * _REST
+                if not at & 3 and rests[r:r + _REST_KEY] == rest_key:
+                    return True
+                at = fps.find(fp, at + 1, hi)
+        if b in tails and next(_aligned_hits(tails[b], blob_id[2:] + _KIND_BYTE[kind]), None) is not None:
             return True
         return bool(self._wide) and (kind, blob_id) in self._wide
 
-    def _location(self, record: bytes | bytearray) -> Location:
+    def _location(self, record: bytes) -> Location:
         _, kind_pack, offset, length, raw_length = _RECORD.unpack(record)
         return Location(self._packs[kind_pack & 0xFFFFFF], offset, length, raw_length)
 
@@ -494,30 +532,31 @@ class _BlobTable:
     def items(self) -> Iterator[tuple[BlobKey, list[Location]]]:
         with self._lock:               # a settled table is never mutated: iterate the current one
             self._settle()
-            table, starts, _ = self._state
+            fps, rests, starts, _ = self._state
             wide = {key: list(locs) for key, locs in self._wide.items()}
         for b in range(_BUCKETS):
-            prefix = b.to_bytes(2, "big")
-            at, hi = starts[b] * _SIZE, starts[b + 1] * _SIZE
-            while at < hi:
-                key = table[at:at + _KEY]
-                blob = (key[-1], prefix + bytes(key[:-1]))   # a loaded image's table is a bytearray
-                records = []
-                while at < hi and table[at:at + _KEY] == key:
-                    records.append(table[at:at + _SIZE])
-                    at += _SIZE
-                yield blob, [self._location(r) for r in records] + wide.pop(blob, [])
+            prefix, lo, hi = b.to_bytes(2, "big"), starts[b], starts[b + 1]
+            records = _whole_records(fps[lo * _FP:hi * _FP], rests[lo * _REST:hi * _REST])
+            at = 0
+            while at < len(records):
+                key = records[at][:_KEY]
+                blob = (key[-1], prefix + key[:-1])
+                end = at + 1
+                while end < len(records) and records[end][:_KEY] == key:
+                    end += 1
+                yield blob, [self._location(r) for r in records[at:end]] + wide.pop(blob, [])
+                at = end
         yield from wide.items()
 
     # -- whole images (the local index table cache) ------------------------------------------
 
-    def image(self) -> tuple[bytes | bytearray, array[int], array[int], list[str], list[Any]]:
-        """(settled table, starts, records per pack number, pack ids, the wide locations)."""
+    def image(self) -> tuple[Column, Column, array[int], array[int], list[str], list[Any]]:
+        """(settled fingerprints, rests, starts, records per pack number, pack ids, wide locations)."""
         with self._lock:
             self._settle()
-            table, starts, _ = self._state
+            fps, rests, starts, _ = self._state
             wide = [[kind, blob_id, [list(loc) for loc in locs]] for (kind, blob_id), locs in self._wide.items()]
-            return table, starts, array("Q", self._counts), list(self._packs), wide
+            return fps, rests, starts, array("Q", self._counts), list(self._packs), wide
 
     @property
     def distinct(self) -> int:
@@ -526,13 +565,14 @@ class _BlobTable:
             return self._distinct
 
     @classmethod
-    def from_image(cls, table: bytes | bytearray, starts: array[int], counts: array[int], packs: list[str],
+    def from_image(cls, fps: Column, rests: Column, starts: array[int], counts: array[int], packs: list[str],
                    distinct: int, wide: list[Any]) -> _BlobTable:
-        if len(starts) != _BUCKETS + 1 or starts[0] or starts[-1] * _SIZE != len(table) or len(counts) != len(packs) \
-                or any(starts[b] > starts[b + 1] for b in range(_BUCKETS)):
+        records = starts[-1] if len(starts) == _BUCKETS + 1 else -1
+        if records < 0 or starts[0] or len(fps) != records * _FP or len(rests) != records * _REST \
+                or len(counts) != len(packs) or any(starts[b] > starts[b + 1] for b in range(_BUCKETS)):
             raise ValueError("inconsistent table image")
         loaded = cls()
-        loaded._state = (table, starts, {})
+        loaded._state = (fps, rests, starts, {})
         loaded._packs, loaded._counts, loaded._distinct = list(packs), counts, int(distinct)
         loaded._numbers = {pack_id: n for n, pack_id in enumerate(packs)}
         loaded._wide = {(kind, bytes(blob_id)): [Location(*loc) for loc in locs] for kind, blob_id, locs in wide}
@@ -545,8 +585,14 @@ class _BlobTable:
             return self._distinct + wide_only
 
     def _in_table(self, kind: int, blob_id: bytes) -> bool:
-        b, (table, starts, _) = _bucket(blob_id), self._state
-        return _find_sorted(table, blob_id[2:] + _KIND_BYTE[kind], starts[b] * _SIZE, starts[b + 1] * _SIZE) >= 0
+        b, (fps, rests, starts, _) = _bucket(blob_id), self._state
+        return _first(fps, rests, blob_id[2:6], blob_id[6:] + _KIND_BYTE[kind], starts[b], starts[b + 1]) >= 0
+
+
+def _whole_records(fps: Column, rests: Column) -> list[bytes]:
+    """A stretch of the two columns as whole 46-byte records (bytes: hashable, comparable)."""
+    fps, rests = bytes(fps), bytes(rests)
+    return [fps[k * _FP:(k + 1) * _FP] + rests[k * _REST:(k + 1) * _REST] for k in range(len(fps) // _FP)]
 
 
 def _pack_number(record: bytes | bytearray) -> int:

@@ -139,7 +139,7 @@ class RepoCore:
         The first load of a process starts from the local index table cache when it has a sound
         one (repo/indexcache.py), so only index objects listed since it was saved are fetched."""
         listed = {layout.name_of(info.key) for info in self.remote.list(layout.INDEX_PREFIX)}
-        if not self.index.index_packs and len(self.index) == 0:
+        if self.index.untouched():
             self._table_restored = self.table_cache.restore(self.index)
         loaded = set(self.index.index_packs)
         gone = loaded - listed        # consolidated by gc: forget it (packs another index lists stay)
