@@ -15,6 +15,7 @@ from casstore.format.index import IndexObject
 from casstore.format.pack import KIND_DATA, KIND_TREE, BlobEntry
 from casstore.format.tree import Entry, EntryType
 from casstore.read import reader
+from casstore.remotes.local import LocalRemote
 from casstore.repo.core import RepoCore
 from tests.helpers import dir_entry, file_entry, init_repo, invoke, open_repo, write_snapshot
 
@@ -98,9 +99,9 @@ def test_show_and_cat_on_the_command_line_read_only_the_trees_on_their_path(tmp_
     assert len(loads) == DEPTH + 1
 
 
-def test_check_reads_each_distinct_tree_once_over_50_snapshots(tmp_path: Path) -> None:
-    repo = init_repo(tmp_path / "repo")
-    for k in range(50):      # 4 directories of 3 subdirectories; each snapshot changes one file
+def fifty_sharing_snapshots(repo: RepoCore) -> None:
+    """50 snapshots of 4 directories of 3 subdirectories; each snapshot changes one file."""
+    for k in range(50):
         def build(store: object, k: int = k) -> list[Entry]:
             def content(t: int, s: int) -> bytes:
                 return f"{t}{s}{k if (t, s) == (k % 4, k % 3) else ''}".encode()
@@ -108,12 +109,28 @@ def test_check_reads_each_distinct_tree_once_over_50_snapshots(tmp_path: Path) -
                 dir_entry(store, f"sub{s}".encode(), [file_entry(store, b"f", content(t, s))]) for s in range(3)])
                 for t in range(4)]
         write_snapshot(repo, build, time_ns=1_700_000_000_000_000_000 + k)
+
+
+def test_check_reads_each_distinct_tree_once_over_50_snapshots(tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "repo")
+    fifty_sharing_snapshots(repo)
     fresh = open_repo(tmp_path / "repo")
     distinct = sum(1 for (kind, _), _ in fresh.load_index().blobs() if kind == KIND_TREE)
     reads = count_tree_reads(fresh)
     report = fresh.check()
     assert report.ok and report.snapshots == 50
     assert len(reads) == len(set(reads)) == distinct < 50 * 17       # 17 trees a snapshot
+
+
+def test_a_first_sync_of_50_snapshots_reads_each_distinct_tree_once(tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "repo")
+    fifty_sharing_snapshots(repo)
+    fresh = open_repo(tmp_path / "repo")
+    distinct = sum(1 for (kind, _), _ in fresh.load_index().blobs() if kind == KIND_TREE)
+    reads = count_tree_reads(fresh)
+    report = fresh.sync(LocalRemote(str(tmp_path / "remote")))
+    assert len(report.snapshots) == 50
+    assert len(reads) == len(set(reads)) == distinct
 
 
 def test_a_problem_in_a_shared_tree_is_reported_in_every_snapshot_under_its_own_path(tmp_path: Path) -> None:
