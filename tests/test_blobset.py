@@ -34,3 +34,12 @@ def test_a_key_found_across_two_members_is_not_a_member() -> None:
     assert (1, first) in members and (1, second) in members
     assert straddling not in members
     assert members.add(*straddling) and straddling in members and len(members) == 3
+
+
+def test_an_ordered_set_iterates_in_the_order_members_were_first_added() -> None:
+    rng = random.Random(3)
+    added = [(rng.choice((KIND_DATA, KIND_TREE)), rng.randbytes(32)) for _ in range(500)]
+    members = BlobSet(ordered=True)
+    for key in added + added[::7]:                     # repeats keep their first place
+        members.add(*key)
+    assert list(members) == added and len(members) == 500

@@ -17,9 +17,13 @@ _KIND_BYTE = [bytes((kind,)) for kind in range(256)]
 
 
 class BlobSet:
-    def __init__(self, members: Iterable[tuple[int, bytes]] = ()) -> None:
+    """With `ordered`, members also iterate in the order they were added (33 more bytes a member):
+    a sync uploads blobs in walk order, so each pack holds the blobs of neighbouring files."""
+
+    def __init__(self, members: Iterable[tuple[int, bytes]] = (), *, ordered: bool = False) -> None:
         self._buckets: list[bytearray | None] = [None] * _BUCKETS
         self._len = 0
+        self._order = bytearray() if ordered else None    # kind byte + id, per member, as added
         for kind, blob_id in members:
             self.add(kind, blob_id)
 
@@ -34,6 +38,8 @@ class BlobSet:
         else:
             bucket += key
         self._len += 1
+        if self._order is not None:
+            self._order += _KIND_BYTE[kind] + blob_id
         return True
 
     def __contains__(self, member: object) -> bool:
@@ -47,7 +53,12 @@ class BlobSet:
         return self._len
 
     def __iter__(self) -> Iterator[tuple[int, bytes]]:
-        """Members by bucket (the ids' first two bytes), each bucket in insertion order."""
+        """Members in the order added when `ordered`, else by bucket (the ids' first two bytes)."""
+        if self._order is not None:
+            order = self._order
+            for at in range(0, len(order), 33):
+                yield order[at], bytes(order[at + 1:at + 33])
+            return
         for b, bucket in enumerate(self._buckets):
             if bucket is None:
                 continue

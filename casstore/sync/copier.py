@@ -79,16 +79,16 @@ class Copier:
         self.fresh_load = True
 
     def reachable(self, snapshot_ids: list[str]) -> BlobSet:
-        """Every blob the snapshots need, each once (a tree shared by several snapshots is read once)."""
-        seen = BlobSet()
+        """Every blob the snapshots need, each once (a tree shared by several snapshots is read once),
+        in walk order: trees before the chunks below them, so packs keep neighbouring files together."""
+        seen = BlobSet(ordered=True)
         for snapshot_id in snapshot_ids:
             add_reachable(lambda i: self.src.read_blob(KIND_TREE, i), self.src.manifest(snapshot_id).tree, seen)
         return seen
 
     def missing(self, blobs: Blobs) -> list[tuple[int, bytes]]:
-        """The blobs the destination lacks, trees first (they are few and small)."""
-        lacking = [key for key in blobs if not self.store.has(*key)]
-        return sorted(lacking, key=lambda key: key[0] != KIND_TREE)
+        """The blobs the destination lacks, in the order `blobs` gives them."""
+        return [key for key in blobs if not self.store.has(*key)]
 
     def sizes(self, blobs: list[tuple[int, bytes]]) -> tuple[int, int]:
         raw = stored = 0
