@@ -15,7 +15,7 @@ indexes, and gc deletes them.
 
 It is stored as `index/<BLAKE3 of the bytes>`. In memory, `MasterIndex` keeps every location of
 every blob, keyed by (kind, id) so a chunk equal to a tree blob cannot be confused with it, as
-fixed-size records (about 47 bytes a blob, not Python objects).
+fixed-size records (46 bytes a blob, not Python objects; see `_BlobTable`).
 """
 
 from __future__ import annotations
