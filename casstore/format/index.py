@@ -487,7 +487,10 @@ class _BlobTable:
                 while at >= 0:
                     r = (at >> 2) * _REST
                     if not at & 3 and rests[r:r + _REST_KEY] == rest_key:
-                        found = self._run_at(fps, rests, at >> 2, hi >> 2, fp, rest_key)
+                        _, kind_pack, offset, length, raw_length = _UNPACK_REST(rests, r)
+                        found = [Location(self._packs[kind_pack & 0xFFFFFF], offset, length, raw_length)]
+                        if fps[at + _FP:at + 2 * _FP] == fp:     # another copy may follow: rarely
+                            found = self._run_at(fps, rests, at >> 2, hi >> 2, fp, rest_key)
                         break
                     at = fps.find(fp, at + 1, hi)
         if self._wide:
