@@ -56,12 +56,13 @@ def open(repository: str | None = None, *, remote: str | None = None, create: bo
     return open_repository(settings_for(repository, **settings), remote=remote, create=create)
 
 
-def init(repository: str | None = None, **settings: Any) -> Repository:
-    """Create a new local repository (see `casstore init`)."""
+def init(repository: str | None = None, *, encrypt: bool = False, **settings: Any) -> Repository:
+    """Create a new local repository (see `casstore init`); `encrypt=True` encrypts it under the
+    password given as `password=` (or CASSTORE_PASSWORD, _FILE, _COMMAND)."""
     from casstore.client import init_repository  # lazy: `import casstore` stays light
     from casstore.repo.open import settings_for  # lazy: `import casstore` stays light
 
-    return init_repository(settings_for(repository, **settings))
+    return init_repository(settings_for(repository, **settings), encrypt=encrypt)
 
 
 def __getattr__(name: str) -> object:

@@ -4,7 +4,7 @@ a hook is reached (unset in normal use, when each hook costs a dictionary lookup
 - `CASSTORE_TEST_PAUSE_AT=<name>`: `pause_point(name)` stops the process (SIGSTOP) when it
   reaches that point, after writing the name to `CASSTORE_TEST_PAUSE_FILE` (if set) so the test
   knows it got there; the test resumes it with SIGCONT. Points: sync/copier.py (after-pack-upload,
-  before-index-put, after-recheck, after-snapshot-put), gc/sweep.py (sweep-after-list,
+  between-listings, before-index-put, after-recheck, after-snapshot-put), gc/sweep.py (sweep-after-list,
   sweep-before-packs, sweep-before-plans), gc/mark.py (mark-before-plan) and snapshot/builder.py
   (snapshot-before-index, snapshot-before-commit).
 - `set_pause_hook(fn)` routes every pause point to `fn(name)` instead, in this process: the
@@ -16,6 +16,9 @@ a hook is reached (unset in normal use, when each hook costs a dictionary lookup
   in a seeded fault injector (remotes/wrappers.py FaultyRemote, `faults_from_env`).
 - `CASSTORE_TEST_CRASH_AT_IO=<n>`: any command SIGKILLs itself at its nth durability call (temp
   write, fsync, rename, link, unlink, directory fsync: fsio/durable.py FileSystem).
+- `CASSTORE_TEST_WEAK_KDF=1`: new key slots use the cheapest Argon2id parameters (64 KiB, one
+  pass), so tests that create many encrypted repositories in subprocesses stay quick
+  (`weak_kdf()`, repo/keys.py). Never for real slots.
 - `CASSTORE_TEST_CLOCK_FILE=<path>`: a new snapshot records the epoch seconds in that file as its
   time (`snapshot_time_ns`, snapshot/builder.py), so acceptance tests play days of backups through
   `serve` and `schedule --once` processes in seconds.
@@ -37,6 +40,7 @@ CRASH_AT = "CASSTORE_TEST_CRASH_AT"
 CRASH_AT_IO = "CASSTORE_TEST_CRASH_AT_IO"
 CLOCK_FILE = "CASSTORE_TEST_CLOCK_FILE"
 FAULTS = "CASSTORE_TEST_FAULTS"
+WEAK_KDF = "CASSTORE_TEST_WEAK_KDF"
 
 _hook: Callable[[str], None] | None = None
 
@@ -84,3 +88,8 @@ def snapshot_time_ns(now_ns: int) -> int:
         return now_ns
     with open(path) as fh:
         return int(float(fh.read().strip()) * 1e9)
+
+
+def weak_kdf() -> bool:
+    """Whether new key slots take the cheapest KDF parameters (CASSTORE_TEST_WEAK_KDF, tests only)."""
+    return os.environ.get(WEAK_KDF) == "1"

@@ -16,7 +16,7 @@ from casstore.errors import CasstoreError, RepositoryNotFound, SnapshotNotFound
 from casstore.format.config import RepoConfig
 from casstore.remotes.base import Remote
 from casstore.repo.core import RepoCore, SnapshotInfo, check_ref, for_reads, latest_of
-from casstore.repo.open import connect, open_as
+from casstore.repo.open import adopt_or_share, connect, new_config, open_as
 from casstore.settings import Settings
 from casstore.snapshot.source import require_source
 
@@ -190,8 +190,14 @@ def open_repository(settings: Settings, *, remote: str | Remote | None = None, c
     return open_as(Repository, settings, remote=remote, create=create, like=like, fallback_remote=fallback_remote)
 
 
-def init_repository(settings: Settings, config: RepoConfig | None = None) -> Repository:
-    """A new local repository (RepositoryExists if there is one): `casstore init`, `casstore.init()`."""
+def init_repository(settings: Settings, config: RepoConfig | None = None, *, encrypt: bool = False) -> Repository:
+    """A new local repository (RepositoryExists if there is one): `casstore init`, `casstore.init()`.
+    With `encrypt` (and no `config`), an encrypted one under the settings' password, adopting the
+    configured remote's repository when it holds one."""
+    if config is None and encrypt:
+        config = new_config(settings, encrypt=True)
+        if settings.remote:
+            config = adopt_or_share(settings, config)
     return Repository.init_local(settings.repository, settings, config)
 
 

@@ -10,7 +10,12 @@
     │   ├── IntegrityError            stored bytes do not match their id
     │   ├── SnapshotNotFound          unknown or ambiguous snapshot id / prefix
     │   ├── LockError                 the repository lock is held
-    │   └── IncompatibleRepository    chunker parameters or seeds differ
+    │   ├── IncompatibleRepository    chunker parameters or seeds differ
+    │   └── EncryptionError           an encrypted repository cannot be opened as asked
+    │       ├── WrongPassword         no key slot opens with the password given
+    │       ├── MissingKey            encrypted, but no key slot, or no password to try
+    │       └── DowngradeError        encrypted objects under a plain config, or a plain config
+    │                                 where the repository is known to be encrypted
     ├── RestoreError                  restore refused (unsafe name, existing file)
     └── RemoteError                   the storage below a repository failed
         ├── ObjectNotFound            the only meaning of "missing"
@@ -31,10 +36,13 @@ __all__ = [
     "BucketNotFound",
     "CasstoreError",
     "ConfigError",
+    "DowngradeError",
+    "EncryptionError",
     "FormatError",
     "IncompatibleRepository",
     "IntegrityError",
     "LockError",
+    "MissingKey",
     "ObjectExists",
     "ObjectNotFound",
     "RemoteError",
@@ -46,6 +54,7 @@ __all__ = [
     "ShortRead",
     "SourceError",
     "TransientError",
+    "WrongPassword",
 ]
 
 
@@ -92,6 +101,22 @@ class LockError(RepositoryError):
 
 
 class IncompatibleRepository(RepositoryError):
+    pass
+
+
+class EncryptionError(RepositoryError):
+    pass
+
+
+class WrongPassword(EncryptionError):
+    pass
+
+
+class MissingKey(EncryptionError):
+    pass
+
+
+class DowngradeError(EncryptionError):
     pass
 
 

@@ -57,6 +57,12 @@ class Settings:
     read_timeout: float = 15.0             # seconds a small (metadata) answer may stall
     min_read_rate: int = 256 * 1024        # bytes/s a large read may fall to before it is cut
     request_deadline: float = 120.0        # one request's total time, retries and backoff included
+    # an encrypted repository's password: given, in a file, or printed by a command (never stored)
+    password: str | None = _secret()
+    password_file: str | None = None
+    password_command: str | None = None
+    new_password: str | None = _secret()    # `key add` / `key passwd`: the new key's password
+    new_password_file: str | None = None
 
     def with_overrides(self, **overrides: Any) -> Settings:
         known = {f.name for f in fields(self)}
@@ -115,6 +121,11 @@ def load_settings(overrides: dict | None = None, environ: dict | None = None, do
         read_timeout=parse_duration(env.get("CASSTORE_READ_TIMEOUT", "15s")),
         min_read_rate=parse_size(env.get("CASSTORE_MIN_READ_RATE", "256K")),
         request_deadline=parse_duration(env.get("CASSTORE_REQUEST_DEADLINE", "120s")),
+        password=env.get("CASSTORE_PASSWORD") or None,
+        password_file=env.get("CASSTORE_PASSWORD_FILE") or None,
+        password_command=env.get("CASSTORE_PASSWORD_COMMAND") or None,
+        new_password=env.get("CASSTORE_NEW_PASSWORD") or None,
+        new_password_file=env.get("CASSTORE_NEW_PASSWORD_FILE") or None,
     )
     return settings.with_overrides(**(overrides or {}))
 

@@ -12,6 +12,12 @@ random one, or an enumerating one that walks every choice sequence up to a depth
 A schedule's verdict is the invariants of design 5 and 9 checked afterwards: every snapshot on
 the remote restores byte-identical to the folder it was taken of, `check --read-data` is clean,
 and gc runs again without aborting (then the snapshots still restore).
+
+**Cost.** That full check costs more than the schedule itself, so every schedule gets the cheap
+one (every blob each snapshot reaches has a location, in an index listed now, in a pack listed
+now: what every hole found so far broke), before and after gc runs again; the full restore and
+`check --read-data` run on every FULL_EVERY-th seed (CASSTORE_EXPLORE_FULL_EVERY, default 8; 1 =
+all), and on any schedule replayed by seed.
 """
 
 from __future__ import annotations
@@ -29,13 +35,17 @@ from pathlib import Path
 from casstore import _testing as testhooks
 from casstore.client import Repository
 from casstore.errors import CasstoreError, ConfigError
+from casstore.format import layout
 from casstore.format.config import RepoConfig
+from casstore.format.pack import KIND_TREE
+from casstore.format.walk import add_reachable
 from casstore.gc.run import GcAborted, LeaseHeld, LeaseLost, collect_garbage
 from casstore.remotes.base import ObjectInfo, Remote
 from casstore.remotes.local import LocalRemote
 from casstore.remotes.memory import MemoryRemote
 from casstore.remotes.wrappers import RemoteWrapper
 from casstore.settings import Settings, load_settings
+from casstore.sync import transfer
 from casstore.sync.transfer import sync_to_remote
 from tests.sync_helpers import tree_digest
 
@@ -45,7 +55,11 @@ T0 = 1_800_000_000.0
 ADVANCES = (0.0, 0.0, 0.0, GRACE / 4 + 1, GRACE / 2 + 1, GRACE + 1, 2 * GRACE + 1)
 #: a writer that is merely slow: two minutes, far inside the repository's grace period
 SLOW = (0.0, 0.0, 121.0)
+#: a window of seconds, not a suspension: the storage clock moves by a minute at most
+SHORT = (0.0, 0.0, 60.0)
 STEP_TIMEOUT = 60.0
+#: the full restore + check --read-data on every FULL_EVERY-th seed; the cheap invariant on all
+FULL_EVERY = int(os.environ.get("CASSTORE_EXPLORE_FULL_EVERY", "8"))
 
 
 class Hang(AssertionError):
@@ -72,6 +86,20 @@ class ClockedRemote(RemoteWrapper):
         stamp = self.clock()
         os.utime(self.local._path(key), (stamp, stamp))
         return self.local.stat(key)
+
+
+class ListedOnUse(RemoteWrapper):
+    """In place of `casstore.sync.ahead.ListingsAhead` while a schedule runs: each listing a sync
+    sends ahead is answered when the sync uses it. Sent together, those listings may be answered in
+    any order and arbitrarily late (a retried request, a stalled connection); this is the order in
+    which the sync reads them, with a pause point between them, so a whole gc can run in between.
+    (Threads the scheduler does not park would otherwise answer them all before the first pause.)"""
+
+    def __init__(self, inner: Remote, prefixes: object = ()) -> None:
+        super().__init__(inner)
+
+    def settle(self) -> None:
+        pass
 
 
 # -- choosing --------------------------------------------------------------------------------
@@ -187,6 +215,7 @@ class Scheduler:
 
     def run(self) -> list[str]:
         testhooks.set_pause_hook(self._park)
+        listings_ahead, transfer.ListingsAhead = transfer.ListingsAhead, ListedOnUse   # type: ignore[misc]
         try:
             for actor in self.actors:
                 actor.thread = threading.Thread(target=self._run_actor, args=(actor,), daemon=True,
@@ -206,6 +235,7 @@ class Scheduler:
                     actor.thread.join()
         finally:
             testhooks.set_pause_hook(None)
+            transfer.ListingsAhead = listings_ahead   # type: ignore[misc]
         return self.trace
 
 
@@ -319,7 +349,32 @@ def remote_snapshot_actor(world: World, source: Path) -> Callable[[Callable[[], 
     return body
 
 
-SCENARIOS = ("writers", "grace", "remote-snapshot", "all")
+SCENARIOS = ("writers", "grace", "remote-snapshot", "unchanged", "all")
+
+
+def setup_of(scenario: str) -> str:
+    """Which prepared state a scenario starts from (see `prepare`, `prepare_due_plan`)."""
+    return "due-plan" if scenario == "unchanged" else "main"
+
+
+def prepare_due_plan(world: World) -> dict[str, dict[str, dict]]:
+    """Host c's state for the unchanged-sync window: its first snapshot was synced and forgotten on
+    the remote, and a gc plan condemning its packs is already due; its second snapshot is of the
+    same folder, unchanged (a new manifest, no new blob: every blob it needs is condemned)."""
+    config = tiny_config()
+    remote_setup = Repository.init_remote(world.remote, settings_for(world.root, "init", GRACE), config)
+    host = make_host(world.root, "c", config, [4])
+    sync_to_remote(host.repo, world.remote, clock=lambda: world.clock.now - T0)
+    for snapshot_id in remote_setup.snapshot_ids():
+        world.remote.delete(f"snapshots/{snapshot_id}")
+    world.clock.now += GRACE + 1
+    report = collect_garbage(remote_setup, clock=lambda: world.clock.now - T0, local_clock=world.clock)
+    assert report.plan, "the preparation's gc condemned nothing"
+    world.clock.now += GRACE + 1
+    result = host.repo.snapshot(str(world.root / "src-c"))
+    host.expected[result.id] = tree_digest(world.root / "src-c")
+    host.repo.close()
+    return {host.name: host.expected}
 
 
 def prepare(world: World) -> dict[str, dict[str, dict]]:
@@ -327,12 +382,16 @@ def prepare(world: World) -> dict[str, dict[str, dict]]:
 
     Host a's first snapshot is on the remote and forgotten there: dead data a's second snapshot
     (not synced yet) relies on. Host b has one snapshot sharing a file with a's; host r's folder
-    is ready for a snapshot taken straight into the remote.
+    is ready for a snapshot taken straight into the remote. Host c's first snapshot is on the
+    remote and forgotten there too, and its second is of the same folder, unchanged: a new
+    manifest and no new blob, all of them dead data on the remote (the daily sync's shortcut).
     """
     config = tiny_config()
     remote_setup = Repository.init_remote(world.remote, settings_for(world.root, "init", GRACE), config)
-    hosts = [make_host(world.root, "a", config, [1]), make_host(world.root, "b", config, [2])]
-    sync_to_remote(hosts[0].repo, world.remote, clock=lambda: world.clock.now - T0)
+    hosts = [make_host(world.root, "a", config, [1]), make_host(world.root, "b", config, [2]),
+             make_host(world.root, "c", config, [4])]
+    for synced in (hosts[0], hosts[2]):
+        sync_to_remote(synced.repo, world.remote, clock=lambda: world.clock.now - T0)
     for snapshot_id in remote_setup.snapshot_ids():
         world.remote.delete(f"snapshots/{snapshot_id}")
     world.clock.now += GRACE / 2
@@ -340,6 +399,8 @@ def prepare(world: World) -> dict[str, dict[str, dict]]:
     (source_a / "own-0.bin").write_bytes(random.Random(11).randbytes(2500))
     result = hosts[0].repo.snapshot(str(source_a))
     hosts[0].expected[result.id] = tree_digest(source_a)
+    result = hosts[2].repo.snapshot(str(world.root / "src-c"))
+    hosts[2].expected[result.id] = tree_digest(world.root / "src-c")
     write_source(world.root / "src-r", 3)
     for host in hosts:
         host.repo.close()
@@ -354,17 +415,21 @@ def build(world: World, scenario: str, scheduler: Scheduler, expected: dict[str,
     - grace: as writers, but the gc host's own setting says a grace of one minute, and every
       pause lasts at most two minutes (a slow writer, not a suspended one);
     - remote-snapshot: a snapshot taken straight into the remote while gc runs;
+    - unchanged: from `prepare_due_plan`, host c's sync of an unchanged folder, all of whose blobs
+      a due plan condemns, while gc runs twice; the clock moves by a minute at most (the window
+      between a sync's first listings is seconds long);
     - all: every actor above at once, plus a second gc host whose own setting says one minute.
     """
     hosts = [Host(name, Repository.open_local(str(world.root / f"repo-{name}"), settings_for(world.root, name, GRACE)),
                   dict(digests)) for name, digests in sorted(expected.items())]
     gc_grace = GRACE / 60 if scenario == "grace" else GRACE
-    if scenario in ("writers", "grace", "all"):
-        for host in hosts:
+    writers = {"writers": "ab", "grace": "ab", "unchanged": "c", "all": "abc"}.get(scenario, "")
+    for host in hosts:
+        if host.name in writers:
             scheduler.add(host.name, sync_actor(world, host))
     if scenario in ("remote-snapshot", "all"):
         scheduler.add("r", remote_snapshot_actor(world, world.root / "src-r"))
-    scheduler.add("gc", gc_actor(world, 3, gc_grace))
+    scheduler.add("gc", gc_actor(world, 2 if scenario == "unchanged" else 3, gc_grace))
     if scenario == "all":   # a second gc host, whose own setting says one minute
         scheduler.add("gc2", gc_actor(world, 2, GRACE / 60, host="gc2-host"))
     return hosts
@@ -394,23 +459,23 @@ def _cleanup() -> None:
     shutil.rmtree(_base(), ignore_errors=True)
 
 
-def fresh_world(kind: str) -> tuple[World, dict[str, dict[str, dict]]]:
+def fresh_world(kind: str, setup: str = "main") -> tuple[World, dict[str, dict[str, dict]]]:
     """A world in the prepared state, always at the same path (so every absolute path in the
     local repositories' records, and a file:// remote's URL, stays the same)."""
-    run = _base() / f"run-{kind}"
+    run = _base() / f"run-{setup}-{kind}"
     shutil.rmtree(run, ignore_errors=True)
-    template = _TEMPLATES.get(kind)
+    template = _TEMPLATES.get(f"{setup}-{kind}")
     if template is None:
         import atexit
 
         atexit.register(_cleanup)
         world = new_world(run, kind)
-        expected = prepare(world)
+        expected = prepare_due_plan(world) if setup == "due-plan" else prepare(world)
         objects = dict(world.remote._objects) if isinstance(world.remote, MemoryRemote) else None
-        template = Template(_base() / f"template-{kind}", world.clock.now, expected, objects)
+        template = Template(_base() / f"template-{setup}-{kind}", world.clock.now, expected, objects)
         shutil.rmtree(template.path, ignore_errors=True)
         shutil.copytree(run, template.path, symlinks=True)
-        _TEMPLATES[kind] = template
+        _TEMPLATES[f"{setup}-{kind}"] = template
         shutil.rmtree(run, ignore_errors=True)
     shutil.copytree(template.path, run, symlinks=True)
     world = new_world(run, kind)
@@ -430,9 +495,10 @@ class Verdict:
     problems: list[str]
 
 
-def run_schedule(scenario: str, kind: str, chooser: Chooser) -> Verdict:
-    world, expected = fresh_world(kind)
-    scheduler = Scheduler(world.clock, chooser, SLOW if scenario == "grace" else ADVANCES)
+def run_schedule(scenario: str, kind: str, chooser: Chooser, full: bool = True) -> Verdict:
+    world, expected = fresh_world(kind, setup_of(scenario))
+    advances = {"grace": SLOW, "unchanged": SHORT}.get(scenario, ADVANCES)
+    scheduler = Scheduler(world.clock, chooser, advances)
     hosts = build(world, scenario, scheduler, expected)
     try:
         trace = scheduler.run()
@@ -444,7 +510,7 @@ def run_schedule(scenario: str, kind: str, chooser: Chooser) -> Verdict:
             host.repo.close()
     for host in hosts:
         world.expected.update(host.expected)
-    problems += check_invariants(world)
+    problems += check_invariants(world, full)
     return Verdict(not problems, trace, problems)
 
 
@@ -473,10 +539,11 @@ def _tolerated(error: BaseException) -> bool:
         "SessionExpired", "LeaseHeld", "LeaseLost")
 
 
-def check_invariants(world: World) -> list[str]:
-    """Every snapshot restores byte-identical, check --read-data is clean, gc runs again cleanly."""
+def check_invariants(world: World, full: bool = True) -> list[str]:
+    """Every snapshot's blobs are stored (and, `full`, it restores byte-identical and check
+    --read-data is clean); then gc runs again cleanly, three times, and the same holds."""
     repo = remote_repo(world.remote, world.root, "checker")
-    problems = _restorable(repo, world)
+    problems = _stored(repo) + (_restorable(repo, world) if full else [])
     if problems:
         return problems
     try:
@@ -485,7 +552,27 @@ def check_invariants(world: World) -> list[str]:
             collect_garbage(repo, clock=lambda: world.clock.now, local_clock=world.clock)
     except CasstoreError as exc:
         return [f"gc cannot run again: {type(exc).__name__}: {exc}"]
-    return _restorable(repo, world)
+    return _stored(repo) + (_restorable(repo, world) if full else [])
+
+
+def _stored(repo: Repository) -> list[str]:
+    """The cheap invariant: every blob a snapshot reaches (its trees and chunks) has a location, in
+    an index listed now (withdrawn ones aside), in a pack listed now."""
+    repo.load_index()
+    packs = {layout.name_of(info.key) for info in repo.remote.list(layout.DATA_PREFIX)}
+    problems = []
+    for snapshot_id in repo.snapshot_ids():
+        reached: dict[tuple[int, bytes], None] = {}
+        try:
+            add_reachable(lambda i: repo.read_blob(KIND_TREE, i), repo.manifest(snapshot_id).tree, reached)
+        except CasstoreError as exc:
+            problems.append(f"snapshot {snapshot_id[:12]}: a tree cannot be read: {exc}")
+            continue
+        lost = [key for key in reached if not any(loc.pack_id in packs for loc in repo.index.locations(*key))]
+        if lost:
+            problems.append(f"snapshot {snapshot_id[:12]}: {len(lost)} blob(s) in no stored pack an index "
+                            f"names, e.g. {lost[0][1].hex()[:16]}")
+    return problems
 
 
 def _restorable(repo: Repository, world: World) -> list[str]:
@@ -518,22 +605,83 @@ class Exploration:
     schedules: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, Verdict]] = field(default_factory=list)   # (seed or path, verdict)
+    traces: set[int] = field(default_factory=set)   # distinct schedules (hashes of their traces)
+    full: int = 0                                   # how many got the full restore + check --read-data
+
+    def add(self, other: Exploration) -> None:
+        self.schedules += other.schedules
+        self.failures += other.failures
+        self.traces |= other.traces
+        self.full += other.full
 
 
 def explore_random(scenario: str, kind: str, seeds: Iterator[int] | range, budget: float,
-                   stop_at_first: bool = False) -> Exploration:
-    """Run seeded random schedules until `seeds` or the time budget (seconds) is used up."""
+                   stop_at_first: bool = False, full_every: int = FULL_EVERY, workers: int = 1) -> Exploration:
+    """Run seeded random schedules until `seeds` or the time budget (seconds) is used up; with
+    `workers` > 1, in that many processes (each builds its own prepared state once)."""
+    if workers > 1 and not stop_at_first:
+        return _explore_in_processes(scenario, kind, list(seeds), budget, full_every, workers)
     found = Exploration(scenario, kind)
     started = time.monotonic()
     for seed in seeds:
         if time.monotonic() - started > budget:
             break
-        verdict = run_schedule(scenario, kind, RandomChooser(seed))
+        full = seed % full_every == 0
+        verdict = run_schedule(scenario, kind, RandomChooser(seed), full=full)
         found.schedules += 1
+        found.full += full
+        found.traces.add(trace_id(verdict.trace))
         if not verdict.ok:
             found.failures.append((f"seed {seed}", verdict))
             if stop_at_first:
                 break
+    found.seconds = time.monotonic() - started
+    return found
+
+
+def trace_id(trace: list[str]) -> int:
+    """The same in every process (str hashes are salted per process)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b("|".join(trace).encode(), digest_size=8).digest(), "big")
+
+
+_POOL: object = None   # concurrent.futures.ProcessPoolExecutor, made on first use and kept
+
+
+def _pool(workers: int):   # -> ProcessPoolExecutor
+    """Worker processes, kept for the whole run: each builds its prepared states once."""
+    global _POOL
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    if _POOL is None or _POOL._max_workers != workers:   # type: ignore[attr-defined]
+        if _POOL is not None:
+            _POOL.shutdown()   # type: ignore[attr-defined]
+        # spawned, not forked: a fork would copy whatever threads the parent has mid-call
+        _POOL = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_quiet)
+        import atexit
+
+        atexit.register(_POOL.shutdown)   # type: ignore[attr-defined]
+    return _POOL
+
+
+def _quiet() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.ERROR)   # writers warn at each repair: thousands of schedules
+    logging.getLogger().setLevel(logging.ERROR)
+
+
+def _explore_in_processes(scenario: str, kind: str, seeds: list[int], budget: float, full_every: int,
+                          workers: int) -> Exploration:
+    started = time.monotonic()
+    found = Exploration(scenario, kind)
+    shares = [seeds[i::workers] for i in range(workers)]
+    futures = [_pool(workers).submit(explore_random, scenario, kind, share, budget, False, full_every)  # type: ignore[attr-defined]
+               for share in shares if share]
+    for future in futures:
+        found.add(future.result())
     found.seconds = time.monotonic() - started
     return found
 
@@ -546,14 +694,24 @@ def explore_all(scenario: str, kind: str, depth: int, budget: float) -> Explorat
     while time.monotonic() - started <= budget:
         chooser.start()
         path = list(chooser.prefix)
-        verdict = run_schedule(scenario, kind, chooser)
+        full = found.schedules % FULL_EVERY == 0
+        verdict = run_schedule(scenario, kind, chooser, full=full)
         found.schedules += 1
+        found.full += full
+        found.traces.add(trace_id(verdict.trace))
         if not verdict.ok:
             found.failures.append((f"path {path}", verdict))
         if not chooser.advance():
             break
     found.seconds = time.monotonic() - started
     return found
+
+
+def summary(found: Exploration) -> str:
+    rate = found.schedules / found.seconds if found.seconds else 0.0
+    return (f"explored {found.schedules} schedules ({len(found.traces)} distinct, {found.full} with the full "
+            f"restore + check --read-data) of '{found.scenario}' on {found.kind} in {found.seconds:.1f} s "
+            f"({rate:.1f}/s)")
 
 
 def replay(scenario: str, kind: str, seed: int) -> Verdict:
@@ -569,14 +727,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("kind", choices=("memory", "file"))
     parser.add_argument("--seed", type=int)
     parser.add_argument("--schedules", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=1, help="processes to explore in")
     args = parser.parse_args(argv)
     import logging
 
     logging.basicConfig(level=logging.ERROR)
     seeds = range(args.seed, args.seed + 1) if args.seed is not None else range(args.schedules)
-    found = explore_random(args.scenario, args.kind, seeds, budget=float("inf"))
-    print(f"explored {found.schedules} schedules of '{args.scenario}' on {args.kind} in {found.seconds:.1f} s, "
-          f"{len(found.failures)} failing")
+    found = explore_random(args.scenario, args.kind, seeds, budget=float("inf"),
+                           full_every=1 if args.seed is not None else FULL_EVERY, workers=args.workers)
+    print(f"{summary(found)}, {len(found.failures)} failing")
     for where, verdict in found.failures:
         print(f"{where}: {'; '.join(verdict.problems)}\n  schedule: {' '.join(verdict.trace)}")
     return 1 if found.failures else 0

@@ -202,6 +202,42 @@ def test_a_held_lease_refuses_gc_until_it_expires(tmp_path, clock, remote):
     assert not remote.exists(LEASE_KEY), "released when done"
 
 
+def _held_lease(remote, expires: float) -> bytes:
+    holder = msgpack.packb({"version": 1, "host": "elsewhere", "pid": 1, "boot_id": "x", "expires": expires})
+    remote.put(LEASE_KEY, holder, if_absent=True)
+    return holder
+
+
+def test_a_host_whose_clock_runs_ahead_leaves_a_live_lease_alone(tmp_path, clock, remote):
+    """Issue 11 (a): staleness is judged by the storage's clock, after the skew check. A host an
+    hour ahead used to judge a live lease stale by its own clock, take it over (stopping the holder's
+    gc at its next renewal), and only then fail the skew check."""
+    writer, repo = _two_snapshots_older_forgotten(tmp_path, clock, remote)
+    clock.advance(GRACE + 1)
+    holder = _held_lease(remote, expires=clock() + 600)
+    etag = remote.stat(LEASE_KEY).etag
+    with pytest.raises(ClockSkew):
+        gc(repo, clock, local_clock=lambda: clock() + 3600)
+    assert remote.get(LEASE_KEY) == holder and remote.stat(LEASE_KEY).etag == etag, "the live lease was touched"
+    assert not list_plan_keys(remote)
+
+
+def test_lease_staleness_is_judged_by_the_storage_clock(tmp_path, clock, remote):
+    """A lease expired 400 s ago by the storage's clock is stale (past the 300 s skew margin), even
+    for a host whose clock runs 4 minutes behind (within the allowed skew): by that host's clock it
+    expired only 160 s ago, and gc used to refuse."""
+    writer, repo = _two_snapshots_older_forgotten(tmp_path, clock, remote)
+    clock.advance(GRACE + 1)
+    _held_lease(remote, expires=clock() - 400)
+    report = gc(repo, clock, local_clock=lambda: clock() - 240)
+    assert report.plan, "the stale lease was not taken over"
+    assert not remote.exists(LEASE_KEY), "released when done"
+    clock.advance(3600)
+    _held_lease(remote, expires=clock() - 200)   # 200 s past its expiry: within the margin, still held
+    with pytest.raises(LeaseHeld, match="elsewhere"):
+        gc(repo, clock, local_clock=lambda: clock() + 240)
+
+
 class IgnoresConditionalWrites(RemoteWrapper):
     """A store that overwrites even when asked to create only if absent."""
 

@@ -10,11 +10,14 @@ import pytest
 
 from casstore.errors import IntegrityError, RemoteError
 from casstore.format.config import RepoConfig
+from casstore.format.layout import CLOCK_KEY, LEASE_KEY, pack_key
 from casstore.format.plan import GcPlan, list_plan_keys
 from casstore.fsio.durable import FileSystem
 from casstore.gc.retention import apply_retention
 from casstore.gc.run import GcAborted
+from casstore.remotes.base import ObjectInfo
 from casstore.remotes.local import LocalRemote
+from casstore.remotes.wrappers import RemoteWrapper
 from casstore.sync.state import StateError, SyncState
 from tests.gc_helpers import GRACE, FakeClock, Writer, gc, new_memory_remote, remote_repo
 from tests.sync_helpers import local_repo, tree_digest
@@ -172,3 +175,49 @@ def test_a_listing_error_from_the_directory_walk_is_an_error(tmp_path, monkeypat
                         if str(p) == target else real_stat(p, *a, **k))
     with pytest.raises(RemoteError):
         list(remote.list("index/"))
+
+
+class Backdated(RemoteWrapper):
+    """A real store whose objects all look `seconds` older than they are, except the lease (whose
+    timestamp is gc's "now"): grace periods pass without waiting for them."""
+
+    def __init__(self, inner, seconds: float) -> None:
+        super().__init__(inner)
+        self.seconds = seconds
+
+    def _aged(self, info: ObjectInfo) -> ObjectInfo:
+        if info.key in (LEASE_KEY, CLOCK_KEY):
+            return info
+        return ObjectInfo(info.key, info.size, info.mtime - self.seconds, info.etag)
+
+    def _stat(self, key):
+        return self._aged(self.inner.stat(key))
+
+    def _list(self, prefix):
+        return (self._aged(info) for info in self.inner.list(prefix))
+
+
+def test_a_sweep_of_n_packs_on_s3_makes_one_delete_request_per_1000(moto_remote, tmp_path):
+    """Item 8: gc deletes through DeleteObjects, 1,000 keys a request (counted at the S3 API, on moto)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from casstore.client import Repository
+    from casstore.gc.run import collect_garbage
+    from casstore.settings import load_settings
+
+    n = 1500
+    Repository.init_remote(moto_remote, load_settings({}), RepoConfig.new(grace_seconds=GRACE))
+    with ThreadPoolExecutor(8) as pool:   # orphan packs: no index names them
+        list(pool.map(lambda i: moto_remote.put(pack_key(f"{i:064x}"[::-1]), b"orphan"), range(n)))
+    calls: list[str] = []
+    moto_remote._client.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    repo = remote_repo(Backdated(moto_remote, 3 * GRACE), tmp_path)
+    marked = collect_garbage(repo)
+    assert marked.packs_condemned == n and marked.plan
+    calls.clear()
+    swept = collect_garbage(repo)
+    print(f"S3 requests of the sweep by operation: { {op: calls.count(op) for op in sorted(set(calls))} }")
+    assert swept.packs_deleted == n and not list(moto_remote.list("data/"))
+    # the packs in ceil(n / 1000) requests, the plan in one more; the lease's release is a DeleteObject
+    assert calls.count("DeleteObjects") == -(-n // 1000) + 1
+    assert calls.count("DeleteObject") == 1

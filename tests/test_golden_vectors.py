@@ -16,7 +16,7 @@ import blake3
 import msgpack
 import pytest
 
-from casstore.errors import FormatError
+from casstore.errors import DowngradeError, FormatError
 from casstore.format import codec
 from casstore.format.config import RepoConfig
 from casstore.format.index import IndexObject, decode_index
@@ -90,8 +90,11 @@ def test_pack_vector_reencodes(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_pack_of_another_version_is_refused() -> None:
     pack = bytearray(_vector("pack.bin"))
-    pack[4] = 2
-    with pytest.raises(FormatError, match="unsupported pack version 2"):
+    pack[4] = 3
+    with pytest.raises(FormatError, match="unsupported pack version 3"):
+        parse_header(bytes(pack), MAX_RAW)
+    pack[4] = 2   # the encrypted pack version: under a plain config, a downgrade
+    with pytest.raises(DowngradeError, match="downgrade"):
         parse_header(bytes(pack), MAX_RAW)
 
 
@@ -209,3 +212,55 @@ def test_a_directory_one_byte_over_the_page_limit_is_a_chain_of_two() -> None:
     assert pages[-1]["next"] is None
     entries = [e for p in pages for e in p["entries"]]
     assert entries == [a.as_list(), b.as_list()]
+
+
+# -- the encrypted format ------------------------------------------------------------------------
+
+def _golden_key():
+    from casstore.format.crypto import MasterKey
+
+    return MasterKey(bytes(range(32)), bytes(range(100, 116)))
+
+
+def test_encrypted_vectors_decode_with_the_key_and_re_encode_byte_identical() -> None:
+    from casstore.format.crypto import SCHEME, open_slot, slot_info
+    from casstore.format.plan import decode_plan
+    from tests.golden.make_vectors import encrypted_vectors
+
+    key = _golden_key()
+    sealer = key.sealer
+    config = RepoConfig.decode(_vector("enc-config.bin"), key)
+    assert config.encryption == {"scheme": SCHEME, "domain": "6465666768696a6b6c6d6e6f70717273"}
+    assert config.id == "0123456789abcdef0123456789abcdef" and config.chunker["seed"] == key.chunker_seed()
+    assert config.chunker["min_size"] == 65536 and config.grace_seconds == 24 * 3600
+    public = msgpack.unpackb(_vector("enc-config.bin"))
+    assert set(public) == {"version", "id", "encryption"}          # no chunker, seed or sizes in the clear
+
+    pack = _vector("enc-pack.bin")
+    assert pack[:5] == b"CASP\x02"
+    entries = parse_header(pack, MAX_RAW, sealer)
+    blobs = [codec.decode_verified(pack[e.offset:e.offset + e.length], e.raw_length, e.id, sealer, KIND_DATA)
+             for e in entries]
+    assert blobs == [RAW_BLOB, ZSTD_BLOB]
+    assert [pack[e.offset] for e in entries] == [0x02, 0x03]       # sealed raw, sealed zstd
+    assert [e.id for e in entries] == [codec.blob_id(b, sealer) for b in blobs]
+    assert entries[0].id.hex() != RAW_ID                           # keyed: not the plain id
+
+    index_body = _vector("enc-index.bin")
+    index = decode_index(blake3.blake3(index_body).hexdigest(), index_body, MAX_RAW, sealer)
+    assert index.packs == {blake3.blake3(pack).hexdigest(): entries}
+    snapshot_body = _vector("enc-snapshot.bin")
+    manifest = decode_snapshot(blake3.blake3(snapshot_body).hexdigest(), snapshot_body, sealer)
+    assert (manifest.host, manifest.source, manifest.tree) == ("golden-host", "/data/golden", b"\x22" * 32)
+    plan = decode_plan(_vector("enc-plan.bin"), "gc/20261204t120000z-0123456789ab", sealer)
+    assert plan.condemned_packs == ["ef" * 32]
+    slot = _vector("enc-keyslot.bin")
+    assert open_slot("5107" * 8, slot, b"golden password") == (key.secret, key.domain)
+    assert slot_info("5107" * 8, slot).kdf == {"algorithm": "argon2id", "iterations": 1, "memory_kib": 64,
+                                                "lanes": 1}
+    for name, body in encrypted_vectors().items():
+        assert body == _vector(name), f"{name} no longer encodes to its golden bytes"
+    for name in ("enc-index.bin", "enc-snapshot.bin", "enc-plan.bin"):
+        with pytest.raises(DowngradeError):                        # read under a plain config
+            decode_plan(_vector(name)) if "plan" in name else decode_snapshot(
+                blake3.blake3(_vector(name)).hexdigest(), _vector(name))

@@ -234,8 +234,8 @@ def test_a_bad_index_encoder_cannot_store_a_bad_index(tmp_path, source, monkeypa
 
     real = IndexObject.encode
 
-    def broken(self):
-        _, body = real(self)
+    def broken(self, sealer=None):
+        _, body = real(self, sealer)
         body = body.replace(b"writer", b"wrong!")
         return blake3.blake3(body).hexdigest(), body
 

@@ -116,6 +116,26 @@ def test_compare_and_swap(remote):
     assert remote.get("gc/lease") == b"d"
 
 
+def test_delete_many_deletes_every_key_and_a_missing_key_is_no_error(remote):
+    keys = [f"data/{i % 7:02x}/{'d' * 8}{i}" for i in range(300)]   # Azure batches 256, GCS 100
+    for key in keys:
+        remote.put(key, b"x")
+    remote.put("index/stays", b"i")
+    errors = remote.delete_many([*keys, "data/00/never-there", "index/also-missing"])
+    assert errors == {}
+    assert list(remote.list("data/")) == []
+    assert [info.key for info in remote.list("")] == ["index/stays"]
+    assert remote.delete_many([]) == {}
+    assert remote.delete_many(keys[:3]) == {}, "deleting again is no error"
+
+
+def test_delete_many_refuses_an_invalid_key_before_deleting_anything(remote):
+    remote.put("index/one", b"i")
+    with pytest.raises(ValueError):
+        remote.delete_many(["index/one", "../escape"])
+    assert remote.exists("index/one")
+
+
 def test_delete_and_delete_missing(remote):
     remote.put("snapshots/gone", b"x")
     remote.delete("snapshots/gone")

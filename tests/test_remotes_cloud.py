@@ -436,3 +436,71 @@ def test_versioned_bucket_without_lifecycle_rule_is_warned_about(moto_server, ca
     assert remote.setup_warnings() == []
     plain = moto_server.open(moto_server.new_bucket(), "casstore/")
     assert plain.setup_warnings() == []
+
+
+# -- delete_many: batches where the store has them (issue 11, item 8) -------------------------
+
+def test_fake_gcs_server_has_no_batch_endpoint_so_delete_many_falls_back_to_one_key_a_request(gcs_remote):
+    """fake-gcs-server answers a JSON API batch request with something that is not a batch answer
+    ("not multi-part"); the remote then deletes one key per request, and says so in `batch_deletes`."""
+    keys = [f"data/0{i}/fallback{i}" for i in range(5)]
+    for key in keys:
+        gcs_remote.put(key, b"x")
+    assert gcs_remote.batch_deletes
+    assert gcs_remote.delete_many([*keys, "data/00/missing"]) == {}
+    assert not gcs_remote.batch_deletes, "the batch endpoint answered: this test's premise changed"
+    assert list(gcs_remote.list("data/")) == []
+    gcs_remote.put(keys[0], b"x")
+    assert gcs_remote.delete_many(keys[:1]) == {} and not gcs_remote.exists(keys[0])
+
+
+class FailsOneKey(MemoryRemote):
+    """A store where deleting `stuck` is refused, and `flaky` fails transiently `failures` times."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.batches: list[list[str]] = []
+
+    def _delete_many(self, keys):
+        self.batches.append(list(keys))
+        errors = {}
+        for key in keys:
+            if key == "data/00/stuck":
+                errors[key] = AccessDenied(f"{key}: access denied")
+            elif key == "data/00/flaky" and self.failures:
+                self.failures -= 1
+                errors[key] = TransientError(f"{key}: 503")
+            else:
+                self._delete(key)
+        return errors
+
+
+def test_delete_many_reports_each_failed_key_and_retries_only_the_transient_ones():
+    inner = FailsOneKey(failures=2)
+    for key in ("data/00/a", "data/00/stuck", "data/00/flaky"):
+        inner.put(key, b"x")
+    remote = RetryingRemote(inner, sleep=lambda _: None)
+    errors = remote.delete_many(["data/00/a", "data/00/stuck", "data/00/flaky", "data/00/missing"])
+    assert list(errors) == ["data/00/stuck"] and isinstance(errors["data/00/stuck"], AccessDenied)
+    assert inner.batches[1:] == [["data/00/flaky"], ["data/00/flaky"]], "only the transient key is retried"
+    assert [info.key for info in inner.list("data/")] == ["data/00/stuck"]
+
+
+def test_a_local_delete_many_reports_the_key_it_could_not_delete(tmp_path, monkeypatch):
+    from casstore.remotes.local import LocalRemote
+
+    remote = LocalRemote(str(tmp_path / "r"))
+    for key in ("index/a", "index/b"):
+        remote.put(key, b"i")
+    unlink = remote.fs.unlink
+
+    def refuse_b(path):
+        if path.endswith("/b"):
+            raise PermissionError(13, "Permission denied")
+        unlink(path)
+
+    monkeypatch.setattr(remote.fs, "unlink", refuse_b)
+    errors = remote.delete_many(["index/a", "index/b", "index/never"])
+    assert list(errors) == ["index/b"] and "Permission denied" in str(errors["index/b"])
+    assert [info.key for info in remote.list("index/")] == ["index/b"]

@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import click
 
-from casstore.errors import CasstoreError
+from casstore.errors import CasstoreError, ConfigError
 
 # command name -> "module:function"; aliases point at the same function
 COMMANDS = {
@@ -42,6 +42,7 @@ COMMANDS = {
     "serve": "casstore.cli.service_commands:serve",
     "schedule": "casstore.cli.service_commands:schedule",
     "cache": "casstore.cli.cache_commands:cache",
+    "key": "casstore.cli.key_commands:key_group",
 }
 
 
@@ -70,6 +71,7 @@ SUMMARIES = {
     "serve": "Serve the HTTP API and dashboard.",
     "schedule": "Run snapshot, sync and retention on a schedule.",
     "cache": "Show, verify or clear the local cache of remote objects.",
+    "key": "Manage the keys (passwords) of an encrypted repository.",
 }
 
 
@@ -123,6 +125,22 @@ def cli(ctx: click.Context, repository: str | None, verbose: bool) -> None:
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="casstore: %(message)s")
     ctx.obj = {"repository": repository}
+    if sys.stdin.isatty():
+        from casstore.repo import keys  # lazy: only a command that runs can need a password
+
+        keys.set_prompt(_ask_password)
+
+
+def _ask_password(what: str, new: bool) -> str:
+    """A password typed at the terminal (not echoed); a new one is asked twice."""
+    import getpass  # lazy: only at a terminal
+
+    value = getpass.getpass(f"casstore: {what}: ")
+    if new and getpass.getpass(f"casstore: {what} again: ") != value:
+        raise ConfigError("the two passwords differ")
+    if not value:
+        raise ConfigError("an empty password is not accepted")
+    return value
 
 
 def _os_error(exc: OSError) -> NoReturn:

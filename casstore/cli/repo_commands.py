@@ -19,10 +19,10 @@ from casstore.cli.common import (
     settings,
 )
 from casstore.client import init_repository, open_repository
-from casstore.errors import CasstoreError, ConfigError
+from casstore.errors import CasstoreError, ConfigError, RepositoryExists
 from casstore.format import layout
 from casstore.format.config import DEFAULT_PACK_SIZE, RepoConfig
-from casstore.repo.open import adopt_or_share, adopted_config, remove_empty_local
+from casstore.repo.open import adopt_or_share, adopted_config, new_config, remove_empty_local
 from casstore.repo.pricing import NO_PRICE
 from casstore.snapshot.source import require_source
 
@@ -37,32 +37,46 @@ from casstore.snapshot.source import require_source
               help="Adopt the config (chunker and seed) of this remote (default: the configured remote's).")
 @click.option("--replace-empty", is_flag=True,
               help="Replace an existing local repository that holds no snapshot by one adopting the remote's config.")
+@click.option("--encrypt", is_flag=True,
+              help="Encrypt everything stored, under a password (CASSTORE_PASSWORD[_FILE|_COMMAND] or a prompt).")
 @json_option
 @click.pass_context
-def init(ctx, repository, chunk_avg, chunk_min, chunk_max, pack_size, from_url, replace_empty, as_json):
+def init(ctx, repository, chunk_avg, chunk_min, chunk_max, pack_size, from_url, replace_empty, encrypt, as_json):
     """Create a new local repository.
 
-    With a remote configured (or --from URL) it shares the remote repository's chunker and seed,
-    creating the remote repository first when there is none, so every sync works."""
+    With a remote configured (or --from URL) it shares the remote repository's chunker and seed
+    (and, when it is encrypted, its key: the password must open one of its key slots), creating the
+    remote repository first when there is none, so every sync works. With --encrypt, the new
+    repository is encrypted; losing every password of it loses the data."""
     s = settings(ctx, repository)
     if replace_empty:
         if not (from_url or s.remote):
             raise click.UsageError("--replace-empty adopts a remote's config: give --from URL or configure a remote")
         remove_empty_local(s)
+    if layout.is_local_repository(s.repository):
+        raise RepositoryExists(f"a repository already exists at {s.repository}")
     chosen = any(v is not None for v in (chunk_avg, chunk_min, chunk_max, pack_size))
-    proposed = RepoConfig.new(min_size=chunk_min, avg_size=chunk_avg, max_size=chunk_max,
-                              pack_size=pack_size or DEFAULT_PACK_SIZE, compression_level=s.compression_level or 3,
-                              grace_seconds=s.grace_seconds)
     if from_url:
         config = adopted_config(from_url, s)
-    elif s.remote and not layout.is_local_repository(s.repository):
-        config = adopt_or_share(s, proposed if chosen else None)
+        if encrypt and not config.encrypted:
+            raise ConfigError(f"{from_url} holds an unencrypted repository: drop --encrypt to share it")
     else:
-        config = proposed
+        proposed = new_config(s, encrypt=encrypt, min_size=chunk_min, avg_size=chunk_avg, max_size=chunk_max,
+                              pack_size=pack_size or DEFAULT_PACK_SIZE)
+        config = adopt_or_share(s, proposed if chosen or encrypt else None) if s.remote else proposed
     repo = init_repository(s, config)
-    payload = {"repository": repo.location, "id": config.id, "chunker": {k: v for k, v in config.chunker.items()
-                                                                        if k != "seed"}}
-    emit(as_json, payload, lambda: click.echo(f"created repository {config.id[:8]} at {repo.location}"))
+    payload = {"repository": repo.location, "id": config.id, "encrypted": config.encrypted,
+               "chunker": {k: v for k, v in config.chunker.items() if k != "seed"}}
+    emit(as_json, payload, lambda: _print_created(config, repo.location))
+
+
+def _print_created(config: RepoConfig, location: str) -> None:
+    if not config.encrypted:
+        click.echo(f"created repository {config.id[:8]} at {location}")
+        return
+    click.echo(f"created encrypted repository {config.id[:8]} at {location}")
+    click.echo("casstore: keep the password safe: without it the data cannot be read by anyone, you included",
+               err=True)
 
 
 @click.command()

@@ -4,8 +4,12 @@ The tag makes stored bytes describe themselves (a registry keyed by one byte, as
 
     0x00  raw       payload is the plaintext
     0x01  zstd      payload is one zstd frame of the plaintext
-    0x02  reserved  AEAD-encrypted raw (client-side encryption, planned)
-    0x03  reserved  AEAD-encrypted zstd (planned)
+    0x02  sealed raw   nonce | AES-256-GCM(raw plaintext) | tag   (encrypted repositories)
+    0x03  sealed zstd  nonce | AES-256-GCM(zstd frame) | tag
+
+An encrypted repository (format/crypto.py) seals every blob after compressing it, with the blob's
+kind, keyed id and tag bound as associated data; its blob ids are keyed BLAKE3. Every function
+here takes that repository's `sealer` (None: a plain repository, whose bytes are unchanged).
 
 Each blob is compressed on its own so one blob can be read without its neighbours. A blob that
 does not shrink is stored raw. Decoding is bounded by the raw length recorded in the pack
@@ -20,11 +24,13 @@ import threading
 import blake3
 import zstandard
 
-from casstore.errors import FormatError, IntegrityError
+from casstore.errors import DowngradeError, FormatError, IntegrityError
+from casstore.format.crypto import KIND_DATA_BLOB, Sealer
 
 TAG_RAW = 0x00
 TAG_ZSTD = 0x01
-_RESERVED_TAGS = {0x02, 0x03}
+TAG_SEALED = 0x02         # OR-ed into the tag of the envelope it seals
+_SEALED_TAGS = {0x02, 0x03}
 
 # blake3 releases the GIL above this size; small inputs are cheaper on one thread
 _HASH_THREADS_MIN = 1 << 20
@@ -34,9 +40,9 @@ VERIFY_PIECE = 256 * 1024   # decoded at a time when verifying a blob just encod
 _local = threading.local()
 
 
-def blob_id(data: bytes | memoryview) -> bytes:
-    """BLAKE3-256 of the plaintext (the blob id)."""
-    return blake3.blake3(data).digest()
+def blob_id(data: bytes | memoryview, sealer: Sealer | None = None) -> bytes:
+    """BLAKE3-256 of the plaintext (the blob id), keyed in an encrypted repository."""
+    return sealer.blob_id(data) if sealer is not None else blake3.blake3(data).digest()
 
 
 # Level 3 (the default) keeps zstd's strategy, window and hash table but matches of at least 6
@@ -86,12 +92,34 @@ def encode(data: bytes | memoryview, level: int) -> bytes:
     return b"".join(encode_parts(data, level))
 
 
-def decode(encoded: bytes | memoryview, raw_length: int) -> bytes:
-    """Undo `encode`, refusing to produce anything but exactly `raw_length` bytes."""
+def decode(encoded: bytes | memoryview, raw_length: int, sealer: Sealer | None = None, kind: int = 0,
+           expected_id: bytes = b"") -> bytes:
+    """Undo `encode` (and the seal), refusing to produce anything but exactly `raw_length` bytes."""
     if not encoded:
         raise FormatError("empty blob envelope")
     view = memoryview(encoded)
-    return bytes(_plaintext(view[0], view[1:], raw_length))
+    tag, payload = _unsealed(view, sealer, kind, expected_id)
+    return bytes(_plaintext(tag, payload, raw_length))
+
+
+def is_sealed(encoded: bytes | memoryview) -> bool:
+    """Whether an envelope is sealed (an encrypted repository's blob)."""
+    return len(encoded) > 0 and encoded[0] in _SEALED_TAGS
+
+
+def _blob_ad_name(blob_id: bytes, tag: int) -> bytes:
+    return blob_id + bytes((tag,))
+
+
+def _unsealed(view: memoryview, sealer: Sealer | None, kind: int, expected_id: bytes) -> tuple[int, bytes | memoryview]:
+    """(inner tag, payload) of an envelope: opened first in an encrypted repository."""
+    tag = view[0]
+    if sealer is None:
+        return tag, view[1:]
+    if tag not in _SEALED_TAGS:
+        raise IntegrityError(f"blob {expected_id.hex()[:16]} is not sealed in an encrypted repository")
+    what = f"blob {expected_id.hex()[:16]}"
+    return tag & ~TAG_SEALED, sealer.open(KIND_DATA_BLOB + kind, _blob_ad_name(expected_id, tag), view[1:], what)
 
 
 def _plaintext(tag: int, payload: bytes | memoryview, raw_length: int) -> bytes | memoryview:
@@ -109,7 +137,7 @@ def _plaintext(tag: int, payload: bytes | memoryview, raw_length: int) -> bytes 
     return data
 
 
-def _plaintext_id(tag: int, payload: bytes | memoryview, raw_length: int) -> bytes:
+def _plaintext_id(tag: int, payload: bytes | memoryview, raw_length: int, sealer: Sealer | None) -> bytes:
     """BLAKE3 of the decoded payload, decoded in small pieces: the plaintext is never held whole.
 
     Verification on write needs only the hash, so a worker decodes into one reused buffer
@@ -118,9 +146,9 @@ def _plaintext_id(tag: int, payload: bytes | memoryview, raw_length: int) -> byt
     if _check_tag(tag) == TAG_RAW:
         if len(payload) != raw_length:
             raise IntegrityError(f"blob decodes to {len(payload)} bytes, index says {raw_length}")
-        return blob_id(payload)
+        return blob_id(payload, sealer)
     _check_declared_size(payload, raw_length)
-    hasher, piece = blake3.blake3(), _verify_buffer()
+    hasher, piece = (sealer.hasher() if sealer is not None else blake3.blake3()), _verify_buffer()
     total = 0
     try:
         with _decompressor().stream_reader(payload) as reader:
@@ -139,8 +167,9 @@ def _plaintext_id(tag: int, payload: bytes | memoryview, raw_length: int) -> byt
 def _check_tag(tag: int) -> int:
     if tag in (TAG_RAW, TAG_ZSTD):
         return tag
-    if tag in _RESERVED_TAGS:
-        raise FormatError("encrypted blobs are not supported by this version of casstore")
+    if tag in _SEALED_TAGS:
+        raise DowngradeError("an encrypted blob in a repository whose config says it is not encrypted: "
+                             "the config may have been replaced (downgrade); refusing to read")
     raise FormatError(f"unknown blob tag 0x{tag:02x}")
 
 
@@ -162,17 +191,24 @@ def _verify_buffer() -> memoryview:
     return piece
 
 
-def decode_verified(encoded: bytes | memoryview, raw_length: int, expected_id: bytes) -> bytes:
-    """Decode and check the plaintext hashes to `expected_id`."""
-    data = decode(encoded, raw_length)
-    if blob_id(data) != expected_id:
+def decode_verified(encoded: bytes | memoryview, raw_length: int, expected_id: bytes,
+                    sealer: Sealer | None = None, kind: int = 0) -> bytes:
+    """Decode (opening the seal) and check the plaintext hashes to `expected_id`."""
+    data = decode(encoded, raw_length, sealer, kind, expected_id)
+    if blob_id(data, sealer) != expected_id:
         raise IntegrityError(f"blob {expected_id.hex()[:16]} does not match its id")
     return data
 
 
-def encode_verified(data: bytes | memoryview, level: int, expected_id: bytes) -> Encoded:
-    """Encode, then decode the result and re-hash it before it may leave the process (design 5.5)."""
+def encode_verified(data: bytes | memoryview, level: int, expected_id: bytes,
+                    sealer: Sealer | None = None, kind: int = 0) -> Encoded:
+    """Encode, then decode the result and re-hash it before it may leave the process (design 5.5);
+    in an encrypted repository the verified envelope is then sealed (tag | nonce, ciphertext)."""
     tag, payload = encode_parts(data, level)
-    if _plaintext_id(tag[0], payload, len(data)) != expected_id:
+    if _plaintext_id(tag[0], payload, len(data), sealer) != expected_id:
         raise IntegrityError(f"blob {expected_id.hex()[:16]} does not survive its own encoding")
-    return tag, payload
+    if sealer is None:
+        return tag, payload
+    sealed_tag = tag[0] | TAG_SEALED
+    nonce, ciphertext = sealer.seal_parts(KIND_DATA_BLOB + kind, _blob_ad_name(expected_id, sealed_tag), payload)
+    return bytes((sealed_tag,)) + nonce, ciphertext

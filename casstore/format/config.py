@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from casstore.errors import ConfigError, FormatError, IncompatibleRepository, IntegrityError
+from casstore.errors import (
+    ConfigError,
+    DowngradeError,
+    EncryptionError,
+    FormatError,
+    IncompatibleRepository,
+    IntegrityError,
+    MissingKey,
+)
+from casstore.format.crypto import KIND_CONFIG, SCHEME, MasterKey, Sealer
 
 if TYPE_CHECKING:
     from casstore.chunker import Chunker
@@ -43,22 +52,40 @@ class RepoConfig:
     #: gc's grace period on a shared remote, fixed at init like the chunker: every writer and every
     #: gc host uses this one, so no host's setting can make gc delete what a writer still protects
     grace_seconds: int = DEFAULT_GRACE_SECONDS
+    #: an encrypted repository's master key, once unlocked: never encoded, never compared or printed
+    keys: MasterKey | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def new(cls, *, min_size: int | None = None, avg_size: int | None = None, max_size: int | None = None,
             pack_size: int = DEFAULT_PACK_SIZE, compression_level: int = DEFAULT_COMPRESSION_LEVEL,
-            grace_seconds: float = DEFAULT_GRACE_SECONDS) -> RepoConfig:
+            grace_seconds: float = DEFAULT_GRACE_SECONDS, keys: MasterKey | None = None) -> RepoConfig:
         avg = avg_size or DEFAULT_CHUNK_SIZES["avg_size"]
         lo = min_size or (DEFAULT_CHUNK_SIZES["min_size"] if avg_size is None else max(64, avg // 4))
         hi = max_size or (DEFAULT_CHUNK_SIZES["max_size"] if avg_size is None else min(16 * MiB, avg * 8))
         from casstore.chunker.fastcdc import FastCDCChunker, new_seed  # lazy: compiled chunker, writers only
 
         _check_sizes({"min_size": lo, "avg_size": avg, "max_size": hi}, pack_size, compression_level)
-        chunker = FastCDCChunker(lo, avg, hi, new_seed())
+        # an encrypted repository's gear table is seeded from its key (the seed is in the sealed part)
+        chunker = FastCDCChunker(lo, avg, hi, keys.chunker_seed() if keys is not None else new_seed())
         if grace_seconds < MIN_GRACE_SECONDS:
             raise ConfigError(f"a grace period shorter than {MIN_GRACE_SECONDS} s is not safe for writers")
+        encryption = None if keys is None else {"scheme": SCHEME, "domain": keys.domain.hex()}
         return cls(id=os.urandom(16).hex(), chunker=chunker.params(), pack_size=pack_size,
-                   compression={"algorithm": "zstd", "level": compression_level}, grace_seconds=int(grace_seconds))
+                   compression={"algorithm": "zstd", "level": compression_level}, grace_seconds=int(grace_seconds),
+                   encryption=encryption, keys=keys)
+
+    @property
+    def encrypted(self) -> bool:
+        return self.encryption is not None
+
+    @property
+    def sealer(self) -> Sealer | None:
+        """What seals this repository's objects (None: a plain repository)."""
+        if self.encryption is None:
+            return None
+        if self.keys is None:
+            raise MissingKey("internal error: an encrypted repository's config was used before it was unlocked")
+        return self.keys.sealer
 
     def make_chunker(self) -> Chunker:
         """The chunker these parameters describe (imported on first use: it is a compiled module)."""
@@ -71,26 +98,47 @@ class RepoConfig:
         """No blob's raw length may exceed this; larger claims are refused before allocating."""
         return max(int(self.chunker.get("max_size", self.chunker.get("size", 0))), 8 * MiB)
 
+    def _fields(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "keys"}
+
     def encode(self) -> bytes:
-        body: bytes = msgpack.packb(asdict(self))
+        doc = self._fields()
+        if self.encryption is not None:
+            # public: version, id and the scheme; the chunker (its seed), pack and compression
+            # settings and the grace period are sealed, bound to this repository's id
+            secret = {k: doc.pop(k) for k in _SECRET_FIELDS}
+            sealer = self.sealer
+            assert sealer is not None
+            doc["encryption"] = {**self.encryption, "sealed": sealer.seal(KIND_CONFIG, self.id.encode(),
+                                                                            msgpack.packb(secret))}
+        body: bytes = msgpack.packb(doc)
         return body
 
     def encode_verified(self) -> bytes:
         """The encoding, decoded back before it leaves the process (design 5.5)."""
         body = self.encode()
-        if RepoConfig.decode(body) != self:
+        try:
+            back = RepoConfig.decode(body, self.keys)
+        except FormatError as exc:
+            raise IntegrityError(f"internal error: the repository config does not decode: {exc}") from exc
+        if back != self:
             raise IntegrityError("internal error: the repository config does not decode to what was encoded")
         return body
 
     @classmethod
-    def decode(cls, body: bytes) -> RepoConfig:
+    def decode(cls, body: bytes, keys: MasterKey | None = None) -> RepoConfig:
+        """Decode a stored config; an encrypted one needs its repository's unlocked `keys`."""
         try:
             doc = msgpack.unpackb(body)
             if not isinstance(doc, dict):
                 raise ValueError("not a map")
             if doc.get("version") != FORMAT_VERSION:
                 raise FormatError(f"unsupported repository format version {doc.get('version')}")
-            config = cls(**doc)
+            if "keys" in doc:
+                raise ValueError("unknown field 'keys'")
+            if doc.get("encryption") is not None:
+                doc = _unsealed_fields(doc, keys)
+            config = cls(**doc, keys=keys if doc.get("encryption") is not None else None)
             _check_chunker(config.chunker)
             _check_rest(config)
             if not isinstance(config.grace_seconds, int) or config.grace_seconds < MIN_GRACE_SECONDS:
@@ -100,12 +148,64 @@ class RepoConfig:
         return config
 
     def check_compatible(self, other: RepoConfig, other_name: str) -> None:
-        """Refuse to exchange blobs with a repository that cuts chunks differently."""
+        """Refuse to exchange blobs with a repository that cuts chunks or encrypts differently."""
+        if self.encrypted and not other.encrypted:
+            raise DowngradeError(f"{other_name} is not encrypted but this repository is: refusing to exchange "
+                                 "data with it (a config replaced by a plain one would be a downgrade)")
+        if self.encryption != other.encryption:
+            raise IncompatibleRepository(f"{other_name} is encrypted with another key than this repository; "
+                                         f"run `casstore init --from {other_name}` to share its key")
         if self.chunker != other.chunker:
             raise IncompatibleRepository(
                 f"{other_name} uses different chunker parameters or seed; "
                 f"run `casstore init --from {other_name}` to create a local repository that shares them "
                 "(`casstore init --replace-empty` replaces an empty local repository by one that does)")
+
+
+_SECRET_FIELDS = ("chunker", "pack_size", "compression", "grace_seconds")
+
+
+def encryption_domain(body: bytes) -> str | None:
+    """The domain of an encrypted repository's stored config (None: plain), read before unlocking."""
+    try:
+        doc = msgpack.unpackb(body)
+        encryption = doc.get("encryption") if isinstance(doc, dict) else None
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise FormatError(f"corrupt repository config: {exc}") from exc
+    return _domain_of(encryption)
+
+
+def _domain_of(encryption: object) -> str | None:
+    """The domain an `encryption` field names (None: plain), refusing an unknown scheme."""
+    if encryption is None:
+        return None
+    if not isinstance(encryption, dict) or encryption.get("scheme") != SCHEME:
+        raise FormatError(f"unknown encryption scheme in repository config: {encryption.get('scheme')!r}"
+                          if isinstance(encryption, dict) else "bad encryption field in repository config")
+    domain = encryption.get("domain")
+    if not isinstance(domain, str) or len(domain) != 32 or any(c not in "0123456789abcdef" for c in domain):
+        raise FormatError("bad encryption domain in repository config")
+    return domain
+
+
+def _unsealed_fields(doc: dict[str, Any], keys: MasterKey | None) -> dict[str, Any]:
+    """An encrypted config's fields: the public ones and the opened secret part."""
+    encryption = doc["encryption"]
+    domain = _domain_of(encryption)
+    if keys is None:
+        raise MissingKey("this repository is encrypted: its key is needed to read its config")
+    if keys.domain.hex() != domain:
+        raise EncryptionError("the key given belongs to another encrypted repository")
+    if set(doc) - {"version", "id", "encryption"} or not isinstance(doc.get("id"), str):
+        raise ValueError("an encrypted config has fields outside its sealed part")
+    sealed = encryption.get("sealed")
+    if not isinstance(sealed, bytes):
+        raise ValueError("missing sealed part")
+    secret = msgpack.unpackb(keys.sealer.open(KIND_CONFIG, doc["id"].encode(), sealed, "repository config"))
+    if not isinstance(secret, dict) or set(secret) != set(_SECRET_FIELDS):
+        raise ValueError("bad sealed part")
+    return {"version": doc["version"], "id": doc["id"], "encryption": {"scheme": SCHEME, "domain": domain},
+            **secret}
 
 
 def _check_chunker(params: object) -> None:
@@ -122,8 +222,8 @@ def _check_rest(config: RepoConfig) -> None:
     if not isinstance(compression, dict) or compression.get("algorithm") != "zstd" \
             or not isinstance(compression.get("level"), int):
         raise FormatError(f"unknown compression in repository config: {compression!r}")
-    if config.encryption is not None:
-        raise FormatError("encrypted repositories are not supported by this version")
+    if config.encryption is not None and set(config.encryption) != {"scheme", "domain"}:
+        raise FormatError("bad encryption field in repository config")
     if not isinstance(config.id, str) or len(config.id) != 32:
         raise FormatError("bad repository id in config")
     params = config.chunker

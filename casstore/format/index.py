@@ -13,7 +13,8 @@ paused past the grace periods) cannot delete that index (writers may only put); 
 index without the lost pack that `retracts` the old one. Readers, check and gc ignore retracted
 indexes, and gc deletes them.
 
-It is stored as `index/<BLAKE3 of the bytes>`. In memory, `MasterIndex` keeps every location of
+It is stored as `index/<BLAKE3 of the stored bytes>` (sealed first in an encrypted
+repository). In memory, `MasterIndex` keeps every location of
 every blob, keyed by (kind, id) so a chunk equal to a tree blob cannot be confused with it, as
 fixed-size records (46 bytes a blob, not Python objects; see `_BlobTable`).
 """
@@ -33,6 +34,7 @@ import blake3
 import msgpack
 
 from casstore.errors import FormatError, IntegrityError
+from casstore.format.crypto import KIND_INDEX, Sealer, seal_if, unseal_if
 from casstore.format.pack import KINDS, BlobEntry
 
 INDEX_VERSION = 1
@@ -59,7 +61,8 @@ class IndexObject:
     supersedes: list[str] = field(default_factory=list)
     retracts: list[str] = field(default_factory=list)
 
-    def encode(self) -> tuple[str, bytes]:
+    def encode(self, sealer: Sealer | None = None) -> tuple[str, bytes]:
+        """(id, stored bytes): sealed in an encrypted repository, named by the BLAKE3 of what is stored."""
         body = msgpack.packb({
             "version": INDEX_VERSION,
             "origin": self.origin,
@@ -67,12 +70,14 @@ class IndexObject:
             "supersedes": sorted(self.supersedes),
             **({"retracts": sorted(self.retracts)} if self.retracts else {}),
         })
-        return blake3.blake3(body).hexdigest(), body
+        stored = seal_if(sealer, KIND_INDEX, body)
+        return blake3.blake3(stored).hexdigest(), stored
 
 
-def decode_index(index_id: str, body: bytes, max_raw_length: int) -> IndexObject:
+def decode_index(index_id: str, body: bytes, max_raw_length: int, sealer: Sealer | None = None) -> IndexObject:
     if blake3.blake3(body).hexdigest() != index_id:
         raise IntegrityError(f"index {index_id[:16]} does not match its name")
+    body = unseal_if(sealer, KIND_INDEX, body, f"index {index_id[:16]}")
     try:
         doc = msgpack.unpackb(body, max_bin_len=64)
         if doc["version"] != INDEX_VERSION:
@@ -397,6 +402,8 @@ class _BlobTable:
         shift = 0                      # records gained (or lost) so far
         for b in touched:
             lo, hi = starts[b], starts[b + 1]
+            if lo == hi and b not in tails:   # nothing to merge (most buckets of a small index)
+                continue
             fp_pieces.append(memoryview(fps)[starts[copied_to] * _FP:lo * _FP])
             rest_pieces.append(memoryview(rests)[starts[copied_to] * _REST:lo * _REST])
             for j in range(copied_to, b + 1):
@@ -539,6 +546,8 @@ class _BlobTable:
             wide = {key: list(locs) for key, locs in self._wide.items()}
         for b in range(_BUCKETS):
             prefix, lo, hi = b.to_bytes(2, "big"), starts[b], starts[b + 1]
+            if lo == hi:               # most buckets of a small index are empty: skip them cheaply
+                continue
             records = _whole_records(fps[lo * _FP:hi * _FP], rests[lo * _REST:hi * _REST])
             at = 0
             while at < len(records):

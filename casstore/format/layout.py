@@ -6,6 +6,10 @@
     snapshots/<snapshot id>     snapshot manifests (format/snapshot.py)
     gc/<utc stamp>-<random>     gc plans (format/plan.py)
     gc/lease                    the gc lease (gc/lease.py)
+    keys/<slot id>              key slots of an encrypted repository (format/crypto.py)
+    clock                       written by gc to read the storage's clock (its last-modified) when a
+                                lease is already there (gc/lease.py); outside every listed prefix,
+                                so no listing sees it (an older casstore would read gc/<x> as a plan)
 
 A local repository is a directory holding these keys as files (remotes/local.py), so it exists
 when `config` exists in it. The local object cache (repo/objectcache.py) names its folders after
@@ -23,6 +27,8 @@ INDEX_PREFIX = "index/"
 SNAPSHOTS_PREFIX = "snapshots/"
 GC_PREFIX = "gc/"
 LEASE_KEY = "gc/lease"
+KEYS_PREFIX = "keys/"
+CLOCK_KEY = "clock"
 
 #: the flat folders by name, for key() and the local object cache's folder names
 INDEX = INDEX_PREFIX.rstrip("/")
@@ -46,6 +52,10 @@ def index_key(index_id: str) -> str:
 
 def snapshot_key(snapshot_id: str) -> str:
     return key(SNAPSHOTS, snapshot_id)
+
+
+def key_slot_key(slot_id: str) -> str:
+    return f"{KEYS_PREFIX}{slot_id}"
 
 
 def plan_key(now: float | None = None) -> str:

@@ -6,6 +6,9 @@ Layout:  MAGIC (4 bytes) | version (1 byte) | encoded blobs back to back |
 The header is {"nonce": 16 random bytes, "blobs": [[kind, id, offset, length, raw_length], ...]}.
 The pack id is BLAKE3 of the whole pack, so the name verifies the content; the random nonce
 makes every pack write a fresh name even when two packs hold the same blobs.
+
+In an encrypted repository the version byte is 2 and the header is sealed (format/crypto.py, kind
+"pack header"), so the pack shows only its total size; each blob is sealed on its own (codec).
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from typing import Any
 import blake3
 import msgpack
 
-from casstore.errors import FormatError, IntegrityError
+from casstore.errors import DowngradeError, FormatError, IntegrityError
+from casstore.format.crypto import KIND_PACK_HEADER, Sealer
 
 MAGIC = b"CASP"
 VERSION = 1
+SEALED_VERSION = 2
 _PREAMBLE = len(MAGIC) + 1
 _TRAILER = struct.Struct("<I")
 
@@ -60,10 +65,11 @@ class PackBuilder:
     72 MiB to a few MiB (glibc raised its thresholds after each freed 16 MiB and kept the rest).
     """
 
-    def __init__(self, kind: int, buffer: memoryview | None = None) -> None:
+    def __init__(self, kind: int, buffer: memoryview | None = None, sealer: Sealer | None = None) -> None:
         self.kind = kind
         self._buffer = buffer
-        preamble = MAGIC + bytes((VERSION,))
+        self._sealer = sealer
+        preamble = MAGIC + bytes((VERSION if sealer is None else SEALED_VERSION,))
         self._parts: list[bytes] = []
         if buffer is None:
             self._parts.append(preamble)
@@ -108,6 +114,8 @@ class PackBuilder:
         if self._sealed is not None:
             return
         header = msgpack.packb({"nonce": os.urandom(16), "blobs": [e.as_list() for e in self.entries]})
+        if self._sealer is not None:
+            header = self._sealer.seal(KIND_PACK_HEADER, b"", header)
         tail = header + _TRAILER.pack(len(header))
         if self._buffer is None:
             self._sealed = b"".join([*self._parts, tail])
@@ -126,23 +134,35 @@ class PackBuilder:
         return blake3.blake3(data).hexdigest(), data
 
 
-def parse_header(pack: bytes | memoryview, max_raw_length: int) -> list[BlobEntry]:
+def parse_header(pack: bytes | memoryview, max_raw_length: int, sealer: Sealer | None = None) -> list[BlobEntry]:
     """Read a whole pack's header, refusing anything out of bounds before allocating for it."""
     view = memoryview(pack)
     if len(view) < _PREAMBLE + _TRAILER.size or bytes(view[:4]) != MAGIC:
         raise FormatError("not a casstore pack (bad magic)")
-    if view[4] != VERSION:
-        raise FormatError(f"unsupported pack version {view[4]}")
+    _check_version(view[4], sealer)
     (header_length,) = _TRAILER.unpack(view[-_TRAILER.size:])
     body_end = len(view) - _TRAILER.size - header_length
     if body_end < _PREAMBLE:
         raise FormatError("pack header length out of bounds")
+    header_bytes: bytes | memoryview = view[body_end:-_TRAILER.size]
+    if sealer is not None:
+        header_bytes = sealer.open(KIND_PACK_HEADER, b"", header_bytes, "pack header")
     try:
-        header = msgpack.unpackb(view[body_end:-_TRAILER.size], max_bin_len=64, max_array_len=10_000_000)
+        header = msgpack.unpackb(header_bytes, max_bin_len=64, max_array_len=10_000_000)
         entries = [_entry(item, body_end, max_raw_length) for item in header["blobs"]]
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
         raise FormatError(f"corrupt pack header: {exc}") from exc
     return entries
+
+
+def _check_version(version: int, sealer: Sealer | None) -> None:
+    if version == SEALED_VERSION and sealer is None:
+        raise DowngradeError("an encrypted pack in a repository whose config says it is not encrypted: "
+                             "the config may have been replaced (downgrade); refusing to read")
+    if version == VERSION and sealer is not None:
+        raise IntegrityError("a plain pack in an encrypted repository (planted or downgraded)")
+    if version not in (VERSION, SEALED_VERSION):
+        raise FormatError(f"unsupported pack version {version}")
 
 
 def _entry(item: list[Any], body_end: int, max_raw_length: int) -> BlobEntry:

@@ -5,6 +5,9 @@ msgpack {"version": 1, "host": str, "condemned_packs": [pack id, ...],
 
 Writers read every plan: a blob whose only copies lie in condemned packs counts as missing and
 is uploaded again into a fresh pack, never by re-sending a condemned pack's name.
+
+In an encrypted repository a plan is sealed with its key bound, so an old plan replayed under a
+new key is refused.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 import msgpack
 
 from casstore.errors import FormatError, IntegrityError, ObjectNotFound
+from casstore.format.crypto import KIND_PLAN, Sealer, seal_if, unseal_if
 from casstore.format.layout import GC_PREFIX, is_plan_key
 from casstore.remotes.base import Remote
 from casstore.remotes.fanout import each_concurrently
@@ -37,17 +41,18 @@ class GcPlan:
         return body
 
 
-def encode_plan_verified(plan: GcPlan) -> bytes:
-    """A plan's bytes, decoded back before they leave the process (design 5.5)."""
-    body = plan.encode()
-    back = decode_plan(body)
+def encode_plan_verified(plan: GcPlan, key: str = "", sealer: Sealer | None = None) -> bytes:
+    """A plan's stored bytes (under `key`), decoded back before they leave the process (design 5.5)."""
+    body = seal_if(sealer, KIND_PLAN, plan.encode(), key.encode())
+    back = decode_plan(body, key, sealer)
     if (sorted(back.condemned_packs), sorted(back.superseded_indexes)) != (
             sorted(plan.condemned_packs), sorted(plan.superseded_indexes)):
         raise IntegrityError("internal error: a gc plan does not decode to what was encoded")
     return body
 
 
-def decode_plan(body: bytes) -> GcPlan:
+def decode_plan(body: bytes, key: str = "", sealer: Sealer | None = None) -> GcPlan:
+    body = unseal_if(sealer, KIND_PLAN, body, f"gc plan {key}", key.encode())
     try:
         doc = msgpack.unpackb(body)
         if not isinstance(doc, dict):
@@ -70,13 +75,13 @@ def list_plan_keys(remote: Remote) -> list[str]:
     return sorted(info.key for info in remote.list(GC_PREFIX) if is_plan_key(info.key))
 
 
-def load_plans(remote: Remote, keys: list[str] | None = None) -> dict[str, GcPlan]:
+def load_plans(remote: Remote, keys: list[str] | None = None, sealer: Sealer | None = None) -> dict[str, GcPlan]:
     """Every gc plan. A plan that cannot be read is an error: writers must not guess (design 5.6)."""
     keys = keys if keys is not None else list_plan_keys(remote)
 
     def read(key: str) -> GcPlan | None:
         try:
-            return decode_plan(remote.get(key))
+            return decode_plan(remote.get(key), key, sealer)
         except ObjectNotFound:
             return None  # swept meanwhile: a plan that is gone condemns nothing any more
 

@@ -1,4 +1,5 @@
-"""Snapshot manifests: the small object a snapshot is, stored as `snapshots/<BLAKE3 of its bytes>`."""
+"""Snapshot manifests: the small object a snapshot is, stored as `snapshots/<BLAKE3 of its stored bytes>`
+(sealed first in an encrypted repository)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import blake3
 import msgpack
 
 from casstore.errors import FormatError, IntegrityError
+from casstore.format.crypto import KIND_SNAPSHOT, Sealer, seal_if, unseal_if
 
 SNAPSHOT_VERSION = 1
 
@@ -26,20 +28,22 @@ class SnapshotManifest:
     summary: dict[str, Any] = field(default_factory=dict)
     version: int = SNAPSHOT_VERSION
 
-    def encode(self) -> tuple[str, bytes]:
+    def encode(self, sealer: Sealer | None = None) -> tuple[str, bytes]:
+        """(id, stored bytes): sealed in an encrypted repository, named by the BLAKE3 of what is stored."""
         doc = asdict(self)
         doc["tags"] = sorted(self.tags)
-        body = msgpack.packb(doc)
-        return blake3.blake3(body).hexdigest(), body
+        stored = seal_if(sealer, KIND_SNAPSHOT, msgpack.packb(doc))
+        return blake3.blake3(stored).hexdigest(), stored
 
     @property
     def time(self) -> datetime:
         return datetime.fromtimestamp(self.time_ns / 1e9, tz=UTC)
 
 
-def decode_snapshot(snapshot_id: str, body: bytes) -> SnapshotManifest:
+def decode_snapshot(snapshot_id: str, body: bytes, sealer: Sealer | None = None) -> SnapshotManifest:
     if blake3.blake3(body).hexdigest() != snapshot_id:
         raise IntegrityError(f"snapshot {snapshot_id[:8]} does not match its name")
+    body = unseal_if(sealer, KIND_SNAPSHOT, body, f"snapshot {snapshot_id[:8]}")
     try:
         doc = msgpack.unpackb(body, max_bin_len=64)
         if not isinstance(doc, dict):

@@ -52,16 +52,13 @@ def _replace(ctx: GcContext, view: RepoView, doomed: set[str], new_packs: dict) 
     if files:
         log.info("removed %d leftover temp files (%d bytes)", files, size)
     indexed = view.indexed_packs()
-    for pack_id in sorted(p for p in doomed if p not in indexed):
-        ctx.delete(pack_key(pack_id), view.packs[pack_id].size, "packs_deleted")
+    ctx.delete_all([(pack_key(p), view.packs[p].size) for p in sorted(doomed - indexed)], "packs_deleted")
     doomed = {p for p in doomed if p in indexed}
     delete_retracted(ctx, view)
     if doomed or new_packs or len(view.indexes) > 1:
         write_consolidated(ctx, view, doomed, new_packs)
-        for index_id, (_, info) in sorted(view.indexes.items()):
-            ctx.delete(layout.index_key(index_id), info.size, "indexes_deleted")
-    for pack_id in sorted(doomed):
-        ctx.delete(pack_key(pack_id), view.packs[pack_id].size, "packs_deleted")
-    for key, (_, info) in sorted(view.plans.items()):
-        ctx.delete(key, info.size, "plans_deleted")
+        ctx.delete_all([(layout.index_key(i), info.size) for i, (_, info) in sorted(view.indexes.items())],
+                       "indexes_deleted")
+    ctx.delete_all([(pack_key(p), view.packs[p].size) for p in sorted(doomed)], "packs_deleted")
+    ctx.delete_all([(key, info.size) for key, (_, info) in sorted(view.plans.items())], "plans_deleted")
     ctx.report.plans_swept += len(view.plans)

@@ -5,8 +5,11 @@ compare-and-swap on its etag while gc runs; deleted when gc is done. gc stops (L
 soon as a renewal fails. The put that takes the lease also tells gc the storage's notion of now.
 
 A lease is stale, and may be taken over by compare-and-swap, when its expiry is more than
-MAX_CLOCK_SKEW in the past by the local clock, or at once when it was held by a process of this
-same host and boot that no longer runs (a gc that crashed).
+MAX_CLOCK_SKEW in the past by the storage's clock, or at once when it was held by a process of this
+same host and boot that no longer runs (a gc that crashed). The storage's "now" for that judgement
+comes from writing `clock` (layout.CLOCK_KEY; its last-modified), not the lease, and the clock skew
+is checked against it first: a host whose clock runs ahead can no longer take a live lease over
+(and lose it again to the skew check, stopping the holder meanwhile).
 
 **Choice.** Right after taking the lease gc repeats the conditional create with other bytes: a
 store that accepts it ignores conditional writes, and gc refuses to run there without
@@ -23,7 +26,7 @@ from datetime import UTC, datetime
 import msgpack
 
 from casstore.errors import IntegrityError, ObjectExists, ObjectNotFound, RemoteError
-from casstore.format.layout import LEASE_KEY
+from casstore.format.layout import CLOCK_KEY, LEASE_KEY
 from casstore.gc.context import MAX_CLOCK_SKEW, ClockSkew, LeaseHeld, LeaseLost, NoConditionalWrites
 from casstore.remotes.base import Remote
 
@@ -95,21 +98,28 @@ class Lease:
         try:
             self._wrote(self.remote.put(LEASE_KEY, provisional, if_absent=True))
         except ObjectExists:
-            self._take_over_stale(provisional)
+            self._take_over_stale()
         self._check_skew()
         self._probe_conditional(require_conditional)
         self.renew()
         return self
 
-    def _take_over_stale(self, body: bytes) -> None:
+    def storage_now(self) -> float:
+        """The storage's clock, read without touching the lease: the timestamp of a write of `clock`."""
+        return self.remote.put(CLOCK_KEY, msgpack.packb({"host": self.host, "nonce": os.urandom(8)})).mtime
+
+    def _take_over_stale(self) -> None:
+        """Take a stale lease over; its staleness is judged by the storage's clock, after the skew check."""
+        now = self.storage_now()
+        self._skew_ok(now)
         info = self.remote.stat(LEASE_KEY)
         holder = self._read_holder()
-        if not self._stale(holder, info.mtime):
+        if not self._stale(holder, info.mtime, now):
             raise LeaseHeld(f"another gc holds {LEASE_KEY} (host {holder.get('host', '?')}, pid "
                             f"{holder.get('pid', '?')}) until {_when(holder.get('expires'))}; try again later")
         log.warning("taking over the stale gc lease of host %s, pid %s", holder.get("host"), holder.get("pid"))
         try:
-            self._wrote(self.remote.put(LEASE_KEY, body, if_match=info.etag))
+            self._wrote(self.remote.put(LEASE_KEY, self.body(now + self.ttl), if_match=info.etag))
         except ObjectExists:
             raise LeaseHeld("another gc took the stale gc lease first; try again later") from None
 
@@ -122,20 +132,26 @@ class Lease:
         except (ValueError, msgpack.UnpackException):
             return {}
 
-    def _stale(self, holder: dict, written: float) -> bool:
+    def _stale(self, holder: dict, written: float, storage_now: float) -> bool:
         expires = holder.get("expires")
         if not isinstance(expires, int | float):
             expires = written + self.ttl
-        if expires + MAX_CLOCK_SKEW < self.local_clock():
+        if expires + MAX_CLOCK_SKEW < storage_now:   # a holder's expiry may be in its own clock
             return True
         same_boot = holder.get("host") == self.host and holder.get("boot_id") == _boot_id() != ""
         pid = holder.get("pid")
         return same_boot and isinstance(pid, int) and pid != os.getpid() and not _pid_alive(pid)
 
     def _check_skew(self) -> None:
-        skew = self.storage_time - self.local_clock()
-        if abs(skew) > MAX_CLOCK_SKEW:
+        try:
+            self._skew_ok(self.storage_time)
+        except ClockSkew:
             self.release()
+            raise
+
+    def _skew_ok(self, storage_now: float) -> None:
+        skew = storage_now - self.local_clock()
+        if abs(skew) > MAX_CLOCK_SKEW:
             raise ClockSkew(f"the storage's clock and this machine's differ by {skew:+.0f} s (more than "
                             f"{MAX_CLOCK_SKEW:.0f} s); fix the clock (NTP) before running gc")
 

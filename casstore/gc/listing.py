@@ -66,8 +66,8 @@ class RepoView:
 
 def delete_retracted(ctx: GcContext, view: RepoView) -> None:
     """Delete indexes their writers withdrew, before anything that could delete the withdrawing index."""
-    for index_id, info in sorted(view.retracted.items()):
-        ctx.delete(layout.index_key(index_id), info.size, "indexes_deleted")
+    ctx.delete_all([(layout.index_key(i), info.size) for i, info in sorted(view.retracted.items())],
+                   "indexes_deleted")
 
 
 def load_view(ctx: GcContext, *, walk: bool = True) -> RepoView:
@@ -93,7 +93,7 @@ def load_view(ctx: GcContext, *, walk: bool = True) -> RepoView:
 def _list_plans(ctx: GcContext, view: RepoView) -> None:
     listed = {info.key: info for info in ctx.remote.list(layout.GC_PREFIX) if layout.is_plan_key(info.key)}
     for key in sorted(listed):
-        view.plans[key] = (decode_plan(ctx.remote.get(key)), listed[key])
+        view.plans[key] = (decode_plan(ctx.remote.get(key), key, ctx.repo.config.sealer), listed[key])
 
 
 def _list_snapshots(ctx: GcContext, view: RepoView) -> None:
@@ -102,7 +102,8 @@ def _list_snapshots(ctx: GcContext, view: RepoView) -> None:
         snapshot_id = info.key.split("/", 1)[1]
         try:
             view.snapshots[snapshot_id] = decode_snapshot(snapshot_id, verified_object(
-                ctx.remote, None, layout.SNAPSHOTS, snapshot_id, ctx.repo.read_policy))   # re-read on mismatch
+                ctx.remote, None, layout.SNAPSHOTS, snapshot_id, ctx.repo.read_policy),   # re-read on mismatch
+                ctx.repo.config.sealer)
         except ObjectNotFound:
             continue  # forgotten since the listing: it needs nothing any more
 
@@ -123,7 +124,7 @@ def _list_indexes(ctx: GcContext, view: RepoView) -> None:
 def _fetch_index(ctx: GcContext, key: str, index_id: str) -> IndexObject:
     """An index object, verified by its name; a remote repository's local copy is used when sound."""
     body = verified_object(ctx.remote, ctx.repo.cache, layout.INDEX, index_id, ctx.repo.read_policy)
-    return decode_index(index_id, body, ctx.repo.config.max_blob_size)
+    return decode_index(index_id, body, ctx.repo.config.max_blob_size, ctx.repo.config.sealer)
 
 
 # -- the blobs the snapshots need ------------------------------------------------------------

@@ -55,7 +55,7 @@ def write_plan(ctx: GcContext, view: RepoView, condemned: set[str]) -> str:
     superseded = {index_id for index_id, (index, _) in view.indexes.items() if set(index.packs) & condemned}
     plan = GcPlan(condemned_packs=sorted(condemned), superseded_indexes=sorted(superseded), host=ctx.host)
     key = plan_key(ctx.storage_now())
-    ctx.put(key, encode_plan_verified(plan))
+    ctx.put(key, encode_plan_verified(plan, key, ctx.repo.config.sealer))
     ctx.report.plan = key
     ctx.report.packs_condemned += len(condemned)
     ctx.report.bytes_condemned += sum(view.packs[p].size for p in condemned)

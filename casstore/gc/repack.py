@@ -65,7 +65,7 @@ def _copy_pack(ctx: GcContext, store: BlobStore, pack_id: str, blobs: list[tuple
         verify_pack_id(pack_id, data)
         for (kind, blob_id), loc in sorted(blobs, key=lambda item: item[1].offset):
             encoded = data[loc.offset:loc.offset + loc.length]
-            codec.decode_verified(encoded, loc.raw_length, blob_id)
+            codec.decode_verified(encoded, loc.raw_length, blob_id, ctx.repo.config.sealer, kind)
             store.add_encoded(kind, blob_id, encoded, loc.raw_length)
     except CasstoreError as exc:
         raise GcAborted(f"gc stopped: pack {pack_id[:16]} cannot be repacked ({exc}); run `casstore check`") from exc

@@ -68,14 +68,12 @@ def sweep(ctx: GcContext, view: RepoView) -> bool:
     if indexes:
         write_consolidated(ctx, view, deleting)
     delete_retracted(ctx, view)
-    for index_id in sorted(indexes):
-        ctx.delete(layout.index_key(index_id), view.indexes[index_id][1].size, "indexes_deleted")
+    # each kind in batches, and strictly one kind after another (indexes, packs, plans)
+    ctx.delete_all([(layout.index_key(i), view.indexes[i][1].size) for i in sorted(indexes)], "indexes_deleted")
     pause_point("sweep-before-packs")
-    for pack_id in sorted(deleting):
-        ctx.delete(pack_key(pack_id), view.packs[pack_id].size, "packs_deleted")
+    ctx.delete_all([(pack_key(p), view.packs[p].size) for p in sorted(deleting)], "packs_deleted")
     pause_point("sweep-before-plans")
-    for key in due:
-        ctx.delete(key, view.plans[key][1].size, "plans_deleted")
+    ctx.delete_all([(key, view.plans[key][1].size) for key in due], "plans_deleted")
     return True
 
 
@@ -85,7 +83,8 @@ def write_consolidated(ctx: GcContext, view: RepoView, deleting: set[str], extra
     if not packs:
         return None
     index = IndexObject(origin=ctx.origin(), packs=packs, supersedes=sorted(view.indexes))
-    index_id, body = index.encode()
-    decode_index(index_id, body, ctx.repo.config.max_blob_size)   # read back before it leaves (design 5.5)
+    sealer = ctx.repo.config.sealer
+    index_id, body = index.encode(sealer)
+    decode_index(index_id, body, ctx.repo.config.max_blob_size, sealer)   # read back before it leaves (design 5.5)
     ctx.put(layout.index_key(index_id), body)
     return index_id

@@ -39,13 +39,14 @@ from casstore.errors import (
     TransientError,
 )
 from casstore.remotes.base import ObjectInfo
-from casstore.remotes.cloud import CloudRemote, PageTokens, is_repository_key, unquote
+from casstore.remotes.cloud import CloudRemote, PageTokens, batch_item_error, batches, is_repository_key, unquote
 from casstore.remotes.prefixed import KeyPrefix
 from casstore.remotes.timeouts import Timeouts
 
 OCTET_STREAM = "application/octet-stream"
 SINGLE_REQUEST_LIMIT = 128 * 1024 * 1024
 POOL_SIZE = 16
+DELETE_BATCH = 256   # blobs one batch request takes
 CREDENTIALS_HINT = "check AZURE_STORAGE_CONNECTION_STRING (account key, or the SAS token's expiry and permissions)"
 _TRANSIENT_CODES = {"ServerBusy", "OperationTimedOut", "InternalError"}
 
@@ -145,6 +146,19 @@ class AzureRemote(CloudRemote):
         blob = self._container.get_blob_client(self._keys.full(key))
         with suppress(ObjectNotFound), self._errors(key):  # missing is success, as on S3
             blob.delete_blob(delete_snapshots="include")
+
+    def _delete_many(self, keys: list[str]) -> dict[str, RemoteError]:
+        """Blob batch delete, 256 blobs a request; each blob's answer is checked (404 is no error)."""
+        errors: dict[str, RemoteError] = {}
+        for batch in batches(keys, DELETE_BATCH):
+            with self._errors(batch[0]):
+                answers = list(self._container.delete_blobs(*[self._keys.full(key) for key in batch],
+                                                            delete_snapshots="include", raise_on_any_failure=False))
+            for key, answer in zip(batch, answers, strict=True):
+                error = batch_item_error(answer.status_code, f"{self.url}{key}", str(answer.reason or ""))
+                if error is not None:
+                    errors[key] = error
+        return errors
 
     def close(self) -> None:
         self._container.close()

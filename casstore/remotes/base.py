@@ -14,11 +14,11 @@ from __future__ import annotations
 import builtins
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import cast
 
-from casstore.errors import ObjectNotFound, ShortRead
+from casstore.errors import ObjectNotFound, RemoteError, ShortRead
 
 _KEY = re.compile(r"^[a-z0-9][a-z0-9_\-.]*(/[a-z0-9][a-z0-9_\-.]*)*$")
 _TEMP_SUFFIXES = (".tmp", ".partial")
@@ -76,6 +76,10 @@ class Remote(ABC):
     - `list(prefix)` yields every object whose key starts with `prefix`, each exactly once, in
       no particular order. A listing that fails or ends early raises; it never looks empty.
     - `delete` removes a key; deleting a missing key succeeds (uniform across clouds).
+    - `delete_many(keys)` removes many keys in as few requests as the store allows (S3
+      DeleteObjects, 1,000 keys a request; an Azure blob batch, 256; a GCS batch, 100) and
+      returns the keys it could not delete with why (empty when all went); a missing key is not
+      an error. A store without a batch call deletes one key per request.
     - Calls may come from several threads at once (parallel pack uploads, a sync's first
       listings, casstore.sync.ahead); the SDK clients the backends hold are safe for that.
     """
@@ -117,6 +121,11 @@ class Remote(ABC):
     def delete(self, key: str) -> None:
         self._delete(validate_key(key))
 
+    def delete_many(self, keys: Iterable[str]) -> dict[str, RemoteError]:
+        """Delete every key; returns {key: error} for those that could not be deleted."""
+        valid = [validate_key(key) for key in keys]
+        return self._delete_many(valid) if valid else {}
+
     def exists(self, key: str) -> bool:
         try:
             self.stat(key)
@@ -156,6 +165,21 @@ class Remote(ABC):
 
     @abstractmethod
     def _delete(self, key: str) -> None: ...
+
+    def _delete_many(self, keys: builtins.list[str]) -> dict[str, RemoteError]:
+        """One request per key; a backend with a batch call overrides this."""
+        return delete_each(self._delete, keys)
+
+
+def delete_each(delete: Callable[[str], None], keys: Iterable[str]) -> dict[str, RemoteError]:
+    """`delete` each key, collecting the errors per key (the fallback of `delete_many`)."""
+    errors: dict[str, RemoteError] = {}
+    for key in keys:
+        try:
+            delete(key)
+        except RemoteError as exc:
+            errors[key] = exc
+    return errors
 
 
 def read_range(data: bytes, key: str, offset: int, length: int | None) -> bytes:

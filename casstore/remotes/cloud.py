@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TypeGuard
 
-from casstore.errors import ObjectNotFound, RemoteError
+from casstore.errors import AccessDenied, ObjectNotFound, RemoteError, TransientError
 from casstore.remotes.base import Remote, validate_key
+
+
+def batches(keys: list[str], size: int) -> Iterator[list[str]]:
+    """`keys` in runs of at most `size`: what one batch request of the store takes."""
+    for start in range(0, len(keys), size):
+        yield keys[start:start + size]
+
+
+def batch_item_error(status: int, where: str, detail: str) -> RemoteError | None:
+    """The error for one deletion in a batch answered `status`; None when it is gone (2xx, or 404:
+    a missing key is no error)."""
+    if 200 <= status < 300 or status == 404:
+        return None
+    if status in (401, 403):
+        return AccessDenied(f"{where}: access denied ({status} {detail})")
+    if status == 429 or status >= 500:
+        return TransientError(f"{where}: {status} {detail}")
+    return RemoteError(f"{where}: {status} {detail}")
 
 
 class CloudRemote(Remote):

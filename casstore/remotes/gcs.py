@@ -9,6 +9,7 @@ library's own retries are off (`retry=None`): `casstore.remotes.wrappers.Retryin
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -32,13 +33,15 @@ from casstore.errors import (
     RemoteError,
     TransientError,
 )
-from casstore.remotes.base import ObjectInfo
-from casstore.remotes.cloud import CloudRemote, PageTokens, is_repository_key
+from casstore.remotes.base import ObjectInfo, delete_each
+from casstore.remotes.cloud import CloudRemote, PageTokens, batch_item_error, batches, is_repository_key
 from casstore.remotes.prefixed import KeyPrefix
 from casstore.remotes.timeouts import Timeouts
 
+log = logging.getLogger(__name__)
 OCTET_STREAM = "application/octet-stream"
 POOL_SIZE = 16
+DELETE_BATCH = 100   # calls one JSON API batch request takes
 SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
 CREDENTIALS_HINT = "check GOOGLE_APPLICATION_CREDENTIALS (or the ambient credentials) and the bucket's IAM roles"
 SINGLE_REQUEST_LIMIT = 128 * 1024 * 1024
@@ -102,6 +105,7 @@ class GCSRemote(CloudRemote):
         self.bucket = bucket
         self._keys = KeyPrefix(prefix)
         self.url = f"gs://{bucket}/{self._keys.prefix}"
+        self.batch_deletes = True   # until the server shows it has no batch endpoint
 
     def create_bucket(self) -> list[str]:
         """The bucket with uniform bucket-level access and public access prevention enforced; GCS
@@ -173,6 +177,39 @@ class GCSRemote(CloudRemote):
         blob = self._bucket.blob(self._keys.full(key))
         with suppress(ObjectNotFound), self._errors(key):  # missing is success, as on S3
             blob.delete(retry=None, timeout=self._timeout(0))
+
+    def _delete_many(self, keys: list[str]) -> dict[str, RemoteError]:
+        """JSON API batches of 100 deletions, each answer checked (404 is no error). A server
+        without the batch endpoint (fake-gcs-server) answers the batch request itself with an
+        error: then this remote deletes one key per request from then on."""
+        errors: dict[str, RemoteError] = {}
+        for batch in batches(keys, DELETE_BATCH):
+            answers = self._batch_delete(batch) if self.batch_deletes else None
+            if answers is None:
+                errors.update(delete_each(self._delete, batch))
+                continue
+            for key, answer in zip(batch, answers, strict=True):
+                error = batch_item_error(answer.status_code, f"{self.url}{key}", answer.reason or "")
+                if error is not None:
+                    errors[key] = error
+        return errors
+
+    def _batch_delete(self, batch: list[str]) -> list[Any] | None:
+        """The answers to one batch of deletions, or None when the server has no batch endpoint
+        (it refuses the batch request, or answers it with something that is not a batch answer,
+        as fake-gcs-server does: "not multi-part"). Deleting is idempotent, so falling back to one
+        request per key after such an answer is safe whatever the server did with it."""
+        try:
+            with self._errors(batch[0]), self._client.batch(raise_exception=False) as deferred:
+                for key in batch:
+                    self._bucket.blob(self._keys.full(key)).delete(retry=None, timeout=self._timeout(0))
+        except (ValueError, RemoteError) as exc:
+            if isinstance(exc, TransientError | AccessDenied | BucketNotFound):
+                raise
+            log.info("%s: no batch endpoint (%s); deleting one key per request", self.url, exc)
+            self.batch_deletes = False
+            return None
+        return list(deferred._responses)
 
     def close(self) -> None:
         self._client.close()

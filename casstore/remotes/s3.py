@@ -37,11 +37,12 @@ from casstore.errors import (
     TransientError,
 )
 from casstore.remotes.base import ObjectInfo
-from casstore.remotes.cloud import CloudRemote, PageTokens, is_repository_key, unquote
+from casstore.remotes.cloud import CloudRemote, PageTokens, batches, is_repository_key, unquote
 from casstore.remotes.prefixed import KeyPrefix
 from casstore.remotes.timeouts import PACK_SIZE_GUESS, Timeouts
 
 OCTET_STREAM = "application/octet-stream"
+DELETE_BATCH = 1000   # keys one DeleteObjects request takes
 CREDENTIALS_HINT = "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, the IAM role) and bucket policy"
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
@@ -232,6 +233,22 @@ class S3Remote(CloudRemote):
     def _delete(self, key: str) -> None:
         with self._errors(key):
             self._client.delete_object(Bucket=self.bucket, Key=self._keys.full(key))
+
+    def _delete_many(self, keys: list[str]) -> dict[str, RemoteError]:
+        """DeleteObjects, 1,000 keys a request (quiet: only failures are answered; S3 reports no
+        error for a missing key). A request that fails as a whole raises."""
+        errors: dict[str, RemoteError] = {}
+        for batch in batches(keys, DELETE_BATCH):
+            objects = [{"Key": self._keys.full(key)} for key in batch]
+            with self._errors(batch[0]):
+                response = self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})
+            for item in response.get("Errors", ()):
+                key = self._keys.strip(str(item.get("Key", ""))) or str(item.get("Key", ""))
+                failed = {"Error": {"Code": item.get("Code", ""), "Message": item.get("Message", "")}}
+                error = _from_error_response(ClientError(failed, "DeleteObjects"), self.bucket, f"{self.url}{key}")
+                if not isinstance(error, ObjectNotFound):
+                    errors[key] = error
+        return errors
 
     def close(self) -> None:
         self._client.close()

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from casstore._testing import FAULTS
 from casstore.errors import ObjectExists, ObjectNotFound, RemoteError, TransientError
-from casstore.remotes.base import ObjectInfo, Remote
+from casstore.remotes.base import ObjectInfo, Remote, delete_each
 
 T = TypeVar("T")
 
@@ -58,6 +58,12 @@ class RemoteWrapper(Remote):
     def _delete(self, key: str) -> None:
         self.inner.delete(key)
 
+    def _delete_many(self, keys: list[str]) -> dict[str, RemoteError]:
+        if type(self)._delete is not RemoteWrapper._delete and type(self)._delete_many is RemoteWrapper._delete_many:
+            # a wrapper that overrides `_delete` alone must see every delete, one key at a time
+            return delete_each(self._delete, keys)
+        return self.inner.delete_many(keys)
+
     def setup_warnings(self) -> list[str]:
         return self.inner.setup_warnings()
 
@@ -67,7 +73,9 @@ class RemoteWrapper(Remote):
 
 class HookedRemote(RemoteWrapper):
     """Calls `before_write()` right before each put and delete: a fault-injection seam in the style
-    of kopia's FaultyStorage (casstore._testing.crash_hook kills the process at the nth write)."""
+    of kopia's FaultyStorage (casstore._testing.crash_hook kills the process at the nth write).
+    It overrides `_delete` alone, so a `delete_many` through it goes one key at a time and a crash
+    test can stop gc between any two deletions."""
 
     def __init__(self, inner: Remote, before_write: Callable[[], None]) -> None:
         super().__init__(inner)
@@ -156,6 +164,25 @@ class RetryingRemote(RemoteWrapper):
     def _delete(self, key: str) -> None:
         self._retry(lambda _: self.inner.delete(key))
 
+    def _delete_many(self, keys: list[str]) -> dict[str, RemoteError]:
+        """The batch is retried whole on a transient failure, then only its keys that failed
+        transiently (deleting is idempotent, and a missing key is no error)."""
+        started = self._clock()
+        pending, errors = list(keys), {}
+        for attempt in range(1, self.attempts + 1):
+            try:
+                result = self.inner.delete_many(pending)
+            except TransientError as exc:
+                self._wait_or_give_up(exc, attempt, started)
+                continue
+            transient = {key: exc for key, exc in result.items() if isinstance(exc, TransientError)}
+            errors.update({key: exc for key, exc in result.items() if key not in transient})
+            if not transient or attempt == self.attempts:
+                return {**errors, **transient}
+            pending = sorted(transient)
+            self._wait_or_give_up(next(iter(transient.values())), attempt, started)
+        raise AssertionError("unreachable")
+
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         yielded: set[str] = set()
         started = self._clock()
@@ -223,6 +250,10 @@ class CountingRemote(RemoteWrapper):
     def _delete(self, key: str) -> None:
         self._count("delete")
         self.inner.delete(key)
+
+    def _delete_many(self, keys: list[str]) -> dict[str, RemoteError]:
+        self._count("delete")   # one call counts once, as a listing does; S3 splits it per 1,000 keys
+        return self.inner.delete_many(keys)
 
 
 class FaultyRemote(RemoteWrapper):
@@ -323,6 +354,10 @@ class FaultyRemote(RemoteWrapper):
     def _delete(self, key: str) -> None:
         self._before(self._draw(f"delete|{key}"), f"delete {key}")
         self.inner.delete(key)
+
+    def _delete_many(self, keys: list[str]) -> dict[str, RemoteError]:
+        self._before(self._draw(f"delete_many|{keys[0]}"), f"delete of {len(keys)} keys from {keys[0]}")
+        return self.inner.delete_many(keys)
 
 
 FAULTS_VARIABLE = FAULTS   # casstore._testing lists every test hook

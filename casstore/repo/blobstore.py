@@ -10,6 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from casstore.errors import IntegrityError, ObjectNotFound, RemoteError
 from casstore.format import codec, layout
 from casstore.format.config import RepoConfig
+from casstore.format.crypto import Sealer
 from casstore.format.index import IndexObject, Location, MasterIndex, decode_index
 from casstore.format.pack import (
     KIND_DATA,
@@ -44,6 +45,7 @@ class BlobStore:
                  reload_index: Callable[[], object] | None = None, blob_cache: BlobCache | None = None,
                  read_policy: ReadPolicy | None = None) -> None:
         self.remote, self.config, self.index = remote, config, index
+        self.sealer = config.sealer     # None for a plain repository
         self.origin = origin
         self.level = config.compression["level"] if compression_level is None else compression_level
         self._reload_index = reload_index
@@ -78,10 +80,11 @@ class BlobStore:
 
     def add(self, kind: int, data: bytes | memoryview) -> tuple[bytes, int]:
         """Store `data` unless present; return (id, stored bytes added)."""
-        blob_id = codec.blob_id(data)
+        blob_id = codec.blob_id(data, self.sealer)
         if self.has(kind, blob_id):
             return blob_id, 0
-        return blob_id, self.add_encoded(kind, blob_id, codec.encode_verified(data, self.level, blob_id), len(data))
+        encoded = codec.encode_verified(data, self.level, blob_id, self.sealer, kind)
+        return blob_id, self.add_encoded(kind, blob_id, encoded, len(data))
 
     def add_encoded(self, kind: int, blob_id: bytes, encoded: bytes | codec.Encoded, raw_length: int) -> int:
         """Add an already encoded and verified blob; return the stored bytes added (0 if a duplicate)."""
@@ -102,7 +105,7 @@ class BlobStore:
     def _new_builder(self, kind: int) -> PackBuilder:
         # tree packs are small: parts joined at the end are cheaper than a pack-sized buffer
         pool = self._pack_buffers if kind == KIND_DATA else None
-        return PackBuilder(kind, pool.get() if pool is not None else None)
+        return PackBuilder(kind, pool.get() if pool is not None else None, self.sealer)
 
     def _seal(self, kind: int) -> None:
         builder = self._builders.pop(kind, None)    # the next blob of this kind starts a new pack
@@ -119,7 +122,7 @@ class BlobStore:
 
     def _finish_and_upload(self, builder: PackBuilder) -> None:
         pack_id, data = builder.finish()
-        _read_back(pack_id, data, builder.entries, self.config.max_blob_size)
+        _read_back(pack_id, data, builder.entries, self.config.max_blob_size, self.sealer)
         self._upload(pack_id, data, builder.entries)
 
     def _upload(self, pack_id: str, data: bytes | memoryview, entries: list[BlobEntry]) -> None:
@@ -186,8 +189,9 @@ class BlobStore:
     def put_index(self, packs: dict[str, list[BlobEntry]], kind: str, retracts: tuple[str, ...] = ()):
         """Write one index object of `packs` (withdrawing `retracts`); return (id, ObjectInfo)."""
         index = IndexObject(origin={**self.origin, "kind": kind}, packs=packs, retracts=list(retracts))
-        index_id, body = index.encode()
-        if decode_index(index_id, body, self.config.max_blob_size).packs != packs:  # read back (design 5.5)
+        index_id, body = index.encode(self.sealer)
+        # read back (design 5.5)
+        if decode_index(index_id, body, self.config.max_blob_size, self.sealer).packs != packs:
             raise IntegrityError("internal error: an index does not decode to what was encoded")
         info = self.remote.put(layout.index_key(index_id), body)
         if self.on_index_written:
@@ -246,7 +250,7 @@ class BlobStore:
         cache, raw_length = self._blob_cache, location.raw_length
 
         def check(encoded: bytes) -> tuple[bytes, bytes]:
-            return encoded, codec.decode_verified(encoded, raw_length, blob_id)
+            return encoded, codec.decode_verified(encoded, raw_length, blob_id, self.sealer, kind)
 
         if cache is not None:
             cached = cache.get(kind, blob_id, raw_length)
@@ -264,12 +268,13 @@ class BlobStore:
             on_verified=(lambda encoded: cache.put(kind, blob_id, raw_length, encoded)) if cache else None)
 
 
-def _read_back(pack_id: str, data: bytes | memoryview, entries: list[BlobEntry], max_raw_length: int) -> None:
+def _read_back(pack_id: str, data: bytes | memoryview, entries: list[BlobEntry], max_raw_length: int,
+               sealer: Sealer | None) -> None:
     """A sealed pack must parse back to exactly the blobs put in it before it may be stored (design 5.5).
 
     The blobs themselves were decoded and re-hashed when they were encoded, and the pack's name
     was just hashed from these very bytes; this checks the framing: that the header parses back
     to the blobs written, each where the header says.
     """
-    if parse_header(data, max_raw_length) != entries:
+    if parse_header(data, max_raw_length, sealer) != entries:
         raise IntegrityError("internal error: a pack header does not describe the blobs written")

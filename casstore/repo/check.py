@@ -78,7 +78,8 @@ class Checker:
             index_id = info.key.split("/", 1)[1]
             try:
                 body = self._read_named(layout.INDEX, index_id)
-                objects[index_id] = decode_index(index_id, body, self.repo.config.max_blob_size)
+                objects[index_id] = decode_index(index_id, body, self.repo.config.max_blob_size,
+                                                 self.repo.config.sealer)
                 self.report.indexes += 1
             except CasstoreError as exc:
                 self.report.errors.append(f"index {index_id[:16]}: {exc}")
@@ -129,9 +130,10 @@ class Checker:
         """Download a pack and verify it and every blob in it (twice or more when it fails); the blob count."""
         def check(data: bytes) -> int:
             verify_pack_id(pack_id, data)
-            entries = parse_header(data, self.repo.config.max_blob_size)
+            entries = parse_header(data, self.repo.config.max_blob_size, self.repo.config.sealer)
             for e in entries:
-                codec.decode_verified(memoryview(data)[e.offset:e.offset + e.length], e.raw_length, e.id)
+                codec.decode_verified(memoryview(data)[e.offset:e.offset + e.length], e.raw_length, e.id,
+                                      self.repo.config.sealer, e.kind)
             return len(entries)
 
         return read_verified(f"pack {pack_id[:16]}", lambda: self.repo.remote.get(pack_key(pack_id), large=True), check,
@@ -148,7 +150,8 @@ class Checker:
     def _check_snapshots(self) -> None:
         for snapshot_id in self.repo.snapshot_ids():
             try:
-                manifest = decode_snapshot(snapshot_id, self._read_named(layout.SNAPSHOTS, snapshot_id))
+                manifest = decode_snapshot(snapshot_id, self._read_named(layout.SNAPSHOTS, snapshot_id),
+                                           self.repo.config.sealer)
             except CasstoreError as exc:
                 self.report.errors.append(f"snapshot {snapshot_id[:8]}: {exc}")
                 continue

@@ -17,6 +17,7 @@ from typing import Protocol, Self
 
 from casstore.errors import (
     CasstoreError,
+    DowngradeError,
     FormatError,
     IntegrityError,
     ObjectExists,
@@ -26,13 +27,14 @@ from casstore.errors import (
     SnapshotNotFound,
 )
 from casstore.format import layout
-from casstore.format.config import RepoConfig
+from casstore.format.config import RepoConfig, encryption_domain
 from casstore.format.index import IndexObject, MasterIndex, decode_index
 from casstore.format.plan import condemned_packs, list_plan_keys, load_plans
 from casstore.format.snapshot import SnapshotManifest, decode_snapshot
 from casstore.remotes.base import Remote
 from casstore.remotes.fanout import each_concurrently
 from casstore.remotes.local import LocalRemote
+from casstore.repo import keys
 from casstore.repo.blobstore import BlobStore
 from casstore.repo.indexcache import IndexTableCache
 from casstore.repo.lock import repository_lock
@@ -104,7 +106,7 @@ class RepoCore:
         config = config or RepoConfig.new(compression_level=settings.compression_level or 3,
                                           grace_seconds=settings.grace_seconds)
         try:
-            remote.put(layout.CONFIG_KEY, config.encode_verified(), if_absent=True)
+            create_config(remote, config)
         except ObjectExists:
             raise RepositoryExists(f"a repository already exists at {remote.url}") from None
         return cls(remote, config, settings, local_dir=local_dir)
@@ -115,11 +117,14 @@ class RepoCore:
         if not layout.is_local_repository(path):
             raise RepositoryNotFound(f"no casstore repository at {path} (run `casstore init`)")
         remote = LocalRemote(path, create=False)
-        return cls(remote, read_config(remote), settings, local_dir=remote.root)
+        return cls(remote, read_config(remote, settings), settings, local_dir=remote.root)
 
     @classmethod
     def open_remote(cls, remote: Remote, settings: Settings | None = None) -> Self:
-        return cls(remote, read_config(remote), settings or load_settings())
+        """The repository at `remote` as it is: its key slots are not listed for a downgrade check
+        (repo/open.py `open_as` does that when no local repository is the marker)."""
+        settings = settings or load_settings()
+        return cls(remote, read_config(remote, settings, downgrade_check=False), settings)
 
     @property
     def location(self) -> str:
@@ -180,7 +185,8 @@ class RepoCore:
 
     def _fetch_index(self, index_id: str) -> IndexObject | None:
         try:
-            return decode_index(index_id, self._cached_get(layout.INDEX, index_id), self.config.max_blob_size)
+            return decode_index(index_id, self._cached_get(layout.INDEX, index_id), self.config.max_blob_size,
+                                self.config.sealer)
         except (FormatError, IntegrityError, ObjectNotFound) as exc:
             log.warning("skipping damaged index %s: %s", index_id[:16], exc)
             if self.cache:
@@ -190,7 +196,7 @@ class RepoCore:
     def load_plans(self) -> list[str]:
         """Read every gc plan; their condemned packs no longer count as holding blobs."""
         keys = list_plan_keys(self.remote)
-        self.index.condemned = condemned_packs(load_plans(self.remote, keys))
+        self.index.condemned = condemned_packs(load_plans(self.remote, keys, self.config.sealer))
         return keys
 
     def _cached_get(self, kind: str, name: str) -> bytes:
@@ -236,7 +242,7 @@ class RepoCore:
             except ObjectNotFound:
                 raise SnapshotNotFound(f"snapshot {snapshot_id[:8]} not found") from None
             try:
-                self._manifests[snapshot_id] = decode_snapshot(snapshot_id, body)
+                self._manifests[snapshot_id] = decode_snapshot(snapshot_id, body, self.config.sealer)
             except (FormatError, IntegrityError):
                 if self.cache:
                     self.cache.discard(layout.SNAPSHOTS, snapshot_id)
@@ -298,8 +304,8 @@ class RepoCore:
 
     def write_snapshot(self, manifest: SnapshotManifest):
         """Write a manifest (the commit point); return (id, the storage's ObjectInfo)."""
-        snapshot_id, body = manifest.encode()
-        decode_snapshot(snapshot_id, body)  # read back before it leaves the process (design 5.5)
+        snapshot_id, body = manifest.encode(self.config.sealer)
+        decode_snapshot(snapshot_id, body, self.config.sealer)  # read back before it leaves the process (design 5.5)
         info = self.remote.put(layout.snapshot_key(snapshot_id), body)
         self._manifests[snapshot_id] = manifest
         return snapshot_id, info
@@ -347,14 +353,42 @@ def check_ref(ref: str) -> str:
     return ref
 
 
-def read_config(remote: Remote) -> RepoConfig:
+def read_config(remote: Remote, settings: Settings | None = None, *, downgrade_check: bool = True) -> RepoConfig:
+    """The repository's config; an encrypted one is unlocked first (repo/keys.py).
+
+    A plain config where key slots exist is a downgrade (the config was replaced), refused: checked
+    unless the caller holds a local repository whose own config decides (`downgrade_check=False`:
+    sync and pull compare the two configs, and a plain decoder refuses every sealed object anyway).
+    """
+    def check(body: bytes) -> tuple[bytes, str | None]:
+        domain = encryption_domain(body)
+        if domain is None:
+            RepoConfig.decode(body)
+        return body, domain
+
     try:
         # the config has no id to check; one that does not decode is read again (DESIGN.md "Verified reads")
-        return read_verified("repository config", lambda: remote.get(layout.CONFIG_KEY), RepoConfig.decode,
-                             ReadPolicy())
+        body, domain = read_verified("repository config", lambda: remote.get(layout.CONFIG_KEY), check,
+                                     ReadPolicy())
     except ObjectNotFound:
         raise RepositoryNotFound(f"no casstore repository at {remote.url} (run `casstore init`)") from None
+    if domain is None:
+        if downgrade_check and keys.has_slots(remote):
+            raise DowngradeError(f"{remote.url} holds key slots (keys/) but its config says it is not encrypted: "
+                                 "the config may have been replaced (downgrade); refusing to open it")
+        return RepoConfig.decode(body)
+    return RepoConfig.decode(body, keys.unlock(remote, domain, settings or load_settings()))
 
 
-__all__ = ["BlobReader", "CasstoreError", "RepoCore", "SnapshotInfo", "check_ref", "for_reads", "latest_of",
-           "read_config"]
+def create_config(remote: Remote, config: RepoConfig) -> None:
+    """Write a new repository's config (conditional create): an encrypted one's key slots first."""
+    written = keys.write_slots(remote, config.keys) if config.keys is not None else []
+    try:
+        remote.put(layout.CONFIG_KEY, config.encode_verified(), if_absent=True)
+    except ObjectExists:
+        keys.undo_slots(remote, written)
+        raise
+
+
+__all__ = ["BlobReader", "CasstoreError", "RepoCore", "SnapshotInfo", "check_ref", "create_config", "for_reads",
+           "latest_of", "read_config"]

@@ -17,7 +17,8 @@ from casstore.format.config import RepoConfig
 from casstore.remotes import open_remote
 from casstore.remotes.base import Remote
 from casstore.remotes.wrappers import RetryingRemote
-from casstore.repo.core import RepoCore, read_config
+from casstore.repo import keys
+from casstore.repo.core import RepoCore, create_config, read_config
 from casstore.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,14 @@ def connect(target: str | Remote, settings: Settings) -> Remote:
     return RetryingRemote(remote, deadline=settings.request_deadline)
 
 
+def new_config(settings: Settings, *, encrypt: bool = False, **sizes: Any) -> RepoConfig:
+    """A new repository's config from the settings (chunk and pack sizes given as `sizes`); with
+    `encrypt`, under a new master key with one key slot for the settings' password."""
+    master = keys.new_key(settings, keys.host_name(settings)) if encrypt else None
+    return RepoConfig.new(compression_level=settings.compression_level or 3, grace_seconds=settings.grace_seconds,
+                          keys=master, **sizes)
+
+
 def fresh_copy(config: RepoConfig) -> RepoConfig:
     """A new repository's config sharing `config`'s chunker, seed and pack settings (so blobs dedupe)."""
     return replace(config, id=secrets.token_hex(16))
@@ -67,7 +76,7 @@ def fresh_copy(config: RepoConfig) -> RepoConfig:
 def adopted_config(url: str, settings: Settings) -> RepoConfig:
     """A new repository config sharing an existing remote's chunker, seed and pack settings."""
     with open_remote(url, **settings.remote_options()) as remote:
-        return fresh_copy(read_config(remote))
+        return fresh_copy(read_config(remote, settings))
 
 
 def new_local_config(settings: Settings, like: RepoConfig | str | None = None) -> RepoConfig | None:
@@ -90,12 +99,15 @@ def adopt_or_share(settings: Settings, proposed: RepoConfig | None = None) -> Re
     assert settings.remote
     with connect(settings.remote, settings) as remote:
         try:
-            existing = read_config(remote)
+            existing = read_config(remote, settings)
         except RepositoryNotFound:
             proposed = proposed or RepoConfig.new(compression_level=settings.compression_level or 3,
                                                   grace_seconds=settings.grace_seconds)
-            return fresh_copy(_create_remote(remote, fresh_copy(proposed)))
-    if proposed is not None and proposed.chunker != existing.chunker:
+            return fresh_copy(_create_remote(remote, fresh_copy(proposed), settings))
+    if proposed is not None and proposed.encrypted and not existing.encrypted:
+        raise ConfigError(f"{remote.url} already holds an unencrypted repository; an encrypted local repository "
+                          "cannot share it (drop --encrypt, or use another remote)")
+    if proposed is not None and proposed.encryption is None and proposed.chunker != existing.chunker:
         raise ConfigError(f"{remote.url} already holds a repository with other chunker parameters; "
                           "drop the --chunk-* options to share its parameters")
     return fresh_copy(existing)
@@ -119,20 +131,21 @@ def _config_of(like: RepoConfig | str, settings: Settings) -> RepoConfig:
 
 def _open_remote(cls: type[R], remote: Remote, settings: Settings, *, create_like: RepoConfig | None) -> R:
     try:
-        config = read_config(remote)
+        # with a local repository, its config is the marker sync and pull compare with (check_compatible)
+        config = read_config(remote, settings, downgrade_check=not layout.is_local_repository(settings.repository))
     except RepositoryNotFound:
         if create_like is None:
             raise
-        config = _create_remote(remote, fresh_copy(create_like))
+        config = _create_remote(remote, fresh_copy(create_like), settings)
     return cls(remote, config, settings)
 
 
-def _create_remote(remote: Remote, config: RepoConfig) -> RepoConfig:
+def _create_remote(remote: Remote, config: RepoConfig, settings: Settings | None = None) -> RepoConfig:
     """Write `config` unless another writer created the repository first (then theirs counts)."""
     try:
-        remote.put(layout.CONFIG_KEY, config.encode_verified(), if_absent=True)
+        create_config(remote, config)
     except ObjectExists:
-        config = read_config(remote)
+        config = read_config(remote, settings)
     for warning in remote.setup_warnings():
         log.warning("%s", warning)
     return config

@@ -561,7 +561,7 @@ def _verify_written(fd: int, entry: Entry, repo: RepoCore) -> None:
     with os.fdopen(os.dup(fd), "rb") as fh:
         for chunk_id in entry.chunks:
             length = repo.index.locations(KIND_DATA, chunk_id)[0].raw_length
-            if codec.blob_id(fh.read(length)) != chunk_id:
+            if codec.blob_id(fh.read(length), repo.config.sealer) != chunk_id:
                 raise OSError(errno.EIO, "restored content does not verify")
         if fh.read(1):
             raise OSError(errno.EIO, "restored file is longer than the snapshot says")

@@ -143,7 +143,7 @@ class SnapshotBuilder:
         self.start_ns = time.time_ns()
         self.progress = progress or (lambda n: None)
         self.cache_file = filescache.cache_path(repo.settings.cache_dir, repo.config.id, self.source)
-        self.old_cache = filescache.load(self.cache_file)
+        self.old_cache = filescache.load(self.cache_file, repo.config.sealer)
         self.new_cache: dict[bytes, list] = {}
         self.skip_dirs = _identities([repo.local_dir, repo.settings.cache_dir])
         # one large file at a time is read and cut on a side thread while the walk goes on
@@ -562,7 +562,7 @@ def take_snapshot(repo: RepoCore, source: str, *, tags: tuple[str, ...] = (), ex
     pause_point("snapshot-before-commit")
     snapshot_id, _ = repo.write_snapshot(manifest)
     if builder.new_cache != builder.old_cache:
-        filescache.save(builder.cache_file, builder.new_cache)  # only after the commit
+        filescache.save(builder.cache_file, builder.new_cache, repo.config.sealer)  # only after the commit
     filescache.save_last(builder.cache_file, manifest.host, snapshot_id)
     return SnapshotResult(snapshot_id, manifest, summary)
 

@@ -4,7 +4,8 @@ Local and disposable. Keyed by repository id and source path, so two sources or 
 never share one. It is replaced atomically, and only after the snapshot that produced it
 committed. A cached chunk list is trusted only when every chunk is still in the index outside
 condemned packs (checked by the builder), so a gc that removed data can never make a later
-snapshot skip a blob that no longer exists.
+snapshot skip a blob that no longer exists. An encrypted repository's files cache is sealed like
+its objects (it names every file), so the cache directory shows no more than the repository does.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import os
 import blake3
 import msgpack
 
+from casstore.errors import CasstoreError
+from casstore.format.crypto import KIND_FILES_CACHE, Sealer, seal_if, unseal_if
 from casstore.fsio.durable import FileSystem, write_durably
 from casstore.fsio.private import make_dirs, open_private
 
@@ -28,24 +31,24 @@ def cache_path(cache_dir: str, repo_id: str, source: str) -> str:
     return os.path.join(cache_dir, repo_id, f"files-{key}")
 
 
-def load(path: str) -> dict[bytes, CacheEntry]:
+def load(path: str, sealer: Sealer | None = None) -> dict[bytes, CacheEntry]:
     try:
         with open(path, "rb") as fh:
-            doc = msgpack.unpackb(fh.read())
+            doc = msgpack.unpackb(unseal_if(sealer, KIND_FILES_CACHE, fh.read(), "files cache"))
         return doc if isinstance(doc, dict) else {}
     except FileNotFoundError:
         return {}
-    except (ValueError, msgpack.UnpackException, OSError) as exc:
+    except (ValueError, msgpack.UnpackException, OSError, CasstoreError) as exc:
         log.warning("ignoring unreadable files cache %s: %s", path, exc)
         return {}
 
 
-def save(path: str, entries: dict[bytes, CacheEntry]) -> None:
+def save(path: str, entries: dict[bytes, CacheEntry], sealer: Sealer | None = None) -> None:
     """Replace the cache. Best effort: it is saved after the snapshot committed, so a full or
     unwritable cache directory costs the next snapshot a re-read, never this one its success."""
     try:
         make_dirs(os.path.dirname(path))
-        write_durably(FileSystem(), path, msgpack.packb(entries))
+        write_durably(FileSystem(), path, seal_if(sealer, KIND_FILES_CACHE, msgpack.packb(entries)))
     except OSError as exc:
         log.warning("could not save the files cache %s: %s (the next snapshot reads every file)", path,
                     exc.strerror or exc)

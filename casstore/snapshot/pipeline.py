@@ -34,10 +34,10 @@ class ChunkPipeline:
         self._lock = threading.Lock()
 
     def _prepare(self, data: bytes | memoryview) -> Prepared:
-        blob_id = codec.blob_id(data)
+        blob_id = codec.blob_id(data, self.store.sealer)
         if self.store.has(KIND_DATA, blob_id):
             return blob_id, None, len(data)
-        return blob_id, codec.encode_verified(data, self.store.level, blob_id), len(data)
+        return blob_id, codec.encode_verified(data, self.store.level, blob_id, self.store.sealer, KIND_DATA), len(data)
 
     def submit(self, data: bytes | memoryview, deliver: Deliver) -> None:
         """Queue one chunk; `deliver(id, raw length, stored bytes added)` runs later, under the lock,

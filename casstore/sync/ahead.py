@@ -1,12 +1,13 @@
 """Listings issued ahead, concurrently: the first reads of a sync do not wait for one another.
 
-A sync with something to copy needs the remote's config, and listings of `index/`, `gc/` and
-`snapshots/`; none depends on another's answer, so with 2-10 s per answer, made one after another
-they add up. `ListingsAhead` starts the listings in threads when it is made (the caller reads the
-config meanwhile) and answers the first `list(prefix)` of each with the listing made then; every
-later call goes to the remote. The caller takes its protocol clock before making it (DESIGN.md
-"Sync": the shortcut re-check counts from before the listings began). Remotes are used from
-several threads already (parallel pack uploads); the listings only read.
+A sync with something to copy needs the remote's config, and listings of `gc/` and `snapshots/`;
+none depends on another's answer, so with 2-10 s per answer, made one after another they add up.
+(Its `index/` listing must wait for the `gc/` listing's answer, so it is not sent ahead: DESIGN.md
+"Sync", plans strictly before indexes.) `ListingsAhead` starts the listings in threads when it is
+made (the caller reads the config meanwhile) and answers the first `list(prefix)` of each with the
+listing made then; every later call goes to the remote. The caller takes its protocol clock before
+making it (DESIGN.md "Sync": the shortcut re-check counts from before the listings began). Remotes
+are used from several threads already (parallel pack uploads); the listings only read.
 """
 
 from __future__ import annotations

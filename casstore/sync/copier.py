@@ -69,12 +69,22 @@ class Copier:
     # -- planning ----------------------------------------------------------------------------
 
     def load_destination(self) -> None:
+        """Read the destination's gc plans, then its indexes: strictly in that order.
+
+        A sweep deletes the indexes naming its packs, then the packs, then the plan. Listed
+        indexes first, a whole sweep could finish before the `gc/` listing: the writer would trust
+        an index naming swept packs and see no plan condemning them. Plans first (listed and read),
+        a plan the writer missed was either swept before the `index/` listing, which then no longer
+        shows its indexes, or written after the plans were listed, so its sweep comes a grace
+        period later at the earliest (DESIGN.md "Sync").
+        """
         # the listing counts from when it was sent, not answered: earlier is the safe side
         since, self.listed_since = self.listed_since, None
         self.load_clock = self.clock() if since is None else since
-        self.dst.load_index()
         if self.protocol:
             self.known_plans = self.dst.load_plans()
+        pause_point("between-listings")
+        self.dst.load_index()
         self.relied_indexes = set(self.dst.index.index_packs)
         self.fresh_load = True
 

@@ -34,8 +34,9 @@ from casstore.sync.state import SyncState
 
 log = logging.getLogger(__name__)
 
-# what a sync with work to do lists first; none depends on another's answer (casstore.sync.ahead)
-FIRST_LISTINGS = (layout.INDEX_PREFIX, layout.GC_PREFIX, layout.SNAPSHOTS_PREFIX)
+# what a sync with work to do lists first; none depends on another's answer (casstore.sync.ahead).
+# Not `index/`: it is listed only after the gc plans were listed and read (Copier.load_destination)
+FIRST_LISTINGS = (layout.GC_PREFIX, layout.SNAPSHOTS_PREFIX)
 
 
 @dataclass

@@ -12,12 +12,14 @@ from pathlib import Path
 from unittest import mock
 
 import blake3
+import msgpack
 
 from casstore.format import codec
 from casstore.format.config import RepoConfig
+from casstore.format.crypto import SCHEME, MasterKey, make_slot
 from casstore.format.index import IndexObject
 from casstore.format.pack import KIND_DATA, PackBuilder
-from casstore.format.plan import GcPlan
+from casstore.format.plan import GcPlan, encode_plan_verified
 from casstore.format.snapshot import SnapshotManifest
 from casstore.format.tree import Entry, EntryType, encode_tree_chain
 
@@ -83,10 +85,48 @@ def plan_vector() -> bytes:
     return GcPlan(condemned_packs=["ef" * 32, "0a" * 32], superseded_indexes=["12" * 32], host="golden-host").encode()
 
 
+# -- the encrypted format (format/crypto.py): a fixed key, and every nonce and salt fixed --------
+
+GOLDEN_KEY = MasterKey(bytes(range(32)), bytes(range(100, 116)))
+GOLDEN_PASSWORD = b"golden password"
+SLOT_ID = "5107" * 8
+PLAN_KEY = "gc/20261204t120000z-0123456789ab"
+WEAK = {"algorithm": "argon2id", "iterations": 1, "memory_kib": 64, "lanes": 1}
+
+
+def fixed_random(n: int) -> bytes:
+    """Every nonce and salt of the encrypted vectors (never in real use: they must be random)."""
+    return bytes(range(n))
+
+
+def encrypted_vectors() -> dict[str, bytes]:
+    sealer = GOLDEN_KEY.sealer
+    with mock.patch.object(os, "urandom", fixed_random):
+        config = RepoConfig(id=CONFIG_ID, chunker={**CHUNKER, "seed": GOLDEN_KEY.chunker_seed()},
+                            encryption={"scheme": SCHEME, "domain": GOLDEN_KEY.domain.hex()}, keys=GOLDEN_KEY).encode()
+        builder = PackBuilder(KIND_DATA, sealer=sealer)
+        for blob in (RAW_BLOB, ZSTD_BLOB):
+            blob_id = codec.blob_id(blob, sealer)
+            builder.add(blob_id, codec.encode_verified(blob, ZSTD_LEVEL, blob_id, sealer, KIND_DATA), len(blob))
+        pack = bytes(builder.finish()[1])
+        from casstore.format.pack import parse_header
+
+        index = IndexObject({"kind": "writer", "host": "golden-host", "session": "golden-session"},
+                            {blake3.blake3(pack).hexdigest(): parse_header(pack, 8 << 20, sealer)}).encode(sealer)[1]
+        manifest = SnapshotManifest(time_ns=1_700_000_100_000_000_000, host="golden-host", source="/data/golden",
+                                    tree=b"\x22" * 32).encode(sealer)[1]
+        plan = encode_plan_verified(GcPlan(condemned_packs=["ef" * 32], host="golden-host"), PLAN_KEY, sealer)
+        slot = make_slot(GOLDEN_KEY, GOLDEN_PASSWORD, SLOT_ID, WEAK, "golden-host")
+    slot = msgpack.packb({**msgpack.unpackb(slot), "created_ns": 1_700_000_000_000_000_000})
+    return {"enc-config.bin": config, "enc-pack.bin": pack, "enc-index.bin": index, "enc-snapshot.bin": manifest,
+            "enc-plan.bin": plan, "enc-keyslot.bin": slot}
+
+
 def vectors() -> dict[str, bytes]:
     pack = pack_vector()
     return {"config.bin": config_vector(), "pack.bin": pack, "index.bin": index_vector(pack),
-            "tree.bin": tree_vector(), "snapshot.bin": snapshot_vector(), "plan.bin": plan_vector()}
+            "tree.bin": tree_vector(), "snapshot.bin": snapshot_vector(), "plan.bin": plan_vector(),
+            **encrypted_vectors()}
 
 
 def main() -> None:
