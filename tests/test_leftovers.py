@@ -15,7 +15,10 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
+
 from casstore.errors import RemoteError
+from casstore.fsio.durable import FileSystem
 from casstore.gc.run import collect_garbage
 from casstore.remotes.wrappers import RemoteWrapper
 from casstore.snapshot import filescache
@@ -97,14 +100,23 @@ def test_gc_on_a_full_disk_deletes_unreachable_packs_before_it_writes(tmp_path, 
     assert open_repo(tmp_path / "repo").check().ok
 
 
-def test_a_full_cache_never_fails_a_committed_snapshot(tmp_path, monkeypatch):
+@pytest.mark.parametrize("failing", ["write_new", "fsync", "rename"])
+def test_a_full_cache_never_fails_a_committed_snapshot(tmp_path, monkeypatch, failing):
+    """The files cache is streamed while the snapshot runs and published after its commit: a full
+    disk at any of those steps leaves no temp file and fails nothing."""
     write(tmp_path / "data" / "a.txt", b"one")
     invoke("init")
+
+    class Full(FileSystem):
+        pass
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(filescache, "write_durably", full)
+    monkeypatch.setattr(Full, failing, full)
+    monkeypatch.setattr(filescache, "FileSystem", Full)
     result = invoke("snapshot", "--json")
     snapshot_id = json.loads(result.stdout)["id"]
     assert invoke("cat", snapshot_id[:8], "a.txt").stdout == "one"
+    cache_dir = Path(os.environ["CASSTORE_CACHE_DIR"])
+    assert not [p for p in cache_dir.rglob("*.tmp")]

@@ -67,21 +67,30 @@ def encode_tree_chain(entries: Iterable[Entry], store: Callable[[bytes], bytes])
     """Encode a directory's entries as one tree blob or a chain; `store` saves a blob, returns its id."""
     ordered = sorted(entries, key=lambda e: e.name)
     _check_unique(ordered)
-    pages: list[list[list[Any]]] = []
-    page: list[list[Any]] = []
+    pages: list[list[bytes]] = []
+    page: list[bytes] = []
     size = 0
     for entry in ordered:
         packed = msgpack.packb(entry.as_list())
         if page and size + len(packed) > MAX_TREE_BYTES:
             pages.append(page)
             page, size = [], 0
-        page.append(entry.as_list())
+        page.append(packed)
         size += len(packed)
     pages.append(page)
     next_id = None
     for page in reversed(pages):
-        next_id = store(msgpack.packb({"v": TREE_VERSION, "entries": page, "next": next_id}))
+        next_id = store(_tree_body(page, next_id))
     return next_id  # type: ignore[return-value]
+
+
+def _tree_body(packed_entries: list[bytes], next_id: bytes | None) -> bytes:
+    """msgpack {"v": 1, "entries": [...], "next": id} from entries packed once: the same bytes as
+    packing the map whole (msgpack has one encoding for these types), each entry packed once."""
+    packer = msgpack.Packer()
+    return b"".join((packer.pack_map_header(3), packer.pack("v"), packer.pack(TREE_VERSION), packer.pack("entries"),
+                     packer.pack_array_header(len(packed_entries)), *packed_entries,
+                     packer.pack("next"), packer.pack(next_id)))
 
 
 def decode_tree(body: bytes) -> tuple[list[Entry], bytes | None]:

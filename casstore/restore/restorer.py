@@ -14,8 +14,9 @@ import os
 import posixpath
 import secrets
 import stat
+from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,13 @@ MAX_DEVICE = 2**64 - 1
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 EXISTING_SHOWN = 20
+# Small files are written in batches on the pool (`_SmallBatch`): one task reads, decodes and
+# verifies each file's chunks and writes the file, instead of a thread round trip per chunk with
+# the walk thread doing every write. A batch holds at most this many files and bytes.
+SMALL_FILE_MAX = 1024 * 1024
+SMALL_BATCH_FILES = 32
+SMALL_BATCH_BYTES = 4 * 1024 * 1024
+MAX_BATCHES = 8             # batches in flight (bounds memory to about 8 x SMALL_BATCH_BYTES)
 
 
 @dataclass
@@ -108,9 +116,16 @@ class Restorer:
         self.pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="casstore-restore")
         self._prefetchers: list[Prefetcher] = []
         self._planned: set[int] = set()   # id() of file entries whose chunks are queued for prefetch
+        self._batches: deque[_SmallBatch] = deque()     # in flight, oldest first
+        self._new_batches: list[_SmallBatch] = []        # sent for the directory being listed
 
     def close(self) -> None:
+        for batch in self._batches:
+            batch.future.cancel()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        for batch in self._batches:
+            batch.close()
+        self._batches.clear()
         for dir_fd, _ in self._links.values():
             os.close(dir_fd)
         self._links.clear()
@@ -126,6 +141,7 @@ class Restorer:
         """Restore the tree `tree_id` into the open directory `dir_fd` (not closed here)."""
         top = _DirFrame(dir_fd, _identity(dir_fd), None, rel, owned=False)
         top.dirs = self._restore_entries(dir_fd, tree_id, rel)
+        top.batches = self._take_batches()
         self._run([top])
 
     def _restore_dirs(self, dir_fd: int, entry: Entry, path: str) -> None:
@@ -151,6 +167,7 @@ class Restorer:
                 else:
                     stack.pop()
                     self._leave_dir(frame, stack)
+            self._finish_batches(list(self._batches))
         finally:
             for frame in stack:
                 if frame.owned and frame.fd is not None and frame.fd >= 0:
@@ -167,6 +184,7 @@ class Restorer:
                               before=(self.result.files, self.result.symlinks, self.result.dirs))
         try:
             frame.dirs = self._restore_entries(_fd_of(frame), entry.subtree, path)
+            frame.batches = self._take_batches()
         except BaseException:
             if frame.owned:
                 os.close(_fd_of(frame))
@@ -174,6 +192,7 @@ class Restorer:
         return frame
 
     def _leave_dir(self, frame: _DirFrame, stack: list[_DirFrame]) -> None:
+        self._finish_batches(frame.batches)   # its files are written before its own mtime is set
         if frame.entry is None:
             return       # a top frame: the caller's directory
         if self.dry_run:
@@ -232,6 +251,7 @@ class Restorer:
                 dirs.append((entry, path))
             else:
                 chosen.append((entry, path))
+        chosen = self._send_small_files(dir_fd, chosen)
         prefetcher = self._prefetch([e for e, _ in chosen if e.type is EntryType.FILE])
         try:
             for entry, path in chosen:
@@ -243,6 +263,105 @@ class Restorer:
             self._prefetchers.pop()
             prefetcher.close()
         return dirs
+
+    # -- small files, in batches on the pool ---------------------------------------------------
+
+    def _batchable(self, entry: Entry) -> bool:
+        """A new small file with nothing to share: written whole by a worker. Hard links, --verify,
+        a dry run and large files take the walk thread's path."""
+        return (entry.type is EntryType.FILE and not self.dry_run and not self.verify and not entry.link
+                and entry.size <= SMALL_FILE_MAX and len(entry.chunks) <= 4)
+
+    def _send_small_files(self, dir_fd: int, chosen: list[tuple[Entry, str]]) -> list[tuple[Entry, str]]:
+        """Send the directory's small files to the pool in batches; return the entries left."""
+        rest: list[tuple[Entry, str]] = []
+        batch: list[tuple[Entry, str]] = []
+        size = 0
+        for entry, path in chosen:
+            if not self._batchable(entry):
+                rest.append((entry, path))
+                continue
+            try:   # the chunks must hold the recorded size, within the snapshot's declared totals
+                self.budget.spend_bytes(checked_size(self.repo, entry, ""))
+            except CasstoreError as exc:
+                self._error(path, str(exc))
+                continue
+            batch.append((entry, path))
+            size += entry.size
+            if len(batch) >= SMALL_BATCH_FILES or size >= SMALL_BATCH_BYTES:
+                self._send_batch(dir_fd, batch)
+                batch, size = [], 0
+        if batch:
+            self._send_batch(dir_fd, batch)
+        return rest
+
+    def _send_batch(self, dir_fd: int, files: list[tuple[Entry, str]]) -> None:
+        while len(self._batches) >= MAX_BATCHES:
+            self._finish_batches([self._batches[0]])
+        own_fd = os.dup(dir_fd)     # the batch's own: the walk may close the directory's meanwhile
+        try:
+            batch = _SmallBatch(own_fd, files, self.pool.submit(self._write_small, own_fd, [e for e, _ in files]))
+        except BaseException:
+            os.close(own_fd)
+            raise
+        self._batches.append(batch)
+        self._new_batches.append(batch)
+
+    def _take_batches(self) -> list[_SmallBatch]:
+        batches, self._new_batches = self._new_batches, []
+        return batches
+
+    def _write_small(self, dir_fd: int, entries: list[Entry]) -> list[BaseException | bool]:
+        """On a worker: each file read, verified and written whole. Per file: True (written), False
+        (something exists at its name: the walk thread decides), or the error that stopped it."""
+        reader = self.repo.read_blob_ready()     # the restore holds the repository lock throughout
+        outcomes: list[BaseException | bool] = []
+        for entry in entries:
+            try:
+                chunks = [reader.read(KIND_DATA, chunk_id) for chunk_id in entry.chunks]
+                fd = os.open(entry.name, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
+            except FileExistsError:
+                outcomes.append(False)
+                continue
+            except (OSError, OverflowError, ValueError) as exc:
+                outcomes.append(exc)
+                continue
+            try:
+                _write_sparse(fd, chunks, _no_progress)
+                self._apply_metadata(fd, entry)
+                outcomes.append(True)
+            except (OSError, OverflowError, ValueError) as exc:
+                os.unlink(entry.name, dir_fd=dir_fd)
+                outcomes.append(exc)
+            finally:
+                os.close(fd)
+        return outcomes
+
+    def _finish_batches(self, batches: list[_SmallBatch]) -> None:
+        """Wait for these batches and count their files; a file that met an existing name goes the
+        walk thread's way (--overwrite decides)."""
+        for batch in batches:
+            if batch.fd is None:
+                continue     # finished earlier
+            try:
+                outcomes = batch.future.result()
+                for (entry, path), outcome in zip(batch.files, outcomes, strict=True):
+                    if outcome is True:
+                        self._count_file(entry)
+                        self.progress(entry.size)
+                    elif outcome is False:
+                        self._restore_existing(batch.fd, entry, path)
+                    else:
+                        self._error(path, _describe(outcome))
+            finally:
+                batch.close()
+                self._batches.remove(batch)
+
+    def _restore_existing(self, dir_fd: int, entry: Entry, path: str) -> None:
+        try:
+            self._write_checked(dir_fd, entry, path, FileChunks(entry, None, self.repo))
+        except (OSError, OverflowError, ValueError) as exc:
+            self._error(path, _describe(exc))
 
     def _prefetch(self, files: list[Entry]) -> Prefetcher:
         """Fetch, decompress and verify this directory's chunks ahead, on the pool, in order."""
@@ -291,6 +410,11 @@ class Restorer:
             chunks.discard()
             self._error(path, str(exc))
             return
+        self._write_checked(dir_fd, entry, path, chunks)
+
+    def _write_checked(self, dir_fd: int, entry: Entry, path: str, chunks: FileChunks) -> None:
+        """Write a file whose size was checked: replace what exists (as --overwrite says), link it
+        to the first copy of its inode, or create it."""
         try:
             existing = _lstat(dir_fd, entry.name)
             if existing is not None:
@@ -419,6 +543,21 @@ class _DirFrame:
     before: tuple[int, int, int] = (0, 0, 0)
     dirs: list[tuple[Entry, str]] = field(default_factory=list)
     next: int = 0
+    batches: list[_SmallBatch] = field(default_factory=list)   # its small files, being written
+
+
+@dataclass
+class _SmallBatch:
+    """Small files of one directory, written on the pool through the batch's own directory descriptor."""
+
+    fd: int | None
+    files: list[tuple[Entry, str]]
+    future: Future
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def _fd_of(frame: _DirFrame) -> int:
@@ -539,15 +678,21 @@ def _write_sparse(fd: int, chunks: Iterable[bytes], progress: Callable[[int], No
     """Write the chunks in order; a chunk of zeros of at least SPARSE_MIN bytes becomes a hole
     (skipped by seeking), and the file is cut to its length at the end, so a sparse file
     restores sparse and a file ending in zeros keeps its size."""
-    size = 0
+    size, holes = 0, False
     for data in chunks:
         if len(data) >= SPARSE_MIN and data.count(0) == len(data):
             os.lseek(fd, len(data), os.SEEK_CUR)
+            holes = True
         else:
             _write_all(fd, data)
         size += len(data)
         progress(len(data))
-    os.ftruncate(fd, size)
+    if holes:       # a new file written without a hole already has its length: one call fewer
+        os.ftruncate(fd, size)
+
+
+def _no_progress(n: int) -> None:
+    pass
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -15,6 +15,7 @@ import os
 import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,9 +29,10 @@ from casstore.fsio.readahead import FILE_AHEAD, ReadAhead
 from casstore.remotes.local import remove_leftovers
 from casstore.repo.blobstore import BlobStore
 from casstore.repo.core import RepoCore
-from casstore.snapshot import filescache
+from casstore.snapshot import filescache, smallfiles
 from casstore.snapshot.excludes import Excluder
 from casstore.snapshot.pipeline import ChunkPipeline
+from casstore.snapshot.smallfiles import SmallRead
 from casstore.snapshot.summary import SnapshotSummary
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,9 @@ READ_ATTEMPTS = 2
 SIDE_READ_MIN = 16 * 1024 * 1024
 
 MAX_OPEN_DIRS = 64     # directory descriptors held open by the walk (the deepest ones)
+# directories held while they wait for a file (a side read, a batch, chunks in flight); beyond
+# this many the walk waits, so memory stays bounded however long a side read takes
+MAX_WAITING_DIRS = 256
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | _NONBLOCK
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | _NONBLOCK
@@ -83,13 +88,33 @@ class _Aborted(Exception):
     """The snapshot failed elsewhere: a side read stops."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _PendingTree:
-    """A walked directory whose tree is encoded once all files are read."""
+    """A walked directory: its tree is written once its files are all in and the walk has left it.
 
-    entries: list[Entry] = field(default_factory=list)    # symlinks and special files
+    The walk hands out a directory's files before it enters its subdirectories, so its files cache
+    record can be written in the walk's order (`listed`), and its tree right after its
+    subdirectories' trees (post-order). Only directories still waiting for a file (a batch or a
+    side read in flight, chunks not yet applied) are held: memory follows the walk's depth.
+    """
+
+    rel: bytes
+    name: bytes                       # in its parent
+    st: os.stat_result                # its own fstat, for its entry in the parent
+    parent: _PendingTree | None
+    cached: filescache.Record | None  # its record in the old files cache
+    entries: list[Entry] = field(default_factory=list)    # symlinks, specials, written subdirectories
     jobs: list[FileJob] = field(default_factory=list)     # regular files, read or reused
-    dirs: list[tuple[bytes, os.stat_result, _PendingTree]] = field(default_factory=list)
+    outstanding: int = 0              # files being read on a worker or the side thread
+    listed: bool = False              # every file has been handed out
+    complete: int = 0                 # jobs known to hold all their chunk ids
+
+    def files_done(self) -> bool:
+        if not self.listed or self.outstanding:
+            return False
+        while self.complete < len(self.jobs) and None not in self.jobs[self.complete].chunk_ids:
+            self.complete += 1
+        return self.complete == len(self.jobs)
 
 
 @dataclass
@@ -105,13 +130,15 @@ class _Frame:
     ahead: ReadAhead
     next: int = 0                     # index of the next item to record
     reads: int = 0                    # files of this directory read so far (for the read-ahead)
+    batch: list[tuple[_Item, FileJob]] = field(default_factory=list)   # small files not yet sent
+    batch_bytes: int = 0
 
 
 @dataclass
 class _SideRead:
     item: _Item
     job: FileJob
-    jobs: list[FileJob]       # the directory's files, which the job joins once read
+    pending: _PendingTree     # the file's directory, which the job joins once read
     future: Future
 
 
@@ -123,7 +150,9 @@ class _Item:
     name: str
     rel: bytes
     st: os.stat_result
-    reuse: list | None      # a regular file's chunk ids from the files cache, if they can be trusted
+    cached: list | None     # a regular file's entry in the old files cache
+    reuse: list | None      # its chunk ids from there, if they can be trusted
+    small: bool = False     # read in a batch on a worker (`smallfiles.py`)
 
     @property
     def will_read(self) -> bool:
@@ -143,13 +172,19 @@ class SnapshotBuilder:
         self.start_ns = time.time_ns()
         self.progress = progress or (lambda n: None)
         self.cache_file = filescache.cache_path(repo.settings.cache_dir, repo.config.id, self.source)
-        self.old_cache = filescache.load(self.cache_file, repo.config.sealer)
-        self.new_cache: dict[bytes, list] = {}
+        self.old_cache = filescache.CacheReader(self.cache_file, repo.config.sealer)
+        self.new_cache = filescache.CacheWriter(self.cache_file, self.old_cache, repo.config.sealer)
         self.skip_dirs = _identities([repo.local_dir, repo.settings.cache_dir])
         # one large file at a time is read and cut on a side thread while the walk goes on
         self._side = ThreadPoolExecutor(1, thread_name_prefix="casstore-read")
         self._side_idle = threading.Semaphore(1)
-        self._side_reads: list[_SideRead] = []
+        self._side_reads: deque[_SideRead] = deque()
+        # directories waiting for their files: in the walk's order (files cache records) and in
+        # the order the walk left them (trees); batches of small files read, not yet recorded
+        self._listing: deque[_PendingTree] = deque()
+        self._leaving: deque[_PendingTree] = deque()
+        self._batches_read: deque[tuple[_PendingTree, list[tuple[_Item, FileJob]], list[SmallRead]]] = deque()
+        self._root: bytes | None = None
         self._aborted = threading.Event()
         self._lock = threading.Lock()
 
@@ -177,23 +212,22 @@ class SnapshotBuilder:
                 raise SourceError(f"source {self.source} is not a directory") from None
             raise SourceError(f"cannot read source {self.source}: {exc.strerror}") from None
         try:
-            pending = self._walk(root_fd)
-            for side_read in self._side_reads:       # every large file read on the side thread
-                self._read_done(side_read.item, side_read.job, side_read.jobs, side_read.future.result())
-            self.pipeline.drain()
-            return self._finish_tree(pending)
+            self._walk(root_fd)
+            self._settle()
+            assert self._root is not None
+            return self._root
         except BaseException:
             self._aborted.set()      # a side read stops at its next chunk
+            self.new_cache.discard()
             raise
         finally:
             self._side.shutdown(wait=True, cancel_futures=True)
             self.pipeline.close()
 
-    def _walk(self, root_fd: int) -> _PendingTree:
-        """Walk the source depth first. Trees are encoded later (`_finish_tree`), once every file
-        of the whole walk is read, so a large file read on the side thread never holds up the walk."""
-        stack = [self._frame(root_fd, os.fstat(root_fd), self.source, b"")]
-        root = stack[0].pending
+    def _walk(self, root_fd: int) -> None:
+        """Walk the source depth first, a directory's files before its subdirectories; trees are
+        written as their directories complete (`_write_ready`)."""
+        stack = [self._frame(root_fd, os.fstat(root_fd), self.source, b"", b"", None)]
         self._lowest_open = 0      # frames below this index have closed their descriptor
         try:
             while stack:
@@ -201,32 +235,45 @@ class SnapshotBuilder:
                 if frame.next < len(frame.items):
                     self._step(frame, stack)
                 else:
+                    self._files_listed(frame)
                     self.summary.dirs_total += 1
                     stack.pop()
                     self._leave(frame, stack)
+                    self._leaving.append(frame.pending)
+                    self._write_ready()
         finally:
             for frame in stack:
                 _close(frame.fd)
-        return root
 
-    def _frame(self, fd: int, st: os.stat_result, path: str, rel: bytes) -> _Frame:
-        items = self._stat_entries(fd, path, rel)
-        ahead = ReadAhead([(item.name, item.st.st_size) for item in items if item.will_read])
-        return _Frame(fd, (st.st_dev, st.st_ino), path, rel, _PendingTree(), items, ahead)
+    def _frame(self, fd: int, st: os.stat_result, path: str, rel: bytes, name: bytes,
+               parent: _PendingTree | None) -> _Frame:
+        cached = self.old_cache.lookup(rel)
+        items = self._stat_entries(fd, path, cached.entries if cached is not None else {}, rel)
+        items.sort(key=lambda item: stat.S_ISDIR(item.st.st_mode))    # files first; stable: names sorted
+        for item in items:
+            item.small = item.will_read and item.st.st_size <= self.min_chunk
+        ahead = ReadAhead([(item.name, item.st.st_size) for item in items if item.will_read and not item.small])
+        pending = _PendingTree(rel, name, st, parent, cached)
+        self._listing.append(pending)
+        return _Frame(fd, (st.st_dev, st.st_ino), path, rel, pending, items, ahead)
 
     def _step(self, frame: _Frame, stack: list[_Frame]) -> None:
         """Record the next entry of the directory on top of the stack (descending into a directory)."""
         item = frame.items[frame.next]
         frame.next += 1
-        if item.will_read:
-            frame.ahead.reading(frame.reads, frame.fd)
-            frame.reads += 1
         if stat.S_ISDIR(item.st.st_mode):
+            self._files_listed(frame)
             child = self._enter(frame, item)
             if child is not None:
                 stack.append(child)
                 self._limit_open(stack)
             return
+        if item.small:
+            self._batch_file(frame, item)
+            return
+        if item.will_read:
+            frame.ahead.reading(frame.reads, frame.fd)
+            frame.reads += 1
         entry = self._entry(frame, item)
         if entry is not None:
             frame.pending.entries.append(entry)
@@ -247,9 +294,8 @@ class SnapshotBuilder:
             os.close(fd)
             self._changed(item.rel, "was replaced by another directory; skipped")
             return None
-        child = self._frame(fd, st, item.path, item.rel + b"/")
-        frame.pending.dirs.append((item.name.encode("utf-8", "surrogateescape"), st, child.pending))
-        return child
+        return self._frame(fd, st, item.path, item.rel + b"/", item.name.encode("utf-8", "surrogateescape"),
+                           frame.pending)
 
     def _leave(self, child: _Frame, stack: list[_Frame]) -> None:
         """Close a finished directory, reopening its parent through ".." if the parent's was closed."""
@@ -277,32 +323,16 @@ class SnapshotBuilder:
         assert frame.fd is not None   # the top of the stack always holds its descriptor
         return frame.fd
 
-    def _finish_tree(self, root: _PendingTree) -> bytes:
-        """Encode every tree, children before parents, without recursion."""
-        stack: list[tuple[_PendingTree, list[Entry]]] = [(root, [])]
-        while True:
-            pending, done = stack[-1]
-            if len(done) < len(pending.dirs):
-                stack.append((pending.dirs[len(done)][2], []))
-                continue
-            stack.pop()
-            entries = pending.entries + [self._file_entry(job) for job in pending.jobs] + done
-            tree_id = encode_tree_chain(entries, self._store_tree)
-            if not stack:
-                return tree_id
-            parent, parent_done = stack[-1]
-            name, st, _ = parent.dirs[len(parent_done)]
-            parent_done.append(_make_entry(name, EntryType.DIR, st, tree_id))
-
-    def _stat_entries(self, fd: int, path: str, rel: bytes) -> list[_Item]:
+    def _stat_entries(self, fd: int, path: str, cached: filescache.Entries, rel: bytes) -> list[_Item]:
         """Stat a directory's entries (sorted by name), dropping excluded and unreadable ones.
 
         All of a directory is statted before any file is read, so the files that will be read
-        are known in advance and can be read ahead.
+        are known in advance and can be read ahead. `cached` is the directory's files cache record.
         """
         items = []
         for dirent in self._scan(fd, rel):
-            entry_rel = rel + dirent.name.encode("utf-8", "surrogateescape")
+            name = dirent.name.encode("utf-8", "surrogateescape")
+            entry_rel = rel + name
             rel_text = entry_rel.decode("utf-8", "surrogateescape")
             try:
                 st = dirent.stat(follow_symlinks=False)
@@ -312,8 +342,9 @@ class SnapshotBuilder:
             if self.excluder.excluded(rel_text, stat.S_ISDIR(st.st_mode)) or (st.st_dev, st.st_ino) in self.skip_dirs:
                 self.summary.excluded += 1
                 continue
-            reuse = self._cached_chunks(entry_rel, st) if stat.S_ISREG(st.st_mode) else None
-            items.append(_Item(os.path.join(path, dirent.name), dirent.name, entry_rel, st, reuse))
+            entry = cached.get(name) if stat.S_ISREG(st.st_mode) else None
+            reuse = self._cached_chunks(entry, st) if entry is not None else None
+            items.append(_Item(os.path.join(path, dirent.name), dirent.name, entry_rel, st, entry, reuse))
         return items
 
     def _scan(self, fd: int, rel: bytes) -> list[os.DirEntry]:
@@ -328,7 +359,7 @@ class SnapshotBuilder:
         st = item.st
         name = item.name.encode("utf-8", "surrogateescape")
         if stat.S_ISREG(st.st_mode):
-            self._add_file(frame, item, FileJob(name, st), frame.pending.jobs)
+            self._add_file(frame, item, FileJob(name, st))
             return None
         if stat.S_ISLNK(st.st_mode):
             try:
@@ -342,15 +373,73 @@ class SnapshotBuilder:
         content = st.st_rdev if kind in (EntryType.CHARDEV, EntryType.BLOCKDEV) else None
         return _make_entry(name, kind, st, content)
 
+    # -- directories complete ----------------------------------------------------------------
+
+    def _write_ready(self) -> None:
+        """Record every directory whose files are all in: files cache records in the walk's order,
+        trees in the order the walk left them (children first). Waits when too many are held."""
+        self._collect()
+        self._write_done()
+        while len(self._listing) > MAX_WAITING_DIRS or len(self._leaving) > MAX_WAITING_DIRS:
+            self._catch_up()
+            self._write_done()
+
+    def _write_done(self) -> None:
+        while self._listing and self._listing[0].files_done():
+            pending = self._listing.popleft()
+            self.new_cache.add(pending.rel, self._cache_record(pending), pending.cached)
+        while self._leaving and self._leaving[0].files_done():
+            self._write_tree(self._leaving.popleft())
+
+    def _settle(self) -> None:
+        """After the walk: wait for every file, then write what is left (the root's tree last)."""
+        while self._side_reads or self._listing or self._leaving:
+            self._catch_up()
+            self._write_done()
+
+    def _catch_up(self) -> None:
+        """Wait for the oldest side read, else for every chunk and batch in flight."""
+        if self._side_reads:
+            self._side_done(self._side_reads.popleft())
+        else:
+            self.pipeline.drain()
+        self._collect()
+        if not self._side_reads and not self._batches_read and self._stuck():
+            raise RuntimeError("internal error: a directory waits for a file nothing reads")
+
+    def _stuck(self) -> bool:
+        heads = [queue[0] for queue in (self._listing, self._leaving) if queue]
+        return bool(heads) and not self.pipeline.busy() and not any(head.files_done() for head in heads)
+
+    def _collect(self) -> None:
+        """Take in side reads and batches of small files that finished."""
+        while self._side_reads and self._side_reads[0].future.done():
+            self._side_done(self._side_reads.popleft())
+        while self._batches_read:
+            self._record_batch(*self._batches_read.popleft())
+
+    def _cache_record(self, pending: _PendingTree) -> filescache.Entries:
+        return {job.name: [job.st.st_size, job.st.st_mtime_ns, job.st.st_ctime_ns, job.st.st_ino, job.chunk_ids]
+                for job in pending.jobs if job.cacheable}
+
+    def _write_tree(self, pending: _PendingTree) -> None:
+        entries = pending.entries + [self._file_entry(job) for job in pending.jobs]
+        tree_id = encode_tree_chain(entries, self._store_tree)
+        if pending.parent is None:
+            self._root = tree_id
+        else:
+            pending.parent.entries.append(_make_entry(pending.name, EntryType.DIR, pending.st, tree_id))
+
     # -- files -------------------------------------------------------------------------------
 
-    def _add_file(self, frame: _Frame, item: _Item, job: FileJob, jobs: list[FileJob]) -> None:
+    def _add_file(self, frame: _Frame, item: _Item, job: FileJob) -> None:
+        pending = frame.pending
         if item.reuse is not None:
             self._count_file(job)
             job.chunk_ids = item.reuse
             self.summary.files_unchanged += 1
             self.progress(job.st.st_size)   # progress counts the whole source, read or reused
-            self._keep(item, job, jobs)
+            pending.jobs.append(job)
             return
         fd = self._open_file(frame, item)
         if fd is None:
@@ -359,9 +448,68 @@ class SnapshotBuilder:
         if self._reads_on_side(item, job) and self._side_idle.acquire(blocking=False):
             _ = self.chunker       # made here, on the walk's thread, so never twice
             future = self._side.submit(self._read_on_side, fd, item.rel, job)
-            self._side_reads.append(_SideRead(item, job, jobs, future))
+            pending.outstanding += 1
+            self._side_reads.append(_SideRead(item, job, pending, future))
         else:
-            self._read_done(item, job, jobs, self._read_file(fd, item.rel, job))
+            self._read_done(item, job, pending, self._read_file(fd, item.rel, job))
+
+    def _batch_file(self, frame: _Frame, item: _Item) -> None:
+        """Queue a small file for a worker's batch (`smallfiles.py`)."""
+        frame.batch.append((item, FileJob(item.name.encode("utf-8", "surrogateescape"), item.st)))
+        frame.batch_bytes += item.st.st_size
+        frame.pending.outstanding += 1
+        if len(frame.batch) >= smallfiles.BATCH_FILES or frame.batch_bytes >= smallfiles.BATCH_BYTES:
+            self._send_batch(frame)
+
+    def _files_listed(self, frame: _Frame) -> None:
+        """Every file of the directory is handed out (the walk goes on to its subdirectories)."""
+        if not frame.pending.listed:
+            self._send_batch(frame)
+            frame.pending.listed = True
+
+    def _send_batch(self, frame: _Frame) -> None:
+        batch, size = frame.batch, frame.batch_bytes
+        if not batch:
+            return
+        frame.batch, frame.batch_bytes = [], 0
+        files = [(item.name, (item.st.st_dev, item.st.st_ino)) for item, _ in batch]
+        dir_fd = os.dup(self._fd_of(frame))       # the batch's own: the walk may close the frame's
+        pending, limit, prepare = frame.pending, self.min_chunk, self.pipeline.prepare
+        try:
+            self.pipeline.submit_task(lambda: smallfiles.read_batch(dir_fd, files, limit, prepare),
+                                      lambda reads: self._store_batch(pending, batch, reads), size)
+        except BaseException:
+            os.close(dir_fd)      # raised before the task was queued (an earlier result failed)
+            raise
+        self._collect()           # batches applied meanwhile join their directories (a flat one too)
+
+    def _store_batch(self, pending: _PendingTree, batch: list[tuple[_Item, FileJob]], reads: list[SmallRead]) -> None:
+        """A batch's chunks into the store, in order (under the pipeline's lock, on any thread)."""
+        for (_, job), read in zip(batch, reads, strict=True):
+            if read.prepared is not None:
+                blob_id, raw_length, added = self.pipeline.store_prepared(read.prepared)
+                read.prepared = None
+                job.chunk_ids = [blob_id]
+                self._count_chunk(raw_length, added)
+        self._batches_read.append((pending, batch, reads))
+
+    def _record_batch(self, pending: _PendingTree, batch: list[tuple[_Item, FileJob]], reads: list[SmallRead]) -> None:
+        """A read batch's files join their directory (on the walk's thread)."""
+        for (item, job), read in zip(batch, reads, strict=True):
+            pending.outstanding -= 1
+            if read.replaced is not None:
+                self._changed(item.rel, read.replaced)
+            elif read.error is not None:
+                self._error(item.rel.decode("utf-8", "surrogateescape"), read.error)
+            elif read.grown is not None:       # grew past one chunk since it was listed
+                self._count_file(job)
+                self._read_done(item, job, pending, self._read_file(read.grown, item.rel, job))
+            else:
+                self._count_file(job)
+                job.st, job.size = read.st, read.size     # type: ignore[assignment]
+                if read.changed:
+                    self._changed_while_read(item.rel, job)
+                self._read_done(item, job, pending, True)
 
     def _count_file(self, job: FileJob) -> None:
         self.summary.files_total += 1
@@ -395,7 +543,7 @@ class SnapshotBuilder:
         new to the snapshot stays on the walk's thread: in a first snapshot compression keeps
         both cores busy already, and a second reader would only add its read blocks to memory.
         """
-        return job.st.st_size >= SIDE_READ_MIN and item.rel in self.old_cache
+        return job.st.st_size >= SIDE_READ_MIN and item.cached is not None
 
     def _read_on_side(self, fd: int, rel: bytes, job: FileJob) -> bool:
         try:
@@ -403,36 +551,36 @@ class SnapshotBuilder:
         finally:
             self._side_idle.release()
 
-    def _read_done(self, item: _Item, job: FileJob, jobs: list[FileJob], read: bool) -> None:
+    def _side_done(self, side_read: _SideRead) -> None:
+        side_read.pending.outstanding -= 1
+        self._read_done(side_read.item, side_read.job, side_read.pending, side_read.future.result())
+
+    def _read_done(self, item: _Item, job: FileJob, pending: _PendingTree, read: bool) -> None:
         if not read:
             return
-        cached = self.old_cache.get(item.rel)
-        if cached is None:
+        if item.cached is None:
             self.summary.files_new += 1
         else:
-            job.previous = cached[4]
-        self._keep(item, job, jobs)
+            job.previous = item.cached[4]
+        pending.jobs.append(job)
 
-    def _keep(self, item: _Item, job: FileJob, jobs: list[FileJob]) -> None:
-        if job.cacheable:
-            self.new_cache[item.rel] = [job.st.st_size, job.st.st_mtime_ns, job.st.st_ctime_ns, job.st.st_ino,
-                                        job.chunk_ids]
-        jobs.append(job)
-
-    def _cached_chunks(self, rel: bytes, st: os.stat_result) -> list | None:
-        """The file's chunk ids from the files cache when they can be trusted, else None."""
-        cached = self.old_cache.get(rel)
-        if cached is not None and self._reusable(cached, st):
+    def _cached_chunks(self, cached: list, st: os.stat_result) -> list | None:
+        """The file's chunk ids from its files cache entry when they can be trusted, else None."""
+        if self._reusable(cached, st):
             return list(cached[4])
         return None
 
     def _reusable(self, cached: list, st: os.stat_result) -> bool:
-        size, mtime_ns, ctime_ns, inode, chunk_ids = cached
+        try:
+            size, mtime_ns, ctime_ns, inode, chunk_ids = cached
+        except (TypeError, ValueError):
+            return False      # a damaged entry: the file is read
         if (size, mtime_ns, ctime_ns, inode) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
             return False
         if max(mtime_ns, ctime_ns) > self.start_ns - RACY_WINDOW_NS:
             return False
-        return all(self.store.has(KIND_DATA, chunk_id) for chunk_id in chunk_ids)
+        return isinstance(chunk_ids, list) and all(
+            isinstance(c, bytes) and self.store.has(KIND_DATA, c) for c in chunk_ids)
 
     def _read_file(self, fd: int, rel: bytes, job: FileJob) -> bool:
         """Chunk the open file into the pipeline (and close it); read it again from the start once
@@ -450,11 +598,15 @@ class SnapshotBuilder:
                     return True
         finally:
             os.close(fd)
+        self._changed_while_read(rel, job)
+        return True
+
+    def _changed_while_read(self, rel: bytes, job: FileJob) -> None:
         with self._lock:
             self.summary.changed_during_read += 1
         job.cacheable = False
-        log.warning("%s changed while it was read; stored as last read, re-read next snapshot", rel_text)
-        return True
+        log.warning("%s changed while it was read; stored as last read, re-read next snapshot",
+                    rel.decode("utf-8", "surrogateescape"))
 
     def _chunk_file(self, fd: int, job: FileJob) -> tuple[os.stat_result, os.stat_result, int]:
         """Feed the file's chunks to the pipeline; return its fstat before and after reading, and
@@ -485,14 +637,18 @@ class SnapshotBuilder:
 
         def deliver(blob_id: bytes, raw_length: int, added: int) -> None:   # in order, one at a time
             slots[position] = blob_id
-            self.summary.bytes_read += raw_length
-            if added:
-                self.summary.blobs_added += 1
-                self.summary.bytes_added += raw_length
-                self.summary.bytes_added_stored += added
-            self.progress(raw_length)
+            self._count_chunk(raw_length, added)
 
         self.pipeline.submit(data, deliver)
+
+    def _count_chunk(self, raw_length: int, added: int) -> None:
+        """A chunk applied (under the pipeline's lock)."""
+        self.summary.bytes_read += raw_length
+        if added:
+            self.summary.blobs_added += 1
+            self.summary.bytes_added += raw_length
+            self.summary.bytes_added_stored += added
+        self.progress(raw_length)
 
     def _file_entry(self, job: FileJob) -> Entry:
         if job.previous is not None:
@@ -541,17 +697,33 @@ def take_snapshot(repo: RepoCore, source: str, *, tags: tuple[str, ...] = (), ex
     repo.load_plans()  # blobs only in packs a gc plan condemns count as missing (design 5.4)
     remove_leftovers(repo.remote)   # temp files an earlier killed run left (issue 13, case 11)
     builder = SnapshotBuilder(repo, source, excludes, progress)
-    # the index and the files cache live for the whole build: keep the cyclic collector from
-    # rescanning them on every collection (it was 6% of an incremental snapshot's main thread)
+    # the index lives for the whole build: keep the cyclic collector from rescanning it on every
+    # collection (it was 6% of an incremental snapshot's main thread)
     gc.freeze()
     try:
         root = builder.build()
         builder.store.wait_uploads()
         pause_point("snapshot-before-index")
         builder.store.flush()
+    except BaseException:
+        builder.new_cache.discard()
+        raise
     finally:
         gc.unfreeze()
         builder.store.close()
+    try:
+        snapshot_id, manifest = _commit(repo, builder, root, tags)
+    except BaseException:
+        builder.new_cache.discard()
+        raise
+    builder.new_cache.publish()   # only after the commit
+    filescache.save_last(builder.cache_file, manifest.host, snapshot_id)
+    return SnapshotResult(snapshot_id, manifest, builder.summary)
+
+
+def _commit(repo: RepoCore, builder: SnapshotBuilder, root: bytes,
+            tags: tuple[str, ...]) -> tuple[str, SnapshotManifest]:
+    """Write the manifest: the commit point."""
     summary = builder.summary
     summary.repository_bytes = repo.stored_bytes()
     summary.duration_ms = (time.time_ns() - builder.start_ns) // 1_000_000
@@ -561,10 +733,7 @@ def take_snapshot(repo: RepoCore, source: str, *, tags: tuple[str, ...] = (), ex
                                 incomplete=bool(summary.errors), summary=summary.as_dict())
     pause_point("snapshot-before-commit")
     snapshot_id, _ = repo.write_snapshot(manifest)
-    if builder.new_cache != builder.old_cache:
-        filescache.save(builder.cache_file, builder.new_cache, repo.config.sealer)  # only after the commit
-    filescache.save_last(builder.cache_file, manifest.host, snapshot_id)
-    return SnapshotResult(snapshot_id, manifest, summary)
+    return snapshot_id, manifest
 
 
 def _parent(repo: RepoCore, builder: SnapshotBuilder) -> str | None:

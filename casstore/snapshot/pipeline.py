@@ -14,6 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from casstore.format import codec
 from casstore.format.pack import KIND_DATA
@@ -21,6 +22,7 @@ from casstore.repo.blobstore import BlobStore
 
 Prepared = tuple[bytes, codec.Encoded | None, int]  # id, encoded (None if already stored), raw length
 Deliver = Callable[[bytes, int, int], None]           # (id, raw length, stored bytes added)
+T = TypeVar("T")
 
 
 class ChunkPipeline:
@@ -28,7 +30,7 @@ class ChunkPipeline:
                  window_bytes: int = 16 * 1024 * 1024) -> None:
         self.store = store
         self._pool = ThreadPoolExecutor(workers or os.cpu_count() or 2, thread_name_prefix="casstore-chunk")
-        self._in_flight: deque[tuple[Future, Deliver, int]] = deque()
+        self._in_flight: deque[tuple[Future, Callable[[Any], None], int]] = deque()
         self._window, self._window_bytes = window, window_bytes
         self._bytes_in_flight = 0
         self._lock = threading.Lock()
@@ -39,22 +41,40 @@ class ChunkPipeline:
             return blob_id, None, len(data)
         return blob_id, codec.encode_verified(data, self.store.level, blob_id, self.store.sealer, KIND_DATA), len(data)
 
+    def prepare(self, data: bytes | memoryview) -> Prepared:
+        """Hash, and unless already stored compress and verify, one chunk (on the calling thread)."""
+        return self._prepare(data)
+
     def submit(self, data: bytes | memoryview, deliver: Deliver) -> None:
         """Queue one chunk; `deliver(id, raw length, stored bytes added)` runs later, under the lock,
         on whichever thread submits or drains then."""
+        self.submit_task(lambda: self._prepare(data), lambda prepared: deliver(*self.store_prepared(prepared)),
+                         len(data))
+
+    def submit_task(self, task: Callable[[], T], apply: Callable[[T], None], size: int) -> None:
+        """Queue `task` for a worker; `apply(its result)` runs later, in submission order, under the
+        lock. A batch of small files is one task: no thread round trip per file (`smallfiles.py`)."""
         with self._lock:
             while self._in_flight and (len(self._in_flight) >= self._window
-                                       or self._bytes_in_flight + len(data) > self._window_bytes):
+                                       or self._bytes_in_flight + size > self._window_bytes):
                 self._apply_oldest()
-            self._in_flight.append((self._pool.submit(self._prepare, data), deliver, len(data)))
-            self._bytes_in_flight += len(data)
+            self._in_flight.append((self._pool.submit(task), apply, size))
+            self._bytes_in_flight += size
+
+    def store_prepared(self, prepared: Prepared) -> tuple[bytes, int, int]:
+        """Add a prepared chunk to the store (under the lock): (id, raw length, stored bytes added)."""
+        blob_id, encoded, raw_length = prepared
+        added = self.store.add_encoded(KIND_DATA, blob_id, encoded, raw_length) if encoded is not None else 0
+        return blob_id, raw_length, added
 
     def _apply_oldest(self) -> None:
-        future, deliver, size = self._in_flight.popleft()
+        future, apply, size = self._in_flight.popleft()
         self._bytes_in_flight -= size
-        blob_id, encoded, raw_length = future.result()
-        added = self.store.add_encoded(KIND_DATA, blob_id, encoded, raw_length) if encoded is not None else 0
-        deliver(blob_id, raw_length, added)
+        apply(future.result())
+
+    def busy(self) -> bool:
+        """Chunks or batches in flight, not yet applied."""
+        return bool(self._in_flight)
 
     def drain(self) -> None:
         with self._lock:

@@ -1,0 +1,98 @@
+"""Small files read, hashed and compressed in batches on the pipeline's workers.
+
+A source of many small files (1-4 KB JSON documents) spent its time in thread round trips: every
+file's single chunk went to a worker and back, about 24 futex calls a file. A file no larger than
+the chunker's minimum is one chunk, so no cutting is needed: a batch of such files goes to a
+worker as one task, which opens each through its own duplicate of the directory's descriptor,
+checks it is still the file that was listed, reads it, checks it did not change while read (once
+more if it did), and hashes, compresses and verifies its chunk. The walk thread then only lists,
+stats and applies results in order.
+
+The same rules as the walk's own reads hold (design 6): `O_NOFOLLOW|O_NONBLOCK`, the (device,
+inode) that was listed, a file read twice at most and recorded as last read. A file that grew past
+the limit since it was listed is handed back open (`SmallRead.grown`) and read on the walk thread
+through the chunker.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from casstore._testing import pause_point
+
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)
+READ_ATTEMPTS = 2
+BATCH_FILES = 64               # files per task
+BATCH_BYTES = 1024 * 1024      # bytes per task (a few MiB in flight over the pipeline's window)
+
+Prepare = Callable[[bytes], tuple[bytes, object, int]]
+
+
+@dataclass(slots=True)
+class SmallRead:
+    """What reading one listed small file gave."""
+
+    st: os.stat_result | None = None     # the file's fstat after the last read
+    size: int = 0                        # bytes read
+    prepared: tuple | None = None        # (id, encoded or None, raw length); None for an empty file
+    changed: bool = False                # changed while read, twice: stored as last read, not cached
+    error: OSError | None = None         # could not be opened or read
+    replaced: str | None = None          # no longer the listed file: why (nothing was read)
+    grown: int | None = None             # an open descriptor: grew past the limit, read it on the walk
+    data: bytes = b""                    # what was read, until prepared
+
+
+def read_batch(dir_fd: int, files: list[tuple[str, tuple[int, int]]], limit: int,
+               prepare: Prepare) -> list[SmallRead]:
+    """Read each (name, listed (device, inode)) relative to `dir_fd`, then close `dir_fd` (a
+    duplicate the batch owns: the walk may close its own meanwhile)."""
+    try:
+        return [read_small(dir_fd, name, ident, limit, prepare) for name, ident in files]
+    finally:
+        os.close(dir_fd)
+
+
+def read_small(dir_fd: int, name: str, ident: tuple[int, int], limit: int, prepare: Prepare) -> SmallRead:
+    pause_point("snapshot-before-open")
+    try:
+        fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return SmallRead(replaced="was replaced by a symlink; not followed")
+        return SmallRead(error=exc)
+    keep_open = False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != ident:
+            return SmallRead(replaced="was replaced since it was listed; skipped")
+        result = _read_stable(fd, st, limit)
+        if result.grown is not None:
+            keep_open = True
+        elif result.data:
+            result.prepared, result.data = prepare(result.data), b""
+        return result
+    except OSError as exc:
+        return SmallRead(error=exc)
+    finally:
+        if not keep_open:
+            os.close(fd)
+
+
+def _read_stable(fd: int, before: os.stat_result, limit: int) -> SmallRead:
+    """Read the whole file; again once if its size or mtime changed meanwhile."""
+    for attempt in range(READ_ATTEMPTS):
+        if attempt:
+            before = os.fstat(fd)
+        if before.st_size > limit:
+            return SmallRead(grown=fd)
+        data = os.pread(fd, before.st_size + 1, 0)    # one more byte: a file that grew shows it
+        if len(data) > limit:
+            return SmallRead(grown=fd)
+        after = os.fstat(fd)
+        if (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns) and len(data) == after.st_size:
+            return SmallRead(st=after, size=len(data), data=data)
+    return SmallRead(st=after, size=len(data), data=data, changed=True)
