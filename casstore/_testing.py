@@ -54,7 +54,8 @@ def pause_point(name: str) -> None:
     if _hook is not None:
         _hook(name)
         return
-    if os.environ.get(PAUSE_AT) != name:
+    wanted = os.environ.get(PAUSE_AT)
+    if wanted is None or wanted != name:    # never stops a process that was not asked to (a None name)
         return
     marker = os.environ.get(PAUSE_FILE)
     if marker:

@@ -243,3 +243,42 @@ def test_the_repository_column_keeps_its_sizes_after_retention(tmp_path, browser
         wait_until(lambda: len(rows(browser)) == 1, what="the one snapshot left")
         cells = rows(browser)[0].find_elements(By.TAG_NAME, "td")
         assert cells[7].text == bytes_text(recorded[ids[2]]) != "0 B"
+
+
+def test_the_tree_view_shows_hostile_names_as_escaped_text(tmp_path, browser):
+    """Names, a symlink target and a host from the repository: shown as text, never as HTML, with
+    control and bidi-override characters as visible escapes (issue 13)."""
+    from selenium.webdriver.common.by import By
+
+    settings = make_settings(tmp_path, host="host\x1b[2J\u202e")
+    data = Path(settings.source)
+    (data / "dir\x9b<b>bold\u202e").mkdir()
+    (data / "dir\x9b<b>bold\u202e" / "f\u202etxt.json").write_text("{}")
+    (data / "ctl\x1b[31m").mkdir()
+    os.symlink("<img src=x onerror=alert(1)>\x1b]0;t\x07", data / "link\r")
+    (data / os.fsdecode(b"bad\xffname")).write_bytes(b"x")
+    first, = take_snapshots(settings, 1)
+    with running_server(settings) as url:
+        browser.get(url + "/")
+        wait_until(lambda: len(rows(browser)) == 1, what="the snapshot row")
+        assert "host\\x1b[2J\\u202e" in rows(browser)[0].text
+        browser.get(url + f"/#snapshot/{first}")
+
+        def listed() -> str:    # what the viewer shows, exactly (chromedriver cannot carry a lone surrogate)
+            return browser.execute_script("return document.getElementById('viewer-content').textContent")
+
+        wait_until(lambda: "link\\r → " in listed(), what="the snapshot's root directory")
+        for text in ("dir\\x9b<b>bold\\u202e/", "ctl\\x1b[31m/", "bad\\xffname",
+                     "link\\r → <img src=x onerror=alert(1)>\\x1b]0;t\\x07"):
+            assert text in listed(), (text, listed())
+        assert not any(c in listed() for c in "\x1b\x07\r\x9b\u202e\udcff"), repr(listed())
+        assert browser.find_elements(By.CSS_SELECTOR, "#viewer-content img, #viewer-content td b") == []
+        assert "host\\x1b[2J\\u202e" in browser.find_element(By.ID, "viewer-title").text
+
+        links = browser.find_elements(By.CSS_SELECTOR, "#viewer-content a.entry")
+        assert not any(a.text.startswith("ctl") for a in links)     # the API refuses that path: not a link
+        next(a for a in links if a.text.startswith("dir\\x9b")).click()
+        wait_until(lambda: "f\\u202etxt.json" in listed(), what="the hostile directory")
+        crumbs = browser.execute_script("return document.getElementById('viewer-crumbs').textContent")
+        assert crumbs.endswith("dir\\x9b<b>bold\\u202e") and "\u202e" not in crumbs
+        assert console_errors(browser) == []

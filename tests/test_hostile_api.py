@@ -8,6 +8,7 @@ no listing the CLI prints passes a file name's control characters to the termina
 from __future__ import annotations
 
 import json
+import os
 from urllib.parse import urlsplit
 
 import httpx
@@ -90,3 +91,75 @@ def test_listings_escape_control_characters(evil_repo, command):
         assert "evil\\x1b]0;pwned\\x07\\x1b[2J\\r\\x9b.txt" in output
     else:
         assert "t\\x1b[31m" in output
+
+
+BIDI = "name\u202etxt.exe"      # shows as "nameexe.txt" unless escaped
+
+
+@pytest.fixture
+def evil_names_repo(tmp_path, monkeypatch):
+    """Two snapshots from a host and with a tag full of controls, holding a symlink whose target,
+    a JSON file whose name, key and value, and a name with a bidi override are hostile."""
+    monkeypatch.setenv("CASSTORE_HOST", "host\x1b[2J")
+    data = tmp_path / "data"
+    write(data / f"{EVIL}.json", json.dumps({"k\x1b[31m": "v\x9b1"}).encode())
+    write(data / BIDI, b"x")
+    (data / "link").symlink_to("target\x1b]0;pwned\x07\r")
+    invoke("init")
+    first = json.loads(invoke("snapshot", "--json", "--tag", "t\x1b[31m").stdout)["id"]
+    write(data / f"{EVIL}.json", json.dumps({"k\x1b[31m": "w\x9b2"}).encode())
+    second = json.loads(invoke("snapshot", "--json", "--tag", "t\x1b[31m").stdout)["id"]
+    return first, second
+
+
+def _no_controls(output: str) -> None:
+    assert not any(c in output for c in "\x1b\x07\r\x9b\u202e"), repr(output)
+
+
+def test_show_escapes_a_symlink_target_and_a_bidi_override(evil_names_repo):
+    output = invoke("show", "latest", "-r").stdout
+    _no_controls(output)
+    assert "link -> target\\x1b]0;pwned\\x07\\r" in output
+    assert "name\\u202etxt.exe" in output
+    _no_controls(invoke("ls", "latest").stdout)
+
+
+@pytest.mark.parametrize("command", [["find", "evil*"], ["find", "--path-only", "evil*"],
+                                     ["history", f"{EVIL}.json"], ["history", f"{EVIL}.json", "--key", "k\x1b[31m"],
+                                     ["forget", "--keep-last", "1", "--dry-run"]],
+                         ids=["find", "find-path-only", "history", "history-key", "forget"])
+def test_queries_and_forget_escape_stored_names(evil_names_repo, command):
+    output = invoke(*command).stdout
+    _no_controls(output)
+    if command[0] == "find":
+        assert "evil\\x1b]0;pwned\\x07\\x1b[2J\\r\\x9b.txt.json" in output
+    elif command[0] == "history":
+        assert ("v\\x9b1" in output) and ("w\\x9b2" in output)
+    else:
+        assert "host\\x1b[2J:" in output and "t\\x1b[31m" in output
+
+
+def test_a_value_diff_escapes_the_path_key_and_values(evil_names_repo):
+    first, second = evil_names_repo
+    output = invoke("diff", first[:8], second[:8], "--values").stdout
+    _no_controls(output)
+    assert "evil\\x1b]0;pwned\\x07\\x1b[2J\\r\\x9b.txt.json" in output
+    assert "k\\x1b[31m" in output and "v\\x9b1" in output and "w\\x9b2" in output
+
+
+def test_restore_escapes_the_existing_path_it_names(evil_names_repo, tmp_path):
+    invoke("restore", "latest", str(tmp_path / "out"))
+    result = invoke("restore", "latest", str(tmp_path / "out"), expect=None)
+    assert result.exit_code != 0 and "already exist" in result.stderr
+    _no_controls(result.stderr)
+
+
+def test_a_directory_holding_a_name_that_is_not_utf8_lists_it(tmp_path):
+    """The dashboard's listing of a directory with such a name is JSON (the byte as \\udcXX), not a 500."""
+    settings = make_settings(tmp_path)
+    write(tmp_path / "data" / os.fsdecode(b"bad\xffname"), b"x")
+    snapshot = take_snapshots(settings)[0]
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+        response = client.get(f"/api/cloud/backup/{snapshot}/tree")
+        assert response.status_code == 200, response.text
+        assert "bad\udcffname" in [e["name"] for e in response.json()["entries"]]

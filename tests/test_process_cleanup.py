@@ -64,3 +64,23 @@ def test_the_suite_has_a_per_test_timeout() -> None:
 
     options = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
     assert 0 < int(options["timeout"]) <= 300
+
+
+def test_a_pause_point_never_stops_a_process_that_was_not_asked_to() -> None:
+    """A pause hook stops the process (SIGSTOP) only at the point CASSTORE_TEST_PAUSE_AT names: with
+    it unset, no name, not even a missing one, stops it (a stopped process uses no CPU, so neither
+    a CPU-time limit nor pytest-timeout would ever end it)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CASSTORE_TEST_PAUSE")}
+    code = ("from casstore._testing import pause_point\n"
+            "for name in ('snapshot-before-commit', '', None):\n"
+            "    pause_point(name)\n"
+            "print('went on')\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and out.strip() == b"went on"

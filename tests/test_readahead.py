@@ -38,9 +38,13 @@ def test_window_is_bounded_by_files_and_bytes(hints):
 
 
 def test_snapshot_hints_each_file_it_will_read_and_none_it_will_not(tmp_path, hints, monkeypatch):
+    """Files larger than one chunk are read on the walk thread and hinted ahead of it; files of
+    one chunk go to the workers in batches (`smallfiles.py`), which read them at once: no hint."""
     source = tmp_path / "data"
     for i in range(12):
-        write(source / "docs" / f"d{i:02}.json", det_bytes(3 * KiB, i))
+        write(source / "docs" / f"d{i:02}.json", det_bytes(40 * KiB, i))
+    for i in range(5):
+        write(source / "docs" / f"s{i}.json", det_bytes(1 * KiB, f"small{i}"))
     write(source / "top.bin", det_bytes(2 * MiB, "top"))
     age_tree(source)
     repo = init_repo(tmp_path / "repo")
@@ -55,11 +59,13 @@ def test_snapshot_hints_each_file_it_will_read_and_none_it_will_not(tmp_path, hi
 
     monkeypatch.setattr(os, "open", recording_open)
     repo.snapshot(str(source))
-    docs = sorted(p.name for p in (source / "docs").iterdir())
+    docs = sorted(p.name for p in (source / "docs").iterdir() if p.name.startswith("d"))
+    small = sorted(p.name for p in (source / "docs").iterdir() if p.name.startswith("s"))
     hinted = [p for p, _ in hints]
     assert hinted == docs[1:]            # the first file of a directory is read at once
     read_order = [p for p in opened if p in docs]
     assert read_order == docs            # hints never change what is read, or in which order
+    assert sorted(p for p in opened if p in small) == small     # small files read, in batches
 
     hints.clear()
     monkeypatch.setattr("casstore.snapshot.builder.RACY_WINDOW_NS", 0)

@@ -180,3 +180,25 @@ def test_cli_forget_without_rules_uses_casstore_keep_last(tmp_path, monkeypatch)
     monkeypatch.setenv("CASSTORE_KEEP_LAST", "2")
     data = cli_json("forget", "--repo", repo.local_dir, "--json")
     assert data["policy"]["last"] == 2 and len(data["removed"]) == 1
+
+
+@pytest.mark.parametrize("seconds, shown", [(7 * 86400, "7d"), (86400, "1d"), (90000, "25h"), (7200, "2h"),
+                                            (3600, "1h"), (5400, "90m"), (60, "1m"), (59, "59s"), (1.5, "1.5s")])
+def test_the_policy_describes_a_duration_in_its_largest_whole_unit(seconds, shown):
+    policy = RetentionPolicy(last=3, within=seconds, tags=("keep",))
+    assert policy.describe() == f"keep 3 last, keep within {shown}, keep tag keep"
+    assert RetentionPolicy.coerce({"within": shown}).within == seconds    # and it reads back as it was
+
+
+def test_forget_json_reports_each_decision_with_its_snapshot_and_reasons(tmp_path):
+    """The JSON a script reads from `forget --json`: per group, each kept and removed snapshot."""
+    repo = _repo_with_hosts(tmp_path)
+    data = cli_json("forget", "--repo", repo.local_dir, "--keep-last", "1", "--dry-run", "--json")
+    assert data["dry_run"] is True and data["removed"] == [] and data["kept"] == 1
+    (group,) = data["groups"]
+    assert (group["host"], len(group["keep"]), len(group["remove"])) == ("testhost", 1, 2)
+    newest = group["keep"][0]
+    assert set(newest) == {"id", "short_id", "time", "tags", "incomplete", "reasons"}
+    assert newest["reasons"] == ["last"] and newest["incomplete"] is False and newest["short_id"] == newest["id"][:8]
+    assert datetime.fromisoformat(newest["time"]) == T0 + timedelta(hours=2)
+    assert all(d["reasons"] == [] for d in group["remove"])

@@ -3,6 +3,7 @@ one-token change to the code would break without any other test noticing."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -236,3 +237,188 @@ def test_an_incomplete_snapshot_as_old_as_the_newest_complete_one_is_not_kept_fo
 
     (group,) = decide([info(1, False), info(2, True)], RetentionPolicy(last=1))
     assert [d.snapshot.id for d in group.keep] == [f"{1:064x}"]
+
+
+def test_a_dry_run_plans_exactly_the_objects_the_sync_then_writes(tmp_path: Path) -> None:
+    """The dry run's request estimate is the packs, index and manifests the real sync then puts,
+    both with new data (two snapshots) and with none (a manifest only)."""
+    clock = FakeClock()
+    remote = new_memory_remote(clock)
+    repo = local_repo(tmp_path / "repo")
+    source = make_source(tmp_path / "data", n_json=4, big_mib=1)
+    repo.snapshot(str(source))
+    (source / "new.txt").write_text("more")
+    repo.snapshot(str(source))
+
+    def objects() -> int:
+        return sum(len(list(remote.list(prefix))) for prefix in ("data/", "index/", "snapshots/"))
+
+    for expected_snapshots in (2, 1):
+        before = objects()
+        plan = sync_to_remote(repo, remote, dry_run=True, clock=clock)
+        assert len(plan.snapshots) == expected_snapshots
+        sync_to_remote(repo, remote, clock=clock)
+        assert objects() - before == plan.requests_planned
+        repo.snapshot(str(source))      # the same data again: nothing to send but its manifest
+
+
+def test_a_pull_reports_where_it_copied_from_and_to(tmp_path: Path) -> None:
+    clock = FakeClock()
+    remote = new_memory_remote(clock)
+    repo = local_repo(tmp_path / "repo")
+    repo.snapshot(str(make_source(tmp_path / "data", n_json=2, big_mib=0)))
+    sync_to_remote(repo, remote, clock=clock)
+    report = repo.pull(remote)
+    assert (report.source, report.destination, report.snapshots) == (remote.url, repo.location, [])
+
+
+# -- gc plans as writers read them ---------------------------------------------------------------
+
+def test_writers_see_every_gc_plan_and_only_plans(tmp_path: Path) -> None:
+    """The lease lives under gc/ too and is not a plan; every plan is read with what it condemns
+    and who wrote it; a plan swept between the listing and the read condemns nothing."""
+    from casstore.format.layout import LEASE_KEY, plan_key
+    from casstore.format.plan import GcPlan, condemned_packs, list_plan_keys, load_plans
+
+    remote = new_memory_remote(FakeClock())
+    first, second = plan_key(1000.0), plan_key(2000.0)
+    remote.put(first, GcPlan(["aa" * 32, "bb" * 32], ["cc" * 32], host="one").encode())
+    remote.put(second, GcPlan(["dd" * 32], [], host="two").encode())
+    remote.put(LEASE_KEY, b"lease")
+    assert list_plan_keys(remote) == [first, second]
+    plans = load_plans(remote)
+    assert {key: (plan.host, plan.superseded_indexes) for key, plan in plans.items()} == \
+        {first: ("one", ["cc" * 32]), second: ("two", [])}
+    assert condemned_packs(plans) == {"aa" * 32, "bb" * 32, "dd" * 32}
+    assert list(load_plans(remote, [second])) == [second]         # the keys asked for, no others
+    remote.delete(first)
+    assert list(load_plans(remote, [first, second])) == [second]
+
+
+def test_a_gc_plan_that_cannot_be_read_stops_the_writer(tmp_path: Path) -> None:
+    from casstore.errors import FormatError
+    from casstore.format.layout import plan_key
+    from casstore.format.plan import load_plans
+
+    remote = new_memory_remote(FakeClock())
+    remote.put(plan_key(1000.0), b"\x81\xa7version\x02")       # a plan of a version this writer does not know
+    with pytest.raises(FormatError):
+        load_plans(remote)
+
+
+# -- repository config ---------------------------------------------------------------------------
+
+def test_a_new_config_with_chunk_sizes_out_of_order_is_refused_at_creation() -> None:
+    from casstore.errors import FormatError
+    from casstore.format.config import RepoConfig
+
+    with pytest.raises(FormatError, match="min_size <= avg_size <= max_size"):
+        RepoConfig.new(min_size=64 * 1024, avg_size=128 * 1024, max_size=96 * 1024)
+    assert RepoConfig.new(min_size=64 * 1024, avg_size=64 * 1024, max_size=64 * 1024).chunker["max_size"] == 65536
+
+
+def test_a_repository_config_with_the_fixed_chunker_reads_back() -> None:
+    from dataclasses import replace
+
+    from casstore.chunker import FixedChunker
+    from casstore.format.config import RepoConfig
+
+    config = replace(RepoConfig.new(), chunker=FixedChunker(64 * 1024).params())
+    back = RepoConfig.decode(config.encode())
+    assert back.chunker == {"algorithm": "fixed", "size": 65536}
+    assert isinstance(back.make_chunker(), FixedChunker)
+
+
+def test_sync_and_pull_refuse_what_they_cannot_do_with_one_clear_error(tmp_path: Path) -> None:
+    """A pull into a remote repository, a sync from one, and either with no remote configured."""
+    from casstore.errors import ConfigError
+    from casstore.sync.transfer import pull_from_remote
+
+    clock = FakeClock()
+    remote = new_memory_remote(clock)
+    repo = local_repo(tmp_path / "repo")
+    repo.snapshot(str(make_source(tmp_path / "data", n_json=2, big_mib=0)))
+    sync_to_remote(repo, remote, clock=clock)
+    shared = remote_repo(remote, tmp_path)
+    with pytest.raises(ConfigError, match="pull copies into a local repository"):
+        pull_from_remote(shared, new_memory_remote(clock))
+    with pytest.raises(ConfigError, match="sync runs from a local repository"):
+        sync_to_remote(shared, new_memory_remote(clock))
+    with pytest.raises(ConfigError, match="no remote configured"):
+        sync_to_remote(repo, None)
+    with pytest.raises(ConfigError, match="no remote configured"):
+        pull_from_remote(repo, None)
+
+
+def test_a_pull_for_one_host_takes_only_that_hosts_snapshots(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from tests.helpers import write_snapshot
+
+    clock = FakeClock()
+    remote = new_memory_remote(clock)
+    repo = local_repo(tmp_path / "repo")
+    ours = write_snapshot(repo, lambda store: [], host="a")
+    write_snapshot(repo, lambda store: [], host="b")
+    sync_to_remote(repo, remote, clock=clock)
+    other = local_repo(tmp_path / "other", config=replace(repo.config, id="c" * 32))
+    assert other.pull(remote, host="a").snapshots == [ours]
+    assert other.snapshot_ids() == [ours]
+
+
+def test_a_sync_with_nothing_to_send_reports_the_same_cost_and_labels(tmp_path: Path) -> None:
+    """A second sync finds nothing new: it still names what it synced where, and estimates the
+    remote's monthly cost from what the last sync left there, not from nothing."""
+    clock = FakeClock()
+    remote = new_memory_remote(clock)
+    repo = local_repo(tmp_path / "repo")
+    repo.snapshot(str(make_source(tmp_path / "data", n_json=4, big_mib=8)))     # enough to cost 0.0001 $
+    first = sync_to_remote(repo, remote, clock=clock)
+    again = sync_to_remote(repo, remote, clock=clock)
+    assert again.snapshots == [] and (again.source, again.destination) == (repo.location, remote.url)
+    assert first.monthly_cost_after == again.monthly_cost_after
+    assert first.monthly_cost_after["aws"]["usd_per_month"] > 0
+
+
+# -- restore -------------------------------------------------------------------------------------
+
+def _small_tree(source: Path) -> Path:
+    for folder in ("a/b", "c"):
+        (source / folder).mkdir(parents=True)
+    for name in ("a/one.txt", "a/b/two.txt", "c/three.json", "top.txt"):
+        (source / name).write_text(name)
+    (source / "link").symlink_to("top.txt")
+    return source
+
+
+def test_a_restore_counts_what_it_restored_and_a_dry_run_writes_nothing(tmp_path: Path) -> None:
+    repo = local_repo(tmp_path / "repo")
+    snap = repo.snapshot(str(_small_tree(tmp_path / "data")))
+    dry = repo.restore(snap.id, str(tmp_path / "dry"), dry_run=True)
+    assert dry.ok and (dry.files, dry.symlinks) == (4, 1) and not (tmp_path / "dry").exists()
+    real = repo.restore(snap.id, str(tmp_path / "out"))
+    restored_dirs = [p for p in (tmp_path / "out").rglob("*") if p.is_dir() and not p.is_symlink()]
+    assert real.ok and (real.files, real.dirs, real.symlinks) == (4, len(restored_dirs), 1) == (4, dry.dirs, 1)
+
+
+def test_a_restore_leaves_out_what_it_is_told_to_exclude(tmp_path: Path) -> None:
+    repo = local_repo(tmp_path / "repo")
+    snap = repo.snapshot(str(_small_tree(tmp_path / "data")))
+    assert repo.restore(snap.id, str(tmp_path / "out"), exclude=("*.txt", "c/")).ok
+    left = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*"))
+    assert left == ["a", "a/b", "link"]
+
+
+def test_a_restore_drops_setuid_and_setgid_bits_unless_privileged(tmp_path: Path) -> None:
+    source = tmp_path / "data"
+    source.mkdir()
+    (source / "tool").write_bytes(b"#!/bin/sh\n")
+    os.chmod(source / "tool", 0o6755)
+    if os.stat(source / "tool").st_mode & 0o6000 != 0o6000:
+        pytest.skip("this file system or user cannot set setuid/setgid bits")
+    repo = local_repo(tmp_path / "repo")
+    snap = repo.snapshot(str(source))
+    assert repo.restore(snap.id, str(tmp_path / "plain")).ok
+    assert os.stat(tmp_path / "plain" / "tool").st_mode & 0o7777 == 0o755
+    assert repo.restore(snap.id, str(tmp_path / "privileged"), privileged=True).ok
+    assert os.stat(tmp_path / "privileged" / "tool").st_mode & 0o7777 == 0o6755

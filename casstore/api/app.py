@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from collections.abc import Iterator
@@ -65,7 +66,7 @@ def create_app(settings: Settings, *, allowed_hosts: set[str] | None, scheduler=
         jobs.shutdown(SHUTDOWN_GRACE)
         access.close()
 
-    app = FastAPI(title="casstore", version=_version(), lifespan=lifespan,
+    app = FastAPI(title="casstore", version=_version(), lifespan=lifespan, default_response_class=NamesJSONResponse,
                   description="Snapshots of a folder, synced off-site, readable as JSON. The seed's "
                               "/api/cloud/* endpoints, background jobs and a dashboard at /.")
     app.state.access, app.state.jobs, app.state.scheduler = access, jobs, scheduler
@@ -284,6 +285,17 @@ def _open_path(access: RepoAccess, backup_id: str, path: str, host: str | None =
         access.checkin(repo, broken=True)
         raise
     return repo, snapshot, entry, real
+
+
+class NamesJSONResponse(JSONResponse):
+    """JSON that may carry names that are not UTF-8 (their bytes decoded with surrogateescape, as
+    lone surrogates): those are sent as \\udcXX escapes, never a 500 for a hostile name."""
+
+    def render(self, content: object) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 def _job_response(job, wait: bool):

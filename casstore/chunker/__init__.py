@@ -27,7 +27,8 @@ class Chunker(Protocol):
         ...
 
     def chunks_of_fd(self, fd: int, read_ahead: int = 0) -> Iterator[memoryview]:
-        """The same pieces from an open file descriptor; each stays valid after the next is yielded.
+        """The same pieces from an open file descriptor, from its current offset; each stays valid
+        after the next is yielded.
 
         `read_ahead` asks for that many bytes beyond the current read to be fetched in the
         background (a hint; a chunker may ignore it)."""

@@ -59,7 +59,8 @@ class FastCDCChunker:
             yield chunk.data
 
     def chunks_of_fd(self, fd: int, read_ahead: int = 0) -> Iterator[memoryview]:
-        """Cut an open file, yielding views that stay valid after the next chunk (no copies).
+        """Cut an open file from its current offset, yielding views that stay valid after the next
+        chunk (no copies).
 
         The file is read in blocks of max + 2 x avg bytes, each into a block no chunk still
         refers to (casstore/buffers.py), so chunks handed to worker threads are never overwritten. A cut
@@ -74,7 +75,8 @@ class FastCDCChunker:
         background, so the disk works while the block is cut, hashed and compressed.
         """
         tail = b""
-        offset = hinted = 0    # file offset read up to, and hinted up to
+        # file offset read up to, and hinted up to: cutting starts where the file offset is
+        offset = hinted = os.lseek(fd, 0, os.SEEK_CUR)
         while True:
             block = self._blocks.get()
             block[:len(tail)] = tail

@@ -54,12 +54,15 @@ def emit(as_json: bool, payload: object, text: Callable[[], None]) -> None:
 
 
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# bidirectional overrides and marks: they reorder what follows them ("evil\u202etxt.exe" shows as
+# "evilexe.txt"), so they are escaped too (the dashboard escapes the same set)
+_BIDI = {0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
 
 
 def printable(text: object) -> str:
     """`text` safe for a terminal: control characters (C0, DEL, C1) and undecodable bytes (lone
     surrogates from surrogateescape) as escapes, so a hostile file name cannot move the cursor,
-    retitle the terminal or hide another line of the listing (issue 13, case 12)."""
+    retitle the terminal, hide another line of the listing or reorder a name (issue 13, case 12)."""
     return "".join(_escape(c) for c in str(text))
 
 
@@ -69,7 +72,7 @@ def _escape(c: str) -> str:
         return _ESCAPES.get(c, f"\\x{code:02x}")
     if 0xDC80 <= code <= 0xDCFF:            # a byte that was not UTF-8
         return f"\\x{code - 0xDC00:02x}"
-    if 0xD800 <= code <= 0xDFFF:
+    if 0xD800 <= code <= 0xDFFF or code in _BIDI:
         return f"\\u{code:04x}"
     return c
 

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from casstore.cli.common import emit, json_option, repo_option, settings
+from casstore.cli.common import emit, json_option, printable, repo_option, settings
 from casstore.client import open_repository
 
 
@@ -24,15 +24,15 @@ def import_legacy(ctx, where, repository, as_json):
         report = repo.import_legacy(where)
     emit(as_json, report.as_dict(), lambda: _print(report))
     for item in report.skipped:
-        click.echo(f"casstore: skipped {item['error']}", err=True)
+        click.echo(f"casstore: skipped {printable(item['error'])}", err=True)
     for backup_id in report.missing:
-        click.echo(f"casstore: {backup_id} is in backup_index.json but its file is missing", err=True)
+        click.echo(f"casstore: {printable(backup_id)} is in backup_index.json but its file is missing", err=True)
     if not report.ok:
         sys.exit(1)
 
 
 def _print(report) -> None:
     for item in report.imported:
-        click.echo(f"imported {item['backup_id']} as snapshot {item['snapshot_id'][:8]} ({item['time']})")
+        click.echo(f"imported {printable(item['backup_id'])} as snapshot {item['snapshot_id'][:8]} ({item['time']})")
     click.echo(f"{len(report.imported)} imported, {len(report.already)} already imported, "
                f"{len(report.skipped)} skipped, {len(report.missing)} missing")

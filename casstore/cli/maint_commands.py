@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from casstore.cli.common import emit, human, json_option, repo_option, settings
+from casstore.cli.common import emit, human, json_option, printable, repo_option, settings
 from casstore.gc.retention import RetentionPolicy, apply_retention, forget_snapshots, policy_from_settings
 from casstore.gc.run import collect_garbage
 from casstore.settings import parse_duration
@@ -96,13 +96,15 @@ def _forget_ids(ctx: click.Context, repository: str | None, remote: str | None, 
 def _print_forget(result) -> None:
     click.echo(f"policy: {result.policy.describe()}")
     for group in result.groups:
-        click.echo(f"{group.host}:{group.source}: keep {len(group.keep)}, remove {len(group.remove)}")
+        click.echo(f"{printable(group.host)}:{printable(group.source)}: keep {len(group.keep)}, "
+                   f"remove {len(group.remove)}")
         for d in group.decisions:
             m = d.snapshot.manifest
             verdict = "keep  " if d.keep else "remove"
             flags = (" [incomplete]" if m.incomplete else "") + (f" [{', '.join(m.tags)}]" if m.tags else "")
-            why = f"  ({'; '.join(d.reasons)})" if d.reasons else ""
-            click.echo(f"  {verdict} {d.snapshot.id[:8]}  {m.time.strftime('%Y-%m-%d %H:%M:%S')}{flags}{why}")
+            why = f"  ({'; '.join(d.reasons)})" if d.reasons else ""    # tags are stored names: escaped
+            click.echo(f"  {verdict} {d.snapshot.id[:8]}  {m.time.strftime('%Y-%m-%d %H:%M:%S')}"
+                       + printable(flags + why))
     if result.dry_run:
         click.echo(f"dry run: would forget {len(result.to_remove)} snapshot(s)")
     else:

@@ -9,7 +9,16 @@ from itertools import groupby
 
 import click
 
-from casstore.cli.common import _host_options, emit, human, json_option, open_repo, remote_option, repo_option
+from casstore.cli.common import (
+    _host_options,
+    emit,
+    human,
+    json_option,
+    open_repo,
+    printable,
+    remote_option,
+    repo_option,
+)
 from casstore.cli.values_view import short_value
 
 
@@ -72,7 +81,7 @@ def find(ctx, pattern, path_only, repository, remote, host, all_hosts, as_json):
         found = repo.find(pattern, host=host, all_hosts=all_hosts)
     if path_only:
         paths = sorted({f.path for f in found})
-        emit(as_json, paths, lambda: [click.echo(p) for p in paths])
+        emit(as_json, paths, lambda: [click.echo(printable(p)) for p in paths])
         return
     emit(as_json, [f.as_dict() for f in found], lambda: _print_found(found))
 
@@ -84,5 +93,5 @@ def _print_found(found) -> None:
                    f"{rows[0].time.astimezone().strftime('%Y-%m-%d %H:%M:%S')}")
         for f in rows:
             size = human(f.size) if f.type == "file" else ""
-            click.echo(f"  {f.path}{'/' if f.type == 'dir' else ''}  {size}".rstrip())
+            click.echo(f"  {printable(f.path)}{'/' if f.type == 'dir' else ''}  {size}".rstrip())
     click.echo(f"{len(found)} matches in {len({f.snapshot_id for f in found})} snapshots")

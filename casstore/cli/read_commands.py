@@ -96,7 +96,7 @@ def _print_show(snap, rows) -> None:
     click.echo("")
     for info in rows:
         kind = {"dir": "d", "file": "-", "symlink": "l"}.get(info.type, "?")
-        suffix = "/" if info.type == "dir" else f" -> {info.target}" if info.target is not None else ""
+        suffix = "/" if info.type == "dir" else f" -> {printable(info.target)}" if info.target is not None else ""
         click.echo(f"{kind} {info.mode:04o} {human(info.size) if info.type == 'file' else '':>10}  "
                    f"{info.mtime.strftime('%Y-%m-%d %H:%M')}  {printable(info.path)}{suffix}")
 
@@ -199,7 +199,7 @@ def _print_restore(result, target: str, seconds: float) -> None:
                f"{human(result.bytes)} into {target} in {seconds:.2f} s"
                + (f" ({result.skipped} unchanged skipped)" if result.skipped else ""))
     if result.existing:
-        example = f" (such as {result.existing_paths[0]})" if result.existing_paths else ""
+        example = f" (such as {printable(result.existing_paths[0])})" if result.existing_paths else ""
         click.echo(f"casstore: error: {result.existing} file(s) already exist in {target}{example} and were left "
                    "as they are; use --overwrite if-changed to replace those that differ, or --overwrite always",
                    err=True)

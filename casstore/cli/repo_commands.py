@@ -186,7 +186,7 @@ def _print_check(report) -> None:
     for error in report.errors:
         click.echo(f"error: {printable(error)}")
     for pack_id, reason in report.damaged_packs.items():
-        click.echo(f"damaged pack {pack_id[:16]}: {reason}")
+        click.echo(f"damaged pack {printable(pack_id[:16])}: {printable(reason)}")
     for snapshot_id, paths in report.affected.items():
         click.echo(f"snapshot {snapshot_id[:8]} is damaged:")
         for path in paths[:50]:

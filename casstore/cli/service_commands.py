@@ -14,7 +14,7 @@ from datetime import datetime
 import click
 
 from casstore.api.security import allowed_host_names, token_problem
-from casstore.cli.common import emit, human, json_option, repo_option, settings
+from casstore.cli.common import emit, human, json_option, printable, repo_option, settings
 from casstore.client import open_repository
 from casstore.errors import ConfigError
 from casstore.format import layout
@@ -89,7 +89,8 @@ def _print_status(doc: dict, now: float) -> None:
                    f"{sync['snapshots_unsynced']} snapshot(s) not synced yet")
         attempt = sync["last_attempt"]
         if attempt and not attempt["ok"]:
-            click.echo(f"                last attempt FAILED {_when(attempt['time'], now)}: {attempt['error']}")
+            click.echo(f"                last attempt FAILED {_when(attempt['time'], now)}: "
+                       + printable(attempt["error"]))
     _print_schedule(doc["schedule"], now)
 
 

@@ -7,14 +7,13 @@ import json
 
 import click
 
-from casstore.cli.common import emit, open_repo
+from casstore.cli.common import emit, open_repo, printable
 
 VALUE_WIDTH = 100
 
 
 def short_value(value: object) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    text = text.replace("\n", "\\n")
+    text = printable(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
     return text if len(text) <= VALUE_WIDTH else text[:VALUE_WIDTH - 3] + "..."
 
 
@@ -33,9 +32,9 @@ MARKS = {"added": "+", "removed": "-", "changed": "M", "appended": "+", "truncat
 
 def _print_value_diff(diffs) -> None:
     for d in diffs:
-        click.echo(f"{d.path} ({d.status}, {len(d.changes)} changes)")
+        click.echo(f"{printable(d.path)} ({d.status}, {len(d.changes)} changes)")
         for c in d.changes:
-            key = c["key"] or "(whole document)"
+            key = printable(c["key"]) or "(whole document)"
             if c["op"] == "changed":
                 click.echo(f"  M {key}: {short_value(c['old'])} -> {short_value(c['new'])}")
             else:

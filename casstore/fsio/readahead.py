@@ -7,7 +7,8 @@ background and returns, so by the time the builder opens a file its pages are al
 the disk works while the CPUs do. Hints only fill the page cache: they cost no process memory, and
 a file that changed or vanished in between is simply read as it is then.
 
-Only files that will be read are hinted (the files cache vouches for the others), and the window
+Only files the walk itself will read are hinted (the files cache vouches for the others; files of
+one chunk are read at once by a worker in batches, `snapshot/smallfiles.py`), and the window
 is bounded in bytes and in files, so a directory of huge files never floods the page cache. Large
 files get their first `FIRST_HINT` bytes hinted here; the chunker hints the rest as it goes
 (`hint_range`).

@@ -15,18 +15,19 @@ import posixpath
 import secrets
 import stat
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from casstore.chunker.sparse import zero_chunk_length
 from casstore.errors import CasstoreError, RestoreError
 from casstore.format import codec
 from casstore.format.pack import KIND_DATA
 from casstore.format.tree import Entry, EntryType, safe_name
 from casstore.format.walk import VisitBudget
 from casstore.read.reader import Snapshot, checked_size
-from casstore.repo.core import BlobReader, RepoCore
+from casstore.repo.core import RepoCore
 from casstore.restore.prefetch import Prefetcher
 
 OVERWRITE_MODES = ("never", "if-changed", "always")
@@ -39,7 +40,8 @@ def _patterns(lines: Iterable[str]) -> Any:
 MAX_LINK_GROUPS = 512   # hard-link groups restored as links (each keeps a directory descriptor open)
 PREFETCH_WINDOW = 8   # chunks decoded ahead per directory (bounds memory: at most 8 x the max chunk size)
 MAX_OPEN_DIRS = 64       # directory descriptors a restore keeps open (the deepest ones)
-SPARSE_MIN = 4096        # a chunk of zeros at least this long is restored as a hole
+SPARSE_MIN = 4096        # a chunk of zeros at least this long, or a page of zeros in a chunk, is a hole
+_ZERO_PAGE = bytes(SPARSE_MIN)
 MAX_ID = 2**32 - 2       # uid/gid range of the platform ((uid_t)-1 means "unchanged")
 MAX_TIME_NS = 2**63 - 1
 MAX_DEVICE = 2**64 - 1
@@ -116,6 +118,7 @@ class Restorer:
         self.pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="casstore-restore")
         self._prefetchers: list[Prefetcher] = []
         self._planned: set[int] = set()   # id() of file entries whose chunks are queued for prefetch
+        self._zero: tuple[bytes, bytes] | None = None    # (id, bytes) of the repository's zero chunk
         self._batches: deque[_SmallBatch] = deque()     # in flight, oldest first
         self._new_batches: list[_SmallBatch] = []        # sent for the directory being listed
 
@@ -359,14 +362,15 @@ class Restorer:
 
     def _restore_existing(self, dir_fd: int, entry: Entry, path: str) -> None:
         try:
-            self._write_checked(dir_fd, entry, path, FileChunks(entry, None, self.repo))
+            self._write_checked(dir_fd, entry, path, FileChunks(entry, None, self._read_chunk))
         except (OSError, OverflowError, ValueError) as exc:
             self._error(path, _describe(exc))
 
     def _prefetch(self, files: list[Entry]) -> Prefetcher:
         """Fetch, decompress and verify this directory's chunks ahead, on the pool, in order."""
-        prefetcher = Prefetcher(lambda chunk_id: self.repo.read_blob(KIND_DATA, chunk_id), self.pool, PREFETCH_WINDOW)
+        prefetcher = Prefetcher(self._read_chunk, self.pool, PREFETCH_WINDOW)
         if not self.dry_run:
+            self._learn_zero_chunk(files)
             prefetcher.plan(chunk_id for entry in files for chunk_id in entry.chunks)
             self._planned.update(id(entry) for entry in files)
         self._prefetchers.append(prefetcher)
@@ -375,7 +379,23 @@ class Restorer:
     def _chunks(self, entry: Entry) -> FileChunks:
         planned = id(entry) in self._planned
         self._planned.discard(id(entry))
-        return FileChunks(entry, self._prefetchers[-1] if planned else None, self.repo)
+        if not planned:
+            self._learn_zero_chunk([entry])
+        return FileChunks(entry, self._prefetchers[-1] if planned else None, self._read_chunk)
+
+    def _read_chunk(self, chunk_id: bytes) -> bytes:
+        """A chunk's bytes. The zero chunk, named once per chunk length of a sparse file's holes, is
+        not read, decompressed and verified each time: its id is the hash of its bytes."""
+        zero = self._zero
+        if zero is not None and chunk_id == zero[0]:
+            return zero[1]
+        return self.repo.read_blob(KIND_DATA, chunk_id)
+
+    def _learn_zero_chunk(self, files: list[Entry]) -> None:
+        """Know the zero chunk once a file is long enough to hold a run of them (chunker/sparse.py)."""
+        if self._zero is None and any(entry.size >= 2 * self.repo.config.max_blob_size for entry in files):
+            zeros = bytes(zero_chunk_length(self.repo.config.make_chunker()))
+            self._zero = (codec.blob_id(zeros, self.repo.config.sealer), zeros)
 
     def _selected(self, path: str, entry: Entry) -> bool:
         is_dir = entry.type is EntryType.DIR
@@ -587,15 +607,15 @@ def _reopen_parent(child_fd: int, ident: tuple[int, int]) -> int | None:
 class FileChunks:
     """A file's chunks in order: from the directory's prefetcher when planned there, else read directly."""
 
-    def __init__(self, entry: Entry, prefetcher: Prefetcher | None, repo: BlobReader) -> None:
+    def __init__(self, entry: Entry, prefetcher: Prefetcher | None, read: Callable[[bytes], bytes]) -> None:
         self._remaining = list(entry.chunks)
-        self._prefetcher, self._repo = prefetcher, repo
+        self._prefetcher, self._read = prefetcher, read
 
     def __iter__(self):
         while self._remaining:
             chunk_id = self._remaining.pop(0)
             if self._prefetcher is None:
-                yield self._repo.read_blob(KIND_DATA, chunk_id)
+                yield self._read(chunk_id)
             else:
                 yield self._prefetcher.take(chunk_id)
 
@@ -683,8 +703,8 @@ def _write_sparse(fd: int, chunks: Iterable[bytes], progress: Callable[[int], No
         if len(data) >= SPARSE_MIN and data.count(0) == len(data):
             os.lseek(fd, len(data), os.SEEK_CUR)
             holes = True
-        else:
-            _write_all(fd, data)
+        elif _write_with_holes(fd, data, size):
+            holes = True
         size += len(data)
         progress(len(data))
     if holes:       # a new file written without a hole already has its length: one call fewer
@@ -695,7 +715,35 @@ def _no_progress(n: int) -> None:
     pass
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_with_holes(fd: int, data: bytes, offset: int) -> bool:
+    """Write one chunk (at `offset` in the file), seeking over its runs of whole zero pages: the
+    chunk that runs from data into a hole (up to max_size bytes) keeps that hole a hole. Whether
+    it skipped any (the file then needs its length set at the end)."""
+    view = memoryview(data)
+    written = 0
+    for start, end in _zero_pages(data, offset):
+        _write_all(fd, view[written:start])
+        os.lseek(fd, end - start, os.SEEK_CUR)
+        written = end
+    _write_all(fd, view[written:] if written else data)
+    return written > 0
+
+
+def _zero_pages(data: bytes, offset: int) -> Iterator[tuple[int, int]]:
+    """Runs of zero pages in `data` (pages of the file: aligned to SPARSE_MIN counting from the
+    file's start, `data` being at `offset`), as (start, end) positions in `data`."""
+    found = data.find(_ZERO_PAGE)
+    while found >= 0:
+        start = found + (-(offset + found)) % SPARSE_MIN      # the first page boundary in the run
+        end = start
+        while data[end:end + SPARSE_MIN] == _ZERO_PAGE:
+            end += SPARSE_MIN
+        if end > start:
+            yield start, end
+        found = data.find(_ZERO_PAGE, max(end, start + 1))   # the next page boundary at least
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]

@@ -21,7 +21,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from casstore._testing import pause_point, snapshot_time_ns
+from casstore.chunker.sparse import ZeroRun, sparse_chunks
 from casstore.errors import ConfigError, SourceError
+from casstore.format import codec
 from casstore.format.pack import KIND_DATA, KIND_TREE
 from casstore.format.snapshot import SnapshotManifest
 from casstore.format.tree import Entry, EntryType, encode_tree_chain
@@ -187,6 +189,7 @@ class SnapshotBuilder:
         self._root: bytes | None = None
         self._aborted = threading.Event()
         self._lock = threading.Lock()
+        self._zero_chunks: dict[int, tuple[bytes, bytes]] = {}   # length -> (zeros, id), for holes
 
     @property
     def chunker(self):
@@ -622,14 +625,37 @@ class SnapshotBuilder:
             read = len(data)
             self._submit(data, slots)
         else:
-            for piece in self.chunker.chunks_of_fd(fd, read_ahead=FILE_AHEAD):
-                read += len(piece)
-                self._submit(piece, slots)  # a view into a fresh block: no copy
+            for piece in sparse_chunks(self.chunker, fd, before.st_size, read_ahead=FILE_AHEAD):
+                if isinstance(piece, ZeroRun):
+                    read += piece.length * piece.count
+                    self._submit_zeros(piece, slots)
+                else:
+                    read += len(piece)
+                    self._submit(piece, slots)  # a view into a fresh block: no copy
         return before, os.fstat(fd), read
 
     def _submit(self, data: bytes | memoryview, slots: list) -> None:
         if not data:
             return
+        self.pipeline.submit(data, self._slot(slots))
+
+    def _submit_zeros(self, run: ZeroRun, slots: list) -> None:
+        """Zero chunks from a hole: the first hashed and stored as any chunk, the rest named by id
+        (each is the same bytes, so the same id a dense read gives)."""
+        zeros, blob_id = self._zero_chunk(run.length)
+        self._submit(zeros, slots)
+        for _ in range(run.count - 1):
+            self.pipeline.submit_known(blob_id, run.length, self._slot(slots))
+
+    def _zero_chunk(self, length: int) -> tuple[bytes, bytes]:
+        with self._lock:
+            if length not in self._zero_chunks:
+                zeros = bytes(length)
+                self._zero_chunks[length] = (zeros, codec.blob_id(zeros, self.repo.config.sealer))
+            return self._zero_chunks[length]
+
+    def _slot(self, slots: list) -> Callable[[bytes, int, int], None]:
+        """The next chunk's place in `slots`, and how its result is recorded there."""
         if self._aborted.is_set():
             raise _Aborted()
         position = len(slots)
@@ -639,7 +665,7 @@ class SnapshotBuilder:
             slots[position] = blob_id
             self._count_chunk(raw_length, added)
 
-        self.pipeline.submit(data, deliver)
+        return deliver
 
     def _count_chunk(self, raw_length: int, added: int) -> None:
         """A chunk applied (under the pipeline's lock)."""

@@ -55,9 +55,7 @@ class ChunkPipeline:
         """Queue `task` for a worker; `apply(its result)` runs later, in submission order, under the
         lock. A batch of small files is one task: no thread round trip per file (`smallfiles.py`)."""
         with self._lock:
-            while self._in_flight and (len(self._in_flight) >= self._window
-                                       or self._bytes_in_flight + size > self._window_bytes):
-                self._apply_oldest()
+            self._make_room(size)
             self._in_flight.append((self._pool.submit(task), apply, size))
             self._bytes_in_flight += size
 
@@ -66,6 +64,20 @@ class ChunkPipeline:
         blob_id, encoded, raw_length = prepared
         added = self.store.add_encoded(KIND_DATA, blob_id, encoded, raw_length) if encoded is not None else 0
         return blob_id, raw_length, added
+
+    def submit_known(self, blob_id: bytes, raw_length: int, deliver: Deliver) -> None:
+        """Queue a chunk whose id is known and whose blob an earlier `submit` stores (a zero chunk
+        repeated through a hole): nothing to hash or compress, delivered in order like the rest."""
+        done: Future = Future()
+        done.set_result((blob_id, None, raw_length))
+        with self._lock:
+            self._make_room(0)
+            self._in_flight.append((done, lambda prepared: deliver(*self.store_prepared(prepared)), 0))
+
+    def _make_room(self, size: int) -> None:
+        while self._in_flight and (len(self._in_flight) >= self._window
+                                   or self._bytes_in_flight + size > self._window_bytes):
+            self._apply_oldest()
 
     def _apply_oldest(self) -> None:
         future, apply, size = self._in_flight.popleft()
