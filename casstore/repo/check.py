@@ -18,9 +18,10 @@ from casstore.format.index import decode_index, without_retracted
 from casstore.format.layout import pack_key
 from casstore.format.pack import KIND_DATA, KIND_TREE, parse_header, verify_pack_id
 from casstore.format.snapshot import decode_snapshot
-from casstore.format.tree import EntryType, safe_name
-from casstore.format.walk import VisitBudget, load_tree_chain, tree_sizes
+from casstore.format.tree import Entry, EntryType, safe_name
+from casstore.format.walk import VisitBudget, load_tree_chain
 from casstore.remotes.local import leftovers
+from casstore.repo.checkedtrees import CheckedTrees
 from casstore.repo.core import RepoCore
 from casstore.repo.objectcache import CorruptObject, ReadPolicy, check_named, read_verified
 
@@ -58,6 +59,7 @@ class Checker:
         self.report = CheckReport()
         self.bad_blobs: set[tuple[int, bytes]] = set()
         self.pack_sizes: dict[str, int] = {}
+        self._trees = CheckedTrees()
 
     def run(self, read_data: bool, subset: float | None) -> CheckReport:
         self._check_indexes()
@@ -173,46 +175,40 @@ class Checker:
             self._check_tree(snapshot_id, manifest.tree, VisitBudget(manifest.summary))
 
     def _check_tree(self, snapshot_id: str, root: bytes, budget: VisitBudget) -> None:
-        """Check every directory of a snapshot once (a shared subtree is checked where it first
-        appears), so a DAG that names one subtree 2**60 times costs one read per distinct tree
-        and never hangs, whatever the summary says; then say whether a full walk (restore,
-        to_dict) would visit far more entries than the snapshot records."""
-        seen: set[bytes] = set()
-        counted: dict[bytes, list] = {}       # tree id -> its entries, for the walk-size count
-        stack = [(root, "")]
-        while stack:
-            tree_id, prefix = stack.pop()
-            if tree_id in seen:
-                continue
-            seen.add(tree_id)
-            try:
-                entries = self._load_tree(tree_id)
-            except CasstoreError as exc:
-                self._affect(snapshot_id, prefix or "/", f"directory unreadable: {exc}")
-                continue
-            counted[tree_id] = entries
-            for entry in entries:
-                name = entry.name.decode("utf-8", "surrogateescape")
-                path = f"{prefix}/{name}" if prefix else name
-                if not safe_name(entry.name):
-                    self._affect(snapshot_id, path, "unsafe name (restore refuses it)")
-                if entry.type is EntryType.DIR:
-                    stack.append((entry.subtree, path))
-                elif entry.type is EntryType.FILE:
-                    self._check_file(snapshot_id, path, entry)
-        walked = tree_sizes(lambda tree_id: counted.get(tree_id, []), root).get(root, 0)
-        if walked > budget.left:
-            self._affect(snapshot_id, "/", f"a full walk visits {walked} entries, far more than the snapshot "
-                                           "records (corrupt or hostile)")
+        """Check every directory below `root` that no snapshot checked before, then report the
+        problems this snapshot has (found now or earlier, under this snapshot's paths); then say
+        whether a full walk (restore, to_dict) would visit far more entries than it records.
 
-    def _check_file(self, snapshot_id: str, path: str, entry) -> None:
+        Tree ids repeat across snapshots (an unchanged directory keeps its id), so each distinct
+        tree is read and checked once per check, not once per snapshot (issue 14), and a DAG
+        that names one subtree 2**60 times costs one read per distinct tree."""
+        self._trees.check_below(root, self._check_entries)
+        for path, why in self._trees.problems(root):
+            self._affect(snapshot_id, path, why)
+        if self._trees.walk_size(root) > budget.left:
+            self._affect(snapshot_id, "/", f"a full walk visits {self._trees.walk_size(root)} entries, far more than "
+                                           "the snapshot records (corrupt or hostile)")
+
+    def _check_entries(self, tree_id: bytes) -> tuple[list[Entry], list[tuple[str, str]]]:
+        """A directory's entries and the problems of its own entries, as (name, why)."""
+        entries = self._load_tree(tree_id)
+        problems = []
+        for entry in entries:
+            name = entry.name.decode("utf-8", "surrogateescape")
+            if not safe_name(entry.name):
+                problems.append((name, "unsafe name (restore refuses it)"))
+            if entry.type is EntryType.FILE and (why := self._file_problem(entry)):
+                problems.append((name, why))
+        return entries, problems
+
+    def _file_problem(self, entry: Entry) -> str | None:
         lost = [c for c in entry.chunks if self._lost(c)]
         if lost:
-            self._affect(snapshot_id, path, f"{len(lost)} of {len(entry.chunks)} chunks missing or damaged")
-            return
+            return f"{len(lost)} of {len(entry.chunks)} chunks missing or damaged"
         stored = sum(self.repo.index.locations(KIND_DATA, c)[0].raw_length for c in entry.chunks)
         if stored != entry.size:
-            self._affect(snapshot_id, path, f"size recorded as {entry.size} but its chunks hold {stored} bytes")
+            return f"size recorded as {entry.size} but its chunks hold {stored} bytes"
+        return None
 
     def _lost(self, chunk_id: bytes) -> bool:
         """No readable copy: not indexed, damaged, or every copy a delta whose chain is."""
