@@ -134,3 +134,31 @@ def test_packs_a_writer_has_not_indexed_are_never_saved(repo_dir: Path) -> None:
     again, _ = opened(repo_dir)
     assert again.load_index().has(KIND_DATA, blob_id)
     assert table_of(again) == fresh_index(repo_dir)
+
+
+def test_cache_clear_deletes_every_index_table_and_the_next_open_rebuilds_it(repo_dir: Path, tmp_path: Path) -> None:
+    """`casstore cache clear` frees the tables too: of a local repository (no other cache folder)
+    and of a remote one read through the object cache, with a writer's half-written leftover."""
+    import subprocess
+
+    from casstore.client import Repository
+    from casstore.remotes.local import LocalRemote
+    from casstore.settings import load_settings
+
+    local = open_repo(repo_dir).table_cache.path
+    remote = Repository.open_remote(LocalRemote(str(repo_dir)), load_settings({"cache_dir": str(tmp_path / "cache")}))
+    remote.load_index()
+    leftover = remote.table_cache.path + ".0a1b2c3d.tmp"
+    Path(leftover).write_bytes(b"half")
+    tables = {local, remote.table_cache.path, leftover}
+    assert len(tables) == 3 and all(os.path.exists(p) for p in tables)
+    unrelated = tmp_path / "cache" / "notes.txt"      # only tables and cached objects are removed
+    unrelated.write_text("x")
+    done = subprocess.run(["casstore", "cache", "clear", "--json"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "CASSTORE_CACHE_DIR": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr
+    assert '"index_tables": 3' in done.stdout
+    assert not any(os.path.exists(p) for p in tables) and unrelated.exists()
+    repo, fetched = opened(repo_dir)
+    assert table_of(repo) == fresh_index(repo_dir) and len(fetched) == len(objects(repo_dir, "index"))
+    assert os.path.exists(local)

@@ -54,7 +54,6 @@ import casstore.format.codec
 import casstore.repo.core
 from casstore.errors import CasstoreError, IntegrityError, LockError, RemoteError
 from casstore.format import codec
-from casstore.format.index import IndexObject
 from casstore.format.pack import KIND_DATA, KIND_TREE, PackBuilder
 from casstore.format.walk import walk_tree
 from casstore.remotes.local import LocalRemote
@@ -232,15 +231,17 @@ def test_verification_on_write_refuses_an_encoding_of_other_bytes(monkeypatch, b
 def test_a_bad_index_encoder_cannot_store_a_bad_index(tmp_path, source, monkeypatch):
     import blake3
 
-    real = IndexObject.encode
+    from casstore.repo import blobstore
 
-    def broken(self, sealer=None):
-        _, body = real(self, sealer)
+    real = blobstore.encode_index    # the streaming encoder a writer's store uses
+
+    def broken(*args, **kwargs):
+        _, body = real(*args, **kwargs)
         body = body.replace(b"writer", b"wrong!")
         return blake3.blake3(body).hexdigest(), body
 
     repo = init_repo(tmp_path / "repo")
-    monkeypatch.setattr(IndexObject, "encode", broken)
+    monkeypatch.setattr(blobstore, "encode_index", broken)
     with pytest.raises(CasstoreError):
         repo.snapshot(str(source))
     assert objects(tmp_path / "repo", "snapshots") == []

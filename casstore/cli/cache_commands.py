@@ -13,6 +13,7 @@ from collections import Counter
 import click
 
 from casstore.cli.common import emit, human, json_option, settings
+from casstore.repo.indexcache import clear_tables
 from casstore.repo.objectcache import LocalCache, cache_roots, verify_cache
 
 
@@ -76,9 +77,12 @@ def verify(ctx: click.Context, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def clear(ctx: click.Context, as_json: bool) -> None:
-    """Delete every cached object (the snapshot files-cache that speeds up change detection stays)."""
+    """Delete every cached object and saved index table (the snapshot files-cache that speeds up
+    change detection stays)."""
     s, caches = _caches(ctx)
     before = sum(c.size() for c in caches)
     removed = sum(c.clear() for c in caches)
-    emit(as_json, {"removed": removed, "bytes": before},
-         lambda: click.echo(f"removed {removed} entries ({human(before)}) from {s.cache_dir}"))
+    tables, table_bytes = clear_tables(s.cache_dir)
+    emit(as_json, {"removed": removed, "bytes": before, "index_tables": tables, "index_table_bytes": table_bytes},
+         lambda: click.echo(f"removed {removed} entries ({human(before)}) and {tables} index table(s) "
+                            f"({human(table_bytes)}) from {s.cache_dir}"))

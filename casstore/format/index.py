@@ -27,7 +27,7 @@ import sys
 import threading
 from array import array
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, NamedTuple
 
@@ -66,15 +66,74 @@ class IndexObject:
 
     def encode(self, sealer: Sealer | None = None) -> tuple[str, bytes]:
         """(id, stored bytes): sealed in an encrypted repository, named by the BLAKE3 of what is stored."""
-        body = msgpack.packb({
-            "version": INDEX_VERSION,
-            "origin": self.origin,
-            "packs": [[pack_id, [e.as_list() for e in entries]] for pack_id, entries in sorted(self.packs.items())],
-            "supersedes": sorted(self.supersedes),
-            **({"retracts": sorted(self.retracts)} if self.retracts else {}),
-        })
-        stored = seal_if(sealer, KIND_INDEX, body)
-        return blake3.blake3(stored).hexdigest(), stored
+        return encode_index(self.origin, self.packs, self.supersedes, self.retracts, sealer)
+
+
+def _header(origin: dict[str, Any], supersedes: Iterable[str], retracts: Iterable[str]) -> dict[str, Any]:
+    """Every field of an index object but its packs, in the stored key order (packs after origin)."""
+    retracts = sorted(retracts)
+    return {"version": INDEX_VERSION, "origin": origin, "supersedes": sorted(supersedes),
+            **({"retracts": retracts} if retracts else {})}
+
+
+def encode_index(origin: dict[str, Any], packs: Mapping[str, Collection[BlobEntry]], supersedes: Iterable[str] = (),
+                 retracts: Iterable[str] = (), sealer: Sealer | None = None) -> tuple[str, bytes]:
+    """(id, stored bytes) of an index object, packed entry by entry: the same bytes as `msgpack.packb`
+    of the whole document, without building a list per blob first (a session's index may name
+    millions of blobs kept compactly, as `EntryList`s)."""
+    header, packer = _header(origin, supersedes, retracts), msgpack.Packer()
+    body = bytearray(packer.pack_map_header(len(header) + 1))
+    for key, value in header.items():
+        body += packer.pack(key)
+        body += packer.pack(value)
+        if key == "origin":
+            body += packer.pack("packs")
+            body += packer.pack_array_header(len(packs))
+            for pack_id in sorted(packs):
+                entries = packs[pack_id]
+                body += packer.pack_array_header(2)
+                body += packer.pack(pack_id)
+                body += packer.pack_array_header(len(entries))
+                for e in entries:
+                    body += packer.pack(e.as_list())
+    stored = seal_if(sealer, KIND_INDEX, bytes(body))
+    return blake3.blake3(stored).hexdigest(), stored
+
+
+def check_encoded(index_id: str, stored: bytes, origin: dict[str, Any], packs: Mapping[str, Collection[BlobEntry]],
+                  retracts: Iterable[str], max_raw_length: int, sealer: Sealer | None = None) -> None:
+    """Read back (design 5.5): `stored` must decode to exactly this index. Decoded entry by entry
+    and compared as it goes, so a session's index is never held as objects twice."""
+    if blake3.blake3(stored).hexdigest() != index_id:
+        raise IntegrityError("internal error: an index is not named by its bytes")
+    body = unseal_if(sealer, KIND_INDEX, stored, f"index {index_id[:16]}")
+    try:
+        same = _decodes_to(msgpack.Unpacker(io.BytesIO(body), max_bin_len=64), len(body),
+                           _header(origin, (), retracts), packs, max_raw_length)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise IntegrityError(f"internal error: an index does not decode: {exc}") from exc
+    if not same:
+        raise IntegrityError("internal error: an index does not decode to what was encoded")
+
+
+def _decodes_to(unpacker: msgpack.Unpacker, size: int, expected: dict[str, Any],
+                packs: Mapping[str, Collection[BlobEntry]], max_raw_length: int) -> bool:
+    found: dict[Any, Any] = {}
+    same = unpacker.read_map_header() == len(expected) + 1
+    for _ in range(len(expected) + 1 if same else 0):
+        key = unpacker.unpack()
+        if key != "packs":
+            found[key] = unpacker.unpack()
+            continue
+        same = same and unpacker.read_array_header() == len(packs)
+        for pack_id in sorted(packs) if same else ():
+            entries = packs[pack_id]
+            same = (unpacker.read_array_header() == 2 and unpacker.unpack() == pack_id
+                    and unpacker.read_array_header() == len(entries)
+                    and all(_entry(unpacker.unpack(), max_raw_length) == e for e in entries))
+            if not same:
+                return False
+    return same and found == expected and unpacker.tell() == size
 
 
 def decode_index(index_id: str, body: bytes, max_raw_length: int, sealer: Sealer | None = None) -> IndexObject:
@@ -161,12 +220,19 @@ class MasterIndex:
     def add_object(self, index_id: str, index: IndexObject) -> None:
         if index_id in self.index_packs:
             return
-        self.index_packs[index_id] = set(index.packs)
-        self.index_origins[index_id] = index.origin
-        self.retracted.update(index.retracts)
-        self._loose -= index.packs.keys()
+        self.add_written(index_id, index.origin, set(index.packs), index.retracts)
         for pack_id, entries in index.packs.items():
             self._table.add(pack_id, entries)
+
+    def add_written(self, index_id: str, origin: dict[str, Any], pack_ids: set[str], retracts: Iterable[str]) -> None:
+        """An index object this writer wrote, of packs whose entries are already here (`add_pack`):
+        only the bookkeeping, so a session's blobs are not added to the table a second time."""
+        if index_id in self.index_packs:
+            return
+        self.index_packs[index_id] = pack_ids
+        self.index_origins[index_id] = origin
+        self.retracted.update(retracts)
+        self._loose -= pack_ids
 
     def remove_objects(self, index_ids: set[str]) -> None:
         """Forget these index objects (gone or retracted); packs no remaining one lists are dropped."""

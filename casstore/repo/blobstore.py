@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from casstore.errors import IntegrityError, ObjectNotFound, RemoteError
 from casstore.format import codec, delta, layout
 from casstore.format.config import RepoConfig
 from casstore.format.crypto import Sealer
-from casstore.format.index import IndexObject, Location, MasterIndex, decode_index
+from casstore.format.entrylist import EntryList
+from casstore.format.index import Location, MasterIndex, check_encoded, encode_index
 from casstore.format.pack import (
     KIND_DATA,
     KIND_NAMES,
@@ -55,8 +56,9 @@ class BlobStore:
         self._bases = BaseCache()                          # decoded plaintexts of recent delta bases
         self._builders: dict[int, PackBuilder] = {}    # made when a blob of the kind first comes
         self._pending: set[tuple[int, bytes]] = set()       # in a builder or being uploaded
-        self._unindexed: dict[str, list[BlobEntry]] = {}    # uploaded, not yet in an index
-        self._session: dict[str, list[BlobEntry]] = {}      # every pack this session uploaded or adopted
+        # entries as fixed-size records: a session keeps every pack's until its final index (issue 14)
+        self._unindexed: dict[str, EntryList] = {}    # uploaded, not yet in an index
+        self._session: dict[str, EntryList] = {}      # every pack this session uploaded or adopted
         self._uploads: list[Future] = []
         self._pool = ThreadPoolExecutor(max(1, upload_threads), thread_name_prefix="casstore-upload")
         # each pack in flight holds up to pack_size bytes: bound them by count and by bytes
@@ -71,7 +73,7 @@ class BlobStore:
         self._lock = threading.Lock()
         self.on_pack_uploaded: PackCallback | None = None
         self.on_index_written: Callable[[str, bytes], None] | None = None   # index id, its bytes
-        self.session_indexes: dict[str, dict[str, list[BlobEntry]]] = {}   # written by this session
+        self.session_indexes: dict[str, dict[str, EntryList]] = {}   # written by this session
         self.packs_written = 0
         self.bytes_written = 0
 
@@ -130,8 +132,7 @@ class BlobStore:
     def _upload(self, pack_id: str, data: bytes | memoryview, entries: list[BlobEntry]) -> None:
         info = self.remote.put(layout.pack_key(pack_id), data, cold=True)  # packs may go to a colder class
         with self._lock:
-            self._unindexed[pack_id] = entries
-            self._session[pack_id] = entries
+            self._unindexed[pack_id] = self._session[pack_id] = EntryList(entries)
             self.index.add_pack(pack_id, entries)
             for e in entries:
                 self._pending.discard((e.kind, e.id))
@@ -143,13 +144,12 @@ class BlobStore:
     def adopt_uploaded(self, pack_id: str, entries: list[BlobEntry]) -> None:
         """Take a pack an earlier, interrupted session uploaded (confirmed to exist) into this one."""
         with self._lock:
-            self._unindexed[pack_id] = entries
-            self._session[pack_id] = entries
+            self._unindexed[pack_id] = self._session[pack_id] = EntryList(entries)
             self.index.add_pack(pack_id, entries)
 
     def unindexed(self) -> dict[str, list[BlobEntry]]:
         with self._lock:
-            return dict(self._unindexed)
+            return {pack_id: list(entries) for pack_id, entries in self._unindexed.items()}
 
     def session_packs(self) -> set[str]:
         with self._lock:
@@ -188,18 +188,17 @@ class BlobStore:
             return None
         return self.put_index(packs, kind)
 
-    def put_index(self, packs: dict[str, list[BlobEntry]], kind: str, retracts: tuple[str, ...] = ()):
-        """Write one index object of `packs` (withdrawing `retracts`); return (id, ObjectInfo)."""
-        index = IndexObject(origin={**self.origin, "kind": kind}, packs=packs, retracts=list(retracts))
-        index_id, body = index.encode(self.sealer)
-        # read back (design 5.5)
-        if decode_index(index_id, body, self.config.max_blob_size, self.sealer).packs != packs:
-            raise IntegrityError("internal error: an index does not decode to what was encoded")
+    def put_index(self, packs: Mapping[str, Collection[BlobEntry]], kind: str, retracts: tuple[str, ...] = ()):
+        """Write one index object of `packs` (withdrawing `retracts`); return (id, ObjectInfo).
+        Every pack must be one this store uploaded or adopted (its entries are in `self.index`)."""
+        origin = {**self.origin, "kind": kind}
+        index_id, body = encode_index(origin, packs, retracts=retracts, sealer=self.sealer)
+        check_encoded(index_id, body, origin, packs, retracts, self.config.max_blob_size, self.sealer)  # design 5.5
         info = self.remote.put(layout.index_key(index_id), body)
         if self.on_index_written:
             self.on_index_written(index_id, body)
-        self.index.add_object(index_id, index)
-        self.session_indexes[index_id] = packs
+        self.index.add_written(index_id, origin, set(packs), retracts)
+        self.session_indexes[index_id] = {pack_id: _compact(entries) for pack_id, entries in packs.items()}
         return index_id, info
 
     def flush(self):
@@ -344,6 +343,10 @@ class BaseCache:
             while self._bytes > self._limit:
                 _, old = self._items.popitem(last=False)
                 self._bytes -= len(old)
+
+
+def _compact(entries: Collection[BlobEntry]) -> EntryList:
+    return entries if isinstance(entries, EntryList) else EntryList(entries)
 
 
 def _read_back(pack_id: str, data: bytes | memoryview, entries: list[BlobEntry], max_raw_length: int,

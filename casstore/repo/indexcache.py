@@ -25,12 +25,15 @@ from casstore.fsio.private import make_dirs, open_private
 log = logging.getLogger(__name__)
 
 
+PREFIX = "index-table-"
+
+
 class IndexTableCache:
     """One repository's saved index table, `<cache dir>/<repo id>/index-table-<location hash>`
     (the location is in the name: a sync destination may share the source's repository id)."""
 
     def __init__(self, cache_dir: str, repo_id: str, location: str) -> None:
-        name = "index-table-" + blake3.blake3(location.encode()).hexdigest()[:16]
+        name = PREFIX + blake3.blake3(location.encode()).hexdigest()[:16]
         self.path = os.path.join(cache_dir, repo_id, name)
 
     def restore(self, index: MasterIndex) -> bool:
@@ -62,6 +65,31 @@ class IndexTableCache:
 
     def discard(self) -> None:
         _unlink(self.path)
+
+
+def clear_tables(cache_dir: str) -> tuple[int, int]:
+    """Delete every repository's saved index table under the cache dir (and any a writer left
+    half-written); return (files, bytes). The next open of each repository rebuilds its table
+    from the index objects. Local repositories have a table here too, and no other cache folder."""
+    try:
+        repos = [os.path.join(cache_dir, name) for name in os.listdir(cache_dir)]
+    except FileNotFoundError:
+        return 0, 0
+    files = size = 0
+    for folder in repos:
+        try:
+            names = [name for name in os.listdir(folder) if name.startswith(PREFIX)]
+        except (NotADirectoryError, FileNotFoundError):
+            continue
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                size += os.lstat(path).st_size
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            files += 1
+    return files, size
 
 
 def _unlink(path: str) -> None:
