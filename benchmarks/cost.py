@@ -123,20 +123,20 @@ def bucket_bytes(remote) -> int:
 def estimates(local: Repository, remote, settings) -> dict:
     """What casstore itself shows, each as $ per month for the provider (None: it shows none)."""
     from casstore.api.views import status_view
-    from casstore.repo.stats import repository_stats
     from casstore.service.status import service_status
 
     out: dict = {}
     on_remote = Repository.open_remote(remote, settings)
-    out["stats (of the bucket)"] = repository_stats(on_remote)["monthly_cost"].get(PROVIDER, {}).get("usd_per_month")
-    out["stats (local repository)"] = repository_stats(local)["monthly_cost"].get(PROVIDER, {}).get("usd_per_month")
+    out["stats (of the bucket)"] = on_remote.stats()["monthly_cost"].get(PROVIDER, {}).get("usd_per_month")
+    out["stats (local repository)"] = local.stats()["monthly_cost"].get(PROVIDER, {}).get("usd_per_month")
     dry = local.sync(remote, dry_run=True)
     out["sync --dry-run"] = dry.monthly_cost_after.get(PROVIDER, {}).get("usd_per_month")
-    status = service_status(local.settings, local.all_snapshots())
-    out["status"] = status.get("cost_estimate") or "shows no cost estimate"
-    view = status_view(local.settings, local.all_snapshots(), local.stored_bytes(), running_job=None)
-    out["dashboard (GET /api/status cost_estimate)"] = view["cost_estimate"]["providers"].get(PROVIDER, {}).get(
-        "usd_per_month")
+    stored = local.stored_bytes()
+    status = service_status(local.settings, local.all_snapshots(), stored_bytes=stored)
+    out["status"] = status["cost_estimate"]["providers"].get(PROVIDER, {}).get("usd_per_month")
+    view = status_view(local.settings, local.all_snapshots(), stored, running_job=None)
+    out["dashboard (GET /api/cloud/status cost_estimate)"] = view["cost_estimate"]["providers"].get(
+        PROVIDER, {}).get("usd_per_month")
     return out
 
 
