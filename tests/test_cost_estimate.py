@@ -63,3 +63,5 @@ def test_stats_status_and_the_dashboard_show_the_estimate_sync_shows(tmp_path, m
     assert row["put_requests_per_month"] + row["get_requests_per_month"] == synced
     assert row["requests_usd_per_month"] > 0 and row["usd_per_month"] > row["storage_usd_per_month"]
     assert stats == status == dashboard == dry
+    assert f"AWS S3 Standard ${row['usd_per_month']:.4f}" in invoke("status").stdout
+    assert f"${row['usd_per_month']:.4f}/month" in invoke("stats").stdout

@@ -93,7 +93,18 @@ def _print_status(doc: dict, now: float) -> None:
         if attempt and not attempt["ok"]:
             click.echo(f"                last attempt FAILED {_when(attempt['time'], now)}: "
                        + printable(attempt["error"]))
+    _print_cost(doc["cost_estimate"])
     _print_schedule(doc["schedule"], now)
+
+
+def _print_cost(cost: dict) -> None:
+    if not cost["providers"]:
+        click.echo(f"monthly cost:   {cost['note']}")
+        return
+    prices = ", ".join(f"{row['label'].split(' (')[0]} ${row['usd_per_month']:.4f}"
+                       for row in cost["providers"].values())
+    click.echo(f"monthly cost:   {prices} ({human(cost['stored_bytes'])} stored, {cost['requests_per_month']} "
+               f"requests in the last 30 days' syncs; prices as of {cost['prices_as_of']})")
 
 
 def _print_schedule(schedule: dict, now: float) -> None:
