@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import zstandard
@@ -123,20 +124,23 @@ def bucket_bytes(remote) -> int:
 def estimates(local: Repository, remote, settings) -> dict:
     """What casstore itself shows, each as $ per month for the provider (None: it shows none)."""
     from casstore.api.views import status_view
-    from casstore.repo.stats import repository_stats
     from casstore.service.status import service_status
 
     out: dict = {}
+    # the bucket as the configured remote (CASSTORE_REMOTE): how stats, status and the dashboard
+    # know where the off-site copy is, and so which sync record prices it
+    local.settings = replace(local.settings, remote=remote.url)
     on_remote = Repository.open_remote(remote, settings)
-    out["stats (of the bucket)"] = repository_stats(on_remote)["monthly_cost"].get(PROVIDER, {}).get("usd_per_month")
-    out["stats (local repository)"] = repository_stats(local)["monthly_cost"].get(PROVIDER, {}).get("usd_per_month")
+    out["stats (of the bucket)"] = on_remote.stats()["monthly_cost"].get(PROVIDER, {}).get("usd_per_month")
+    out["stats (local repository)"] = local.stats()["monthly_cost"].get(PROVIDER, {}).get("usd_per_month")
     dry = local.sync(remote, dry_run=True)
     out["sync --dry-run"] = dry.monthly_cost_after.get(PROVIDER, {}).get("usd_per_month")
-    status = service_status(local.settings, local.all_snapshots())
-    out["status"] = status.get("cost_estimate") or "shows no cost estimate"
-    view = status_view(local.settings, local.all_snapshots(), local.stored_bytes(), running_job=None)
-    out["dashboard (GET /api/status cost_estimate)"] = view["cost_estimate"]["providers"].get(PROVIDER, {}).get(
-        "usd_per_month")
+    stored = local.stored_bytes()
+    status = service_status(local.settings, local.all_snapshots(), stored_bytes=stored)
+    out["status"] = status["cost_estimate"]["providers"].get(PROVIDER, {}).get("usd_per_month")
+    view = status_view(local.settings, local.all_snapshots(), stored, running_job=None)
+    out["dashboard (GET /api/cloud/status cost_estimate)"] = view["cost_estimate"]["providers"].get(
+        PROVIDER, {}).get("usd_per_month")
     return out
 
 
@@ -227,8 +231,8 @@ def render(results: dict) -> str:
               f"**${b['total_usd']:.4f}**.",
               f"- The seed's scheme (a full compressed copy per backup, 30 kept): {s['seed_stored'] / GB:.2f} GB, "
               f"**${s['seed_bill']['total_usd']:.4f}** a month.",
-              "- casstore's own estimates (`sync` prices storage and the requests of the last 30 days' syncs; "
-              "`stats` and the dashboard price storage only): " + "; ".join(
+              "- casstore's own estimates (storage, and the requests of the last 30 days' syncs; `stats` of the "
+              "bucket prices its listed size): " + "; ".join(
                   f"{k} " + (f"${v:.4f} ({v / b['total_usd']:.2f}× the bill)" if isinstance(v, float) else str(v))
                   for k, v in results["estimates"].items()) + ".", ""]
     return "\n".join(lines)

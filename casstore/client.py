@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from casstore.errors import CasstoreError, RepositoryNotFound, SnapshotNotFound
 from casstore.format.config import RepoConfig
+from casstore.format.layout import is_local_repository
 from casstore.remotes.base import Remote
 from casstore.repo.core import RepoCore, SnapshotInfo, check_ref, for_reads, latest_of
 from casstore.repo.open import adopt_or_share, connect, new_config, open_as
@@ -153,9 +154,16 @@ class Repository(RepoCore):
 
     def stats(self) -> dict[str, Any]:
         from casstore.repo.stats import repository_stats  # lazy: start-up time
+        from casstore.sync.estimate import monthly_estimate
 
         with self.locked():
-            return repository_stats(self)
+            data = repository_stats(self)
+        if self.local_dir is not None:      # priced where its off-site copy goes (every provider: none yet)
+            data["monthly_cost"] = monthly_estimate(self.local_dir, self.settings.remote, data["stored_bytes"])
+        else:                               # a remote, listed just now; requests from this host's syncs to it
+            local = self.settings.repository if is_local_repository(self.settings.repository) else None
+            data["monthly_cost"] = monthly_estimate(local, self.location, data["stored_bytes"], measured=True)
+        return data
 
     # -- questions across snapshots (read/history.py, read/jsondiff.py, read/find.py) -----------
 

@@ -36,7 +36,9 @@ from casstore import _testing as testhooks
 from casstore.client import Repository
 from casstore.errors import CasstoreError, ConfigError
 from casstore.format import layout
+from casstore.format.blobset import BlobSet
 from casstore.format.config import RepoConfig
+from casstore.format.index import add_delta_bases
 from casstore.format.pack import KIND_TREE
 from casstore.format.walk import add_reachable
 from casstore.gc.run import GcAborted, LeaseHeld, LeaseLost, collect_garbage
@@ -556,15 +558,16 @@ def check_invariants(world: World, full: bool = True) -> list[str]:
 
 
 def _stored(repo: Repository) -> list[str]:
-    """The cheap invariant: every blob a snapshot reaches (its trees and chunks) has a location, in
+    """The cheap invariant: every blob a snapshot reaches (trees, chunks, delta bases) has a location, in
     an index listed now (withdrawn ones aside), in a pack listed now."""
     repo.load_index()
     packs = {layout.name_of(info.key) for info in repo.remote.list(layout.DATA_PREFIX)}
     problems = []
     for snapshot_id in repo.snapshot_ids():
-        reached: dict[tuple[int, bytes], None] = {}
+        reached = BlobSet()
         try:
             add_reachable(lambda i: repo.read_blob(KIND_TREE, i), repo.manifest(snapshot_id).tree, reached)
+            add_delta_bases(repo.index, reached)     # a delta chunk is readable only with its bases
         except CasstoreError as exc:
             problems.append(f"snapshot {snapshot_id[:12]}: a tree cannot be read: {exc}")
             continue

@@ -376,8 +376,13 @@ def test_a_sync_with_nothing_to_send_reports_the_same_cost_and_labels(tmp_path: 
     first = sync_to_remote(repo, remote, clock=clock)
     again = sync_to_remote(repo, remote, clock=clock)
     assert again.snapshots == [] and (again.source, again.destination) == (repo.location, remote.url)
-    assert first.monthly_cost_after == again.monthly_cost_after
-    assert first.monthly_cost_after["aws"]["usd_per_month"] > 0
+    for provider, row in first.monthly_cost_after.items():     # the same storage; this sync's requests added
+        after = again.monthly_cost_after[provider]
+        assert (after["label"], after["stored_bytes"]) == (row["label"], row["stored_bytes"])
+        assert after["storage_usd_per_month"] == row["storage_usd_per_month"]
+        requests = after["put_requests_per_month"] + after["get_requests_per_month"]
+        assert requests == row["put_requests_per_month"] + row["get_requests_per_month"] + again.requests
+    assert first.monthly_cost_after["aws"]["storage_usd_per_month"] > 0
 
 
 # -- restore -------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from datetime import datetime
 from urllib.parse import urlparse
 
 from casstore.compat import backup_meta
-from casstore.repo.pricing import NO_PRICE, PRICES_AS_OF, is_directory, monthly_storage_cost
 from casstore.service.status import service_status
 from casstore.settings import Settings
 
@@ -46,7 +45,7 @@ def backups_view(snapshots: list, limit: int) -> dict:
 
 
 def status_view(settings: Settings, snapshots: list, stored_bytes: int, *, running_job: dict | None) -> dict:
-    status = service_status(settings, snapshots)
+    status = service_status(settings, snapshots, stored_bytes=stored_bytes)
     schedule, sync = status["schedule"], status["sync"]
     latest = status["last_snapshot"]
     return {
@@ -69,9 +68,7 @@ def status_view(settings: Settings, snapshots: list, stored_bytes: int, *, runni
         "last_sync": sync,
         "last_run": status["last_run"],
         "running_job": running_job,
-        "cost_estimate": {"prices_as_of": PRICES_AS_OF, "stored_bytes": stored_bytes,
-                          "providers": monthly_storage_cost(stored_bytes, where=settings.remote),
-                          "note": NO_PRICE if settings.remote and is_directory(settings.remote) else None},
+        "cost_estimate": status["cost_estimate"],
         "repository": status["repository"],
         "source": settings.source,
     }

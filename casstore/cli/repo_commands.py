@@ -224,7 +224,8 @@ def _print_stats(d: dict) -> None:
     if not d["monthly_cost"]:
         click.echo(f"estimated monthly storage cost: {NO_PRICE}")
         return
-    click.echo("estimated monthly storage cost:")
+    click.echo("estimated monthly cost (storage, and the requests of this host's syncs in the last 30 days):")
     for row in d["monthly_cost"].values():
-        click.echo(f"  {row['label']:34} ${row['usd_per_month']:.4f}/month  "
-                   f"(${row['usd_per_gb_month']}/GB, prices as of {row['prices_as_of']})")
+        requests = row.get("put_requests_per_month", 0) + row.get("get_requests_per_month", 0)
+        click.echo(f"  {row['label']:34} ${row['usd_per_month']:.4f}/month  ({human(row['stored_bytes'])} at "
+                   f"${row['usd_per_gb_month']}/GB, {requests} requests; prices as of {row['prices_as_of']})")

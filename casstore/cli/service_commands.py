@@ -55,7 +55,8 @@ def status(ctx, repository, max_age, as_json):
     s = settings(ctx, repository)
     limit = parse_duration(max_age, what="--max-age") if max_age else None
     now = time.time()
-    doc = service_status(s, _snapshots(s), now=now)
+    snapshots, stored = _snapshots(s)
+    doc = service_status(s, snapshots, now=now, stored_bytes=stored)
     reasons = stale_reasons(doc, limit, now) if limit is not None else []
     doc["stale"] = reasons
     emit(as_json, doc, lambda: _print_status(doc, now))
@@ -65,11 +66,12 @@ def status(ctx, repository, max_age, as_json):
         sys.exit(1)
 
 
-def _snapshots(s) -> list:
+def _snapshots(s) -> tuple[list, int]:
+    """The local repository's snapshots and size (priced until a sync records the remote's)."""
     if not layout.is_local_repository(s.repository):
-        return []
+        return [], 0
     with open_repository(s, fallback_remote=False) as repo:
-        return repo.all_snapshots()
+        return repo.all_snapshots(), repo.stored_bytes()
 
 
 def _print_status(doc: dict, now: float) -> None:
@@ -91,7 +93,18 @@ def _print_status(doc: dict, now: float) -> None:
         if attempt and not attempt["ok"]:
             click.echo(f"                last attempt FAILED {_when(attempt['time'], now)}: "
                        + printable(attempt["error"]))
+    _print_cost(doc["cost_estimate"])
     _print_schedule(doc["schedule"], now)
+
+
+def _print_cost(cost: dict) -> None:
+    if not cost["providers"]:
+        click.echo(f"monthly cost:   {cost['note']}")
+        return
+    prices = ", ".join(f"{row['label'].split(' (')[0]} ${row['usd_per_month']:.4f}"
+                       for row in cost["providers"].values())
+    click.echo(f"monthly cost:   {prices} ({human(cost['stored_bytes'])} stored, {cost['requests_per_month']} "
+               f"requests in the last 30 days' syncs; prices as of {cost['prices_as_of']})")
 
 
 def _print_schedule(schedule: dict, now: float) -> None:

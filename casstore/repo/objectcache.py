@@ -262,7 +262,9 @@ class LocalCache:
             total -= entry.size
             evicted += 1
         with self._lock:
-            self._size = total
+            # `total` misses what other threads added since the scan: the next addition rescans
+            # rather than trust it (an undercount would let the cache grow past its limit for good)
+            self._size = None
         return evicted
 
 

@@ -36,7 +36,7 @@ def monthly_storage_cost(stored_bytes: int, where: str | None = None,
     for provider, (label, per_gb, per_1k_put, per_1k_get) in PRICES.items():
         storage = stored_bytes / GB * per_gb
         row = {"label": label, "usd_per_month": round(storage, 4), "usd_per_gb_month": per_gb,
-               "prices_as_of": PRICES_AS_OF}
+               "prices_as_of": PRICES_AS_OF, "stored_bytes": stored_bytes}
         if requests is not None:
             puts, gets = requests
             request_cost = puts / 1000 * per_1k_put + gets / 1000 * per_1k_get
@@ -57,9 +57,3 @@ def is_directory(url: str) -> bool:
     """A file:// URL or a plain path: storage no provider bills."""
     scheme = url.split("://", 1)[0] if "://" in url else "file"
     return scheme == "file"
-
-
-def priced_location(location: str, is_local: bool, configured_remote: str | None) -> str | None:
-    """What a repository's storage cost depends on: a remote's own URL; for the local repository,
-    where its off-site copy goes (the configured remote), or None (no remote: every provider)."""
-    return configured_remote if is_local else location

@@ -1,4 +1,5 @@
-"""stats: what the repository holds, what deduplication and compression saved, what it costs."""
+"""stats: what the repository holds, what deduplication and compression saved (its monthly cost
+is added by the caller: the estimate needs the sync record, sync/estimate.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from casstore.format.pack import KIND_DATA, KIND_TREE
 from casstore.format.tree import Entry, EntryType
 from casstore.format.walk import VisitBudget, load_tree_chain, walk_tree
 from casstore.repo.core import RepoCore, SnapshotInfo
-from casstore.repo.pricing import monthly_storage_cost, priced_location
 
 
 def repository_stats(repo: RepoCore) -> dict[str, Any]:
@@ -35,8 +35,6 @@ def repository_stats(repo: RepoCore) -> dict[str, Any]:
         "compression_ratio": round(unique_raw / unique_encoded, 2) if unique_encoded else None,
         "total_ratio": round(logical / (stored + metadata), 2) if stored else None,
         "per_source": per_top_level(repo, latest) if latest else {},
-        "monthly_cost": monthly_storage_cost(stored + metadata, priced_location(
-            repo.location, repo.local_dir is not None, repo.settings.remote)),
     }
 
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 import time
-from urllib.parse import urlparse
 
 from casstore.gc.retention import policy_from_settings
-from casstore.remotes.registry import prefix_of
 from casstore.repo.core import SnapshotInfo
+from casstore.repo.pricing import NO_PRICE, PRICES_AS_OF, is_directory
 from casstore.service.runs import RunLog, RunRecord, SchedulerState, scheduler_lock, state_dir
 from casstore.service.scheduler import expected_next_run, human_age
+from casstore.sync.estimate import monthly_estimate, normalized_remote_url
 from casstore.sync.state import SyncState
 
 
@@ -22,16 +22,6 @@ def snapshot_brief(info: SnapshotInfo) -> dict:
     return {"id": info.id, "short_id": info.short_id, "time": m.time.isoformat(), "timestamp": m.time_ns / 1e9,
             "host": m.host, "files": m.summary.get("files_total", 0), "bytes_total": m.summary.get("bytes_total", 0),
             "incomplete": m.incomplete}
-
-
-def normalized_remote_url(url: str) -> str:
-    """The URL a remote calls itself (what SyncState is keyed by), without opening it."""
-    parsed = urlparse(url)
-    if parsed.scheme in ("", "file"):
-        return f"file://{os.path.abspath(parsed.path if parsed.scheme else url)}"
-    if parsed.scheme == "memory":
-        return f"memory://{parsed.netloc}"
-    return f"{parsed.scheme}://{parsed.netloc}/{prefix_of(parsed.path)}"
 
 
 def sync_summary(settings, runs: list[RunRecord], snapshots) -> dict:
@@ -78,8 +68,9 @@ def retention_summary(settings) -> str:
     return f"{policy.describe()} of this host's snapshots ({where})"
 
 
-def service_status(settings, snapshots, *, now: float | None = None) -> dict:
-    """Everything `status` shows. `snapshots`: the repository's snapshots, newest first."""
+def service_status(settings, snapshots, *, now: float | None = None, stored_bytes: int = 0) -> dict:
+    """Everything `status` shows. `snapshots`: the repository's snapshots, newest first;
+    `stored_bytes`: the local repository's size (priced until a sync records the remote's)."""
     now = time.time() if now is None else now
     runs = RunLog(settings.repository).records(limit=200)
     good = next((s for s in snapshots if not s.manifest.incomplete), None)
@@ -92,7 +83,17 @@ def service_status(settings, snapshots, *, now: float | None = None) -> dict:
         "sync": sync_summary(settings, runs, snapshots),
         "schedule": schedule_summary(settings, runs, now),
         "last_run": runs[0].as_dict() if runs else None,
+        "cost_estimate": cost_summary(settings, stored_bytes, now),
     }
+
+
+def cost_summary(settings, stored_bytes: int, now: float) -> dict:
+    """The monthly estimate (storage and the requests of the last 30 days' syncs), dated."""
+    rows = monthly_estimate(settings.repository, settings.remote, stored_bytes, now=now)
+    priced = next(iter(rows.values()), {})
+    return {"prices_as_of": PRICES_AS_OF, "providers": rows, "stored_bytes": priced.get("stored_bytes", stored_bytes),
+            "requests_per_month": priced.get("put_requests_per_month", 0) + priced.get("get_requests_per_month", 0),
+            "note": NO_PRICE if settings.remote and is_directory(settings.remote) else None}
 
 
 def stale_reasons(status: dict, max_age: float, now: float) -> list[str]:

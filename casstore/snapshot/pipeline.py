@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from casstore.format import codec
 from casstore.format.pack import KIND_DATA
+from casstore.fsio.heap import trim_heap
 from casstore.repo.blobstore import BlobStore
 
 Prepared = tuple[bytes, codec.Encoded | None, int]  # id, encoded (None if already stored), raw length
@@ -50,9 +51,12 @@ class ChunkPipeline:
         return self._delta_pool.submit(self._prepare_delta, data, blob_id, hint).result()
 
     def _prepare_delta(self, data: bytes | memoryview, blob_id: bytes, hint: bytes) -> Prepared:
-        base = self.store.delta_base(hint, blob_id)
-        return blob_id, codec.encode_verified(data, self.store.level, blob_id, self.store.sealer, KIND_DATA,
-                                              base=base), len(data)
+        try:
+            base = self.store.delta_base(hint, blob_id)
+            return blob_id, codec.encode_verified(data, self.store.level, blob_id, self.store.sealer, KIND_DATA,
+                                                  base=base), len(data)
+        finally:
+            trim_heap()      # its zstd working memory, freed, would otherwise stay in RSS
 
     def prepare(self, data: bytes | memoryview) -> Prepared:
         """Hash, and unless already stored compress and verify, one chunk (on the calling thread)."""

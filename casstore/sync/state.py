@@ -36,6 +36,11 @@ class SyncState:
         # [time, PUT/LIST-class, GET/HEAD-class] of each sync in the last REQUEST_WINDOW (for cost estimates)
         self.requests: list[list] = [r for r in doc.get("requests", []) if isinstance(r, list) and len(r) == 3]
 
+    @property
+    def recorded(self) -> bool:
+        """Whether a sync with this remote has been recorded here."""
+        return os.path.exists(self._path)
+
     def save(self) -> None:
         body = msgpack.packb({"synced": sorted(self.synced), "pending": sorted(self.pending),
                               "last_sync": self.last_sync, "requests": self.requests})

@@ -26,10 +26,11 @@ from casstore.remotes.base import Remote
 from casstore.remotes.wrappers import CountingRemote
 from casstore.repo.core import RepoCore
 from casstore.repo.open import connect, open_as
-from casstore.repo.pricing import monthly_storage_cost, request_classes
+from casstore.repo.pricing import request_classes
 from casstore.settings import Settings
 from casstore.sync.ahead import ListingsAhead
 from casstore.sync.copier import Copier, boottime
+from casstore.sync.estimate import priced_with_history
 from casstore.sync.state import SyncState
 
 log = logging.getLogger(__name__)
@@ -188,8 +189,7 @@ def _finish(report: SyncReport, counting, started: float, stored_bytes: int, sta
     if not report.dry_run:
         state.record_requests(now, *request_classes(counting.counts))
         state.save()
-    report.monthly_cost_after = monthly_storage_cost(stored_bytes, where=report.destination,
-                                                     requests=state.requests_last_month(now))
+    report.monthly_cost_after = priced_with_history(stored_bytes, report.destination, state, now)
     return report
 
 
