@@ -135,6 +135,17 @@ def test_a_stretch_with_no_cut_point_is_cut_at_exactly_the_configured_max_size(t
         assert [len(p) for p in pieces[:-1]] == [max_size] * (len(pieces) - 1)
 
 
+def test_the_chunker_is_rebuilt_from_its_recorded_params_and_an_unknown_one_is_refused():
+    from casstore.errors import FormatError
+
+    for chunker in (FastCDCChunker(16 * KiB, 64 * KiB, 512 * KiB, seed=SEED), FixedChunker(1000)):
+        rebuilt = chunker_from_params(chunker.params())
+        assert type(rebuilt) is type(chunker) and rebuilt.params() == chunker.params()
+    for algorithm in ("rabin", None):
+        with pytest.raises(FormatError, match=f"unknown chunker algorithm {algorithm!r}"):
+            chunker_from_params({"algorithm": algorithm, "size": 1000})
+
+
 def test_fixed_chunker(tmp_path):
     data = bytes(range(256)) * 100
     assert [bytes(p) for p in FixedChunker(1000).chunks(io.BytesIO(data))] == _fd_cuts(FixedChunker(1000), data,
