@@ -386,3 +386,16 @@ def test_two_data_packs_swapped_under_each_others_names_restore_nothing_wrong(sn
     for name, data in file_contents(out).items():
         assert data == source[name], f"{name} restored with other bytes"
     assert run("--repo", repo_dir, "check", "--read-data", "--json", expect=None).returncode != 0
+
+
+def test_an_encrypted_repository_stores_no_delta_blob(tmp_path):
+    """Delta blobs (issue 17) are for plain repositories: a changed file is sealed whole, as before."""
+    repo = encrypted_repo(tmp_path / "repo")
+    assert repo.config.delta_chain == 0 and "delta" not in repo.config.compression
+    source = make_source(tmp_path / "data")
+    repo.snapshot(str(source))
+    doc = source / "models" / "weights-of-the-model.json"
+    doc.write_text(doc.read_text().replace("0.5,", "0.75,", 3))
+    repo.snapshot(str(source))
+    assert not repo.load_index().delta_keys()
+    assert repo.check(read_data=True).ok

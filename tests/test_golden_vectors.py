@@ -221,6 +221,53 @@ def test_every_page_of_a_long_directory_stays_within_the_page_limit() -> None:
     assert all(len(msgpack.packb(p["entries"])) <= MAX_TREE_BYTES for p in pages)
 
 
+# -- delta blobs (tag 0x04, issue 17) ----------------------------------------------------------
+
+DELTA_BASE_ID = "bd481c86fb9f4b2e412856e099b86763e8de7ed4110e7496ddbd46b9e8de7de8"
+DELTA_ID = "b19698854a02befa6437f52408a3580ade3f7dba39656982fb8400641595d6f7"
+DELTA_PACK_ID = "21b8e44ea3876192904db1ceafd9629e56edc7a4b395d5a929e62f15e1d34235"
+DELTA_INDEX_ID = "8d96d1510f8f0aead4aa545058b48d6b19727d2a5787eb9381857469fcc7f77a"
+
+
+def test_delta_config_vector() -> None:
+    body = _vector("config-delta.bin")
+    config = RepoConfig.decode(body)
+    assert config.compression == {"algorithm": "zstd", "level": 3, "delta": 8} and config.delta_chain == 8
+    assert RepoConfig.decode(_vector("config.bin")).delta_chain == 0     # made before delta blobs: none written
+
+
+def test_delta_pack_vector(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.golden.make_vectors import DELTA_BASE, DELTA_BLOB
+
+    pack = _vector("pack-delta.bin")
+    assert blake3.blake3(pack).hexdigest() == DELTA_PACK_ID
+    (header_length,) = struct.unpack("<I", pack[-4:])
+    header = msgpack.unpackb(pack[-4 - header_length:-4])
+    assert header["blobs"][1][5] == bytes.fromhex(DELTA_BASE_ID) and len(header["blobs"][0]) == 5
+    entries = parse_header(pack, MAX_RAW)
+    assert [(e.id.hex(), e.offset, e.length, e.raw_length, e.base and e.base.hex()) for e in entries] == [
+        (DELTA_BASE_ID, 5, 1062, 2048, None),
+        (DELTA_ID, 1067, 56, 2048, DELTA_BASE_ID),
+    ]
+    whole, delta_env = (pack[e.offset:e.offset + e.length] for e in entries)
+    assert delta_env[0] == 0x04 and delta_env[1:33] == bytes.fromhex(DELTA_BASE_ID)
+    base = codec.decode_verified(whole, 2048, bytes.fromhex(DELTA_BASE_ID))
+    assert base == DELTA_BASE
+    assert codec.decode_verified(delta_env, 2048, bytes.fromhex(DELTA_ID), base=base) == DELTA_BLOB
+    builder = PackBuilder(KIND_DATA)
+    for e in entries:
+        builder.add(e.id, pack[e.offset:e.offset + e.length], e.raw_length)
+    monkeypatch.setattr(os, "urandom", lambda n: NONCE[:n])
+    assert builder.finish() == (DELTA_PACK_ID, pack)
+
+
+def test_delta_index_vector() -> None:
+    index = decode_index(DELTA_INDEX_ID, _vector("index-delta.bin"), MAX_RAW)
+    (entries,) = index.packs.values()
+    assert [e.base and e.base.hex() for e in entries] == [None, DELTA_BASE_ID]
+    assert index.encode() == (DELTA_INDEX_ID, _vector("index-delta.bin"))
+
+
 # -- the encrypted format ------------------------------------------------------------------------
 
 def _golden_key():

@@ -142,3 +142,22 @@ def test_lookups_on_worker_threads_while_packs_are_added_see_every_pack_added_be
         sys.setswitchinterval(interval)
     assert failures == []
     assert len(index) == 300 * 50
+
+
+def test_dropping_a_few_packs_and_dropping_many_give_what_a_fresh_index_of_the_rest_gives() -> None:
+    # a few packs are found by scanning for their numbers, many by a pass over every record
+    rng = random.Random(41)
+    packs = {pack_name(n): [entry(rng.randbytes(32), i * 10) for i in range(200)] for n in range(60)}
+    shared = rng.randbytes(32)
+    for n in range(0, 60, 3):                  # one blob in every third pack too
+        packs[pack_name(n)].append(entry(shared, 5000))
+    for gone in ({pack_name(n) for n in (1, 2, 30)}, {pack_name(n) for n in range(40)}):
+        index, expected = MasterIndex(), MasterIndex()
+        for pack_id, entries in packs.items():
+            index.add_pack(pack_id, entries)
+            if pack_id not in gone:
+                expected.add_pack(pack_id, entries)
+        len(index)                             # settled: the drop works on the table, not the tails
+        index.drop_packs(gone)
+        assert list(index.blobs()) == list(expected.blobs()) and len(index) == len(expected)
+        assert index.all_pack_ids() == set(packs) - gone

@@ -71,6 +71,7 @@ def test_damaged_cache_entries_are_evicted_and_fetched_again(memory_remote, tmp_
     assert {e.kind for e in entries} == {"index", "snapshots", "blobs"}
     for entry in entries:        # a disk error, or bytes an earlier version cached unverified
         flip_byte_in_file(entry.path, offset=min(entry.size - 1, 7))
+    flip_byte_in_file(first.table_cache.path, offset=100)   # the saved index table too: rebuilt from the objects
 
     counting = CountingRemote(memory_remote)
     again = remote_repo(counting, tmp_path / "cache")   # the same machine: the same cache folder
@@ -237,6 +238,7 @@ def test_stats_reads_through_verified_copies(memory_remote, tmp_path):
     assert {e.kind for e in metadata} == {"index", "snapshots"}
     for entry in metadata:
         flip_byte_in_file(entry.path, offset=3)
+    flip_byte_in_file(first.table_cache.path, offset=100)   # else the saved index table spares the objects
     again = remote_repo(memory_remote, tmp_path / "cache")
     assert again.stats() == expected       # damaged copies evicted and read again, not skipped
     assert_cache_sound(again)

@@ -38,6 +38,7 @@ def world(tmp_path):
     (tmp_path / "box").mkdir()
     target = tmp_path / "box" / "target"
     repo = init_repo(tmp_path / "repo")
+    repo.load_index()   # casstore's own cache folder (the saved index table) exists before any guard
     return repo, outside, target
 
 

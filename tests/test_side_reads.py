@@ -63,11 +63,11 @@ def test_a_failure_while_a_side_read_runs_commits_nothing_and_stops_it(changed_p
     real = ChunkPipeline._prepare
     calls = []
 
-    def failing(self, data):
+    def failing(self, data, *rest):
         calls.append(1)
         if len(calls) == 3:
             raise IntegrityError("injected: a chunk does not survive its encoding")
-        return real(self, data)
+        return real(self, data, *rest)
 
     monkeypatch.setattr(ChunkPipeline, "_prepare", failing)
     with pytest.raises(IntegrityError):

@@ -65,18 +65,13 @@ def show(ctx, snapshot_id, path, repository, remote, recursive, host, all_hosts,
     """Show a snapshot's summary and list its files (PATH: a directory inside it)."""
     with open_repo(ctx, repository, remote=remote) as repo:
         snap = repo.get(snapshot_id, host=host, all_hosts=all_hosts)
-        rows = list(snap.walk(path)) if recursive else _children(snap, path)
+        rows = list(snap.walk(path)) if recursive else snap.children(path)   # one level reads the path's trees only
         payload = {**snap.info.as_dict(), "entries": [_row(r) for r in rows]}
         emit(as_json, payload, lambda: _print_show(snap, rows))
 
 
 ls = click.Command("ls", callback=show.callback, params=show.params, help="Alias of `show`.",
                    short_help="Alias of `show`.")
-
-
-def _children(snap, path: str) -> list:
-    prefix = path.strip("/")
-    return [info for info in snap.walk(path) if info.path.count("/") == (prefix.count("/") + 1 if prefix else 0)]
 
 
 def _row(info) -> dict:

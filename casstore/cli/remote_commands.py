@@ -89,4 +89,5 @@ def _print_report(r, verb: str) -> None:
     elif r.monthly_cost_after:
         costs = ", ".join(f"{row['label'].split(' (')[0]} ${row['usd_per_month']:.4f}"
                           for row in r.monthly_cost_after.values())
-        click.echo(f"  estimated monthly storage cost after: {costs}")
+        click.echo(f"  estimated monthly cost after (storage, and the requests of this host's syncs in the "
+                   f"last 30 days): {costs}")

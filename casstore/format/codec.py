@@ -6,6 +6,8 @@ The tag makes stored bytes describe themselves (a registry keyed by one byte, as
     0x01  zstd      payload is one zstd frame of the plaintext
     0x02  sealed raw   nonce | AES-256-GCM(raw plaintext) | tag   (encrypted repositories)
     0x03  sealed zstd  nonce | AES-256-GCM(zstd frame) | tag
+    0x04  delta        base id (32 bytes) | one zstd frame with the base's plaintext as a raw-content
+                       dictionary (format/delta.py; plain repositories only): decoding needs the base
 
 An encrypted repository (format/crypto.py) seals every blob after compressing it, with the blob's
 kind, keyed id and tag bound as associated data; its blob ids are keyed BLAKE3. Every function
@@ -25,6 +27,7 @@ import blake3
 import zstandard
 
 from casstore.errors import DowngradeError, FormatError, IntegrityError
+from casstore.format import delta
 from casstore.format.crypto import KIND_DATA_BLOB, Sealer
 
 TAG_RAW = 0x00
@@ -93,13 +96,14 @@ def encode(data: bytes | memoryview, level: int) -> bytes:
 
 
 def decode(encoded: bytes | memoryview, raw_length: int, sealer: Sealer | None = None, kind: int = 0,
-           expected_id: bytes = b"") -> bytes:
-    """Undo `encode` (and the seal), refusing to produce anything but exactly `raw_length` bytes."""
+           expected_id: bytes = b"", *, base: bytes | memoryview | None = None) -> bytes:
+    """Undo `encode` (and the seal), refusing to produce anything but exactly `raw_length` bytes.
+    A delta blob needs its base's plaintext (`base`; the base id is `delta.base_of(encoded)`)."""
     if not encoded:
         raise FormatError("empty blob envelope")
     view = memoryview(encoded)
     tag, payload = _unsealed(view, sealer, kind, expected_id)
-    return bytes(_plaintext(tag, payload, raw_length))
+    return bytes(_plaintext(tag, payload, raw_length, base))
 
 
 def is_sealed(encoded: bytes | memoryview) -> bool:
@@ -122,10 +126,15 @@ def _unsealed(view: memoryview, sealer: Sealer | None, kind: int, expected_id: b
     return tag & ~TAG_SEALED, sealer.open(KIND_DATA_BLOB + kind, _blob_ad_name(expected_id, tag), view[1:], what)
 
 
-def _plaintext(tag: int, payload: bytes | memoryview, raw_length: int) -> bytes | memoryview:
+def _plaintext(tag: int, payload: bytes | memoryview, raw_length: int,
+               base: bytes | memoryview | None = None) -> bytes | memoryview:
     """The decoded payload; a raw payload is returned as it is, not copied."""
     if _check_tag(tag) == TAG_RAW:
         data = payload
+    elif tag == delta.TAG_DELTA:
+        if base is None:
+            raise FormatError("a delta blob cannot be decoded without its base")
+        data = delta.decode_payload(payload, raw_length, base)
     else:
         _check_declared_size(payload, raw_length)
         try:
@@ -165,7 +174,7 @@ def _plaintext_id(tag: int, payload: bytes | memoryview, raw_length: int, sealer
 
 
 def _check_tag(tag: int) -> int:
-    if tag in (TAG_RAW, TAG_ZSTD):
+    if tag in (TAG_RAW, TAG_ZSTD, delta.TAG_DELTA):
         return tag
     if tag in _SEALED_TAGS:
         raise DowngradeError("an encrypted blob in a repository whose config says it is not encrypted: "
@@ -192,19 +201,29 @@ def _verify_buffer() -> memoryview:
 
 
 def decode_verified(encoded: bytes | memoryview, raw_length: int, expected_id: bytes,
-                    sealer: Sealer | None = None, kind: int = 0) -> bytes:
+                    sealer: Sealer | None = None, kind: int = 0, *, base: bytes | memoryview | None = None) -> bytes:
     """Decode (opening the seal) and check the plaintext hashes to `expected_id`."""
-    data = decode(encoded, raw_length, sealer, kind, expected_id)
+    data = decode(encoded, raw_length, sealer, kind, expected_id, base=base)
     if blob_id(data, sealer) != expected_id:
         raise IntegrityError(f"blob {expected_id.hex()[:16]} does not match its id")
     return data
 
 
 def encode_verified(data: bytes | memoryview, level: int, expected_id: bytes,
-                    sealer: Sealer | None = None, kind: int = 0) -> Encoded:
+                    sealer: Sealer | None = None, kind: int = 0, *,
+                    base: tuple[bytes, bytes | memoryview] | None = None) -> Encoded:
     """Encode, then decode the result and re-hash it before it may leave the process (design 5.5);
-    in an encrypted repository the verified envelope is then sealed (tag | nonce, ciphertext)."""
+    in an encrypted repository the verified envelope is then sealed (tag | nonce, ciphertext).
+
+    With `base` (its id and plaintext; plain repositories only), a delta against it is kept when
+    it is smaller."""
     tag, payload = encode_parts(data, level)
+    if base is not None and sealer is None and level > 0:
+        delta_tag, frame = delta.encode_parts(data, level, *base)
+        if len(delta_tag) + len(frame) < len(tag) + len(payload):
+            if blob_id(delta.decode_frame(frame, len(data), base[1])) != expected_id:
+                raise IntegrityError(f"blob {expected_id.hex()[:16]} does not survive its own delta encoding")
+            return delta_tag, frame
     if _plaintext_id(tag[0], payload, len(data), sealer) != expected_id:
         raise IntegrityError(f"blob {expected_id.hex()[:16]} does not survive its own encoding")
     if sealer is None:

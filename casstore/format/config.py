@@ -28,6 +28,10 @@ KiB, MiB = 1024, 1024 * 1024
 DEFAULT_CHUNK_SIZES = {"min_size": 256 * KiB, "avg_size": 1 * MiB, "max_size": 8 * MiB}
 DEFAULT_PACK_SIZE = 16 * MiB
 DEFAULT_COMPRESSION_LEVEL = 3
+#: deltas in a row before a whole blob, in a new repository (format/delta.py; absent in a repository
+#: made before delta blobs, where none are written, so older casstore versions keep reading it)
+DEFAULT_DELTA_CHAIN = 8
+MAX_DELTA_CHAIN = 64
 #: the grace period of a repository whose config predates the setting (design 9)
 DEFAULT_GRACE_SECONDS = 24 * 3600
 #: the shortest grace period a repository may be created with: a writer checkpoints every quarter
@@ -58,7 +62,8 @@ class RepoConfig:
     @classmethod
     def new(cls, *, min_size: int | None = None, avg_size: int | None = None, max_size: int | None = None,
             pack_size: int = DEFAULT_PACK_SIZE, compression_level: int = DEFAULT_COMPRESSION_LEVEL,
-            grace_seconds: float = DEFAULT_GRACE_SECONDS, keys: MasterKey | None = None) -> RepoConfig:
+            grace_seconds: float = DEFAULT_GRACE_SECONDS, keys: MasterKey | None = None,
+            delta_chain: int = DEFAULT_DELTA_CHAIN) -> RepoConfig:
         avg = avg_size or DEFAULT_CHUNK_SIZES["avg_size"]
         lo = min_size or (DEFAULT_CHUNK_SIZES["min_size"] if avg_size is None else max(64, avg // 4))
         hi = max_size or (DEFAULT_CHUNK_SIZES["max_size"] if avg_size is None else min(16 * MiB, avg * 8))
@@ -71,8 +76,16 @@ class RepoConfig:
             raise ConfigError(f"a grace period shorter than {MIN_GRACE_SECONDS} s is not safe for writers")
         encryption = None if keys is None else {"scheme": SCHEME, "domain": keys.domain.hex()}
         return cls(id=os.urandom(16).hex(), chunker=chunker.params(), pack_size=pack_size,
-                   compression={"algorithm": "zstd", "level": compression_level}, grace_seconds=int(grace_seconds),
-                   encryption=encryption, keys=keys)
+                   compression={"algorithm": "zstd", "level": compression_level,
+                                # no deltas in an encrypted repository (not designed for sealed blobs yet)
+                                **({"delta": delta_chain} if delta_chain and keys is None else {})},
+                   grace_seconds=int(grace_seconds), encryption=encryption, keys=keys)
+
+    @property
+    def delta_chain(self) -> int:
+        """Deltas in a row before a whole blob; 0 (a repository made before delta blobs, or an
+        encrypted one): none written."""
+        return 0 if self.encryption is not None else int(self.compression.get("delta", 0))
 
     @property
     def encrypted(self) -> bool:
@@ -222,6 +235,9 @@ def _check_rest(config: RepoConfig) -> None:
     if not isinstance(compression, dict) or compression.get("algorithm") != "zstd" \
             or not isinstance(compression.get("level"), int):
         raise FormatError(f"unknown compression in repository config: {compression!r}")
+    chain = compression.get("delta", 0)
+    if not isinstance(chain, int) or not 0 <= chain <= MAX_DELTA_CHAIN:
+        raise FormatError(f"delta chain bound {chain!r} is outside the format's range (0 to {MAX_DELTA_CHAIN})")
     if config.encryption is not None and set(config.encryption) != {"scheme", "domain"}:
         raise FormatError("bad encryption field in repository config")
     if not isinstance(config.id, str) or len(config.id) != 32:

@@ -4,7 +4,7 @@ An index object is msgpack:
 
     {"version": 1,
      "origin": {"kind": "writer" | "checkpoint" | "gc", "host": str, "session": str},
-     "packs": [[pack id (hex str), [[kind, blob id, offset, length, raw length], ...]], ...],
+     "packs": [[pack id (hex str), [[kind, blob id, offset, length, raw length(, base id)], ...]], ...],
      "supersedes": [index id, ...],          # only for gc's consolidated indexes
      "retracts": [index id, ...]}            # only when a writer withdraws an index of its own
 
@@ -16,25 +16,28 @@ indexes, and gc deletes them.
 It is stored as `index/<BLAKE3 of the stored bytes>` (sealed first in an encrypted
 repository). In memory, `MasterIndex` keeps every location of
 every blob, keyed by (kind, id) so a chunk equal to a tree blob cannot be confused with it, as
-fixed-size records (about 47 bytes a blob, not Python objects).
+fixed-size records (46 bytes a blob, not Python objects; see `_BlobTable`).
 """
 
 from __future__ import annotations
 
+import io
 import struct
+import sys
 import threading
 from array import array
-from bisect import bisect_left
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO, NamedTuple
 
 import blake3
 import msgpack
 
 from casstore.errors import FormatError, IntegrityError
+from casstore.format.blobset import BlobSet
 from casstore.format.crypto import KIND_INDEX, Sealer, seal_if, unseal_if
-from casstore.format.pack import KINDS, BlobEntry
+from casstore.format.pack import BlobEntry, entry_fields
 
 INDEX_VERSION = 1
 ORIGINS = ("writer", "checkpoint", "gc")
@@ -42,12 +45,14 @@ ORIGINS = ("writer", "checkpoint", "gc")
 BlobKey = tuple[int, bytes]
 
 
-@dataclass(frozen=True, slots=True)
-class Location:
+class Location(NamedTuple):
+    """Where one copy of a blob lies (a tuple: built per lookup, so it must be cheap to make)."""
+
     pack_id: str
     offset: int
     length: int
     raw_length: int
+    base: bytes | None = None      # a delta blob's base (format/delta.py)
 
 
 @dataclass
@@ -105,12 +110,24 @@ def _hex_id(value: object) -> str:
 
 
 def _entry(item: list[Any], max_raw_length: int) -> BlobEntry:
-    kind, blob_id, offset, length, raw_length = item
-    if kind not in KINDS or not isinstance(blob_id, bytes) or len(blob_id) != 32:
-        raise ValueError("bad blob kind or id")
-    if not all(isinstance(n, int) and n >= 0 for n in (offset, length, raw_length)) or raw_length > max_raw_length:
+    entry = entry_fields(item)
+    bounds = (entry.offset, entry.length, entry.raw_length)
+    if not all(isinstance(n, int) and n >= 0 for n in bounds) or entry.raw_length > max_raw_length:
         raise ValueError("bad blob bounds")
-    return BlobEntry(kind, blob_id, offset, length, raw_length)
+    return entry
+
+
+def add_delta_bases(index: MasterIndex, reached: BlobSet) -> None:
+    """Add to `reached` the base of every delta copy of a blob in it, and theirs: a blob is
+    readable only with its chain, so gc keeps bases live and sync carries them (after the blobs
+    that need them, in an ordered set). Deltas are few (`delta_keys`), so they are what is scanned."""
+    deltas = index.delta_keys()
+    todo = sorted(key for key in deltas if key in reached) if deltas else []
+    while todo:
+        kind, blob_id = todo.pop()
+        for base in sorted(index.delta_bases(kind, blob_id)):
+            if reached.add(kind, base):
+                todo.append((kind, base))
 
 
 class MasterIndex:
@@ -119,7 +136,8 @@ class MasterIndex:
     `condemned` holds packs that a gc plan condemns: a blob whose only copies are there counts as
     missing for writers (design 9), so it is uploaded again rather than relied on.
 
-    Storage is a table of fixed 47-byte records in sorted runs, not Python objects (issue 14): see `_BlobTable`.
+    Storage is a table of fixed 46-byte records, not Python objects (issue 14): see `_BlobTable`.
+    `write_image` / `read_image` save and restore it whole (the local index table cache).
     """
 
     def __init__(self) -> None:
@@ -128,6 +146,8 @@ class MasterIndex:
         self.index_origins: dict[str, dict[str, Any]] = {}
         self.retracted: set[str] = set()   # ids that a loaded index retracts
         self.condemned: set[str] = set()
+        self._loose: set[str] = set()      # packs added by a writer that no loaded index lists yet
+        self._diverged = False             # packs some loaded index lists were dropped
 
     def clear(self) -> None:
         """Forget everything (the index objects behind it changed); `condemned` is reloaded separately."""
@@ -135,6 +155,8 @@ class MasterIndex:
         self.index_packs.clear()
         self.index_origins.clear()
         self.retracted.clear()
+        self._loose.clear()
+        self._diverged = False
 
     def add_object(self, index_id: str, index: IndexObject) -> None:
         if index_id in self.index_packs:
@@ -142,15 +164,34 @@ class MasterIndex:
         self.index_packs[index_id] = set(index.packs)
         self.index_origins[index_id] = index.origin
         self.retracted.update(index.retracts)
+        self._loose -= index.packs.keys()
         for pack_id, entries in index.packs.items():
-            self.add_pack(pack_id, entries)
+            self._table.add(pack_id, entries)
+
+    def remove_objects(self, index_ids: set[str]) -> None:
+        """Forget these index objects (gone or retracted); packs no remaining one lists are dropped."""
+        gone = {pack for index_id in index_ids for pack in self.index_packs.pop(index_id, ())}
+        for index_id in index_ids:
+            self.index_origins.pop(index_id, None)
+        still = {pack for packs in self.index_packs.values() for pack in packs}
+        self._table.drop(gone - still - self._loose)
 
     def add_pack(self, pack_id: str, entries: Iterable[BlobEntry]) -> None:
+        """A pack a writer uploaded, before (or without) an index object that lists it."""
+        self._loose.add(pack_id)
         self._table.add(pack_id, entries)
 
     def drop_packs(self, pack_ids: set[str]) -> None:
         """Forget every location in these packs (they are gone)."""
+        if pack_ids - self._loose:
+            self._diverged = True
+        self._loose -= pack_ids
         self._table.drop(pack_ids)
+
+    @property
+    def from_objects_only(self) -> bool:
+        """True when the table holds exactly what its loaded index objects list (then it may be cached)."""
+        return not self._loose and not self._diverged
 
     def locations(self, kind: int, blob_id: bytes) -> list[Location]:
         return self._table.find(kind, blob_id)
@@ -164,50 +205,195 @@ class MasterIndex:
     def all_pack_ids(self) -> set[str]:
         return self._table.pack_ids()
 
+    def delta_keys(self) -> set[BlobKey]:
+        """Every blob with a delta copy somewhere (they all live in the table's small `_wide` part)."""
+        return self._table.delta_keys()
+
+    def delta_bases(self, kind: int, blob_id: bytes) -> set[bytes]:
+        """The bases of the blob's delta copies (empty for a blob stored whole everywhere)."""
+        return {loc.base for loc in self.locations(kind, blob_id) if loc.base is not None}
+
+    def delta_depth(self, kind: int, blob_id: bytes, limit: int) -> int:
+        """Deltas to decode before the blob's shortest chain reaches a whole blob (0: stored whole),
+        or `limit` when that is `limit` or more, or a base is in no index."""
+        frontier, depth = {blob_id}, 0
+        while depth < limit:
+            bases: set[bytes] = set()
+            for one in frontier:
+                locations = self.locations(kind, one)
+                if any(loc.base is None for loc in locations):
+                    return depth
+                bases |= {loc.base for loc in locations if loc.base is not None}
+            if not bases:
+                return limit
+            frontier, depth = bases, depth + 1
+        return limit
+
     def blobs(self) -> Iterator[tuple[BlobKey, list[Location]]]:
         return self._table.items()
 
     def __len__(self) -> int:
         return len(self._table)
 
+    def untouched(self) -> bool:
+        """True when nothing was ever added since it was made or cleared (no settle needed to say so)."""
+        return not self.index_packs and self._table.untouched()
 
-# One record: blob id without its first byte (the bucket implies it), kind << 24 | pack number,
-# offset, length, raw length; big-endian so that bytes order is (id, kind, pack, offset) order and
-# all locations of one (kind, id) lie side by side.
-_RECORD = struct.Struct(">31sIIII")
-_SIZE = _RECORD.size                   # 47
-_KEY = 32                              # id[1:] + kind byte
-_BUCKET_BITS = 14                      # 16,384 buckets: ~610 records each at 10M blobs, 0.7 MB when all used
+    # -- saving and restoring the whole table ------------------------------------------------
+
+    def write_image(self, out: BinaryIO) -> None:
+        """Write the table and what it was built from (index ids, origins, retractions), ending in
+        a BLAKE3 digest of everything before it, for `read_image`."""
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        fps, rests, starts, counts, packs, wide = self._table.image()
+        numbers = {pack_id: n for n, pack_id in enumerate(packs)}
+        header = msgpack.packb({
+            "indexes": [[index_id, self.index_origins.get(index_id, {}), sorted(numbers[p] for p in pack_ids)]
+                        for index_id, pack_ids in self.index_packs.items()],
+            "retracted": sorted(self.retracted), "packs": packs, "records": len(fps) // _FP,
+            "distinct": self._table.distinct, "counts": _le(counts), "wide": wide})
+        for piece in (_IMAGE_MAGIC, len(header).to_bytes(8, "little"), header, _le(starts), fps, rests):
+            hasher.update(piece)
+            out.write(piece)
+        out.write(hasher.digest())
+
+    def read_image(self, src: io.BufferedIOBase) -> None:
+        """Replace everything but `condemned` with an image `write_image` wrote; FormatError when
+        it is not one, or its digest does not match (then nothing is replaced)."""
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+
+        def take(n: int) -> bytearray:
+            piece = bytearray(n)
+            if src.readinto(piece) != n:
+                raise FormatError("index table image is truncated")
+            hasher.update(piece)
+            return piece
+
+        try:
+            if take(len(_IMAGE_MAGIC)) != _IMAGE_MAGIC:
+                raise FormatError("not an index table image")
+            doc = msgpack.unpackb(take(int.from_bytes(take(8), "little")))
+            starts = _from_le("I", take(4 * (_BUCKETS + 1)))
+            fps, rests = take(doc["records"] * _FP), take(doc["records"] * _REST)
+            if src.read(33) != hasher.digest():     # 33: trailing bytes count as a mismatch too
+                raise FormatError("index table image does not match its digest")
+            loaded = _BlobTable.from_image(fps, rests, starts, _from_le("Q", doc["counts"]), doc["packs"],
+                                           doc["distinct"], doc["wide"])
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+            raise FormatError(f"corrupt index table image: {exc}") from exc
+        self.clear()
+        self._table = loaded
+        for index_id, origin, numbers in doc["indexes"]:
+            self.index_packs[index_id] = {doc["packs"][n] for n in numbers}
+            self.index_origins[index_id] = origin
+        self.retracted = set(doc["retracted"])
+
+
+_IMAGE_MAGIC = b"casstore index table 2\n"
+
+
+def _le(values: array[int]) -> bytes:
+    """An array's bytes, little-endian whatever the machine."""
+    if sys.byteorder == "big":
+        values = array(values.typecode, values)
+        values.byteswap()
+    return values.tobytes()
+
+
+def _from_le(typecode: str, data: bytes | bytearray) -> array[int]:
+    values = array(typecode, data)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values
+
+
+# One record: the blob id without its first two bytes (the bucket, the id's first 16 bits, implies
+# them), then kind << 24 | pack number, offset, length, raw length; big-endian, so that bytes order
+# is (id, kind, pack, offset) order and all locations of one (kind, id) lie side by side. The first
+# 31 bytes (id[2:] + kind) are the record's key. A settled table stores each record in two columns:
+# its first 4 bytes (id[2:6], the fingerprint a lookup scans) and the other 42.
+_RECORD = struct.Struct(">30sIIII")
+_SIZE = _RECORD.size                   # 46
+_KEY = 31
+_FP = 4                                # (shifts by 2 in the lookups rely on it)
+_REST = _SIZE - _FP                    # 42
+_REST_KEY = _KEY - _FP                 # 27
+_UNPACK_REST = struct.Struct(">26sIIII").unpack_from
+_PACK_AT = _REST_KEY                   # the 3-byte pack number's place in the rests column's record
+_SCAN_PACKS = 32                       # dropping more packs than this passes over every record instead
+_BUCKETS = 1 << 16
 _MAX_PACKS = 1 << 24
-_INSERT_LIMIT = 16                     # up to this many new records are inserted; more re-sort the bucket
 _KIND_BYTE = [bytes((kind,)) for kind in range(256)]
+
+Column = bytes | bytearray             # a restored image's columns are bytearrays
+
+
+def _bucket(blob_id: bytes) -> int:
+    return blob_id[0] << 8 | blob_id[1]
+
+
+def _first(fps: Column, rests: Column, fp: bytes, rest_key: bytes, lo: int, hi: int) -> int:
+    """The number of the first record in [lo, hi) whose key is fp + rest_key, or -1.
+
+    `bytes.find` scans the bucket's 4-byte fingerprints at C speed (60 bytes at 1M blobs, 600 at
+    10M); a hit off a 4-byte boundary, or whose other 27 key bytes differ (the same id of another
+    kind, or another id with the same 4 bytes), is passed over. In a sorted bucket the first
+    matching record is the first of its key."""
+    at = fps.find(fp, lo * _FP, hi * _FP)
+    while at >= 0:
+        if not at % _FP:
+            i = at // _FP
+            if rests[i * _REST:i * _REST + _REST_KEY] == rest_key:
+                return i
+        at = fps.find(fp, at + 1, hi * _FP)
+    return -1
+
+
+def _aligned_hits(run: Column, key: bytes) -> Iterator[int]:
+    """Offsets of every record of an unsorted tail whose key is `key`."""
+    at = run.find(key)
+    while at >= 0:
+        if at % _SIZE == 0:
+            yield at
+        at = run.find(key, at + 1)
 
 
 class _BlobTable:
-    """Blob locations as fixed-size records in 16,384 buckets, by the id's first 14 bits.
+    """Blob locations as fixed 46-byte records: one sorted table, bucket after bucket by the id's
+    first 16 bits, plus unsorted per-bucket tails of records added since it was last settled.
 
-    Each bucket is a sorted run (one `bytes`; empty buckets share b"") plus, after additions, an
-    unsorted tail (a bytearray in `_tails`); a lookup settles its bucket first (bisect-insert a
-    short tail, re-sort a long one, dropping exact duplicates), so a bulk load costs one sort per
-    bucket and a pack added mid-snapshot a few small inserts. Pack ids are interned (a record holds
-    a 3-byte pack number). A location that does not fit (a field of 4 GiB or more, beyond 16M packs)
-    lives in the small `_wide` dict instead, so nothing is refused.
+    A lookup is a `bytes.find` of the id's 4-byte fingerprint within its bucket's range of the
+    fingerprint column, then one comparison of the rest of the key: no Python object per record,
+    no bisect with a key function. `starts` (65,537 uint32) says where each bucket begins, so the
+    table is two objects, not 65,536 (which would cost ~50 bytes a bucket). Settling (for `len`,
+    `items`, `drop`, saving) merges the tails into a new table in one pass and drops exact
+    duplicates; a settled table is never mutated, so a lookup that holds it stays valid.
 
-    Upload threads add packs while chunk workers look blobs up, and a lookup may settle a bucket:
-    one lock serialises them (a dict needed none: each of its operations was atomic).
+    Pack ids are interned (a record holds a 3-byte pack number). A location that does not fit (a
+    field of 4 GiB or more, beyond 16M packs, or a delta blob's base id) lives in the small `_wide`
+    dict, so nothing is refused.
+    Upload threads add packs while chunk workers look blobs up. Writers (adding, settling,
+    dropping) take one lock; lookups take none: they read `_state`, the (fingerprints, rests,
+    starts, tails) tuple that settling replaces in one assignment, so a lookup sees one consistent
+    state, and appending to a tail bytearray or inserting a new tail is one operation under the GIL.
     """
 
     def __init__(self) -> None:
-        self._runs: list[bytes] = [b""] * (1 << _BUCKET_BITS)
-        self._distinct = array("I", bytes(4 << _BUCKET_BITS))   # distinct (kind, id) in each run
-        self._tails: dict[int, bytearray] = {}
+        # the two columns of the sorted table, the record number where each bucket begins in them,
+        # the unsorted tails (whole records)
+        self._state: tuple[Column, Column, array[int], dict[int, bytearray]] = (
+            b"", b"", array("I", bytes(4 * (_BUCKETS + 1))), {})
+        self._distinct = 0                                     # distinct (kind, id) in the table
         self._packs: list[str] = []
         self._numbers: dict[str, int] = {}
-        self._counts = array("Q")                                # records per pack number
+        self._counts = array("Q")                              # records per pack number
         self._wide: dict[BlobKey, list[Location]] = {}
         self._lock = threading.Lock()
 
     # -- writing -----------------------------------------------------------------------------
+
+    def untouched(self) -> bool:
+        return not self._packs and not self._wide
 
     def _number(self, pack_id: str) -> int:
         number = self._numbers.get(pack_id)
@@ -223,14 +409,15 @@ class _BlobTable:
 
     def _add(self, pack_id: str, entries: list[BlobEntry]) -> None:
         number = self._number(pack_id)
-        tails, pack, shift = self._tails, _RECORD.pack, 16 - _BUCKET_BITS
+        tails, pack = self._state[3], _RECORD.pack
         added, wide = 0, number >= _MAX_PACKS
         for e in entries:
-            if wide or (e.offset | e.length | e.raw_length) >> 32:
-                self._add_wide(e, Location(pack_id, e.offset, e.length, e.raw_length))
+            # a delta's base has no room in a record: deltas are a minority, kept in `_wide`
+            if wide or e.base is not None or (e.offset | e.length | e.raw_length) >> 32:
+                self._add_wide(e, Location(pack_id, e.offset, e.length, e.raw_length, e.base))
                 continue
-            b = int.from_bytes(e.id[:2], "big") >> shift
-            record = pack(e.id[1:], e.kind << 24 | number, e.offset, e.length, e.raw_length)
+            b = e.id[0] << 8 | e.id[1]
+            record = pack(e.id[2:], e.kind << 24 | number, e.offset, e.length, e.raw_length)
             tail = tails.get(b)
             if tail is None:
                 tails[b] = bytearray(record)
@@ -244,107 +431,174 @@ class _BlobTable:
         if location not in locations:
             locations.append(location)
 
-    def _settle(self, b: int) -> None:
-        """Merge bucket b's unsorted tail into its sorted run."""
-        tail, run = self._tails.pop(b), self._runs[b]
-        new = [bytes(tail[i:i + _SIZE]) for i in range(0, len(tail), _SIZE)]
-        if run and len(new) <= _INSERT_LIMIT:
-            for record in new:
-                self._insert(b, record)
+    def _settle(self, drop: frozenset[int] = frozenset()) -> None:
+        """Merge every tail into a new sorted table (dropping exact repeats and, with `drop`, the
+        records of those pack numbers); untouched stretches of the table are copied whole."""
+        fps, rests, starts, tails = self._state
+        if not tails and not drop:
             return
-        records = [run[i:i + _SIZE] for i in range(0, len(run), _SIZE)] + new
-        records.sort()
-        kept: list[bytes] = []
-        distinct = 0
-        for record in records:
-            if kept and record == kept[-1]:
-                self._uncount(record)
+        touched = self._holding(drop) if drop else sorted(tails)
+        fp_pieces: list[Column | memoryview] = []     # joined once at the end: no over-allocation kept
+        rest_pieces: list[Column | memoryview] = []
+        new_starts = array("I", bytes(4 * (_BUCKETS + 1)))
+        copied_to = 0                  # bucket up to which the old table has been taken into the pieces
+        shift = 0                      # records gained (or lost) so far
+        for b in touched:
+            lo, hi = starts[b], starts[b + 1]
+            if lo == hi and b not in tails:   # nothing to merge (most buckets of a small index)
                 continue
-            if not kept or record[:_KEY] != kept[-1][:_KEY]:
-                distinct += 1
+            fp_pieces.append(memoryview(fps)[starts[copied_to] * _FP:lo * _FP])
+            rest_pieces.append(memoryview(rests)[starts[copied_to] * _REST:lo * _REST])
+            for j in range(copied_to, b + 1):
+                new_starts[j] = starts[j] + shift
+            old = _whole_records(fps[lo * _FP:hi * _FP], rests[lo * _REST:hi * _REST])
+            merged, distinct_change = self._merge(old, tails.get(b, b""), drop)
+            fp_pieces.append(b"".join(record[:_FP] for record in merged))
+            rest_pieces.append(b"".join(record[_FP:] for record in merged))
+            shift += len(merged) - (hi - lo)
+            self._distinct += distinct_change
+            copied_to = b + 1
+        fp_pieces.append(memoryview(fps)[starts[copied_to] * _FP:])
+        rest_pieces.append(memoryview(rests)[starts[copied_to] * _REST:])
+        for j in range(copied_to, _BUCKETS + 1):
+            new_starts[j] = starts[j] + shift
+        self._state = (b"".join(fp_pieces), b"".join(rest_pieces), new_starts, {})
+
+    def _holding(self, numbers: frozenset[int]) -> list[int] | range:
+        """The buckets that hold records of these pack numbers (every bucket, for many of them).
+
+        For a few packs (a gc's deletions), `bytes.find` of each 3-byte pack number in the rests
+        column, kept where it is a record's pack field, finds them at C speed: a Python pass over
+        every record of a 10M-blob table takes tens of seconds."""
+        if len(numbers) > _SCAN_PACKS:
+            return range(_BUCKETS)
+        rests, starts = self._state[1], self._state[2]
+        buckets: set[int] = set()
+        for number in numbers:
+            pattern = number.to_bytes(3, "big")
+            at = rests.find(pattern)
+            while at >= 0:
+                if at % _REST == _PACK_AT:
+                    buckets.add(bisect_right(starts, at // _REST) - 1)
+                at = rests.find(pattern, at + 1)
+        return sorted(buckets)
+
+    def _merge(self, records: list[bytes], tail: Column, drop: frozenset[int]) -> tuple[list[bytes], int]:
+        """One bucket's records and tail as one sorted list, and the change in its distinct keys."""
+        before = len({record[:_KEY] for record in records}) if records else 0
+        added = bytes(tail)
+        records += [added[i:i + _SIZE] for i in range(0, len(added), _SIZE)]
+        if drop or len(set(records)) < len(records):
+            records = self._without(records, drop)
+        records.sort()
+        return records, len({record[:_KEY] for record in records}) - before
+
+    def _without(self, records: list[bytes], drop: frozenset[int]) -> list[bytes]:
+        """`records` without exact repeats and without the records of `drop` pack numbers, counted."""
+        seen: set[bytes] = set()
+        kept = []
+        for record in records:
+            if record in seen or (drop and _pack_number(record) in drop):
+                self._counts[_pack_number(record)] -= 1
+                continue
+            seen.add(record)
             kept.append(record)
-        self._runs[b], self._distinct[b] = b"".join(kept), distinct
-
-    def _insert(self, b: int, record: bytes) -> None:
-        run = self._runs[b]
-        n = len(run) // _SIZE
-        i = bisect_left(range(n), record, key=lambda j: run[j * _SIZE:(j + 1) * _SIZE])
-        at = i * _SIZE
-        if i < n and run[at:at + _SIZE] == record:
-            self._uncount(record)      # an exact duplicate: the same location listed twice
-            return
-        key = record[:_KEY]
-        old_key = run[at:at + _KEY] == key or (i > 0 and run[at - _SIZE:at - _SIZE + _KEY] == key)
-        self._runs[b] = run[:at] + record + run[at:]
-        self._distinct[b] += not old_key
-
-    def _uncount(self, record: bytes) -> None:
-        self._counts[_RECORD.unpack(record)[1] & 0xFFFFFF] -= 1
-
-    def _settle_all(self) -> None:
-        for b in list(self._tails):
-            self._settle(b)
+        return kept
 
     def drop(self, pack_ids: set[str]) -> None:
         with self._lock:
             self._drop(pack_ids)
 
     def _drop(self, pack_ids: set[str]) -> None:
-        numbers = {self._numbers[p] for p in pack_ids if p in self._numbers}
         for key in [k for k, locs in self._wide.items() if any(loc.pack_id in pack_ids for loc in locs)]:
             kept = [loc for loc in self._wide[key] if loc.pack_id not in pack_ids]
             if kept:
                 self._wide[key] = kept
             else:
                 del self._wide[key]
-        numbers = {n for n in numbers if self._counts[n]}
-        if not numbers:
-            return
-        self._settle_all()
-        for b, run in enumerate(self._runs):
-            if not run:   # most of the 16,384 buckets are empty in a small index: skip them cheaply
-                continue
-            left = [rec for rec in (run[i:i + _SIZE] for i in range(0, len(run), _SIZE))
-                    if _RECORD.unpack(rec)[1] & 0xFFFFFF not in numbers]
-            if len(left) * _SIZE != len(run):
-                self._runs[b] = b"".join(left)
-                self._distinct[b] = len({rec[:_KEY] for rec in left})
-        for n in numbers:
-            self._counts[n] = 0
+        numbers = frozenset(self._numbers[p] for p in pack_ids if p in self._numbers and self._counts[self._numbers[p]])
+        if numbers:
+            self._settle()
+            self._settle(drop=numbers)
 
     # -- reading -----------------------------------------------------------------------------
 
-    def _span(self, kind: int, blob_id: bytes) -> tuple[bytes, int, int]:
-        """Sorted run, first and end record index of the records of (kind, blob_id)."""
-        b = int.from_bytes(blob_id[:2], "big") >> (16 - _BUCKET_BITS)
-        if b in self._tails:
-            self._settle(b)
-        run = self._runs[b]
-        key = blob_id[1:] + _KIND_BYTE[kind]
-        n = len(run) // _SIZE
-        start = bisect_left(range(n), key, key=lambda j: run[j * _SIZE:j * _SIZE + _KEY])
-        end = start
-        while end < n and run[end * _SIZE:end * _SIZE + _KEY] == key:
-            end += 1
-        return run, start, end
+    def _records(self, kind: int, blob_id: bytes) -> list[bytes]:
+        """Every record of (kind, blob_id), whole, from the table and the bucket's tail; sorted."""
+        b, fp, rest_key = _bucket(blob_id), blob_id[2:6], blob_id[6:] + _KIND_BYTE[kind]
+        fps, rests, starts, tails = self._state
+        found: list[bytes] = []
+        i, hi = _first(fps, rests, fp, rest_key, starts[b], starts[b + 1]), starts[b + 1]
+        while 0 <= i < hi and fps[i * _FP:(i + 1) * _FP] == fp and rests[i * _REST:i * _REST + _REST_KEY] == rest_key:
+            found.append(bytes(fps[i * _FP:(i + 1) * _FP] + rests[i * _REST:(i + 1) * _REST]))
+            i += 1
+        tail = tails.get(b)
+        if tail:
+            for at in _aligned_hits(tail, fp + rest_key):
+                record = bytes(tail[at:at + _SIZE])
+                if record not in found:
+                    found.append(record)
+            found.sort()
+        return found
 
     def find(self, kind: int, blob_id: bytes) -> list[Location]:
-        with self._lock:
-            run, start, end = self._span(kind, blob_id)
-            wide = list(self._wide.get((kind, blob_id), ())) if self._wide else []
-        return [self._location(run, i) for i in range(start, end)] + wide
+        # the hot path of every read and every chunk of a snapshot: `_first` inlined, locals only
+        b = blob_id[0] << 8 | blob_id[1]
+        fps, rests, starts, tails = self._state
+        found: list[Location] = []
+        if b in tails:                 # rare once settled: merge with the tail's records
+            found = [self._location(record) for record in self._records(kind, blob_id)]
+        else:
+            fp, hi = blob_id[2:6], starts[b + 1] << 2
+            at = fps.find(fp, starts[b] << 2, hi)
+            if at >= 0:
+                rest_key = blob_id[6:] + _KIND_BYTE[kind]
+                while at >= 0:
+                    r = (at >> 2) * _REST
+                    if not at & 3 and rests[r:r + _REST_KEY] == rest_key:
+                        _, kind_pack, offset, length, raw_length = _UNPACK_REST(rests, r)
+                        found = [Location(self._packs[kind_pack & 0xFFFFFF], offset, length, raw_length)]
+                        if fps[at + _FP:at + 2 * _FP] == fp:     # another copy may follow: rarely
+                            found = self._run_at(fps, rests, at >> 2, hi >> 2, fp, rest_key)
+                        break
+                    at = fps.find(fp, at + 1, hi)
+        if self._wide:
+            found += self._wide.get((kind, blob_id), ())
+        return found
+
+    def _run_at(self, fps: Column, rests: Column, i: int, hi: int, fp: bytes, rest_key: bytes) -> list[Location]:
+        """The locations of record i and of the records after it with the same key."""
+        packs, found = self._packs, []
+        while True:
+            _, kind_pack, offset, length, raw_length = _UNPACK_REST(rests, i * _REST)
+            found.append(Location(packs[kind_pack & 0xFFFFFF], offset, length, raw_length))
+            i += 1
+            if i >= hi or fps[i * _FP:(i + 1) * _FP] != fp or rests[i * _REST:i * _REST + _REST_KEY] != rest_key:
+                return found
 
     def contains(self, kind: int, blob_id: bytes) -> bool:
-        with self._lock:
-            return self._in_table(kind, blob_id) or (kind, blob_id) in self._wide
+        b = blob_id[0] << 8 | blob_id[1]
+        fps, rests, starts, tails = self._state
+        fp, hi = blob_id[2:6], starts[b + 1] << 2
+        at = fps.find(fp, starts[b] << 2, hi)
+        if at >= 0:                    # most lookups of a blob not stored end here
+            rest_key = blob_id[6:] + _KIND_BYTE[kind]
+            while at >= 0:
+                r = (at >> 2) * _REST
+                if not at & 3 and rests[r:r + _REST_KEY] == rest_key:
+                    return True
+                at = fps.find(fp, at + 1, hi)
+        if b in tails and next(_aligned_hits(tails[b], blob_id[2:] + _KIND_BYTE[kind]), None) is not None:
+            return True
+        return bool(self._wide) and (kind, blob_id) in self._wide
 
-    def _in_table(self, kind: int, blob_id: bytes) -> bool:
-        _, start, end = self._span(kind, blob_id)
-        return end > start
-
-    def _location(self, run: bytes, i: int) -> Location:
-        _, kind_pack, offset, length, raw_length = _RECORD.unpack_from(run, i * _SIZE)
+    def _location(self, record: bytes) -> Location:
+        _, kind_pack, offset, length, raw_length = _RECORD.unpack(record)
         return Location(self._packs[kind_pack & 0xFFFFFF], offset, length, raw_length)
+
+    def delta_keys(self) -> set[BlobKey]:
+        with self._lock:
+            return {key for key, locs in self._wide.items() if any(loc.base is not None for loc in locs)}
 
     def pack_ids(self) -> set[str]:
         with self._lock:
@@ -352,26 +606,72 @@ class _BlobTable:
             return ids | {loc.pack_id for locs in self._wide.values() for loc in locs}
 
     def items(self) -> Iterator[tuple[BlobKey, list[Location]]]:
-        with self._lock:               # runs are immutable bytes: iterate a snapshot of the list
-            self._settle_all()
-            runs, wide = list(self._runs), {key: list(locs) for key, locs in self._wide.items()}
-        for b, run in enumerate(runs):
-            if not run:
+        with self._lock:               # a settled table is never mutated: iterate the current one
+            self._settle()
+            fps, rests, starts, _ = self._state
+            wide = {key: list(locs) for key, locs in self._wide.items()}
+        for b in range(_BUCKETS):
+            prefix, lo, hi = b.to_bytes(2, "big"), starts[b], starts[b + 1]
+            if lo == hi:               # most buckets of a small index are empty: skip them cheaply
                 continue
-            first = _KIND_BYTE[b >> (_BUCKET_BITS - 8)]
-            i, n = 0, len(run) // _SIZE
-            while i < n:
-                key = run[i * _SIZE:i * _SIZE + _KEY]
-                blob = (key[-1], first + key[:-1])
-                end = i + 1
-                while end < n and run[end * _SIZE:end * _SIZE + _KEY] == key:
+            records = _whole_records(fps[lo * _FP:hi * _FP], rests[lo * _REST:hi * _REST])
+            at = 0
+            while at < len(records):
+                key = records[at][:_KEY]
+                blob = (key[-1], prefix + key[:-1])
+                end = at + 1
+                while end < len(records) and records[end][:_KEY] == key:
                     end += 1
-                yield blob, [self._location(run, j) for j in range(i, end)] + wide.pop(blob, [])
-                i = end
+                yield blob, [self._location(r) for r in records[at:end]] + wide.pop(blob, [])
+                at = end
         yield from wide.items()
+
+    # -- whole images (the local index table cache) ------------------------------------------
+
+    def image(self) -> tuple[Column, Column, array[int], array[int], list[str], list[Any]]:
+        """(settled fingerprints, rests, starts, records per pack number, pack ids, wide locations)."""
+        with self._lock:
+            self._settle()
+            fps, rests, starts, _ = self._state
+            wide = [[kind, blob_id, [list(loc) for loc in locs]] for (kind, blob_id), locs in self._wide.items()]
+            return fps, rests, starts, array("Q", self._counts), list(self._packs), wide
+
+    @property
+    def distinct(self) -> int:
+        with self._lock:
+            self._settle()
+            return self._distinct
+
+    @classmethod
+    def from_image(cls, fps: Column, rests: Column, starts: array[int], counts: array[int], packs: list[str],
+                   distinct: int, wide: list[Any]) -> _BlobTable:
+        records = starts[-1] if len(starts) == _BUCKETS + 1 else -1
+        if records < 0 or starts[0] or len(fps) != records * _FP or len(rests) != records * _REST \
+                or len(counts) != len(packs) or any(starts[b] > starts[b + 1] for b in range(_BUCKETS)):
+            raise ValueError("inconsistent table image")
+        loaded = cls()
+        loaded._state = (fps, rests, starts, {})
+        loaded._packs, loaded._counts, loaded._distinct = list(packs), counts, int(distinct)
+        loaded._numbers = {pack_id: n for n, pack_id in enumerate(packs)}
+        loaded._wide = {(kind, bytes(blob_id)): [Location(*loc) for loc in locs] for kind, blob_id, locs in wide}
+        return loaded
 
     def __len__(self) -> int:
         with self._lock:
-            self._settle_all()
+            self._settle()
             wide_only = sum(1 for kind, blob_id in self._wide if not self._in_table(kind, blob_id))
-            return sum(self._distinct) + wide_only
+            return self._distinct + wide_only
+
+    def _in_table(self, kind: int, blob_id: bytes) -> bool:
+        b, (fps, rests, starts, _) = _bucket(blob_id), self._state
+        return _first(fps, rests, blob_id[2:6], blob_id[6:] + _KIND_BYTE[kind], starts[b], starts[b + 1]) >= 0
+
+
+def _whole_records(fps: Column, rests: Column) -> list[bytes]:
+    """A stretch of the two columns as whole 46-byte records (bytes: hashable, comparable)."""
+    fps, rests = bytes(fps), bytes(rests)
+    return [fps[k * _FP:(k + 1) * _FP] + rests[k * _REST:(k + 1) * _REST] for k in range(len(fps) // _FP)]
+
+
+def _pack_number(record: bytes | bytearray) -> int:
+    return int.from_bytes(record[_KEY:_KEY + 3], "big")

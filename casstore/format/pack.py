@@ -3,7 +3,8 @@
 Layout:  MAGIC (4 bytes) | version (1 byte) | encoded blobs back to back |
          msgpack header | header length (4 bytes, little endian)
 
-The header is {"nonce": 16 random bytes, "blobs": [[kind, id, offset, length, raw_length], ...]}.
+The header is {"nonce": 16 random bytes, "blobs": [[kind, id, offset, length, raw_length], ...]};
+a delta blob's entry has a sixth element, its base's id (format/delta.py).
 The pack id is BLAKE3 of the whole pack, so the name verifies the content; the random nonce
 makes every pack write a fresh name even when two packs hold the same blobs.
 
@@ -22,6 +23,7 @@ import blake3
 import msgpack
 
 from casstore.errors import DowngradeError, FormatError, IntegrityError
+from casstore.format import delta
 from casstore.format.crypto import KIND_PACK_HEADER, Sealer
 
 MAGIC = b"CASP"
@@ -45,9 +47,11 @@ class BlobEntry:
     offset: int
     length: int
     raw_length: int
+    base: bytes | None = None      # a delta blob's base (format/delta.py)
 
     def as_list(self) -> list[Any]:
-        return [self.kind, self.id, self.offset, self.length, self.raw_length]
+        fields = [self.kind, self.id, self.offset, self.length, self.raw_length]
+        return fields if self.base is None else [*fields, self.base]
 
 
 def envelope_parts(encoded: bytes | tuple[bytes, ...]) -> tuple[bytes, ...]:
@@ -91,12 +95,14 @@ class PackBuilder:
         return self._buffer is None or self._size + length <= len(self._buffer)
 
     def add(self, blob_id: bytes, encoded: bytes | tuple[bytes, ...], raw_length: int) -> int:
-        """Append one blob's envelope, whole or in parts laid back to back; return its length."""
+        """Append one blob's envelope, whole or in parts laid back to back; return its length.
+        A delta envelope's base is recorded in its entry."""
         parts = envelope_parts(encoded)
         length = sum(map(len, parts))
         if not self.fits(length):
             raise ValueError("internal error: blob added to a full pack buffer")
-        self.entries.append(BlobEntry(self.kind, blob_id, self._size, length, raw_length))
+        base = delta.base_of(parts)
+        self.entries.append(BlobEntry(self.kind, blob_id, self._size, length, raw_length, base))
         if self._buffer is None:
             # one copy, kept until the pack is sealed: holding zstd's own output objects instead
             # kept their worst-case-sized allocations in the heap (about 40 MiB more at a peak)
@@ -165,17 +171,29 @@ def _check_version(version: int, sealer: Sealer | None) -> None:
         raise FormatError(f"unsupported pack version {version}")
 
 
-def _entry(item: list[Any], body_end: int, max_raw_length: int) -> BlobEntry:
-    kind, blob_id, offset, length, raw_length = item
+def entry_fields(item: list[Any]) -> BlobEntry:
+    """A pack header's or an index's blob entry, its kind, id and base checked (bounds are the caller's)."""
+    if not isinstance(item, list) or len(item) not in (5, 6):
+        raise ValueError("a blob entry has 5 or 6 fields")
+    kind, blob_id, offset, length, raw_length, *rest = item
     if kind not in KINDS or not isinstance(blob_id, bytes) or len(blob_id) != 32:
         raise ValueError("bad blob kind or id")
+    base = rest[0] if rest else None
+    if base is not None and (kind != KIND_DATA or not isinstance(base, bytes) or len(base) != 32 or base == blob_id):
+        raise ValueError("bad delta base")
+    return BlobEntry(kind, blob_id, offset, length, raw_length, base)
+
+
+def _entry(item: list[Any], body_end: int, max_raw_length: int) -> BlobEntry:
+    entry = entry_fields(item)
+    offset, length, raw_length = entry.offset, entry.length, entry.raw_length
     if not all(isinstance(n, int) for n in (offset, length, raw_length)):
         raise ValueError("non-integer blob bounds")
     if offset < _PREAMBLE or length < 1 or offset + length > body_end:
         raise ValueError("blob lies outside the pack body")
     if not 0 <= raw_length <= max_raw_length:
         raise ValueError(f"blob raw length {raw_length} above the maximum {max_raw_length}")
-    return BlobEntry(kind, blob_id, offset, length, raw_length)
+    return entry
 
 
 def verify_pack_id(pack_id: str, pack: bytes | memoryview) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from casstore.errors import IntegrityError
+from casstore.format.blobset import BlobSet
 from casstore.format.pack import KIND_DATA, KIND_TREE
 from casstore.format.tree import Entry, EntryType, decode_tree
 
@@ -31,12 +32,12 @@ def load_tree_chain(read_tree: TreeReader, tree_id: bytes) -> list[Entry]:
     return entries
 
 
-def add_reachable(read_tree: TreeReader, root: bytes, reached: dict[tuple[int, bytes], None],
+def add_reachable(read_tree: TreeReader, root: bytes, reached: BlobSet,
                   on_tree: Callable[[], None] | None = None) -> None:
-    """Add every tree blob and chunk reachable from `root` to `reached`, keyed (kind, id).
+    """Add every tree blob and chunk reachable from `root` to `reached`.
 
-    A tree already in `reached` is not read again, so shared subtrees (and hostile DAGs) cost one
-    read each; `reached` keeps insertion order, trees before the chunks below them.
+    A tree already in `reached` is not read again, so shared subtrees, trees shared with snapshots
+    walked before into the same set (and hostile DAGs) cost one read each.
     """
     stack = [root]
     while stack:
@@ -45,7 +46,7 @@ def add_reachable(read_tree: TreeReader, root: bytes, reached: dict[tuple[int, b
             continue
         if on_tree is not None:
             on_tree()
-        reached[(KIND_TREE, tree_id)] = None
+        reached.add(KIND_TREE, tree_id)
         entries, next_id = decode_tree(read_tree(tree_id))
         if next_id is not None:
             stack.append(next_id)
@@ -54,7 +55,7 @@ def add_reachable(read_tree: TreeReader, root: bytes, reached: dict[tuple[int, b
                 stack.append(entry.subtree)
             elif entry.type is EntryType.FILE:
                 for chunk_id in entry.chunks:
-                    reached.setdefault((KIND_DATA, chunk_id), None)
+                    reached.add(KIND_DATA, chunk_id)
 
 
 MAX_VISIT = 50_000_000        # entries any one walk visits, whatever a summary claims

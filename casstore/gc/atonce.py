@@ -13,7 +13,7 @@ import logging
 from casstore.format import layout
 from casstore.format.layout import pack_key
 from casstore.gc.context import GcContext
-from casstore.gc.listing import RepoView, delete_retracted, load_view, needed_locations, pack_usage
+from casstore.gc.listing import Keep, RepoView, delete_retracted, load_view, pack_usage
 from casstore.gc.repack import dead_bytes, mostly_dead, repack
 from casstore.gc.sweep import write_consolidated
 from casstore.remotes.local import remove_leftovers
@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 def collect_at_once(ctx: GcContext) -> None:
     view = load_view(ctx)
     ctx.report.snapshots, ctx.report.live_blobs = len(view.snapshots), len(view.live)
-    needed = needed_locations(view, preferred_last=set(), excluded=set())
-    usage = pack_usage(view, needed)
+    keep = Keep(preferred_last=set(), excluded=set())
+    usage = pack_usage(view, keep)
     indexed = view.indexed_packs()
     dead = {pack for pack in view.packs if pack not in indexed or usage[pack][0] == 0}
     sparse = mostly_dead(usage, set(view.packs) - dead)
@@ -36,7 +36,7 @@ def collect_at_once(ctx: GcContext) -> None:
         report.would_free += sum(view.packs[p].size for p in dead) + dead_bytes(usage, sparse)
         report.packs_repacked += len(sparse)
         return
-    new_packs = repack(ctx, view, sparse, needed, index_kind=None) if sparse else {}
+    new_packs = repack(ctx, view, sparse, keep.in_packs(view, sparse), index_kind=None) if sparse else {}
     _replace(ctx, view, dead | sparse, new_packs)
 
 

@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 
 from casstore.errors import CasstoreError, ObjectNotFound
 from casstore.format import layout
-from casstore.format.index import IndexObject, Location, MasterIndex, decode_index, without_retracted
+from casstore.format.blobset import BlobSet
+from casstore.format.index import (
+    IndexObject,
+    Location,
+    MasterIndex,
+    add_delta_bases,
+    decode_index,
+    without_retracted,
+)
 from casstore.format.pack import KIND_TREE
 from casstore.format.plan import GcPlan, decode_plan
 from casstore.format.snapshot import SnapshotManifest, decode_snapshot
@@ -36,7 +44,7 @@ class RepoView:
     retracted: dict[str, ObjectInfo] = field(default_factory=dict)   # withdrawn by their writer: ignored
     packs: dict[str, ObjectInfo] = field(default_factory=dict)
     index: MasterIndex = field(default_factory=MasterIndex)
-    live: set[BlobKey] = field(default_factory=set)
+    live: BlobSet = field(default_factory=BlobSet)
 
     def condemned(self) -> set[str]:
         """Packs condemned by any plan listed."""
@@ -135,42 +143,61 @@ def reader(ctx: GcContext, index: MasterIndex) -> BlobStore:
                      read_policy=ctx.repo.read_policy)
 
 
-def live_blobs(ctx: GcContext, view: RepoView) -> set[BlobKey]:
-    """Every tree and chunk reachable from the listed snapshots (each tree read and verified once)."""
+def live_blobs(ctx: GcContext, view: RepoView) -> BlobSet:
+    """Every tree and chunk reachable from the listed snapshots (each tree read and verified once),
+    and the delta bases of those chunks, and theirs."""
     store = reader(ctx, view.index)
-    reached: dict[BlobKey, None] = {}
+    live = BlobSet()
     try:
         for manifest in view.snapshots.values():
             # each tree is read and verified once; a long walk renews the lease as it goes
-            add_reachable(lambda i: store.read(KIND_TREE, i), manifest.tree, reached, on_tree=ctx.keep_lease)
+            add_reachable(lambda i: store.read(KIND_TREE, i), manifest.tree, live, on_tree=ctx.keep_lease)
     except CasstoreError as exc:
         raise GcAborted(f"gc stopped, nothing deleted: a tree cannot be read ({exc})") from exc
     finally:
         store.close()
-    live = set(reached)
-    unindexed = [key for key in live if not view.index.locations(*key)]
+    add_delta_bases(view.index, live)     # a delta is readable only with its chain
+    unindexed = sum(1 for kind, blob_id in live if not view.index.locations(kind, blob_id))
     if unindexed:
-        raise GcAborted(f"{len(unindexed)} blob(s) that snapshots need are in no index (e.g. "
-                        f"{unindexed[0][1].hex()[:16]}); run `casstore check`")
+        example = next(blob_id for kind, blob_id in live if not view.index.locations(kind, blob_id))
+        raise GcAborted(f"{unindexed} blob(s) that snapshots need are in no index (e.g. "
+                        f"{example.hex()[:16]}); run `casstore check`")
     return live
 
 
-def needed_locations(view: RepoView, preferred_last: set[str], excluded: set[str]) -> dict[BlobKey, Location]:
-    """One copy of each live blob to keep: never in `excluded` packs, in `preferred_last` packs only
-    when there is no other copy; ties go to the lowest pack id (deterministic across runs)."""
-    chosen: dict[BlobKey, Location] = {}
-    for key in view.live:
-        candidates = [loc for loc in view.index.locations(*key) if loc.pack_id not in excluded]
-        if candidates:
-            chosen[key] = min(candidates, key=lambda loc: (loc.pack_id in preferred_last, loc.pack_id))
-    return chosen
+@dataclass(frozen=True)
+class Keep:
+    """Which copy of each live blob gc keeps: never one in `excluded` packs, one in `preferred_last`
+    packs only when there is no other; ties go to the lowest pack id (deterministic across runs).
+    Chosen again on each pass over the live set rather than stored: a dict of a Location per live
+    blob would cost ~250 bytes a blob (issue 14)."""
+
+    preferred_last: set[str]
+    excluded: set[str]
+
+    def choose(self, view: RepoView, key: BlobKey) -> Location | None:
+        candidates = [loc for loc in view.index.locations(*key) if loc.pack_id not in self.excluded]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda loc: (loc.pack_id in self.preferred_last, loc.pack_id))
+
+    def in_packs(self, view: RepoView, packs: set[str]) -> dict[BlobKey, Location]:
+        """The kept copies that lie in `packs` (the ones a repack of them must copy)."""
+        found: dict[BlobKey, Location] = {}
+        for key in view.live:
+            location = self.choose(view, key)
+            if location is not None and location.pack_id in packs:
+                found[key] = location
+        return found
 
 
-def pack_usage(view: RepoView, needed: dict[BlobKey, Location]) -> dict[str, tuple[int, int]]:
+def pack_usage(view: RepoView, keep: Keep) -> dict[str, tuple[int, int]]:
     """pack id -> (bytes of blobs to keep there, bytes of all its blobs)."""
     usage: dict[str, list[int]] = {}
     for pack_id, entries in view.pack_entries().items():
         usage[pack_id] = [0, sum(e.length for e in entries)]
-    for location in needed.values():
-        usage[location.pack_id][0] += location.length
+    for key in view.live:
+        location = keep.choose(view, key)
+        if location is not None:
+            usage[location.pack_id][0] += location.length
     return {pack: (kept, total) for pack, (kept, total) in usage.items()}

@@ -19,7 +19,7 @@ from casstore._testing import pause_point
 from casstore.format.layout import plan_key
 from casstore.format.plan import GcPlan, encode_plan_verified
 from casstore.gc.context import GcContext
-from casstore.gc.listing import RepoView, needed_locations, pack_usage
+from casstore.gc.listing import Keep, RepoView, pack_usage
 from casstore.gc.repack import dead_bytes, mostly_dead, repack
 
 
@@ -32,8 +32,8 @@ def collectable(ctx: GcContext, view: RepoView, now: float) -> set[str]:
 def mark(ctx: GcContext, view: RepoView) -> None:
     now = ctx.storage_now()
     eligible = collectable(ctx, view, now)
-    needed = needed_locations(view, preferred_last=eligible, excluded=view.condemned())
-    usage = pack_usage(view, needed)
+    keep = Keep(preferred_last=eligible, excluded=view.condemned())
+    usage = pack_usage(view, keep)
     indexed = view.indexed_packs()
     dead = {pack for pack in eligible if pack not in indexed or usage[pack][0] == 0}
     sparse = mostly_dead(usage, eligible - dead)
@@ -44,7 +44,7 @@ def mark(ctx: GcContext, view: RepoView) -> None:
         report.packs_repacked += len(sparse)
         return
     if sparse:
-        repack(ctx, view, sparse, needed, index_kind="gc")
+        repack(ctx, view, sparse, keep.in_packs(view, sparse), index_kind="gc")
     condemned = dead | sparse
     pause_point("mark-before-plan")
     if condemned:

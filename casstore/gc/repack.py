@@ -14,7 +14,7 @@ from casstore.format.index import Location, MasterIndex
 from casstore.format.layout import pack_key
 from casstore.format.pack import BlobEntry, verify_pack_id
 from casstore.gc.context import REPACK_DEAD_FRACTION, GcAborted, GcContext
-from casstore.gc.listing import BlobKey, RepoView
+from casstore.gc.listing import BlobKey, RepoView, reader
 from casstore.repo.blobstore import BlobStore
 
 
@@ -40,9 +40,10 @@ def repack(ctx: GcContext, view: RepoView, packs: set[str], needed: dict[BlobKey
             by_pack.setdefault(location.pack_id, []).append((key, location))
     store = BlobStore(ctx.remote, ctx.repo.config, MasterIndex(), origin=ctx.origin(),
                       compression_level=ctx.repo.settings.compression_level)
+    bases = reader(ctx, view.index)       # delta blobs are verified with their bases' plaintext
     try:
         for pack_id in sorted(by_pack):
-            _copy_pack(ctx, store, pack_id, by_pack[pack_id])
+            _copy_pack(ctx, store, pack_id, by_pack[pack_id], bases)
         store.wait_uploads()
         new_packs = store.unindexed()
         if index_kind is not None:
@@ -50,6 +51,7 @@ def repack(ctx: GcContext, view: RepoView, packs: set[str], needed: dict[BlobKey
             store.write_index(index_kind)
     finally:
         store.close()
+        bases.close()
     report = ctx.report
     report.packs_repacked += len(packs)
     report.bytes_repacked += sum(view.packs[p].size for p in packs)
@@ -58,14 +60,16 @@ def repack(ctx: GcContext, view: RepoView, packs: set[str], needed: dict[BlobKey
     return new_packs
 
 
-def _copy_pack(ctx: GcContext, store: BlobStore, pack_id: str, blobs: list[tuple[BlobKey, Location]]) -> None:
+def _copy_pack(ctx: GcContext, store: BlobStore, pack_id: str, blobs: list[tuple[BlobKey, Location]],
+               bases: BlobStore) -> None:
     ctx.keep_lease()
     try:
         data = ctx.remote.get(pack_key(pack_id), large=True)
         verify_pack_id(pack_id, data)
         for (kind, blob_id), loc in sorted(blobs, key=lambda item: item[1].offset):
             encoded = data[loc.offset:loc.offset + loc.length]
-            codec.decode_verified(encoded, loc.raw_length, blob_id, ctx.repo.config.sealer, kind)
+            base = None if loc.base is None else bases.base_plaintext(loc.base)
+            codec.decode_verified(encoded, loc.raw_length, blob_id, ctx.repo.config.sealer, kind, base=base)
             store.add_encoded(kind, blob_id, encoded, loc.raw_length)
     except CasstoreError as exc:
         raise GcAborted(f"gc stopped: pack {pack_id[:16]} cannot be repacked ({exc}); run `casstore check`") from exc

@@ -101,8 +101,13 @@ class Snapshot:
         prefix = "/".join(p.decode("utf-8", "surrogateescape") for p in _split(path))
         budget = VisitBudget(self.manifest.summary)
         for rel, e in walk_tree(lambda tree_id: budget.spend(self.tree(tree_id)), self._dir_tree(path), prefix):
-            name = rel.rsplit("/", 1)[-1]
-            yield FileInfo(rel, name, e.type.value, e.size, _mtime(e.mtime_ns), e.mode, _link_target(e))
+            yield _file_info(rel, e)
+
+    def children(self, path: str = "") -> list[FileInfo]:
+        """The entries of the directory at `path`, one level: only the trees on the path are read."""
+        prefix = "/".join(p.decode("utf-8", "surrogateescape") for p in _split(path))
+        entries = VisitBudget(self.manifest.summary).spend(self.tree(self._dir_tree(path)))
+        return [_file_info(posixpath.join(prefix, e.name.decode("utf-8", "surrogateescape")), e) for e in entries]
 
     # -- file contents -----------------------------------------------------------------------
 
@@ -141,6 +146,11 @@ class Snapshot:
         json_ready=True: plain dicts, read whole, that `json.dumps` writes as standard JSON (files
         that are not JSON as {"$file": path, "size": n} references; NaN and Infinity as None)."""
         return json_ready_dict(self) if json_ready else snapshot_dict(self)
+
+
+def _file_info(path: str, e: Entry) -> FileInfo:
+    name = path.rsplit("/", 1)[-1]
+    return FileInfo(path, name, e.type.value, e.size, _mtime(e.mtime_ns), e.mode, _link_target(e))
 
 
 def _link_target(entry: Entry) -> str | None:

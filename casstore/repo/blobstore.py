@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from casstore.errors import IntegrityError, ObjectNotFound, RemoteError
-from casstore.format import codec, layout
+from casstore.format import codec, delta, layout
 from casstore.format.config import RepoConfig
 from casstore.format.crypto import Sealer
 from casstore.format.index import IndexObject, Location, MasterIndex, decode_index
@@ -51,6 +52,7 @@ class BlobStore:
         self._reload_index = reload_index
         self._blob_cache = blob_cache
         self.read_policy = read_policy or ReadPolicy()
+        self._bases = BaseCache()                          # decoded plaintexts of recent delta bases
         self._builders: dict[int, PackBuilder] = {}    # made when a blob of the kind first comes
         self._pending: set[tuple[int, bytes]] = set()       # in a builder or being uploaded
         self._unindexed: dict[str, list[BlobEntry]] = {}    # uploaded, not yet in an index
@@ -212,11 +214,16 @@ class BlobStore:
 
     def read(self, kind: int, blob_id: bytes) -> bytes:
         """Return the blob's plaintext, verified; try every location, re-listing indexes once."""
+        return self._read(kind, blob_id, 0)
+
+    def _read(self, kind: int, blob_id: bytes, depth: int) -> bytes:
         errors: list[str] = []
         for attempt in range(2):
-            for location in self.index.locations(kind, blob_id):
+            for location in self._by_preference(self.index.locations(kind, blob_id)):
                 try:
-                    return self._read_at(location, blob_id, kind)
+                    return self._fetch_verified(kind, location, blob_id, depth)[1]
+                except delta.BaseUnreadable:
+                    raise
                 except (IntegrityError, ObjectNotFound, RemoteError) as exc:
                     errors.append(f"pack {location.pack_id[:12]}: {exc}")
             if attempt == 0 and self._reload_index is not None:
@@ -234,23 +241,61 @@ class BlobStore:
         for attempt in range(2):
             for location in self.index.locations(kind, blob_id):
                 try:
-                    return self._fetch_verified(kind, location, blob_id)[0], location.raw_length
+                    return self._fetch_verified(kind, location, blob_id, 0)[0], location.raw_length
                 except (IntegrityError, ObjectNotFound, RemoteError) as exc:
                     errors.append(f"pack {location.pack_id[:12]}: {exc}")
             if attempt == 0 and self._reload_index is not None:
                 self._reload_index()
         raise IntegrityError(f"blob {blob_id.hex()[:16]} cannot be read: {'; '.join(errors) or 'not indexed'}")
 
-    def _read_at(self, location: Location, blob_id: bytes, kind: int = KIND_DATA) -> bytes:
-        return self._fetch_verified(kind, location, blob_id)[1]
+    @staticmethod
+    def _by_preference(locations: list[Location]) -> list[Location]:
+        """A copy stored whole first: it decodes without reading a chain."""
+        return sorted(locations, key=lambda loc: loc.base is not None)
 
-    def _fetch_verified(self, kind: int, location: Location, blob_id: bytes) -> tuple[bytes, bytes]:
+    def delta_base(self, hint: bytes | None, blob_id: bytes) -> tuple[bytes, bytes] | None:
+        """(id, plaintext) of `hint` when a new data blob may be stored as a delta against it: the
+        repository writes deltas, the hint is stored outside condemned packs, and a delta on it stays
+        within the chain bound. Any failure to read it only means the blob is stored whole."""
+        chain = self.config.delta_chain
+        if not chain or hint is None or hint == blob_id or not self.index.has(KIND_DATA, hint):
+            return None
+        if self.index.delta_depth(KIND_DATA, hint, chain) >= chain:
+            return None
+        try:
+            return hint, self.base_plaintext(hint)
+        except (IntegrityError, ObjectNotFound, RemoteError) as exc:
+            log.warning("storing a chunk whole: its delta base %s cannot be read (%s)", hint.hex()[:16], exc)
+            return None
+
+    def base_plaintext(self, blob_id: bytes, depth: int = 0) -> bytes:
+        """A delta base's plaintext, from the bounded cache or read (and then cached)."""
+        plain = self._bases.get(blob_id)
+        if plain is None:
+            if depth >= delta.MAX_RESOLVE:
+                raise delta.BaseUnreadable(f"delta chain longer than {delta.MAX_RESOLVE} at {blob_id.hex()[:16]} "
+                                           "(corrupt or hostile)")
+            try:
+                plain = self._read(KIND_DATA, blob_id, depth + 1)
+            except delta.BaseUnreadable:
+                raise
+            except (IntegrityError, ObjectNotFound, RemoteError) as exc:
+                raise delta.BaseUnreadable(f"delta base {blob_id.hex()[:16]} cannot be read: {exc}") from exc
+            self._bases.put(blob_id, plain)
+        return plain
+
+    def _fetch_verified(self, kind: int, location: Location, blob_id: bytes, depth: int) -> tuple[bytes, bytes]:
         """(encoded, plaintext) of one blob at one location, checked against its id before it is
-        cached or returned; a cached copy that fails the check is evicted (DESIGN.md "Verified reads")."""
+        cached or returned; a cached copy that fails the check is evicted (DESIGN.md "Verified reads").
+        A delta's base is read first (the chain, `depth` deep so far, through the bounded cache)."""
         cache, raw_length = self._blob_cache, location.raw_length
+        # the base first, outside the verified read: a broken chain is not worth fetching this again
+        base = None if location.base is None else self.base_plaintext(location.base, depth)
 
         def check(encoded: bytes) -> tuple[bytes, bytes]:
-            return encoded, codec.decode_verified(encoded, raw_length, blob_id, self.sealer, kind)
+            if delta.base_of(encoded) != location.base:
+                raise IntegrityError(f"blob {blob_id.hex()[:16]}: its envelope's delta base is not the indexed one")
+            return encoded, codec.decode_verified(encoded, raw_length, blob_id, self.sealer, kind, base=base)
 
         if cache is not None:
             cached = cache.get(kind, blob_id, raw_length)
@@ -266,6 +311,39 @@ class BlobStore:
             f"blob {blob_id.hex()[:16]} in pack {location.pack_id[:12]}",
             lambda: self.remote.get(key, location.offset, location.length, large=True), check, self.read_policy,
             on_verified=(lambda encoded: cache.put(kind, blob_id, raw_length, encoded)) if cache else None)
+
+
+class BaseCache:
+    """Plaintexts of recently used delta bases, bounded in bytes (least recently used out first;
+    a base over a quarter of the bound is not kept).
+
+    A delta read twice, or two deltas on one base, decode that base once. Small on purpose: a
+    chain (at most `compression.delta` bases) is read base first, so each base is needed once
+    per read, and memory is the tighter bound (issue 17: peak RSS)."""
+
+    def __init__(self, limit: int = 8 * 1024 * 1024) -> None:
+        self._items: OrderedDict[bytes, bytes] = OrderedDict()
+        self._bytes, self._limit = 0, limit
+        self._lock = threading.Lock()
+
+    def get(self, blob_id: bytes) -> bytes | None:
+        with self._lock:
+            plain = self._items.get(blob_id)
+            if plain is not None:
+                self._items.move_to_end(blob_id)
+            return plain
+
+    def put(self, blob_id: bytes, plain: bytes) -> None:
+        if len(plain) > self._limit // 4:
+            return
+        with self._lock:
+            if blob_id in self._items:
+                return
+            self._items[blob_id] = plain
+            self._bytes += len(plain)
+            while self._bytes > self._limit:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= len(old)
 
 
 def _read_back(pack_id: str, data: bytes | memoryview, entries: list[BlobEntry], max_raw_length: int,

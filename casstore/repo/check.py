@@ -13,14 +13,15 @@ import random
 from dataclasses import dataclass, field, replace
 
 from casstore.errors import CasstoreError, FormatError, IntegrityError
-from casstore.format import codec, layout
+from casstore.format import codec, delta, layout
 from casstore.format.index import decode_index, without_retracted
 from casstore.format.layout import pack_key
 from casstore.format.pack import KIND_DATA, KIND_TREE, parse_header, verify_pack_id
 from casstore.format.snapshot import decode_snapshot
-from casstore.format.tree import EntryType, safe_name
-from casstore.format.walk import VisitBudget, load_tree_chain, tree_sizes
+from casstore.format.tree import Entry, EntryType, safe_name
+from casstore.format.walk import VisitBudget, load_tree_chain
 from casstore.remotes.local import leftovers
+from casstore.repo.checkedtrees import CheckedTrees
 from casstore.repo.core import RepoCore
 from casstore.repo.objectcache import CorruptObject, ReadPolicy, check_named, read_verified
 
@@ -58,6 +59,7 @@ class Checker:
         self.report = CheckReport()
         self.bad_blobs: set[tuple[int, bytes]] = set()
         self.pack_sizes: dict[str, int] = {}
+        self._trees = CheckedTrees()
 
     def run(self, read_data: bool, subset: float | None) -> CheckReport:
         self._check_indexes()
@@ -129,13 +131,29 @@ class Checker:
         def check(data: bytes) -> int:
             verify_pack_id(pack_id, data)
             entries = parse_header(data, self.repo.config.max_blob_size, self.repo.config.sealer)
+            verified = 0
             for e in entries:
-                codec.decode_verified(memoryview(data)[e.offset:e.offset + e.length], e.raw_length, e.id,
-                                      self.repo.config.sealer, e.kind)
-            return len(entries)
+                base = None if e.base is None else self._base(pack_id, e)
+                if e.base is None or base is not None:
+                    codec.decode_verified(memoryview(data)[e.offset:e.offset + e.length], e.raw_length, e.id,
+                                          self.repo.config.sealer, e.kind, base=base)
+                    verified += 1
+            return verified
 
         return read_verified(f"pack {pack_id[:16]}", lambda: self.repo.remote.get(pack_key(pack_id), large=True), check,
                              self._policy())
+
+    def _base(self, pack_id: str, e) -> bytes | None:
+        """A delta's base plaintext, or None (an error recorded, the delta counted lost) when its chain
+        cannot be read: the delta's own pack is not damaged for that."""
+        assert e.base is not None
+        try:
+            return self.repo.read_blob_ready().base_plaintext(e.base)
+        except CasstoreError as exc:
+            self.bad_blobs.add((e.kind, e.id))
+            self.report.errors.append(f"blob {e.id.hex()[:16]} in pack {pack_id[:16]}: its delta base "
+                                      f"{e.base.hex()[:16]} cannot be read ({exc})")
+            return None
 
     def _policy(self) -> ReadPolicy:
         return replace(self.repo.read_policy, attempts=max(2, self.repo.read_policy.attempts))
@@ -157,47 +175,55 @@ class Checker:
             self._check_tree(snapshot_id, manifest.tree, VisitBudget(manifest.summary))
 
     def _check_tree(self, snapshot_id: str, root: bytes, budget: VisitBudget) -> None:
-        """Check every directory of a snapshot once (a shared subtree is checked where it first
-        appears), so a DAG that names one subtree 2**60 times costs one read per distinct tree
-        and never hangs, whatever the summary says; then say whether a full walk (restore,
-        to_dict) would visit far more entries than the snapshot records."""
-        seen: set[bytes] = set()
-        counted: dict[bytes, list] = {}       # tree id -> its entries, for the walk-size count
-        stack = [(root, "")]
-        while stack:
-            tree_id, prefix = stack.pop()
-            if tree_id in seen:
-                continue
-            seen.add(tree_id)
-            try:
-                entries = self._load_tree(tree_id)
-            except CasstoreError as exc:
-                self._affect(snapshot_id, prefix or "/", f"directory unreadable: {exc}")
-                continue
-            counted[tree_id] = entries
-            for entry in entries:
-                name = entry.name.decode("utf-8", "surrogateescape")
-                path = f"{prefix}/{name}" if prefix else name
-                if not safe_name(entry.name):
-                    self._affect(snapshot_id, path, "unsafe name (restore refuses it)")
-                if entry.type is EntryType.DIR:
-                    stack.append((entry.subtree, path))
-                elif entry.type is EntryType.FILE:
-                    self._check_file(snapshot_id, path, entry)
-        walked = tree_sizes(lambda tree_id: counted.get(tree_id, []), root).get(root, 0)
-        if walked > budget.left:
-            self._affect(snapshot_id, "/", f"a full walk visits {walked} entries, far more than the snapshot "
-                                           "records (corrupt or hostile)")
+        """Check every directory below `root` that no snapshot checked before, then report the
+        problems this snapshot has (found now or earlier, under this snapshot's paths); then say
+        whether a full walk (restore, to_dict) would visit far more entries than it records.
 
-    def _check_file(self, snapshot_id: str, path: str, entry) -> None:
-        lost = [c for c in entry.chunks if not self.repo.index.locations(KIND_DATA, c)
-                or (KIND_DATA, c) in self.bad_blobs]
+        Tree ids repeat across snapshots (an unchanged directory keeps its id), so each distinct
+        tree is read and checked once per check, not once per snapshot (issue 14), and a DAG
+        that names one subtree 2**60 times costs one read per distinct tree."""
+        self._trees.check_below(root, self._check_entries)
+        for path, why in self._trees.problems(root):
+            self._affect(snapshot_id, path, why)
+        if self._trees.walk_size(root) > budget.left:
+            self._affect(snapshot_id, "/", f"a full walk visits {self._trees.walk_size(root)} entries, far more than "
+                                           "the snapshot records (corrupt or hostile)")
+
+    def _check_entries(self, tree_id: bytes) -> tuple[list[Entry], list[tuple[str, str]]]:
+        """A directory's entries and the problems of its own entries, as (name, why)."""
+        entries = self._load_tree(tree_id)
+        problems = []
+        for entry in entries:
+            name = entry.name.decode("utf-8", "surrogateescape")
+            if not safe_name(entry.name):
+                problems.append((name, "unsafe name (restore refuses it)"))
+            if entry.type is EntryType.FILE and (why := self._file_problem(entry)):
+                problems.append((name, why))
+        return entries, problems
+
+    def _file_problem(self, entry: Entry) -> str | None:
+        lost = [c for c in entry.chunks if self._lost(c)]
         if lost:
-            self._affect(snapshot_id, path, f"{len(lost)} of {len(entry.chunks)} chunks missing or damaged")
-            return
+            return f"{len(lost)} of {len(entry.chunks)} chunks missing or damaged"
         stored = sum(self.repo.index.locations(KIND_DATA, c)[0].raw_length for c in entry.chunks)
         if stored != entry.size:
-            self._affect(snapshot_id, path, f"size recorded as {entry.size} but its chunks hold {stored} bytes")
+            return f"size recorded as {entry.size} but its chunks hold {stored} bytes"
+        return None
+
+    def _lost(self, chunk_id: bytes) -> bool:
+        """No readable copy: not indexed, damaged, or every copy a delta whose chain is."""
+        frontier: set[bytes] = {chunk_id}
+        for _depth in range(delta.MAX_RESOLVE + 1):
+            bases: set[bytes] = set()
+            for blob in frontier:
+                locations = [] if (KIND_DATA, blob) in self.bad_blobs else self.repo.index.locations(KIND_DATA, blob)
+                if any(loc.base is None for loc in locations):
+                    return False
+                bases |= {loc.base for loc in locations if loc.base is not None}
+            if not bases:
+                return True
+            frontier = bases
+        return True
 
     def _load_tree(self, tree_id: bytes) -> list:
         return load_tree_chain(self._read_tree, tree_id)

@@ -28,7 +28,7 @@ from casstore.errors import (
 )
 from casstore.format import layout
 from casstore.format.config import RepoConfig, encryption_domain
-from casstore.format.index import IndexObject, MasterIndex, decode_index, without_retracted
+from casstore.format.index import IndexObject, MasterIndex, decode_index
 from casstore.format.plan import condemned_packs, list_plan_keys, load_plans
 from casstore.format.snapshot import SnapshotManifest, decode_snapshot
 from casstore.remotes.base import Remote
@@ -36,11 +36,13 @@ from casstore.remotes.fanout import each_concurrently
 from casstore.remotes.local import LocalRemote
 from casstore.repo import keys
 from casstore.repo.blobstore import BlobStore
+from casstore.repo.indexcache import IndexTableCache
 from casstore.repo.lock import repository_lock
 from casstore.repo.objectcache import BlobCache, LocalCache, ReadPolicy, read_verified, verified_object
 from casstore.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
+INDEX_BATCH = 64      # index objects decoded at once by load_index (their entries are Python objects)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ class RepoCore:
         # a download that fails verification is fetched again (DESIGN.md "Verified reads")
         self.read_policy = ReadPolicy(attempts=settings.read_attempts)
         self.index = MasterIndex()
+        self.table_cache = IndexTableCache(settings.cache_dir, config.id, self.location)
+        self._table_restored = False      # the index came from the local table cache (see reload_index)
         self._manifests: dict[str, SnapshotManifest] = {}
         self._reader: BlobStore | None = None
         self._reader_lock = threading.Lock()
@@ -135,22 +139,44 @@ class RepoCore:
     # -- indexes -----------------------------------------------------------------------------
 
     def load_index(self) -> MasterIndex:
-        """Load every index object listed now; entries of vanished index objects are dropped."""
+        """Load every index object listed now; entries of vanished index objects are dropped.
+
+        The first load of a process starts from the local index table cache when it has a sound
+        one (repo/indexcache.py), so only index objects listed since it was saved are fetched."""
         listed = {layout.name_of(info.key) for info in self.remote.list(layout.INDEX_PREFIX)}
+        if self.index.untouched():
+            self._table_restored = self.table_cache.restore(self.index)
         loaded = set(self.index.index_packs)
-        new = self._fetch_indexes(sorted(listed - loaded))
-        retracted = self.index.retracted | {r for index in new.values() for r in index.retracts}
-        if (loaded - listed) or (loaded & retracted):
-            # an index we used is gone or withdrawn: rebuild from what is listed now
-            self.index.clear()
-            new = self._fetch_indexes(sorted(listed))
-        for index_id, index in without_retracted(new).items():
-            if index_id not in self.index.retracted:
+        gone = loaded - listed        # consolidated by gc: forget it (packs another index lists stay)
+        if gone:
+            self.index.remove_objects(gone)
+        todo, added = sorted(listed - loaded - self.index.retracted), 0
+        for start in range(0, len(todo), INDEX_BATCH):   # decoded a batch at a time: entries are big
+            for index_id, index in self._fetch_indexes(todo[start:start + INDEX_BATCH]).items():
                 self.index.add_object(index_id, index)
+                added += 1
+        withdrawn = set(self.index.index_packs) & self.index.retracted   # by an index loaded now
+        if withdrawn:
+            self.index.remove_objects(withdrawn)
+        if gone or added or withdrawn or not os.path.exists(self.table_cache.path):
+            self.table_cache.save(self.index)
         if self.cache:
             for stale in self.cache.names(layout.INDEX) - listed:
                 self.cache.discard(layout.INDEX, stale)
         return self.index
+
+    def reload_index(self) -> MasterIndex:
+        """Load again after a blob was not found where the index said (or not at all).
+
+        A table restored from the local cache is a cache, never an authority: the first miss
+        rebuilds it from the index objects (unless a writer holds packs it has not indexed yet,
+        which a rebuild would forget), so a stale or wrong table costs one rebuild, not a failure."""
+        if self._table_restored and self.index.from_objects_only:
+            log.info("a blob is missing from the index table restored from the local cache: rebuilding it")
+            self._table_restored = False
+            self.index.clear()
+            self.table_cache.discard()
+        return self.load_index()
 
     def _fetch_indexes(self, index_ids: list[str]) -> dict:
         """Decode each index object; damaged ones are skipped with a warning (readers, design 5.6)."""
@@ -183,7 +209,7 @@ class RepoCore:
                   "session": os.urandom(8).hex()}
         return BlobStore(self.remote, self.config, self.index, origin=origin,
                          compression_level=self.settings.compression_level, upload_threads=upload_threads,
-                         reload_index=self.load_index, blob_cache=BlobCache(self.cache) if self.cache else None,
+                         reload_index=self.reload_index, blob_cache=BlobCache(self.cache) if self.cache else None,
                          read_policy=self.read_policy)
 
     def read_blob(self, kind: int, blob_id: bytes) -> bytes:

@@ -33,7 +33,7 @@ from typing import TypeVar
 import blake3
 
 from casstore.errors import FormatError, IntegrityError, ShortRead
-from casstore.format import codec, layout
+from casstore.format import codec, delta, layout
 from casstore.fsio.private import make_dirs, open_private
 
 log = logging.getLogger(__name__)
@@ -327,7 +327,12 @@ def entry_problem(entry: CacheEntry) -> str | None:
                 return "not a name this version writes"
             if codec.is_sealed(body):
                 return None   # an encrypted repository's blob: verified with its key on every use
-            codec.decode_verified(body, parsed[2], parsed[1])
+            if delta.base_of(body) is not None:
+                # a delta decodes only with its base, which the cache may not hold: its frame is
+                # checked here, its plaintext against its id on every read (as every cached blob)
+                delta.check_frame(body, parsed[2])
+            else:
+                codec.decode_verified(body, parsed[2], parsed[1])
         else:
             check_named(entry.kind, entry.name, body)
     except BAD_BYTES as exc:

@@ -21,17 +21,35 @@ PRICES: dict[str, tuple[str, float, float, float]] = {
 NO_PRICE = "no provider price for a local directory"
 
 
-def monthly_storage_cost(stored_bytes: int, where: str | None = None) -> dict[str, dict]:
+def monthly_storage_cost(stored_bytes: int, where: str | None = None,
+                         requests: tuple[int, int] | None = None) -> dict[str, dict]:
     """Estimated monthly cost of keeping `stored_bytes` with each provider; none when `where` (the
     URL of the storage being priced) is a directory (file://): no cloud price applies there.
-    `where` None (no remote configured yet) gives every provider's price, as what it would cost."""
+    `where` None (no remote configured yet) gives every provider's price, as what it would cost.
+
+    With `requests` (PUT/LIST-class, GET/HEAD-class requests in a month), `usd_per_month` includes
+    their price too, and the two parts are given apart (issue 17: with a small repository, requests
+    are a large part of the bill)."""
     if where is not None and is_directory(where):
         return {}
-    return {
-        provider: {"label": label, "usd_per_month": round(stored_bytes / GB * per_gb, 4),
-                   "usd_per_gb_month": per_gb, "prices_as_of": PRICES_AS_OF}
-        for provider, (label, per_gb, _, _) in PRICES.items()
-    }
+    rows = {}
+    for provider, (label, per_gb, per_1k_put, per_1k_get) in PRICES.items():
+        storage = stored_bytes / GB * per_gb
+        row = {"label": label, "usd_per_month": round(storage, 4), "usd_per_gb_month": per_gb,
+               "prices_as_of": PRICES_AS_OF}
+        if requests is not None:
+            puts, gets = requests
+            request_cost = puts / 1000 * per_1k_put + gets / 1000 * per_1k_get
+            row.update(usd_per_month=round(storage + request_cost, 4), storage_usd_per_month=round(storage, 4),
+                       requests_usd_per_month=round(request_cost, 4), put_requests_per_month=puts,
+                       get_requests_per_month=gets)
+        rows[provider] = row
+    return rows
+
+
+def request_classes(counts: dict[str, int]) -> tuple[int, int]:
+    """(PUT/LIST-class, GET/HEAD-class) requests from counts by remote method (deletes are free)."""
+    return counts.get("put", 0) + counts.get("list", 0), counts.get("get", 0) + counts.get("stat", 0)
 
 
 

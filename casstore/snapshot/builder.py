@@ -32,6 +32,7 @@ from casstore.remotes.local import remove_leftovers
 from casstore.repo.blobstore import BlobStore
 from casstore.repo.core import RepoCore
 from casstore.snapshot import filescache, smallfiles
+from casstore.snapshot.deltahints import DeltaHints
 from casstore.snapshot.excludes import Excluder
 from casstore.snapshot.pipeline import ChunkPipeline
 from casstore.snapshot.smallfiles import SmallRead
@@ -84,6 +85,7 @@ class FileJob:
     size: int | None = None           # bytes actually read (None: reused from the files cache)
     previous: list | None = None      # chunk ids the files cache had, to tell changed from unchanged
     cacheable: bool = True            # False when the file kept changing while it was read
+    cached: list | None = None        # its files cache entry: chunk ids of the previous version, delta bases
 
 
 class _Aborted(Exception):
@@ -362,7 +364,7 @@ class SnapshotBuilder:
         st = item.st
         name = item.name.encode("utf-8", "surrogateescape")
         if stat.S_ISREG(st.st_mode):
-            self._add_file(frame, item, FileJob(name, st))
+            self._add_file(frame, item, FileJob(name, st, cached=item.cached))
             return None
         if stat.S_ISLNK(st.st_mode):
             try:
@@ -592,7 +594,7 @@ class SnapshotBuilder:
         try:
             for _attempt in range(READ_ATTEMPTS):
                 try:
-                    before, after, read = self._chunk_file(fd, job)
+                    before, after, read = self._chunk_file(fd, job, self._delta_hints(job.cached))
                 except OSError as exc:
                     self._error(rel_text, exc)
                     return False
@@ -611,7 +613,13 @@ class SnapshotBuilder:
         log.warning("%s changed while it was read; stored as last read, re-read next snapshot",
                     rel.decode("utf-8", "surrogateescape"))
 
-    def _chunk_file(self, fd: int, job: FileJob) -> tuple[os.stat_result, os.stat_result, int]:
+    def _delta_hints(self, cached: list | None) -> DeltaHints:
+        """Candidate delta bases: the file's chunk ids in the previous snapshot (its files cache entry)."""
+        ok = self.store.config.delta_chain and isinstance(cached, list) and len(cached) == 5
+        chunk_ids = cached[4] if ok and cached is not None else None
+        return DeltaHints([c for c in chunk_ids if isinstance(c, bytes)] if isinstance(chunk_ids, list) else [])
+
+    def _chunk_file(self, fd: int, job: FileJob, hints: DeltaHints) -> tuple[os.stat_result, os.stat_result, int]:
         """Feed the file's chunks to the pipeline; return its fstat before and after reading, and
         how many bytes were read."""
         slots: list = []
@@ -623,7 +631,7 @@ class SnapshotBuilder:
             with os.fdopen(fd, "rb", buffering=0, closefd=False) as fh:
                 data = fh.read()
             read = len(data)
-            self._submit(data, slots)
+            self._submit(data, slots, hints)
         else:
             for piece in sparse_chunks(self.chunker, fd, before.st_size, read_ahead=FILE_AHEAD):
                 if isinstance(piece, ZeroRun):
@@ -631,13 +639,16 @@ class SnapshotBuilder:
                     self._submit_zeros(piece, slots)
                 else:
                     read += len(piece)
-                    self._submit(piece, slots)  # a view into a fresh block: no copy
+                    self._submit(piece, slots, hints)  # a view into a fresh block: no copy
         return before, os.fstat(fd), read
 
-    def _submit(self, data: bytes | memoryview, slots: list) -> None:
+    def _submit(self, data: bytes | memoryview, slots: list, hints: DeltaHints | None = None) -> None:
         if not data:
             return
-        self.pipeline.submit(data, self._slot(slots))
+        if hints:
+            self.pipeline.submit(data, self._slot(slots), *hints.next(data))
+        else:
+            self.pipeline.submit(data, self._slot(slots))
 
     def _submit_zeros(self, run: ZeroRun, slots: list) -> None:
         """Zero chunks from a hole: the first hashed and stored as any chunk, the rest named by id

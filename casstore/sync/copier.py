@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from casstore._testing import pause_point
 from casstore.errors import CasstoreError, RemoteError
 from casstore.format import layout
+from casstore.format.blobset import BlobSet
+from casstore.format.index import add_delta_bases
 from casstore.format.pack import KIND_TREE
 from casstore.format.plan import list_plan_keys
 from casstore.format.walk import add_reachable
@@ -17,6 +19,7 @@ from casstore.repo.core import RepoCore
 from casstore.sync.state import SyncState
 
 log = logging.getLogger(__name__)
+Blobs = Collection[tuple[int, bytes]]     # a BlobSet, or a list of (kind, id)
 
 MAX_RECHECKS = 5
 
@@ -86,14 +89,18 @@ class Copier:
         self.relied_indexes = set(self.dst.index.index_packs)
         self.fresh_load = True
 
-    def reachable(self, snapshot_ids: list[str]) -> list[tuple[int, bytes]]:
-        """Every blob the snapshots need, trees before the chunks below them, each once."""
-        seen: dict[tuple[int, bytes], None] = {}
+    def reachable(self, snapshot_ids: list[str]) -> BlobSet:
+        """Every blob the snapshots need, each once (a tree shared by several snapshots is read once),
+        in walk order: trees before the chunks below them, so packs keep neighbouring files together;
+        then the delta bases of those chunks (a delta copied without its chain could not be read)."""
+        seen = BlobSet(ordered=True)
         for snapshot_id in snapshot_ids:
             add_reachable(lambda i: self.src.read_blob(KIND_TREE, i), self.src.manifest(snapshot_id).tree, seen)
-        return list(seen)
+        add_delta_bases(self.src.index, seen)
+        return seen
 
-    def missing(self, blobs: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    def missing(self, blobs: Blobs) -> list[tuple[int, bytes]]:
+        """The blobs the destination lacks, in the order `blobs` gives them."""
         return [key for key in blobs if not self.store.has(*key)]
 
     def sizes(self, blobs: list[tuple[int, bytes]]) -> tuple[int, int]:
@@ -229,7 +236,7 @@ class Copier:
 
     # -- committing --------------------------------------------------------------------------
 
-    def recheck(self, blobs: list[tuple[int, bytes]]) -> None:
+    def recheck(self, blobs: Blobs) -> None:
         """Re-list gc/ and index/ right before committing; repair until nothing changed."""
         if not self.protocol:
             return
@@ -260,7 +267,7 @@ class Copier:
         self.recheck_clock = self.clock()
         self.recheck_storage = self._storage_now()
 
-    def commit(self, snapshot_id: str, blobs: list[tuple[int, bytes]]) -> None:
+    def commit(self, snapshot_id: str, blobs: Blobs) -> None:
         if self.protocol and self.clock() - self.recheck_clock > self.grace / 2:
             self.recheck(blobs)
         body = self.src._cached_get(layout.SNAPSHOTS, snapshot_id)  # verified (re-fetched on mismatch) before copied
@@ -277,7 +284,7 @@ class Copier:
             self.state.synced.add(snapshot_id)
             self.state.save()
 
-    def post_commit(self, snapshot_time: float | None, blobs: list[tuple[int, bytes]]) -> None:
+    def post_commit(self, snapshot_time: float | None, blobs: Blobs) -> None:
         """After the snapshot landed late, gc may have acted meanwhile: confirm every pack, re-upload.
 
         Late means more than a quarter grace period after the re-check: by storage timestamps when
@@ -297,7 +304,7 @@ class Copier:
         if late:
             self.confirm_packs(blobs)
 
-    def confirm_packs(self, blobs: list[tuple[int, bytes]]) -> None:
+    def confirm_packs(self, blobs: Blobs) -> None:
         """Until every blob is in a pack that exists and no plan condemns: upload what is gone.
 
         A repair's own index may land late and be withdrawn (its packs swept meanwhile), so

@@ -19,6 +19,8 @@ from casstore.format.pack import BlobEntry
 from casstore.fsio.durable import FileSystem, write_durably
 from casstore.fsio.private import make_dirs, open_private
 
+REQUEST_WINDOW = 30 * 86400
+
 
 class SyncState:
     def __init__(self, local_dir: str, remote_url: str) -> None:
@@ -31,11 +33,22 @@ class SyncState:
         self.synced: set[str] = set(doc.get("synced", []))
         self.pending: set[str] = set(doc.get("pending", []))
         self.last_sync: dict = doc.get("last_sync", {})
+        # [time, PUT/LIST-class, GET/HEAD-class] of each sync in the last REQUEST_WINDOW (for cost estimates)
+        self.requests: list[list] = [r for r in doc.get("requests", []) if isinstance(r, list) and len(r) == 3]
 
     def save(self) -> None:
         body = msgpack.packb({"synced": sorted(self.synced), "pending": sorted(self.pending),
-                              "last_sync": self.last_sync})
+                              "last_sync": self.last_sync, "requests": self.requests})
         write_durably(FileSystem(), self._path, body)
+
+    def record_requests(self, now: float, puts: int, gets: int) -> None:
+        """Note one sync's requests; only the last REQUEST_WINDOW's are kept."""
+        self.requests = [r for r in self.requests if r[0] > now - REQUEST_WINDOW] + [[now, puts, gets]]
+
+    def requests_last_month(self, now: float) -> tuple[int, int]:
+        """(PUT/LIST-class, GET/HEAD-class) requests this host's syncs made in the last 30 days."""
+        recent = [r for r in self.requests if r[0] > now - REQUEST_WINDOW]
+        return sum(r[1] for r in recent), sum(r[2] for r in recent)
 
     # -- pulled snapshots (shared by every remote) -------------------------------------------
 

@@ -26,7 +26,7 @@ from casstore.remotes.base import Remote
 from casstore.remotes.wrappers import CountingRemote
 from casstore.repo.core import RepoCore
 from casstore.repo.open import connect, open_as
-from casstore.repo.pricing import monthly_storage_cost
+from casstore.repo.pricing import monthly_storage_cost, request_classes
 from casstore.settings import Settings
 from casstore.sync.ahead import ListingsAhead
 from casstore.sync.copier import Copier, boottime
@@ -109,7 +109,7 @@ def sync_to_remote(repo: RepoCore, remote: str | Remote | None = None, *, dry_ru
     dst = open_counted(counting, repo, repo.settings, list_ahead=FIRST_LISTINGS if work else ())
     report = SyncReport(repo.location, dst.remote.url, dry_run)
     if not work:
-        return _finish(report, counting, started, state.last_sync.get("stored_bytes", 0))
+        return _finish(report, counting, started, state.last_sync.get("stored_bytes", 0), state)
     copier = Copier(repo, dst, concurrency=repo.settings.upload_concurrency, grace=float(dst.config.grace_seconds),
                     state=None if dry_run else state, progress=progress, clock=clock, listed_since=listed_since)
     try:
@@ -133,13 +133,12 @@ def sync_to_remote(repo: RepoCore, remote: str | Remote | None = None, *, dry_ru
             state.journal_clear()
             state.last_sync = {"time": time.time(), "snapshots": len(todo), "ok": True,
                                "stored_bytes": _stored_bytes(dst)}
-            state.save()
         report.packs_uploaded = copier.store.packs_written
         report.bytes_uploaded = copier.store.bytes_written
         report.rechecks, report.reuploaded_blobs = copier.rechecks, copier.reuploaded
     finally:
         copier.close()
-    return _finish(report, counting, started, _stored_bytes(dst) + report.bytes_missing_stored * dry_run)
+    return _finish(report, counting, started, _stored_bytes(dst) + report.bytes_missing_stored * dry_run, state)
 
 
 def announce_total(progress: Callable[[int], None] | None, total: int) -> None:
@@ -164,7 +163,9 @@ def _copy(copier: Copier, todo: list[str], blobs, missing) -> None:
     copier.flush()
     copier.recheck(blobs)
     for snapshot_id in todo:
-        copier.commit(snapshot_id, copier.reachable([snapshot_id]))
+        # what every snapshot of this sync needs covers what this one needs: each tree was read
+        # once, for all of them (re-walking each snapshot cost snapshots x trees, issue 14)
+        copier.commit(snapshot_id, blobs)
 
 
 def _finish_pending(copier: Copier, state: SyncState, on_remote: set[str], dry_run: bool) -> None:
@@ -178,10 +179,17 @@ def _finish_pending(copier: Copier, state: SyncState, on_remote: set[str], dry_r
         state.save()
 
 
-def _finish(report: SyncReport, counting, started: float, stored_bytes: int) -> SyncReport:
+def _finish(report: SyncReport, counting, started: float, stored_bytes: int, state: SyncState) -> SyncReport:
+    """Count the requests; the estimate prices the storage after the sync and the requests this
+    host's syncs made over the last 30 days (this one included; a dry run records nothing)."""
     report.requests = counting.total()
     report.seconds = round(time.monotonic() - started, 3)
-    report.monthly_cost_after = monthly_storage_cost(stored_bytes, where=report.destination)
+    now = time.time()
+    if not report.dry_run:
+        state.record_requests(now, *request_classes(counting.counts))
+        state.save()
+    report.monthly_cost_after = monthly_storage_cost(stored_bytes, where=report.destination,
+                                                     requests=state.requests_last_month(now))
     return report
 
 

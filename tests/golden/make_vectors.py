@@ -46,6 +46,30 @@ def pack_vector() -> bytes:
     return bytes(data)
 
 
+# a delta blob (tag 0x04) against DELTA_BASE, as a pack and an index entry (issue 17): the base is
+# hex text (zstd halves it), the delta changes two bytes of it, so the delta envelope is far smaller
+DELTA_BASE = b"".join(blake3.blake3(bytes([i])).hexdigest().encode() for i in range(32))
+DELTA_BLOB = DELTA_BASE[:700] + b"!!" + DELTA_BASE[702:]
+DELTA_CHAIN = 8
+
+
+def delta_config_vector() -> bytes:
+    config = RepoConfig(id=CONFIG_ID, chunker=dict(CHUNKER),
+                        compression={"algorithm": "zstd", "level": ZSTD_LEVEL, "delta": DELTA_CHAIN})
+    return config.encode()
+
+
+def delta_pack_vector() -> bytes:
+    base_id, blob_id = codec.blob_id(DELTA_BASE), codec.blob_id(DELTA_BLOB)
+    builder = PackBuilder(KIND_DATA)
+    builder.add(base_id, codec.encode(DELTA_BASE, ZSTD_LEVEL), len(DELTA_BASE))
+    builder.add(blob_id, codec.encode_verified(DELTA_BLOB, ZSTD_LEVEL, blob_id, base=(base_id, DELTA_BASE)),
+                len(DELTA_BLOB))
+    with mock.patch.object(os, "urandom", lambda n: NONCE[:n]):
+        _, data = builder.finish()
+    return bytes(data)
+
+
 def index_vector(pack: bytes) -> bytes:
     from casstore.format.pack import parse_header
 
@@ -124,9 +148,11 @@ def encrypted_vectors() -> dict[str, bytes]:
 
 def vectors() -> dict[str, bytes]:
     pack = pack_vector()
+    delta_pack = delta_pack_vector()
     return {"config.bin": config_vector(), "pack.bin": pack, "index.bin": index_vector(pack),
             "tree.bin": tree_vector(), "snapshot.bin": snapshot_vector(), "plan.bin": plan_vector(),
-            **encrypted_vectors()}
+            "config-delta.bin": delta_config_vector(), "pack-delta.bin": delta_pack,
+            "index-delta.bin": index_vector(delta_pack), **encrypted_vectors()}
 
 
 def main() -> None:

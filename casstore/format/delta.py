@@ -1,0 +1,102 @@
+"""Delta blobs: a chunk stored as zstd with an earlier chunk (its base) as the dictionary.
+
+Envelope (tag 0x04):  0x04 | base id (32 bytes) | one zstd frame
+
+The frame is compressed with the base's plaintext as a raw-content dictionary
+(`DICT_TYPE_RAWCONTENT`): zstd copies every run the base shares, so a 1 MiB chunk of minified
+JSON in which a few values changed costs a few KiB instead of its whole compressed size. The
+blob's id is still the BLAKE3 of its own plaintext, so addressing, dedup and verification do not
+change; only decoding needs the base's plaintext first (which may itself be a delta: a chain).
+Writers bound chains to the repository's `compression.delta` deltas before a whole blob (config);
+readers refuse chains deeper than `MAX_RESOLVE`.
+
+The base id is also recorded beside the blob's location in pack headers and indexes (BlobEntry
+`base`), so gc, sync and check know every base without reading a blob.
+"""
+
+from __future__ import annotations
+
+import zstandard
+
+from casstore.errors import FormatError, IntegrityError
+
+TAG_DELTA = 0x04
+ID_LENGTH = 32
+MAX_RESOLVE = 64         # deltas in a row a reader follows before refusing the chain as corrupt
+
+_TAG = bytes((TAG_DELTA,))
+
+
+class BaseUnreadable(IntegrityError):
+    """A delta's base (or one further down its chain) cannot be read: the delta cannot be either.
+    Raised once, where the chain breaks, and not retried at every level above it."""
+
+
+def _window_log(base_length: int, length: int) -> int:
+    # the frame's window must reach back over the whole base from the end of the new chunk
+    return min(27, max(20, (base_length + length).bit_length()))
+
+
+# Level 3's own tables (hash_log 17) index too little of a 1-8 MiB dictionary: on real releases a
+# 1 MiB chunk with a few edits came out at 861 KiB against its base instead of 7 KiB. Tables of
+# 2**20 entries (4 MiB each, freed after the chunk) find the runs (RESULTS.md, issue 17).
+_TABLE_LOG = 20
+
+
+def _dictionary(base: bytes | memoryview) -> zstandard.ZstdCompressionDict:
+    return zstandard.ZstdCompressionDict(bytes(base), dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+
+
+def encode_parts(data: bytes | memoryview, level: int, base_id: bytes,
+                 base: bytes | memoryview) -> tuple[bytes, bytes]:
+    """(tag and base id, frame) of `data` compressed against `base`."""
+    window = _window_log(len(base), len(data))
+    params = zstandard.ZstdCompressionParameters.from_level(
+        max(level, 1), window_log=window, hash_log=min(window, _TABLE_LOG), chain_log=min(window, _TABLE_LOG),
+        write_content_size=True)
+    frame = zstandard.ZstdCompressor(dict_data=_dictionary(base), compression_params=params).compress(data)
+    return _TAG + base_id, frame
+
+
+def base_of(envelope: bytes | memoryview | tuple[bytes, ...]) -> bytes | None:
+    """The base id a delta envelope names, or None for any other envelope (whole, or as the parts
+    `encode_parts` and codec.encode_parts return: the first part holds the tag and any base id)."""
+    head = envelope[0] if isinstance(envelope, tuple) else envelope
+    if not len(head) or head[0] != TAG_DELTA:
+        return None
+    if len(head) < 1 + ID_LENGTH:
+        raise FormatError("delta blob envelope too short for its base id")
+    return bytes(head[1:1 + ID_LENGTH])
+
+
+def decode_payload(payload: bytes | memoryview, raw_length: int, base: bytes | memoryview) -> bytes:
+    """Plaintext of a delta payload (base id, frame), given the base's plaintext."""
+    if len(payload) <= ID_LENGTH:
+        raise IntegrityError("delta blob too short")
+    return decode_frame(payload[ID_LENGTH:], raw_length, base)
+
+
+def check_frame(envelope: bytes | memoryview, raw_length: int) -> None:
+    """Without the base: the envelope holds one zstd frame that declares `raw_length` bytes."""
+    frame = memoryview(envelope)[1 + ID_LENGTH:]
+    try:
+        declared = zstandard.get_frame_parameters(frame).content_size
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"corrupt delta blob: {exc}") from exc
+    if declared != raw_length:
+        raise IntegrityError(f"delta frame declares {declared} bytes, index says {raw_length}")
+
+
+def decode_frame(frame: bytes | memoryview, raw_length: int, base: bytes | memoryview) -> bytes:
+    """Plaintext of a delta's zstd frame, given the base's plaintext."""
+    try:
+        declared = zstandard.frame_content_size(frame)
+        if declared not in (-1, raw_length):   # zstandard allocates the declared size up front
+            raise IntegrityError(f"zstd frame declares {declared} bytes, index says {raw_length}")
+        dctx = zstandard.ZstdDecompressor(dict_data=_dictionary(base), max_window_size=1 << 27)
+        data = dctx.decompress(frame, max_output_size=raw_length)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"corrupt delta blob: {exc}") from exc
+    if len(data) != raw_length:
+        raise IntegrityError(f"delta blob decodes to {len(data)} bytes, index says {raw_length}")
+    return data

@@ -1,0 +1,199 @@
+"""Delta blobs (format/delta.py, issue 17): a changed chunk stored against the chunk it replaces.
+
+Real repositories on disk and real snapshots of real files; the remote in the sync test is the
+in-process memory remote and moto in server mode (tests/servers.py).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from casstore.client import Repository
+from casstore.errors import IntegrityError
+from casstore.format import codec, delta, layout
+from casstore.format.config import RepoConfig
+from casstore.format.index import MasterIndex
+from casstore.format.pack import KIND_DATA, PackBuilder
+from casstore.gc.retention import apply_retention
+from casstore.gc.run import collect_garbage
+from casstore.remotes.memory import MemoryRemote
+from casstore.repo.blobstore import BlobStore
+from casstore.settings import load_settings
+from tests.helpers import flip_bit, pack_of
+from tests.sync_helpers import KiB, local_repo, tree_digest
+
+ROWS = 12_000
+
+
+def _write_version(root: Path, version: int) -> None:
+    """A minified JSON table of about 700 KB; each version changes a few values, as a data release."""
+    rnd = random.Random(7)
+    rows = [{"id": i, "name": f"item-{i}", "score": round(rnd.random(), 6), "tags": ["a", "b"][: i % 3]}
+            for i in range(ROWS)]
+    for v in range(1, version + 1):
+        for i in random.Random(v).sample(range(ROWS), 5):
+            rows[i]["score"] = v + i / ROWS
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "table.json").write_text(json.dumps(rows, separators=(",", ":")))
+
+
+def _repo(tmp_path: Path, chain: int = 8) -> Repository:
+    return local_repo(tmp_path / "repo", config=RepoConfig.new(avg_size=64 * KiB, delta_chain=chain))
+
+
+def _versions(repo: Repository, source: Path, count: int) -> list[str]:
+    ids = []
+    for v in range(count):
+        _write_version(source, v)
+        ids.append(repo.snapshot(str(source)).id)
+    return ids
+
+
+def _deltas(repo: Repository) -> dict[bytes, bytes]:
+    """Delta blob id -> its base, from the repository's index."""
+    index = repo.load_index()
+    return {blob_id: loc.base for (kind, blob_id) in index.delta_keys()
+            for loc in index.locations(kind, blob_id) if loc.base is not None}
+
+
+def _restored(repo: Repository, ref: str, out: Path) -> bytes:
+    shutil.rmtree(out, ignore_errors=True)
+    assert repo.restore(ref, str(out)).ok
+    return (out / "table.json").read_bytes()
+
+
+def test_changed_chunks_are_stored_as_deltas_and_read_back(tmp_path):
+    repo, source = _repo(tmp_path), tmp_path / "src"
+    first, second = _versions(repo, source, 2)
+    deltas = _deltas(repo)
+    assert deltas, "a few changed values in a chunk should be stored as a delta"
+    summary = repo.get(second).summary
+    assert summary["bytes_added_stored"] < summary["bytes_added"] / 8
+    assert _restored(repo, "latest", tmp_path / "out") == (source / "table.json").read_bytes()
+    table = repo.get(second).to_dict()["data_sources"]["table"]
+    assert len(table) == ROWS and table[5] == json.loads((source / "table.json").read_bytes())[5]
+    assert repo.check(read_data=True).ok
+    # the envelope names the same base as the index
+    store = repo.read_blob_ready()
+    blob_id, base = next(iter(deltas.items()))
+    encoded, _ = store.read_encoded(KIND_DATA, blob_id)
+    assert encoded[0] == delta.TAG_DELTA and delta.base_of(encoded) == base
+
+
+def test_a_repository_without_the_delta_setting_writes_no_delta(tmp_path):
+    repo, source = _repo(tmp_path, chain=0), tmp_path / "src"
+    _versions(repo, source, 2)
+    assert not _deltas(repo)
+    assert "delta" in RepoConfig.new().compression and RepoConfig.new().delta_chain == 8
+    old = RepoConfig(id="0" * 32, chunker=dict(RepoConfig.new().chunker))   # as decoded from an old config
+    assert old.delta_chain == 0
+
+
+def test_chains_are_bounded_by_the_repository_setting(tmp_path):
+    repo, source = _repo(tmp_path, chain=2), tmp_path / "src"
+    ids = _versions(repo, source, 7)
+    index = repo.load_index()
+    depths = [index.delta_depth(KIND_DATA, blob_id, 64) for _, blob_id in index.delta_keys()]
+    assert depths and max(depths) == 2      # chains do reach the bound, and no further
+    for v, snapshot_id in enumerate(ids):
+        _write_version(tmp_path / "expect", v)
+        assert _restored(repo, snapshot_id, tmp_path / "out") == (tmp_path / "expect" / "table.json").read_bytes()
+
+
+def test_gc_keeps_a_base_whose_only_reference_is_a_delta(tmp_path):
+    repo, source = _repo(tmp_path), tmp_path / "src"
+    _versions(repo, source, 2)
+    bases = set(_deltas(repo).values())
+    assert len(apply_retention(repo, {"keep_last": 1}).removed) == 1
+    collect_garbage(repo)
+    repo = Repository.open_local(str(tmp_path / "repo"), load_settings({"host": "testhost"}))
+    index = repo.load_index()
+    assert all(index.locations(KIND_DATA, base) for base in bases)
+    assert _restored(repo, "latest", tmp_path / "out") == (source / "table.json").read_bytes()
+    assert repo.check(read_data=True).ok
+
+
+@pytest.mark.parametrize("remote_fixture", ["memory_remote", "moto_remote"])
+def test_sync_carries_the_bases_of_the_snapshots_it_sends(remote_fixture, request, tmp_path):
+    remote = request.getfixturevalue(remote_fixture)
+    repo, source = _repo(tmp_path), tmp_path / "src"
+    _versions(repo, source, 2)
+    assert _deltas(repo)
+    apply_retention(repo, {"keep_last": 1})      # the bases' own snapshot is not sent
+    report = repo.sync(remote)
+    assert len(report.snapshots) == 1
+    expected = tree_digest(source)
+    fresh = Repository.open_remote(remote, load_settings({"cache_dir": str(tmp_path / "fresh-cache")}))
+    assert fresh.restore("latest", str(tmp_path / "restored")).ok
+    assert tree_digest(tmp_path / "restored") == expected
+    assert fresh.check(read_data=True).ok
+
+
+def test_a_corrupt_base_is_detected_by_check_and_restore(tmp_path):
+    repo, source = _repo(tmp_path), tmp_path / "src"
+    first, second = _versions(repo, source, 2)
+    deltas = _deltas(repo)
+    base = next(iter(deltas.values()))
+    loc = repo.load_index().locations(KIND_DATA, base)[0]
+    flip_bit(pack_of(repo, KIND_DATA, base), loc.offset + loc.length // 2)
+    repo = Repository.open_local(str(tmp_path / "repo"), load_settings({"host": "testhost"}))
+    report = repo.check(read_data=True)
+    assert not report.ok
+    assert any("delta base" in e for e in report.errors)      # the delta, named for its base
+    assert report.damaged_packs                                # the base's pack, named damaged
+    assert "table.json" in " ".join(report.affected.get(second, []))
+    with pytest.raises(IntegrityError, match="delta base .* cannot be read: .*corrupt in storage"):
+        repo.restore(second, str(tmp_path / "out"))
+
+
+def test_a_delta_decodes_only_with_its_own_base():
+    base = json.dumps([{"k": i, "v": i * 3} for i in range(3000)]).encode()
+    data = base.replace(b'"v": 300,', b'"v": 301,')
+    base_id, data_id = codec.blob_id(base), codec.blob_id(data)
+    tag, frame = codec.encode_verified(data, 3, data_id, base=(base_id, base))
+    envelope = tag + frame
+    assert delta.base_of(envelope) == base_id and len(envelope) < len(codec.encode(data, 3)) / 4
+    assert codec.decode_verified(envelope, len(data), data_id, base=base) == data
+    with pytest.raises(IntegrityError):
+        codec.decode_verified(envelope, len(data), data_id, base=base[:-1] + b"]]")
+    with pytest.raises(Exception, match="without its base"):
+        codec.decode(envelope, len(data))
+
+
+def test_a_delta_chain_that_loops_is_refused_not_followed_forever():
+    a, b = codec.blob_id(b"a"), codec.blob_id(b"b")
+    builder = PackBuilder(KIND_DATA)
+    builder.add(a, bytes((delta.TAG_DELTA,)) + b + b"junk frame", 10)
+    builder.add(b, bytes((delta.TAG_DELTA,)) + a + b"junk frame", 10)
+    pack_id, data = builder.finish()
+    assert [e.base for e in builder.entries] == [b, a]
+    remote = MemoryRemote()
+    remote.put(layout.pack_key(pack_id), bytes(data))
+    index = MasterIndex()
+    index.add_pack(pack_id, builder.entries)
+    assert index.delta_depth(KIND_DATA, a, 64) == 64
+    store = BlobStore(remote, RepoConfig.new(), index, origin={})
+    with pytest.raises(IntegrityError, match="delta chain longer than"):
+        store.read(KIND_DATA, a)
+
+
+def test_the_http_api_serves_a_file_stored_as_deltas(tmp_path):
+    import httpx
+
+    from tests.test_api import running_server
+
+    source = tmp_path / "src"
+    settings = load_settings({"repository": str(tmp_path / "repo"), "source": str(source), "host": "testhost",
+                              "cache_dir": str(tmp_path / "cache")}, environ={}, dotenv_path=str(tmp_path / "no.env"))
+    repo = Repository.init_local(str(tmp_path / "repo"), settings, RepoConfig.new(avg_size=64 * KiB))
+    ids = _versions(repo, source, 2)
+    assert _deltas(repo)
+    repo.close()
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+        response = client.get(f"/api/cloud/backup/{ids[1]}/file", params={"path": "table.json"})
+        assert response.status_code == 200 and response.content == (source / "table.json").read_bytes()
