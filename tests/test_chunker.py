@@ -126,6 +126,26 @@ def test_params_roundtrip_and_seed_changes_cuts():
     assert [len(p) for p in other.chunks(io.BytesIO(GOLDEN_DATA))] != cuts
 
 
+@pytest.mark.parametrize("max_size", [1 * KiB, 2 * KiB, 3 * KiB])
+def test_a_stretch_with_no_cut_point_is_cut_at_exactly_the_configured_max_size(tmp_path, max_size):
+    data = bytes(50 * KiB)        # one repeated byte: no content-defined cut inside max_size
+    chunker = FastCDCChunker(64, 256, max_size, seed=SEED)
+    for pieces in ([bytes(p) for p in chunker.chunks(io.BytesIO(data))], _fd_cuts(chunker, data, tmp_path)):
+        assert b"".join(pieces) == data
+        assert [len(p) for p in pieces[:-1]] == [max_size] * (len(pieces) - 1)
+
+
+def test_the_chunker_is_rebuilt_from_its_recorded_params_and_an_unknown_one_is_refused():
+    from casstore.errors import FormatError
+
+    for chunker in (FastCDCChunker(16 * KiB, 64 * KiB, 512 * KiB, seed=SEED), FixedChunker(1000)):
+        rebuilt = chunker_from_params(chunker.params())
+        assert type(rebuilt) is type(chunker) and rebuilt.params() == chunker.params()
+    for algorithm in ("rabin", None):
+        with pytest.raises(FormatError, match=f"unknown chunker algorithm {algorithm!r}"):
+            chunker_from_params({"algorithm": algorithm, "size": 1000})
+
+
 def test_fixed_chunker(tmp_path):
     data = bytes(range(256)) * 100
     assert [bytes(p) for p in FixedChunker(1000).chunks(io.BytesIO(data))] == _fd_cuts(FixedChunker(1000), data,

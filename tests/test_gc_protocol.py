@@ -107,6 +107,27 @@ def test_sweep_consolidates_indexes_and_no_index_names_a_deleted_pack(tmp_path, 
     assert_restorable(repo, writer.expected, tmp_path / "out")
 
 
+def test_sweep_consolidates_as_few_as_two_indexes_that_protect_nothing(tmp_path, clock, remote):
+    from casstore.format.config import RepoConfig
+    from tests.gc_helpers import SMALL
+
+    config = RepoConfig.new(**SMALL)      # two hosts sharing the remote: one config
+    gone, kept = (Writer(tmp_path / h, f"host-{h}", clock, seed=n, config=config) for n, h in ((1, "a"), (2, "b")))
+    forgotten = gone.snapshot()
+    gone.sync(remote)
+    kept.snapshot()
+    kept.sync(remote)
+    repo = remote_repo(remote, tmp_path)
+    repo.delete_snapshot(forgotten)
+    assert len(_keys(remote, "index/")) == 2, "one index per sync: the boundary this test is about"
+    reports = gc_to_completion(repo, clock)
+    assert sum(r.plans_swept for r in reports) == 1 and sum(r.packs_repacked for r in reports) == 0
+    (key,) = _keys(remote, "index/")      # both old writer indexes merged into gc's one
+    index = decode_index(key.split("/", 1)[1], remote.get(key), 1 << 24)
+    assert index.origin["kind"] == "gc" and set(index.packs) == _pack_ids(remote)
+    assert_restorable(repo, kept.expected, tmp_path / "out")
+
+
 def test_young_writer_index_protects_old_packs_but_gc_index_does_not(tmp_path, clock, remote):
     writer, repo = _two_snapshots_older_forgotten(tmp_path, clock, remote)
     gc_to_completion(repo, clock)

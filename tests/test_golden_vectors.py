@@ -214,6 +214,13 @@ def test_a_directory_one_byte_over_the_page_limit_is_a_chain_of_two() -> None:
     assert entries == [a.as_list(), b.as_list()]
 
 
+def test_every_page_of_a_long_directory_stays_within_the_page_limit() -> None:
+    third = [_entry_of_packed_size(name, 800 * 1024) for name in (b"a", b"b", b"c")]   # two fit, three do not
+    pages = _pages(list(reversed(third)))
+    assert [[e[0][:1] for e in p["entries"]] for p in pages] == [[b"a", b"b"], [b"c"]]
+    assert all(len(msgpack.packb(p["entries"])) <= MAX_TREE_BYTES for p in pages)
+
+
 # -- delta blobs (tag 0x04, issue 17) ----------------------------------------------------------
 
 DELTA_BASE_ID = "bd481c86fb9f4b2e412856e099b86763e8de7ed4110e7496ddbd46b9e8de7de8"

@@ -338,3 +338,19 @@ def test_index_claiming_a_huge_raw_length_is_skipped_and_reported(tmp_path):
     assert open_repo(tmp_path / ".casstore").get("latest").read_bytes("a.txt") == b"a\n"
     result = invoke("check", expect=1)
     assert f"index {index_id[:16]}" in result.stdout
+
+
+@pytest.mark.parametrize(("doc", "reason"), [
+    ([1, 2, 3], "not a map"),
+    ({**GOOD_MANIFEST, "tree": b"short"}, "bad root tree id"),
+    ({**GOOD_MANIFEST, "time_ns": "now"}, "time_ns must be an integer"),
+    ({**GOOD_MANIFEST, "host": None}, "host and source must be strings"),
+    ({**GOOD_MANIFEST, "tags": ["a", 5]}, "tags must be a list of strings"),
+    ({**GOOD_MANIFEST, "parent": 7}, "parent must be a snapshot id"),
+    ({**GOOD_MANIFEST, "incomplete": "yes"}, "bad incomplete flag or summary"),
+], ids=["a list", "tree", "time", "host", "tags", "parent", "incomplete"])
+def test_a_hostile_snapshot_manifest_error_names_the_snapshot_and_what_is_wrong(doc, reason):
+    snapshot_id, body = _manifest_body(doc)
+    with pytest.raises(FormatError) as caught:
+        decode_snapshot(snapshot_id, body)
+    assert str(caught.value) == f"corrupt snapshot {snapshot_id[:8]}: {reason}"

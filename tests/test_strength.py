@@ -427,3 +427,35 @@ def test_a_restore_drops_setuid_and_setgid_bits_unless_privileged(tmp_path: Path
     assert os.stat(tmp_path / "plain" / "tool").st_mode & 0o7777 == 0o755
     assert repo.restore(snap.id, str(tmp_path / "privileged"), privileged=True).ok
     assert os.stat(tmp_path / "privileged" / "tool").st_mode & 0o7777 == 0o6755
+
+
+def _delete_data_packs(repo_dir: Path) -> None:
+    """Every pack of file data goes; the tree packs stay, so the walk starts and fails part way."""
+    from casstore.format.pack import parse_header
+
+    for pack in (repo_dir / "data").rglob("*"):
+        if pack.is_file() and parse_header(pack.read_bytes(), 1 << 24)[0].kind == KIND_DATA:
+            pack.unlink()
+
+
+@pytest.mark.parametrize("path", ["", "a"])
+def test_a_restore_whose_walk_fails_reports_the_original_error(tmp_path: Path, path: str) -> None:
+    import shutil
+    import subprocess
+
+    from casstore.errors import IntegrityError
+    from casstore.restore.restorer import SMALL_FILE_MAX
+
+    source = tmp_path / "data"
+    (source / "a" / "b").mkdir(parents=True)
+    (source / "a" / "b" / "big").write_bytes(os.urandom(2 * SMALL_FILE_MAX))   # read on the walk
+    repo = local_repo(tmp_path / "repo")
+    snap = repo.snapshot(str(source))
+    _delete_data_packs(tmp_path / "repo")
+    with pytest.raises(IntegrityError, match="cannot be read"):   # not EBADF from closing a descriptor twice
+        repo.restore(snap.id, str(tmp_path / "out"), path=path)
+    cli = subprocess.run([shutil.which("casstore") or "casstore", "--repo", str(tmp_path / "repo"), "restore", snap.id,
+                          str(tmp_path / "cli-out"), *(["--path", path] if path else [])],
+                         capture_output=True, text=True, timeout=60)
+    assert cli.returncode != 0
+    assert "cannot be read" in cli.stderr and "Bad file descriptor" not in cli.stderr, cli.stderr

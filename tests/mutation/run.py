@@ -57,7 +57,8 @@ def _export(work: Path, tests: list[str] | None, explore: bool) -> None:
 
 def _mutmut(work: Path, *args: str) -> None:
     exe = Path(sys.executable).with_name("mutmut")
-    env = {**os.environ, "CASSTORE_EXPLORE_SCHEDULES": EXPLORE_SCHEDULES}
+    # one exploration process: spawned workers would re-run mutmut's own script as __main__ and fail
+    env = {**os.environ, "CASSTORE_EXPLORE_SCHEDULES": EXPLORE_SCHEDULES, "CASSTORE_EXPLORE_WORKERS": "1"}
     with open(work.parent / f"{work.name}.log", "ab") as log:   # mutmut's own output, kept after the run
         subprocess.run([str(exe), *args], cwd=work, check=False, stdout=log, stderr=subprocess.STDOUT, env=env)
 
