@@ -214,8 +214,11 @@ class Copier:
             return
         packs = self.store.session_indexes[index_id]
         gone = self.gone(set(packs))
-        if not gone or depth >= MAX_RECHECKS:
+        if not gone:
             return
+        if depth >= MAX_RECHECKS:
+            # giving up quietly would leave an index naming deleted packs for the snapshot to rely on
+            raise CasstoreError("the remote keeps changing under this sync (gc running?); run sync again")
         log.warning("%d pack(s) were deleted before their index landed; withdrawing that index", len(gone))
         self.store.forget_unindexed(gone)
         reference = self._storage_now()
