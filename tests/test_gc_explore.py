@@ -31,7 +31,7 @@ import pytest
 
 from tests.explore import SCENARIOS, Exploration, explore_all, explore_random, summary
 
-MEMORY_SCHEDULES = int(os.environ.get("CASSTORE_EXPLORE_SCHEDULES", "400"))
+MEMORY_SCHEDULES = int(os.environ.get("CASSTORE_EXPLORE_SCHEDULES", "300"))
 WORKERS = int(os.environ.get("CASSTORE_EXPLORE_WORKERS", str(min(2, os.cpu_count() or 1))))
 SLOW = os.environ.get("CASSTORE_EXPLORE_SLOW") == "1"
 
