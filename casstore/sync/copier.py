@@ -32,6 +32,11 @@ def boottime() -> float:
         return time.monotonic()
 
 
+def _keeps_changing() -> CasstoreError:
+    """What a sync says when gc keeps taking what it relies on past its bounded repairs."""
+    return CasstoreError("the remote keeps changing under this sync (gc running?); run sync again")
+
+
 class SessionExpired(RemoteError):
     """Checkpoints drifted more than half a grace period apart: gc may have taken our packs."""
 
@@ -218,7 +223,7 @@ class Copier:
             return
         if depth >= MAX_RECHECKS:
             # giving up quietly would leave an index naming deleted packs for the snapshot to rely on
-            raise CasstoreError("the remote keeps changing under this sync (gc running?); run sync again")
+            raise _keeps_changing()
         log.warning("%d pack(s) were deleted before their index landed; withdrawing that index", len(gone))
         self.store.forget_unindexed(gone)
         reference = self._storage_now()
@@ -264,7 +269,7 @@ class Copier:
             self.reuploaded += len(again)
             self.upload(again)
             self.flush()
-        raise CasstoreError("the remote keeps changing under this sync (gc running?); run sync again")
+        raise _keeps_changing()
 
     def _mark_recheck(self) -> None:
         self.recheck_clock = self.clock()
@@ -323,7 +328,7 @@ class Copier:
             self.reuploaded += len(gone)
             self.upload(gone)
             self.flush()
-        raise CasstoreError("the remote keeps changing under this sync (gc running?); run sync again")
+        raise _keeps_changing()
 
     def close(self) -> None:
         self.store.close()
