@@ -757,8 +757,10 @@ def take_snapshot(repo: RepoCore, source: str, *, tags: tuple[str, ...] = (), ex
     filescache.save_last(builder.cache_file, manifest.host, snapshot_id)
     # the table now holds exactly what the index objects list, this snapshot's included: saved,
     # the next open restores it instead of decoding this snapshot's index object (issue 14: that
-    # decode, a Python object per new blob, was most of a no-change snapshot's peak RSS)
-    repo.table_cache.save(repo.index)
+    # decode, a Python object per new blob, was most of a no-change snapshot's peak RSS). A snapshot
+    # that wrote no index left the table as `load_index` saved it: not written again.
+    if builder.store.session_indexes:
+        repo.table_cache.save(repo.index)
     return SnapshotResult(snapshot_id, manifest, builder.summary)
 
 
