@@ -143,6 +143,24 @@ def restore_verified(tool, work: Path, source: Path, verify: bool) -> dict:
     return m
 
 
+def fresh_tool(tool_name: str, work: Path, name: str, env: dict, casstore_path):
+    """A tool with an empty, newly initialised repository (leftovers of an earlier run removed)."""
+    tool = make_tool(tool_name, work, name, env, casstore_path)
+    for path in tool.paths():
+        shutil.rmtree(path, ignore_errors=True)
+    tool.init()
+    return tool
+
+
+def read_steps(tool_name: str, tool) -> dict:
+    """The steps beyond snapshot and restore each tool offers: check (casstore, restic), show (casstore)."""
+    if tool_name == "casstore":
+        return {"check": slim(casstore_extra(tool, "check")), "show": slim(casstore_extra(tool, "show"))}
+    if tool_name == "restic":
+        return {"check": slim(restic_check(tool))}
+    return {}
+
+
 def measure_size(name: str, files: int, args, work: Path, env: dict) -> dict:
     source = work / "data"
     shutil.rmtree(source, ignore_errors=True)
@@ -152,17 +170,10 @@ def measure_size(name: str, files: int, args, work: Path, env: dict) -> dict:
     log(f"{files} files, {total / 1e6:.0f} MB generated in {time.perf_counter() - started:.0f} s")
     results: dict = {"files": files, "bytes": total}
     for tool_name in args.tools:
-        tool = make_tool(tool_name, work, f"{files}", env, args.casstore_path)
-        for path in tool.paths():
-            shutil.rmtree(path, ignore_errors=True)
-        tool.init()
+        tool = fresh_tool(tool_name, work, f"{files}", env, args.casstore_path)
         steps = {"initial": slim(tool.snapshot(str(source))), "nochange": slim(tool.snapshot(str(source))),
                  "restore": slim(restore_verified(tool, work, source, args.verify))}
-        if tool_name == "casstore":
-            steps["check"] = slim(casstore_extra(tool, "check"))
-            steps["show"] = slim(casstore_extra(tool, "show"))
-        elif tool_name == "restic":
-            steps["check"] = slim(restic_check(tool))
+        steps.update(read_steps(tool_name, tool))
         log(f"{files} {label(tool_name, args)}: " + ", ".join(f"{k} {v['wall']:.1f} s/{v['rss_mib']:.0f} MiB"
                                                               for k, v in steps.items()))
         results[label(tool_name, args)] = steps
@@ -180,10 +191,7 @@ def measure_history(args, work: Path, env: dict) -> dict:
         shutil.rmtree(source, ignore_errors=True)
         generate(source, args.history_files, args.per_dir, sizes, args.seed)
         age(source)
-        tool = make_tool(tool_name, work, "history", env, args.casstore_path)
-        for path in tool.paths():
-            shutil.rmtree(path, ignore_errors=True)
-        tool.init()
+        tool = fresh_tool(tool_name, work, "history", env, args.casstore_path)
         snaps = []
         for n in range(args.history):
             if n:
@@ -193,11 +201,7 @@ def measure_history(args, work: Path, env: dict) -> dict:
         steps = {"snapshots": {"median": round(statistics.median(walls), 3), "last": round(walls[-1], 3),
                                "total": round(sum(walls), 1), "rss_mib": round(max(m["rss_mib"] for m in snaps), 1)},
                  "restore": slim(restore_verified(tool, work, source, args.verify))}
-        if tool_name == "casstore":
-            steps["check"] = slim(casstore_extra(tool, "check"))
-            steps["show"] = slim(casstore_extra(tool, "show"))
-        elif tool_name == "restic":
-            steps["check"] = slim(restic_check(tool))
+        steps.update(read_steps(tool_name, tool))
         steps["repo_mib"] = round(dir_bytes(tool.repo) / 2**20, 1)
         log(f"history {label(tool_name, args)}: {steps}")
         results[label(tool_name, args)] = steps
