@@ -86,16 +86,21 @@ class PerChunk(Scheme):
         super().__init__(name)
         self.chunker = FastCDCChunker(*sizes, SEED)
 
-    def add_file(self, path: str, data: bytes) -> None:
+    def new_chunks(self, data: bytes) -> Iterator[bytes]:
+        """The file's chunks not stored before, each counted as a blob (dedup across versions)."""
         for chunk in cut(self.chunker, data):
             cid = codec.blob_id(chunk)
             if cid in self.seen:
                 continue
             self.seen.add(cid)
+            self.blobs += 1
+            yield chunk
+
+    def add_file(self, path: str, data: bytes) -> None:
+        for chunk in self.new_chunks(data):
             started = time.process_time()
             self.stored += sum(map(len, codec.encode_parts(chunk, 3))) + 40   # + an index record's worth
             self.cpu += time.process_time() - started
-            self.blobs += 1
 
 
 class Delta(PerChunk):
@@ -146,12 +151,7 @@ class Trained(PerChunk):
         self.pending: list[bytes] = []
 
     def add_file(self, path: str, data: bytes) -> None:
-        for chunk in cut(self.chunker, data):
-            cid = codec.blob_id(chunk)
-            if cid in self.seen:
-                continue
-            self.seen.add(cid)
-            self.blobs += 1
+        for chunk in self.new_chunks(data):
             if self.ctx is None:          # the first version: gather samples, compress at its end
                 self.pending.append(chunk)
                 self.samples.extend(chunk[o:o + 4096] for o in range(0, len(chunk), 64 * 1024))
@@ -183,12 +183,7 @@ class Grouped(PerChunk):
         self.group: list[bytes] = []
 
     def add_file(self, path: str, data: bytes) -> None:
-        for chunk in cut(self.chunker, data):
-            cid = codec.blob_id(chunk)
-            if cid in self.seen:
-                continue
-            self.seen.add(cid)
-            self.blobs += 1
+        for chunk in self.new_chunks(data):
             if len(chunk) >= SMALL:
                 started = time.process_time()
                 self.stored += sum(map(len, codec.encode_parts(chunk, 3))) + 40
