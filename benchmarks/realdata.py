@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tarfile
 import time
@@ -39,12 +40,14 @@ sys.path.insert(0, str(HERE))
 from run import (  # noqa: E402
     TOOL_CLASSES,
     TOOLS,
+    Casstore,
     compare_trees,
     evict,
     log,
     machine_info,
     pin_casstore_code,
     rotated,
+    run_measured,
     tool_available,
     tree_bytes,
     versions,
@@ -55,6 +58,35 @@ MiB = 1024 * 1024
 PINS = HERE / "realdata_versions.json"
 SECTION = "## Real data: consecutive npm releases (issue 17)"
 SECTION_END = "<!-- end of the real-data section -->"
+
+
+class CasstoreNoDelta(Casstore):
+    """casstore on the same code in a repository made with `compression.delta` 0 (no delta blobs,
+    as before issue 17): the baseline the delta targets compare against, measured in the same run."""
+    name = "casstore-nodelta"
+
+    def init(self) -> None:
+        script = ("import sys; from casstore.client import init_repository; "
+                  "from casstore.format.config import RepoConfig; from casstore.settings import load_settings; "
+                  "init_repository(load_settings({'repository': sys.argv[1]}), RepoConfig.new(delta_chain=0))")
+        subprocess.run([sys.executable, "-c", script, self.repo], env=self.env, cwd=self.cwd, check=True,
+                       capture_output=True)
+
+
+CLASSES = {**TOOL_CLASSES, CasstoreNoDelta.name: CasstoreNoDelta}
+
+# Snapshot.to_dict() of the latest, every file's value read (JSON parsed) and dropped: the read
+# path over delta chains; not materialized whole (the icon sets parse to several GiB of objects).
+TO_DICT = """
+import json, sys, time
+from collections.abc import Mapping
+import casstore
+started = time.perf_counter()
+def walk(node):
+    return sum(walk(node[k]) if isinstance(node[k], Mapping) else 1 for k in node)
+entries = walk(casstore.open(sys.argv[1]).get("latest").to_dict()["data_sources"])
+print(json.dumps({"seconds": time.perf_counter() - started, "entries": entries}))
+"""
 
 
 # -- the data ----------------------------------------------------------------------------------
@@ -146,7 +178,10 @@ def count_files(path: Path) -> int:
 def measure(tool, step: str, index: int, source: str, everything: list[str], work: Path) -> dict:
     evict(everything)
     before = tree_bytes(tool.repo)
-    if step == "restore":
+    if step == "to_dict":
+        m = run_measured([sys.executable, "-c", TO_DICT, tool.repo], tool.env, tool.cwd)
+        m["entries"] = json.loads(m.pop("stdout").strip().splitlines()[-1])["entries"]
+    elif step == "restore":
         target = str(work / "restore" / tool.name)
         shutil.rmtree(target, ignore_errors=True)
         m, restored = tool.restore(target, source)
@@ -177,7 +212,7 @@ def run(args, work: Path, env: dict, tools: tuple, results: dict) -> None:
         shutil.rmtree(work / sub, ignore_errors=True)
         (work / sub).mkdir(parents=True)
     source = work / "data" / "packages"
-    instances = {name: TOOL_CLASSES[name](work, "real", env) for name in tools}
+    instances = {name: CLASSES[name](work, "real", env) for name in tools}
     for tool in instances.values():
         tool.init()
     everything = [str(source)] + [p for t in instances.values() for p in t.paths()]
@@ -191,8 +226,10 @@ def run(args, work: Path, env: dict, tools: tuple, results: dict) -> None:
         wait_past_racy_window(time.time())
         for name in rotated(tools, i):
             results["runs"].append(measure(instances[name], "snapshot", i, str(source), everything, work))
-    for step in ("nochange", "restore"):
+    for step in ("nochange", "restore", "to_dict"):
         for name in rotated(tools, 1 if step == "restore" else 0):
+            if step == "to_dict" and not name.startswith("casstore"):
+                continue
             results["runs"].append(measure(instances[name], step, args.versions - 1, str(source), everything, work))
 
 
@@ -239,7 +276,8 @@ def render(results: dict, title: str | None = None) -> str:
         out.append("| " + " | ".join(cells) + " |")
     out += ["", "| step | " + " | ".join(f"{t} wall s / CPU s / RSS MiB" for t in tools) + " |",
             "|---" * (1 + len(tools)) + "|"]
-    for step, title in (("nochange", "no-change snapshot"), ("restore", "restore of the latest (verified)")):
+    for step, title in (("nochange", "no-change snapshot"), ("restore", "restore of the latest (verified)"),
+                        ("to_dict", "`to_dict()` of the latest, every file read")):
         cells = []
         for t in tools:
             m = pick(step, t)
@@ -255,7 +293,24 @@ def render(results: dict, title: str | None = None) -> str:
         f"{t} {fmt_mib(final[t]['repo_bytes'])} MiB" for t in tools if final[t]) + "; later versions' snapshot "
         "CPU time " + ", ".join(f"{t} {min(later[t]):.2f}-{max(later[t]):.2f} s" for t in tools if later[t])
         + "; peak RSS over every step " + ", ".join(f"{t} {peaks[t]:.0f} MiB" for t in tools) + ".", ""]
+    if "casstore" in tools and CasstoreNoDelta.name in tools:
+        out += [delta_ratios(pick, last), ""]
     return "\n".join(out)
+
+
+def delta_ratios(pick, last: int) -> str:
+    """casstore with deltas over the same code without (issue 17's 'not above 1.2x today')."""
+    def ratio(step: str, key: str, versions: range | None = None) -> str:
+        pairs = [(pick(step, "casstore", v), pick(step, CasstoreNoDelta.name, v)) for v in (versions or [None])]
+        pairs = [(a, b) for a, b in pairs if a and b]
+        per = [a[key] / b[key] for a, b in pairs if b[key]]
+        total = sum(a[key] for a, _ in pairs) / max(sum(b[key] for _, b in pairs), 1e-9)
+        return f"{total:.2f}x" + (f" ({min(per):.2f}-{max(per):.2f}x per version)" if len(per) > 1 else "")
+    later = range(1, last + 1)
+    return ("Deltas over no deltas (same code, same run): later snapshots wall " + ratio("snapshot", "wall", later)
+            + ", CPU " + ratio("snapshot", "cpu", later) + "; restore wall " + ratio("restore", "wall") + ", CPU "
+            + ratio("restore", "cpu") + "; `to_dict` reads wall " + ratio("to_dict", "wall") + ", CPU "
+            + ratio("to_dict", "cpu") + ".")
 
 
 def _git(results: dict) -> str:
@@ -280,7 +335,8 @@ def write_section(text: str, output: Path) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--versions", type=int, default=12, help="versions per package, the latest ones (default 12)")
-    p.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of casstore,restic,borg")
+    p.add_argument("--tools", default=",".join((*TOOLS, CasstoreNoDelta.name)),
+                   help="subset of casstore,restic,borg,casstore-nodelta (the same code without deltas)")
     p.add_argument("--work", default=str(HERE / "work" / "realdata"), help="work directory (gitignored)")
     p.add_argument("--cache", default=str(HERE / "work" / "realdata-cache"), help="downloaded tarballs (kept)")
     p.add_argument("--output", default=str(HERE / "RESULTS.md"), help="report whose section is replaced")
@@ -306,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not os.path.exists("/usr/bin/time"):
         raise SystemExit("/usr/bin/time is missing: apt-get install -y time")
-    tools = tuple(t for t in args.tools.split(",") if t and tool_available(t))
+    tools = tuple(t for t in args.tools.split(",") if t and (t == CasstoreNoDelta.name or tool_available(t)))
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     env = pin_casstore_code(work, dict(os.environ))
