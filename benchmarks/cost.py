@@ -43,6 +43,7 @@ from run import BenchServer, log  # noqa: E402
 from casstore.client import Repository  # noqa: E402
 from casstore.format.config import RepoConfig  # noqa: E402
 from casstore.gc.retention import apply_retention  # noqa: E402
+from casstore.gc.run import collect_garbage  # noqa: E402
 from casstore.remotes.wrappers import CountingRemote  # noqa: E402
 from casstore.repo.pricing import PRICES, PRICES_AS_OF  # noqa: E402
 from casstore.settings import load_settings  # noqa: E402
@@ -144,6 +145,17 @@ def estimates(local: Repository, remote, settings) -> dict:
     return out
 
 
+def gc_bucket(remote, settings) -> dict:
+    """keep-last-30 and an exclusive gc (no grace: this run is the bucket's only user) on the bucket
+    itself, after the estimates: what it stores once the snapshots forgotten locally go there too."""
+    on_remote = Repository.open_remote(remote, settings)
+    forgotten = len(apply_retention(on_remote, {"keep_last": 30}, all_hosts=True).removed)
+    report = collect_garbage(on_remote, grace=0, exclusive=True)
+    stored = bucket_bytes(remote)
+    log(f"bucket gc: {forgotten} snapshots forgotten, bucket {stored / MiB:.1f} MiB")
+    return {"forgotten": forgotten, "bucket_bytes": stored, "report": str(report)[:500]}
+
+
 # -- the run -----------------------------------------------------------------------------------
 
 def run(args, work: Path, results: dict) -> None:
@@ -185,6 +197,7 @@ def run(args, work: Path, results: dict) -> None:
         repo.sync(counting)
         results["unchanged_sync"] = {"requests": dict(counting.counts), "total": counting.total()}
         results["estimates"] = estimates(repo, s3, settings)
+        results["after_bucket_gc"] = gc_bucket(s3, settings)
     finally:
         server.stop()
 
@@ -224,6 +237,11 @@ def render(results: dict) -> str:
     lines += ["", f"- Stored after {results['args']['days']} days: {s['stored'] / MiB:.1f} MiB against one compressed "
               f"copy + the compressed daily changes {s['reference'] / MiB:.1f} MiB: **{s['ratio']:.2f}×** "
               "(target ≤ 1.1×).",
+              *([f"- After keep-last-30 and an exclusive gc on the bucket itself ({g['forgotten']} snapshots "
+                 f"forgotten there): {g['bucket_bytes'] / MiB:.1f} MiB = "
+                 f"**{g['bucket_bytes'] / s['reference']:.2f}×**; "
+                 f"bill ${bill(g['bucket_bytes'], s['puts'], s['gets'])['total_usd']:.4f}."]
+               if (g := results.get("after_bucket_gc")) else []),
               f"- Requests: at most {s['max_daily_requests']} per daily sync (target ≤ 100); a sync with nothing new "
               f"{results['unchanged_sync']['total']} ({results['unchanged_sync']['requests']}; target ≤ 5).",
               f"- Bill for the month from the counts: storage ${b['storage_usd']:.4f} + PUT/LIST "

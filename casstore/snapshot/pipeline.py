@@ -48,7 +48,7 @@ class ChunkPipeline:
         if hint is None:
             return blob_id, codec.encode_verified(data, self.store.level, blob_id, self.store.sealer, KIND_DATA), \
                 len(data)
-        return self._delta_pool.submit(self._prepare_delta, data, blob_id, hint).result()
+        return self._prepare_delta(data, blob_id, hint)    # on the delta thread: `submit` queues it there
 
     def _prepare_delta(self, data: bytes | memoryview, blob_id: bytes, hint: bytes) -> Prepared:
         try:
@@ -67,15 +67,20 @@ class ChunkPipeline:
         """Queue one chunk; `deliver(id, raw length, stored bytes added)` runs later, under the lock,
         on whichever thread submits or drains then. `blob_id` when already known; `hint`: the chunk
         this one probably replaces (snapshot/deltahints.py), a candidate delta base."""
+        # a hinted chunk goes straight to the delta thread, not through a worker that would wait on
+        # it: the workers go on with the next chunks meanwhile (issue 17)
         self.submit_task(lambda: self._prepare(data, blob_id, hint),
-                         lambda prepared: deliver(*self.store_prepared(prepared)), len(data))
+                         lambda prepared: deliver(*self.store_prepared(prepared)), len(data),
+                         self._pool if hint is None else self._delta_pool)
 
-    def submit_task(self, task: Callable[[], T], apply: Callable[[T], None], size: int) -> None:
-        """Queue `task` for a worker; `apply(its result)` runs later, in submission order, under the
-        lock. A batch of small files is one task: no thread round trip per file (`smallfiles.py`)."""
+    def submit_task(self, task: Callable[[], T], apply: Callable[[T], None], size: int,
+                    pool: ThreadPoolExecutor | None = None) -> None:
+        """Queue `task` for a worker (or `pool`); `apply(its result)` runs later, in submission order,
+        under the lock. A batch of small files is one task: no thread round trip per file
+        (`smallfiles.py`)."""
         with self._lock:
             self._make_room(size)
-            self._in_flight.append((self._pool.submit(task), apply, size))
+            self._in_flight.append(((pool or self._pool).submit(task), apply, size))
             self._bytes_in_flight += size
 
     def store_prepared(self, prepared: Prepared) -> tuple[bytes, int, int]:
