@@ -60,20 +60,31 @@ SECTION = "## Real data: consecutive npm releases (issue 17)"
 SECTION_END = "<!-- end of the real-data section -->"
 
 
-class CasstoreNoDelta(Casstore):
-    """casstore on the same code in a repository made with `compression.delta` 0 (no delta blobs,
-    as before issue 17): the baseline the delta targets compare against, measured in the same run."""
-    name = "casstore-nodelta"
+class CasstoreChain(Casstore):
+    """casstore on the same code in a repository made with `compression.delta` = `chain`."""
+    chain = 0
 
     def init(self) -> None:
         script = ("import sys; from casstore.client import init_repository; "
                   "from casstore.format.config import RepoConfig; from casstore.settings import load_settings; "
-                  "init_repository(load_settings({'repository': sys.argv[1]}), RepoConfig.new(delta_chain=0))")
-        subprocess.run([sys.executable, "-c", script, self.repo], env=self.env, cwd=self.cwd, check=True,
-                       capture_output=True)
+                  "init_repository(load_settings({'repository': sys.argv[1]}), "
+                  "RepoConfig.new(delta_chain=int(sys.argv[2])))")
+        subprocess.run([sys.executable, "-c", script, self.repo, str(self.chain)], env=self.env, cwd=self.cwd,
+                       check=True, capture_output=True)
 
 
-CLASSES = {**TOOL_CLASSES, CasstoreNoDelta.name: CasstoreNoDelta}
+class CasstoreNoDelta(CasstoreChain):
+    """No delta blobs (as before issue 17): the baseline the delta targets compare against."""
+    name = "casstore-nodelta"
+
+
+CHAIN_TOOL = "casstore-chain"      # casstore-chainN: chains bounded at N deltas (a variant to compare)
+
+
+def tool_class(name: str) -> type:
+    if name.startswith(CHAIN_TOOL) and name[len(CHAIN_TOOL):].isdigit():
+        return type("CasstoreChainN", (CasstoreChain,), {"name": name, "chain": int(name[len(CHAIN_TOOL):])})
+    return {**TOOL_CLASSES, CasstoreNoDelta.name: CasstoreNoDelta}[name]
 
 # Snapshot.to_dict() of the latest, every file's value read (JSON parsed) and dropped: the read
 # path over delta chains; not materialized whole (the icon sets parse to several GiB of objects).
@@ -212,7 +223,7 @@ def run(args, work: Path, env: dict, tools: tuple, results: dict) -> None:
         shutil.rmtree(work / sub, ignore_errors=True)
         (work / sub).mkdir(parents=True)
     source = work / "data" / "packages"
-    instances = {name: CLASSES[name](work, "real", env) for name in tools}
+    instances = {name: tool_class(name)(work, "real", env) for name in tools}
     for tool in instances.values():
         tool.init()
     everything = [str(source)] + [p for t in instances.values() for p in t.paths()]
@@ -288,11 +299,12 @@ def render(results: dict, title: str | None = None) -> str:
     final = {t: pick("snapshot", t, last) for t in tools}
     later = {t: [m["cpu"] for m in runs if m["tool"] == t and m["step"] == "snapshot" and m["version"] > 0]
              for t in tools}
-    peaks = {t: max(m["rss_mib"] for m in runs if m["tool"] == t) for t in tools}
+    # to_dict holds parsed JSON (every tool alike): the peaks are of snapshots and restores
+    peaks = {t: max(m["rss_mib"] for m in runs if m["tool"] == t and m["step"] != "to_dict") for t in tools}
     out += ["", "Summary: repository after the last version " + ", ".join(
         f"{t} {fmt_mib(final[t]['repo_bytes'])} MiB" for t in tools if final[t]) + "; later versions' snapshot "
         "CPU time " + ", ".join(f"{t} {min(later[t]):.2f}-{max(later[t]):.2f} s" for t in tools if later[t])
-        + "; peak RSS over every step " + ", ".join(f"{t} {peaks[t]:.0f} MiB" for t in tools) + ".", ""]
+        + "; peak RSS over every snapshot and restore " + ", ".join(f"{t} {peaks[t]:.0f} MiB" for t in tools) + ".", ""]
     if "casstore" in tools and CasstoreNoDelta.name in tools:
         out += [delta_ratios(pick, last), ""]
     return "\n".join(out)
@@ -336,7 +348,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--versions", type=int, default=12, help="versions per package, the latest ones (default 12)")
     p.add_argument("--tools", default=",".join((*TOOLS, CasstoreNoDelta.name)),
-                   help="subset of casstore,restic,borg,casstore-nodelta (the same code without deltas)")
+                   help="subset of casstore,restic,borg,casstore-nodelta (no deltas),casstore-chainN (chains of N)")
     p.add_argument("--work", default=str(HERE / "work" / "realdata"), help="work directory (gitignored)")
     p.add_argument("--cache", default=str(HERE / "work" / "realdata-cache"), help="downloaded tarballs (kept)")
     p.add_argument("--output", default=str(HERE / "RESULTS.md"), help="report whose section is replaced")
@@ -362,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not os.path.exists("/usr/bin/time"):
         raise SystemExit("/usr/bin/time is missing: apt-get install -y time")
-    tools = tuple(t for t in args.tools.split(",") if t and (t == CasstoreNoDelta.name or tool_available(t)))
+    tools = tuple(t for t in args.tools.split(",") if t and (t.startswith("casstore") or tool_available(t)))
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     env = pin_casstore_code(work, dict(os.environ))

@@ -42,11 +42,12 @@ def _window_log(base_length: int, length: int) -> int:
 # 2**20 entries (4 MiB each, freed after the chunk) find the runs (RESULTS.md, issue 17).
 _TABLE_LOG = 20
 # Up to this level a delta uses zstd's "fast" strategy (one hash table, no chain table) hashing
-# 7-byte sequences: a delta's matches are long runs of the base, which one table finds about as
-# well as level 3's two (31 changed chunk pairs of the real-data releases, 46 MiB: 141 KiB against
-# 138; 175 KiB with 5-byte sequences), for about half the CPU and 12 MiB less memory a delta.
+# 7-byte sequences into 2**19 entries: a delta's matches are long runs of the base, which that one
+# table finds about as well as level 3's two of 2**20 (31 changed chunk pairs of the real-data
+# releases, 0.4-4 MiB each, 46 MiB: 141 KiB against 138; 158 KiB with 6-byte sequences, 175 with
+# 5; 2**18 entries: 403), for about 40% of the CPU and 15 MiB less memory a delta (issue 17).
 _FAST_UP_TO_LEVEL = 3
-_FAST = {"strategy": zstandard.STRATEGY_FAST, "min_match": 7}
+_FAST_TABLE_LOG = 19
 
 
 def _dictionary(base: bytes | memoryview) -> zstandard.ZstdCompressionDict:
@@ -57,10 +58,15 @@ def encode_parts(data: bytes | memoryview, level: int, base_id: bytes,
                  base: bytes | memoryview) -> tuple[bytes, bytes]:
     """(tag and base id, frame) of `data` compressed against `base`."""
     window = _window_log(len(base), len(data))
-    tables = min(window, _TABLE_LOG)
-    fast = _FAST if level <= _FAST_UP_TO_LEVEL else {}
-    params = zstandard.ZstdCompressionParameters.from_level(
-        max(level, 1), window_log=window, hash_log=tables, chain_log=tables, write_content_size=True, **fast)
+    if level <= _FAST_UP_TO_LEVEL:
+        tables = min(window, _FAST_TABLE_LOG)
+        params = zstandard.ZstdCompressionParameters.from_level(
+            max(level, 1), window_log=window, hash_log=tables, chain_log=tables, min_match=7,
+            strategy=zstandard.STRATEGY_FAST, write_content_size=True)
+    else:
+        tables = min(window, _TABLE_LOG)
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level, window_log=window, hash_log=tables, chain_log=tables, write_content_size=True)
     frame = zstandard.ZstdCompressor(dict_data=_dictionary(base), compression_params=params).compress(data)
     return _TAG + base_id, frame
 
