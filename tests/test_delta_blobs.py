@@ -165,6 +165,23 @@ def test_a_delta_decodes_only_with_its_own_base():
         codec.decode(envelope, len(data))
 
 
+def test_the_chunk_is_compressed_whole_only_when_its_delta_may_not_be_smaller(monkeypatch):
+    """A delta under 1/64 of its chunk is kept without the whole compression to compare with
+    (issue 17: a third of a delta's CPU); any other is kept only when smaller than the whole."""
+    whole_calls: list[int] = []
+    encode_whole = codec.encode_parts
+    monkeypatch.setattr(codec, "encode_parts", lambda data, level: whole_calls.append(len(data))
+                        or encode_whole(data, level))
+    base = json.dumps([{"k": i, "v": i * 3} for i in range(30000)]).encode()
+    edited = base.replace(b'"v": 300,', b'"v": 301,')
+    tag, _ = codec.encode_verified(edited, 3, codec.blob_id(edited), base=(codec.blob_id(base), base))
+    assert delta.base_of(tag) == codec.blob_id(base) and whole_calls == []
+    noise = random.Random(1).randbytes(len(base))       # shares nothing with the chunk
+    tag, payload = codec.encode_verified(base, 3, codec.blob_id(base), base=(codec.blob_id(noise), noise))
+    assert whole_calls == [len(base)]
+    assert delta.base_of(tag) is None and tag + payload == codec.encode(base, 3)
+
+
 def test_a_delta_chain_that_loops_is_refused_not_followed_forever():
     a, b = codec.blob_id(b"a"), codec.blob_id(b"b")
     builder = PackBuilder(KIND_DATA)

@@ -267,6 +267,11 @@ class BlobStore:
             log.warning("storing a chunk whole: its delta base %s cannot be read (%s)", hint.hex()[:16], exc)
             return None
 
+    def forget_bases(self) -> None:
+        """Drop the cached base plaintexts: a snapshot uses each base once (the chunk it replaces),
+        so after a delta they only hold memory (up to 8 MiB: issue 17's peak RSS)."""
+        self._bases.clear()
+
     def base_plaintext(self, blob_id: bytes, depth: int = 0) -> bytes:
         """A delta base's plaintext, from the bounded cache or read (and then cached)."""
         plain = self._bases.get(blob_id)
@@ -343,6 +348,11 @@ class BaseCache:
             while self._bytes > self._limit:
                 _, old = self._items.popitem(last=False)
                 self._bytes -= len(old)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
 
 
 def _compact(entries: Collection[BlobEntry]) -> EntryList:

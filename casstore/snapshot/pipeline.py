@@ -56,7 +56,8 @@ class ChunkPipeline:
             return blob_id, codec.encode_verified(data, self.store.level, blob_id, self.store.sealer, KIND_DATA,
                                                   base=base), len(data)
         finally:
-            trim_heap()      # its zstd working memory, freed, would otherwise stay in RSS
+            self.store.forget_bases()
+            trim_heap()      # its zstd working memory and base, freed, would otherwise stay in RSS
 
     def prepare(self, data: bytes | memoryview) -> Prepared:
         """Hash, and unless already stored compress and verify, one chunk (on the calling thread)."""
