@@ -89,7 +89,7 @@ def test_a_repository_without_the_delta_setting_writes_no_delta(tmp_path):
     repo, source = _repo(tmp_path, chain=0), tmp_path / "src"
     _versions(repo, source, 2)
     assert not _deltas(repo)
-    assert "delta" in RepoConfig.new().compression and RepoConfig.new().delta_chain == 8
+    assert "delta" in RepoConfig.new().compression and RepoConfig.new().delta_chain == 4
     old = RepoConfig(id="0" * 32, chunker=dict(RepoConfig.new().chunker))   # as decoded from an old config
     assert old.delta_chain == 0
 

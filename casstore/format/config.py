@@ -29,8 +29,11 @@ DEFAULT_CHUNK_SIZES = {"min_size": 256 * KiB, "avg_size": 1 * MiB, "max_size": 8
 DEFAULT_PACK_SIZE = 16 * MiB
 DEFAULT_COMPRESSION_LEVEL = 3
 #: deltas in a row before a whole blob, in a new repository (format/delta.py; absent in a repository
-#: made before delta blobs, where none are written, so older casstore versions keep reading it)
-DEFAULT_DELTA_CHAIN = 8
+#: made before delta blobs, where none are written, so older casstore versions keep reading it).
+#: 4, not 8: reading a delta decodes its chain, so restore and each delta's base cost grow with
+#: it; on the real-data releases 8 took restore to 1.69x the CPU of no deltas, 4 to 1.04x, for
+#: 7% more bytes (RESULTS.md, issue 17)
+DEFAULT_DELTA_CHAIN = 4
 MAX_DELTA_CHAIN = 64
 #: the grace period of a repository whose config predates the setting (design 9)
 DEFAULT_GRACE_SECONDS = 24 * 3600
