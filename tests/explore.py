@@ -7,7 +7,8 @@ so exactly one actor runs at a time. Before each go the scheduler may move the s
 forward, by nothing or by up to more than two grace periods: every parked actor is "suspended"
 meanwhile (each actor's boot clock is the storage clock plus its own origin, so it keeps counting
 through the suspension, as CLOCK_BOOTTIME does). The choices come from a `Chooser`: a seeded
-random one, or an enumerating one that walks every choice sequence up to a depth bound.
+random one, or `Bounded`, which enumerates every schedule with at most P preemptions (iterative
+context bounding; tests/test_gc_explore.py states the bound CI runs and what it leaves out).
 
 A schedule's verdict is the invariants of design 5 and 9 checked afterwards: every snapshot on
 the remote restores byte-identical to the folder it was taken of, `check --read-data` is clean,
@@ -823,7 +824,9 @@ def replay(scenario: str, kind: str, seed: int) -> Verdict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m tests.explore SCENARIO KIND [--seed N | --schedules N]`: replay or explore."""
+    """`python -m tests.explore SCENARIO KIND [--seed N | --schedules N | --bound P [--moves M,M,...]]`:
+    replay a seed, explore seeded random schedules, enumerate every schedule with at most P
+    preemptions, or replay one of them."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m tests.explore")
@@ -831,14 +834,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("kind", choices=("memory", "file"))
     parser.add_argument("--seed", type=int)
     parser.add_argument("--schedules", type=int, default=100)
+    parser.add_argument("--bound", type=int, help="enumerate every schedule with at most this many preemptions")
+    parser.add_argument("--moves", help="with --bound: replay the schedule of these moves (e.g. 0,0,3)")
     parser.add_argument("--workers", type=int, default=1, help="processes to explore in")
     args = parser.parse_args(argv)
     import logging
 
     logging.basicConfig(level=logging.ERROR)
-    seeds = range(args.seed, args.seed + 1) if args.seed is not None else range(args.schedules)
-    found = explore_random(args.scenario, args.kind, seeds, budget=float("inf"),
-                           full_every=1 if args.seed is not None else FULL_EVERY, workers=args.workers)
+    if args.bound is not None and args.moves:   # replay one bounded schedule, as a failure printed it
+        chooser = Bounded(args.bound)
+        chooser.prefix = [int(m) for m in args.moves.split(",")]
+        verdict = run_schedule(args.scenario, args.kind, chooser)
+        print(f"{'ok' if verdict.ok else '; '.join(verdict.problems)}\n  schedule: {' '.join(verdict.trace)}")
+        return 0 if verdict.ok else 1
+    if args.bound is not None:
+        found = explore_bounded(args.scenario, args.kind, args.bound, workers=args.workers)
+    else:
+        seeds = range(args.seed, args.seed + 1) if args.seed is not None else range(args.schedules)
+        found = explore_random(args.scenario, args.kind, seeds, budget=float("inf"),
+                               full_every=1 if args.seed is not None else FULL_EVERY, workers=args.workers)
     print(f"{summary(found)}, {len(found.failures)} failing")
     for where, verdict in found.failures:
         print(f"{where}: {'; '.join(verdict.problems)}\n  schedule: {' '.join(verdict.trace)}")

@@ -12,7 +12,8 @@ The jump is a suspension past two grace periods (2 h 1 s; `grace`: 121 s, a mere
 - unchanged: host c's sync of an unchanged folder all of whose blobs a due plan condemns;
 - all: hosts a and b (sharing a file) and two gc hosts (one-hour and one-minute settings);
 each with a gc host making two runs, the second at least one (its own) grace period after the
-first, as a timer would start them: a mark, then a sweep of its plan.
+first, as a timer would start them: a mark, then a sweep of its plan (unchanged: one run, since
+its plan is due already).
 Each actor runs the real code, parked at every test pause point (`casstore._testing.pause_point`):
 a preemption can only happen there. Reductions, both sound: an actor's first step (from its start
 to its first pause point) runs on into the next, since it touches nothing shared but the immutable
@@ -27,7 +28,8 @@ actor of the scenario, three gc runs, five sizes of jump anywhere) covers those 
 After every schedule the invariants are checked: every blob each snapshot reaches is in a listed
 pack an index names, before and after gc runs again (three times); every 8th schedule (and any
 replay) also restores every snapshot byte-identical and runs `check --read-data`. The number of
-schedules and the bound are printed (run with `-s`). A failure prints its move list and trace.
+schedules and the bound are printed (run with `-s`). A failure prints its move list and trace;
+`python -m tests.explore <scenario> <memory|file> --bound P --moves M,M,...` replays it.
 
 Settings:
 - CASSTORE_EXPLORE_WORKERS=W     processes (default: 2, or 1 on a one-core machine);
@@ -72,7 +74,7 @@ def _quiet_writers(caplog):
 
 @pytest.mark.parametrize("kind", ["memory", "file"])
 @pytest.mark.parametrize("scenario", SCENARIOS)
-@pytest.mark.timeout(0 if SLOW else 180)   # the big run takes its time (CASSTORE_EXPLORE_SECONDS)
+@pytest.mark.timeout(0 if SLOW else 300)   # the big run takes its time (CASSTORE_EXPLORE_SECONDS)
 def test_every_explored_schedule_keeps_every_snapshot_restorable(scenario, kind):
     bound = BOUNDS[scenario, kind] + (int(os.environ.get("CASSTORE_EXPLORE_MORE", "1")) if SLOW else 0)
     found = explore_bounded(scenario, kind, bound, workers=WORKERS)
