@@ -134,8 +134,9 @@ class Bounded(Chooser):
 
     At each pause point the moves are: the actor that ran last goes on (free); or, one preemption
     each, it is suspended for a clock jump and goes on, or another live actor runs instead, after a
-    jump or none. When the last actor finished (and at the start) any live actor may run after any
-    jump, free: nothing was preempted. Jumps are the scenario's distinct non-zero advances.
+    jump or none. When the last actor finished (and at the start) any live actor may run: free, as
+    nothing is preempted, but a clock jump there still costs one (it suspends every parked actor).
+    The jumps are `JUMPS` of the scenario's advances.
 
     Each schedule replays the move prefix it was given and records how many moves each pause point
     offered; `advance()` then moves to the next unexplored sequence (False when all were run). The
@@ -272,9 +273,9 @@ class Scheduler:
                 actor, jump = self.chooser.move(self, live)
                 self.clock.now += jump
                 self.trace.append(f"+{jump:.0f}s {actor.name}@{actor.at}" if jump else f"{actor.name}@{actor.at}")
+                first = actor.at == "start"
                 self._go(actor)
-                if getattr(self.chooser, "merges_first_step", False) and self.trace[-1].endswith("@start") \
-                        and not actor.done:
+                if first and getattr(self.chooser, "merges_first_step", False) and not actor.done:
                     self.trace.append(f"{actor.name}@{actor.at}")
                     self._go(actor)
                 self.last = actor
@@ -380,7 +381,8 @@ def gc_actor(world: World, runs: int, grace: float, host: str = "gc-host",
         for _ in range(runs):
             testhooks.pause_point("gc-start")
             if spacing is not None:
-                world.clock.now = max(world.clock.now, world.clock.now if started is None else started + spacing)
+                if started is not None:
+                    world.clock.now = max(world.clock.now, started + spacing)
                 started = world.clock.now
             try:
                 reports.append(collect_garbage(repo, clock=boot, local_clock=world.clock))
