@@ -164,6 +164,17 @@ def test_a_sweep_leaves_a_young_checkpoint_index_so_its_packs_stay_protected(tmp
         "the checkpoint index, still young, still protects its pack after the sweep"
 
 
+def test_a_dry_run_promises_to_free_what_the_real_run_frees_and_no_more(tmp_path, clock, remote):
+    writer, repo = _two_snapshots_older_forgotten(tmp_path, clock, remote)
+    clock.advance(GRACE + 1)
+    dry = gc(repo, clock, dry_run=True)
+    real = gc(repo, clock)
+    assert dry.packs_repacked == real.packs_repacked > 0, "mostly dead packs: the case this test is about"
+    freed = real.bytes_condemned - real.bytes_written          # condemned packs, less their live blobs' copies
+    assert 0 < dry.would_free <= real.bytes_condemned
+    assert abs(dry.would_free - freed) <= 0.1 * freed, "only pack headers and compression differ"
+
+
 def test_orphan_pack_is_condemned_only_after_the_grace_period(tmp_path, clock, remote):
     writer, repo = _two_snapshots_older_forgotten(tmp_path, clock, remote)
     gc_to_completion(repo, clock)
