@@ -528,6 +528,15 @@ def _cleanup() -> None:
     shutil.rmtree(_base(), ignore_errors=True)
 
 
+def _sweep_orphans() -> None:
+    """Remove the folders of explorer processes that are gone: a process killed by a timeout (a
+    mutation run's, a CI job's) never runs its atexit cleanup, and tmpfs is memory."""
+    for folder in _base().parent.glob("casstore-explore-*"):
+        pid = folder.name.rpartition("-")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def fresh_world(kind: str, setup: str = "main") -> tuple[World, dict[str, dict[str, dict]]]:
     """A world in the prepared state, always at the same path (so every absolute path in the
     local repositories' records, and a file:// remote's URL, stays the same)."""
@@ -537,6 +546,7 @@ def fresh_world(kind: str, setup: str = "main") -> tuple[World, dict[str, dict[s
     if template is None:
         import atexit
 
+        _sweep_orphans()
         atexit.register(_cleanup)
         world = new_world(run, kind)
         expected = prepare_due_plan(world) if setup == "due-plan" else prepare(world)
