@@ -399,3 +399,20 @@ def test_an_encrypted_repository_stores_no_delta_blob(tmp_path):
     repo.snapshot(str(source))
     assert not repo.load_index().delta_keys()
     assert repo.check(read_data=True).ok
+
+
+def test_gc_repacks_an_encrypted_repository_and_the_kept_snapshot_still_restores(tmp_path):
+    from casstore.gc.run import collect_garbage
+
+    source = make_source(tmp_path / "data")
+    with encrypted_repo(tmp_path / "repo") as repo:
+        first = repo.snapshot(str(source))
+        data = source / "random.bin"          # its first chunk stays; the rest of its packs' bytes die
+        data.write_bytes(data.read_bytes()[:8192] + blake3.blake3(b"other").digest(length=200_000))
+        kept = repo.snapshot(str(source))
+        repo.delete_snapshot(first.id)
+        report = collect_garbage(repo, exclusive=True)
+        assert report.packs_repacked > 0, "packs that are mostly dead: the case this test is about"
+        assert repo.check(read_data=True).ok
+        repo.restore(kept.id, str(tmp_path / "out"))
+    assert file_contents(tmp_path / "out") == file_contents(source)

@@ -147,6 +147,34 @@ def test_young_writer_index_protects_old_packs_but_gc_index_does_not(tmp_path, c
     assert not _pack_ids(remote)
 
 
+def test_a_sweep_leaves_a_young_checkpoint_index_so_its_packs_stay_protected(tmp_path, clock, remote):
+    writer, repo = _two_snapshots_older_forgotten(tmp_path, clock, remote)
+    clock.advance(GRACE + 1)
+    assert gc(repo, clock).packs_condemned > 0          # a plan, due one grace period later
+    store = BlobStore(remote, repo.config, repo.load_index(), origin={"kind": "checkpoint", "host": "h",
+                                                                        "session": "s"})
+    store.add(KIND_DATA, b"uploaded by a long sync, no snapshot yet" * 100)
+    store.wait_uploads()
+    clock.advance(GRACE + 1)             # the plan is due and the pack old; its checkpoint index is written now
+    store.write_index("checkpoint")
+    store.close()
+    swept = gc(repo, clock)              # sweeps the plan, merging the old indexes, then marks again
+    assert swept.plans_swept == 1, "the sweep this test is about"
+    assert swept.packs_condemned == gc(repo, clock).packs_condemned == 0, \
+        "the checkpoint index, still young, still protects its pack after the sweep"
+
+
+def test_a_dry_run_promises_to_free_what_the_real_run_frees_and_no_more(tmp_path, clock, remote):
+    writer, repo = _two_snapshots_older_forgotten(tmp_path, clock, remote)
+    clock.advance(GRACE + 1)
+    dry = gc(repo, clock, dry_run=True)
+    real = gc(repo, clock)
+    assert dry.packs_repacked == real.packs_repacked > 0, "mostly dead packs: the case this test is about"
+    freed = real.bytes_condemned - real.bytes_written          # condemned packs, less their live blobs' copies
+    assert 0 < dry.would_free <= real.bytes_condemned
+    assert abs(dry.would_free - freed) <= 0.1 * freed, "only pack headers and compression differ"
+
+
 def test_orphan_pack_is_condemned_only_after_the_grace_period(tmp_path, clock, remote):
     writer, repo = _two_snapshots_older_forgotten(tmp_path, clock, remote)
     gc_to_completion(repo, clock)

@@ -459,3 +459,15 @@ def test_a_restore_whose_walk_fails_reports_the_original_error(tmp_path: Path, p
                          capture_output=True, text=True, timeout=60)
     assert cli.returncode != 0
     assert "cannot be read" in cli.stderr and "Bad file descriptor" not in cli.stderr, cli.stderr
+
+
+def test_reads_for_one_host_see_only_that_hosts_snapshots_even_when_another_host_is_newer(tmp_path: Path) -> None:
+    from tests.helpers import write_snapshot
+
+    repo = local_repo(tmp_path / "repo")       # this machine has no snapshot of its own: reads see every host's
+    ours = write_snapshot(repo, lambda store: [], host="a", time_ns=10**18)
+    newer = write_snapshot(repo, lambda store: [], host="b", time_ns=2 * 10**18)
+    assert repo.resolve("latest").id == newer
+    assert repo.resolve("latest", host="a").id == ours
+    assert [s.id for s in repo.readable(host="a")] == [ours]
+    assert {s.id for s in repo.readable(all_hosts=True)} == {ours, newer}

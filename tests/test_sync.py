@@ -40,17 +40,18 @@ def test_sync_then_restore_on_a_fresh_machine(any_remote, tmp_path):
     assert fresh.check(read_data=True).ok
 
 
-def test_no_change_sync_costs_a_handful_of_requests(memory_remote, moto_remote, tmp_path):
-    for remote in (memory_remote, moto_remote):
-        source = make_source(tmp_path / f"data-{remote.url[:4]}")
-        repo = local_repo(tmp_path / f"repo-{remote.url[:4]}")
-        repo.snapshot(str(source))
-        repo.sync(remote)
-        counting = CountingRemote(remote)
-        report = repo.sync(counting)
-        assert report.snapshots == []
-        assert counting.total() <= 5
-        assert counting.bytes_up == 0
+@pytest.mark.parametrize("backend", ["memory_remote", "moto_remote"])   # ids name the server: `-k "not moto"`
+def test_no_change_sync_costs_a_handful_of_requests(backend, request, tmp_path):
+    remote = request.getfixturevalue(backend)
+    source = make_source(tmp_path / "data")
+    repo = local_repo(tmp_path / "repo")
+    repo.snapshot(str(source))
+    repo.sync(remote)
+    counting = CountingRemote(remote)
+    report = repo.sync(counting)
+    assert report.snapshots == []
+    assert counting.total() <= 5
+    assert counting.bytes_up == 0
 
 
 def test_incremental_sync_uploads_about_what_the_snapshot_added(moto_remote, tmp_path):

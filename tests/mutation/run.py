@@ -3,6 +3,8 @@
     python -m tests.mutation.run                       # seeded sample (default 160 mutants), 2 workers
     python -m tests.mutation.run --sample 0            # every mutant of the modules (hours on 2 cores)
     python -m tests.mutation.run --tests tests/test_x.py ...   # another test selection
+    nice -n 19 python -m tests.mutation.run --sample 0 --workers 1 --state /work/mutstate/full-COMMIT \
+        --modules casstore.gc.sweep ...                # resumable: run again to go on where it stopped
 
 The run happens in a scratch export of HEAD (`git archive`), so the work tree is never mutated and
 uncommitted edits are not measured. mutmut (configured in pyproject.toml, [tool.mutmut]) runs the
@@ -75,16 +77,23 @@ def _module(name: str) -> str:
 
 
 def run(modules: list[str], sample: int, seed: int, tests: list[str] | None, workers: int,
-        previous: dict | None = None, explore: bool = True) -> dict:
+        previous: dict | None = None, explore: bool = True, state: Path | None = None) -> dict:
     """Run a seeded sample; with `previous` (an earlier result), run again only its survivors: tests
-    were added since, and a mutant an earlier test killed stays killed."""
-    work = Path(tempfile.mkdtemp(prefix="casstore-mutation-"))
+    were added since, and a mutant an earlier test killed stays killed. With `state`, the export and
+    mutmut's results live there and are kept: a later run with the same `state` runs only the
+    mutants that have no result yet (mutmut saves each result as it comes)."""
+    work = state or Path(tempfile.mkdtemp(prefix="casstore-mutation-"))
     try:
-        _export(work, tests, explore and any(m.startswith("casstore.gc.") for m in modules))
+        if not (work / "pyproject.toml").exists():
+            work.mkdir(parents=True, exist_ok=True)
+            _export(work, tests, explore and any(m.startswith("casstore.gc.") for m in modules))
         _mutmut(work, "run", "--max-children", str(workers), "no-such-mutant")   # generate, trace, run nothing
         every = sorted(k for k in _meta(work) if _module(k) in modules)
         if previous is not None:
             chosen = sorted(previous["survivors"])
+        elif state is not None:
+            done = _meta(work)
+            chosen = [name for name in every if done.get(name) is None]    # resume: only what has no result
         else:
             chosen = sorted(random.Random(seed).sample(every, sample)) if 0 < sample < len(every) else every
         started = time.monotonic()
@@ -92,10 +101,14 @@ def run(modules: list[str], sample: int, seed: int, tests: list[str] | None, wor
             _mutmut(work, "run", "--max-children", str(workers), *chosen[i:i + 200])
         codes = merge(previous["codes"] if previous else {}, {name: _meta(work).get(name) for name in chosen})
         survivors = {name: _diff(work, name) for name in chosen if STATUS.get(codes.get(name), "?") == "survived"}
+        if state is not None:        # the report covers every result kept, this session's and earlier ones
+            codes = {name: code for name, code in _meta(work).items() if _module(name) in modules}
+            survivors = {name: _diff(work, name) for name, code in codes.items() if STATUS.get(code) == "survived"}
         return {"codes": codes, "population": len(every), "seconds": round(time.monotonic() - started),
                 "survivors": survivors}
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if state is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def merge(before: dict[str, int | None], again: dict[str, int | None]) -> dict[str, int | None]:
@@ -143,13 +156,21 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the raw result here")
     parser.add_argument("--no-write", action="store_true", help="print only; leave MUTATION.md as it is")
     parser.add_argument("--rerun-survivors", type=Path, help="a --json result: run only its survivors again")
+    parser.add_argument("--state", type=Path, help="keep the export and mutmut's results here (outside every "
+                        "work tree, e.g. /work/mutstate/full-COMMIT); running again resumes")
     parser.add_argument("--no-explore", action="store_true",
                         help="leave the gc exploration test out of the selection (it joins when a gc module is run)")
     args = parser.parse_args()
     previous = json.loads(args.rerun_survivors.read_text()) if args.rerun_survivors else None
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()    # the commit exported, read before the run
-    result = run(args.modules, args.sample, args.seed, args.tests, args.workers, previous, not args.no_explore)
+    if args.state is not None:
+        marker = args.state / "COMMIT"      # a kept state measures the commit it was exported from
+        commit = marker.read_text().strip() if marker.exists() else commit
+        args.state.mkdir(parents=True, exist_ok=True)
+        marker.write_text(commit + "\n")
+    result = run(args.modules, args.sample, args.seed, args.tests, args.workers, previous, not args.no_explore,
+                 args.state)
     result.update(commit=commit, command=" ".join(["python -m tests.mutation.run", *sys.argv[1:]]))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
