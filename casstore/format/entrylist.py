@@ -38,6 +38,13 @@ class EntryList:
         for i, (kind, blob_id, offset, length, raw_length) in enumerate(_RECORD.iter_unpack(self._records)):
             yield BlobEntry(kind, blob_id, offset, length, raw_length, bases.get(i))
 
+    def as_lists(self) -> Iterator[list]:
+        """Each entry as `BlobEntry.as_list()` gives it, without making the entry (index encoding)."""
+        bases = self._bases
+        for i, fields in enumerate(_RECORD.iter_unpack(self._records)):
+            base = bases.get(i) if bases else None
+            yield list(fields) if base is None else [*fields, base]
+
     def __contains__(self, entry: object) -> bool:
         return any(e == entry for e in self)
 
