@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from casstore.format.pack import BlobEntry
 
@@ -38,7 +39,7 @@ class EntryList:
         for i, (kind, blob_id, offset, length, raw_length) in enumerate(_RECORD.iter_unpack(self._records)):
             yield BlobEntry(kind, blob_id, offset, length, raw_length, bases.get(i))
 
-    def as_lists(self) -> Iterator[list]:
+    def as_lists(self) -> Iterator[list[Any]]:
         """Each entry as `BlobEntry.as_list()` gives it, without making the entry (index encoding)."""
         bases = self._bases
         for i, fields in enumerate(_RECORD.iter_unpack(self._records)):

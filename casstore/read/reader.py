@@ -17,7 +17,6 @@ from casstore.format.walk import VisitBudget, load_tree_chain, walk_tree
 from casstore.read.dictview import json_ready_dict, snapshot_dict
 from casstore.repo.core import RepoCore, SnapshotInfo
 
-
 # Decoded trees a Snapshot keeps (in entries, about 400 bytes each as objects). A restore walks every
 # tree twice (the visit budget's check, then the writing walk): kept whole, a million-file snapshot
 # held 512 MiB of decoded trees (issue 14). Beyond this many, trees are decoded again when read again.
