@@ -72,3 +72,21 @@ def test_store_seals_a_pack_before_a_blob_that_would_not_fit(tmp_path, monkeypat
     assert store.packs_written == 5
     for data in blobs:
         assert store.read(KIND_DATA, codec.blob_id(data)) == data
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+@pytest.mark.parametrize("level", [0, 3])
+def test_an_encoded_blob_keeps_nothing_of_the_block_it_was_cut_from(encrypted, level):
+    """The chunker's blocks are reused once no chunk refers to them: an envelope (sealed or not,
+    raw or compressed) must hold its own bytes, not a view into the block (issue 15 seals a raw
+    chunk straight from the block, without the copy a plain envelope needs)."""
+    from casstore.format.crypto import MasterKey
+
+    sealer = MasterKey.generate().sealer if encrypted else None
+    block = bytearray(os.urandom(4096) + b"compressible " * 500)
+    chunk = memoryview(block)[:4096] if level == 0 else memoryview(block)[4096:]
+    original = bytes(chunk)
+    blob_id = codec.blob_id(chunk, sealer)
+    parts = codec.encode_verified(chunk, level, blob_id, sealer, KIND_DATA)
+    block[:] = bytes(len(block))                  # the block is cut into again
+    assert codec.decode_verified(b"".join(parts), len(original), blob_id, sealer, KIND_DATA) == original

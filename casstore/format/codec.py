@@ -83,11 +83,19 @@ Encoded = tuple[bytes, bytes]
 
 def encode_parts(data: bytes | memoryview, level: int) -> Encoded:
     """Compress `data` into (tag, payload), or store it raw when zstd does not shrink it."""
+    tag, payload = _encode_parts_view(data, level)
+    return tag, bytes(payload)
+
+
+def _encode_parts_view(data: bytes | memoryview, level: int) -> tuple[bytes, bytes | memoryview]:
+    """`encode_parts`, but a raw payload is `data` itself, not a copy: for a caller that seals it
+    into new bytes at once (the copy cost an encrypted snapshot a pass over every incompressible
+    byte, issue 15)."""
     if level > 0:
         compressed = _compressor(level).compress(data)
         if len(compressed) < len(data):
             return _ZSTD, compressed
-    return _RAW, bytes(data)
+    return _RAW, data
 
 
 def encode(data: bytes | memoryview, level: int) -> bytes:
@@ -221,17 +229,30 @@ def encode_verified(data: bytes | memoryview, level: int, expected_id: bytes,
 
     With `base` (its id and plaintext; plain repositories only), a delta against it is kept when
     it is smaller."""
+    if sealer is not None:
+        return _encode_sealed(data, level, expected_id, sealer, kind)
     tag, payload = encode_parts(data, level)
-    if base is not None and sealer is None and level > 0:
+    if base is not None and level > 0:
         delta_tag, frame = delta.encode_parts(data, level, *base)
         if len(delta_tag) + len(frame) < len(tag) + len(payload):
             if blob_id(delta.decode_frame(frame, len(data), base[1])) != expected_id:
                 raise IntegrityError(f"blob {expected_id.hex()[:16]} does not survive its own delta encoding")
             return delta_tag, frame
-    if _plaintext_id(tag[0], payload, len(data), sealer) != expected_id:
-        raise IntegrityError(f"blob {expected_id.hex()[:16]} does not survive its own encoding")
-    if sealer is None:
-        return tag, payload
+    _check_survives(tag[0], payload, len(data), None, expected_id)
+    return tag, payload
+
+
+def _encode_sealed(data: bytes | memoryview, level: int, expected_id: bytes, sealer: Sealer, kind: int) -> Encoded:
+    """`encode_verified` in an encrypted repository: the envelope checked, then sealed into new bytes
+    (tag | nonce, ciphertext); `data` is not referred to afterwards."""
+    tag, payload = _encode_parts_view(data, level)
+    _check_survives(tag[0], payload, len(data), sealer, expected_id)
     sealed_tag = tag[0] | TAG_SEALED
     nonce, ciphertext = sealer.seal_parts(KIND_DATA_BLOB + kind, _blob_ad_name(expected_id, sealed_tag), payload)
     return bytes((sealed_tag,)) + nonce, ciphertext
+
+
+def _check_survives(tag: int, payload: bytes | memoryview, raw_length: int, sealer: Sealer | None,
+                    expected_id: bytes) -> None:
+    if _plaintext_id(tag, payload, raw_length, sealer) != expected_id:
+        raise IntegrityError(f"blob {expected_id.hex()[:16]} does not survive its own encoding")
