@@ -18,6 +18,10 @@ disk. The history: --history snapshots of a --history-files source with --change
 rewritten between two snapshots (the same files for every tool), then restore, check and `show`
 of the latest; reported are the median and the last snapshot's time and the largest peak RSS.
 
+`--sources DIR` generates each size once into DIR/<files> (a marker beside it names the parameters)
+and reuses it in later runs instead of generating and deleting it (1M files take minutes to write);
+`--generate-only` stops after that.
+
 The result goes to benchmarks/work/scale.json and is printed as Markdown tables (--append-results
 appends them to RESULTS.md). `--casstore-path DIR` runs casstore from another source tree
 (PYTHONPATH), e.g. a `git worktree` of an earlier commit, labelled with --casstore-label.
