@@ -7,7 +7,8 @@ so exactly one actor runs at a time. Before each go the scheduler may move the s
 forward, by nothing or by up to more than two grace periods: every parked actor is "suspended"
 meanwhile (each actor's boot clock is the storage clock plus its own origin, so it keeps counting
 through the suspension, as CLOCK_BOOTTIME does). The choices come from a `Chooser`: a seeded
-random one, or an enumerating one that walks every choice sequence up to a depth bound.
+random one, or `Bounded`, which enumerates every schedule with at most P preemptions (iterative
+context bounding; tests/test_gc_explore.py states the bound CI runs and what it leaves out).
 
 A schedule's verdict is the invariants of design 5 and 9 checked afterwards: every snapshot on
 the remote restores byte-identical to the folder it was taken of, `check --read-data` is clean,
@@ -59,6 +60,9 @@ ADVANCES = (0.0, 0.0, 0.0, GRACE / 4 + 1, GRACE / 2 + 1, GRACE + 1, 2 * GRACE + 
 SLOW = (0.0, 0.0, 121.0)
 #: a window of seconds, not a suspension: the storage clock moves by a minute at most
 SHORT = (0.0, 0.0, 60.0)
+#: the clock jumps a bounded enumeration tries: a suspension past two grace periods (one on the
+#: window scenarios); the other thresholds (G/4, G/2, G) are all crossed by it
+JUMPS = {ADVANCES: (2 * GRACE + 1,), SLOW: (121.0,), SHORT: (60.0,)}
 STEP_TIMEOUT = 60.0
 #: the full restore + check --read-data on every FULL_EVERY-th seed; the cheap invariant on all
 FULL_EVERY = int(os.environ.get("CASSTORE_EXPLORE_FULL_EVERY", "8"))
@@ -110,6 +114,11 @@ class Chooser:
     def choose(self, options: int) -> int:
         raise NotImplementedError
 
+    def move(self, scheduler: Scheduler, live: list[Actor]) -> tuple[Actor, float]:
+        """The next step: which live actor runs, after moving the storage clock by how much."""
+        actor = live[self.choose(len(live))]
+        return actor, scheduler.advances[self.choose(len(scheduler.advances))]
+
 
 class RandomChooser(Chooser):
     def __init__(self, seed: int) -> None:
@@ -119,34 +128,66 @@ class RandomChooser(Chooser):
         return self.rng.randrange(options)
 
 
-class Enumerator(Chooser):
-    """Depth-first over every choice sequence: the first `depth` choices branch, later ones take 0.
+class Bounded(Chooser):
+    """Every schedule with at most `bound` preemptions, depth-first (iterative context bounding,
+    Musuvathi and Qadeer, PLDI 2007: most concurrency bugs need very few preemptions).
 
-    Each schedule replays the prefix it was given and records how many options each choice had;
-    `advance()` then moves to the next unexplored sequence (False when all were run).
+    At each pause point the moves are: the actor that ran last goes on (free); or, one preemption
+    each, it is suspended for a clock jump and goes on, or another live actor runs instead, after a
+    jump or none. When the last actor finished (and at the start) any live actor may run: free, as
+    nothing is preempted, but a clock jump there still costs one (it suspends every parked actor).
+    The jumps are `JUMPS` of the scenario's advances.
+
+    Each schedule replays the move prefix it was given and records how many moves each pause point
+    offered; `advance()` then moves to the next unexplored sequence (False when all were run). The
+    first move is always "go on", so a prefix extends with the fewest preemptions.
     """
 
-    def __init__(self, depth: int) -> None:
-        self.depth = depth
-        self.prefix: list[int] = []
-        self.taken: list[tuple[int, int]] = []   # (choice, options) of the current run
+    #: the step from an actor's start to its first pause point runs nothing that another actor's step
+    #: could interleave with (a sync or snapshot starts with its pause point; gc reads the immutable
+    #: `config` first), so the scheduler runs it on into the next step: that pause offers no choice
+    merges_first_step = True
+
+    def __init__(self, bound: int, first: int = 0, stride: int = 1) -> None:
+        """`first`, `stride`: only the subtrees whose first move is first, first + stride, ... (one
+        worker process's share)."""
+        self.bound, self.stride = bound, stride
+        self.prefix: list[int] = [first]
+        self.taken: list[tuple[int, int]] = []   # (move, moves offered) of the current run
+        self.used = 0
 
     def start(self) -> None:
-        self.taken = []
+        self.taken, self.used = [], 0
 
-    def choose(self, options: int) -> int:
+    def move(self, scheduler: Scheduler, live: list[Actor]) -> tuple[Actor, float]:
+        moves = self.moves(scheduler, live)
         n = len(self.taken)
-        pick = self.prefix[n] if n < len(self.prefix) else 0
-        pick = min(pick, options - 1)
-        self.taken.append((pick, options if n < self.depth else 1))
-        return pick
+        pick = min(self.prefix[n] if n < len(self.prefix) else 0, len(moves) - 1)
+        self.taken.append((pick, len(moves)))
+        actor, jump, cost = moves[pick]
+        self.used += cost
+        return actor, jump
+
+    def moves(self, scheduler: Scheduler, live: list[Actor]) -> list[tuple[Actor, float, int]]:
+        jumps = scheduler.jumps
+        last = scheduler.last
+        free = last is None or last.done
+        moves = [(actor, 0.0, 0) for actor in live] if free else [(last, 0.0, 0)]
+        if self.used < self.bound:
+            if free:
+                moves += [(actor, jump, 1) for actor in live for jump in jumps]
+            else:
+                moves += [(last, jump, 1) for jump in jumps]
+                moves += [(actor, jump, 1) for actor in live if actor is not last for jump in (0.0, *jumps)]
+        return moves
 
     def advance(self) -> bool:
         path = list(self.taken)
         while path:
             pick, options = path.pop()
-            if pick + 1 < options:
-                self.prefix = [p for p, _ in path] + [pick + 1]
+            step = self.stride if not path else 1
+            if pick + step < options:
+                self.prefix = [p for p, _ in path] + [pick + step]
                 return True
         return False
 
@@ -169,10 +210,12 @@ class Actor:
 class Scheduler:
     def __init__(self, clock: StorageClock, chooser: Chooser, advances: tuple[float, ...] = ADVANCES) -> None:
         self.clock, self.chooser, self.advances = clock, chooser, advances
+        self.jumps = JUMPS.get(advances, (max(advances),))   # a bounded enumeration's clock jumps
         self.actors: list[Actor] = []
         self.trace: list[str] = []
         self._cond = threading.Condition()
         self._by_thread: dict[int, Actor] = {}
+        self.last: Actor | None = None   # the actor that ran the latest step
 
     def add(self, name: str, body: Callable[[Callable[[], float]], object]) -> Actor:
         actor = Actor(name, body, origin=1000.0 * (len(self.actors) + 1))
@@ -227,11 +270,15 @@ class Scheduler:
                 live = [a for a in self.actors if not a.done]
                 if not live:
                     break
-                actor = live[self.chooser.choose(len(live))]
-                jump = self.advances[self.chooser.choose(len(self.advances))]
+                actor, jump = self.chooser.move(self, live)
                 self.clock.now += jump
                 self.trace.append(f"+{jump:.0f}s {actor.name}@{actor.at}" if jump else f"{actor.name}@{actor.at}")
+                first = actor.at == "start"
                 self._go(actor)
+                if first and getattr(self.chooser, "merges_first_step", False) and not actor.done:
+                    self.trace.append(f"{actor.name}@{actor.at}")
+                    self._go(actor)
+                self.last = actor
             for actor in self.actors:
                 if actor.thread is not None:
                     actor.thread.join()
@@ -323,12 +370,20 @@ def sync_actor(world: World, host: Host) -> Callable[[Callable[[], float]], obje
     return body
 
 
-def gc_actor(world: World, runs: int, grace: float, host: str = "gc-host") -> Callable[[Callable[[], float]], object]:
+def gc_actor(world: World, runs: int, grace: float, host: str = "gc-host",
+             spacing: float | None = None) -> Callable[[Callable[[], float]], object]:
+    """`runs` gc runs one after another; with `spacing`, each starts at least that long (storage
+    time) after the previous one started, as a host's timer would run them."""
     def body(boot: Callable[[], float]) -> object:
         repo = remote_repo(world.remote, world.root, host, grace)
         reports: list[object] = []
+        started: float | None = None
         for _ in range(runs):
             testhooks.pause_point("gc-start")
+            if spacing is not None:
+                if started is not None:
+                    world.clock.now = max(world.clock.now, started + spacing)
+                started = world.clock.now
             try:
                 reports.append(collect_garbage(repo, clock=boot, local_clock=world.clock))
             except (LeaseHeld, LeaseLost) as exc:
@@ -409,6 +464,12 @@ def prepare(world: World) -> dict[str, dict[str, dict]]:
     return {host.name: host.expected for host in hosts}
 
 
+#: each scenario's writing hosts: in a seeded random schedule, and in a bounded enumeration (fewer
+#: actors: each one multiplies the schedules of a preemption bound)
+WRITERS = {"writers": "ab", "grace": "ab", "unchanged": "c", "all": "abc"}
+BOUNDED_WRITERS = {"writers": "a", "grace": "a", "unchanged": "c", "all": "ab"}
+
+
 def build(world: World, scenario: str, scheduler: Scheduler, expected: dict[str, dict[str, dict]]) -> list[Host]:
     """Add `scenario`'s actors to `scheduler`; returns the writing hosts.
 
@@ -425,12 +486,18 @@ def build(world: World, scenario: str, scheduler: Scheduler, expected: dict[str,
     hosts = [Host(name, Repository.open_local(str(world.root / f"repo-{name}"), settings_for(world.root, name, GRACE)),
                   dict(digests)) for name, digests in sorted(expected.items())]
     gc_grace = GRACE / 60 if scenario == "grace" else GRACE
-    writers = {"writers": "ab", "grace": "ab", "unchanged": "c", "all": "abc"}.get(scenario, "")
+    bounded = isinstance(scheduler.chooser, Bounded)
+    writers = (BOUNDED_WRITERS if bounded else WRITERS).get(scenario, "")
     for host in hosts:
         if host.name in writers:
             scheduler.add(host.name, sync_actor(world, host))
-    if scenario in ("remote-snapshot", "all"):
+    if scenario == "remote-snapshot" or scenario == "all" and not bounded:
         scheduler.add("r", remote_snapshot_actor(world, world.root / "src-r"))
+    if bounded:   # two timed runs: a mark, then a sweep of its plan (unchanged: its plan is due, one run)
+        scheduler.add("gc", gc_actor(world, 1 if scenario == "unchanged" else 2, gc_grace, spacing=gc_grace + 1))
+        if scenario == "all":
+            scheduler.add("gc2", gc_actor(world, 2, GRACE / 60, host="gc2-host", spacing=GRACE / 60 + 1))
+        return hosts
     scheduler.add("gc", gc_actor(world, 2 if scenario == "unchanged" else 3, gc_grace))
     if scenario == "all":   # a second gc host, whose own setting says one minute
         scheduler.add("gc2", gc_actor(world, 2, GRACE / 60, host="gc2-host"))
@@ -461,6 +528,15 @@ def _cleanup() -> None:
     shutil.rmtree(_base(), ignore_errors=True)
 
 
+def _sweep_orphans() -> None:
+    """Remove the folders of explorer processes that are gone: a process killed by a timeout (a
+    mutation run's, a CI job's) never runs its atexit cleanup, and tmpfs is memory."""
+    for folder in _base().parent.glob("casstore-explore-*"):
+        pid = folder.name.rpartition("-")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def fresh_world(kind: str, setup: str = "main") -> tuple[World, dict[str, dict[str, dict]]]:
     """A world in the prepared state, always at the same path (so every absolute path in the
     local repositories' records, and a file:// remote's URL, stays the same)."""
@@ -470,6 +546,7 @@ def fresh_world(kind: str, setup: str = "main") -> tuple[World, dict[str, dict[s
     if template is None:
         import atexit
 
+        _sweep_orphans()
         atexit.register(_cleanup)
         world = new_world(run, kind)
         expected = prepare_due_plan(world) if setup == "due-plan" else prepare(world)
@@ -497,10 +574,13 @@ class Verdict:
     problems: list[str]
 
 
+def advances_of(scenario: str) -> tuple[float, ...]:
+    return {"grace": SLOW, "unchanged": SHORT}.get(scenario, ADVANCES)
+
+
 def run_schedule(scenario: str, kind: str, chooser: Chooser, full: bool = True) -> Verdict:
     world, expected = fresh_world(kind, setup_of(scenario))
-    advances = {"grace": SLOW, "unchanged": SHORT}.get(scenario, ADVANCES)
-    scheduler = Scheduler(world.clock, chooser, advances)
+    scheduler = Scheduler(world.clock, chooser, advances_of(scenario))
     hosts = build(world, scenario, scheduler, expected)
     try:
         trace = scheduler.run()
@@ -610,6 +690,7 @@ class Exploration:
     failures: list[tuple[str, Verdict]] = field(default_factory=list)   # (seed or path, verdict)
     traces: set[int] = field(default_factory=set)   # distinct schedules (hashes of their traces)
     full: int = 0                                   # how many got the full restore + check --read-data
+    complete: bool = False                          # a bounded enumeration ran every schedule
 
     def add(self, other: Exploration) -> None:
         self.schedules += other.schedules
@@ -689,23 +770,56 @@ def _explore_in_processes(scenario: str, kind: str, seeds: list[int], budget: fl
     return found
 
 
-def explore_all(scenario: str, kind: str, depth: int, budget: float) -> Exploration:
-    """Every choice sequence whose first `depth` choices branch (the rest run the first live actor)."""
+def explore_bounded(scenario: str, kind: str, bound: int, stop_at_first: bool = False, workers: int = 1,
+                    first: int = 0, stride: int = 1) -> Exploration:
+    """Every schedule with at most `bound` preemptions (see `Bounded`); with `workers` > 1, the
+    subtrees of the first move are shared out among that many processes."""
+    if workers > 1 and not stop_at_first:
+        return _bounded_in_processes(scenario, kind, bound, workers)
     found = Exploration(scenario, kind)
     started = time.monotonic()
-    chooser = Enumerator(depth)
-    while time.monotonic() - started <= budget:
+    chooser = Bounded(bound, first, stride)
+    first_moves = _first_moves(scenario, kind, bound)
+    while True:
         chooser.start()
         path = list(chooser.prefix)
+        if path[0] >= first_moves:
+            found.complete = True   # this share is empty
+            break
         full = found.schedules % FULL_EVERY == 0
         verdict = run_schedule(scenario, kind, chooser, full=full)
         found.schedules += 1
         found.full += full
         found.traces.add(trace_id(verdict.trace))
         if not verdict.ok:
-            found.failures.append((f"path {path}", verdict))
+            found.failures.append((f"moves {path}", verdict))
+            if stop_at_first:
+                break
         if not chooser.advance():
+            found.complete = True
             break
+    found.seconds = time.monotonic() - started
+    return found
+
+
+def _first_moves(scenario: str, kind: str, bound: int) -> int:
+    """How many moves the first pause offers: each actor, after no jump (and, with a bound, each jump)."""
+    world, expected = fresh_world(kind, setup_of(scenario))
+    scheduler = Scheduler(world.clock, Bounded(bound), advances_of(scenario))
+    for host in build(world, scenario, scheduler, expected):
+        host.repo.close()
+    return len(scheduler.actors) * (1 + (len(scheduler.jumps) if bound else 0))
+
+
+def _bounded_in_processes(scenario: str, kind: str, bound: int, workers: int) -> Exploration:
+    started = time.monotonic()
+    found = Exploration(scenario, kind, complete=True)
+    futures = [_pool(workers).submit(explore_bounded, scenario, kind, bound, False, 1, w, workers)  # type: ignore[attr-defined]
+               for w in range(workers)]
+    for future in futures:
+        share = future.result()
+        found.add(share)
+        found.complete &= share.complete
     found.seconds = time.monotonic() - started
     return found
 
@@ -722,7 +836,9 @@ def replay(scenario: str, kind: str, seed: int) -> Verdict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m tests.explore SCENARIO KIND [--seed N | --schedules N]`: replay or explore."""
+    """`python -m tests.explore SCENARIO KIND [--seed N | --schedules N | --bound P [--moves M,M,...]]`:
+    replay a seed, explore seeded random schedules, enumerate every schedule with at most P
+    preemptions, or replay one of them."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m tests.explore")
@@ -730,14 +846,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("kind", choices=("memory", "file"))
     parser.add_argument("--seed", type=int)
     parser.add_argument("--schedules", type=int, default=100)
+    parser.add_argument("--bound", type=int, help="enumerate every schedule with at most this many preemptions")
+    parser.add_argument("--moves", help="with --bound: replay the schedule of these moves (e.g. 0,0,3)")
     parser.add_argument("--workers", type=int, default=1, help="processes to explore in")
     args = parser.parse_args(argv)
     import logging
 
     logging.basicConfig(level=logging.ERROR)
-    seeds = range(args.seed, args.seed + 1) if args.seed is not None else range(args.schedules)
-    found = explore_random(args.scenario, args.kind, seeds, budget=float("inf"),
-                           full_every=1 if args.seed is not None else FULL_EVERY, workers=args.workers)
+    if args.bound is not None and args.moves:   # replay one bounded schedule, as a failure printed it
+        chooser = Bounded(args.bound)
+        chooser.prefix = [int(m) for m in args.moves.split(",")]
+        verdict = run_schedule(args.scenario, args.kind, chooser)
+        print(f"{'ok' if verdict.ok else '; '.join(verdict.problems)}\n  schedule: {' '.join(verdict.trace)}")
+        return 0 if verdict.ok else 1
+    if args.bound is not None:
+        found = explore_bounded(args.scenario, args.kind, args.bound, workers=args.workers)
+    else:
+        seeds = range(args.seed, args.seed + 1) if args.seed is not None else range(args.schedules)
+        found = explore_random(args.scenario, args.kind, seeds, budget=float("inf"),
+                               full_every=1 if args.seed is not None else FULL_EVERY, workers=args.workers)
     print(f"{summary(found)}, {len(found.failures)} failing")
     for where, verdict in found.failures:
         print(f"{where}: {'; '.join(verdict.problems)}\n  schedule: {' '.join(verdict.trace)}")

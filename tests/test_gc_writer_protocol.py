@@ -12,7 +12,7 @@ from casstore.errors import ConfigError, ObjectExists
 from casstore.format.config import DEFAULT_GRACE_SECONDS, RepoConfig
 from casstore.gc.run import GraceTooShort
 from casstore.remotes.local import LocalRemote
-from casstore.remotes.wrappers import CountingRemote
+from casstore.remotes.wrappers import CountingRemote, RemoteWrapper
 from tests.gc_helpers import GRACE, FakeClock, Writer, gc, new_memory_remote, remote_repo
 
 
@@ -189,3 +189,42 @@ def test_a_killed_soak_run_leaves_no_stopped_process(tmp_path):
         time.sleep(0.05)
     os.kill(child, signal.SIGKILL)
     raise AssertionError(f"the soak driver {child} outlived its parent (state {state})")
+
+
+class PackThief(RemoteWrapper):
+    """Each index lands late (half a grace period after it was sent, as after a suspension), and as
+    it lands one pack of the session is gone: gc swept it meanwhile."""
+
+    def __init__(self, inner, clock: FakeClock) -> None:
+        super().__init__(inner)
+        self.clock, self.packs, self.indexes = clock, [], 0
+
+    def _put_hinted(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None, cold: bool):
+        if key.startswith("data/"):
+            self.packs.append(key)
+        if not key.startswith("index/"):
+            return super()._put_hinted(key, data, if_absent=if_absent, if_match=if_match, cold=cold)
+        self.clock.advance(GRACE / 2)
+        self.indexes += 1
+        if self.packs:
+            self.inner.delete(self.packs.pop(0))
+        return super()._put_hinted(key, data, if_absent=if_absent, if_match=if_match, cold=cold)
+
+
+def test_a_writer_whose_freshly_indexed_packs_keep_vanishing_gives_up_loudly(tmp_path, clock):
+    """`Copier._check_index_landed` withdraws a late index whose packs are gone and writes one
+    without them; when that keeps happening MAX_RECHECKS times it stops the sync ("keeps changing")
+    rather than return quietly with an index naming a deleted pack for the snapshot to rely on."""
+    from casstore.errors import CasstoreError
+    from casstore.sync.copier import MAX_RECHECKS
+
+    remote = new_memory_remote(clock)
+    writer = Writer(tmp_path / "a", "host-a", clock, big_mib=1)
+    writer.snapshot()
+    thief = PackThief(remote, clock)
+    with pytest.raises(CasstoreError, match="keeps changing") as raised:
+        writer.sync(thief)
+    assert any(entry.name == "_check_index_landed" for entry in raised.traceback), "it gave up elsewhere"
+    assert thief.indexes == MAX_RECHECKS + 1   # the late index, then one withdrawal a round
+    assert len(thief.packs) > 0, "the session must have had packs left to lose"
+    assert not list(remote.list("snapshots/"))

@@ -711,9 +711,10 @@ class _BlobTable:
             fps, rests, starts, _ = self._state
             wide = {key: list(locs) for key, locs in self._wide.items()}
         for b in range(_BUCKETS):
-            prefix, lo, hi = b.to_bytes(2, "big"), starts[b], starts[b + 1]
+            lo, hi = starts[b], starts[b + 1]
             if lo == hi:               # most buckets of a small index are empty: skip them cheaply
                 continue
+            prefix = b.to_bytes(2, "big")
             records = _whole_records(fps[lo * _FP:hi * _FP], rests[lo * _REST:hi * _REST])
             at = 0
             while at < len(records):

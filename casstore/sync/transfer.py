@@ -113,6 +113,7 @@ def sync_to_remote(repo: RepoCore, remote: str | Remote | None = None, *, dry_ru
         return _finish(report, counting, started, state.last_sync.get("stored_bytes", 0), state)
     copier = Copier(repo, dst, concurrency=repo.settings.upload_concurrency, grace=float(dst.config.grace_seconds),
                     state=None if dry_run else state, progress=progress, clock=clock, listed_since=listed_since)
+    stored = 0
     try:
         repo.load_index()
         copier.load_destination()
@@ -132,14 +133,16 @@ def sync_to_remote(repo: RepoCore, remote: str | Remote | None = None, *, dry_ru
         if not dry_run:
             _copy(copier, todo, blobs, missing)
             state.journal_clear()
-            state.last_sync = {"time": time.time(), "snapshots": len(todo), "ok": True,
-                               "stored_bytes": _stored_bytes(dst)}
+            stored = _stored_bytes(dst)   # a walk of the whole index: once, for the state and the report
+            state.last_sync = {"time": time.time(), "snapshots": len(todo), "ok": True, "stored_bytes": stored}
         report.packs_uploaded = copier.store.packs_written
         report.bytes_uploaded = copier.store.bytes_written
         report.rechecks, report.reuploaded_blobs = copier.rechecks, copier.reuploaded
     finally:
         copier.close()
-    return _finish(report, counting, started, _stored_bytes(dst) + report.bytes_missing_stored * dry_run, state)
+    if dry_run:
+        stored = _stored_bytes(dst) + report.bytes_missing_stored
+    return _finish(report, counting, started, stored, state)
 
 
 def announce_total(progress: Callable[[int], None] | None, total: int) -> None:
