@@ -18,6 +18,10 @@ disk. The history: --history snapshots of a --history-files source with --change
 rewritten between two snapshots (the same files for every tool), then restore, check and `show`
 of the latest; reported are the median and the last snapshot's time and the largest peak RSS.
 
+`--sources DIR` generates each size once into DIR/<files> (a marker beside it names the parameters)
+and reuses it in later runs instead of generating and deleting it (1M files take minutes to write);
+`--generate-only` stops after that.
+
 The result goes to benchmarks/work/scale.json and is printed as Markdown tables (--append-results
 appends them to RESULTS.md). `--casstore-path DIR` runs casstore from another source tree
 (PYTHONPATH), e.g. a `git worktree` of an earlier commit, labelled with --casstore-label.
@@ -161,13 +165,28 @@ def read_steps(tool_name: str, tool) -> dict:
     return {}
 
 
-def measure_size(name: str, files: int, args, work: Path, env: dict) -> dict:
-    source = work / "data"
+def prepare_source(files: int, args, work: Path) -> tuple[Path, int]:
+    """The source of one size: generated into the work folder (removed after), or with --sources DIR
+    generated once into DIR/<files> and reused by later runs (a marker names the parameters)."""
+    source = Path(args.sources) / str(files) if args.sources else work / "data"
+    marker = source.parent / f"{source.name}.generated"  # beside: not part of the source
+    wanted = json.dumps([files, args.per_dir, args.min_bytes, args.max_bytes, args.seed])
+    if args.sources and marker.exists() and json.loads(marker.read_text())[0] == json.loads(wanted):
+        total = json.loads(marker.read_text())[1]
+        log(f"{files} files, {total / 1e6:.0f} MB reused from {source}")
+        return source, total
     shutil.rmtree(source, ignore_errors=True)
     started = time.perf_counter()
     total = generate(source, files, args.per_dir, (args.min_bytes, args.max_bytes), args.seed)
     age(source)
+    if args.sources:
+        marker.write_text(json.dumps([json.loads(wanted), total]))
     log(f"{files} files, {total / 1e6:.0f} MB generated in {time.perf_counter() - started:.0f} s")
+    return source, total
+
+
+def measure_size(name: str, files: int, args, work: Path, env: dict) -> dict:
+    source, total = prepare_source(files, args, work)
     results: dict = {"files": files, "bytes": total}
     for tool_name in args.tools:
         tool = fresh_tool(tool_name, work, f"{files}", env, args.casstore_path)
@@ -179,7 +198,8 @@ def measure_size(name: str, files: int, args, work: Path, env: dict) -> dict:
         results[label(tool_name, args)] = steps
         for path in tool.paths():
             shutil.rmtree(path, ignore_errors=True)
-    shutil.rmtree(source, ignore_errors=True)
+    if not args.sources:
+        shutil.rmtree(source, ignore_errors=True)
     return results
 
 
@@ -273,6 +293,8 @@ def main() -> None:
     p.add_argument("--tools", default=",".join(TOOLS))
     p.add_argument("--casstore-path", help="run casstore from this source tree (PYTHONPATH)")
     p.add_argument("--casstore-label", default="")
+    p.add_argument("--sources", help="generate each size once into DIR/<files> and reuse it in later runs")
+    p.add_argument("--generate-only", action="store_true", help="with --sources: generate and stop")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip comparing restores")
     p.add_argument("--work", default=str(HERE / "work" / "scale"))
     p.add_argument("--out", default=str(HERE / "work" / "scale.json"))
@@ -290,8 +312,13 @@ def main() -> None:
                     "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
                     "labels": [label(t, args) for t in args.tools], "sizes": []}
     for files in (int(n) for n in args.files.split(",") if n):
+        if args.generate_only:
+            prepare_source(files, args, work)
+            continue
         result["sizes"].append(measure_size("size", files, args, work, env))
         Path(args.out).write_text(json.dumps(result, indent=1))
+    if args.generate_only:
+        return
     if args.history:
         result["history"] = measure_history(args, work, env)
     result["load_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())

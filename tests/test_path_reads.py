@@ -175,3 +175,28 @@ def test_reading_one_key_holds_the_index_compactly(tmp_path: Path) -> None:
     assert value == {"answer": 42}
     print(f"peak {peak / blobs:.0f} bytes per indexed blob")
     assert peak < 100 * blobs, f"{peak / blobs:.0f} bytes per indexed blob"
+
+
+def test_a_restore_holds_at_most_the_cap_of_decoded_trees_and_restores_everything(tmp_path: Path, monkeypatch) -> None:
+    """A reader keeps decoded trees only up to TREE_CACHE_ENTRIES (a 1M-file restore kept every
+    tree: 512 MiB); beyond it trees are read again, and the restore is still whole."""
+    repo = init_repo(tmp_path / "repo")
+    write_snapshot(repo, deep_and_wide)
+    monkeypatch.setattr(reader, "TREE_CACHE_ENTRIES", 10)
+    held: list[int] = []
+    tree = reader.Snapshot.tree
+
+    def watched(self: reader.Snapshot, tree_id: bytes) -> list[Entry]:
+        entries = tree(self, tree_id)
+        held.append(sum(map(len, self._trees.values())))
+        return entries
+
+    monkeypatch.setattr(reader.Snapshot, "tree", watched)
+    fresh = open_repo(tmp_path / "repo")
+    reads = count_tree_reads(fresh)
+    fresh.restore("latest", str(tmp_path / "out"), all_hosts=True)
+    assert max(held) <= 10
+    assert len(reads) > 1 + WIDTH + DEPTH          # read again past the cap (the budget's walk, then the restore)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([f"w{i:02}" for i in range(WIDTH)] + ["d0"])
+    assert json.loads((tmp_path / "out" / CHAIN / "target.json").read_text()) == {"answer": 42}
+    assert all(len(list((tmp_path / "out" / f"w{i:02}").iterdir())) == 4 for i in range(WIDTH))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Iterator
+from typing import Any, overload
 
 from casstore.format.pack import BlobEntry
 
@@ -37,6 +38,28 @@ class EntryList:
         bases = self._bases
         for i, (kind, blob_id, offset, length, raw_length) in enumerate(_RECORD.iter_unpack(self._records)):
             yield BlobEntry(kind, blob_id, offset, length, raw_length, bases.get(i))
+
+    @overload
+    def __getitem__(self, i: int) -> BlobEntry: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[BlobEntry]: ...
+
+    def __getitem__(self, i: int | slice) -> BlobEntry | list[BlobEntry]:
+        """As a list's: decoded index objects hold their entries as records too (format/index.py)."""
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError("entry index out of range")
+        i %= len(self)
+        kind, blob_id, offset, length, raw_length = _RECORD.unpack_from(self._records, i * _RECORD.size)
+        return BlobEntry(kind, blob_id, offset, length, raw_length, self._bases.get(i))
+
+    def as_lists(self) -> Iterator[list[Any]]:
+        """Each entry as `BlobEntry.as_list()` gives it, without making the entry (index encoding)."""
+        bases = self._bases
+        for i, fields in enumerate(_RECORD.iter_unpack(self._records)):
+            base = bases.get(i) if bases else None
+            yield list(fields) if base is None else [*fields, base]
 
     def __contains__(self, entry: object) -> bool:
         return any(e == entry for e in self)

@@ -10,6 +10,7 @@ lists stops it (GcAborted) before it deletes anything.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from casstore.errors import CasstoreError, ObjectNotFound
@@ -23,7 +24,7 @@ from casstore.format.index import (
     decode_index,
     without_retracted,
 )
-from casstore.format.pack import KIND_TREE
+from casstore.format.pack import KIND_TREE, BlobEntry
 from casstore.format.plan import GcPlan, decode_plan
 from casstore.format.snapshot import SnapshotManifest, decode_snapshot
 from casstore.format.walk import add_reachable
@@ -53,9 +54,9 @@ class RepoView:
     def indexed_packs(self) -> set[str]:
         return {pack for index, _ in self.indexes.values() for pack in index.packs}
 
-    def pack_entries(self) -> dict[str, list]:
+    def pack_entries(self) -> dict[str, Collection[BlobEntry]]:
         """pack id -> its blob entries, as the indexes list them (first listing wins)."""
-        entries: dict[str, list] = {}
+        entries: dict[str, Collection[BlobEntry]] = {}
         for index, _ in self.indexes.values():
             for pack_id, blobs in index.packs.items():
                 entries.setdefault(pack_id, blobs)
@@ -67,7 +68,7 @@ class RepoView:
                 if index.origin.get("kind") in PROTECTING_ORIGINS and info.mtime > now - grace
                 for pack in index.packs}
 
-    def without(self, doomed: set[str]) -> dict[str, list]:
+    def without(self, doomed: set[str]) -> dict[str, Collection[BlobEntry]]:
         return {pack: blobs for pack, blobs in self.pack_entries().items() if pack not in doomed}
 
 

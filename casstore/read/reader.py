@@ -17,6 +17,11 @@ from casstore.format.walk import VisitBudget, load_tree_chain, walk_tree
 from casstore.read.dictview import json_ready_dict, snapshot_dict
 from casstore.repo.core import RepoCore, SnapshotInfo
 
+# Decoded trees a Snapshot keeps (in entries, about 400 bytes each as objects). A restore walks every
+# tree twice (the visit budget's check, then the writing walk): kept whole, a million-file snapshot
+# held 512 MiB of decoded trees (issue 14). Beyond this many, trees are decoded again when read again.
+TREE_CACHE_ENTRIES = 131_072
+
 
 class PathNotFound(CasstoreError, KeyError, FileNotFoundError):
     """A path that is not in the snapshot."""
@@ -43,6 +48,7 @@ class Snapshot:
         self.repo, self.info = repo, info
         self.id, self.manifest = info.id, info.manifest
         self._trees: dict[bytes, list[Entry]] = {}
+        self._tree_entries = 0      # entries held in _trees (filled up to TREE_CACHE_ENTRIES, then kept)
 
     # -- identity ----------------------------------------------------------------------------
 
@@ -65,9 +71,13 @@ class Snapshot:
 
     def tree(self, tree_id: bytes) -> list[Entry]:
         """A directory's entries, following a split directory's chain of tree blobs."""
-        if tree_id not in self._trees:
-            self._trees[tree_id] = load_tree_chain(lambda i: self.repo.read_blob(KIND_TREE, i), tree_id)
-        return self._trees[tree_id]
+        entries = self._trees.get(tree_id)
+        if entries is None:
+            entries = load_tree_chain(lambda i: self.repo.read_blob(KIND_TREE, i), tree_id)
+            if self._tree_entries + len(entries) <= TREE_CACHE_ENTRIES:
+                self._trees[tree_id] = entries
+                self._tree_entries += len(entries)
+        return entries
 
     def entry(self, path: str) -> Entry | None:
         """The entry at `path` ('' or '/' is the root, returned as None)."""

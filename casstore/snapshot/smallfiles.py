@@ -26,7 +26,7 @@ from casstore._testing import pause_point
 
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)
 READ_ATTEMPTS = 2
-BATCH_FILES = 64               # files per task
+BATCH_FILES = 128              # files per task
 BATCH_BYTES = 1024 * 1024      # bytes per task (a few MiB in flight over the pipeline's window)
 
 Prepare = Callable[[bytes], tuple[bytes, object, int]]
