@@ -537,32 +537,33 @@ class _BlobTable:
         if not tails and not drop:
             return
         touched = self._holding(drop) if drop else sorted(tails)
-        fp_pieces: list[Column | memoryview] = []     # joined once at the end: no over-allocation kept
-        rest_pieces: list[Column | memoryview] = []
+        # the new columns are written in place, at most the old table and every tail long: no
+        # piece per bucket joined at the end, which held the table twice over (issue 14: that join
+        # was the peak of `check` and of a snapshot saving its table)
+        room = len(fps) // _FP + sum(len(tail) for tail in tails.values()) // _SIZE
+        out = _Columns(room)
         new_starts = array("I", bytes(4 * (_BUCKETS + 1)))
-        copied_to = 0                  # bucket up to which the old table has been taken into the pieces
+        copied_to = 0                  # bucket up to which the old table has been copied out
         shift = 0                      # records gained (or lost) so far
         for b in touched:
             lo, hi = starts[b], starts[b + 1]
             if lo == hi and b not in tails:   # nothing to merge (most buckets of a small index)
                 continue
             if lo > starts[copied_to]:
-                fp_pieces.append(_stretch(fps, starts[copied_to] * _FP, lo * _FP))
-                rest_pieces.append(_stretch(rests, starts[copied_to] * _REST, lo * _REST))
+                out.put(memoryview(fps)[starts[copied_to] * _FP:lo * _FP],      # copied at once: a view
+                        memoryview(rests)[starts[copied_to] * _REST:lo * _REST])  # is never kept
             for j in range(copied_to, b + 1):
                 new_starts[j] = starts[j] + shift
             old = _whole_records(fps[lo * _FP:hi * _FP], rests[lo * _REST:hi * _REST])
             merged, distinct_change = self._merge(old, tails.get(b, b""), drop)
-            fp_pieces.append(b"".join(record[:_FP] for record in merged))
-            rest_pieces.append(b"".join(record[_FP:] for record in merged))
+            out.put(b"".join(record[:_FP] for record in merged), b"".join(record[_FP:] for record in merged))
             shift += len(merged) - (hi - lo)
             self._distinct += distinct_change
             copied_to = b + 1
-        fp_pieces.append(memoryview(fps)[starts[copied_to] * _FP:])
-        rest_pieces.append(memoryview(rests)[starts[copied_to] * _REST:])
+        out.put(memoryview(fps)[starts[copied_to] * _FP:], memoryview(rests)[starts[copied_to] * _REST:])
         for j in range(copied_to, _BUCKETS + 1):
             new_starts[j] = starts[j] + shift
-        self._state = (b"".join(fp_pieces), b"".join(rest_pieces), new_starts, {})
+        self._state = (*out.finish(), new_starts, {})
 
     def _holding(self, numbers: frozenset[int]) -> list[int] | range:
         """The buckets that hold records of these pack numbers (every bucket, for many of them).
@@ -768,13 +769,31 @@ class _BlobTable:
         return _first(fps, rests, blob_id[2:6], blob_id[6:] + _KIND_BYTE[kind], starts[b], starts[b + 1]) >= 0
 
 
-def _stretch(column: Column, start: int, end: int) -> Column | memoryview:
-    """An untouched stretch of a column for `_settle` to join: a view of a long one (no copy of a
-    big table), a copy of a short one (a view costs 184 bytes; a settle touching most buckets made
-    one per bucket, 26 MB at 100k blobs, the peak of a snapshot saving its table)."""
-    if end - start >= 4096:
-        return memoryview(column)[start:end]
-    return column[start:end]
+class _Columns:
+    """The two columns of a settling table, written in place into buffers made `room` records long."""
+
+    def __init__(self, room: int) -> None:
+        self.fps, self.rests = bytearray(room * _FP), bytearray(room * _REST)
+        self.records = 0
+
+    def put(self, fps: Column | memoryview, rests: Column | memoryview) -> None:
+        at, n = self.records, len(fps) // _FP
+        self.fps[at * _FP:(at + n) * _FP] = fps
+        self.rests[at * _REST:(at + n) * _REST] = rests
+        self.records += n
+
+    def finish(self) -> tuple[Column, Column]:
+        """The columns, cut to the records written (fewer than `room` when repeats or dropped packs
+        went); a buffer mostly empty (a gc dropping many packs) is copied rather than kept."""
+        columns = []
+        for column, width in ((self.fps, _FP), (self.rests, _REST)):
+            used = self.records * width
+            if used < len(column) // 2:
+                columns.append(bytes(memoryview(column)[:used]))
+            else:
+                del column[used:]
+                columns.append(column)
+        return columns[0], columns[1]
 
 
 def _whole_records(fps: Column, rests: Column) -> list[bytes]:
