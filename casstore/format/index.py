@@ -785,7 +785,7 @@ class _Columns:
     def finish(self) -> tuple[Column, Column]:
         """The columns, cut to the records written (fewer than `room` when repeats or dropped packs
         went); a buffer mostly empty (a gc dropping many packs) is copied rather than kept."""
-        columns = []
+        columns: list[Column] = []
         for column, width in ((self.fps, _FP), (self.rests, _REST)):
             used = self.records * width
             if used < len(column) // 2:
