@@ -74,6 +74,35 @@ def test_store_seals_a_pack_before_a_blob_that_would_not_fit(tmp_path, monkeypat
         assert store.read(KIND_DATA, codec.blob_id(data)) == data
 
 
+
+def test_a_store_lets_its_pack_buffers_go_before_it_writes_the_index(tmp_path, monkeypatch):
+    """Issue 14: the index body of a large session is made while nothing else is needed; the pack
+    buffers (two of 16 MiB) held until the end were part of that peak."""
+    from casstore.repo.blobstore import BlobStore
+    from tests.helpers import init_repo
+
+    kept: list[int] = []
+    real = BlobStore.write_index
+
+    def write_index(self, kind="writer"):
+        kept.append(len(self._pack_buffers._blocks))
+        return real(self, kind)
+
+    monkeypatch.setattr(BlobStore, "write_index", write_index)
+    repo = init_repo(tmp_path / "repo", pack_size=64 * 1024)
+    store = repo.blob_store()
+    blobs = [os.urandom(40 * 1024) for _ in range(3)]
+    for data in blobs:
+        store.add(KIND_DATA, data)
+    assert store._pack_buffers is not None and store._pack_buffers._blocks     # in use while adding
+    store.flush()
+    assert kept == [0]
+    store.add(KIND_DATA, os.urandom(1000))                                      # a later pack: a new one
+    store.flush()
+    store.close()
+    for data in blobs:
+        assert store.read(KIND_DATA, codec.blob_id(data)) == data
+
 @pytest.mark.parametrize("encrypted", [False, True])
 @pytest.mark.parametrize("level", [0, 3])
 def test_an_encoded_blob_keeps_nothing_of_the_block_it_was_cut_from(encrypted, level):

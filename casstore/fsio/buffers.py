@@ -44,6 +44,11 @@ class BufferPool:
                     time.sleep(WAIT_SECONDS)   # the workers drop their views as they finish chunks
             return memoryview(bytearray(self.size))   # still none free: one that is not kept
 
+    def release(self) -> None:
+        """Forget the kept buffers (a buffer still viewed lives on until its views go)."""
+        with self._lock:
+            self._blocks = []
+
 
 def _unshared(block: bytearray) -> bool:
     """True when no memoryview of `block` is alive (shrinking a viewed bytearray raises)."""

@@ -204,6 +204,10 @@ class BlobStore:
     def flush(self):
         """Packs first, then the index that lists them (design 5.1). Returns (index id, info) or None."""
         self.wait_uploads()
+        if self._pack_buffers is not None:
+            # every pack is stored: its buffers (two of 16 MiB) go before the index body is made,
+            # the peak of a large session (issue 14); a later pack makes a new one
+            self._pack_buffers.release()
         return self.write_index("writer")
 
     def close(self) -> None:
