@@ -78,13 +78,27 @@ class CasstoreNoDelta(CasstoreChain):
     name = "casstore-nodelta"
 
 
+class CasstoreBefore(Casstore):
+    """The same venv on another copy of the casstore package (`--before-code`, e.g. `git archive
+    <commit> casstore | tar -x -C DIR`): before and after side by side in one run, where peak RSS
+    and CPU move with the machine's load."""
+    name = "casstore-before"
+    code = ""
+
+    def __init__(self, work: Path, rep_tag: str, env: dict) -> None:
+        super().__init__(work, rep_tag, env)
+        if not os.path.isdir(os.path.join(self.code, "casstore")):
+            raise SystemExit(f"casstore-before: --before-code {self.code!r} holds no casstore package")
+        self.env["PYTHONPATH"] = self.code
+
+
 CHAIN_TOOL = "casstore-chain"      # casstore-chainN: chains bounded at N deltas (a variant to compare)
 
 
 def tool_class(name: str) -> type:
     if name.startswith(CHAIN_TOOL) and name[len(CHAIN_TOOL):].isdigit():
         return type("CasstoreChainN", (CasstoreChain,), {"name": name, "chain": int(name[len(CHAIN_TOOL):])})
-    return {**TOOL_CLASSES, CasstoreNoDelta.name: CasstoreNoDelta}[name]
+    return {**TOOL_CLASSES, CasstoreNoDelta.name: CasstoreNoDelta, CasstoreBefore.name: CasstoreBefore}[name]
 
 # Snapshot.to_dict() of the latest, every file's value read (JSON parsed) and dropped: the read
 # path over delta chains; not materialized whole (the icon sets parse to several GiB of objects).
@@ -348,7 +362,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--versions", type=int, default=12, help="versions per package, the latest ones (default 12)")
     p.add_argument("--tools", default=",".join((*TOOLS, CasstoreNoDelta.name)),
-                   help="subset of casstore,restic,borg,casstore-nodelta (no deltas),casstore-chainN (chains of N)")
+                   help="subset of casstore,restic,borg,casstore-nodelta (no deltas),casstore-chainN (chains of N),"
+                        "casstore-before (the code in --before-code)")
+    p.add_argument("--before-code", default="", help="for casstore-before: a folder holding another casstore/")
     p.add_argument("--work", default=str(HERE / "work" / "realdata"), help="work directory (gitignored)")
     p.add_argument("--cache", default=str(HERE / "work" / "realdata-cache"), help="downloaded tarballs (kept)")
     p.add_argument("--output", default=str(HERE / "RESULTS.md"), help="report whose section is replaced")
@@ -362,6 +378,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    CasstoreBefore.code = os.path.abspath(args.before_code) if args.before_code else ""
     if args.report_only:
         after = json.loads(Path(args.results_json or HERE / "realdata-results.json").read_text())
         if args.before:

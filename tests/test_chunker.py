@@ -150,3 +150,37 @@ def test_fixed_chunker(tmp_path):
     data = bytes(range(256)) * 100
     assert [bytes(p) for p in FixedChunker(1000).chunks(io.BytesIO(data))] == _fd_cuts(FixedChunker(1000), data,
                                                                                        tmp_path)
+
+
+@pytest.mark.parametrize("grows", [False, True])
+def test_files_share_a_block_while_their_chunks_are_held_and_cut_as_alone(tmp_path, monkeypatch, grows):
+    """Files that fit in what the last file left of its block start there (issue 17: a block per
+    1-3 MiB file kept four 10 MiB blocks busy). Every chunk view stays held, as chunks in flight
+    are; each file still cuts exactly as the streaming cutter cuts it alone. `grows`: each file
+    has grown past its fstat size by the time it is read (the block part was too small)."""
+    from casstore.chunker import fastcdc
+    from casstore.fsio import buffers
+
+    made: list[int] = []
+    real = bytearray
+    monkeypatch.setattr(buffers, "bytearray", lambda n: made.append(n) or real(n), raising=False)
+    if grows:
+        monkeypatch.setattr(fastcdc, "_remaining", lambda fd, offset: 1)
+    sizes = (16 * KiB, 64 * KiB, 512 * KiB)
+    chunker = FastCDCChunker(*sizes, seed=SEED)
+    rng = random.Random(9)
+    files = [rng.randbytes(n) for n in (100 * KiB, 17 * KiB, 200 * KiB, 250 * KiB, 300 * KiB, 40 * KiB)]
+    held, cut = [], []
+    for i, data in enumerate(files):
+        path = tmp_path / str(i)
+        path.write_bytes(data)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            views = list(chunker.chunks_of_fd(fd))
+        finally:
+            os.close(fd)
+        held += views
+        cut.append([bytes(v) for v in views])
+    assert cut == [[bytes(p) for p in chunker.chunks(io.BytesIO(data))] for data in files]
+    assert [bytes(v) for v in held] == [c for file_cut in cut for c in file_cut]    # nothing overwritten
+    assert len(made) == 2      # 907 KiB in blocks of 640 KiB (one block per file made 6)

@@ -416,3 +416,33 @@ def test_gc_repacks_an_encrypted_repository_and_the_kept_snapshot_still_restores
         assert repo.check(read_data=True).ok
         repo.restore(kept.id, str(tmp_path / "out"))
     assert file_contents(tmp_path / "out") == file_contents(source)
+
+
+# `casstore snapshot` and `restore` of a plain repository, in a fresh interpreter, through the CLI
+_PLAIN_RUN = """
+import sys
+from casstore.cli.main import cli
+for args in (["init"], ["snapshot", sys.argv[2]], ["restore", "latest", sys.argv[3]]):
+    try:
+        cli(["--repo", sys.argv[1], *args], prog_name="casstore", standalone_mode=False)
+    except SystemExit as exc:
+        assert not exc.code, exc.code
+print(sorted(m for m in sys.modules if m.split(".")[0] == "cryptography"))
+"""
+
+
+def test_a_plain_repository_never_imports_cryptography(tmp_path):
+    """`cryptography` and OpenSSL are about 8.6 MiB of RSS (issue 17's peak-RSS target): a plain
+    repository's snapshot and restore must not load them; an encrypted one still seals."""
+    import subprocess
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.json").write_bytes(b'{"a": 1}' * 1000)
+    env = {**os.environ, "CASSTORE_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("CASSTORE_PASSWORD", None)
+    proc = subprocess.run([sys.executable, "-c", _PLAIN_RUN, str(tmp_path / "repo"), str(src), str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "out" / "a.json").read_bytes() == (src / "a.json").read_bytes()

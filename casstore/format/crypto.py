@@ -28,14 +28,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
 import msgpack
-from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from casstore.errors import DowngradeError, FormatError, IntegrityError, WrongPassword
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 SCHEME = "aes-256-gcm/blake3-keyed/1"
 SEAL_VERSION = 1
@@ -55,6 +56,20 @@ KIND_SNAPSHOT = 5
 KIND_PLAN = 6
 KIND_CONFIG = 7
 KIND_FILES_CACHE = 9          # the local files cache (snapshot/filescache.py), not a stored object
+
+# `cryptography` (with OpenSSL, about 8.6 MiB of RSS) is imported where a key or seal is used, never
+# by a plain repository: it was 6% of a plain snapshot's peak RSS (issue 17)
+
+
+def _aesgcm(key: bytes) -> AESGCM:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    return AESGCM(key)
+
+
+def _invalid_tag() -> type[Exception]:
+    from cryptography.exceptions import InvalidTag
+    return InvalidTag
+
 
 _CONTEXT = "casstore 2026-12 "   # BLAKE3 derive_key contexts: application, date, purpose
 
@@ -98,7 +113,8 @@ class Sealer:
 
     def __init__(self, secret: bytes, domain: bytes) -> None:
         self.domain = domain
-        self._aead = AESGCM(_derive(secret, "aead key"))
+        self._aead = _aesgcm(_derive(secret, "aead key"))
+        self._invalid_tag = _invalid_tag()
         self._id_key = _derive(secret, "blob id key")
 
     def blob_id(self, data: bytes | memoryview) -> bytes:
@@ -125,7 +141,7 @@ class Sealer:
             raise IntegrityError(f"{what}: sealed object too short (truncated)")
         try:
             return self._aead.decrypt(view[:NONCE_SIZE], view[NONCE_SIZE:], self.associated(kind, name))
-        except InvalidTag:
+        except self._invalid_tag:
             raise IntegrityError(f"{what}: authentication failed (tampered, truncated, renamed or "
                                  "from another repository)") from None
 
@@ -181,6 +197,8 @@ def default_kdf(weak: bool = False) -> dict[str, Any]:
     """Argon2id where this OpenSSL has it, else scrypt."""
     if weak:
         return dict(WEAK_ARGON2)
+    from cryptography.exceptions import UnsupportedAlgorithm
+
     try:
         _kdf_key(b"probe", b"0" * 16, WEAK_ARGON2)
         return dict(ARGON2_DEFAULT)
@@ -199,7 +217,7 @@ def _slot_ad(slot_id: str) -> bytes:
 def make_slot(key: MasterKey, password: bytes, slot_id: str, kdf: dict[str, Any], host: str) -> bytes:
     """A key slot object: `key`'s secret and domain sealed under a key derived from `password`."""
     salt = os.urandom(16)
-    wrapping = AESGCM(_kdf_key(password, salt, kdf))
+    wrapping = _aesgcm(_kdf_key(password, salt, kdf))
     nonce = os.urandom(NONCE_SIZE)
     secret = msgpack.packb({"secret": key.secret, "domain": key.domain})
     body: bytes = msgpack.packb({"version": SLOT_VERSION, "kdf": kdf, "salt": salt, "host": host,
@@ -242,10 +260,10 @@ def open_slot(slot_id: str, body: bytes, password: bytes) -> tuple[bytes, bytes]
     sealed = doc["sealed"]
     if len(sealed) < OVERHEAD:
         raise FormatError(f"corrupt key slot {slot_id[:8]}: too short")
-    wrapping = AESGCM(_kdf_key(password, doc["salt"], doc["kdf"]))
+    wrapping = _aesgcm(_kdf_key(password, doc["salt"], doc["kdf"]))
     try:
         inner = msgpack.unpackb(wrapping.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], _slot_ad(slot_id)))
-    except InvalidTag:
+    except _invalid_tag():
         raise WrongPassword("wrong password for this key slot") from None
     secret, domain = inner.get("secret"), inner.get("domain")
     if not (isinstance(secret, bytes) and len(secret) == 32 and isinstance(domain, bytes) and len(domain) == 16):

@@ -27,6 +27,7 @@ from casstore.format import codec
 from casstore.format.pack import KIND_DATA, KIND_TREE
 from casstore.format.snapshot import SnapshotManifest
 from casstore.format.tree import Entry, EntryType, encode_tree_chain
+from casstore.fsio.heap import bound_free_heap
 from casstore.fsio.readahead import FILE_AHEAD, ReadAhead
 from casstore.remotes.local import remove_leftovers
 from casstore.repo.blobstore import BlobStore
@@ -730,6 +731,7 @@ def take_snapshot(repo: RepoCore, source: str, *, tags: tuple[str, ...] = (), ex
                   progress: Callable[[int], None] | None = None) -> SnapshotResult:
     """Snapshot `source` into `repo`: packs, then the index, then the manifest (the commit)."""
     refuse_remote(repo)
+    bound_free_heap()      # the workers' arenas would keep up to 16 MiB free each (fsio/heap.py)
     repo.load_index()
     repo.load_plans()  # blobs only in packs a gc plan condemns count as missing (design 5.4)
     remove_leftovers(repo.remote)   # temp files an earlier killed run left (issue 13, case 11)
