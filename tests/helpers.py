@@ -137,6 +137,17 @@ def run(*args: str, expect: int | None = 0, cwd: str | Path | None = None, env: 
     return proc
 
 
+def run_isolated(cwd: str | Path, env: dict[str, str], *args: object, expect: int | None = 0,
+                 timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `casstore` with exactly `env` (nothing inherited) and no stdin, so a command that would
+    prompt for a password fails instead of waiting; check the exit code unless `expect` is None."""
+    proc = subprocess.run([CASSTORE, *map(str, args)], capture_output=True, cwd=cwd, env=env,
+                          stdin=subprocess.DEVNULL, timeout=timeout)
+    if expect is not None:
+        assert proc.returncode == expect, f"{args}: {proc.stderr.decode(errors='replace')}"
+    return proc
+
+
 def invoke(*args: str, expect: int | None = 0):
     """Run the CLI in-process with click's CliRunner (stderr kept apart from stdout)."""
     result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=True)

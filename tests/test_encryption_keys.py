@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,17 +12,12 @@ import pytest
 from casstore.errors import FormatError, WrongPassword
 from casstore.format.crypto import ARGON2_DEFAULT, MasterKey, default_kdf, make_slot, open_slot, slot_info
 from casstore.repo import keys
-from tests.helpers import CASSTORE, assert_one_line_error
+from tests.helpers import assert_one_line_error, run_isolated
 
 OLD, NEW, OTHER = "the first password", "a better password", "a colleague's password"
 
 
-def cli(cwd: Path, env: dict[str, str], *args: object, expect: int | None = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run([CASSTORE, *map(str, args)], capture_output=True, cwd=cwd, env=env,
-                          stdin=subprocess.DEVNULL, timeout=120)
-    if expect is not None:
-        assert proc.returncode == expect, f"{args}: {proc.stderr.decode(errors='replace')}"
-    return proc
+cli = run_isolated
 
 
 @pytest.fixture

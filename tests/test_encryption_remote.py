@@ -4,10 +4,9 @@ scheduler; and the bucket, scanned object by object, shows nothing readable."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import subprocess
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,7 +14,7 @@ import pytest
 from casstore.client import Repository
 from casstore.repo import keys
 from casstore.settings import load_settings
-from tests.helpers import CASSTORE, file_contents
+from tests.helpers import file_contents, run_isolated
 from tests.test_api import running_server
 from tests.test_encryption import PASSWORD, assert_nothing_readable, encrypted_repo, make_source, needles_of
 
@@ -30,12 +29,7 @@ def _weak_kdf(monkeypatch):
     keys.forget_unlocked()
 
 
-def cli(cwd: Path, env: dict[str, str], *args: object, expect: int | None = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run([CASSTORE, *map(str, args)], capture_output=True, cwd=cwd, env=env,
-                          stdin=subprocess.DEVNULL, timeout=180)
-    if expect is not None:
-        assert proc.returncode == expect, f"{args}: {proc.stderr.decode(errors='replace')}"
-    return proc
+cli = functools.partial(run_isolated, timeout=180)
 
 
 def host_env(moto_server, url: str, host: str, password: str) -> dict[str, str]:
