@@ -41,11 +41,11 @@ from run import (  # noqa: E402
     TOOL_CLASSES,
     TOOLS,
     Casstore,
-    compare_trees,
     evict,
     log,
     machine_info,
     pin_casstore_code,
+    restore_verified,
     rotated,
     run_measured,
     tool_available,
@@ -207,14 +207,7 @@ def measure(tool, step: str, index: int, source: str, everything: list[str], wor
         m = run_measured([sys.executable, "-c", TO_DICT, tool.repo], tool.env, tool.cwd)
         m["entries"] = json.loads(m.pop("stdout").strip().splitlines()[-1])["entries"]
     elif step == "restore":
-        target = str(work / "restore" / tool.name)
-        shutil.rmtree(target, ignore_errors=True)
-        m, restored = tool.restore(target, source)
-        problem = compare_trees(source, restored)
-        m["verified"] = problem is None
-        if problem:
-            log(f"    !! {tool.name} restore differs: {problem}")
-        shutil.rmtree(target, ignore_errors=True)
+        m = restore_verified(tool, str(work / "restore" / tool.name), source, tool.name)
     else:
         m = tool.snapshot(source)
         m.pop("summary", None)

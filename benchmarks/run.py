@@ -167,6 +167,19 @@ def compare_trees(a: str, b: str) -> str | None:
     return None
 
 
+
+def restore_verified(tool: Tool, target: str, source: str, name: str) -> dict:
+    """The tool's measured restore of its latest snapshot into a fresh `target`, compared with the
+    source afterwards (outside the timing: m["verified"]); the restored copy is removed again."""
+    shutil.rmtree(target, ignore_errors=True)
+    m, restored = tool.restore(target, source)
+    problem = compare_trees(source, restored)
+    m["verified"] = problem is None
+    if problem:
+        log(f"    !! {name} restore differs: {problem}")
+    shutil.rmtree(target, ignore_errors=True)
+    return m
+
 # -- the tools ---------------------------------------------------------------------------------
 
 class Tool:
@@ -415,14 +428,7 @@ def main_reps(args, work: Path, pristine: Path, env: dict, tools: tuple, results
                 evict(everything)
                 before = tree_bytes(tool.repo)
                 if step == "restore":
-                    target = str(work / "restore" / name)
-                    shutil.rmtree(target, ignore_errors=True)
-                    m, restored_root = tool.restore(target, source)
-                    problem = compare_trees(source, restored_root)
-                    m["verified"] = problem is None
-                    if problem:
-                        log(f"    !! {name} restore differs: {problem}")
-                    shutil.rmtree(target, ignore_errors=True)
+                    m = restore_verified(tool, str(work / "restore" / name), source, name)
                 else:
                     m = tool.snapshot(source)
                 after = tree_bytes(tool.repo)
