@@ -10,6 +10,7 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
+from casstore.client import Repository
 from casstore.format import layout
 from casstore.format.index import IndexObject
 from casstore.format.pack import KIND_DATA, KIND_TREE, BlobEntry
@@ -111,23 +112,24 @@ def fifty_sharing_snapshots(repo: RepoCore) -> None:
         write_snapshot(repo, build, time_ns=1_700_000_000_000_000_000 + k)
 
 
-def test_check_reads_each_distinct_tree_once_over_50_snapshots(tmp_path: Path) -> None:
-    repo = init_repo(tmp_path / "repo")
-    fifty_sharing_snapshots(repo)
+
+def fifty_sharing_snapshots_reopened(tmp_path: Path) -> tuple[Repository, int, list[bytes]]:
+    """The 50 snapshots, then the repository opened afresh: (it, its distinct tree count, the tree
+    reads recorded from now on)."""
+    fifty_sharing_snapshots(init_repo(tmp_path / "repo"))
     fresh = open_repo(tmp_path / "repo")
     distinct = sum(1 for (kind, _), _ in fresh.load_index().blobs() if kind == KIND_TREE)
-    reads = count_tree_reads(fresh)
+    return fresh, distinct, count_tree_reads(fresh)
+
+def test_check_reads_each_distinct_tree_once_over_50_snapshots(tmp_path: Path) -> None:
+    fresh, distinct, reads = fifty_sharing_snapshots_reopened(tmp_path)
     report = fresh.check()
     assert report.ok and report.snapshots == 50
     assert len(reads) == len(set(reads)) == distinct < 50 * 17       # 17 trees a snapshot
 
 
 def test_a_first_sync_of_50_snapshots_reads_each_distinct_tree_once(tmp_path: Path) -> None:
-    repo = init_repo(tmp_path / "repo")
-    fifty_sharing_snapshots(repo)
-    fresh = open_repo(tmp_path / "repo")
-    distinct = sum(1 for (kind, _), _ in fresh.load_index().blobs() if kind == KIND_TREE)
-    reads = count_tree_reads(fresh)
+    fresh, distinct, reads = fifty_sharing_snapshots_reopened(tmp_path)
     report = fresh.sync(LocalRemote(str(tmp_path / "remote")))
     assert len(report.snapshots) == 50
     assert len(reads) == len(set(reads)) == distinct
