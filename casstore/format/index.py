@@ -278,6 +278,14 @@ class MasterIndex:
         still = {pack for packs in self.index_packs.values() for pack in packs}
         self._table.drop(gone - still - self._loose)
 
+    def drop_retracted(self) -> set[str]:
+        """Forget the loaded index objects another loaded one retracts (they name lost packs);
+        returns their ids."""
+        withdrawn = set(self.index_packs) & self.retracted
+        if withdrawn:
+            self.remove_objects(withdrawn)
+        return withdrawn
+
     def add_pack(self, pack_id: str, entries: Iterable[BlobEntry]) -> None:
         """A pack a writer uploaded, before (or without) an index object that lists it."""
         self._loose.add(pack_id)

@@ -86,9 +86,7 @@ class Checker:
                 self.report.indexes += 1
             except CasstoreError as exc:
                 self.report.errors.append(f"index {index_id[:16]}: {exc}")
-        withdrawn = set(index.index_packs) & index.retracted
-        if withdrawn:
-            index.remove_objects(withdrawn)
+        index.drop_retracted()
 
     def _check_packs_listed(self) -> None:
         self.pack_sizes = {layout.name_of(info.key): info.size for info in self.repo.remote.list(layout.DATA_PREFIX)}

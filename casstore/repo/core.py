@@ -155,9 +155,7 @@ class RepoCore:
             for index_id, index in self._fetch_indexes(todo[start:start + INDEX_BATCH]).items():
                 self.index.add_object(index_id, index)
                 added += 1
-        withdrawn = set(self.index.index_packs) & self.index.retracted   # by an index loaded now
-        if withdrawn:
-            self.index.remove_objects(withdrawn)
+        withdrawn = self.index.drop_retracted()     # by an index loaded now
         if gone or added or withdrawn or not os.path.exists(self.table_cache.path):
             self.table_cache.save(self.index)
         if self.cache:
