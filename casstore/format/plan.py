@@ -3,6 +3,11 @@
 msgpack {"version": 1, "host": str, "condemned_packs": [pack id, ...],
          "superseded_indexes": [index id, ...]}
 
+`superseded_indexes` records, for diagnosis (`casstore gc` reports, debugging a bucket), the
+indexes that listed a condemned pack when the plan was made; the sweep does not trust it but
+recomputes the doomed indexes from its own listing, because an index written after the mark (a
+writer's, a copier's) may name the same packs.
+
 Writers read every plan: a blob whose only copies lie in condemned packs counts as missing and
 is uploaded again into a fresh pack, never by re-sending a condemned pack's name.
 
