@@ -3,7 +3,7 @@
 msgpack {"version": 1, "host": str, "condemned_packs": [pack id, ...],
          "superseded_indexes": [index id, ...]}
 
-`superseded_indexes` records, for diagnosis (`casstore gc` reports, debugging a bucket), the
+`superseded_indexes` records, for diagnosis (reading a bucket's plans by hand), the
 indexes that listed a condemned pack when the plan was made; the sweep does not trust it but
 recomputes the doomed indexes from its own listing, because an index written after the mark (a
 writer's, a copier's) may name the same packs.
