@@ -77,7 +77,7 @@ class SnapshotResult:
         return self.manifest.incomplete
 
 
-@dataclass
+@dataclass(slots=True)
 class FileJob:
     """One file being chunked; `chunk_ids` fills in as the pipeline delivers."""
 
@@ -257,9 +257,14 @@ class SnapshotBuilder:
         cached = self.old_cache.lookup(rel)
         items = self._stat_entries(fd, cached.entries if cached is not None else {}, rel)
         items.sort(key=lambda item: stat.S_ISDIR(item.st.st_mode))    # files first; stable: names sorted
+        ahead_files = []
         for item in items:
-            item.small = item.will_read and item.st.st_size <= self.min_chunk
-        ahead = ReadAhead([(item.name, item.st.st_size) for item in items if item.will_read and not item.small])
+            if item.will_read:
+                if item.st.st_size <= self.min_chunk:
+                    item.small = True
+                else:
+                    ahead_files.append((item.name, item.st.st_size))
+        ahead = ReadAhead(ahead_files)
         pending = _PendingTree(rel, name, st, parent, cached)
         self._listing.append(pending)
         return _Frame(fd, (st.st_dev, st.st_ino), path, rel, pending, items, ahead)
