@@ -489,7 +489,7 @@ class SnapshotBuilder:
         frame.batch, frame.batch_bytes = [], 0
         files = [(item.name, (item.st.st_dev, item.st.st_ino)) for item, _ in batch]
         dir_fd = os.dup(self._fd_of(frame))       # the batch's own: the walk may close the frame's
-        pending, limit, prepare = frame.pending, self.min_chunk, self.pipeline.prepare
+        pending, limit, prepare = frame.pending, self.min_chunk, self.pipeline.prepare_many
         try:
             self.pipeline.submit_task(lambda: smallfiles.read_batch(dir_fd, files, limit, prepare),
                                       lambda reads: self._store_batch(pending, batch, reads), size)
