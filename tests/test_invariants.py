@@ -22,6 +22,7 @@
 |   | written is read back from memory before it      |   flipped_bits_in_a_data_pack; test_hostile_input (all)    |
 |   | leaves the process                              | here: a_bad_encoder_cannot_store_bad_data,                 |
 |   |                                                 |   damaged_snapshot_and_index_objects_are_never_believed,   |
+|   |                                                 |   a_bad_batch_encoder_cannot_store_bad_small_files,        |
 |   |                                                 |   a_bad_index_encoder_cannot_store_a_bad_index,            |
 |   |                                                 |   a_bad_pack_header_cannot_be_stored                       |
 | 6 | a failed or partial listing is an error, never  | here: listing_that_fails_midway_is_an_error_for_readers,   |
@@ -42,6 +43,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import subprocess
@@ -226,6 +228,44 @@ def test_verification_on_write_refuses_an_encoding_of_other_bytes(monkeypatch, b
     monkeypatch.setattr(codec, "encode_parts", buggy)
     with pytest.raises(IntegrityError):
         codec.encode_verified(data, 3, codec.blob_id(data))
+
+
+@pytest.mark.parametrize("bug", ["other bytes", "one byte more"])
+def test_a_bad_batch_encoder_cannot_store_bad_small_files(tmp_path, monkeypatch, bug):
+    """Small files are compressed and verified a batch at a time (`encode_verified_many`): a batch
+    compressed wrong is refused like a single blob, and nothing is committed."""
+    source = tmp_path / "data"
+    for i in range(20):
+        write(source / f"doc{i}.json", json.dumps({"n": i, "text": "casstore " * (50 + i)}))
+    real = codec._compressor
+
+    class Lossy:
+        def __init__(self, level):
+            self.real = real(level)
+
+        def multi_compress_to_buffer(self, datas):
+            wrong = [bytes(d)[:-1] + b"!" if bug == "other bytes" else bytes(d) + b"!" for d in datas]
+            return self.real.multi_compress_to_buffer(wrong)
+
+        def __getattr__(self, name):       # everything else (trees, large chunks) as it is
+            return getattr(self.real, name)
+
+    repo = init_repo(tmp_path / "repo")
+    monkeypatch.setattr(codec, "_compressor", Lossy)
+    with pytest.raises(IntegrityError):
+        repo.snapshot(str(source))
+    assert objects(tmp_path / "repo", "snapshots") == [] and objects(tmp_path / "repo", "data") == []
+
+
+def test_a_batch_encodes_each_blob_as_one_at_a_time_would():
+    """The batch path stores the same envelopes (so the same bytes) as `encode_verified` per blob,
+    compressible or not, and each decodes to its plaintext."""
+    blobs = [b'{"n": %d}' % i * (i + 1) for i in range(30)] + [det_bytes(3000, 1), b"x"]
+    ids = [codec.blob_id(b) for b in blobs]
+    many = codec.encode_verified_many(blobs, 3, ids)
+    assert many == [codec.encode_verified(b, 3, i) for b, i in zip(blobs, ids, strict=True)]
+    assert [codec.decode(b"".join(env), len(b)) for env, b in zip(many, blobs, strict=True)] == blobs
+    assert {env[0] for env in many} == {b"\x00", b"\x01"}      # both raw and compressed were made
 
 
 def test_a_bad_index_encoder_cannot_store_a_bad_index(tmp_path, source, monkeypatch):

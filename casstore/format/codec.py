@@ -21,6 +21,7 @@ re-hashed against its id: a mismatch is an IntegrityError, never returned data.
 
 from __future__ import annotations
 
+import struct
 import threading
 
 import blake3
@@ -251,6 +252,38 @@ def encode_verified(data: bytes | memoryview, level: int, expected_id: bytes,
         tag, payload = encode_parts(data, level)
     _check_survives(tag[0], payload, len(data), None, expected_id)
     return tag, payload
+
+
+def encode_verified_many(datas: list[bytes], level: int, expected_ids: list[bytes]) -> list[Encoded]:
+    """`encode_verified` of many small plaintexts of a plain repository (no seal, no delta base):
+    compressed in one zstd call and decoded back in one, each checked against its id (design 5.5).
+    The frames are the ones `encode_parts` makes; a batch of small files costs about a third of
+    one call per file each way, and releases the GIL twice instead of twice a file (issue 14)."""
+    if level <= 0 or not datas:
+        return [encode_verified(data, level, blob_id) for data, blob_id in zip(datas, expected_ids, strict=True)]
+    inputs: list[bytes | bytearray | memoryview] = list(datas)
+    frames = _compressor(level).multi_compress_to_buffer(inputs)
+    encoded: list[Encoded] = []
+    packed: list[int] = []          # the compressed ones, checked below
+    for i, data in enumerate(datas):
+        frame = frames[i]
+        if len(frame) < len(data):
+            encoded.append((_ZSTD, frame.tobytes()))
+            packed.append(i)
+        else:
+            encoded.append((_RAW, bytes(data)))
+            _check_survives(TAG_RAW, data, len(data), None, expected_ids[i])
+    if packed:
+        sizes = struct.pack(f"={len(packed)}Q", *(len(datas[i]) for i in packed))
+        try:
+            decoded = _decompressor().multi_decompress_to_buffer([encoded[i][1] for i in packed],
+                                                                 decompressed_sizes=sizes)
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"a blob does not survive its own encoding: {exc}") from exc
+        for j, i in enumerate(packed):
+            if blob_id(decoded[j].tobytes()) != expected_ids[i]:
+                raise IntegrityError(f"blob {expected_ids[i].hex()[:16]} does not survive its own encoding")
+    return encoded
 
 
 def _encode_sealed(data: bytes | memoryview, level: int, expected_id: bytes, sealer: Sealer, kind: int) -> Encoded:

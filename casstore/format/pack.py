@@ -14,6 +14,7 @@ In an encrypted repository the version byte is 2 and the header is sealed (forma
 
 from __future__ import annotations
 
+import operator
 import os
 import struct
 from dataclasses import dataclass
@@ -82,6 +83,7 @@ class PackBuilder:
         self._size = _PREAMBLE
         self._sealed: bytes | memoryview | None = None
         self.entries: list[BlobEntry] = []
+        self._deltas = False              # any entry a delta (with a base to list)
 
     @property
     def size(self) -> int:
@@ -102,6 +104,7 @@ class PackBuilder:
         if not self.fits(length):
             raise ValueError("internal error: blob added to a full pack buffer")
         base = delta.base_of(parts)
+        self._deltas = self._deltas or base is not None
         self.entries.append(BlobEntry(self.kind, blob_id, self._size, length, raw_length, base))
         if self._buffer is None:
             # one copy, kept until the pack is sealed: holding zstd's own output objects instead
@@ -119,7 +122,7 @@ class PackBuilder:
         """Append the header; the pack is then one buffer (at most one copy of it is alive)."""
         if self._sealed is not None:
             return
-        header = msgpack.packb({"nonce": os.urandom(16), "blobs": [e.as_list() for e in self.entries]})
+        header = msgpack.packb({"nonce": os.urandom(16), "blobs": _header_rows(self.entries, self._deltas)})
         if self._sealer is not None:
             header = self._sealer.seal(KIND_PACK_HEADER, b"", header)
         tail = header + _TRAILER.pack(len(header))
@@ -138,6 +141,19 @@ class PackBuilder:
         data, self._sealed = self._sealed, None
         assert data is not None  # seal() just set it
         return blake3.blake3(data).hexdigest(), data
+
+
+_PLAIN_FIELDS = operator.attrgetter("kind", "id", "offset", "length", "raw_length")
+
+
+def _header_rows(entries: list[BlobEntry], deltas: bool) -> list[Any]:
+    """Every entry's `as_list()`, as msgpack packs it (a tuple packs as the same array): one C-level
+    pass for the plain ones (a pack of small files has tens of thousands; issue 14)."""
+    rows: list[Any] = list(map(_PLAIN_FIELDS, entries))
+    for i, entry in enumerate(entries) if deltas else ():
+        if entry.base is not None:
+            rows[i] = entry.as_list()
+    return rows
 
 
 def parse_header(pack: bytes | memoryview, max_raw_length: int, sealer: Sealer | None = None) -> list[BlobEntry]:

@@ -65,13 +65,22 @@ class Entry:
 
 def encode_tree_chain(entries: Iterable[Entry], store: Callable[[bytes], bytes]) -> bytes:
     """Encode a directory's entries as one tree blob or a chain; `store` saves a blob, returns its id."""
-    ordered = sorted(entries, key=lambda e: e.name)
-    _check_unique(ordered)
+    return encode_tree_rows([entry.as_list() for entry in entries], store)
+
+
+def encode_tree_rows(rows: list[list[Any]], store: Callable[[bytes], bytes]) -> bytes:
+    """`encode_tree_chain` of entries given as their `Entry.as_list()` rows: a snapshot of many
+    small files makes its file entries as rows, without an `Entry` object each (issue 14)."""
+    rows.sort(key=_row_name)
+    names = [row[0] for row in rows]
+    if len(set(names)) != len(names):
+        raise FormatError("corrupt tree: duplicate entry name")
     pages: list[list[bytes]] = []
     page: list[bytes] = []
     size = 0
-    for entry in ordered:
-        packed = msgpack.packb(entry.as_list())
+    pack = msgpack.Packer().pack      # one packer for the directory: packb makes one per call
+    for row in rows:
+        packed = pack(row)
         if page and size + len(packed) > MAX_TREE_BYTES:
             pages.append(page)
             page, size = [], 0
@@ -82,6 +91,11 @@ def encode_tree_chain(entries: Iterable[Entry], store: Callable[[bytes], bytes])
     for page in reversed(pages):
         next_id = store(_tree_body(page, next_id))
     return next_id  # type: ignore[return-value]
+
+
+def _row_name(row: list[Any]) -> bytes:
+    name: bytes = row[0]
+    return name
 
 
 def _tree_body(packed_entries: list[bytes], next_id: bytes | None) -> bytes:

@@ -116,7 +116,7 @@ class BlobStore:
         if builder is None or not len(builder):
             return
         self._wait_for_room()   # first: the finished upload frees the buffer the next pack fills
-        builder.seal()
+        # sealing (the header: one row per blob, tens of thousands in a pack of small files),
         # hashing and read-back happen on the upload thread, off the snapshot's main thread
         self._uploads.append(self._pool.submit(self._finish_and_upload, builder))
 

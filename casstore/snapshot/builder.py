@@ -26,7 +26,7 @@ from casstore.errors import ConfigError, SourceError
 from casstore.format import codec
 from casstore.format.pack import KIND_DATA, KIND_TREE
 from casstore.format.snapshot import SnapshotManifest
-from casstore.format.tree import Entry, EntryType, encode_tree_chain
+from casstore.format.tree import Entry, EntryType, encode_tree_rows
 from casstore.fsio.heap import bound_free_heap
 from casstore.fsio.readahead import FILE_AHEAD, ReadAhead
 from casstore.remotes.local import remove_leftovers
@@ -57,6 +57,7 @@ _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | _NONBLOCK
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | _NONBLOCK
 
+_FILE = EntryType.FILE.value
 _SPECIAL = {stat.S_IFIFO: EntryType.FIFO, stat.S_IFSOCK: EntryType.SOCKET,
             stat.S_IFCHR: EntryType.CHARDEV, stat.S_IFBLK: EntryType.BLOCKDEV}
 
@@ -76,7 +77,7 @@ class SnapshotResult:
         return self.manifest.incomplete
 
 
-@dataclass
+@dataclass(slots=True)
 class FileJob:
     """One file being chunked; `chunk_ids` fills in as the pipeline delivers."""
 
@@ -151,8 +152,8 @@ class _SideRead:
 class _Item:
     """One directory entry, statted, that the snapshot will record."""
 
-    path: str
     name: str
+    name_bytes: bytes       # `name` as stored in trees and the files cache
     rel: bytes
     st: os.stat_result
     cached: list | None     # a regular file's entry in the old files cache
@@ -254,11 +255,16 @@ class SnapshotBuilder:
     def _frame(self, fd: int, st: os.stat_result, path: str, rel: bytes, name: bytes,
                parent: _PendingTree | None) -> _Frame:
         cached = self.old_cache.lookup(rel)
-        items = self._stat_entries(fd, path, cached.entries if cached is not None else {}, rel)
+        items = self._stat_entries(fd, cached.entries if cached is not None else {}, rel)
         items.sort(key=lambda item: stat.S_ISDIR(item.st.st_mode))    # files first; stable: names sorted
+        ahead_files = []
         for item in items:
-            item.small = item.will_read and item.st.st_size <= self.min_chunk
-        ahead = ReadAhead([(item.name, item.st.st_size) for item in items if item.will_read and not item.small])
+            if item.will_read:
+                if item.st.st_size <= self.min_chunk:
+                    item.small = True
+                else:
+                    ahead_files.append((item.name, item.st.st_size))
+        ahead = ReadAhead(ahead_files)
         pending = _PendingTree(rel, name, st, parent, cached)
         self._listing.append(pending)
         return _Frame(fd, (st.st_dev, st.st_ino), path, rel, pending, items, ahead)
@@ -300,7 +306,7 @@ class SnapshotBuilder:
             os.close(fd)
             self._changed(item.rel, "was replaced by another directory; skipped")
             return None
-        return self._frame(fd, st, item.path, item.rel + b"/", item.name.encode("utf-8", "surrogateescape"),
+        return self._frame(fd, st, os.path.join(frame.path, item.name), item.rel + b"/", item.name_bytes,
                            frame.pending)
 
     def _leave(self, child: _Frame, stack: list[_Frame]) -> None:
@@ -329,28 +335,30 @@ class SnapshotBuilder:
         assert frame.fd is not None   # the top of the stack always holds its descriptor
         return frame.fd
 
-    def _stat_entries(self, fd: int, path: str, cached: filescache.Entries, rel: bytes) -> list[_Item]:
+    def _stat_entries(self, fd: int, cached: filescache.Entries, rel: bytes) -> list[_Item]:
         """Stat a directory's entries (sorted by name), dropping excluded and unreadable ones.
 
         All of a directory is statted before any file is read, so the files that will be read
         are known in advance and can be read ahead. `cached` is the directory's files cache record.
         """
         items = []
+        excluded, skip_dirs = self.excluder.excluded_entry, self.skip_dirs
         for dirent in self._scan(fd, rel):
             name = dirent.name.encode("utf-8", "surrogateescape")
             entry_rel = rel + name
-            rel_text = entry_rel.decode("utf-8", "surrogateescape")
             try:
                 st = dirent.stat(follow_symlinks=False)
             except OSError as exc:
-                self._error(rel_text, exc)
+                self._error(entry_rel.decode("utf-8", "surrogateescape"), exc)
                 continue
-            if self.excluder.excluded(rel_text, stat.S_ISDIR(st.st_mode)) or (st.st_dev, st.st_ino) in self.skip_dirs:
+            regular = stat.S_ISREG(st.st_mode)
+            if excluded(entry_rel, dirent.name, not regular and stat.S_ISDIR(st.st_mode)) or \
+                    (not regular and (st.st_dev, st.st_ino) in skip_dirs):
                 self.summary.excluded += 1
                 continue
-            entry = cached.get(name) if stat.S_ISREG(st.st_mode) else None
+            entry = cached.get(name) if regular and cached else None
             reuse = self._cached_chunks(entry, st) if entry is not None else None
-            items.append(_Item(os.path.join(path, dirent.name), dirent.name, entry_rel, st, entry, reuse))
+            items.append(_Item(dirent.name, name, entry_rel, st, entry, reuse))
         return items
 
     def _scan(self, fd: int, rel: bytes) -> list[os.DirEntry]:
@@ -363,7 +371,7 @@ class SnapshotBuilder:
 
     def _entry(self, frame: _Frame, item: _Item) -> Entry | None:
         st = item.st
-        name = item.name.encode("utf-8", "surrogateescape")
+        name = item.name_bytes
         if stat.S_ISREG(st.st_mode):
             self._add_file(frame, item, FileJob(name, st, cached=item.cached))
             return None
@@ -429,8 +437,9 @@ class SnapshotBuilder:
                 for job in pending.jobs if job.cacheable}
 
     def _write_tree(self, pending: _PendingTree) -> None:
-        entries = pending.entries + [self._file_entry(job) for job in pending.jobs]
-        tree_id = encode_tree_chain(entries, self._store_tree)
+        rows = [entry.as_list() for entry in pending.entries]
+        rows += self._file_rows(pending.jobs)
+        tree_id = encode_tree_rows(rows, self._store_tree)
         if pending.parent is None:
             self._root = tree_id
         else:
@@ -461,7 +470,7 @@ class SnapshotBuilder:
 
     def _batch_file(self, frame: _Frame, item: _Item) -> None:
         """Queue a small file for a worker's batch (`smallfiles.py`)."""
-        frame.batch.append((item, FileJob(item.name.encode("utf-8", "surrogateescape"), item.st)))
+        frame.batch.append((item, FileJob(item.name_bytes, item.st)))
         frame.batch_bytes += item.st.st_size
         frame.pending.outstanding += 1
         if len(frame.batch) >= smallfiles.BATCH_FILES or frame.batch_bytes >= smallfiles.BATCH_BYTES:
@@ -480,7 +489,7 @@ class SnapshotBuilder:
         frame.batch, frame.batch_bytes = [], 0
         files = [(item.name, (item.st.st_dev, item.st.st_ino)) for item, _ in batch]
         dir_fd = os.dup(self._fd_of(frame))       # the batch's own: the walk may close the frame's
-        pending, limit, prepare = frame.pending, self.min_chunk, self.pipeline.prepare
+        pending, limit, prepare = frame.pending, self.min_chunk, self.pipeline.prepare_many
         try:
             self.pipeline.submit_task(lambda: smallfiles.read_batch(dir_fd, files, limit, prepare),
                                       lambda reads: self._store_batch(pending, batch, reads), size)
@@ -490,32 +499,56 @@ class SnapshotBuilder:
         self._collect()           # batches applied meanwhile join their directories (a flat one too)
 
     def _store_batch(self, pending: _PendingTree, batch: list[tuple[_Item, FileJob]], reads: list[SmallRead]) -> None:
-        """A batch's chunks into the store, in order (under the pipeline's lock, on any thread)."""
+        """A batch's chunks into the store, in order (under the pipeline's lock, on any thread);
+        counted once for the batch."""
+        add, summary = self.store.add_encoded, self.summary
+        read_bytes = 0
         for (_, job), read in zip(batch, reads, strict=True):
-            if read.prepared is not None:
-                blob_id, raw_length, added = self.pipeline.store_prepared(read.prepared)
+            prepared = read.prepared
+            if prepared is not None:
                 read.prepared = None
+                blob_id, encoded, raw_length = prepared
                 job.chunk_ids = [blob_id]
-                self._count_chunk(raw_length, added)
+                read_bytes += raw_length
+                if encoded is not None and (added := add(KIND_DATA, blob_id, encoded, raw_length)):
+                    summary.blobs_added += 1
+                    summary.bytes_added += raw_length
+                    summary.bytes_added_stored += added
+        summary.bytes_read += read_bytes
+        self.progress(read_bytes)
         self._batches_read.append((pending, batch, reads))
 
     def _record_batch(self, pending: _PendingTree, batch: list[tuple[_Item, FileJob]], reads: list[SmallRead]) -> None:
         """A read batch's files join their directory (on the walk's thread)."""
+        summary, jobs = self.summary, pending.jobs
         for (item, job), read in zip(batch, reads, strict=True):
             pending.outstanding -= 1
-            if read.replaced is not None:
-                self._changed(item.rel, read.replaced)
-            elif read.error is not None:
-                self._error(item.rel.decode("utf-8", "surrogateescape"), read.error)
-            elif read.grown is not None:       # grew past one chunk since it was listed
-                self._count_file(job)
-                self._read_done(item, job, pending, self._read_file(read.grown, item.rel, job))
+            if read.st is None or read.changed:     # not read as listed, or changed while read
+                self._record_unusual(pending, item, job, read)
+                continue
+            summary.files_total += 1
+            summary.bytes_total += job.st.st_size
+            job.st, job.size = read.st, read.size
+            if item.cached is None:
+                summary.files_new += 1
             else:
-                self._count_file(job)
-                job.st, job.size = read.st, read.size     # type: ignore[assignment]
-                if read.changed:
-                    self._changed_while_read(item.rel, job)
-                self._read_done(item, job, pending, True)
+                job.previous = item.cached[4]
+            jobs.append(job)
+
+    def _record_unusual(self, pending: _PendingTree, item: _Item, job: FileJob, read: SmallRead) -> None:
+        if read.replaced is not None:
+            self._changed(item.rel, read.replaced)
+        elif read.error is not None:
+            self._error(item.rel.decode("utf-8", "surrogateescape"), read.error)
+        elif read.grown is not None:       # grew past one chunk since it was listed
+            self._count_file(job)
+            self._read_done(item, job, pending, self._read_file(read.grown, item.rel, job))
+        else:
+            self._count_file(job)
+            job.st, job.size = read.st, read.size     # type: ignore[assignment]
+            if read.changed:
+                self._changed_while_read(item.rel, job)
+            self._read_done(item, job, pending, True)
 
     def _count_file(self, job: FileJob) -> None:
         self.summary.files_total += 1
@@ -688,13 +721,24 @@ class SnapshotBuilder:
             self.summary.bytes_added_stored += added
         self.progress(raw_length)
 
-    def _file_entry(self, job: FileJob) -> Entry:
-        if job.previous is not None:
-            if list(job.previous) == job.chunk_ids:
-                self.summary.files_unchanged += 1
-            else:
-                self.summary.files_changed += 1
-        return _make_entry(job.name, EntryType.FILE, job.st, job.chunk_ids, job.size)
+    def _file_rows(self, jobs: list[FileJob]) -> list[list]:
+        """The directory's file entries as tree rows (`Entry.as_list()`), made without an `Entry`
+        each: a directory of small files made one per file (issue 14)."""
+        rows = []
+        unchanged = changed = 0
+        for job in jobs:
+            if job.previous is not None:
+                if list(job.previous) == job.chunk_ids:
+                    unchanged += 1
+                else:
+                    changed += 1
+            st = job.st
+            rows.append([job.name, _FILE, st.st_mode & 0o7777, st.st_uid, st.st_gid, st.st_mtime_ns,
+                         st.st_size if job.size is None else job.size, st.st_ino if st.st_nlink > 1 else 0,
+                         job.chunk_ids])
+        self.summary.files_unchanged += unchanged
+        self.summary.files_changed += changed
+        return rows
 
     # -- trees and commit --------------------------------------------------------------------
 

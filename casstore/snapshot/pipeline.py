@@ -63,6 +63,20 @@ class ChunkPipeline:
         """Hash, and unless already stored compress and verify, one chunk (on the calling thread)."""
         return self._prepare(data)
 
+    def prepare_many(self, datas: list[bytes]) -> list[Prepared]:
+        """`prepare` of a batch of small chunks (on the calling thread): in a plain repository the
+        ones not yet stored are compressed and verified in one call each way (`encode_verified_many`)."""
+        store = self.store
+        if store.sealer is not None:
+            return [self._prepare(data) for data in datas]
+        ids = [codec.blob_id(data) for data in datas]
+        prepared: list[Prepared] = [(blob_id, None, len(data)) for blob_id, data in zip(ids, datas, strict=True)]
+        new = [i for i, blob_id in enumerate(ids) if not store.has(KIND_DATA, blob_id)]
+        encoded = codec.encode_verified_many([datas[i] for i in new], store.level, [ids[i] for i in new])
+        for i, envelope in zip(new, encoded, strict=True):
+            prepared[i] = (ids[i], envelope, len(datas[i]))
+        return prepared
+
     def submit(self, data: bytes | memoryview, deliver: Deliver, blob_id: bytes | None = None,
                hint: bytes | None = None) -> None:
         """Queue one chunk; `deliver(id, raw length, stored bytes added)` runs later, under the lock,

@@ -5,8 +5,9 @@ file's single chunk went to a worker and back, about 24 futex calls a file. A fi
 the chunker's minimum is one chunk, so no cutting is needed: a batch of such files goes to a
 worker as one task, which opens each through its own duplicate of the directory's descriptor,
 checks it is still the file that was listed, reads it, checks it did not change while read (once
-more if it did), and hashes, compresses and verifies its chunk. The walk thread then only lists,
-stats and applies results in order.
+more if it did); then the batch is hashed, and what is not stored yet compressed and verified in
+one zstd call each way (`codec.encode_verified_many`: a call per file cost three times as much).
+The walk thread then only lists, stats and applies results in order.
 
 The same rules as the walk's own reads hold (design 6): `O_NOFOLLOW|O_NONBLOCK`, the (device,
 inode) that was listed, a file read twice at most and recorded as last read. A file that grew past
@@ -19,7 +20,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from casstore._testing import pause_point
@@ -29,7 +30,7 @@ READ_ATTEMPTS = 2
 BATCH_FILES = 128              # files per task
 BATCH_BYTES = 1024 * 1024      # bytes per task (a few MiB in flight over the pipeline's window)
 
-Prepare = Callable[[bytes], tuple[bytes, object, int]]
+PrepareMany = Callable[[list[bytes]], Sequence[tuple[bytes, object, int]]]
 
 
 @dataclass(slots=True)
@@ -47,16 +48,22 @@ class SmallRead:
 
 
 def read_batch(dir_fd: int, files: list[tuple[str, tuple[int, int]]], limit: int,
-               prepare: Prepare) -> list[SmallRead]:
+               prepare_many: PrepareMany) -> list[SmallRead]:
     """Read each (name, listed (device, inode)) relative to `dir_fd`, then close `dir_fd` (a
-    duplicate the batch owns: the walk may close its own meanwhile)."""
+    duplicate the batch owns: the walk may close its own meanwhile); then prepare what was read,
+    all at once (hashed, and compressed and verified in one call: `ChunkPipeline.prepare_many`)."""
     try:
-        return [read_small(dir_fd, name, ident, limit, prepare) for name, ident in files]
+        reads = [read_small(dir_fd, name, ident, limit) for name, ident in files]
     finally:
         os.close(dir_fd)
+    with_data = [read for read in reads if read.data]
+    if with_data:
+        for read, prepared in zip(with_data, prepare_many([read.data for read in with_data]), strict=True):
+            read.prepared, read.data = prepared, b""
+    return reads
 
 
-def read_small(dir_fd: int, name: str, ident: tuple[int, int], limit: int, prepare: Prepare) -> SmallRead:
+def read_small(dir_fd: int, name: str, ident: tuple[int, int], limit: int) -> SmallRead:
     pause_point("snapshot-before-open")
     try:
         fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
@@ -70,10 +77,7 @@ def read_small(dir_fd: int, name: str, ident: tuple[int, int], limit: int, prepa
         if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != ident:
             return SmallRead(replaced="was replaced since it was listed; skipped")
         result = _read_stable(fd, st, limit)
-        if result.grown is not None:
-            keep_open = True
-        elif result.data:
-            result.prepared, result.data = prepare(result.data), b""
+        keep_open = result.grown is not None
         return result
     except OSError as exc:
         return SmallRead(error=exc)
