@@ -218,8 +218,11 @@ def measure_history(args, work: Path, env: dict) -> dict:
                 mutate(source, args.history_files, args.per_dir, sizes, args.change, args.seed + n)
             snaps.append(tool.snapshot(str(source)))
         walls = [m["wall"] for m in snaps]
+        cpus = [m["cpu"] for m in snaps]
         steps = {"snapshots": {"median": round(statistics.median(walls), 3), "last": round(walls[-1], 3),
-                               "total": round(sum(walls), 1), "rss_mib": round(max(m["rss_mib"] for m in snaps), 1)},
+                               "total": round(sum(walls), 1), "rss_mib": round(max(m["rss_mib"] for m in snaps), 1),
+                               "cpu_median": round(statistics.median(cpus), 3), "cpu_last": round(cpus[-1], 3),
+                               "cpu_total": round(sum(cpus), 1)},
                  "restore": slim(restore_verified(tool, work, source, args.verify))}
         steps.update(read_steps(tool_name, tool))
         steps["repo_mib"] = round(dir_bytes(tool.repo) / 2**20, 1)
@@ -271,6 +274,10 @@ def render(result: dict) -> str:
         lines.append("| snapshot (median / last / total, peak RSS) | " + " | ".join(
             f"{s['median']:.2f} / {s['last']:.2f} / {s['total']:.0f} s, {s['rss_mib']:.0f} MiB" if s else ""
             for s in snaps) + " |")
+        if any(s and "cpu_median" in s for s in snaps):
+            lines.append("| snapshot CPU (median / last / total) | " + " | ".join(
+                f"{s['cpu_median']:.2f} / {s['cpu_last']:.2f} / {s['cpu_total']:.0f} s" if s and "cpu_median" in s
+                else "" for s in snaps) + " |")
         for step in ("restore", "check", "show"):
             row = [cell(history.get(name, {}).get(step)) for name in names]
             if any(row):
