@@ -152,6 +152,7 @@ def fresh_tool(tool_name: str, work: Path, name: str, env: dict, casstore_path):
     tool = make_tool(tool_name, work, name, env, casstore_path)
     for path in tool.paths():
         shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(os.path.dirname(tool.repo), exist_ok=True)   # borg init makes no parent (a history-only run)
     tool.init()
     return tool
 
