@@ -28,7 +28,6 @@ import threading
 from array import array
 from bisect import bisect_right
 from collections.abc import Collection, Iterable, Iterator, Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, NamedTuple
 
@@ -40,7 +39,7 @@ from casstore.format.blobset import BlobSet
 from casstore.format.crypto import KIND_INDEX, Sealer, seal_if, unseal_if
 from casstore.format.entrylist import EntryList
 from casstore.format.pack import BlobEntry, entry_fields
-from casstore.format.spill import RecordSpill, SpillWindow
+from casstore.format.spill import RecordSpill
 
 INDEX_VERSION = 1
 ORIGINS = ("writer", "checkpoint", "gc")
@@ -469,7 +468,7 @@ class _Tails:
     whole in per-bucket buffers they cost about 70 bytes a record in memory, 70 MB of an initial
     snapshot of a million small files (issue 14). A lookup that finds the fingerprint reads the
     record back (a duplicate within the session, or one in 2^32 records of the bucket); settling
-    reads them all back through a window released as it goes.
+    reads them all back, one `pread` each.
     """
 
     __slots__ = ("_by_bucket", "_spill", "count")
@@ -517,19 +516,15 @@ class _Tails:
                     yield record
             at = tail.find(fp, at + 1)
 
-    def window(self) -> SpillWindow | None:
-        return self._spill.window() if self._spill is not None else None
-
-    def records(self, bucket: int, window: SpillWindow | None) -> bytes:
-        """The bucket's records, whole, back to back (through a `window` of the spill)."""
-        tail = self._by_bucket.get(bucket)
-        if tail is None or window is None:
+    def records(self, bucket: int) -> bytes:
+        """The bucket's records, whole, back to back, read back from the spill."""
+        tail, spill = self._by_bucket.get(bucket), self._spill
+        if tail is None or spill is None:
             return b""
-        return b"".join(window[n * _SIZE:(n + 1) * _SIZE] for _, n in _TAIL.iter_unpack(tail))
+        return b"".join(spill.read(n * _SIZE, _SIZE) for _, n in _TAIL.iter_unpack(tail))
 
 
 _TAIL = struct.Struct("<4sI")          # a tail's item: a record's fingerprint, its number in the spill
-_RELEASE_EVERY = 4096                  # buckets settled between releases of the spill's pages read
 
 
 class _BlobTable:
@@ -614,30 +609,21 @@ class _BlobTable:
         # piece per bucket joined at the end, which held the table twice over (issue 14: that join
         # was the peak of `check` and of a snapshot saving its table)
         room = len(fps) // _FP + tails.count
-        with tails.window() or nullcontext() as window:
-            self._settle_into(_Columns(room), touched, window, drop)
-
-    def _settle_into(self, out: _Columns, touched: list[int] | range, window: SpillWindow | None,
-                     drop: frozenset[int]) -> None:
-        fps, rests, starts, tails = self._state
+        out = _Columns(room)
         new_starts = array("I", bytes(4 * (_BUCKETS + 1)))
         copied_to = 0                  # bucket up to which the old table has been copied out
         shift = 0                      # records gained (or lost) so far
-        release_at = _RELEASE_EVERY
         for b in touched:
             lo, hi = starts[b], starts[b + 1]
             if lo == hi and b not in tails:   # nothing to merge (most buckets of a small index)
                 continue
-            if window is not None and b >= release_at:    # the spill's pages read so far go
-                window.release()
-                release_at = b + _RELEASE_EVERY
             if lo > starts[copied_to]:
                 out.put(memoryview(fps)[starts[copied_to] * _FP:lo * _FP],      # copied at once: a view
                         memoryview(rests)[starts[copied_to] * _REST:lo * _REST])  # is never kept
             for j in range(copied_to, b + 1):
                 new_starts[j] = starts[j] + shift
             old = _whole_records(fps[lo * _FP:hi * _FP], rests[lo * _REST:hi * _REST])
-            merged, distinct_change = self._merge(old, tails.records(b, window), drop)
+            merged, distinct_change = self._merge(old, tails.records(b), drop)
             out.put(b"".join(record[:_FP] for record in merged), b"".join(record[_FP:] for record in merged))
             shift += len(merged) - (hi - lo)
             self._distinct += distinct_change
