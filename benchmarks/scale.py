@@ -16,7 +16,8 @@ measured around it, user/system time and peak RSS from its report. The page cach
 (the source was just written or read): the numbers compare CPU and system-call work, not the
 disk. The history: --history snapshots of a --history-files source with --change of the files
 rewritten between two snapshots (the same files for every tool), then restore, check and `show`
-of the latest; reported are the median and the last snapshot's time and the largest peak RSS.
+of the latest; reported are the median and the last snapshot's time (wall and CPU) and the
+largest peak RSS.
 
 `--sources DIR` generates each size once into DIR/<files> (a marker beside it names the parameters)
 and reuses it in later runs instead of generating and deleting it (1M files take minutes to write);
