@@ -16,7 +16,8 @@ measured around it, user/system time and peak RSS from its report. The page cach
 (the source was just written or read): the numbers compare CPU and system-call work, not the
 disk. The history: --history snapshots of a --history-files source with --change of the files
 rewritten between two snapshots (the same files for every tool), then restore, check and `show`
-of the latest; reported are the median and the last snapshot's time and the largest peak RSS.
+of the latest; reported are the median and the last snapshot's time (wall and CPU) and the
+largest peak RSS.
 
 `--sources DIR` generates each size once into DIR/<files> (a marker beside it names the parameters)
 and reuses it in later runs instead of generating and deleting it (1M files take minutes to write);
@@ -152,6 +153,7 @@ def fresh_tool(tool_name: str, work: Path, name: str, env: dict, casstore_path):
     tool = make_tool(tool_name, work, name, env, casstore_path)
     for path in tool.paths():
         shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(os.path.dirname(tool.repo), exist_ok=True)   # borg init makes no parent (a history-only run)
     tool.init()
     return tool
 
@@ -218,8 +220,11 @@ def measure_history(args, work: Path, env: dict) -> dict:
                 mutate(source, args.history_files, args.per_dir, sizes, args.change, args.seed + n)
             snaps.append(tool.snapshot(str(source)))
         walls = [m["wall"] for m in snaps]
+        cpus = [m["cpu"] for m in snaps]
         steps = {"snapshots": {"median": round(statistics.median(walls), 3), "last": round(walls[-1], 3),
-                               "total": round(sum(walls), 1), "rss_mib": round(max(m["rss_mib"] for m in snaps), 1)},
+                               "total": round(sum(walls), 1), "rss_mib": round(max(m["rss_mib"] for m in snaps), 1),
+                               "cpu_median": round(statistics.median(cpus), 3), "cpu_last": round(cpus[-1], 3),
+                               "cpu_total": round(sum(cpus), 1)},
                  "restore": slim(restore_verified(tool, work, source, args.verify))}
         steps.update(read_steps(tool_name, tool))
         steps["repo_mib"] = round(dir_bytes(tool.repo) / 2**20, 1)
@@ -271,6 +276,10 @@ def render(result: dict) -> str:
         lines.append("| snapshot (median / last / total, peak RSS) | " + " | ".join(
             f"{s['median']:.2f} / {s['last']:.2f} / {s['total']:.0f} s, {s['rss_mib']:.0f} MiB" if s else ""
             for s in snaps) + " |")
+        if any(s and "cpu_median" in s for s in snaps):
+            lines.append("| snapshot CPU (median / last / total) | " + " | ".join(
+                f"{s['cpu_median']:.2f} / {s['cpu_last']:.2f} / {s['cpu_total']:.0f} s" if s and "cpu_median" in s
+                else "" for s in snaps) + " |")
         for step in ("restore", "check", "show"):
             row = [cell(history.get(name, {}).get(step)) for name in names]
             if any(row):

@@ -53,6 +53,22 @@ def test_drop_packs_forgets_their_locations_and_blobs_left_without_any() -> None
     assert index.locations(KIND_DATA, only) == [Location(pack_name(1), 20, 10, 20)]
 
 
+def test_ids_alike_in_their_first_six_bytes_are_told_apart_before_and_after_settling() -> None:
+    """Unsettled records are kept in memory by their id's bytes 2-6 only (the rest on disk):
+    ids that share those, and the same id of the other kind, must not be taken for each other."""
+    prefix = os.urandom(6)
+    a, b, absent = (prefix + os.urandom(26) for _ in range(3))
+    index = MasterIndex()
+    index.add_pack(pack_name(1), [entry(a, 5), entry(b, 9, KIND_TREE)])
+    index.add_pack(pack_name(2), [entry(a, 7)])
+    for _ in range(2):      # unsettled, then settled (len settles)
+        assert index.locations(KIND_DATA, a) == [Location(pack_name(1), 5, 10, 20), Location(pack_name(2), 7, 10, 20)]
+        assert index.locations(KIND_TREE, b) == [Location(pack_name(1), 9, 10, 20)]
+        assert index.has(KIND_TREE, b) and not index.has(KIND_DATA, b) and not index.has(KIND_TREE, a)
+        assert not index.has(KIND_DATA, absent) and index.locations(KIND_DATA, absent) == []
+        assert len(index) == 2
+
+
 def test_a_blob_whose_copies_are_all_condemned_counts_as_missing() -> None:
     index, blob, safe = MasterIndex(), os.urandom(32), os.urandom(32)
     index.add_pack(pack_name(1), [entry(blob, 5), entry(safe, 30)])

@@ -39,6 +39,7 @@ from casstore.format.blobset import BlobSet
 from casstore.format.crypto import KIND_INDEX, Sealer, seal_if, unseal_if
 from casstore.format.entrylist import EntryList
 from casstore.format.pack import BlobEntry, entry_fields
+from casstore.format.spill import RecordSpill
 
 INDEX_VERSION = 1
 ORIGINS = ("writer", "checkpoint", "gc")
@@ -459,18 +460,77 @@ def _first(fps: Column, rests: Column, fp: bytes, rest_key: bytes, lo: int, hi: 
     return -1
 
 
-def _aligned_hits(run: Column, key: bytes) -> Iterator[int]:
-    """Offsets of every record of an unsorted tail whose key is `key`."""
-    at = run.find(key)
-    while at >= 0:
-        if at % _SIZE == 0:
-            yield at
-        at = run.find(key, at + 1)
+class _Tails:
+    """The records added since a table was last settled, by bucket, unsorted.
+
+    A whole record is written to an unnamed temporary file (`RecordSpill`); a bucket's tail in
+    memory holds each record's 4-byte fingerprint and its number there: 8 bytes a record. Kept
+    whole in per-bucket buffers they cost about 70 bytes a record in memory, 70 MB of an initial
+    snapshot of a million small files (issue 14). A lookup that finds the fingerprint reads the
+    record back (a duplicate within the session, or one in 2^32 records of the bucket); settling
+    reads them all back, one `pread` each.
+    """
+
+    __slots__ = ("_by_bucket", "_spill", "count")
+
+    def __init__(self) -> None:
+        self._by_bucket: dict[int, bytearray] = {}
+        self._spill: RecordSpill | None = None          # made with the first record
+        self.count = 0
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def __contains__(self, bucket: int) -> bool:
+        return bucket in self._by_bucket
+
+    def buckets(self) -> list[int]:
+        return sorted(self._by_bucket)
+
+    def add(self, buckets: list[int], records: bytes | bytearray) -> None:
+        """Add `records` (whole, back to back), the i-th of bucket `buckets[i]`. Written to the
+        spill first: a lookup that sees a record's number can read it."""
+        if self._spill is None:
+            self._spill = RecordSpill()
+        number = self._spill.append(records) // _SIZE
+        by_bucket, entry = self._by_bucket, _TAIL.pack
+        for at, b in enumerate(buckets):
+            item = entry(records[at * _SIZE:at * _SIZE + _FP], number + at)
+            tail = by_bucket.get(b)
+            if tail is None:
+                by_bucket[b] = bytearray(item)
+            else:
+                tail += item
+        self.count += len(buckets)
+
+    def hits(self, bucket: int, key: bytes) -> Iterator[bytes]:
+        """Every record of the bucket whose 31-byte key is `key`, read back from the spill."""
+        tail, spill, fp = self._by_bucket.get(bucket), self._spill, key[:_FP]
+        if tail is None or spill is None:
+            return
+        at = tail.find(fp)
+        while at >= 0:
+            if not at % _TAIL.size:
+                record = spill.read(_TAIL.unpack_from(tail, at)[1] * _SIZE, _SIZE)
+                if record[:_KEY] == key:
+                    yield record
+            at = tail.find(fp, at + 1)
+
+    def records(self, bucket: int) -> bytes:
+        """The bucket's records, whole, back to back, read back from the spill."""
+        tail, spill = self._by_bucket.get(bucket), self._spill
+        if tail is None or spill is None:
+            return b""
+        return b"".join(spill.read(n * _SIZE, _SIZE) for _, n in _TAIL.iter_unpack(tail))
+
+
+_TAIL = struct.Struct("<4sI")          # a tail's item: a record's fingerprint, its number in the spill
 
 
 class _BlobTable:
     """Blob locations as fixed 46-byte records: one sorted table, bucket after bucket by the id's
-    first 16 bits, plus unsorted per-bucket tails of records added since it was last settled.
+    first 16 bits, plus unsorted per-bucket tails of records added since it was last settled
+    (`_Tails`: the records themselves in a temporary file).
 
     A lookup is a `bytes.find` of the id's 4-byte fingerprint within its bucket's range of the
     fingerprint column, then one comparison of the rest of the key: no Python object per record,
@@ -490,9 +550,9 @@ class _BlobTable:
 
     def __init__(self) -> None:
         # the two columns of the sorted table, the record number where each bucket begins in them,
-        # the unsorted tails (whole records)
-        self._state: tuple[Column, Column, array[int], dict[int, bytearray]] = (
-            b"", b"", array("I", bytes(4 * (_BUCKETS + 1))), {})
+        # the unsorted tails
+        self._state: tuple[Column, Column, array[int], _Tails] = (
+            b"", b"", array("I", bytes(4 * (_BUCKETS + 1))), _Tails())
         self._distinct = 0                                     # distinct (kind, id) in the table
         self._packs: list[str] = []
         self._numbers: dict[str, int] = {}
@@ -519,22 +579,19 @@ class _BlobTable:
 
     def _add(self, pack_id: str, entries: list[BlobEntry]) -> None:
         number = self._number(pack_id)
-        tails, pack = self._state[3], _RECORD.pack
-        added, wide = 0, number >= _MAX_PACKS
+        pack, wide = _RECORD.pack, number >= _MAX_PACKS
+        buckets: list[int] = []
+        records = bytearray()
         for e in entries:
             # a delta's base has no room in a record: deltas are a minority, kept in `_wide`
             if wide or e.base is not None or (e.offset | e.length | e.raw_length) >> 32:
                 self._add_wide(e, Location(pack_id, e.offset, e.length, e.raw_length, e.base))
                 continue
-            b = e.id[0] << 8 | e.id[1]
-            record = pack(e.id[2:], e.kind << 24 | number, e.offset, e.length, e.raw_length)
-            tail = tails.get(b)
-            if tail is None:
-                tails[b] = bytearray(record)
-            else:
-                tail += record
-            added += 1
-        self._counts[number] += added
+            buckets.append(e.id[0] << 8 | e.id[1])
+            records += pack(e.id[2:], e.kind << 24 | number, e.offset, e.length, e.raw_length)
+        if buckets:
+            self._state[3].add(buckets, records)
+        self._counts[number] += len(buckets)
 
     def _add_wide(self, e: BlobEntry, location: Location) -> None:
         locations = self._wide.setdefault((e.kind, e.id), [])
@@ -547,11 +604,11 @@ class _BlobTable:
         fps, rests, starts, tails = self._state
         if not tails and not drop:
             return
-        touched = self._holding(drop) if drop else sorted(tails)
+        touched = self._holding(drop) if drop else tails.buckets()
         # the new columns are written in place, at most the old table and every tail long: no
         # piece per bucket joined at the end, which held the table twice over (issue 14: that join
         # was the peak of `check` and of a snapshot saving its table)
-        room = len(fps) // _FP + sum(len(tail) for tail in tails.values()) // _SIZE
+        room = len(fps) // _FP + tails.count
         out = _Columns(room)
         new_starts = array("I", bytes(4 * (_BUCKETS + 1)))
         copied_to = 0                  # bucket up to which the old table has been copied out
@@ -566,7 +623,7 @@ class _BlobTable:
             for j in range(copied_to, b + 1):
                 new_starts[j] = starts[j] + shift
             old = _whole_records(fps[lo * _FP:hi * _FP], rests[lo * _REST:hi * _REST])
-            merged, distinct_change = self._merge(old, tails.get(b, b""), drop)
+            merged, distinct_change = self._merge(old, tails.records(b), drop)
             out.put(b"".join(record[:_FP] for record in merged), b"".join(record[_FP:] for record in merged))
             shift += len(merged) - (hi - lo)
             self._distinct += distinct_change
@@ -574,7 +631,7 @@ class _BlobTable:
         out.put(memoryview(fps)[starts[copied_to] * _FP:], memoryview(rests)[starts[copied_to] * _REST:])
         for j in range(copied_to, _BUCKETS + 1):
             new_starts[j] = starts[j] + shift
-        self._state = (*out.finish(), new_starts, {})
+        self._state = (*out.finish(), new_starts, _Tails())
 
     def _holding(self, numbers: frozenset[int]) -> list[int] | range:
         """The buckets that hold records of these pack numbers (every bucket, for many of them).
@@ -644,10 +701,8 @@ class _BlobTable:
         while 0 <= i < hi and fps[i * _FP:(i + 1) * _FP] == fp and rests[i * _REST:i * _REST + _REST_KEY] == rest_key:
             found.append(bytes(fps[i * _FP:(i + 1) * _FP] + rests[i * _REST:(i + 1) * _REST]))
             i += 1
-        tail = tails.get(b)
-        if tail:
-            for at in _aligned_hits(tail, fp + rest_key):
-                record = bytes(tail[at:at + _SIZE])
+        if b in tails:
+            for record in tails.hits(b, fp + rest_key):
                 if record not in found:
                     found.append(record)
             found.sort()
@@ -700,7 +755,7 @@ class _BlobTable:
                 if not at & 3 and rests[r:r + _REST_KEY] == rest_key:
                     return True
                 at = fps.find(fp, at + 1, hi)
-        if b in tails and next(_aligned_hits(tails[b], blob_id[2:] + _KIND_BYTE[kind]), None) is not None:
+        if b in tails and next(tails.hits(b, blob_id[2:] + _KIND_BYTE[kind]), None) is not None:
             return True
         return bool(self._wide) and (kind, blob_id) in self._wide
 
@@ -763,7 +818,7 @@ class _BlobTable:
                 or len(counts) != len(packs) or any(starts[b] > starts[b + 1] for b in range(_BUCKETS)):
             raise ValueError("inconsistent table image")
         loaded = cls()
-        loaded._state = (fps, rests, starts, {})
+        loaded._state = (fps, rests, starts, _Tails())
         loaded._packs, loaded._counts, loaded._distinct = list(packs), counts, int(distinct)
         loaded._numbers = {pack_id: n for n, pack_id in enumerate(packs)}
         loaded._wide = {(kind, bytes(blob_id)): [Location(*loc) for loc in locs] for kind, blob_id, locs in wide}
