@@ -194,20 +194,57 @@ def apply_version(packages: list[dict], i: int, cache: Path, source: Path, stagi
     return stats
 
 
+# Where the restores go. On ext4 (this machine's disk) a restore that follows the deletion of
+# another restored tree (13k files) spends most of its time in the kernel's inode allocator, which
+# skips inodes deleted in the last minute or more (`recently_deleted`, 34% of a restore's samples):
+# whichever tool restored second paid 2-3x the system time of the first, whatever its own work
+# (issue 17: "restore with deltas 2.2x" was that). A RAM file system has no such memory.
+RAM_FS = "/dev/shm"
+RESTORED_MAX = 2 * 1024 * MiB      # room the restored tree needs, with margin
+
+
+def restore_location(requested: str | None, work: Path) -> dict:
+    """{"path", "fs"}: `requested`, else a RAM file system when there is one with room, else the work folder."""
+    if requested:
+        path = Path(requested).resolve()
+    elif os.path.isdir(RAM_FS) and shutil.disk_usage(RAM_FS).free >= RESTORED_MAX:
+        path = Path(RAM_FS) / f"casstore-realdata-restore-{os.getpid()}"
+    else:
+        path = work / "restore"
+    return {"path": str(path), "fs": fs_type(path)}
+
+
+def fs_type(path: Path) -> str:
+    """The type of the file system holding `path` (the longest mount point above it), from /proc/mounts."""
+    best, kind = "", "unknown"
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return kind
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount = fields[1].rstrip("/") + "/"
+        if (str(path) + "/").startswith(mount) and len(mount) > len(best):
+            best, kind = mount, fields[2]
+    return kind
+
+
 def count_files(path: Path) -> int:
     return sum(len(files) for _d, _s, files in os.walk(path))
 
 
 # -- the run -----------------------------------------------------------------------------------
 
-def measure(tool, step: str, index: int, source: str, everything: list[str], work: Path) -> dict:
+def measure(tool, step: str, index: int, source: str, everything: list[str], restore_root: Path) -> dict:
     evict(everything)
     before = tree_bytes(tool.repo)
     if step == "to_dict":
         m = run_measured([sys.executable, "-c", TO_DICT, tool.repo], tool.env, tool.cwd)
         m["entries"] = json.loads(m.pop("stdout").strip().splitlines()[-1])["entries"]
     elif step == "restore":
-        m = restore_verified(tool, str(work / "restore" / tool.name), source, tool.name)
+        m = restore_verified(tool, str(restore_root / tool.name), source, tool.name)
     else:
         m = tool.snapshot(source)
         m.pop("summary", None)
@@ -230,6 +267,9 @@ def run(args, work: Path, env: dict, tools: tuple, results: dict) -> None:
         shutil.rmtree(work / sub, ignore_errors=True)
         (work / sub).mkdir(parents=True)
     source = work / "data" / "packages"
+    restore_root = Path(results["restore_dir"]["path"])
+    shutil.rmtree(restore_root, ignore_errors=True)
+    restore_root.mkdir(parents=True)
     instances = {name: tool_class(name)(work, "real", env) for name in tools}
     for tool in instances.values():
         tool.init()
@@ -243,18 +283,26 @@ def run(args, work: Path, env: dict, tools: tuple, results: dict) -> None:
             f"removed {change['removed']}")
         wait_past_racy_window(time.time())
         for name in rotated(tools, i):
-            results["runs"].append(measure(instances[name], "snapshot", i, str(source), everything, work))
+            results["runs"].append(measure(instances[name], "snapshot", i, str(source), everything, restore_root))
     for step in ("nochange", "restore", "to_dict"):
         for name in rotated(tools, 1 if step == "restore" else 0):
             if step == "to_dict" and not name.startswith("casstore"):
                 continue
-            results["runs"].append(measure(instances[name], step, args.versions - 1, str(source), everything, work))
+            results["runs"].append(measure(instances[name], step, args.versions - 1, str(source), everything,
+                                           restore_root))
 
 
 # -- the report --------------------------------------------------------------------------------
 
 def fmt_mib(n: float) -> str:
     return f"{n / MiB:.1f}"
+
+
+def restored_on(results: dict) -> str:
+    where = results.get("restore_dir")
+    if where is None:        # a run from before the restores' place was recorded: on the disk
+        return ""
+    return f" Restores into `{where['path']}` ({where['fs']})."
 
 
 def render(results: dict, title: str | None = None) -> str:
@@ -279,7 +327,8 @@ def render(results: dict, title: str | None = None) -> str:
            "against their sha512 integrity, pinned in `benchmarks/realdata_versions.json`). Version i of the "
            "folder holds version i of every package; only files whose bytes changed are rewritten.",
            "- Settings as in the generated-data benchmark: restic repository v2 `--compression auto`, borg "
-           "`--encryption none --compression zstd,3`, casstore defaults. Page cache evicted before every command.",
+           "`--encryption none --compression zstd,3`, casstore defaults. Page cache evicted before every command."
+           + restored_on(results),
            "", "| version | files | MiB | files changed / added / removed | MiB rewritten | "
            + " | ".join(f"{t} wall / CPU s" for t in tools) + " | " + " | ".join(f"{t} repo MiB" for t in tools)
            + " | " + " | ".join(f"{t} RSS MiB" for t in tools) + " |",
@@ -364,6 +413,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--results-json", default=None, help="raw results (default benchmarks/realdata-results.json)")
     p.add_argument("--no-results", action="store_true", help="do not touch RESULTS.md")
     p.add_argument("--keep", action="store_true", help="keep the data and repositories afterwards")
+    p.add_argument("--restore-dir", default=None,
+                   help=f"where restores go (default: a RAM file system at {RAM_FS} when it has room, else under "
+                        "--work; see restore_location)")
     p.add_argument("--report-only", action="store_true", help="re-render the section from --results-json")
     p.add_argument("--before", default=None, help="with --report-only: an earlier run's results JSON, shown first")
     return p.parse_args(argv)
@@ -392,6 +444,7 @@ def main(argv: list[str] | None = None) -> None:
     packages = load_pins(args.versions)
     results = {"command": command.strip(), "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                "args": {"versions": args.versions, "tools": list(tools)}, "machine": machine_info(work),
+               "restore_dir": restore_location(args.restore_dir, work),
                "versions": versions(env), "runs": [], "changes": [], "load": {"start": os.getloadavg()},
                "packages": [{"name": p["name"], "first": p["versions"][0]["version"],
                              "last": p["versions"][-1]["version"]} for p in packages]}
@@ -405,6 +458,8 @@ def main(argv: list[str] | None = None) -> None:
         if not args.keep:
             for sub in ("data", "repos", "cache", "restore", "staging", "code"):
                 shutil.rmtree(work / sub, ignore_errors=True)
+        if not args.restore_dir:
+            shutil.rmtree(results["restore_dir"]["path"], ignore_errors=True)
     if not args.no_results:
         write_section(render(results), Path(args.output))
     log(f"done in {results['seconds'] / 60:.1f} min")

@@ -21,8 +21,10 @@ from casstore.format.index import MasterIndex
 from casstore.format.pack import KIND_DATA, PackBuilder
 from casstore.gc.retention import apply_retention
 from casstore.gc.run import collect_garbage
+from casstore.remotes.local import LocalRemote
 from casstore.remotes.memory import MemoryRemote
 from casstore.repo.blobstore import BlobStore
+from casstore.repo.objectcache import ReadPolicy
 from casstore.settings import load_settings
 from tests.helpers import flip_bit, pack_of
 from tests.sync_helpers import KiB, local_repo, tree_digest
@@ -214,3 +216,121 @@ def test_the_http_api_serves_a_file_stored_as_deltas(tmp_path):
     with running_server(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
         response = client.get(f"/api/cloud/backup/{ids[1]}/file", params={"path": "table.json"})
         assert response.status_code == 200 and response.content == (source / "table.json").read_bytes()
+
+
+# -- reading a chain: its lower levels are decoded for the blob above, whose hash covers them ----
+
+class _ReadsCounted(MemoryRemote):
+    """Counts range reads per (key, offset); `damage` maps one to a function of the answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: dict[tuple[str, int], int] = {}
+        self.damage: dict[tuple[str, int], object] = {}
+
+    def _get(self, key: str, offset: int, length: int | None, *, large: bool) -> bytes:
+        self.reads[key, offset] = self.reads.get((key, offset), 0) + 1
+        data = super()._get(key, offset, length, large=large)
+        hurt = self.damage.get((key, offset))
+        return hurt(data) if callable(hurt) else data
+
+
+def _chain(remote: MemoryRemote) -> tuple[BlobStore, dict[str, tuple[bytes, bytes]], str, list]:
+    """Blobs `base` (stored raw: a damaged byte still decodes, to the wrong plaintext), `mid` (a delta
+    on base) and `top` (a delta on mid) in one pack: (store, name -> (id, plaintext), pack id, its
+    entries)."""
+    rnd = random.Random(3)
+    base = json.dumps([{"k": i, "v": rnd.random()} for i in range(4000)]).encode()
+    mid = base.replace(b'"k": 17,', b'"k": 71,')
+    top = mid.replace(b'"k": 900,', b'"k": 909,')
+    blobs = {name: (codec.blob_id(data), data) for name, data in (("base", base), ("mid", mid), ("top", top))}
+    builder = PackBuilder(KIND_DATA)
+    builder.add(blobs["base"][0], b"\x00" + base, len(base))
+    for name, below in (("mid", "base"), ("top", "mid")):
+        blob_id, data = blobs[name]
+        builder.add(blob_id, codec.encode_verified(data, 3, blob_id, base=blobs[below]), len(data))
+    pack_id, data = builder.finish()
+    remote.put(layout.pack_key(pack_id), bytes(data))
+    index = MasterIndex()
+    index.add_pack(pack_id, builder.entries)
+    assert index.delta_depth(KIND_DATA, blobs["top"][0], 64) == 2
+    store = BlobStore(remote, RepoConfig.new(), index, origin={}, read_policy=ReadPolicy(sleep=lambda s: None))
+    return store, blobs, pack_id, builder.entries
+
+
+def _offset(store: BlobStore, blob_id: bytes) -> int:
+    return store.index.locations(KIND_DATA, blob_id)[0].offset
+
+
+def _flip_one_byte(data: bytes) -> bytes:
+    return data[:100] + bytes((data[100] ^ 0x20,)) + data[101:]
+
+
+def test_a_chain_level_damaged_in_transit_is_read_again_and_the_blob_above_reads_right():
+    remote = _ReadsCounted()
+    store, blobs, pack_id, _ = _chain(remote)
+    key = layout.pack_key(pack_id)
+    once = iter([True])
+    remote.damage[key, _offset(store, blobs["base"][0])] = lambda data: _flip_one_byte(data) if next(once, False) \
+        else data
+    assert store.read(KIND_DATA, blobs["top"][0]) == blobs["top"][1]
+    assert remote.reads[key, _offset(store, blobs["base"][0])] == 2      # the damaged answer, then a good one
+    assert store.base_plaintext(blobs["mid"][0]) == blobs["mid"][1]      # what the chain left cached is right
+
+
+def test_a_chain_level_damaged_in_storage_is_one_error_naming_that_base():
+    remote = _ReadsCounted()
+    store, blobs, pack_id, _ = _chain(remote)
+    key = layout.pack_key(pack_id)
+    remote.damage[key, _offset(store, blobs["base"][0])] = _flip_one_byte
+    with pytest.raises(delta.BaseUnreadable, match=f"delta base {blobs['base'][0].hex()[:16]} cannot be read: "
+                                                   ".*corrupt in storage"):
+        store.read(KIND_DATA, blobs["top"][0])
+    # the blobs above the broken base are not fetched again for its fault
+    assert remote.reads[key, _offset(store, blobs["top"][0])] == 1
+    assert remote.reads[key, _offset(store, blobs["mid"][0])] <= 2
+    with pytest.raises(delta.BaseUnreadable):
+        store.base_plaintext(blobs["mid"][0])        # never handed out to a writer unverified
+
+
+def test_a_chain_whose_base_is_missing_is_one_error_naming_it():
+    store, blobs, pack_id, entries = _chain(_ReadsCounted())
+    base_id = blobs["base"][0]
+    store.index = MasterIndex()
+    store.index.add_pack(pack_id, [e for e in entries if e.id != base_id])
+    with pytest.raises(delta.BaseUnreadable,
+                       match=f"delta base {base_id.hex()[:16]} cannot be read: .*not in any index"):
+        store.read(KIND_DATA, blobs["top"][0])
+
+
+def test_many_deltas_on_one_base_restore_right_and_read_the_base_once_or_so(tmp_path, monkeypatch):
+    """Identical files changed each its own way: every changed chunk is a delta on the one chunk
+    they shared, whose plaintext the restore decodes once per thread at most, not once a delta."""
+    repo, source, copies = _repo(tmp_path), tmp_path / "src", 6
+    _write_version(source, 0)
+    table = (source / "table.json").read_bytes()
+    for i in range(copies):
+        (source / f"copy{i}.json").write_bytes(table)
+    repo.snapshot(str(source))
+    for i in range(copies):
+        (source / f"copy{i}.json").write_bytes(table.replace(b'"id":6000,', b'"id":%d,' % (60000 + i)))
+    repo.snapshot(str(source))
+    shared = {}
+    for blob_id, base in _deltas(repo).items():
+        shared.setdefault(base, []).append(blob_id)
+    base, on_it = max(shared.items(), key=lambda item: len(item[1]))
+    assert len(on_it) == copies
+    loc = repo.load_index().locations(KIND_DATA, base)[0]
+    reads: list[int] = []
+    get_range = LocalRemote._get_range
+
+    def counted(self, key: str, offset: int, length: int) -> bytes:
+        if key.endswith(loc.pack_id):
+            reads.append(offset)
+        return get_range(self, key, offset, length)
+
+    monkeypatch.setattr(LocalRemote, "_get_range", counted)
+    repo = Repository.open_local(str(tmp_path / "repo"), load_settings({"host": "testhost"}))
+    assert repo.restore("latest", str(tmp_path / "out")).ok
+    assert tree_digest(tmp_path / "out") == tree_digest(source)
+    assert 1 <= reads.count(loc.offset) <= 2          # one per restore thread at most, not one per delta

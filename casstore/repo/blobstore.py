@@ -222,12 +222,14 @@ class BlobStore:
         """Return the blob's plaintext, verified; try every location, re-listing indexes once."""
         return self._read(kind, blob_id, 0)
 
-    def _read(self, kind: int, blob_id: bytes, depth: int) -> bytes:
+    def _read(self, kind: int, blob_id: bytes, depth: int, verify: bool = True) -> bytes:
+        """`verify` False: a level of a delta chain, decoded for the blob above it, whose own hash
+        covers this one (`_fetch_verified`)."""
         errors: list[str] = []
         for attempt in range(2):
             for location in self._by_preference(self.index.locations(kind, blob_id)):
                 try:
-                    return self._fetch_verified(kind, location, blob_id, depth)[1]
+                    return self._fetch_verified(kind, location, blob_id, depth, verify)[1]
                 except delta.BaseUnreadable:
                     raise
                 except (IntegrityError, ObjectNotFound, RemoteError) as exc:
@@ -280,33 +282,74 @@ class BlobStore:
         self._bases.clear()
 
     def base_plaintext(self, blob_id: bytes, depth: int = 0) -> bytes:
-        """A delta base's plaintext, from the bounded cache or read (and then cached)."""
-        plain = self._bases.get(blob_id)
-        if plain is None:
-            if depth >= delta.MAX_RESOLVE:
-                raise delta.BaseUnreadable(f"delta chain longer than {delta.MAX_RESOLVE} at {blob_id.hex()[:16]} "
-                                           "(corrupt or hostile)")
-            try:
-                plain = self._read(KIND_DATA, blob_id, depth + 1)
-            except delta.BaseUnreadable:
-                raise
-            except (IntegrityError, ObjectNotFound, RemoteError) as exc:
-                raise delta.BaseUnreadable(f"delta base {blob_id.hex()[:16]} cannot be read: {exc}") from exc
-            self._bases.put(blob_id, plain)
-        return plain
+        """A delta base's plaintext, verified against its id: from the bounded cache or read (and
+        then cached)."""
+        return self._base(blob_id, depth, verified=True)[0]
 
-    def _fetch_verified(self, kind: int, location: Location, blob_id: bytes, depth: int) -> tuple[bytes, bytes]:
+    def _base(self, blob_id: bytes, depth: int, verified: bool) -> tuple[bytes, bool]:
+        """(plaintext, whether it was hashed against `blob_id`) of a delta base. `verified` False: a
+        level of a chain below a blob that is hashed itself, so this level need not be (each level
+        cost a BLAKE3 pass; issue 17). A remote repository's reads are always hashed: its blob
+        cache keeps only verified bytes, and a download costs far more than a hash."""
+        verified = verified or self._blob_cache is not None
+        cached = self._bases.get(blob_id)
+        if cached is not None:
+            plain, hashed = cached
+            if hashed or not verified:
+                return cached
+            if codec.blob_id(plain, self.sealer) == blob_id:
+                self._bases.put(blob_id, plain, True)
+                return plain, True
+            self._bases.discard(blob_id)      # decoded from a damaged chain: read it again, verified
+        if depth >= delta.MAX_RESOLVE:
+            raise delta.BaseUnreadable(f"delta chain longer than {delta.MAX_RESOLVE} at {blob_id.hex()[:16]} "
+                                       "(corrupt or hostile)")
+        try:
+            plain = self._read(KIND_DATA, blob_id, depth + 1, verified)
+        except delta.BaseUnreadable:
+            raise
+        except (IntegrityError, ObjectNotFound, RemoteError) as exc:
+            raise delta.BaseUnreadable(f"delta base {blob_id.hex()[:16]} cannot be read: {exc}") from exc
+        self._bases.put(blob_id, plain, verified)
+        return plain, verified
+
+    def _fetch_verified(self, kind: int, location: Location, blob_id: bytes, depth: int,
+                        verify: bool = True) -> tuple[bytes, bytes]:
         """(encoded, plaintext) of one blob at one location, checked against its id before it is
         cached or returned; a cached copy that fails the check is evicted (DESIGN.md "Verified reads").
-        A delta's base is read first (the chain, `depth` deep so far, through the bounded cache)."""
+        `verify` False (a chain level below a verified blob): decoded, not hashed, not cached.
+
+        A delta's base is read first (the chain, `depth` deep so far, through the bounded cache),
+        outside the verified read: a broken chain is not worth fetching this blob again. The
+        chain's levels are decoded without hashing them: this blob's hash covers them. When that
+        hash (or the decoding) fails, the chain is read again level by level, each verified, so a
+        broken base is named as such (`delta.BaseUnreadable`) and a good one lets the blob's own
+        bytes be judged as any blob's are (fetched again on mismatch)."""
+        if location.base is None:
+            return self._fetch_checked(kind, location, blob_id, None, verify)
+        base, hashed = self._base(location.base, depth, verified=False)
+        if not hashed:
+            try:
+                return self._fetch_checked(kind, location, blob_id, base, verify, base_trusted=False)
+            except _UnverifiedBase:
+                base = self._base(location.base, depth, verified=True)[0]
+        return self._fetch_checked(kind, location, blob_id, base, verify)
+
+    def _fetch_checked(self, kind: int, location: Location, blob_id: bytes, base: bytes | None, verify: bool,
+                       base_trusted: bool = True) -> tuple[bytes, bytes]:
         cache, raw_length = self._blob_cache, location.raw_length
-        # the base first, outside the verified read: a broken chain is not worth fetching this again
-        base = None if location.base is None else self.base_plaintext(location.base, depth)
 
         def check(encoded: bytes) -> tuple[bytes, bytes]:
             if delta.base_of(encoded) != location.base:
                 raise IntegrityError(f"blob {blob_id.hex()[:16]}: its envelope's delta base is not the indexed one")
-            return encoded, codec.decode_verified(encoded, raw_length, blob_id, self.sealer, kind, base=base)
+            try:
+                if not verify:
+                    return encoded, codec.decode(encoded, raw_length, self.sealer, kind, blob_id, base=base)
+                return encoded, codec.decode_verified(encoded, raw_length, blob_id, self.sealer, kind, base=base)
+            except BAD_BYTES as exc:
+                if base_trusted:
+                    raise
+                raise _UnverifiedBase from exc     # not retried here: the chain is verified first
 
         if cache is not None:
             cached = cache.get(kind, blob_id, raw_length)
@@ -321,40 +364,54 @@ class BlobStore:
         return read_verified(
             f"blob {blob_id.hex()[:16]} in pack {location.pack_id[:12]}",
             lambda: self.remote.get(key, location.offset, location.length, large=True), check, self.read_policy,
-            on_verified=(lambda encoded: cache.put(kind, blob_id, raw_length, encoded)) if cache else None)
+            on_verified=(lambda encoded: cache.put(kind, blob_id, raw_length, encoded)) if cache and verify else None)
+
+
+class _UnverifiedBase(Exception):
+    """A delta decoded with a base that was not hashed did not verify (or decode): the base may be
+    to blame, so the blob is not fetched again before its chain is read verified."""
 
 
 class BaseCache:
     """Plaintexts of recently used delta bases, bounded in bytes (least recently used out first;
-    a base over a quarter of the bound is not kept).
+    a base over a quarter of the bound is not kept), each marked whether it was hashed against
+    its id (a chain level decoded for a blob above it is not: `BlobStore._base`).
 
     A delta read twice, or two deltas on one base, decode that base once. Small on purpose: a
     chain (at most `compression.delta` bases) is read base first, so each base is needed once
     per read, and memory is the tighter bound (issue 17: peak RSS)."""
 
     def __init__(self, limit: int = 8 * 1024 * 1024) -> None:
-        self._items: OrderedDict[bytes, bytes] = OrderedDict()
+        self._items: OrderedDict[bytes, tuple[bytes, bool]] = OrderedDict()
         self._bytes, self._limit = 0, limit
         self._lock = threading.Lock()
 
-    def get(self, blob_id: bytes) -> bytes | None:
+    def get(self, blob_id: bytes) -> tuple[bytes, bool] | None:
+        """(plaintext, verified) or None."""
         with self._lock:
-            plain = self._items.get(blob_id)
-            if plain is not None:
+            item = self._items.get(blob_id)
+            if item is not None:
                 self._items.move_to_end(blob_id)
-            return plain
+            return item
 
-    def put(self, blob_id: bytes, plain: bytes) -> None:
+    def put(self, blob_id: bytes, plain: bytes, verified: bool = True) -> None:
         if len(plain) > self._limit // 4:
             return
         with self._lock:
-            if blob_id in self._items:
+            old = self._items.get(blob_id)
+            if old is not None and (old[1] or not verified):
                 return
-            self._items[blob_id] = plain
-            self._bytes += len(plain)
+            self._items[blob_id] = (plain, verified)     # a verified copy replaces an unverified one
+            self._bytes += len(plain) - (len(old[0]) if old is not None else 0)
             while self._bytes > self._limit:
-                _, old = self._items.popitem(last=False)
-                self._bytes -= len(old)
+                _, (evicted, _) = self._items.popitem(last=False)
+                self._bytes -= len(evicted)
+
+    def discard(self, blob_id: bytes) -> None:
+        with self._lock:
+            item = self._items.pop(blob_id, None)
+            if item is not None:
+                self._bytes -= len(item[0])
 
     def clear(self) -> None:
         with self._lock:
