@@ -108,6 +108,11 @@ def _one_line(code: str) -> str:
 
 def mutants_of(path: str) -> dict[str, Change]:
     """Every mutant mutmut would make of `path`, by id (mutmut's operators, pragmas and skips)."""
+    return {mutant_id: change for mutant_id, (change, _function) in mutants_in_functions(path).items()}
+
+
+def mutants_in_functions(path: str) -> dict[str, tuple[Change, str]]:
+    """Every mutant of `path` by id, with the source of the function it is in (the full run's ledger keys on it)."""
     source = (ROOT / path).read_text()
     wrapper = MetadataWrapper(cst.parse_module(source))
     visitor = MutationVisitor(mutation_operators, get_ignored_lines(path, source, wrapper, None), None)
@@ -116,7 +121,7 @@ def mutants_of(path: str) -> dict[str, Change]:
     positions = wrapper.resolve(PositionProvider)
     qualnames = _qualnames(module)
     lines = source.splitlines()
-    found: dict[str, Change] = {}
+    found: dict[str, tuple[Change, str]] = {}
     for m in visitor.mutations:
         if m.contained_by_top_level_function is None:      # mutmut mutates functions only
             continue
@@ -127,7 +132,8 @@ def mutants_of(path: str) -> dict[str, Change]:
         while key in found:            # the same change on two identical lines of one function
             n += 1
             key = f"{base} #{n}"
-        found[key] = (module, m.original_node, m.mutated_node)
+        function = module.code_for_node(m.contained_by_top_level_function)
+        found[key] = ((module, m.original_node, m.mutated_node), function)
     return found
 
 
