@@ -47,6 +47,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from tests.mutation.gate import (
     CORE,
@@ -56,12 +57,13 @@ from tests.mutation.gate import (
     Mutant,
     Scratch,
     _mutant,
+    _rank,
     load_equivalents,
     mutants_in_functions,
 )
 
 LEDGER_DIR = Path(__file__).with_name("ledger")
-COLUMNS = ["status", "seconds", "commit", "function", "tests", "killer", "id"]
+COLUMNS = ["status", "seconds", "cpu", "commit", "function", "tests", "killer", "id"]
 # the modules the full run covers: the gate's, and the delta codec (no sample of it in CI)
 MODULES: dict[str, list[str]] = {path: tests for path, (_k, tests) in CORE.items()}
 MODULES["casstore/format/delta.py"] = [*FORMAT_TESTS, "tests/test_delta_blobs.py"]
@@ -69,12 +71,14 @@ CAUGHT = ("killed", "timeout")
 # plugin autoloading off: the quick tests need only these two, and start-up CPU halves
 PLUGINS = ["-p", "_hypothesis_pytestplugin", "-p", "pytest_timeout", "-p", "tests.mutation.order", "-rfE"]
 MIN_LIMIT, MAX_LIMIT = 60.0, 600.0
+STOP = threading.Event()    # set by SIGINT or SIGTERM: the mutants in flight finish and are recorded, no more start
 
 
 @dataclass
 class Record:
     status: str
-    seconds: float
+    seconds: float        # wall, under whatever load the machine had
+    cpu: float            # user + sys of the pytest process and its children (-1: not measured)
     commit: str
     function: str
     tests: str
@@ -82,7 +86,7 @@ class Record:
     id: str
 
     def line(self) -> str:
-        return "\t".join([self.status, f"{self.seconds:.1f}", self.commit, self.function, self.tests,
+        return "\t".join([self.status, f"{self.seconds:.1f}", f"{self.cpu:.1f}", self.commit, self.function, self.tests,
                           self.killer or "-", self.id])
 
 
@@ -94,8 +98,8 @@ def read_ledger(path: Path) -> dict[str, Record]:
     records: dict[str, Record] = {}
     if path.exists():
         for raw in path.read_text().splitlines()[1:]:
-            status, seconds, commit, function, tests, killer, mutant_id = raw.split("\t", 6)
-            records[mutant_id] = Record(status, float(seconds), commit, function, tests,
+            status, seconds, cpu, commit, function, tests, killer, mutant_id = raw.split("\t", 7)
+            records[mutant_id] = Record(status, float(seconds), float(cpu), commit, function, tests,
                                         "" if killer == "-" else killer, mutant_id)
     return records
 
@@ -137,16 +141,24 @@ def head_commit() -> str:
     return done.stdout.strip() + ("+dirty" if dirty else "")
 
 
+class Outcome(NamedTuple):
+    status: str
+    seconds: float
+    cpu: float
+    killer: str     # the first failing test of a killed mutant
+
+
 class Runner(Scratch):
     """A scratch copy that runs one mutant against its module's tests, killers first."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, speedups: bool = True) -> None:
         super().__init__()
         self.order = self.dir / f"order-{name}.txt"
+        self.times = self.dir / f"time-{name}.txt"
+        self.speedups = speedups    # off: every plugin loads and the tests keep their order (to measure both)
 
-    def measure(self, module: str, mutant: Mutant | None, limit: float,
-                killers: Counter[str]) -> tuple[str, float, str]:
-        """(status, wall seconds, first failing test) of the module's tests against `mutant` (None: clean)."""
+    def measure(self, module: str, mutant: Mutant | None, limit: float, killers: Counter[str]) -> Outcome:
+        """The module's tests against `mutant` (None: unmutated)."""
         self.order.write_text("".join(test + "\n" for test, _n in killers.most_common()))
         if mutant is None:
             return self._timed(module, limit)
@@ -158,11 +170,14 @@ class Runner(Scratch):
         finally:
             self._write(target, original)
 
-    def _timed(self, module: str, limit: float) -> tuple[str, float, str]:
+    def _timed(self, module: str, limit: float) -> Outcome:
         shutil.rmtree(self.dir / ".hypothesis", ignore_errors=True)   # no example saved by another mutant
-        env = {**os.environ, "PYTHONPATH": str(self.dir), "CASSTORE_EXPLORE_WORKERS": "1",
-               "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "CASSTORE_MUTATION_ORDER": str(self.order)}
-        cmd = [sys.executable, "-m", "pytest", *PYTEST, *PLUGINS, *MODULES[module]]
+        self.times.unlink(missing_ok=True)
+        env = {**os.environ, "PYTHONPATH": str(self.dir), "CASSTORE_EXPLORE_WORKERS": "1"}
+        if self.speedups:
+            env |= {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "CASSTORE_MUTATION_ORDER": str(self.order)}
+        cmd = ["/usr/bin/time", "-f", "%U %S", "-o", str(self.times), sys.executable, "-m", "pytest", *PYTEST,
+               *(PLUGINS if self.speedups else ["-rfE"]), *MODULES[module]]
         started = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=self.dir, env=env, text=True, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -171,41 +186,50 @@ class Runner(Scratch):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)     # and every process the tests started
             proc.communicate()
-            return "timeout", time.monotonic() - started, ""
+            return Outcome("timeout", time.monotonic() - started, -1.0, "")
         seconds = time.monotonic() - started
+        cpu = self._cpu()
         killer = next((line.split(" ", 1)[1].split(" - ", 1)[0] for line in out.splitlines()
                        if line.startswith(("FAILED ", "ERROR "))), "")
         if proc.returncode == 0:
-            return "survived", seconds, ""
+            return Outcome("survived", seconds, cpu, "")
         if proc.returncode in (1, 2):       # a failing test, or a module that no longer imports
-            return "killed", seconds, killer or "collection"
-        return f"error{proc.returncode}", seconds, out[-300:].replace("\n", " ").replace("\t", " ")
+            return Outcome("killed", seconds, cpu, killer or "collection")
+        return Outcome(f"error{proc.returncode}", seconds, cpu, out[-300:].replace("\n", " ").replace("\t", " "))
+
+    def _cpu(self) -> float:
+        try:
+            return sum(float(x) for x in self.times.read_text().split()[-2:])
+        except (OSError, ValueError):
+            return -1.0
 
 
 def run_module(module: str, runners: list[Runner], ledger_dir: Path, deadline: float, recheck: bool,
-               commit: str) -> None:
+               commit: str, limit: int | None = None) -> None:
     mutants, tests = current(module)
     path = ledger_path(module, ledger_dir)
     records = {k: r for k, r in read_ledger(path).items() if k in mutants}    # ids gone: dropped
-    todo = sorted(k for k in mutants if recheck or k not in records
-                  or not _valid(records[k], mutants[k][1], tests))
+    todo = sorted((k for k in mutants if recheck or k not in records or not _valid(records[k], mutants[k][1], tests)),
+                  key=_rank)     # in the gate's seeded order: a partial run is a spread sample
     print(f"{module}: {len(mutants)} mutants, {len(mutants) - len(todo)} recorded and valid, {len(todo)} to run",
           flush=True)
+    todo = todo[:limit]
     write_ledger(path, records)
     if not todo or time.time() > deadline:
         return
     killers = Counter(r.killer for r in records.values() if r.killer and r.status == "killed")
-    status, clean, _ = runners[0].measure(module, None, MAX_LIMIT, killers)
-    if status != "survived":
-        print(f"{module}: its tests do not pass unmutated ({status}); skipped", flush=True)
+    clean = runners[0].measure(module, None, MAX_LIMIT, killers)
+    if clean.status != "survived":
+        print(f"{module}: its tests do not pass unmutated ({clean.status}); skipped", flush=True)
         return
-    limit = min(MAX_LIMIT, max(MIN_LIMIT, 4 * clean))
-    print(f"{module}: clean run {clean:.1f} s wall, per-mutant limit {limit:.0f} s", flush=True)
+    wall = min(MAX_LIMIT, max(MIN_LIMIT, 4 * clean.seconds))
+    print(f"{module}: clean run {clean.seconds:.1f} s wall, {clean.cpu:.1f} s CPU, per-mutant limit {wall:.0f} s",
+          flush=True)
     lock = threading.Lock()
     free = list(runners)
 
     def one(mutant_id: str) -> None:
-        if time.time() > deadline:
+        if time.time() > deadline or STOP.is_set():
             return
         with lock:
             runner = free.pop()
@@ -213,16 +237,17 @@ def run_module(module: str, runners: list[Runner], ledger_dir: Path, deadline: f
         try:
             change, function = mutants[mutant_id]
             mutant = _mutant(mutant_id, module, change)    # type: ignore[arg-type]
-            status, seconds, killer = runner.measure(module, mutant, limit, order)
+            outcome = runner.measure(module, mutant, wall, order)
         finally:
             with lock:
                 free.append(runner)
         with lock:
-            records[mutant_id] = Record(status, seconds, commit, function, tests, killer, mutant_id)
-            if status == "killed":
-                killers[killer] += 1
+            records[mutant_id] = Record(outcome.status, outcome.seconds, outcome.cpu, commit, function, tests,
+                                        outcome.killer, mutant_id)
+            if outcome.status == "killed":
+                killers[outcome.killer] += 1
             write_ledger(path, records)
-        print(f"{status:9} {seconds:6.1f}s {mutant_id}", flush=True)
+        print(f"{outcome.status:9} {outcome.seconds:6.1f}s {outcome.cpu:5.1f} cpu {mutant_id}", flush=True)
 
     with ThreadPoolExecutor(len(runners)) as pool:
         list(pool.map(one, todo))
@@ -301,6 +326,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--budget", type=float, default=10 ** 9, help="start no mutant after this many seconds")
     parser.add_argument("--ledger-dir", type=Path, default=LEDGER_DIR)
+    parser.add_argument("--limit", type=int, help="at most this many mutants a module (a seeded spread)")
+    parser.add_argument("--no-speedups", action="store_true",
+                        help="every plugin autoloaded, tests in their own order (to measure what the speedups save)")
     parser.add_argument("--recheck", action="store_true", help="run the modules' mutants again, valid or not")
     parser.add_argument("--status", action="store_true")
     parser.add_argument("--report", action="store_true")
@@ -322,11 +350,15 @@ def main() -> int:
         print(f"not a module of the full run: {', '.join(unknown)} (one of: {', '.join(MODULES)})", file=sys.stderr)
         return 2
     deadline = time.time() + args.budget
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: STOP.set())
     commit = head_commit()
-    runners = [Runner(str(n)) for n in range(args.workers)]
+    runners = [Runner(str(n), speedups=not args.no_speedups) for n in range(args.workers)]
     try:
         for module in args.modules:
-            run_module(module, runners, args.ledger_dir, deadline, args.recheck, commit)
+            if STOP.is_set():
+                break
+            run_module(module, runners, args.ledger_dir, deadline, args.recheck, commit, args.limit)
     finally:
         for runner in runners:
             runner.close()
