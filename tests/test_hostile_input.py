@@ -354,3 +354,15 @@ def test_a_hostile_snapshot_manifest_error_names_the_snapshot_and_what_is_wrong(
     with pytest.raises(FormatError) as caught:
         decode_snapshot(snapshot_id, body)
     assert str(caught.value) == f"corrupt snapshot {snapshot_id[:8]}: {reason}"
+
+
+def test_a_snapshot_of_a_newer_format_version_is_refused_naming_that_version():
+    snapshot_id, body = _manifest_body({**GOOD_MANIFEST, "version": 99})
+    with pytest.raises(FormatError, match="unsupported snapshot version 99$"):   # so the user knows to upgrade
+        decode_snapshot(snapshot_id, body)
+
+
+def test_a_snapshot_whose_bytes_do_not_match_its_name_is_refused_naming_it():
+    snapshot_id, body = _manifest_body(GOOD_MANIFEST)
+    with pytest.raises(IntegrityError, match=f"snapshot {snapshot_id[:8]} does not match its name"):
+        decode_snapshot(snapshot_id, body + b"\0")
