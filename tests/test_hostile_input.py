@@ -23,7 +23,7 @@ from casstore.format.config import RepoConfig
 from casstore.format.index import IndexObject, decode_index
 from casstore.format.pack import KIND_DATA, KIND_TREE, MAGIC, PackBuilder, parse_header, verify_pack_id
 from casstore.format.snapshot import SnapshotManifest, decode_snapshot
-from casstore.format.tree import decode_tree
+from casstore.format.tree import EntryType, decode_tree, safe_name
 from tests.helpers import (
     NOW_NS,
     MiB,
@@ -224,6 +224,37 @@ def _file(name=b"f", **changes) -> list:
         "huge array claim"])
 def test_hostile_trees_are_format_errors(body):
     _bounded(lambda: decode_tree(body), FormatError)
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (_tree([_file()], v=2), "unsupported tree version 2"),
+    (_tree([_file()], next=b"short"), "corrupt tree: bad next tree id"),
+    (_tree([_file(type="socket", content=5)]), "bad content for a socket"),
+    (_tree([_file(type="blockdev", content=None)]), "bad content for a blockdev"),
+], ids=["version", "next", "socket content", "blockdev content"])
+def test_a_hostile_tree_error_says_what_is_wrong(body, reason):
+    with pytest.raises(FormatError) as caught:
+        decode_tree(body)
+    assert str(caught.value).endswith(reason)
+
+
+@pytest.mark.parametrize(("stored", "content"), [
+    ("fifo", None), ("socket", None), ("chardev", 0x0501), ("blockdev", 0x0801), ("symlink", b"target"),
+])
+def test_each_special_entry_type_reads_back_from_its_stored_name(stored, content):
+    # the stored type names are the format (DESIGN.md): a tree written by any casstore reads back the same
+    (entry,), _next = decode_tree(_tree([_file(b"dev", type=stored, size=0, content=content)]))
+    assert entry.type is EntryType(stored) and entry.type.value == stored and entry.content == content
+
+
+@pytest.mark.parametrize("name", [b"", b".", b"..", b"/", b"a/b", b"../x", b"a\0b"])
+def test_a_name_that_could_leave_its_directory_or_be_cut_short_is_unsafe(name):
+    assert not safe_name(name)
+
+
+@pytest.mark.parametrize("name", [b"a", b"...", b".hidden", b"a b", b"\\", b"\xff\xfe"])
+def test_any_other_name_is_safe(name):
+    assert safe_name(name)
 
 
 def test_duplicate_names_in_a_stored_tree_are_reported_everywhere(tmp_path):
