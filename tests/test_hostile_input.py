@@ -22,6 +22,7 @@ from casstore.format import codec
 from casstore.format.config import RepoConfig
 from casstore.format.index import IndexObject, decode_index
 from casstore.format.pack import KIND_DATA, KIND_TREE, MAGIC, PackBuilder, parse_header, verify_pack_id
+from casstore.format.plan import decode_plan
 from casstore.format.snapshot import SnapshotManifest, decode_snapshot
 from casstore.format.tree import EntryType, decode_tree, safe_name
 from tests.helpers import (
@@ -397,3 +398,25 @@ def test_a_snapshot_whose_bytes_do_not_match_its_name_is_refused_naming_it():
     snapshot_id, body = _manifest_body(GOOD_MANIFEST)
     with pytest.raises(IntegrityError, match=f"snapshot {snapshot_id[:8]} does not match its name"):
         decode_snapshot(snapshot_id, body + b"\0")
+
+
+# -- gc plans ------------------------------------------------------------------------------------
+
+GOOD_PLAN = {"version": 1, "condemned_packs": ["ab" * 32], "superseded_indexes": [], "host": "h"}
+
+
+@pytest.mark.parametrize(("doc", "reason"), [
+    ([1, 2], "corrupt gc plan: not a map"),
+    ({**GOOD_PLAN, "version": 9}, "unsupported gc plan version 9"),
+    ({**GOOD_PLAN, "condemned_packs": "ab"}, "corrupt gc plan: object names must be a list of strings"),
+    ({**GOOD_PLAN, "superseded_indexes": [5]}, "corrupt gc plan: object names must be a list of strings"),
+], ids=["a list", "version", "names a string", "names not strings"])
+def test_a_hostile_gc_plan_error_says_what_is_wrong(doc, reason):
+    with pytest.raises(FormatError) as caught:
+        decode_plan(msgpack.packb(doc), "gc/plan-x")
+    assert str(caught.value) == reason
+
+
+def test_a_gc_plan_without_a_host_reads_with_an_empty_host():
+    plan = decode_plan(msgpack.packb({k: v for k, v in GOOD_PLAN.items() if k != "host"}))
+    assert plan.host == "" and plan.condemned_packs == ["ab" * 32]
