@@ -232,7 +232,9 @@ def test_hostile_trees_are_format_errors(body):
     (_tree([_file()], next=b"short"), "corrupt tree: bad next tree id"),
     (_tree([_file(type="socket", content=5)]), "bad content for a socket"),
     (_tree([_file(type="blockdev", content=None)]), "bad content for a blockdev"),
-], ids=["version", "next", "socket content", "blockdev content"])
+    (_tree([_file(b"")]), "corrupt tree: entry name must be non-empty bytes"),
+    (_tree([_file(b"same"), _file(b"same")]), "corrupt tree: duplicate entry name"),
+], ids=["version", "next", "socket content", "blockdev content", "empty name", "duplicate names"])
 def test_a_hostile_tree_error_says_what_is_wrong(body, reason):
     with pytest.raises(FormatError) as caught:
         decode_tree(body)

@@ -278,9 +278,13 @@ class Row:
         scored = len(self.valid) - (self.count("survived") - len(self.real))
         return caught / scored if scored else None
 
-    def cpu(self, status: str) -> str:
-        measured = [r.cpu for r in self.valid if r.status == status and r.cpu >= 0]
-        return f"{sum(measured) / len(measured):.1f}" if measured else "-"
+    def cost(self, status: str) -> str:
+        """Mean CPU seconds (wall seconds) of the mutants of this status."""
+        measured = [r for r in self.valid if r.status == status and r.cpu >= 0]
+        if not measured:
+            return "-"
+        return (f"{sum(r.cpu for r in measured) / len(measured):.1f} "
+                f"({sum(r.seconds for r in measured) / len(measured):.0f})")
 
 
 def rows(ledger_dir: Path = LEDGER_DIR) -> list[Row]:
@@ -296,7 +300,7 @@ def rows(ledger_dir: Path = LEDGER_DIR) -> list[Row]:
 
 def table(all_rows: list[Row]) -> str:
     lines = ["| module | mutants | run | killed | timed out | survived | judged equivalent | errors | score "
-             "| CPU s a mutant: killed, survived | commits |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| CPU (wall) s a mutant: killed; survived | commits |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in all_rows:
         survived = row.count("survived")
         score = "-" if row.score is None else f"{row.score:.0%}"
@@ -305,7 +309,7 @@ def table(all_rows: list[Row]) -> str:
         commits = sorted({r.commit for r in row.valid})
         lines.append(f"| {row.module.removeprefix('casstore/')} | {row.mutants} | {len(row.valid)} "
                      f"| {row.count('killed')} | {row.count('timeout')} | {survived} | {survived - len(row.real)} "
-                     f"| {row.count('error')} | {score} | {row.cpu('killed')}, {row.cpu('survived')} "
+                     f"| {row.count('error')} | {score} | {row.cost('killed')}; {row.cost('survived')} "
                      f"| {', '.join(commits) or '-'} |")
     survivors = [f"- `{s}`" for row in all_rows for s in row.real]
     return "\n".join([*lines, "", f"Survivors neither killed nor judged ({len(survivors)}):", "", *survivors])
