@@ -230,11 +230,12 @@ def test_hostile_trees_are_format_errors(body):
 @pytest.mark.parametrize(("body", "reason"), [
     (_tree([_file()], v=2), "unsupported tree version 2"),
     (_tree([_file()], next=b"short"), "corrupt tree: bad next tree id"),
-    (_tree([_file(type="socket", content=5)]), "bad content for a socket"),
-    (_tree([_file(type="blockdev", content=None)]), "bad content for a blockdev"),
+    (_tree([_file(type="socket", content=5)]), "entry b'f': bad content for a socket"),
+    (_tree([_file(type="blockdev", content=None)]), "entry b'f': bad content for a blockdev"),
+    (_tree([_file(mode="0755")]), "entry b'f': bad integer field"),
     (_tree([_file(b"")]), "corrupt tree: entry name must be non-empty bytes"),
     (_tree([_file(b"same"), _file(b"same")]), "corrupt tree: duplicate entry name"),
-], ids=["version", "next", "socket content", "blockdev content", "empty name", "duplicate names"])
+], ids=["version", "next", "socket content", "blockdev content", "str mode", "empty name", "duplicate names"])
 def test_a_hostile_tree_error_says_what_is_wrong(body, reason):
     with pytest.raises(FormatError) as caught:
         decode_tree(body)
