@@ -64,9 +64,13 @@ from tests.mutation.gate import (
 
 LEDGER_DIR = Path(__file__).with_name("ledger")
 COLUMNS = ["status", "seconds", "cpu", "commit", "function", "tests", "killer", "id"]
-# the modules the full run covers: the gate's, and the delta codec (no sample of it in CI)
+# the modules the full run covers: the gate's (with its test files), and the delta codec (no sample of it in CI)
 MODULES: dict[str, list[str]] = {path: tests for path, (_k, tests) in CORE.items()}
 MODULES["casstore/format/delta.py"] = [*FORMAT_TESTS, "tests/test_delta_blobs.py"]
+# repack's verification with the repository's key is exercised only on an encrypted repository (under 1 s)
+MODULES["casstore/gc/repack.py"] = [
+    *MODULES["casstore/gc/repack.py"],
+    "tests/test_encryption.py::test_gc_repacks_an_encrypted_repository_and_the_kept_snapshot_still_restores"]
 CAUGHT = ("killed", "timeout")
 # plugin autoloading off: the quick tests need only these two, and start-up CPU halves
 PLUGINS = ["-p", "_hypothesis_pytestplugin", "-p", "pytest_timeout", "-p", "tests.mutation.order", "-rfE"]
