@@ -414,5 +414,6 @@ def test_gc_repacks_over_a_link_too_slow_for_a_pack_read_as_a_small_object(tmp_p
     report = gc(repo, clock)
     assert report.packs_repacked > 0, "mostly dead packs are copied: whole-pack reads"
     assert 0 < report.bytes_written < report.bytes_repacked, "what is kept of mostly dead packs is less than them"
+    assert 0 < report.packs_written <= report.packs_repacked
     assert gc_to_completion(repo, clock)[-1].packs_condemned == 0
     assert_restorable(repo, writer.expected, tmp_path / "out")
