@@ -417,3 +417,14 @@ def test_gc_repacks_over_a_link_too_slow_for_a_pack_read_as_a_small_object(tmp_p
     assert 0 < report.packs_written <= report.packs_repacked
     assert gc_to_completion(repo, clock)[-1].packs_condemned == 0
     assert_restorable(repo, writer.expected, tmp_path / "out")
+
+
+def test_a_pack_is_repacked_from_exactly_the_dead_fraction_and_not_below_it():
+    from casstore.gc.context import REPACK_DEAD_FRACTION
+    from casstore.gc.repack import mostly_dead
+
+    total = 1_000_000
+    at = total - round(REPACK_DEAD_FRACTION * total)          # live bytes when exactly the fraction is dead
+    usage = {"at": (at, total), "below": (at + 1, total), "mostly live": (total - 10, total),
+             "all live": (total, total)}
+    assert mostly_dead(usage, set(usage)) == {"at"}
