@@ -71,6 +71,10 @@ MODULES["casstore/format/delta.py"] = [*FORMAT_TESTS, "tests/test_delta_blobs.py
 MODULES["casstore/gc/repack.py"] = [
     *MODULES["casstore/gc/repack.py"],
     "tests/test_encryption.py::test_gc_repacks_an_encrypted_repository_and_the_kept_snapshot_still_restores"]
+# the sweep's safety net (keep a condemned pack a fresh snapshot needs) is exercised by one quick test (under 1 s)
+MODULES["casstore/gc/sweep.py"] = [
+    *MODULES["casstore/gc/sweep.py"],
+    "tests/test_gc_concurrency.py::test_snapshot_committed_before_the_sweep_keeps_its_condemned_packs"]
 CAUGHT = ("killed", "timeout")
 # plugin autoloading off: the quick tests need only these two, and start-up CPU halves
 PLUGINS = ["-p", "_hypothesis_pytestplugin", "-p", "pytest_timeout", "-p", "tests.mutation.order", "-rfE"]
