@@ -67,13 +67,13 @@ COLUMNS = ["status", "seconds", "cpu", "commit", "function", "tests", "killer", 
 # the modules the full run covers: the gate's (with its test files), and the delta codec (no sample of it in CI)
 MODULES: dict[str, list[str]] = {path: tests for path, (_k, tests) in CORE.items()}
 MODULES["casstore/format/delta.py"] = [*FORMAT_TESTS, "tests/test_delta_blobs.py"]
-# repack's verification with the repository's key is exercised only on an encrypted repository (under 1 s)
-MODULES["casstore/gc/repack.py"] = [
-    *MODULES["casstore/gc/repack.py"],
-    "tests/test_encryption.py::test_gc_repacks_an_encrypted_repository_and_the_kept_snapshot_still_restores"]
-# the sweep's safety net (keep a condemned pack a fresh snapshot needs) is exercised by one quick test (under 1 s)
+# gc's use of the repository's key (repack's verification, the sweep's consolidated index) is exercised
+# only on an encrypted repository, and the sweep's safety net (keep a condemned pack a fresh snapshot
+# needs) only by a writer racing gc: one quick test each (under 1 s)
+GC_ENCRYPTED = "tests/test_encryption.py::test_gc_repacks_an_encrypted_repository_and_the_kept_snapshot_still_restores"
+MODULES["casstore/gc/repack.py"] = [*MODULES["casstore/gc/repack.py"], GC_ENCRYPTED]
 MODULES["casstore/gc/sweep.py"] = [
-    *MODULES["casstore/gc/sweep.py"],
+    *MODULES["casstore/gc/sweep.py"], GC_ENCRYPTED,
     "tests/test_gc_concurrency.py::test_snapshot_committed_before_the_sweep_keeps_its_condemned_packs"]
 CAUGHT = ("killed", "timeout")
 # plugin autoloading off: the quick tests need only these two, and start-up CPU halves
