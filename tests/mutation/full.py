@@ -67,12 +67,11 @@ COLUMNS = ["status", "seconds", "cpu", "commit", "function", "tests", "killer", 
 # the modules the full run covers: the gate's (with its test files), and the delta codec (no sample of it in CI)
 MODULES: dict[str, list[str]] = {path: tests for path, (_k, tests) in CORE.items()}
 MODULES["casstore/format/delta.py"] = [*FORMAT_TESTS, "tests/test_delta_blobs.py"]
-# gc's use of the repository's key (repack's verification, the plan, the consolidated index) is exercised
+# gc's use of the repository's key (repack's verification, the consolidated index) is exercised
 # only on an encrypted repository, and the sweep's safety net (keep a condemned pack a fresh snapshot
 # needs) only by a writer racing gc: one quick test each (under 1 s)
 GC_ENCRYPTED = "tests/test_encryption.py::test_gc_repacks_an_encrypted_repository_and_the_kept_snapshot_still_restores"
 MODULES["casstore/gc/repack.py"] = [*MODULES["casstore/gc/repack.py"], GC_ENCRYPTED]
-MODULES["casstore/gc/mark.py"] = [*MODULES["casstore/gc/mark.py"], GC_ENCRYPTED]
 MODULES["casstore/gc/sweep.py"] = [
     *MODULES["casstore/gc/sweep.py"], GC_ENCRYPTED,
     "tests/test_gc_concurrency.py::test_snapshot_committed_before_the_sweep_keeps_its_condemned_packs"]
