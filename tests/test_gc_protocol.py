@@ -11,9 +11,9 @@ import os
 import msgpack
 import pytest
 
-from casstore.errors import ObjectExists
+from casstore.errors import ObjectExists, TransientError
 from casstore.format.index import decode_index
-from casstore.format.layout import LEASE_KEY
+from casstore.format.layout import DATA_PREFIX, LEASE_KEY
 from casstore.format.pack import KIND_DATA
 from casstore.format.plan import list_plan_keys, load_plans
 from casstore.gc.retention import apply_retention
@@ -394,3 +394,37 @@ def test_a_long_gc_keeps_renewing_its_lease(tmp_path, clock, remote):
     elapsed = clock() - started
     assert report.plan and elapsed > 1200
     assert slow.lease_writes >= 3 + elapsed // 600, "renewed at least once per lease period (600 s)"
+
+
+class SlowLink(RemoteWrapper):
+    """A link on which a whole pack takes longer to arrive than a small answer may stall: a pack read
+    without the `large` hint (which scales the read timeout to a pack's size) times out, as a cloud
+    backend's would; everything else arrives in time."""
+
+    def _get(self, key, offset, length, *, large):
+        if key.startswith(DATA_PREFIX) and length is None and not large:
+            raise TransientError(f"read timed out: {key} asked for as a small object")
+        return super()._get(key, offset, length, large=large)
+
+
+def test_gc_repacks_over_a_link_too_slow_for_a_pack_read_as_a_small_object(tmp_path, clock, remote):
+    writer, _ = _two_snapshots_older_forgotten(tmp_path, clock, remote)
+    repo = remote_repo(SlowLink(remote), tmp_path)
+    clock.advance(GRACE + 1)
+    report = gc(repo, clock)
+    assert report.packs_repacked > 0, "mostly dead packs are copied: whole-pack reads"
+    assert 0 < report.bytes_written < report.bytes_repacked, "what is kept of mostly dead packs is less than them"
+    assert 0 < report.packs_written <= report.packs_repacked
+    assert gc_to_completion(repo, clock)[-1].packs_condemned == 0
+    assert_restorable(repo, writer.expected, tmp_path / "out")
+
+
+def test_a_pack_is_repacked_from_exactly_the_dead_fraction_and_not_below_it():
+    from casstore.gc.context import REPACK_DEAD_FRACTION
+    from casstore.gc.repack import mostly_dead
+
+    total = 1_000_000
+    at = total - round(REPACK_DEAD_FRACTION * total)          # live bytes when exactly the fraction is dead
+    usage = {"at": (at, total), "below": (at + 1, total), "mostly live": (total - 10, total),
+             "all live": (total, total)}
+    assert mostly_dead(usage, set(usage)) == {"at"}

@@ -214,6 +214,31 @@ def test_a_directory_one_byte_over_the_page_limit_is_a_chain_of_two() -> None:
     assert entries == [a.as_list(), b.as_list()]
 
 
+def test_a_later_page_of_exactly_the_page_limit_is_one_page_too() -> None:
+    # the limit holds page by page: a page after a break counts from zero, like the first
+    a = _entry_of_packed_size(b"a", 1536 * 1024)
+    b = _entry_of_packed_size(b"b", 1024 * 1024)
+    c = _entry_of_packed_size(b"c", MAX_TREE_BYTES - 1024 * 1024)
+    pages = _pages([c, b, a])
+    assert [[e[0][:1] for e in p["entries"]] for p in pages] == [[b"a"], [b"b", b"c"]]
+
+
+def test_a_chain_of_pages_reads_back_page_by_page_to_every_entry_in_order() -> None:
+    stored: dict[bytes, bytes] = {}
+
+    def store(body: bytes) -> bytes:
+        stored[codec.blob_id(body)] = body
+        return codec.blob_id(body)
+
+    third = [_entry_of_packed_size(name, 800 * 1024) for name in (b"a", b"b", b"c")]
+    next_id: bytes | None = encode_tree_chain(reversed(third), store)
+    read: list[Entry] = []
+    while next_id is not None:
+        entries, next_id = decode_tree(stored[next_id])
+        read += entries
+    assert len(stored) == 2 and read == third
+
+
 def test_every_page_of_a_long_directory_stays_within_the_page_limit() -> None:
     third = [_entry_of_packed_size(name, 800 * 1024) for name in (b"a", b"b", b"c")]   # two fit, three do not
     pages = _pages(list(reversed(third)))

@@ -295,6 +295,20 @@ def test_writers_see_every_gc_plan_and_only_plans(tmp_path: Path) -> None:
     assert list(load_plans(remote, [first, second])) == [second]
 
 
+def test_writers_of_an_encrypted_repository_read_its_gc_plans_with_its_key(tmp_path: Path) -> None:
+    from casstore.format.crypto import MasterKey
+    from casstore.format.layout import plan_key
+    from casstore.format.plan import GcPlan, encode_plan_verified, load_plans
+
+    sealer = MasterKey.generate().sealer
+    remote = new_memory_remote(FakeClock())
+    key = plan_key(1000.0)
+    remote.put(key, encode_plan_verified(GcPlan(["aa" * 32], [], host="one"), key, sealer))
+    assert remote.get(key).find(b"aa" * 8) == -1               # stored sealed: no pack name in the clear
+    (plan,) = load_plans(remote, sealer=sealer).values()
+    assert (plan.condemned_packs, plan.host) == (["aa" * 32], "one")
+
+
 def test_a_gc_plan_that_cannot_be_read_stops_the_writer(tmp_path: Path) -> None:
     from casstore.errors import FormatError
     from casstore.format.layout import plan_key

@@ -1,0 +1,379 @@
+"""The full mutation run (issue 19): EVERY mutant of a core module, accumulated across sessions in a ledger.
+
+    python -m tests.mutation.full --status                       # per module: mutants, recorded, still to run
+    nice -n 19 python -m tests.mutation.full casstore/format/codec.py ... [--budget SECONDS] [--workers 2]
+    python -m tests.mutation.full --report                       # MUTATION.md's full-run table, from the ledgers
+    python -m tests.mutation.full --survivors casstore/gc/repack.py   # the survivors not judged, to work on
+
+It is the CI gate's machinery (tests/mutation/gate.py) on every mutant instead of a sample: mutmut's
+mutants named by stable ids (`path::function::line::original -> mutated`), each written into a scratch
+copy of the tree, the module's quick test files (gate.CORE) run against it with `-x`, in a subprocess
+whose PYTHONPATH puts the scratch copy first. Each result is written at once to the module's ledger,
+tests/mutation/ledger/<module>.tsv (committed), so a run stopped anywhere loses at most the mutants in
+flight, and the next run, in this session or a later one, on this machine or another, goes on.
+
+What a recorded result stays valid for (anything else is run again; the rule is `_valid`):
+- the mutant's id still exists: its module still has that change on that stripped line, in that function;
+- the source of the function it is in is unchanged (the `function` column: a hash of that function's
+  text), the rule mutmut itself uses. Code changed elsewhere in the module or the package does not
+  re-run it;
+- a `survived` (or `error`) result is also re-run when the module's test files change (the `tests`
+  column: a hash of the files gate.CORE lists for it, and tests/conftest.py): a new test may kill it.
+  A `killed` or `timeout` result is kept when the tests change (tests are added far more often than
+  they are weakened); `--recheck` runs a module's mutants again regardless.
+An id that no longer exists is dropped from the ledger when its module next runs.
+
+Cost, and what keeps it down (MUTATION.md has the measurements): one pytest process per mutant, with
+plugin autoloading off (only hypothesis and pytest-timeout load: half the start-up CPU), and the tests
+that killed the most mutants so far run first (tests/mutation/order.py), so a killed mutant usually
+costs its start-up and one test. A mutant gets a wall-clock limit of 4x the module's clean run (at
+least 60 s, at most 600 s) besides pytest-timeout's 120 s a test; past it, its process group is killed
+and it counts as `timeout` (caught). Run it from a frozen checkout (`git worktree add --detach`), with
+`--ledger-dir` pointing at the work tree that commits the ledgers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from tests.mutation.gate import (
+    CORE,
+    FORMAT_TESTS,
+    PYTEST,
+    ROOT,
+    Mutant,
+    Scratch,
+    _mutant,
+    _rank,
+    load_equivalents,
+    mutants_in_functions,
+)
+
+LEDGER_DIR = Path(__file__).with_name("ledger")
+COLUMNS = ["status", "seconds", "cpu", "commit", "function", "tests", "killer", "id"]
+# the modules the full run covers: the gate's (with its test files), and the delta codec (no sample of it in CI)
+MODULES: dict[str, list[str]] = {path: tests for path, (_k, tests) in CORE.items()}
+MODULES["casstore/format/delta.py"] = [*FORMAT_TESTS, "tests/test_delta_blobs.py"]
+# gc's use of the repository's key (repack's verification, the consolidated index) is exercised
+# only on an encrypted repository, and the sweep's safety net (keep a condemned pack a fresh snapshot
+# needs) only by a writer racing gc: one quick test each (under 1 s)
+GC_ENCRYPTED = "tests/test_encryption.py::test_gc_repacks_an_encrypted_repository_and_the_kept_snapshot_still_restores"
+MODULES["casstore/gc/repack.py"] = [*MODULES["casstore/gc/repack.py"], GC_ENCRYPTED]
+MODULES["casstore/gc/sweep.py"] = [
+    *MODULES["casstore/gc/sweep.py"], GC_ENCRYPTED,
+    "tests/test_gc_concurrency.py::test_snapshot_committed_before_the_sweep_keeps_its_condemned_packs"]
+CAUGHT = ("killed", "timeout")
+# plugin autoloading off: the quick tests need only these two, and start-up CPU halves
+PLUGINS = ["-p", "_hypothesis_pytestplugin", "-p", "pytest_timeout", "-p", "tests.mutation.order", "-rfE"]
+MIN_LIMIT, MAX_LIMIT = 60.0, 600.0
+STOP = threading.Event()    # set by SIGINT or SIGTERM: the mutants in flight finish and are recorded, no more start
+
+
+@dataclass
+class Record:
+    status: str
+    seconds: float        # wall, under whatever load the machine had
+    cpu: float            # user + sys of the pytest process and its children (-1: not measured)
+    commit: str
+    function: str
+    tests: str
+    killer: str
+    id: str
+
+    def line(self) -> str:
+        return "\t".join([self.status, f"{self.seconds:.1f}", f"{self.cpu:.1f}", self.commit, self.function, self.tests,
+                          self.killer or "-", self.id])
+
+
+def ledger_path(module: str, ledger_dir: Path = LEDGER_DIR) -> Path:
+    return ledger_dir / (module.removesuffix(".py").replace("/", ".") + ".tsv")
+
+
+def read_ledger(path: Path) -> dict[str, Record]:
+    records: dict[str, Record] = {}
+    if path.exists():
+        for raw in path.read_text().splitlines()[1:]:
+            status, seconds, cpu, commit, function, tests, killer, mutant_id = raw.split("\t", 7)
+            records[mutant_id] = Record(status, float(seconds), float(cpu), commit, function, tests,
+                                        "" if killer == "-" else killer, mutant_id)
+    return records
+
+
+def write_ledger(path: Path, records: dict[str, Record]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "\t".join(COLUMNS) + "\n" + "".join(records[k].line() + "\n" for k in sorted(records))
+    partial = path.with_suffix(".tmp")
+    partial.write_text(text)
+    partial.replace(path)     # never a half-written ledger, even when the run is killed
+
+
+def digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+
+
+def tests_digest(module: str, root: Path = ROOT) -> str:
+    files = sorted({test.split("::", 1)[0] for test in MODULES[module]} | {"tests/conftest.py"})
+    return digest("\n".join(MODULES[module]) + "".join((root / f).read_text() for f in files))
+
+
+def current(module: str) -> tuple[dict[str, tuple[object, str]], str]:
+    """The module's mutants now (id -> (change, function hash)) and its tests' hash."""
+    found = mutants_in_functions(module)
+    return ({mutant_id: (change, digest(function)) for mutant_id, (change, function) in found.items()},
+            tests_digest(module))
+
+
+def _valid(record: Record, function: str | None, tests: str) -> bool:
+    if function is None or record.function != function:
+        return False
+    return record.status in CAUGHT or record.tests == tests
+
+
+def head_commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "casstore", "tests"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return done.stdout.strip() + ("+dirty" if dirty else "")
+
+
+class Outcome(NamedTuple):
+    status: str
+    seconds: float
+    cpu: float
+    killer: str     # the first failing test of a killed mutant
+
+
+class Runner(Scratch):
+    """A scratch copy that runs one mutant against its module's tests, killers first."""
+
+    def __init__(self, name: str, speedups: bool = True) -> None:
+        super().__init__()
+        self.order = self.dir / f"order-{name}.txt"
+        self.times = self.dir / f"time-{name}.txt"
+        self.speedups = speedups    # off: every plugin loads and the tests keep their order (to measure both)
+
+    def measure(self, module: str, mutant: Mutant | None, limit: float, killers: Counter[str]) -> Outcome:
+        """The module's tests against `mutant` (None: unmutated)."""
+        self.order.write_text("".join(test + "\n" for test, _n in killers.most_common()))
+        if mutant is None:
+            return self._timed(module, limit)
+        target = self.dir / mutant.path
+        original = target.read_text()
+        self._write(target, mutant.code)
+        try:
+            return self._timed(module, limit)
+        finally:
+            self._write(target, original)
+
+    def _timed(self, module: str, limit: float) -> Outcome:
+        shutil.rmtree(self.dir / ".hypothesis", ignore_errors=True)   # no example saved by another mutant
+        self.times.unlink(missing_ok=True)
+        env = {**os.environ, "PYTHONPATH": str(self.dir), "CASSTORE_EXPLORE_WORKERS": "1"}
+        if self.speedups:
+            env |= {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "CASSTORE_MUTATION_ORDER": str(self.order)}
+        cmd = ["/usr/bin/time", "-f", "%U %S", "-o", str(self.times), sys.executable, "-m", "pytest", *PYTEST,
+               *(PLUGINS if self.speedups else ["-rfE"]), *MODULES[module]]
+        started = time.monotonic()
+        proc = subprocess.Popen(cmd, cwd=self.dir, env=env, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)     # and every process the tests started
+            proc.communicate()
+            return Outcome("timeout", time.monotonic() - started, -1.0, "")
+        seconds = time.monotonic() - started
+        cpu = self._cpu()
+        killer = next((line.split(" ", 1)[1].split(" - ", 1)[0] for line in out.splitlines()
+                       if line.startswith(("FAILED ", "ERROR "))), "")
+        if proc.returncode == 0:
+            return Outcome("survived", seconds, cpu, "")
+        if proc.returncode in (1, 2):       # a failing test, or a module that no longer imports
+            return Outcome("killed", seconds, cpu, killer or "collection")
+        return Outcome(f"error{proc.returncode}", seconds, cpu, out[-300:].replace("\n", " ").replace("\t", " "))
+
+    def _cpu(self) -> float:
+        try:
+            return sum(float(x) for x in self.times.read_text().split()[-2:])
+        except (OSError, ValueError):
+            return -1.0
+
+
+def run_module(module: str, runners: list[Runner], ledger_dir: Path, deadline: float, recheck: bool,
+               commit: str, limit: int | None = None) -> None:
+    mutants, tests = current(module)
+    path = ledger_path(module, ledger_dir)
+    records = {k: r for k, r in read_ledger(path).items() if k in mutants}    # ids gone: dropped
+    todo = sorted((k for k in mutants if recheck or k not in records or not _valid(records[k], mutants[k][1], tests)),
+                  key=_rank)     # in the gate's seeded order: a partial run is a spread sample
+    print(f"{module}: {len(mutants)} mutants, {len(mutants) - len(todo)} recorded and valid, {len(todo)} to run",
+          flush=True)
+    todo = todo[:limit]
+    write_ledger(path, records)
+    if not todo or time.time() > deadline:
+        return
+    killers = Counter(r.killer for r in records.values() if r.killer and r.status == "killed")
+    clean = runners[0].measure(module, None, MAX_LIMIT, killers)
+    if clean.status != "survived":
+        print(f"{module}: its tests do not pass unmutated ({clean.status}); skipped", flush=True)
+        return
+    wall = min(MAX_LIMIT, max(MIN_LIMIT, 4 * clean.seconds))
+    print(f"{module}: clean run {clean.seconds:.1f} s wall, {clean.cpu:.1f} s CPU, per-mutant limit {wall:.0f} s",
+          flush=True)
+    lock = threading.Lock()
+    free = list(runners)
+
+    def one(mutant_id: str) -> None:
+        if time.time() > deadline or STOP.is_set():
+            return
+        with lock:
+            runner = free.pop()
+            order = Counter(killers)
+        try:
+            change, function = mutants[mutant_id]
+            mutant = _mutant(mutant_id, module, change)    # type: ignore[arg-type]
+            outcome = runner.measure(module, mutant, wall, order)
+        finally:
+            with lock:
+                free.append(runner)
+        with lock:
+            records[mutant_id] = Record(outcome.status, outcome.seconds, outcome.cpu, commit, function, tests,
+                                        outcome.killer, mutant_id)
+            if outcome.status == "killed":
+                killers[outcome.killer] += 1
+            write_ledger(path, records)
+        print(f"{outcome.status:9} {outcome.seconds:6.1f}s {outcome.cpu:5.1f} cpu {mutant_id}", flush=True)
+
+    with ThreadPoolExecutor(len(runners)) as pool:
+        list(pool.map(one, todo))
+
+
+# ---- the report -----------------------------------------------------------------------------------
+
+BEGIN, END = "<!-- full-run table: generated by python -m tests.mutation.full --report -->", "<!-- end of table -->"
+
+
+@dataclass
+class Row:
+    module: str
+    mutants: int
+    valid: list[Record]     # the recorded results still valid now
+    judged: set[str]        # every id in equivalents.txt
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.valid if r.status.startswith(status))
+
+    @property
+    def real(self) -> list[str]:
+        return sorted(r.id for r in self.valid if r.status == "survived" and r.id not in self.judged)
+
+    @property
+    def score(self) -> float | None:
+        caught = self.count("killed") + self.count("timeout")
+        scored = len(self.valid) - (self.count("survived") - len(self.real))
+        return caught / scored if scored else None
+
+    def cost(self, status: str) -> str:
+        """Mean CPU seconds (wall seconds) of the mutants of this status."""
+        measured = [r for r in self.valid if r.status == status and r.cpu >= 0]
+        if not measured:
+            return "-"
+        return (f"{sum(r.cpu for r in measured) / len(measured):.1f} "
+                f"({sum(r.seconds for r in measured) / len(measured):.0f})")
+
+
+def rows(ledger_dir: Path = LEDGER_DIR) -> list[Row]:
+    judged = set(load_equivalents())
+    out = []
+    for module in MODULES:
+        mutants, tests = current(module)
+        valid = [r for k, r in read_ledger(ledger_path(module, ledger_dir)).items()
+                 if k in mutants and _valid(r, mutants[k][1], tests)]
+        out.append(Row(module, len(mutants), valid, judged))
+    return out
+
+
+def table(all_rows: list[Row]) -> str:
+    lines = ["| module | mutants | run | killed | timed out | survived | judged equivalent | errors | score "
+             "| CPU (wall) s a mutant: killed; survived | commits |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in all_rows:
+        survived = row.count("survived")
+        score = "-" if row.score is None else f"{row.score:.0%}"
+        if row.score is not None:
+            score = f"**{score}**, complete" if len(row.valid) == row.mutants else f"{score} so far"
+        commits = sorted({r.commit for r in row.valid})
+        lines.append(f"| {row.module.removeprefix('casstore/')} | {row.mutants} | {len(row.valid)} "
+                     f"| {row.count('killed')} | {row.count('timeout')} | {survived} | {survived - len(row.real)} "
+                     f"| {row.count('error')} | {score} | {row.cost('killed')}; {row.cost('survived')} "
+                     f"| {', '.join(commits) or '-'} |")
+    survivors = [f"- `{s}`" for row in all_rows for s in row.real]
+    return "\n".join([*lines, "", f"Survivors neither killed nor judged ({len(survivors)}):", "", *survivors])
+
+
+def write_report(ledger_dir: Path = LEDGER_DIR) -> None:
+    doc = ROOT / "MUTATION.md"
+    text = doc.read_text()
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    doc.write_text(text[:start] + "\n" + table(rows(ledger_dir)) + "\n" + text[end:])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("modules", nargs="*", help="module paths (casstore/format/codec.py); default: none")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--budget", type=float, default=10 ** 9, help="start no mutant after this many seconds")
+    parser.add_argument("--ledger-dir", type=Path, default=LEDGER_DIR)
+    parser.add_argument("--limit", type=int, help="at most this many mutants a module (a seeded spread)")
+    parser.add_argument("--no-speedups", action="store_true",
+                        help="every plugin autoloaded, tests in their own order (to measure what the speedups save)")
+    parser.add_argument("--recheck", action="store_true", help="run the modules' mutants again, valid or not")
+    parser.add_argument("--status", action="store_true")
+    parser.add_argument("--report", action="store_true")
+    parser.add_argument("--survivors", metavar="MODULE")
+    args = parser.parse_args()
+    if args.report:
+        write_report(args.ledger_dir)
+        return 0
+    if args.status:
+        print(table(rows(args.ledger_dir)))
+        return 0
+    if args.survivors:
+        for row in rows(args.ledger_dir):
+            if row.module == args.survivors:
+                print("\n".join(row.real))
+        return 0
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        print(f"not a module of the full run: {', '.join(unknown)} (one of: {', '.join(MODULES)})", file=sys.stderr)
+        return 2
+    deadline = time.time() + args.budget
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: STOP.set())
+    commit = head_commit()
+    runners = [Runner(str(n), speedups=not args.no_speedups) for n in range(args.workers)]
+    try:
+        for module in args.modules:
+            if STOP.is_set():
+                break
+            run_module(module, runners, args.ledger_dir, deadline, args.recheck, commit, args.limit)
+    finally:
+        for runner in runners:
+            runner.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
