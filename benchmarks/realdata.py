@@ -38,6 +38,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from run import (  # noqa: E402
+    RAM_FS,
     TOOL_CLASSES,
     TOOLS,
     Casstore,
@@ -45,6 +46,7 @@ from run import (  # noqa: E402
     log,
     machine_info,
     pin_casstore_code,
+    restore_location,
     restore_verified,
     rotated,
     run_measured,
@@ -192,43 +194,6 @@ def apply_version(packages: list[dict], i: int, cache: Path, source: Path, stagi
     shutil.rmtree(staging, ignore_errors=True)
     stats["versions"] = {p["name"]: p["versions"][i]["version"] for p in packages}
     return stats
-
-
-# Where the restores go. On ext4 (this machine's disk) a restore that follows the deletion of
-# another restored tree (13k files) spends most of its time in the kernel's inode allocator, which
-# skips inodes deleted in the last minute or more (`recently_deleted`, 34% of a restore's samples):
-# whichever tool restored second paid 2-3x the system time of the first, whatever its own work
-# (issue 17: "restore with deltas 2.2x" was that). A RAM file system has no such memory.
-RAM_FS = "/dev/shm"
-RESTORED_MAX = 2 * 1024 * MiB      # room the restored tree needs, with margin
-
-
-def restore_location(requested: str | None, work: Path) -> dict:
-    """{"path", "fs"}: `requested`, else a RAM file system when there is one with room, else the work folder."""
-    if requested:
-        path = Path(requested).resolve()
-    elif os.path.isdir(RAM_FS) and shutil.disk_usage(RAM_FS).free >= RESTORED_MAX:
-        path = Path(RAM_FS) / f"casstore-realdata-restore-{os.getpid()}"
-    else:
-        path = work / "restore"
-    return {"path": str(path), "fs": fs_type(path)}
-
-
-def fs_type(path: Path) -> str:
-    """The type of the file system holding `path` (the longest mount point above it), from /proc/mounts."""
-    best, kind = "", "unknown"
-    try:
-        mounts = Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return kind
-    for line in mounts:
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        mount = fields[1].rstrip("/") + "/"
-        if (str(path) + "/").startswith(mount) and len(mount) > len(best):
-            best, kind = mount, fields[2]
-    return kind
 
 
 def count_files(path: Path) -> int:
@@ -444,7 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     packages = load_pins(args.versions)
     results = {"command": command.strip(), "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                "args": {"versions": args.versions, "tools": list(tools)}, "machine": machine_info(work),
-               "restore_dir": restore_location(args.restore_dir, work),
+               "restore_dir": restore_location(args.restore_dir, work, room=2 * 1024 * MiB),
                "versions": versions(env), "runs": [], "changes": [], "load": {"start": os.getloadavg()},
                "packages": [{"name": p["name"], "first": p["versions"][0]["version"],
                              "last": p["versions"][-1]["version"]} for p in packages]}

@@ -1062,5 +1062,42 @@ def main(argv: list[str] | None = None) -> None:
     log(f"done in {results['seconds'] / 60:.1f} min")
 
 
+# Where the restores go. On ext4 (this machine's disk) a restore that follows the deletion of
+# another restored tree (13k files) spends most of its time in the kernel's inode allocator, which
+# skips inodes deleted in the last minute or more (`recently_deleted`, 34% of a restore's samples):
+# whichever tool restored second paid 2-3x the system time of the first, whatever its own work
+# (issue 17: "restore with deltas 2.2x" was that; so were
+# scale.py's restores of 200k files, issue 14). A RAM file system has no such memory.
+RAM_FS = "/dev/shm"
+
+
+def restore_location(requested: str | None, work: Path, room: int) -> dict:
+    """{"path", "fs"}: `requested`, else a RAM file system when there is one with room, else the work folder."""
+    if requested:
+        path = Path(requested).resolve()
+    elif os.path.isdir(RAM_FS) and shutil.disk_usage(RAM_FS).free >= room:
+        path = Path(RAM_FS) / f"casstore-bench-restore-{os.getpid()}"
+    else:
+        path = work / "restore"
+    return {"path": str(path), "fs": fs_type(path)}
+
+
+def fs_type(path: Path) -> str:
+    """The type of the file system holding `path` (the longest mount point above it), from /proc/mounts."""
+    best, kind = "", "unknown"
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return kind
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount = fields[1].rstrip("/") + "/"
+        if (str(path) + "/").startswith(mount) and len(mount) > len(best):
+            best, kind = mount, fields[2]
+    return kind
+
+
 if __name__ == "__main__":
     main()

@@ -43,7 +43,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import Borg, Casstore, Restic, compare_trees, run_measured, tool_available  # noqa: E402
+from run import RAM_FS, Borg, Casstore, Restic, compare_trees, restore_location, run_measured, tool_available  # noqa: E402
 
 TOOLS = ("casstore", "restic", "borg")
 WORDS = ["alpha", "beta", "gamma", "delta", "market", "signal", "model", "agent", "price", "volume", "trend",
@@ -135,16 +135,22 @@ def slim(m: dict) -> dict:
     return {k: round(v, 3) for k, v in m.items() if k in ("wall", "user", "sys", "rss_mib")}
 
 
-def restore_verified(tool, work: Path, source: Path, verify: bool) -> dict:
-    target = work / f"restore-{tool.name}"
+def restore_verified(tool, args, work: Path, source: Path, files: int) -> dict:
+    """Restore into an empty folder (a RAM file system when it has room: see run.restore_location)."""
+    room = files * 4096 * 3 // 2     # a tmpfs file takes at least a page
+    where = restore_location(args.restore_dir, work, room)
+    target = Path(where["path"]) / f"restore-{tool.name}"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     m, root = tool.restore(str(target), str(source))
-    if verify:
+    m["restore_fs"] = where["fs"]
+    if args.verify:
         difference = compare_trees(str(source), root)
         if difference:
             raise RuntimeError(f"{tool.name} restore differs: {difference}")
     shutil.rmtree(target, ignore_errors=True)
+    if not args.restore_dir and where["path"] != str(work):
+        shutil.rmtree(where["path"], ignore_errors=True)
     return m
 
 
@@ -193,7 +199,7 @@ def measure_size(name: str, files: int, args, work: Path, env: dict) -> dict:
     for tool_name in args.tools:
         tool = fresh_tool(tool_name, work, f"{files}", env, args.casstore_path)
         steps = {"initial": slim(tool.snapshot(str(source))), "nochange": slim(tool.snapshot(str(source))),
-                 "restore": slim(restore_verified(tool, work, source, args.verify))}
+                 "restore": slim(restore_verified(tool, args, work, source, files))}
         steps.update(read_steps(tool_name, tool))
         log(f"{files} {label(tool_name, args)}: " + ", ".join(f"{k} {v['wall']:.1f} s/{v['rss_mib']:.0f} MiB"
                                                               for k, v in steps.items()))
@@ -225,7 +231,7 @@ def measure_history(args, work: Path, env: dict) -> dict:
                                "total": round(sum(walls), 1), "rss_mib": round(max(m["rss_mib"] for m in snaps), 1),
                                "cpu_median": round(statistics.median(cpus), 3), "cpu_last": round(cpus[-1], 3),
                                "cpu_total": round(sum(cpus), 1)},
-                 "restore": slim(restore_verified(tool, work, source, args.verify))}
+                 "restore": slim(restore_verified(tool, args, work, source, args.history_files))}
         steps.update(read_steps(tool_name, tool))
         steps["repo_mib"] = round(dir_bytes(tool.repo) / 2**20, 1)
         log(f"history {label(tool_name, args)}: {steps}")
@@ -259,7 +265,8 @@ def cell(m: dict | None) -> str:
 def render(result: dict) -> str:
     lines = [f"Command: `{result['command']}`", "",
              f"Load average at start: {result['load']}; at the end: {result.get('load_end', '?')}. Cells: wall "
-             "time / peak RSS (user + system CPU time, system time).", ""]
+             "time / peak RSS (user + system CPU time, system time). Restores went to a "
+             f"{result.get('restore_fs', 'disk')} file system.", ""]
     names = result["labels"]
     lines += ["| files | step | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for size in result["sizes"]:
@@ -305,6 +312,10 @@ def main() -> None:
     p.add_argument("--sources", help="generate each size once into DIR/<files> and reuse it in later runs")
     p.add_argument("--generate-only", action="store_true", help="with --sources: generate and stop")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip comparing restores")
+    p.add_argument("--restore-dir", default=None,
+                   help=f"where restores go (default: a RAM file system at {RAM_FS} when it has room, else under "
+                        "--work: a restore on ext4 right after another tool's restored tree was deleted pays "
+                        "the kernel's inode allocator, see run.restore_location)")
     p.add_argument("--work", default=str(HERE / "work" / "scale"))
     p.add_argument("--out", default=str(HERE / "work" / "scale.json"))
     p.add_argument("--append-results", action="store_true", help="append the tables to benchmarks/RESULTS.md")
@@ -319,7 +330,8 @@ def main() -> None:
     env = dict(os.environ)
     result: dict = {"command": "python benchmarks/scale.py " + " ".join(sys.argv[1:]),
                     "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
-                    "labels": [label(t, args) for t in args.tools], "sizes": []}
+                    "labels": [label(t, args) for t in args.tools], "sizes": [],
+                    "restore_fs": restore_location(args.restore_dir, work, 0)["fs"]}
     for files in (int(n) for n in args.files.split(",") if n):
         if args.generate_only:
             prepare_source(files, args, work)
