@@ -35,11 +35,13 @@ class ChunkPipeline:
         self._window, self._window_bytes = window, window_bytes
         self._bytes_in_flight = 0
         self._lock = threading.Lock()
-        # deltas on one thread of their own: each holds its base's plaintext and about 20 MiB of
-        # zstd tables and dictionary while it is compressed and verified, which glibc then keeps in
-        # that thread's heap; on every worker, incremental snapshots of the real-data benchmark
-        # peaked at 230-250 MiB instead of about 125 (issue 17)
-        self._delta_pool = ThreadPoolExecutor(1, thread_name_prefix="casstore-delta")
+        # deltas on two threads of their own, not on every worker: each holds its base's plaintext
+        # and about 20 MiB of zstd tables and dictionary while it is compressed and verified, which
+        # glibc then keeps in that thread's heap; on every worker, incremental snapshots of the
+        # real-data benchmark peaked at 230-250 MiB instead of about 125 (issue 17). One thread was
+        # the snapshot's tail (deltas 1.42x the no-delta wall, quiet run); two: 1.23x at 134 MiB peak,
+        # three: 1.23x again (benchmarks/RESULTS.md, "Later snapshots: deltas on two threads")
+        self._delta_pool = ThreadPoolExecutor(2, thread_name_prefix="casstore-delta")
 
     def _prepare(self, data: bytes | memoryview, blob_id: bytes | None = None, hint: bytes | None = None) -> Prepared:
         blob_id = blob_id or codec.blob_id(data, self.store.sealer)
