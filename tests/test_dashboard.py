@@ -83,9 +83,14 @@ def seeded_history(settings) -> None:
 
 
 def wait_until(condition, timeout: float = 15, what: str = "the page"):
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = condition()
+        try:
+            value = condition()
+        except StaleElementReferenceException:   # the page re-rendered while it was read: look again
+            value = None
         if value:
             return value
         time.sleep(0.1)
