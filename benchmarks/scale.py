@@ -135,10 +135,13 @@ def slim(m: dict) -> dict:
     return {k: round(v, 3) for k, v in m.items() if k in ("wall", "user", "sys", "rss_mib")}
 
 
+def restore_room(files: int) -> int:
+    return files * 4096 * 3 // 2     # a tmpfs file takes at least a page
+
+
 def restore_verified(tool, args, work: Path, source: Path, files: int) -> dict:
     """Restore into an empty folder (a RAM file system when it has room: see run.restore_location)."""
-    room = files * 4096 * 3 // 2     # a tmpfs file takes at least a page
-    where = restore_location(args.restore_dir, work, room)
+    where = restore_location(args.restore_dir, work, restore_room(files))
     target = Path(where["path"]) / f"restore-{tool.name}"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
@@ -149,7 +152,7 @@ def restore_verified(tool, args, work: Path, source: Path, files: int) -> dict:
         if difference:
             raise RuntimeError(f"{tool.name} restore differs: {difference}")
     shutil.rmtree(target, ignore_errors=True)
-    if not args.restore_dir and where["path"] != str(work):
+    if not args.restore_dir:
         shutil.rmtree(where["path"], ignore_errors=True)
     return m
 
@@ -331,7 +334,8 @@ def main() -> None:
     result: dict = {"command": "python benchmarks/scale.py " + " ".join(sys.argv[1:]),
                     "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
                     "labels": [label(t, args) for t in args.tools], "sizes": [],
-                    "restore_fs": restore_location(args.restore_dir, work, 0)["fs"]}
+                    "restore_fs": restore_location(args.restore_dir, work, restore_room(max(
+                        [int(n) for n in args.files.split(",") if n] + [args.history_files])))["fs"]}
     for files in (int(n) for n in args.files.split(",") if n):
         if args.generate_only:
             prepare_source(files, args, work)
