@@ -5,6 +5,7 @@ are applied incrementally; a damaged, foreign or stale table is never trusted.""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,56 @@ def test_a_table_that_verifies_but_lacks_a_blob_is_rebuilt_on_the_first_miss(rep
     assert not repo.load_index().locations(victim.kind, victim.id)
     assert repo.read_blob(victim.kind, victim.id)       # the miss rebuilt the index from its objects
     assert table_of(repo) == fresh_index(repo_dir)
+
+
+def test_readers_and_a_second_reload_during_a_rebuild_see_the_whole_table(repo_dir: Path) -> None:
+    # a parallel restore meeting a damaged pack: every worker that misses reloads. The first
+    # rebuild is held inside its fetch of an index object while a reader looks every blob up and
+    # a second thread reloads; the reader must still find each blob, and the second reload must
+    # wait for the first, not mix its work into the same index (which left an index object listed
+    # with its packs not in the table, and a traceback when the table was saved)
+    repo, _ = opened(repo_dir)
+    keys = [key for key, _ in repo.load_index().blobs()]
+    assert repo._table_restored
+    in_fetch, release = threading.Event(), threading.Event()
+    cached_get = repo._cached_get
+
+    def held(kind: str, name: str) -> bytes:   # the first fetch from now on (on a fan-out thread)
+        if kind == layout.INDEX and not in_fetch.is_set():
+            in_fetch.set()
+            release.wait(10)
+        return cached_get(kind, name)
+
+    repo._cached_get = held  # type: ignore[method-assign]
+    failures: list[BaseException] = []
+
+    def reload() -> None:
+        try:
+            repo.reload_index()
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append(exc)
+
+    first = threading.Thread(target=reload)
+    first.start()
+    assert in_fetch.wait(10)
+    missing = [key for key in keys if not repo.index.locations(*key)]
+    second = threading.Thread(target=reload)
+    second.start()
+    second.join(0.3)
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert missing == [] and failures == []
+    assert table_of(repo) == fresh_index(repo_dir)
+    again, fetched = opened(repo_dir)
+    assert table_of(again) == fresh_index(repo_dir) and fetched == []   # the saved table is whole
+
+
+def test_a_table_is_never_saved_for_an_index_listing_a_pack_it_does_not_hold(tmp_path: Path) -> None:
+    index = MasterIndex()
+    index.add_written("ab" * 32, {}, {"cd" * 32}, ())     # listed, its entries never added
+    with pytest.raises(RuntimeError, match="never held"), open(tmp_path / "image", "wb") as fh:
+        index.write_image(fh)
 
 
 def test_packs_a_writer_has_not_indexed_are_never_saved(repo_dir: Path) -> None:

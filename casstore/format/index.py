@@ -254,6 +254,14 @@ class MasterIndex:
         self._loose.clear()
         self._diverged = False
 
+    def adopt(self, other: MasterIndex) -> None:
+        """Take `other`'s contents (all but `condemned`) in place of this index's. Lookups read the
+        table through one attribute, so a reader in another thread sees the old table or the new
+        one, never one half rebuilt (a reload after a miss: `RepoCore.reload_index`)."""
+        self._table = other._table
+        self.index_packs, self.index_origins = other.index_packs, other.index_origins
+        self.retracted, self._loose, self._diverged = other.retracted, other._loose, other._diverged
+
     def add_object(self, index_id: str, index: IndexObject) -> None:
         if index_id in self.index_packs:
             return
@@ -358,6 +366,12 @@ class MasterIndex:
         hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
         fps, rests, starts, counts, packs, wide = self._table.image()
         numbers = {pack_id: n for n, pack_id in enumerate(packs)}
+        for index_id, pack_ids in self.index_packs.items():
+            if not pack_ids <= numbers.keys():
+                # every listed pack passed through the table (add_object, add_pack): a pack missing
+                # means two loads mixed their work (what RepoCore's index lock prevents)
+                raise RuntimeError(f"index {index_id[:16]} lists packs the index table never held: "
+                                   f"{sorted(pack_ids - numbers.keys())}")
         header = msgpack.packb({
             "indexes": [[index_id, self.index_origins.get(index_id, {}), sorted(numbers[p] for p in pack_ids)]
                         for index_id, pack_ids in self.index_packs.items()],

@@ -85,6 +85,10 @@ class RepoCore:
         self.index = MasterIndex()
         self.table_cache = IndexTableCache(settings.cache_dir, config.id, self.location)
         self._table_restored = False      # the index came from the local table cache (see reload_index)
+        # one load at a time: threads that miss a blob at once (a damaged pack under a parallel
+        # restore) each reload; two loads into one index mixed their work (an index listed, its
+        # packs not yet in the table) and readers saw it half built
+        self._index_lock = threading.RLock()
         self._manifests: dict[str, SnapshotManifest] = {}
         self._reader: BlobStore | None = None
         self._reader_lock = threading.Lock()
@@ -143,38 +147,48 @@ class RepoCore:
 
         The first load of a process starts from the local index table cache when it has a sound
         one (repo/indexcache.py), so only index objects listed since it was saved are fetched."""
+        with self._index_lock:
+            self._load_into(self.index)
+            return self.index
+
+    def _load_into(self, index: MasterIndex) -> None:
         listed = {layout.name_of(info.key) for info in self.remote.list(layout.INDEX_PREFIX)}
-        if self.index.untouched():
-            self._table_restored = self.table_cache.restore(self.index)
-        loaded = set(self.index.index_packs)
+        if index.untouched():
+            self._table_restored = self.table_cache.restore(index)
+        loaded = set(index.index_packs)
         gone = loaded - listed        # consolidated by gc: forget it (packs another index lists stay)
         if gone:
-            self.index.remove_objects(gone)
-        todo, added = sorted(listed - loaded - self.index.retracted), 0
+            index.remove_objects(gone)
+        todo, added = sorted(listed - loaded - index.retracted), 0
         for start in range(0, len(todo), INDEX_BATCH):   # decoded a batch at a time: entries are big
-            for index_id, index in self._fetch_indexes(todo[start:start + INDEX_BATCH]).items():
-                self.index.add_object(index_id, index)
+            for index_id, decoded in self._fetch_indexes(todo[start:start + INDEX_BATCH]).items():
+                index.add_object(index_id, decoded)
                 added += 1
-        withdrawn = self.index.drop_retracted()     # by an index loaded now
+        withdrawn = index.drop_retracted()     # by an index loaded now
         if gone or added or withdrawn or not os.path.exists(self.table_cache.path):
-            self.table_cache.save(self.index)
+            self.table_cache.save(index)
         if self.cache:
             for stale in self.cache.names(layout.INDEX) - listed:
                 self.cache.discard(layout.INDEX, stale)
-        return self.index
 
     def reload_index(self) -> MasterIndex:
         """Load again after a blob was not found where the index said (or not at all).
 
         A table restored from the local cache is a cache, never an authority: the first miss
         rebuilds it from the index objects (unless a writer holds packs it has not indexed yet,
-        which a rebuild would forget), so a stale or wrong table costs one rebuild, not a failure."""
-        if self._table_restored and self.index.from_objects_only:
-            log.info("a blob is missing from the index table restored from the local cache: rebuilding it")
-            self._table_restored = False
-            self.index.clear()
-            self.table_cache.discard()
-        return self.load_index()
+        which a rebuild would forget), so a stale or wrong table costs one rebuild, not a failure.
+        The rebuild is made beside the table in use and swapped in whole: readers in other threads
+        go on finding what the old table holds meanwhile."""
+        with self._index_lock:
+            if self._table_restored and self.index.from_objects_only:
+                log.info("a blob is missing from the index table restored from the local cache: rebuilding it")
+                self._table_restored = False
+                self.table_cache.discard()
+                rebuilt = MasterIndex()
+                self._load_into(rebuilt)
+                self.index.adopt(rebuilt)
+                return self.index
+            return self.load_index()
 
     def _fetch_indexes(self, index_ids: list[str]) -> dict:
         """Decode each index object; damaged ones are skipped with a warning (readers, design 5.6)."""

@@ -62,12 +62,9 @@ class IndexTableCache:
         except OSError as exc:
             log.info("index table cache %s not written: %s", self.path, exc)
             _unlink(tmp)
-        except KeyError as exc:
-            # an index object lists a pack the table does not number: seen intermittently after
-            # `check --read-data` found a tampered pack (session 6 note, not yet explained); the
-            # cache is only an optimisation, so the command goes on and the next load rebuilds it
-            log.warning("index table cache %s not written: pack %s listed but not in the table", self.path, exc)
+        except BaseException:
             _unlink(tmp)
+            raise
 
     def discard(self) -> None:
         _unlink(self.path)
