@@ -204,3 +204,29 @@ def test_an_interrupted_or_killed_restore_leaves_no_process_behind(tmp_path, how
     while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(pid) for pid in workers)
+
+
+STUCK = """
+import os, signal, sys, time
+from casstore.restore.workers import WorkerPool
+pool = WorkerPool(lambda fd, payload: time.sleep(600), 2)
+fd = os.open(".", os.O_RDONLY)
+pool.submit(fd, 1)
+pool.submit(fd, 2)
+time.sleep(0.5)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_workers_busy_when_their_parent_is_killed_die_with_it(tmp_path):
+    parent = subprocess.Popen([sys.executable, "-c", STUCK], stdout=subprocess.PIPE, cwd=tmp_path)
+    workers: set[int] = set()
+    while parent.poll() is None:
+        workers |= _children(parent.pid)
+        time.sleep(0.01)
+    parent.communicate()
+    assert len(workers) == 2 and parent.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers)

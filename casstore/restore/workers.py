@@ -8,13 +8,16 @@ name in a worker), and answers each job in the order sent.
 
 The workers are forked while the process has one thread (a fork copies only the calling thread:
 a lock another thread held would stay held in the child), so they inherit the open repository,
-its loaded index and its keys and never open anything themselves. A worker ignores SIGINT (Ctrl-C
-reaches the parent, which ends it) and exits when its socket reaches end-of-file: when the parent
-closes it, or dies, however it dies.
+its loaded index and its keys and never open anything themselves. (Native threads, such as the
+BLAKE3 pool that hashed the index table, are not copied either: a worker never reloads the index,
+and leaves to the parent any blob it cannot read the fast way.) A worker ignores SIGINT (Ctrl-C
+reaches the parent, which ends it), exits when its socket reaches end-of-file (the parent closed
+it, or died), and is killed by the kernel when the parent dies (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pickle
 import signal
@@ -27,6 +30,7 @@ from casstore.errors import RestoreError
 
 MAX_MESSAGE = 1 << 20     # a job or an answer (a batch of small files' names and chunk ids: a few KiB)
 Handler = Callable[[int, Any], Any]
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -68,6 +72,7 @@ class WorkerPool:
 
     def _fork(self, handle: Handler) -> _Worker:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        parent = os.getpid()
         try:
             pid = os.fork()
         except BaseException:
@@ -77,6 +82,7 @@ class WorkerPool:
         if pid == 0:                                     # the worker: never returns
             status = 1
             try:
+                _die_with(parent)
                 ours.close()
                 for worker in self._workers:     # the earlier workers' parent ends: their EOF is the parent's alone
                     worker.sock.close()
@@ -143,6 +149,18 @@ class WorkerPool:
             return
         if pid:
             worker.exit_status = os.waitstatus_to_exitcode(status)
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this worker when the parent dies (Linux), even if the worker is stuck
+    where it would never read its socket's end-of-file; exit now if the parent is gone already."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass                      # not Linux: end-of-file on the socket still ends an idle worker
+    if os.getppid() != parent:
+        os._exit(0)
 
 
 def _kill(pid: int) -> None:
