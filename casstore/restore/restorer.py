@@ -59,7 +59,7 @@ SMALL_FILE_MAX = 1024 * 1024
 RESTORE_WORKERS = 2   # processes; the parent walks and counts beside them (2 cores: measured best)
 SMALL_BATCH_FILES = 32
 SMALL_BATCH_BYTES = 4 * 1024 * 1024
-MAX_BATCHES = 8             # batches in flight (bounds memory to about 8 x SMALL_BATCH_BYTES)
+MAX_BATCHES = 8             # batches in flight on the thread (bounds memory to about 8 x SMALL_BATCH_BYTES)
 # Worker processes take the batches instead (restore/workers.py) when the snapshot holds at least
 # this many files (two forks cost a few milliseconds) and the repository is local (its reads are
 # open/pread/close: nothing shared with the parent, unlike a remote's connection pool).
@@ -391,7 +391,7 @@ class Restorer:
         return rest
 
     def _send_batch(self, dir_fd: int, files: list[tuple[Entry, str]]) -> None:
-        while len(self._batches) >= MAX_BATCHES:
+        while len(self._batches) >= (self.workers.capacity if self.workers is not None else MAX_BATCHES):
             self._finish_batches([self._batches[0]])
         own_fd = os.dup(dir_fd)     # the batch's own: the walk may close the directory's meanwhile
         payload = [(e.name, e.chunks, self._mode(e), e.mtime_ns, e.uid, e.gid) for e, _ in files]

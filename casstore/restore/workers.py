@@ -29,6 +29,9 @@ from typing import Any
 from casstore.errors import RestoreError
 
 MAX_MESSAGE = 1 << 20     # a job or an answer (a batch of small files' names and chunk ids: a few KiB)
+# Unanswered jobs per worker. A socket pair queues at most net.unix.max_dgram_qlen (10 by default)
+# messages each way; with more outstanding, parent and worker could both block sending.
+MAX_QUEUED = 8
 Handler = Callable[[int, Any], Any]
 PR_SET_PDEATHSIG = 1
 
@@ -92,8 +95,14 @@ class WorkerPool:
         theirs.close()
         return _Worker(pid, ours)
 
+    @property
+    def capacity(self) -> int:
+        """Jobs that may be outstanding at once (the caller waits for the oldest beyond it)."""
+        return MAX_QUEUED * len(self._workers)
+
     def submit(self, dir_fd: int, payload: Any) -> Ticket:
-        """Send a job to the worker with the fewest unanswered jobs."""
+        """Send a job to the worker with the fewest unanswered jobs (fewer than MAX_QUEUED while
+        the caller keeps within `capacity`)."""
         worker = min(self._workers, key=lambda w: w.sent - w.answered)
         try:
             socket.send_fds(worker.sock, [pickle.dumps(payload, pickle.HIGHEST_PROTOCOL)], [dir_fd])
