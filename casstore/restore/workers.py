@@ -28,7 +28,9 @@ from typing import Any
 
 from casstore.errors import RestoreError
 
-MAX_MESSAGE = 1 << 20     # a job or an answer (a batch of small files' names and chunk ids: a few KiB)
+# A job or an answer: a batch of 32 small files' names and chunk ids is a few KiB (at most ~14 with
+# 255-byte names). Below malloc's mmap threshold, so a receive buffer costs no system call.
+MAX_MESSAGE = 64 * 1024
 # Unanswered jobs per worker. A socket pair queues at most net.unix.max_dgram_qlen (10 by default)
 # messages each way; with more outstanding, parent and worker could both block sending.
 MAX_QUEUED = 8
@@ -104,8 +106,11 @@ class WorkerPool:
         """Send a job to the worker with the fewest unanswered jobs (fewer than MAX_QUEUED while
         the caller keeps within `capacity`)."""
         worker = min(self._workers, key=lambda w: w.sent - w.answered)
+        data = pickle.dumps(payload, pickle.HIGHEST_PROTOCOL)
+        if len(data) > MAX_MESSAGE:
+            raise RestoreError(f"internal error: a restore job of {len(data)} bytes (at most {MAX_MESSAGE})")
         try:
-            socket.send_fds(worker.sock, [pickle.dumps(payload, pickle.HIGHEST_PROTOCOL)], [dir_fd])
+            socket.send_fds(worker.sock, [data], [dir_fd])
         except OSError as exc:
             raise self._lost(worker) from exc
         worker.sent += 1
@@ -116,11 +121,13 @@ class WorkerPool:
         worker = ticket.worker
         while ticket.number not in worker.answers:
             try:
-                message = worker.sock.recv(MAX_MESSAGE)
+                message, _, flags, _ = worker.sock.recvmsg(MAX_MESSAGE)
             except OSError as exc:
                 raise self._lost(worker) from exc
             if not message:
                 raise self._lost(worker)
+            if flags & socket.MSG_TRUNC:    # the worker keeps its answers within MAX_MESSAGE
+                raise RestoreError("internal error: a restore worker's answer was cut")
             worker.answers[worker.answered] = pickle.loads(message)
             worker.answered += 1
         ok, value = worker.answers.pop(ticket.number)
@@ -184,10 +191,12 @@ def _serve(sock: socket.socket, handle: Handler) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.umask(0)      # files are created with the modes they are given: no fchmod after each open
     while True:
-        message, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 1)
+        message, fds, flags, _ = socket.recv_fds(sock, MAX_MESSAGE, 1)
         if not message:
             return 0
         try:
+            if flags & socket.MSG_TRUNC or len(fds) != 1:
+                raise RestoreError("internal error: a restore job was cut")
             answer: tuple[bool, Any] = (True, handle(fds[0], pickle.loads(message)))
         except Exception as exc:     # reaches the parent, which raises it as the restore's error
             answer = (False, exc)
@@ -198,6 +207,9 @@ def _serve(sock: socket.socket, handle: Handler) -> int:
             data = pickle.dumps(answer, pickle.HIGHEST_PROTOCOL)
         except Exception:            # an exception that does not pickle: its text still reaches the user
             data = pickle.dumps((False, RestoreError(str(answer[1]))), pickle.HIGHEST_PROTOCOL)
+        if len(data) > MAX_MESSAGE:  # never for a batch's answers (short error texts); not cut, at least
+            data = pickle.dumps((False, RestoreError("internal error: a restore worker's answer is too large")),
+                                pickle.HIGHEST_PROTOCOL)
         try:
             sock.sendall(data)
         except OSError:              # the parent is gone
