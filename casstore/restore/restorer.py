@@ -14,11 +14,12 @@ import os
 import posixpath
 import secrets
 import stat
+import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from casstore.chunker.sparse import zero_chunk_length
 from casstore.errors import CasstoreError, RestoreError
@@ -27,8 +28,11 @@ from casstore.format.pack import KIND_DATA
 from casstore.format.tree import Entry, EntryType, safe_name
 from casstore.format.walk import VisitBudget
 from casstore.read.reader import Snapshot, checked_size
+from casstore.remotes.local import LocalRemote
 from casstore.repo.core import RepoCore
+from casstore.restore.packreads import read_data_blobs
 from casstore.restore.prefetch import Prefetcher
+from casstore.restore.workers import WorkerPool
 
 OVERWRITE_MODES = ("never", "if-changed", "always")
 
@@ -52,9 +56,23 @@ EXISTING_SHOWN = 20
 # verifies each file's chunks and writes the file, instead of a thread round trip per chunk with
 # the walk thread doing every write. A batch holds at most this many files and bytes.
 SMALL_FILE_MAX = 1024 * 1024
+RESTORE_WORKERS = 2   # processes; the parent walks and counts beside them (2 cores: measured best)
 SMALL_BATCH_FILES = 32
 SMALL_BATCH_BYTES = 4 * 1024 * 1024
-MAX_BATCHES = 8             # batches in flight (bounds memory to about 8 x SMALL_BATCH_BYTES)
+MAX_BATCHES = 8             # batches in flight on the thread (bounds memory to about 8 x SMALL_BATCH_BYTES)
+# Worker processes take the batches instead (restore/workers.py) when the snapshot holds at least
+# this many files (two forks cost a few milliseconds) and the repository is local (its reads are
+# open/pread/close: nothing shared with the parent, unlike a remote's connection pool).
+WORKER_MIN_FILES = 1000
+DEFERRED_DIRS = 16          # directories whose batches are still being written when the walk leaves them
+
+
+class Pending(Protocol):
+    """A batch being written: a thread's Future or a worker's Ticket."""
+
+    def result(self) -> list[bool | str]: ...
+
+    def cancel(self) -> bool: ...
 
 
 @dataclass
@@ -126,8 +144,33 @@ class Restorer:
         self._zero: tuple[bytes, bytes] | None = None    # (id, bytes) of the repository's zero chunk
         self._batches: deque[_SmallBatch] = deque()     # in flight, oldest first
         self._new_batches: list[_SmallBatch] = []        # sent for the directory being listed
+        self.workers: WorkerPool | None = None
+        self._deferred: deque[_DirFrame] = deque()       # left, waiting for their batches (FIFO: children first)
+
+    def start_workers(self) -> None:
+        """Fork the small-file workers when they pay and are safe: many files, a local repository,
+        no thread running yet (a fork copies one thread; a lock another held would stay held)."""
+        if self.dry_run or self.verify or not hasattr(os, "fork") or threading.active_count() != 1 \
+                or not isinstance(self.repo.remote, LocalRemote) \
+                or int(self.snapshot.manifest.summary.get("files_total", 0)) < WORKER_MIN_FILES:
+            return
+        store, same_owner = self.repo.read_blob_ready(), self.same_owner
+
+        def read_all(chunk_ids: list[bytes]) -> Mapping[bytes, bytes]:
+            return read_data_blobs(store, chunk_ids, alone=False)
+
+        def handle(dir_fd: int, files: list[SmallFile]) -> list[bool | str]:
+            return write_small_files(read_all, dir_fd, files, same_owner=same_owner, exact_mode=True)
+        self.workers = WorkerPool(handle, RESTORE_WORKERS)
 
     def close(self) -> None:
+        if self.workers is not None:
+            # batches still unanswered mean the restore failed or was interrupted: stop at once
+            self.workers.close(abort=bool(self._batches))
+        for frame in self._deferred:
+            if frame.fd is not None:
+                os.close(frame.fd)
+        self._deferred.clear()
         for batch in self._batches:
             batch.future.cancel()
         self.small_pool.shutdown(wait=True, cancel_futures=True)
@@ -176,6 +219,7 @@ class Restorer:
                 else:
                     stack.pop()
                     self._leave_dir(frame, stack)
+            self._settle_all()
             self._finish_batches(list(self._batches))
         finally:
             for frame in stack:
@@ -201,6 +245,9 @@ class Restorer:
         return frame
 
     def _leave_dir(self, frame: _DirFrame, stack: list[_DirFrame]) -> None:
+        if self._deferrable(frame):
+            self._defer(frame, stack[-1])
+            return
         self._finish_batches(frame.batches)   # its files are written before its own mtime is set
         if frame.entry is None:
             return       # a top frame: the caller's directory
@@ -215,10 +262,7 @@ class Restorer:
         try:
             if parent.fd is None:
                 parent.fd = _reopen_parent(frame.fd, parent.ident)
-            try:
-                self._apply_metadata(frame.fd, frame.entry)
-            except OSError as exc:
-                self._error(frame.path, _describe(exc))
+            self._settle_metadata(frame)
         finally:
             os.close(frame.fd)
             frame.fd = None
@@ -231,6 +275,48 @@ class Restorer:
             os.rmdir(frame.entry.name, dir_fd=parent.fd)
             return
         self.result.dirs += 1
+
+    # A directory whose small files are still being written is set aside (its descriptor kept)
+    # rather than waited for, so the walk lists the next directories meanwhile and the writers are
+    # never idle between directories. Set-aside directories are finished oldest first (a child
+    # before its parent), at most DEFERRED_DIRS waiting. Not with --include, whose empty-shell
+    # check needs the directory's files counted when it is left.
+
+    def _deferrable(self, frame: _DirFrame) -> bool:
+        return (frame.entry is not None and frame.fd is not None and not self.dry_run and not self.include
+                and any(batch.fd is not None for batch in frame.batches))
+
+    def _defer(self, frame: _DirFrame, parent: _DirFrame) -> None:
+        assert frame.fd is not None
+        if parent.fd is None:
+            parent.fd = _reopen_parent(frame.fd, parent.ident)
+        self._deferred.append(frame)
+        self.result.dirs += 1
+        if parent.fd is None:
+            self._lose(parent)
+        while len(self._deferred) > DEFERRED_DIRS:
+            self._settle(self._deferred.popleft())
+
+    def _settle(self, frame: _DirFrame) -> None:
+        """A set-aside directory: wait for its files, then set its own metadata."""
+        try:
+            self._finish_batches(frame.batches)
+            self._settle_metadata(frame)
+        finally:
+            if frame.fd is not None:
+                os.close(frame.fd)
+                frame.fd = None
+
+    def _settle_all(self) -> None:
+        while self._deferred:
+            self._settle(self._deferred.popleft())
+
+    def _settle_metadata(self, frame: _DirFrame) -> None:
+        assert frame.fd is not None and frame.entry is not None
+        try:
+            self._apply_metadata(frame.fd, frame.entry)
+        except OSError as exc:
+            self._error(frame.path, _describe(exc))
 
     def _lose(self, frame: _DirFrame) -> None:
         self._error(frame.path or ".", "moved during the restore; the rest of it is skipped")
@@ -305,11 +391,17 @@ class Restorer:
         return rest
 
     def _send_batch(self, dir_fd: int, files: list[tuple[Entry, str]]) -> None:
-        while len(self._batches) >= MAX_BATCHES:
+        while len(self._batches) >= (self.workers.capacity if self.workers is not None else MAX_BATCHES):
             self._finish_batches([self._batches[0]])
         own_fd = os.dup(dir_fd)     # the batch's own: the walk may close the directory's meanwhile
+        payload = [(e.name, e.chunks, self._mode(e), e.mtime_ns, e.uid, e.gid) for e, _ in files]
         try:
-            batch = _SmallBatch(own_fd, files, self.small_pool.submit(self._write_small, own_fd, [e for e, _ in files]))
+            if self.workers is not None:
+                pending: Pending = self.workers.submit(own_fd, payload)
+            else:
+                pending = self.small_pool.submit(write_small_files, self._read_all, own_fd, payload,
+                                                 same_owner=self.same_owner, exact_mode=False)
+            batch = _SmallBatch(own_fd, files, pending)
         except BaseException:
             os.close(own_fd)
             raise
@@ -320,35 +412,17 @@ class Restorer:
         batches, self._new_batches = self._new_batches, []
         return batches
 
-    def _write_small(self, dir_fd: int, entries: list[Entry]) -> list[BaseException | bool]:
-        """On a worker: each file read, verified and written whole. Per file: True (written), False
-        (something exists at its name: the walk thread decides), or the error that stopped it."""
-        reader = self.repo.read_blob_ready()     # the restore holds the repository lock throughout
-        outcomes: list[BaseException | bool] = []
-        for entry in entries:
-            try:
-                chunks = [reader.read(KIND_DATA, chunk_id) for chunk_id in entry.chunks]
-                fd = os.open(entry.name, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
-            except FileExistsError:
-                outcomes.append(False)
-                continue
-            except (OSError, OverflowError, ValueError) as exc:
-                outcomes.append(exc)
-                continue
-            try:
-                _write_sparse(fd, chunks, _no_progress)
-                self._apply_metadata(fd, entry)
-                outcomes.append(True)
-            except (OSError, OverflowError, ValueError) as exc:
-                os.unlink(entry.name, dir_fd=dir_fd)
-                outcomes.append(exc)
-            finally:
-                os.close(fd)
-        return outcomes
+    def _read_all(self, chunk_ids: list[bytes]) -> Mapping[bytes, bytes]:
+        """A batch's chunks: a local repository's a run of a pack at a time (packreads.py); a remote
+        one's each through the blob store, which keeps them in the local blob cache."""
+        store = self.repo.read_blob_ready()
+        if isinstance(self.repo.remote, LocalRemote):
+            return read_data_blobs(store, chunk_ids)
+        return {chunk_id: store.read(KIND_DATA, chunk_id) for chunk_id in chunk_ids}
 
     def _finish_batches(self, batches: list[_SmallBatch]) -> None:
-        """Wait for these batches and count their files; a file that met an existing name goes the
-        walk thread's way (--overwrite decides)."""
+        """Wait for these batches and count their files; a file that met an existing name
+        (--overwrite decides) or whose chunks a worker left unread goes the walk thread's way."""
         for batch in batches:
             if batch.fd is None:
                 continue     # finished earlier
@@ -359,14 +433,14 @@ class Restorer:
                         self._count_file(entry)
                         self.progress(entry.size)
                     elif outcome is False:
-                        self._restore_existing(batch.fd, entry, path)
+                        self._take_over(batch.fd, entry, path)
                     else:
-                        self._error(path, _describe(outcome))
+                        self._error(path, outcome)
             finally:
                 batch.close()
                 self._batches.remove(batch)
 
-    def _restore_existing(self, dir_fd: int, entry: Entry, path: str) -> None:
+    def _take_over(self, dir_fd: int, entry: Entry, path: str) -> None:
         try:
             self._write_checked(dir_fd, entry, path, FileChunks(entry, None, self._read_chunk))
         except (OSError, OverflowError, ValueError) as exc:
@@ -578,7 +652,7 @@ class _SmallBatch:
 
     fd: int | None
     files: list[tuple[Entry, str]]
-    future: Future
+    future: Pending
 
     def close(self) -> None:
         if self.fd is not None:
@@ -656,6 +730,7 @@ def restore_snapshot(snapshot: Snapshot, target: str, *, path: str = "", **optio
 
 def _restore(restorer: Restorer, snapshot, target: str, path: str, options: dict) -> RestoreResult:
     snapshot.repo.read_blob_ready()  # load the index once, before worker threads read blobs
+    restorer.start_workers()         # forked now, inheriting the loaded index, before any thread starts
     entry = snapshot.entry(path) if path else None
     if entry is None or entry.type is EntryType.DIR:   # a hostile DAG is refused before anything is written
         restorer.budget.check_walk(snapshot.tree, snapshot.manifest.tree if entry is None else entry.subtree)
@@ -719,6 +794,50 @@ def _write_sparse(fd: int, chunks: Iterable[bytes], progress: Callable[[int], No
 
 def _no_progress(n: int) -> None:
     pass
+
+
+SmallFile = tuple[bytes, list[bytes], int, int, int, int]    # name, chunk ids, mode, mtime_ns, uid, gid
+ReadAll = Callable[[list[bytes]], Mapping[bytes, bytes]]      # chunk ids -> their verified bytes
+
+
+def write_small_files(read_all: ReadAll, dir_fd: int, files: list[SmallFile], *,
+                      same_owner: bool, exact_mode: bool) -> list[bool | str]:
+    """Each file read, verified and written whole, in a batch's thread or worker process. Per
+    file: True (written), False (something exists at its name, or `read_all` left a chunk of it
+    out: the walk takes it over), or the error that stopped it. `exact_mode`: the process's
+    umask is 0 (a worker's), so the file is created with its mode and needs no fchmod (unless
+    fchown just cleared setuid/setgid)."""
+    blobs = read_all([chunk_id for file in files for chunk_id in file[1]])
+    outcomes: list[bool | str] = []
+    for name, chunks, mode, mtime_ns, uid, gid in files:
+        if not all(chunk_id in blobs for chunk_id in chunks):
+            outcomes.append(False)     # not read here: the walk reads it, and names what is wrong
+            continue
+        try:
+            fd = os.open(name, _NEW_FILE_FLAGS, mode if exact_mode else 0o600, dir_fd=dir_fd)
+        except FileExistsError:
+            outcomes.append(False)
+            continue
+        except (OSError, OverflowError, ValueError) as exc:
+            outcomes.append(_describe(exc))
+            continue
+        try:
+            _write_sparse(fd, [blobs[chunk_id] for chunk_id in chunks], _no_progress)
+            if same_owner:
+                try:
+                    os.fchown(fd, uid, gid)
+                except OSError:
+                    pass
+            if same_owner or not exact_mode:
+                os.fchmod(fd, mode)
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+            outcomes.append(True)
+        except (OSError, OverflowError, ValueError) as exc:
+            os.unlink(name, dir_fd=dir_fd)
+            outcomes.append(_describe(exc))
+        finally:
+            os.close(fd)
+    return outcomes
 
 
 def _write_with_holes(fd: int, data: bytes, offset: int) -> bool:

@@ -1,0 +1,216 @@
+"""Worker processes for a restore's small files (issue 14).
+
+A batch of small files is mostly Python (index lookups, envelope checks) and short system calls;
+on threads, one interpreter runs it and the GIL changes hands at every call. Forked workers run it
+on every core. Each worker gets jobs over a socket pair: a pickled payload and the descriptor of
+the directory to write into (SCM_RIGHTS, so containment stays the parent's: no path is opened by
+name in a worker), and answers each job in the order sent.
+
+The workers are forked while the process has one thread (a fork copies only the calling thread:
+a lock another thread held would stay held in the child), so they inherit the open repository,
+its loaded index and its keys and never open anything themselves. (Native threads, such as the
+BLAKE3 pool that hashed the index table, are not copied either: a worker never reloads the index,
+and leaves to the parent any blob it cannot read the fast way.) A worker ignores SIGINT (Ctrl-C
+reaches the parent, which ends it), exits when its socket reaches end-of-file (the parent closed
+it, or died), and is killed by the kernel when the parent dies (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pickle
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from casstore.errors import RestoreError
+
+# A job or an answer: a batch of 32 small files' names and chunk ids is a few KiB (at most ~14 with
+# 255-byte names). Below malloc's mmap threshold, so a receive buffer costs no system call.
+MAX_MESSAGE = 64 * 1024
+# Unanswered jobs per worker. A socket pair queues at most net.unix.max_dgram_qlen (10 by default)
+# messages each way; with more outstanding, parent and worker could both block sending.
+MAX_QUEUED = 8
+Handler = Callable[[int, Any], Any]
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class _Worker:
+    pid: int
+    sock: socket.socket
+    sent: int = 0                 # jobs sent so far; a job's ticket is its number
+    answered: int = 0             # answers received so far (they come in the order sent)
+    answers: dict[int, tuple[bool, Any]] = field(default_factory=dict)   # received, not yet taken
+    exit_status: int | None = None
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A job sent to one worker; `result()` waits for its answer."""
+
+    pool: WorkerPool
+    worker: _Worker
+    number: int
+
+    def result(self) -> Any:
+        return self.pool.result(self)
+
+    def cancel(self) -> bool:
+        return False              # a sent job runs; closing the pool with abort=True ends it
+
+
+class WorkerPool:
+    """`count` forked processes each running `handle(dir_fd, payload)` on the jobs sent to it."""
+
+    def __init__(self, handle: Handler, count: int) -> None:
+        self._workers: list[_Worker] = []
+        try:
+            for _ in range(count):
+                self._workers.append(self._fork(handle))
+        except BaseException:
+            self.close(abort=True)
+            raise
+
+    def _fork(self, handle: Handler) -> _Worker:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        parent = os.getpid()
+        try:
+            pid = os.fork()
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        if pid == 0:                                     # the worker: never returns
+            status = 1
+            try:
+                _die_with(parent)
+                ours.close()
+                for worker in self._workers:     # the earlier workers' parent ends: their EOF is the parent's alone
+                    worker.sock.close()
+                status = _serve(theirs, handle)
+            finally:
+                os._exit(status)                         # no atexit handlers, no flushing the parent's buffers
+        theirs.close()
+        return _Worker(pid, ours)
+
+    @property
+    def capacity(self) -> int:
+        """Jobs that may be outstanding at once (the caller waits for the oldest beyond it)."""
+        return MAX_QUEUED * len(self._workers)
+
+    def submit(self, dir_fd: int, payload: Any) -> Ticket:
+        """Send a job to the worker with the fewest unanswered jobs (fewer than MAX_QUEUED while
+        the caller keeps within `capacity`)."""
+        worker = min(self._workers, key=lambda w: w.sent - w.answered)
+        data = pickle.dumps(payload, pickle.HIGHEST_PROTOCOL)
+        if len(data) > MAX_MESSAGE:
+            raise RestoreError(f"internal error: a restore job of {len(data)} bytes (at most {MAX_MESSAGE})")
+        try:
+            socket.send_fds(worker.sock, [data], [dir_fd])
+        except OSError as exc:
+            raise self._lost(worker) from exc
+        worker.sent += 1
+        return Ticket(self, worker, worker.sent - 1)
+
+    def result(self, ticket: Ticket) -> Any:
+        """The answer to a job: its handler's return value, or the exception it raised, raised here."""
+        worker = ticket.worker
+        while ticket.number not in worker.answers:
+            try:
+                message, _, flags, _ = worker.sock.recvmsg(MAX_MESSAGE)
+            except OSError as exc:
+                raise self._lost(worker) from exc
+            if not message:
+                raise self._lost(worker)
+            if flags & socket.MSG_TRUNC:    # the worker keeps its answers within MAX_MESSAGE
+                raise RestoreError("internal error: a restore worker's answer was cut")
+            worker.answers[worker.answered] = pickle.loads(message)
+            worker.answered += 1
+        ok, value = worker.answers.pop(ticket.number)
+        if not ok:
+            raise value
+        return value
+
+    def _lost(self, worker: _Worker) -> RestoreError:
+        """The error for a worker that stopped answering (killed, or out of memory)."""
+        self._reap(worker, block=True)
+        status = worker.exit_status
+        how = (f"killed by signal {-status}" if status is not None and status < 0
+               else f"exit status {status}")
+        return RestoreError(f"a restore worker process ended unexpectedly ({how}); the restore is incomplete")
+
+    def close(self, *, abort: bool = False) -> None:
+        """End the workers and wait for them: `abort` stops them at once (a failed or interrupted
+        restore), else each finishes what it was sent (it has been answered already) and exits."""
+        for worker in self._workers:
+            if abort:
+                _kill(worker.pid)
+            worker.sock.close()
+        for worker in self._workers:
+            self._reap(worker, block=True)
+        self._workers.clear()
+
+    @staticmethod
+    def _reap(worker: _Worker, *, block: bool) -> None:
+        if worker.exit_status is not None:
+            return
+        try:
+            pid, status = os.waitpid(worker.pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            worker.exit_status = 0
+            return
+        if pid:
+            worker.exit_status = os.waitstatus_to_exitcode(status)
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this worker when the parent dies (Linux), even if the worker is stuck
+    where it would never read its socket's end-of-file; exit now if the parent is gone already."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass                      # not Linux: end-of-file on the socket still ends an idle worker
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _serve(sock: socket.socket, handle: Handler) -> int:
+    """The worker's loop: answer each job in order until the parent closes the socket."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.umask(0)      # files are created with the modes they are given: no fchmod after each open
+    while True:
+        message, fds, flags, _ = socket.recv_fds(sock, MAX_MESSAGE, 1)
+        if not message:
+            return 0
+        try:
+            if flags & socket.MSG_TRUNC or len(fds) != 1:
+                raise RestoreError("internal error: a restore job was cut")
+            answer: tuple[bool, Any] = (True, handle(fds[0], pickle.loads(message)))
+        except Exception as exc:     # reaches the parent, which raises it as the restore's error
+            answer = (False, exc)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        try:
+            data = pickle.dumps(answer, pickle.HIGHEST_PROTOCOL)
+        except Exception:            # an exception that does not pickle: its text still reaches the user
+            data = pickle.dumps((False, RestoreError(str(answer[1]))), pickle.HIGHEST_PROTOCOL)
+        if len(data) > MAX_MESSAGE:  # never for a batch's answers (short error texts); not cut, at least
+            data = pickle.dumps((False, RestoreError("internal error: a restore worker's answer is too large")),
+                                pickle.HIGHEST_PROTOCOL)
+        try:
+            sock.sendall(data)
+        except OSError:              # the parent is gone
+            return 0
