@@ -67,10 +67,14 @@ def _parameters(level: int, window: int) -> zstandard.ZstdCompressionParameters:
 
 
 def _native_parameters(params: zstandard.ZstdCompressionParameters) -> list[tuple[int, int]]:
-    """The same parameters for libzstd (format/zstdprefix.py): every one set, so both paths make
-    frames with the same settings."""
+    """The same parameters for libzstd (format/zstdprefix.py), every one set, and long-distance
+    matching: a prefix is indexed at every third position only (a CDict at every one), so on
+    self-similar JSON the fast strategy took short local matches over the base's long run (a 415
+    KiB table with two values changed: 4488 bytes against python-zstandard's 71); long-distance
+    matching finds the run (74 bytes). The 33 changed chunks of one real-data version: 127 KiB
+    against 155 without it and 185 through python-zstandard, at 67 CPU-ms against 32 and 165."""
     z = zstdprefix
-    return [(z.C_WINDOW_LOG, params.window_log), (z.C_HASH_LOG, params.hash_log),
+    return [(z.C_LONG_DISTANCE_MATCHING, 1), (z.C_WINDOW_LOG, params.window_log), (z.C_HASH_LOG, params.hash_log),
             (z.C_CHAIN_LOG, params.chain_log), (z.C_SEARCH_LOG, params.search_log),
             (z.C_MIN_MATCH, params.min_match), (z.C_TARGET_LENGTH, params.target_length),
             (z.C_STRATEGY, params.strategy), (z.C_CONTENT_SIZE, 1), (z.C_CHECKSUM, params.write_checksum),
