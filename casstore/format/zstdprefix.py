@@ -7,7 +7,8 @@ tables into a fresh compression context; decoding copies the base again. libzstd
 context's own tables, and the contexts are kept per thread (their tables are not allocated and
 faulted in again for every chunk). The frames are the same zstd frames a raw-content dictionary
 gives (either side decodes the other's). Measured on the 33 changed chunks of one real-data
-version (40 MiB), compressed and verified: 202 → 70 CPU-ms and 50k → 13k page faults (issue 17).
+version (40 MiB), compressed and verified: 202 → 66 CPU-ms and 50k → 10k page faults (before
+long-distance matching, which format/delta.py turns on: see its numbers there; issue 17).
 
 `native()` is None where libzstd (1.4 or later) cannot be loaded: format/delta.py then uses
 python-zstandard.
