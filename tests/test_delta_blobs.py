@@ -334,3 +334,72 @@ def test_many_deltas_on_one_base_restore_right_and_read_the_base_once_or_so(tmp_
     assert repo.restore("latest", str(tmp_path / "out")).ok
     assert tree_digest(tmp_path / "out") == tree_digest(source)
     assert 1 <= reads.count(loc.offset) <= 2          # one per restore thread at most, not one per delta
+
+
+# -- the two ways a delta is made and read: libzstd's prefix (format/zstdprefix.py), python-zstandard
+
+def _edited_table() -> tuple[bytes, bytes]:
+    base = json.dumps([{"k": i, "v": i * 3} for i in range(20_000)], separators=(",", ":")).encode()
+    data = base.replace(b'"v":300}', b'"v":301}').replace(b'"v":30000}', b'"v":7}')
+    assert data != base
+    return base, data
+
+
+@pytest.fixture
+def without_libzstd(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(delta.zstdprefix, "native", lambda: None)
+
+
+def test_a_delta_made_by_libzstd_reads_back_without_it_and_the_other_way(monkeypatch):
+    if delta.zstdprefix.native() is None:
+        pytest.skip("no libzstd on this machine: only python-zstandard makes and reads deltas here")
+    base, data = _edited_table()
+    whole = len(codec.encode(data, 3))
+    native = delta.encode_parts(data, 3, codec.blob_id(base), base)[1]
+    monkeypatch.setattr(delta.zstdprefix, "native", lambda: None)
+    assert delta.decode_frame(native, len(data), base) == data
+    fallback = delta.encode_parts(data, 3, codec.blob_id(base), base)[1]
+    monkeypatch.undo()
+    assert delta.decode_frame(fallback, len(data), base) == data
+    assert len(native) < whole / 100 and len(fallback) < whole / 100
+
+
+@pytest.mark.parametrize("how", ["bytes", "views", "writable views"])
+def test_a_delta_is_small_whatever_buffers_hold_the_chunk_and_its_base(how):
+    base, data = _edited_table()
+    wrap = {"bytes": bytes, "views": memoryview, "writable views": lambda b: memoryview(bytearray(b))}[how]
+    frame = delta.encode_parts(wrap(data), 3, codec.blob_id(base), wrap(base))[1]
+    assert len(frame) < len(data) / 1000
+    assert delta.decode_frame(wrap(frame), len(data), wrap(base)) == data
+
+
+def test_a_chunk_against_the_very_buffer_it_is_in_still_finds_its_runs():
+    """libzstd drops a prefix that overlaps the input; the chunk's own bytes as its base still
+    make a delta of a few bytes."""
+    base, _ = _edited_table()
+    assert len(delta.encode_parts(base, 3, codec.blob_id(base), base)[1]) < 100
+    view = memoryview(bytearray(base))
+    assert len(delta.encode_parts(view[10:], 3, b"\0" * 32, view[:-10])[1]) < 200
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_damaged_or_mis_sized_delta_frame_is_an_integrity_error(native, monkeypatch):
+    if not native:
+        monkeypatch.setattr(delta.zstdprefix, "native", lambda: None)
+    elif delta.zstdprefix.native() is None:
+        pytest.skip("no libzstd on this machine")
+    base, data = _edited_table()
+    frame = delta.encode_parts(data, 3, codec.blob_id(base), base)[1]
+    with pytest.raises(IntegrityError):
+        delta.decode_frame(frame, len(data) + 1, base)
+    with pytest.raises(IntegrityError):
+        delta.decode_frame(frame[:-3], len(data), base)
+    with pytest.raises(IntegrityError):
+        delta.decode_frame(b"\x28\xb5\x2f\xfd" + bytes(40), len(data), base)
+
+
+def test_snapshots_without_libzstd_store_deltas_that_read_back(tmp_path, without_libzstd):
+    repo, source = _repo(tmp_path), tmp_path / "src"
+    _versions(repo, source, 3)
+    assert _deltas(repo)
+    assert _restored(repo, "latest", tmp_path / "out") == (source / "table.json").read_bytes()
