@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from casstore.chunker import FastCDCChunker, FixedChunker
-from casstore.errors import CasstoreError
-from casstore.format import codec
+from casstore.errors import CasstoreError, IntegrityError
+from casstore.format import codec, delta
+from casstore.format.crypto import MasterKey
 from casstore.format.snapshot import SnapshotManifest
 from casstore.gc.retention import BUCKETS, RetentionPolicy, decide
 from casstore.repo.core import SnapshotInfo
@@ -92,6 +93,79 @@ def test_codec_refuses_an_empty_envelope_and_unknown_tags() -> None:
     for envelope in (b"", b"\x02abc", b"\x03abc", b"\x04abc", b"\xffabc"):
         with pytest.raises(CasstoreError):
             codec.decode(envelope, 3)
+
+
+
+def _text(size: int, seed: int = 7) -> bytes:
+    """Compressible text of about `size` bytes: words of a small alphabet (zstd's levels differ on it)."""
+    rng = random.Random(seed)
+    words = [bytes(rng.choice(b"abcdefghijklmnop") for _ in range(rng.randint(3, 9))) for _ in range(400)]
+    out = bytearray()
+    while len(out) < size:
+        out += rng.choice(words) + b" "
+    return bytes(out[:size])
+
+
+@pytest.mark.parametrize("size", [codec.VERIFY_PIECE + 1, 3 * codec.VERIFY_PIECE + 17])
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_a_blob_larger_than_one_verify_piece_is_verified_and_round_trips(size, encrypted) -> None:
+    """Verification on write decodes a large blob in pieces; every byte still counts."""
+    sealer = MasterKey.generate().sealer if encrypted else None
+    data = _text(size)
+    blob_id = codec.blob_id(data, sealer)
+    encoded = b"".join(codec.encode_verified(data, 3, blob_id, sealer))
+    assert codec.decode_verified(encoded, size, blob_id, sealer) == data     # kind defaults to data both ways
+
+
+def test_a_large_blob_that_does_not_decode_to_its_id_is_refused_on_write() -> None:
+    data = _text(2 * codec.VERIFY_PIECE)
+    with pytest.raises(IntegrityError, match="does not survive its own encoding"):
+        codec.encode_verified(data, 3, codec.blob_id(data + b"x"))
+
+
+def test_a_higher_compression_level_stores_text_smaller() -> None:
+    data = _text(400_000)
+    sizes = [len(codec.encode(data, level)) for level in (1, 3, 19)]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 3, sizes
+
+
+@pytest.mark.parametrize("level", [0, 3])
+def test_encoding_many_small_blobs_round_trips_at_every_level(level) -> None:
+    datas = [b"x", _text(300, seed=1), os.urandom(200), _text(5000, seed=2)]
+    ids = [codec.blob_id(d) for d in datas]
+    encoded = codec.encode_verified_many(datas, level, ids)
+    assert [codec.decode_verified(b"".join(e), len(d), i) for e, d, i in zip(encoded, datas, ids, strict=True)] \
+        == datas
+
+
+def test_a_delta_against_a_similar_base_round_trips_with_the_base_and_is_much_smaller() -> None:
+    base = _text(300_000, seed=3)
+    data = base[:150_000] + b"an edit in the middle" + base[150_000:]
+    data_id, base_id = codec.blob_id(data), codec.blob_id(base)
+    for level in (1, 3, 19):
+        tag, frame = codec.encode_verified(data, level, data_id, base=(base_id, base))
+        envelope = tag + frame
+        assert delta.base_of(envelope) == base_id
+        assert len(envelope) < len(codec.encode(data, level)) // 50
+        assert codec.decode_verified(envelope, len(data), data_id, base=base) == data
+
+
+@pytest.mark.parametrize("level", [1, 3])
+def test_a_blob_with_a_base_is_never_stored_larger_than_without_one(level) -> None:
+    """Against an unrelated base the delta is larger than the blob compressed whole: the whole one is kept."""
+    base, data = os.urandom(100_000), _text(5000, seed=4)
+    data_id = codec.blob_id(data)
+    encoded = codec.encode_verified(data, level, data_id, base=(codec.blob_id(base), base))
+    assert b"".join(encoded) == codec.encode(data, level)
+    assert codec.decode_verified(b"".join(encoded), len(data), data_id) == data
+
+
+def test_a_plain_blob_in_an_encrypted_repository_is_refused_naming_it() -> None:
+    data = b"planted" * 10
+    blob_id = codec.blob_id(data)
+    with pytest.raises(IntegrityError) as info:
+        codec.decode_verified(codec.encode(data, 3), len(data), blob_id, MasterKey.generate().sealer)
+    assert str(info.value) == f"blob {blob_id.hex()[:16]} is not sealed in an encrypted repository"
 
 
 # -- chunker -----------------------------------------------------------------------------------
