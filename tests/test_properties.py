@@ -19,9 +19,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from casstore.chunker import FastCDCChunker, FixedChunker
-from casstore.errors import CasstoreError, IntegrityError
+from casstore.errors import CasstoreError, FormatError, IntegrityError
 from casstore.format import codec, delta
 from casstore.format.crypto import MasterKey
+from casstore.format.pack import KIND_DATA, KIND_TREE
 from casstore.format.snapshot import SnapshotManifest
 from casstore.gc.retention import BUCKETS, RetentionPolicy, decide
 from casstore.repo.core import SnapshotInfo
@@ -93,6 +94,8 @@ def test_codec_refuses_an_empty_envelope_and_unknown_tags() -> None:
     for envelope in (b"", b"\x02abc", b"\x03abc", b"\x04abc", b"\xffabc"):
         with pytest.raises(CasstoreError):
             codec.decode(envelope, 3)
+    assert not codec.is_sealed(b"")                 # an empty envelope (a torn cache file) is not a seal
+    assert [codec.is_sealed(bytes([tag])) for tag in range(5)] == [False, False, True, True, False]
 
 
 
@@ -136,6 +139,17 @@ def test_encoding_many_small_blobs_round_trips_at_every_level(level) -> None:
     encoded = codec.encode_verified_many(datas, level, ids)
     assert [codec.decode_verified(b"".join(e), len(d), i) for e, d, i in zip(encoded, datas, ids, strict=True)] \
         == datas
+    if level == 0:                                      # no compression asked: every blob stored raw
+        assert [tag for tag, _payload in encoded] == [bytes([codec.TAG_RAW])] * len(datas)
+    assert codec.encode_verified_many([], level, []) == []
+
+
+def test_a_batch_blob_that_does_not_decode_to_its_id_is_refused_naming_it() -> None:
+    datas = [_text(3000, seed=5), _text(4000, seed=6)]
+    wrong = codec.blob_id(b"another file")
+    with pytest.raises(IntegrityError) as info:
+        codec.encode_verified_many(datas, 3, [codec.blob_id(datas[0]), wrong])
+    assert str(info.value) == f"blob {wrong.hex()[:16]} does not survive its own encoding"
 
 
 def test_a_delta_against_a_similar_base_round_trips_with_the_base_and_is_much_smaller() -> None:
@@ -148,6 +162,17 @@ def test_a_delta_against_a_similar_base_round_trips_with_the_base_and_is_much_sm
         assert delta.base_of(envelope) == base_id
         assert len(envelope) < len(codec.encode(data, level)) // 50
         assert codec.decode_verified(envelope, len(data), data_id, base=base) == data
+
+
+@pytest.mark.parametrize("level", [1, 3, 9])
+@pytest.mark.parametrize("size", [5000, 100_000])
+def test_a_blob_with_a_base_is_stored_as_the_smaller_of_its_delta_and_its_whole_encoding(level, size) -> None:
+    base, data = random.Random(size).randbytes(100_000), _text(size, seed=4)
+    base_id, data_id = codec.blob_id(base), codec.blob_id(data)
+    whole = len(codec.encode(data, level))
+    as_delta = sum(map(len, delta.encode_parts(data, level, base_id, base)))
+    encoded = b"".join(codec.encode_verified(data, level, data_id, base=(base_id, base)))
+    assert len(encoded) == min(whole, as_delta) and (delta.base_of(encoded) is not None) == (as_delta < whole)
 
 
 @pytest.mark.parametrize("level", [1, 3])
@@ -166,6 +191,41 @@ def test_a_plain_blob_in_an_encrypted_repository_is_refused_naming_it() -> None:
     with pytest.raises(IntegrityError) as info:
         codec.decode_verified(codec.encode(data, 3), len(data), blob_id, MasterKey.generate().sealer)
     assert str(info.value) == f"blob {blob_id.hex()[:16]} is not sealed in an encrypted repository"
+
+
+def test_a_sealed_blob_opens_only_as_the_kind_it_was_sealed_as_and_a_tampered_one_is_named() -> None:
+    sealer = MasterKey.generate().sealer
+    data = _text(5000, seed=8)
+    blob_id = codec.blob_id(data, sealer)
+    for kind, other in ((KIND_TREE, KIND_DATA), (KIND_DATA, KIND_TREE)):
+        encoded = b"".join(codec.encode_verified(data, 3, blob_id, sealer, kind))
+        assert codec.decode_verified(encoded, len(data), blob_id, sealer, kind) == data
+        with pytest.raises(IntegrityError):
+            codec.decode_verified(encoded, len(data), blob_id, sealer, other)
+    tampered = bytearray(encoded)
+    tampered[-1] ^= 1
+    with pytest.raises(IntegrityError) as info:
+        codec.decode_verified(bytes(tampered), len(data), blob_id, sealer, KIND_TREE)
+    assert str(info.value).startswith(f"blob {blob_id.hex()[:16]}: authentication failed")
+
+
+def test_an_empty_or_corrupt_envelope_error_says_what_is_wrong() -> None:
+    with pytest.raises(FormatError) as empty:
+        codec.decode(b"", 3)
+    assert str(empty.value) == "empty blob envelope"
+    data = _text(5000, seed=9)
+    encoded = bytearray(codec.encode(data, 3))
+    encoded[len(encoded) // 2:] = bytes(len(encoded) - len(encoded) // 2)    # the frame's second half zeroed
+    with pytest.raises(IntegrityError) as corrupt:
+        codec.decode(bytes(encoded), len(data))
+    assert str(corrupt.value).startswith("corrupt zstd blob: ") and len(str(corrupt.value)) > 20
+
+
+def test_a_blob_that_decodes_to_other_bytes_is_refused_naming_it_by_its_first_16_hex_digits() -> None:
+    wrong = codec.blob_id(b"what the index says")
+    with pytest.raises(IntegrityError) as info:
+        codec.decode_verified(codec.encode(b"what is stored", 3), 14, wrong)
+    assert str(info.value) == f"blob {wrong.hex()[:16]} does not match its id"
 
 
 # -- chunker -----------------------------------------------------------------------------------
