@@ -49,8 +49,8 @@ def remote(clock):
     return new_memory_remote(clock)
 
 
-def _two_snapshots_older_forgotten(tmp_path, clock, remote):
-    writer = Writer(tmp_path / "a", "host-a", clock)
+def _two_snapshots_older_forgotten(tmp_path, clock, remote, config=None):
+    writer = Writer(tmp_path / "a", "host-a", clock, config=config)
     for seed in (1, 2):
         writer.edit(seed)
         writer.snapshot()
@@ -503,13 +503,7 @@ def test_the_plan_gc_writes_on_an_encrypted_remote_is_sealed_and_every_host_read
                                                                                      monkeypatch):
     monkeypatch.setenv("CASSTORE_PASSWORD", "gc plan password")
     config = RepoConfig.new(**SMALL, keys=keys.new_key(load_settings({"password": "gc plan password"}), "host-a"))
-    writer = Writer(tmp_path / "a", "host-a", clock, config=config)
-    for seed in (1, 2):
-        writer.edit(seed)
-        writer.snapshot()
-        writer.sync(remote)
-    repo = remote_repo(remote, tmp_path)
-    assert len(apply_retention(repo, {"keep_last": 1}, all_hosts=True).removed) == 1
+    writer, repo = _two_snapshots_older_forgotten(tmp_path, clock, remote, config)
     clock.advance(GRACE + 1)
     marked = gc(repo, clock)
     assert marked.plan and marked.packs_condemned > 0
