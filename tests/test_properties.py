@@ -15,11 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import zstandard
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from casstore.chunker import FastCDCChunker, FixedChunker
-from casstore.errors import CasstoreError, FormatError, IntegrityError
+from casstore.errors import CasstoreError, DowngradeError, FormatError, IntegrityError
 from casstore.format import codec, delta
 from casstore.format.crypto import MasterKey
 from casstore.format.pack import KIND_DATA, KIND_TREE
@@ -97,6 +98,9 @@ def test_codec_refuses_an_empty_envelope_and_unknown_tags() -> None:
     assert not codec.is_sealed(b"")                 # an empty envelope (a torn cache file) is not a seal
     assert [codec.is_sealed(bytes([tag])) for tag in range(5)] == [False, False, True, True, False]
 
+
+
+SEALER = MasterKey.generate().sealer
 
 
 def _text(size: int, seed: int = 7) -> bytes:
@@ -219,6 +223,32 @@ def test_an_empty_or_corrupt_envelope_error_says_what_is_wrong() -> None:
     with pytest.raises(IntegrityError) as corrupt:
         codec.decode(bytes(encoded), len(data))
     assert str(corrupt.value).startswith("corrupt zstd blob: ") and len(str(corrupt.value)) > 20
+
+
+def test_a_zstd_frame_that_does_not_declare_its_size_decodes_within_the_raw_length() -> None:
+    """Any zstd writer's frame reads back (casstore's own declare their size): bounded by the raw length."""
+    data = _text(5000, seed=10)
+    frame = zstandard.ZstdCompressor(level=3, write_content_size=False).compress(data)
+    assert codec.decode_verified(bytes([codec.TAG_ZSTD]) + frame, len(data), codec.blob_id(data)) == data
+
+
+def test_hostile_envelope_errors_say_what_is_wrong() -> None:
+    data = _text(5000, seed=11)
+    encoded = codec.encode(data, 3)
+    with pytest.raises(IntegrityError) as wrong_size:
+        codec.decode(encoded, len(data) + 1)
+    assert str(wrong_size.value) == f"zstd frame declares {len(data)} bytes, index says {len(data) + 1}"
+    with pytest.raises(IntegrityError) as not_zstd:
+        codec.decode(bytes([codec.TAG_ZSTD]) + b"not a zstd frame", 100)
+    assert str(not_zstd.value).startswith("corrupt zstd blob: ") and len(str(not_zstd.value)) > 20
+    with pytest.raises(FormatError) as no_base:
+        codec.decode(b"".join(delta.encode_parts(data, 3, codec.blob_id(b"base"), b"base")), len(data))
+    assert str(no_base.value) == "a delta blob cannot be decoded without its base"
+    sealed = b"".join(codec.encode_verified(data, 3, codec.blob_id(data, SEALER), SEALER))
+    with pytest.raises(DowngradeError) as downgraded:
+        codec.decode(sealed, len(data))
+    assert str(downgraded.value) == ("an encrypted blob in a repository whose config says it is not encrypted: "
+                                     "the config may have been replaced (downgrade); refusing to read")
 
 
 def test_a_blob_that_decodes_to_other_bytes_is_refused_naming_it_by_its_first_16_hex_digits() -> None:
