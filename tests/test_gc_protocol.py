@@ -12,16 +12,20 @@ import msgpack
 import pytest
 
 from casstore.errors import ObjectExists, TransientError
-from casstore.format.index import decode_index
-from casstore.format.layout import DATA_PREFIX, LEASE_KEY
-from casstore.format.pack import KIND_DATA
-from casstore.format.plan import list_plan_keys, load_plans
+from casstore.format.config import RepoConfig
+from casstore.format.index import IndexObject, decode_index
+from casstore.format.layout import DATA_PREFIX, LEASE_KEY, index_key, pack_key, plan_key
+from casstore.format.pack import KIND_DATA, PackBuilder, parse_header
+from casstore.format.plan import GcPlan, encode_plan_verified, list_plan_keys, load_plans
 from casstore.gc.retention import apply_retention
 from casstore.gc.run import ClockSkew, LeaseHeld, NoConditionalWrites
 from casstore.remotes.wrappers import RemoteWrapper
+from casstore.repo import keys
 from casstore.repo.blobstore import BlobStore
+from casstore.settings import load_settings
 from tests.gc_helpers import (
     GRACE,
+    SMALL,
     FakeClock,
     Writer,
     assert_restorable,
@@ -45,8 +49,8 @@ def remote(clock):
     return new_memory_remote(clock)
 
 
-def _two_snapshots_older_forgotten(tmp_path, clock, remote):
-    writer = Writer(tmp_path / "a", "host-a", clock)
+def _two_snapshots_older_forgotten(tmp_path, clock, remote, config=None):
+    writer = Writer(tmp_path / "a", "host-a", clock, config=config)
     for seed in (1, 2):
         writer.edit(seed)
         writer.snapshot()
@@ -428,3 +432,87 @@ def test_a_pack_is_repacked_from_exactly_the_dead_fraction_and_not_below_it():
     usage = {"at": (at, total), "below": (at + 1, total), "mostly live": (total - 10, total),
              "all live": (total, total)}
     assert mostly_dead(usage, set(usage)) == {"at"}
+
+
+# -- what a sweep keeps, what a run with nothing due still does, the plan of an encrypted remote ---
+
+def _copy_packs(remote, pack_ids) -> list[str]:
+    """Upload a second copy of each pack's blobs in a new pack, listed by a writer index of its own
+    (what two hosts racing to upload the same data leave behind)."""
+    copies = {}
+    for pack_id in sorted(pack_ids):
+        data = remote.get(pack_key(pack_id))
+        entries = parse_header(data, 1 << 24)
+        builder = PackBuilder(entries[0].kind)       # data and tree blobs are in packs of their own
+        for entry in entries:
+            builder.add(entry.id, data[entry.offset:entry.offset + entry.length], entry.raw_length)
+        copy_id, body = builder.finish()
+        remote.put(pack_key(copy_id), bytes(body))
+        copies[copy_id] = builder.entries
+    index_id, body = IndexObject({"kind": "writer", "host": "host-b", "session": "copies"}, copies).encode()
+    remote.put(index_key(index_id), body)
+    return sorted(copies)
+
+
+def _put_plan(remote, clock, condemned) -> str:
+    key = plan_key(clock())
+    remote.put(key, encode_plan_verified(GcPlan(condemned_packs=sorted(condemned), host="host-gc"), key))
+    return key
+
+
+def test_a_sweep_keeps_a_needed_pack_whose_only_other_copy_a_younger_plan_condemns(tmp_path, clock, remote):
+    """Design 9 (c): a pack is kept while it holds a blob a snapshot needs with no copy outside
+    condemned packs. A copy in a pack that a plan not yet due condemns does not count: that plan
+    may sweep it, and every writer already treats it as gone."""
+    writer = Writer(tmp_path / "a", "host-a", clock)
+    writer.snapshot()
+    writer.sync(remote)
+    originals = _pack_ids(remote)
+    copies = _copy_packs(remote, originals)
+    clock.advance(GRACE + 1)
+    _put_plan(remote, clock, originals)            # due first
+    clock.advance(GRACE / 2)
+    _put_plan(remote, clock, copies)               # due half a grace period later
+    clock.advance(GRACE / 2 + 1)
+    repo = remote_repo(remote, tmp_path)
+    report = gc(repo, clock)
+    assert report.plans_swept == 1
+    assert (report.packs_kept, report.packs_deleted) == (len(originals), 0)
+    assert originals <= _pack_ids(remote)
+    assert_restorable(repo, writer.expected, tmp_path / "out")
+
+
+def test_a_gc_run_with_no_plan_due_deletes_the_indexes_their_writers_withdrew(tmp_path, clock, remote):
+    writer = Writer(tmp_path / "a", "host-a", clock)
+    writer.snapshot()
+    writer.sync(remote)
+    [late] = [name.rsplit("/", 1)[1] for name in _keys(remote, "index/")]
+    index = decode_index(late, remote.get(index_key(late)), 1 << 24)
+    # its writer withdraws it (writers cannot delete): a new index of the same packs that retracts it
+    withdrawing, body = IndexObject(dict(index.origin), dict(index.packs), retracts=[late]).encode()
+    remote.put(index_key(withdrawing), body)
+    repo = remote_repo(remote, tmp_path)
+    report = gc(repo, clock)
+    assert report.plans_swept == 0 and report.plan is None, "nothing due, nothing to condemn"
+    assert report.indexes_deleted == 1
+    assert _keys(remote, "index/") == {index_key(withdrawing)}
+    assert_restorable(repo, writer.expected, tmp_path / "out")
+
+
+def test_the_plan_gc_writes_on_an_encrypted_remote_is_sealed_and_every_host_reads_it(tmp_path, clock, remote,
+                                                                                     monkeypatch):
+    monkeypatch.setenv("CASSTORE_PASSWORD", "gc plan password")
+    config = RepoConfig.new(**SMALL, keys=keys.new_key(load_settings({"password": "gc plan password"}), "host-a"))
+    writer, repo = _two_snapshots_older_forgotten(tmp_path, clock, remote, config)
+    clock.advance(GRACE + 1)
+    marked = gc(repo, clock)
+    assert marked.plan and marked.packs_condemned > 0
+    stored = remote.get(marked.plan)
+    for pack in load_plans(repo.remote, [marked.plan], repo.config.sealer)[marked.plan].condemned_packs:
+        assert pack.encode() not in stored and bytes.fromhex(pack) not in stored, "a condemned pack id in the clear"
+    writer.edit(3)                                   # a writer reads the plan before it reuses any blob
+    writer.snapshot()
+    writer.sync(remote)
+    runs = gc_to_completion(remote_repo(remote, tmp_path), clock)
+    assert sum(r.packs_deleted for r in runs) > 0
+    assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")

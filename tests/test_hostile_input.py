@@ -20,6 +20,7 @@ import zstandard
 from casstore.errors import CasstoreError, DowngradeError, FormatError, IntegrityError
 from casstore.format import codec
 from casstore.format.config import RepoConfig
+from casstore.format.crypto import MasterKey
 from casstore.format.index import IndexObject, decode_index
 from casstore.format.pack import KIND_DATA, KIND_TREE, MAGIC, PackBuilder, parse_header, verify_pack_id
 from casstore.format.plan import decode_plan
@@ -116,6 +117,106 @@ def test_pack_name_verifies_its_content():
     pack_id, data = builder.finish()
     with pytest.raises(IntegrityError):
         verify_pack_id(pack_id, data[:-1] + bytes([data[-1] ^ 1]))
+
+
+
+# The error line a user sees names what is wrong with the pack: the text is behaviour, so each is
+# compared whole (a word changed, or its case, is a different line).
+@pytest.mark.parametrize("pack, line", [
+    (_pack([[KIND_DATA, ID, 5]]), "corrupt pack header: a blob entry has 5 or 6 fields"),
+    (_pack(["abcde"]), "corrupt pack header: a blob entry has 5 or 6 fields"),
+    (_pack([[7, ID, 5, 10, 10]]), "corrupt pack header: bad blob kind or id"),
+    (_pack([[KIND_DATA, ID, 5, 10, 10, b"\x22" * 31]]), "corrupt pack header: bad delta base"),
+    (_pack([[KIND_DATA, ID, 5, 10, 10, 5]]), "corrupt pack header: bad delta base"),
+    (_pack([[KIND_DATA, ID, 5, 10, 10, ID]]), "corrupt pack header: bad delta base"),         # its own base
+    (_pack([[KIND_TREE, ID, 5, 10, 10, b"\x22" * 32]]), "corrupt pack header: bad delta base"),  # trees have none
+    (_pack([[KIND_DATA, ID, 5.0, 10, 10]]), "corrupt pack header: non-integer blob bounds"),
+    (_pack([[KIND_DATA, ID, 5, 10**9, 10]]), "corrupt pack header: blob lies outside the pack body"),
+    (_pack([[KIND_DATA, ID, 5, 0, 10]]), "corrupt pack header: blob lies outside the pack body"),
+    (_pack([[KIND_DATA, ID, 5, 10, 2**40]]),
+     f"corrupt pack header: blob raw length {2**40} above the maximum {MAX_RAW}"),
+    (_pack([], header=msgpack.packb({"blobs": []}) + b"\x00"), "corrupt pack header: unpack(b) received extra data."),
+    (_pack([[KIND_DATA, ID, 5, 10, 10]], magic=b"PK\x03\x04"), "not a casstore pack (bad magic)"),
+    (MAGIC + b"\x01", "not a casstore pack (bad magic)"),         # too short to hold a trailer
+    (_pack([], header_length=2**32 - 1), "pack header length out of bounds"),
+], ids=lambda value: value if isinstance(value, str) else "")
+def test_a_hostile_pack_error_says_what_is_wrong(pack, line):
+    error = _bounded(lambda: parse_header(pack, MAX_RAW), FormatError)
+    assert str(error) == line
+
+
+def test_a_pack_header_may_begin_right_after_the_preamble():
+    """An empty body is within bounds: the header's start is the preamble's end, exactly."""
+    assert parse_header(_pack([], body=b""), MAX_RAW) == []
+
+
+def test_the_smallest_framed_pack_with_an_empty_header_is_a_corrupt_header_not_bad_magic():
+    error = _bounded(lambda: parse_header(MAGIC + b"\x01" + struct.pack("<I", 0), MAX_RAW), FormatError)
+    assert str(error).startswith("corrupt pack header: ")
+
+
+@pytest.mark.parametrize("length, raw_length", [(1, 0), (1, MAX_RAW), (64, 1)])
+def test_blob_bounds_at_their_limits_are_accepted(length, raw_length):
+    """The smallest envelope (a tag alone), an empty blob and a blob of the maximum size all parse."""
+    [entry] = parse_header(_pack([[KIND_DATA, ID, 5, length, raw_length]]), MAX_RAW)
+    assert (entry.offset, entry.length, entry.raw_length) == (5, length, raw_length)
+
+
+def test_a_blob_of_one_byte_past_the_maximum_raw_length_is_refused():
+    error = _bounded(lambda: parse_header(_pack([[KIND_DATA, ID, 5, 10, MAX_RAW + 1]]), MAX_RAW), FormatError)
+    assert str(error) == f"corrupt pack header: blob raw length {MAX_RAW + 1} above the maximum {MAX_RAW}"
+
+
+@pytest.mark.parametrize("size, accepted", [(64, True), (65, False)])
+def test_a_pack_header_holds_byte_strings_of_at_most_64_bytes(size, accepted):
+    """Ids are 32 bytes and the nonce 16: a longer byte string in a header is refused before it is kept."""
+    pack = _pack([], header=msgpack.packb({"nonce": b"n" * size, "blobs": []}))
+    if accepted:
+        assert parse_header(pack, MAX_RAW) == []
+    else:
+        error = _bounded(lambda: parse_header(pack, MAX_RAW), FormatError)
+        assert str(error) == "corrupt pack header: 65 exceeds max_bin_len(64)"
+
+
+def test_a_pack_header_of_more_than_ten_million_entries_is_refused_before_they_are_built():
+    count = 10_000_001
+    header = (b"\x82\xa5nonce\xc4\x10" + b"n" * 16 + b"\xa5blobs\xdd" + struct.pack(">I", count)
+              + b"\xc0" * count)
+    pack = _pack([], header=header)
+    error = _bounded(lambda: parse_header(pack, MAX_RAW), FormatError)
+    assert str(error) == f"corrupt pack header: {count} exceeds max_array_len(10000000)"
+
+
+def test_a_sealed_pack_header_that_was_tampered_with_is_named_in_the_error():
+    sealer = MasterKey.generate().sealer
+    builder = PackBuilder(KIND_DATA, sealer=sealer)
+    builder.add(ID, codec.encode_verified(b"hello", 3, codec.blob_id(b"hello", sealer), sealer), 5)
+    _pack_id, data = builder.finish()
+    tampered = bytearray(data)
+    tampered[-10] ^= 1          # a byte of the sealed header
+    with pytest.raises(IntegrityError) as info:
+        parse_header(bytes(tampered), MAX_RAW, sealer)
+    assert str(info.value).startswith("pack header: authentication failed")
+
+
+def test_a_pack_of_the_other_encryption_state_is_refused_saying_why():
+    plain = _pack([[KIND_DATA, ID, 5, 10, 10]])
+    with pytest.raises(IntegrityError) as planted:
+        parse_header(plain, MAX_RAW, MasterKey.generate().sealer)
+    assert str(planted.value) == "a plain pack in an encrypted repository (planted or downgraded)"
+    with pytest.raises(DowngradeError) as downgraded:
+        parse_header(_pack([[KIND_DATA, ID, 5, 10, 10]], version=2), MAX_RAW)
+    assert str(downgraded.value) == ("an encrypted pack in a repository whose config says it is not encrypted: "
+                                     "the config may have been replaced (downgrade); refusing to read")
+
+
+def test_a_pack_that_does_not_match_its_name_is_named_by_its_first_16_hex_digits():
+    builder = PackBuilder(KIND_DATA)
+    builder.add(ID, b"\x00abc", 3)
+    pack_id, data = builder.finish()
+    with pytest.raises(IntegrityError) as info:
+        verify_pack_id(pack_id, bytes(data[:-1]) + bytes([data[-1] ^ 1]))
+    assert str(info.value) == f"pack {pack_id[:16]} does not match its name"
 
 
 # -- blob envelopes ----------------------------------------------------------------------------

@@ -9,7 +9,8 @@ import os
 import pytest
 
 from casstore.format import codec
-from casstore.format.pack import KIND_DATA, PackBuilder, parse_header, verify_pack_id
+from casstore.format.index import decode_index, encode_index
+from casstore.format.pack import KIND_DATA, BlobEntry, PackBuilder, parse_header, verify_pack_id
 from casstore.fsio import buffers
 from casstore.fsio.buffers import BufferPool
 
@@ -53,8 +54,30 @@ def test_pack_built_in_a_buffer_parses_like_one_built_from_parts(buffer_size):
 def test_a_blob_that_does_not_fit_is_refused_not_written_past_the_buffer():
     builder = PackBuilder(KIND_DATA, memoryview(bytearray(100)))
     assert builder.fits(90) and not builder.fits(96)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^internal error: blob added to a full pack buffer$"):
         builder.add(b"\x00" * 32, b"\x00" + b"x" * 200, 200)
+
+
+def test_a_blob_that_fills_the_buffer_to_its_last_byte_fits_and_the_pack_still_parses():
+    buffer = memoryview(bytearray(100))
+    builder = PackBuilder(KIND_DATA, buffer)
+    first = b"\x00" + b"a" * 49                      # the preamble is 5 bytes: 45 are left after it
+    builder.add(codec.blob_id(b"a" * 49), first, 49)
+    assert builder.fits(45) and not builder.fits(46)
+    last = b"\x00" + b"b" * 44
+    builder.add(codec.blob_id(b"b" * 44), last, 44)
+    assert not builder.fits(1)
+    pack_id, body = builder.finish()                  # the header no longer fits: framed outside
+    verify_pack_id(pack_id, body)
+    entries = parse_header(body, 1 << 20)
+    assert [bytes(body[e.offset:e.offset + e.length]) for e in entries] == [first, last]
+
+
+def test_an_entry_given_only_its_five_plain_fields_is_stored_as_a_plain_blob():
+    """A sync's journal rebuilds entries from five fields: they are no delta, and an index keeps them."""
+    entry = BlobEntry(KIND_DATA, b"\x11" * 32, 5, 10, 10)
+    index_id, stored = encode_index({"kind": "writer", "host": "h"}, {"ab" * 32: [entry]})
+    assert decode_index(index_id, stored, 1 << 20).packs == {"ab" * 32: [entry]}
 
 
 def test_store_seals_a_pack_before_a_blob_that_would_not_fit(tmp_path, monkeypatch):
@@ -119,3 +142,21 @@ def test_an_encoded_blob_keeps_nothing_of_the_block_it_was_cut_from(encrypted, l
     parts = codec.encode_verified(chunk, level, blob_id, sealer, KIND_DATA)
     block[:] = bytes(len(block))                  # the block is cut into again
     assert codec.decode_verified(b"".join(parts), len(original), blob_id, sealer, KIND_DATA) == original
+
+
+@pytest.mark.parametrize("buffer_size", [None, 1 << 20])
+def test_a_pack_of_delta_blobs_only_lists_each_blobs_base(buffer_size):
+    """A delta decodes only with its base: the header names it, whatever else the pack holds."""
+    base = b"".join(b"line %d of the base\n" % i for i in range(5000))
+    datas = [base.replace(b"line 7 ", b"LINE 7 "), base.replace(b"line 9", b"LINE 9")]
+    base_id = codec.blob_id(base)
+    builder = PackBuilder(KIND_DATA, memoryview(bytearray(buffer_size)) if buffer_size else None)
+    for data in datas:
+        builder.add(codec.blob_id(data), codec.encode_verified(data, 3, codec.blob_id(data), base=(base_id, base)),
+                    len(data))
+    _pack_id, body = builder.finish()
+    entries = parse_header(body, 1 << 20)
+    assert [e.base for e in entries] == [base_id, base_id]
+    for entry, data in zip(entries, datas, strict=True):
+        encoded = body[entry.offset:entry.offset + entry.length]
+        assert codec.decode_verified(encoded, entry.raw_length, entry.id, base=base) == data

@@ -15,12 +15,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import zstandard
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from casstore.chunker import FastCDCChunker, FixedChunker
-from casstore.errors import CasstoreError
-from casstore.format import codec
+from casstore.errors import CasstoreError, DowngradeError, FormatError, IntegrityError
+from casstore.format import codec, delta
+from casstore.format.crypto import MasterKey
+from casstore.format.pack import KIND_DATA, KIND_TREE
 from casstore.format.snapshot import SnapshotManifest
 from casstore.gc.retention import BUCKETS, RetentionPolicy, decide
 from casstore.repo.core import SnapshotInfo
@@ -92,6 +95,167 @@ def test_codec_refuses_an_empty_envelope_and_unknown_tags() -> None:
     for envelope in (b"", b"\x02abc", b"\x03abc", b"\x04abc", b"\xffabc"):
         with pytest.raises(CasstoreError):
             codec.decode(envelope, 3)
+    assert not codec.is_sealed(b"")                 # an empty envelope (a torn cache file) is not a seal
+    assert [codec.is_sealed(bytes([tag])) for tag in range(5)] == [False, False, True, True, False]
+
+
+
+SEALER = MasterKey.generate().sealer
+
+
+def _text(size: int, seed: int = 7) -> bytes:
+    """Compressible text of about `size` bytes: words of a small alphabet (zstd's levels differ on it)."""
+    rng = random.Random(seed)
+    words = [bytes(rng.choice(b"abcdefghijklmnop") for _ in range(rng.randint(3, 9))) for _ in range(400)]
+    out = bytearray()
+    while len(out) < size:
+        out += rng.choice(words) + b" "
+    return bytes(out[:size])
+
+
+@pytest.mark.parametrize("size", [codec.VERIFY_PIECE + 1, 3 * codec.VERIFY_PIECE + 17])
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_a_blob_larger_than_one_verify_piece_is_verified_and_round_trips(size, encrypted) -> None:
+    """Verification on write decodes a large blob in pieces; every byte still counts."""
+    sealer = MasterKey.generate().sealer if encrypted else None
+    data = _text(size)
+    blob_id = codec.blob_id(data, sealer)
+    encoded = b"".join(codec.encode_verified(data, 3, blob_id, sealer))
+    assert codec.decode_verified(encoded, size, blob_id, sealer) == data     # kind defaults to data both ways
+
+
+def test_a_large_blob_that_does_not_decode_to_its_id_is_refused_on_write() -> None:
+    data = _text(2 * codec.VERIFY_PIECE)
+    with pytest.raises(IntegrityError, match="does not survive its own encoding"):
+        codec.encode_verified(data, 3, codec.blob_id(data + b"x"))
+
+
+def test_a_higher_compression_level_stores_text_smaller() -> None:
+    data = _text(400_000)
+    sizes = [len(codec.encode(data, level)) for level in (1, 3, 19)]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 3, sizes
+
+
+@pytest.mark.parametrize("level", [0, 3])
+def test_encoding_many_small_blobs_round_trips_at_every_level(level) -> None:
+    datas = [b"x", _text(300, seed=1), os.urandom(200), _text(5000, seed=2)]
+    ids = [codec.blob_id(d) for d in datas]
+    encoded = codec.encode_verified_many(datas, level, ids)
+    assert [codec.decode_verified(b"".join(e), len(d), i) for e, d, i in zip(encoded, datas, ids, strict=True)] \
+        == datas
+    if level == 0:                                      # no compression asked: every blob stored raw
+        assert [tag for tag, _payload in encoded] == [bytes([codec.TAG_RAW])] * len(datas)
+    assert codec.encode_verified_many([], level, []) == []
+
+
+def test_a_batch_blob_that_does_not_decode_to_its_id_is_refused_naming_it() -> None:
+    datas = [_text(3000, seed=5), _text(4000, seed=6)]
+    wrong = codec.blob_id(b"another file")
+    with pytest.raises(IntegrityError) as info:
+        codec.encode_verified_many(datas, 3, [codec.blob_id(datas[0]), wrong])
+    assert str(info.value) == f"blob {wrong.hex()[:16]} does not survive its own encoding"
+
+
+def test_a_delta_against_a_similar_base_round_trips_with_the_base_and_is_much_smaller() -> None:
+    base = _text(300_000, seed=3)
+    data = base[:150_000] + b"an edit in the middle" + base[150_000:]
+    data_id, base_id = codec.blob_id(data), codec.blob_id(base)
+    for level in (1, 3, 19):
+        tag, frame = codec.encode_verified(data, level, data_id, base=(base_id, base))
+        envelope = tag + frame
+        assert delta.base_of(envelope) == base_id
+        assert len(envelope) < len(codec.encode(data, level)) // 50
+        assert codec.decode_verified(envelope, len(data), data_id, base=base) == data
+
+
+@pytest.mark.parametrize("level", [1, 3, 9])
+@pytest.mark.parametrize("size", [5000, 100_000])
+def test_a_blob_with_a_base_is_stored_as_the_smaller_of_its_delta_and_its_whole_encoding(level, size) -> None:
+    base, data = random.Random(size).randbytes(100_000), _text(size, seed=4)
+    base_id, data_id = codec.blob_id(base), codec.blob_id(data)
+    whole = len(codec.encode(data, level))
+    as_delta = sum(map(len, delta.encode_parts(data, level, base_id, base)))
+    encoded = b"".join(codec.encode_verified(data, level, data_id, base=(base_id, base)))
+    assert len(encoded) == min(whole, as_delta) and (delta.base_of(encoded) is not None) == (as_delta < whole)
+
+
+@pytest.mark.parametrize("level", [1, 3])
+def test_a_blob_with_a_base_is_never_stored_larger_than_without_one(level) -> None:
+    """Against an unrelated base the delta is larger than the blob compressed whole: the whole one is kept."""
+    base, data = os.urandom(100_000), _text(5000, seed=4)
+    data_id = codec.blob_id(data)
+    encoded = codec.encode_verified(data, level, data_id, base=(codec.blob_id(base), base))
+    assert b"".join(encoded) == codec.encode(data, level)
+    assert codec.decode_verified(b"".join(encoded), len(data), data_id) == data
+
+
+def test_a_plain_blob_in_an_encrypted_repository_is_refused_naming_it() -> None:
+    data = b"planted" * 10
+    blob_id = codec.blob_id(data)
+    with pytest.raises(IntegrityError) as info:
+        codec.decode_verified(codec.encode(data, 3), len(data), blob_id, MasterKey.generate().sealer)
+    assert str(info.value) == f"blob {blob_id.hex()[:16]} is not sealed in an encrypted repository"
+
+
+def test_a_sealed_blob_opens_only_as_the_kind_it_was_sealed_as_and_a_tampered_one_is_named() -> None:
+    sealer = MasterKey.generate().sealer
+    data = _text(5000, seed=8)
+    blob_id = codec.blob_id(data, sealer)
+    for kind, other in ((KIND_TREE, KIND_DATA), (KIND_DATA, KIND_TREE)):
+        encoded = b"".join(codec.encode_verified(data, 3, blob_id, sealer, kind))
+        assert codec.decode_verified(encoded, len(data), blob_id, sealer, kind) == data
+        with pytest.raises(IntegrityError):
+            codec.decode_verified(encoded, len(data), blob_id, sealer, other)
+    tampered = bytearray(encoded)
+    tampered[-1] ^= 1
+    with pytest.raises(IntegrityError) as info:
+        codec.decode_verified(bytes(tampered), len(data), blob_id, sealer, KIND_TREE)
+    assert str(info.value).startswith(f"blob {blob_id.hex()[:16]}: authentication failed")
+
+
+def test_an_empty_or_corrupt_envelope_error_says_what_is_wrong() -> None:
+    with pytest.raises(FormatError) as empty:
+        codec.decode(b"", 3)
+    assert str(empty.value) == "empty blob envelope"
+    data = _text(5000, seed=9)
+    encoded = bytearray(codec.encode(data, 3))
+    encoded[len(encoded) // 2:] = bytes(len(encoded) - len(encoded) // 2)    # the frame's second half zeroed
+    with pytest.raises(IntegrityError) as corrupt:
+        codec.decode(bytes(encoded), len(data))
+    assert str(corrupt.value).startswith("corrupt zstd blob: ") and len(str(corrupt.value)) > 20
+
+
+def test_a_zstd_frame_that_does_not_declare_its_size_decodes_within_the_raw_length() -> None:
+    """Any zstd writer's frame reads back (casstore's own declare their size): bounded by the raw length."""
+    data = _text(5000, seed=10)
+    frame = zstandard.ZstdCompressor(level=3, write_content_size=False).compress(data)
+    assert codec.decode_verified(bytes([codec.TAG_ZSTD]) + frame, len(data), codec.blob_id(data)) == data
+
+
+def test_hostile_envelope_errors_say_what_is_wrong() -> None:
+    data = _text(5000, seed=11)
+    encoded = codec.encode(data, 3)
+    with pytest.raises(IntegrityError) as wrong_size:
+        codec.decode(encoded, len(data) + 1)
+    assert str(wrong_size.value) == f"zstd frame declares {len(data)} bytes, index says {len(data) + 1}"
+    with pytest.raises(IntegrityError) as not_zstd:
+        codec.decode(bytes([codec.TAG_ZSTD]) + b"not a zstd frame", 100)
+    assert str(not_zstd.value).startswith("corrupt zstd blob: ") and len(str(not_zstd.value)) > 20
+    with pytest.raises(FormatError) as no_base:
+        codec.decode(b"".join(delta.encode_parts(data, 3, codec.blob_id(b"base"), b"base")), len(data))
+    assert str(no_base.value) == "a delta blob cannot be decoded without its base"
+    sealed = b"".join(codec.encode_verified(data, 3, codec.blob_id(data, SEALER), SEALER))
+    with pytest.raises(DowngradeError) as downgraded:
+        codec.decode(sealed, len(data))
+    assert str(downgraded.value) == ("an encrypted blob in a repository whose config says it is not encrypted: "
+                                     "the config may have been replaced (downgrade); refusing to read")
+
+
+def test_a_blob_that_decodes_to_other_bytes_is_refused_naming_it_by_its_first_16_hex_digits() -> None:
+    wrong = codec.blob_id(b"what the index says")
+    with pytest.raises(IntegrityError) as info:
+        codec.decode_verified(codec.encode(b"what is stored", 3), 14, wrong)
+    assert str(info.value) == f"blob {wrong.hex()[:16]} does not match its id"
 
 
 # -- chunker -----------------------------------------------------------------------------------

@@ -129,7 +129,6 @@ class _Frame:
 
     fd: int | None                    # None while closed to bound open descriptors; reopened via ".."
     ident: tuple[int, int]            # (st_dev, st_ino) it was opened as
-    path: str
     rel: bytes
     pending: _PendingTree
     items: list[_Item]
@@ -234,7 +233,7 @@ class SnapshotBuilder:
     def _walk(self, root_fd: int) -> None:
         """Walk the source depth first, a directory's files before its subdirectories; trees are
         written as their directories complete (`_write_ready`)."""
-        stack = [self._frame(root_fd, os.fstat(root_fd), self.source, b"", b"", None)]
+        stack = [self._frame(root_fd, os.fstat(root_fd), b"", b"", None)]
         self._lowest_open = 0      # frames below this index have closed their descriptor
         try:
             while stack:
@@ -252,8 +251,7 @@ class SnapshotBuilder:
             for frame in stack:
                 _close(frame.fd)
 
-    def _frame(self, fd: int, st: os.stat_result, path: str, rel: bytes, name: bytes,
-               parent: _PendingTree | None) -> _Frame:
+    def _frame(self, fd: int, st: os.stat_result, rel: bytes, name: bytes, parent: _PendingTree | None) -> _Frame:
         cached = self.old_cache.lookup(rel)
         items = self._stat_entries(fd, cached.entries if cached is not None else {}, rel)
         items.sort(key=lambda item: stat.S_ISDIR(item.st.st_mode))    # files first; stable: names sorted
@@ -267,7 +265,7 @@ class SnapshotBuilder:
         ahead = ReadAhead(ahead_files)
         pending = _PendingTree(rel, name, st, parent, cached)
         self._listing.append(pending)
-        return _Frame(fd, (st.st_dev, st.st_ino), path, rel, pending, items, ahead)
+        return _Frame(fd, (st.st_dev, st.st_ino), rel, pending, items, ahead)
 
     def _step(self, frame: _Frame, stack: list[_Frame]) -> None:
         """Record the next entry of the directory on top of the stack (descending into a directory)."""
@@ -306,8 +304,7 @@ class SnapshotBuilder:
             os.close(fd)
             self._changed(item.rel, "was replaced by another directory; skipped")
             return None
-        return self._frame(fd, st, os.path.join(frame.path, item.name), item.rel + b"/", item.name_bytes,
-                           frame.pending)
+        return self._frame(fd, st, item.rel + b"/", item.name_bytes, frame.pending)
 
     def _leave(self, child: _Frame, stack: list[_Frame]) -> None:
         """Close a finished directory, reopening its parent through ".." if the parent's was closed."""

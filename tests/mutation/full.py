@@ -67,6 +67,7 @@ COLUMNS = ["status", "seconds", "cpu", "commit", "function", "tests", "killer", 
 # the modules the full run covers: the gate's (with its test files), and the delta codec (no sample of it in CI)
 MODULES: dict[str, list[str]] = {path: tests for path, (_k, tests) in CORE.items()}
 MODULES["casstore/format/delta.py"] = [*FORMAT_TESTS, "tests/test_delta_blobs.py"]
+MODULES["casstore/format/pack.py"] = [*FORMAT_TESTS, "tests/test_pack_buffers.py"]
 # gc's use of the repository's key (repack's verification, the consolidated index) is exercised
 # only on an encrypted repository, and the sweep's safety net (keep a condemned pack a fresh snapshot
 # needs) only by a writer racing gc: one quick test each (under 1 s)
