@@ -23,13 +23,17 @@ What a recorded result stays valid for (anything else is run again; the rule is 
   they are weakened); `--recheck` runs a module's mutants again regardless.
 An id that no longer exists is dropped from the ledger when its module next runs.
 
-Cost, and what keeps it down (MUTATION.md has the measurements): one pytest process per mutant, with
-plugin autoloading off (only hypothesis and pytest-timeout load: half the start-up CPU), and the tests
-that killed the most mutants so far run first (tests/mutation/order.py), so a killed mutant usually
-costs its start-up and one test. A mutant gets a wall-clock limit of 4x the module's clean run (at
-least 60 s, at most 600 s) besides pytest-timeout's 120 s a test; past it, its process group is killed
-and it counts as `timeout` (caught). Run it from a frozen checkout (`git worktree add --detach`), with
-`--ledger-dir` pointing at the work tree that commits the ledgers.
+Cost, and what keeps it down (MUTATION.md has the measurements): by default (`--route fork`) a fork
+server per worker (tests/mutation/forkserver.py) imports pytest, hypothesis, casstore and the test
+modules once, and forks a child per mutant that swaps the mutated function's code in and runs the
+tests with pytest.main; a mutant it cannot swap in exactly (a module constant, a class attribute, a
+default argument) runs as `--route subprocess` does, in its own pytest process. Either way plugin
+autoloading is off (only hypothesis and pytest-timeout load), and the tests that killed the most
+mutants so far run first (tests/mutation/order.py), so a killed mutant usually costs one test. A
+mutant gets a wall-clock limit of 4x the module's clean run (at least 60 s, at most 600 s) besides
+pytest-timeout's 120 s a test; past it, its process group is killed and it counts as `timeout` (caught).
+Run it from a frozen checkout (`git worktree add --detach`), with `--ledger-dir` pointing at the work
+tree that commits the ledgers.
 """
 
 from __future__ import annotations
@@ -169,6 +173,7 @@ class Runner(Scratch):
         self.route = route          # "fork": tests/mutation/forkserver.py; "subprocess": a pytest process a mutant
         self.server: subprocess.Popen[str] | None = None
         self.routes: Counter[str] = Counter()   # how the mutants of the module ran (fork, or why not)
+        self.last_route = "subproc"     # the route the last mutant took (the log shows it)
 
     def _env(self) -> dict[str, str]:
         env = {**os.environ, "PYTHONPATH": str(self.dir), "CASSTORE_EXPLORE_WORKERS": "1"}
@@ -221,6 +226,7 @@ class Runner(Scratch):
     def measure(self, module: str, mutant: Mutant | None, limit: float, killers: Counter[str]) -> Outcome:
         """The module's tests against `mutant` (None: unmutated)."""
         self.order.write_text("".join(test + "\n" for test, _n in killers.most_common()))
+        self.last_route = "subproc"
         if self.server is not None:
             forked = self._forked(module, mutant, limit)
             if forked is not None:
@@ -270,8 +276,10 @@ class Runner(Scratch):
         reply = self._reply()
         if reply["route"] != "fork":
             self.routes[f"subprocess: {reply['why']}"] += 1
+            self.last_route = "subproc"
             return None
         self.routes["fork"] += 1
+        self.last_route = "fork"
         return Outcome(str(reply["status"]), float(reply["seconds"]), float(reply["cpu"]),  # type: ignore[arg-type]
                        str(reply["killer"]))
 
@@ -320,6 +328,7 @@ def run_module(module: str, runners: list[Runner], ledger_dir: Path, deadline: f
             change, function = mutants[mutant_id]
             mutant = _mutant(mutant_id, module, change)    # type: ignore[arg-type]
             outcome = runner.measure(module, mutant, wall, order)
+            route = runner.last_route
         finally:
             with lock:
                 free.append(runner)
@@ -329,7 +338,8 @@ def run_module(module: str, runners: list[Runner], ledger_dir: Path, deadline: f
             if outcome.status == "killed":
                 killers[outcome.killer] += 1
             write_ledger(path, records)
-        print(f"{outcome.status:9} {outcome.seconds:6.1f}s {outcome.cpu:5.1f} cpu {mutant_id}", flush=True)
+        print(f"{outcome.status:9} {outcome.seconds:6.1f}s {outcome.cpu:5.1f} cpu {route[:7]:7} {mutant_id}",
+              flush=True)
 
     with ThreadPoolExecutor(len(runners)) as pool:
         list(pool.map(one, todo))
