@@ -171,12 +171,22 @@ class Server:
     def _warm_hypothesis(self) -> None:
         """Hypothesis parses every local module's source for constants at each process's first test (most
         of a quick mutant's CPU): parse them here once, except the mutated module, whose source differs a
-        mutant and which the child parses itself, from the disk, as a pytest process would."""
+        mutant and which the child parses itself, from the disk, as a pytest process would. The collection
+        above gathered them already, the module's original constants included: that is forgotten, so the
+        child gathers them again (from this cache, and the mutant's from its source)."""
+        from hypothesis.internal.conjecture import providers
         from hypothesis.internal.constants_ast import constants_from_module, is_local_module_file
+        constants_from_module.cache_clear()
         for module in list(sys.modules.values()):
             path = getattr(module, "__file__", None)
             if module is not self.module and path and is_local_module_file(path):
                 constants_from_module(module)
+        providers._local_constants = providers.Constants(
+            integers=providers.SortedSet(), floats=providers.SortedSet(key=providers.float_to_int),
+            bytes=providers.SortedSet(), strings=providers.SortedSet())
+        providers._seen_modules.clear()
+        providers._sys_modules_len = None
+        providers.CONSTANTS_CACHE.cache.clear()
 
     def _preload(self, args: list[str]) -> None:
         """Import what a child would import, so it need not: pytest's plugins, the module, and the test

@@ -135,7 +135,14 @@ TESTS = '''\
 import subprocess
 import sys
 
+from hypothesis import given, strategies
+
 from hangpkg.mod import f
+
+
+@given(strategies.integers())
+def test_a_property(n):     # a hypothesis test: collecting it gathers the local modules' constants
+    assert isinstance(n, int)
 
 
 def test_in_process():
@@ -149,13 +156,16 @@ def test_in_a_subprocess():
 '''
 
 
+ORIGINAL = "def f():\n    return 1\n\n\ndef g():\n    return 123456789\n"
+
+
 @pytest.fixture
 def server(tmp_path):
     (tmp_path / "hangpkg").mkdir()
     (tmp_path / "hangpkg" / "__init__.py").write_text("")
-    (tmp_path / "hangpkg" / "mod.py").write_text("def f():\n    return 1\n")
+    (tmp_path / "hangpkg" / "mod.py").write_text(ORIGINAL)
     (tmp_path / "test_hang.py").write_text(TESTS)
-    args = ["-p", "no:cacheprovider", "-q", "-o", "addopts=", "test_hang.py"]
+    args = ["-p", "no:cacheprovider", "-p", "_hypothesis_pytestplugin", "-q", "-o", "addopts=", "test_hang.py"]
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "tests.mutation.forkserver", str(tmp_path), "hangpkg/mod.py",
                              *args], cwd=tmp_path, env=env, text=True, stdin=subprocess.PIPE,
@@ -175,22 +185,23 @@ def server(tmp_path):
 def test_the_server_runs_the_original_and_a_mutant_in_process_and_in_subprocesses(server):
     ask, scratch = server
     assert ask(None)["status"] == "survived"
-    killed = ask("def f():\n    return 2\n")
+    killed = ask(ORIGINAL.replace("return 1", "return 2"))
     assert (killed["route"], killed["status"], killed["killer"]) == ("fork", "killed", "test_hang.py::test_in_process")
     # a test that starts python reads the mutant from disk
-    only_subprocess = ask("def f():\n    return 2\n", select="test_hang.py::test_in_a_subprocess")
+    only_subprocess = ask(ORIGINAL.replace("return 1", "return 2"), select="test_hang.py::test_in_a_subprocess")
     assert (only_subprocess["status"], only_subprocess["killer"]) == ("killed", "test_hang.py::test_in_a_subprocess")
-    assert (scratch / "hangpkg" / "mod.py").read_text() == "def f():\n    return 1\n"    # restored after each
+    assert (scratch / "hangpkg" / "mod.py").read_text() == ORIGINAL                        # restored after each
     assert ask(None)["status"] == "survived"                                              # and in memory
 
 
 def test_a_hung_child_is_killed_at_the_limit_with_what_it_started(server):
     ask, scratch = server
     pidfile = scratch / "grandchild.pid"
-    hang = ("def f():\n    import subprocess, sys, time\n"
-            "    p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
-            f"    open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
-            "    while True:\n        time.sleep(0.05)\n")
+    hang = ORIGINAL.replace("    return 1\n", (
+        "    import subprocess, sys, time\n"
+        "    p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        f"    open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+        "    while True:\n        time.sleep(0.05)\n"))
     reply = ask(hang, limit=3, select="test_hang.py::test_in_process")
     assert (reply["route"], reply["status"]) == ("fork", "timeout")
     grandchild = int(pidfile.read_text())
@@ -212,6 +223,18 @@ def _gone(pid: int) -> bool:
     return False
 
 
+def test_hypothesis_draws_on_the_mutant_s_constants_as_in_a_pytest_process(server):
+    """Hypothesis seeds its examples with the local modules' constants: a child must see the mutant's."""
+    ask, scratch = server
+    (scratch / "test_constants.py").write_text(
+        "def test_constants():\n"
+        "    from hypothesis.internal.conjecture.providers import _get_local_constants\n"
+        "    assert 987654321 not in _get_local_constants().integers\n"
+        "    assert 123456789 in _get_local_constants().integers\n")
+    assert ask(None, select="test_constants.py")["status"] == "survived"
+    assert ask(ORIGINAL.replace("123456789", "987654321"), select="test_constants.py")["status"] == "killed"
+
+
 def test_a_mutant_the_server_cannot_swap_is_answered_fallback(server):
     ask, _scratch = server
-    assert ask("LIMIT = 1\n\n\ndef f():\n    return 1\n")["route"] == "fallback"
+    assert ask("LIMIT = 1\n\n\n" + ORIGINAL)["route"] == "fallback"
