@@ -23,19 +23,24 @@ What a recorded result stays valid for (anything else is run again; the rule is 
   they are weakened); `--recheck` runs a module's mutants again regardless.
 An id that no longer exists is dropped from the ledger when its module next runs.
 
-Cost, and what keeps it down (MUTATION.md has the measurements): one pytest process per mutant, with
-plugin autoloading off (only hypothesis and pytest-timeout load: half the start-up CPU), and the tests
-that killed the most mutants so far run first (tests/mutation/order.py), so a killed mutant usually
-costs its start-up and one test. A mutant gets a wall-clock limit of 4x the module's clean run (at
-least 60 s, at most 600 s) besides pytest-timeout's 120 s a test; past it, its process group is killed
-and it counts as `timeout` (caught). Run it from a frozen checkout (`git worktree add --detach`), with
-`--ledger-dir` pointing at the work tree that commits the ledgers.
+Cost, and what keeps it down (MUTATION.md has the measurements): by default (`--route fork`) a fork
+server per worker (tests/mutation/forkserver.py) imports pytest, hypothesis, casstore and the test
+modules once, and forks a child per mutant that swaps the mutated function's code in and runs the
+tests with pytest.main; a mutant it cannot swap in exactly (a module constant, a class attribute, a
+default argument) runs as `--route subprocess` does, in its own pytest process. Either way plugin
+autoloading is off (only hypothesis and pytest-timeout load), and the tests that killed the most
+mutants so far run first (tests/mutation/order.py), so a killed mutant usually costs one test. A
+mutant gets a wall-clock limit of 4x the module's clean run (at least 60 s, at most 600 s) besides
+pytest-timeout's 120 s a test; past it, its process group is killed and it counts as `timeout` (caught).
+Run it from a frozen checkout (`git worktree add --detach`), with `--ledger-dir` pointing at the work
+tree that commits the ledgers.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -47,7 +52,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 from tests.mutation.gate import (
     CORE,
@@ -160,15 +165,73 @@ class Outcome(NamedTuple):
 class Runner(Scratch):
     """A scratch copy that runs one mutant against its module's tests, killers first."""
 
-    def __init__(self, name: str, speedups: bool = True) -> None:
+    def __init__(self, name: str, speedups: bool = True, route: str = "fork") -> None:
         super().__init__()
         self.order = self.dir / f"order-{name}.txt"
         self.times = self.dir / f"time-{name}.txt"
+        self.out = self.dir / f"out-{name}.txt"
         self.speedups = speedups    # off: every plugin loads and the tests keep their order (to measure both)
+        self.route = route          # "fork": tests/mutation/forkserver.py; "subprocess": a pytest process a mutant
+        self.server: subprocess.Popen[str] | None = None
+        self.routes: Counter[str] = Counter()   # how the mutants of the module ran (fork, or why not)
+        self.last_route = "subproc"     # the route the last mutant took (the log shows it)
+
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, "PYTHONPATH": str(self.dir), "CASSTORE_EXPLORE_WORKERS": "1"}
+        if self.speedups:
+            env |= {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "CASSTORE_MUTATION_ORDER": str(self.order)}
+        return env
+
+    def _args(self, module: str) -> list[str]:
+        return [*PYTEST, *(PLUGINS if self.speedups else ["-rfE"]), *MODULES[module]]
+
+    def start(self, module: str) -> float:
+        """Start this slot's fork server for `module` (fork route only); its start-up CPU seconds."""
+        self.stop()
+        self.routes.clear()
+        if self.route != "fork":
+            return 0.0
+        log = (self.dir / f"server-{self.order.stem}.log").open("w")
+        self.server = subprocess.Popen(
+            [sys.executable, "-m", "tests.mutation.forkserver", str(self.dir), module, *self._args(module)],
+            cwd=self.dir, env=self._env(), text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+            start_new_session=True)
+        log.close()
+        hello = self._reply()
+        return float(hello["cpu"])
+
+    def _reply(self) -> dict[str, object]:
+        assert self.server is not None and self.server.stdout is not None
+        line = self.server.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the fork server stopped: see {self.dir}/server-{self.order.stem}.log")
+        reply: dict[str, object] = json.loads(line)
+        return reply
+
+    def stop(self) -> None:
+        if self.server is not None:
+            stdin: IO[str] | None = self.server.stdin
+            if stdin is not None:
+                stdin.close()
+            try:
+                self.server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.server.pid, signal.SIGKILL)
+                self.server.wait()
+            self.server = None
+
+    def close(self) -> None:
+        self.stop()
+        super().close()
 
     def measure(self, module: str, mutant: Mutant | None, limit: float, killers: Counter[str]) -> Outcome:
         """The module's tests against `mutant` (None: unmutated)."""
         self.order.write_text("".join(test + "\n" for test, _n in killers.most_common()))
+        self.last_route = "subproc"
+        if self.server is not None:
+            forked = self._forked(module, mutant, limit)
+            if forked is not None:
+                return forked
         if mutant is None:
             return self._timed(module, limit)
         target = self.dir / mutant.path
@@ -182,11 +245,9 @@ class Runner(Scratch):
     def _timed(self, module: str, limit: float) -> Outcome:
         shutil.rmtree(self.dir / ".hypothesis", ignore_errors=True)   # no example saved by another mutant
         self.times.unlink(missing_ok=True)
-        env = {**os.environ, "PYTHONPATH": str(self.dir), "CASSTORE_EXPLORE_WORKERS": "1"}
-        if self.speedups:
-            env |= {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "CASSTORE_MUTATION_ORDER": str(self.order)}
-        cmd = ["/usr/bin/time", "-f", "%U %S", "-o", str(self.times), sys.executable, "-m", "pytest", *PYTEST,
-               *(PLUGINS if self.speedups else ["-rfE"]), *MODULES[module]]
+        env = self._env()
+        cmd = ["/usr/bin/time", "-f", "%U %S", "-o", str(self.times), sys.executable, "-m", "pytest",
+               *self._args(module)]
         started = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=self.dir, env=env, text=True, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -205,6 +266,23 @@ class Runner(Scratch):
         if proc.returncode in (1, 2):       # a failing test, or a module that no longer imports
             return Outcome("killed", seconds, cpu, killer or "collection")
         return Outcome(f"error{proc.returncode}", seconds, cpu, out[-300:].replace("\n", " ").replace("\t", " "))
+
+    def _forked(self, module: str, mutant: Mutant | None, limit: float) -> Outcome | None:
+        """The mutant run by the fork server; None when it cannot be swapped in exactly (run it in a subprocess)."""
+        assert self.server is not None and self.server.stdin is not None
+        request = {"code": None if mutant is None else mutant.code, "args": self._args(module), "limit": limit,
+                   "out": str(self.out)}
+        self.server.stdin.write(json.dumps(request) + "\n")
+        self.server.stdin.flush()
+        reply = self._reply()
+        if reply["route"] != "fork":
+            self.routes[f"subprocess: {reply['why']}"] += 1
+            self.last_route = "subproc"
+            return None
+        self.routes["fork"] += 1
+        self.last_route = "fork"
+        return Outcome(str(reply["status"]), float(reply["seconds"]), float(reply["cpu"]),  # type: ignore[arg-type]
+                       str(reply["killer"]))
 
     def _cpu(self) -> float:
         try:
@@ -227,6 +305,10 @@ def run_module(module: str, runners: list[Runner], ledger_dir: Path, deadline: f
     if not todo or time.time() > deadline:
         return
     killers = Counter(r.killer for r in records.values() if r.killer and r.status == "killed")
+    for runner in runners:
+        startup = runner.start(module)
+        if startup:
+            print(f"{module}: fork server {runner.order.stem} up, {startup:.1f} s CPU to import", flush=True)
     clean = runners[0].measure(module, None, MAX_LIMIT, killers)
     if clean.status != "survived":
         print(f"{module}: its tests do not pass unmutated ({clean.status}); skipped", flush=True)
@@ -247,6 +329,7 @@ def run_module(module: str, runners: list[Runner], ledger_dir: Path, deadline: f
             change, function = mutants[mutant_id]
             mutant = _mutant(mutant_id, module, change)    # type: ignore[arg-type]
             outcome = runner.measure(module, mutant, wall, order)
+            route = runner.last_route
         finally:
             with lock:
                 free.append(runner)
@@ -256,10 +339,15 @@ def run_module(module: str, runners: list[Runner], ledger_dir: Path, deadline: f
             if outcome.status == "killed":
                 killers[outcome.killer] += 1
             write_ledger(path, records)
-        print(f"{outcome.status:9} {outcome.seconds:6.1f}s {outcome.cpu:5.1f} cpu {mutant_id}", flush=True)
+        print(f"{outcome.status:9} {outcome.seconds:6.1f}s {outcome.cpu:5.1f} cpu {route[:7]:7} {mutant_id}",
+              flush=True)
 
     with ThreadPoolExecutor(len(runners)) as pool:
         list(pool.map(one, todo))
+    routes = sum((runner.routes for runner in runners), Counter())
+    for runner in runners:
+        runner.stop()
+    print(f"{module}: routes: " + "; ".join(f"{n} {route}" for route, n in routes.most_common()), flush=True)
 
 
 # ---- the report -----------------------------------------------------------------------------------
@@ -340,6 +428,9 @@ def main() -> int:
     parser.add_argument("--limit", type=int, help="at most this many mutants a module (a seeded spread)")
     parser.add_argument("--no-speedups", action="store_true",
                         help="every plugin autoloaded, tests in their own order (to measure what the speedups save)")
+    parser.add_argument("--route", choices=["fork", "subprocess"], default="fork",
+                        help="fork: a fork server a worker, a pytest.main a mutant, the function swapped in "
+                             "(what it cannot swap exactly runs as subprocess); subprocess: a pytest process a mutant")
     parser.add_argument("--recheck", action="store_true", help="run the modules' mutants again, valid or not")
     parser.add_argument("--status", action="store_true")
     parser.add_argument("--report", action="store_true")
@@ -364,7 +455,7 @@ def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: STOP.set())
     commit = head_commit()
-    runners = [Runner(str(n), speedups=not args.no_speedups) for n in range(args.workers)]
+    runners = [Runner(str(n), speedups=not args.no_speedups, route=args.route) for n in range(args.workers)]
     try:
         for module in args.modules:
             if STOP.is_set():
