@@ -184,3 +184,20 @@ def test_files_share_a_block_while_their_chunks_are_held_and_cut_as_alone(tmp_pa
     assert cut == [[bytes(p) for p in chunker.chunks(io.BytesIO(data))] for data in files]
     assert [bytes(v) for v in held] == [c for file_cut in cut for c in file_cut]    # nothing overwritten
     assert len(made) == 2      # 907 KiB in blocks of 640 KiB (one block per file made 6)
+
+
+@pytest.mark.parametrize("min_size", [4 * KiB, 40 * KiB])
+def test_the_configured_minimum_chunk_size_is_the_one_cut_to(tmp_path, min_size):
+    # the golden sizes above use a minimum of avg/4, which is also the library's default: a chunker
+    # that dropped the configured minimum would pass them. Below the default, shorter chunks appear;
+    # above it, none but the last is shorter than the minimum.
+    chunker = FastCDCChunker(min_size, 64 * KiB, 512 * KiB, SEED)
+    lengths = [len(c) for c in chunker.chunks(io.BytesIO(GOLDEN_DATA))]
+    path = tmp_path / "data"
+    path.write_bytes(GOLDEN_DATA)
+    with open(path, "rb") as fh:
+        assert [len(c) for c in chunker.chunks_of_fd(fh.fileno())] == lengths
+    assert sum(lengths) == len(GOLDEN_DATA)
+    assert min(lengths[:-1]) >= min_size
+    if min_size < 16 * KiB:
+        assert min(lengths[:-1]) < 16 * KiB
