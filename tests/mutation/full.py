@@ -73,6 +73,10 @@ COLUMNS = ["status", "seconds", "cpu", "commit", "function", "tests", "killer", 
 MODULES: dict[str, list[str]] = {path: tests for path, (_k, tests) in CORE.items()}
 MODULES["casstore/format/delta.py"] = [*FORMAT_TESTS, "tests/test_delta_blobs.py"]
 MODULES["casstore/format/pack.py"] = [*FORMAT_TESTS, "tests/test_pack_buffers.py"]
+# the config's key slots, sealed config and downgrade refusal are exercised by the encryption tests
+# only (session 7: a third of config's mutants survived the format tests alone); 15 s together
+MODULES["casstore/format/config.py"] = [*MODULES["casstore/format/config.py"], "tests/test_encryption.py",
+                                        "tests/test_encryption_keys.py"]
 # gc's use of the repository's key (repack's verification, the consolidated index) is exercised
 # only on an encrypted repository, and the sweep's safety net (keep a condemned pack a fresh snapshot
 # needs) only by a writer racing gc: one quick test each (under 1 s)
