@@ -614,13 +614,7 @@ class Restorer:
         os.utime(entry.name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
 
     def _apply_metadata(self, fd: int, entry: Entry) -> None:
-        if self.same_owner:
-            try:
-                os.fchown(fd, entry.uid, entry.gid)
-            except OSError:
-                pass
-        os.fchmod(fd, self._mode(entry))
-        os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+        _set_metadata(fd, self._mode(entry), entry.mtime_ns, entry.uid, entry.gid, same_owner=self.same_owner)
 
     def _mode(self, entry: Entry) -> int:
         """The recorded permission bits; setuid and setgid only when restoring privileged."""
@@ -823,14 +817,7 @@ def write_small_files(read_all: ReadAll, dir_fd: int, files: list[SmallFile], *,
             continue
         try:
             _write_sparse(fd, [blobs[chunk_id] for chunk_id in chunks], _no_progress)
-            if same_owner:
-                try:
-                    os.fchown(fd, uid, gid)
-                except OSError:
-                    pass
-            if same_owner or not exact_mode:
-                os.fchmod(fd, mode)
-            os.utime(fd, ns=(mtime_ns, mtime_ns))
+            _set_metadata(fd, mode, mtime_ns, uid, gid, same_owner=same_owner, created_with_mode=exact_mode)
             outcomes.append(True)
         except (OSError, OverflowError, ValueError) as exc:
             os.unlink(name, dir_fd=dir_fd)
@@ -838,6 +825,21 @@ def write_small_files(read_all: ReadAll, dir_fd: int, files: list[SmallFile], *,
         finally:
             os.close(fd)
     return outcomes
+
+
+def _set_metadata(fd: int, mode: int, mtime_ns: int, uid: int, gid: int, *, same_owner: bool,
+                  created_with_mode: bool = False) -> None:
+    """Owner (restoring as root: best effort), permission bits and mtime of an open file or
+    directory. `created_with_mode`: created with exactly `mode` (a worker's umask is 0), so no
+    fchmod, unless fchown ran (it clears setuid and setgid)."""
+    if same_owner:
+        try:
+            os.fchown(fd, uid, gid)
+        except OSError:
+            pass
+    if same_owner or not created_with_mode:
+        os.fchmod(fd, mode)
+    os.utime(fd, ns=(mtime_ns, mtime_ns))
 
 
 def _write_with_holes(fd: int, data: bytes, offset: int) -> bool:

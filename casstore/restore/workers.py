@@ -137,7 +137,7 @@ class WorkerPool:
 
     def _lost(self, worker: _Worker) -> RestoreError:
         """The error for a worker that stopped answering (killed, or out of memory)."""
-        self._reap(worker, block=True)
+        self._reap(worker)
         status = worker.exit_status
         how = (f"killed by signal {-status}" if status is not None and status < 0
                else f"exit status {status}")
@@ -151,20 +151,20 @@ class WorkerPool:
                 _kill(worker.pid)
             worker.sock.close()
         for worker in self._workers:
-            self._reap(worker, block=True)
+            self._reap(worker)
         self._workers.clear()
 
     @staticmethod
-    def _reap(worker: _Worker, *, block: bool) -> None:
+    def _reap(worker: _Worker) -> None:
+        """Wait for the worker to end and keep its exit status (once)."""
         if worker.exit_status is not None:
             return
         try:
-            pid, status = os.waitpid(worker.pid, 0 if block else os.WNOHANG)
+            _, status = os.waitpid(worker.pid, 0)
         except ChildProcessError:
             worker.exit_status = 0
             return
-        if pid:
-            worker.exit_status = os.waitstatus_to_exitcode(status)
+        worker.exit_status = os.waitstatus_to_exitcode(status)
 
 
 def _die_with(parent: int) -> None:
