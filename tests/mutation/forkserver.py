@@ -40,6 +40,7 @@ import sys
 import time
 import traceback
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -248,15 +249,22 @@ class Server:
         cpu = usage.ru_utime + usage.ru_stime
         if not ready:
             return {"status": "timeout", "seconds": seconds, "cpu": -1.0, "killer": ""}
-        code = os.waitstatus_to_exitcode(status)
         killer = result.read_text() if result.exists() else ""
-        if code == 0:
-            return {"status": "survived", "seconds": seconds, "cpu": cpu, "killer": ""}
-        if code in (1, 2):
-            return {"status": "killed", "seconds": seconds, "cpu": cpu, "killer": killer or "collection"}
-        tail = out.read_text(errors="replace")[-300:] if out.exists() else ""
-        return {"status": f"error{code}", "seconds": seconds, "cpu": cpu,
-                "killer": tail.replace("\n", " ").replace("\t", " ")}
+        status_name, detail = verdict(os.waitstatus_to_exitcode(status), killer,
+                                      lambda: out.read_text(errors="replace") if out.exists() else "")
+        return {"status": status_name, "seconds": seconds, "cpu": cpu, "killer": detail}
+
+
+def verdict(exit_code: int, killer: str, output: Callable[[], str]) -> tuple[str, str]:
+    """A mutant's status from pytest's exit code, and what the ledger's `killer` column holds: both
+    routes (this one and full.py's subprocess) judge alike. 0: every test passed (survived); 1 or 2:
+    a test failed, or a module no longer imports (killed); anything else is an error, recorded with
+    the end of the output."""
+    if exit_code == 0:
+        return "survived", ""
+    if exit_code in (1, 2):
+        return "killed", killer or "collection"
+    return f"error{exit_code}", output()[-300:].replace("\n", " ").replace("\t", " ")
 
 
 class _FirstFailure:

@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, NamedTuple
 
+from tests.mutation.forkserver import verdict
 from tests.mutation.gate import (
     CORE,
     FORMAT_TESTS,
@@ -265,11 +266,8 @@ class Runner(Scratch):
         cpu = self._cpu()
         killer = next((line.split(" ", 1)[1].split(" - ", 1)[0] for line in out.splitlines()
                        if line.startswith(("FAILED ", "ERROR "))), "")
-        if proc.returncode == 0:
-            return Outcome("survived", seconds, cpu, "")
-        if proc.returncode in (1, 2):       # a failing test, or a module that no longer imports
-            return Outcome("killed", seconds, cpu, killer or "collection")
-        return Outcome(f"error{proc.returncode}", seconds, cpu, out[-300:].replace("\n", " ").replace("\t", " "))
+        status, detail = verdict(proc.returncode, killer, lambda: out)
+        return Outcome(status, seconds, cpu, detail)
 
     def _forked(self, module: str, mutant: Mutant | None, limit: float) -> Outcome | None:
         """The mutant run by the fork server; None when it cannot be swapped in exactly (run it in a subprocess)."""
