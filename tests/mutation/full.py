@@ -188,7 +188,11 @@ class Runner(Scratch):
         return env
 
     def _args(self, module: str) -> list[str]:
-        return [*PYTEST, *(PLUGINS if self.speedups else ["-rfE"]), *MODULES[module]]
+        # one base temp folder per slot, which pytest empties at each session's start: by default each
+        # mutant's session left its own under /tmp/pytest-of-<user> (the 1,400 of session 7 held 62 GB and
+        # SeaweedFS then refused writes in the next full suite)
+        return [*PYTEST, f"--basetemp={self.dir / ('tmp-' + self.order.stem)}",
+                *(PLUGINS if self.speedups else ["-rfE"]), *MODULES[module]]
 
     def start(self, module: str) -> float:
         """Start this slot's fork server for `module` (fork route only); its start-up CPU seconds."""
