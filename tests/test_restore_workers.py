@@ -1,4 +1,4 @@
-"""Restore of many small files by worker processes (issue 14, restore/workers.py).
+"""Restore of many small files by worker processes (issue 14, fsio/workers.py).
 
 A restore of a snapshot with at least WORKER_MIN_FILES files from a local repository writes its
 small files in forked worker processes. What must hold: the result is the same tree (bytes,
@@ -21,8 +21,8 @@ import pytest
 from casstore.client import Repository
 from casstore.errors import RestoreError
 from casstore.format.pack import KIND_DATA
+from casstore.fsio.workers import WorkerPool
 from casstore.restore.restorer import WORKER_MIN_FILES
-from casstore.restore.workers import WorkerPool
 from tests.helpers import CASSTORE, assert_one_line_error, assert_same_tree, init_repo, pack_of, run, tree_state
 
 MODES = (0o644, 0o600, 0o755, 0o444, 0o640, 0o700, 0o000, 0o666)
@@ -126,7 +126,7 @@ def test_a_worker_that_dies_is_an_error_naming_how_not_a_hang():
         os.kill(os.getpid(), signal.SIGKILL)
         return None
 
-    pool = WorkerPool(die, 2)
+    pool = WorkerPool(die, 2, what="restore", error=RestoreError)
     fd = os.open(".", os.O_RDONLY)
     try:
         ticket = pool.submit(fd, [])
@@ -143,7 +143,7 @@ def test_a_handlers_exception_is_raised_in_the_parent_and_the_worker_goes_on():
             raise RestoreError(f"refused {payload}")
         return payload * 2
 
-    pool = WorkerPool(handle, 1)
+    pool = WorkerPool(handle, 1, what="restore", error=RestoreError)
     fd = os.open(".", os.O_RDONLY)
     try:
         tickets = [pool.submit(fd, n) for n in (1, -5, 3)]
@@ -208,8 +208,9 @@ def test_an_interrupted_or_killed_restore_leaves_no_process_behind(tmp_path, how
 
 STUCK = """
 import os, signal, sys, time
-from casstore.restore.workers import WorkerPool
-pool = WorkerPool(lambda fd, payload: time.sleep(600), 2)
+from casstore.fsio.workers import WorkerPool
+from casstore.errors import RestoreError
+pool = WorkerPool(lambda fd, payload: time.sleep(600), 2, what="restore", error=RestoreError)
 fd = os.open(".", os.O_RDONLY)
 pool.submit(fd, 1)
 pool.submit(fd, 2)
