@@ -19,6 +19,7 @@ it, or died), and is killed by the kernel when the parent dies (PR_SET_PDEATHSIG
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import pickle
 import signal
@@ -35,6 +36,7 @@ from casstore.errors import CasstoreError
 # receive buffer costs no system call. Answers are framed on a pipe, of any size.
 MAX_MESSAGE = 64 * 1024
 _LENGTH = struct.Struct("<Q")
+ANSWER_PIPE = 1024 * 1024    # at most /proc/sys/fs/pipe-max-size (1 MiB by default) for a process without privileges
 # Unanswered jobs per worker. A socket pair queues at most net.unix.max_dgram_qlen (10 by default)
 # messages each way; with more outstanding, parent and worker could both block sending.
 MAX_QUEUED = 8
@@ -86,6 +88,7 @@ class WorkerPool:
     def _fork(self, handle: Handler) -> _Worker:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         answers_in, answers_out = os.pipe()
+        _widen(answers_out)
         parent = os.getpid()
         try:
             pid = os.fork()
@@ -199,6 +202,15 @@ def _kill(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
+        pass
+
+
+def _widen(pipe_fd: int) -> None:
+    """A pipe of ANSWER_PIPE bytes, where the system allows (Linux): a snapshot's answer of about a
+    MiB then crosses in one write and a few reads, not sixteen 64 KiB turns of both processes."""
+    try:
+        fcntl.fcntl(pipe_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), ANSWER_PIPE)
+    except OSError:
         pass
 
 
