@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -169,6 +170,30 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+def with_workers_seen(arguments: Callable[[int], list[str]]) -> tuple[subprocess.Popen, set[int]] | None:
+    """A CLI run of `arguments(attempt)` caught while its two workers run; None if it always ended
+    before they were seen (three attempts)."""
+    command = [CASSTORE] if CASSTORE else [sys.executable, "-c", "from casstore.cli.main import main; main()"]
+    for attempt in range(3):
+        proc = subprocess.Popen([*command, *arguments(attempt)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        workers: set[int] = set()
+        while proc.poll() is None and len(workers) < 2:
+            workers |= _children(proc.pid)
+            time.sleep(0.002)
+        if proc.poll() is None:
+            return proc, workers
+        proc.communicate()
+    return None
+
+
+def assert_all_end(pids: set[int], within: float = 30) -> None:
+    """Every process of `pids` ends (or is a zombie) within `within` seconds."""
+    deadline = time.monotonic() + within
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in pids)
+
+
 def _alive(pid: int) -> bool:
     """Running (a zombie waiting for a reaper that never comes in a container counts as gone)."""
     try:
@@ -182,28 +207,16 @@ def test_an_interrupted_or_killed_restore_leaves_no_process_behind(tmp_path, how
     source = small_source(tmp_path / "source", 6000, per_dir=50)
     repo = init_repo(tmp_path / "repo")
     repo.snapshot(str(source))
-    command = [CASSTORE] if CASSTORE else [sys.executable, "-c", "from casstore.cli.main import main; main()"]
-    for _attempt in range(3):     # the restore may end before its workers are seen: then again
-        out = tmp_path / f"out{_attempt}"
-        proc = subprocess.Popen([*command, "--repo", str(tmp_path / "repo"), "restore", "latest", str(out)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        workers: set[int] = set()
-        while proc.poll() is None and len(workers) < 2:
-            workers |= _children(proc.pid)
-            time.sleep(0.002)
-        if proc.poll() is None:
-            break
-        proc.communicate()
-    else:
+    caught = with_workers_seen(lambda attempt: ["--repo", str(tmp_path / "repo"), "restore", "latest",
+                                                str(tmp_path / f"out{attempt}")])
+    if caught is None:
         pytest.skip("the restore always finished before its workers were seen")
+    proc, workers = caught
     proc.send_signal(how)
     _, err = proc.communicate(timeout=60)
     if how == signal.SIGINT:
         assert proc.returncode == 130 and err.decode().strip() == "casstore: interrupted", err
-    deadline = time.monotonic() + 30
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(_alive(pid) for pid in workers)
+    assert_all_end(workers)
 
 
 STUCK = """
@@ -227,7 +240,4 @@ def test_workers_busy_when_their_parent_is_killed_die_with_it(tmp_path):
         time.sleep(0.01)
     parent.communicate()
     assert len(workers) == 2 and parent.returncode == -signal.SIGKILL
-    deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(_alive(pid) for pid in workers)
+    assert_all_end(workers, within=10)

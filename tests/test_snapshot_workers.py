@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,9 +22,7 @@ import pytest
 
 from casstore.client import Repository
 from casstore.snapshot import builder
-from casstore.snapshot.builder import SnapshotBuilder
 from tests.helpers import (
-    CASSTORE,
     KiB,
     age_tree,
     assert_one_line_error,
@@ -36,7 +33,8 @@ from tests.helpers import (
     run,
     write,
 )
-from tests.test_restore_workers import _alive, _children, small_source
+from tests.test_restore_workers import assert_all_end, small_source, with_workers_seen
+from tests.test_streaming_snapshot import _after_listing
 
 FEW = 120      # the workers' threshold in these tests: a source of a few hundred files uses them
 
@@ -112,18 +110,6 @@ def test_a_second_snapshot_without_change_reads_nothing(tmp_path, forks, monkeyp
     write(source / "g1" / "d3" / "f010.json", b"changed")
     third = _snapshot(tmp_path / "repo", source, monkeypatch, workers=True)
     assert third.summary.files_changed == 1 and third.summary.bytes_read == len(b"changed")
-
-
-def _after_listing(monkeypatch, rel: bytes, action) -> None:
-    real = SnapshotBuilder._stat_entries
-
-    def listing(self, *args):
-        items = real(self, *args)
-        if args[-1] == rel:
-            action()
-        return items
-
-    monkeypatch.setattr(SnapshotBuilder, "_stat_entries", listing)
 
 
 def _refusing(monkeypatch, victim: Path) -> None:
@@ -210,23 +196,9 @@ def test_an_encrypted_repository_snapshots_through_the_workers(tmp_path, forks, 
     assert file_contents(tmp_path / "out") == file_contents(source)
 
 
-def _command() -> list[str]:
-    return [CASSTORE] if CASSTORE else [sys.executable, "-c", "from casstore.cli.main import main; main()"]
-
-
 def _with_workers_seen(repo: Path, source: Path) -> tuple[subprocess.Popen, set[int]] | None:
     """A CLI snapshot caught while its two workers run (None if it always finished first)."""
-    for _attempt in range(3):
-        proc = subprocess.Popen([*_command(), "--repo", str(repo), "snapshot", str(source)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        workers: set[int] = set()
-        while proc.poll() is None and len(workers) < 2:
-            workers |= _children(proc.pid)
-            time.sleep(0.002)
-        if proc.poll() is None:
-            return proc, workers
-        proc.communicate()
-    return None
+    return with_workers_seen(lambda attempt: ["--repo", str(repo), "snapshot", str(source)])
 
 
 @pytest.fixture(scope="module")
@@ -246,10 +218,7 @@ def test_an_interrupted_or_killed_snapshot_leaves_no_process_and_a_sound_reposit
     _, err = proc.communicate(timeout=60)
     if how == signal.SIGINT:
         assert proc.returncode == 130 and err.decode().strip() == "casstore: interrupted", err
-    deadline = time.monotonic() + 30
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(_alive(pid) for pid in workers)
+    assert_all_end(workers)
     run("--repo", tmp_path / "repo", "check")
     run("--repo", tmp_path / "repo", "snapshot", many)
     run("--repo", tmp_path / "repo", "restore", "latest", tmp_path / "out")
@@ -268,10 +237,7 @@ def test_a_worker_that_dies_is_one_error_line_and_no_snapshot(tmp_path, many):
         pytest.skip("the killed worker had answered every batch already")
     assert_one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, out, err),
                           "snapshot worker process ended unexpectedly (killed by signal 9)")
-    deadline = time.monotonic() + 30
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(_alive(pid) for pid in workers)
+    assert_all_end(workers)
     assert json.loads(run("--repo", tmp_path / "repo", "list", "--json").stdout) == []
     run("--repo", tmp_path / "repo", "check")
     run("--repo", tmp_path / "repo", "snapshot", many)
