@@ -569,14 +569,16 @@ class SnapshotBuilder:
             raise
 
     def _close_workers(self) -> None:
-        """End the worker processes (at once after a failure) and close the held batches' descriptors."""
+        """End the worker processes (at once when batches are unanswered: a failed or interrupted
+        snapshot) and close the held batches' descriptors."""
+        unanswered = bool(self._sent)
         for batch in (*self._held, *self._sent):
             self._close_batch(batch)
         self._held.clear()
         self._sent.clear()
         if self.workers is not None:
             workers, self.workers = self.workers, None
-            workers.close(abort=True)
+            workers.close(abort=unanswered or self._aborted.is_set())
 
     @staticmethod
     def _close_batch(batch: _Batch) -> None:
