@@ -34,6 +34,17 @@ mutant gets a wall-clock limit of 4x the module's clean run (at least 60 s, at m
 pytest-timeout's 120 s a test; past it, its process group is killed and it counts as `timeout` (caught).
 Run it from a frozen checkout (`git worktree add --detach`), with `--ledger-dir` pointing at the work
 tree that commits the ledgers.
+
+Per-mutant test selection (mutmut's rule; `--no-selection` turns it off): before a module's mutants,
+one recorded run of its whole selection, unmutated (tests/mutation/coverage.py), notes which tests
+reach each of its functions, in the test process, its threads, the processes the tests start and
+their forks. A mutant then runs only the tests that reach its function (killers first, as before); a
+mutant whose function no test reaches is recorded `survived` at once, its killer column saying
+`unreached: ...` (a real gap, shown as such in the report); what the record cannot tell (a mutant
+outside any function, a function run at import or behind a cache) runs the whole selection. The
+record is cached (--coverage-cache), keyed by the package's code, the module's tests and the recorder.
+A recorded result's validity does not change: selection only leaves out tests that cannot see the
+mutant, so the verdict is the whole selection's (an A/B in MUTATION.md checks it).
 """
 
 from __future__ import annotations
