@@ -226,7 +226,7 @@ class Runner(Scratch):
             start_new_session=True)
         log.close()
         hello = self._reply()
-        return float(hello["cpu"])
+        return float(str(hello["cpu"]))
 
     def _reply(self) -> dict[str, object]:
         assert self.server is not None and self.server.stdout is not None
@@ -276,12 +276,22 @@ class Runner(Scratch):
             self._write(target, original)
 
     def _timed(self, module: str, limit: float) -> Outcome:
+        started = time.monotonic()
+        code, out = self._pytest_process(self._args(module), self._env(), limit)
+        seconds = time.monotonic() - started
+        if code is None:
+            return Outcome("timeout", seconds, -1.0, "")
+        killer = next((line.split(" ", 1)[1].split(" - ", 1)[0] for line in out.splitlines()
+                       if line.startswith(("FAILED ", "ERROR "))), "")
+        status, detail = verdict(code, killer, lambda: out)
+        return Outcome(status, seconds, self._cpu(), detail)
+
+    def _pytest_process(self, args: list[str], env: dict[str, str], limit: float) -> tuple[int | None, str]:
+        """A pytest process in this scratch copy (its CPU in self.times): exit code (None: past the
+        limit, killed) and output."""
         shutil.rmtree(self.dir / ".hypothesis", ignore_errors=True)   # no example saved by another mutant
         self.times.unlink(missing_ok=True)
-        env = self._env()
-        cmd = ["/usr/bin/time", "-f", "%U %S", "-o", str(self.times), sys.executable, "-m", "pytest",
-               *self._args(module)]
-        started = time.monotonic()
+        cmd = ["/usr/bin/time", "-f", "%U %S", "-o", str(self.times), sys.executable, "-m", "pytest", *args]
         proc = subprocess.Popen(cmd, cwd=self.dir, env=env, text=True, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -289,13 +299,8 @@ class Runner(Scratch):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)     # and every process the tests started
             proc.communicate()
-            return Outcome("timeout", time.monotonic() - started, -1.0, "")
-        seconds = time.monotonic() - started
-        cpu = self._cpu()
-        killer = next((line.split(" ", 1)[1].split(" - ", 1)[0] for line in out.splitlines()
-                       if line.startswith(("FAILED ", "ERROR "))), "")
-        status, detail = verdict(proc.returncode, killer, lambda: out)
-        return Outcome(status, seconds, cpu, detail)
+            return None, ""
+        return proc.returncode, out
 
     def _forked(self, module: str, mutant: Mutant | None, limit: float) -> Outcome | None:
         """The mutant run by the fork server; None when it cannot be swapped in exactly (run it in a subprocess)."""
@@ -323,29 +328,15 @@ class Runner(Scratch):
         self.select.unlink(missing_ok=True)
         site = self.dir / "sitecustomize.py"     # first on PYTHONPATH: every Python process the tests start
         site.write_text(coverage.SITECUSTOMIZE)
-        self.times.unlink(missing_ok=True)
         env = {**self._env(), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", coverage.OUT: str(records),
                coverage.TARGET: str(self.dir / module), coverage.KEY: coverage.EVERY}
-        cmd = ["/usr/bin/time", "-f", "%U %S", "-o", str(self.times), sys.executable, "-m", "pytest", *PYTEST,
-               f"--basetemp={self.dir / ('tmp-' + self.order.stem)}", "-p", "_hypothesis_pytestplugin",
-               "-p", "pytest_timeout", "-p", "tests.mutation.coverage", "-rfE", *MODULES[module]]
-        shutil.rmtree(self.dir / ".hypothesis", ignore_errors=True)
+        args = [*PYTEST, f"--basetemp={self.dir / ('tmp-' + self.order.stem)}", "-p", "_hypothesis_pytestplugin",
+                "-p", "pytest_timeout", "-p", "tests.mutation.coverage", "-rfE", *MODULES[module]]
         try:
-            proc = subprocess.Popen(cmd, cwd=self.dir, env=env, text=True, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-            try:
-                out, _ = proc.communicate(timeout=limit)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.communicate()
-                return None, -1.0
+            code, out = self._pytest_process(args, env, limit)
         finally:
             site.unlink()
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)     # a process a test left behind could still append
-        except ProcessLookupError:
-            pass
-        if proc.returncode != 0:
+        if code != 0:
             (self.dir / f"coverage-{self.order.stem}.out").write_text(out)
             return None, self._cpu()
         return coverage.load(records), self._cpu()
