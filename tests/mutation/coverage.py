@@ -18,7 +18,9 @@ Recording (one pytest run of the module's whole selection, unmutated, in the slo
   environment is not recorded, but it does not run the mutant either (no PYTHONPATH);
 - forked children (the restore's worker pool) inherit the hook and the key; they end with os._exit,
   so nothing is buffered: each new (key, function) pair is one os.write on an O_APPEND file, at once.
-Where the record cannot tell, the mutant gets the whole selection: a function reached under `*`, under
+A test that fails in the recording run (a race under the load the profile hook adds) is run for every
+mutant: what it would have reached is not known. Where the record cannot tell at all, the mutant gets
+the whole selection: a function reached under `*`, under
 a key that names no collected test (a test's subprocess that outlived it), a mutant outside any function
 (a class attribute, a module constant: `?` in its id), or a module whose recording run failed.
 """
@@ -43,6 +45,7 @@ KEY = "CASSTORE_MUTATION_KEY"           # what a process works for: a test's nod
 EVERY = "*"
 FIXTURE = "fixture:"
 ITEM = "item\t"                         # a records line naming a collected test and its fixtures
+FAILED = "failed\t"                     # a records line naming a test that failed while recorded
 SITECUSTOMIZE = """\
 import os
 if os.environ.get("CASSTORE_MUTATION_COVERAGE"):     # the full mutation run's recording (tests/mutation/coverage.py)
@@ -143,6 +146,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             _recorder.write(f"{ITEM}{item.nodeid}\t{' '.join(names)}\n")
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if _recorder is not None and report.failed:
+        _recorder.write(f"{FAILED}{report.nodeid}\n")
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """A function behind a cache (functools.cache) runs for the first test that asks and is skipped
     for the others, which still depend on it: every test counts as reaching it."""
@@ -163,6 +171,8 @@ class Coverage:
     tests: list[str] = field(default_factory=list)                  # collected, in collection order
     fixtures: dict[str, set[str]] = field(default_factory=dict)     # test -> the fixtures it uses
     reached: dict[str, set[str]] = field(default_factory=dict)      # function -> keys that reached it
+    failed: set[str] = field(default_factory=set)    # tests that failed while recorded (a race under load):
+                                                     # what they reach is not known, so every mutant runs them
 
     def selection(self, function: str) -> list[str] | None:
         """The tests that reach `function`, in collection order; [] when none does; None when every
@@ -171,7 +181,7 @@ class Coverage:
             return None
         keys = self.reached.get(function, set())
         known = set(self.tests)
-        chosen: set[str] = set()
+        chosen: set[str] = set(self.failed)
         for key in keys:
             if key.startswith(FIXTURE):
                 name = key.removeprefix(FIXTURE)
@@ -190,6 +200,8 @@ def load(path: Path) -> Coverage:
             _tag, nodeid, names = line.split("\t", 2)
             coverage.tests.append(nodeid)
             coverage.fixtures[nodeid] = set(names.split())
+        elif line.startswith(FAILED):
+            coverage.failed.add(line.removeprefix(FAILED))
         elif line:
             key, function = line.rsplit("\t", 1)
             coverage.reached.setdefault(function, set()).add(key)

@@ -322,21 +322,24 @@ class Runner(Scratch):
     def record(self, module: str, limit: float = RECORD_LIMIT) -> tuple[coverage.Coverage | None, float]:
         """Which of the module's tests reach each of its functions (tests/mutation/coverage.py), from one
         run of its whole selection, unmutated, recorded in this process and every one it starts; None
-        when that run does not pass (then every mutant runs the whole selection). Also its CPU seconds."""
+        when that run breaks off (then every mutant runs the whole selection). Also its CPU seconds."""
         records = self.dir / f"coverage-{self.order.stem}.tsv"
-        records.unlink(missing_ok=True)
         self.select.unlink(missing_ok=True)
         site = self.dir / "sitecustomize.py"     # first on PYTHONPATH: every Python process the tests start
         site.write_text(coverage.SITECUSTOMIZE)
         env = {**self._env(), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", coverage.OUT: str(records),
                coverage.TARGET: str(self.dir / module), coverage.KEY: coverage.EVERY}
+        # the recorder is imported (by sitecustomize) before pytest could rewrite its asserts: it has none
         args = [*PYTEST, f"--basetemp={self.dir / ('tmp-' + self.order.stem)}", "-p", "_hypothesis_pytestplugin",
-                "-p", "pytest_timeout", "-p", "tests.mutation.coverage", "-rfE", *MODULES[module]]
+                "-p", "pytest_timeout", "-p", "tests.mutation.coverage",
+                "-W", "ignore::pytest.PytestAssertRewriteWarning", "-rfE", *MODULES[module]]
+        args = [arg for arg in args if arg != "-x"]   # every test recorded: one that fails is run for every mutant
+        records.unlink(missing_ok=True)
         try:
             code, out = self._pytest_process(args, env, limit)
         finally:
             site.unlink()
-        if code != 0:
+        if code not in (0, 1):      # not "some tests failed": interrupted, a collection error, past the limit
             (self.dir / f"coverage-{self.order.stem}.out").write_text(out)
             return None, self._cpu()
         return coverage.load(records), self._cpu()
@@ -366,11 +369,12 @@ def selections(module: str, runner: Runner, cache: Path | None) -> coverage.Cove
     started = time.monotonic()
     record, cpu = runner.record(module)
     if record is None:
-        print(f"{module}: the recording run did not pass ({runner.dir}/coverage-{runner.order.stem}.out); "
+        print(f"{module}: the recording run broke off ({runner.dir}/coverage-{runner.order.stem}.out); "
               "every mutant runs the whole selection", flush=True)
         return None
     reached = sum(1 for keys in record.reached.values() if keys)
-    print(f"{module}: coverage recorded, {len(record.tests)} tests, {reached} functions reached, "
+    failed = f" ({len(record.failed)} failed while recorded: run for every mutant)" if record.failed else ""
+    print(f"{module}: coverage recorded, {len(record.tests)} tests{failed}, {reached} functions reached, "
           f"{time.monotonic() - started:.0f} s wall, {cpu:.1f} s CPU", flush=True)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)

@@ -125,14 +125,13 @@ def test_nested():
 '''
 
 
-@pytest.fixture(scope="module")
-def record(tmp_path_factory: pytest.TempPathFactory) -> coverage.Coverage:
-    """The package's tests run once, recorded as the full run records a module's selection."""
-    tmp = tmp_path_factory.mktemp("recorded")
+def _recorded(tmp: Path, tests: str) -> tuple[int, coverage.Coverage]:
+    """The package's tests run once, recorded as the full run records a module's list: pytest's exit code
+    and the record."""
     (tmp / "pkg").mkdir()
     (tmp / "pkg" / "__init__.py").write_text("")
     (tmp / "pkg" / "mod.py").write_text(MODULE)
-    (tmp / "test_pkg.py").write_text(TESTS)
+    (tmp / "test_pkg.py").write_text(tests)
     (tmp / "sitecustomize.py").write_text(coverage.SITECUSTOMIZE)
     records = tmp / "records.tsv"
     env = {**os.environ, "PYTHONPATH": f"{tmp}{os.pathsep}{ROOT}", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
@@ -140,8 +139,14 @@ def record(tmp_path_factory: pytest.TempPathFactory) -> coverage.Coverage:
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
                            "tests.mutation.coverage", "-o", "addopts=", "--rootdir", str(tmp), "test_pkg.py"],
                           cwd=tmp, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return coverage.load(records)
+    return done.returncode, coverage.load(records)
+
+
+@pytest.fixture(scope="module")
+def record(tmp_path_factory: pytest.TempPathFactory) -> coverage.Coverage:
+    code, recorded = _recorded(tmp_path_factory.mktemp("recorded"), TESTS)
+    assert code == 0
+    return recorded
 
 
 def test_a_function_reached_only_by_a_test_runs_only_that_test(record: coverage.Coverage) -> None:
@@ -178,6 +183,14 @@ def test_what_runs_at_import_or_behind_a_cache_or_outside_functions_gets_every_t
     assert record.selection("at_import") is None      # its result is a module constant every test sees
     assert record.selection("cached") is None         # only the first caller runs it; the others read its result
     assert record.selection("?") is None              # a class attribute, a module constant
+
+
+def test_a_test_that_fails_while_recorded_runs_for_every_mutant(tmp_path: Path) -> None:
+    tests = "from pkg import mod\n\n\ndef test_direct():\n    mod.direct()\n\n\ndef test_racy():\n    assert False\n"
+    code, recorded = _recorded(tmp_path, tests)
+    assert code == 1
+    assert recorded.selection("direct") == ["test_pkg.py::test_direct", "test_pkg.py::test_racy"]
+    assert recorded.selection("never") == ["test_pkg.py::test_racy"]
 
 
 def test_only_the_selected_tests_run_and_the_killers_go_first(tmp_path: Path) -> None:
