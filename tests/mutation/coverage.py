@@ -196,9 +196,10 @@ class Coverage:
 def load(path: Path) -> Coverage:
     coverage = Coverage()
     for line in path.read_text().splitlines():
-        if line.startswith(ITEM):
+        if line.startswith(ITEM):      # several recording runs may append to one file: their union
             _tag, nodeid, names = line.split("\t", 2)
-            coverage.tests.append(nodeid)
+            if nodeid not in coverage.fixtures:
+                coverage.tests.append(nodeid)
             coverage.fixtures[nodeid] = set(names.split())
         elif line.startswith(FAILED):
             coverage.failed.add(line.removeprefix(FAILED))

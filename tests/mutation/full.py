@@ -103,7 +103,10 @@ CAUGHT = ("killed", "timeout")
 # plugin autoloading off: the quick tests need only these two, and start-up CPU halves
 PLUGINS = ["-p", "_hypothesis_pytestplugin", "-p", "pytest_timeout", "-p", "tests.mutation.order", "-rfE"]
 MIN_LIMIT, MAX_LIMIT = 60.0, 600.0
-RECORD_LIMIT = 3600.0       # the recording run: the whole selection once, slowed by the profile hook
+RECORD_LIMIT = 3600.0       # a recording run: the whole selection once, slowed by the profile hook
+# recording runs a module, their records joined: some paths depend on timing (the restorer defers a
+# directory only while its small files are still being written), so one run can miss a test's reach
+RECORDINGS = 2
 UNREACHED = "unreached: no test of the selection calls its function"    # a survivor's killer column
 COVERAGE_CACHE = Path(tempfile.gettempdir()) / "casstore-mutation-coverage"
 STOP = threading.Event()    # set by SIGINT or SIGTERM: the mutants in flight finish and are recorded, no more start
@@ -320,9 +323,9 @@ class Runner(Scratch):
                        str(reply["killer"]))
 
     def record(self, module: str, limit: float = RECORD_LIMIT) -> tuple[coverage.Coverage | None, float]:
-        """Which of the module's tests reach each of its functions (tests/mutation/coverage.py), from one
-        run of its whole selection, unmutated, recorded in this process and every one it starts; None
-        when that run breaks off (then every mutant runs the whole selection). Also its CPU seconds."""
+        """Which of the module's tests reach each of its functions (tests/mutation/coverage.py), from
+        RECORDINGS runs of its whole selection, unmutated, recorded in them and every process they start; None
+        when one breaks off (then every mutant runs the whole selection). Also their CPU seconds."""
         records = self.dir / f"coverage-{self.order.stem}.tsv"
         self.select.unlink(missing_ok=True)
         site = self.dir / "sitecustomize.py"     # first on PYTHONPATH: every Python process the tests start
@@ -335,14 +338,17 @@ class Runner(Scratch):
                 "-W", "ignore::pytest.PytestAssertRewriteWarning", "-rfE", *MODULES[module]]
         args = [arg for arg in args if arg != "-x"]   # every test recorded: one that fails is run for every mutant
         records.unlink(missing_ok=True)
+        cpu = 0.0
         try:
-            code, out = self._pytest_process(args, env, limit)
+            for _run in range(RECORDINGS):
+                code, out = self._pytest_process(args, env, limit)
+                cpu += self._cpu()
+                if code not in (0, 1):  # not "some tests failed": interrupted, a collection error, past the limit
+                    (self.dir / f"coverage-{self.order.stem}.out").write_text(out)
+                    return None, cpu
         finally:
             site.unlink()
-        if code not in (0, 1):      # not "some tests failed": interrupted, a collection error, past the limit
-            (self.dir / f"coverage-{self.order.stem}.out").write_text(out)
-            return None, self._cpu()
-        return coverage.load(records), self._cpu()
+        return coverage.load(records), cpu
 
     def _cpu(self) -> float:
         try:

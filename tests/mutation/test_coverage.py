@@ -207,3 +207,13 @@ def test_only_the_selected_tests_run_and_the_killers_go_first(tmp_path: Path) ->
     ran = [line.split(" ", 1)[0] for line in done.stdout.splitlines() if " PASSED" in line]
     assert ran == ["test_three.py::test_c", "test_three.py::test_a"]
     assert "1 deselected" in done.stdout
+
+
+def test_two_recordings_of_a_module_join_so_a_reach_seen_once_selects_its_test(tmp_path: Path) -> None:
+    # a timing-dependent path (reached by test_b in one run only) must still select test_b
+    one = f"{coverage.ITEM}t.py::test_a\t\n{coverage.ITEM}t.py::test_b\t\nt.py::test_a\tf\n"
+    two = f"{coverage.ITEM}t.py::test_a\t\n{coverage.ITEM}t.py::test_b\t\nt.py::test_a\tf\nt.py::test_b\tf\n"
+    (tmp_path / "records.tsv").write_text(one + two)
+    recorded = coverage.load(tmp_path / "records.tsv")
+    assert recorded.tests == ["t.py::test_a", "t.py::test_b"]
+    assert recorded.selection("f") == ["t.py::test_a", "t.py::test_b"]
