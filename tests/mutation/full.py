@@ -36,7 +36,7 @@ Run it from a frozen checkout (`git worktree add --detach`), with `--ledger-dir`
 tree that commits the ledgers.
 
 Per-mutant test selection (mutmut's rule; `--no-selection` turns it off): before a module's mutants,
-one recorded run of its whole selection, unmutated (tests/mutation/coverage.py), notes which tests
+recorded runs of its whole selection, unmutated (two, joined; tests/mutation/coverage.py), note which tests
 reach each of its functions, in the test process, its threads, the processes the tests start and
 their forks. A mutant then runs only the tests that reach its function (killers first, as before); a
 mutant whose function no test reaches is recorded `survived` at once, its killer column saying
