@@ -13,7 +13,7 @@ from casstore.format.config import DEFAULT_GRACE_SECONDS, RepoConfig
 from casstore.gc.run import GraceTooShort
 from casstore.remotes.local import LocalRemote
 from casstore.remotes.wrappers import CountingRemote, RemoteWrapper
-from tests.gc_helpers import GRACE, FakeClock, Writer, gc, new_memory_remote, remote_repo
+from tests.gc_helpers import GRACE, FakeClock, Writer, assert_restorable, gc, new_memory_remote, remote_repo
 
 
 @pytest.fixture
@@ -228,3 +228,44 @@ def test_a_writer_whose_freshly_indexed_packs_keep_vanishing_gives_up_loudly(tmp
     assert thief.indexes == MAX_RECHECKS + 1   # the late index, then one withdrawal a round
     assert len(thief.packs) > 0, "the session must have had packs left to lose"
     assert not list(remote.list("snapshots/"))
+
+
+@pytest.mark.parametrize(("stall", "expired"), [(GRACE / 4, False), (GRACE / 4 + 1, True)],
+                         ids=["exactly half a grace apart", "a second more"])
+def test_a_sync_whose_checkpoints_land_more_than_half_a_grace_period_apart_stops(tmp_path, clock, stall, expired):
+    """A checkpoint's index protects the session's packs for a grace period; gc may condemn a pack
+    a grace period after its last protection, so two checkpoints more than half a grace period apart
+    (by the storage's clock) end the session with SessionExpired, before anything relies on it.
+    Half a period apart exactly is still within the protocol. Either way a sync afterwards completes."""
+    from casstore.sync.copier import SessionExpired
+    from casstore.sync.transfer import sync_to_remote
+
+    clock.now = float(int(clock.now))   # whole seconds: the storage times below add up exactly
+    remote = new_memory_remote(clock)
+    writer = Writer(tmp_path / "a", "host-a", clock, big_mib=2)
+    writer.snapshot()
+    puts: list[float] = []
+
+    def hook(name: str) -> None:
+        if name == "before-index-put" and threading.current_thread() is threading.main_thread():
+            puts.append(clock.now)
+            if len(puts) == 3:    # the third checkpoint stalls: it lands `stall` later than it would
+                clock.advance(stall)
+
+    testhooks.set_pause_hook(hook)
+    try:
+        # each blob copied takes an eighth of the grace period: a checkpoint every two blobs
+        def run():
+            return sync_to_remote(writer.repo, remote, clock=clock, progress=lambda n: clock.advance(GRACE / 8))
+        if expired:
+            with pytest.raises(SessionExpired):
+                run()
+        else:
+            run()
+    finally:
+        testhooks.set_pause_hook(None)
+    assert len(puts) >= 3 + (not expired), "the upload must span several checkpoints"
+    assert len(list(remote.list("snapshots/"))) == (0 if expired else 1)
+    writer.sync(remote)
+    assert len(list(remote.list("snapshots/"))) == 1
+    assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")
