@@ -269,3 +269,122 @@ def test_a_sync_whose_checkpoints_land_more_than_half_a_grace_period_apart_stops
     writer.sync(remote)
     assert len(list(remote.list("snapshots/"))) == 1
     assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")
+
+
+@pytest.mark.parametrize("new_data", [False, True], ids=["nothing new", "new data"])
+@pytest.mark.parametrize(("delay", "confirms"), [(GRACE / 4, False), (GRACE / 4 + 1, True)],
+                         ids=["a quarter grace late", "a second more"])
+def test_a_snapshot_landing_over_a_quarter_grace_after_the_recheck_confirms_its_packs(tmp_path, clock, new_data,
+                                                                                      delay, confirms):
+    """After the re-check a writer commits at once; a snapshot that lands more than a quarter grace
+    period after it (a paused writer) may rely on packs gc condemned meanwhile, so the writer lists
+    data/ and confirms every pack; on time it lists nothing (design 8.4). Late is measured on the
+    storage's clock when the re-check knows the storage's time (it wrote an index: new data), else
+    on the writer's boot clock: here only the clock that decides moves."""
+    from casstore.sync.transfer import sync_to_remote
+
+    clock.now = float(int(clock.now))
+    boot = FakeClock()
+    boot.now = 1000.0
+    remote = new_memory_remote(clock)
+    writer = Writer(tmp_path / "a", "host-a", clock, big_mib=0)
+    writer.snapshot()
+    sync_to_remote(writer.repo, remote, clock=boot)
+    if new_data:
+        writer.edit(seed=3)
+    writer.snapshot()
+    counting = CountingRemote(remote)
+    listed: list[str] = []
+    original = counting._list
+    counting._list = lambda prefix: (listed.append(prefix), original(prefix))[1]
+    late_clock = clock if new_data else boot
+
+    def hook(name: str) -> None:
+        if name == "after-recheck":
+            late_clock.advance(delay)
+
+    testhooks.set_pause_hook(hook)
+    try:
+        report = sync_to_remote(writer.repo, counting, clock=boot)
+    finally:
+        testhooks.set_pause_hook(None)
+    assert len(report.snapshots) == 1 and (report.packs_uploaded > 0) == new_data
+    assert ("data/" in listed) == confirms, listed
+    assert report.rechecks == (1 if new_data else 0)
+    assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")
+
+
+@pytest.mark.parametrize("slow", ["between-listings", "gc/"], ids=["after listing", "listing answer"])
+@pytest.mark.parametrize(("age", "relists"), [(GRACE / 4 - 1, False), (GRACE / 4, True)],
+                         ids=["a second under a quarter grace", "a quarter grace"])
+def test_a_first_listing_younger_than_a_quarter_grace_is_the_recheck_and_an_older_one_is_redone(tmp_path, clock,
+                                                                                               slow, age, relists):
+    """A sync with nothing to upload commits on the listing of gc/ and index/ it started with, if
+    that is younger than a quarter grace period (design 8.4: a few requests); an older listing is
+    made again before the snapshot is committed. A listing's age counts from when it was sent, so
+    a slow answer counts too."""
+    from casstore.sync.transfer import sync_to_remote
+
+    boot = FakeClock()
+    boot.now = 1000.0
+    remote = new_memory_remote(clock)
+    writer = Writer(tmp_path / "a", "host-a", clock, big_mib=0)
+    writer.snapshot()
+    sync_to_remote(writer.repo, remote, clock=boot)
+    writer.snapshot()   # the same folder again: a new snapshot, no new blob
+    seen: list[str] = []
+
+    def hook(name: str) -> None:
+        seen.append(name)
+        if name == slow and seen.count(name) == 1:
+            boot.advance(age)    # the writer (or the storage's answer) is slow before the commit
+
+    original = remote._list
+
+    def listing(prefix: str):
+        hook(prefix)
+        return original(prefix)
+
+    remote._list = listing
+    testhooks.set_pause_hook(hook)
+    try:
+        report = sync_to_remote(writer.repo, remote, clock=boot)
+    finally:
+        testhooks.set_pause_hook(None)
+    assert len(report.snapshots) == 1 and report.packs_uploaded == 0
+    assert report.rechecks == (1 if relists else 0)
+
+
+def test_a_sync_of_two_snapshots_paused_after_its_first_put_relies_on_the_confirmations_listing(tmp_path, clock):
+    """Paused over half a grace period right after writing its first snapshot, the writer confirms
+    that snapshot's packs with a fresh listing (it landed late). The second snapshot's commit, due a
+    re-check, trusts that listing (made just now) instead of listing gc/ and index/ again."""
+    from casstore.sync.transfer import sync_to_remote
+
+    boot = FakeClock()
+    boot.now = 1000.0
+    remote = new_memory_remote(clock)
+    writer = Writer(tmp_path / "a", "host-a", clock, big_mib=0)
+    writer.snapshot()
+    sync_to_remote(writer.repo, remote, clock=boot)
+    writer.snapshot()
+    writer.snapshot()   # two new snapshots of the same folder: nothing to upload
+    seen: list[str] = []
+
+    def hook(name: str) -> None:
+        seen.append(name)
+        if name == "after-snapshot-put" and seen.count(name) == 1:
+            boot.advance(GRACE / 2 + 1)
+
+    counting = CountingRemote(remote)
+    listed: list[str] = []
+    original = counting._list
+    counting._list = lambda prefix: (listed.append(prefix), original(prefix))[1]
+    testhooks.set_pause_hook(hook)
+    try:
+        report = sync_to_remote(writer.repo, counting, clock=boot)
+    finally:
+        testhooks.set_pause_hook(None)
+    assert len(report.snapshots) == 2 and report.packs_uploaded == 0
+    assert listed.count("data/") == 1 and report.rechecks == 0, listed
+    assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")
