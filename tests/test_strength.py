@@ -343,6 +343,16 @@ def test_a_new_config_derives_min_and_max_from_the_average_chunk_size(avg, low, 
     assert (chunker["min_size"], chunker["avg_size"], chunker["max_size"]) == (low, avg or 1024 * 1024, high)
 
 
+@pytest.mark.parametrize("chain", [None, 0, 1, 64])
+def test_a_new_plain_repository_writes_deltas_up_to_its_chain_bound_and_it_reads_back(chain) -> None:
+    from casstore.format.config import DEFAULT_DELTA_CHAIN, RepoConfig
+
+    config = RepoConfig.new() if chain is None else RepoConfig.new(delta_chain=chain)
+    expected = DEFAULT_DELTA_CHAIN if chain is None else chain
+    assert config.delta_chain == expected
+    assert RepoConfig.decode(config.encode()).delta_chain == expected
+
+
 def test_a_repository_config_with_the_fixed_chunker_reads_back() -> None:
     from dataclasses import replace
 
