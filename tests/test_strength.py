@@ -353,6 +353,15 @@ def test_a_new_plain_repository_writes_deltas_up_to_its_chain_bound_and_it_reads
     assert RepoConfig.decode(config.encode()).delta_chain == expected
 
 
+def test_a_new_repository_takes_a_grace_period_down_to_the_minimum_and_not_below() -> None:
+    from casstore.errors import ConfigError
+    from casstore.format.config import MIN_GRACE_SECONDS, RepoConfig
+
+    assert RepoConfig.new(grace_seconds=MIN_GRACE_SECONDS).grace_seconds == MIN_GRACE_SECONDS
+    with pytest.raises(ConfigError, match="not safe for writers"):
+        RepoConfig.new(grace_seconds=MIN_GRACE_SECONDS - 0.5)
+
+
 def test_a_repository_config_with_the_fixed_chunker_reads_back() -> None:
     from dataclasses import replace
 
