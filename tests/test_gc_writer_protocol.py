@@ -271,6 +271,30 @@ def test_a_sync_whose_checkpoints_land_more_than_half_a_grace_period_apart_stops
     assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")
 
 
+def _synced_once(tmp_path, clock):
+    """A writer that synced one snapshot, and its boot clock: a FakeClock apart from the storage's."""
+    from casstore.sync.transfer import sync_to_remote
+
+    boot = FakeClock()
+    boot.now = 1000.0
+    remote = new_memory_remote(clock)
+    writer = Writer(tmp_path / "a", "host-a", clock, big_mib=0)
+    writer.snapshot()
+    sync_to_remote(writer.repo, remote, clock=boot)
+    return boot, remote, writer
+
+
+def _sync_paused(writer: Writer, remote, boot: FakeClock, hook):
+    """Sync the writer with `hook` called at every pause point, on its boot clock."""
+    from casstore.sync.transfer import sync_to_remote
+
+    testhooks.set_pause_hook(hook)
+    try:
+        return sync_to_remote(writer.repo, remote, clock=boot)
+    finally:
+        testhooks.set_pause_hook(None)
+
+
 @pytest.mark.parametrize("new_data", [False, True], ids=["nothing new", "new data"])
 @pytest.mark.parametrize(("delay", "confirms"), [(GRACE / 4, False), (GRACE / 4 + 1, True)],
                          ids=["a quarter grace late", "a second more"])
@@ -281,15 +305,9 @@ def test_a_snapshot_landing_over_a_quarter_grace_after_the_recheck_confirms_its_
     data/ and confirms every pack; on time it lists nothing (design 8.4). Late is measured on the
     storage's clock when the re-check knows the storage's time (it wrote an index: new data), else
     on the writer's boot clock: here only the clock that decides moves."""
-    from casstore.sync.transfer import sync_to_remote
 
     clock.now = float(int(clock.now))
-    boot = FakeClock()
-    boot.now = 1000.0
-    remote = new_memory_remote(clock)
-    writer = Writer(tmp_path / "a", "host-a", clock, big_mib=0)
-    writer.snapshot()
-    sync_to_remote(writer.repo, remote, clock=boot)
+    boot, remote, writer = _synced_once(tmp_path, clock)
     if new_data:
         writer.edit(seed=3)
     writer.snapshot()
@@ -303,11 +321,7 @@ def test_a_snapshot_landing_over_a_quarter_grace_after_the_recheck_confirms_its_
         if name == "after-recheck":
             late_clock.advance(delay)
 
-    testhooks.set_pause_hook(hook)
-    try:
-        report = sync_to_remote(writer.repo, counting, clock=boot)
-    finally:
-        testhooks.set_pause_hook(None)
+    report = _sync_paused(writer, counting, boot, hook)
     assert len(report.snapshots) == 1 and (report.packs_uploaded > 0) == new_data
     assert ("data/" in listed) == confirms, listed
     assert report.rechecks == (1 if new_data else 0)
@@ -323,14 +337,8 @@ def test_a_first_listing_younger_than_a_quarter_grace_is_the_recheck_and_an_olde
     that is younger than a quarter grace period (design 8.4: a few requests); an older listing is
     made again before the snapshot is committed. A listing's age counts from when it was sent, so
     a slow answer counts too."""
-    from casstore.sync.transfer import sync_to_remote
 
-    boot = FakeClock()
-    boot.now = 1000.0
-    remote = new_memory_remote(clock)
-    writer = Writer(tmp_path / "a", "host-a", clock, big_mib=0)
-    writer.snapshot()
-    sync_to_remote(writer.repo, remote, clock=boot)
+    boot, remote, writer = _synced_once(tmp_path, clock)
     writer.snapshot()   # the same folder again: a new snapshot, no new blob
     seen: list[str] = []
 
@@ -346,11 +354,7 @@ def test_a_first_listing_younger_than_a_quarter_grace_is_the_recheck_and_an_olde
         return original(prefix)
 
     remote._list = listing
-    testhooks.set_pause_hook(hook)
-    try:
-        report = sync_to_remote(writer.repo, remote, clock=boot)
-    finally:
-        testhooks.set_pause_hook(None)
+    report = _sync_paused(writer, remote, boot, hook)
     assert len(report.snapshots) == 1 and report.packs_uploaded == 0
     assert report.rechecks == (1 if relists else 0)
 
@@ -359,14 +363,8 @@ def test_a_sync_of_two_snapshots_paused_after_its_first_put_relies_on_the_confir
     """Paused over half a grace period right after writing its first snapshot, the writer confirms
     that snapshot's packs with a fresh listing (it landed late). The second snapshot's commit, due a
     re-check, trusts that listing (made just now) instead of listing gc/ and index/ again."""
-    from casstore.sync.transfer import sync_to_remote
 
-    boot = FakeClock()
-    boot.now = 1000.0
-    remote = new_memory_remote(clock)
-    writer = Writer(tmp_path / "a", "host-a", clock, big_mib=0)
-    writer.snapshot()
-    sync_to_remote(writer.repo, remote, clock=boot)
+    boot, remote, writer = _synced_once(tmp_path, clock)
     writer.snapshot()
     writer.snapshot()   # two new snapshots of the same folder: nothing to upload
     seen: list[str] = []
@@ -380,11 +378,7 @@ def test_a_sync_of_two_snapshots_paused_after_its_first_put_relies_on_the_confir
     listed: list[str] = []
     original = counting._list
     counting._list = lambda prefix: (listed.append(prefix), original(prefix))[1]
-    testhooks.set_pause_hook(hook)
-    try:
-        report = sync_to_remote(writer.repo, counting, clock=boot)
-    finally:
-        testhooks.set_pause_hook(None)
+    report = _sync_paused(writer, counting, boot, hook)
     assert len(report.snapshots) == 2 and report.packs_uploaded == 0
     assert listed.count("data/") == 1 and report.rechecks == 0, listed
     assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")
