@@ -382,3 +382,26 @@ def test_a_sync_of_two_snapshots_paused_after_its_first_put_relies_on_the_confir
     assert len(report.snapshots) == 2 and report.packs_uploaded == 0
     assert listed.count("data/") == 1 and report.rechecks == 0, listed
     assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")
+
+
+def test_a_session_pack_lost_a_quarter_grace_after_the_last_index_is_found_before_an_index_names_it(tmp_path,
+                                                                                                     clock):
+    """Within a quarter grace period of the session's last index (or its start) no pack of it can have
+    been condemned, so the writer trusts the plans it knows; from a quarter on it stats every pack
+    before an index names it. A pack lost right at that edge is found and uploaded again: the
+    snapshot committed after it restores."""
+    boot = FakeClock()
+    remote = new_memory_remote(clock)
+    writer = Writer(tmp_path / "a", "host-a", clock, big_mib=0)
+    writer.snapshot()
+    lost: list[str] = []
+
+    def hook(name: str) -> None:
+        if name == "after-pack-upload" and not lost:
+            boot.advance(GRACE / 4)
+            lost.append(next(iter(remote.list("data/"))).key)
+            remote.delete(lost[0])
+
+    report = _sync_paused(writer, remote, boot, hook)
+    assert lost and report.reuploaded_blobs > 0
+    assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")
