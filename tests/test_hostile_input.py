@@ -461,8 +461,10 @@ def test_a_config_outside_the_formats_ranges_is_refused(changes):
 
 @pytest.mark.parametrize("changes", [
     {"compression": {"delta": 0}}, {"compression": {"delta": 64}}, {"chunker": {"max_size": 64 * MiB}},
-    {"pack_size": 1024 * MiB}, {"pack_size": 4 * 1024},
-], ids=["delta 0", "delta 64", "max_size at range", "pack_size at max", "pack_size at min"])
+    {"pack_size": 1024 * MiB}, {"pack_size": 4 * 1024}, {"compression": {"level": -(1 << 17)}},
+    {"compression": {"level": 22}}, {"grace_seconds": 10},
+], ids=["delta 0", "delta 64", "max_size at range", "pack_size at max", "pack_size at min", "level at min",
+        "level at max", "grace at min"])
 def test_a_config_at_the_edges_of_the_formats_ranges_reads_back(changes):
     body = _config_with(**changes)
     assert RepoConfig.decode(body).encode() == body
