@@ -13,7 +13,7 @@ from casstore.format.config import DEFAULT_GRACE_SECONDS, RepoConfig
 from casstore.gc.run import GraceTooShort
 from casstore.remotes.local import LocalRemote
 from casstore.remotes.wrappers import CountingRemote, RemoteWrapper
-from tests.gc_helpers import GRACE, FakeClock, Writer, gc, new_memory_remote, remote_repo
+from tests.gc_helpers import GRACE, FakeClock, Writer, assert_restorable, gc, new_memory_remote, remote_repo
 
 
 @pytest.fixture
@@ -228,3 +228,180 @@ def test_a_writer_whose_freshly_indexed_packs_keep_vanishing_gives_up_loudly(tmp
     assert thief.indexes == MAX_RECHECKS + 1   # the late index, then one withdrawal a round
     assert len(thief.packs) > 0, "the session must have had packs left to lose"
     assert not list(remote.list("snapshots/"))
+
+
+@pytest.mark.parametrize(("stall", "expired"), [(GRACE / 4, False), (GRACE / 4 + 1, True)],
+                         ids=["exactly half a grace apart", "a second more"])
+def test_a_sync_whose_checkpoints_land_more_than_half_a_grace_period_apart_stops(tmp_path, clock, stall, expired):
+    """A checkpoint's index protects the session's packs for a grace period; gc may condemn a pack
+    a grace period after its last protection, so two checkpoints more than half a grace period apart
+    (by the storage's clock) end the session with SessionExpired, before anything relies on it.
+    Half a period apart exactly is still within the protocol. Either way a sync afterwards completes."""
+    from casstore.sync.copier import SessionExpired
+    from casstore.sync.transfer import sync_to_remote
+
+    clock.now = float(int(clock.now))   # whole seconds: the storage times below add up exactly
+    remote = new_memory_remote(clock)
+    writer = Writer(tmp_path / "a", "host-a", clock, big_mib=2)
+    writer.snapshot()
+    puts: list[float] = []
+
+    def hook(name: str) -> None:
+        if name == "before-index-put" and threading.current_thread() is threading.main_thread():
+            puts.append(clock.now)
+            if len(puts) == 3:    # the third checkpoint stalls: it lands `stall` later than it would
+                clock.advance(stall)
+
+    testhooks.set_pause_hook(hook)
+    try:
+        # each blob copied takes an eighth of the grace period: a checkpoint every two blobs
+        def run():
+            return sync_to_remote(writer.repo, remote, clock=clock, progress=lambda n: clock.advance(GRACE / 8))
+        if expired:
+            with pytest.raises(SessionExpired):
+                run()
+        else:
+            run()
+    finally:
+        testhooks.set_pause_hook(None)
+    assert len(puts) >= 3 + (not expired), "the upload must span several checkpoints"
+    assert len(list(remote.list("snapshots/"))) == (0 if expired else 1)
+    writer.sync(remote)
+    assert len(list(remote.list("snapshots/"))) == 1
+    assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")
+
+
+def _synced_once(tmp_path, clock):
+    """A writer that synced one snapshot, and its boot clock: a FakeClock apart from the storage's."""
+    from casstore.sync.transfer import sync_to_remote
+
+    boot = FakeClock()
+    boot.now = 1000.0
+    remote = new_memory_remote(clock)
+    writer = Writer(tmp_path / "a", "host-a", clock, big_mib=0)
+    writer.snapshot()
+    sync_to_remote(writer.repo, remote, clock=boot)
+    return boot, remote, writer
+
+
+def _sync_paused(writer: Writer, remote, boot: FakeClock, hook):
+    """Sync the writer with `hook` called at every pause point, on its boot clock."""
+    from casstore.sync.transfer import sync_to_remote
+
+    testhooks.set_pause_hook(hook)
+    try:
+        return sync_to_remote(writer.repo, remote, clock=boot)
+    finally:
+        testhooks.set_pause_hook(None)
+
+
+@pytest.mark.parametrize("new_data", [False, True], ids=["nothing new", "new data"])
+@pytest.mark.parametrize(("delay", "confirms"), [(GRACE / 4, False), (GRACE / 4 + 1, True)],
+                         ids=["a quarter grace late", "a second more"])
+def test_a_snapshot_landing_over_a_quarter_grace_after_the_recheck_confirms_its_packs(tmp_path, clock, new_data,
+                                                                                      delay, confirms):
+    """After the re-check a writer commits at once; a snapshot that lands more than a quarter grace
+    period after it (a paused writer) may rely on packs gc condemned meanwhile, so the writer lists
+    data/ and confirms every pack; on time it lists nothing (design 8.4). Late is measured on the
+    storage's clock when the re-check knows the storage's time (it wrote an index: new data), else
+    on the writer's boot clock: here only the clock that decides moves."""
+
+    clock.now = float(int(clock.now))
+    boot, remote, writer = _synced_once(tmp_path, clock)
+    if new_data:
+        writer.edit(seed=3)
+    writer.snapshot()
+    counting = CountingRemote(remote)
+    listed: list[str] = []
+    original = counting._list
+    counting._list = lambda prefix: (listed.append(prefix), original(prefix))[1]
+    late_clock = clock if new_data else boot
+
+    def hook(name: str) -> None:
+        if name == "after-recheck":
+            late_clock.advance(delay)
+
+    report = _sync_paused(writer, counting, boot, hook)
+    assert len(report.snapshots) == 1 and (report.packs_uploaded > 0) == new_data
+    assert ("data/" in listed) == confirms, listed
+    assert report.rechecks == (1 if new_data else 0)
+    assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")
+
+
+@pytest.mark.parametrize("slow", ["between-listings", "gc/"], ids=["after listing", "listing answer"])
+@pytest.mark.parametrize(("age", "relists"), [(GRACE / 4 - 1, False), (GRACE / 4, True)],
+                         ids=["a second under a quarter grace", "a quarter grace"])
+def test_a_first_listing_younger_than_a_quarter_grace_is_the_recheck_and_an_older_one_is_redone(tmp_path, clock,
+                                                                                               slow, age, relists):
+    """A sync with nothing to upload commits on the listing of gc/ and index/ it started with, if
+    that is younger than a quarter grace period (design 8.4: a few requests); an older listing is
+    made again before the snapshot is committed. A listing's age counts from when it was sent, so
+    a slow answer counts too."""
+
+    boot, remote, writer = _synced_once(tmp_path, clock)
+    writer.snapshot()   # the same folder again: a new snapshot, no new blob
+    seen: list[str] = []
+
+    def hook(name: str) -> None:
+        seen.append(name)
+        if name == slow and seen.count(name) == 1:
+            boot.advance(age)    # the writer (or the storage's answer) is slow before the commit
+
+    original = remote._list
+
+    def listing(prefix: str):
+        hook(prefix)
+        return original(prefix)
+
+    remote._list = listing
+    report = _sync_paused(writer, remote, boot, hook)
+    assert len(report.snapshots) == 1 and report.packs_uploaded == 0
+    assert report.rechecks == (1 if relists else 0)
+
+
+def test_a_sync_of_two_snapshots_paused_after_its_first_put_relies_on_the_confirmations_listing(tmp_path, clock):
+    """Paused over half a grace period right after writing its first snapshot, the writer confirms
+    that snapshot's packs with a fresh listing (it landed late). The second snapshot's commit, due a
+    re-check, trusts that listing (made just now) instead of listing gc/ and index/ again."""
+
+    boot, remote, writer = _synced_once(tmp_path, clock)
+    writer.snapshot()
+    writer.snapshot()   # two new snapshots of the same folder: nothing to upload
+    seen: list[str] = []
+
+    def hook(name: str) -> None:
+        seen.append(name)
+        if name == "after-snapshot-put" and seen.count(name) == 1:
+            boot.advance(GRACE / 2 + 1)
+
+    counting = CountingRemote(remote)
+    listed: list[str] = []
+    original = counting._list
+    counting._list = lambda prefix: (listed.append(prefix), original(prefix))[1]
+    report = _sync_paused(writer, counting, boot, hook)
+    assert len(report.snapshots) == 2 and report.packs_uploaded == 0
+    assert listed.count("data/") == 1 and report.rechecks == 0, listed
+    assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")
+
+
+def test_a_session_pack_lost_a_quarter_grace_after_the_last_index_is_found_before_an_index_names_it(tmp_path,
+                                                                                                     clock):
+    """Within a quarter grace period of the session's last index (or its start) no pack of it can have
+    been condemned, so the writer trusts the plans it knows; from a quarter on it stats every pack
+    before an index names it. A pack lost right at that edge is found and uploaded again: the
+    snapshot committed after it restores."""
+    boot = FakeClock()
+    remote = new_memory_remote(clock)
+    writer = Writer(tmp_path / "a", "host-a", clock, big_mib=0)
+    writer.snapshot()
+    lost: list[str] = []
+
+    def hook(name: str) -> None:
+        if name == "after-pack-upload" and not lost:
+            boot.advance(GRACE / 4)
+            lost.append(next(iter(remote.list("data/"))).key)
+            remote.delete(lost[0])
+
+    report = _sync_paused(writer, remote, boot, hook)
+    assert lost and report.reuploaded_blobs > 0
+    assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")

@@ -19,8 +19,8 @@ import zstandard
 
 from casstore.errors import CasstoreError, DowngradeError, FormatError, IntegrityError
 from casstore.format import codec
-from casstore.format.config import RepoConfig
-from casstore.format.crypto import MasterKey
+from casstore.format.config import RepoConfig, encryption_domain
+from casstore.format.crypto import SCHEME, MasterKey
 from casstore.format.index import IndexObject, decode_index
 from casstore.format.pack import KIND_DATA, KIND_TREE, MAGIC, PackBuilder, parse_header, verify_pack_id
 from casstore.format.plan import decode_plan
@@ -439,6 +439,45 @@ def test_corrupt_config_is_one_line_error(tmp_path, body):
         RepoConfig.decode(body)
     (tmp_path / ".casstore" / "config").write_bytes(body)
     assert_one_line_error(run("list", expect=None), "repository")
+
+
+def _config_with(**changes) -> bytes:
+    """A plain repository config as stored, with fields (or, for `chunker`/`compression`, keys) changed."""
+    doc = msgpack.unpackb(RepoConfig.new(avg_size=64 * 1024).encode())
+    for name, value in changes.items():
+        doc[name] = {**doc[name], **value} if isinstance(value, dict) else value
+    return msgpack.packb(doc)
+
+
+@pytest.mark.parametrize("changes", [
+    {"compression": {"algorithm": "lz4"}}, {"compression": {"delta": 65}}, {"compression": {"delta": -1}},
+    {"compression": {"delta": "4"}}, {"chunker": {"max_size": 64 * MiB + 1}},
+    {"chunker": {"max_size": 32 * 1024}}, {"pack_size": 1024 * MiB + 1}, {"pack_size": 4 * 1024 - 1},
+], ids=["compression lz4", "delta 65", "delta -1", "delta str", "max_size over range", "max_size below avg",
+        "pack_size over range", "pack_size under range"])
+def test_a_config_outside_the_formats_ranges_is_refused(changes):
+    _bounded(lambda: RepoConfig.decode(_config_with(**changes)), FormatError)
+
+
+@pytest.mark.parametrize("changes", [
+    {"compression": {"delta": 0}}, {"compression": {"delta": 64}}, {"chunker": {"max_size": 64 * MiB}},
+    {"pack_size": 1024 * MiB}, {"pack_size": 4 * 1024}, {"compression": {"level": -(1 << 17)}},
+    {"compression": {"level": 22}}, {"grace_seconds": 10},
+], ids=["delta 0", "delta 64", "max_size at range", "pack_size at max", "pack_size at min", "level at min",
+        "level at max", "grace at min"])
+def test_a_config_at_the_edges_of_the_formats_ranges_reads_back(changes):
+    body = _config_with(**changes)
+    assert RepoConfig.decode(body).encode() == body
+
+
+@pytest.mark.parametrize("encryption", [
+    {"scheme": "xchacha-v9", "domain": "ab" * 16}, {"scheme": "xchacha-v9"}, ["scheme"],
+    {"scheme": SCHEME, "domain": "AB" * 16}, {"scheme": SCHEME, "domain": "ab" * 15},
+], ids=["unknown scheme", "unknown scheme no domain", "a list", "domain upper case", "domain short"])
+def test_an_encrypted_config_of_an_unknown_scheme_or_bad_domain_is_refused_before_unlocking(encryption):
+    body = msgpack.packb({"version": 1, "id": "ab" * 16, "encryption": encryption})
+    _bounded(lambda: encryption_domain(body), FormatError)
+    _bounded(lambda: RepoConfig.decode(body), FormatError)
 
 
 # -- hostile objects stored in a repository ----------------------------------------------------

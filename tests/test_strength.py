@@ -331,6 +331,37 @@ def test_a_new_config_with_chunk_sizes_out_of_order_is_refused_at_creation() -> 
     assert RepoConfig.new(min_size=64 * 1024, avg_size=64 * 1024, max_size=64 * 1024).chunker["max_size"] == 65536
 
 
+@pytest.mark.parametrize(("avg", "low", "high"), [
+    (None, 256 * 1024, 8 * 1024 * 1024), (64 * 1024, 16 * 1024, 512 * 1024), (256, 64, 2048),
+    (255 * 4, 255, 8160), (4 * 1024 * 1024, 1024 * 1024, 16 * 1024 * 1024),
+], ids=["default", "avg 64K", "avg 256: min floor 64", "avg 1020", "avg 4M: max capped at 16M"])
+def test_a_new_config_derives_min_and_max_from_the_average_chunk_size(avg, low, high) -> None:
+    """Only --chunk-avg given: min is a quarter of it (at least 64), max eight times (at most 16 MiB)."""
+    from casstore.format.config import RepoConfig
+
+    chunker = RepoConfig.new(avg_size=avg).chunker
+    assert (chunker["min_size"], chunker["avg_size"], chunker["max_size"]) == (low, avg or 1024 * 1024, high)
+
+
+@pytest.mark.parametrize("chain", [None, 0, 1, 64])
+def test_a_new_plain_repository_writes_deltas_up_to_its_chain_bound_and_it_reads_back(chain) -> None:
+    from casstore.format.config import DEFAULT_DELTA_CHAIN, RepoConfig
+
+    config = RepoConfig.new() if chain is None else RepoConfig.new(delta_chain=chain)
+    expected = DEFAULT_DELTA_CHAIN if chain is None else chain
+    assert config.delta_chain == expected
+    assert RepoConfig.decode(config.encode()).delta_chain == expected
+
+
+def test_a_new_repository_takes_a_grace_period_down_to_the_minimum_and_not_below() -> None:
+    from casstore.errors import ConfigError
+    from casstore.format.config import MIN_GRACE_SECONDS, RepoConfig
+
+    assert RepoConfig.new(grace_seconds=MIN_GRACE_SECONDS).grace_seconds == MIN_GRACE_SECONDS
+    with pytest.raises(ConfigError, match="not safe for writers"):
+        RepoConfig.new(grace_seconds=MIN_GRACE_SECONDS - 0.5)
+
+
 def test_a_repository_config_with_the_fixed_chunker_reads_back() -> None:
     from dataclasses import replace
 
