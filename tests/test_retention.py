@@ -195,6 +195,7 @@ def test_forget_json_reports_each_decision_with_its_snapshot_and_reasons(tmp_pat
     """The JSON a script reads from `forget --json`: per group, each kept and removed snapshot."""
     repo = _repo_with_hosts(tmp_path)
     data = cli_json("forget", "--repo", repo.local_dir, "--keep-last", "1", "--dry-run", "--json")
+    assert set(data) == {"location", "policy", "dry_run", "groups", "removed", "kept", "gc"}
     assert data["dry_run"] is True and data["removed"] == [] and data["kept"] == 1
     (group,) = data["groups"]
     assert set(group) == {"host", "source", "keep", "remove"}
