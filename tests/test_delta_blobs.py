@@ -482,8 +482,8 @@ def test_a_delta_envelope_too_short_for_its_base_id_or_frame_is_refused_saying_s
     assert str(no_frame.value) == "delta blob too short"
 
 
-# python-zstandard alone finds only 70% of the runs of a 3 MiB base at level 9 (917 KiB), and 80% of
-# a 5 MiB one at level 3 (1 MiB): its tables index too little of a large dictionary, where libzstd's
+# python-zstandard alone finds only 70% of the runs of a 3 MiB base at level 9 (917,747 bytes), and 80% of
+# a 5 MiB one at level 3 (1,048,994 bytes): its tables index too little of a large dictionary, where libzstd's
 # long-distance matching finds them all
 @pytest.mark.parametrize("level, native, mib", [(3, True, 5), (9, True, 5), (3, False, 3)])
 def test_a_delta_finds_runs_a_whole_large_base_back(level, native, mib, monkeypatch):
