@@ -92,6 +92,7 @@ def test_policies_from_mappings_and_settings():
     assert RetentionPolicy.coerce({"within": "30d", "keep_tag": "x"}) == RetentionPolicy(within=30 * 86400,
                                                                                       tags=("x",))
     assert RetentionPolicy.coerce({"keep_tag": ["x", "y"]}) == RetentionPolicy(tags=("x", "y"))
+    assert RetentionPolicy.coerce({"within": 3600}) == RetentionPolicy(within=3600.0)
     with pytest.raises(ConfigError):
         RetentionPolicy.coerce({"keep_everything": 1})
     assert policy_from_settings(load_settings({"keep_last": 30})) == RetentionPolicy(last=30)
@@ -214,6 +215,14 @@ def test_forget_by_id_reports_where_it_forgot_and_names_an_unknown_id_and_where_
     repo = _repo_with_hosts(tmp_path)
     target = sorted(s.id for s in repo.all_snapshots())[0]
     assert forget_snapshots([repo], [target[:12]], dry_run=True) == {target: [repo.location]}
+    assert target in {s.id for s in repo.all_snapshots()}            # a dry run forgets nothing
+    assert forget_snapshots([repo], [target]) == {target: [repo.location]}
+    assert target not in {s.id for s in repo.all_snapshots()}
     with pytest.raises(SnapshotNotFound) as unknown:
         forget_snapshots([repo], ["deadbeef"], dry_run=True)
     assert str(unknown.value) == f"no snapshot with id deadbeef in {repo.location}"
+
+
+def test_monthly_buckets_tell_the_same_month_of_different_centuries_apart():
+    s = [snap(datetime(1926, 1, 5, tzinfo=UTC)), snap(datetime(2026, 1, 5, tzinfo=UTC))]
+    assert set(kept(s, monthly=2)) == {s[0].id, s[1].id}
