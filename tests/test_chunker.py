@@ -126,13 +126,33 @@ def test_params_roundtrip_and_seed_changes_cuts():
     assert [len(p) for p in other.chunks(io.BytesIO(GOLDEN_DATA))] != cuts
 
 
-@pytest.mark.parametrize("max_size", [1 * KiB, 2 * KiB, 3 * KiB])
-def test_a_stretch_with_no_cut_point_is_cut_at_exactly_the_configured_max_size(tmp_path, max_size):
+# (128, 512, 1 KiB): max = 2 x avg, so the file cutter's blocks (max + 2 x avg) end exactly on a
+# forced cut, and the next block starts with no carried-over tail
+@pytest.mark.parametrize("min_size, avg_size, max_size", [(64, 256, 1 * KiB), (64, 256, 2 * KiB), (64, 256, 3 * KiB),
+                                                          (128, 512, 1 * KiB)])
+def test_a_stretch_with_no_cut_point_is_cut_at_exactly_the_configured_max_size(tmp_path, min_size, avg_size,
+                                                                                max_size):
     data = bytes(50 * KiB)        # one repeated byte: no content-defined cut inside max_size
-    chunker = FastCDCChunker(64, 256, max_size, seed=SEED)
+    chunker = FastCDCChunker(min_size, avg_size, max_size, seed=SEED)
     for pieces in ([bytes(p) for p in chunker.chunks(io.BytesIO(data))], _fd_cuts(chunker, data, tmp_path)):
         assert b"".join(pieces) == data
         assert [len(p) for p in pieces[:-1]] == [max_size] * (len(pieces) - 1)
+
+
+def test_the_recorded_params_are_the_fields_design_md_names():
+    # the repository config records them (DESIGN.md, config): a renamed key is a format change
+    assert FastCDCChunker(16 * KiB, 64 * KiB, 512 * KiB, seed=SEED).params() == {
+        "algorithm": "fastcdc-2020", "min_size": 16 * KiB, "avg_size": 64 * KiB, "max_size": 512 * KiB,
+        "normalization": 1, "seed": SEED}
+
+
+def test_a_seed_outside_1_to_2_63_minus_1_is_refused_with_one_clear_error():
+    for seed in (1, 2**63 - 1):
+        assert FastCDCChunker(64, 256, 1 * KiB, seed=seed).params()["seed"] == seed
+    for seed in (0, -1, 2**63):
+        with pytest.raises(ValueError) as refused:
+            FastCDCChunker(64, 256, 1 * KiB, seed=seed)
+        assert str(refused.value) == "the chunker seed must be in 1 .. 2**63-1"
 
 
 def test_the_chunker_is_rebuilt_from_its_recorded_params_and_an_unknown_one_is_refused():
@@ -201,3 +221,54 @@ def test_the_configured_minimum_chunk_size_is_the_one_cut_to(tmp_path, min_size)
     assert min(lengths[:-1]) >= min_size
     if min_size < 16 * KiB:
         assert min(lengths[:-1]) < 16 * KiB
+
+
+@pytest.mark.parametrize("read_ahead", [None, 100 * KiB, 1 * MiB])
+def test_read_ahead_hints_the_bytes_beyond_each_read_once_and_never_changes_the_cuts(tmp_path, monkeypatch,
+                                                                                      read_ahead):
+    """With `read_ahead`, after each read the kernel is asked for the `read_ahead` bytes past the
+    read position, each byte once (a hint starts where the last one ended, or at the read position
+    when that is further); without it, nothing is hinted. The cutting starts at the file's offset."""
+    sizes = (16 * KiB, 64 * KiB, 512 * KiB)           # blocks of 640 KiB: several for 3 MiB
+    data = random.Random(11).randbytes(3 * MiB + 5)
+    start = 1000
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    events: list[tuple] = []
+    real_readv = os.readv
+
+    def readv(fd, buffers):
+        n = real_readv(fd, buffers)
+        events.append(("read", os.lseek(fd, 0, os.SEEK_CUR)))
+        return n
+
+    monkeypatch.setattr(os, "readv", readv)
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, advice:
+                        events.append(("hint", fd, offset, offset + length, advice)))
+    chunker = FastCDCChunker(*sizes, seed=SEED)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.lseek(fd, start, os.SEEK_SET)
+        pieces = [bytes(p) for p in (chunker.chunks_of_fd(fd) if read_ahead is None
+                                     else chunker.chunks_of_fd(fd, read_ahead=read_ahead))]
+    finally:
+        os.close(fd)
+    assert pieces == [bytes(p) for p in chunker.chunks(io.BytesIO(data[start:]))]
+    hints = [e for e in events if e[0] == "hint"]
+    if read_ahead is None:
+        assert hints == []
+        return
+    # the bytes past the first block are asked for before the second block is read, not at the end
+    assert events[0][0] == "read" and events[1][0] == "hint"
+    read_to, hinted_to = start, start
+    for event in events:
+        if event[0] == "read":
+            read_to = event[1]
+            continue
+        _, hint_fd, begin, end, advice = event
+        assert (hint_fd, advice) == (fd, os.POSIX_FADV_WILLNEED)
+        assert (begin, end) == (max(read_to, hinted_to), read_to + read_ahead)
+        assert read_to < len(data)      # only after a read that did not reach the end
+        hinted_to = end
+    if read_ahead >= sizes[2] + 2 * sizes[1]:   # past a whole block: everything after the first read is hinted
+        assert hinted_to >= len(data)

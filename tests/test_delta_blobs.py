@@ -12,9 +12,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from casstore.client import Repository
-from casstore.errors import IntegrityError
+from casstore.errors import FormatError, IntegrityError
 from casstore.format import codec, delta, layout
 from casstore.format.config import RepoConfig
 from casstore.format.index import MasterIndex
@@ -403,3 +404,105 @@ def test_snapshots_without_libzstd_store_deltas_that_read_back(tmp_path, without
     _versions(repo, source, 3)
     assert _deltas(repo)
     assert _restored(repo, "latest", tmp_path / "out") == (source / "table.json").read_bytes()
+
+
+def _libzstd(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deltas made and read through libzstd (native) or python-zstandard alone."""
+    if not native:
+        monkeypatch.setattr(delta.zstdprefix, "native", lambda: None)
+    elif delta.zstdprefix.native() is None:
+        pytest.skip("no libzstd on this machine")
+
+
+@pytest.mark.parametrize("level, native", [(3, True), (3, False), (9, False)])
+def test_check_finds_a_delta_frame_of_the_wrong_size_or_corrupt_without_its_base(level, native, monkeypatch):
+    _libzstd(native, monkeypatch)
+    base, data = _edited_table()
+    envelope = b"".join(delta.encode_parts(data, level, codec.blob_id(base), base))
+    delta.check_frame(envelope, len(data))                  # a sound frame declares its size
+    with pytest.raises(IntegrityError) as wrong:
+        delta.check_frame(envelope, len(data) + 1)
+    assert str(wrong.value) == f"delta frame declares {len(data)} bytes, index says {len(data) + 1}"
+    with pytest.raises(IntegrityError) as corrupt:
+        delta.check_frame(envelope[:1 + delta.ID_LENGTH] + b"not a zstd frame", len(data))
+    assert str(corrupt.value).startswith("corrupt delta blob: ") and len(str(corrupt.value)) > 20
+
+
+def _unsized_frame(data: bytes, base: bytes, **params) -> bytes:
+    """A frame against `base` as any zstd writer may make it: no declared size (streamed)."""
+    dictionary = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    if "compression_params" not in params:
+        params["write_content_size"] = False
+    compressor = zstandard.ZstdCompressor(dict_data=dictionary, **params).compressobj()
+    return compressor.compress(data) + compressor.flush()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_delta_frame_error_says_what_is_wrong_and_an_unsized_frame_decodes_within_the_raw_length(native,
+                                                                                                  monkeypatch):
+    _libzstd(native, monkeypatch)
+    base, data = _edited_table()
+    frame = delta.encode_parts(data, 3, codec.blob_id(base), base)[1]
+    with pytest.raises(IntegrityError) as declared:
+        delta.decode_frame(frame, len(data) + 1, base)
+    assert str(declared.value) == f"zstd frame declares {len(data)} bytes, index says {len(data) + 1}"
+    with pytest.raises(IntegrityError) as corrupt:
+        delta.decode_frame(b"\x28\xb5\x2f\xfd" + bytes(40), len(data), base)
+    assert str(corrupt.value).startswith("corrupt delta blob: ") and len(str(corrupt.value)) > 20
+    unsized = _unsized_frame(data, base)
+    assert zstandard.get_frame_parameters(unsized).content_size == zstandard.CONTENTSIZE_UNKNOWN
+    assert delta.decode_frame(unsized, len(data), base) == data
+    with pytest.raises(IntegrityError) as longer:
+        delta.decode_frame(unsized, len(data) + 1, base)
+    if not native:      # libzstd refuses a short output itself ("corrupt delta blob: ...")
+        assert str(longer.value) == f"delta blob decodes to {len(data)} bytes, index says {len(data) + 1}"
+
+
+def test_without_libzstd_a_frame_that_asks_for_a_window_past_2_27_is_refused(without_libzstd):
+    """python-zstandard streams a frame without a declared size through a window of the size the
+    frame asks for: a hostile 2**28 (256 MiB) is refused, 2**27 (what casstore writes at most) read."""
+    base = b"base " * 100
+    for window_log, readable in ((27, True), (28, False)):
+        frame = _unsized_frame(b"hello " * 10, base, compression_params=zstandard.ZstdCompressionParameters(
+            window_log=window_log, write_content_size=False))
+        assert zstandard.get_frame_parameters(frame).window_size == 2**window_log
+        if readable:
+            assert delta.decode_frame(frame, 60, base) == b"hello " * 10
+        else:
+            with pytest.raises(IntegrityError, match="corrupt delta blob: .*too much memory"):
+                delta.decode_frame(frame, 60, base)
+
+
+def test_a_delta_envelope_too_short_for_its_base_id_or_frame_is_refused_saying_so():
+    with pytest.raises(FormatError) as no_id:
+        delta.base_of(b"\x04" + bytes(31))
+    assert str(no_id.value) == "delta blob envelope too short for its base id"
+    with pytest.raises(IntegrityError) as no_frame:
+        codec.decode(b"\x04" + bytes(32), 10, base=b"base")
+    assert str(no_frame.value) == "delta blob too short"
+
+
+# python-zstandard alone finds only 70% of the runs of a 3 MiB base at level 9 (917,747 bytes), and 80% of
+# a 5 MiB one at level 3 (1,048,994 bytes): its tables index too little of a large dictionary, where libzstd's
+# long-distance matching finds them all
+@pytest.mark.parametrize("level, native, mib", [(3, True, 5), (9, True, 5), (3, False, 3)])
+def test_a_delta_finds_runs_a_whole_large_base_back(level, native, mib, monkeypatch):
+    """The frame's window reaches over the whole base from the end of the chunk: random bytes with
+    two edits, against the same bytes before them, are a delta of a few hundred bytes (a window of
+    zstd's own size for the level, 2 MiB at level 3, 4 MiB at 9, would find no run 3 or 5 MiB back)."""
+    _libzstd(native, monkeypatch)
+    base = random.Random(5).randbytes(mib * 1024 * KiB)
+    data = bytearray(base)
+    data[100:110], data[2_000_000:2_000_005] = b"0123456789", b"abcde"
+    frame = delta.encode_parts(bytes(data), level, codec.blob_id(base), base)[1]
+    assert len(frame) < len(data) // 1000
+    assert delta.decode_frame(frame, len(data), base) == data
+
+
+def test_a_base_that_begins_like_a_zstd_dictionary_is_still_its_raw_content(without_libzstd):
+    """A chunk is any bytes: one that starts with zstd's dictionary magic is still a raw base."""
+    table, data = _edited_table()
+    base = b"\x37\xa4\x30\xec" + table
+    frame = delta.encode_parts(data, 3, codec.blob_id(base), base)[1]
+    assert len(frame) < len(data) // 100
+    assert delta.decode_frame(frame, len(data), base) == data

@@ -136,6 +136,9 @@ def test_pack_name_verifies_its_content():
     (_pack([[KIND_DATA, ID, 5, 10, 2**40]]),
      f"corrupt pack header: blob raw length {2**40} above the maximum {MAX_RAW}"),
     (_pack([], header=msgpack.packb({"blobs": []}) + b"\x00"), "corrupt pack header: unpack(b) received extra data."),
+    (_pack([], header=b"\xc1"), "corrupt pack header: not msgpack (a byte that starts no msgpack value)"),
+    (_pack([], header=b"\x81\xa5blobs" + b"\x91" * 2000),
+     "corrupt pack header: msgpack nested too deeply"),
     (_pack([[KIND_DATA, ID, 5, 10, 10]], magic=b"PK\x03\x04"), "not a casstore pack (bad magic)"),
     (MAGIC + b"\x01", "not a casstore pack (bad magic)"),         # too short to hold a trailer
     (_pack([], header_length=2**32 - 1), "pack header length out of bounds"),

@@ -122,12 +122,31 @@ def test_a_blob_larger_than_one_verify_piece_is_verified_and_round_trips(size, e
     blob_id = codec.blob_id(data, sealer)
     encoded = b"".join(codec.encode_verified(data, 3, blob_id, sealer))
     assert codec.decode_verified(encoded, size, blob_id, sealer) == data     # kind defaults to data both ways
+    assert codec.decode(encoded, size, sealer, expected_id=blob_id) == data
 
 
-def test_a_large_blob_that_does_not_decode_to_its_id_is_refused_on_write() -> None:
-    data = _text(2 * codec.VERIFY_PIECE)
-    with pytest.raises(IntegrityError, match="does not survive its own encoding"):
-        codec.encode_verified(data, 3, codec.blob_id(data + b"x"))
+@pytest.mark.parametrize("size", [100, 2 * codec.VERIFY_PIECE])
+def test_a_blob_that_does_not_decode_to_its_id_is_refused_on_write_naming_it(size) -> None:
+    data = _text(size)
+    wrong = codec.blob_id(data + b"x")
+    with pytest.raises(IntegrityError) as info:
+        codec.encode_verified(data, 3, wrong)
+    assert str(info.value) == f"blob {wrong.hex()[:16]} does not survive its own encoding"
+
+
+@pytest.mark.parametrize("level", [1, 3, 9])
+def test_a_blob_whose_zstd_frame_is_as_long_as_itself_is_stored_raw(level) -> None:
+    """The boundary of "a blob that does not shrink is stored raw": 17 bytes whose frame is 17 bytes
+    are stored raw, 18 bytes whose frame is 17 are stored compressed, by every encoder."""
+    tie, shrinks = b"x" + bytes(16), b"x" + bytes(17)
+    assert [len(zstandard.ZstdCompressor(level=level).compress(d)) for d in (tie, shrinks)] == [17, 17]
+    ids = [codec.blob_id(tie), codec.blob_id(shrinks)]
+    raw, zstd = bytes([codec.TAG_RAW]), bytes([codec.TAG_ZSTD])
+    assert [codec.encode(d, level)[:1] for d in (tie, shrinks)] == [raw, zstd]
+    assert [codec.encode_verified(d, level, i)[0] for d, i in zip((tie, shrinks), ids, strict=True)] == [raw, zstd]
+    assert [tag for tag, _payload in codec.encode_verified_many([tie, shrinks], level, ids)] == [raw, zstd]
+    sealed = [codec.encode_verified(d, level, codec.blob_id(d, SEALER), SEALER)[0][:1] for d in (tie, shrinks)]
+    assert sealed == [bytes([codec.TAG_RAW | codec.TAG_SEALED]), bytes([codec.TAG_ZSTD | codec.TAG_SEALED])]
 
 
 def test_a_higher_compression_level_stores_text_smaller() -> None:
@@ -177,6 +196,31 @@ def test_a_blob_with_a_base_is_stored_as_the_smaller_of_its_delta_and_its_whole_
     as_delta = sum(map(len, delta.encode_parts(data, level, base_id, base)))
     encoded = b"".join(codec.encode_verified(data, level, data_id, base=(base_id, base)))
     assert len(encoded) == min(whole, as_delta) and (delta.base_of(encoded) is not None) == (as_delta < whole)
+
+
+def test_a_level_0_repository_stores_a_blob_with_a_base_raw_not_as_a_delta() -> None:
+    base = _text(300_000, seed=3)
+    data = base[:150_000] + b"an edit in the middle" + base[150_000:]
+    encoded = codec.encode_verified(data, 0, codec.blob_id(data), base=(codec.blob_id(base), base))
+    assert encoded == (bytes([codec.TAG_RAW]), data)
+
+
+@pytest.mark.parametrize("zeros, kept", [(7580, "delta"), (7579, "whole")])
+def test_a_delta_of_at_most_1_64_of_the_blob_is_kept_even_where_the_whole_blob_is_smaller(zeros, kept) -> None:
+    """The documented shortcut (DESIGN.md, delta blobs): a delta frame at most 1/64 of the plaintext
+    is kept without compressing the blob whole; one byte over, the smaller of the two is kept. Here
+    7,680 bytes have a delta frame of 120 bytes (exactly 1/64) and compress whole to 121, less than
+    the delta's 153 with its tag; 7,679 bytes (1/64 is 119) keep the whole one."""
+    base = random.Random(99).randbytes(4096)
+    data = random.Random(100).randbytes(100) + bytes(zeros)
+    base_id, data_id = codec.blob_id(base), codec.blob_id(data)
+    delta_tag, frame = delta.encode_parts(data, 3, base_id, base)
+    whole = codec.encode(data, 3)
+    assert (len(frame), len(data) // 64) == ((120, 120) if kept == "delta" else (120, 119))
+    assert len(whole) < len(delta_tag) + len(frame)
+    encoded = b"".join(codec.encode_verified(data, 3, data_id, base=(base_id, base)))
+    assert encoded == (delta_tag + frame if kept == "delta" else whole)
+    assert codec.decode_verified(encoded, len(data), data_id, base=base) == data
 
 
 @pytest.mark.parametrize("level", [1, 3])
@@ -244,6 +288,12 @@ def test_hostile_envelope_errors_say_what_is_wrong() -> None:
     with pytest.raises(FormatError) as no_base:
         codec.decode(b"".join(delta.encode_parts(data, 3, codec.blob_id(b"base"), b"base")), len(data))
     assert str(no_base.value) == "a delta blob cannot be decoded without its base"
+    with pytest.raises(FormatError) as unknown:
+        codec.decode(b"\x05abc", 3)
+    assert str(unknown.value) == "unknown blob tag 0x05"
+    with pytest.raises(IntegrityError) as short_raw:
+        codec.decode(b"\x00abc", 4)
+    assert str(short_raw.value) == "blob decodes to 3 bytes, index says 4"
     sealed = b"".join(codec.encode_verified(data, 3, codec.blob_id(data, SEALER), SEALER))
     with pytest.raises(DowngradeError) as downgraded:
         codec.decode(sealed, len(data))

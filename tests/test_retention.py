@@ -91,6 +91,8 @@ def test_policies_from_mappings_and_settings():
     assert RetentionPolicy.coerce({"keep_last": 30}) == RetentionPolicy(last=30)
     assert RetentionPolicy.coerce({"within": "30d", "keep_tag": "x"}) == RetentionPolicy(within=30 * 86400,
                                                                                       tags=("x",))
+    assert RetentionPolicy.coerce({"keep_tag": ["x", "y"]}) == RetentionPolicy(tags=("x", "y"))
+    assert RetentionPolicy.coerce({"within": 3600}) == RetentionPolicy(within=3600.0)
     with pytest.raises(ConfigError):
         RetentionPolicy.coerce({"keep_everything": 1})
     assert policy_from_settings(load_settings({"keep_last": 30})) == RetentionPolicy(last=30)
@@ -194,11 +196,33 @@ def test_forget_json_reports_each_decision_with_its_snapshot_and_reasons(tmp_pat
     """The JSON a script reads from `forget --json`: per group, each kept and removed snapshot."""
     repo = _repo_with_hosts(tmp_path)
     data = cli_json("forget", "--repo", repo.local_dir, "--keep-last", "1", "--dry-run", "--json")
+    assert set(data) == {"location", "policy", "dry_run", "groups", "removed", "kept", "gc"}
     assert data["dry_run"] is True and data["removed"] == [] and data["kept"] == 1
     (group,) = data["groups"]
+    assert set(group) == {"host", "source", "keep", "remove"}
     assert (group["host"], len(group["keep"]), len(group["remove"])) == ("testhost", 1, 2)
     newest = group["keep"][0]
     assert set(newest) == {"id", "short_id", "time", "tags", "incomplete", "reasons"}
     assert newest["reasons"] == ["last"] and newest["incomplete"] is False and newest["short_id"] == newest["id"][:8]
     assert datetime.fromisoformat(newest["time"]) == T0 + timedelta(hours=2)
     assert all(d["reasons"] == [] for d in group["remove"])
+
+
+def test_forget_by_id_reports_where_it_forgot_and_names_an_unknown_id_and_where_it_looked(tmp_path):
+    from casstore.errors import SnapshotNotFound
+    from casstore.gc.retention import forget_snapshots
+
+    repo = _repo_with_hosts(tmp_path)
+    target = sorted(s.id for s in repo.all_snapshots())[0]
+    assert forget_snapshots([repo], [target[:12]], dry_run=True) == {target: [repo.location]}
+    assert target in {s.id for s in repo.all_snapshots()}            # a dry run forgets nothing
+    assert forget_snapshots([repo], [target]) == {target: [repo.location]}
+    assert target not in {s.id for s in repo.all_snapshots()}
+    with pytest.raises(SnapshotNotFound) as unknown:
+        forget_snapshots([repo], ["deadbeef"], dry_run=True)
+    assert str(unknown.value) == f"no snapshot with id deadbeef in {repo.location}"
+
+
+def test_monthly_buckets_tell_the_same_month_of_different_centuries_apart():
+    s = [snap(datetime(1926, 1, 5, tzinfo=UTC)), snap(datetime(2026, 1, 5, tzinfo=UTC))]
+    assert set(kept(s, monthly=2)) == {s[0].id, s[1].id}

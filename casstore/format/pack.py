@@ -26,6 +26,7 @@ import msgpack
 from casstore.errors import DowngradeError, FormatError, IntegrityError
 from casstore.format import delta
 from casstore.format.crypto import KIND_PACK_HEADER, Sealer
+from casstore.format.reasons import unpack_reason
 
 MAGIC = b"CASP"
 VERSION = 1
@@ -173,7 +174,7 @@ def parse_header(pack: bytes | memoryview, max_raw_length: int, sealer: Sealer |
         header = msgpack.unpackb(header_bytes, max_bin_len=64, max_array_len=10_000_000)
         entries = [_entry(item, body_end, max_raw_length) for item in header["blobs"]]
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
-        raise FormatError(f"corrupt pack header: {exc}") from exc
+        raise FormatError(f"corrupt pack header: {unpack_reason(exc)}") from exc
     return entries
 
 
