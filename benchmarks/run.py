@@ -168,16 +168,21 @@ def compare_trees(a: str, b: str) -> str | None:
 
 
 
-def restore_verified(tool: Tool, target: str, source: str, name: str) -> dict:
+def restore_verified(tool: Tool, target: str, source: str, name: str, *, verify: bool = True,
+                     strict: bool = False) -> dict:
     """The tool's measured restore of its latest snapshot into a fresh `target`, compared with the
-    source afterwards (outside the timing: m["verified"]); the restored copy is removed again."""
+    source afterwards unless not `verify` (outside the timing: m["verified"]; a difference is
+    logged, or raised if `strict`); the restored copy is removed again. Used by scale.py too."""
     shutil.rmtree(target, ignore_errors=True)
+    os.makedirs(target)
     m, restored = tool.restore(target, source)
-    problem = compare_trees(source, restored)
-    m["verified"] = problem is None
-    if problem:
-        log(f"    !! {name} restore differs: {problem}")
+    problem = compare_trees(source, restored) if verify else None
+    m["verified"] = problem is None if verify else None
     shutil.rmtree(target, ignore_errors=True)
+    if problem:
+        if strict:
+            raise RuntimeError(f"{name} restore differs: {problem}")
+        log(f"    !! {name} restore differs: {problem}")
     return m
 
 # -- the tools ---------------------------------------------------------------------------------

@@ -43,7 +43,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import RAM_FS, Borg, Casstore, Restic, compare_trees, restore_location, run_measured, tool_available  # noqa: E402
+from run import (  # noqa: E402
+    RAM_FS,
+    Borg,
+    Casstore,
+    Restic,
+    restore_location,
+    restore_verified,
+    run_measured,
+    tool_available,
+)
 
 TOOLS = ("casstore", "restic", "borg")
 WORDS = ["alpha", "beta", "gamma", "delta", "market", "signal", "model", "agent", "price", "volume", "trend",
@@ -118,7 +127,12 @@ def age(root: Path) -> None:
 def make_tool(name: str, work: Path, tag: str, env: dict, casstore_path: str | None):
     tool = {"casstore": Casstore, "restic": Restic, "borg": Borg}[name](work, tag, env)
     if name == "casstore" and casstore_path:
-        tool.env["PYTHONPATH"] = casstore_path
+        # absolute: the tools run in the work folder, where a relative PYTHONPATH names nothing and
+        # the venv's own (editable) casstore was imported instead
+        tree = os.path.abspath(casstore_path)
+        if not os.path.isfile(os.path.join(tree, "casstore", "__init__.py")):
+            sys.exit(f"scale.py: --casstore-path {casstore_path} holds no casstore/ package")
+        tool.env["PYTHONPATH"] = tree
     return tool
 
 
@@ -139,19 +153,13 @@ def restore_room(files: int) -> int:
     return files * 4096 * 3 // 2     # a tmpfs file takes at least a page
 
 
-def restore_verified(tool, args, work: Path, source: Path, files: int) -> dict:
-    """Restore into an empty folder (a RAM file system when it has room: see run.restore_location)."""
+def restore_measured(tool, args, work: Path, source: Path, files: int) -> dict:
+    """Restore into an empty folder (a RAM file system when it has room: see run.restore_location),
+    compared with the source unless --no-verify (run.restore_verified)."""
     where = restore_location(args.restore_dir, work, restore_room(files))
-    target = Path(where["path"]) / f"restore-{tool.name}"
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
-    m, root = tool.restore(str(target), str(source))
+    m = restore_verified(tool, str(Path(where["path"]) / f"restore-{tool.name}"), str(source), tool.name,
+                         verify=args.verify, strict=True)
     m["restore_fs"] = where["fs"]
-    if args.verify:
-        difference = compare_trees(str(source), root)
-        if difference:
-            raise RuntimeError(f"{tool.name} restore differs: {difference}")
-    shutil.rmtree(target, ignore_errors=True)
     if not args.restore_dir:
         shutil.rmtree(where["path"], ignore_errors=True)
     return m
@@ -202,7 +210,7 @@ def measure_size(name: str, files: int, args, work: Path, env: dict) -> dict:
     for tool_name in args.tools:
         tool = fresh_tool(tool_name, work, f"{files}", env, args.casstore_path)
         steps = {"initial": slim(tool.snapshot(str(source))), "nochange": slim(tool.snapshot(str(source))),
-                 "restore": slim(restore_verified(tool, args, work, source, files))}
+                 "restore": slim(restore_measured(tool, args, work, source, files))}
         steps.update(read_steps(tool_name, tool))
         log(f"{files} {label(tool_name, args)}: " + ", ".join(f"{k} {v['wall']:.1f} s/{v['rss_mib']:.0f} MiB"
                                                               for k, v in steps.items()))
@@ -234,7 +242,7 @@ def measure_history(args, work: Path, env: dict) -> dict:
                                "total": round(sum(walls), 1), "rss_mib": round(max(m["rss_mib"] for m in snaps), 1),
                                "cpu_median": round(statistics.median(cpus), 3), "cpu_last": round(cpus[-1], 3),
                                "cpu_total": round(sum(cpus), 1)},
-                 "restore": slim(restore_verified(tool, args, work, source, args.history_files))}
+                 "restore": slim(restore_measured(tool, args, work, source, args.history_files))}
         steps.update(read_steps(tool_name, tool))
         steps["repo_mib"] = round(dir_bytes(tool.repo) / 2**20, 1)
         log(f"history {label(tool_name, args)}: {steps}")

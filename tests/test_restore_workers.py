@@ -1,4 +1,4 @@
-"""Restore of many small files by worker processes (issue 14, restore/workers.py).
+"""Restore of many small files by worker processes (issue 14, fsio/workers.py).
 
 A restore of a snapshot with at least WORKER_MIN_FILES files from a local repository writes its
 small files in forked worker processes. What must hold: the result is the same tree (bytes,
@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,8 @@ import pytest
 from casstore.client import Repository
 from casstore.errors import RestoreError
 from casstore.format.pack import KIND_DATA
+from casstore.fsio.workers import WorkerPool
 from casstore.restore.restorer import WORKER_MIN_FILES
-from casstore.restore.workers import WorkerPool
 from tests.helpers import CASSTORE, assert_one_line_error, assert_same_tree, init_repo, pack_of, run, tree_state
 
 MODES = (0o644, 0o600, 0o755, 0o444, 0o640, 0o700, 0o000, 0o666)
@@ -126,7 +127,7 @@ def test_a_worker_that_dies_is_an_error_naming_how_not_a_hang():
         os.kill(os.getpid(), signal.SIGKILL)
         return None
 
-    pool = WorkerPool(die, 2)
+    pool = WorkerPool(die, 2, what="restore", error=RestoreError)
     fd = os.open(".", os.O_RDONLY)
     try:
         ticket = pool.submit(fd, [])
@@ -143,7 +144,7 @@ def test_a_handlers_exception_is_raised_in_the_parent_and_the_worker_goes_on():
             raise RestoreError(f"refused {payload}")
         return payload * 2
 
-    pool = WorkerPool(handle, 1)
+    pool = WorkerPool(handle, 1, what="restore", error=RestoreError)
     fd = os.open(".", os.O_RDONLY)
     try:
         tickets = [pool.submit(fd, n) for n in (1, -5, 3)]
@@ -169,6 +170,30 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+def with_workers_seen(arguments: Callable[[int], list[str]]) -> tuple[subprocess.Popen, set[int]] | None:
+    """A CLI run of `arguments(attempt)` caught while its two workers run; None if it always ended
+    before they were seen (three attempts)."""
+    command = [CASSTORE] if CASSTORE else [sys.executable, "-c", "from casstore.cli.main import main; main()"]
+    for attempt in range(3):
+        proc = subprocess.Popen([*command, *arguments(attempt)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        workers: set[int] = set()
+        while proc.poll() is None and len(workers) < 2:
+            workers |= _children(proc.pid)
+            time.sleep(0.002)
+        if proc.poll() is None:
+            return proc, workers
+        proc.communicate()
+    return None
+
+
+def assert_all_end(pids: set[int], within: float = 30) -> None:
+    """Every process of `pids` ends (or is a zombie) within `within` seconds."""
+    deadline = time.monotonic() + within
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in pids)
+
+
 def _alive(pid: int) -> bool:
     """Running (a zombie waiting for a reaper that never comes in a container counts as gone)."""
     try:
@@ -182,34 +207,23 @@ def test_an_interrupted_or_killed_restore_leaves_no_process_behind(tmp_path, how
     source = small_source(tmp_path / "source", 6000, per_dir=50)
     repo = init_repo(tmp_path / "repo")
     repo.snapshot(str(source))
-    command = [CASSTORE] if CASSTORE else [sys.executable, "-c", "from casstore.cli.main import main; main()"]
-    for _attempt in range(3):     # the restore may end before its workers are seen: then again
-        out = tmp_path / f"out{_attempt}"
-        proc = subprocess.Popen([*command, "--repo", str(tmp_path / "repo"), "restore", "latest", str(out)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        workers: set[int] = set()
-        while proc.poll() is None and len(workers) < 2:
-            workers |= _children(proc.pid)
-            time.sleep(0.002)
-        if proc.poll() is None:
-            break
-        proc.communicate()
-    else:
+    caught = with_workers_seen(lambda attempt: ["--repo", str(tmp_path / "repo"), "restore", "latest",
+                                                str(tmp_path / f"out{attempt}")])
+    if caught is None:
         pytest.skip("the restore always finished before its workers were seen")
+    proc, workers = caught
     proc.send_signal(how)
     _, err = proc.communicate(timeout=60)
     if how == signal.SIGINT:
         assert proc.returncode == 130 and err.decode().strip() == "casstore: interrupted", err
-    deadline = time.monotonic() + 30
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(_alive(pid) for pid in workers)
+    assert_all_end(workers)
 
 
 STUCK = """
 import os, signal, sys, time
-from casstore.restore.workers import WorkerPool
-pool = WorkerPool(lambda fd, payload: time.sleep(600), 2)
+from casstore.fsio.workers import WorkerPool
+from casstore.errors import RestoreError
+pool = WorkerPool(lambda fd, payload: time.sleep(600), 2, what="restore", error=RestoreError)
 fd = os.open(".", os.O_RDONLY)
 pool.submit(fd, 1)
 pool.submit(fd, 2)
@@ -226,7 +240,4 @@ def test_workers_busy_when_their_parent_is_killed_die_with_it(tmp_path):
         time.sleep(0.01)
     parent.communicate()
     assert len(workers) == 2 and parent.returncode == -signal.SIGKILL
-    deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(_alive(pid) for pid in workers)
+    assert_all_end(workers, within=10)

@@ -27,12 +27,12 @@ from casstore.format import codec
 from casstore.format.pack import KIND_DATA
 from casstore.format.tree import Entry, EntryType, safe_name
 from casstore.format.walk import VisitBudget
+from casstore.fsio.workers import WorkerPool
 from casstore.read.reader import Snapshot, checked_size
 from casstore.remotes.local import LocalRemote
 from casstore.repo.core import RepoCore
 from casstore.restore.packreads import read_data_blobs
 from casstore.restore.prefetch import Prefetcher
-from casstore.restore.workers import WorkerPool
 
 OVERWRITE_MODES = ("never", "if-changed", "always")
 
@@ -60,7 +60,7 @@ RESTORE_WORKERS = 2   # processes; the parent walks and counts beside them (2 co
 SMALL_BATCH_FILES = 32
 SMALL_BATCH_BYTES = 4 * 1024 * 1024
 MAX_BATCHES = 8             # batches in flight on the thread (bounds memory to about 8 x SMALL_BATCH_BYTES)
-# Worker processes take the batches instead (restore/workers.py) when the snapshot holds at least
+# Worker processes take the batches instead (fsio/workers.py) when the snapshot holds at least
 # this many files (two forks cost a few milliseconds) and the repository is local (its reads are
 # open/pread/close: nothing shared with the parent, unlike a remote's connection pool).
 WORKER_MIN_FILES = 1000
@@ -161,7 +161,7 @@ class Restorer:
 
         def handle(dir_fd: int, files: list[SmallFile]) -> list[bool | str]:
             return write_small_files(read_all, dir_fd, files, same_owner=same_owner, exact_mode=True)
-        self.workers = WorkerPool(handle, RESTORE_WORKERS)
+        self.workers = WorkerPool(handle, RESTORE_WORKERS, what="restore", error=RestoreError, setup=_no_umask)
 
     def close(self) -> None:
         if self.workers is not None:
@@ -889,3 +889,8 @@ def _verify_written(fd: int, entry: Entry, repo: RepoCore) -> None:
 
 def _describe(exc: Exception) -> str:
     return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+
+
+def _no_umask() -> None:
+    """A restore worker creates files with the modes they are given: no fchmod after each open."""
+    os.umask(0)

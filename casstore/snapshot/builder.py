@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 
 from casstore._testing import pause_point, snapshot_time_ns
 from casstore.chunker.sparse import ZeroRun, sparse_chunks
-from casstore.errors import ConfigError, SourceError
+from casstore.errors import CasstoreError, ConfigError, SourceError
 from casstore.format import codec
 from casstore.format.pack import KIND_DATA, KIND_TREE
 from casstore.format.snapshot import SnapshotManifest
 from casstore.format.tree import Entry, EntryType, encode_tree_rows
 from casstore.fsio.heap import bound_free_heap
 from casstore.fsio.readahead import FILE_AHEAD, ReadAhead
+from casstore.fsio.workers import WorkerPool
 from casstore.remotes.local import remove_leftovers
 from casstore.repo.blobstore import BlobStore
 from casstore.repo.core import RepoCore
@@ -36,7 +37,7 @@ from casstore.snapshot import filescache, smallfiles
 from casstore.snapshot.deltahints import DeltaHints
 from casstore.snapshot.excludes import Excluder
 from casstore.snapshot.pipeline import ChunkPipeline
-from casstore.snapshot.smallfiles import SmallRead
+from casstore.snapshot.smallfiles import FileStat, SmallRead
 from casstore.snapshot.summary import SnapshotSummary
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,14 @@ MAX_WAITING_DIRS = 256
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | _NONBLOCK
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | _NONBLOCK
+
+# Batches of small files go to forked worker processes (fsio/workers.py) instead of the pipeline's
+# threads once the walk has listed this many small files to read before it needed any thread (a
+# fork copies the calling thread only: a lock another held would stay held in the child). Two
+# forks cost a few milliseconds, and a worker's reads, hashing and compression run beside the
+# walk, not behind its GIL.
+WORKER_MIN_FILES = 1000
+SNAPSHOT_WORKERS = 2   # processes, beside the parent's walk and upload thread (2 cores)
 
 _FILE = EntryType.FILE.value
 _SPECIAL = {stat.S_IFIFO: EntryType.FIFO, stat.S_IFSOCK: EntryType.SOCKET,
@@ -82,7 +91,7 @@ class FileJob:
     """One file being chunked; `chunk_ids` fills in as the pipeline delivers."""
 
     name: bytes
-    st: os.stat_result
+    st: os.stat_result | FileStat
     chunk_ids: list = field(default_factory=list)
     size: int | None = None           # bytes actually read (None: reused from the files cache)
     previous: list | None = None      # chunk ids the files cache had, to tell changed from unchanged
@@ -139,6 +148,17 @@ class _Frame:
     batch_bytes: int = 0
 
 
+@dataclass(eq=False)
+class _Batch:
+    """Small files of one directory sent to be read together (`smallfiles.py`)."""
+
+    pending: _PendingTree
+    files: list[tuple[_Item, FileJob]]
+    dir_fd: int               # the batch's own duplicate of the directory's descriptor
+    size: int
+    reads: list[SmallRead] | None = None     # what reading them gave, once applied
+
+
 @dataclass
 class _SideRead:
     item: _Item
@@ -188,7 +208,14 @@ class SnapshotBuilder:
         # the order the walk left them (trees); batches of small files read, not yet recorded
         self._listing: deque[_PendingTree] = deque()
         self._leaving: deque[_PendingTree] = deque()
-        self._batches_read: deque[tuple[_PendingTree, list[tuple[_Item, FileJob]], list[SmallRead]]] = deque()
+        self._batches_read: deque[_Batch] = deque()
+        # small-file batches go to threads or to worker processes, decided once the walk has seen
+        # enough of them or needs a thread (`_decide`); until then they are held here
+        self.workers: WorkerPool | None = None
+        self._decided = False
+        self._held: list[_Batch] = []
+        self._held_files = 0
+        self._sent: deque[_Batch] = deque()     # batches a worker process reads, not yet recorded
         self._root: bytes | None = None
         self._aborted = threading.Event()
         self._lock = threading.Lock()
@@ -229,6 +256,7 @@ class SnapshotBuilder:
         finally:
             self._side.shutdown(wait=True, cancel_futures=True)
             self.pipeline.close()
+            self._close_workers()
 
     def _walk(self, root_fd: int) -> None:
         """Walk the source depth first, a directory's files before its subdirectories; trees are
@@ -410,6 +438,7 @@ class SnapshotBuilder:
 
     def _catch_up(self) -> None:
         """Wait for the oldest side read, else for every chunk and batch in flight."""
+        self._decide()
         if self._side_reads:
             self._side_done(self._side_reads.popleft())
         else:
@@ -427,7 +456,7 @@ class SnapshotBuilder:
         while self._side_reads and self._side_reads[0].future.done():
             self._side_done(self._side_reads.popleft())
         while self._batches_read:
-            self._record_batch(*self._batches_read.popleft())
+            self._record_batch(self._batches_read.popleft())
 
     def _cache_record(self, pending: _PendingTree) -> filescache.Entries:
         return {job.name: [job.st.st_size, job.st.st_mtime_ns, job.st.st_ctime_ns, job.st.st_ino, job.chunk_ids]
@@ -453,9 +482,10 @@ class SnapshotBuilder:
             self.progress(job.st.st_size)   # progress counts the whole source, read or reused
             pending.jobs.append(job)
             return
-        fd = self._open_file(frame, item)
+        fd = self._open_listed(self._fd_of(frame), item)
         if fd is None:
             return
+        self._decide()          # a read through the chunker starts the pipeline's threads
         self._count_file(job)
         if self._reads_on_side(item, job) and self._side_idle.acquire(blocking=False):
             _ = self.chunker       # made here, on the walk's thread, so never twice
@@ -480,27 +510,88 @@ class SnapshotBuilder:
             frame.pending.listed = True
 
     def _send_batch(self, frame: _Frame) -> None:
-        batch, size = frame.batch, frame.batch_bytes
-        if not batch:
+        files, size = frame.batch, frame.batch_bytes
+        if not files:
             return
         frame.batch, frame.batch_bytes = [], 0
-        files = [(item.name, (item.st.st_dev, item.st.st_ino)) for item, _ in batch]
-        dir_fd = os.dup(self._fd_of(frame))       # the batch's own: the walk may close the frame's
-        pending, limit, prepare = frame.pending, self.min_chunk, self.pipeline.prepare_many
-        try:
-            self.pipeline.submit_task(lambda: smallfiles.read_batch(dir_fd, files, limit, prepare),
-                                      lambda reads: self._store_batch(pending, batch, reads), size)
-        except BaseException:
-            os.close(dir_fd)      # raised before the task was queued (an earlier result failed)
-            raise
+        # the batch's own descriptor: the walk may close the frame's
+        batch = _Batch(frame.pending, files, os.dup(self._fd_of(frame)), size)
+        if not self._decided:
+            self._held.append(batch)
+            self._held_files += len(files)
+            if self._held_files >= WORKER_MIN_FILES:
+                self._decide()
+            return
+        self._dispatch(batch)
         self._collect()           # batches applied meanwhile join their directories (a flat one too)
 
-    def _store_batch(self, pending: _PendingTree, batch: list[tuple[_Item, FileJob]], reads: list[SmallRead]) -> None:
+    def _decide(self) -> None:
+        """Once: worker processes for the small files if the walk has held enough of them and no
+        thread runs yet, else the pipeline's threads; then send what was held."""
+        if self._decided:
+            return
+        self._decided = True
+        if self._held_files >= WORKER_MIN_FILES and hasattr(os, "fork") and threading.active_count() == 1:
+            self._start_workers()
+        held, self._held = self._held, []
+        for batch in held:
+            self._dispatch(batch)
+
+    def _start_workers(self) -> None:
+        """Fork the workers: each reads, hashes and compresses a batch as `read_batch` does on a
+        thread. They inherit the open repository (its index, to skip compressing stored chunks,
+        and in an encrypted repository its keys, which hashing and sealing need)."""
+        limit, prepare = self.min_chunk, self.pipeline.prepare_many
+
+        def handle(dir_fd: int, files: list[tuple[str, tuple[int, int]]]) -> list[SmallRead]:
+            return smallfiles.read_batch_in_worker(dir_fd, files, limit, prepare)
+        self.workers = WorkerPool(handle, SNAPSHOT_WORKERS, what="snapshot", error=CasstoreError)
+
+    def _dispatch(self, batch: _Batch) -> None:
+        """Send a batch to a worker process or a thread; its result is applied in order (`_store_batch`)."""
+        files = [(item.name, (item.st.st_dev, item.st.st_ino)) for item, _ in batch.files]
+        try:
+            if self.workers is not None:
+                ticket = self.workers.submit(batch.dir_fd, files)   # the worker gets its own copy
+                self._sent.append(batch)
+                self.pipeline.add_started(ticket, lambda reads: self._store_batch(batch, reads), batch.size)
+                return
+            limit, prepare, dir_fd = self.min_chunk, self.pipeline.prepare_many, batch.dir_fd
+            batch.dir_fd = -1      # the thread's task closes it
+            try:
+                self.pipeline.submit_task(lambda: smallfiles.read_batch(dir_fd, files, limit, prepare),
+                                          lambda reads: self._store_batch(batch, reads), batch.size)
+            except BaseException:
+                os.close(dir_fd)      # raised before the task was queued (an earlier result failed)
+                raise
+        except BaseException:
+            self._close_batch(batch)
+            raise
+
+    def _close_workers(self) -> None:
+        """End the worker processes (at once when batches are unanswered: a failed or interrupted
+        snapshot) and close the held batches' descriptors."""
+        unanswered = bool(self._sent)
+        for batch in (*self._held, *self._sent):
+            self._close_batch(batch)
+        self._held.clear()
+        self._sent.clear()
+        if self.workers is not None:
+            workers, self.workers = self.workers, None
+            workers.close(abort=unanswered or self._aborted.is_set())
+
+    @staticmethod
+    def _close_batch(batch: _Batch) -> None:
+        if batch.dir_fd >= 0:
+            os.close(batch.dir_fd)
+            batch.dir_fd = -1
+
+    def _store_batch(self, batch: _Batch, reads: list[SmallRead]) -> None:
         """A batch's chunks into the store, in order (under the pipeline's lock, on any thread);
         counted once for the batch."""
         add, summary = self.store.add_encoded, self.summary
         read_bytes = 0
-        for (_, job), read in zip(batch, reads, strict=True):
+        for (_, job), read in zip(batch.files, reads, strict=True):
             prepared = read.prepared
             if prepared is not None:
                 read.prepared = None
@@ -513,15 +604,18 @@ class SnapshotBuilder:
                     summary.bytes_added_stored += added
         summary.bytes_read += read_bytes
         self.progress(read_bytes)
-        self._batches_read.append((pending, batch, reads))
+        batch.reads = reads
+        self._batches_read.append(batch)
 
-    def _record_batch(self, pending: _PendingTree, batch: list[tuple[_Item, FileJob]], reads: list[SmallRead]) -> None:
+    def _record_batch(self, batch: _Batch) -> None:
         """A read batch's files join their directory (on the walk's thread)."""
+        pending, reads = batch.pending, batch.reads
+        assert reads is not None
         summary, jobs = self.summary, pending.jobs
-        for (item, job), read in zip(batch, reads, strict=True):
+        for (item, job), read in zip(batch.files, reads, strict=True):
             pending.outstanding -= 1
             if read.st is None or read.changed:     # not read as listed, or changed while read
-                self._record_unusual(pending, item, job, read)
+                self._record_unusual(batch, item, job, read)
                 continue
             summary.files_total += 1
             summary.bytes_total += job.st.st_size
@@ -531,15 +625,21 @@ class SnapshotBuilder:
             else:
                 job.previous = item.cached[4]
             jobs.append(job)
+        if self._sent and self._sent[0] is batch:
+            self._close_batch(self._sent.popleft())
 
-    def _record_unusual(self, pending: _PendingTree, item: _Item, job: FileJob, read: SmallRead) -> None:
+    def _record_unusual(self, batch: _Batch, item: _Item, job: FileJob, read: SmallRead) -> None:
+        pending = batch.pending
         if read.replaced is not None:
             self._changed(item.rel, read.replaced)
         elif read.error is not None:
             self._error(item.rel.decode("utf-8", "surrogateescape"), read.error)
         elif read.grown is not None:       # grew past one chunk since it was listed
+            fd = self._open_listed(batch.dir_fd, item) if read.grown == smallfiles.REOPEN else read.grown
+            if fd is None:
+                return
             self._count_file(job)
-            self._read_done(item, job, pending, self._read_file(read.grown, item.rel, job))
+            self._read_done(item, job, pending, self._read_file(fd, item.rel, job))
         else:
             self._count_file(job)
             job.st, job.size = read.st, read.size     # type: ignore[assignment]
@@ -551,13 +651,13 @@ class SnapshotBuilder:
         self.summary.files_total += 1
         self.summary.bytes_total += job.st.st_size
 
-    def _open_file(self, frame: _Frame, item: _Item) -> int | None:
+    def _open_listed(self, dir_fd: int, item: _Item) -> int | None:
         """Open a listed regular file through its directory's descriptor; None (and a warning) when
         it is no longer that file: a symlink is not followed, a FIFO or device is never opened
         blocking, and a file replaced since it was listed is not read in its place."""
         pause_point("snapshot-before-open")
         try:
-            fd = os.open(item.name, _FILE_FLAGS, dir_fd=self._fd_of(frame))
+            fd = os.open(item.name, _FILE_FLAGS, dir_fd=dir_fd)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 self._changed(item.rel, "was replaced by a symlink; not followed")

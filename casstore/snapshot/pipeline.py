@@ -14,7 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from casstore.format import codec
 from casstore.format.pack import KIND_DATA
@@ -26,12 +26,18 @@ Deliver = Callable[[bytes, int, int], None]           # (id, raw length, stored 
 T = TypeVar("T")
 
 
+class Started(Protocol):
+    """A task under way: a Future, or a ticket of a worker process (fsio/workers.py)."""
+
+    def result(self) -> Any: ...
+
+
 class ChunkPipeline:
     def __init__(self, store: BlobStore, workers: int | None = None, window: int = 8,
                  window_bytes: int = 16 * 1024 * 1024) -> None:
         self.store = store
         self._pool = ThreadPoolExecutor(workers or os.cpu_count() or 2, thread_name_prefix="casstore-chunk")
-        self._in_flight: deque[tuple[Future, Callable[[Any], None], int]] = deque()
+        self._in_flight: deque[tuple[Started, Callable[[Any], None], int]] = deque()
         self._window, self._window_bytes = window, window_bytes
         self._bytes_in_flight = 0
         self._lock = threading.Lock()
@@ -99,6 +105,14 @@ class ChunkPipeline:
             self._make_room(size)
             self._in_flight.append(((pool or self._pool).submit(task), apply, size))
             self._bytes_in_flight += size
+
+    def add_started(self, started: Started, apply: Callable[[Any], None], size: int) -> None:
+        """Queue a task already started elsewhere (a batch sent to a worker process: its ticket);
+        `apply(its result)` runs in submission order with the rest. The window counts it."""
+        with self._lock:
+            self._in_flight.append((started, apply, size))
+            self._bytes_in_flight += size
+            self._make_room(0)
 
     def store_prepared(self, prepared: Prepared) -> tuple[bytes, int, int]:
         """Add a prepared chunk to the store (under the lock): (id, raw length, stored bytes added)."""

@@ -13,6 +13,12 @@ The same rules as the walk's own reads hold (design 6): `O_NOFOLLOW|O_NONBLOCK`,
 inode) that was listed, a file read twice at most and recorded as last read. A file that grew past
 the limit since it was listed is handed back open (`SmallRead.grown`) and read on the walk thread
 through the chunker.
+
+With many small files the batches go to forked worker processes instead (`fsio/workers.py`,
+started by the builder): the same `read_batch`, given the directory's descriptor over a socket;
+what it read comes back pickled, each file's fstat as the few numbers the snapshot records
+(`FileStat`: a pickled `os.stat_result` cost 7 microseconds, a tuple one), and a file that grew is
+closed there and reopened by the walk (`REOPEN`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import os
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from casstore._testing import pause_point
 
@@ -31,13 +38,33 @@ BATCH_FILES = 128              # files per task
 BATCH_BYTES = 1024 * 1024      # bytes per task (a few MiB in flight over the pipeline's window)
 
 PrepareMany = Callable[[list[bytes]], Sequence[tuple[bytes, object, int]]]
+REOPEN = -1      # `SmallRead.grown` from a worker process: the walk opens the file again
+
+
+class FileStat(NamedTuple):
+    """The fields of a file's fstat that a snapshot records (in its tree and files cache) or checks."""
+
+    st_mode: int
+    st_ino: int
+    st_dev: int
+    st_nlink: int
+    st_uid: int
+    st_gid: int
+    st_size: int
+    st_mtime_ns: int
+    st_ctime_ns: int
+
+
+def file_stat(st: os.stat_result) -> FileStat:
+    return FileStat(st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid, st.st_size,
+                    st.st_mtime_ns, st.st_ctime_ns)
 
 
 @dataclass(slots=True)
 class SmallRead:
     """What reading one listed small file gave."""
 
-    st: os.stat_result | None = None     # the file's fstat after the last read
+    st: FileStat | None = None           # the file's fstat after the last read
     size: int = 0                        # bytes read
     prepared: tuple | None = None        # (id, encoded or None, raw length); None for an empty file
     changed: bool = False                # changed while read, twice: stored as last read, not cached
@@ -46,16 +73,22 @@ class SmallRead:
     grown: int | None = None             # an open descriptor: grew past the limit, read it on the walk
     data: bytes = b""                    # what was read, until prepared
 
+    def __reduce__(self) -> tuple:       # a tuple of fields: a third of the slots' state to unpickle
+        return SmallRead, (self.st, self.size, self.prepared, self.changed, self.error, self.replaced, self.grown,
+                           self.data)
+
 
 def read_batch(dir_fd: int, files: list[tuple[str, tuple[int, int]]], limit: int,
-               prepare_many: PrepareMany) -> list[SmallRead]:
-    """Read each (name, listed (device, inode)) relative to `dir_fd`, then close `dir_fd` (a
-    duplicate the batch owns: the walk may close its own meanwhile); then prepare what was read,
-    all at once (hashed, and compressed and verified in one call: `ChunkPipeline.prepare_many`)."""
+               prepare_many: PrepareMany, *, own_fd: bool = True) -> list[SmallRead]:
+    """Read each (name, listed (device, inode)) relative to `dir_fd`, then close `dir_fd` if
+    `own_fd` (a duplicate the batch owns: the walk may close its own meanwhile); then prepare what
+    was read, all at once (hashed, and compressed and verified in one call:
+    `ChunkPipeline.prepare_many`)."""
     try:
         reads = [read_small(dir_fd, name, ident, limit) for name, ident in files]
     finally:
-        os.close(dir_fd)
+        if own_fd:
+            os.close(dir_fd)
     with_data = [read for read in reads if read.data]
     if with_data:
         for read, prepared in zip(with_data, prepare_many([read.data for read in with_data]), strict=True):
@@ -98,5 +131,17 @@ def _read_stable(fd: int, before: os.stat_result, limit: int) -> SmallRead:
             return SmallRead(grown=fd)
         after = os.fstat(fd)
         if (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns) and len(data) == after.st_size:
-            return SmallRead(st=after, size=len(data), data=data)
-    return SmallRead(st=after, size=len(data), data=data, changed=True)
+            return SmallRead(st=file_stat(after), size=len(data), data=data)
+    return SmallRead(st=file_stat(after), size=len(data), data=data, changed=True)
+
+
+def read_batch_in_worker(dir_fd: int, files: list[tuple[str, tuple[int, int]]], limit: int,
+                         prepare_many: PrepareMany) -> list[SmallRead]:
+    """`read_batch` in a worker process, which owns neither `dir_fd` (its pool closes it) nor a way
+    to hand a descriptor back: a file that grew is closed here and reopened by the walk."""
+    reads = read_batch(dir_fd, files, limit, prepare_many, own_fd=False)
+    for read in reads:
+        if read.grown is not None:
+            os.close(read.grown)
+            read.grown = REOPEN
+    return reads

@@ -1,10 +1,11 @@
-"""Worker processes for a restore's small files (issue 14).
+"""Forked worker processes for batches of small files: a restore's writes, a snapshot's reads (issue 14).
 
-A batch of small files is mostly Python (index lookups, envelope checks) and short system calls;
-on threads, one interpreter runs it and the GIL changes hands at every call. Forked workers run it
-on every core. Each worker gets jobs over a socket pair: a pickled payload and the descriptor of
-the directory to write into (SCM_RIGHTS, so containment stays the parent's: no path is opened by
-name in a worker), and answers each job in the order sent.
+A batch of small files is mostly Python (index lookups, envelope checks, stat results) and short
+system calls; on threads, one interpreter runs it and the GIL changes hands at every call. Forked
+workers run it on every core. Each worker gets jobs over a socket pair: a pickled payload and the
+descriptor of the directory to work in (SCM_RIGHTS, so containment stays the parent's: no path is
+opened by name in a worker), and answers each job in the order sent, on a pipe (an answer may be
+a MiB of compressed blobs: more than a socket pair's message can hold).
 
 The workers are forked while the process has one thread (a fork copies only the calling thread:
 a lock another thread held would stay held in the child), so they inherit the open repository,
@@ -18,19 +19,24 @@ it, or died), and is killed by the kernel when the parent dies (PR_SET_PDEATHSIG
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import pickle
 import signal
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from casstore.errors import RestoreError
+from casstore.errors import CasstoreError
 
-# A job or an answer: a batch of 32 small files' names and chunk ids is a few KiB (at most ~14 with
-# 255-byte names). Below malloc's mmap threshold, so a receive buffer costs no system call.
+# A job: a batch of 32 small files' names and chunk ids (a restore), of 128 names and identities
+# (a snapshot) is a few KiB (at most ~40 with 255-byte names). Below malloc's mmap threshold, so a
+# receive buffer costs no system call. Answers are framed on a pipe, of any size.
 MAX_MESSAGE = 64 * 1024
+_LENGTH = struct.Struct("<Q")
+ANSWER_PIPE = 1024 * 1024    # at most /proc/sys/fs/pipe-max-size (1 MiB by default) for a process without privileges
 # Unanswered jobs per worker. A socket pair queues at most net.unix.max_dgram_qlen (10 by default)
 # messages each way; with more outstanding, parent and worker could both block sending.
 MAX_QUEUED = 8
@@ -41,7 +47,8 @@ PR_SET_PDEATHSIG = 1
 @dataclass
 class _Worker:
     pid: int
-    sock: socket.socket
+    sock: socket.socket           # jobs to the worker
+    answers_fd: int               # its answers, framed (`_send_answer`)
     sent: int = 0                 # jobs sent so far; a job's ticket is its number
     answered: int = 0             # answers received so far (they come in the order sent)
     answers: dict[int, tuple[bool, Any]] = field(default_factory=dict)   # received, not yet taken
@@ -64,10 +71,13 @@ class Ticket:
 
 
 class WorkerPool:
-    """`count` forked processes each running `handle(dir_fd, payload)` on the jobs sent to it."""
+    """`count` forked processes each running `handle(dir_fd, payload)` on the jobs sent to it;
+    `what` names the operation in errors, raised as `error`; `setup` runs first in each worker."""
 
-    def __init__(self, handle: Handler, count: int) -> None:
+    def __init__(self, handle: Handler, count: int, *, what: str, error: type[CasstoreError],
+                 setup: Callable[[], None] | None = None) -> None:
         self._workers: list[_Worker] = []
+        self.what, self.error, self._setup = what, error, setup
         try:
             for _ in range(count):
                 self._workers.append(self._fork(handle))
@@ -77,25 +87,34 @@ class WorkerPool:
 
     def _fork(self, handle: Handler) -> _Worker:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        answers_in, answers_out = os.pipe()
+        _widen(answers_out)
         parent = os.getpid()
         try:
             pid = os.fork()
         except BaseException:
             ours.close()
             theirs.close()
+            os.close(answers_in)
+            os.close(answers_out)
             raise
         if pid == 0:                                     # the worker: never returns
             status = 1
             try:
                 _die_with(parent)
                 ours.close()
+                os.close(answers_in)
                 for worker in self._workers:     # the earlier workers' parent ends: their EOF is the parent's alone
                     worker.sock.close()
-                status = _serve(theirs, handle)
+                    os.close(worker.answers_fd)
+                if self._setup is not None:
+                    self._setup()
+                status = _serve(theirs, answers_out, handle, self.what, self.error)
             finally:
                 os._exit(status)                         # no atexit handlers, no flushing the parent's buffers
         theirs.close()
-        return _Worker(pid, ours)
+        os.close(answers_out)
+        return _Worker(pid, ours, answers_in)
 
     @property
     def capacity(self) -> int:
@@ -108,7 +127,7 @@ class WorkerPool:
         worker = min(self._workers, key=lambda w: w.sent - w.answered)
         data = pickle.dumps(payload, pickle.HIGHEST_PROTOCOL)
         if len(data) > MAX_MESSAGE:
-            raise RestoreError(f"internal error: a restore job of {len(data)} bytes (at most {MAX_MESSAGE})")
+            raise self.error(f"internal error: a {self.what} job of {len(data)} bytes (at most {MAX_MESSAGE})")
         try:
             socket.send_fds(worker.sock, [data], [dir_fd])
         except OSError as exc:
@@ -121,13 +140,12 @@ class WorkerPool:
         worker = ticket.worker
         while ticket.number not in worker.answers:
             try:
-                message, _, flags, _ = worker.sock.recvmsg(MAX_MESSAGE)
+                header = _read_exactly(worker.answers_fd, _LENGTH.size)
+                message = _read_exactly(worker.answers_fd, _LENGTH.unpack(header)[0]) if header else b""
             except OSError as exc:
                 raise self._lost(worker) from exc
             if not message:
                 raise self._lost(worker)
-            if flags & socket.MSG_TRUNC:    # the worker keeps its answers within MAX_MESSAGE
-                raise RestoreError("internal error: a restore worker's answer was cut")
             worker.answers[worker.answered] = pickle.loads(message)
             worker.answered += 1
         ok, value = worker.answers.pop(ticket.number)
@@ -135,13 +153,13 @@ class WorkerPool:
             raise value
         return value
 
-    def _lost(self, worker: _Worker) -> RestoreError:
+    def _lost(self, worker: _Worker) -> CasstoreError:
         """The error for a worker that stopped answering (killed, or out of memory)."""
         self._reap(worker)
         status = worker.exit_status
         how = (f"killed by signal {-status}" if status is not None and status < 0
                else f"exit status {status}")
-        return RestoreError(f"a restore worker process ended unexpectedly ({how}); the restore is incomplete")
+        return self.error(f"a {self.what} worker process ended unexpectedly ({how}); the {self.what} is incomplete")
 
     def close(self, *, abort: bool = False) -> None:
         """End the workers and wait for them: `abort` stops them at once (a failed or interrupted
@@ -150,6 +168,7 @@ class WorkerPool:
             if abort:
                 _kill(worker.pid)
             worker.sock.close()
+            os.close(worker.answers_fd)
         for worker in self._workers:
             self._reap(worker)
         self._workers.clear()
@@ -186,19 +205,40 @@ def _kill(pid: int) -> None:
         pass
 
 
-def _serve(sock: socket.socket, handle: Handler) -> int:
+def _widen(pipe_fd: int) -> None:
+    """A pipe of ANSWER_PIPE bytes, where the system allows (Linux): a snapshot's answer of about a
+    MiB then crosses in one write and a few reads, not sixteen 64 KiB turns of both processes."""
+    try:
+        fcntl.fcntl(pipe_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), ANSWER_PIPE)
+    except OSError:
+        pass
+
+
+def _read_exactly(fd: int, length: int) -> bytes:
+    """`length` bytes from the pipe; b"" at its end (a worker that died has written nothing more:
+    a cut answer is the same loss)."""
+    parts, left = [], length
+    while left:
+        part = os.read(fd, min(left, 1 << 20))
+        if not part:
+            return b""
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def _serve(sock: socket.socket, answers: int, handle: Handler, what: str, error: type[CasstoreError]) -> int:
     """The worker's loop: answer each job in order until the parent closes the socket."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.umask(0)      # files are created with the modes they are given: no fchmod after each open
     while True:
         message, fds, flags, _ = socket.recv_fds(sock, MAX_MESSAGE, 1)
         if not message:
             return 0
         try:
             if flags & socket.MSG_TRUNC or len(fds) != 1:
-                raise RestoreError("internal error: a restore job was cut")
+                raise error(f"internal error: a {what} job was cut")
             answer: tuple[bool, Any] = (True, handle(fds[0], pickle.loads(message)))
-        except Exception as exc:     # reaches the parent, which raises it as the restore's error
+        except Exception as exc:     # reaches the parent, which raises it as the operation's error
             answer = (False, exc)
         finally:
             for fd in fds:
@@ -206,11 +246,14 @@ def _serve(sock: socket.socket, handle: Handler) -> int:
         try:
             data = pickle.dumps(answer, pickle.HIGHEST_PROTOCOL)
         except Exception:            # an exception that does not pickle: its text still reaches the user
-            data = pickle.dumps((False, RestoreError(str(answer[1]))), pickle.HIGHEST_PROTOCOL)
-        if len(data) > MAX_MESSAGE:  # never for a batch's answers (short error texts); not cut, at least
-            data = pickle.dumps((False, RestoreError("internal error: a restore worker's answer is too large")),
-                                pickle.HIGHEST_PROTOCOL)
+            data = pickle.dumps((False, error(str(answer[1]))), pickle.HIGHEST_PROTOCOL)
         try:
-            sock.sendall(data)
+            _write_all(answers, _LENGTH.pack(len(data)) + data)
         except OSError:              # the parent is gone
             return 0
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
