@@ -34,6 +34,17 @@ mutant gets a wall-clock limit of 4x the module's clean run (at least 60 s, at m
 pytest-timeout's 120 s a test; past it, its process group is killed and it counts as `timeout` (caught).
 Run it from a frozen checkout (`git worktree add --detach`), with `--ledger-dir` pointing at the work
 tree that commits the ledgers.
+
+Per-mutant test selection (mutmut's rule; `--no-selection` turns it off): before a module's mutants,
+one recorded run of its whole selection, unmutated (tests/mutation/coverage.py), notes which tests
+reach each of its functions, in the test process, its threads, the processes the tests start and
+their forks. A mutant then runs only the tests that reach its function (killers first, as before); a
+mutant whose function no test reaches is recorded `survived` at once, its killer column saying
+`unreached: ...` (a real gap, shown as such in the report); what the record cannot tell (a mutant
+outside any function, a function run at import or behind a cache) runs the whole selection. The
+record is cached (--coverage-cache), keyed by the package's code, the module's tests and the recorder.
+A recorded result's validity does not change: selection only leaves out tests that cannot see the
+mutant, so the verdict is the whole selection's (an A/B in MUTATION.md checks it).
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -54,6 +66,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, NamedTuple
 
+from tests.mutation import coverage
 from tests.mutation.forkserver import verdict
 from tests.mutation.gate import (
     CORE,
@@ -94,6 +107,12 @@ CAUGHT = ("killed", "timeout")
 # plugin autoloading off: the quick tests need only these two, and start-up CPU halves
 PLUGINS = ["-p", "_hypothesis_pytestplugin", "-p", "pytest_timeout", "-p", "tests.mutation.order", "-rfE"]
 MIN_LIMIT, MAX_LIMIT = 60.0, 600.0
+RECORD_LIMIT = 3600.0       # a recording run: the whole selection once, slowed by the profile hook
+# recording runs a module, their records joined: some paths depend on timing (the restorer defers a
+# directory only while its small files are still being written), so one run can miss a test's reach
+RECORDINGS = 2
+UNREACHED = "unreached: no test of the selection calls its function"    # a survivor's killer column
+COVERAGE_CACHE = Path(tempfile.gettempdir()) / "casstore-mutation-coverage"
 STOP = threading.Event()    # set by SIGINT or SIGTERM: the mutants in flight finish and are recorded, no more start
 
 
@@ -179,6 +198,7 @@ class Runner(Scratch):
         self.order = self.dir / f"order-{name}.txt"
         self.times = self.dir / f"time-{name}.txt"
         self.out = self.dir / f"out-{name}.txt"
+        self.select = self.dir / f"select-{name}.txt"   # the tests a mutant runs (absent: the module's whole selection)
         self.speedups = speedups    # off: every plugin loads and the tests keep their order (to measure both)
         self.route = route          # "fork": tests/mutation/forkserver.py; "subprocess": a pytest process a mutant
         self.server: subprocess.Popen[str] | None = None
@@ -186,7 +206,8 @@ class Runner(Scratch):
         self.last_route = "subproc"     # the route the last mutant took (the log shows it)
 
     def _env(self) -> dict[str, str]:
-        env = {**os.environ, "PYTHONPATH": str(self.dir), "CASSTORE_EXPLORE_WORKERS": "1"}
+        env = {**os.environ, "PYTHONPATH": str(self.dir), "CASSTORE_EXPLORE_WORKERS": "1",
+               "CASSTORE_MUTATION_SELECT": str(self.select)}
         if self.speedups:
             env |= {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "CASSTORE_MUTATION_ORDER": str(self.order)}
         return env
@@ -196,12 +217,13 @@ class Runner(Scratch):
         # mutant's session left its own under /tmp/pytest-of-<user> (the 1,400 of session 7 held 62 GB and
         # SeaweedFS then refused writes in the next full suite)
         return [*PYTEST, f"--basetemp={self.dir / ('tmp-' + self.order.stem)}",
-                *(PLUGINS if self.speedups else ["-rfE"]), *MODULES[module]]
+                *(PLUGINS if self.speedups else ["-p", "tests.mutation.order", "-rfE"]), *MODULES[module]]
 
     def start(self, module: str) -> float:
         """Start this slot's fork server for `module` (fork route only); its start-up CPU seconds."""
         self.stop()
         self.routes.clear()
+        self.select.unlink(missing_ok=True)     # the server's own collection sees every test
         if self.route != "fork":
             return 0.0
         log = (self.dir / f"server-{self.order.stem}.log").open("w")
@@ -211,7 +233,7 @@ class Runner(Scratch):
             start_new_session=True)
         log.close()
         hello = self._reply()
-        return float(hello["cpu"])
+        return float(str(hello["cpu"]))
 
     def _reply(self) -> dict[str, object]:
         assert self.server is not None and self.server.stdout is not None
@@ -237,9 +259,14 @@ class Runner(Scratch):
         self.stop()
         super().close()
 
-    def measure(self, module: str, mutant: Mutant | None, limit: float, killers: Counter[str]) -> Outcome:
-        """The module's tests against `mutant` (None: unmutated)."""
+    def measure(self, module: str, mutant: Mutant | None, limit: float, killers: Counter[str],
+                selection: list[str] | None = None) -> Outcome:
+        """The module's tests against `mutant` (None: unmutated); only those in `selection` when given."""
         self.order.write_text("".join(test + "\n" for test, _n in killers.most_common()))
+        if selection is None:
+            self.select.unlink(missing_ok=True)
+        else:
+            self.select.write_text("".join(test + "\n" for test in selection))
         self.last_route = "subproc"
         if self.server is not None:
             forked = self._forked(module, mutant, limit)
@@ -256,12 +283,22 @@ class Runner(Scratch):
             self._write(target, original)
 
     def _timed(self, module: str, limit: float) -> Outcome:
+        started = time.monotonic()
+        code, out = self._pytest_process(self._args(module), self._env(), limit)
+        seconds = time.monotonic() - started
+        if code is None:
+            return Outcome("timeout", seconds, -1.0, "")
+        killer = next((line.split(" ", 1)[1].split(" - ", 1)[0] for line in out.splitlines()
+                       if line.startswith(("FAILED ", "ERROR "))), "")
+        status, detail = verdict(code, killer, lambda: out)
+        return Outcome(status, seconds, self._cpu(), detail)
+
+    def _pytest_process(self, args: list[str], env: dict[str, str], limit: float) -> tuple[int | None, str]:
+        """A pytest process in this scratch copy (its CPU in self.times): exit code (None: past the
+        limit, killed) and output."""
         shutil.rmtree(self.dir / ".hypothesis", ignore_errors=True)   # no example saved by another mutant
         self.times.unlink(missing_ok=True)
-        env = self._env()
-        cmd = ["/usr/bin/time", "-f", "%U %S", "-o", str(self.times), sys.executable, "-m", "pytest",
-               *self._args(module)]
-        started = time.monotonic()
+        cmd = ["/usr/bin/time", "-f", "%U %S", "-o", str(self.times), sys.executable, "-m", "pytest", *args]
         proc = subprocess.Popen(cmd, cwd=self.dir, env=env, text=True, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -269,13 +306,8 @@ class Runner(Scratch):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)     # and every process the tests started
             proc.communicate()
-            return Outcome("timeout", time.monotonic() - started, -1.0, "")
-        seconds = time.monotonic() - started
-        cpu = self._cpu()
-        killer = next((line.split(" ", 1)[1].split(" - ", 1)[0] for line in out.splitlines()
-                       if line.startswith(("FAILED ", "ERROR "))), "")
-        status, detail = verdict(proc.returncode, killer, lambda: out)
-        return Outcome(status, seconds, cpu, detail)
+            return None, ""
+        return proc.returncode, out
 
     def _forked(self, module: str, mutant: Mutant | None, limit: float) -> Outcome | None:
         """The mutant run by the fork server; None when it cannot be swapped in exactly (run it in a subprocess)."""
@@ -294,6 +326,34 @@ class Runner(Scratch):
         return Outcome(str(reply["status"]), float(reply["seconds"]), float(reply["cpu"]),  # type: ignore[arg-type]
                        str(reply["killer"]))
 
+    def record(self, module: str, limit: float = RECORD_LIMIT) -> tuple[coverage.Coverage | None, float]:
+        """Which of the module's tests reach each of its functions (tests/mutation/coverage.py), from
+        RECORDINGS runs of its whole selection, unmutated, recorded in them and every process they start; None
+        when one breaks off (then every mutant runs the whole selection). Also their CPU seconds."""
+        records = self.dir / f"coverage-{self.order.stem}.tsv"
+        self.select.unlink(missing_ok=True)
+        site = self.dir / "sitecustomize.py"     # first on PYTHONPATH: every Python process the tests start
+        site.write_text(coverage.SITECUSTOMIZE)
+        env = {**self._env(), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", coverage.OUT: str(records),
+               coverage.TARGET: str(self.dir / module), coverage.KEY: coverage.EVERY}
+        # the recorder is imported (by sitecustomize) before pytest could rewrite its asserts: it has none
+        args = [*PYTEST, f"--basetemp={self.dir / ('tmp-' + self.order.stem)}", "-p", "_hypothesis_pytestplugin",
+                "-p", "pytest_timeout", "-p", "tests.mutation.coverage",
+                "-W", "ignore::pytest.PytestAssertRewriteWarning", "-rfE", *MODULES[module]]
+        args = [arg for arg in args if arg != "-x"]   # every test recorded: one that fails is run for every mutant
+        records.unlink(missing_ok=True)
+        cpu = 0.0
+        try:
+            for _run in range(RECORDINGS):
+                code, out = self._pytest_process(args, env, limit)
+                cpu += self._cpu()
+                if code not in (0, 1):  # not "some tests failed": interrupted, a collection error, past the limit
+                    (self.dir / f"coverage-{self.order.stem}.out").write_text(out)
+                    return None, cpu
+        finally:
+            site.unlink()
+        return coverage.load(records), cpu
+
     def _cpu(self) -> float:
         try:
             return sum(float(x) for x in self.times.read_text().split()[-2:])
@@ -301,8 +361,45 @@ class Runner(Scratch):
             return -1.0
 
 
+def coverage_key(module: str, root: Path = ROOT) -> str:
+    """What a coverage record depends on: the package's code (a call can reach the module through any of
+    it), the module's test files and the recorder."""
+    sources = sorted((root / "casstore").rglob("*.py"))
+    recorder = [root / "tests/mutation/coverage.py", root / "tests/mutation/order.py"]
+    return digest(tests_digest(module, root) + "".join(p.read_text() for p in [*sources, *recorder]))
+
+
+def selections(module: str, runner: Runner, cache: Path | None) -> coverage.Coverage | None:
+    """The module's coverage record: from the cache when the code and tests are those it was made from,
+    else recorded now (and cached)."""
+    cached = None if cache is None else cache / f"{module.replace('/', '.')}-{coverage_key(module)}.tsv"
+    if cached is not None and cached.exists():
+        print(f"{module}: coverage record from {cached}", flush=True)
+        return coverage.load(cached)
+    started = time.monotonic()
+    record, cpu = runner.record(module)
+    if record is None:
+        print(f"{module}: the recording run broke off ({runner.dir}/coverage-{runner.order.stem}.out); "
+              "every mutant runs the whole selection", flush=True)
+        return None
+    reached = sum(1 for keys in record.reached.values() if keys)
+    failed = f" ({len(record.failed)} failed while recorded: run for every mutant)" if record.failed else ""
+    print(f"{module}: coverage recorded, {len(record.tests)} tests{failed}, {reached} functions reached, "
+          f"{time.monotonic() - started:.0f} s wall, {cpu:.1f} s CPU", flush=True)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(runner.dir / f"coverage-{runner.order.stem}.tsv", cached)
+    return record
+
+
+def function_name(mutant_id: str) -> str:
+    """The function a mutant is in, as its id names it (`?`: outside any function)."""
+    return mutant_id.split("::", 2)[1]
+
+
 def run_module(module: str, runners: list[Runner], ledger_dir: Path, deadline: float, recheck: bool,
-               commit: str, limit: int | None = None) -> None:
+               commit: str, limit: int | None = None, select: bool = True, cache: Path | None = COVERAGE_CACHE,
+               ) -> None:
     mutants, tests = current(module)
     path = ledger_path(module, ledger_dir)
     records = {k: r for k, r in read_ledger(path).items() if k in mutants}    # ids gone: dropped
@@ -326,31 +423,37 @@ def run_module(module: str, runners: list[Runner], ledger_dir: Path, deadline: f
     wall = min(MAX_LIMIT, max(MIN_LIMIT, 4 * clean.seconds))
     print(f"{module}: clean run {clean.seconds:.1f} s wall, {clean.cpu:.1f} s CPU, per-mutant limit {wall:.0f} s",
           flush=True)
+    record = selections(module, runners[0], cache) if select else None
     lock = threading.Lock()
     free = list(runners)
 
     def one(mutant_id: str) -> None:
         if time.time() > deadline or STOP.is_set():
             return
-        with lock:
-            runner = free.pop()
-            order = Counter(killers)
-        try:
-            change, function = mutants[mutant_id]
-            mutant = _mutant(mutant_id, module, change)    # type: ignore[arg-type]
-            outcome = runner.measure(module, mutant, wall, order)
-            route = runner.last_route
-        finally:
+        change, function = mutants[mutant_id]
+        chosen = None if record is None else record.selection(function_name(mutant_id))
+        if chosen == []:       # no test runs its function: a survivor without running anything
+            outcome, route = Outcome("survived", 0.0, 0.0, UNREACHED), "none"
+        else:
             with lock:
-                free.append(runner)
+                runner = free.pop()
+                order = Counter(killers)
+            try:
+                mutant = _mutant(mutant_id, module, change)    # type: ignore[arg-type]
+                outcome = runner.measure(module, mutant, wall, order, chosen)
+                route = runner.last_route
+            finally:
+                with lock:
+                    free.append(runner)
         with lock:
             records[mutant_id] = Record(outcome.status, outcome.seconds, outcome.cpu, commit, function, tests,
                                         outcome.killer, mutant_id)
             if outcome.status == "killed":
                 killers[outcome.killer] += 1
             write_ledger(path, records)
-        print(f"{outcome.status:9} {outcome.seconds:6.1f}s {outcome.cpu:5.1f} cpu {route[:7]:7} {mutant_id}",
-              flush=True)
+        tests_run = "all" if chosen is None else str(len(chosen))
+        print(f"{outcome.status:9} {outcome.seconds:6.1f}s {outcome.cpu:5.1f} cpu {route[:7]:7} {tests_run:>4} tests "
+              f"{mutant_id}", flush=True)
 
     with ThreadPoolExecutor(len(runners)) as pool:
         list(pool.map(one, todo))
@@ -418,7 +521,9 @@ def table(all_rows: list[Row]) -> str:
                      f"| {row.count('killed')} | {row.count('timeout')} | {survived} | {survived - len(row.real)} "
                      f"| {row.count('error')} | {score} | {row.cost('killed')}; {row.cost('survived')} "
                      f"| {', '.join(commits) or '-'} |")
-    survivors = [f"- `{s}`" for row in all_rows for s in row.real]
+    unreached = {r.id for row in all_rows for r in row.valid if r.killer == UNREACHED}
+    survivors = [f"- `{s}`" + (" (no test of its selection reaches its function)" if s in unreached else "")
+                 for row in all_rows for s in row.real]
     return "\n".join([*lines, "", f"Survivors neither killed nor judged ({len(survivors)}):", "", *survivors])
 
 
@@ -442,6 +547,10 @@ def main() -> int:
                         help="fork: a fork server a worker, a pytest.main a mutant, the function swapped in "
                              "(what it cannot swap exactly runs as subprocess); subprocess: a pytest process a mutant")
     parser.add_argument("--recheck", action="store_true", help="run the modules' mutants again, valid or not")
+    parser.add_argument("--no-selection", action="store_true",
+                        help="every mutant runs its module's whole selection (no coverage record)")
+    parser.add_argument("--coverage-cache", type=Path, default=COVERAGE_CACHE,
+                        help=f"where coverage records are kept between runs (default {COVERAGE_CACHE})")
     parser.add_argument("--status", action="store_true")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--survivors", metavar="MODULE")
@@ -470,7 +579,8 @@ def main() -> int:
         for module in args.modules:
             if STOP.is_set():
                 break
-            run_module(module, runners, args.ledger_dir, deadline, args.recheck, commit, args.limit)
+            run_module(module, runners, args.ledger_dir, deadline, args.recheck, commit, args.limit,
+                       select=not args.no_selection, cache=args.coverage_cache)
     finally:
         for runner in runners:
             runner.close()
