@@ -188,3 +188,99 @@ def test_the_index_table_cache_follows_new_index_objects_and_is_not_rewritten_fo
     fetched = _index_gets(fourth)
     fourth.load_index()
     assert fetched == []
+
+
+def test_an_empty_repository_has_no_latest_snapshot(tmp_path: Path) -> None:
+    repo = local_repo(tmp_path / "repo")
+    with pytest.raises(SnapshotNotFound, match=r"no snapshot yet \(take one with `casstore snapshot`\)"):
+        repo.resolve("latest")
+
+
+def test_a_new_repository_without_a_level_setting_compresses_at_zstd_level_3(tmp_path: Path) -> None:
+    repo = Repository.init_local(str(tmp_path / "repo"), _settings())
+    assert repo.config.compression["level"] == 3
+
+
+def _cached(cache_dir: Path, repo: Repository, kind: str) -> set[str]:
+    folder = cache_dir / repo.config.id / kind
+    return set(os.listdir(folder)) if folder.exists() else set()
+
+
+def test_a_remote_repository_keeps_verified_copies_in_its_own_cache_folder(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"           # CASSTORE_CACHE_DIR (conftest)
+    remote = MemoryRemote()
+    writer = Repository.init_remote(remote, _settings())
+    snapshot_id = write_snapshot(writer, lambda store: [])
+    reader = Repository.open_remote(remote, _settings())
+    reader.load_index()
+    assert reader.resolve(snapshot_id[:8]).id == snapshot_id
+    assert _cached(cache_dir, reader, layout.SNAPSHOTS) == {snapshot_id}
+    assert _cached(cache_dir, reader, layout.INDEX) == {layout.name_of(i.key) for i in remote.list(layout.INDEX_PREFIX)}
+    local = local_repo(tmp_path / "repo")    # a local repository reads its own files: no copies
+    write_snapshot(local, lambda store: [])
+    local.all_snapshots()
+    assert _cached(cache_dir, local, layout.SNAPSHOTS) == set()
+
+
+def test_a_remote_repositorys_cache_forgets_index_objects_and_snapshots_that_are_gone(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    remote = MemoryRemote()
+    writer = Repository.init_remote(remote, _settings())
+    snapshot_id = write_snapshot(writer, lambda store: [])
+    reader = Repository.open_remote(remote, _settings())
+    reader.load_index()
+    assert reader.manifest(snapshot_id)
+    (index_id,) = _cached(cache_dir, reader, layout.INDEX)
+    remote.delete(layout.index_key(index_id))           # consolidated away by gc elsewhere
+    Repository.open_remote(remote, _settings()).load_index()
+    assert _cached(cache_dir, reader, layout.INDEX) == set()
+    reader.delete_snapshot(snapshot_id)
+    assert _cached(cache_dir, reader, layout.SNAPSHOTS) == set()
+
+
+def test_a_snapshot_object_that_matches_its_name_but_does_not_decode_is_not_kept(tmp_path: Path) -> None:
+    import blake3
+    cache_dir = tmp_path / "cache"
+    remote = MemoryRemote()
+    Repository.init_remote(remote, _settings())
+    junk = b"named by its hash, but no snapshot"
+    name = blake3.blake3(junk).hexdigest()
+    remote.put(layout.snapshot_key(name), junk)
+    reader = Repository.open_remote(remote, _settings())
+    assert reader.all_snapshots() == []
+    assert _cached(cache_dir, reader, layout.SNAPSHOTS) == set()
+
+
+def test_an_encrypted_repository_opens_with_the_password_its_settings_carry(tmp_path: Path, monkeypatch) -> None:
+    from casstore.repo import keys
+    monkeypatch.setenv("CASSTORE_TEST_WEAK_KDF", "1")
+    monkeypatch.delenv("CASSTORE_PASSWORD", raising=False)
+    settings = _settings(password="a password given in code, not in the environment")
+    config = RepoConfig.new(keys=keys.new_key(settings, "testhost"))
+    path = str(tmp_path / "repo")
+    snapshot_id = write_snapshot(Repository.init_local(path, settings, config), lambda store: [])
+    keys.forget_unlocked()
+    try:
+        assert Repository.open_local(path, settings).resolve("latest").id == snapshot_id
+        keys.forget_unlocked()
+        remote = Repository.open_local(path, settings).remote
+        keys.forget_unlocked()
+        assert Repository.open_remote(remote, settings).resolve("latest").id == snapshot_id
+    finally:
+        keys.forget_unlocked()
+
+
+def test_a_plain_config_over_key_slots_is_refused_locally_but_open_remote_leaves_that_to_its_caller(
+        tmp_path: Path, monkeypatch) -> None:
+    from casstore.errors import DowngradeError
+    from casstore.repo import keys
+    monkeypatch.setenv("CASSTORE_TEST_WEAK_KDF", "1")
+    settings = _settings(password="pw for the slots")
+    path = tmp_path / "repo"
+    plain = Repository.init_local(str(path), settings)
+    keys.write_slots(plain.remote, keys.new_key(settings, "testhost"))   # as if the config were replaced
+    keys.forget_unlocked()
+    with pytest.raises(DowngradeError, match="holds key slots .* refusing to open it"):
+        Repository.open_local(str(path), settings)
+    assert Repository.open_remote(plain.remote, settings).config.id == plain.config.id
+    keys.forget_unlocked()
