@@ -104,6 +104,10 @@ MODULES["casstore/gc/repack.py"] = [*MODULES["casstore/gc/repack.py"], GC_ENCRYP
 MODULES["casstore/gc/sweep.py"] = [
     *MODULES["casstore/gc/sweep.py"], GC_ENCRYPTED,
     "tests/test_gc_concurrency.py::test_snapshot_committed_before_the_sweep_keeps_its_condemned_packs"]
+# the restore's small-file path (batches to worker processes, packs read in runs) and the index's
+# load/reload lock are tested in their own files only
+MODULES["casstore/restore/restorer.py"] = [*MODULES["casstore/restore/restorer.py"], "tests/test_restore_workers.py"]
+MODULES["casstore/repo/core.py"] = [*MODULES["casstore/repo/core.py"], "tests/test_index_cache.py"]
 CAUGHT = ("killed", "timeout")
 # plugin autoloading off: the quick tests need only these two, and start-up CPU halves
 PLUGINS = ["-p", "_hypothesis_pytestplugin", "-p", "pytest_timeout", "-p", "tests.mutation.order", "-rfE"]

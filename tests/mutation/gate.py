@@ -58,7 +58,7 @@ CORE: dict[str, tuple[int, list[str]]] = {
     "casstore/format/config.py": (2, [*FORMAT_TESTS, "tests/test_strength.py"]),
     "casstore/format/plan.py": (2, [*FORMAT_TESTS, "tests/test_strength.py"]),
     "casstore/chunker/fastcdc.py": (2, ["tests/test_properties.py", "tests/test_chunker.py"]),
-    "casstore/repo/core.py": (2, WRITER_TESTS),
+    "casstore/repo/core.py": (2, [*WRITER_TESTS, "tests/test_repo_core.py"]),
     "casstore/snapshot/builder.py": (2, WRITER_TESTS),
     "casstore/snapshot/pipeline.py": (2, WRITER_TESTS),
     "casstore/restore/restorer.py": (2, ["tests/test_restore_safety.py", "tests/test_snapshot_roundtrip.py",
