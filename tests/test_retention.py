@@ -17,6 +17,7 @@ from casstore.gc.retention import (
     decide,
     policy_from_settings,
 )
+from casstore.remotes.memory import MemoryRemote
 from casstore.settings import load_settings
 from tests.gc_helpers import FakeClock, Writer, cli_json, new_memory_remote
 from tests.helpers import invoke, write_snapshot
@@ -226,3 +227,41 @@ def test_forget_by_id_reports_where_it_forgot_and_names_an_unknown_id_and_where_
 def test_monthly_buckets_tell_the_same_month_of_different_centuries_apart():
     s = [snap(datetime(1926, 1, 5, tzinfo=UTC)), snap(datetime(2026, 1, 5, tzinfo=UTC))]
     assert set(kept(s, monthly=2)) == {s[0].id, s[1].id}
+
+
+def test_forget_by_id_searches_the_local_repository_and_its_remote_and_refuses_an_id_ambiguous_across_them(tmp_path):
+    """`casstore forget ID` acts on the local repository and the configured remote: a snapshot only
+    the remote holds is found there, one both hold goes from both, and a prefix that names a
+    different snapshot in each is refused before anything is deleted."""
+    from casstore.errors import SnapshotNotFound
+    from casstore.gc.retention import forget_snapshots
+
+    settings = load_settings({"host": "h"})
+    local = Repository.init_local(str(tmp_path / "local"), settings)
+    remote = Repository.init_remote(MemoryRemote(name=uuid.uuid4().hex), settings)
+    only_remote = write_snapshot(remote, lambda store: [], host="h", time_ns=10**18)
+    both = [write_snapshot(r, lambda store: [], host="h", time_ns=2 * 10**18) for r in (local, remote)]
+    assert both[0] == both[1]                 # the same manifest: the same id in each
+    assert forget_snapshots([local, remote], [only_remote[:10]]) == {only_remote: [remote.location]}
+    assert forget_snapshots([local, remote], [both[0]]) == {both[0]: [local.location, remote.location]}
+    assert local.all_snapshots() == [] and remote.all_snapshots() == []
+
+    by_prefix: dict[str, int] = {}          # two manifests whose ids share their first 4 hex digits
+    for n in range(1, 100_000):
+        snapshot_id, _ = SnapshotManifest(time_ns=n, host="h", source="/s", tree=b"\0" * 32).encode(None)
+        if snapshot_id[:4] in by_prefix:
+            first, second = by_prefix[snapshot_id[:4]], n
+            break
+        by_prefix[snapshot_id[:4]] = n
+    ids = [local.write_snapshot(SnapshotManifest(time_ns=first, host="h", source="/s", tree=b"\0" * 32))[0],
+           remote.write_snapshot(SnapshotManifest(time_ns=second, host="h", source="/s", tree=b"\0" * 32))[0]]
+    with pytest.raises(SnapshotNotFound, match=f"snapshot id {ids[0][:4]} is ambiguous"):
+        forget_snapshots([local, remote], [ids[0][:4]])
+    assert [s.id for s in local.all_snapshots()] == [ids[0]] and [s.id for s in remote.all_snapshots()] == [ids[1]]
+    with pytest.raises(SnapshotNotFound) as unknown:
+        forget_snapshots([local, remote], ["deadbeef"])
+    assert str(unknown.value) == f"no snapshot with id deadbeef in {local.location} or {remote.location}"
+    local.write_snapshot(SnapshotManifest(time_ns=second, host="h", source="/s", tree=b"\0" * 32))
+    with pytest.raises(SnapshotNotFound, match=r"is ambiguous \(2 match\)"):     # within one repository
+        forget_snapshots([local, remote], [ids[0][:4]])
+    assert len(local.all_snapshots()) == 2 and len(remote.all_snapshots()) == 1
