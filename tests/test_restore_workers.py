@@ -232,6 +232,38 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
+FORK_INTERRUPTED = """
+import os, signal, sys
+from casstore.fsio.workers import WorkerPool
+from casstore.errors import RestoreError
+sent = []
+
+def interrupt():      # Ctrl-C inside the second worker's fork, as a user's can land
+    sent.append(1)
+    if len(sent) == 2:
+        os.kill(os.getpid(), signal.SIGINT)
+
+os.register_at_fork(before=interrupt)
+try:
+    pool = WorkerPool(lambda fd, payload: payload, 2, what="restore", error=RestoreError)
+except KeyboardInterrupt:
+    sys.exit(130)
+pool.close()
+"""
+
+
+def test_a_ctrl_c_that_lands_while_a_worker_is_forked_interrupts_not_vanishes(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", FORK_INTERRUPTED], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=tmp_path)
+    workers: set[int] = set()
+    while proc.poll() is None:
+        workers |= _children(proc.pid)
+        time.sleep(0.001)
+    _, err = proc.communicate()
+    assert proc.returncode == 130 and err == b"", err
+    assert_all_end(workers, within=10)
+
+
 def test_workers_busy_when_their_parent_is_killed_die_with_it(tmp_path):
     parent = subprocess.Popen([sys.executable, "-c", STUCK], stdout=subprocess.PIPE, cwd=tmp_path)
     workers: set[int] = set()
