@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from casstore._testing import pause_point
 from casstore.errors import CasstoreError
 
 # A job: a batch of 32 small files' names and chunk ids (a restore), of 128 names and identities
@@ -155,6 +156,7 @@ class WorkerPool:
 
     def result(self, ticket: Ticket) -> Any:
         """The answer to a job: its handler's return value, or the exception it raised, raised here."""
+        pause_point(f"{self.what}-awaiting-answer")   # tests: a Ctrl-C lands while the workers run
         worker = ticket.worker
         while ticket.number not in worker.answers:
             try:
