@@ -6,7 +6,8 @@ a hook is reached (unset in normal use, when each hook costs a dictionary lookup
   knows it got there; the test resumes it with SIGCONT. Points: sync/copier.py (after-pack-upload,
   between-listings, before-index-put, after-recheck, after-snapshot-put), gc/sweep.py (sweep-after-list,
   sweep-before-packs, sweep-before-plans), gc/mark.py (mark-before-plan) and snapshot/builder.py
-  (snapshot-before-index, snapshot-before-commit).
+  (snapshot-before-index, snapshot-before-commit), fsio/workers.py (restore-awaiting-answer,
+  snapshot-awaiting-answer: the parent waits for a worker's answer, jobs in flight).
 - `set_pause_hook(fn)` routes every pause point to `fn(name)` instead, in this process: the
   exploration tests (tests/explore.py) park each actor's thread there until their scheduler says go.
 - `CASSTORE_TEST_CRASH_AT=<n>`: gc SIGKILLs itself right before its nth mutating storage call (a

@@ -18,6 +18,8 @@ import fcntl
 import os
 import shutil
 
+import pytest
+
 from casstore.client import Repository
 from casstore.fsio.durable import FileSystem
 from casstore.settings import load_settings
@@ -71,6 +73,10 @@ def _kill_points(total: int) -> list[int]:
     return sorted({round(1 + k * step) for k in range(MAX_KILLS_IN_SNAPSHOT)} | {total - 1, total})
 
 
+# ~13 CPU s (user+sys, children included: 24 killed CLI snapshots, each checked, restored and
+# snapshotted again), so its wall time is about 13 s x load/2 on 2 cores: 39 s at load 6.5, 100 s
+# at load 17, past the default 120 s once. 300 s holds up to load ~45 and still ends a real hang.
+@pytest.mark.timeout(300)
 def test_sigkill_during_snapshot_at_every_io_point(tmp_path):
     source, repo_dir, cache = tmp_path / "data", tmp_path / ".casstore", tmp_path / "cache"
     for i in range(4):

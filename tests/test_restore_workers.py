@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from casstore._testing import PAUSE_AT, PAUSE_FILE
 from casstore.client import Repository
 from casstore.errors import RestoreError
 from casstore.format.pack import KIND_DATA
 from casstore.fsio.workers import WorkerPool
-from casstore.restore.restorer import WORKER_MIN_FILES
+from casstore.restore.restorer import RESTORE_WORKERS, WORKER_MIN_FILES
 from tests.helpers import CASSTORE, assert_one_line_error, assert_same_tree, init_repo, pack_of, run, tree_state
 
 MODES = (0o644, 0o600, 0o755, 0o444, 0o640, 0o700, 0o000, 0o666)
@@ -186,6 +187,23 @@ def with_workers_seen(arguments: Callable[[int], list[str]]) -> tuple[subprocess
     return None
 
 
+def paused_with_workers(arguments: list[str], what: str, marker: Path) -> tuple[subprocess.Popen, set[int]]:
+    """A CLI run of `arguments`, stopped (SIGSTOP) while its parent waits for a worker's answer with
+    jobs in flight (pause point `<what>-awaiting-answer`), and its workers. A signal sent now lands
+    mid-run, never after the end: the caller sends it, then resumes the run (SIGCONT)."""
+    command = [CASSTORE] if CASSTORE else [sys.executable, "-c", "from casstore.cli.main import main; main()"]
+    env = {**os.environ, PAUSE_AT: f"{what}-awaiting-answer", PAUSE_FILE: str(marker)}
+    proc = subprocess.Popen([*command, *arguments], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 120
+    while not (marker.exists() and _state(proc.pid) == "T"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            _, err = proc.communicate()
+            raise AssertionError(f"the {what} never waited for a worker: {err.decode(errors='replace')}")
+        time.sleep(0.01)
+    return proc, _children(proc.pid)
+
+
 def assert_all_end(pids: set[int], within: float = 30) -> None:
     """Every process of `pids` ends (or is a zombie) within `within` seconds."""
     deadline = time.monotonic() + within
@@ -194,25 +212,27 @@ def assert_all_end(pids: set[int], within: float = 30) -> None:
     assert not any(_alive(pid) for pid in pids)
 
 
+def _state(pid: int) -> str:
+    """The process's state letter (R, S, T: stopped, Z: zombie), "" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""
+
+
 def _alive(pid: int) -> bool:
     """Running (a zombie waiting for a reaper that never comes in a container counts as gone)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return _state(pid) not in ("", "Z")
 
 
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL])
-def test_an_interrupted_or_killed_restore_leaves_no_process_behind(tmp_path, how):
-    source = small_source(tmp_path / "source", 6000, per_dir=50)
-    repo = init_repo(tmp_path / "repo")
-    repo.snapshot(str(source))
-    caught = with_workers_seen(lambda attempt: ["--repo", str(tmp_path / "repo"), "restore", "latest",
-                                                str(tmp_path / f"out{attempt}")])
-    if caught is None:
-        pytest.skip("the restore always finished before its workers were seen")
-    proc, workers = caught
+def test_an_interrupted_or_killed_restore_leaves_no_process_behind(snapshotted, tmp_path, how):
+    _, repo_dir = snapshotted
+    proc, workers = paused_with_workers(["--repo", str(repo_dir), "restore", "latest", str(tmp_path / "out")],
+                                        "restore", tmp_path / "paused")
+    assert len(workers) == RESTORE_WORKERS
     proc.send_signal(how)
+    os.kill(proc.pid, signal.SIGCONT)     # resumed, it meets the signal in the middle of the restore
     _, err = proc.communicate(timeout=60)
     if how == signal.SIGINT:
         assert proc.returncode == 130 and err.decode().strip() == "casstore: interrupted", err
@@ -230,6 +250,38 @@ pool.submit(fd, 2)
 time.sleep(0.5)
 os.kill(os.getpid(), signal.SIGKILL)
 """
+
+
+FORK_INTERRUPTED = """
+import os, signal, sys
+from casstore.fsio.workers import WorkerPool
+from casstore.errors import RestoreError
+sent = []
+
+def interrupt():      # Ctrl-C inside the second worker's fork, as a user's can land
+    sent.append(1)
+    if len(sent) == 2:
+        os.kill(os.getpid(), signal.SIGINT)
+
+os.register_at_fork(before=interrupt)
+try:
+    pool = WorkerPool(lambda fd, payload: payload, 2, what="restore", error=RestoreError)
+except KeyboardInterrupt:
+    sys.exit(130)
+pool.close()
+"""
+
+
+def test_a_ctrl_c_that_lands_while_a_worker_is_forked_interrupts_not_vanishes(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", FORK_INTERRUPTED], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=tmp_path)
+    workers: set[int] = set()
+    while proc.poll() is None:
+        workers |= _children(proc.pid)
+        time.sleep(0.001)
+    _, err = proc.communicate()
+    assert proc.returncode == 130 and err == b"", err
+    assert_all_end(workers, within=10)
 
 
 def test_workers_busy_when_their_parent_is_killed_die_with_it(tmp_path):

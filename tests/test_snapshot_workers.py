@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -33,7 +32,7 @@ from tests.helpers import (
     run,
     write,
 )
-from tests.test_restore_workers import assert_all_end, small_source, with_workers_seen
+from tests.test_restore_workers import assert_all_end, paused_with_workers, small_source, with_workers_seen
 from tests.test_streaming_snapshot import _after_listing
 
 FEW = 120      # the workers' threshold in these tests: a source of a few hundred files uses them
@@ -209,12 +208,11 @@ def many(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL])
 def test_an_interrupted_or_killed_snapshot_leaves_no_process_and_a_sound_repository(tmp_path, many, how):
     init_repo(tmp_path / "repo")
-    caught = _with_workers_seen(tmp_path / "repo", many)
-    if caught is None:
-        pytest.skip("the snapshot always finished before its workers were seen")
-    proc, workers = caught
-    time.sleep(0.2)
+    proc, workers = paused_with_workers(["--repo", str(tmp_path / "repo"), "snapshot", str(many)], "snapshot",
+                                        tmp_path / "paused")
+    assert len(workers) == builder.SNAPSHOT_WORKERS
     proc.send_signal(how)
+    os.kill(proc.pid, signal.SIGCONT)     # resumed, it meets the signal in the middle of the snapshot
     _, err = proc.communicate(timeout=60)
     if how == signal.SIGINT:
         assert proc.returncode == 130 and err.decode().strip() == "casstore: interrupted", err

@@ -27,8 +27,9 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
+from casstore._testing import pause_point
 from casstore.errors import CasstoreError
 
 # A job: a batch of 32 small files' names and chunk ids (a restore), of 128 names and identities
@@ -41,6 +42,11 @@ ANSWER_PIPE = 1024 * 1024    # at most /proc/sys/fs/pipe-max-size (1 MiB by defa
 # messages each way; with more outstanding, parent and worker could both block sending.
 MAX_QUEUED = 8
 Handler = Callable[[int, Any], Any]
+# Held (blocked) around each fork. A signal that lands while os.fork() runs has its Python handler
+# run by the first Python code after it: the at-fork hooks (logging's), whose exceptions Python
+# prints and drops, so a Ctrl-C there was lost and the command ran on to exit 0. Held, it is raised
+# after the fork, in the parent's own code. SIGTERM too: `serve` raises on a second one.
+HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 PR_SET_PDEATHSIG = 1
 
 
@@ -80,41 +86,54 @@ class WorkerPool:
         self.what, self.error, self._setup = what, error, setup
         try:
             for _ in range(count):
-                self._workers.append(self._fork(handle))
+                self._fork(handle)
         except BaseException:
             self.close(abort=True)
             raise
 
-    def _fork(self, handle: Handler) -> _Worker:
+    def _fork(self, handle: Handler) -> None:
+        """Fork one worker and add it to the pool. Stop signals are held from before the fork until
+        the worker is on the list: one that lands meanwhile is raised after, where close() can end it."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         answers_in, answers_out = os.pipe()
         _widen(answers_out)
         parent = os.getpid()
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
         try:
-            pid = os.fork()
-        except BaseException:
-            ours.close()
-            theirs.close()
-            os.close(answers_in)
-            os.close(answers_out)
-            raise
-        if pid == 0:                                     # the worker: never returns
-            status = 1
             try:
-                _die_with(parent)
+                pid = os.fork()
+            except BaseException:
                 ours.close()
+                theirs.close()
                 os.close(answers_in)
-                for worker in self._workers:     # the earlier workers' parent ends: their EOF is the parent's alone
-                    worker.sock.close()
-                    os.close(worker.answers_fd)
-                if self._setup is not None:
-                    self._setup()
-                status = _serve(theirs, answers_out, handle, self.what, self.error)
-            finally:
-                os._exit(status)                         # no atexit handlers, no flushing the parent's buffers
-        theirs.close()
-        os.close(answers_out)
-        return _Worker(pid, ours, answers_in)
+                os.close(answers_out)
+                raise
+            if pid == 0:
+                self._run_worker(parent, held, ours, theirs, answers_in, answers_out, handle)
+            theirs.close()
+            os.close(answers_out)
+            self._workers.append(_Worker(pid, ours, answers_in))
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)   # a held Ctrl-C is raised here, in the parent
+
+    def _run_worker(self, parent: int, mask: set[int | signal.Signals], ours: socket.socket, theirs: socket.socket,
+                    answers_in: int, answers_out: int, handle: Handler) -> NoReturn:
+        """The worker, just forked: never returns."""
+        status = 1
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the parent, which ends it
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            _die_with(parent)
+            ours.close()
+            os.close(answers_in)
+            for worker in self._workers:     # the earlier workers' parent ends: their EOF is the parent's alone
+                worker.sock.close()
+                os.close(worker.answers_fd)
+            if self._setup is not None:
+                self._setup()
+            status = _serve(theirs, answers_out, handle, self.what, self.error)
+        finally:
+            os._exit(status)                 # no atexit handlers, no flushing the parent's buffers
 
     @property
     def capacity(self) -> int:
@@ -137,6 +156,7 @@ class WorkerPool:
 
     def result(self, ticket: Ticket) -> Any:
         """The answer to a job: its handler's return value, or the exception it raised, raised here."""
+        pause_point(f"{self.what}-awaiting-answer")   # tests: a Ctrl-C lands while the workers run
         worker = ticket.worker
         while ticket.number not in worker.answers:
             try:
@@ -229,7 +249,6 @@ def _read_exactly(fd: int, length: int) -> bytes:
 
 def _serve(sock: socket.socket, answers: int, handle: Handler, what: str, error: type[CasstoreError]) -> int:
     """The worker's loop: answer each job in order until the parent closes the socket."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         message, fds, flags, _ = socket.recv_fds(sock, MAX_MESSAGE, 1)
         if not message:
