@@ -199,7 +199,8 @@ def paused_with_workers(arguments: list[str], what: str, marker: Path) -> tuple[
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             _, err = proc.communicate()
-            raise AssertionError(f"the {what} never waited for a worker: {err.decode(errors='replace')}")
+            raise AssertionError(f"the {what} never waited for a worker (exit {proc.returncode}): "
+                                 f"{err.decode(errors='replace')}")
         time.sleep(0.01)
     return proc, _children(proc.pid)
 

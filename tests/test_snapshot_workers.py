@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,24 @@ from tests.test_streaming_snapshot import _after_listing
 FEW = 120      # the workers' threshold in these tests: a source of a few hundred files uses them
 
 
+class _ThreadsSinceNow:
+    """`threading` as the builder sees it, counting only the threads started since the test began.
+
+    The builder forks workers only while its process has one thread (a lock another thread held
+    would stay held in the child). In the whole suite pytest's process keeps threads earlier tests
+    left idle (in-process servers, pools), so every in-process snapshot here would take the
+    threads' path; the threads the snapshot itself starts still count."""
+
+    def __init__(self) -> None:
+        self._before = threading.active_count()
+
+    def active_count(self) -> int:
+        return threading.active_count() - self._before + 1
+
+    def __getattr__(self, name: str):
+        return getattr(threading, name)
+
+
 @pytest.fixture
 def forks(monkeypatch) -> list[int]:
     """Worker pools started, by how many processes: the threshold lowered to FEW."""
@@ -50,6 +69,7 @@ def forks(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(builder, "WORKER_MIN_FILES", FEW)
     monkeypatch.setattr(builder, "WorkerPool", recording)
+    monkeypatch.setattr(builder, "threading", _ThreadsSinceNow())
     monkeypatch.setattr(builder, "RACY_WINDOW_NS", 0)     # files written just now may be cached
     return started
 
