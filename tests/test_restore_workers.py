@@ -205,6 +205,17 @@ def paused_with_workers(arguments: list[str], what: str, marker: Path) -> tuple[
     return proc, _children(proc.pid)
 
 
+def signal_paused(proc: subprocess.Popen, workers: set[int], how: int) -> None:
+    """Send `how` to a run paused by `paused_with_workers` and resume it, so it meets the signal in
+    the middle of its work: SIGINT is exit 130 and one line; either way every worker ends."""
+    proc.send_signal(how)
+    os.kill(proc.pid, signal.SIGCONT)
+    _, err = proc.communicate(timeout=60)
+    if how == signal.SIGINT:
+        assert proc.returncode == 130 and err.decode().strip() == "casstore: interrupted", err
+    assert_all_end(workers)
+
+
 def assert_all_end(pids: set[int], within: float = 30) -> None:
     """Every process of `pids` ends (or is a zombie) within `within` seconds."""
     deadline = time.monotonic() + within
@@ -232,12 +243,7 @@ def test_an_interrupted_or_killed_restore_leaves_no_process_behind(snapshotted, 
     proc, workers = paused_with_workers(["--repo", str(repo_dir), "restore", "latest", str(tmp_path / "out")],
                                         "restore", tmp_path / "paused")
     assert len(workers) == RESTORE_WORKERS
-    proc.send_signal(how)
-    os.kill(proc.pid, signal.SIGCONT)     # resumed, it meets the signal in the middle of the restore
-    _, err = proc.communicate(timeout=60)
-    if how == signal.SIGINT:
-        assert proc.returncode == 130 and err.decode().strip() == "casstore: interrupted", err
-    assert_all_end(workers)
+    signal_paused(proc, workers, how)
 
 
 STUCK = """

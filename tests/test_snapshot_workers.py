@@ -33,7 +33,13 @@ from tests.helpers import (
     run,
     write,
 )
-from tests.test_restore_workers import assert_all_end, paused_with_workers, small_source, with_workers_seen
+from tests.test_restore_workers import (
+    assert_all_end,
+    paused_with_workers,
+    signal_paused,
+    small_source,
+    with_workers_seen,
+)
 from tests.test_streaming_snapshot import _after_listing
 
 FEW = 120      # the workers' threshold in these tests: a source of a few hundred files uses them
@@ -231,12 +237,7 @@ def test_an_interrupted_or_killed_snapshot_leaves_no_process_and_a_sound_reposit
     proc, workers = paused_with_workers(["--repo", str(tmp_path / "repo"), "snapshot", str(many)], "snapshot",
                                         tmp_path / "paused")
     assert len(workers) == builder.SNAPSHOT_WORKERS
-    proc.send_signal(how)
-    os.kill(proc.pid, signal.SIGCONT)     # resumed, it meets the signal in the middle of the snapshot
-    _, err = proc.communicate(timeout=60)
-    if how == signal.SIGINT:
-        assert proc.returncode == 130 and err.decode().strip() == "casstore: interrupted", err
-    assert_all_end(workers)
+    signal_paused(proc, workers, how)
     run("--repo", tmp_path / "repo", "check")
     run("--repo", tmp_path / "repo", "snapshot", many)
     run("--repo", tmp_path / "repo", "restore", "latest", tmp_path / "out")
