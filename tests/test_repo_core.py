@@ -16,6 +16,7 @@ from casstore.format import layout
 from casstore.format.config import RepoConfig
 from casstore.format.index import decode_index
 from casstore.remotes.memory import MemoryRemote
+from casstore.remotes.wrappers import CountingRemote
 from casstore.settings import load_settings
 from tests.helpers import write_snapshot
 from tests.sync_helpers import local_repo
@@ -152,18 +153,10 @@ def test_a_writers_index_objects_name_their_origin(tmp_path: Path) -> None:
     assert origin["kind"] == "writer" and origin["host"] == "machine-a" and len(origin["session"]) == 16
 
 
-def _index_gets(repo: Repository) -> list[str]:
-    """Count the index objects a repository fetches from its storage from now on."""
-    fetched: list[str] = []
-    get = repo.remote.get
-
-    def counting(key: str, *args, **kwargs):
-        if key.startswith(layout.INDEX_PREFIX):
-            fetched.append(key)
-        return get(key, *args, **kwargs)
-
-    repo.remote.get = counting   # type: ignore[method-assign]
-    return fetched
+def _counted(repo: Repository) -> CountingRemote:
+    """Count the requests a repository makes from now on (its index load makes only lists and index gets)."""
+    repo.remote = counting = CountingRemote(repo.remote)
+    return counting
 
 
 def test_the_index_table_cache_follows_new_index_objects_and_is_not_rewritten_for_nothing(tmp_path: Path) -> None:
@@ -175,19 +168,19 @@ def test_the_index_table_cache_follows_new_index_objects_and_is_not_rewritten_fo
     table = first.table_cache.path
     saved = os.stat(table).st_mtime_ns
     again = Repository.open_local(path, _settings())
-    fetched = _index_gets(again)
+    counted = _counted(again)
     again.load_index()                           # nothing new: the table is used as it is
-    assert fetched == [] and os.stat(table).st_mtime_ns == saved
+    assert counted.counts["get"] == 0 and os.stat(table).st_mtime_ns == saved
     elsewhere = Repository.open_local(path, _settings(cache_dir=str(tmp_path / "elsewhere")))
     write_snapshot(elsewhere, lambda store: [], time_ns=2 * 10**18)   # another machine's writer
     third = Repository.open_local(path, _settings())
-    fetched = _index_gets(third)
+    counted = _counted(third)
     third.load_index()
-    assert len(fetched) == 1                      # only the new one is read, and the table learns it
+    assert counted.counts["get"] == 1                      # only the new one is read, and the table learns it
     fourth = Repository.open_local(path, _settings())
-    fetched = _index_gets(fourth)
+    counted = _counted(fourth)
     fourth.load_index()
-    assert fetched == []
+    assert counted.counts["get"] == 0
 
 
 def test_an_empty_repository_has_no_latest_snapshot(tmp_path: Path) -> None:
