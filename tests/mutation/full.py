@@ -108,6 +108,16 @@ MODULES["casstore/gc/sweep.py"] = [
 # load/reload lock are tested in their own files only
 MODULES["casstore/restore/restorer.py"] = [*MODULES["casstore/restore/restorer.py"], "tests/test_restore_workers.py"]
 MODULES["casstore/repo/core.py"] = [*MODULES["casstore/repo/core.py"], "tests/test_index_cache.py"]
+# the snapshot writer's worker processes, excludes, streaming of a huge directory, sparse files and
+# files read beside the snapshot have their own test files; 22 CPU s together (session 9), and a
+# mutant runs only the tests that reach its function
+WRITER_EXTRA = ["tests/test_snapshot_workers.py", "tests/test_excludes.py", "tests/test_streaming_snapshot.py",
+                "tests/test_sparse.py", "tests/test_side_reads.py"]
+MODULES["casstore/snapshot/builder.py"] = [*MODULES["casstore/snapshot/builder.py"], *WRITER_EXTRA]
+MODULES["casstore/snapshot/pipeline.py"] = [*MODULES["casstore/snapshot/pipeline.py"], *WRITER_EXTRA]
+MODULES["casstore/restore/restorer.py"] = [*MODULES["casstore/restore/restorer.py"], "tests/test_sparse.py"]
+# the index's delta entries (a blob stored as a delta against a base) are written and read there only
+MODULES["casstore/format/index.py"] = [*MODULES["casstore/format/index.py"], "tests/test_delta_blobs.py"]
 CAUGHT = ("killed", "timeout")
 # plugin autoloading off: the quick tests need only these two, and start-up CPU halves
 PLUGINS = ["-p", "_hypothesis_pytestplugin", "-p", "pytest_timeout", "-p", "tests.mutation.order", "-rfE"]
