@@ -20,7 +20,10 @@ What a recorded result stays valid for (anything else is run again; the rule is 
 - a `survived` (or `error`) result is also re-run when the module's test files change (the `tests`
   column: a hash of the files gate.CORE lists for it, and tests/conftest.py): a new test may kill it.
   A `killed` or `timeout` result is kept when the tests change (tests are added far more often than
-  they are weakened); `--recheck` runs a module's mutants again regardless.
+  they are weakened), and so is a survivor judged equivalent in equivalents.txt: no test can tell an
+  equivalent mutant apart, so a new test cannot change its verdict while its function is unchanged
+  (session 9: re-running the judged survivors after every test edit cost about 15 CPU s each);
+  `--recheck` runs a module's mutants again regardless.
 An id that no longer exists is dropped from the ledger when its module next runs.
 
 Cost, and what keeps it down (MUTATION.md has the measurements): by default (`--route fork`) a fork
@@ -61,6 +64,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,10 +189,11 @@ def current(module: str) -> tuple[dict[str, tuple[object, str]], str]:
             tests_digest(module))
 
 
-def _valid(record: Record, function: str | None, tests: str) -> bool:
+def _valid(record: Record, function: str | None, tests: str, judged: Collection[str] = ()) -> bool:
     if function is None or record.function != function:
         return False
-    return record.status in CAUGHT or record.tests == tests
+    return (record.status in CAUGHT or record.tests == tests
+            or (record.status == "survived" and record.id in judged))
 
 
 def head_commit() -> str:
@@ -418,7 +423,9 @@ def run_module(module: str, runners: list[Runner], ledger_dir: Path, deadline: f
     mutants, tests = current(module)
     path = ledger_path(module, ledger_dir)
     records = {k: r for k, r in read_ledger(path).items() if k in mutants}    # ids gone: dropped
-    todo = sorted((k for k in mutants if recheck or k not in records or not _valid(records[k], mutants[k][1], tests)),
+    judged = set(load_equivalents())
+    todo = sorted((k for k in mutants
+                   if recheck or k not in records or not _valid(records[k], mutants[k][1], tests, judged)),
                   key=_rank)     # in the gate's seeded order: a partial run is a spread sample
     print(f"{module}: {len(mutants)} mutants, {len(mutants) - len(todo)} recorded and valid, {len(todo)} to run",
           flush=True)
@@ -518,7 +525,7 @@ def rows(ledger_dir: Path = LEDGER_DIR) -> list[Row]:
     for module in MODULES:
         mutants, tests = current(module)
         valid = [r for k, r in read_ledger(ledger_path(module, ledger_dir)).items()
-                 if k in mutants and _valid(r, mutants[k][1], tests)]
+                 if k in mutants and _valid(r, mutants[k][1], tests, judged)]
         out.append(Row(module, len(mutants), valid, judged))
     return out
 
