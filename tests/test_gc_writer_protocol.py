@@ -384,6 +384,34 @@ def test_a_sync_of_two_snapshots_paused_after_its_first_put_relies_on_the_confir
     assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")
 
 
+@pytest.mark.parametrize(("pause", "data_listings"), [(GRACE / 2, 2), (GRACE / 2 + 1, 1)],
+                         ids=["exactly half a grace", "a second more"])
+def test_a_commit_redoes_the_recheck_only_more_than_half_a_grace_after_it(tmp_path, clock, pause, data_listings):
+    """The re-check before a commit holds for half a grace period: a second snapshot committed exactly
+    half a grace after it commits on it (and, landing late, confirms its own packs with a listing of
+    data/); a second later the commit re-checks first, on the confirmation's fresh listing, and lands
+    on time (no second listing of data/). Both restore."""
+
+    boot, remote, writer = _synced_once(tmp_path, clock)
+    writer.snapshot()
+    writer.snapshot()   # two new snapshots of the same folder: nothing to upload
+    seen: list[str] = []
+
+    def hook(name: str) -> None:
+        seen.append(name)
+        if name == "after-snapshot-put" and seen.count(name) == 1:
+            boot.advance(pause)
+
+    counting = CountingRemote(remote)
+    listed: list[str] = []
+    original = counting._list
+    counting._list = lambda prefix: (listed.append(prefix), original(prefix))[1]
+    report = _sync_paused(writer, counting, boot, hook)
+    assert len(report.snapshots) == 2 and report.packs_uploaded == 0
+    assert listed.count("data/") == data_listings, listed
+    assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")
+
+
 def test_a_session_pack_lost_a_quarter_grace_after_the_last_index_is_found_before_an_index_names_it(tmp_path,
                                                                                                      clock):
     """Within a quarter grace period of the session's last index (or its start) no pack of it can have

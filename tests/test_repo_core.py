@@ -277,3 +277,120 @@ def test_a_plain_config_over_key_slots_is_refused_locally_but_open_remote_leaves
         Repository.open_local(str(path), settings)
     assert Repository.open_remote(plain.remote, settings).config.id == plain.config.id
     keys.forget_unlocked()
+
+
+# -- session 9 (s9core19): promises the full mutation run found untested ----------------------------
+
+def test_reads_for_every_host_or_one_named_host_see_past_this_hosts_snapshots(tmp_path: Path) -> None:
+    from casstore.repo.core import for_reads
+    repo = local_repo(tmp_path / "repo")      # host "testhost"
+    ours = write_snapshot(repo, lambda store: [], host="testhost", time_ns=10**18)
+    theirs = write_snapshot(repo, lambda store: [], host="other", time_ns=2 * 10**18)
+    assert [s.id for s in repo.readable(all_hosts=True)] == [theirs, ours]
+    assert repo.resolve("latest", all_hosts=True).id == theirs
+    assert repo.resolve("latest", host="other").id == theirs
+    assert [s.id for s in repo.snapshots()] == [ours], "writes' listing: this host's snapshots by default"
+    assert [s.id for s in repo.snapshots(all_hosts=True)] == [theirs, ours]
+    every = repo.all_snapshots()
+    assert [s.id for s in for_reads(every, "testhost")] == [ours], "this host's, when it has any"
+    assert [s.id for s in for_reads(every, "testhost", all_hosts=True)] == [theirs, ours]
+
+
+def test_opening_a_remote_without_a_repository_or_with_an_unreadable_config_names_it(tmp_path: Path) -> None:
+    from casstore.errors import IntegrityError
+    remote = MemoryRemote()
+    with pytest.raises(RepositoryNotFound, match=f"no casstore repository at {remote.url} "):
+        Repository.open_remote(remote, _settings())
+    remote.put(layout.CONFIG_KEY, b"not a config")
+    with pytest.raises(IntegrityError) as caught:
+        Repository.open_remote(remote, _settings())
+    assert str(caught.value).startswith("repository config: "), "the one error line names what is damaged"
+
+
+def test_a_new_repository_takes_its_grace_period_from_the_settings(tmp_path: Path) -> None:
+    made = Repository.init_local(str(tmp_path / "repo"), _settings(grace_seconds=2 * 86400))
+    assert made.config.grace_seconds == 2 * 86400
+    assert Repository.open_local(str(tmp_path / "repo"), _settings()).config.grace_seconds == 2 * 86400
+
+
+def test_the_exclusive_repository_lock_keeps_every_other_user_out_and_the_shared_one_only_gc(tmp_path: Path) -> None:
+    from casstore.errors import LockError
+    from casstore.repo.lock import repository_lock
+    repo = local_repo(tmp_path / "repo")
+    with repo.locked():
+        with repository_lock(repo.local_dir, wait=False):
+            pass                                 # readers share
+        with pytest.raises(LockError):
+            with repository_lock(repo.local_dir, exclusive=True, wait=False):
+                pass
+    with repo.locked(exclusive=True):
+        with pytest.raises(LockError, match="is locked exclusively"):
+            with repository_lock(repo.local_dir, wait=False):
+                pass
+
+
+def test_a_snapshot_is_forgotten_by_a_process_that_never_read_it(tmp_path: Path) -> None:
+    repo = local_repo(tmp_path / "repo")
+    snapshot_id = write_snapshot(repo, lambda store: [])
+    fresh = Repository.open_local(str(tmp_path / "repo"), _settings())
+    fresh.delete_snapshot(snapshot_id)
+    assert fresh.snapshot_ids() == [] and not fresh.has_snapshot(snapshot_id)
+
+
+def test_a_local_repository_keeps_no_copies_in_the_cache_folder(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"           # CASSTORE_CACHE_DIR (conftest)
+    snapshot_id = write_snapshot(local_repo(tmp_path / "repo"), lambda store: [])
+    fresh = Repository.open_local(str(tmp_path / "repo"), _settings())
+    assert fresh.resolve("latest").id == snapshot_id
+    fresh.load_index()
+    for kind in (layout.SNAPSHOTS, layout.INDEX):
+        assert _cached(cache_dir, fresh, kind) == set(), kind
+
+
+def test_a_remote_index_that_matches_its_name_but_does_not_decode_is_skipped_and_not_kept(
+        tmp_path: Path, caplog) -> None:
+    import blake3
+    cache_dir = tmp_path / "cache"
+    remote = MemoryRemote()
+    write_snapshot(Repository.init_remote(remote, _settings()), lambda store: [])
+    junk = b"named by its hash, but no index"
+    bad = blake3.blake3(junk).hexdigest()
+    remote.put(layout.index_key(bad), junk)
+    reader = Repository.open_remote(remote, _settings())
+    with caplog.at_level(logging.WARNING, logger="casstore.repo.core"):
+        index = reader.load_index()
+    assert bad not in index.index_packs and index.index_packs, "the good index still loads"
+    assert any(r.getMessage().startswith(f"skipping damaged index {bad[:16]}: ") for r in caplog.records)
+    assert bad not in _cached(cache_dir, reader, layout.INDEX)
+
+
+def test_an_encrypted_repositorys_index_objects_load_in_a_process_without_its_table_cache(
+        tmp_path: Path, monkeypatch) -> None:
+    from casstore.repo import keys
+    monkeypatch.setenv("CASSTORE_TEST_WEAK_KDF", "1")
+    settings = _settings(password="pw")
+    path = str(tmp_path / "repo")
+    write_snapshot(Repository.init_local(path, settings, RepoConfig.new(keys=keys.new_key(settings, "testhost"))),
+                   lambda store: [])
+    try:
+        fresh = Repository.open_local(path, _settings(password="pw", cache_dir=str(tmp_path / "elsewhere")))
+        written = {layout.name_of(i.key) for i in fresh.remote.list(layout.INDEX_PREFIX)}
+        assert set(fresh.load_index().index_packs) == written != set()
+    finally:
+        keys.forget_unlocked()
+
+
+def test_creating_an_encrypted_repository_over_one_leaves_its_key_slots_as_they_were(
+        tmp_path: Path, monkeypatch) -> None:
+    from casstore.repo import keys
+    monkeypatch.setenv("CASSTORE_TEST_WEAK_KDF", "1")
+    settings = _settings(password="pw")
+    remote = MemoryRemote()
+    try:
+        Repository.init_remote(remote, settings, RepoConfig.new(keys=keys.new_key(settings, "testhost")))
+        slots = keys.list_slots(remote)
+        with pytest.raises(RepositoryExists, match=f"a repository already exists at {remote.url}"):
+            Repository.init_remote(remote, settings, RepoConfig.new(keys=keys.new_key(settings, "testhost")))
+        assert keys.list_slots(remote) == slots
+    finally:
+        keys.forget_unlocked()

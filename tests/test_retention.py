@@ -199,6 +199,7 @@ def test_forget_json_reports_each_decision_with_its_snapshot_and_reasons(tmp_pat
     data = cli_json("forget", "--repo", repo.local_dir, "--keep-last", "1", "--dry-run", "--json")
     assert set(data) == {"location", "policy", "dry_run", "groups", "removed", "kept", "gc"}
     assert data["dry_run"] is True and data["removed"] == [] and data["kept"] == 1
+    assert data["location"] == repo.local_dir and data["gc"] is None, "which repository; no gc ran (no --prune)"
     (group,) = data["groups"]
     assert set(group) == {"host", "source", "keep", "remove"}
     assert (group["host"], len(group["keep"]), len(group["remove"])) == ("testhost", 1, 2)
@@ -265,3 +266,39 @@ def test_forget_by_id_searches_the_local_repository_and_its_remote_and_refuses_a
     with pytest.raises(SnapshotNotFound, match=r"is ambiguous \(2 match\)"):     # within one repository
         forget_snapshots([local, remote], [ids[0][:4]])
     assert len(local.all_snapshots()) == 2 and len(remote.all_snapshots()) == 1
+
+
+# -- session 9 (s9core19): boundaries and messages the full mutation run found untested ---------
+
+def test_a_rule_is_named_in_its_error_and_a_single_tag_is_one_tag():
+    with pytest.raises(ConfigError, match="unknown retention rule 'keep_everything'"):
+        RetentionPolicy.coerce({"keep_everything": 1})
+    assert RetentionPolicy.coerce({"keep_tag": "release"}).tags == ("release",)
+    assert RetentionPolicy.coerce({"within": 1e16}).within == 1e16, "a number is seconds, in any notation"
+    assert RetentionPolicy().describe() == "no rule"
+
+
+def test_within_keeps_a_snapshot_exactly_that_old_and_not_one_nanosecond_older():
+    newest = snap(T0)
+    edge = SnapshotInfo("e" * 64, SnapshotManifest(time_ns=newest.manifest.time_ns - 3600 * 10**9, host="h",
+                                                  source="/data", tree=b"\0" * 32))
+    older = SnapshotInfo("f" * 64, SnapshotManifest(time_ns=edge.manifest.time_ns - 1, host="h", source="/data",
+                                                   tree=b"\0" * 32))
+    assert set(kept([newest, edge, older], within=3600)) == {newest.id, edge.id}
+
+
+def test_buckets_are_utc_whatever_the_local_time_zone(monkeypatch):
+    import time
+    monkeypatch.setenv("TZ", "Etc/GMT-5")        # UTC+5: 22:00 and 23:30 UTC fall on the next local day
+    time.tzset()
+    try:
+        late = [snap(T0.replace(hour=22)), snap(T0.replace(hour=23, minute=30)), snap(T0 + timedelta(hours=14))]
+        assert sorted(r[0] for r in kept(late, daily=3).values()) == ["daily 2024-12-29", "daily 2024-12-30"]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_a_monthly_reason_names_the_month():
+    months = [snap(T0 - timedelta(days=10 * i)) for i in range(4)]     # Dec 29 .. Nov 29
+    assert sorted(r[0] for r in kept(months, monthly=2).values()) == ["monthly 2024-11", "monthly 2024-12"]
