@@ -322,9 +322,9 @@ def test_the_exclusive_repository_lock_keeps_every_other_user_out_and_the_shared
             pass                                 # readers share
         with pytest.raises(LockError), repository_lock(repo.local_dir, exclusive=True, wait=False):
             pass
-    with repo.locked(exclusive=True), pytest.raises(LockError, match="is locked exclusively"):
-        with repository_lock(repo.local_dir, wait=False):
-            pass
+    with repo.locked(exclusive=True), pytest.raises(LockError, match="is locked exclusively"), \
+            repository_lock(repo.local_dir, wait=False):
+        pass
 
 
 def test_a_snapshot_is_forgotten_by_a_process_that_never_read_it(tmp_path: Path) -> None:
