@@ -76,6 +76,8 @@ def test_listings_filter_by_source_and_limit_newest_first(tmp_path: Path) -> Non
     assert [s.id for s in repo.snapshots()] == [a2, b1, a1]
     assert [s.id for s in repo.snapshots(limit=2)] == [a2, b1]
     assert [s.id for s in repo.readable(limit=1)] == [a2]
+    # a limit of 0 is no limit, as `casstore list --limit 0` shows every snapshot
+    assert [s.id for s in repo.snapshots(limit=0)] == [s.id for s in repo.readable(limit=0)] == [a2, b1, a1]
 
 
 def test_reads_prefer_this_hosts_snapshots_when_it_has_any(tmp_path: Path) -> None:
@@ -392,3 +394,112 @@ def test_creating_an_encrypted_repository_over_one_leaves_its_key_slots_as_they_
         assert keys.list_slots(remote) == slots
     finally:
         keys.forget_unlocked()
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_a_pack_a_gc_plan_condemns_holds_nothing_for_a_writer_of_a_reopened_repository(
+        tmp_path: Path, monkeypatch, encrypted: bool) -> None:
+    from casstore.format.pack import KIND_TREE
+    from casstore.format.plan import GcPlan, encode_plan_verified
+    from casstore.repo import keys
+    monkeypatch.setenv("CASSTORE_TEST_WEAK_KDF", "1")
+    settings = _settings(password="pw")
+    remote = MemoryRemote()
+    config = RepoConfig.new(keys=keys.new_key(settings, "testhost")) if encrypted else None
+    try:
+        writer = Repository.init_remote(remote, settings, config)
+        snapshot_id = write_snapshot(writer, lambda store: [])
+        (pack,) = (layout.name_of(i.key) for i in remote.list(layout.DATA_PREFIX))
+        key = layout.plan_key()
+        remote.put(key, encode_plan_verified(GcPlan([pack], host="gc-host"), key, writer.config.sealer))
+        reopened = Repository.open_remote(remote, settings)
+        reopened.load_index()
+        tree = reopened.manifest(snapshot_id).tree
+        assert reopened.blob_store().has(KIND_TREE, tree), "indexed, before the plans are read"
+        assert reopened.load_plans() == [key]
+        assert not reopened.blob_store().has(KIND_TREE, tree), "its only pack is condemned: store it again"
+    finally:
+        keys.forget_unlocked()
+
+
+def test_a_remote_repositorys_cache_folder_stays_within_the_cache_size_setting(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    remote = MemoryRemote()
+    writer = Repository.init_remote(remote, _settings())
+    for n in range(6):
+        write_snapshot(writer, lambda store: [], time_ns=(n + 1) * 10**18)
+    reader = Repository.open_remote(remote, _settings(cache_max_bytes=600))
+    assert len(reader.all_snapshots()) == 6
+    reader.load_index()
+    copies = [cache_dir / reader.config.id / kind / name for kind in (layout.SNAPSHOTS, layout.INDEX)
+              for name in _cached(cache_dir, reader, kind)]
+    assert 0 < sum(p.stat().st_size for p in copies) <= 600, [p.stat().st_size for p in copies]
+
+
+def test_the_compression_level_setting_applies_to_what_a_repository_writes(tmp_path: Path) -> None:
+    import random
+    from casstore.format.pack import KIND_DATA
+    words = [bytes(random.Random(n).choices(b"abcdefghij", k=7)) for n in range(300)]
+    text = b" ".join(random.Random(19).choices(words, k=40_000))      # compresses, better at a higher level
+
+    def stored(level: int | None, name: str) -> int:
+        path = str(tmp_path / name)
+        Repository.init_local(path, _settings(), RepoConfig.new(compression_level=1))
+        repo = Repository.open_local(path, _settings(compression_level=level))
+        write_snapshot(repo, lambda store: [store.add(KIND_DATA, text)] and [])
+        return repo.stored_bytes([layout.DATA_PREFIX])
+
+    assert stored(19, "high") < 0.95 * stored(None, "config's level")
+
+
+def test_a_blob_read_is_fetched_again_as_often_as_the_read_attempts_setting_says(tmp_path: Path) -> None:
+    from casstore.errors import IntegrityError
+    from casstore.format.pack import KIND_DATA
+    from casstore.remotes.wrappers import RemoteWrapper
+
+    class DamagedInTransit(RemoteWrapper):
+        """The first `bad` downloads from data/ arrive with a byte flipped."""
+
+        def __init__(self, inner, bad: int) -> None:
+            super().__init__(inner)
+            self.bad = bad
+
+        def _get(self, key: str, offset: int, length: int | None, *, large: bool) -> bytes:
+            data = super()._get(key, offset, length, large=large)
+            if key.startswith(layout.DATA_PREFIX) and self.bad > 0:
+                self.bad -= 1
+                data = bytes([data[0] ^ 1]) + data[1:]
+            return data
+
+    remote = MemoryRemote()
+    blob = []
+    write_snapshot(Repository.init_remote(remote, _settings()),
+                   lambda store: [blob.append(store.add(KIND_DATA, b"x" * 5000)[0])] and [])
+    # a read that fails every attempt re-lists the index and reads once more: 2 x 2 fetches in all
+    for bad, readable in ((3, True), (4, False)):
+        reader = Repository.open_remote(DamagedInTransit(remote, bad),     # each its own cache: no copy yet
+                                        _settings(read_attempts=2, cache_dir=str(tmp_path / f"cache{bad}")))
+        if readable:
+            assert reader.read_blob(KIND_DATA, blob[0]) == b"x" * 5000
+        else:
+            with pytest.raises(IntegrityError):
+                reader.read_blob(KIND_DATA, blob[0])
+
+
+def test_a_miss_after_the_table_cache_was_restored_keeps_the_packs_a_writer_has_not_indexed_yet(
+        tmp_path: Path) -> None:
+    from casstore.errors import IntegrityError
+    from casstore.format.pack import KIND_DATA
+    first = local_repo(tmp_path / "repo")
+    write_snapshot(first, lambda store: [])
+    first.load_index()                                                    # saves the index table cache
+    repo = Repository.open_local(str(tmp_path / "repo"), _settings())
+    repo.load_index()                                                     # restored from that cache
+    store = repo.blob_store()
+    written, _ = store.add(KIND_DATA, b"uploaded, not indexed yet" * 100)
+    store.wait_uploads()
+    assert store.unindexed(), "the case this test is about: a pack no index lists yet"
+    with pytest.raises(IntegrityError, match="cannot be read"):
+        repo.read_blob(KIND_DATA, b"\x07" * 32)                          # a miss: the index is reloaded
+    assert repo.read_blob(KIND_DATA, written) == b"uploaded, not indexed yet" * 100
+    store.close()
