@@ -438,6 +438,7 @@ def test_a_remote_repositorys_cache_folder_stays_within_the_cache_size_setting(t
 
 def test_the_compression_level_setting_applies_to_what_a_repository_writes(tmp_path: Path) -> None:
     import random
+
     from casstore.format.pack import KIND_DATA
     words = [bytes(random.Random(n).choices(b"abcdefghij", k=7)) for n in range(300)]
     text = b" ".join(random.Random(19).choices(words, k=40_000))      # compresses, better at a higher level
@@ -446,7 +447,7 @@ def test_the_compression_level_setting_applies_to_what_a_repository_writes(tmp_p
         path = str(tmp_path / name)
         Repository.init_local(path, _settings(), RepoConfig.new(compression_level=1))
         repo = Repository.open_local(path, _settings(compression_level=level))
-        write_snapshot(repo, lambda store: [store.add(KIND_DATA, text)] and [])
+        write_snapshot(repo, lambda store: _no_entries(store.add(KIND_DATA, text)))
         return repo.stored_bytes([layout.DATA_PREFIX])
 
     assert stored(19, "high") < 0.95 * stored(None, "config's level")
@@ -472,9 +473,9 @@ def test_a_blob_read_is_fetched_again_as_often_as_the_read_attempts_setting_says
             return data
 
     remote = MemoryRemote()
-    blob = []
+    blob: list[bytes] = []
     write_snapshot(Repository.init_remote(remote, _settings()),
-                   lambda store: [blob.append(store.add(KIND_DATA, b"x" * 5000)[0])] and [])
+                   lambda store: _no_entries(blob.append(store.add(KIND_DATA, b"x" * 5000)[0])))
     # a read that fails every attempt re-lists the index and reads once more: 2 x 2 fetches in all
     for bad, readable in ((3, True), (4, False)):
         reader = Repository.open_remote(DamagedInTransit(remote, bad),     # each its own cache: no copy yet
@@ -503,3 +504,8 @@ def test_a_miss_after_the_table_cache_was_restored_keeps_the_packs_a_writer_has_
         repo.read_blob(KIND_DATA, b"\x07" * 32)                          # a miss: the index is reloaded
     assert repo.read_blob(KIND_DATA, written) == b"uploaded, not indexed yet" * 100
     store.close()
+
+
+def _no_entries(_stored: object) -> list:
+    """A snapshot's root tree with no entry (the blob stored on the way is what a test reads back)."""
+    return []
