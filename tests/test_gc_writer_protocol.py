@@ -412,6 +412,20 @@ def test_a_commit_redoes_the_recheck_only_more_than_half_a_grace_after_it(tmp_pa
     assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")
 
 
+def test_an_index_that_lands_on_time_is_not_followed_by_a_check_of_its_packs(tmp_path, clock):
+    """A writer's index that lands within a quarter grace of the storage time before it was confirmed
+    cannot name a pack gc has taken since: the writer stats none of its packs (design 8.4)."""
+
+    boot, remote, writer = _synced_once(tmp_path, clock)
+    writer.edit(seed=3)
+    writer.snapshot()
+    counting = CountingRemote(remote)
+    report = _sync_paused(writer, counting, boot, lambda name: None)
+    assert report.packs_uploaded > 0, "the case this test is about: an index of new packs"
+    assert counting.counts["stat"] == 0, counting.counts
+    assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")
+
+
 def test_a_session_pack_lost_a_quarter_grace_after_the_last_index_is_found_before_an_index_names_it(tmp_path,
                                                                                                      clock):
     """Within a quarter grace period of the session's last index (or its start) no pack of it can have

@@ -204,3 +204,14 @@ def test_init_from_a_remote_shares_its_chunker_so_hosts_dedup(tmp_path, monkeypa
     listed = casstore("--repo", tmp_path / "b", "list", "--all-hosts", "--remote", f"file://{remote_dir}", "--json",
                       host="b")
     assert {s["host"] for s in json.loads(listed.stdout)} == {"a", "b"}
+
+
+def test_a_syncs_progress_counts_every_byte_it_announced(memory_remote, tmp_path):
+    """The progress callback (the CLI's bar) is told each blob's size as it goes: they add up to the
+    total announced before the upload, the raw bytes of the missing blobs."""
+    source = make_source(tmp_path / "data")
+    repo = local_repo(tmp_path / "repo")
+    repo.snapshot(str(source))
+    steps: list[int] = []
+    report = repo.sync(memory_remote, progress=steps.append)
+    assert report.bytes_missing > 0 and sum(steps) == report.bytes_missing
