@@ -426,6 +426,56 @@ def test_an_index_that_lands_on_time_is_not_followed_by_a_check_of_its_packs(tmp
     assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")
 
 
+def test_a_second_commit_whose_confirmation_listing_grew_old_lists_again_and_lands(tmp_path, clock):
+    """Paused over half a grace period after its first snapshot's put, the writer confirms that
+    snapshot's packs; paused again during that confirmation's listing, past a quarter grace, the
+    listing is too old to be the second commit's re-check: it lists gc/ and index/ once more (its
+    storage clock estimated from the first snapshot's put) and commits. Both restore."""
+
+    boot, remote, writer = _synced_once(tmp_path, clock)
+    writer.snapshot()
+    writer.snapshot()   # two new snapshots of the same folder: nothing to upload
+    seen: list[str] = []
+
+    def hook(name: str) -> None:
+        seen.append(name)
+        if name == "after-snapshot-put" and seen.count(name) == 1:
+            boot.advance(GRACE / 2 + 1)
+        elif name == "between-listings" and seen.count("after-snapshot-put") == 1:
+            boot.advance(GRACE / 4)
+
+    report = _sync_paused(writer, remote, boot, hook)
+    assert len(report.snapshots) == 2 and report.packs_uploaded == 0
+    assert report.rechecks == 1
+    assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")
+
+
+def test_a_sync_stopped_right_after_its_snapshot_landed_confirms_that_snapshots_packs_next_time(tmp_path, clock):
+    """Stopped between the snapshot's put and its post-commit check, a sync leaves that snapshot
+    pending: the next sync finds it on the remote, confirms its packs (a listing of data/) and only
+    then records it synced, rather than trusting a check that never ran."""
+
+    class Stopped(Exception):
+        pass
+
+    def stop(name: str) -> None:
+        if name == "after-snapshot-put":
+            raise Stopped
+
+    boot, remote, writer = _synced_once(tmp_path, clock)
+    writer.edit(seed=3)
+    writer.snapshot()
+    with pytest.raises(Stopped):
+        _sync_paused(writer, remote, boot, stop)
+    counting = CountingRemote(remote)
+    listed: list[str] = []
+    original = counting._list
+    counting._list = lambda prefix: (listed.append(prefix), original(prefix))[1]
+    report = _sync_paused(writer, counting, boot, lambda name: None)
+    assert report.snapshots == [] and "data/" in listed, listed
+    assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")
+
+
 def test_a_session_pack_lost_a_quarter_grace_after_the_last_index_is_found_before_an_index_names_it(tmp_path,
                                                                                                      clock):
     """Within a quarter grace period of the session's last index (or its start) no pack of it can have

@@ -206,12 +206,33 @@ def test_init_from_a_remote_shares_its_chunker_so_hosts_dedup(tmp_path, monkeypa
     assert {s["host"] for s in json.loads(listed.stdout)} == {"a", "b"}
 
 
-def test_a_syncs_progress_counts_every_byte_it_announced(memory_remote, tmp_path):
-    """The progress callback (the CLI's bar) is told each blob's size as it goes: they add up to the
-    total announced before the upload, the raw bytes of the missing blobs."""
+class _Bar:
+    """A progress callback as the CLI's bar is: told the total first (set_total), then each step."""
+
+    def __init__(self) -> None:
+        self.total: int | None = None
+        self.steps: list[int] = []
+
+    def set_total(self, total: int) -> None:
+        self.total = total
+
+    def __call__(self, step: int) -> None:
+        self.steps.append(step)
+
+
+def test_sync_and_pull_progress_announce_a_total_and_count_every_byte_of_it(memory_remote, tmp_path):
+    """The progress callback (the CLI's bar) is told the total, the raw bytes of the missing blobs,
+    then each blob's size as it goes: they add up to it. The report's stored size of those blobs
+    is what the packs hold of them (the packs add their headers)."""
     source = make_source(tmp_path / "data")
     repo = local_repo(tmp_path / "repo")
     repo.snapshot(str(source))
-    steps: list[int] = []
-    report = repo.sync(memory_remote, progress=steps.append)
-    assert report.bytes_missing > 0 and sum(steps) == report.bytes_missing
+    bar = _Bar()
+    report = repo.sync(memory_remote, progress=bar)
+    assert report.bytes_missing > 0 and bar.total == sum(bar.steps) == report.bytes_missing
+    assert 0.9 * report.bytes_uploaded < report.bytes_missing_stored <= report.bytes_uploaded
+    remote_config = Repository.open_remote(memory_remote, load_settings({})).config
+    other = local_repo(tmp_path / "other", config=type(remote_config)(**{**remote_config.__dict__, "id": "d" * 32}))
+    pulled = _Bar()
+    report = other.pull(memory_remote, progress=pulled)
+    assert report.bytes_missing > 0 and pulled.total == sum(pulled.steps) == report.bytes_missing
