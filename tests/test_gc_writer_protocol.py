@@ -230,6 +230,33 @@ def test_a_writer_whose_freshly_indexed_packs_keep_vanishing_gives_up_loudly(tmp
     assert not list(remote.list("snapshots/"))
 
 
+def test_indexes_that_withdraw_late_ones_are_the_writers_own_so_gc_protects_their_packs(tmp_path, clock):
+    """Two late indexes in a row lose a pack each: the writer withdraws the first, then the second
+    (the withdrawal's own index), uploads what was lost and commits. Every index it wrote names it
+    as a writer (origin kind "writer" or "checkpoint"), the kinds gc treats as protecting a live
+    session's packs (gc/listing.py PROTECTING_ORIGINS); the snapshot restores."""
+    from casstore.format import layout
+    from casstore.format.index import decode_index
+
+    class TwoThefts(PackThief):
+        def _put_hinted(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None, cold: bool):
+            if key.startswith("index/") and self.indexes >= 2:
+                return RemoteWrapper._put_hinted(self, key, data, if_absent=if_absent, if_match=if_match, cold=cold)
+            return super()._put_hinted(key, data, if_absent=if_absent, if_match=if_match, cold=cold)
+
+    remote = new_memory_remote(clock)
+    writer = Writer(tmp_path / "a", "host-a", clock, big_mib=1)
+    writer.snapshot()
+    thief = TwoThefts(remote, clock)
+    writer.sync(thief)
+    assert thief.indexes == 2 and len(list(remote.list("snapshots/"))) == 1
+    repo = remote_repo(remote, tmp_path)
+    kinds = [decode_index(layout.name_of(i.key), remote.get(i.key), repo.config.max_blob_size).origin["kind"]
+             for i in remote.list(layout.INDEX_PREFIX)]
+    assert len(kinds) >= 3 and set(kinds) <= {"writer", "checkpoint"}, kinds
+    assert_restorable(repo, writer.expected, tmp_path / "out")
+
+
 @pytest.mark.parametrize(("stall", "expired"), [(GRACE / 4, False), (GRACE / 4 + 1, True)],
                          ids=["exactly half a grace apart", "a second more"])
 def test_a_sync_whose_checkpoints_land_more_than_half_a_grace_period_apart_stops(tmp_path, clock, stall, expired):
