@@ -91,10 +91,7 @@ def test_daily_sync_of_an_unchanged_folder_makes_five_requests_and_lists_no_data
     writer.sync(remote)
     for i in range(10_000):   # a large repository: a listing of data/ would show
         remote.put(f"data/{i % 256:02x}/{i:064x}", b"p")
-    counting = CountingRemote(remote)
-    listed: list[str] = []
-    original = counting._list
-    counting._list = lambda prefix: (listed.append(prefix), original(prefix))[1]
+    counting, listed = _recording_lists(remote)
     clock.advance(86400)
     writer.snapshot()   # the same folder the next day: a new manifest, no new blob
     report = writer.sync(counting)
@@ -311,6 +308,15 @@ def _synced_once(tmp_path, clock):
     return boot, remote, writer
 
 
+def _recording_lists(remote):
+    """`remote` counted, and the prefixes it is asked to list, in order."""
+    counting = CountingRemote(remote)
+    listed: list[str] = []
+    original = counting._list
+    counting._list = lambda prefix: (listed.append(prefix), original(prefix))[1]
+    return counting, listed
+
+
 def _sync_paused(writer: Writer, remote, boot: FakeClock, hook):
     """Sync the writer with `hook` called at every pause point, on its boot clock."""
     from casstore.sync.transfer import sync_to_remote
@@ -338,10 +344,7 @@ def test_a_snapshot_landing_over_a_quarter_grace_after_the_recheck_confirms_its_
     if new_data:
         writer.edit(seed=3)
     writer.snapshot()
-    counting = CountingRemote(remote)
-    listed: list[str] = []
-    original = counting._list
-    counting._list = lambda prefix: (listed.append(prefix), original(prefix))[1]
+    counting, listed = _recording_lists(remote)
     late_clock = clock if new_data else boot
 
     def hook(name: str) -> None:
@@ -386,38 +389,19 @@ def test_a_first_listing_younger_than_a_quarter_grace_is_the_recheck_and_an_olde
     assert report.rechecks == (1 if relists else 0)
 
 
-def test_a_sync_of_two_snapshots_paused_after_its_first_put_relies_on_the_confirmations_listing(tmp_path, clock):
+@pytest.mark.parametrize(("pause", "stale", "data_listings", "rechecks"),
+                         [(GRACE / 2, 0, 2, 0), (GRACE / 2 + 1, 0, 1, 0), (GRACE / 2 + 1, GRACE / 4, 1, 1)],
+                         ids=["exactly half a grace", "a second more", "the confirmation's listing grown old"])
+def test_a_sync_of_two_snapshots_paused_after_its_first_put_relies_on_the_confirmations_listing(
+        tmp_path, clock, pause, stale, data_listings, rechecks):
     """Paused over half a grace period right after writing its first snapshot, the writer confirms
     that snapshot's packs with a fresh listing (it landed late). The second snapshot's commit, due a
-    re-check, trusts that listing (made just now) instead of listing gc/ and index/ again."""
-
-    boot, remote, writer = _synced_once(tmp_path, clock)
-    writer.snapshot()
-    writer.snapshot()   # two new snapshots of the same folder: nothing to upload
-    seen: list[str] = []
-
-    def hook(name: str) -> None:
-        seen.append(name)
-        if name == "after-snapshot-put" and seen.count(name) == 1:
-            boot.advance(GRACE / 2 + 1)
-
-    counting = CountingRemote(remote)
-    listed: list[str] = []
-    original = counting._list
-    counting._list = lambda prefix: (listed.append(prefix), original(prefix))[1]
-    report = _sync_paused(writer, counting, boot, hook)
-    assert len(report.snapshots) == 2 and report.packs_uploaded == 0
-    assert listed.count("data/") == 1 and report.rechecks == 0, listed
-    assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")
-
-
-@pytest.mark.parametrize(("pause", "data_listings"), [(GRACE / 2, 2), (GRACE / 2 + 1, 1)],
-                         ids=["exactly half a grace", "a second more"])
-def test_a_commit_redoes_the_recheck_only_more_than_half_a_grace_after_it(tmp_path, clock, pause, data_listings):
-    """The re-check before a commit holds for half a grace period: a second snapshot committed exactly
-    half a grace after it commits on it (and, landing late, confirms its own packs with a listing of
-    data/); a second later the commit re-checks first, on the confirmation's fresh listing, and lands
-    on time (no second listing of data/). Both restore."""
+    re-check, trusts that listing (made just now) instead of listing gc/ and index/ again. Paused
+    exactly half a grace, the first re-check still holds for the second commit: it commits on it
+    and, landing late too, confirms its own packs (a second listing of data/). Paused again during
+    the confirmation's listing, past a quarter grace, that listing is too old to be the re-check:
+    the second commit lists gc/ and index/ once more (its storage clock estimated from the first
+    snapshot's put) and lands on time."""
 
     boot, remote, writer = _synced_once(tmp_path, clock)
     writer.snapshot()
@@ -428,14 +412,13 @@ def test_a_commit_redoes_the_recheck_only_more_than_half_a_grace_after_it(tmp_pa
         seen.append(name)
         if name == "after-snapshot-put" and seen.count(name) == 1:
             boot.advance(pause)
+        elif name == "between-listings" and seen.count("after-snapshot-put") == 1:
+            boot.advance(stale)
 
-    counting = CountingRemote(remote)
-    listed: list[str] = []
-    original = counting._list
-    counting._list = lambda prefix: (listed.append(prefix), original(prefix))[1]
+    counting, listed = _recording_lists(remote)
     report = _sync_paused(writer, counting, boot, hook)
     assert len(report.snapshots) == 2 and report.packs_uploaded == 0
-    assert listed.count("data/") == data_listings, listed
+    assert listed.count("data/") == data_listings and report.rechecks == rechecks, listed
     assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")
 
 
@@ -450,30 +433,6 @@ def test_an_index_that_lands_on_time_is_not_followed_by_a_check_of_its_packs(tmp
     report = _sync_paused(writer, counting, boot, lambda name: None)
     assert report.packs_uploaded > 0, "the case this test is about: an index of new packs"
     assert counting.counts["stat"] == 0, counting.counts
-    assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")
-
-
-def test_a_second_commit_whose_confirmation_listing_grew_old_lists_again_and_lands(tmp_path, clock):
-    """Paused over half a grace period after its first snapshot's put, the writer confirms that
-    snapshot's packs; paused again during that confirmation's listing, past a quarter grace, the
-    listing is too old to be the second commit's re-check: it lists gc/ and index/ once more (its
-    storage clock estimated from the first snapshot's put) and commits. Both restore."""
-
-    boot, remote, writer = _synced_once(tmp_path, clock)
-    writer.snapshot()
-    writer.snapshot()   # two new snapshots of the same folder: nothing to upload
-    seen: list[str] = []
-
-    def hook(name: str) -> None:
-        seen.append(name)
-        if name == "after-snapshot-put" and seen.count(name) == 1:
-            boot.advance(GRACE / 2 + 1)
-        elif name == "between-listings" and seen.count("after-snapshot-put") == 1:
-            boot.advance(GRACE / 4)
-
-    report = _sync_paused(writer, remote, boot, hook)
-    assert len(report.snapshots) == 2 and report.packs_uploaded == 0
-    assert report.rechecks == 1
     assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")
 
 
@@ -494,10 +453,7 @@ def test_a_sync_stopped_right_after_its_snapshot_landed_confirms_that_snapshots_
     writer.snapshot()
     with pytest.raises(Stopped):
         _sync_paused(writer, remote, boot, stop)
-    counting = CountingRemote(remote)
-    listed: list[str] = []
-    original = counting._list
-    counting._list = lambda prefix: (listed.append(prefix), original(prefix))[1]
+    counting, listed = _recording_lists(remote)
     report = _sync_paused(writer, counting, boot, lambda name: None)
     assert report.snapshots == [] and "data/" in listed, listed
     assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")

@@ -364,62 +364,56 @@ def test_a_remote_index_that_matches_its_name_but_does_not_decode_is_skipped_and
     assert bad not in _cached(cache_dir, reader, layout.INDEX)
 
 
+@pytest.fixture
+def sealing(monkeypatch):
+    """Settings with a password, a fast key derivation, and no unlocked key left behind."""
+    from casstore.repo import keys
+    monkeypatch.setenv("CASSTORE_TEST_WEAK_KDF", "1")
+    yield _settings(password="pw")
+    keys.forget_unlocked()
+
+
+def _sealed_config(settings) -> RepoConfig:
+    from casstore.repo import keys
+    return RepoConfig.new(keys=keys.new_key(settings, "testhost"))
+
+
 def test_an_encrypted_repositorys_index_objects_load_in_a_process_without_its_table_cache(
-        tmp_path: Path, monkeypatch) -> None:
-    from casstore.repo import keys
-    monkeypatch.setenv("CASSTORE_TEST_WEAK_KDF", "1")
-    settings = _settings(password="pw")
+        tmp_path: Path, sealing) -> None:
     path = str(tmp_path / "repo")
-    write_snapshot(Repository.init_local(path, settings, RepoConfig.new(keys=keys.new_key(settings, "testhost"))),
-                   lambda store: [])
-    try:
-        fresh = Repository.open_local(path, _settings(password="pw", cache_dir=str(tmp_path / "elsewhere")))
-        written = {layout.name_of(i.key) for i in fresh.remote.list(layout.INDEX_PREFIX)}
-        assert set(fresh.load_index().index_packs) == written != set()
-    finally:
-        keys.forget_unlocked()
+    write_snapshot(Repository.init_local(path, sealing, _sealed_config(sealing)), lambda store: [])
+    fresh = Repository.open_local(path, _settings(password="pw", cache_dir=str(tmp_path / "elsewhere")))
+    written = {layout.name_of(i.key) for i in fresh.remote.list(layout.INDEX_PREFIX)}
+    assert set(fresh.load_index().index_packs) == written != set()
 
 
-def test_creating_an_encrypted_repository_over_one_leaves_its_key_slots_as_they_were(
-        tmp_path: Path, monkeypatch) -> None:
+def test_creating_an_encrypted_repository_over_one_leaves_its_key_slots_as_they_were(sealing) -> None:
     from casstore.repo import keys
-    monkeypatch.setenv("CASSTORE_TEST_WEAK_KDF", "1")
-    settings = _settings(password="pw")
     remote = MemoryRemote()
-    try:
-        Repository.init_remote(remote, settings, RepoConfig.new(keys=keys.new_key(settings, "testhost")))
-        slots = keys.list_slots(remote)
-        with pytest.raises(RepositoryExists, match=f"a repository already exists at {remote.url}"):
-            Repository.init_remote(remote, settings, RepoConfig.new(keys=keys.new_key(settings, "testhost")))
-        assert keys.list_slots(remote) == slots
-    finally:
-        keys.forget_unlocked()
+    Repository.init_remote(remote, sealing, _sealed_config(sealing))
+    slots = keys.list_slots(remote)
+    with pytest.raises(RepositoryExists, match=f"a repository already exists at {remote.url}"):
+        Repository.init_remote(remote, sealing, _sealed_config(sealing))
+    assert keys.list_slots(remote) == slots
 
 
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
 def test_a_pack_a_gc_plan_condemns_holds_nothing_for_a_writer_of_a_reopened_repository(
-        tmp_path: Path, monkeypatch, encrypted: bool) -> None:
+        sealing, encrypted: bool) -> None:
     from casstore.format.pack import KIND_TREE
     from casstore.format.plan import GcPlan, encode_plan_verified
-    from casstore.repo import keys
-    monkeypatch.setenv("CASSTORE_TEST_WEAK_KDF", "1")
-    settings = _settings(password="pw")
     remote = MemoryRemote()
-    config = RepoConfig.new(keys=keys.new_key(settings, "testhost")) if encrypted else None
-    try:
-        writer = Repository.init_remote(remote, settings, config)
-        snapshot_id = write_snapshot(writer, lambda store: [])
-        (pack,) = (layout.name_of(i.key) for i in remote.list(layout.DATA_PREFIX))
-        key = layout.plan_key()
-        remote.put(key, encode_plan_verified(GcPlan([pack], host="gc-host"), key, writer.config.sealer))
-        reopened = Repository.open_remote(remote, settings)
-        reopened.load_index()
-        tree = reopened.manifest(snapshot_id).tree
-        assert reopened.blob_store().has(KIND_TREE, tree), "indexed, before the plans are read"
-        assert reopened.load_plans() == [key]
-        assert not reopened.blob_store().has(KIND_TREE, tree), "its only pack is condemned: store it again"
-    finally:
-        keys.forget_unlocked()
+    writer = Repository.init_remote(remote, sealing, _sealed_config(sealing) if encrypted else None)
+    snapshot_id = write_snapshot(writer, lambda store: [])
+    (pack,) = (layout.name_of(i.key) for i in remote.list(layout.DATA_PREFIX))
+    key = layout.plan_key()
+    remote.put(key, encode_plan_verified(GcPlan([pack], host="gc-host"), key, writer.config.sealer))
+    reopened = Repository.open_remote(remote, sealing)
+    reopened.load_index()
+    tree = reopened.manifest(snapshot_id).tree
+    assert reopened.blob_store().has(KIND_TREE, tree), "indexed, before the plans are read"
+    assert reopened.load_plans() == [key]
+    assert not reopened.blob_store().has(KIND_TREE, tree), "its only pack is condemned: store it again"
 
 
 def test_a_remote_repositorys_cache_folder_stays_within_the_cache_size_setting(tmp_path: Path) -> None:
