@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 
 import pytest
 
@@ -228,7 +229,9 @@ def test_sync_and_pull_progress_announce_a_total_and_count_every_byte_of_it(memo
     repo = local_repo(tmp_path / "repo")
     repo.snapshot(str(source))
     bar = _Bar()
+    before = time.monotonic()
     report = repo.sync(memory_remote, progress=bar)
+    assert 0 <= report.seconds <= time.monotonic() - before + 0.001, "the time the sync took, no more"
     assert report.bytes_missing > 0 and bar.total == sum(bar.steps) == report.bytes_missing
     assert 0.9 * report.bytes_uploaded < report.bytes_missing_stored <= report.bytes_uploaded
     remote_config = Repository.open_remote(memory_remote, load_settings({})).config
@@ -236,3 +239,4 @@ def test_sync_and_pull_progress_announce_a_total_and_count_every_byte_of_it(memo
     pulled = _Bar()
     report = other.pull(memory_remote, progress=pulled)
     assert report.bytes_missing > 0 and pulled.total == sum(pulled.steps) == report.bytes_missing
+    assert report.dry_run is False and report.snapshots, "a pull is never a dry run"
