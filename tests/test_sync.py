@@ -240,3 +240,20 @@ def test_sync_and_pull_progress_announce_a_total_and_count_every_byte_of_it(memo
     report = other.pull(memory_remote, progress=pulled)
     assert report.bytes_missing > 0 and pulled.total == sum(pulled.steps) == report.bytes_missing
     assert report.dry_run is False and report.snapshots, "a pull is never a dry run"
+
+
+def test_status_reports_the_last_sync_and_a_sync_with_nothing_to_send_reports_nothing_sent(tmp_path):
+    from casstore.remotes.local import LocalRemote
+    from casstore.service.status import sync_summary
+    source = make_source(tmp_path / "data")
+    repo = local_repo(tmp_path / "repo", remote=str(tmp_path / "remote"))
+    repo.snapshot(str(source))
+    assert repo.sync().snapshots
+    status = sync_summary(repo.settings, [], repo.all_snapshots())
+    assert status["snapshots_unsynced"] == 0
+    assert {k: status["last_success_detail"][k] for k in ("ok", "snapshots")} == {"ok": True, "snapshots": 1}
+    remote = CountingRemote(LocalRemote(str(tmp_path / "remote"), create=False))
+    again = repo.sync(remote)
+    assert remote.counts["list"] == 0, "nothing to send: nothing is listed, only the config read"
+    assert (again.snapshots, again.blobs_missing, again.bytes_missing, again.bytes_missing_stored,
+            again.packs_uploaded, again.reuploaded_blobs, again.rechecks) == ([], 0, 0, 0, 0, 0, 0)
