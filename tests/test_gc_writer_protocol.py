@@ -436,6 +436,39 @@ def test_an_index_that_lands_on_time_is_not_followed_by_a_check_of_its_packs(tmp
     assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")
 
 
+def test_an_index_written_after_the_writer_read_a_plan_names_no_pack_that_plan_condemns(tmp_path, clock):
+    """A gc plan condemning the session's fresh packs appears while the writer uploads: its re-check
+    reads the plan, uploads the condemned blobs again, and the index it then writes names only the
+    new packs, never one the plan condemns (Copier._confirm_session: packs a known plan condemns are
+    dropped in any case), so no index written after the plan keeps a doomed pack alive."""
+    from casstore.format import layout
+    from casstore.format.index import decode_index
+    from casstore.format.plan import GcPlan, encode_plan_verified
+
+    boot, remote, writer = _synced_once(tmp_path, clock)
+    before = {i.key for i in remote.list(layout.DATA_PREFIX)}
+    writer.edit(seed=3)
+    writer.snapshot()
+    doomed: set[str] = set()
+    indexes_then: set[str] = set()
+
+    def hook(name: str) -> None:
+        if name == "after-pack-upload" and not doomed:
+            doomed.update(layout.name_of(i.key) for i in remote.list(layout.DATA_PREFIX) if i.key not in before)
+            indexes_then.update(i.key for i in remote.list(layout.INDEX_PREFIX))
+            key = layout.plan_key()
+            remote.put(key, encode_plan_verified(GcPlan(sorted(doomed), host="gc-host"), key))
+
+    report = _sync_paused(writer, remote, boot, hook)
+    assert doomed and report.rechecks >= 1 and len(report.snapshots) == 1
+    repo = remote_repo(remote, tmp_path)
+    later = [i.key for i in remote.list(layout.INDEX_PREFIX) if i.key not in indexes_then]
+    named = [set(decode_index(layout.name_of(k), remote.get(k), repo.config.max_blob_size).packs) for k in later]
+    # the index of the first flush, written before the re-check read the plan, names them; no later one
+    assert sum(bool(packs & doomed) for packs in named) == 1 and len(named) >= 2, named
+    assert_restorable(repo, writer.expected, tmp_path / "out")
+
+
 def test_a_sync_stopped_right_after_its_snapshot_landed_confirms_that_snapshots_packs_next_time(tmp_path, clock):
     """Stopped between the snapshot's put and its post-commit check, a sync leaves that snapshot
     pending: the next sync finds it on the remote, confirms its packs (a listing of data/) and only
