@@ -471,8 +471,9 @@ def test_an_index_written_after_the_writer_read_a_plan_names_no_pack_that_plan_c
 
 def test_a_sync_stopped_right_after_its_snapshot_landed_confirms_that_snapshots_packs_next_time(tmp_path, clock):
     """Stopped between the snapshot's put and its post-commit check, a sync leaves that snapshot
-    pending: the next sync finds it on the remote, confirms its packs (a listing of data/) and only
-    then records it synced, rather than trusting a check that never ran."""
+    pending (a dry run in between changes nothing): the next sync finds it on the remote, confirms
+    its packs (a listing of data/) and only then records it synced, rather than trusting a check
+    that never ran."""
 
     class Stopped(Exception):
         pass
@@ -486,6 +487,8 @@ def test_a_sync_stopped_right_after_its_snapshot_landed_confirms_that_snapshots_
     writer.snapshot()
     with pytest.raises(Stopped):
         _sync_paused(writer, remote, boot, stop)
+    from casstore.sync.transfer import sync_to_remote
+    sync_to_remote(writer.repo, remote, dry_run=True, clock=boot)    # a dry run leaves it pending
     counting, listed = _recording_lists(remote)
     report = _sync_paused(writer, counting, boot, lambda name: None)
     assert report.snapshots == [] and "data/" in listed, listed

@@ -257,3 +257,53 @@ def test_status_reports_the_last_sync_and_a_sync_with_nothing_to_send_reports_no
     assert remote.counts["list"] == 0, "nothing to send: nothing is listed, only the config read"
     assert (again.snapshots, again.blobs_missing, again.bytes_missing, again.bytes_missing_stored,
             again.packs_uploaded, again.reuploaded_blobs, again.rechecks) == ([], 0, 0, 0, 0, 0, 0)
+
+
+def test_a_dry_run_after_an_interrupted_sync_records_nothing(memory_remote, tmp_path):
+    """Stopped right after its snapshot's put, a sync leaves that snapshot pending its post-commit
+    check; a dry run then changes none of the repository's sync state (it records nothing), so the
+    next real sync still runs that check."""
+    from pathlib import Path
+
+    from casstore import _testing as testhooks
+
+    class Stopped(Exception):
+        pass
+
+    def stop(name: str) -> None:
+        if name == "after-snapshot-put":
+            raise Stopped
+
+    source = make_source(tmp_path / "data")
+    repo = local_repo(tmp_path / "repo")
+    repo.snapshot(str(source))
+    testhooks.set_pause_hook(stop)
+    try:
+        with pytest.raises(Stopped):
+            repo.sync(memory_remote)
+    finally:
+        testhooks.set_pause_hook(None)
+
+    def state() -> dict:
+        return {p.name: p.read_bytes() for p in sorted(Path(repo.local_dir, "state").rglob("*")) if p.is_file()}
+
+    before = state()
+    assert before and repo.sync(memory_remote, dry_run=True).dry_run
+    assert state() == before
+
+
+def test_pulling_latest_takes_the_newest_snapshot_of_every_host(memory_remote, tmp_path):
+    """`pull --snapshot latest` reads every host's snapshots by default (a new machine restoring a
+    bucket): another host's newer snapshot wins over this host's own."""
+    from dataclasses import replace
+
+    source = make_source(tmp_path / "data")
+    a = local_repo(tmp_path / "repo-a", host="host-a")
+    a.snapshot(str(source))
+    a.sync(memory_remote)
+    adopted = Repository.open_remote(memory_remote, load_settings({})).config
+    b = local_repo(tmp_path / "repo-b", host="host-b", config=replace(adopted, id="b" * 32))
+    newest = b.snapshot(str(source))
+    b.sync(memory_remote)
+    again = local_repo(tmp_path / "repo-a2", host="host-a", config=replace(adopted, id="c" * 32))
+    assert again.pull(memory_remote, snapshot="latest").snapshots == [newest.id]
