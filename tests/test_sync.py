@@ -240,6 +240,7 @@ def test_sync_and_pull_progress_announce_a_total_and_count_every_byte_of_it(memo
     report = other.pull(memory_remote, progress=pulled)
     assert report.bytes_missing > 0 and pulled.total == sum(pulled.steps) == report.bytes_missing
     assert report.dry_run is False and report.snapshots, "a pull is never a dry run"
+    assert 0 <= report.seconds <= time.monotonic() - before
 
 
 def test_status_reports_the_last_sync_and_a_sync_with_nothing_to_send_reports_nothing_sent(tmp_path):
@@ -252,11 +253,33 @@ def test_status_reports_the_last_sync_and_a_sync_with_nothing_to_send_reports_no
     status = sync_summary(repo.settings, [], repo.all_snapshots())
     assert status["snapshots_unsynced"] == 0
     assert {k: status["last_success_detail"][k] for k in ("ok", "snapshots")} == {"ok": True, "snapshots": 1}
+    assert status["last_success"] is not None
     remote = CountingRemote(LocalRemote(str(tmp_path / "remote"), create=False))
     again = repo.sync(remote)
     assert remote.counts["list"] == 0, "nothing to send: nothing is listed, only the config read"
-    assert (again.snapshots, again.blobs_missing, again.bytes_missing, again.bytes_missing_stored,
-            again.packs_uploaded, again.reuploaded_blobs, again.rechecks) == ([], 0, 0, 0, 0, 0, 0)
+    assert again.snapshots == []
+    assert (again.blobs_missing, again.bytes_missing, again.bytes_missing_stored, again.packs_uploaded,
+            again.bytes_uploaded, again.reuploaded_blobs, again.rechecks) == (0, 0, 0, 0, 0, 0, 0)
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _sync_stopped_at(repo, remote, point: str) -> None:
+    """Sync, stopped (as by a crash) at the pause point named `point`."""
+    from casstore import _testing as testhooks
+
+    def stop(name: str) -> None:
+        if name == point:
+            raise _Stopped
+
+    testhooks.set_pause_hook(stop)
+    try:
+        with pytest.raises(_Stopped):
+            repo.sync(remote)
+    finally:
+        testhooks.set_pause_hook(None)
 
 
 def test_a_dry_run_after_an_interrupted_sync_records_nothing(memory_remote, tmp_path):
@@ -265,24 +288,10 @@ def test_a_dry_run_after_an_interrupted_sync_records_nothing(memory_remote, tmp_
     next real sync still runs that check."""
     from pathlib import Path
 
-    from casstore import _testing as testhooks
-
-    class Stopped(Exception):
-        pass
-
-    def stop(name: str) -> None:
-        if name == "after-snapshot-put":
-            raise Stopped
-
     source = make_source(tmp_path / "data")
     repo = local_repo(tmp_path / "repo")
     repo.snapshot(str(source))
-    testhooks.set_pause_hook(stop)
-    try:
-        with pytest.raises(Stopped):
-            repo.sync(memory_remote)
-    finally:
-        testhooks.set_pause_hook(None)
+    _sync_stopped_at(repo, memory_remote, "after-snapshot-put")
 
     def state() -> dict:
         return {p.name: p.read_bytes() for p in sorted(Path(repo.local_dir, "state").rglob("*")) if p.is_file()}
@@ -292,14 +301,28 @@ def test_a_dry_run_after_an_interrupted_sync_records_nothing(memory_remote, tmp_
     assert state() == before
 
 
+def test_a_sync_stopped_after_its_uploads_sends_none_of_those_packs_again(memory_remote, tmp_path):
+    """The journal: packs an interrupted sync uploaded are adopted by the next one, not sent again."""
+    source = make_source(tmp_path / "data")
+    repo = local_repo(tmp_path / "repo")
+    snap = repo.snapshot(str(source))
+    _sync_stopped_at(repo, memory_remote, "after-pack-upload")
+    packs = {i.key for i in memory_remote.list("data/")}
+    assert packs, "the case this test is about: packs uploaded, no index yet"
+    report = repo.sync(memory_remote)
+    assert report.snapshots == [snap.id] and report.packs_uploaded == 0
+    assert {i.key for i in memory_remote.list("data/")} == packs
+
+
 def test_pulling_latest_takes_the_newest_snapshot_of_every_host(memory_remote, tmp_path):
     """`pull --snapshot latest` reads every host's snapshots by default (a new machine restoring a
-    bucket): another host's newer snapshot wins over this host's own."""
+    bucket): another host's newer snapshot wins over this host's own; with a host named, that
+    host's newest."""
     from dataclasses import replace
 
     source = make_source(tmp_path / "data")
     a = local_repo(tmp_path / "repo-a", host="host-a")
-    a.snapshot(str(source))
+    oldest = a.snapshot(str(source))
     a.sync(memory_remote)
     adopted = Repository.open_remote(memory_remote, load_settings({})).config
     b = local_repo(tmp_path / "repo-b", host="host-b", config=replace(adopted, id="b" * 32))
@@ -307,3 +330,22 @@ def test_pulling_latest_takes_the_newest_snapshot_of_every_host(memory_remote, t
     b.sync(memory_remote)
     again = local_repo(tmp_path / "repo-a2", host="host-a", config=replace(adopted, id="c" * 32))
     assert again.pull(memory_remote, snapshot="latest").snapshots == [newest.id]
+    # `pull --host host-a --snapshot latest` (the CLI passes the host, all_hosts left at its default)
+    third = local_repo(tmp_path / "repo-c", host="host-c", config=replace(adopted, id="e" * 32))
+    assert third.pull(memory_remote, snapshot="latest", host="host-a").snapshots == [oldest.id]
+
+
+def test_sync_and_pull_send_snapshots_oldest_first(memory_remote, tmp_path):
+    """Snapshots go out in the order they were taken (an interrupted sync leaves the older ones
+    sent), whatever order their ids sort in."""
+    from dataclasses import replace
+
+    from tests.helpers import write_snapshot
+    repo = local_repo(tmp_path / "repo")
+    taken: list[str] = []
+    while len(taken) < 3 or sorted(taken) == taken:     # ids in an order other than time's
+        taken.append(write_snapshot(repo, lambda store: [], time_ns=(len(taken) + 1) * 10**18))
+    assert repo.sync(memory_remote).snapshots == taken
+    adopted = Repository.open_remote(memory_remote, load_settings({})).config
+    other = local_repo(tmp_path / "other", config=replace(adopted, id="f" * 32))
+    assert other.pull(memory_remote).snapshots == taken
