@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 
 import pytest
 
 from casstore.client import Repository
-from casstore.errors import IncompatibleRepository
+from casstore.errors import ConfigError, IncompatibleRepository
 from casstore.format.pack import KIND_DATA
-from casstore.remotes.wrappers import CountingRemote
+from casstore.remotes.wrappers import CountingRemote, RemoteWrapper
 from casstore.settings import load_settings
 from tests.remote_backends import REMOTE_BACKENDS
 from tests.sync_helpers import day_of_edits, local_repo, make_source, tree_digest
@@ -94,8 +95,13 @@ def test_different_chunker_seed_refuses_to_sync(memory_remote, tmp_path):
     a.sync(memory_remote)
     b = local_repo(tmp_path / "b")
     b.snapshot(str(tmp_path / "data"))
-    with pytest.raises(IncompatibleRepository, match="init --from"):
+    url = re.escape(memory_remote.url)     # the one error line names the remote, twice
+    with pytest.raises(IncompatibleRepository, match=f"^{url} uses different chunker.*init --from {url}`"):
         b.sync(memory_remote)
+    with pytest.raises(IncompatibleRepository, match=f"^{url} uses different chunker.*init --from {url}`"):
+        b.pull(memory_remote)
+    with pytest.raises(ConfigError, match="no remote configured: set CASSTORE_REMOTE or CLOUD_PROVIDER"):
+        b.sync()
 
 
 def test_pull_into_a_new_local_repository(memory_remote, tmp_path):
@@ -240,7 +246,7 @@ def test_sync_and_pull_progress_announce_a_total_and_count_every_byte_of_it(memo
     report = other.pull(memory_remote, progress=pulled)
     assert report.bytes_missing > 0 and pulled.total == sum(pulled.steps) == report.bytes_missing
     assert report.dry_run is False and report.snapshots, "a pull is never a dry run"
-    assert 0 <= report.seconds <= time.monotonic() - before
+    assert 0 <= report.seconds <= time.monotonic() - before and report.requests > 0
 
 
 def test_status_reports_the_last_sync_and_a_sync_with_nothing_to_send_reports_nothing_sent(tmp_path):
@@ -284,8 +290,8 @@ def _sync_stopped_at(repo, remote, point: str) -> None:
 
 def test_a_dry_run_after_an_interrupted_sync_records_nothing(memory_remote, tmp_path):
     """Stopped right after its snapshot's put, a sync leaves that snapshot pending its post-commit
-    check; a dry run then changes none of the repository's sync state (it records nothing), so the
-    next real sync still runs that check."""
+    check; a dry run then changes none of the repository's sync state (it records nothing), and the
+    next real sync runs that check (lists data/ to confirm the snapshot's packs)."""
     from pathlib import Path
 
     source = make_source(tmp_path / "data")
@@ -299,6 +305,15 @@ def test_a_dry_run_after_an_interrupted_sync_records_nothing(memory_remote, tmp_
     before = state()
     assert before and repo.sync(memory_remote, dry_run=True).dry_run
     assert state() == before
+    listed: list[str] = []
+
+    class Listed(RemoteWrapper):
+        def _list(self, prefix: str):
+            listed.append(prefix)
+            return super()._list(prefix)
+
+    assert repo.sync(Listed(memory_remote)).snapshots == []
+    assert "data/" in listed, "the post-commit check that never ran: its packs confirmed"
 
 
 def test_a_sync_stopped_after_its_uploads_sends_none_of_those_packs_again(memory_remote, tmp_path):
@@ -333,6 +348,7 @@ def test_pulling_latest_takes_the_newest_snapshot_of_every_host(memory_remote, t
     # `pull --host host-a --snapshot latest` (the CLI passes the host, all_hosts left at its default)
     third = local_repo(tmp_path / "repo-c", host="host-c", config=replace(adopted, id="e" * 32))
     assert third.pull(memory_remote, snapshot="latest", host="host-a").snapshots == [oldest.id]
+    assert third.pull(memory_remote).snapshots == [newest.id], "then every host's, by default"
 
 
 def test_sync_and_pull_send_snapshots_oldest_first(memory_remote, tmp_path):
