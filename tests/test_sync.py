@@ -247,6 +247,7 @@ def test_sync_and_pull_progress_announce_a_total_and_count_every_byte_of_it(memo
     assert report.bytes_missing > 0 and pulled.total == sum(pulled.steps) == report.bytes_missing
     assert report.dry_run is False and report.snapshots, "a pull is never a dry run"
     assert 0 <= report.seconds <= time.monotonic() - before and report.requests > 0
+    assert report.monthly_cost_after == {}, "a pull prices no remote storage"
 
 
 def test_status_reports_the_last_sync_and_a_sync_with_nothing_to_send_reports_nothing_sent(tmp_path):
