@@ -256,7 +256,8 @@ def test_status_reports_the_last_sync_and_a_sync_with_nothing_to_send_reports_no
     source = make_source(tmp_path / "data")
     repo = local_repo(tmp_path / "repo", remote=str(tmp_path / "remote"))
     repo.snapshot(str(source))
-    assert repo.sync().snapshots
+    first = repo.sync()
+    assert first.snapshots and first.monthly_cost_after == {}, "a directory has no cloud price"
     status = sync_summary(repo.settings, [], repo.all_snapshots())
     assert status["snapshots_unsynced"] == 0
     assert {k: status["last_success_detail"][k] for k in ("ok", "snapshots")} == {"ok": True, "snapshots": 1}
@@ -265,8 +266,8 @@ def test_status_reports_the_last_sync_and_a_sync_with_nothing_to_send_reports_no
     again = repo.sync(remote)
     assert remote.counts["list"] == 0, "nothing to send: nothing is listed, only the config read"
     assert again.snapshots == []
-    assert (again.blobs_missing, again.bytes_missing, again.bytes_missing_stored, again.packs_uploaded,
-            again.bytes_uploaded, again.reuploaded_blobs, again.rechecks) == (0, 0, 0, 0, 0, 0, 0)
+    assert (again.blobs_missing, again.bytes_missing, again.bytes_missing_stored, again.requests_planned,
+            again.packs_uploaded, again.bytes_uploaded, again.reuploaded_blobs, again.rechecks) == (0,) * 8
 
 
 class _Stopped(Exception):
