@@ -516,3 +516,63 @@ def test_reads_for_one_host_see_only_that_hosts_snapshots_even_when_another_host
     assert repo.resolve("latest", host="a").id == ours
     assert [s.id for s in repo.readable(host="a")] == [ours]
     assert {s.id for s in repo.readable(all_hosts=True)} == {ours, newer}
+
+
+# -- the snapshot writer ---------------------------------------------------------------------------
+
+def test_a_file_that_fails_while_it_is_read_is_skipped_with_an_error_that_names_it(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    """A read error (a bad disk sector: EIO) in one large file skips that file, names it in the
+    snapshot's errors, and stores the rest."""
+    import errno
+
+    from tests.helpers import det_bytes, init_repo, write
+
+    source = tmp_path / "data"
+    write(source / "good.bin", det_bytes(512 * 1024, "good"))
+    write(source / "sub" / "bad.bin", det_bytes(512 * 1024, "bad"))
+    real_readv = os.readv
+
+    def readv(fd: int, buffers):  # type: ignore[no-untyped-def]
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("bad.bin"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_readv(fd, buffers)
+
+    monkeypatch.setattr(os, "readv", readv)
+    repo = init_repo(tmp_path / "repo")
+    result = repo.snapshot(str(source))
+    assert result.summary.errors == [f"sub/bad.bin: {os.strerror(errno.EIO)}"]
+    snap = repo.get(result.id)
+    assert snap.read_bytes("good.bin") == det_bytes(512 * 1024, "good")
+    assert "sub/bad.bin" not in {info.path for info in snap.walk()}
+
+
+def test_the_chunk_window_holds_exactly_its_byte_bound_before_it_waits_for_the_oldest() -> None:
+    """Tasks started elsewhere (a small-file batch in a worker process) count toward the window:
+    up to `window_bytes` in flight the caller goes on without waiting; one byte past the bound
+    and the oldest task is waited for and applied, in submission order."""
+    from casstore.format.config import RepoConfig
+    from casstore.format.index import MasterIndex
+    from casstore.remotes.memory import MemoryRemote
+    from casstore.snapshot.pipeline import ChunkPipeline
+
+    class Ticket:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def result(self) -> str:
+            return self.name
+
+    pipeline = ChunkPipeline(BlobStore(MemoryRemote(), RepoConfig.new(), MasterIndex(), origin={}),
+                             workers=1, window=8, window_bytes=100)
+    applied: list[str] = []
+    try:
+        pipeline.add_started(Ticket("a"), applied.append, 60)
+        pipeline.add_started(Ticket("b"), applied.append, 40)
+        assert applied == []                 # exactly the bound: nothing waited for
+        pipeline.add_started(Ticket("c"), applied.append, 1)
+        assert applied == ["a"]              # one byte past it: the oldest, and only it
+        pipeline.drain()
+        assert applied == ["a", "b", "c"]
+    finally:
+        pipeline.close()
