@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from casstore.errors import AccessDenied
+from casstore.format.crypto import SCHEME
 from casstore.format.pack import KIND_DATA
 from casstore.remotes.wrappers import RemoteWrapper
 from casstore.repo.blobstore import BlobStore
@@ -372,6 +373,105 @@ def test_a_repository_config_with_the_fixed_chunker_reads_back() -> None:
     back = RepoConfig.decode(config.encode())
     assert back.chunker == {"algorithm": "fixed", "size": 65536}
     assert isinstance(back.make_chunker(), FixedChunker)
+
+
+def _stored_config(change) -> bytes:  # type: ignore[no-untyped-def]
+    """A new plain config's stored bytes with one field changed by `change(doc)`."""
+    import msgpack
+
+    from casstore.format.config import RepoConfig
+
+    doc = msgpack.unpackb(RepoConfig.new().encode())
+    change(doc)
+    return msgpack.packb(doc)
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    (lambda doc: doc.update(version=99), "unsupported repository format version 99"),
+    (lambda doc: doc.update(id="abc"), "bad repository id in config"),
+    (lambda doc: doc.update(chunker=[1, 2]), "unknown chunker in repository config"),
+    (lambda doc: doc.update(chunker={"algorithm": "rabin", "size": 65536}), "unknown chunker in repository config"),
+    (lambda doc: doc["chunker"].update(seed=0), "bad chunker sizes in repository config"),
+    (lambda doc: doc.update(chunker={"algorithm": "fixed", "size": 1 << 40}),
+     "chunker size 1099511627776 is outside the format's range"),
+    (lambda doc: doc["compression"].update(level=23), "compression level 23 is outside zstd's range"),
+    (lambda doc: doc["compression"].update(level=-(1 << 17) - 1), "compression level -131073 is outside zstd's range"),
+    (lambda doc: doc.update(compression={"algorithm": "lz4", "level": 3}), "unknown compression in repository config"),
+    (lambda doc: doc.update(encryption="yes"), "bad encryption field in repository config"),
+    (lambda doc: doc.update(encryption={"scheme": "rot13", "domain": "0" * 32}),
+     "unknown encryption scheme in repository config: 'rot13'"),
+    (lambda doc: doc.update(encryption={"scheme": SCHEME, "domain": "zz"}),
+     "bad encryption domain in repository config"),
+    (lambda doc: doc["compression"].update(delta=65), "delta chain bound 65 is outside the format's range (0 to 64)"),
+    (lambda doc: doc.update(pack_size=1024), "pack_size 1024 is outside the format's range (4096 to 1073741824 bytes)"),
+    (lambda doc: doc.update(grace_seconds=9), "bad grace period in repository config: 9"),
+], ids=["version", "id", "chunker not a map", "unknown chunker", "seed 0", "fixed size too large",
+        "level above zstd's", "level below zstd's", "unknown compression", "encryption not a map",
+        "unknown encryption scheme", "bad encryption domain", "delta chain too long", "pack size too small",
+        "grace period below the minimum"])
+def test_a_stored_config_outside_the_format_is_refused_with_a_line_that_says_why(change, reason) -> None:
+    from casstore.errors import FormatError
+    from casstore.format.config import RepoConfig
+
+    with pytest.raises(FormatError) as refused:
+        RepoConfig.decode(_stored_config(change))
+    assert reason in str(refused.value)
+
+
+def test_a_stored_config_at_the_edges_of_the_format_reads_back() -> None:
+    """The smallest seed, zstd's highest and lowest levels, the shortest grace period."""
+    from casstore.format.config import MIN_GRACE_SECONDS, RepoConfig
+
+    def edges(doc) -> None:  # type: ignore[no-untyped-def]
+        doc["chunker"]["seed"] = 1
+        doc["compression"]["level"] = 22
+        doc["grace_seconds"] = MIN_GRACE_SECONDS
+
+    high = RepoConfig.decode(_stored_config(edges))
+    assert (high.chunker["seed"], high.grace_seconds) == (1, MIN_GRACE_SECONDS)
+    low = RepoConfig.decode(_stored_config(lambda doc: doc["compression"].update(level=-(1 << 17))))
+    assert low.compression["level"] == -(1 << 17)
+
+
+def test_a_new_config_with_a_compression_level_outside_zstds_range_is_refused() -> None:
+    from casstore.errors import FormatError
+    from casstore.format.config import RepoConfig
+
+    assert RepoConfig.new(compression_level=22).compression["level"] == 22
+    with pytest.raises(FormatError, match="compression level 23 is outside zstd's range"):
+        RepoConfig.new(compression_level=23)
+
+
+def test_an_encrypted_config_says_which_key_it_needs() -> None:
+    """Without a key, with another repository's key, a field outside the sealed part, no sealed
+    part, a sealed part missing a field: each is refused with its own line. Two repositories with
+    different keys refuse to exchange blobs and say how to share one."""
+    import msgpack
+
+    from casstore.errors import EncryptionError, FormatError, IncompatibleRepository, MissingKey
+    from casstore.format.config import KIND_CONFIG, RepoConfig
+    from casstore.format.crypto import MasterKey
+
+    key = MasterKey.generate()
+    config = RepoConfig.new(keys=key)
+    body = config.encode()
+    with pytest.raises(MissingKey, match="this repository is encrypted: its key is needed to read its config"):
+        RepoConfig.decode(body)
+    with pytest.raises(EncryptionError, match="the key given belongs to another encrypted repository"):
+        RepoConfig.decode(body, MasterKey.generate())
+    doc = msgpack.unpackb(body)
+    public = {**doc, "pack_size": 1 << 20}
+    unsealed = {**doc, "encryption": {k: v for k, v in doc["encryption"].items() if k != "sealed"}}
+    short = {**doc, "encryption": {**doc["encryption"], "sealed": key.sealer.seal(
+        KIND_CONFIG, config.id.encode(), msgpack.packb({"pack_size": 1 << 20}))}}
+    for changed, reason in [(public, "an encrypted config has fields outside its sealed part"),
+                            (unsealed, "missing sealed part"), (short, "bad sealed part")]:
+        with pytest.raises(FormatError, match=reason):
+            RepoConfig.decode(msgpack.packb(changed), key)
+    with pytest.raises(IncompatibleRepository) as refused:
+        config.check_compatible(RepoConfig.new(keys=MasterKey.generate()), "s3://other")
+    assert "s3://other is encrypted with another key than this repository" in str(refused.value)
+    assert "casstore init --from s3://other" in str(refused.value)
 
 
 def test_sync_and_pull_refuse_what_they_cannot_do_with_one_clear_error(tmp_path: Path) -> None:
