@@ -676,3 +676,271 @@ def test_the_chunk_window_holds_exactly_its_byte_bound_before_it_waits_for_the_o
         assert applied == ["a", "b", "c"]
     finally:
         pipeline.close()
+
+
+# -- the repository core: hosts, forgetting, opening -------------------------------------------------
+
+def test_reads_of_a_host_with_snapshots_see_its_own_and_every_host_only_when_asked(tmp_path: Path) -> None:
+    """This machine ("testhost") has an older snapshot, another host a newer one: reads, listings
+    and `latest` see this machine's; `all_hosts` sees both and its `latest` is the other host's."""
+    from casstore.repo.core import for_reads
+    from tests.helpers import write_snapshot
+
+    repo = local_repo(tmp_path / "repo")
+    ours = write_snapshot(repo, lambda store: [], host="testhost", time_ns=10**18)
+    newer = write_snapshot(repo, lambda store: [], host="b", time_ns=2 * 10**18)
+    assert repo.resolve("latest").id == ours
+    assert repo.resolve("latest", all_hosts=True).id == newer
+    assert [s.id for s in repo.readable()] == [ours]
+    assert [s.id for s in repo.readable(all_hosts=True)] == [newer, ours]
+    assert [s.id for s in repo.snapshots()] == [ours]
+    assert [s.id for s in for_reads(repo.all_snapshots(), "testhost")] == [ours]
+
+
+def test_forgetting_a_snapshot_this_process_never_read_removes_it(tmp_path: Path) -> None:
+    from casstore.repo.core import RepoCore
+    from tests.helpers import write_snapshot
+
+    repo = local_repo(tmp_path / "repo")
+    snapshot_id = write_snapshot(repo, lambda store: [])
+    fresh = RepoCore.open_local(str(tmp_path / "repo"), repo.settings)
+    fresh.delete_snapshot(snapshot_id)
+    assert fresh.snapshot_ids() == []
+
+
+def test_a_new_repository_takes_its_grace_period_from_the_settings(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from casstore.client import Repository
+    from casstore.remotes.local import LocalRemote
+    from casstore.repo.core import read_config
+    from casstore.settings import load_settings
+
+    settings = replace(load_settings({"repository": str(tmp_path / "repo")}), grace_seconds=3600.0)
+    Repository.init_local(str(tmp_path / "repo"), settings).close()
+    assert read_config(LocalRemote(str(tmp_path / "repo"), create=False)).grace_seconds == 3600
+
+
+def test_opening_a_place_with_no_repository_says_where_and_what_to_run(tmp_path: Path) -> None:
+    from casstore.errors import RepositoryNotFound
+    from casstore.remotes.memory import MemoryRemote
+    from casstore.repo.core import RepoCore
+
+    remote = MemoryRemote()
+    with pytest.raises(RepositoryNotFound) as refused:
+        RepoCore.open_remote(remote)
+    assert f"no casstore repository at {remote.url} (run `casstore init`)" in str(refused.value)
+
+
+def test_a_local_repository_keeps_no_copies_in_the_cache_and_a_remote_ones_stay_within_the_limit(
+        tmp_path: Path) -> None:
+    """The object cache is for remote repositories (objects fetched over the network): a local
+    repository's own objects are never copied into it; a remote repository's copies are kept
+    within `cache_max_bytes`."""
+    from dataclasses import replace
+
+    from casstore.remotes.local import LocalRemote
+    from casstore.remotes.wrappers import CountingRemote
+    from casstore.repo.core import RepoCore
+    from casstore.repo.objectcache import LocalCache
+
+    repo = local_repo(tmp_path / "repo")
+    repo.snapshot(str(make_source(tmp_path / "data", n_json=6, big_mib=1)))
+    limit = 256 * 1024
+    local = RepoCore.open_local(str(tmp_path / "repo"), replace(repo.settings, cache_dir=str(tmp_path / "c1")))
+    remote = RepoCore.open_remote(LocalRemote(str(tmp_path / "repo"), create=False),
+                                  replace(repo.settings, cache_dir=str(tmp_path / "c2"), cache_max_bytes=limit))
+    for opened in (local, remote):
+        assert len(opened.all_snapshots()) == 1
+        store = opened.read_blob_ready()
+        for (kind, blob_id), _ in list(opened.index.blobs()):
+            store.read(kind, blob_id)
+    assert LocalCache(str(tmp_path / "c1" / repo.config.id)).size() == 0
+    assert 0 < LocalCache(str(tmp_path / "c2" / repo.config.id)).size() <= limit
+    # without a limit, a remote repository read a second time reads every blob from the cache
+    unbounded = replace(repo.settings, cache_dir=str(tmp_path / "c3"))
+    for attempt in ("first", "again"):
+        counting = CountingRemote(LocalRemote(str(tmp_path / "repo"), create=False))
+        opened = RepoCore.open_remote(counting, unbounded)
+        store = opened.read_blob_ready()
+        for (kind, blob_id), _ in list(opened.index.blobs()):
+            store.read(kind, blob_id)
+        gets = counting.counts["get"]
+        assert (gets > 1) if attempt == "first" else (gets == 1), (attempt, gets)   # again: the config only
+
+
+class FirstReadsOfEachPackDamaged(RemoteWrapper):
+    """The first two downloads from each pack come back with one byte flipped (a flaky network)."""
+
+    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(inner)
+        self.reads: dict[str, int] = {}
+
+    def _get(self, key: str, offset: int, length: int | None, *, large: bool) -> bytes:
+        data = super()._get(key, offset, length, large=large)
+        self.reads[key] = self.reads.get(key, 0) + 1
+        if key.startswith("data/") and self.reads[key] <= 2 and data:
+            return bytes([data[0] ^ 1]) + data[1:]
+        return data
+
+
+@pytest.mark.parametrize("attempts", [1, 3])
+def test_a_damaged_download_is_read_again_up_to_the_attempts_the_settings_give(tmp_path: Path, attempts) -> None:
+    from dataclasses import replace
+
+    from casstore.errors import IntegrityError
+    from casstore.format.pack import KIND_DATA
+    from casstore.remotes.local import LocalRemote
+    from casstore.repo.core import RepoCore
+
+    repo = local_repo(tmp_path / "repo")
+    repo.snapshot(str(make_source(tmp_path / "data", n_json=2, big_mib=0)))
+    settings = replace(repo.settings, cache_dir=str(tmp_path / "cache"), read_attempts=attempts)
+    opened = RepoCore.open_remote(FirstReadsOfEachPackDamaged(LocalRemote(str(tmp_path / "repo"), create=False)),
+                                  settings)
+    opened.read_policy = replace(opened.read_policy, sleep=lambda seconds: None)
+    store = opened.read_blob_ready()
+    data_blobs = [blob_id for (kind, blob_id), _ in opened.index.blobs() if kind == KIND_DATA]
+    if attempts == 1:
+        with pytest.raises(IntegrityError):
+            store.read(KIND_DATA, data_blobs[0])
+    else:
+        assert all(store.read(KIND_DATA, blob_id) for blob_id in data_blobs)
+
+
+def test_the_compression_level_setting_compresses_new_blobs_at_that_level(tmp_path: Path) -> None:
+    """CASSTORE_COMPRESSION_LEVEL overrides the repository's level for what this machine writes:
+    the same source stored at level 19 takes fewer bytes than at level 1."""
+    from dataclasses import replace
+
+    from casstore.client import Repository
+    from casstore.format.config import RepoConfig
+    from casstore.settings import load_settings
+
+    source = make_source(tmp_path / "data", n_json=6, big_mib=0)
+    stored = {}
+    for level in (1, 19):
+        path = str(tmp_path / f"repo{level}")
+        settings = replace(load_settings({"host": "testhost", "repository": path}), compression_level=level)
+        with Repository.init_local(path, settings, RepoConfig.new(avg_size=64 * 1024, compression_level=3)) as repo:
+            repo.snapshot(str(source))
+            stored[level] = repo.stored_bytes(["data/"])
+    assert stored[19] < stored[1]
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_a_writer_of_a_repository_reads_its_gc_plans_and_stops_counting_condemned_packs(tmp_path: Path,
+                                                                                       encrypted) -> None:
+    from casstore.format.config import RepoConfig
+    from casstore.format.crypto import MasterKey
+    from casstore.format.layout import plan_key
+    from casstore.format.plan import GcPlan, encode_plan_verified
+    from casstore.repo.core import RepoCore
+    from casstore.settings import load_settings
+
+    config = RepoConfig.new(keys=MasterKey.generate() if encrypted else None)
+    remote = new_memory_remote(FakeClock())
+    key = plan_key(1000.0)
+    remote.put(key, encode_plan_verified(GcPlan(["aa" * 32], [], host="one"), key, config.sealer))
+    repo = RepoCore(remote, config, load_settings({"host": "testhost"}))
+    assert repo.load_plans() == [key]
+    assert repo.index.condemned == {"aa" * 32}
+
+
+def test_an_exclusive_hold_of_the_local_repository_shuts_out_readers(tmp_path: Path) -> None:
+    """gc holds the repository exclusively (design 5.8): a read that does not wait is refused."""
+    from casstore.errors import LockError
+    from casstore.repo.lock import repository_lock
+
+    repo = local_repo(tmp_path / "repo")
+
+    def read_without_waiting() -> None:
+        with repository_lock(str(tmp_path / "repo"), wait=False):
+            pass
+
+    with repo.locked(exclusive=True), pytest.raises(LockError, match="locked exclusively"):
+        read_without_waiting()
+    with repo.locked():
+        read_without_waiting()          # shared with shared: both go on
+
+
+def test_a_remote_repository_with_a_damaged_index_object_skips_it_and_reads_the_rest(tmp_path: Path) -> None:
+    """design 5.6: readers skip an index object that cannot be read, with a warning."""
+    from dataclasses import replace
+
+    from casstore.remotes.local import LocalRemote
+    from casstore.repo.core import RepoCore
+
+    repo = local_repo(tmp_path / "repo")
+    snapshot_id = repo.snapshot(str(make_source(tmp_path / "data", n_json=2, big_mib=0))).id
+    remote = LocalRemote(str(tmp_path / "repo"), create=False)
+    remote.put("index/" + "ab" * 32, b"not an index")
+    opened = RepoCore.open_remote(remote, replace(repo.settings, cache_dir=str(tmp_path / "cache"), read_attempts=1))
+    opened.load_index()
+    assert "ab" * 32 not in opened.index.index_packs
+    store = opened.read_blob_ready()
+    assert all(store.read(kind, blob_id) for (kind, blob_id), _ in list(opened.index.blobs()))
+    assert [s.id for s in opened.all_snapshots()] == [snapshot_id]
+
+
+def test_a_writer_that_reloads_the_index_mid_session_keeps_the_packs_it_has_not_indexed_yet(tmp_path: Path) -> None:
+    """A writer whose index came from the local table cache uploads packs (no index lists them
+    yet), then misses a blob and reloads: its own packs stay known and readable, so it neither
+    stores their blobs again nor fails to read them."""
+    from casstore.format.config import RepoConfig
+    from casstore.repo.core import RepoCore
+
+    repo = local_repo(tmp_path / "repo", config=RepoConfig.new(avg_size=64 * 1024, pack_size=4096))
+    repo.snapshot(str(make_source(tmp_path / "data", n_json=2, big_mib=0)))
+    RepoCore.open_local(str(tmp_path / "repo"), repo.settings).load_index()      # the table cache is saved
+    writer = RepoCore.open_local(str(tmp_path / "repo"), repo.settings)
+    writer.load_index()                                                          # ... and restored
+    store = writer.blob_store()
+    blobs = {store.add(KIND_DATA, data)[0]: data for data in (os.urandom(5000) for _ in range(3))}
+    store.wait_uploads()
+    writer.reload_index()
+    assert all(store.has(KIND_DATA, blob_id) for blob_id in blobs)
+    assert all(store.read(KIND_DATA, blob_id) == data for blob_id, data in blobs.items())
+    store.close()
+
+
+def test_an_encrypted_repository_reads_back_on_a_machine_with_no_caches(tmp_path: Path, monkeypatch) -> None:
+    """Another machine (an empty cache folder: no index table) decodes the sealed index objects
+    themselves, and a second encrypted init where one exists leaves its key slots as they were."""
+    from dataclasses import replace
+
+    from casstore.client import Repository
+    from casstore.errors import RepositoryExists
+    from casstore.format import layout
+    from casstore.remotes.local import LocalRemote
+    from casstore.repo import keys
+    from casstore.settings import load_settings
+
+    monkeypatch.setenv("CASSTORE_TEST_WEAK_KDF", "1")
+    monkeypatch.setenv("CASSTORE_PASSWORD", "correct horse battery staple 15")
+    keys.forget_unlocked()
+    try:
+        settings = load_settings({"repository": str(tmp_path / "repo")})
+        config = _encrypted_config(settings)
+        source = make_source(tmp_path / "data", n_json=2, big_mib=0)
+        with Repository.init_local(str(tmp_path / "repo"), settings, config) as repo:
+            snapshot_id = repo.snapshot(str(source)).id
+        remote = LocalRemote(str(tmp_path / "repo"), create=False)
+        slots = sorted(info.key for info in remote.list(layout.KEYS_PREFIX))
+        with pytest.raises(RepositoryExists):
+            Repository.init_local(str(tmp_path / "repo"), settings, _encrypted_config(settings))
+        assert sorted(info.key for info in remote.list(layout.KEYS_PREFIX)) == slots
+        keys.forget_unlocked()
+        elsewhere = replace(settings, cache_dir=str(tmp_path / "other-machine-cache"))
+        with Repository.open_local(str(tmp_path / "repo"), elsewhere) as repo:
+            repo.restore(snapshot_id, str(tmp_path / "out"))
+        assert tree_digest(tmp_path / "out") == tree_digest(source)
+    finally:
+        keys.forget_unlocked()
+
+
+def _encrypted_config(settings):  # type: ignore[no-untyped-def]
+    from casstore.format.config import RepoConfig
+    from casstore.repo import keys
+
+    return RepoConfig.new(min_size=4096, avg_size=16384, max_size=65536, keys=keys.new_key(settings, "testhost"))
