@@ -944,3 +944,98 @@ def _encrypted_config(settings):  # type: ignore[no-untyped-def]
     from casstore.repo import keys
 
     return RepoConfig.new(min_size=4096, avg_size=16384, max_size=65536, keys=keys.new_key(settings, "testhost"))
+
+
+# -- the sync's re-check before its commit ----------------------------------------------------------
+
+@pytest.mark.parametrize(("past_half", "rechecks"), [(0.0, 1), (1.0, 2)], ids=["exactly half", "a second more"])
+def test_a_commit_lists_again_only_when_more_than_half_a_grace_period_passed_since_the_recheck(
+        tmp_path: Path, monkeypatch, past_half, rechecks) -> None:
+    """design 9: the re-check protects the commit for half a grace period; exactly half is still
+    inside it (no new listing), a second more is not (the commit re-checks first)."""
+    from casstore.sync import copier
+
+    clock = FakeClock()
+    remote = new_memory_remote(clock)
+    repo = local_repo(tmp_path / "repo")
+    repo.snapshot(str(make_source(tmp_path / "data", n_json=2, big_mib=0)))
+    seen: list[str] = []
+
+    def pause(name: str) -> None:
+        if name == "after-recheck":
+            if not seen:
+                clock.advance(repo.config.grace_seconds / 2 + past_half)
+            seen.append(name)
+
+    monkeypatch.setattr(copier, "pause_point", pause)
+    report = sync_to_remote(repo, remote, clock=clock)
+    assert len(report.snapshots) == 1
+    assert len(seen) == rechecks
+
+
+def test_a_sync_reports_its_progress_in_bytes_and_estimates_the_stored_bytes_it_uploads(tmp_path: Path) -> None:
+    """The progress callback receives every blob's raw length (they add up to the announced
+    total), and the estimate of the stored bytes to upload is what the packs then hold, give or
+    take their headers."""
+    clock = FakeClock()
+    repo = local_repo(tmp_path / "repo")
+    repo.snapshot(str(make_source(tmp_path / "data", n_json=6, big_mib=1)))
+    dry = sync_to_remote(repo, new_memory_remote(clock), dry_run=True, clock=clock)
+    progress: list[int] = []
+    real = sync_to_remote(repo, new_memory_remote(clock), progress=progress.append, clock=clock)
+    assert sum(progress) == real.bytes_missing > 0
+    assert dry.bytes_missing_stored == real.bytes_missing_stored
+    assert 0.9 * real.bytes_uploaded < real.bytes_missing_stored <= real.bytes_uploaded
+
+
+def test_a_sync_interrupted_after_its_snapshot_landed_leaves_it_pending_and_the_next_sync_confirms_it(
+        tmp_path: Path, monkeypatch) -> None:
+    """A crash between the snapshot's put and its post-commit check: the snapshot is recorded as
+    pending (not synced), and the next sync runs the check and only then records it synced."""
+    from casstore.sync import copier
+
+    clock = FakeClock()
+    remote = new_memory_remote(clock)
+    repo = local_repo(tmp_path / "repo")
+    snapshot_id = repo.snapshot(str(make_source(tmp_path / "data", n_json=2, big_mib=0))).id
+
+    class Crash(Exception):
+        pass
+
+    def pause(name: str) -> None:
+        if name == "after-snapshot-put":
+            raise Crash(name)
+
+    monkeypatch.setattr(copier, "pause_point", pause)
+    with pytest.raises(Crash):
+        sync_to_remote(repo, remote, clock=clock)
+    state = SyncState(repo.local_dir, remote.url)
+    assert snapshot_id in state.pending and snapshot_id not in state.synced
+    monkeypatch.undo()
+    sync_to_remote(repo, remote, clock=clock)
+    after = SyncState(repo.local_dir, remote.url)
+    assert snapshot_id in after.synced and not after.pending
+
+
+def test_a_sync_of_several_snapshots_rechecks_before_a_commit_that_comes_late(tmp_path: Path, monkeypatch) -> None:
+    """Two snapshots in one sync, the second adding nothing new, and more than half a grace
+    period passing after the first commit: the second commit re-checks first, and both land."""
+    from casstore.sync import copier
+
+    clock = FakeClock()
+    remote = new_memory_remote(clock)
+    repo = local_repo(tmp_path / "repo")
+    source = make_source(tmp_path / "data", n_json=2, big_mib=0)
+    ids = [repo.snapshot(str(source)).id for _ in range(2)]
+    seen: list[str] = []
+
+    def pause(name: str) -> None:
+        seen.append(name)
+        if name == "after-snapshot-put" and seen.count(name) == 1:
+            clock.advance(0.6 * repo.config.grace_seconds)
+
+    monkeypatch.setattr(copier, "pause_point", pause)
+    report = sync_to_remote(repo, remote, clock=clock)
+    assert sorted(report.snapshots) == sorted(ids)
+    assert {info.key.removeprefix("snapshots/") for info in remote.list("snapshots/")} == set(ids)
+    assert seen.count("after-recheck") == 2
