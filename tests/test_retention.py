@@ -265,3 +265,53 @@ def test_forget_by_id_searches_the_local_repository_and_its_remote_and_refuses_a
     with pytest.raises(SnapshotNotFound, match=r"is ambiguous \(2 match\)"):     # within one repository
         forget_snapshots([local, remote], [ids[0][:4]])
     assert len(local.all_snapshots()) == 2 and len(remote.all_snapshots()) == 1
+
+
+
+def _snap_ns(time_ns: int):
+    return SnapshotInfo(uuid.uuid4().hex * 2, SnapshotManifest(time_ns=time_ns, host="h", source="/data",
+                                                               tree=b"\0" * 32))
+
+
+def test_within_keeps_a_snapshot_exactly_that_old_and_not_a_nanosecond_older():
+    newest_ns, day_ns = int(T0.timestamp()) * 10**9, 86400 * 10**9
+    newest, edge, past = _snap_ns(newest_ns), _snap_ns(newest_ns - day_ns), _snap_ns(newest_ns - day_ns - 1)
+    assert set(kept([newest, edge, past], within=86400)) == {newest.id, edge.id}
+
+
+def test_a_policy_from_a_mapping_takes_each_rule_in_its_own_type():
+    """What the API and the settings pass: a duration in seconds or as text, one tag or several."""
+    assert RetentionPolicy.coerce({"keep_within": 86400}).within == 86400.0
+    assert RetentionPolicy.coerce({"within": "2h"}).within == 7200.0
+    assert RetentionPolicy.coerce({"keep_tag": "release"}).tags == ("release",)
+    assert RetentionPolicy.coerce({"tags": ["a", "b"]}).tags == ("a", "b")
+    with pytest.raises(ConfigError, match="unknown retention rule 'keep_forever'"):
+        RetentionPolicy.coerce({"keep_forever": 1})
+    assert RetentionPolicy().describe() == "no rule"
+
+
+def test_monthly_buckets_are_named_by_their_month():
+    months = [snap(T0 - timedelta(days=10 * i)) for i in range(8)]
+    assert sorted(r[0] for r in kept(months, monthly=2).values()) == ["monthly 2024-11", "monthly 2024-12"]
+
+
+def test_buckets_are_utc_days_whatever_the_machines_timezone(monkeypatch):
+    """01:00 UTC on 1 January is still 31 December in New York: the bucket is the UTC day."""
+    import time
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        s = [snap(datetime(2024, 1, 1, 1, 0, tzinfo=UTC)), snap(datetime(2023, 12, 31, 20, 0, tzinfo=UTC))]
+        assert sorted(r[0] for r in kept(s, daily=5).values()) == ["daily 2023-12-31", "daily 2024-01-01"]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_forget_reports_the_repository_it_acted_on_and_no_gc_when_not_asked(tmp_path):
+    path = str(tmp_path / "repo")
+    repo = Repository.init_local(path, load_settings({"host": "h", "repository": path}))
+    write_snapshot(repo, lambda store: [], host="h")
+    doc = apply_retention(repo, {"keep_last": 1}, dry_run=True).as_dict()
+    assert (doc["location"], doc["gc"]) == (repo.location, None)
