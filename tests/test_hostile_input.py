@@ -615,3 +615,11 @@ def test_bytes_msgpack_rejects_are_refused_with_a_reason_by_every_decoder(decode
 def test_an_index_table_image_whose_header_is_not_msgpack_is_refused_with_a_reason():
     with pytest.raises(FormatError, match="corrupt index table image: not msgpack"):
         _read_image(_index_image_with_a_header_that_is_not_msgpack())
+
+
+def test_a_corrupt_index_is_named_by_its_first_16_hex_digits():
+    body = b"\x81" + NOT_MSGPACK
+    index_id = blake3.blake3(body).hexdigest()
+    with pytest.raises(FormatError) as refused:
+        decode_index(index_id, body, MAX_RAW)
+    assert str(refused.value).startswith(f"corrupt index {index_id[:16]}: ")

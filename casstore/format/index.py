@@ -123,7 +123,7 @@ def check_encoded(index_id: str, stored: bytes, origin: dict[str, Any], packs: M
         same = _decodes_to(msgpack.Unpacker(io.BytesIO(body), max_bin_len=64), len(body),
                            _header(origin, (), retracts), packs, max_raw_length)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise IntegrityError(f"internal error: an index does not decode: {unpack_reason(exc)}") from exc
+        raise IntegrityError(f"internal error: an index does not decode: {exc}") from exc
     if not same:
         raise IntegrityError("internal error: an index does not decode to what was encoded")
 
