@@ -39,6 +39,7 @@ from casstore.format.blobset import BlobSet
 from casstore.format.crypto import KIND_INDEX, Sealer, seal_if, unseal_if
 from casstore.format.entrylist import EntryList
 from casstore.format.pack import BlobEntry, entry_fields
+from casstore.format.reasons import unpack_reason
 from casstore.format.spill import RecordSpill
 
 INDEX_VERSION = 1
@@ -163,7 +164,7 @@ def decode_index(index_id: str, body: bytes, max_raw_length: int, sealer: Sealer
         if not isinstance(origin, dict) or origin.get("kind") not in ORIGINS:
             raise ValueError("bad origin")
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
-        raise FormatError(f"corrupt index {index_id[:16]}: {exc}") from exc
+        raise FormatError(f"corrupt index {index_id[:16]}: {unpack_reason(exc)}") from exc
     return IndexObject(origin, packs, supersedes, retracts)
 
 
@@ -405,7 +406,7 @@ class MasterIndex:
             loaded = _BlobTable.from_image(fps, rests, starts, _from_le("Q", doc["counts"]), doc["packs"],
                                            doc["distinct"], doc["wide"])
         except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
-            raise FormatError(f"corrupt index table image: {exc}") from exc
+            raise FormatError(f"corrupt index table image: {unpack_reason(exc)}") from exc
         self.clear()
         self._table = loaded
         for index_id, origin, numbers in doc["indexes"]:
