@@ -166,6 +166,20 @@ def test_local_forget_keeps_snapshots_never_synced_unless_forced(tmp_path):
     assert apply_retention(writer.repo, {"keep_last": 1}, force=True).removed == [second]
 
 
+def test_forget_checks_what_a_cloud_remote_holds_without_opening_it(tmp_path, monkeypatch):
+    # the sync state is keyed by the remote's URL: forget works it out offline, with no SDK client,
+    # no credentials and no network (opening an Azure remote without its connection string fails)
+    for name in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    writer = Writer(tmp_path / "a", "testhost", FakeClock())
+    writer.repo.settings = writer.repo.settings.with_overrides(remote="az://container//backups")
+    writer.snapshot()
+    writer.edit(1)
+    writer.snapshot()
+    with pytest.raises(UnsyncedSnapshots, match=r"never synced to az://container/backups/ \("):
+        apply_retention(writer.repo, {"keep_last": 1})
+
+
 def test_cli_forget_prints_which_rule_kept_each_snapshot(tmp_path, monkeypatch):
     repo = _repo_with_hosts(tmp_path)
     out = invoke("forget", "--repo", repo.local_dir, "--keep-last", "1", "--keep-daily", "1", "--dry-run").stdout
