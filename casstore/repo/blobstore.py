@@ -194,7 +194,7 @@ class BlobStore:
     def put_index(self, packs: Mapping[str, Collection[BlobEntry]], kind: str, retracts: tuple[str, ...] = ()):
         """Write one index object of `packs` (withdrawing `retracts`); return (id, ObjectInfo).
         Every pack must be one this store uploaded or adopted (its entries are in `self.index`)."""
-        origin = {**self.origin, "kind": kind}
+        origin = {"kind": kind, **self.origin}    # the stored key order: kind, host, session
         index_id, body = encode_index(origin, packs, retracts=retracts, sealer=self.sealer)
         check_encoded(index_id, body, origin, packs, retracts, self.config.max_blob_size, self.sealer)  # design 5.5
         info = self.remote.put(layout.index_key(index_id), body)
