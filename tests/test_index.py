@@ -184,7 +184,9 @@ def test_dropping_a_few_packs_and_dropping_many_give_what_a_fresh_index_of_the_r
 def test_settling_writes_the_table_in_place_without_a_second_copy():
     """Issue 14: settling joined one piece per bucket at the end, holding the table twice over (255
     bytes a record at 20k, the peak of `check` and of a snapshot saving its table); written in place
-    it allocates the table once (46 bytes a record) plus the bucket starts."""
+    it allocates the table once (46 bytes a record) plus the bucket starts, and the tails' records
+    read back from their spill in passes of at most 12 MB (48 bytes a record: one `pread` a record
+    was most of the settle's time)."""
     rng, n = random.Random(3), 20_000
     index = MasterIndex()
     for p in range(n // 500):
@@ -198,7 +200,7 @@ def test_settling_writes_the_table_in_place_without_a_second_copy():
         per_record = (tracemalloc.get_traced_memory()[1] - before) / n
     finally:
         tracemalloc.stop()
-    assert per_record < 120, per_record
+    assert per_record < 180, per_record
     assert index.locations(KIND_DATA, probe.id) == [Location("f" * 64, 0, 90, 200)]
 
 

@@ -20,8 +20,9 @@ from casstore.format.pack import (
     KIND_TREE,
     BlobEntry,
     PackBuilder,
+    entry_rows,
     envelope_parts,
-    parse_header,
+    header_rows,
 )
 from casstore.format.spill import RecordSpill
 from casstore.fsio.buffers import BufferPool
@@ -431,5 +432,6 @@ def _read_back(pack_id: str, data: bytes | memoryview, entries: list[BlobEntry],
     was just hashed from these very bytes; this checks the framing: that the header parses back
     to the blobs written, each where the header says.
     """
-    if parse_header(data, max_raw_length, sealer) != entries:
+    # compared as rows, not entries: an entry object each was most of the read-back (issue 14)
+    if header_rows(data, max_raw_length, sealer) != entry_rows(entries):
         raise IntegrityError("internal error: a pack header does not describe the blobs written")
