@@ -104,10 +104,16 @@ class PackBuilder:
         A delta envelope's base is recorded in its entry."""
         parts = envelope_parts(encoded)
         length = sum(map(len, parts))
-        if not self.fits(length):
-            raise ValueError("internal error: blob added to a full pack buffer")
         base = delta.base_of(parts)
         self._deltas = self._deltas or base is not None
+        return self.add_parts(blob_id, parts, length, raw_length, base)
+
+    def add_parts(self, blob_id: bytes, parts: tuple[bytes, ...], length: int, raw_length: int,
+                  base: bytes | None = None) -> int:
+        """`add` of an envelope already in parts, its length and delta base known (a batch of small
+        files' blobs, none a delta: `BlobStore.add_encoded_many`)."""
+        if not self.fits(length):
+            raise ValueError("internal error: blob added to a full pack buffer")
         self.entries.append(BlobEntry(self.kind, blob_id, self._size, length, raw_length, base))
         if self._buffer is None:
             # one copy, kept until the pack is sealed: holding zstd's own output objects instead

@@ -24,7 +24,7 @@ from casstore._testing import pause_point, snapshot_time_ns
 from casstore.chunker.sparse import ZeroRun, sparse_chunks
 from casstore.errors import CasstoreError, ConfigError, SourceError
 from casstore.format import codec
-from casstore.format.pack import KIND_DATA, KIND_TREE
+from casstore.format.pack import KIND_DATA, KIND_TREE, envelope_parts
 from casstore.format.snapshot import SnapshotManifest
 from casstore.format.tree import Entry, EntryType, encode_tree_rows
 from casstore.fsio.heap import bound_free_heap
@@ -589,8 +589,9 @@ class SnapshotBuilder:
     def _store_batch(self, batch: _Batch, reads: list[SmallRead]) -> None:
         """A batch's chunks into the store, in order (under the pipeline's lock, on any thread);
         counted once for the batch."""
-        add, summary = self.store.add_encoded, self.summary
+        summary = self.summary
         read_bytes = 0
+        new: list[tuple[bytes, tuple[bytes, ...], int]] = []    # blobs not stored when the batch was read
         for (_, job), read in zip(batch.files, reads, strict=True):
             prepared = read.prepared
             if prepared is not None:
@@ -598,10 +599,13 @@ class SnapshotBuilder:
                 blob_id, encoded, raw_length = prepared
                 job.chunk_ids = [blob_id]
                 read_bytes += raw_length
-                if encoded is not None and (added := add(KIND_DATA, blob_id, encoded, raw_length)):
-                    summary.blobs_added += 1
-                    summary.bytes_added += raw_length
-                    summary.bytes_added_stored += added
+                if encoded is not None:
+                    new.append((blob_id, envelope_parts(encoded), raw_length))
+        if new:        # none is a delta: a batch's blobs are compressed on their own
+            added, added_raw, added_stored = self.store.add_encoded_many(KIND_DATA, new)
+            summary.blobs_added += added
+            summary.bytes_added += added_raw
+            summary.bytes_added_stored += added_stored
         summary.bytes_read += read_bytes
         self.progress(read_bytes)
         batch.reads = reads
