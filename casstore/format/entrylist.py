@@ -74,9 +74,10 @@ class EntryList:
     def as_lists(self) -> Iterator[list[Any]]:
         """Each entry as `BlobEntry.as_list()` gives it, without making the entry (index encoding)."""
         bases = self._bases
-        for i, fields in enumerate(_RECORD.iter_unpack(self._data)):
-            base = bases.get(i) if bases else None
-            yield list(fields) if base is None else [*fields, base]
+        if not bases:     # most packs: made in C, not a generator step a record
+            return map(list, _RECORD.iter_unpack(self._data))
+        return (list(fields) if (base := bases.get(i)) is None else [*fields, base]
+                for i, fields in enumerate(_RECORD.iter_unpack(self._data)))
 
     def __contains__(self, entry: object) -> bool:
         return any(e == entry for e in self)

@@ -80,9 +80,9 @@ def _header(origin: dict[str, Any], supersedes: Iterable[str], retracts: Iterabl
 
 def encode_index(origin: dict[str, Any], packs: Mapping[str, Collection[BlobEntry]], supersedes: Iterable[str] = (),
                  retracts: Iterable[str] = (), sealer: Sealer | None = None) -> tuple[str, bytes]:
-    """(id, stored bytes) of an index object, packed entry by entry: the same bytes as `msgpack.packb`
-    of the whole document, without building a list per blob first (a session's index may name
-    millions of blobs kept compactly, as `EntryList`s)."""
+    """(id, stored bytes) of an index object, packed pack by pack: the same bytes as `msgpack.packb`
+    of the whole document, without building a list per blob of the whole session first (a session's
+    index may name millions of blobs kept compactly, as `EntryList`s)."""
     header, packer = _header(origin, supersedes, retracts), msgpack.Packer()
     # a BytesIO hands its buffer over as the bytes (`getvalue`): a bytearray's `bytes()` copied
     # the whole body, twice its size at once (issue 14: 45 MB more at the end of a 1M-file snapshot)
@@ -98,9 +98,9 @@ def encode_index(origin: dict[str, Any], packs: Mapping[str, Collection[BlobEntr
                 entries = packs[pack_id]
                 body.write(packer.pack_array_header(2))
                 body.write(packer.pack(pack_id))
-                body.write(packer.pack_array_header(len(entries)))
-                for fields in _as_lists(entries):
-                    body.write(packer.pack(fields))
+                # a pack's entries packed in one call: the same bytes as an array header and each
+                # entry packed in turn; one pack's lists are held at a time, never the session's
+                body.write(packer.pack(list(_as_lists(entries))))
     stored = seal_if(sealer, KIND_INDEX, body.getvalue())
     return blake3.blake3(stored).hexdigest(), stored
 
