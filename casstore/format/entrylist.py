@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Iterator
+from itertools import starmap
+from operator import attrgetter
 from typing import Any, overload
 
 from casstore.format.pack import BlobEntry
 from casstore.format.spill import RecordSpill
 
 _RECORD = struct.Struct(">B32sQQQ")     # kind, id, offset, length, raw length
+_FIELDS = attrgetter("kind", "id", "offset", "length", "raw_length")
+_BASE = attrgetter("base")
 
 
 class EntryList:
@@ -28,11 +32,11 @@ class EntryList:
     __slots__ = ("_records", "_bases", "_spill", "_at", "_count")
 
     def __init__(self, entries: Iterable[BlobEntry], spill: RecordSpill | None = None) -> None:
-        records, bases, pack = bytearray(), {}, _RECORD.pack
-        for i, e in enumerate(entries):
-            records += pack(e.kind, e.id, e.offset, e.length, e.raw_length)
-            if e.base is not None:
-                bases[i] = e.base
+        entries = entries if isinstance(entries, list) else list(entries)
+        # packed in C (a pack of small files has tens of thousands of entries); bases are few
+        records = b"".join(starmap(_RECORD.pack, map(_FIELDS, entries)))
+        bases = {i: e.base for i, e in enumerate(entries) if e.base is not None} \
+            if any(map(_BASE, entries)) else {}
         self._bases: dict[int, bytes] = bases
         self._count = len(records) // _RECORD.size
         self._spill, self._at = spill, 0

@@ -543,6 +543,10 @@ class _Tails:
                     yield record
             at = tail.find(fp, at + 1)
 
+    def tail(self, bucket: int) -> bytearray | None:
+        """The bucket's tail: (fingerprint, number) items back to back."""
+        return self._by_bucket.get(bucket)
+
     def size(self, bucket: int) -> int:
         """Records in the bucket's tail."""
         tail = self._by_bucket.get(bucket)
@@ -869,7 +873,11 @@ class _BlobTable:
                 if not at & 3 and rests[r:r + _REST_KEY] == rest_key:
                     return True
                 at = fps.find(fp, at + 1, hi)
-        if b in tails and next(tails.hits(b, blob_id[2:] + _KIND_BYTE[kind]), None) is not None:
+        # no generator made unless the tail holds the fingerprint (every new blob of an initial
+        # snapshot is looked up in a table that is all tails)
+        tail = tails.tail(b)
+        if tail is not None and tail.find(fp) >= 0 and \
+                next(tails.hits(b, blob_id[2:] + _KIND_BYTE[kind]), None) is not None:
             return True
         return bool(self._wide) and (kind, blob_id) in self._wide
 

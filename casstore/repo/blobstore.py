@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 # packs being uploaded at once (sync runs several threads); 48 MiB took an initial sync to 151-156 MiB
 MAX_BYTES_IN_FLIGHT = 32 * 1024 * 1024
+_KEY = operator.attrgetter("kind", "id")  # an entry's (kind, id), as `_pending` holds it
 PACK_SLACK = 2 * 1024 * 1024              # a pack's last blob and header; a larger pack is joined afresh
 PackCallback = Callable[[str, list[BlobEntry], int, object], None]   # pack id, entries, size, ObjectInfo
 
@@ -163,8 +165,7 @@ class BlobStore:
         with self._lock:
             self._unindexed[pack_id] = self._session[pack_id] = EntryList(entries, self._spill)
             self.index.add_pack(pack_id, entries)
-            for e in entries:
-                self._pending.discard((e.kind, e.id))
+            self._pending.difference_update(map(_KEY, entries))
             self.packs_written += 1
             self.bytes_written += len(data)
         if self.on_pack_uploaded:
