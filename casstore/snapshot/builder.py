@@ -37,7 +37,7 @@ from casstore.snapshot import filescache, smallfiles
 from casstore.snapshot.deltahints import DeltaHints
 from casstore.snapshot.excludes import Excluder
 from casstore.snapshot.pipeline import ChunkPipeline
-from casstore.snapshot.smallfiles import FileStat, SmallRead
+from casstore.snapshot.smallfiles import BatchReads, FileStat, SmallRead
 from casstore.snapshot.summary import SnapshotSummary
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ class _Batch:
     files: list[tuple[_Item, FileJob]]
     dir_fd: int               # the batch's own duplicate of the directory's descriptor
     size: int
-    reads: list[SmallRead] | None = None     # what reading them gave, once applied
+    reads: BatchReads | None = None          # what reading them gave, once applied
 
 
 @dataclass
@@ -543,7 +543,7 @@ class SnapshotBuilder:
         and in an encrypted repository its keys, which hashing and sealing need)."""
         limit, prepare = self.min_chunk, self.pipeline.prepare_many
 
-        def handle(dir_fd: int, files: list[tuple[str, tuple[int, int]]]) -> list[SmallRead]:
+        def handle(dir_fd: int, files: list[tuple[str, tuple[int, int]]]) -> BatchReads:
             return smallfiles.read_batch_in_worker(dir_fd, files, limit, prepare)
         self.workers = WorkerPool(handle, SNAPSHOT_WORKERS, what="snapshot", error=CasstoreError)
 
@@ -559,7 +559,8 @@ class SnapshotBuilder:
             limit, prepare, dir_fd = self.min_chunk, self.pipeline.prepare_many, batch.dir_fd
             batch.dir_fd = -1      # the thread's task closes it
             try:
-                self.pipeline.submit_task(lambda: smallfiles.read_batch(dir_fd, files, limit, prepare),
+                self.pipeline.submit_task(lambda: smallfiles.columns(smallfiles.read_batch(dir_fd, files, limit,
+                                                                                          prepare)),
                                           lambda reads: self._store_batch(batch, reads), batch.size)
             except BaseException:
                 os.close(dir_fd)      # raised before the task was queued (an earlier result failed)
@@ -586,16 +587,14 @@ class SnapshotBuilder:
             os.close(batch.dir_fd)
             batch.dir_fd = -1
 
-    def _store_batch(self, batch: _Batch, reads: list[SmallRead]) -> None:
+    def _store_batch(self, batch: _Batch, reads: BatchReads) -> None:
         """A batch's chunks into the store, in order (under the pipeline's lock, on any thread);
         counted once for the batch."""
         summary = self.summary
         read_bytes = 0
         new: list[tuple[bytes, tuple[bytes, ...], int]] = []    # blobs not stored when the batch was read
-        for (_, job), read in zip(batch.files, reads, strict=True):
-            prepared = read.prepared
+        for (_, job), prepared in zip(batch.files, reads.prepared, strict=True):
             if prepared is not None:
-                read.prepared = None
                 blob_id, encoded, raw_length = prepared
                 job.chunk_ids = [blob_id]
                 read_bytes += raw_length
@@ -606,6 +605,7 @@ class SnapshotBuilder:
             summary.blobs_added += added
             summary.bytes_added += added_raw
             summary.bytes_added_stored += added_stored
+        reads.prepared.clear()      # the blobs are in the pack now
         summary.bytes_read += read_bytes
         self.progress(read_bytes)
         batch.reads = reads
@@ -615,15 +615,15 @@ class SnapshotBuilder:
         """A read batch's files join their directory (on the walk's thread)."""
         pending, reads = batch.pending, batch.reads
         assert reads is not None
-        summary, jobs = self.summary, pending.jobs
-        for (item, job), read in zip(batch.files, reads, strict=True):
+        summary, jobs, make_stat = self.summary, pending.jobs, FileStat._make
+        for i, ((item, job), st, size) in enumerate(zip(batch.files, reads.stats, reads.sizes, strict=True)):
             pending.outstanding -= 1
-            if read.st is None or read.changed:     # not read as listed, or changed while read
-                self._record_unusual(batch, item, job, read)
+            if st is None:        # not read as listed, or changed while read
+                self._record_unusual(batch, item, job, reads.unusual[i])
                 continue
             summary.files_total += 1
             summary.bytes_total += job.st.st_size
-            job.st, job.size = read.st, read.size
+            job.st, job.size = make_stat(st), size
             if item.cached is None:
                 summary.files_new += 1
             else:

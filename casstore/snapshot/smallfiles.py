@@ -16,9 +16,10 @@ through the chunker.
 
 With many small files the batches go to forked worker processes instead (`fsio/workers.py`,
 started by the builder): the same `read_batch`, given the directory's descriptor over a socket;
-what it read comes back pickled, each file's fstat as the few numbers the snapshot records
-(`FileStat`: a pickled `os.stat_result` cost 7 microseconds, a tuple one), and a file that grew is
-closed there and reopened by the walk (`REOPEN`).
+what it read comes back pickled as columns (`BatchReads`), each file's fstat as the few numbers
+the snapshot records in a plain tuple (a pickled `os.stat_result` cost 7 microseconds, a tuple
+one; a `SmallRead` and a `FileStat` a file, a Python call each to unpickle), and a file that grew
+is closed there and reopened by the walk (`REOPEN`).
 """
 
 from __future__ import annotations
@@ -76,6 +77,33 @@ class SmallRead:
     def __reduce__(self) -> tuple:       # a tuple of fields: a third of the slots' state to unpickle
         return SmallRead, (self.st, self.size, self.prepared, self.changed, self.error, self.replaced, self.grown,
                            self.data)
+
+
+class BatchReads(NamedTuple):
+    """What reading a batch gave, as columns (what a worker process answers, pickled): a file read
+    as listed is its fstat fields as a plain tuple, its size and its prepared chunk; anything else
+    (an error, a file replaced, grown or changed while read) is its `SmallRead` in `unusual`. A
+    `SmallRead` and a `FileStat` a file were each a Python call to unpickle in the walk's process,
+    the critical path of an initial snapshot of small files (issue 14)."""
+
+    stats: list[tuple[int, ...] | None]       # `FileStat` fields; None: see `unusual`
+    sizes: list[int]
+    prepared: list[tuple | None]              # every file's, unusual ones' too (a changed file is stored)
+    unusual: dict[int, SmallRead]
+
+
+def columns(reads: list[SmallRead]) -> BatchReads:
+    """`reads` as a `BatchReads`."""
+    batch = BatchReads([], [], [], {})
+    for i, read in enumerate(reads):
+        usual = read.st is not None and not read.changed
+        batch.stats.append(tuple(read.st) if usual else None)      # type: ignore[arg-type]
+        batch.sizes.append(read.size)
+        batch.prepared.append(read.prepared)
+        if not usual:
+            batch.unusual[i] = read
+            read.prepared = None
+    return batch
 
 
 def read_batch(dir_fd: int, files: list[tuple[str, tuple[int, int]]], limit: int,
@@ -136,7 +164,7 @@ def _read_stable(fd: int, before: os.stat_result, limit: int) -> SmallRead:
 
 
 def read_batch_in_worker(dir_fd: int, files: list[tuple[str, tuple[int, int]]], limit: int,
-                         prepare_many: PrepareMany) -> list[SmallRead]:
+                         prepare_many: PrepareMany) -> BatchReads:
     """`read_batch` in a worker process, which owns neither `dir_fd` (its pool closes it) nor a way
     to hand a descriptor back: a file that grew is closed here and reopened by the walk."""
     reads = read_batch(dir_fd, files, limit, prepare_many, own_fd=False)
@@ -144,4 +172,4 @@ def read_batch_in_worker(dir_fd: int, files: list[tuple[str, tuple[int, int]]], 
         if read.grown is not None:
             os.close(read.grown)
             read.grown = REOPEN
-    return reads
+    return columns(reads)
