@@ -108,10 +108,40 @@ class PackBuilder:
         self._deltas = self._deltas or base is not None
         return self.add_parts(blob_id, parts, length, raw_length, base)
 
+    def add_many(self, blobs: list[tuple[bytes, tuple[bytes, ...], int]], start: int, limit: int) -> int:
+        """Append plain blobs (id, envelope in parts, raw length; none a delta) from `blobs[start]`
+        while each fits and the pack is under `limit` bytes; return the index of the first not
+        added. A batch of small files' new blobs: a call and a room check or two a blob were a
+        tenth of the snapshot's critical path (issue 14)."""
+        entries, buffer, parts_out, kind, size = self.entries, self._buffer, self._parts, self.kind, self._size
+        room = len(buffer) if buffer is not None else -1
+        at = start
+        try:
+            for at in range(start, len(blobs)):
+                if size >= limit:
+                    return at
+                blob_id, parts, raw_length = blobs[at]
+                length = sum(map(len, parts))
+                if buffer is None:
+                    parts_out.append(parts[0] if len(parts) == 1 else b"".join(parts))
+                elif size + length > room:
+                    if not entries:
+                        raise ValueError("internal error: blob added to a full pack buffer")
+                    return at
+                else:
+                    offset = size
+                    for part in parts:
+                        buffer[offset:offset + len(part)] = part
+                        offset += len(part)
+                entries.append(BlobEntry(kind, blob_id, size, length, raw_length))
+                size += length
+            return len(blobs)
+        finally:
+            self._size = size
+
     def add_parts(self, blob_id: bytes, parts: tuple[bytes, ...], length: int, raw_length: int,
                   base: bytes | None = None) -> int:
-        """`add` of an envelope already in parts, its length and delta base known (a batch of small
-        files' blobs, none a delta: `BlobStore.add_encoded_many`)."""
+        """`add` of an envelope already in parts, its length and delta base known."""
         if not self.fits(length):
             raise ValueError("internal error: blob added to a full pack buffer")
         self.entries.append(BlobEntry(self.kind, blob_id, self._size, length, raw_length, base))

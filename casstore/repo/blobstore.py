@@ -116,26 +116,22 @@ class BlobStore:
         """`add_encoded` of each (id, envelope in parts, raw length), none a delta (a batch of small
         files: a call and two envelope passes a blob were a tenth of the snapshot's main thread).
         Returns (blobs added, their raw bytes, stored bytes added)."""
-        count = raw = stored = 0
-        pending, indexed, pack_size = self._pending, self.index.has, self.config.pack_size
-        builder = self._builders.get(kind)
-        for blob_id, parts, raw_length in blobs:
-            key = (kind, blob_id)
-            if key in pending or indexed(kind, blob_id):
-                continue
-            length = sum(map(len, parts))
-            if builder is not None and not builder.fits(length):
-                self._seal(kind)
-                builder = None
+        pending, indexed = self._pending, self.index.has
+        fresh = []
+        for blob in blobs:
+            key = (kind, blob[0])
+            if key not in pending and not indexed(kind, blob[0]):
+                pending.add(key)     # a second copy in the same batch is a duplicate
+                fresh.append(blob)
+        at = 0
+        while at < len(fresh):
+            builder = self._builders.get(kind)
             if builder is None:
                 builder = self._builders[kind] = self._new_builder(kind)
-            builder.add_parts(blob_id, parts, length, raw_length)
-            pending.add(key)
-            if builder.size >= pack_size:
-                self._seal(kind)
-                builder = None
-            count, raw, stored = count + 1, raw + raw_length, stored + length
-        return count, raw, stored
+            at = builder.add_many(fresh, at, self.config.pack_size)
+            if at < len(fresh) or builder.size >= self.config.pack_size:
+                self._seal(kind)     # full, or a blob does not fit: the next starts a new pack
+        return len(fresh), sum(blob[2] for blob in fresh), sum(sum(map(len, blob[1])) for blob in fresh)
 
     def _new_builder(self, kind: int) -> PackBuilder:
         # tree packs are small: parts joined at the end are cheaper than a pack-sized buffer
