@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from casstore._testing import pause_point
+from casstore._testing import pause_point, pausing
 
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)
 READ_ATTEMPTS = 2
@@ -112,8 +112,9 @@ def read_batch(dir_fd: int, files: list[tuple[str, tuple[int, int]]], limit: int
     `own_fd` (a duplicate the batch owns: the walk may close its own meanwhile); then prepare what
     was read, all at once (hashed, and compressed and verified in one call:
     `ChunkPipeline.prepare_many`)."""
+    pause = pausing("snapshot-before-open")
     try:
-        reads = [read_small(dir_fd, name, ident, limit) for name, ident in files]
+        reads = [read_small(dir_fd, name, ident, limit, pause) for name, ident in files]
     finally:
         if own_fd:
             os.close(dir_fd)
@@ -124,8 +125,9 @@ def read_batch(dir_fd: int, files: list[tuple[str, tuple[int, int]]], limit: int
     return reads
 
 
-def read_small(dir_fd: int, name: str, ident: tuple[int, int], limit: int) -> SmallRead:
-    pause_point("snapshot-before-open")
+def read_small(dir_fd: int, name: str, ident: tuple[int, int], limit: int, pause: bool = True) -> SmallRead:
+    if pause:
+        pause_point("snapshot-before-open")
     try:
         fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
     except OSError as exc:
