@@ -457,9 +457,9 @@ _SCAN_PACKS = 32                       # dropping more packs than this passes ov
 _BUCKETS = 1 << 16
 _MAX_PACKS = 1 << 24
 _KIND_BYTE = [bytes((kind,)) for kind in range(256)]
+_BUCKET_PREFIX = struct.Struct(">H")  # a record's bucket before it, while settling a group
 _GROUP = 256                           # buckets settled together where tails are dense (`_merge_group`)
 _FEED_RECORDS = 1 << 18                # tail records read from the spill per pass when settling (12 MB)
-_BUCKET_BYTES = [b.to_bytes(2, "big") for b in range(_BUCKETS)]
 
 Column = bytes | bytearray             # a restored image's columns are bytearrays
 
@@ -561,6 +561,7 @@ class _Tails:
         if spill is None:
             return found
         step = _SIZE * 16384
+        prefix = _BUCKET_PREFIX.pack
         for at in range(0, len(bucket_of) * _SIZE, step):
             piece = spill.read(at, min(step, len(bucket_of) * _SIZE - at))
             number = at // _SIZE
@@ -570,7 +571,7 @@ class _Tails:
                     group = found.get(b // _GROUP)
                     if group is None:
                         group = found[b // _GROUP] = bytearray()
-                    group += _BUCKET_BYTES[b]
+                    group += prefix(b)
                     group += piece[i:i + _SIZE]
         return found
 
@@ -734,7 +735,7 @@ class _BlobTable:
         for b in range(first, first + _GROUP):
             lo, hi = starts[b], starts[b + 1]
             if lo < hi:
-                prefix = _BUCKET_BYTES[b]
+                prefix = _BUCKET_PREFIX.pack(b)
                 records += [prefix + record for record in _whole_records(fps[lo * _FP:hi * _FP],
                                                                          rests[lo * _REST:hi * _REST])]
         before = len({record[:2 + _KEY] for record in records}) if records else 0
@@ -746,7 +747,7 @@ class _BlobTable:
         self._distinct += len({record[:2 + _KEY] for record in records}) - before
         at = out.records
         for b in range(first, first + _GROUP):
-            new_starts[b] = at + bisect_left(records, _BUCKET_BYTES[b])
+            new_starts[b] = at + bisect_left(records, _BUCKET_PREFIX.pack(b))
         out.put(b"".join(record[2:2 + _FP] for record in records), b"".join(record[2 + _FP:] for record in records))
         return records
 
