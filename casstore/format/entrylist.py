@@ -32,11 +32,13 @@ class EntryList:
     __slots__ = ("_records", "_bases", "_spill", "_at", "_count")
 
     def __init__(self, entries: Iterable[BlobEntry], spill: RecordSpill | None = None) -> None:
-        entries = entries if isinstance(entries, list) else list(entries)
-        # packed in C (a pack of small files has tens of thousands of entries); bases are few
-        records = b"".join(starmap(_RECORD.pack, map(_FIELDS, entries)))
-        bases = {i: e.base for i, e in enumerate(entries) if e.base is not None} \
-            if any(map(_BASE, entries)) else {}
+        if isinstance(entries, list):
+            # packed in C (a pack of small files has tens of thousands of entries); bases are few
+            records: bytes | bytearray = b"".join(starmap(_RECORD.pack, map(_FIELDS, entries)))
+            bases = {i: e.base for i, e in enumerate(entries) if e.base is not None} \
+                if any(map(_BASE, entries)) else {}
+        else:     # entries decoded one at a time (an index object): never held as objects all at once
+            records, bases = self._pack_each(entries)
         self._bases: dict[int, bytes] = bases
         self._count = len(records) // _RECORD.size
         self._spill, self._at = spill, 0
@@ -44,6 +46,15 @@ class EntryList:
             self._records = bytes(records)
         else:
             self._records, self._at = b"", spill.append(records)
+
+    @staticmethod
+    def _pack_each(entries: Iterable[BlobEntry]) -> tuple[bytearray, dict[int, bytes]]:
+        records, bases, pack = bytearray(), {}, _RECORD.pack
+        for i, e in enumerate(entries):
+            records += pack(e.kind, e.id, e.offset, e.length, e.raw_length)
+            if e.base is not None:
+                bases[i] = e.base
+        return records, bases
 
     @property
     def _data(self) -> bytes:

@@ -459,7 +459,8 @@ _MAX_PACKS = 1 << 24
 _KIND_BYTE = [bytes((kind,)) for kind in range(256)]
 _BUCKET_PREFIX = struct.Struct(">H")  # a record's bucket before it, while settling a group
 _GROUP = 256                           # buckets settled together where tails are dense (`_merge_group`)
-_FEED_RECORDS = 1 << 18                # tail records read from the spill per pass when settling (12 MB)
+_FEED_RECORDS = 1 << 16                # tail records gathered per pass over the spill when settling (3 MB)
+_READ_RECORDS = 16384                  # records a read of the spill when settling (736 KB)
 
 Column = bytes | bytearray             # a restored image's columns are bytearrays
 
@@ -496,12 +497,11 @@ class _Tails:
     reads them all back, one `pread` each.
     """
 
-    __slots__ = ("_by_bucket", "_spill", "_bucket_of", "count")
+    __slots__ = ("_by_bucket", "_spill", "count")
 
     def __init__(self) -> None:
         self._by_bucket: dict[int, bytearray] = {}
         self._spill: RecordSpill | None = None          # made with the first record
-        self._bucket_of = array("H")                    # each spilled record's bucket, in spill order
         self.count = 0
 
     def __bool__(self) -> bool:
@@ -519,7 +519,6 @@ class _Tails:
         if self._spill is None:
             self._spill = RecordSpill()
         number = self._spill.append(records) // _SIZE
-        self._bucket_of.extend(buckets)     # callers add under one lock: in the spill's order
         by_bucket, entry = self._by_bucket, _TAIL.pack
         for at, b in enumerate(buckets):
             item = entry(records[at * _SIZE:at * _SIZE + _FP], number + at)
@@ -554,25 +553,27 @@ class _Tails:
 
     def grouped(self, first: int, end: int) -> dict[int, bytearray]:
         """The records of buckets [first, end), each prefixed with its bucket's two bytes, back to
-        back in one buffer per group of _GROUP buckets: one pass over the spill in large reads
+        back in one buffer per group of _GROUP buckets: read in the spill's order, in large reads
         (a `pread` a record was most of settling an initial snapshot's table)."""
         found: dict[int, bytearray] = {}
-        spill, bucket_of = self._spill, self._bucket_of
+        spill, by_bucket = self._spill, self._by_bucket
         if spill is None:
             return found
-        step = _SIZE * 16384
-        prefix = _BUCKET_PREFIX.pack
-        for at in range(0, len(bucket_of) * _SIZE, step):
-            piece = spill.read(at, min(step, len(bucket_of) * _SIZE - at))
-            number = at // _SIZE
-            for i in range(0, len(piece), _SIZE):
-                b = bucket_of[number + i // _SIZE]
-                if first <= b < end:
-                    group = found.get(b // _GROUP)
-                    if group is None:
-                        group = found[b // _GROUP] = bytearray()
-                    group += prefix(b)
-                    group += piece[i:i + _SIZE]
+        # each wanted record as one int (its number, then its bucket), sorted: the spill's order
+        wanted = sorted(number << 16 | b for b in range(first, end) if (tail := by_bucket.get(b)) is not None
+                        for _, number in _TAIL.iter_unpack(tail))
+        prefix, piece, piece_at = _BUCKET_PREFIX.pack, b"", -_READ_RECORDS
+        for key in wanted:
+            number, b = key >> 16, key & 0xFFFF
+            if number >= piece_at + _READ_RECORDS:
+                piece_at = number
+                piece = spill.read(number * _SIZE, min(_READ_RECORDS, self.count - number) * _SIZE)
+            group = found.get(b // _GROUP)
+            if group is None:
+                group = found[b // _GROUP] = bytearray()
+            group += prefix(b)
+            at = (number - piece_at) * _SIZE
+            group += piece[at:at + _SIZE]
         return found
 
     def records(self, bucket: int) -> bytes:
