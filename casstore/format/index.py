@@ -494,7 +494,8 @@ class _Tails:
     whole in per-bucket buffers they cost about 70 bytes a record in memory, 70 MB of an initial
     snapshot of a million small files (issue 14). A lookup that finds the fingerprint reads the
     record back (a duplicate within the session, or one in 2^32 records of the bucket); settling
-    reads them all back, one `pread` each.
+    reads them all back: a bucket's one `pread` each, or, where tails are dense, a range of
+    buckets' in the file's order in large reads (`grouped`).
     """
 
     __slots__ = ("_by_bucket", "_spill", "count")
