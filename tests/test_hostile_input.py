@@ -20,7 +20,7 @@ import zstandard
 from casstore.errors import CasstoreError, DowngradeError, FormatError, IntegrityError
 from casstore.format import codec
 from casstore.format.config import RepoConfig, encryption_domain
-from casstore.format.crypto import SCHEME, MasterKey
+from casstore.format.crypto import SCHEME, MasterKey, slot_info
 from casstore.format.index import IndexObject, decode_index
 from casstore.format.pack import KIND_DATA, KIND_TREE, MAGIC, PackBuilder, parse_header, verify_pack_id
 from casstore.format.plan import decode_plan
@@ -566,3 +566,60 @@ def test_a_hostile_gc_plan_error_says_what_is_wrong(doc, reason):
 def test_a_gc_plan_without_a_host_reads_with_an_empty_host():
     plan = decode_plan(msgpack.packb({k: v for k, v in GOOD_PLAN.items() if k != "host"}))
     assert plan.host == "" and plan.condemned_packs == ["ab" * 32]
+
+
+# -- bytes that are not msgpack: one clear reason from every decoder ----------------------------
+
+def _index_image_with_a_header_that_is_not_msgpack() -> bytes:
+    import io
+
+    from casstore.format.index import MasterIndex
+
+    out = io.BytesIO()
+    MasterIndex().write_image(out)
+    image = bytearray(out.getvalue())
+    image[image.index(b"\n") + 1 + 8] = 0xC1       # the first byte of the msgpack header, after its length
+    return bytes(image)
+
+
+def _read_image(image: bytes) -> None:
+    import io
+
+    from casstore.format.index import MasterIndex
+
+    MasterIndex().read_image(io.BytesIO(image))
+
+
+NOT_MSGPACK, TOO_DEEP = b"\xc1", b"\x91" * 5000 + b"\x00"
+
+
+@pytest.mark.parametrize(("decode", "what"), [
+    (lambda body: decode_tree(body), "corrupt tree"),
+    (lambda body: decode_plan(body), "corrupt gc plan"),
+    (lambda body: decode_snapshot(blake3.blake3(body).hexdigest(), body), "corrupt snapshot"),
+    # the index reader takes its map header first (a wrong one has its own message): the bytes are its first key
+    (lambda body: decode_index(blake3.blake3(b"\x81" + body).hexdigest(), b"\x81" + body, MAX_RAW), "corrupt index"),
+    (lambda body: RepoConfig.decode(body), "corrupt repository config"),
+    (lambda body: encryption_domain(body), "corrupt repository config"),
+    (lambda body: slot_info("ab" * 8, body), "corrupt key slot abababab"),
+], ids=["tree", "gc plan", "snapshot", "index", "config", "config domain", "key slot"])
+@pytest.mark.parametrize(("body", "reason"), [
+    (NOT_MSGPACK, "not msgpack (a byte that starts no msgpack value)"), (TOO_DEEP, "msgpack nested too deeply"),
+], ids=["not msgpack", "nested too deeply"])
+def test_bytes_msgpack_rejects_are_refused_with_a_reason_by_every_decoder(decode, what, body, reason):
+    with pytest.raises(FormatError) as refused:
+        decode(body)
+    assert str(refused.value).startswith(what) and str(refused.value).endswith(reason), str(refused.value)
+
+
+def test_an_index_table_image_whose_header_is_not_msgpack_is_refused_with_a_reason():
+    with pytest.raises(FormatError, match="corrupt index table image: not msgpack"):
+        _read_image(_index_image_with_a_header_that_is_not_msgpack())
+
+
+def test_a_corrupt_index_is_named_by_its_first_16_hex_digits():
+    body = b"\x81" + NOT_MSGPACK
+    index_id = blake3.blake3(body).hexdigest()
+    with pytest.raises(FormatError) as refused:
+        decode_index(index_id, body, MAX_RAW)
+    assert str(refused.value).startswith(f"corrupt index {index_id[:16]}: ")

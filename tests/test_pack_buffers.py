@@ -160,3 +160,32 @@ def test_a_pack_of_delta_blobs_only_lists_each_blobs_base(buffer_size):
     for entry, data in zip(entries, datas, strict=True):
         encoded = body[entry.offset:entry.offset + entry.length]
         assert codec.decode_verified(encoded, entry.raw_length, entry.id, base=base) == data
+
+
+@pytest.mark.parametrize("buffer_size", [None, 3000])
+def test_a_batch_added_at_once_fills_packs_as_blobs_added_one_by_one(buffer_size):
+    """`add_many` (a batch of small files' blobs) stops where `add` would start a new pack: at the
+    size limit, or at a blob the buffer has no room for; an empty pack refuses a blob too large."""
+    blobs = [os.urandom(n) for n in (300, 900, 40, 1200, 700, 5, 800, 600)]
+    encoded = [(codec.blob_id(data), codec.encode(data, 3), len(data)) for data in blobs]
+
+    def packs(add_batch: bool) -> list[list[BlobEntry]]:
+        done, at = [], 0
+        builder = PackBuilder(KIND_DATA, memoryview(bytearray(buffer_size)) if buffer_size else None)
+        while at < len(encoded):
+            if add_batch:
+                at = builder.add_many([(i, (envelope,), raw) for i, envelope, raw in encoded], at, 2000)
+            else:
+                blob_id, envelope, raw = encoded[at]
+                if builder.fits(len(envelope)) and builder.size < 2000:
+                    builder.add(blob_id, envelope, raw)
+                    at += 1
+            if at < len(encoded) and (builder.size >= 2000 or not builder.fits(len(encoded[at][1]))):
+                done.append(parse_header(bytes(builder.finish()[1]), 1 << 20))
+                builder = PackBuilder(KIND_DATA, memoryview(bytearray(buffer_size)) if buffer_size else None)
+        return [*done, parse_header(bytes(builder.finish()[1]), 1 << 20)]
+
+    one_by_one = packs(False)
+    assert len(one_by_one) > 1 and packs(True) == one_by_one
+    with pytest.raises(ValueError, match="^internal error: blob added to a full pack buffer$"):
+        PackBuilder(KIND_DATA, memoryview(bytearray(100))).add_many([(bytes(32), (b"\x00", b"x" * 200), 200)], 0, 1000)

@@ -7,6 +7,14 @@ import os
 import pytest
 
 from casstore.errors import ObjectExists, ObjectNotFound
+from casstore.remotes.registry import normalized_remote_url
+
+
+def test_a_remote_url_worked_out_without_opening_it_is_the_one_it_calls_itself(remote):
+    # the sync state (what reached which remote) is keyed by remote.url; forget, status and the cost
+    # estimate work the key out from the configured URL without opening the remote
+    assert normalized_remote_url(remote.url) == remote.url
+    assert normalized_remote_url(remote.url.rstrip("/") + "//") == remote.url
 
 
 def test_put_get_roundtrip(remote):

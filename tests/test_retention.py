@@ -166,6 +166,20 @@ def test_local_forget_keeps_snapshots_never_synced_unless_forced(tmp_path):
     assert apply_retention(writer.repo, {"keep_last": 1}, force=True).removed == [second]
 
 
+def test_forget_checks_what_a_cloud_remote_holds_without_opening_it(tmp_path, monkeypatch):
+    # the sync state is keyed by the remote's URL: forget works it out offline, with no SDK client,
+    # no credentials and no network (opening an Azure remote without its connection string fails)
+    for name in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    writer = Writer(tmp_path / "a", "testhost", FakeClock())
+    writer.repo.settings = writer.repo.settings.with_overrides(remote="az://container//backups")
+    writer.snapshot()
+    writer.edit(1)
+    writer.snapshot()
+    with pytest.raises(UnsyncedSnapshots, match=r"never synced to az://container/backups/ \("):
+        apply_retention(writer.repo, {"keep_last": 1})
+
+
 def test_cli_forget_prints_which_rule_kept_each_snapshot(tmp_path, monkeypatch):
     repo = _repo_with_hosts(tmp_path)
     out = invoke("forget", "--repo", repo.local_dir, "--keep-last", "1", "--keep-daily", "1", "--dry-run").stdout
@@ -268,37 +282,52 @@ def test_forget_by_id_searches_the_local_repository_and_its_remote_and_refuses_a
     assert len(local.all_snapshots()) == 2 and len(remote.all_snapshots()) == 1
 
 
-# -- session 9 (s9core19): boundaries and messages the full mutation run found untested ---------
 
-def test_a_rule_is_named_in_its_error_and_a_single_tag_is_one_tag():
-    with pytest.raises(ConfigError, match="unknown retention rule 'keep_everything'"):
-        RetentionPolicy.coerce({"keep_everything": 1})
-    assert RetentionPolicy.coerce({"keep_tag": "release"}).tags == ("release",)
+def _snap_ns(time_ns: int):
+    return SnapshotInfo(uuid.uuid4().hex * 2, SnapshotManifest(time_ns=time_ns, host="h", source="/data",
+                                                               tree=b"\0" * 32))
+
+
+def test_within_keeps_a_snapshot_exactly_that_old_and_not_a_nanosecond_older():
+    newest_ns, day_ns = int(T0.timestamp()) * 10**9, 86400 * 10**9
+    newest, edge, past = _snap_ns(newest_ns), _snap_ns(newest_ns - day_ns), _snap_ns(newest_ns - day_ns - 1)
+    assert set(kept([newest, edge, past], within=86400)) == {newest.id, edge.id}
+
+
+def test_a_policy_from_a_mapping_takes_each_rule_in_its_own_type():
+    """What the API and the settings pass: a duration in seconds or as text, one tag or several."""
+    assert RetentionPolicy.coerce({"keep_within": 86400}).within == 86400.0
     assert RetentionPolicy.coerce({"within": 1e16}).within == 1e16, "a number is seconds, in any notation"
+    assert RetentionPolicy.coerce({"within": "2h"}).within == 7200.0
+    assert RetentionPolicy.coerce({"keep_tag": "release"}).tags == ("release",)
+    assert RetentionPolicy.coerce({"tags": ["a", "b"]}).tags == ("a", "b")
+    with pytest.raises(ConfigError, match="unknown retention rule 'keep_forever'"):
+        RetentionPolicy.coerce({"keep_forever": 1})
     assert RetentionPolicy().describe() == "no rule"
 
 
-def test_within_keeps_a_snapshot_exactly_that_old_and_not_one_nanosecond_older():
-    newest = snap(T0)
-    edge = SnapshotInfo("e" * 64, SnapshotManifest(time_ns=newest.manifest.time_ns - 3600 * 10**9, host="h",
-                                                  source="/data", tree=b"\0" * 32))
-    older = SnapshotInfo("f" * 64, SnapshotManifest(time_ns=edge.manifest.time_ns - 1, host="h", source="/data",
-                                                   tree=b"\0" * 32))
-    assert set(kept([newest, edge, older], within=3600)) == {newest.id, edge.id}
+def test_monthly_buckets_are_named_by_their_month():
+    months = [snap(T0 - timedelta(days=10 * i)) for i in range(8)]
+    assert sorted(r[0] for r in kept(months, monthly=2).values()) == ["monthly 2024-11", "monthly 2024-12"]
 
 
-def test_buckets_are_utc_whatever_the_local_time_zone(monkeypatch):
+def test_buckets_are_utc_days_whatever_the_machines_timezone(monkeypatch):
+    """01:00 UTC on 1 January is still 31 December in New York: the bucket is the UTC day."""
     import time
-    monkeypatch.setenv("TZ", "Etc/GMT-5")        # UTC+5: 22:00 and 23:30 UTC fall on the next local day
+
+    monkeypatch.setenv("TZ", "America/New_York")
     time.tzset()
     try:
-        late = [snap(T0.replace(hour=22)), snap(T0.replace(hour=23, minute=30)), snap(T0 + timedelta(hours=14))]
-        assert sorted(r[0] for r in kept(late, daily=3).values()) == ["daily 2024-12-29", "daily 2024-12-30"]
+        s = [snap(datetime(2024, 1, 1, 1, 0, tzinfo=UTC)), snap(datetime(2023, 12, 31, 20, 0, tzinfo=UTC))]
+        assert sorted(r[0] for r in kept(s, daily=5).values()) == ["daily 2023-12-31", "daily 2024-01-01"]
     finally:
         monkeypatch.undo()
         time.tzset()
 
 
-def test_a_monthly_reason_names_the_month():
-    months = [snap(T0 - timedelta(days=10 * i)) for i in range(4)]     # Dec 29 .. Nov 29
-    assert sorted(r[0] for r in kept(months, monthly=2).values()) == ["monthly 2024-11", "monthly 2024-12"]
+def test_forget_reports_the_repository_it_acted_on_and_no_gc_when_not_asked(tmp_path):
+    path = str(tmp_path / "repo")
+    repo = Repository.init_local(path, load_settings({"host": "h", "repository": path}))
+    write_snapshot(repo, lambda store: [], host="h")
+    doc = apply_retention(repo, {"keep_last": 1}, dry_run=True).as_dict()
+    assert (doc["location"], doc["gc"]) == (repo.location, None)

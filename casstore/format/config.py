@@ -18,6 +18,7 @@ from casstore.errors import (
     MissingKey,
 )
 from casstore.format.crypto import KIND_CONFIG, SCHEME, MasterKey, Sealer
+from casstore.format.reasons import unpack_reason
 
 if TYPE_CHECKING:
     from casstore.chunker import Chunker
@@ -160,7 +161,7 @@ class RepoConfig:
             if not isinstance(config.grace_seconds, int) or config.grace_seconds < MIN_GRACE_SECONDS:
                 raise FormatError(f"bad grace period in repository config: {config.grace_seconds!r}")
         except (TypeError, ValueError, KeyError, msgpack.UnpackException) as exc:
-            raise FormatError(f"corrupt repository config: {exc}") from exc
+            raise FormatError(f"corrupt repository config: {unpack_reason(exc)}") from exc
         return config
 
     def check_compatible(self, other: RepoConfig, other_name: str) -> None:
@@ -187,7 +188,7 @@ def encryption_domain(body: bytes) -> str | None:
         doc = msgpack.unpackb(body)
         encryption = doc.get("encryption") if isinstance(doc, dict) else None
     except (ValueError, msgpack.UnpackException) as exc:
-        raise FormatError(f"corrupt repository config: {exc}") from exc
+        raise FormatError(f"corrupt repository config: {unpack_reason(exc)}") from exc
     return _domain_of(encryption)
 
 

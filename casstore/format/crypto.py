@@ -34,6 +34,7 @@ import blake3
 import msgpack
 
 from casstore.errors import DowngradeError, FormatError, IntegrityError, WrongPassword
+from casstore.format.reasons import unpack_reason
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -245,7 +246,7 @@ def _slot_doc(slot_id: str, body: bytes) -> dict[str, Any]:
                 or not isinstance(doc.get("sealed"), bytes) or len(doc["salt"]) < 16:
             raise ValueError("missing fields")
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise FormatError(f"corrupt key slot {slot_id[:8]}: {exc}") from exc
+        raise FormatError(f"corrupt key slot {slot_id[:8]}: {unpack_reason(exc)}") from exc
     return doc
 
 

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Iterator
+from itertools import starmap
+from operator import attrgetter
 from typing import Any, overload
 
 from casstore.format.pack import BlobEntry
 from casstore.format.spill import RecordSpill
 
 _RECORD = struct.Struct(">B32sQQQ")     # kind, id, offset, length, raw length
+_FIELDS = attrgetter("kind", "id", "offset", "length", "raw_length")
+_BASE = attrgetter("base")
 
 
 class EntryList:
@@ -28,11 +32,13 @@ class EntryList:
     __slots__ = ("_records", "_bases", "_spill", "_at", "_count")
 
     def __init__(self, entries: Iterable[BlobEntry], spill: RecordSpill | None = None) -> None:
-        records, bases, pack = bytearray(), {}, _RECORD.pack
-        for i, e in enumerate(entries):
-            records += pack(e.kind, e.id, e.offset, e.length, e.raw_length)
-            if e.base is not None:
-                bases[i] = e.base
+        if isinstance(entries, list):
+            # packed in C (a pack of small files has tens of thousands of entries); bases are few
+            records: bytes | bytearray = b"".join(starmap(_RECORD.pack, map(_FIELDS, entries)))
+            bases = {i: e.base for i, e in enumerate(entries) if e.base is not None} \
+                if any(map(_BASE, entries)) else {}
+        else:     # entries decoded one at a time (an index object): never held as objects all at once
+            records, bases = self._pack_each(entries)
         self._bases: dict[int, bytes] = bases
         self._count = len(records) // _RECORD.size
         self._spill, self._at = spill, 0
@@ -40,6 +46,15 @@ class EntryList:
             self._records = bytes(records)
         else:
             self._records, self._at = b"", spill.append(records)
+
+    @staticmethod
+    def _pack_each(entries: Iterable[BlobEntry]) -> tuple[bytearray, dict[int, bytes]]:
+        records, bases, pack = bytearray(), {}, _RECORD.pack
+        for i, e in enumerate(entries):
+            records += pack(e.kind, e.id, e.offset, e.length, e.raw_length)
+            if e.base is not None:
+                bases[i] = e.base
+        return records, bases
 
     @property
     def _data(self) -> bytes:
@@ -74,9 +89,10 @@ class EntryList:
     def as_lists(self) -> Iterator[list[Any]]:
         """Each entry as `BlobEntry.as_list()` gives it, without making the entry (index encoding)."""
         bases = self._bases
-        for i, fields in enumerate(_RECORD.iter_unpack(self._data)):
-            base = bases.get(i) if bases else None
-            yield list(fields) if base is None else [*fields, base]
+        if not bases:     # most packs: made in C, not a generator step a record
+            return map(list, _RECORD.iter_unpack(self._data))
+        return (list(fields) if (base := bases.get(i)) is None else [*fields, base]
+                for i, fields in enumerate(_RECORD.iter_unpack(self._data)))
 
     def __contains__(self, entry: object) -> bool:
         return any(e == entry for e in self)

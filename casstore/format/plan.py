@@ -25,6 +25,7 @@ import msgpack
 from casstore.errors import FormatError, IntegrityError, ObjectNotFound
 from casstore.format.crypto import KIND_PLAN, Sealer, seal_if, unseal_if
 from casstore.format.layout import GC_PREFIX, is_plan_key
+from casstore.format.reasons import unpack_reason
 from casstore.remotes.base import Remote
 from casstore.remotes.fanout import each_concurrently
 
@@ -66,7 +67,7 @@ def decode_plan(body: bytes, key: str = "", sealer: Sealer | None = None) -> GcP
             raise FormatError(f"unsupported gc plan version {doc.get('version')}")
         return GcPlan(_names(doc["condemned_packs"]), _names(doc["superseded_indexes"]), str(doc.get("host", "")))
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
-        raise FormatError(f"corrupt gc plan: {exc}") from exc
+        raise FormatError(f"corrupt gc plan: {unpack_reason(exc)}") from exc
 
 
 def _names(value: object) -> list[str]:

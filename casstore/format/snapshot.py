@@ -12,6 +12,7 @@ import msgpack
 
 from casstore.errors import FormatError, IntegrityError
 from casstore.format.crypto import KIND_SNAPSHOT, Sealer, seal_if, unseal_if
+from casstore.format.reasons import unpack_reason
 
 SNAPSHOT_VERSION = 1
 
@@ -53,7 +54,7 @@ def decode_snapshot(snapshot_id: str, body: bytes, sealer: Sealer | None = None)
         manifest = SnapshotManifest(**doc)
         _check_types(manifest)
     except (TypeError, ValueError, msgpack.UnpackException) as exc:
-        raise FormatError(f"corrupt snapshot {snapshot_id[:8]}: {exc}") from exc
+        raise FormatError(f"corrupt snapshot {snapshot_id[:8]}: {unpack_reason(exc)}") from exc
     return manifest
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import msgpack
 
 from casstore.errors import FormatError
+from casstore.format.reasons import unpack_reason
 
 TREE_VERSION = 1
 MAX_TREE_BYTES = 2 * 1024 * 1024
@@ -118,7 +119,7 @@ def decode_tree(body: bytes) -> tuple[list[Entry], bytes | None]:
         if next_id is not None and not _is_id(next_id):
             raise ValueError("bad next tree id")
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
-        raise FormatError(f"corrupt tree: {exc}") from exc
+        raise FormatError(f"corrupt tree: {unpack_reason(exc)}") from exc
     _check_unique(entries)
     return entries, next_id
 

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 
 from casstore.errors import CasstoreError, ConfigError, ObjectNotFound, SnapshotNotFound
-from casstore.remotes import open_remote
+from casstore.remotes.registry import normalized_remote_url
 from casstore.repo.core import RepoCore, SnapshotInfo, check_ref
 from casstore.settings import parse_duration
 from casstore.sync.state import SyncState
@@ -276,8 +276,7 @@ def _refuse_unsynced(repo: RepoCore, snapshot_ids: list[str]) -> None:
     if repo.local_dir is None or not repo.settings.remote or not snapshot_ids:
         return
 
-    with open_remote(repo.settings.remote, **repo.settings.remote_options()) as remote:
-        url = remote.url
+    url = normalized_remote_url(repo.settings.remote)    # no client opened: forget works offline
     state = SyncState(repo.local_dir, url)
     unsynced = [i for i in snapshot_ids if i not in state.synced and i not in state.pulled()]
     if unsynced:

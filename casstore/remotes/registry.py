@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from types import ModuleType
 from urllib.parse import urlparse
 
@@ -60,6 +61,17 @@ def backend_module(scheme: str) -> ModuleType:
         raise ConfigError(f"{scheme}:// remotes need the {package} package, which is not installed here "
                           f"({exc.name or exc}): run `pip install {package}` (or reinstall casstore, "
                           "which depends on it)") from None
+
+
+def normalized_remote_url(url: str) -> str:
+    """The URL a remote calls itself (what SyncState is keyed by), without opening it:
+    no SDK, no credentials, no network (`forget`'s unsynced check, `status`, the cost estimate)."""
+    parsed = urlparse(url)
+    if parsed.scheme in ("", "file"):
+        return f"file://{os.path.abspath(parsed.path if parsed.scheme else url)}"
+    if parsed.scheme == "memory":
+        return f"memory://{parsed.netloc}"
+    return f"{parsed.scheme}://{parsed.netloc}/{prefix_of(parsed.path)}"
 
 
 def prefix_of(path: str) -> str:

@@ -216,9 +216,9 @@ class RepoCore:
         repository and the copy is sound, else downloaded (again on mismatch) and then cached."""
         return verified_object(self.remote, self.cache, kind, name, self.read_policy)
 
-    def blob_store(self, *, origin_kind: str = "writer", upload_threads: int = 1) -> BlobStore:
-        origin = {"kind": origin_kind, "host": self.settings.host or os.uname().nodename,
-                  "session": os.urandom(8).hex()}
+    def blob_store(self, *, upload_threads: int = 1) -> BlobStore:
+        # each index object the store writes names this origin and its own kind (BlobStore.put_index)
+        origin = {"host": self.settings.host or os.uname().nodename, "session": os.urandom(8).hex()}
         return BlobStore(self.remote, self.config, self.index, origin=origin,
                          compression_level=self.settings.compression_level, upload_threads=upload_threads,
                          reload_index=self.reload_index, blob_cache=BlobCache(self.cache) if self.cache else None,
@@ -239,7 +239,7 @@ class RepoCore:
             if self._reader is None:
                 if not self.index.index_packs:
                     self.load_index()
-                self._reader = self.blob_store(origin_kind="writer")
+                self._reader = self.blob_store()
             return self._reader
 
     # -- snapshots ---------------------------------------------------------------------------

@@ -9,11 +9,12 @@ import os
 import time
 
 from casstore.gc.retention import policy_from_settings
+from casstore.remotes.registry import normalized_remote_url
 from casstore.repo.core import SnapshotInfo
 from casstore.repo.pricing import NO_PRICE, PRICES_AS_OF, is_directory
 from casstore.service.runs import RunLog, RunRecord, SchedulerState, scheduler_lock, state_dir
 from casstore.service.scheduler import expected_next_run, human_age
-from casstore.sync.estimate import monthly_estimate, normalized_remote_url
+from casstore.sync.estimate import monthly_estimate
 from casstore.sync.state import SyncState
 
 

@@ -24,7 +24,7 @@ from casstore._testing import pause_point, snapshot_time_ns
 from casstore.chunker.sparse import ZeroRun, sparse_chunks
 from casstore.errors import CasstoreError, ConfigError, SourceError
 from casstore.format import codec
-from casstore.format.pack import KIND_DATA, KIND_TREE
+from casstore.format.pack import KIND_DATA, KIND_TREE, envelope_parts
 from casstore.format.snapshot import SnapshotManifest
 from casstore.format.tree import Entry, EntryType, encode_tree_rows
 from casstore.fsio.heap import bound_free_heap
@@ -37,7 +37,7 @@ from casstore.snapshot import filescache, smallfiles
 from casstore.snapshot.deltahints import DeltaHints
 from casstore.snapshot.excludes import Excluder
 from casstore.snapshot.pipeline import ChunkPipeline
-from casstore.snapshot.smallfiles import FileStat, SmallRead
+from casstore.snapshot.smallfiles import BatchReads, FileStat, SmallRead
 from casstore.snapshot.summary import SnapshotSummary
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ class _Batch:
     files: list[tuple[_Item, FileJob]]
     dir_fd: int               # the batch's own duplicate of the directory's descriptor
     size: int
-    reads: list[SmallRead] | None = None     # what reading them gave, once applied
+    reads: BatchReads | None = None          # what reading them gave, once applied
 
 
 @dataclass
@@ -543,7 +543,7 @@ class SnapshotBuilder:
         and in an encrypted repository its keys, which hashing and sealing need)."""
         limit, prepare = self.min_chunk, self.pipeline.prepare_many
 
-        def handle(dir_fd: int, files: list[tuple[str, tuple[int, int]]]) -> list[SmallRead]:
+        def handle(dir_fd: int, files: list[tuple[str, tuple[int, int]]]) -> BatchReads:
             return smallfiles.read_batch_in_worker(dir_fd, files, limit, prepare)
         self.workers = WorkerPool(handle, SNAPSHOT_WORKERS, what="snapshot", error=CasstoreError)
 
@@ -559,7 +559,8 @@ class SnapshotBuilder:
             limit, prepare, dir_fd = self.min_chunk, self.pipeline.prepare_many, batch.dir_fd
             batch.dir_fd = -1      # the thread's task closes it
             try:
-                self.pipeline.submit_task(lambda: smallfiles.read_batch(dir_fd, files, limit, prepare),
+                self.pipeline.submit_task(lambda: smallfiles.columns(smallfiles.read_batch(dir_fd, files, limit,
+                                                                                          prepare)),
                                           lambda reads: self._store_batch(batch, reads), batch.size)
             except BaseException:
                 os.close(dir_fd)      # raised before the task was queued (an earlier result failed)
@@ -586,22 +587,25 @@ class SnapshotBuilder:
             os.close(batch.dir_fd)
             batch.dir_fd = -1
 
-    def _store_batch(self, batch: _Batch, reads: list[SmallRead]) -> None:
+    def _store_batch(self, batch: _Batch, reads: BatchReads) -> None:
         """A batch's chunks into the store, in order (under the pipeline's lock, on any thread);
         counted once for the batch."""
-        add, summary = self.store.add_encoded, self.summary
+        summary = self.summary
         read_bytes = 0
-        for (_, job), read in zip(batch.files, reads, strict=True):
-            prepared = read.prepared
+        new: list[tuple[bytes, tuple[bytes, ...], int]] = []    # blobs not stored when the batch was read
+        for (_, job), prepared in zip(batch.files, reads.prepared, strict=True):
             if prepared is not None:
-                read.prepared = None
                 blob_id, encoded, raw_length = prepared
                 job.chunk_ids = [blob_id]
                 read_bytes += raw_length
-                if encoded is not None and (added := add(KIND_DATA, blob_id, encoded, raw_length)):
-                    summary.blobs_added += 1
-                    summary.bytes_added += raw_length
-                    summary.bytes_added_stored += added
+                if encoded is not None:
+                    new.append((blob_id, envelope_parts(encoded), raw_length))
+        if new:        # none is a delta: a batch's blobs are compressed on their own
+            added, added_raw, added_stored = self.store.add_encoded_many(KIND_DATA, new)
+            summary.blobs_added += added
+            summary.bytes_added += added_raw
+            summary.bytes_added_stored += added_stored
+        reads.prepared.clear()      # the blobs are in the pack now
         summary.bytes_read += read_bytes
         self.progress(read_bytes)
         batch.reads = reads
@@ -611,15 +615,15 @@ class SnapshotBuilder:
         """A read batch's files join their directory (on the walk's thread)."""
         pending, reads = batch.pending, batch.reads
         assert reads is not None
-        summary, jobs = self.summary, pending.jobs
-        for (item, job), read in zip(batch.files, reads, strict=True):
+        summary, jobs, make_stat = self.summary, pending.jobs, FileStat._make
+        for i, ((item, job), st, size) in enumerate(zip(batch.files, reads.stats, reads.sizes, strict=True)):
             pending.outstanding -= 1
-            if read.st is None or read.changed:     # not read as listed, or changed while read
-                self._record_unusual(batch, item, job, read)
+            if st is None:        # not read as listed, or changed while read
+                self._record_unusual(batch, item, job, reads.unusual[i])
                 continue
             summary.files_total += 1
             summary.bytes_total += job.st.st_size
-            job.st, job.size = read.st, read.size
+            job.st, job.size = make_stat(st), size
             if item.cached is None:
                 summary.files_new += 1
             else:
@@ -878,8 +882,13 @@ def take_snapshot(repo: RepoCore, source: str, *, tags: tuple[str, ...] = (), ex
     remove_leftovers(repo.remote)   # temp files an earlier killed run left (issue 13, case 11)
     builder = SnapshotBuilder(repo, source, excludes, progress)
     # the index lives for the whole build: keep the cyclic collector from rescanning it on every
-    # collection (it was 6% of an incremental snapshot's main thread)
+    # collection (it was 6% of an incremental snapshot's main thread); and the build makes objects
+    # by the hundred thousand (entries, rows, records, each freed by its reference count, no
+    # cycles) while the collector ran every 700 allocations: 0.4-0.7 of the 6 CPU seconds of an
+    # initial snapshot of 200k small files' critical path (issue 14). It runs again after the index.
+    collecting = gc.isenabled()
     gc.freeze()
+    gc.disable()
     try:
         root = builder.build()
         builder.store.wait_uploads()
@@ -890,6 +899,8 @@ def take_snapshot(repo: RepoCore, source: str, *, tags: tuple[str, ...] = (), ex
         raise
     finally:
         gc.unfreeze()
+        if collecting:
+            gc.enable()
         builder.store.close()
     try:
         snapshot_id, manifest = _commit(repo, builder, root, tags)

@@ -16,9 +16,10 @@ through the chunker.
 
 With many small files the batches go to forked worker processes instead (`fsio/workers.py`,
 started by the builder): the same `read_batch`, given the directory's descriptor over a socket;
-what it read comes back pickled, each file's fstat as the few numbers the snapshot records
-(`FileStat`: a pickled `os.stat_result` cost 7 microseconds, a tuple one), and a file that grew is
-closed there and reopened by the walk (`REOPEN`).
+what it read comes back pickled as columns (`BatchReads`), each file's fstat as the few numbers
+the snapshot records in a plain tuple (a pickled `os.stat_result` cost 7 microseconds, a tuple
+one; a `SmallRead` and a `FileStat` a file, a Python call each to unpickle), and a file that grew
+is closed there and reopened by the walk (`REOPEN`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from casstore._testing import pause_point
+from casstore._testing import pause_point, pausing
 
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)
 READ_ATTEMPTS = 2
@@ -78,14 +79,42 @@ class SmallRead:
                            self.data)
 
 
+class BatchReads(NamedTuple):
+    """What reading a batch gave, as columns (what a worker process answers, pickled): a file read
+    as listed is its fstat fields as a plain tuple, its size and its prepared chunk; anything else
+    (an error, a file replaced, grown or changed while read) is its `SmallRead` in `unusual`. A
+    `SmallRead` and a `FileStat` a file were each a Python call to unpickle in the walk's process,
+    the critical path of an initial snapshot of small files (issue 14)."""
+
+    stats: list[tuple[int, ...] | None]       # `FileStat` fields; None: see `unusual`
+    sizes: list[int]
+    prepared: list[tuple | None]              # every file's, unusual ones' too (a changed file is stored)
+    unusual: dict[int, SmallRead]
+
+
+def columns(reads: list[SmallRead]) -> BatchReads:
+    """`reads` as a `BatchReads`."""
+    batch = BatchReads([], [], [], {})
+    for i, read in enumerate(reads):
+        usual = read.st is not None and not read.changed
+        batch.stats.append(tuple(read.st) if usual else None)      # type: ignore[arg-type]
+        batch.sizes.append(read.size)
+        batch.prepared.append(read.prepared)
+        if not usual:
+            batch.unusual[i] = read
+            read.prepared = None
+    return batch
+
+
 def read_batch(dir_fd: int, files: list[tuple[str, tuple[int, int]]], limit: int,
                prepare_many: PrepareMany, *, own_fd: bool = True) -> list[SmallRead]:
     """Read each (name, listed (device, inode)) relative to `dir_fd`, then close `dir_fd` if
     `own_fd` (a duplicate the batch owns: the walk may close its own meanwhile); then prepare what
     was read, all at once (hashed, and compressed and verified in one call:
     `ChunkPipeline.prepare_many`)."""
+    pause = pausing("snapshot-before-open")
     try:
-        reads = [read_small(dir_fd, name, ident, limit) for name, ident in files]
+        reads = [read_small(dir_fd, name, ident, limit, pause) for name, ident in files]
     finally:
         if own_fd:
             os.close(dir_fd)
@@ -96,8 +125,9 @@ def read_batch(dir_fd: int, files: list[tuple[str, tuple[int, int]]], limit: int
     return reads
 
 
-def read_small(dir_fd: int, name: str, ident: tuple[int, int], limit: int) -> SmallRead:
-    pause_point("snapshot-before-open")
+def read_small(dir_fd: int, name: str, ident: tuple[int, int], limit: int, pause: bool = True) -> SmallRead:
+    if pause:
+        pause_point("snapshot-before-open")
     try:
         fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
     except OSError as exc:
@@ -136,7 +166,7 @@ def _read_stable(fd: int, before: os.stat_result, limit: int) -> SmallRead:
 
 
 def read_batch_in_worker(dir_fd: int, files: list[tuple[str, tuple[int, int]]], limit: int,
-                         prepare_many: PrepareMany) -> list[SmallRead]:
+                         prepare_many: PrepareMany) -> BatchReads:
     """`read_batch` in a worker process, which owns neither `dir_fd` (its pool closes it) nor a way
     to hand a descriptor back: a file that grew is closed here and reopened by the walk."""
     reads = read_batch(dir_fd, files, limit, prepare_many, own_fd=False)
@@ -144,4 +174,4 @@ def read_batch_in_worker(dir_fd: int, files: list[tuple[str, tuple[int, int]]], 
         if read.grown is not None:
             os.close(read.grown)
             read.grown = REOPEN
-    return reads
+    return columns(reads)

@@ -6,21 +6,10 @@ from __future__ import annotations
 
 import os
 import time
-from urllib.parse import urlparse
 
-from casstore.remotes.registry import prefix_of
+from casstore.remotes.registry import normalized_remote_url
 from casstore.repo.pricing import is_directory, monthly_storage_cost
 from casstore.sync.state import SyncState
-
-
-def normalized_remote_url(url: str) -> str:
-    """The URL a remote calls itself (what SyncState is keyed by), without opening it."""
-    parsed = urlparse(url)
-    if parsed.scheme in ("", "file"):
-        return f"file://{os.path.abspath(parsed.path if parsed.scheme else url)}"
-    if parsed.scheme == "memory":
-        return f"memory://{parsed.netloc}"
-    return f"{parsed.scheme}://{parsed.netloc}/{prefix_of(parsed.path)}"
 
 
 def priced_with_history(stored_bytes: int, where: str | None, state: SyncState | None,
