@@ -91,10 +91,7 @@ def test_daily_sync_of_an_unchanged_folder_makes_five_requests_and_lists_no_data
     writer.sync(remote)
     for i in range(10_000):   # a large repository: a listing of data/ would show
         remote.put(f"data/{i % 256:02x}/{i:064x}", b"p")
-    counting = CountingRemote(remote)
-    listed: list[str] = []
-    original = counting._list
-    counting._list = lambda prefix: (listed.append(prefix), original(prefix))[1]
+    counting, listed = _recording_lists(remote)
     clock.advance(86400)
     writer.snapshot()   # the same folder the next day: a new manifest, no new blob
     report = writer.sync(counting)
@@ -230,6 +227,33 @@ def test_a_writer_whose_freshly_indexed_packs_keep_vanishing_gives_up_loudly(tmp
     assert not list(remote.list("snapshots/"))
 
 
+def test_indexes_that_withdraw_late_ones_are_the_writers_own_so_gc_protects_their_packs(tmp_path, clock):
+    """Two late indexes in a row lose a pack each: the writer withdraws the first, then the second
+    (the withdrawal's own index), uploads what was lost and commits. Every index it wrote names it
+    as a writer (origin kind "writer" or "checkpoint"), the kinds gc treats as protecting a live
+    session's packs (gc/listing.py PROTECTING_ORIGINS); the snapshot restores."""
+    from casstore.format import layout
+    from casstore.format.index import decode_index
+
+    class TwoThefts(PackThief):
+        def _put_hinted(self, key: str, data: bytes, *, if_absent: bool, if_match: str | None, cold: bool):
+            if key.startswith("index/") and self.indexes >= 2:
+                return RemoteWrapper._put_hinted(self, key, data, if_absent=if_absent, if_match=if_match, cold=cold)
+            return super()._put_hinted(key, data, if_absent=if_absent, if_match=if_match, cold=cold)
+
+    remote = new_memory_remote(clock)
+    writer = Writer(tmp_path / "a", "host-a", clock, big_mib=1)
+    writer.snapshot()
+    thief = TwoThefts(remote, clock)
+    writer.sync(thief)
+    assert thief.indexes == 2 and len(list(remote.list("snapshots/"))) == 1
+    repo = remote_repo(remote, tmp_path)
+    kinds = [decode_index(layout.name_of(i.key), remote.get(i.key), repo.config.max_blob_size).origin["kind"]
+             for i in remote.list(layout.INDEX_PREFIX)]
+    assert len(kinds) >= 3 and set(kinds) <= {"writer", "checkpoint"}, kinds
+    assert_restorable(repo, writer.expected, tmp_path / "out")
+
+
 @pytest.mark.parametrize(("stall", "expired"), [(GRACE / 4, False), (GRACE / 4 + 1, True)],
                          ids=["exactly half a grace apart", "a second more"])
 def test_a_sync_whose_checkpoints_land_more_than_half_a_grace_period_apart_stops(tmp_path, clock, stall, expired):
@@ -284,6 +308,15 @@ def _synced_once(tmp_path, clock):
     return boot, remote, writer
 
 
+def _recording_lists(remote):
+    """`remote` counted, and the prefixes it is asked to list, in order."""
+    counting = CountingRemote(remote)
+    listed: list[str] = []
+    original = counting._list
+    counting._list = lambda prefix: (listed.append(prefix), original(prefix))[1]
+    return counting, listed
+
+
 def _sync_paused(writer: Writer, remote, boot: FakeClock, hook):
     """Sync the writer with `hook` called at every pause point, on its boot clock."""
     from casstore.sync.transfer import sync_to_remote
@@ -311,10 +344,7 @@ def test_a_snapshot_landing_over_a_quarter_grace_after_the_recheck_confirms_its_
     if new_data:
         writer.edit(seed=3)
     writer.snapshot()
-    counting = CountingRemote(remote)
-    listed: list[str] = []
-    original = counting._list
-    counting._list = lambda prefix: (listed.append(prefix), original(prefix))[1]
+    counting, listed = _recording_lists(remote)
     late_clock = clock if new_data else boot
 
     def hook(name: str) -> None:
@@ -374,14 +404,58 @@ def test_a_sync_of_two_snapshots_paused_after_its_first_put_relies_on_the_confir
         if name == "after-snapshot-put" and seen.count(name) == 1:
             boot.advance(GRACE / 2 + 1)
 
-    counting = CountingRemote(remote)
-    listed: list[str] = []
-    original = counting._list
-    counting._list = lambda prefix: (listed.append(prefix), original(prefix))[1]
+    counting, listed = _recording_lists(remote)
     report = _sync_paused(writer, counting, boot, hook)
     assert len(report.snapshots) == 2 and report.packs_uploaded == 0
     assert listed.count("data/") == 1 and report.rechecks == 0, listed
     assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")
+
+
+def test_an_index_that_lands_on_time_is_not_followed_by_a_check_of_its_packs(tmp_path, clock):
+    """A writer's index that lands within a quarter grace of the storage time before it was confirmed
+    cannot name a pack gc has taken since: the writer stats none of its packs (design 8.4)."""
+
+    boot, remote, writer = _synced_once(tmp_path, clock)
+    writer.edit(seed=3)
+    writer.snapshot()
+    counting = CountingRemote(remote)
+    report = _sync_paused(writer, counting, boot, lambda name: None)
+    assert report.packs_uploaded > 0, "the case this test is about: an index of new packs"
+    assert counting.counts["stat"] == 0, counting.counts
+    assert_restorable(remote_repo(remote, tmp_path), writer.expected, tmp_path / "out")
+
+
+def test_an_index_written_after_the_writer_read_a_plan_names_no_pack_that_plan_condemns(tmp_path, clock):
+    """A gc plan condemning the session's fresh packs appears while the writer uploads: its re-check
+    reads the plan, uploads the condemned blobs again, and the index it then writes names only the
+    new packs, never one the plan condemns (Copier._confirm_session: packs a known plan condemns are
+    dropped in any case), so no index written after the plan keeps a doomed pack alive."""
+    from casstore.format import layout
+    from casstore.format.index import decode_index
+    from casstore.format.plan import GcPlan, encode_plan_verified
+
+    boot, remote, writer = _synced_once(tmp_path, clock)
+    before = {i.key for i in remote.list(layout.DATA_PREFIX)}
+    writer.edit(seed=3)
+    writer.snapshot()
+    doomed: set[str] = set()
+    indexes_then: set[str] = set()
+
+    def hook(name: str) -> None:
+        if name == "after-pack-upload" and not doomed:
+            doomed.update(layout.name_of(i.key) for i in remote.list(layout.DATA_PREFIX) if i.key not in before)
+            indexes_then.update(i.key for i in remote.list(layout.INDEX_PREFIX))
+            key = layout.plan_key()
+            remote.put(key, encode_plan_verified(GcPlan(sorted(doomed), host="gc-host"), key))
+
+    report = _sync_paused(writer, remote, boot, hook)
+    assert doomed and report.rechecks >= 1 and len(report.snapshots) == 1
+    repo = remote_repo(remote, tmp_path)
+    later = [i.key for i in remote.list(layout.INDEX_PREFIX) if i.key not in indexes_then]
+    named = [set(decode_index(layout.name_of(k), remote.get(k), repo.config.max_blob_size).packs) for k in later]
+    # the index of the first flush, written before the re-check read the plan, names them; no later one
+    assert sum(bool(packs & doomed) for packs in named) == 1 and len(named) >= 2, named
+    assert_restorable(repo, writer.expected, tmp_path / "out")
 
 
 def test_a_session_pack_lost_a_quarter_grace_after_the_last_index_is_found_before_an_index_names_it(tmp_path,

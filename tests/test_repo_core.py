@@ -76,6 +76,8 @@ def test_listings_filter_by_source_and_limit_newest_first(tmp_path: Path) -> Non
     assert [s.id for s in repo.snapshots()] == [a2, b1, a1]
     assert [s.id for s in repo.snapshots(limit=2)] == [a2, b1]
     assert [s.id for s in repo.readable(limit=1)] == [a2]
+    # a limit of 0 is no limit, as `casstore list --limit 0` shows every snapshot
+    assert [s.id for s in repo.snapshots(limit=0)] == [s.id for s in repo.readable(limit=0)] == [a2, b1, a1]
 
 
 def test_reads_prefer_this_hosts_snapshots_when_it_has_any(tmp_path: Path) -> None:
@@ -277,3 +279,16 @@ def test_a_plain_config_over_key_slots_is_refused_locally_but_open_remote_leaves
         Repository.open_local(str(path), settings)
     assert Repository.open_remote(plain.remote, settings).config.id == plain.config.id
     keys.forget_unlocked()
+
+
+# -- session 9 (s9core19): promises the full mutation run found untested ----------------------------
+
+def test_opening_a_remote_without_a_repository_or_with_an_unreadable_config_names_it(tmp_path: Path) -> None:
+    from casstore.errors import IntegrityError
+    remote = MemoryRemote()
+    with pytest.raises(RepositoryNotFound, match=f"no casstore repository at {remote.url} "):
+        Repository.open_remote(remote, _settings())
+    remote.put(layout.CONFIG_KEY, b"not a config")
+    with pytest.raises(IntegrityError) as caught:
+        Repository.open_remote(remote, _settings())
+    assert str(caught.value).startswith("repository config: "), "the one error line names what is damaged"

@@ -213,6 +213,7 @@ def test_forget_json_reports_each_decision_with_its_snapshot_and_reasons(tmp_pat
     data = cli_json("forget", "--repo", repo.local_dir, "--keep-last", "1", "--dry-run", "--json")
     assert set(data) == {"location", "policy", "dry_run", "groups", "removed", "kept", "gc"}
     assert data["dry_run"] is True and data["removed"] == [] and data["kept"] == 1
+    assert data["location"] == repo.local_dir and data["gc"] is None, "which repository; no gc ran (no --prune)"
     (group,) = data["groups"]
     assert set(group) == {"host", "source", "keep", "remove"}
     assert (group["host"], len(group["keep"]), len(group["remove"])) == ("testhost", 1, 2)
@@ -296,6 +297,7 @@ def test_within_keeps_a_snapshot_exactly_that_old_and_not_a_nanosecond_older():
 def test_a_policy_from_a_mapping_takes_each_rule_in_its_own_type():
     """What the API and the settings pass: a duration in seconds or as text, one tag or several."""
     assert RetentionPolicy.coerce({"keep_within": 86400}).within == 86400.0
+    assert RetentionPolicy.coerce({"within": 1e16}).within == 1e16, "a number is seconds, in any notation"
     assert RetentionPolicy.coerce({"within": "2h"}).within == 7200.0
     assert RetentionPolicy.coerce({"keep_tag": "release"}).tags == ("release",)
     assert RetentionPolicy.coerce({"tags": ["a", "b"]}).tags == ("a", "b")

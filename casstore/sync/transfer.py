@@ -207,7 +207,7 @@ def pull_from_remote(repo: RepoCore, remote: str | Remote | None = None, *, snap
     repo.config.check_compatible(src.config, src.remote.url)
     report = SyncReport(src.remote.url, repo.location)
     if snapshot:
-        wanted = [src.resolve(snapshot, host=host, all_hosts=all_hosts).id]
+        wanted = [src.resolve(snapshot, host=host, all_hosts=all_hosts and host is None).id]
     else:
         wanted = [s.id for s in src.snapshots(host=host, all_hosts=all_hosts and host is None)]
     todo = sorted(set(wanted) - set(repo.snapshot_ids()), key=lambda i: src.manifest(i).time_ns)
