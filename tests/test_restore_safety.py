@@ -285,17 +285,19 @@ def test_a_device_node_is_not_created_without_privileged(world, kind):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="creating a device node needs root")
-def test_a_privileged_restore_creates_the_device_node_and_refuses_a_number_out_of_range(world):
+def test_a_privileged_restore_creates_device_nodes_and_refuses_a_number_out_of_range(world):
     repo, outside, target = world
     snapshot_id = write_snapshot(repo, lambda store: [
-        _device(b"null", os.makedev(1, 3)), _device(b"negative", -1), _device(b"largest", MAX_DEVICE)])
+        _device(b"null", os.makedev(1, 3)), _device(b"zero", 0), _device(b"negative", -1),
+        _device(b"largest", MAX_DEVICE)])
     result = repo.restore(snapshot_id, str(target), privileged=True)
     # the largest number a tree can hold is not refused here: the kernel decides (Linux: EINVAL)
     assert sorted(result.errors) == ["largest: Invalid argument",
                                      "negative: device number -1 out of range; not restored"]
     st = os.lstat(target / "null")
     assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3) and stat.S_IMODE(st.st_mode) == 0o600
-    assert sorted(os.listdir(target)) == ["null"]
+    assert os.lstat(target / "zero").st_rdev == 0     # the smallest number is a number like any other
+    assert sorted(os.listdir(target)) == ["null", "zero"]
 
 
 def test_an_existing_special_file_is_left_and_counted_as_skipped(world):
@@ -437,3 +439,55 @@ def test_many_sibling_directories_of_small_files_each_end_with_their_own_metadat
     for i in range(count):
         assert state[b"d%02d" % i][:3] == ("dir", 0o700 + i % 8 * 0o10, NOW_NS - i)
         assert (target / f"d{i:02}" / "f4.txt").read_bytes() == b"%d.4\n" % i
+
+
+def _deep_tree(depth: int, bottom: bytes):
+    """A chain d0/d1/.../d{depth-1} with `bottom.txt` (holding `bottom`) at its end."""
+    def build(store):
+        children: list[Entry] = [file_entry(store, b"bottom.txt", bottom)]
+        for level in reversed(range(depth)):
+            children = [dir_entry(store, b"d%d" % level, children)]
+        return children
+    return build
+
+
+def test_a_closed_ancestor_moved_away_during_the_restore_is_reported_and_never_written_through(world):
+    """Past MAX_OPEN_DIRS levels an ancestor's descriptor is reopened through `..` only if it is
+    still the same directory; one moved out of the chain is reported as moved, once for each
+    closed ancestor cut off, and nothing more is written into or through its old place."""
+    repo, outside, target = world
+    bottom = b"b" * 4321      # a length no other write has: the moment to move a directory
+    snapshot_id = write_snapshot(repo, _deep_tree(MAX_OPEN_DIRS + 6, bottom))
+    moved: list[int] = []
+
+    def progress(n: int) -> None:
+        if n == len(bottom) and not moved:
+            os.rename(target / "d0" / "d1" / "d2" / "d3", target / "moved")
+            moved.append(n)
+
+    unchanged = _guard(target.parent.parent)
+    result = repo.restore(snapshot_id, str(target), verify=True, progress=progress)
+    unchanged()
+    assert moved and result.files == 1
+    assert result.errors == [f"{p}: moved during the restore; the rest of it is skipped"
+                             for p in ("d0/d1/d2", "d0/d1", "d0")]
+    assert sorted(os.listdir(target)) == ["d0", "moved"] and os.listdir(target / "d0" / "d1" / "d2") == []
+    chain = target / "moved" / "/".join(f"d{level}" for level in range(4, MAX_OPEN_DIRS + 6))
+    assert (chain / "bottom.txt").read_bytes() == bottom
+
+
+def test_a_dry_run_of_one_path_creates_nothing_and_counts_it(world):
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, _deep_tree(3, b"deep\n"))
+    result = repo.restore(snapshot_id, str(target), path="d0/d1/d2/bottom.txt", dry_run=True)
+    assert result.ok and (result.files, result.bytes) == (1, 5) and not target.exists()
+
+
+def test_a_directory_name_the_file_system_cannot_hold_is_one_error_and_its_siblings_restore(world):
+    repo, outside, target = world
+    long_name = b"d" * 300
+    snapshot_id = write_snapshot(repo, _with_good(
+        lambda store: dir_entry(store, long_name, [file_entry(store, b"inside.txt", b"x")])))
+    result = repo.restore(snapshot_id, str(target))
+    assert result.errors == [f"{long_name.decode()}: File name too long"]
+    assert sorted(os.listdir(target)) == ["good.txt"]
