@@ -323,12 +323,15 @@ def test_an_unknown_overwrite_mode_is_refused_before_anything_is_written(world):
 @pytest.mark.parametrize("delta", [-1, 1])
 def test_a_file_whose_chunks_do_not_hold_its_recorded_size_is_one_error_and_not_written(world, verify, delta):
     repo, outside, target = world
-    snapshot_id = write_snapshot(repo, _with_good(
-        lambda store: _like(file_entry(store, b"liar.txt", b"twelve bytes"), size=12 + delta)))
+    snapshot_id = write_snapshot(repo, lambda store: [
+        file_entry(store, b"before.txt", b"before\n"),
+        _like(file_entry(store, b"liar.txt", b"twelve bytes"), size=12 + delta),
+        file_entry(store, b"next.txt", b"after\n")])
     result = repo.restore(snapshot_id, str(target), verify=verify)
     assert result.errors == [f"liar.txt: size recorded as {12 + delta} but its chunks hold 12 bytes "
                              "(corrupt or hostile)"]
-    assert sorted(os.listdir(target)) == ["good.txt"] and result.files == 1
+    # the files around it are restored
+    assert sorted(os.listdir(target)) == ["before.txt", "next.txt"] and result.files == 2
 
 
 @pytest.mark.parametrize("verify", [False, True], ids=["batched", "walk"])
