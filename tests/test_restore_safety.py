@@ -494,3 +494,33 @@ def test_a_directory_name_the_file_system_cannot_hold_is_one_error_and_its_sibli
     result = repo.restore(snapshot_id, str(target))
     assert result.errors == [f"{long_name.decode()}: File name too long"]
     assert sorted(os.listdir(target)) == ["good.txt"]
+
+
+def test_a_directory_left_with_its_files_still_being_written_below_a_closed_ancestor_ends_as_recorded(world):
+    """The only small files sit shallow (in d6) in a chain deeper than MAX_OPEN_DIRS: when the
+    walk leaves d6 its batch may still be in flight, its parent's descriptor was closed, so the
+    parent is reopened through `..` to keep d6 aside. Every level still ends as recorded."""
+    repo, outside, target = world
+    depth, shallow = MAX_OPEN_DIRS + 6, 6
+
+    def build(store):
+        children: list[Entry] = []
+        for level in reversed(range(depth)):
+            files = [file_entry(store, b"f%d.txt" % i, b"%d\n" % i) for i in range(3)] if level == shallow else []
+            children = [dir_entry(store, b"d%d" % level, children + files, mode=0o750,
+                                  mtime_ns=NOW_NS - 1000 * level)]
+        return children
+
+    snapshot_id = write_snapshot(repo, build)
+    result = repo.restore(snapshot_id, str(target))
+    assert result.ok, result.errors[:3]
+    assert (result.dirs, result.files) == (depth, 3)
+    state = tree_state(target)
+    path = b""
+    for level in range(depth):
+        path += b"d%d" % level
+        assert state[path][:3] == ("dir", 0o750, NOW_NS - 1000 * level), path
+        path += b"/"
+    shallow_dir = target.joinpath(*(f"d{level}" for level in range(shallow + 1)))
+    assert sorted(p.name for p in shallow_dir.iterdir()) == ["d7", "f0.txt", "f1.txt", "f2.txt"]
+    assert (shallow_dir / "f2.txt").read_bytes() == b"2\n"
