@@ -520,3 +520,24 @@ def test_a_directory_left_with_its_files_still_being_written_below_a_closed_ance
     shallow_dir = target.joinpath(*(f"d{level}" for level in range(shallow + 1)))
     assert sorted(p.name for p in shallow_dir.iterdir()) == ["d7", "f0.txt", "f1.txt", "f2.txt"]
     assert (shallow_dir / "f2.txt").read_bytes() == b"2\n"
+
+
+def test_a_hard_link_whose_first_copy_vanished_during_the_restore_is_restored_as_a_copy(world):
+    repo, outside, target = world
+    data = b"l" * 5432         # a length no other write has: the moment the first copy is written
+
+    def build(store):
+        first = _like(file_entry(store, b"first", data), link=7)
+        return [dir_entry(store, b"a", [first]), dir_entry(store, b"b", [_like(first, name=b"second")])]
+
+    snapshot_id = write_snapshot(repo, build)
+    removed: list[int] = []
+
+    def progress(n: int) -> None:
+        if n == len(data) and not removed:
+            os.unlink(target / "a" / "first")     # someone else removes it as soon as it exists
+            removed.append(n)
+
+    result = repo.restore(snapshot_id, str(target), progress=progress)
+    assert removed and result.ok and result.files == 2
+    assert (target / "b" / "second").read_bytes() == data and os.stat(target / "b" / "second").st_nlink == 1
