@@ -110,8 +110,19 @@ def test_symlinked_parent_in_target_is_not_followed(tmp_path, world):
     for overwrite in ("never", "if-changed", "always"):
         result = repo.restore(snapshot_id, str(target), overwrite=overwrite)
         unchanged()
-        assert any(e.startswith("evil:") for e in result.errors), result.errors
+        assert result.errors == ["evil: refusing to restore through a symlink or non-directory"]
     assert os.path.islink(target / "evil") and (target / "fine.txt").read_bytes() == b"fine\n"
+
+
+def test_a_file_in_the_way_of_a_directory_is_refused_and_left_alone(tmp_path, world):
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, _with_good(
+        lambda store: dir_entry(store, b"sub", [file_entry(store, b"inside.txt", b"x")])))
+    write(target / "sub", "a file where the snapshot has a directory")
+    result = repo.restore(snapshot_id, str(target), overwrite="always")
+    assert result.errors == ["sub: refusing to restore through a symlink or non-directory"]
+    assert (target / "sub").read_text() == "a file where the snapshot has a directory"
+    assert (target / "good.txt").read_bytes() == b"fine\n"
 
 
 def test_symlink_restored_by_one_snapshot_is_not_a_parent_for_the_next(tmp_path, world):
