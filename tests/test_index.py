@@ -515,3 +515,12 @@ def test_a_table_image_whose_parts_disagree_is_refused_and_replaces_nothing(dama
     with pytest.raises(FormatError, match="corrupt index table image: inconsistent table image"):
         loaded.read_image(io.BytesIO(_inconsistent(damage, *parts)))
     assert loaded.locations(KIND_DATA, kept) == [Location(pack_name(2), 0, 10, 20)]
+
+
+def test_the_image_of_an_empty_index_restores_an_empty_index() -> None:
+    """A new repository's table: no records is a consistent table, the boundary of the checks above."""
+    out, loaded = io.BytesIO(), MasterIndex()
+    MasterIndex().write_image(out)
+    loaded.add_pack(pack_name(1), [entry(os.urandom(32), 0)])
+    loaded.read_image(io.BytesIO(out.getvalue()))
+    assert len(loaded) == 0 and list(loaded.blobs()) == [] and loaded.all_pack_ids() == set()
