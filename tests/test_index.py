@@ -543,3 +543,28 @@ def test_a_table_image_round_trips_on_a_big_endian_machine_and_leaves_the_index_
     assert sorted(loaded.blobs()) == expected and sorted(source.blobs()) == expected
     assert all(source.locations(KIND_DATA, e.id) == loaded.locations(KIND_DATA, e.id) for e in entries)
     assert loaded.all_pack_ids() == {pack_name(1), pack_name(2)}
+
+
+def test_a_table_may_be_cached_only_while_it_holds_exactly_what_its_index_objects_list() -> None:
+    """`from_objects_only` (the condition to save the table, repo/indexcache.py): a writer's pack no
+    index lists yet makes it false; that pack dropped again, or listed by the index the writer
+    wrote, makes it true; a listed pack dropped (the table no longer what the objects say) makes it
+    false for good."""
+    index, listed = MasterIndex(), pack_name(1)
+    index.add_object("aa" * 32, IndexObject(ORIGIN, {listed: [entry(os.urandom(32), 0)]}))
+    assert index.from_objects_only
+    index.add_pack(pack_name(2), [entry(os.urandom(32), 0)])
+    index.add_pack(pack_name(3), [entry(os.urandom(32), 0)])
+    assert not index.from_objects_only
+    index.drop_packs({pack_name(3)})
+    assert not index.from_objects_only                     # pack 2 is still the writer's alone
+    index.drop_packs({pack_name(2)})
+    assert index.from_objects_only                         # back to what the index object lists
+    index.add_pack(pack_name(4), [entry(os.urandom(32), 0)])
+    index.add_pack(pack_name(5), [entry(os.urandom(32), 0)])
+    index.add_written("bb" * 32, ORIGIN, {pack_name(4)}, [])
+    assert not index.from_objects_only                     # the writer's index lists pack 4, not 5
+    index.add_written("cc" * 32, ORIGIN, {pack_name(5)}, [])
+    assert index.from_objects_only
+    index.drop_packs({listed})
+    assert not index.from_objects_only
