@@ -568,3 +568,6 @@ def test_a_table_may_be_cached_only_while_it_holds_exactly_what_its_index_object
     assert index.from_objects_only
     index.drop_packs({listed})
     assert not index.from_objects_only
+    index.clear()                                          # a reload starts over from the objects
+    index.add_object("aa" * 32, IndexObject(ORIGIN, {listed: [entry(os.urandom(32), 0)]}))
+    assert index.from_objects_only
