@@ -198,14 +198,16 @@ def test_dropping_a_few_packs_and_dropping_many_give_what_a_fresh_index_of_the_r
         assert index.all_pack_ids() == set(packs) - gone
 
 
-@pytest.mark.parametrize("passes", ["one pass", "many passes"])
+@pytest.mark.parametrize("passes", ["one pass", "many passes", "passes smaller than a group"])
 def test_settling_dense_tails_in_one_pass_or_many_gives_every_location_once(monkeypatch, passes):
     """Tails as dense as an initial snapshot's are settled group by group from ranges of the spill;
-    read in many small passes and reads (as at millions of records) or in one, the table holds each
-    location once, a repeated listing dropped, beside an earlier table's records."""
-    if passes == "many passes":
-        monkeypatch.setattr(index_module, "_FEED_RECORDS", 50)
-        monkeypatch.setattr(index_module, "_READ_RECORDS", 7)
+    read in many small passes and reads (as at millions of records), in passes smaller than one
+    group's tails (a pass then takes that group whole), or in one, the table holds each location
+    once, a repeated listing dropped, beside an earlier table's records."""
+    if passes != "one pass":
+        small = passes == "passes smaller than a group"     # a group here holds about a dozen records
+        monkeypatch.setattr(index_module, "_FEED_RECORDS", 5 if small else 50)
+        monkeypatch.setattr(index_module, "_READ_RECORDS", 3 if small else 7)
     rng = random.Random(5)
     index = MasterIndex()
     first = [entry(rng.randbytes(32), i) for i in range(300)]
@@ -571,3 +573,14 @@ def test_a_table_may_be_cached_only_while_it_holds_exactly_what_its_index_object
     index.clear()                                          # a reload starts over from the objects
     index.add_object("aa" * 32, IndexObject(ORIGIN, {listed: [entry(os.urandom(32), 0)]}))
     assert index.from_objects_only
+
+
+def test_an_index_is_untouched_until_something_is_added_and_again_once_cleared() -> None:
+    index = MasterIndex()
+    assert index.untouched()
+    index.add_written("aa" * 32, ORIGIN, set(), [])       # an index object of no packs
+    assert not index.untouched()
+    index.clear()
+    assert index.untouched()
+    index.add_pack(pack_name(1), [entry(os.urandom(32), 0)])
+    assert not index.untouched()
