@@ -584,3 +584,18 @@ def test_an_index_is_untouched_until_something_is_added_and_again_once_cleared()
     assert index.untouched()
     index.add_pack(pack_name(1), [entry(os.urandom(32), 0)])
     assert not index.untouched()
+
+
+def test_a_blob_with_several_copies_is_told_apart_from_ids_differing_only_in_their_bucket_or_fingerprint() -> None:
+    """Settled records keep an id without its first two bytes (its bucket): the copies of `a` (in two
+    packs) are followed either by `next_bucket` (a's id in the following bucket) or by `other_fp` (a's
+    id but for bytes 2-6, sorted after it in a's bucket); neither adds a location to a's."""
+    rest = os.urandom(26)
+    a = b"\x20\x01" + b"\x00\x00\x00\x01" + rest
+    for follower in (b"\x20\x02" + a[2:], b"\x20\x01" + b"\xff\xff\xff\xff" + rest):
+        index = MasterIndex()
+        index.add_pack(pack_name(1), [entry(a, 1), entry(follower, 3)])
+        index.add_pack(pack_name(2), [entry(a, 2)])
+        assert len(index) == 2                              # settled
+        assert index.locations(KIND_DATA, a) == [Location(pack_name(1), 1, 10, 20), Location(pack_name(2), 2, 10, 20)]
+        assert index.locations(KIND_DATA, follower) == [Location(pack_name(1), 3, 10, 20)]
