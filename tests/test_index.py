@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
+import struct
 import sys
 import threading
 import tracemalloc
 
+import blake3
+import msgpack
 import pytest
 
+from casstore.errors import FormatError, IntegrityError
 from casstore.format import index as index_module
+from casstore.format.blobset import BlobSet
 from casstore.format.entrylist import EntryList
-from casstore.format.index import IndexObject, Location, MasterIndex, check_encoded, encode_index
+from casstore.format.index import (
+    IndexObject,
+    Location,
+    MasterIndex,
+    add_delta_bases,
+    check_encoded,
+    decode_index,
+    encode_index,
+)
 from casstore.format.pack import KIND_DATA, KIND_TREE, BlobEntry
 
 ORIGIN = {"kind": "writer", "host": "h", "session": "s"}
@@ -184,14 +198,16 @@ def test_dropping_a_few_packs_and_dropping_many_give_what_a_fresh_index_of_the_r
         assert index.all_pack_ids() == set(packs) - gone
 
 
-@pytest.mark.parametrize("passes", ["one pass", "many passes"])
+@pytest.mark.parametrize("passes", ["one pass", "many passes", "passes smaller than a group"])
 def test_settling_dense_tails_in_one_pass_or_many_gives_every_location_once(monkeypatch, passes):
     """Tails as dense as an initial snapshot's are settled group by group from ranges of the spill;
-    read in many small passes and reads (as at millions of records) or in one, the table holds each
-    location once, a repeated listing dropped, beside an earlier table's records."""
-    if passes == "many passes":
-        monkeypatch.setattr(index_module, "_FEED_RECORDS", 50)
-        monkeypatch.setattr(index_module, "_READ_RECORDS", 7)
+    read in many small passes and reads (as at millions of records), in passes smaller than one
+    group's tails (a pass then takes that group whole), or in one, the table holds each location
+    once, a repeated listing dropped, beside an earlier table's records."""
+    if passes != "one pass":
+        small = passes == "passes smaller than a group"     # a group here holds about a dozen records
+        monkeypatch.setattr(index_module, "_FEED_RECORDS", 5 if small else 50)
+        monkeypatch.setattr(index_module, "_READ_RECORDS", 3 if small else 7)
     rng = random.Random(5)
     index = MasterIndex()
     first = [entry(rng.randbytes(32), i) for i in range(300)]
@@ -250,3 +266,336 @@ def test_encoding_an_index_holds_its_body_once():
         tracemalloc.stop()
     assert peak < 1.7 * len(body), (peak, len(body))   # 2.4 times before, 1.4 now (growth slack)
     check_encoded(index_id, body, {"kind": "writer"}, packs, (), 1 << 20)
+
+
+# -- the writer's read-back of its own index (design 5.5): every difference is refused ----------
+
+def _two_packs() -> dict[str, list[BlobEntry]]:
+    rng = random.Random(19)
+    return {pack_name(n): [entry(rng.randbytes(32), i * 30) for i in range(3)] for n in (1, 2)}
+
+
+def _other_packs_with(change: str) -> dict[str, list[BlobEntry]]:
+    packs = _two_packs()
+    if change == "an entry moved":
+        first = packs[pack_name(1)][0]
+        packs[pack_name(1)][0] = entry(first.id, first.offset + 1)
+    elif change == "a pack missing":
+        del packs[pack_name(2)]
+    elif change == "a pack more":
+        packs[pack_name(3)] = [entry(bytes(32), 0)]
+    elif change == "an entry missing":
+        packs[pack_name(2)].pop()
+    return packs
+
+
+@pytest.mark.parametrize("change", ["an entry moved", "a pack missing", "a pack more", "an entry missing"])
+def test_an_index_read_back_with_other_entries_than_were_encoded_is_refused(change: str) -> None:
+    index_id, stored = encode_index(ORIGIN, _two_packs())
+    check_encoded(index_id, stored, ORIGIN, _two_packs(), (), 1 << 20)       # the same: accepted
+    with pytest.raises(IntegrityError, match="does not decode to what was encoded"):
+        check_encoded(index_id, stored, ORIGIN, _other_packs_with(change), (), 1 << 20)
+
+
+@pytest.mark.parametrize("what", ["another origin", "a retraction more", "a retraction less"])
+def test_an_index_read_back_with_another_header_than_was_encoded_is_refused(what: str) -> None:
+    retracts = ["ab" * 32] if what == "a retraction less" else []
+    index_id, stored = encode_index(ORIGIN, _two_packs(), retracts=retracts)
+    origin = {**ORIGIN, "host": "other"} if what == "another origin" else ORIGIN
+    expected_retracts = ["ab" * 32] if what == "a retraction more" else []
+    with pytest.raises(IntegrityError, match="does not decode to what was encoded"):
+        check_encoded(index_id, stored, origin, _two_packs(), expected_retracts, 1 << 20)
+
+
+def test_an_index_read_back_with_bytes_after_it_is_refused() -> None:
+    _, stored = encode_index(ORIGIN, _two_packs())
+    stored += b"\x00"
+    with pytest.raises(IntegrityError, match="does not decode to what was encoded"):
+        check_encoded(blake3.blake3(stored).hexdigest(), stored, ORIGIN, _two_packs(), (), 1 << 20)
+
+
+def test_an_index_read_back_under_another_name_or_as_garbage_is_refused() -> None:
+    index_id, stored = encode_index(ORIGIN, _two_packs())
+    with pytest.raises(IntegrityError, match="not named by its bytes"):
+        check_encoded(index_id, stored[:-1] + b"\x01", ORIGIN, _two_packs(), (), 1 << 20)
+    garbage = b"\xc1" + stored[1:]
+    with pytest.raises(IntegrityError, match="does not decode"):
+        check_encoded(blake3.blake3(garbage).hexdigest(), garbage, ORIGIN, _two_packs(), (), 1 << 20)
+
+
+def test_an_index_read_back_with_a_blob_larger_than_a_reader_accepts_is_refused() -> None:
+    """What the writer wrote must be what `decode_index` accepts: a raw length beyond the limit
+    would make every reader skip the index."""
+    packs = {pack_name(1): [entry(os.urandom(32), 0, raw=1000)]}
+    index_id, stored = encode_index(ORIGIN, packs)
+    check_encoded(index_id, stored, ORIGIN, packs, (), 1000)                  # at the limit: accepted
+    with pytest.raises(IntegrityError, match="bad blob bounds"):
+        check_encoded(index_id, stored, ORIGIN, packs, (), 999)
+
+
+# -- decoding damaged indexes: one line naming what is wrong -------------------------------------
+
+def _named(body: bytes) -> tuple[str, bytes]:
+    return blake3.blake3(body).hexdigest(), body
+
+
+def test_an_index_with_bytes_after_its_document_is_corrupt() -> None:
+    index_id, stored = encode_index(ORIGIN, _two_packs())
+    assert decode_index(index_id, stored, 1 << 20).origin == ORIGIN
+    with pytest.raises(FormatError, match=r"corrupt index \w{16}: trailing bytes after the index"):
+        decode_index(*_named(stored + msgpack.packb(0)), 1 << 20)
+
+
+def test_an_index_whose_pack_item_is_not_an_id_and_entries_is_corrupt() -> None:
+    good = [pack_name(1), [entry(os.urandom(32), 0).as_list()]]
+    for item, accepted in ((good, True), ([*good, "extra"], False), (good[:1], False)):
+        body = msgpack.packb({"version": 1, "origin": ORIGIN, "packs": [item], "supersedes": []})
+        if accepted:
+            assert set(decode_index(*_named(body), 1 << 20).packs) == {pack_name(1)}
+        else:
+            with pytest.raises(FormatError, match=r"a pack's item is not \[id, entries\]"):
+                decode_index(*_named(body), 1 << 20)
+
+
+# -- bookkeeping of index objects -----------------------------------------------------------------
+
+def test_an_index_recorded_twice_keeps_what_it_was_first_recorded_with() -> None:
+    index, first = MasterIndex(), "cd" * 32
+    index.add_pack(pack_name(1), [entry(os.urandom(32), 0)])
+    index.add_written(first, ORIGIN, {pack_name(1)}, [])
+    index.add_written(first, {**ORIGIN, "host": "other"}, {pack_name(2)}, ["ab" * 32])
+    assert index.index_packs == {first: {pack_name(1)}} and index.index_origins[first] == ORIGIN
+    assert index.retracted == set()
+
+
+def test_a_retracted_index_is_dropped_with_the_blobs_only_it_listed() -> None:
+    index, lost, kept = MasterIndex(), os.urandom(32), os.urandom(32)
+    old, new = "aa" * 32, "bb" * 32
+    index.add_object(old, IndexObject(ORIGIN, {pack_name(1): [entry(lost, 0)], pack_name(2): [entry(kept, 0)]}))
+    assert index.drop_retracted() == set() and index.has(KIND_DATA, lost)    # nothing retracts it yet
+    index.add_object(new, IndexObject(ORIGIN, {pack_name(2): [entry(kept, 0)]}, retracts=[old]))
+    assert index.drop_retracted() == {old}
+    assert set(index.index_packs) == {new} and old not in index.index_origins
+    assert not index.has(KIND_DATA, lost) and index.has(KIND_DATA, kept)
+    assert index.all_pack_ids() == {pack_name(2)}
+
+
+# -- delta bases -----------------------------------------------------------------------------------
+
+def _delta(blob_id: bytes, base: bytes, offset: int = 0) -> BlobEntry:
+    return BlobEntry(KIND_DATA, blob_id, offset, 10, 20, base)
+
+
+def test_delta_bases_are_reached_through_whole_chains_each_once_after_the_blobs_reached() -> None:
+    top, mid, bottom, other = (os.urandom(32) for _ in range(4))
+    index = MasterIndex()
+    index.add_pack(pack_name(1), [_delta(top, mid), _delta(mid, bottom), _delta(other, bottom), entry(bottom, 0)])
+    reached = BlobSet([(KIND_DATA, top), (KIND_DATA, other)], ordered=True)
+    add_delta_bases(index, reached)
+    order = [blob_id for _, blob_id in reached]
+    assert order[:2] == [top, other] and sorted(order[2:]) == sorted([mid, bottom]) and len(order) == 4
+
+
+def test_delta_bases_that_loop_in_a_damaged_index_are_reached_once_and_the_walk_ends() -> None:
+    a, b, c = (os.urandom(32) for _ in range(3))
+    index = MasterIndex()
+    index.add_pack(pack_name(1), [_delta(a, b), _delta(b, c), _delta(c, a)])
+    reached = BlobSet([(KIND_DATA, a)], ordered=True)
+    add_delta_bases(index, reached)
+    assert [blob_id for _, blob_id in reached] == [a, b, c]
+
+
+def test_a_delta_whose_base_no_index_lists_is_as_deep_as_the_limit() -> None:
+    blob, base, missing = os.urandom(32), os.urandom(32), os.urandom(32)
+    index = MasterIndex()
+    index.add_pack(pack_name(1), [_delta(blob, base), _delta(base, missing)])
+    assert index.delta_depth(KIND_DATA, blob, 64) == 64
+    index.add_pack(pack_name(2), [entry(missing, 0)])
+    assert index.delta_depth(KIND_DATA, blob, 64) == 2
+    assert index.delta_depth(KIND_DATA, blob, 2) == 2 and index.delta_depth(KIND_DATA, blob, 1) == 1
+
+
+def test_a_delta_listed_twice_has_one_location_and_dropping_one_of_two_packs_keeps_the_other() -> None:
+    blob, base = os.urandom(32), os.urandom(32)
+    index = MasterIndex()
+    index.add_pack(pack_name(1), [_delta(blob, base, 5)])
+    index.add_pack(pack_name(1), [_delta(blob, base, 5)])
+    index.add_pack(pack_name(2), [_delta(blob, base, 7)])
+    assert index.locations(KIND_DATA, blob) == [Location(pack_name(1), 5, 10, 20, base),
+                                                Location(pack_name(2), 7, 10, 20, base)]
+    index.drop_packs({pack_name(2)})
+    assert index.locations(KIND_DATA, blob) == [Location(pack_name(1), 5, 10, 20, base)]
+    assert index.delta_bases(KIND_DATA, blob) == {base} and len(index) == 1
+
+
+# -- fingerprints that match across two records are no hit ----------------------------------------
+
+def test_a_fingerprint_found_across_two_settled_records_is_no_hit() -> None:
+    """Lookups scan a bucket's 4-byte fingerprints as one string: `target`'s fingerprint CCDDAABB
+    also appears across the records 0000CCDD and AABB0000 (at byte 2), whose record shares the rest
+    of target's key, and must not be taken for it; target itself lies further on."""
+    bucket, rest = b"\x12\x34", os.urandom(26)
+    across, after = bucket + b"\x00\x00\xcc\xdd" + rest, bucket + b"\xaa\xbb\x00\x00" + os.urandom(26)
+    target = bucket + b"\xcc\xdd\xaa\xbb" + rest
+    without, index = MasterIndex(), MasterIndex()
+    for one in (without, index):
+        one.add_pack(pack_name(1), [entry(across, 1), entry(after, 2)])
+    index.add_pack(pack_name(2), [entry(target, 3)])
+    assert len(without) == 2 and len(index) == 3            # len settles the tables
+    for _ in ("settled", "with a tail"):
+        assert not without.has(KIND_DATA, target) and without.locations(KIND_DATA, target) == []
+        assert index.has(KIND_DATA, target)
+        assert index.locations(KIND_DATA, target) == [Location(pack_name(2), 3, 10, 20)]
+        for one in (without, index):       # an unsettled record in the bucket: the lookup merges both
+            one.add_pack(pack_name(3), [entry(bucket + os.urandom(30), 4)])
+
+
+def test_a_fingerprint_found_across_an_unsettled_records_fields_is_no_hit() -> None:
+    """An unsettled record is kept as its fingerprint and its number (0 for the first: four zero
+    bytes): an id whose fingerprint is 00000000 is not found in that number, and is found once added."""
+    bucket = b"\x56\x78"
+    target = bucket + bytes(4) + os.urandom(26)
+    index = MasterIndex()
+    index.add_pack(pack_name(1), [entry(bucket + b"\x01\x02\x03\x04" + os.urandom(26), 1)])
+    assert not index.has(KIND_DATA, target) and index.locations(KIND_DATA, target) == []
+    index.add_pack(pack_name(2), [entry(target, 2)])
+    assert index.has(KIND_DATA, target) and index.locations(KIND_DATA, target) == [Location(pack_name(2), 2, 10, 20)]
+
+
+# -- a table image whose digest holds but whose parts disagree ------------------------------------
+
+def _image_parts(index: MasterIndex) -> tuple[bytes, dict, list[int], bytes, bytes]:
+    """(magic, header, bucket starts, fingerprints, rests) of the index's image, as laid out by `write_image`."""
+    out = io.BytesIO()
+    index.write_image(out)
+    image = out.getvalue()
+    at = image.index(b"\n") + 1
+    size = int.from_bytes(image[at:at + 8], "little")
+    header = msgpack.unpackb(image[at + 8:at + 8 + size])
+    at += 8 + size
+    starts = list(struct.unpack_from(f"<{(1 << 16) + 1}I", image, at))
+    at += 4 * len(starts)
+    records = header["records"]
+    return image[:image.index(b"\n") + 1], header, starts, image[at:at + 4 * records], image[at + 4 * records:-32]
+
+
+def _image(magic: bytes, header: dict, starts: list[int], fps: bytes, rests: bytes) -> bytes:
+    """An image of these parts, with its digest right: only its consistency can refuse it."""
+    packed = msgpack.packb(header)
+    body = magic + len(packed).to_bytes(8, "little") + packed + struct.pack(f"<{len(starts)}I", *starts) + fps + rests
+    return body + blake3.blake3(body).digest()
+
+
+def _inconsistent(damage: str, magic: bytes, header: dict, starts: list[int], fps: bytes, rests: bytes) -> bytes:
+    if damage == "the first bucket starts past record 0":
+        starts = [1, *starts[1:]]
+    elif damage == "a bucket starts after the next":
+        b = next(b for b in range(1, 1 << 16) if starts[b + 1] > starts[b])       # a bucket with records
+        starts = [*starts[:b], starts[b + 1] + 1, *starts[b + 1:]]
+    elif damage == "more records than the buckets end at":
+        header = {**header, "records": header["records"] + 1}
+        fps, rests = fps + bytes(4), rests + bytes(42)
+    elif damage == "a pack without its count":
+        header = {**header, "packs": [*header["packs"], pack_name(9)]}
+    return _image(magic, header, starts, fps, rests)
+
+
+@pytest.mark.parametrize("damage", ["the first bucket starts past record 0", "a bucket starts after the next",
+                                    "more records than the buckets end at", "a pack without its count"])
+def test_a_table_image_whose_parts_disagree_is_refused_and_replaces_nothing(damage: str) -> None:
+    rng = random.Random(9)
+    source = MasterIndex()
+    # blobs in bucket 0 (so its records start at 0 and the next bucket's later) and elsewhere
+    in_bucket_0 = entry(bytes(2) + rng.randbytes(30), 0)
+    source.add_pack(pack_name(1), [in_bucket_0, *(entry(rng.randbytes(32), i) for i in range(5))])
+    parts = _image_parts(source)
+    loaded = MasterIndex()
+    loaded.read_image(io.BytesIO(_image(*parts)))           # rebuilt unchanged: accepted
+    assert sorted(loaded.blobs()) == sorted(source.blobs())
+    kept = os.urandom(32)
+    loaded.add_pack(pack_name(2), [entry(kept, 0)])
+    with pytest.raises(FormatError, match="corrupt index table image: inconsistent table image"):
+        loaded.read_image(io.BytesIO(_inconsistent(damage, *parts)))
+    assert loaded.locations(KIND_DATA, kept) == [Location(pack_name(2), 0, 10, 20)]
+
+
+def test_the_image_of_an_empty_index_restores_an_empty_index() -> None:
+    """A new repository's table: no records is a consistent table, the boundary of the checks above."""
+    out, loaded = io.BytesIO(), MasterIndex()
+    MasterIndex().write_image(out)
+    loaded.add_pack(pack_name(1), [entry(os.urandom(32), 0)])
+    loaded.read_image(io.BytesIO(out.getvalue()))
+    assert len(loaded) == 0 and list(loaded.blobs()) == [] and loaded.all_pack_ids() == set()
+
+
+def test_a_table_image_round_trips_on_a_big_endian_machine_and_leaves_the_index_as_it_was(monkeypatch) -> None:
+    """The image is little-endian whatever the machine: on a big-endian one its numbers are swapped
+    on the way out and back on the way in (simulated here: this machine is little-endian), and the
+    index written out keeps answering from its own, unswapped, table."""
+    rng = random.Random(11)
+    entries = [entry(rng.randbytes(32), i * 7) for i in range(50)]
+    source = MasterIndex()
+    source.add_pack(pack_name(1), entries)
+    source.add_pack(pack_name(2), entries[:5])
+    expected = sorted(source.blobs())
+    monkeypatch.setattr(sys, "byteorder", "big")
+    out, loaded = io.BytesIO(), MasterIndex()
+    source.write_image(out)
+    loaded.read_image(io.BytesIO(out.getvalue()))
+    assert sorted(loaded.blobs()) == expected and sorted(source.blobs()) == expected
+    assert all(source.locations(KIND_DATA, e.id) == loaded.locations(KIND_DATA, e.id) for e in entries)
+    assert loaded.all_pack_ids() == {pack_name(1), pack_name(2)}
+
+
+def test_a_table_may_be_cached_only_while_it_holds_exactly_what_its_index_objects_list() -> None:
+    """`from_objects_only` (the condition to save the table, repo/indexcache.py): a writer's pack no
+    index lists yet makes it false; that pack dropped again, or listed by the index the writer
+    wrote, makes it true; a listed pack dropped (the table no longer what the objects say) makes it
+    false for good."""
+    index, listed = MasterIndex(), pack_name(1)
+    index.add_object("aa" * 32, IndexObject(ORIGIN, {listed: [entry(os.urandom(32), 0)]}))
+    assert index.from_objects_only
+    index.add_pack(pack_name(2), [entry(os.urandom(32), 0)])
+    index.add_pack(pack_name(3), [entry(os.urandom(32), 0)])
+    assert not index.from_objects_only
+    index.drop_packs({pack_name(3)})
+    assert not index.from_objects_only                     # pack 2 is still the writer's alone
+    index.drop_packs({pack_name(2)})
+    assert index.from_objects_only                         # back to what the index object lists
+    index.add_pack(pack_name(4), [entry(os.urandom(32), 0)])
+    index.add_pack(pack_name(5), [entry(os.urandom(32), 0)])
+    index.add_written("bb" * 32, ORIGIN, {pack_name(4)}, [])
+    assert not index.from_objects_only                     # the writer's index lists pack 4, not 5
+    index.add_written("cc" * 32, ORIGIN, {pack_name(5)}, [])
+    assert index.from_objects_only
+    index.drop_packs({listed})
+    assert not index.from_objects_only
+    index.clear()                                          # a reload starts over from the objects
+    index.add_object("aa" * 32, IndexObject(ORIGIN, {listed: [entry(os.urandom(32), 0)]}))
+    assert index.from_objects_only
+
+
+def test_an_index_is_untouched_until_something_is_added_and_again_once_cleared() -> None:
+    index = MasterIndex()
+    assert index.untouched()
+    index.add_written("aa" * 32, ORIGIN, set(), [])       # an index object of no packs
+    assert not index.untouched()
+    index.clear()
+    assert index.untouched()
+    index.add_pack(pack_name(1), [entry(os.urandom(32), 0)])
+    assert not index.untouched()
+
+
+def test_a_blob_with_several_copies_is_told_apart_from_ids_differing_only_in_their_bucket_or_fingerprint() -> None:
+    """Settled records keep an id without its first two bytes (its bucket): the copies of `a` (in two
+    packs) are followed either by `next_bucket` (a's id in the following bucket) or by `other_fp` (a's
+    id but for bytes 2-6, sorted after it in a's bucket); neither adds a location to a's."""
+    rest = os.urandom(26)
+    a = b"\x20\x01" + b"\x00\x00\x00\x01" + rest
+    for follower in (b"\x20\x02" + a[2:], b"\x20\x01" + b"\xff\xff\xff\xff" + rest):
+        index = MasterIndex()
+        index.add_pack(pack_name(1), [entry(a, 1), entry(follower, 3)])
+        index.add_pack(pack_name(2), [entry(a, 2)])
+        assert len(index) == 2                              # settled
+        assert index.locations(KIND_DATA, a) == [Location(pack_name(1), 1, 10, 20), Location(pack_name(2), 2, 10, 20)]
+        assert index.locations(KIND_DATA, follower) == [Location(pack_name(1), 3, 10, 20)]

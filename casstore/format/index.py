@@ -137,12 +137,12 @@ def _decodes_to(unpacker: msgpack.Unpacker, size: int, expected: dict[str, Any],
         if key != "packs":
             found[key] = unpacker.unpack()
             continue
-        same = same and unpacker.read_array_header() == len(packs)
-        for pack_id in sorted(packs) if same else ():
-            entries = packs[pack_id]
-            same = (unpacker.read_array_header() == 2 and unpacker.unpack() == pack_id
-                    and _same_entries(unpacker.unpack(), entries, max_raw_length))
-            if not same:
+        # a count that differs ends the comparison here: read on, the next pack would be taken for a key
+        if unpacker.read_array_header() != len(packs):
+            return False
+        for pack_id in sorted(packs):
+            if not (unpacker.read_array_header() == 2 and unpacker.unpack() == pack_id
+                    and _same_entries(unpacker.unpack(), packs[pack_id], max_raw_length)):
                 return False
     return same and found == expected and unpacker.tell() == size
 
