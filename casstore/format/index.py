@@ -131,8 +131,9 @@ def check_encoded(index_id: str, stored: bytes, origin: dict[str, Any], packs: M
 def _decodes_to(unpacker: msgpack.Unpacker, size: int, expected: dict[str, Any],
                 packs: Mapping[str, Collection[BlobEntry]], max_raw_length: int) -> bool:
     found: dict[Any, Any] = {}
-    same = unpacker.read_map_header() == len(expected) + 1
-    for _ in range(len(expected) + 1 if same else 0):
+    if unpacker.read_map_header() != len(expected) + 1:
+        return False
+    for _ in range(len(expected) + 1):
         key = unpacker.unpack()
         if key != "packs":
             found[key] = unpacker.unpack()
@@ -144,7 +145,7 @@ def _decodes_to(unpacker: msgpack.Unpacker, size: int, expected: dict[str, Any],
             if not (unpacker.read_array_header() == 2 and unpacker.unpack() == pack_id
                     and _same_entries(unpacker.unpack(), packs[pack_id], max_raw_length)):
                 return False
-    return same and found == expected and unpacker.tell() == size
+    return found == expected and unpacker.tell() == size
 
 
 def _same_entries(rows: Any, entries: Collection[BlobEntry], max_raw_length: int) -> bool:

@@ -206,10 +206,11 @@ def pull_from_remote(repo: RepoCore, remote: str | Remote | None = None, *, snap
     src, counting = open_destination(remote, None, repo.settings)
     repo.config.check_compatible(src.config, src.remote.url)
     report = SyncReport(src.remote.url, repo.location)
+    every_host = all_hosts and host is None     # a named host narrows pull's every-host default
     if snapshot:
-        wanted = [src.resolve(snapshot, host=host, all_hosts=all_hosts and host is None).id]
+        wanted = [src.resolve(snapshot, host=host, all_hosts=every_host).id]
     else:
-        wanted = [s.id for s in src.snapshots(host=host, all_hosts=all_hosts and host is None)]
+        wanted = [s.id for s in src.snapshots(host=host, all_hosts=every_host)]
     todo = sorted(set(wanted) - set(repo.snapshot_ids()), key=lambda i: src.manifest(i).time_ns)
     copier = Copier(src, repo, concurrency=1, grace=float(src.config.grace_seconds), state=None, progress=progress)
     try:

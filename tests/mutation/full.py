@@ -111,9 +111,10 @@ MODULES["casstore/gc/repack.py"] = [*MODULES["casstore/gc/repack.py"], GC_ENCRYP
 MODULES["casstore/gc/sweep.py"] = [
     *MODULES["casstore/gc/sweep.py"], GC_ENCRYPTED,
     "tests/test_gc_concurrency.py::test_snapshot_committed_before_the_sweep_keeps_its_condemned_packs"]
-# the restore's small-file path (batches to worker processes, packs read in runs) and the index's
-# load/reload lock are tested in their own files only
-MODULES["casstore/restore/restorer.py"] = [*MODULES["casstore/restore/restorer.py"], "tests/test_restore_workers.py"]
+# the restore's small-file path (batches to worker processes, packs read in runs) and sparse files,
+# and the index's load/reload lock, are tested in their own files only
+MODULES["casstore/restore/restorer.py"] = [*MODULES["casstore/restore/restorer.py"], "tests/test_restore_workers.py",
+                                           "tests/test_sparse.py"]
 MODULES["casstore/repo/core.py"] = [*MODULES["casstore/repo/core.py"], "tests/test_index_cache.py"]
 # the snapshot writer's worker processes, excludes, streaming of a huge directory, sparse files and
 # files read beside the snapshot have their own test files; 22 CPU s together (session 9), and a
@@ -122,7 +123,6 @@ WRITER_EXTRA = ["tests/test_snapshot_workers.py", "tests/test_excludes.py", "tes
                 "tests/test_sparse.py", "tests/test_side_reads.py"]
 MODULES["casstore/snapshot/builder.py"] = [*MODULES["casstore/snapshot/builder.py"], *WRITER_EXTRA]
 MODULES["casstore/snapshot/pipeline.py"] = [*MODULES["casstore/snapshot/pipeline.py"], *WRITER_EXTRA]
-MODULES["casstore/restore/restorer.py"] = [*MODULES["casstore/restore/restorer.py"], "tests/test_sparse.py"]
 # the index's delta entries (a blob stored as a delta against a base) are written and read there only
 MODULES["casstore/format/index.py"] = [*MODULES["casstore/format/index.py"], "tests/test_delta_blobs.py"]
 CAUGHT = ("killed", "timeout")
