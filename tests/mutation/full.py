@@ -90,7 +90,7 @@ COLUMNS = ["status", "seconds", "cpu", "commit", "function", "tests", "killer", 
 # the modules the full run covers: the gate's (with its test files), and the delta codec (no sample of it in CI)
 MODULES: dict[str, list[str]] = {path: tests for path, (_k, tests) in CORE.items()}
 MODULES["casstore/format/delta.py"] = [*FORMAT_TESTS, "tests/test_delta_blobs.py"]
-MODULES["casstore/format/pack.py"] = [*FORMAT_TESTS, "tests/test_pack_buffers.py"]
+MODULES["casstore/format/pack.py"] = [*FORMAT_TESTS, "tests/test_pack_buffers.py", "tests/test_pack_header.py"]
 # the config's key slots, sealed config and downgrade refusal are exercised by the encryption tests
 # only (session 7: a third of config's mutants survived the format tests alone); 15 s together
 MODULES["casstore/format/config.py"] = [*MODULES["casstore/format/config.py"], "tests/test_encryption.py",
