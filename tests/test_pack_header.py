@@ -65,7 +65,7 @@ def test_a_blob_id_that_is_not_32_bytes_is_refused(bad_id, where):
     _refused([row] if where == "alone" else [GOOD, row, GOOD], "bad blob kind or id")
 
 
-@pytest.mark.parametrize("bad_kind", [[1], 2, -1, b"\x00", "data"])
+@pytest.mark.parametrize("bad_kind", [[1], 2, -1, b"\x00", "data", 1.0, 0.0, True])
 def test_a_blob_kind_that_is_not_data_or_tree_is_refused(bad_kind):
     _refused([GOOD, [bad_kind, ID, 5, 10, 10]], "bad blob kind or id")
 
