@@ -402,6 +402,43 @@ def test_an_index_claiming_more_items_than_its_bytes_hold_is_refused_before_they
     assert peak < 1 << 20, f"{peak} bytes allocated refusing a 10M-item claim"
 
 
+def test_an_index_decodes_to_what_was_encoded_with_its_supersessions_and_retractions() -> None:
+    supersedes, retracts = ["cd" * 32, "ab" * 32], ["ef" * 32]
+    index_id, stored = encode_index({**ORIGIN, "kind": "gc"}, _two_packs(), supersedes, retracts)
+    decoded = decode_index(index_id, stored, 1 << 20)
+    assert (decoded.origin, decoded.packs) == ({**ORIGIN, "kind": "gc"}, _two_packs())
+    assert (decoded.supersedes, decoded.retracts) == (sorted(supersedes), retracts)
+
+
+def test_an_index_under_another_name_and_one_of_unknown_origin_say_so_in_one_line() -> None:
+    index_id, stored = encode_index(ORIGIN, _two_packs())
+    wrong = "0" * 64
+    with pytest.raises(IntegrityError, match=f"^index {wrong[:16]} does not match its name$"):
+        decode_index(wrong, stored, 1 << 20)
+    doc = {"version": 1, "origin": {**ORIGIN, "kind": "thief"}, "packs": [], "supersedes": []}
+    with pytest.raises(FormatError, match=r"^corrupt index \w{16}: bad origin$"):
+        decode_index(*_named(msgpack.packb(doc)), 1 << 20)
+
+
+def test_an_index_of_another_version_says_which() -> None:
+    doc = {"version": 2, "origin": ORIGIN, "packs": [], "supersedes": []}
+    with pytest.raises(FormatError, match=r"^unsupported index version 2$"):
+        decode_index(*_named(msgpack.packb(doc)), 1 << 20)
+
+
+def test_a_sealed_index_read_without_its_key_or_with_another_names_the_index() -> None:
+    from casstore.errors import DowngradeError
+    from casstore.format.crypto import MasterKey
+
+    key = MasterKey.generate().sealer
+    index_id, stored = encode_index(ORIGIN, _two_packs(), sealer=key)
+    assert decode_index(index_id, stored, 1 << 20, key).packs == _two_packs()
+    with pytest.raises(IntegrityError, match=f"^index {index_id[:16]}: authentication failed"):
+        decode_index(index_id, stored, 1 << 20, MasterKey.generate().sealer)
+    with pytest.raises(DowngradeError, match=f"^index {index_id[:16]} is encrypted but"):
+        decode_index(index_id, stored, 1 << 20)
+
+
 # -- bookkeeping of index objects -----------------------------------------------------------------
 
 def test_an_index_recorded_twice_keeps_what_it_was_first_recorded_with() -> None:
