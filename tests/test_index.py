@@ -420,6 +420,13 @@ def test_an_index_under_another_name_and_one_of_unknown_origin_say_so_in_one_lin
         decode_index(*_named(msgpack.packb(doc)), 1 << 20)
 
 
+def test_an_index_without_supersessions_or_retractions_has_none() -> None:
+    """Both fields are optional in the format (DESIGN.md: only gc's indexes supersede)."""
+    doc = {"version": 1, "origin": ORIGIN, "packs": [[pack_name(1), [entry(b"\x01" * 32, 5).as_list()]]]}
+    decoded = decode_index(*_named(msgpack.packb(doc)), 1 << 20)
+    assert (decoded.supersedes, decoded.retracts, list(decoded.packs)) == ([], [], [pack_name(1)])
+
+
 def test_an_index_of_another_version_says_which() -> None:
     doc = {"version": 2, "origin": ORIGIN, "packs": [], "supersedes": []}
     with pytest.raises(FormatError, match=r"^unsupported index version 2$"):
