@@ -314,6 +314,16 @@ def test_an_index_read_back_with_bytes_after_it_is_refused() -> None:
         check_encoded(blake3.blake3(stored).hexdigest(), stored, ORIGIN, _two_packs(), (), 1 << 20)
 
 
+def test_an_index_of_delta_and_plain_blobs_reads_back_as_encoded() -> None:
+    """Rows of six fields (a delta's base) are checked entry by entry: a read-back must accept them."""
+    base = os.urandom(32)
+    packs = {pack_name(1): [BlobEntry(KIND_DATA, os.urandom(32), 5, 10, 20, base)],
+             pack_name(2): [entry(base, 5), BlobEntry(KIND_DATA, os.urandom(32), 15, 10, 20, base)]}
+    index_id, stored = encode_index(ORIGIN, packs)
+    check_encoded(index_id, stored, ORIGIN, packs, (), 1 << 20)
+    assert decode_index(index_id, stored, 1 << 20).packs == packs
+
+
 def test_an_index_read_back_under_another_name_or_as_garbage_is_refused() -> None:
     index_id, stored = encode_index(ORIGIN, _two_packs())
     with pytest.raises(IntegrityError, match="not named by its bytes"):
