@@ -9,23 +9,35 @@ destination must be replaced, never written through. Every test records an `outs
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import resource
+import shutil
+import signal
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from casstore.errors import RestoreError
+from casstore.client import Repository
+from casstore.errors import IntegrityError, RestoreError
+from casstore.format.pack import KIND_DATA, parse_header
 from casstore.format.tree import Entry, EntryType
+from casstore.remotes.memory import MemoryRemote
 from casstore.restore.restorer import DEFERRED_DIRS, EXISTING_SHOWN, MAX_DEVICE, MAX_ID, MAX_OPEN_DIRS, MAX_TIME_NS
+from casstore.settings import load_settings
 from tests.helpers import (
     NOW_NS,
+    KiB,
+    det_bytes,
     dir_entry,
     file_contents,
     file_entry,
     init_repo,
     invoke,
+    objects,
     run,
     symlink_entry,
     tree_state,
@@ -419,7 +431,7 @@ def test_a_socket_is_never_created_and_an_existing_symlink_is_kept_under_overwri
     target.mkdir()
     os.symlink("mine", target / "link")
     result = repo.restore(snapshot_id, str(target))
-    assert (result.errors, result.existing, result.symlinks) == ([], 1, 0)
+    assert (result.errors, result.existing, result.existing_paths, result.symlinks) == ([], 1, ["link"], 0)
     assert os.listdir(target) == ["link"] and os.readlink(target / "link") == "mine"
 
 
@@ -552,3 +564,147 @@ def test_a_hard_link_whose_first_copy_vanished_during_the_restore_is_restored_as
     result = repo.restore(snapshot_id, str(target), progress=progress)
     assert removed and result.ok and result.files == 2
     assert (target / "b" / "second").read_bytes() == data and os.stat(target / "b" / "second").st_nlink == 1
+
+
+# -- faults the file system raises part way (session 10: the error paths the full mutation run reaches) --
+
+
+@contextlib.contextmanager
+def _immutable(path: Path):
+    """`path` made immutable (chattr +i: even root cannot create in it or change its metadata)."""
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", path], capture_output=True).returncode:
+        pytest.skip("the file system or this process cannot make a directory immutable (chattr +i)")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", path], check=True)
+
+
+@pytest.mark.parametrize("verify", [False, True], ids=["batched", "walk"])
+def test_a_directory_that_refuses_its_files_and_its_metadata_is_one_error_each_and_the_rest_restores(
+        world, verify):
+    """An existing directory nothing may change (immutable): the file that replaces an existing
+    one, the new file and the directory's own mode and time are each one error naming it; the
+    existing file is left as it was and the rest of the snapshot restores."""
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, _with_good(lambda store: dir_entry(store, b"locked", [
+        file_entry(store, b"existing.txt", b"from the snapshot"), file_entry(store, b"new.txt", b"new")],
+        mode=0o700, mtime_ns=NOW_NS - 5)))
+    write(target / "locked" / "existing.txt", "mine")
+    with _immutable(target / "locked"):
+        result = repo.restore(snapshot_id, str(target), overwrite="always", verify=verify)
+    assert result.errors == ["locked/existing.txt: Operation not permitted", "locked/new.txt: Operation not permitted",
+                             "locked: Operation not permitted"]
+    assert (result.files, result.dirs) == (1, 1) and (target / "good.txt").read_bytes() == b"fine\n"
+    assert os.listdir(target / "locked") == ["existing.txt"]
+    assert (target / "locked" / "existing.txt").read_text() == "mine"
+
+
+@contextlib.contextmanager
+def _file_size_limit(limit: int):
+    """This process (the restore's threads with it) may not grow a file past `limit` bytes: a
+    write past it fails with EFBIG ("File too large"), as on a full or quota-bound disk."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)     # the error, not the signal that kills by default
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+
+
+@pytest.mark.parametrize("verify", [False, True], ids=["batched", "walk"])
+def test_a_file_the_disk_refuses_part_way_is_one_error_and_leaves_nothing_of_it(world, verify):
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [
+        file_entry(store, b"a.txt", b"before\n"), file_entry(store, b"big.bin", det_bytes(100 * KiB, "big")),
+        file_entry(store, b"z.txt", b"after\n")])
+    with _file_size_limit(64 * KiB):
+        result = repo.restore(snapshot_id, str(target), verify=verify)
+    assert result.errors == ["big.bin: File too large"]
+    assert sorted(os.listdir(target)) == ["a.txt", "z.txt"] and result.files == 2
+
+
+def test_a_set_aside_directory_moved_out_of_its_closed_parent_is_reported_and_the_rest_skipped(world):
+    """d6 holds the only small files of a chain deeper than MAX_OPEN_DIRS, so it is set aside (its
+    files still being written) when the walk leaves it, and its parent's descriptor was closed:
+    d6 was moved out of that parent meanwhile, so the parent cannot be reopened through d6's
+    `..`. Each closed ancestor cut off is reported once; d6 ends whole where it now is."""
+    repo, outside, target = world
+    depth, shallow = MAX_OPEN_DIRS + 6, 6
+    bottom = b"m" * 6543        # a length no other write has: the moment to move d6 (a linked file: the walk writes it)
+
+    def build(store):
+        children: list[Entry] = [_like(file_entry(store, b"bottom", bottom), link=9)]
+        for level in reversed(range(depth)):
+            files = [file_entry(store, b"f%d.txt" % i, b"%d\n" % i) for i in range(3)] if level == shallow else []
+            children = [dir_entry(store, b"d%d" % level, children + files, mode=0o750)]
+        return children
+
+    snapshot_id = write_snapshot(repo, build)
+    chain = [f"d{level}" for level in range(depth)]
+    moved: list[int] = []
+
+    def progress(n: int) -> None:
+        if n == len(bottom) and not moved:
+            os.rename(target.joinpath(*chain[:shallow + 1]), target / "moved")
+            moved.append(n)
+
+    unchanged = _guard(target.parent.parent)
+    result = repo.restore(snapshot_id, str(target), progress=progress)
+    unchanged()
+    assert moved
+    assert result.errors == ["/".join(chain[:level]) + ": moved during the restore; the rest of it is skipped"
+                             for level in range(shallow, 0, -1)]
+    assert os.listdir(target.joinpath(*chain[:shallow])) == []       # nothing written into its old place
+    assert sorted(os.listdir(target / "moved")) == ["d7", "f0.txt", "f1.txt", "f2.txt"]
+    assert (target / "moved" / "f2.txt").read_bytes() == b"2\n" and result.files == 4
+    assert (target / "moved").joinpath(*chain[shallow + 1:], "bottom").read_bytes() == bottom
+
+
+def _open_below(root: Path) -> list[str]:
+    """What this process holds open below `root` (its descriptors, from /proc/self/fd)."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            where = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue        # the listing's own descriptor, closed by now
+        if where == str(root) or where.startswith(f"{root}/"):
+            held.append(where)
+    return held
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+@pytest.mark.parametrize("packs", ["kept", "deleted"])
+def test_a_restore_that_ends_or_fails_part_way_holds_nothing_of_the_target_open(world, packs):
+    """Directories set aside while their small files are written keep a descriptor each, and so
+    does each batch: once the restore returns, or fails when their data cannot be read, none is
+    left open."""
+    repo, outside, target = world
+    count = DEFERRED_DIRS + 3
+    snapshot_id = write_snapshot(repo, lambda store: [
+        dir_entry(store, b"d%02d" % i, [file_entry(store, b"f%d.txt" % j, b"%d.%d\n" % (i, j)) for j in range(3)])
+        for i in range(count)])
+    if packs == "deleted":
+        for pack in objects(target.parent.parent / "repo", "data"):     # the file data's; the trees' stay
+            if parse_header(pack.read_bytes(), 1 << 24)[0].kind == KIND_DATA:
+                pack.unlink()
+        with pytest.raises(IntegrityError, match="^data blob .* cannot be read"):
+            repo.restore(snapshot_id, str(target))
+        assert os.listdir(target)      # it failed part way: its first directories were made
+    else:
+        result = repo.restore(snapshot_id, str(target))
+        assert result.ok and (result.dirs, result.files) == (count, 3 * count)
+    assert _open_below(target) == []
+
+
+def test_a_repository_on_a_remote_restores_its_small_files_read_through_the_blob_store(tmp_path):
+    repo = Repository.init_remote(MemoryRemote(), load_settings({"host": "testhost"}))
+    contents = {b"f%02d.txt" % i: b"small file %d\n" % i * (i + 1) for i in range(40)}
+    snapshot_id = write_snapshot(repo, lambda store: [
+        dir_entry(store, b"d", [file_entry(store, name, data) for name, data in contents.items()])])
+    result = repo.restore(snapshot_id, str(tmp_path / "out"))
+    assert result.ok and result.files == len(contents)
+    assert {os.fsencode(p.name): p.read_bytes() for p in (tmp_path / "out" / "d").iterdir()} == contents
