@@ -9,7 +9,9 @@ restore leaves no process behind.
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -21,10 +23,22 @@ import pytest
 from casstore._testing import PAUSE_AT, PAUSE_FILE
 from casstore.client import Repository
 from casstore.errors import RestoreError
+from casstore.format.config import RepoConfig
 from casstore.format.pack import KIND_DATA
 from casstore.fsio.workers import WorkerPool
 from casstore.restore.restorer import RESTORE_WORKERS, WORKER_MIN_FILES
-from tests.helpers import CASSTORE, assert_one_line_error, assert_same_tree, init_repo, pack_of, run, tree_state
+from tests.helpers import (
+    CASSTORE,
+    NOW_NS,
+    KiB,
+    assert_one_line_error,
+    assert_same_tree,
+    init_repo,
+    pack_of,
+    run,
+    tree_state,
+)
+from tests.sync_helpers import local_repo
 
 MODES = (0o644, 0o600, 0o755, 0o444, 0o640, 0o700, 0o000, 0o666)
 
@@ -120,6 +134,33 @@ def test_a_damaged_blob_read_in_a_worker_is_one_error_line_and_a_failed_restore(
     pack.write_bytes(bytes(data))
     proc = run("--repo", tmp_path / "repo", "restore", "latest", tmp_path / "out", expect=None)
     assert_one_line_error(proc, victim.chunks[0].hex()[:16])
+
+
+def _table(path: Path, version: int) -> None:
+    """A JSON table of about 110 KB (a few chunks, a small file to the restore); each version
+    changes three values, so a later snapshot stores its chunks as deltas."""
+    rnd = random.Random(7)
+    rows = [{"id": i, "score": round(rnd.random(), 6)} for i in range(4000)]
+    for i in random.Random(version).sample(range(4000), 3):
+        rows[i]["score"] = version + i / 4000
+    path.write_text(json.dumps(rows, separators=(",", ":")))
+    os.utime(path, ns=(NOW_NS + version, NOW_NS + version))
+
+
+def test_a_small_file_stored_as_deltas_is_left_by_the_worker_to_the_parent_and_its_batch_restores(tmp_path):
+    """A worker reads only whole blobs; a file whose chunks are deltas (first of its directory's
+    batch) is written by the parent instead, and the files after it in that batch by the worker."""
+    source = small_source(tmp_path / "source", WORKER_MIN_FILES + 10)
+    repo = local_repo(tmp_path / "repo", config=RepoConfig.new(avg_size=64 * KiB, delta_chain=8))
+    for version in (0, 1):
+        _table(source / "d000" / "a.json", version)
+        repo.snapshot(str(source))
+    index = repo.load_index()
+    chunks = repo.get("latest").entry("d000/a.json").chunks
+    assert 1 < len(chunks) <= 4 and all(loc.base is not None for c in chunks for loc in index.locations(KIND_DATA, c))
+    result = repo.restore("latest", str(tmp_path / "out"))
+    assert result.ok and result.files == WORKER_MIN_FILES + 11
+    assert_same_tree(tree_state(source), tree_state(tmp_path / "out"))
 
 
 def test_a_worker_that_dies_is_an_error_naming_how_not_a_hang():
