@@ -708,3 +708,45 @@ def test_a_repository_on_a_remote_restores_its_small_files_read_through_the_blob
     result = repo.restore(snapshot_id, str(tmp_path / "out"))
     assert result.ok and result.files == len(contents)
     assert {os.fsencode(p.name): p.read_bytes() for p in (tmp_path / "out" / "d").iterdir()} == contents
+
+
+@pytest.mark.parametrize(("how", "error"), [("append", "restored file is longer than the snapshot says"),
+                                             ("overwrite", "restored content does not verify")])
+def test_verify_reports_a_file_changed_while_it_was_restored_and_leaves_nothing_of_it(world, how, error):
+    """--verify reads back what was written: a file someone appended to meanwhile is longer than
+    the snapshot says, one someone wrote into no longer matches its chunks; either is one error
+    naming it, and it is removed; its siblings restore."""
+    repo, outside, target = world
+    data = b"g" * 7654         # a length no other write has: the moment the file's bytes are written
+    snapshot_id = write_snapshot(repo, _with_good(lambda store: file_entry(store, b"changed.bin", data)))
+    changed: list[int] = []
+
+    def progress(n: int) -> None:
+        if n == len(data) and not changed:
+            with open(target / "changed.bin", "ab" if how == "append" else "r+b") as other:
+                other.write(b"written by someone else")
+            changed.append(n)
+
+    result = repo.restore(snapshot_id, str(target), verify=True, progress=progress)
+    assert changed and result.errors == [f"changed.bin: {error}"]
+    assert os.listdir(target) == ["good.txt"] and result.files == 1
+
+
+@pytest.mark.parametrize("privileged", [False, True], ids=["plain", "privileged"])
+@pytest.mark.parametrize("verify", [False, True], ids=["batched", "walk"])
+def test_recorded_owners_are_restored_only_by_a_privileged_restore(world, privileged, verify):
+    """The recorded owner and group of files, directories and special files are set only when
+    restoring with --privileged (as root); otherwise what is made belongs to whoever restores."""
+    if privileged and os.geteuid() != 0:
+        pytest.skip("setting another owner needs root")
+    repo, outside, target = world
+    fifo = Entry(b"pipe", EntryType.FIFO, 0o640, 12347, 12348, NOW_NS, 0)
+    snapshot_id = write_snapshot(repo, lambda store: [_like(dir_entry(store, b"d", [
+        _like(file_entry(store, b"f.txt", b"owned\n"), uid=12345, gid=12346), fifo]), uid=12343, gid=12344)])
+    result = repo.restore(snapshot_id, str(target), privileged=privileged, verify=verify)
+    assert result.ok, result.errors
+    owners = {name: (os.lstat(target / name).st_uid, os.lstat(target / name).st_gid)
+              for name in ("d", "d/f.txt", "d/pipe")}
+    mine = (os.geteuid(), os.getegid())
+    assert owners == ({"d": (12343, 12344), "d/f.txt": (12345, 12346), "d/pipe": (12347, 12348)} if privileged
+                      else dict.fromkeys(owners, mine))
