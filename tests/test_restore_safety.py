@@ -508,11 +508,15 @@ def test_a_dry_run_of_one_path_creates_nothing_and_counts_it(world):
 def test_a_directory_name_the_file_system_cannot_hold_is_one_error_and_its_siblings_restore(world):
     repo, outside, target = world
     long_name = b"d" * 300
-    snapshot_id = write_snapshot(repo, _with_good(
-        lambda store: dir_entry(store, long_name, [file_entry(store, b"inside.txt", b"x")])))
+    snapshot_id = write_snapshot(repo, lambda store: [
+        dir_entry(store, long_name, [file_entry(store, b"inside.txt", b"x")]),
+        file_entry(store, b"good.txt", b"fine\n"),
+        dir_entry(store, b"later", [file_entry(store, b"inside.txt", b"y")], mode=0o711, mtime_ns=NOW_NS - 7)])
     result = repo.restore(snapshot_id, str(target))
     assert result.errors == [f"{long_name.decode()}: File name too long"]
-    assert sorted(os.listdir(target)) == ["good.txt"]
+    assert sorted(os.listdir(target)) == ["good.txt", "later"] and (result.files, result.dirs) == (2, 1)
+    assert (target / "later" / "inside.txt").read_bytes() == b"y"
+    assert tree_state(target)[b"later"][:3] == ("dir", 0o711, NOW_NS - 7)
 
 
 def test_a_directory_left_with_its_files_still_being_written_below_a_closed_ancestor_ends_as_recorded(world):

@@ -33,10 +33,12 @@ from tests.helpers import (
     KiB,
     assert_one_line_error,
     assert_same_tree,
+    file_entry,
     init_repo,
     pack_of,
     run,
     tree_state,
+    write_snapshot,
 )
 from tests.sync_helpers import local_repo
 
@@ -134,6 +136,70 @@ def test_a_damaged_blob_read_in_a_worker_is_one_error_line_and_a_failed_restore(
     pack.write_bytes(bytes(data))
     proc = run("--repo", tmp_path / "repo", "restore", "latest", tmp_path / "out", expect=None)
     assert_one_line_error(proc, victim.chunks[0].hex()[:16])
+
+
+FORKS = """
+import json, os, sys, threading
+import casstore
+from casstore.client import Repository
+from casstore.remotes.memory import MemoryRemote
+from casstore.settings import load_settings
+repo_dir, ref, target, options, where = sys.argv[1:6]
+repo = casstore.open(repo_dir)
+if where == "remote":       # the snapshot synced to a remote (in this process's memory), restored from there
+    remote = MemoryRemote()
+    repo.sync(remote)
+    repo = Repository.open_remote(remote, load_settings({"host": "testhost"}))
+done = threading.Event()
+if where == "beside a thread":     # another thread runs while the restore starts
+    threading.Thread(target=done.wait).start()
+forks = []
+os.register_at_fork(before=lambda: forks.append(1))
+try:
+    result = repo.restore(ref, target, **json.loads(options))
+finally:
+    done.set()
+print(json.dumps([len(forks), result.files, result.ok]))
+"""
+
+
+@pytest.fixture(scope="module")
+def at_the_bound(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """Snapshots of one fewer than WORKER_MIN_FILES files, of exactly that many, and one made by
+    hand, whose summary does not count its files."""
+    base = tmp_path_factory.mktemp("bound")
+    source = small_source(base / "source", WORKER_MIN_FILES - 1)
+    repo = init_repo(base / "repo")
+    fewer = repo.snapshot(str(source)).id
+    (source / "one-more.txt").write_text("the thousandth file")
+    exactly = repo.snapshot(str(source)).id
+    uncounted = write_snapshot(repo, lambda store: [file_entry(store, b"by-hand.txt", b"made by hand")])
+    return base / "repo", {"fewer": fewer, "exactly": exactly, "uncounted": uncounted}
+
+
+@pytest.mark.parametrize(("where", "files", "options", "forks"), [
+    ("local", "exactly", {}, RESTORE_WORKERS),
+    ("local", "fewer", {}, 0),
+    ("local", "uncounted", {}, 0),
+    ("local", "exactly", {"dry_run": True}, 0),
+    ("local", "exactly", {"verify": True}, 0),
+    ("beside a thread", "exactly", {}, 0),
+    ("remote", "exactly", {}, 0)], ids=["bound", "under", "uncounted", "dry-run", "verify", "thread", "remote"])
+def test_worker_processes_restore_only_many_files_of_a_local_repository_being_written(
+        at_the_bound, tmp_path, where, files, options, forks):
+    """Workers are forked for a snapshot of at least WORKER_MIN_FILES files from a local
+    repository, never for fewer (or a snapshot that does not say how many), a dry run or --verify
+    (which write nothing in batches), a repository on a remote (whose connections a fork must not
+    share) or while another thread runs (a lock it holds would stay held in the fork); the result
+    is the same."""
+    repo_dir, snapshots = at_the_bound
+    count = {"exactly": WORKER_MIN_FILES, "fewer": WORKER_MIN_FILES - 1, "uncounted": 1}[files]
+    proc = subprocess.run([sys.executable, "-c", FORKS, str(repo_dir), snapshots[files], str(tmp_path / "out"),
+                           json.dumps(options), where], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == [forks, count, True]
+    if not options:
+        assert len(list((tmp_path / "out").rglob("*.*"))) == count
 
 
 def _table(path: Path, version: int) -> None:
