@@ -754,3 +754,15 @@ def test_recorded_owners_are_restored_only_by_a_privileged_restore(world, privil
     mine = (os.geteuid(), os.getegid())
     assert owners == ({"d": (12343, 12344), "d/f.txt": (12345, 12346), "d/pipe": (12347, 12348)} if privileged
                       else dict.fromkeys(owners, mine))
+
+
+def test_restoring_one_directory_names_and_selects_what_is_below_it_by_its_path_in_the_snapshot(world):
+    """`--path a/b` restores a/b below the target; the patterns and the error lines of what lies
+    below it use the entries' paths in the snapshot (a/b/...), as a whole restore does."""
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [dir_entry(store, b"a", [dir_entry(store, b"b", [
+        file_entry(store, b"keep.txt", b"kept\n"), file_entry(store, b"skip.txt", b"skipped\n"),
+        _like(file_entry(store, b"meta.txt", b"x"), uid=-1)])])])
+    result = repo.restore(snapshot_id, str(target), path="a/b", exclude=("a/b/skip.txt",))
+    assert len(result.errors) == 1 and result.errors[0].startswith("a/b/meta.txt: metadata out of range (")
+    assert os.listdir(target / "a" / "b") == ["keep.txt"] and (result.files, result.dirs) == (1, 1)
