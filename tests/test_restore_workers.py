@@ -24,7 +24,9 @@ from casstore._testing import PAUSE_AT, PAUSE_FILE
 from casstore.client import Repository
 from casstore.errors import RestoreError
 from casstore.format.config import RepoConfig
-from casstore.format.pack import KIND_DATA
+from casstore.format.pack import KIND_DATA, KIND_TREE
+from casstore.format.snapshot import SnapshotManifest
+from casstore.format.tree import encode_tree_chain
 from casstore.fsio.workers import WorkerPool
 from casstore.restore.restorer import RESTORE_WORKERS, WORKER_MIN_FILES
 from tests.helpers import (
@@ -33,6 +35,8 @@ from tests.helpers import (
     KiB,
     assert_one_line_error,
     assert_same_tree,
+    commit,
+    dir_entry,
     file_entry,
     init_repo,
     pack_of,
@@ -159,7 +163,7 @@ try:
     result = repo.restore(ref, target, **json.loads(options))
 finally:
     done.set()
-print(json.dumps([len(forks), result.files, result.ok]))
+print(json.dumps([len(forks), result.files, result.errors]))
 """
 
 
@@ -175,6 +179,14 @@ def at_the_bound(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     exactly = repo.snapshot(str(source)).id
     uncounted = write_snapshot(repo, lambda store: [file_entry(store, b"by-hand.txt", b"made by hand")])
     return base / "repo", {"fewer": fewer, "exactly": exactly, "uncounted": uncounted}
+
+
+def _forks_and_result(repo_dir: Path, ref: str, target: Path, options: dict, where: str = "local") -> list:
+    """[processes forked, files restored, errors] of a restore run alone in a fresh process."""
+    proc = subprocess.run([sys.executable, "-c", FORKS, str(repo_dir), ref, str(target), json.dumps(options), where],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
 
 
 @pytest.mark.parametrize(("where", "files", "options", "forks"), [
@@ -194,12 +206,30 @@ def test_worker_processes_restore_only_many_files_of_a_local_repository_being_wr
     is the same."""
     repo_dir, snapshots = at_the_bound
     count = {"exactly": WORKER_MIN_FILES, "fewer": WORKER_MIN_FILES - 1, "uncounted": 1}[files]
-    proc = subprocess.run([sys.executable, "-c", FORKS, str(repo_dir), snapshots[files], str(tmp_path / "out"),
-                           json.dumps(options), where], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.splitlines()[-1]) == [forks, count, True]
+    assert _forks_and_result(repo_dir, snapshots[files], tmp_path / "out", options, where) == [forks, count, []]
     if not options:
         assert len(list((tmp_path / "out").rglob("*.*"))) == count
+
+
+def test_names_too_long_for_any_file_system_are_one_error_each_and_the_rest_restores_through_the_workers(tmp_path):
+    """A hostile tree's directory of names longer than a file system holds (255 bytes), more
+    than a batch: each is one error line, the rest is restored, as without workers."""
+    repo = init_repo(tmp_path / "repo")
+    names = [b"n%02d" % i + b"x" * 2000 for i in range(40)]
+    store = repo.blob_store()
+    try:
+        entries = [file_entry(store, name, b"long %d" % i) for i, name in enumerate(names)]
+        root = encode_tree_chain([dir_entry(store, b"d", [*entries, file_entry(store, b"ok.txt", b"ok")])],
+                                 lambda body: store.add(KIND_TREE, body)[0])
+        store.flush()
+    finally:
+        store.close()
+    many = {"files_total": WORKER_MIN_FILES}     # as its summary says: the workers' path
+    ref = commit(repo, SnapshotManifest(time_ns=NOW_NS, host="testhost", source="/hostile", tree=root, summary=many))
+    forks, files, errors = _forks_and_result(tmp_path / "repo", ref, tmp_path / "out", {})
+    assert (forks, files) == (RESTORE_WORKERS, 1)
+    assert errors == [f"d/{name.decode()}: File name too long" for name in names]
+    assert os.listdir(tmp_path / "out" / "d") == ["ok.txt"]
 
 
 def _table(path: Path, version: int) -> None:
