@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import resource
 import shutil
@@ -766,3 +767,103 @@ def test_restoring_one_directory_names_and_selects_what_is_below_it_by_its_path_
     result = repo.restore(snapshot_id, str(target), path="a/b", exclude=("a/b/skip.txt",))
     assert len(result.errors) == 1 and result.errors[0].startswith("a/b/meta.txt: metadata out of range (")
     assert os.listdir(target / "a" / "b") == ["keep.txt"] and (result.files, result.dirs) == (1, 1)
+
+
+@pytest.mark.parametrize("path", ["", "a/b"])
+def test_a_tree_whose_walk_would_never_end_is_refused_before_anything_is_written(world, path):
+    """One subtree referenced twice at each of 60 levels (2**60 paths; the snapshot records none):
+    the restore, whole or of one directory in it, is refused before it creates anything."""
+    repo, outside, target = world
+
+    def build(store):
+        children = [file_entry(store, b"f", b"leaf\n")]
+        for _ in range(60):
+            children = [dir_entry(store, b"a", children), dir_entry(store, b"b", children)]
+        return children
+
+    snapshot_id = write_snapshot(repo, build)
+    with pytest.raises(IntegrityError, match=r"far more entries than it records \(\d+ to walk; corrupt or hostile\)"):
+        repo.restore(snapshot_id, str(target), path=path)
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["restore", "dry-run"])
+def test_restore_json_reports_each_count_under_its_name(world, dry_run):
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [
+        file_entry(store, b"f.txt", b"12345"), symlink_entry(b"link", b"f.txt"), dir_entry(store, b"d", [])])
+    out = invoke("--repo", target.parent.parent / "repo", "restore", snapshot_id[:8], target, "--json",
+                 *(["--dry-run"] if dry_run else []))
+    assert json.loads(out.stdout) == {"files": 1, "dirs": 1, "symlinks": 1, "bytes": 5, "skipped": 0,
+                                      "dry_run": dry_run, "errors": [], "existing": 0, "existing_paths": [],
+                                      "ok": True}
+
+
+def test_a_first_copy_replaced_by_a_symlink_during_the_restore_never_links_what_it_points_at(world):
+    """The second name of a hard-linked file is linked to the first copy restored; a first copy
+    swapped for a symlink to a file outside meanwhile is never followed: the outside file gains
+    no name inside the target."""
+    repo, outside, target = world
+    data = b"s" * 5678         # a length no other write has: the moment the first copy is written
+
+    def build(store):
+        first = _like(file_entry(store, b"first", data), link=7)
+        return [dir_entry(store, b"a", [first]), dir_entry(store, b"b", [_like(first, name=b"second")])]
+
+    snapshot_id = write_snapshot(repo, build)
+    swapped: list[int] = []
+
+    def progress(n: int) -> None:
+        if n == len(data) and not swapped:
+            os.unlink(target / "a" / "first")
+            os.symlink(outside / "bait.txt", target / "a" / "first")
+            swapped.append(n)
+
+    unchanged = _guard(target.parent.parent)
+    result = repo.restore(snapshot_id, str(target), progress=progress)
+    unchanged()
+    assert swapped and result.ok and result.files == 2
+    assert os.lstat(target / "b" / "second").st_ino != os.stat(outside / "bait.txt").st_ino
+    assert os.stat(outside / "bait.txt").st_nlink == 1
+
+
+def test_overwrite_if_changed_counts_every_unchanged_file_it_skips(world):
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [file_entry(store, b"%d.txt" % i, b"same") for i in range(3)])
+    for i in range(3):
+        write(target / f"{i}.txt", "same", mtime_ns=NOW_NS)
+    write(target / "2.txt", "edit", mtime_ns=NOW_NS - 1)
+    result = repo.restore(snapshot_id, str(target), overwrite="if-changed")
+    assert result.ok and (result.skipped, result.files) == (2, 1)
+
+
+def test_restoring_one_symlink_that_exists_names_it_among_the_existing(world):
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [dir_entry(store, b"d", [symlink_entry(b"link", b"theirs")])])
+    write(target / "d" / "mine.txt", "mine")
+    os.symlink("mine.txt", target / "d" / "link")
+    result = repo.restore(snapshot_id, str(target), path="d/link")
+    assert (result.existing, result.existing_paths, result.symlinks) == (1, ["d/link"], 0)
+    assert os.readlink(target / "d" / "link") == "mine.txt"
+
+
+@pytest.mark.parametrize("path", ["", "d\udce9/f\udcff.txt"], ids=["whole", "one path"])
+def test_names_that_are_not_utf8_restore_as_the_bytes_recorded_whole_or_by_path(world, path):
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [
+        dir_entry(store, b"d\xe9", [file_entry(store, b"f\xff.txt", b"x")])])
+    result = repo.restore(snapshot_id, str(target), path=path)
+    assert result.ok and result.files == 1
+    assert os.listdir(os.fsencode(target)) == [b"d\xe9"]
+    assert os.listdir(os.fsencode(target / "d\udce9")) == [b"f\xff.txt"]
+
+
+@pytest.mark.parametrize("verify", [False, True], ids=["batched", "walk"])
+def test_any_chunk_restores_byte_for_byte_and_only_zeros_become_holes(world, verify):
+    repo, outside, target = world
+    contents = {b"ones.bin": b"\x01" * 8192, b"zeros.bin": bytes(8192), b"ff.bin": b"\xff" * 4096,
+                b"mixed.bin": bytes(4096) + b"\x01" * 4096 + bytes(4096)}
+    snapshot_id = write_snapshot(repo, lambda store: [file_entry(store, n, d) for n, d in contents.items()])
+    result = repo.restore(snapshot_id, str(target), verify=verify)
+    assert result.ok and result.files == len(contents)
+    assert {os.fsencode(p.name): p.read_bytes() for p in target.iterdir()} == contents
