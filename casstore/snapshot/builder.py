@@ -213,9 +213,9 @@ class SnapshotBuilder:
         # enough of them or needs a thread (`_decide`); until then they are held here
         self.workers: WorkerPool | None = None
         self._decided = False
-        self._held: list[_Batch] = []
+        self._held: deque[_Batch] = deque()
         self._held_files = 0
-        self._sent: deque[_Batch] = deque()     # batches a worker process reads, not yet recorded
+        self._sent: deque[_Batch] = deque()     # batches a worker (process or thread) reads, not yet recorded
         self._root: bytes | None = None
         self._aborted = threading.Event()
         self._lock = threading.Lock()
@@ -533,9 +533,8 @@ class SnapshotBuilder:
         self._decided = True
         if self._held_files >= WORKER_MIN_FILES and hasattr(os, "fork") and threading.active_count() == 1:
             self._start_workers()
-        held, self._held = self._held, []
-        for batch in held:
-            self._dispatch(batch)
+        while self._held:      # one at a time: if one fails, the rest stay held, to be closed
+            self._dispatch(self._held.popleft())
 
     def _start_workers(self) -> None:
         """Fork the workers: each reads, hashes and compresses a batch as `read_batch` does on a
@@ -556,15 +555,12 @@ class SnapshotBuilder:
                 self._sent.append(batch)
                 self.pipeline.add_started(ticket, lambda reads: self._store_batch(batch, reads), batch.size)
                 return
+            # the batch keeps its descriptor until it is recorded, as a worker process's does: a
+            # task that a failed snapshot cancels never runs, so it must not be the one to close it
             limit, prepare, dir_fd = self.min_chunk, self.pipeline.prepare_many, batch.dir_fd
-            batch.dir_fd = -1      # the thread's task closes it
-            try:
-                self.pipeline.submit_task(lambda: smallfiles.columns(smallfiles.read_batch(dir_fd, files, limit,
-                                                                                          prepare)),
-                                          lambda reads: self._store_batch(batch, reads), batch.size)
-            except BaseException:
-                os.close(dir_fd)      # raised before the task was queued (an earlier result failed)
-                raise
+            self.pipeline.submit_task(lambda: smallfiles.read_batch_in_worker(dir_fd, files, limit, prepare),
+                                      lambda reads: self._store_batch(batch, reads), batch.size)
+            self._sent.append(batch)
         except BaseException:
             self._close_batch(batch)
             raise
@@ -638,8 +634,8 @@ class SnapshotBuilder:
             self._changed(item.rel, read.replaced)
         elif read.error is not None:
             self._error(item.rel.decode("utf-8", "surrogateescape"), read.error)
-        elif read.grown is not None:       # grew past one chunk since it was listed
-            fd = self._open_listed(batch.dir_fd, item) if read.grown == smallfiles.REOPEN else read.grown
+        elif read.grown:       # grew past one chunk since it was listed: opened again, as listed
+            fd = self._open_listed(batch.dir_fd, item)
             if fd is None:
                 return
             self._count_file(job)
