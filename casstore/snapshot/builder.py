@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from casstore._testing import pause_point, snapshot_time_ns
 from casstore.chunker.sparse import ZeroRun, sparse_chunks
@@ -29,7 +30,6 @@ from casstore.format.snapshot import SnapshotManifest
 from casstore.format.tree import Entry, EntryType, encode_tree_rows
 from casstore.fsio.heap import bound_free_heap
 from casstore.fsio.readahead import FILE_AHEAD, ReadAhead
-from casstore.fsio.workers import WorkerPool
 from casstore.remotes.local import remove_leftovers
 from casstore.repo.blobstore import BlobStore
 from casstore.repo.core import RepoCore
@@ -39,6 +39,9 @@ from casstore.snapshot.excludes import Excluder
 from casstore.snapshot.pipeline import ChunkPipeline
 from casstore.snapshot.smallfiles import BatchReads, FileStat, SmallRead
 from casstore.snapshot.summary import SnapshotSummary
+
+if TYPE_CHECKING:
+    from casstore.fsio.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -540,6 +543,8 @@ class SnapshotBuilder:
         """Fork the workers: each reads, hashes and compresses a batch as `read_batch` does on a
         thread. They inherit the open repository (its index, to skip compressing stored chunks,
         and in an encrypted repository its keys, which hashing and sealing need)."""
+        from casstore.fsio.workers import WorkerPool  # lazy: start-up of every snapshot (sockets, pickle)
+
         limit, prepare = self.min_chunk, self.pipeline.prepare_many
 
         def handle(dir_fd: int, files: list[tuple[str, tuple[int, int]]]) -> BatchReads:
