@@ -1,0 +1,349 @@
+"""The snapshot writer at its edges (snapshot/builder.py, issue 19): what it does with a source, a
+files cache or a repository that is not what it expected.
+
+- the source: not a directory, missing, or a remote repository as the target;
+- the walk's races, each placed exactly after a directory was listed and before anything in it was
+  opened: an entry gone before it is statted, a subdirectory gone, replaced by another directory or
+  by a file, a large file gone, replaced by another file or a directory, shrunk to one chunk or to
+  nothing, a symlink replaced, a directory that cannot be listed;
+- a tree deeper than the descriptors the walk keeps open, and an ancestor moved away meanwhile;
+- the files cache's reuse rule: a file is read again unless size, mtime, ctime and inode all match,
+  its chunks are all stored and it was not touched within the racy window; a damaged entry costs
+  a read, never a wrong snapshot;
+- the summary's counters and the progress callback over a first, an unchanged and a changed
+  snapshot, on the threads' path and the worker processes' path;
+- a failed commit keeps the old files cache; the garbage collector is left as found.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import os
+import socket
+import stat
+from pathlib import Path
+
+import msgpack
+import pytest
+
+import casstore.snapshot.builder as builder
+from casstore.client import Repository
+from casstore.errors import ConfigError, SourceError
+from casstore.format.tree import EntryType
+from casstore.remotes.memory import MemoryRemote
+from casstore.settings import load_settings
+from casstore.snapshot import filescache, smallfiles
+from casstore.snapshot.builder import SnapshotBuilder, take_snapshot
+from tests.helpers import KiB, age_tree, det_bytes, init_repo, open_repo, write
+
+MIN_CHUNK = 16 * KiB          # init_repo's chunker (64 KiB average): a file up to this is one chunk
+LARGE = 200 * KiB             # read through the chunker on the walk's thread
+
+
+def _after_listing(monkeypatch, rel: bytes, action) -> None:
+    """Run `action` once, right after directory `rel` was listed and statted, before any of its
+    entries is opened: the window a source changing under the snapshot aims for."""
+    real = SnapshotBuilder._stat_entries
+    done: list[bool] = []
+
+    def listing(self, *args):
+        items = real(self, *args)
+        if args[-1] == rel and not done:
+            done.append(True)
+            action()
+        return items
+
+    monkeypatch.setattr(SnapshotBuilder, "_stat_entries", listing)
+
+
+def _stored_files(repo: Repository, snapshot_id: str) -> dict[str, bytes]:
+    snap = open_repo(repo.local_dir).get(snapshot_id)
+    return {info.path: snap.read_bytes(info.path) for info in snap.walk() if info.type == "file"}
+
+
+def _paths(repo: Repository, snapshot_id: str) -> set[str]:
+    return {info.path for info in open_repo(repo.local_dir).get(snapshot_id).walk()}
+
+
+# -- the source and the repository -----------------------------------------------------------------
+
+
+def test_a_source_that_is_a_file_or_missing_is_one_error_and_no_snapshot(tmp_path):
+    repo = init_repo(tmp_path / "repo")
+    plain = write(tmp_path / "plain.txt", b"not a directory")
+    with pytest.raises(SourceError) as caught:
+        take_snapshot(repo, str(plain))
+    assert str(caught.value) == f"source {plain} is not a directory"
+    missing = tmp_path / "missing"
+    with pytest.raises(SourceError) as caught:
+        take_snapshot(repo, str(missing))
+    assert str(caught.value) == f"cannot read source {missing}: {os.strerror(errno.ENOENT)}"
+    assert open_repo(tmp_path / "repo").snapshots() == []
+
+
+def test_a_snapshot_straight_into_a_remote_repository_is_refused_and_writes_nothing(tmp_path):
+    write(tmp_path / "data" / "a.txt", b"a")
+    remote = MemoryRemote()
+    repo = Repository.init_remote(remote, load_settings())
+    before = sorted(remote.list(""))
+    with pytest.raises(ConfigError, match="is a remote repository, which is read-only here"):
+        take_snapshot(repo, str(tmp_path / "data"))
+    assert sorted(remote.list("")) == before
+
+
+# -- the walk's races ------------------------------------------------------------------------------
+
+
+def test_an_entry_gone_between_listing_and_stat_is_named_and_the_rest_stored(tmp_path, monkeypatch):
+    source = tmp_path / "data"
+    write(source / "gone.txt", b"here when listed")
+    write(source / "kept.txt", b"kept")
+    real = SnapshotBuilder._scan
+
+    def scan(self, fd, rel):
+        found = real(self, fd, rel)
+        if rel == b"":
+            os.unlink(source / "gone.txt")
+        return found
+
+    monkeypatch.setattr(SnapshotBuilder, "_scan", scan)
+    repo = init_repo(tmp_path / "repo")
+    result = repo.snapshot(str(source))
+    assert result.summary.errors == [f"gone.txt: {os.strerror(errno.ENOENT)}"]
+    assert result.incomplete and result.summary.changed_during_read == 0
+    assert _stored_files(repo, result.id) == {"kept.txt": b"kept"}
+
+
+def test_a_directory_that_cannot_be_listed_is_recorded_empty_with_an_error(tmp_path, monkeypatch):
+    source = tmp_path / "data"
+    write(source / "bad" / "hidden.txt", b"unlisted")
+    write(source / "good" / "seen.txt", b"seen")
+    real = os.scandir
+
+    def scandir(target=".", *args):
+        if isinstance(target, int) and os.readlink(f"/proc/self/fd/{target}").endswith("/bad"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(target, *args)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    repo = init_repo(tmp_path / "repo")
+    result = repo.snapshot(str(source))
+    assert result.summary.errors == [f"bad/: {os.strerror(errno.EIO)}"]
+    assert result.incomplete
+    assert _paths(repo, result.id) == {"bad", "good", "good/seen.txt"}
+
+
+def test_a_source_whose_top_cannot_be_listed_is_named_as_dot(tmp_path, monkeypatch):
+    source = tmp_path / "data"
+    write(source / "a.txt", b"a")
+    real = os.scandir
+
+    def scandir(target=".", *args):
+        if isinstance(target, int) and os.readlink(f"/proc/self/fd/{target}") == str(source):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(target, *args)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    result = init_repo(tmp_path / "repo").snapshot(str(source))
+    assert result.summary.errors == [f".: {os.strerror(errno.EIO)}"]
+    assert result.summary.files_total == 0 and result.summary.dirs_total == 1
+
+
+@pytest.mark.parametrize("how", ["removed", "replaced by a directory", "replaced by a file", "replaced by a symlink"])
+def test_a_subdirectory_that_changed_after_listing_is_never_entered(tmp_path, monkeypatch, how):
+    source = tmp_path / "data"
+    write(source / "sub" / "old.txt", b"listed")
+    write(source / "zz.txt", b"beside it")
+    write(tmp_path / "elsewhere" / "secret.txt", b"never stored")
+
+    def change() -> None:
+        (source / "sub").rename(tmp_path / "sub.moved")
+        if how == "replaced by a directory":
+            write(source / "sub" / "new.txt", b"never stored")
+        elif how == "replaced by a file":
+            write(source / "sub", b"never stored")
+        elif how == "replaced by a symlink":
+            (source / "sub").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+
+    _after_listing(monkeypatch, b"", change)
+    repo = init_repo(tmp_path / "repo")
+    result = repo.snapshot(str(source))
+    expected = {
+        "removed": (f"sub: {os.strerror(errno.ENOENT)}", 0),
+        "replaced by a directory": ("sub: changed during the snapshot: was replaced by another directory; skipped", 1),
+        "replaced by a file": ("sub: changed during the snapshot: is no longer a directory; not followed", 1),
+        "replaced by a symlink": ("sub: changed during the snapshot: is no longer a directory; not followed", 1),
+    }[how]
+    assert (result.summary.errors, result.summary.changed_during_read) == ([expected[0]], expected[1])
+    assert result.incomplete
+    assert _stored_files(repo, result.id) == {"zz.txt": b"beside it"}
+    assert result.summary.dirs_total == 1
+
+
+@pytest.mark.parametrize("how", ["removed", "replaced by a file", "replaced by a directory", "replaced by a symlink"])
+def test_a_large_file_that_changed_after_listing_is_not_read_in_its_place(tmp_path, monkeypatch, how):
+    source = tmp_path / "data"
+    write(source / "big.bin", det_bytes(LARGE, "listed"))
+    write(source / "zz.bin", det_bytes(LARGE, "kept"))
+    write(tmp_path / "secret.bin", det_bytes(LARGE, "secret"))
+
+    def change() -> None:
+        if how == "replaced by a file":     # made first, so it cannot take the listed file's inode
+            os.rename(write(tmp_path / "new.bin", det_bytes(LARGE, "secret")), source / "big.bin")
+            return
+        os.unlink(source / "big.bin")
+        if how == "replaced by a directory":
+            (source / "big.bin").mkdir()
+        elif how == "replaced by a symlink":
+            (source / "big.bin").symlink_to(tmp_path / "secret.bin")
+
+    _after_listing(monkeypatch, b"", change)
+    repo = init_repo(tmp_path / "repo")
+    result = repo.snapshot(str(source))
+    expected = {
+        "removed": (f"big.bin: {os.strerror(errno.ENOENT)}", 0),
+        "replaced by a file": ("big.bin: changed during the snapshot: was replaced since it was listed; skipped", 1),
+        "replaced by a directory": ("big.bin: changed during the snapshot: was replaced since it was listed; skipped",
+                                    1),
+        "replaced by a symlink": ("big.bin: changed during the snapshot: was replaced by a symlink; not followed", 1),
+    }[how]
+    assert (result.summary.errors, result.summary.changed_during_read) == ([expected[0]], expected[1])
+    assert result.incomplete
+    assert _stored_files(repo, result.id) == {"zz.bin": det_bytes(LARGE, "kept")}
+    assert result.summary.files_total == 1 and result.summary.bytes_total == LARGE
+
+
+@pytest.mark.parametrize("size", [0, 1, MIN_CHUNK])
+def test_a_large_file_that_shrank_to_one_chunk_before_it_was_read_is_stored_as_read(tmp_path, monkeypatch, size):
+    source = tmp_path / "data"
+    write(source / "shrinks.bin", det_bytes(LARGE, "listed"))
+    now = det_bytes(size, "now")
+    _after_listing(monkeypatch, b"", lambda: (source / "shrinks.bin").write_bytes(now))
+    repo = init_repo(tmp_path / "repo")
+    result = repo.snapshot(str(source))
+    assert not result.summary.errors and result.summary.changed_during_read == 0
+    snap = open_repo(tmp_path / "repo").get(result.id)
+    entry = snap.entry("shrinks.bin")
+    assert snap.read_bytes("shrinks.bin") == now and entry.size == size
+    assert len(entry.content) == (1 if size else 0)        # one chunk, or none for an empty file
+    assert result.summary.bytes_read == size
+    assert result.summary.blobs_added == (1 if size else 0) + 1      # its chunk, and the root's tree
+    assert open_repo(tmp_path / "repo").check(read_data=True).ok
+
+
+def test_a_symlink_replaced_after_listing_is_named_and_not_stored(tmp_path, monkeypatch):
+    source = tmp_path / "data"
+    source.mkdir()
+    (source / "link").symlink_to("target")
+    write(source / "kept.txt", b"kept")
+
+    def change() -> None:
+        os.unlink(source / "link")
+        write(source / "link", b"a file now")
+
+    _after_listing(monkeypatch, b"", change)
+    repo = init_repo(tmp_path / "repo")
+    result = repo.snapshot(str(source))
+    assert result.summary.errors == [f"link: {os.strerror(errno.EINVAL)}"]
+    assert _paths(repo, result.id) == {"kept.txt"}
+
+
+def test_special_files_are_recorded_with_their_kind_and_device_number(tmp_path):
+    source = tmp_path / "data"
+    source.mkdir()
+    os.mkfifo(source / "fifo")
+    os.mknod(source / "null", 0o620 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mknod(source / "block", 0o600 | stat.S_IFBLK, os.makedev(7, 200))
+    os.chmod(source / "null", 0o620)      # past the umask
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(source / "sock"))
+    server.close()
+    (source / "link").symlink_to("fifo")
+    repo = init_repo(tmp_path / "repo")
+    result = repo.snapshot(str(source))
+    assert not result.summary.errors and result.summary.files_total == 0
+    snap = open_repo(tmp_path / "repo").get(result.id)
+    seen = {name: snap.entry(name) for name in snap.ls()}
+    assert {name: e.type for name, e in seen.items()} == {
+        "fifo": EntryType.FIFO, "null": EntryType.CHARDEV, "block": EntryType.BLOCKDEV, "sock": EntryType.SOCKET,
+        "link": EntryType.SYMLINK}
+    assert seen["null"].content == os.makedev(1, 3) and seen["block"].content == os.makedev(7, 200)
+    assert seen["null"].mode == 0o620 and seen["block"].mode == 0o600
+    assert seen["fifo"].content is None and seen["sock"].content is None
+    assert seen["link"].content == b"fifo" and seen["link"].size == len(b"fifo")
+    assert all(e.size == 0 for name, e in seen.items() if name != "link")
+
+
+# -- the files cache's reuse rule ------------------------------------------------------------------
+
+
+def _cache_file(repo: Repository, source: Path) -> str:
+    return filescache.cache_path(repo.settings.cache_dir, repo.config.id, str(source))
+
+
+def _edit_cache(repo: Repository, source: Path, rel: bytes, name: bytes, edit) -> None:
+    """Rewrite the files cache with `edit(entry)` as the entry of `rel` + `name` (the cache is local
+    state: a crash, a disk error or another program may leave anything in it)."""
+    path = _cache_file(repo, source)
+    with open(path, "rb") as fh:
+        unpacker = msgpack.Unpacker(fh, strict_map_key=False)
+        header, records = next(unpacker), list(unpacker)
+    for record_rel, entries in records:
+        if record_rel == rel:
+            entries[name] = edit(entries[name])
+    with open(path, "wb") as fh:
+        for doc in (header, *records):
+            fh.write(msgpack.packb(doc))
+
+
+def _bump(field: int):
+    return lambda entry: [v + 1 if i == field else v for i, v in enumerate(entry)]
+
+
+EDITS = {
+    "size": _bump(0), "mtime": _bump(1), "ctime": _bump(2), "inode": _bump(3),
+    "a chunk not stored": lambda e: [*e[:4], [*e[4][:-1], bytes(32)]],
+    "a chunk id not bytes": lambda e: [*e[:4], [*e[4][:-1], "not an id"]],
+    "chunks not a list": lambda e: [*e[:4], 7],
+    "four fields": lambda e: e[:4],
+    "six fields": lambda e: [*e, 0],
+    "not a list": lambda e: 7,
+    "a map": lambda e: {"size": e[0]},
+}
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+@pytest.mark.parametrize("size", [LARGE, 3 * KiB])
+def test_a_file_whose_cache_entry_does_not_match_in_every_field_is_read_again(tmp_path, monkeypatch, edit, size):
+    monkeypatch.setattr(builder, "RACY_WINDOW_NS", 0)      # ctimes are now: trust the cache for these files
+    source = tmp_path / "data"
+    data = det_bytes(size, "f")
+    write(source / "f.bin", data)
+    write(source / "other.bin", det_bytes(size, "other"))
+    age_tree(source)
+    repo = init_repo(tmp_path / "repo")
+    first = repo.snapshot(str(source))
+    _edit_cache(repo, source, b"", b"f.bin", EDITS[edit])
+    second = repo.snapshot(str(source))
+    assert not second.summary.errors
+    assert second.summary.bytes_read == size and second.summary.files_total == 2
+    assert second.summary.files_new + second.summary.files_changed + second.summary.files_unchanged == 2
+    assert _stored_files(repo, second.id) == _stored_files(repo, first.id)
+    assert second.manifest.tree == first.manifest.tree
+    third = repo.snapshot(str(source))      # the entry is rewritten: trusted again
+    assert third.summary.bytes_read == 0 and third.summary.files_unchanged == 2
+
+
+@pytest.mark.parametrize("size", [LARGE, 3 * KiB])
+def test_an_untouched_cache_entry_is_trusted_and_nothing_is_read(tmp_path, monkeypatch, size):
+    monkeypatch.setattr(builder, "RACY_WINDOW_NS", 0)
+    source = tmp_path / "data"
+    write(source / "f.bin", det_bytes(size, "f"))
+    age_tree(source)
+    repo = init_repo(tmp_path / "repo")
+    first = repo.snapshot(str(source))
+    _edit_cache(repo, source, b"", b"f.bin", lambda entry: entry)
+    second = repo.snapshot(str(source))
+    assert (second.summary.bytes_read, second.summary.files_unchanged, second.summary.blobs_added) == (0, 1, 0)
+    assert second.manifest.tree == first.manifest.tree
