@@ -347,3 +347,272 @@ def test_an_untouched_cache_entry_is_trusted_and_nothing_is_read(tmp_path, monke
     second = repo.snapshot(str(source))
     assert (second.summary.bytes_read, second.summary.files_unchanged, second.summary.blobs_added) == (0, 1, 0)
     assert second.manifest.tree == first.manifest.tree
+
+
+def test_the_racy_window_is_exact_a_file_touched_within_it_is_read_again(tmp_path, monkeypatch):
+    """A file whose ctime (or mtime) is within RACY_WINDOW_NS of the snapshot's start may still
+    change within one timestamp tick unseen: read again. At exactly the window's edge it is trusted."""
+    source = tmp_path / "data"
+    path = write(source / "f.bin", det_bytes(LARGE, "f"))
+    age_tree(source)
+    repo = init_repo(tmp_path / "repo")
+    repo.snapshot(str(source))
+    touched = max(os.stat(path).st_mtime_ns, os.stat(path).st_ctime_ns)
+
+    class Clock:
+        def __init__(self, now: int) -> None:
+            self.now = now
+
+        def time_ns(self) -> int:
+            return self.now
+
+    for start, read in ((touched + builder.RACY_WINDOW_NS - 1, LARGE), (touched + builder.RACY_WINDOW_NS, 0),
+                        (touched + builder.RACY_WINDOW_NS - 1, LARGE)):
+        with monkeypatch.context() as patch:
+            patch.setattr(builder, "time", Clock(start))
+            result = repo.snapshot(str(source))
+        assert (result.summary.bytes_read, result.summary.files_unchanged) == (read, 1), start - touched
+
+
+# -- deep trees --------------------------------------------------------------------------------------
+
+
+def _open_below(root: Path) -> int:
+    """Descriptors this process holds open on `root` or anything below it."""
+    held = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        held += target == str(root) or target.startswith(f"{root}/")
+    return held
+
+
+def test_a_tree_deeper_than_the_open_descriptors_is_walked_whole_holding_only_the_deepest(tmp_path, monkeypatch):
+    """Only the deepest MAX_OPEN_DIRS directories keep a descriptor (and the one being listed); each
+    ancestor is reopened on the way back, so the directories after the deep one are all recorded."""
+    depth = builder.MAX_OPEN_DIRS + 6
+    source = tmp_path / "data"
+    level = source
+    for i in range(depth):
+        write(level / "e" / "f.txt", f"level {i}")       # after "d": read once the walk came back up
+        level = level / "d"
+    write(level / "leaf.txt", b"leaf")
+    held: list[int] = []
+    _after_listing(monkeypatch, b"d/" * depth, lambda: held.append(_open_below(source)))
+    repo = init_repo(tmp_path / "repo")
+    result = repo.snapshot(str(source))
+    assert held == [builder.MAX_OPEN_DIRS + 1]
+    assert not result.summary.errors and result.summary.dirs_total == 2 * depth + 1
+    stored = _stored_files(repo, result.id)
+    assert stored == {"d/" * i + "e/f.txt": f"level {i}".encode() for i in range(depth)} | {
+        "d/" * depth + "leaf.txt": b"leaf"}
+    assert _open_below(source) == 0
+
+
+def test_an_ancestor_the_walk_closed_and_that_moved_meanwhile_is_named_and_the_rest_skipped(tmp_path, monkeypatch):
+    """The walk returns to a closed ancestor through ".." and checks it is the directory it left; a
+    subtree moved elsewhere meanwhile leads somewhere else: the walk names each ancestor it cannot
+    return to, stores nothing after it, and never records the place the subtree was moved to."""
+    depth = builder.MAX_OPEN_DIRS + 6
+    source = tmp_path / "data"
+    chain = source / "top" / "deep"
+    write(chain / ("d/" * depth) / "leaf.txt", b"leaf")
+    write(source / "top" / "later" / "after.txt", b"after the deep directory")
+    write(source / "zlater" / "after.txt", b"after the top")
+    write(tmp_path / "elsewhere" / "beside.txt", b"never stored")
+    moved = chain / "d" / "d" / "d"          # the directory below it is still open; it and its parents are not
+
+    def move() -> None:
+        moved.rename(tmp_path / "elsewhere" / "d")
+
+    _after_listing(monkeypatch, b"top/deep/" + b"d/" * depth, move)
+    repo = init_repo(tmp_path / "repo")
+    result = repo.snapshot(str(source))
+    lost = ["top/deep/d/d", "top/deep/d", "top/deep", "top", "."]
+    assert result.summary.errors == [f"{rel}: changed during the snapshot: was moved during the snapshot; rest skipped"
+                                     for rel in lost]
+    assert result.summary.changed_during_read == len(lost) and result.incomplete
+    paths = _paths(repo, result.id)
+    assert not {p for p in paths if "later" in p or "beside" in p}
+    assert "top/deep/" + "d/" * depth + "leaf.txt" in paths     # read before the move, from where it was
+
+
+# -- what a snapshot counts --------------------------------------------------------------------------
+
+
+SMALL_FILES = 150
+
+
+def _mixed_source(root: Path) -> dict[str, bytes]:
+    files = {f"a/a{i:03}.json": det_bytes(100 + 37 * i, i) for i in range(SMALL_FILES)}
+    files |= {"a/empty.json": b"", "z/large.bin": det_bytes(LARGE, "large")}
+    for rel, data in files.items():
+        write(root / rel, data)
+    write(root / ".env", b"SECRET=1")                 # excluded by default
+    os.symlink("a/a000.json", root / "link")
+    os.mkfifo(root / "fifo")
+    age_tree(root)
+    return files
+
+
+def _stored_blobs(repo: Repository) -> dict[tuple, tuple[int, int]]:
+    """(kind, id) -> (raw length, stored length) of every blob the index lists."""
+    return {key: (locations[0].raw_length, locations[0].length) for key, locations in repo.load_index().blobs()}
+
+
+def _counted(repo: Repository, source: Path) -> tuple:
+    before = _stored_blobs(repo)
+    progress: list[int] = []
+    result = open_repo(repo.local_dir).snapshot(str(source), progress=progress.append)
+    new = {key: sizes for key, sizes in _stored_blobs(repo).items() if key not in before}
+    return result.summary, sum(progress), new, result
+
+
+@pytest.mark.parametrize("workers", [False, True], ids=["threads", "workers"])
+def test_the_summary_counts_every_file_byte_and_blob_of_a_first_an_unchanged_and_a_changed_snapshot(
+        tmp_path, monkeypatch, workers):
+    from tests.test_snapshot_workers import _ThreadsSinceNow
+
+    monkeypatch.setattr(builder, "RACY_WINDOW_NS", 0)
+    monkeypatch.setattr(builder, "WORKER_MIN_FILES", SMALL_FILES // 2 if workers else 10**9)
+    monkeypatch.setattr(builder, "threading", _ThreadsSinceNow())
+    started: list[int] = []
+    real = builder.WorkerPool
+    monkeypatch.setattr(builder, "WorkerPool", lambda *args, **kwargs: started.append(1) or real(*args, **kwargs))
+    source = tmp_path / "data"
+    files = _mixed_source(source)
+    total = sum(map(len, files.values()))
+    repo = init_repo(tmp_path / "repo")
+
+    summary, progressed, new, first = _counted(repo, source)
+    assert bool(started) == workers
+    assert (summary.files_total, summary.files_new, summary.files_changed, summary.files_unchanged) == (
+        len(files), len(files), 0, 0)
+    assert (summary.dirs_total, summary.excluded, summary.errors, summary.changed_during_read) == (3, 1, [], 0)
+    assert summary.bytes_total == summary.bytes_read == progressed == total
+    assert summary.blobs_added == len(new)
+    assert summary.bytes_added == sum(raw for raw, _ in new.values())
+    assert summary.bytes_added_stored == sum(stored for _, stored in new.values())
+    assert _stored_files(repo, first.id) == files
+
+    summary, progressed, new, second = _counted(repo, source)
+    assert (summary.files_total, summary.files_new, summary.files_changed, summary.files_unchanged) == (
+        len(files), 0, 0, len(files))
+    assert (summary.bytes_total, summary.bytes_read, progressed) == (total, 0, total)
+    assert (summary.blobs_added, summary.bytes_added, summary.bytes_added_stored, new) == (0, 0, 0, {})
+    assert second.manifest.tree == first.manifest.tree and second.manifest.parent == first.id
+
+    changed = {"a/a001.json": b'{"changed": 1}', "z/large.bin": det_bytes(LARGE + 1, "larger"),
+               "a/new.json": b'{"new": 1}'}
+    for rel, data in changed.items():
+        write(source / rel, data)
+    os.unlink(source / "a" / "a002.json")
+    files = {rel: data for rel, data in (files | changed).items() if rel != "a/a002.json"}
+    summary, progressed, new, third = _counted(repo, source)
+    assert (summary.files_total, summary.files_new, summary.files_changed, summary.files_unchanged) == (
+        len(files), 1, 2, len(files) - 3)
+    assert summary.bytes_total == progressed == sum(map(len, files.values()))
+    assert summary.bytes_read == sum(map(len, changed.values()))
+    assert summary.blobs_added == len(new)
+    assert summary.bytes_added == sum(raw for raw, _ in new.values())
+    assert summary.bytes_added_stored == sum(stored for _, stored in new.values())
+    assert _stored_files(repo, third.id) == files and third.manifest.parent == second.id
+
+
+# -- the parent, the commit, the process ---------------------------------------------------------------
+
+
+def test_the_parent_is_this_sources_previous_snapshot_even_when_the_noted_one_was_forgotten(tmp_path, monkeypatch):
+    source, other = tmp_path / "data", tmp_path / "other"
+    write(source / "a.txt", b"a")
+    write(other / "b.txt", b"b")
+    repo = init_repo(tmp_path / "repo")
+    first = repo.snapshot(str(source))
+    assert first.manifest.parent is None
+    second = repo.snapshot(str(source))
+    assert second.manifest.parent == first.id            # the one noted after the commit
+    repo.snapshot(str(other))                            # newer, of another source: never a parent
+    repo.delete_snapshot(second.id)
+    third = repo.snapshot(str(source))
+    assert third.manifest.parent == first.id             # the noted one is gone: found among the manifests
+    monkeypatch.setenv("CASSTORE_CACHE_DIR", str(tmp_path / "fresh-cache"))
+    fourth = open_repo(tmp_path / "repo").snapshot(str(source))
+    assert fourth.manifest.parent == third.id            # no note at all: found among the manifests
+
+
+@pytest.mark.parametrize("where", ["build", "commit"])
+def test_a_snapshot_that_fails_keeps_the_files_cache_it_started_from(tmp_path, monkeypatch, where):
+    """The files cache is replaced only after the snapshot that made it committed: a failure before
+    (in the walk, or writing the manifest) leaves the old one, which the next snapshot trusts."""
+    monkeypatch.setattr(builder, "RACY_WINDOW_NS", 0)
+    source = tmp_path / "data"
+    write(source / "a.bin", det_bytes(LARGE, "a"))
+    age_tree(source)
+    repo = init_repo(tmp_path / "repo")
+    repo.snapshot(str(source))
+    write(source / "b.bin", det_bytes(LARGE, "b"), mtime_ns=os.stat(source / "a.bin").st_mtime_ns)   # new
+    with monkeypatch.context() as patch:
+        if where == "build":
+            patch.setattr(SnapshotBuilder, "_settle", lambda self: (_ for _ in ()).throw(OSError(errno.EIO, "walk")))
+        else:
+            patch.setattr(type(repo), "write_snapshot", lambda self, manifest: (_ for _ in ()).throw(
+                OSError(errno.EIO, "commit")))
+        with pytest.raises(OSError):
+            repo.snapshot(str(source))
+    assert len(open_repo(tmp_path / "repo").snapshots()) == 1
+    assert not [n for n in os.listdir(os.path.dirname(_cache_file(repo, source))) if n.endswith(".tmp")]
+    after = repo.snapshot(str(source))
+    assert after.summary.bytes_read == LARGE and after.summary.files_unchanged == 1 and after.summary.files_new == 1
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_snapshot_leaves_the_garbage_collector_as_it_found_it(tmp_path, enabled):
+    write(tmp_path / "data" / "a.txt", b"a")
+    repo = init_repo(tmp_path / "repo")
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        repo.snapshot(str(tmp_path / "data"))
+        assert gc.isenabled() == enabled and gc.get_freeze_count() == 0
+        with pytest.raises(SourceError):
+            take_snapshot(repo, str(tmp_path / "missing"))
+        assert gc.isenabled() == enabled and gc.get_freeze_count() == 0
+    finally:
+        gc.enable() if was else gc.disable()
+
+
+@pytest.mark.parametrize("workers", [False, True], ids=["threads", "workers"])
+def test_a_small_file_that_keeps_changing_while_read_is_stored_as_last_read_and_read_again_next_time(
+        tmp_path, monkeypatch, workers):
+    from tests.test_snapshot_workers import _ThreadsSinceNow
+
+    monkeypatch.setattr(builder, "RACY_WINDOW_NS", 0)
+    monkeypatch.setattr(builder, "WORKER_MIN_FILES", 10 if workers else 10**9)
+    monkeypatch.setattr(builder, "threading", _ThreadsSinceNow())
+    source = tmp_path / "data"
+    hot = write(source / "hot.json", b"0")
+    for i in range(20):
+        write(source / f"s{i:02}.json", f"{i}")
+    age_tree(source)
+    real = os.pread
+
+    def pread(fd, n, offset):
+        data = real(fd, n, offset)
+        if os.readlink(f"/proc/self/fd/{fd}") == str(hot):
+            with open(hot, "ab") as fh:              # after each read, before its check
+                fh.write(b"1")
+        return data
+
+    repo = init_repo(tmp_path / "repo")
+    with monkeypatch.context() as patch:
+        patch.setattr(smallfiles.os, "pread", pread)
+        result = repo.snapshot(str(source))
+    assert not result.summary.errors and result.summary.changed_during_read == 1
+    snap = open_repo(tmp_path / "repo").get(result.id)
+    assert snap.read_bytes("hot.json") == b"01" and snap.entry("hot.json").size == 2      # the second read
+    assert result.summary.files_new == 21 and result.summary.bytes_read == 2 + sum(len(f"{i}") for i in range(20))
+    again = repo.snapshot(str(source))
+    assert again.summary.bytes_read == 3 and again.summary.files_unchanged == 20     # only it, as it is now
+    assert open_repo(tmp_path / "repo").get(again.id).read_bytes("hot.json") == b"011"

@@ -121,7 +121,9 @@ MODULES["casstore/repo/core.py"] = [*MODULES["casstore/repo/core.py"], "tests/te
 # mutant runs only the tests that reach its function
 WRITER_EXTRA = ["tests/test_snapshot_workers.py", "tests/test_excludes.py", "tests/test_streaming_snapshot.py",
                 "tests/test_sparse.py", "tests/test_side_reads.py"]
-MODULES["casstore/snapshot/builder.py"] = [*MODULES["casstore/snapshot/builder.py"], *WRITER_EXTRA]
+# the builder's errors, races, files cache rule and counters: its own file, run for builder only (session 10)
+MODULES["casstore/snapshot/builder.py"] = [*MODULES["casstore/snapshot/builder.py"], *WRITER_EXTRA,
+                                           "tests/test_builder_edges.py"]
 MODULES["casstore/snapshot/pipeline.py"] = [*MODULES["casstore/snapshot/pipeline.py"], *WRITER_EXTRA]
 # the index's delta entries (a blob stored as a delta against a base) are written and read there only
 MODULES["casstore/format/index.py"] = [*MODULES["casstore/format/index.py"], "tests/test_delta_blobs.py"]
