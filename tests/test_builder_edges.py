@@ -95,7 +95,7 @@ def test_a_snapshot_straight_into_a_remote_repository_is_refused_and_writes_noth
 # -- the walk's races ------------------------------------------------------------------------------
 
 
-def test_an_entry_gone_between_listing_and_stat_is_named_and_the_rest_stored(tmp_path, monkeypatch):
+def test_an_entry_gone_between_listing_and_stat_is_named_and_the_rest_stored(tmp_path, monkeypatch, caplog):
     source = tmp_path / "data"
     write(source / "gone.txt", b"here when listed")
     write(source / "kept.txt", b"kept")
@@ -112,6 +112,7 @@ def test_an_entry_gone_between_listing_and_stat_is_named_and_the_rest_stored(tmp
     result = repo.snapshot(str(source))
     assert result.summary.errors == [f"gone.txt: {os.strerror(errno.ENOENT)}"]
     assert result.incomplete and result.summary.changed_during_read == 0
+    assert f"skipped gone.txt: {os.strerror(errno.ENOENT)}" in caplog.messages     # the warning names it too
     assert _stored_files(repo, result.id) == {"kept.txt": b"kept"}
 
 
@@ -585,7 +586,7 @@ def test_a_snapshot_leaves_the_garbage_collector_as_it_found_it(tmp_path, enable
 
 @pytest.mark.parametrize("workers", [False, True], ids=["threads", "workers"])
 def test_a_small_file_that_keeps_changing_while_read_is_stored_as_last_read_and_read_again_next_time(
-        tmp_path, monkeypatch, workers):
+        tmp_path, monkeypatch, caplog, workers):
     from tests.test_snapshot_workers import _ThreadsSinceNow
 
     monkeypatch.setattr(builder, "RACY_WINDOW_NS", 0)
@@ -610,9 +611,47 @@ def test_a_small_file_that_keeps_changing_while_read_is_stored_as_last_read_and_
         patch.setattr(smallfiles.os, "pread", pread)
         result = repo.snapshot(str(source))
     assert not result.summary.errors and result.summary.changed_during_read == 1
+    assert "hot.json changed while it was read; stored as last read, re-read next snapshot" in caplog.messages
     snap = open_repo(tmp_path / "repo").get(result.id)
     assert snap.read_bytes("hot.json") == b"01" and snap.entry("hot.json").size == 2      # the second read
     assert result.summary.files_new == 21 and result.summary.bytes_read == 2 + sum(len(f"{i}") for i in range(20))
     again = repo.snapshot(str(source))
     assert again.summary.bytes_read == 3 and again.summary.files_unchanged == 20     # only it, as it is now
     assert open_repo(tmp_path / "repo").get(again.id).read_bytes("hot.json") == b"011"
+
+
+@pytest.mark.parametrize("workers", [False, True], ids=["threads", "workers"])
+def test_a_batch_that_fails_to_be_stored_fails_the_snapshot_and_leaves_no_descriptor_open(
+        tmp_path, monkeypatch, workers):
+    """A failure while small files are prepared (compression, the store's disk full) is the
+    snapshot's failure: nothing is committed, every descriptor the walk and its batches held on the
+    source is closed, and the next snapshot stores everything."""
+    from casstore.snapshot.pipeline import ChunkPipeline
+    from tests.test_snapshot_workers import _ThreadsSinceNow
+
+    monkeypatch.setattr(builder, "WORKER_MIN_FILES", 50 if workers else 10**9)
+    monkeypatch.setattr(builder, "threading", _ThreadsSinceNow())
+    source = tmp_path / "data"
+    files = {f"d{d}/f{i:03}.json": det_bytes(300 + i, f"{d}-{i}") for d in range(4) for i in range(150)}
+    for rel, data in files.items():
+        write(source / rel, data)
+    real_init, real_prepare = ChunkPipeline.__init__, ChunkPipeline.prepare_many
+
+    def small_window(self, store, **kwargs):       # one batch in flight: the next waits for it
+        real_init(self, store, **{**kwargs, "window": 1, "window_bytes": 1})
+
+    def failing(self, chunks):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    repo = init_repo(tmp_path / "repo")
+    with monkeypatch.context() as patch:
+        patch.setattr(ChunkPipeline, "__init__", small_window)
+        patch.setattr(ChunkPipeline, "prepare_many", failing)
+        with pytest.raises(Exception, match=os.strerror(errno.ENOSPC)):
+            repo.snapshot(str(source))
+        assert _open_below(source) == 0
+    assert open_repo(tmp_path / "repo").snapshots() == []
+    with monkeypatch.context() as patch:
+        patch.setattr(ChunkPipeline, "prepare_many", real_prepare)
+        result = repo.snapshot(str(source))
+    assert _stored_files(repo, result.id) == files and result.summary.bytes_read == sum(map(len, files.values()))

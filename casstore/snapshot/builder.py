@@ -213,7 +213,7 @@ class SnapshotBuilder:
         # enough of them or needs a thread (`_decide`); until then they are held here
         self.workers: WorkerPool | None = None
         self._decided = False
-        self._held: list[_Batch] = []
+        self._held: deque[_Batch] = deque()
         self._held_files = 0
         self._sent: deque[_Batch] = deque()     # batches a worker process reads, not yet recorded
         self._root: bytes | None = None
@@ -535,9 +535,8 @@ class SnapshotBuilder:
         self._decided = True
         if self._held_files >= WORKER_MIN_FILES and hasattr(os, "fork") and threading.active_count() == 1:
             self._start_workers()
-        held, self._held = self._held, []
-        for batch in held:
-            self._dispatch(batch)
+        while self._held:       # one at a time: if one fails, the rest stay held and are closed
+            self._dispatch(self._held.popleft())
 
     def _start_workers(self) -> None:
         """Fork the workers: each reads, hashes and compresses a batch as `read_batch` does on a
