@@ -655,3 +655,17 @@ def test_a_batch_that_fails_to_be_stored_fails_the_snapshot_and_leaves_no_descri
         patch.setattr(ChunkPipeline, "prepare_many", real_prepare)
         result = repo.snapshot(str(source))
     assert _stored_files(repo, result.id) == files and result.summary.bytes_read == sum(map(len, files.values()))
+
+
+def test_a_directory_only_exclude_leaves_a_symlink_fifo_or_file_of_that_name(tmp_path):
+    source = tmp_path / "data"
+    write(source / "a" / "unified_backups" / "x.txt", b"excluded by default")
+    write(source / "a" / "logs" / "today.log", b"excluded by the user")
+    write(source / "b" / "logs", b"a file named logs")
+    source.joinpath("c").mkdir()
+    (source / "c" / "unified_backups").symlink_to("../a")
+    os.mkfifo(source / "c" / "logs")
+    repo = init_repo(tmp_path / "repo")
+    result = take_snapshot(repo, str(source), excludes=("logs/",))
+    assert result.summary.excluded == 2
+    assert _paths(repo, result.id) == {"a", "b", "b/logs", "c", "c/logs", "c/unified_backups"}
