@@ -87,8 +87,10 @@ def test_a_snapshot_straight_into_a_remote_repository_is_refused_and_writes_noth
     remote = MemoryRemote()
     repo = Repository.init_remote(remote, load_settings())
     before = sorted(remote.list(""))
-    with pytest.raises(ConfigError, match="is a remote repository, which is read-only here"):
+    with pytest.raises(ConfigError) as caught:
         take_snapshot(repo, str(tmp_path / "data"))
+    assert str(caught.value) == (f"{repo.location} is a remote repository, which is read-only here: a snapshot is "
+                                 "built in a local repository and reaches a remote through `casstore sync`")
     assert sorted(remote.list("")) == before
 
 
@@ -669,3 +671,63 @@ def test_a_directory_only_exclude_leaves_a_symlink_fifo_or_file_of_that_name(tmp
     result = take_snapshot(repo, str(source), excludes=("logs/",))
     assert result.summary.excluded == 2
     assert _paths(repo, result.id) == {"a", "b", "b/logs", "c", "c/logs", "c/unified_backups"}
+
+
+def test_a_changed_chunk_of_a_file_is_stored_as_a_delta_against_its_previous_version(tmp_path, monkeypatch):
+    """The files cache names a changed file's previous chunks: they are its delta bases (the
+    repository's delta setting is on by default), so a few bytes changed cost a few bytes stored."""
+    source = tmp_path / "data"
+    data = bytearray(det_bytes(LARGE, "v1"))       # incompressible: stored whole, a chunk costs its size
+    write(source / "f.bin", bytes(data))
+    repo = init_repo(tmp_path / "repo")
+    repo.snapshot(str(source))
+    data[LARGE // 2:LARGE // 2 + 8] = b"CHANGED!"
+    write(source / "f.bin", bytes(data))
+    second = repo.snapshot(str(source))
+    assert second.summary.files_changed == 1 and second.summary.bytes_read == LARGE
+    assert 0 < second.summary.bytes_added_stored < second.summary.bytes_added / 4
+    assert _stored_files(repo, second.id) == {"f.bin": bytes(data)}
+
+
+def test_two_identical_directories_are_stored_as_one_tree(tmp_path):
+    """A directory's entry records no inode (only a file's hard-link group does), so identical
+    directories, here two copies with the same names, modes and times, share their trees."""
+    source = tmp_path / "data"
+    for copy in ("a", "b"):
+        write(source / copy / "x" / "f.txt", b"same")
+        os.mkfifo(source / copy / "x" / "fifo")
+        (source / copy / "x" / "link").symlink_to("f.txt")
+    os.link(source / "a" / "x" / "fifo", source / "a" / "fifo-link")    # a FIFO with two names: not a file
+    os.link(source / "b" / "x" / "fifo", source / "b" / "fifo-link")
+    age_tree(source)
+    for copy in ("a", "b"):
+        os.utime(source / copy / "x", ns=(10**18, 10**18))
+        os.utime(source / copy, ns=(10**18, 10**18))
+    repo = init_repo(tmp_path / "repo")
+    result = repo.snapshot(str(source))
+    snap = open_repo(tmp_path / "repo").get(result.id)
+    assert snap.entry("a").subtree == snap.entry("b").subtree
+    assert all(snap.entry(f"a/{name}").link == 0 for name in ("x", "fifo-link", "x/fifo", "x/link"))
+
+
+def test_a_repository_with_the_fixed_chunker_snapshots_every_size(tmp_path, monkeypatch):
+    """The fixed chunker has no minimum chunk size: every non-empty file goes through it."""
+    from dataclasses import replace
+
+    from casstore.chunker import FixedChunker
+    from casstore.format.config import RepoConfig
+
+    monkeypatch.setattr(builder, "RACY_WINDOW_NS", 0)
+    config = replace(RepoConfig.new(), chunker=FixedChunker(4 * KiB).params())
+    repo = Repository.init_local(str(tmp_path / "repo"), load_settings(), config)
+    source = tmp_path / "data"
+    files = {"empty": b"", "one": b"1", "block": det_bytes(4 * KiB, "b"), "more": det_bytes(10 * KiB + 1, "m")}
+    for name, data in files.items():
+        write(source / name, data)
+    age_tree(source)
+    first = repo.snapshot(str(source))
+    assert not first.summary.errors and first.summary.bytes_read == sum(map(len, files.values()))
+    snap = open_repo(tmp_path / "repo").get(first.id)
+    assert _stored_files(repo, first.id) == files
+    assert [len(snap.entry(name).content) for name in files] == [0, 1, 1, 3]
+    assert repo.snapshot(str(source)).summary.files_unchanged == len(files)
