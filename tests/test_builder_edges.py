@@ -39,6 +39,11 @@ from tests.helpers import KiB, age_tree, det_bytes, init_repo, open_repo, write
 
 MIN_CHUNK = 16 * KiB          # init_repo's chunker (64 KiB average): a file up to this is one chunk
 LARGE = 200 * KiB             # read through the chunker on the walk's thread
+# the entries the races hit have names that are not UTF-8 (a name is bytes): every error line names
+# them as `os.fsdecode` does, never fails on them
+ODD = os.fsdecode(b"\xff")
+GONE, SMALL, SUB, BIG, LINK, HOT = (f"{name}{ODD}" for name in ("gone.txt", "small.json", "sub", "big.bin", "link",
+                                                                "hot.json"))
 
 
 def _after_listing(monkeypatch, rel: bytes, action) -> None:
@@ -99,42 +104,46 @@ def test_a_snapshot_straight_into_a_remote_repository_is_refused_and_writes_noth
 
 def test_an_entry_gone_between_listing_and_stat_is_named_and_the_rest_stored(tmp_path, monkeypatch, caplog):
     source = tmp_path / "data"
-    write(source / "gone.txt", b"here when listed")
+    write(source / GONE, b"here when listed")
+    write(source / SMALL, b"listed, gone before its batch is read")
     write(source / "kept.txt", b"kept")
     real = SnapshotBuilder._scan
 
     def scan(self, fd, rel):
         found = real(self, fd, rel)
         if rel == b"":
-            os.unlink(source / "gone.txt")
+            os.unlink(source / GONE)
         return found
 
     monkeypatch.setattr(SnapshotBuilder, "_scan", scan)
+    _after_listing(monkeypatch, b"", lambda: os.unlink(source / SMALL))
     repo = init_repo(tmp_path / "repo")
     result = repo.snapshot(str(source))
-    assert result.summary.errors == [f"gone.txt: {os.strerror(errno.ENOENT)}"]
+    assert result.summary.errors == [f"{GONE}: {os.strerror(errno.ENOENT)}", f"{SMALL}: {os.strerror(errno.ENOENT)}"]
     assert result.incomplete and result.summary.changed_during_read == 0
-    assert f"skipped gone.txt: {os.strerror(errno.ENOENT)}" in caplog.messages     # the warning names it too
+    assert f"skipped {GONE}: {os.strerror(errno.ENOENT)}" in caplog.messages     # the warning names it too
+    stored = open_repo(tmp_path / "repo").get(result.id).summary["errors"]         # escaped, as the CLI shows it
+    assert stored == [f"gone.txt\\xff: {os.strerror(errno.ENOENT)}", f"small.json\\xff: {os.strerror(errno.ENOENT)}"]
     assert _stored_files(repo, result.id) == {"kept.txt": b"kept"}
 
 
 def test_a_directory_that_cannot_be_listed_is_recorded_empty_with_an_error(tmp_path, monkeypatch):
     source = tmp_path / "data"
-    write(source / "bad" / "hidden.txt", b"unlisted")
+    write(source / f"bad{ODD}" / "hidden.txt", b"unlisted")
     write(source / "good" / "seen.txt", b"seen")
     real = os.scandir
 
     def scandir(target=".", *args):
-        if isinstance(target, int) and os.readlink(f"/proc/self/fd/{target}").endswith("/bad"):
+        if isinstance(target, int) and os.readlink(f"/proc/self/fd/{target}").endswith(f"/bad{ODD}"):
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         return real(target, *args)
 
     monkeypatch.setattr(os, "scandir", scandir)
     repo = init_repo(tmp_path / "repo")
     result = repo.snapshot(str(source))
-    assert result.summary.errors == [f"bad/: {os.strerror(errno.EIO)}"]
+    assert result.summary.errors == [f"bad{ODD}/: {os.strerror(errno.EIO)}"]
     assert result.incomplete
-    assert _paths(repo, result.id) == {"bad", "good", "good/seen.txt"}
+    assert _paths(repo, result.id) == {f"bad{ODD}", "good", "good/seen.txt"}
 
 
 def test_a_source_whose_top_cannot_be_listed_is_named_as_dot(tmp_path, monkeypatch):
@@ -156,27 +165,28 @@ def test_a_source_whose_top_cannot_be_listed_is_named_as_dot(tmp_path, monkeypat
 @pytest.mark.parametrize("how", ["removed", "replaced by a directory", "replaced by a file", "replaced by a symlink"])
 def test_a_subdirectory_that_changed_after_listing_is_never_entered(tmp_path, monkeypatch, how):
     source = tmp_path / "data"
-    write(source / "sub" / "old.txt", b"listed")
+    write(source / SUB / "old.txt", b"listed")
     write(source / "zz.txt", b"beside it")
     write(tmp_path / "elsewhere" / "secret.txt", b"never stored")
 
     def change() -> None:
-        (source / "sub").rename(tmp_path / "sub.moved")
+        (source / SUB).rename(tmp_path / "sub.moved")
         if how == "replaced by a directory":
-            write(source / "sub" / "new.txt", b"never stored")
+            write(source / SUB / "new.txt", b"never stored")
         elif how == "replaced by a file":
-            write(source / "sub", b"never stored")
+            write(source / SUB, b"never stored")
         elif how == "replaced by a symlink":
-            (source / "sub").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+            (source / SUB).symlink_to(tmp_path / "elsewhere", target_is_directory=True)
 
     _after_listing(monkeypatch, b"", change)
     repo = init_repo(tmp_path / "repo")
     result = repo.snapshot(str(source))
     expected = {
-        "removed": (f"sub: {os.strerror(errno.ENOENT)}", 0),
-        "replaced by a directory": ("sub: changed during the snapshot: was replaced by another directory; skipped", 1),
-        "replaced by a file": ("sub: changed during the snapshot: is no longer a directory; not followed", 1),
-        "replaced by a symlink": ("sub: changed during the snapshot: is no longer a directory; not followed", 1),
+        "removed": (f"{SUB}: {os.strerror(errno.ENOENT)}", 0),
+        "replaced by a directory": (f"{SUB}: changed during the snapshot: was replaced by another directory; skipped",
+                                    1),
+        "replaced by a file": (f"{SUB}: changed during the snapshot: is no longer a directory; not followed", 1),
+        "replaced by a symlink": (f"{SUB}: changed during the snapshot: is no longer a directory; not followed", 1),
     }[how]
     assert (result.summary.errors, result.summary.changed_during_read) == ([expected[0]], expected[1])
     assert result.incomplete
@@ -184,37 +194,49 @@ def test_a_subdirectory_that_changed_after_listing_is_never_entered(tmp_path, mo
     assert result.summary.dirs_total == 1
 
 
-@pytest.mark.parametrize("how", ["removed", "replaced by a file", "replaced by a directory", "replaced by a symlink"])
+@pytest.mark.parametrize("how", ["removed", "replaced by a file", "replaced by a directory", "replaced by a symlink",
+                                 "unreadable"])
 def test_a_large_file_that_changed_after_listing_is_not_read_in_its_place(tmp_path, monkeypatch, how):
     source = tmp_path / "data"
-    write(source / "big.bin", det_bytes(LARGE, "listed"))
+    write(source / BIG, det_bytes(LARGE, "listed"))
     write(source / "zz.bin", det_bytes(LARGE, "kept"))
     write(tmp_path / "secret.bin", det_bytes(LARGE, "secret"))
 
     def change() -> None:
-        if how == "replaced by a file":     # made first, so it cannot take the listed file's inode
-            os.rename(write(tmp_path / "new.bin", det_bytes(LARGE, "secret")), source / "big.bin")
+        if how == "unreadable":             # a bad sector: the read fails (EIO)
+            real_readv = os.readv
+
+            def readv(fd, buffers):
+                if os.readlink(f"/proc/self/fd/{fd}").endswith(BIG):
+                    raise OSError(errno.EIO, os.strerror(errno.EIO))
+                return real_readv(fd, buffers)
+            monkeypatch.setattr(os, "readv", readv)
             return
-        os.unlink(source / "big.bin")
+        if how == "replaced by a file":     # made first, so it cannot take the listed file's inode
+            os.rename(write(tmp_path / "new.bin", det_bytes(LARGE, "secret")), source / BIG)
+            return
+        os.unlink(source / BIG)
         if how == "replaced by a directory":
-            (source / "big.bin").mkdir()
+            (source / BIG).mkdir()
         elif how == "replaced by a symlink":
-            (source / "big.bin").symlink_to(tmp_path / "secret.bin")
+            (source / BIG).symlink_to(tmp_path / "secret.bin")
 
     _after_listing(monkeypatch, b"", change)
     repo = init_repo(tmp_path / "repo")
     result = repo.snapshot(str(source))
     expected = {
-        "removed": (f"big.bin: {os.strerror(errno.ENOENT)}", 0),
-        "replaced by a file": ("big.bin: changed during the snapshot: was replaced since it was listed; skipped", 1),
-        "replaced by a directory": ("big.bin: changed during the snapshot: was replaced since it was listed; skipped",
+        "removed": (f"{BIG}: {os.strerror(errno.ENOENT)}", 0),
+        "replaced by a file": (f"{BIG}: changed during the snapshot: was replaced since it was listed; skipped", 1),
+        "replaced by a directory": (f"{BIG}: changed during the snapshot: was replaced since it was listed; skipped",
                                     1),
-        "replaced by a symlink": ("big.bin: changed during the snapshot: was replaced by a symlink; not followed", 1),
+        "replaced by a symlink": (f"{BIG}: changed during the snapshot: was replaced by a symlink; not followed", 1),
+        "unreadable": (f"{BIG}: {os.strerror(errno.EIO)}", 0),
     }[how]
     assert (result.summary.errors, result.summary.changed_during_read) == ([expected[0]], expected[1])
     assert result.incomplete
     assert _stored_files(repo, result.id) == {"zz.bin": det_bytes(LARGE, "kept")}
-    assert result.summary.files_total == 1 and result.summary.bytes_total == LARGE
+    counted = 2 if how == "unreadable" else 1       # a file that failed while read was counted when opened
+    assert result.summary.files_total == counted and result.summary.bytes_total == counted * LARGE
 
 
 @pytest.mark.parametrize("size", [0, 1, MIN_CHUNK])
@@ -238,17 +260,17 @@ def test_a_large_file_that_shrank_to_one_chunk_before_it_was_read_is_stored_as_r
 def test_a_symlink_replaced_after_listing_is_named_and_not_stored(tmp_path, monkeypatch):
     source = tmp_path / "data"
     source.mkdir()
-    (source / "link").symlink_to("target")
+    (source / LINK).symlink_to("target")
     write(source / "kept.txt", b"kept")
 
     def change() -> None:
-        os.unlink(source / "link")
-        write(source / "link", b"a file now")
+        os.unlink(source / LINK)
+        write(source / LINK, b"a file now")
 
     _after_listing(monkeypatch, b"", change)
     repo = init_repo(tmp_path / "repo")
     result = repo.snapshot(str(source))
-    assert result.summary.errors == [f"link: {os.strerror(errno.EINVAL)}"]
+    assert result.summary.errors == [f"{LINK}: {os.strerror(errno.EINVAL)}"]
     assert _paths(repo, result.id) == {"kept.txt"}
 
 
@@ -595,7 +617,7 @@ def test_a_small_file_that_keeps_changing_while_read_is_stored_as_last_read_and_
     monkeypatch.setattr(builder, "WORKER_MIN_FILES", 10 if workers else 10**9)
     monkeypatch.setattr(builder, "threading", _ThreadsSinceNow())
     source = tmp_path / "data"
-    hot = write(source / "hot.json", b"0")
+    hot = write(source / HOT, b"0")
     for i in range(20):
         write(source / f"s{i:02}.json", f"{i}")
     age_tree(source)
@@ -613,13 +635,13 @@ def test_a_small_file_that_keeps_changing_while_read_is_stored_as_last_read_and_
         patch.setattr(smallfiles.os, "pread", pread)
         result = repo.snapshot(str(source))
     assert not result.summary.errors and result.summary.changed_during_read == 1
-    assert "hot.json changed while it was read; stored as last read, re-read next snapshot" in caplog.messages
+    assert f"{HOT} changed while it was read; stored as last read, re-read next snapshot" in caplog.messages
     snap = open_repo(tmp_path / "repo").get(result.id)
-    assert snap.read_bytes("hot.json") == b"01" and snap.entry("hot.json").size == 2      # the second read
+    assert snap.read_bytes(HOT) == b"01" and snap.entry(HOT).size == 2      # the second read
     assert result.summary.files_new == 21 and result.summary.bytes_read == 2 + sum(len(f"{i}") for i in range(20))
     again = repo.snapshot(str(source))
     assert again.summary.bytes_read == 3 and again.summary.files_unchanged == 20     # only it, as it is now
-    assert open_repo(tmp_path / "repo").get(again.id).read_bytes("hot.json") == b"011"
+    assert open_repo(tmp_path / "repo").get(again.id).read_bytes(HOT) == b"011"
 
 
 @pytest.mark.parametrize("workers", [False, True], ids=["threads", "workers"])
