@@ -753,3 +753,27 @@ def test_a_repository_with_the_fixed_chunker_snapshots_every_size(tmp_path, monk
     assert _stored_files(repo, first.id) == files
     assert [len(snap.entry(name).content) for name in files] == [0, 1, 1, 3]
     assert repo.snapshot(str(source)).summary.files_unchanged == len(files)
+
+
+def test_a_batch_of_small_files_closes_at_exactly_its_file_or_byte_bound(tmp_path, monkeypatch):
+    """A batch (one task: its files' bytes are held together) takes files until it holds
+    BATCH_FILES of them or BATCH_BYTES bytes, whichever comes first; the directory's rest follows."""
+    monkeypatch.setattr(builder, "WORKER_MIN_FILES", 10**9)     # on threads, in this process
+    source = tmp_path / "data"
+    per_file = smallfiles.BATCH_BYTES // MIN_CHUNK               # files of MIN_CHUNK bytes that fill a batch
+    files = {f"many/f{i:04}": f"{i:010}".encode() for i in range(smallfiles.BATCH_FILES + 1)}
+    files |= {f"full/f{i:04}": det_bytes(MIN_CHUNK, i) for i in range(per_file + 1)}
+    for rel, data in files.items():
+        write(source / rel, data)
+    batches: list[tuple[str, int]] = []
+    real = smallfiles.read_batch
+
+    def recording(dir_fd, names, *args, **kwargs):
+        batches.append((os.readlink(f"/proc/self/fd/{dir_fd}").rsplit("/", 1)[1], len(names)))
+        return real(dir_fd, names, *args, **kwargs)
+
+    monkeypatch.setattr(smallfiles, "read_batch", recording)
+    repo = init_repo(tmp_path / "repo")
+    result = repo.snapshot(str(source))
+    assert sorted(batches) == [("full", 1), ("full", per_file), ("many", 1), ("many", smallfiles.BATCH_FILES)]
+    assert _stored_files(repo, result.id) == files
