@@ -777,3 +777,22 @@ def test_a_batch_of_small_files_closes_at_exactly_its_file_or_byte_bound(tmp_pat
     result = repo.snapshot(str(source))
     assert sorted(batches) == [("full", 1), ("full", per_file), ("many", 1), ("many", smallfiles.BATCH_FILES)]
     assert _stored_files(repo, result.id) == files
+
+
+def test_the_manifest_records_the_start_the_duration_in_milliseconds_and_the_tags_once_sorted(tmp_path, monkeypatch):
+    write(tmp_path / "data" / "a.txt", b"a")
+    repo = init_repo(tmp_path / "repo")
+    start = 1_700_000_000_123_456_789
+    readings = iter([start, start + 1_234_999_999])      # the start, then the commit: 1234.999999 ms later
+
+    class Clock:
+        @staticmethod
+        def time_ns() -> int:
+            return next(readings)
+
+    monkeypatch.setattr(builder, "time", Clock)
+    result = take_snapshot(repo, str(tmp_path / "data"), tags=("nightly", "alpha", "nightly"))
+    stored = open_repo(tmp_path / "repo").get(result.id)
+    assert stored.manifest.time_ns == start and stored.summary["duration_ms"] == 1234
+    assert stored.manifest.tags == ["alpha", "nightly"] and stored.manifest.source == str(tmp_path / "data")
+    assert 0 < stored.summary["repository_bytes"] <= repo.stored_bytes()
