@@ -11,8 +11,12 @@ files cache or a repository that is not what it expected.
   its chunks are all stored and it was not touched within the racy window; a damaged entry costs
   a read, never a wrong snapshot;
 - the summary's counters and the progress callback over a first, an unchanged and a changed
-  snapshot, on the threads' path and the worker processes' path;
-- a failed commit keeps the old files cache; the garbage collector is left as found.
+  snapshot, on the threads' path and the worker processes' path; the manifest's start, duration, tags;
+- a failed walk or commit keeps the old files cache; a batch that fails leaves no descriptor open;
+  the garbage collector is left as found;
+- small-file batches close at exactly their file or byte bound; a changed chunk is stored as a
+  delta against the files cache's chunks; identical directories share a tree; the fixed chunker.
+Every race hits an entry whose name is not UTF-8: the error lines name it, the manifest stores it.
 """
 
 from __future__ import annotations
