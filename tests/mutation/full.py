@@ -324,7 +324,9 @@ class Runner(Scratch):
         shutil.rmtree(self.dir / ".hypothesis", ignore_errors=True)   # no example saved by another mutant
         self.times.unlink(missing_ok=True)
         cmd = ["/usr/bin/time", "-f", "%U %S", "-o", str(self.times), sys.executable, "-m", "pytest", *args]
-        proc = subprocess.Popen(cmd, cwd=self.dir, env=env, text=True, stdout=subprocess.PIPE,
+        # errors="replace": a test's output may hold a file name's raw bytes (tests/test_builder_edges.py
+        # names files that are not UTF-8), which must not stop the run
+        proc = subprocess.Popen(cmd, cwd=self.dir, env=env, text=True, errors="replace", stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
             out, _ = proc.communicate(timeout=limit)
