@@ -800,3 +800,36 @@ def test_the_manifest_records_the_start_the_duration_in_milliseconds_and_the_tag
     assert stored.manifest.time_ns == start and stored.summary["duration_ms"] == 1234
     assert stored.manifest.tags == ["alpha", "nightly"] and stored.manifest.source == str(tmp_path / "data")
     assert 0 < stored.summary["repository_bytes"] <= repo.stored_bytes()
+
+
+def test_a_snapshot_passes_its_pause_points_in_the_commit_order(tmp_path):
+    """The test hooks crash and interruption tests stop a snapshot at (casstore/_testing.py): one
+    before each source entry is opened; `snapshot-before-index` once its packs are written;
+    `snapshot-before-commit` once its index is written too, the manifest (the commit) not yet."""
+    from casstore._testing import set_pause_hook
+    from tests.helpers import objects
+
+    source = tmp_path / "data"
+    for name in ("a/one.bin", "a/two.bin", "b/three.bin"):
+        write(source / name, det_bytes(LARGE, name))
+    for i in range(4):
+        write(source / "b" / f"small{i}.json", f"{i}")
+    repo = init_repo(tmp_path / "repo")
+    seen: list[tuple[str, int, int, int]] = []
+
+    def hook(name: str) -> None:
+        seen.append((name, *(len(objects(tmp_path / "repo", kind)) for kind in ("data", "index", "snapshots"))))
+
+    set_pause_hook(hook)
+    try:
+        repo.snapshot(str(source))
+    finally:
+        set_pause_hook(None)
+    opens = [point for point in seen if point[0] == "snapshot-before-open"]
+    assert len(opens) == 2 + 3 + 4             # two directories, three large files, four small ones
+    rest = [point for point in seen if point[0] != "snapshot-before-open"]
+    assert [name for name, *_ in rest] == ["snapshot-before-index", "snapshot-before-commit"]
+    (_, packs, indexes, snapshots), (_, packs_then, indexes_then, snapshots_then) = rest
+    assert packs > 0 and (indexes, snapshots) == (0, 0)
+    assert packs_then == packs and indexes_then > 0 and snapshots_then == 0
+    assert len(objects(tmp_path / "repo", "snapshots")) == 1
