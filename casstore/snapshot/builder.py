@@ -385,6 +385,8 @@ class SnapshotBuilder:
                 self.summary.excluded += 1
                 continue
             entry = cached.get(name) if regular and cached else None
+            if entry is not None and not _well_formed(entry):
+                entry = None       # a damaged entry (the cache is local state): read as a file new to it
             reuse = self._cached_chunks(entry, st) if entry is not None else None
             items.append(_Item(dirent.name, name, entry_rel, st, entry, reuse))
         return items
@@ -712,16 +714,12 @@ class SnapshotBuilder:
         return None
 
     def _reusable(self, cached: list, st: os.stat_result) -> bool:
-        try:
-            size, mtime_ns, ctime_ns, inode, chunk_ids = cached
-        except (TypeError, ValueError):
-            return False      # a damaged entry: the file is read
+        size, mtime_ns, ctime_ns, inode, chunk_ids = cached      # well formed (`_stat_entries`)
         if (size, mtime_ns, ctime_ns, inode) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
             return False
         if max(mtime_ns, ctime_ns) > self.start_ns - RACY_WINDOW_NS:
             return False
-        return isinstance(chunk_ids, list) and all(
-            isinstance(c, bytes) and self.store.has(KIND_DATA, c) for c in chunk_ids)
+        return all(isinstance(c, bytes) and self.store.has(KIND_DATA, c) for c in chunk_ids)
 
     def _read_file(self, fd: int, rel: bytes, job: FileJob) -> bool:
         """Chunk the open file into the pipeline (and close it); read it again from the start once
@@ -751,9 +749,9 @@ class SnapshotBuilder:
 
     def _delta_hints(self, cached: list | None) -> DeltaHints:
         """Candidate delta bases: the file's chunk ids in the previous snapshot (its files cache entry)."""
-        ok = self.store.config.delta_chain and isinstance(cached, list) and len(cached) == 5
-        chunk_ids = cached[4] if ok and cached is not None else None
-        return DeltaHints([c for c in chunk_ids if isinstance(c, bytes)] if isinstance(chunk_ids, list) else [])
+        if not self.store.config.delta_chain or cached is None:     # an entry is well formed (`_stat_entries`)
+            return DeltaHints([])
+        return DeltaHints([c for c in cached[4] if isinstance(c, bytes)])
 
     def _chunk_file(self, fd: int, job: FileJob, hints: DeltaHints) -> tuple[os.stat_result, os.stat_result, int]:
         """Feed the file's chunks to the pipeline; return its fstat before and after reading, and
@@ -949,6 +947,11 @@ def _make_entry(name: bytes, kind: EntryType, st: os.stat_result, content: objec
     if size is None:
         size = st.st_size if kind in (EntryType.FILE, EntryType.SYMLINK) else 0
     return Entry(name, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, size, link, content)
+
+
+def _well_formed(entry: object) -> bool:
+    """A files cache entry as `_cache_record` writes it: [size, mtime_ns, ctime_ns, inode, [chunk ids]]."""
+    return type(entry) is list and len(entry) == 5 and type(entry[4]) is list
 
 
 def _same_version(before: os.stat_result, after: os.stat_result) -> bool:
