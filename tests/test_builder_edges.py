@@ -502,14 +502,15 @@ def _counted(repo: Repository, source: Path) -> tuple:
 @pytest.mark.parametrize("workers", [False, True], ids=["threads", "workers"])
 def test_the_summary_counts_every_file_byte_and_blob_of_a_first_an_unchanged_and_a_changed_snapshot(
         tmp_path, monkeypatch, workers):
+    from casstore.fsio import workers as fsio_workers
     from tests.test_snapshot_workers import _ThreadsSinceNow
 
     monkeypatch.setattr(builder, "RACY_WINDOW_NS", 0)
     monkeypatch.setattr(builder, "WORKER_MIN_FILES", SMALL_FILES // 2 if workers else 10**9)
     monkeypatch.setattr(builder, "threading", _ThreadsSinceNow())
     started: list[int] = []
-    real = builder.WorkerPool
-    monkeypatch.setattr(builder, "WorkerPool", lambda *args, **kwargs: started.append(1) or real(*args, **kwargs))
+    real = fsio_workers.WorkerPool      # imported by the builder when it starts its workers
+    monkeypatch.setattr(fsio_workers, "WorkerPool", lambda *args, **kwargs: started.append(1) or real(*args, **kwargs))
     source = tmp_path / "data"
     files = _mixed_source(source)
     total = sum(map(len, files.values()))

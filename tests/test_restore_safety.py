@@ -9,23 +9,36 @@ destination must be replaced, never written through. Every test records an `outs
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
+import resource
+import shutil
+import signal
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from casstore.errors import RestoreError
+from casstore.client import Repository
+from casstore.errors import IntegrityError, RestoreError
+from casstore.format.pack import KIND_DATA, parse_header
 from casstore.format.tree import Entry, EntryType
+from casstore.remotes.memory import MemoryRemote
 from casstore.restore.restorer import DEFERRED_DIRS, EXISTING_SHOWN, MAX_DEVICE, MAX_ID, MAX_OPEN_DIRS, MAX_TIME_NS
+from casstore.settings import load_settings
 from tests.helpers import (
     NOW_NS,
+    KiB,
+    det_bytes,
     dir_entry,
     file_contents,
     file_entry,
     init_repo,
     invoke,
+    objects,
     run,
     symlink_entry,
     tree_state,
@@ -419,7 +432,7 @@ def test_a_socket_is_never_created_and_an_existing_symlink_is_kept_under_overwri
     target.mkdir()
     os.symlink("mine", target / "link")
     result = repo.restore(snapshot_id, str(target))
-    assert (result.errors, result.existing, result.symlinks) == ([], 1, 0)
+    assert (result.errors, result.existing, result.existing_paths, result.symlinks) == ([], 1, ["link"], 0)
     assert os.listdir(target) == ["link"] and os.readlink(target / "link") == "mine"
 
 
@@ -496,11 +509,15 @@ def test_a_dry_run_of_one_path_creates_nothing_and_counts_it(world):
 def test_a_directory_name_the_file_system_cannot_hold_is_one_error_and_its_siblings_restore(world):
     repo, outside, target = world
     long_name = b"d" * 300
-    snapshot_id = write_snapshot(repo, _with_good(
-        lambda store: dir_entry(store, long_name, [file_entry(store, b"inside.txt", b"x")])))
+    snapshot_id = write_snapshot(repo, lambda store: [
+        dir_entry(store, long_name, [file_entry(store, b"inside.txt", b"x")]),
+        file_entry(store, b"good.txt", b"fine\n"),
+        dir_entry(store, b"later", [file_entry(store, b"inside.txt", b"y")], mode=0o711, mtime_ns=NOW_NS - 7)])
     result = repo.restore(snapshot_id, str(target))
     assert result.errors == [f"{long_name.decode()}: File name too long"]
-    assert sorted(os.listdir(target)) == ["good.txt"]
+    assert sorted(os.listdir(target)) == ["good.txt", "later"] and (result.files, result.dirs) == (2, 1)
+    assert (target / "later" / "inside.txt").read_bytes() == b"y"
+    assert tree_state(target)[b"later"][:3] == ("dir", 0o711, NOW_NS - 7)
 
 
 def test_a_directory_left_with_its_files_still_being_written_below_a_closed_ancestor_ends_as_recorded(world):
@@ -552,3 +569,301 @@ def test_a_hard_link_whose_first_copy_vanished_during_the_restore_is_restored_as
     result = repo.restore(snapshot_id, str(target), progress=progress)
     assert removed and result.ok and result.files == 2
     assert (target / "b" / "second").read_bytes() == data and os.stat(target / "b" / "second").st_nlink == 1
+
+
+# -- faults the file system raises part way (session 10: the error paths the full mutation run reaches) --
+
+
+@contextlib.contextmanager
+def _immutable(path: Path):
+    """`path` made immutable (chattr +i: even root cannot create in it or change its metadata)."""
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", path], capture_output=True).returncode:
+        pytest.skip("the file system or this process cannot make a directory immutable (chattr +i)")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", path], check=True)
+
+
+@pytest.mark.parametrize("verify", [False, True], ids=["batched", "walk"])
+def test_a_directory_that_refuses_its_files_and_its_metadata_is_one_error_each_and_the_rest_restores(
+        world, verify):
+    """An existing directory nothing may change (immutable): the file that replaces an existing
+    one, the new file and the directory's own mode and time are each one error naming it; the
+    existing file is left as it was and the rest of the snapshot restores."""
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, _with_good(lambda store: dir_entry(store, b"locked", [
+        file_entry(store, b"existing.txt", b"from the snapshot"), file_entry(store, b"new.txt", b"new")],
+        mode=0o700, mtime_ns=NOW_NS - 5)))
+    write(target / "locked" / "existing.txt", "mine")
+    with _immutable(target / "locked"):
+        result = repo.restore(snapshot_id, str(target), overwrite="always", verify=verify)
+    assert result.errors == ["locked/existing.txt: Operation not permitted", "locked/new.txt: Operation not permitted",
+                             "locked: Operation not permitted"]
+    assert (result.files, result.dirs) == (1, 1) and (target / "good.txt").read_bytes() == b"fine\n"
+    assert os.listdir(target / "locked") == ["existing.txt"]
+    assert (target / "locked" / "existing.txt").read_text() == "mine"
+
+
+@contextlib.contextmanager
+def _file_size_limit(limit: int):
+    """This process (the restore's threads with it) may not grow a file past `limit` bytes: a
+    write past it fails with EFBIG ("File too large"), as on a full or quota-bound disk."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)     # the error, not the signal that kills by default
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+
+
+@pytest.mark.parametrize("verify", [False, True], ids=["batched", "walk"])
+def test_a_file_the_disk_refuses_part_way_is_one_error_and_leaves_nothing_of_it(world, verify):
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [
+        file_entry(store, b"a.txt", b"before\n"), file_entry(store, b"big.bin", det_bytes(100 * KiB, "big")),
+        file_entry(store, b"z.txt", b"after\n")])
+    with _file_size_limit(64 * KiB):
+        result = repo.restore(snapshot_id, str(target), verify=verify)
+    assert result.errors == ["big.bin: File too large"]
+    assert sorted(os.listdir(target)) == ["a.txt", "z.txt"] and result.files == 2
+
+
+def test_a_set_aside_directory_moved_out_of_its_closed_parent_is_reported_and_the_rest_skipped(world):
+    """d6 holds the only small files of a chain deeper than MAX_OPEN_DIRS, so it is set aside (its
+    files still being written) when the walk leaves it, and its parent's descriptor was closed:
+    d6 was moved out of that parent meanwhile, so the parent cannot be reopened through d6's
+    `..`. Each closed ancestor cut off is reported once; d6 ends whole where it now is."""
+    repo, outside, target = world
+    depth, shallow = MAX_OPEN_DIRS + 6, 6
+    bottom = b"m" * 6543        # a length no other write has: the moment to move d6 (a linked file: the walk writes it)
+
+    def build(store):
+        children: list[Entry] = [_like(file_entry(store, b"bottom", bottom), link=9)]
+        for level in reversed(range(depth)):
+            files = [file_entry(store, b"f%d.txt" % i, b"%d\n" % i) for i in range(3)] if level == shallow else []
+            children = [dir_entry(store, b"d%d" % level, children + files, mode=0o750)]
+        return children
+
+    snapshot_id = write_snapshot(repo, build)
+    chain = [f"d{level}" for level in range(depth)]
+    moved: list[int] = []
+
+    def progress(n: int) -> None:
+        if n == len(bottom) and not moved:
+            os.rename(target.joinpath(*chain[:shallow + 1]), target / "moved")
+            moved.append(n)
+
+    unchanged = _guard(target.parent.parent)
+    result = repo.restore(snapshot_id, str(target), progress=progress)
+    unchanged()
+    assert moved
+    assert result.errors == ["/".join(chain[:level]) + ": moved during the restore; the rest of it is skipped"
+                             for level in range(shallow, 0, -1)]
+    assert os.listdir(target.joinpath(*chain[:shallow])) == []       # nothing written into its old place
+    assert sorted(os.listdir(target / "moved")) == ["d7", "f0.txt", "f1.txt", "f2.txt"]
+    assert (target / "moved" / "f2.txt").read_bytes() == b"2\n" and result.files == 4
+    assert (target / "moved").joinpath(*chain[shallow + 1:], "bottom").read_bytes() == bottom
+
+
+def _open_below(root: Path) -> list[str]:
+    """What this process holds open below `root` (its descriptors, from /proc/self/fd)."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            where = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue        # the listing's own descriptor, closed by now
+        if where == str(root) or where.startswith(f"{root}/"):
+            held.append(where)
+    return held
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+@pytest.mark.parametrize("packs", ["kept", "deleted"])
+def test_a_restore_that_ends_or_fails_part_way_holds_nothing_of_the_target_open(world, packs):
+    """The directories being walked, those set aside while their small files are written and each
+    batch keep a descriptor: once the restore returns, or fails part way down when their data
+    cannot be read, none is left open."""
+    repo, outside, target = world
+    count = DEFERRED_DIRS + 3
+    snapshot_id = write_snapshot(repo, lambda store: [dir_entry(store, b"p", [
+        dir_entry(store, b"d%02d" % i, [file_entry(store, b"f%d.txt" % j, b"%d.%d\n" % (i, j)) for j in range(3)])
+        for i in range(count)])])
+    if packs == "deleted":
+        for pack in objects(target.parent.parent / "repo", "data"):     # the file data's; the trees' stay
+            if parse_header(pack.read_bytes(), 1 << 24)[0].kind == KIND_DATA:
+                pack.unlink()
+        with pytest.raises(IntegrityError, match="^data blob .* cannot be read"):
+            repo.restore(snapshot_id, str(target))
+        assert os.listdir(target)      # it failed part way: its first directories were made
+    else:
+        result = repo.restore(snapshot_id, str(target))
+        assert result.ok and (result.dirs, result.files) == (count + 1, 3 * count)
+    assert _open_below(target) == []
+
+
+def test_a_repository_on_a_remote_restores_its_small_files_read_through_the_blob_store(tmp_path):
+    repo = Repository.init_remote(MemoryRemote(), load_settings({"host": "testhost"}))
+    contents = {b"f%02d.txt" % i: b"small file %d\n" % i * (i + 1) for i in range(40)}
+    snapshot_id = write_snapshot(repo, lambda store: [
+        dir_entry(store, b"d", [file_entry(store, name, data) for name, data in contents.items()])])
+    result = repo.restore(snapshot_id, str(tmp_path / "out"))
+    assert result.ok and result.files == len(contents)
+    assert {os.fsencode(p.name): p.read_bytes() for p in (tmp_path / "out" / "d").iterdir()} == contents
+
+
+@pytest.mark.parametrize(("how", "error"), [("append", "restored file is longer than the snapshot says"),
+                                             ("overwrite", "restored content does not verify")])
+def test_verify_reports_a_file_changed_while_it_was_restored_and_leaves_nothing_of_it(world, how, error):
+    """--verify reads back what was written: a file someone appended to meanwhile is longer than
+    the snapshot says, one someone wrote into no longer matches its chunks; either is one error
+    naming it, and it is removed; its siblings restore."""
+    repo, outside, target = world
+    data = b"g" * 7654         # a length no other write has: the moment the file's bytes are written
+    snapshot_id = write_snapshot(repo, _with_good(lambda store: file_entry(store, b"changed.bin", data)))
+    changed: list[int] = []
+
+    def progress(n: int) -> None:
+        if n == len(data) and not changed:
+            with open(target / "changed.bin", "ab" if how == "append" else "r+b") as other:
+                other.write(b"written by someone else")
+            changed.append(n)
+
+    result = repo.restore(snapshot_id, str(target), verify=True, progress=progress)
+    assert changed and result.errors == [f"changed.bin: {error}"]
+    assert os.listdir(target) == ["good.txt"] and result.files == 1
+
+
+@pytest.mark.parametrize("privileged", [False, True], ids=["plain", "privileged"])
+@pytest.mark.parametrize("verify", [False, True], ids=["batched", "walk"])
+def test_recorded_owners_are_restored_only_by_a_privileged_restore(world, privileged, verify):
+    """The recorded owner and group of files, directories and special files are set only when
+    restoring with --privileged (as root); otherwise what is made belongs to whoever restores."""
+    if privileged and os.geteuid() != 0:
+        pytest.skip("setting another owner needs root")
+    repo, outside, target = world
+    fifo = Entry(b"pipe", EntryType.FIFO, 0o640, 12347, 12348, NOW_NS, 0)
+    snapshot_id = write_snapshot(repo, lambda store: [_like(dir_entry(store, b"d", [
+        _like(file_entry(store, b"f.txt", b"owned\n"), uid=12345, gid=12346), fifo]), uid=12343, gid=12344)])
+    result = repo.restore(snapshot_id, str(target), privileged=privileged, verify=verify)
+    assert result.ok, result.errors
+    owners = {name: (os.lstat(target / name).st_uid, os.lstat(target / name).st_gid)
+              for name in ("d", "d/f.txt", "d/pipe")}
+    mine = (os.geteuid(), os.getegid())
+    assert owners == ({"d": (12343, 12344), "d/f.txt": (12345, 12346), "d/pipe": (12347, 12348)} if privileged
+                      else dict.fromkeys(owners, mine))
+
+
+def test_restoring_one_directory_names_and_selects_what_is_below_it_by_its_path_in_the_snapshot(world):
+    """`--path a/b` restores a/b below the target; the patterns and the error lines of what lies
+    below it use the entries' paths in the snapshot (a/b/...), as a whole restore does."""
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [dir_entry(store, b"a", [dir_entry(store, b"b", [
+        file_entry(store, b"keep.txt", b"kept\n"), file_entry(store, b"skip.txt", b"skipped\n"),
+        _like(file_entry(store, b"meta.txt", b"x"), uid=-1)])])])
+    result = repo.restore(snapshot_id, str(target), path="a/b", exclude=("a/b/skip.txt",))
+    assert len(result.errors) == 1 and result.errors[0].startswith("a/b/meta.txt: metadata out of range (")
+    assert os.listdir(target / "a" / "b") == ["keep.txt"] and (result.files, result.dirs) == (1, 1)
+
+
+@pytest.mark.parametrize("path", ["", "a/b"])
+def test_a_tree_whose_walk_would_never_end_is_refused_before_anything_is_written(world, path):
+    """One subtree referenced twice at each of 60 levels (2**60 paths; the snapshot records none):
+    the restore, whole or of one directory in it, is refused before it creates anything."""
+    repo, outside, target = world
+
+    def build(store):
+        children = [file_entry(store, b"f", b"leaf\n")]
+        for _ in range(60):
+            children = [dir_entry(store, b"a", children), dir_entry(store, b"b", children)]
+        return children
+
+    snapshot_id = write_snapshot(repo, build)
+    with pytest.raises(IntegrityError, match=r"far more entries than it records \(\d+ to walk; corrupt or hostile\)"):
+        repo.restore(snapshot_id, str(target), path=path)
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["restore", "dry-run"])
+def test_restore_json_reports_each_count_under_its_name(world, dry_run):
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [
+        file_entry(store, b"f.txt", b"12345"), symlink_entry(b"link", b"f.txt"), dir_entry(store, b"d", [])])
+    out = invoke("--repo", target.parent.parent / "repo", "restore", snapshot_id[:8], target, "--json",
+                 *(["--dry-run"] if dry_run else []))
+    assert json.loads(out.stdout) == {"files": 1, "dirs": 1, "symlinks": 1, "bytes": 5, "skipped": 0,
+                                      "dry_run": dry_run, "errors": [], "existing": 0, "existing_paths": [],
+                                      "ok": True}
+
+
+def test_a_first_copy_replaced_by_a_symlink_during_the_restore_never_links_what_it_points_at(world):
+    """The second name of a hard-linked file is linked to the first copy restored; a first copy
+    swapped for a symlink to a file outside meanwhile is never followed: the outside file gains
+    no name inside the target."""
+    repo, outside, target = world
+    data = b"s" * 5678         # a length no other write has: the moment the first copy is written
+
+    def build(store):
+        first = _like(file_entry(store, b"first", data), link=7)
+        return [dir_entry(store, b"a", [first]), dir_entry(store, b"b", [_like(first, name=b"second")])]
+
+    snapshot_id = write_snapshot(repo, build)
+    swapped: list[int] = []
+
+    def progress(n: int) -> None:
+        if n == len(data) and not swapped:
+            os.unlink(target / "a" / "first")
+            os.symlink(outside / "bait.txt", target / "a" / "first")
+            swapped.append(n)
+
+    unchanged = _guard(target.parent.parent)
+    result = repo.restore(snapshot_id, str(target), progress=progress)
+    unchanged()
+    assert swapped and result.ok and result.files == 2
+    assert os.lstat(target / "b" / "second").st_ino != os.stat(outside / "bait.txt").st_ino
+    assert os.stat(outside / "bait.txt").st_nlink == 1
+
+
+def test_overwrite_if_changed_counts_every_unchanged_file_it_skips(world):
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [file_entry(store, b"%d.txt" % i, b"same") for i in range(3)])
+    for i in range(3):
+        write(target / f"{i}.txt", "same", mtime_ns=NOW_NS)
+    write(target / "2.txt", "edit", mtime_ns=NOW_NS - 1)
+    result = repo.restore(snapshot_id, str(target), overwrite="if-changed")
+    assert result.ok and (result.skipped, result.files) == (2, 1)
+
+
+def test_restoring_one_symlink_that_exists_names_it_among_the_existing(world):
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [dir_entry(store, b"d", [symlink_entry(b"link", b"theirs")])])
+    write(target / "d" / "mine.txt", "mine")
+    os.symlink("mine.txt", target / "d" / "link")
+    result = repo.restore(snapshot_id, str(target), path="d/link")
+    assert (result.existing, result.existing_paths, result.symlinks) == (1, ["d/link"], 0)
+    assert os.readlink(target / "d" / "link") == "mine.txt"
+
+
+@pytest.mark.parametrize("path", ["", "d\udce9/f\udcff.txt"], ids=["whole", "one path"])
+def test_names_that_are_not_utf8_restore_as_the_bytes_recorded_whole_or_by_path(world, path):
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [
+        dir_entry(store, b"d\xe9", [file_entry(store, b"f\xff.txt", b"x")])])
+    result = repo.restore(snapshot_id, str(target), path=path)
+    assert result.ok and result.files == 1
+    assert os.listdir(os.fsencode(target)) == [b"d\xe9"]
+    assert os.listdir(os.fsencode(target / "d\udce9")) == [b"f\xff.txt"]
+
+
+@pytest.mark.parametrize("verify", [False, True], ids=["batched", "walk"])
+def test_any_chunk_restores_byte_for_byte_and_only_zeros_become_holes(world, verify):
+    repo, outside, target = world
+    contents = {b"ones.bin": b"\x01" * 8192, b"zeros.bin": bytes(8192), b"ff.bin": b"\xff" * 4096,
+                b"mixed.bin": bytes(4096) + b"\x01" * 4096 + bytes(4096)}
+    snapshot_id = write_snapshot(repo, lambda store: [file_entry(store, n, d) for n, d in contents.items()])
+    result = repo.restore(snapshot_id, str(target), verify=verify)
+    assert result.ok and result.files == len(contents)
+    assert {os.fsencode(p.name): p.read_bytes() for p in target.iterdir()} == contents

@@ -9,7 +9,9 @@ restore leaves no process behind.
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -21,10 +23,28 @@ import pytest
 from casstore._testing import PAUSE_AT, PAUSE_FILE
 from casstore.client import Repository
 from casstore.errors import RestoreError
-from casstore.format.pack import KIND_DATA
+from casstore.format.config import RepoConfig
+from casstore.format.pack import KIND_DATA, KIND_TREE
+from casstore.format.snapshot import SnapshotManifest
+from casstore.format.tree import encode_tree_chain
 from casstore.fsio.workers import WorkerPool
 from casstore.restore.restorer import RESTORE_WORKERS, WORKER_MIN_FILES
-from tests.helpers import CASSTORE, assert_one_line_error, assert_same_tree, init_repo, pack_of, run, tree_state
+from tests.helpers import (
+    CASSTORE,
+    NOW_NS,
+    KiB,
+    assert_one_line_error,
+    assert_same_tree,
+    commit,
+    dir_entry,
+    file_entry,
+    init_repo,
+    pack_of,
+    run,
+    tree_state,
+    write_snapshot,
+)
+from tests.sync_helpers import local_repo
 
 MODES = (0o644, 0o600, 0o755, 0o444, 0o640, 0o700, 0o000, 0o666)
 
@@ -120,6 +140,123 @@ def test_a_damaged_blob_read_in_a_worker_is_one_error_line_and_a_failed_restore(
     pack.write_bytes(bytes(data))
     proc = run("--repo", tmp_path / "repo", "restore", "latest", tmp_path / "out", expect=None)
     assert_one_line_error(proc, victim.chunks[0].hex()[:16])
+
+
+FORKS = """
+import json, os, sys, threading
+import casstore
+from casstore.client import Repository
+from casstore.remotes.memory import MemoryRemote
+from casstore.settings import load_settings
+repo_dir, ref, target, options, where = sys.argv[1:6]
+repo = casstore.open(repo_dir)
+if where == "remote":       # the snapshot synced to a remote (in this process's memory), restored from there
+    remote = MemoryRemote()
+    repo.sync(remote)
+    repo = Repository.open_remote(remote, load_settings({"host": "testhost"}))
+done = threading.Event()
+if where == "beside a thread":     # another thread runs while the restore starts
+    threading.Thread(target=done.wait).start()
+forks = []
+os.register_at_fork(before=lambda: forks.append(1))
+try:
+    result = repo.restore(ref, target, **json.loads(options))
+finally:
+    done.set()
+print(json.dumps([len(forks), result.files, result.errors]))
+"""
+
+
+@pytest.fixture(scope="module")
+def at_the_bound(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """Snapshots of one fewer than WORKER_MIN_FILES files, of exactly that many, and one made by
+    hand, whose summary does not count its files."""
+    base = tmp_path_factory.mktemp("bound")
+    source = small_source(base / "source", WORKER_MIN_FILES - 1)
+    repo = init_repo(base / "repo")
+    fewer = repo.snapshot(str(source)).id
+    (source / "one-more.txt").write_text("the thousandth file")
+    exactly = repo.snapshot(str(source)).id
+    uncounted = write_snapshot(repo, lambda store: [file_entry(store, b"by-hand.txt", b"made by hand")])
+    return base / "repo", {"fewer": fewer, "exactly": exactly, "uncounted": uncounted}
+
+
+def _forks_and_result(repo_dir: Path, ref: str, target: Path, options: dict, where: str = "local") -> list:
+    """[processes forked, files restored, errors] of a restore run alone in a fresh process."""
+    proc = subprocess.run([sys.executable, "-c", FORKS, str(repo_dir), ref, str(target), json.dumps(options), where],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize(("where", "files", "options", "forks"), [
+    ("local", "exactly", {}, RESTORE_WORKERS),
+    ("local", "fewer", {}, 0),
+    ("local", "uncounted", {}, 0),
+    ("local", "exactly", {"dry_run": True}, 0),
+    ("local", "exactly", {"verify": True}, 0),
+    ("beside a thread", "exactly", {}, 0),
+    ("remote", "exactly", {}, 0)], ids=["bound", "under", "uncounted", "dry-run", "verify", "thread", "remote"])
+def test_worker_processes_restore_only_many_files_of_a_local_repository_being_written(
+        at_the_bound, tmp_path, where, files, options, forks):
+    """Workers are forked for a snapshot of at least WORKER_MIN_FILES files from a local
+    repository, never for fewer (or a snapshot that does not say how many), a dry run or --verify
+    (which write nothing in batches), a repository on a remote (whose connections a fork must not
+    share) or while another thread runs (a lock it holds would stay held in the fork); the result
+    is the same."""
+    repo_dir, snapshots = at_the_bound
+    count = {"exactly": WORKER_MIN_FILES, "fewer": WORKER_MIN_FILES - 1, "uncounted": 1}[files]
+    assert _forks_and_result(repo_dir, snapshots[files], tmp_path / "out", options, where) == [forks, count, []]
+    if not options:
+        assert len(list((tmp_path / "out").rglob("*.*"))) == count
+
+
+def test_names_too_long_for_any_file_system_are_one_error_each_and_the_rest_restores_through_the_workers(tmp_path):
+    """A hostile tree's directory of names longer than a file system holds (255 bytes), more
+    than a batch: each is one error line, the rest is restored, as without workers."""
+    repo = init_repo(tmp_path / "repo")
+    names = [b"n%02d" % i + b"x" * 2000 for i in range(40)]
+    store = repo.blob_store()
+    try:
+        entries = [file_entry(store, name, b"long %d" % i) for i, name in enumerate(names)]
+        root = encode_tree_chain([dir_entry(store, b"d", [*entries, file_entry(store, b"ok.txt", b"ok")])],
+                                 lambda body: store.add(KIND_TREE, body)[0])
+        store.flush()
+    finally:
+        store.close()
+    many = {"files_total": WORKER_MIN_FILES}     # as its summary says: the workers' path
+    ref = commit(repo, SnapshotManifest(time_ns=NOW_NS, host="testhost", source="/hostile", tree=root, summary=many))
+    forks, files, errors = _forks_and_result(tmp_path / "repo", ref, tmp_path / "out", {})
+    assert (forks, files) == (RESTORE_WORKERS, 1)
+    assert errors == [f"d/{name.decode()}: File name too long" for name in names]
+    assert os.listdir(tmp_path / "out" / "d") == ["ok.txt"]
+
+
+def _table(path: Path, version: int) -> None:
+    """A JSON table of about 110 KB (a few chunks, a small file to the restore); each version
+    changes three values, so a later snapshot stores its chunks as deltas."""
+    rnd = random.Random(7)
+    rows = [{"id": i, "score": round(rnd.random(), 6)} for i in range(4000)]
+    for i in random.Random(version).sample(range(4000), 3):
+        rows[i]["score"] = version + i / 4000
+    path.write_text(json.dumps(rows, separators=(",", ":")))
+    os.utime(path, ns=(NOW_NS + version, NOW_NS + version))
+
+
+def test_a_small_file_stored_as_deltas_is_left_by_the_worker_to_the_parent_and_its_batch_restores(tmp_path):
+    """A worker reads only whole blobs; a file whose chunks are deltas (first of its directory's
+    batch) is written by the parent instead, and the files after it in that batch by the worker."""
+    source = small_source(tmp_path / "source", WORKER_MIN_FILES + 10)
+    repo = local_repo(tmp_path / "repo", config=RepoConfig.new(avg_size=64 * KiB, delta_chain=8))
+    for version in (0, 1):
+        _table(source / "d000" / "a.json", version)
+        repo.snapshot(str(source))
+    index = repo.load_index()
+    chunks = repo.get("latest").entry("d000/a.json").chunks
+    assert 1 < len(chunks) <= 4 and all(loc.base is not None for c in chunks for loc in index.locations(KIND_DATA, c))
+    result = repo.restore("latest", str(tmp_path / "out"))
+    assert result.ok and result.files == WORKER_MIN_FILES + 11
+    assert_same_tree(tree_state(source), tree_state(tmp_path / "out"))
 
 
 def test_a_worker_that_dies_is_an_error_naming_how_not_a_hang():

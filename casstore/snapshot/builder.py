@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from casstore._testing import pause_point, snapshot_time_ns
 from casstore.chunker.sparse import ZeroRun, sparse_chunks
@@ -29,7 +30,6 @@ from casstore.format.snapshot import SnapshotManifest
 from casstore.format.tree import Entry, EntryType, encode_tree_rows
 from casstore.fsio.heap import bound_free_heap
 from casstore.fsio.readahead import FILE_AHEAD, ReadAhead
-from casstore.fsio.workers import WorkerPool
 from casstore.remotes.local import remove_leftovers
 from casstore.repo.blobstore import BlobStore
 from casstore.repo.core import RepoCore
@@ -39,6 +39,9 @@ from casstore.snapshot.excludes import Excluder
 from casstore.snapshot.pipeline import ChunkPipeline
 from casstore.snapshot.smallfiles import BatchReads, FileStat, SmallRead
 from casstore.snapshot.summary import SnapshotSummary
+
+if TYPE_CHECKING:
+    from casstore.fsio.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +218,7 @@ class SnapshotBuilder:
         self._decided = False
         self._held: deque[_Batch] = deque()
         self._held_files = 0
-        self._sent: deque[_Batch] = deque()     # batches a worker process reads, not yet recorded
+        self._sent: deque[_Batch] = deque()     # batches a worker (process or thread) reads, not yet recorded
         self._root: bytes | None = None
         self._aborted = threading.Event()
         self._lock = threading.Lock()
@@ -535,13 +538,15 @@ class SnapshotBuilder:
         self._decided = True
         if self._held_files >= WORKER_MIN_FILES and hasattr(os, "fork") and threading.active_count() == 1:
             self._start_workers()
-        while self._held:       # one at a time: if one fails, the rest stay held and are closed
+        while self._held:      # one at a time: if one fails, the rest stay held, to be closed
             self._dispatch(self._held.popleft())
 
     def _start_workers(self) -> None:
         """Fork the workers: each reads, hashes and compresses a batch as `read_batch` does on a
         thread. They inherit the open repository (its index, to skip compressing stored chunks,
         and in an encrypted repository its keys, which hashing and sealing need)."""
+        from casstore.fsio.workers import WorkerPool  # lazy: start-up of every snapshot (sockets, pickle)
+
         limit, prepare = self.min_chunk, self.pipeline.prepare_many
 
         def handle(dir_fd: int, files: list[tuple[str, tuple[int, int]]]) -> BatchReads:
@@ -557,15 +562,12 @@ class SnapshotBuilder:
                 self._sent.append(batch)
                 self.pipeline.add_started(ticket, lambda reads: self._store_batch(batch, reads), batch.size)
                 return
+            # the batch keeps its descriptor until it is recorded, as a worker process's does: a
+            # task that a failed snapshot cancels never runs, so it must not be the one to close it
             limit, prepare, dir_fd = self.min_chunk, self.pipeline.prepare_many, batch.dir_fd
-            batch.dir_fd = -1      # the thread's task closes it
-            try:
-                self.pipeline.submit_task(lambda: smallfiles.columns(smallfiles.read_batch(dir_fd, files, limit,
-                                                                                          prepare)),
-                                          lambda reads: self._store_batch(batch, reads), batch.size)
-            except BaseException:
-                os.close(dir_fd)      # raised before the task was queued (an earlier result failed)
-                raise
+            self.pipeline.submit_task(lambda: smallfiles.read_batch_in_worker(dir_fd, files, limit, prepare),
+                                      lambda reads: self._store_batch(batch, reads), batch.size)
+            self._sent.append(batch)
         except BaseException:
             self._close_batch(batch)
             raise
@@ -639,8 +641,8 @@ class SnapshotBuilder:
             self._changed(item.rel, read.replaced)
         elif read.error is not None:
             self._error(item.rel.decode("utf-8", "surrogateescape"), read.error)
-        elif read.grown is not None:       # grew past one chunk since it was listed
-            fd = self._open_listed(batch.dir_fd, item) if read.grown == smallfiles.REOPEN else read.grown
+        elif read.grown:       # grew past one chunk since it was listed: opened again, as listed
+            fd = self._open_listed(batch.dir_fd, item)
             if fd is None:
                 return
             self._count_file(job)
