@@ -788,7 +788,7 @@ def test_the_manifest_records_the_start_the_duration_in_milliseconds_and_the_tag
     write(tmp_path / "data" / "a.txt", b"a")
     repo = init_repo(tmp_path / "repo")
     start = 1_700_000_000_123_456_789
-    readings = iter([start, start + 1_234_999_999])      # the start, then the commit: 1234.999999 ms later
+    readings = iter([start, start + 1_235_000_500])      # the start, then the commit: 1235.0005 ms later
 
     class Clock:
         @staticmethod
@@ -798,7 +798,7 @@ def test_the_manifest_records_the_start_the_duration_in_milliseconds_and_the_tag
     monkeypatch.setattr(builder, "time", Clock)
     result = take_snapshot(repo, str(tmp_path / "data"), tags=("nightly", "alpha", "nightly"))
     stored = open_repo(tmp_path / "repo").get(result.id)
-    assert stored.manifest.time_ns == start and stored.summary["duration_ms"] == 1234
+    assert stored.manifest.time_ns == start and stored.summary["duration_ms"] == 1235
     assert stored.manifest.tags == ["alpha", "nightly"] and stored.manifest.source == str(tmp_path / "data")
     assert 0 < stored.summary["repository_bytes"] <= repo.stored_bytes()
 
