@@ -9,10 +9,12 @@ restore leaves no process behind.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -211,25 +213,90 @@ def test_worker_processes_restore_only_many_files_of_a_local_repository_being_wr
         assert len(list((tmp_path / "out").rglob("*.*"))) == count
 
 
+def _said_to_hold_many_files(repo: Repository, build) -> str:
+    """A snapshot of the entries `build(store)` returns whose summary says it holds WORKER_MIN_FILES
+    files: restored by the workers."""
+    store = repo.blob_store()
+    try:
+        root = encode_tree_chain(build(store), lambda body: store.add(KIND_TREE, body)[0])
+        store.flush()
+    finally:
+        store.close()
+    return commit(repo, SnapshotManifest(time_ns=NOW_NS, host="testhost", source="/hostile", tree=root,
+                                         summary={"files_total": WORKER_MIN_FILES}))
+
+
 def test_names_too_long_for_any_file_system_are_one_error_each_and_the_rest_restores_through_the_workers(tmp_path):
     """A hostile tree's directory of names longer than a file system holds (255 bytes), more
     than a batch: each is one error line, the rest is restored, as without workers."""
     repo = init_repo(tmp_path / "repo")
     names = [b"n%02d" % i + b"x" * 2000 for i in range(40)]
-    store = repo.blob_store()
-    try:
-        entries = [file_entry(store, name, b"long %d" % i) for i, name in enumerate(names)]
-        root = encode_tree_chain([dir_entry(store, b"d", [*entries, file_entry(store, b"ok.txt", b"ok")])],
-                                 lambda body: store.add(KIND_TREE, body)[0])
-        store.flush()
-    finally:
-        store.close()
-    many = {"files_total": WORKER_MIN_FILES}     # as its summary says: the workers' path
-    ref = commit(repo, SnapshotManifest(time_ns=NOW_NS, host="testhost", source="/hostile", tree=root, summary=many))
+    ref = _said_to_hold_many_files(repo, lambda store: [dir_entry(store, b"d", [
+        *(file_entry(store, name, b"long %d" % i) for i, name in enumerate(names)),
+        file_entry(store, b"ok.txt", b"ok")])])
     forks, files, errors = _forks_and_result(tmp_path / "repo", ref, tmp_path / "out", {})
     assert (forks, files) == (RESTORE_WORKERS, 1)
     assert errors == [f"d/{name.decode()}: File name too long" for name in names]
     assert os.listdir(tmp_path / "out" / "d") == ["ok.txt"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setting another owner needs root")
+@pytest.mark.parametrize("privileged", [False, True], ids=["plain", "privileged"])
+def test_workers_restore_recorded_owners_and_setuid_bits_only_when_privileged(tmp_path, privileged):
+    repo = init_repo(tmp_path / "repo")
+    owned = {"uid": 12345, "gid": 12346, "mode": 0o4755}
+    ref = _said_to_hold_many_files(repo, lambda store: [dir_entry(store, b"d", [
+        dataclasses.replace(file_entry(store, b"f%d" % i, b"%d" % i), **owned) for i in range(3)])])
+    forks, files, errors = _forks_and_result(tmp_path / "repo", ref, tmp_path / "out", {"privileged": privileged})
+    assert (forks, files, errors) == (RESTORE_WORKERS, 3, [])
+    expected = (12345, 12346, 0o4755) if privileged else (os.geteuid(), os.getegid(), 0o755)
+    for i in range(3):
+        st = os.stat(tmp_path / "out" / "d" / f"f{i}")
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == expected
+
+
+KILLED_FIRST = """
+import os, signal, sys, time
+import casstore
+from casstore.errors import CasstoreError
+
+def children():
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == os.getpid() and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+killed = []
+
+def kill_the_first_worker():    # it dies (as by the OOM killer) before it is sent anything
+    if not killed:
+        killed.extend(children())
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        while children():
+            time.sleep(0.01)
+
+os.register_at_fork(after_in_parent=kill_the_first_worker)
+try:
+    casstore.open(sys.argv[1]).restore("latest", sys.argv[2])
+except CasstoreError as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+def test_a_worker_killed_before_its_first_batch_fails_the_restore_with_one_line_naming_how(snapshotted, tmp_path):
+    _, repo_dir = snapshotted
+    proc = subprocess.run([sys.executable, "-c", KILLED_FIRST, str(repo_dir), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ("RestoreError a restore worker process ended unexpectedly (killed by signal 9); "
+                                   "the restore is incomplete")
 
 
 def _table(path: Path, version: int) -> None:
