@@ -27,7 +27,16 @@ from casstore.errors import IntegrityError, RestoreError
 from casstore.format.pack import KIND_DATA, parse_header
 from casstore.format.tree import Entry, EntryType
 from casstore.remotes.memory import MemoryRemote
-from casstore.restore.restorer import DEFERRED_DIRS, EXISTING_SHOWN, MAX_DEVICE, MAX_ID, MAX_OPEN_DIRS, MAX_TIME_NS
+from casstore.restore.restorer import (
+    DEFERRED_DIRS,
+    EXISTING_SHOWN,
+    MAX_BATCHES,
+    MAX_DEVICE,
+    MAX_ID,
+    MAX_OPEN_DIRS,
+    MAX_TIME_NS,
+    SMALL_BATCH_FILES,
+)
 from casstore.settings import load_settings
 from tests.helpers import (
     NOW_NS,
@@ -867,3 +876,17 @@ def test_any_chunk_restores_byte_for_byte_and_only_zeros_become_holes(world, ver
     result = repo.restore(snapshot_id, str(target), verify=verify)
     assert result.ok and result.files == len(contents)
     assert {os.fsencode(p.name): p.read_bytes() for p in target.iterdir()} == contents
+
+
+def test_a_directory_of_more_small_files_than_batches_in_flight_ends_with_its_own_time(world):
+    """More small files in one directory than MAX_BATCHES batches hold: the restore waits for its
+    oldest batches while listing it, and sets the directory's time only after the last of its
+    files is written (a file created after would move it)."""
+    repo, outside, target = world
+    count = (MAX_BATCHES + 2) * SMALL_BATCH_FILES
+    snapshot_id = write_snapshot(repo, lambda store: [dir_entry(store, b"d", [
+        file_entry(store, b"f%04d" % i, b"%d\n" % i) for i in range(count)], mode=0o750, mtime_ns=NOW_NS - 5)])
+    result = repo.restore(snapshot_id, str(target))
+    assert result.ok and (result.files, result.dirs) == (count, 1)
+    assert tree_state(target)[b"d"][:3] == ("dir", 0o750, NOW_NS - 5)
+    assert len(os.listdir(target / "d")) == count

@@ -171,8 +171,8 @@ print(json.dumps([len(forks), result.files, result.errors]))
 
 @pytest.fixture(scope="module")
 def at_the_bound(tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    """Snapshots of one fewer than WORKER_MIN_FILES files, of exactly that many, and one made by
-    hand, whose summary does not count its files."""
+    """Snapshots of one fewer than WORKER_MIN_FILES files, of exactly that many (also all in one
+    directory: many batches of it), and one made by hand, whose summary does not count its files."""
     base = tmp_path_factory.mktemp("bound")
     source = small_source(base / "source", WORKER_MIN_FILES - 1)
     repo = init_repo(base / "repo")
@@ -180,7 +180,8 @@ def at_the_bound(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     (source / "one-more.txt").write_text("the thousandth file")
     exactly = repo.snapshot(str(source)).id
     uncounted = write_snapshot(repo, lambda store: [file_entry(store, b"by-hand.txt", b"made by hand")])
-    return base / "repo", {"fewer": fewer, "exactly": exactly, "uncounted": uncounted}
+    flat = repo.snapshot(str(small_source(base / "flat", WORKER_MIN_FILES, per_dir=WORKER_MIN_FILES))).id
+    return base / "repo", {"fewer": fewer, "exactly": exactly, "uncounted": uncounted, "in one directory": flat}
 
 
 def _forks_and_result(repo_dir: Path, ref: str, target: Path, options: dict, where: str = "local") -> list:
@@ -193,12 +194,14 @@ def _forks_and_result(repo_dir: Path, ref: str, target: Path, options: dict, whe
 
 @pytest.mark.parametrize(("where", "files", "options", "forks"), [
     ("local", "exactly", {}, RESTORE_WORKERS),
+    ("local", "in one directory", {}, RESTORE_WORKERS),
     ("local", "fewer", {}, 0),
     ("local", "uncounted", {}, 0),
     ("local", "exactly", {"dry_run": True}, 0),
     ("local", "exactly", {"verify": True}, 0),
     ("beside a thread", "exactly", {}, 0),
-    ("remote", "exactly", {}, 0)], ids=["bound", "under", "uncounted", "dry-run", "verify", "thread", "remote"])
+    ("remote", "exactly", {}, 0)],
+    ids=["bound", "one directory", "under", "uncounted", "dry-run", "verify", "thread", "remote"])
 def test_worker_processes_restore_only_many_files_of_a_local_repository_being_written(
         at_the_bound, tmp_path, where, files, options, forks):
     """Workers are forked for a snapshot of at least WORKER_MIN_FILES files from a local
@@ -207,7 +210,7 @@ def test_worker_processes_restore_only_many_files_of_a_local_repository_being_wr
     share) or while another thread runs (a lock it holds would stay held in the fork); the result
     is the same."""
     repo_dir, snapshots = at_the_bound
-    count = {"exactly": WORKER_MIN_FILES, "fewer": WORKER_MIN_FILES - 1, "uncounted": 1}[files]
+    count = {"fewer": WORKER_MIN_FILES - 1, "uncounted": 1}.get(files, WORKER_MIN_FILES)
     assert _forks_and_result(repo_dir, snapshots[files], tmp_path / "out", options, where) == [forks, count, []]
     if not options:
         assert len(list((tmp_path / "out").rglob("*.*"))) == count
