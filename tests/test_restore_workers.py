@@ -262,27 +262,14 @@ KILLED_FIRST = """
 import os, signal, sys, time
 import casstore
 from casstore.errors import CasstoreError
-
-def children():
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == os.getpid() and fields[0] != "Z":
-                found.append(int(entry))
-    return found
-
 killed = []
 
 def kill_the_first_worker():    # it dies (as by the OOM killer) before it is sent anything
     if not killed:
-        killed.extend(children())
+        killed.extend(int(pid) for pid in open(f"/proc/self/task/{os.getpid()}/children").read().split())
         for pid in killed:
             os.kill(pid, signal.SIGKILL)
-        while children():
+        while any(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z" for pid in killed):
             time.sleep(0.01)
 
 os.register_at_fork(after_in_parent=kill_the_first_worker)
