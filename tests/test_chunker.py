@@ -36,7 +36,7 @@ def test_the_compiled_fastcdc_is_in_use():
     from casstore.chunker import fastcdc
 
     assert pyfastcdc.__version__ == "0.3.1"  # cut points are pinned to this version
-    assert fastcdc.FastCDC is Compiled
+    assert fastcdc.compiled() is Compiled
     assert Compiled.__module__.startswith("pyfastcdc.cy")
 
 

@@ -281,12 +281,14 @@ def _index(packs=None, **changes) -> dict:
     _index(version=2), _index(origin="writer"), _index(origin={"kind": "thief"}), _index(packs=5),
     _index(packs=[["not-hex", [GOOD_ENTRY]]]), _index(packs=[[GOOD_PACK, [[KIND_DATA, ID, 5, 10]]]]),
     _index(packs=[[GOOD_PACK, [[KIND_DATA, b"\x11" * 31, 5, 10, 10]]]]),
-    _index(packs=[[GOOD_PACK, [[9, ID, 5, 10, 10]]]]), _index(packs=[[GOOD_PACK, [[KIND_DATA, ID, -5, 10, 10]]]]),
+    _index(packs=[[GOOD_PACK, [[9, ID, 5, 10, 10]]]]), _index(packs=[[GOOD_PACK, [[1.0, ID, 5, 10, 10]]]]),
+    _index(packs=[[GOOD_PACK, [[True, ID, 5, 10, 10]]]]), _index(packs=[[GOOD_PACK, [[KIND_DATA, ID, -5, 10, 10]]]]),
     _index(packs=[[GOOD_PACK, [[KIND_DATA, ID, 5, "10", 10]]]]),
     _index(packs=[[GOOD_PACK, [[KIND_DATA, ID, 5, 10, 2**40]]]]), _index(supersedes=["zz"]),
     [1, 2, 3], "just a string", {"version": 1},
 ], ids=["version", "origin str", "origin kind", "packs int", "pack id", "short entry", "short id", "kind",
-        "negative offset", "str length", "huge raw length", "supersedes", "a list", "a string", "no fields"])
+        "float kind", "boolean kind", "negative offset", "str length", "huge raw length", "supersedes", "a list",
+        "a string", "no fields"])
 def test_hostile_indexes_are_format_errors(doc):
     index_id, body = _index_body(doc)
     _bounded(lambda: decode_index(index_id, body, MAX_RAW), FormatError)

@@ -353,8 +353,97 @@ def test_an_index_whose_pack_item_is_not_an_id_and_entries_is_corrupt() -> None:
         if accepted:
             assert set(decode_index(*_named(body), 1 << 20).packs) == {pack_name(1)}
         else:
-            with pytest.raises(FormatError, match=r"a pack's item is not \[id, entries\]"):
+            with pytest.raises(FormatError, match=r"^corrupt index \w{16}: a pack's item is not \[id, entries\]$"):
                 decode_index(*_named(body), 1 << 20)
+
+
+@pytest.mark.parametrize("raw, accepted", [(1000, True), (1001, False)])
+def test_an_index_may_list_a_blob_of_exactly_the_maximum_raw_length(raw: int, accepted: bool) -> None:
+    packs = {pack_name(1): [entry(b"\x01" * 32, 5, raw=raw)]}
+    index_id, stored = encode_index(ORIGIN, packs)
+    if accepted:
+        assert decode_index(index_id, stored, 1000).packs == packs
+    else:
+        with pytest.raises(FormatError, match=r"^corrupt index \w{16}: bad blob bounds$"):
+            decode_index(index_id, stored, 1000)
+
+
+@pytest.mark.parametrize("name", ["AB" * 32, "X" * 64, "g" * 64, "ab" * 31 + "a", "ab" * 32 + "a", 5, b"\xab" * 32])
+def test_a_pack_or_index_name_that_is_not_64_lowercase_hex_digits_is_corrupt(name) -> None:
+    for doc in ({"version": 1, "origin": ORIGIN, "packs": [[name, []]], "supersedes": []},
+                {"version": 1, "origin": ORIGIN, "packs": [], "supersedes": [name]}):
+        with pytest.raises(FormatError, match=r"^corrupt index \w{16}: bad object id "):
+            decode_index(*_named(msgpack.packb(doc)), 1 << 20)
+
+
+@pytest.mark.parametrize("size, accepted", [(64, True), (65, False)])
+def test_an_index_holds_byte_strings_of_at_most_64_bytes_wherever_they_are(size: int, accepted: bool) -> None:
+    """Ids are 32 bytes: a longer byte string is refused as it is read, even in a field no check looks at."""
+    doc = {"version": 1, "origin": {**ORIGIN, "session": b"s" * size}, "packs": [], "supersedes": []}
+    if accepted:
+        assert decode_index(*_named(msgpack.packb(doc)), 1 << 20).origin["session"] == b"s" * size
+    else:
+        with pytest.raises(FormatError, match=r"^corrupt index \w{16}: 65 exceeds max_bin_len\(64\)$"):
+            decode_index(*_named(msgpack.packb(doc)), 1 << 20)
+
+
+def test_an_index_claiming_more_items_than_its_bytes_hold_is_refused_before_they_are_allocated() -> None:
+    claim = 10_000_000
+    head = {"version": 1, "origin": ORIGIN, "packs": []}
+    body = b"\x84" + b"".join(map(msgpack.packb, [*(x for kv in head.items() for x in kv), "supersedes"]))
+    body += b"\xdd" + struct.pack(">I", claim)            # an array of ten million, and nothing after
+    tracemalloc.start()
+    try:
+        with pytest.raises(FormatError, match=rf"^corrupt index \w{{16}}: {claim} exceeds max_array_len"):
+            decode_index(*_named(body), 1 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak} bytes allocated refusing a 10M-item claim"
+
+
+def test_an_index_decodes_to_what_was_encoded_with_its_supersessions_and_retractions() -> None:
+    supersedes, retracts = ["cd" * 32, "ab" * 32], ["ef" * 32]
+    index_id, stored = encode_index({**ORIGIN, "kind": "gc"}, _two_packs(), supersedes, retracts)
+    decoded = decode_index(index_id, stored, 1 << 20)
+    assert (decoded.origin, decoded.packs) == ({**ORIGIN, "kind": "gc"}, _two_packs())
+    assert (decoded.supersedes, decoded.retracts) == (sorted(supersedes), retracts)
+
+
+def test_an_index_under_another_name_and_one_of_unknown_origin_say_so_in_one_line() -> None:
+    index_id, stored = encode_index(ORIGIN, _two_packs())
+    wrong = "0" * 64
+    with pytest.raises(IntegrityError, match=f"^index {wrong[:16]} does not match its name$"):
+        decode_index(wrong, stored, 1 << 20)
+    doc = {"version": 1, "origin": {**ORIGIN, "kind": "thief"}, "packs": [], "supersedes": []}
+    with pytest.raises(FormatError, match=r"^corrupt index \w{16}: bad origin$"):
+        decode_index(*_named(msgpack.packb(doc)), 1 << 20)
+
+
+def test_an_index_without_supersessions_or_retractions_has_none() -> None:
+    """Both fields are optional in the format (DESIGN.md: only gc's indexes supersede)."""
+    doc = {"version": 1, "origin": ORIGIN, "packs": [[pack_name(1), [entry(b"\x01" * 32, 5).as_list()]]]}
+    decoded = decode_index(*_named(msgpack.packb(doc)), 1 << 20)
+    assert (decoded.supersedes, decoded.retracts, list(decoded.packs)) == ([], [], [pack_name(1)])
+
+
+def test_an_index_of_another_version_says_which() -> None:
+    doc = {"version": 2, "origin": ORIGIN, "packs": [], "supersedes": []}
+    with pytest.raises(FormatError, match=r"^unsupported index version 2$"):
+        decode_index(*_named(msgpack.packb(doc)), 1 << 20)
+
+
+def test_a_sealed_index_read_without_its_key_or_with_another_names_the_index() -> None:
+    from casstore.errors import DowngradeError
+    from casstore.format.crypto import MasterKey
+
+    key = MasterKey.generate().sealer
+    index_id, stored = encode_index(ORIGIN, _two_packs(), sealer=key)
+    assert decode_index(index_id, stored, 1 << 20, key).packs == _two_packs()
+    with pytest.raises(IntegrityError, match=f"^index {index_id[:16]}: authentication failed"):
+        decode_index(index_id, stored, 1 << 20, MasterKey.generate().sealer)
+    with pytest.raises(DowngradeError, match=f"^index {index_id[:16]} is encrypted but"):
+        decode_index(index_id, stored, 1 << 20)
 
 
 # -- bookkeeping of index objects -----------------------------------------------------------------

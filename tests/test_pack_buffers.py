@@ -165,27 +165,50 @@ def test_a_pack_of_delta_blobs_only_lists_each_blobs_base(buffer_size):
 @pytest.mark.parametrize("buffer_size", [None, 3000])
 def test_a_batch_added_at_once_fills_packs_as_blobs_added_one_by_one(buffer_size):
     """`add_many` (a batch of small files' blobs) stops where `add` would start a new pack: at the
-    size limit, or at a blob the buffer has no room for; an empty pack refuses a blob too large."""
-    blobs = [os.urandom(n) for n in (300, 900, 40, 1200, 700, 5, 800, 600)]
-    encoded = [(codec.blob_id(data), codec.encode(data, 3), len(data)) for data in blobs]
+    size limit, or at a blob the buffer has no room for; an empty pack refuses a blob too large.
+    Envelopes come in parts (tag, payload): each blob's stored bytes are its parts back to back."""
+    blobs = [os.urandom(n) for n in (300, 900, 40, 1200, 700, 5, 800, 600)] + [b"squeeze " * 100]
+    encoded = [(codec.blob_id(data), codec.encode_verified(data, 3, codec.blob_id(data)), len(data)) for data in blobs]
+    assert all(len(parts) == 2 for _id, parts, _raw in encoded)
 
-    def packs(add_batch: bool) -> list[list[BlobEntry]]:
+    def packs(add_batch: bool) -> list[list[tuple[BlobEntry, bytes]]]:
         done, at = [], 0
+
+        def finish(builder: PackBuilder) -> list[tuple[BlobEntry, bytes]]:
+            body = bytes(builder.finish()[1])
+            return [(e, body[e.offset:e.offset + e.length]) for e in parse_header(body, 1 << 20)]
+
         builder = PackBuilder(KIND_DATA, memoryview(bytearray(buffer_size)) if buffer_size else None)
         while at < len(encoded):
             if add_batch:
-                at = builder.add_many([(i, (envelope,), raw) for i, envelope, raw in encoded], at, 2000)
+                at = builder.add_many(encoded, at, 2000)
             else:
-                blob_id, envelope, raw = encoded[at]
-                if builder.fits(len(envelope)) and builder.size < 2000:
-                    builder.add(blob_id, envelope, raw)
+                blob_id, parts, raw = encoded[at]
+                if builder.fits(sum(map(len, parts))) and builder.size < 2000:
+                    builder.add(blob_id, parts, raw)
                     at += 1
-            if at < len(encoded) and (builder.size >= 2000 or not builder.fits(len(encoded[at][1]))):
-                done.append(parse_header(bytes(builder.finish()[1]), 1 << 20))
+            if at < len(encoded) and (builder.size >= 2000 or not builder.fits(sum(map(len, encoded[at][1])))):
+                done.append(finish(builder))
                 builder = PackBuilder(KIND_DATA, memoryview(bytearray(buffer_size)) if buffer_size else None)
-        return [*done, parse_header(bytes(builder.finish()[1]), 1 << 20)]
+        return [*done, finish(builder)]
 
     one_by_one = packs(False)
     assert len(one_by_one) > 1 and packs(True) == one_by_one
+    stored = [blob for pack in one_by_one for blob in pack]
+    assert [codec.decode_verified(body, e.raw_length, e.id) for e, body in stored] == blobs
     with pytest.raises(ValueError, match="^internal error: blob added to a full pack buffer$"):
         PackBuilder(KIND_DATA, memoryview(bytearray(100))).add_many([(bytes(32), (b"\x00", b"x" * 200), 200)], 0, 1000)
+
+
+@pytest.mark.parametrize("buffer_size", [None, 25])
+def test_a_batch_fills_a_buffer_to_its_last_byte_and_stops_once_the_pack_reaches_its_limit(buffer_size):
+    """Three 10-byte envelopes after the 5-byte preamble: a 25-byte buffer holds exactly two, and a
+    pack that reached its 25-byte limit exactly is full (a blob is added only under the limit)."""
+    blobs = [(bytes([i]) * 32, (b"\x00", bytes([i]) * 9), 9) for i in range(3)]
+    builder = PackBuilder(KIND_DATA, memoryview(bytearray(buffer_size)) if buffer_size else None)
+    assert builder.add_many(blobs, 0, 25) == 2 and builder.size == 25
+    _pack_id, body = builder.finish()
+    entries = parse_header(bytes(body), 1 << 20)
+    assert [bytes(body[e.offset:e.offset + e.length]) for e in entries] == [b"\x00" + bytes([i]) * 9 for i in (0, 1)]
+    builder = PackBuilder(KIND_DATA, memoryview(bytearray(buffer_size)) if buffer_size else None)
+    assert builder.add_many(blobs, 1, 1000) == 3          # from the second blob on: two fit

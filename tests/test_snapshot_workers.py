@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from casstore.client import Repository
+from casstore.fsio import workers as worker_processes
 from casstore.snapshot import builder
 from tests.helpers import (
     KiB,
@@ -66,14 +67,14 @@ class _ThreadsSinceNow:
 def forks(monkeypatch) -> list[int]:
     """Worker pools started, by how many processes: the threshold lowered to FEW."""
     started: list[int] = []
-    real = builder.WorkerPool
+    real = worker_processes.WorkerPool     # the builder imports it when it starts workers
 
     def recording(handle, count, **kwargs):
         started.append(count)
         return real(handle, count, **kwargs)
 
     monkeypatch.setattr(builder, "WORKER_MIN_FILES", FEW)
-    monkeypatch.setattr(builder, "WorkerPool", recording)
+    monkeypatch.setattr(worker_processes, "WorkerPool", recording)
     monkeypatch.setattr(builder, "threading", _ThreadsSinceNow())
     monkeypatch.setattr(builder, "RACY_WINDOW_NS", 0)     # files written just now may be cached
     return started

@@ -202,6 +202,38 @@ def test_a_small_file_swapped_for_a_fifo_is_skipped_not_waited_for(tmp_path, mon
     assert [e.path for e in open_repo(repo.local_dir).get(result.id).walk()] == ["b.json"]
 
 
+def _open_descriptors() -> dict[str, str]:
+    return {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")}
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists open descriptors through /proc")
+def test_a_snapshot_that_fails_with_batches_waiting_for_a_thread_leaves_no_descriptor_open(tmp_path, monkeypatch):
+    """A failure while batches of small files wait for a thread (the first batch does not survive
+    its encoding, the next ones take a while) ends the snapshot: the waiting batches are never read,
+    and none of their directories stays open in the process (a server runs snapshot after snapshot)."""
+    from casstore.errors import IntegrityError
+    from casstore.snapshot.pipeline import ChunkPipeline
+
+    source = _source(tmp_path / "data", dirs=16, files=3)
+    repo = init_repo(tmp_path / "repo")
+    real, calls = ChunkPipeline.prepare_many, []
+
+    def first_fails_the_rest_are_slow(self, datas):
+        calls.append(1)
+        if len(calls) == 1:
+            raise IntegrityError("injected: a batch does not survive its encoding")
+        threading.Event().wait(0.3)
+        return real(self, datas)
+
+    monkeypatch.setattr(ChunkPipeline, "prepare_many", first_fails_the_rest_are_slow)
+    before = _open_descriptors()
+    with pytest.raises(IntegrityError):
+        repo.snapshot(str(source))
+    assert len(calls) < 16           # batches were still waiting when it failed
+    assert {fd: path for fd, path in _open_descriptors().items() if fd not in before} == {}
+
+
 def test_restore_in_batches_respects_existing_files(tmp_path):
     source = _source(tmp_path / "data", dirs=2, files=40)
     repo = init_repo(tmp_path / "repo")

@@ -7,8 +7,8 @@ cuts about 600x slower, so importing it is refused rather than silently used.
 
 from __future__ import annotations
 
+import functools
 import os
-import secrets
 import threading
 import warnings
 from collections.abc import Iterator
@@ -17,14 +17,21 @@ from typing import BinaryIO
 from casstore.fsio.buffers import BufferPool
 from casstore.fsio.readahead import hint_range
 
-with warnings.catch_warnings():
-    warnings.simplefilter("error")  # pyfastcdc warns when it falls back to pure Python
-    try:
-        from pyfastcdc.cy import FastCDC
-    except (ImportError, RuntimeWarning) as exc:  # pragma: no cover - install problem
-        raise ImportError(
-            "casstore needs pyfastcdc's compiled chunker; reinstall with PYFASTCDC_REQUIRE_CYTHON=1"
-        ) from exc
+
+@functools.cache
+def compiled() -> type:
+    """pyfastcdc's compiled cutter, imported when the first chunker is made (not by every command
+    that imports this package: a no-change snapshot never cuts, and the import costs ~5 ms)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pyfastcdc warns when it falls back to pure Python
+        try:
+            from pyfastcdc.cy import FastCDC
+        except (ImportError, RuntimeWarning) as exc:  # pragma: no cover - install problem
+            raise ImportError(
+                "casstore needs pyfastcdc's compiled chunker; reinstall with PYFASTCDC_REQUIRE_CYTHON=1"
+            ) from exc
+    return FastCDC
+
 
 # FastCDC normalization level (NC) from the paper; 1 matches fastcdc-rs and restic-like spreads
 NORMALIZATION = 1
@@ -32,6 +39,8 @@ NORMALIZATION = 1
 
 def new_seed() -> int:
     """A random non-zero seed for a new repository's gear table."""
+    import secrets  # lazy: start-up time (only a new repository needs a seed)
+
     return secrets.randbits(63) | 1
 
 
@@ -42,7 +51,7 @@ class FastCDCChunker:
         if not 0 < seed < 2**63:
             raise ValueError("the chunker seed must be in 1 .. 2**63-1")
         self.min_size, self.avg_size, self.max_size, self.seed = min_size, avg_size, max_size, seed
-        self._cdc = FastCDC(avg_size, min_size=min_size, max_size=max_size,
+        self._cdc = compiled()(avg_size, min_size=min_size, max_size=max_size,
                             normalized_chunking=NORMALIZATION, seed=seed)
         # three kept blocks, now that files share blocks (`_first_block`): on the real-data benchmark
         # the walk waited 0.02-0.06 s a snapshot for a free one (with four, one per file: 0.3-0.7 s);

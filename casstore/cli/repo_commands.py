@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import click
@@ -124,6 +123,8 @@ backup = click.Command("backup", callback=snapshot.callback, params=snapshot.par
 def _run_hook(command: str | None, what: str, fatal: bool = True) -> None:
     if not command:
         return
+    import subprocess  # lazy: start-up time of every command (only a hook runs one)
+
     completed = subprocess.run(command, shell=True)  # the user's own command line, by design
     if completed.returncode != 0:
         message = f"{what} `{command}` failed with exit code {completed.returncode}"

@@ -22,6 +22,7 @@ fixed-size records (46 bytes a blob, not Python objects; see `_BlobTable`).
 from __future__ import annotations
 
 import io
+import operator
 import struct
 import sys
 import threading
@@ -29,6 +30,7 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, BinaryIO, NamedTuple
 
 import blake3
@@ -942,7 +944,7 @@ class _BlobTable:
                    distinct: int, wide: list[Any]) -> _BlobTable:
         records = starts[-1] if len(starts) == _BUCKETS + 1 else -1
         if records < 0 or starts[0] or len(fps) != records * _FP or len(rests) != records * _REST \
-                or len(counts) != len(packs) or any(starts[b] > starts[b + 1] for b in range(_BUCKETS)):
+                or len(counts) != len(packs) or not _ascending(starts):
             raise ValueError("inconsistent table image")
         loaded = cls()
         loaded._state = (fps, rests, starts, _Tails())
@@ -960,6 +962,12 @@ class _BlobTable:
     def _in_table(self, kind: int, blob_id: bytes) -> bool:
         b, (fps, rests, starts, _) = _bucket(blob_id), self._state
         return _first(fps, rests, blob_id[2:6], blob_id[6:] + _KIND_BYTE[kind], starts[b], starts[b + 1]) >= 0
+
+
+def _ascending(starts: array[int]) -> bool:
+    """Every bucket starts at or after the one before it (a C-level pass: the generator it replaced
+    was ~5 ms of every command's index load, whatever the repository's size)."""
+    return all(map(operator.le, starts, islice(starts, 1, None)))
 
 
 class _Columns:

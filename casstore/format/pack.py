@@ -281,7 +281,9 @@ def entry_fields(item: list[Any]) -> BlobEntry:
     if not isinstance(item, list) or len(item) not in (5, 6):
         raise ValueError("a blob entry has 5 or 6 fields")
     kind, blob_id, offset, length, raw_length, *rest = item
-    if kind not in KINDS or not isinstance(blob_id, bytes) or len(blob_id) != 32:
+    # an integer, not a value equal to one: a float kind (1.0 == 1) broke the index's records
+    # (struct.error, not one error line), a boolean kind is not the format
+    if type(kind) is not int or kind not in KINDS or not isinstance(blob_id, bytes) or len(blob_id) != 32:
         raise ValueError("bad blob kind or id")
     base = rest[0] if rest else None
     if base is not None and (kind != KIND_DATA or not isinstance(base, bytes) or len(base) != 32 or base == blob_id):

@@ -8,7 +8,6 @@ decides, and retries never multiply.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import threading
@@ -299,6 +298,8 @@ class FaultyRemote(RemoteWrapper):
         self._local.key = call.split("|")[1]
         with self._lock:
             n = self._calls[call] = self._calls.get(call, 0) + 1
+        import hashlib  # lazy: start-up time of every command (only injected faults draw)
+
         digest = hashlib.blake2b(f"{self.seed}|{call}|{n}".encode(), digest_size=8).digest()
         return random.Random(int.from_bytes(digest, "big"))
 

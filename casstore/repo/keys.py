@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
-import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -89,6 +87,9 @@ def _from_file(path: str) -> bytes:
 
 def _from_command(command: str) -> bytes:
     # no shell: the command is split like a shell would, and its output never reaches a log
+    import shlex  # lazy, as subprocess: start-up time of every command
+    import subprocess
+
     try:
         done = subprocess.run(shlex.split(command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, check=False)
     except (OSError, ValueError) as exc:

@@ -20,7 +20,6 @@ evicts the least recently used entries (a read touches the entry's mtime) down t
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import random
@@ -73,6 +72,8 @@ def _fingerprint(body: bytes | memoryview | None, exc: Exception) -> str:
     """What one failed read saw: equal fingerprints mean two reads got the same wrong answer."""
     if body is None:
         return f"{type(exc).__name__}: {exc}"
+    import hashlib  # lazy: start-up time of every command (only a failed read needs it)
+
     return hashlib.blake2b(body, digest_size=16).hexdigest()
 
 

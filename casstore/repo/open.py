@@ -6,7 +6,6 @@ public front or directly with RepoCore.
 from __future__ import annotations
 
 import logging
-import secrets
 import shutil
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -70,6 +69,8 @@ def new_config(settings: Settings, *, encrypt: bool = False, **sizes: Any) -> Re
 
 def fresh_copy(config: RepoConfig) -> RepoConfig:
     """A new repository's config sharing `config`'s chunker, seed and pack settings (so blobs dedupe)."""
+    import secrets  # lazy: start-up time of every command (only a new repository needs an id)
+
     return replace(config, id=secrets.token_hex(16))
 
 

@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from casstore._testing import pause_point, snapshot_time_ns
 from casstore.chunker.sparse import ZeroRun, sparse_chunks
@@ -29,7 +30,6 @@ from casstore.format.snapshot import SnapshotManifest
 from casstore.format.tree import Entry, EntryType, encode_tree_rows
 from casstore.fsio.heap import bound_free_heap
 from casstore.fsio.readahead import FILE_AHEAD, ReadAhead
-from casstore.fsio.workers import WorkerPool
 from casstore.remotes.local import remove_leftovers
 from casstore.repo.blobstore import BlobStore
 from casstore.repo.core import RepoCore
@@ -39,6 +39,9 @@ from casstore.snapshot.excludes import Excluder
 from casstore.snapshot.pipeline import ChunkPipeline
 from casstore.snapshot.smallfiles import BatchReads, FileStat, SmallRead
 from casstore.snapshot.summary import SnapshotSummary
+
+if TYPE_CHECKING:
+    from casstore.fsio.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -213,9 +216,9 @@ class SnapshotBuilder:
         # enough of them or needs a thread (`_decide`); until then they are held here
         self.workers: WorkerPool | None = None
         self._decided = False
-        self._held: list[_Batch] = []
+        self._held: deque[_Batch] = deque()
         self._held_files = 0
-        self._sent: deque[_Batch] = deque()     # batches a worker process reads, not yet recorded
+        self._sent: deque[_Batch] = deque()     # batches a worker (process or thread) reads, not yet recorded
         self._root: bytes | None = None
         self._aborted = threading.Event()
         self._lock = threading.Lock()
@@ -382,6 +385,8 @@ class SnapshotBuilder:
                 self.summary.excluded += 1
                 continue
             entry = cached.get(name) if regular and cached else None
+            if entry is not None and not _well_formed(entry):
+                entry = None       # a damaged entry (the cache is local state): read as a file new to it
             reuse = self._cached_chunks(entry, st) if entry is not None else None
             items.append(_Item(dirent.name, name, entry_rel, st, entry, reuse))
         return items
@@ -533,14 +538,15 @@ class SnapshotBuilder:
         self._decided = True
         if self._held_files >= WORKER_MIN_FILES and hasattr(os, "fork") and threading.active_count() == 1:
             self._start_workers()
-        held, self._held = self._held, []
-        for batch in held:
-            self._dispatch(batch)
+        while self._held:      # one at a time: if one fails, the rest stay held, to be closed
+            self._dispatch(self._held.popleft())
 
     def _start_workers(self) -> None:
         """Fork the workers: each reads, hashes and compresses a batch as `read_batch` does on a
         thread. They inherit the open repository (its index, to skip compressing stored chunks,
         and in an encrypted repository its keys, which hashing and sealing need)."""
+        from casstore.fsio.workers import WorkerPool  # lazy: start-up of every snapshot (sockets, pickle)
+
         limit, prepare = self.min_chunk, self.pipeline.prepare_many
 
         def handle(dir_fd: int, files: list[tuple[str, tuple[int, int]]]) -> BatchReads:
@@ -556,15 +562,12 @@ class SnapshotBuilder:
                 self._sent.append(batch)
                 self.pipeline.add_started(ticket, lambda reads: self._store_batch(batch, reads), batch.size)
                 return
+            # the batch keeps its descriptor until it is recorded, as a worker process's does: a
+            # task that a failed snapshot cancels never runs, so it must not be the one to close it
             limit, prepare, dir_fd = self.min_chunk, self.pipeline.prepare_many, batch.dir_fd
-            batch.dir_fd = -1      # the thread's task closes it
-            try:
-                self.pipeline.submit_task(lambda: smallfiles.columns(smallfiles.read_batch(dir_fd, files, limit,
-                                                                                          prepare)),
-                                          lambda reads: self._store_batch(batch, reads), batch.size)
-            except BaseException:
-                os.close(dir_fd)      # raised before the task was queued (an earlier result failed)
-                raise
+            self.pipeline.submit_task(lambda: smallfiles.read_batch_in_worker(dir_fd, files, limit, prepare),
+                                      lambda reads: self._store_batch(batch, reads), batch.size)
+            self._sent.append(batch)
         except BaseException:
             self._close_batch(batch)
             raise
@@ -638,8 +641,8 @@ class SnapshotBuilder:
             self._changed(item.rel, read.replaced)
         elif read.error is not None:
             self._error(item.rel.decode("utf-8", "surrogateescape"), read.error)
-        elif read.grown is not None:       # grew past one chunk since it was listed
-            fd = self._open_listed(batch.dir_fd, item) if read.grown == smallfiles.REOPEN else read.grown
+        elif read.grown:       # grew past one chunk since it was listed: opened again, as listed
+            fd = self._open_listed(batch.dir_fd, item)
             if fd is None:
                 return
             self._count_file(job)
@@ -711,16 +714,12 @@ class SnapshotBuilder:
         return None
 
     def _reusable(self, cached: list, st: os.stat_result) -> bool:
-        try:
-            size, mtime_ns, ctime_ns, inode, chunk_ids = cached
-        except (TypeError, ValueError):
-            return False      # a damaged entry: the file is read
+        size, mtime_ns, ctime_ns, inode, chunk_ids = cached      # well formed (`_stat_entries`)
         if (size, mtime_ns, ctime_ns, inode) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
             return False
         if max(mtime_ns, ctime_ns) > self.start_ns - RACY_WINDOW_NS:
             return False
-        return isinstance(chunk_ids, list) and all(
-            isinstance(c, bytes) and self.store.has(KIND_DATA, c) for c in chunk_ids)
+        return all(isinstance(c, bytes) and self.store.has(KIND_DATA, c) for c in chunk_ids)
 
     def _read_file(self, fd: int, rel: bytes, job: FileJob) -> bool:
         """Chunk the open file into the pipeline (and close it); read it again from the start once
@@ -750,9 +749,9 @@ class SnapshotBuilder:
 
     def _delta_hints(self, cached: list | None) -> DeltaHints:
         """Candidate delta bases: the file's chunk ids in the previous snapshot (its files cache entry)."""
-        ok = self.store.config.delta_chain and isinstance(cached, list) and len(cached) == 5
-        chunk_ids = cached[4] if ok and cached is not None else None
-        return DeltaHints([c for c in chunk_ids if isinstance(c, bytes)] if isinstance(chunk_ids, list) else [])
+        if not self.store.config.delta_chain or cached is None:     # an entry is well formed (`_stat_entries`)
+            return DeltaHints([])
+        return DeltaHints([c for c in cached[4] if isinstance(c, bytes)])
 
     def _chunk_file(self, fd: int, job: FileJob, hints: DeltaHints) -> tuple[os.stat_result, os.stat_result, int]:
         """Feed the file's chunks to the pipeline; return its fstat before and after reading, and
@@ -948,6 +947,11 @@ def _make_entry(name: bytes, kind: EntryType, st: os.stat_result, content: objec
     if size is None:
         size = st.st_size if kind in (EntryType.FILE, EntryType.SYMLINK) else 0
     return Entry(name, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, size, link, content)
+
+
+def _well_formed(entry: object) -> bool:
+    """A files cache entry as `_cache_record` writes it: [size, mtime_ns, ctime_ns, inode, [chunk ids]]."""
+    return type(entry) is list and len(entry) == 5 and type(entry[4]) is list
 
 
 def _same_version(before: os.stat_result, after: os.stat_result) -> bool:

@@ -49,5 +49,5 @@ def _ignore_file_lines(source_root: str) -> list[str]:
     try:
         with open(path, encoding="utf-8") as fh:
             return fh.read().splitlines()
-    except FileNotFoundError:
-        return []
+    except (FileNotFoundError, NotADirectoryError):    # no ignore file; or the source is not a directory,
+        return []                                      # which the walk reports as one error line

@@ -67,13 +67,9 @@ class ChunkPipeline:
             self.store.forget_bases()
             trim_heap()      # its zstd working memory and base, freed, would otherwise stay in RSS
 
-    def prepare(self, data: bytes | memoryview) -> Prepared:
-        """Hash, and unless already stored compress and verify, one chunk (on the calling thread)."""
-        return self._prepare(data)
-
     def prepare_many(self, datas: list[bytes]) -> list[Prepared]:
-        """`prepare` of a batch of small chunks (on the calling thread): in a plain repository the
-        ones not yet stored are compressed and verified in one call each way (`encode_verified_many`)."""
+        """Hash a batch of small chunks, and compress and verify those not yet stored (on the calling
+        thread): in a plain repository in one call each way (`encode_verified_many`)."""
         store = self.store
         if store.sealer is not None:
             return [self._prepare(data) for data in datas]

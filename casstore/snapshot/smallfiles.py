@@ -11,15 +11,16 @@ The walk thread then only lists, stats and applies results in order.
 
 The same rules as the walk's own reads hold (design 6): `O_NOFOLLOW|O_NONBLOCK`, the (device,
 inode) that was listed, a file read twice at most and recorded as last read. A file that grew past
-the limit since it was listed is handed back open (`SmallRead.grown`) and read on the walk thread
-through the chunker.
+the limit since it was listed is closed and handed back as `grown`: the walk thread opens it again
+(the listed identity checked again) and reads it through the chunker. The batch's descriptor is
+the walk's to close (when it records the batch, or when the snapshot fails): a task that a failed
+snapshot cancels never runs, so a task owns no descriptor.
 
 With many small files the batches go to forked worker processes instead (`fsio/workers.py`,
 started by the builder): the same `read_batch`, given the directory's descriptor over a socket;
 what it read comes back pickled as columns (`BatchReads`), each file's fstat as the few numbers
 the snapshot records in a plain tuple (a pickled `os.stat_result` cost 7 microseconds, a tuple
-one; a `SmallRead` and a `FileStat` a file, a Python call each to unpickle), and a file that grew
-is closed there and reopened by the walk (`REOPEN`).
+one; a `SmallRead` and a `FileStat` a file, a Python call each to unpickle).
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ BATCH_FILES = 128              # files per task
 BATCH_BYTES = 1024 * 1024      # bytes per task (a few MiB in flight over the pipeline's window)
 
 PrepareMany = Callable[[list[bytes]], Sequence[tuple[bytes, object, int]]]
-REOPEN = -1      # `SmallRead.grown` from a worker process: the walk opens the file again
 
 
 class FileStat(NamedTuple):
@@ -71,7 +71,7 @@ class SmallRead:
     changed: bool = False                # changed while read, twice: stored as last read, not cached
     error: OSError | None = None         # could not be opened or read
     replaced: str | None = None          # no longer the listed file: why (nothing was read)
-    grown: int | None = None             # an open descriptor: grew past the limit, read it on the walk
+    grown: bool = False                  # grew past the limit: the walk opens it again and cuts it
     data: bytes = b""                    # what was read, until prepared
 
     def __reduce__(self) -> tuple:       # a tuple of fields: a third of the slots' state to unpickle
@@ -107,17 +107,12 @@ def columns(reads: list[SmallRead]) -> BatchReads:
 
 
 def read_batch(dir_fd: int, files: list[tuple[str, tuple[int, int]]], limit: int,
-               prepare_many: PrepareMany, *, own_fd: bool = True) -> list[SmallRead]:
-    """Read each (name, listed (device, inode)) relative to `dir_fd`, then close `dir_fd` if
-    `own_fd` (a duplicate the batch owns: the walk may close its own meanwhile); then prepare what
-    was read, all at once (hashed, and compressed and verified in one call:
-    `ChunkPipeline.prepare_many`)."""
+               prepare_many: PrepareMany) -> list[SmallRead]:
+    """Read each (name, listed (device, inode)) relative to `dir_fd` (a duplicate the batch owns:
+    the walk may close its own meanwhile), then prepare what was read, all at once (hashed, and
+    compressed and verified in one call: `ChunkPipeline.prepare_many`)."""
     pause = pausing("snapshot-before-open")
-    try:
-        reads = [read_small(dir_fd, name, ident, limit, pause) for name, ident in files]
-    finally:
-        if own_fd:
-            os.close(dir_fd)
+    reads = [read_small(dir_fd, name, ident, limit, pause) for name, ident in files]
     with_data = [read for read in reads if read.data]
     if with_data:
         for read, prepared in zip(with_data, prepare_many([read.data for read in with_data]), strict=True):
@@ -134,19 +129,15 @@ def read_small(dir_fd: int, name: str, ident: tuple[int, int], limit: int, pause
         if exc.errno == errno.ELOOP:
             return SmallRead(replaced="was replaced by a symlink; not followed")
         return SmallRead(error=exc)
-    keep_open = False
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != ident:
             return SmallRead(replaced="was replaced since it was listed; skipped")
-        result = _read_stable(fd, st, limit)
-        keep_open = result.grown is not None
-        return result
+        return _read_stable(fd, st, limit)
     except OSError as exc:
         return SmallRead(error=exc)
     finally:
-        if not keep_open:
-            os.close(fd)
+        os.close(fd)
 
 
 def _read_stable(fd: int, before: os.stat_result, limit: int) -> SmallRead:
@@ -155,10 +146,10 @@ def _read_stable(fd: int, before: os.stat_result, limit: int) -> SmallRead:
         if attempt:
             before = os.fstat(fd)
         if before.st_size > limit:
-            return SmallRead(grown=fd)
+            return SmallRead(grown=True)
         data = os.pread(fd, before.st_size + 1, 0)    # one more byte: a file that grew shows it
         if len(data) > limit:
-            return SmallRead(grown=fd)
+            return SmallRead(grown=True)
         after = os.fstat(fd)
         if (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns) and len(data) == after.st_size:
             return SmallRead(st=file_stat(after), size=len(data), data=data)
@@ -167,11 +158,5 @@ def _read_stable(fd: int, before: os.stat_result, limit: int) -> SmallRead:
 
 def read_batch_in_worker(dir_fd: int, files: list[tuple[str, tuple[int, int]]], limit: int,
                          prepare_many: PrepareMany) -> BatchReads:
-    """`read_batch` in a worker process, which owns neither `dir_fd` (its pool closes it) nor a way
-    to hand a descriptor back: a file that grew is closed here and reopened by the walk."""
-    reads = read_batch(dir_fd, files, limit, prepare_many, own_fd=False)
-    for read in reads:
-        if read.grown is not None:
-            os.close(read.grown)
-            read.grown = REOPEN
-    return columns(reads)
+    """`read_batch` in a worker process or on a pipeline thread, as columns."""
+    return columns(read_batch(dir_fd, files, limit, prepare_many))
