@@ -27,6 +27,7 @@ from casstore.errors import IntegrityError, RestoreError
 from casstore.format.pack import KIND_DATA, parse_header
 from casstore.format.tree import Entry, EntryType
 from casstore.remotes.memory import MemoryRemote
+from casstore.remotes.wrappers import RemoteWrapper
 from casstore.restore.restorer import (
     DEFERRED_DIRS,
     EXISTING_SHOWN,
@@ -48,6 +49,7 @@ from tests.helpers import (
     init_repo,
     invoke,
     objects,
+    open_repo,
     run,
     symlink_entry,
     tree_state,
@@ -890,3 +892,31 @@ def test_a_directory_of_more_small_files_than_batches_in_flight_ends_with_its_ow
     assert result.ok and (result.files, result.dirs) == (count, 1)
     assert tree_state(target)[b"d"][:3] == ("dir", 0o750, NOW_NS - 5)
     assert len(os.listdir(target / "d")) == count
+
+
+class _ReadsRecorded(RemoteWrapper):
+    """A repository's remote that notes the key of every object read."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.read: list[str] = []
+
+    def _get(self, key: str, offset: int, length: int | None, *, large: bool) -> bytes:
+        self.read.append(key)
+        return super()._get(key, offset, length, large=large)
+
+
+def test_a_dry_run_reads_the_trees_and_no_file_data(world):
+    """A dry run counts what a restore would write from the trees alone: no pack of file data is
+    read (on a remote repository each read is a request)."""
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [
+        dir_entry(store, b"d%02d" % i, [file_entry(store, b"f%d" % j, b"%d.%d\n" % (i, j) * 100) for j in range(3)])
+        for i in range(30)])
+    repo_dir = target.parent.parent / "repo"
+    data_packs = {str(p.relative_to(repo_dir)) for p in objects(repo_dir, "data")
+                  if parse_header(p.read_bytes(), 1 << 24)[0].kind == KIND_DATA}
+    recorded = open_repo(repo_dir, remote_wrapper=_ReadsRecorded)
+    result = recorded.restore(snapshot_id, str(target), dry_run=True)
+    assert result.ok and (result.dirs, result.files) == (30, 90) and not target.exists()
+    assert data_packs and recorded.remote.read and not data_packs & set(recorded.remote.read)
