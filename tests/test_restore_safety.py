@@ -920,3 +920,19 @@ def test_a_dry_run_reads_the_trees_and_no_file_data(world):
     result = recorded.restore(snapshot_id, str(target), dry_run=True)
     assert result.ok and (result.dirs, result.files) == (30, 90) and not target.exists()
     assert data_packs and recorded.remote.read and not data_packs & set(recorded.remote.read)
+
+
+@pytest.mark.parametrize("verify", [False, True], ids=["batched", "walk"])
+def test_a_snapshot_whose_trees_outgrow_the_tree_cache_restores_whole(world, monkeypatch, verify):
+    """Trees past the reader's cache are decoded again for each directory and dropped after it
+    (their entries freed, their memory reused): directories of symlinks and files each restore
+    whole, every file from its own chunks."""
+    monkeypatch.setattr("casstore.read.reader.TREE_CACHE_ENTRIES", 0)
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [dir_entry(store, b"d%02d" % i, [
+        *(symlink_entry(b"l%d" % k, b"f0") for k in range(20)),
+        *(file_entry(store, b"f%d" % k, b"%d-%d." % (i, k) * 3000) for k in range(3))]) for i in range(40)])
+    result = repo.restore(snapshot_id, str(target), verify=verify)
+    assert result.ok, result.errors[:3]
+    assert (result.dirs, result.files, result.symlinks) == (40, 120, 800)
+    assert (target / "d39" / "f2").read_bytes() == b"39-2." * 3000
