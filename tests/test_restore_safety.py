@@ -936,3 +936,21 @@ def test_a_snapshot_whose_trees_outgrow_the_tree_cache_restores_whole(world, mon
     assert result.ok, result.errors[:3]
     assert (result.dirs, result.files, result.symlinks) == (40, 120, 800)
     assert (target / "d39" / "f2").read_bytes() == b"39-2." * 3000
+
+
+@pytest.mark.parametrize("verify", [False, True], ids=["batched", "walk"])
+def test_zero_pages_inside_a_chunk_restore_as_holes_at_the_files_own_page_boundaries(world, verify):
+    """A chunk whose run of zeros starts part way into a page (1000 bytes of data, then 12,288 zeros):
+    the holes are exactly the file's whole pages of zeros (4096..12288), no more, no less."""
+    repo, outside, target = world
+    data = b"x" * 1000 + bytes(3 * 4096) + b"y" * 1000
+    snapshot_id = write_snapshot(repo, lambda store: [file_entry(store, b"holes.bin", data)])
+    result = repo.restore(snapshot_id, str(target), verify=verify)
+    assert result.ok and (target / "holes.bin").read_bytes() == data
+    fd = os.open(target / "holes.bin", os.O_RDONLY)
+    try:
+        if os.lseek(fd, 0, os.SEEK_HOLE) == len(data):
+            pytest.skip("this file system does not report holes (SEEK_HOLE)")
+        assert (os.lseek(fd, 0, os.SEEK_HOLE), os.lseek(fd, 4096, os.SEEK_DATA)) == (4096, 12288)
+    finally:
+        os.close(fd)
