@@ -27,7 +27,17 @@ from casstore.errors import IntegrityError, RestoreError
 from casstore.format.pack import KIND_DATA, parse_header
 from casstore.format.tree import Entry, EntryType
 from casstore.remotes.memory import MemoryRemote
-from casstore.restore.restorer import DEFERRED_DIRS, EXISTING_SHOWN, MAX_DEVICE, MAX_ID, MAX_OPEN_DIRS, MAX_TIME_NS
+from casstore.remotes.wrappers import RemoteWrapper
+from casstore.restore.restorer import (
+    DEFERRED_DIRS,
+    EXISTING_SHOWN,
+    MAX_BATCHES,
+    MAX_DEVICE,
+    MAX_ID,
+    MAX_OPEN_DIRS,
+    MAX_TIME_NS,
+    SMALL_BATCH_FILES,
+)
 from casstore.settings import load_settings
 from tests.helpers import (
     NOW_NS,
@@ -39,6 +49,7 @@ from tests.helpers import (
     init_repo,
     invoke,
     objects,
+    open_repo,
     run,
     symlink_entry,
     tree_state,
@@ -763,10 +774,10 @@ def test_restoring_one_directory_names_and_selects_what_is_below_it_by_its_path_
     repo, outside, target = world
     snapshot_id = write_snapshot(repo, lambda store: [dir_entry(store, b"a", [dir_entry(store, b"b", [
         file_entry(store, b"keep.txt", b"kept\n"), file_entry(store, b"skip.txt", b"skipped\n"),
-        _like(file_entry(store, b"meta.txt", b"x"), uid=-1)])])])
+        _like(file_entry(store, b"meta.txt", b"x"), uid=-1), file_entry(store, b"z.txt", b"after\n")])])])
     result = repo.restore(snapshot_id, str(target), path="a/b", exclude=("a/b/skip.txt",))
     assert len(result.errors) == 1 and result.errors[0].startswith("a/b/meta.txt: metadata out of range (")
-    assert os.listdir(target / "a" / "b") == ["keep.txt"] and (result.files, result.dirs) == (1, 1)
+    assert sorted(os.listdir(target / "a" / "b")) == ["keep.txt", "z.txt"] and (result.files, result.dirs) == (2, 1)
 
 
 @pytest.mark.parametrize("path", ["", "a/b"])
@@ -867,3 +878,79 @@ def test_any_chunk_restores_byte_for_byte_and_only_zeros_become_holes(world, ver
     result = repo.restore(snapshot_id, str(target), verify=verify)
     assert result.ok and result.files == len(contents)
     assert {os.fsencode(p.name): p.read_bytes() for p in target.iterdir()} == contents
+
+
+def test_a_directory_of_more_small_files_than_batches_in_flight_ends_with_its_own_time(world):
+    """More small files in one directory than MAX_BATCHES batches hold: the restore waits for its
+    oldest batches while listing it, and sets the directory's time only after the last of its
+    files is written (a file created after would move it)."""
+    repo, outside, target = world
+    count = (MAX_BATCHES + 2) * SMALL_BATCH_FILES
+    snapshot_id = write_snapshot(repo, lambda store: [dir_entry(store, b"d", [
+        file_entry(store, b"f%04d" % i, b"%d\n" % i) for i in range(count)], mode=0o750, mtime_ns=NOW_NS - 5)])
+    result = repo.restore(snapshot_id, str(target))
+    assert result.ok and (result.files, result.dirs) == (count, 1)
+    assert tree_state(target)[b"d"][:3] == ("dir", 0o750, NOW_NS - 5)
+    assert len(os.listdir(target / "d")) == count
+
+
+class _ReadsRecorded(RemoteWrapper):
+    """A repository's remote that notes the key of every object read."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.read: list[str] = []
+
+    def _get(self, key: str, offset: int, length: int | None, *, large: bool) -> bytes:
+        self.read.append(key)
+        return super()._get(key, offset, length, large=large)
+
+
+def test_a_dry_run_reads_the_trees_and_no_file_data(world):
+    """A dry run counts what a restore would write from the trees alone: no pack of file data is
+    read (on a remote repository each read is a request)."""
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [
+        dir_entry(store, b"d%02d" % i, [file_entry(store, b"f%d" % j, b"%d.%d\n" % (i, j) * 100) for j in range(3)])
+        for i in range(30)])
+    repo_dir = target.parent.parent / "repo"
+    data_packs = {str(p.relative_to(repo_dir)) for p in objects(repo_dir, "data")
+                  if parse_header(p.read_bytes(), 1 << 24)[0].kind == KIND_DATA}
+    recorded = open_repo(repo_dir, remote_wrapper=_ReadsRecorded)
+    result = recorded.restore(snapshot_id, str(target), dry_run=True)
+    assert result.ok and (result.dirs, result.files) == (30, 90) and not target.exists()
+    assert data_packs and recorded.remote.read and not data_packs & set(recorded.remote.read)
+
+
+@pytest.mark.parametrize("verify", [False, True], ids=["batched", "walk"])
+def test_a_snapshot_whose_trees_outgrow_the_tree_cache_restores_whole(world, monkeypatch, verify):
+    """Trees past the reader's cache are decoded again for each directory and dropped after it
+    (their entries freed, their memory reused): directories of symlinks and files each restore
+    whole, every file from its own chunks."""
+    monkeypatch.setattr("casstore.read.reader.TREE_CACHE_ENTRIES", 0)
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [dir_entry(store, b"d%02d" % i, [
+        *(symlink_entry(b"l%d" % k, b"f0") for k in range(20)),
+        *(file_entry(store, b"f%d" % k, b"%d-%d." % (i, k) * 3000) for k in range(3))]) for i in range(40)])
+    result = repo.restore(snapshot_id, str(target), verify=verify)
+    assert result.ok, result.errors[:3]
+    assert (result.dirs, result.files, result.symlinks) == (40, 120, 800)
+    assert (target / "d39" / "f2").read_bytes() == b"39-2." * 3000
+
+
+@pytest.mark.parametrize("verify", [False, True], ids=["batched", "walk"])
+def test_zero_pages_inside_a_chunk_restore_as_holes_at_the_files_own_page_boundaries(world, verify):
+    """A chunk whose run of zeros starts part way into a page (1000 bytes of data, then 12,288 zeros):
+    the holes are exactly the file's whole pages of zeros (4096..12288), no more, no less."""
+    repo, outside, target = world
+    data = b"x" * 1000 + bytes(3 * 4096) + b"y" * 1000
+    snapshot_id = write_snapshot(repo, lambda store: [file_entry(store, b"holes.bin", data)])
+    result = repo.restore(snapshot_id, str(target), verify=verify)
+    assert result.ok and (target / "holes.bin").read_bytes() == data
+    fd = os.open(target / "holes.bin", os.O_RDONLY)
+    try:
+        if os.lseek(fd, 0, os.SEEK_HOLE) == len(data):
+            pytest.skip("this file system does not report holes (SEEK_HOLE)")
+        assert (os.lseek(fd, 0, os.SEEK_HOLE), os.lseek(fd, 4096, os.SEEK_DATA)) == (4096, 12288)
+    finally:
+        os.close(fd)
