@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -169,22 +168,6 @@ def _children(pid: int) -> set[int]:
             if int(fields[1]) == pid:
                 found.add(int(entry))
     return found
-
-
-def with_workers_seen(arguments: Callable[[int], list[str]]) -> tuple[subprocess.Popen, set[int]] | None:
-    """A CLI run of `arguments(attempt)` caught while its two workers run; None if it always ended
-    before they were seen (three attempts)."""
-    command = [CASSTORE] if CASSTORE else [sys.executable, "-c", "from casstore.cli.main import main; main()"]
-    for attempt in range(3):
-        proc = subprocess.Popen([*command, *arguments(attempt)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        workers: set[int] = set()
-        while proc.poll() is None and len(workers) < 2:
-            workers |= _children(proc.pid)
-            time.sleep(0.002)
-        if proc.poll() is None:
-            return proc, workers
-        proc.communicate()
-    return None
 
 
 def paused_with_workers(arguments: list[str], what: str, marker: Path) -> tuple[subprocess.Popen, set[int]]:
