@@ -252,15 +252,17 @@ def symlink_entry(name: bytes, target: bytes, mtime_ns: int = NOW_NS) -> Entry:
 
 
 def write_snapshot(repo: Repository, build: Callable[[object], list[Entry]], *, source: str = "/hostile",
-                   time_ns: int | None = None, host: str = "testhost") -> str:
-    """Store the entries `build(store)` returns as a root tree and commit a snapshot of them."""
+                   time_ns: int | None = None, host: str = "testhost", summary: dict | None = None) -> str:
+    """Store the entries `build(store)` returns as a root tree and commit a snapshot of them (with
+    `summary` as the manifest's, if given)."""
     store = repo.blob_store()
     try:
         root = encode_tree_chain(build(store), lambda body: store.add(KIND_TREE, body)[0])
         store.flush()
     finally:
         store.close()
-    manifest = SnapshotManifest(time_ns=time_ns or time.time_ns(), host=host, source=source, tree=root)
+    manifest = SnapshotManifest(time_ns=time_ns or time.time_ns(), host=host, source=source, tree=root,
+                                **({"summary": summary} if summary is not None else {}))
     return commit(repo, manifest)
 
 

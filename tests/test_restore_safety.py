@@ -561,15 +561,20 @@ def test_a_directory_left_with_its_files_still_being_written_below_a_closed_ance
     assert (shallow_dir / "f2.txt").read_bytes() == b"2\n"
 
 
-def test_a_hard_link_whose_first_copy_vanished_during_the_restore_is_restored_as_a_copy(world):
-    repo, outside, target = world
-    data = b"l" * 5432         # a length no other write has: the moment the first copy is written
-
+def _hard_linked_twice(repo, data: bytes) -> str:
+    """A snapshot of one file with two names, a/first and b/second (hard links: link group 7)."""
     def build(store):
         first = _like(file_entry(store, b"first", data), link=7)
         return [dir_entry(store, b"a", [first]), dir_entry(store, b"b", [_like(first, name=b"second")])]
 
-    snapshot_id = write_snapshot(repo, build)
+    return write_snapshot(repo, build)
+
+
+def test_a_hard_link_whose_first_copy_vanished_during_the_restore_is_restored_as_a_copy(world):
+    repo, outside, target = world
+    data = b"l" * 5432         # a length no other write has: the moment the first copy is written
+
+    snapshot_id = _hard_linked_twice(repo, data)
     removed: list[int] = []
 
     def progress(n: int) -> None:
@@ -817,11 +822,7 @@ def test_a_first_copy_replaced_by_a_symlink_during_the_restore_never_links_what_
     repo, outside, target = world
     data = b"s" * 5678         # a length no other write has: the moment the first copy is written
 
-    def build(store):
-        first = _like(file_entry(store, b"first", data), link=7)
-        return [dir_entry(store, b"a", [first]), dir_entry(store, b"b", [_like(first, name=b"second")])]
-
-    snapshot_id = write_snapshot(repo, build)
+    snapshot_id = _hard_linked_twice(repo, data)
     swapped: list[int] = []
 
     def progress(n: int) -> None:

@@ -26,9 +26,7 @@ from casstore._testing import PAUSE_AT, PAUSE_FILE
 from casstore.client import Repository
 from casstore.errors import RestoreError
 from casstore.format.config import RepoConfig
-from casstore.format.pack import KIND_DATA, KIND_TREE
-from casstore.format.snapshot import SnapshotManifest
-from casstore.format.tree import encode_tree_chain
+from casstore.format.pack import KIND_DATA
 from casstore.fsio.workers import WorkerPool
 from casstore.restore.restorer import RESTORE_WORKERS, WORKER_MIN_FILES
 from tests.helpers import (
@@ -37,7 +35,6 @@ from tests.helpers import (
     KiB,
     assert_one_line_error,
     assert_same_tree,
-    commit,
     dir_entry,
     file_entry,
     init_repo,
@@ -219,14 +216,7 @@ def test_worker_processes_restore_only_many_files_of_a_local_repository_being_wr
 def _said_to_hold_many_files(repo: Repository, build) -> str:
     """A snapshot of the entries `build(store)` returns whose summary says it holds WORKER_MIN_FILES
     files: restored by the workers."""
-    store = repo.blob_store()
-    try:
-        root = encode_tree_chain(build(store), lambda body: store.add(KIND_TREE, body)[0])
-        store.flush()
-    finally:
-        store.close()
-    return commit(repo, SnapshotManifest(time_ns=NOW_NS, host="testhost", source="/hostile", tree=root,
-                                         summary={"files_total": WORKER_MIN_FILES}))
+    return write_snapshot(repo, build, time_ns=NOW_NS, summary={"files_total": WORKER_MIN_FILES})
 
 
 def test_names_too_long_for_any_file_system_are_one_error_each_and_the_rest_restores_through_the_workers(tmp_path):
