@@ -201,7 +201,8 @@ class Scratch:
         env = {**os.environ, "PYTHONPATH": str(self.dir), "CASSTORE_EXPLORE_WORKERS": "1"}
         cmd = [sys.executable, "-m", "pytest", *PYTEST, *tests]
         try:
-            done = subprocess.run(cmd, cwd=self.dir, env=env, timeout=WALL_LIMIT, text=True,
+            # errors="replace": a failing test's output may hold a file name's raw bytes
+            done = subprocess.run(cmd, cwd=self.dir, env=env, timeout=WALL_LIMIT, text=True, errors="replace",
                                   stdout=None if verbose else subprocess.PIPE, stderr=subprocess.STDOUT)
         except subprocess.TimeoutExpired:
             return "timeout"
