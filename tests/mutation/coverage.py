@@ -18,6 +18,10 @@ Recording (one pytest run of the module's whole selection, unmutated, in the slo
   environment is not recorded, but it does not run the mutant either (no PYTHONPATH);
 - forked children (the restore's worker pool) inherit the hook and the key; they end with os._exit,
   so nothing is buffered: each new (key, function) pair is one os.write on an O_APPEND file, at once.
+A profile hook that raises is removed by Python, silently, for the rest of the run: so the hook never
+raises, and a line the records file refuses (a test's own RLIMIT_FSIZE, lower than the file has grown:
+test_restore_safety's full-disk tests) waits for the next write. Should the hook still be gone after a
+test (the test replaced it), it is put back and that test counts as failed: what it reached is unknown.
 A test that fails in the recording run (a race under the load the profile hook adds) is run for every
 mutant: what it would have reached is not known. Where the record cannot tell at all, the mutant gets
 the whole selection: a function reached under `*`, under
@@ -68,6 +72,7 @@ class Recorder:
         self.target = target
         self.key = key
         self.seen: set[tuple[str, types.CodeType]] = set()
+        self.unwritten = b""                 # what the records file refused so far (a test's file size limit)
 
     def hook(self, frame: types.FrameType, event: str, _arg: object) -> None:
         if event == "call" and frame.f_code.co_filename == self.target:
@@ -77,7 +82,17 @@ class Recorder:
                 self.write(f"{self.key}\t{function_of(frame.f_code)}\n")
 
     def write(self, line: str) -> None:
-        os.write(self.fd, line.encode())     # one write, appended whole: a fork that os._exits loses nothing
+        """One write, appended whole (a fork that os._exits loses nothing); never raises, because a
+        profile hook that raises is dropped for good: what the file refuses is kept for the next write."""
+        data = self.unwritten + line.encode()
+        try:
+            written = os.write(self.fd, data)
+        except OSError:
+            written = 0
+        self.unwritten = data[written:]
+
+    def installed(self) -> bool:
+        return sys.getprofile() == self.hook
 
     def set_key(self, key: str) -> None:
         self.key = key
@@ -147,7 +162,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if _recorder is not None and report.failed:
+    if _recorder is None:
+        return
+    lost = report.when == "teardown" and not _recorder.installed()
+    if lost:                 # the test replaced the hook (or it raised after all): what it reached is unknown
+        _recorder.start()
+    if report.failed or lost:
         _recorder.write(f"{FAILED}{report.nodeid}\n")
 
 

@@ -217,3 +217,45 @@ def test_two_recordings_of_a_module_join_so_a_reach_seen_once_selects_its_test(t
     recorded = coverage.load(tmp_path / "records.tsv")
     assert recorded.tests == ["t.py::test_a", "t.py::test_b"]
     assert recorded.selection("f") == ["t.py::test_a", "t.py::test_b"]
+
+
+HOSTILE_TESTS = '''\
+import resource
+import sys
+
+from pkg import mod
+
+
+def test_under_a_file_size_limit():
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1, hard))      # as a full-disk test does
+    try:
+        assert mod.direct() == 1
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_after_the_limit():
+    assert mod.in_thread() == 2
+
+
+def test_replacing_the_hook():
+    sys.setprofile(None)
+    assert mod.in_fork() == 4
+
+
+def test_after_the_replacement():
+    assert mod.in_subprocess() == 3
+'''
+
+
+def test_a_test_that_limits_file_size_or_replaces_the_hook_does_not_end_the_recording(tmp_path: Path) -> None:
+    # session 10's false survivors: a full-disk test's RLIMIT_FSIZE made the hook's write raise, Python
+    # dropped the hook, and no later test of the run was recorded in-process
+    code, recorded = _recorded(tmp_path, HOSTILE_TESTS)
+    assert code == 0
+    replaced = "test_pkg.py::test_replacing_the_hook"      # its reach is unknown: it runs for every mutant
+    assert recorded.selection("direct") == ["test_pkg.py::test_under_a_file_size_limit", replaced]
+    assert recorded.selection("in_thread") == ["test_pkg.py::test_after_the_limit", replaced]
+    assert recorded.selection("in_subprocess") == [replaced, "test_pkg.py::test_after_the_replacement"]
+    assert recorded.selection("never") == [replaced]
