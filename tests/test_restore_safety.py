@@ -342,6 +342,63 @@ def test_an_existing_special_file_is_left_and_counted_as_skipped(world):
     assert (target / "pipe").read_text() == "a file where the snapshot has a pipe"
 
 
+def _swapped_as_made(make, bait: Path, how: str):
+    """`os.mkfifo`/`os.mknod` as another process racing the restore sees it: the node is made, then
+    at once replaced by a symlink to `bait` or by a hard link to it (a target others can write to)."""
+    def racing(name, *args, dir_fd=None):
+        make(name, *args, dir_fd=dir_fd)
+        os.unlink(name, dir_fd=dir_fd)
+        if how == "symlink":
+            os.symlink(bait, name, dir_fd=dir_fd)
+        else:
+            os.link(bait, name, dst_dir_fd=dir_fd)
+    return racing
+
+
+@pytest.mark.parametrize("how", ["symlink", "hard link"])
+@pytest.mark.parametrize("kind", [EntryType.FIFO, EntryType.CHARDEV])
+def test_a_special_file_swapped_as_it_is_made_never_changes_the_file_put_in_its_place(world, monkeypatch, kind, how):
+    """A FIFO or device node replaced right after it is made, by a symlink or a hard link to a file
+    outside, is one error line; that file keeps its mode, owner and time, and the rest restores."""
+    if kind is not EntryType.FIFO and os.geteuid() != 0:
+        pytest.skip("creating a device node needs root")
+    repo, outside, target = world
+    node = Entry(b"node", kind, 0o4711, 12345, 12346, NOW_NS - 7, 0, 0,
+                 *([] if kind is EntryType.FIFO else [os.makedev(1, 3)]))
+    snapshot_id = write_snapshot(repo, _with_good(lambda store: node))
+    make = "mkfifo" if kind is EntryType.FIFO else "mknod"
+    monkeypatch.setattr(os, make, _swapped_as_made(getattr(os, make), outside / "bait.txt", how))
+    unchanged = _guard(target.parent.parent)
+    before = os.stat(outside / "bait.txt")
+    result = repo.restore(snapshot_id, str(target), privileged=True)
+    unchanged()
+    after = os.stat(outside / "bait.txt")
+    assert (after.st_mode, after.st_uid, after.st_gid, after.st_mtime_ns) == \
+        (before.st_mode, before.st_uid, before.st_gid, before.st_mtime_ns)
+    assert result.errors == ["node: replaced by something else as it was made; left alone"]
+    assert (target / "good.txt").read_bytes() == b"fine\n"
+
+
+@pytest.mark.parametrize("o_path", [True, False], ids=["linux", "without O_PATH"])
+@pytest.mark.parametrize("privileged", [False, True], ids=["plain", "privileged"])
+def test_a_fifo_restores_with_its_recorded_mode_time_and_owner(world, monkeypatch, o_path, privileged):
+    """mkfifo applies the umask and stamps the time of the restore: the recorded mode (setuid only
+    when privileged) and time are set on the FIFO, and its owner when privileged as root, on a
+    platform without O_PATH (set by name) as on Linux."""
+    repo, outside, target = world
+    fifo = Entry(b"pipe", EntryType.FIFO, 0o4767, 12345, 12346, NOW_NS - 9, 0)
+    snapshot_id = write_snapshot(repo, lambda store: [fifo])
+    if not o_path:
+        monkeypatch.delattr(os, "O_PATH")
+    result = repo.restore(snapshot_id, str(target), privileged=privileged)
+    assert result.ok, result.errors
+    st = os.lstat(target / "pipe")
+    as_root = privileged and os.geteuid() == 0
+    assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == (0o4767 if privileged else 0o767)
+    assert st.st_mtime_ns == NOW_NS - 9
+    assert (st.st_uid, st.st_gid) == ((12345, 12346) if as_root else (os.geteuid(), os.getegid()))
+
+
 def test_an_unknown_overwrite_mode_is_refused_before_anything_is_written(world):
     repo, outside, target = world
     snapshot_id = write_snapshot(repo, lambda store: [file_entry(store, b"f.txt", b"x")])

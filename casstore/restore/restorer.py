@@ -9,6 +9,7 @@ and replaced (not written through) as a leaf when overwriting is allowed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import posixpath
@@ -605,18 +606,13 @@ class Restorer:
             self.result.skipped += 1
             return
         if entry.type is EntryType.FIFO:
+            kind = stat.S_IFIFO
             os.mkfifo(entry.name, self._mode(entry), dir_fd=dir_fd)
         else:
             kind = stat.S_IFCHR if entry.type is EntryType.CHARDEV else stat.S_IFBLK
             os.mknod(entry.name, self._mode(entry) | kind, entry.content, dir_fd=dir_fd)  # type: ignore[arg-type]
         # mkfifo/mknod apply the umask and stamp "now": set the recorded metadata on what we just made
-        if self.same_owner:
-            try:
-                os.chown(entry.name, entry.uid, entry.gid, dir_fd=dir_fd, follow_symlinks=False)
-            except OSError:
-                pass
-        os.chmod(entry.name, self._mode(entry), dir_fd=dir_fd)
-        os.utime(entry.name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+        _set_node_metadata(dir_fd, entry.name, kind, self._mode(entry), entry, same_owner=self.same_owner)
 
     def _apply_metadata(self, fd: int, entry: Entry) -> None:
         _set_metadata(fd, self._mode(entry), entry.mtime_ns, entry.uid, entry.gid, same_owner=self.same_owner)
@@ -834,19 +830,39 @@ def write_small_files(read_all: ReadAll, dir_fd: int, files: list[SmallFile], *,
     return outcomes
 
 
-def _set_metadata(fd: int, mode: int, mtime_ns: int, uid: int, gid: int, *, same_owner: bool,
+def _set_metadata(target: int | str, mode: int, mtime_ns: int, uid: int, gid: int, *, same_owner: bool,
                   created_with_mode: bool = False) -> None:
     """Owner (restoring as root: best effort), permission bits and mtime of an open file or
-    directory. `created_with_mode`: created with exactly `mode` (a worker's umask is 0), so no
-    fchmod, unless fchown ran (it clears setuid and setgid)."""
+    directory (its descriptor), or of a node by its /proc/self/fd name. `created_with_mode`: created
+    with exactly `mode` (a worker's umask is 0), so no chmod, unless chown ran (it clears setuid and setgid)."""
     if same_owner:
-        try:
-            os.fchown(fd, uid, gid)
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            os.chown(target, uid, gid)
     if same_owner or not created_with_mode:
-        os.fchmod(fd, mode)
-    os.utime(fd, ns=(mtime_ns, mtime_ns))
+        os.chmod(target, mode)
+    os.utime(target, ns=(mtime_ns, mtime_ns))
+
+
+def _set_node_metadata(dir_fd: int, name: bytes, kind: int, mode: int, entry: Entry, *, same_owner: bool) -> None:
+    """Owner (as root: best effort), mode and mtime of the FIFO or device node of kind `kind` just made
+    at `name`, set on that node only. Another process may have swapped it meanwhile (in a target others
+    can write to) for a symlink or a hard link to a file outside, whose metadata a chmod by name would
+    change. So the node is opened O_PATH|O_NOFOLLOW (a symlink is opened as itself, a device is not
+    opened at all), its kind checked, and its metadata set through /proc/self/fd (O_PATH cannot fchmod)."""
+    if not hasattr(os, "O_PATH"):     # not Linux: by name, never following a symlink (lchmod exists there)
+        if same_owner:
+            with contextlib.suppress(OSError):
+                os.chown(name, entry.uid, entry.gid, dir_fd=dir_fd, follow_symlinks=False)
+        os.chmod(name, mode, dir_fd=dir_fd, follow_symlinks=False)
+        os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+        return
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        if stat.S_IFMT(os.fstat(fd).st_mode) != kind:
+            raise OSError(errno.EEXIST, "replaced by something else as it was made; left alone")
+        _set_metadata(f"/proc/self/fd/{fd}", mode, entry.mtime_ns, entry.uid, entry.gid, same_owner=same_owner)
+    finally:
+        os.close(fd)
 
 
 def _write_with_holes(fd: int, data: bytes, offset: int) -> bool:
