@@ -18,6 +18,8 @@ import shutil
 import signal
 import stat
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -775,6 +777,46 @@ def test_a_restore_that_ends_or_fails_part_way_holds_nothing_of_the_target_open(
     else:
         result = repo.restore(snapshot_id, str(target))
         assert result.ok and (result.dirs, result.files) == (count + 1, 3 * count)
+    assert _open_below(target) == []
+
+
+class _SlowPacks(RemoteWrapper):
+    """A remote whose reads of the packs in `slow` wait until `failing` is set, then a second more:
+    what a small-file batch reads is still being read when the restore fails."""
+
+    slow: set[str] = set()
+    failing = threading.Event()
+
+    def _get(self, key: str, offset: int, length: int | None, *, large: bool) -> bytes:
+        if key in self.slow:
+            self.failing.wait(10)
+            time.sleep(1)
+        return super()._get(key, offset, length, large=large)
+
+
+def test_a_restore_that_fails_returns_only_once_nothing_of_it_is_left_writing(world):
+    """A restore that fails while a batch of small files is being written returns (raises) only once
+    that batch is done: no thread of the restore is left writing below a directory whose
+    descriptor it has closed (a descriptor number the process may reuse for anything)."""
+    repo, outside, target = world
+    repo_dir = target.parent.parent / "repo"
+    small = b"a small file\n"
+    write_snapshot(repo, lambda store: [file_entry(store, b"small.txt", small)])
+    _SlowPacks.slow = {str(p.relative_to(repo_dir)) for p in objects(repo_dir, "data")}
+    _SlowPacks.failing = threading.Event()
+    snapshot_id = write_snapshot(repo, lambda store: [dir_entry(store, b"d", [
+        file_entry(store, b"small.txt", small),
+        _like(file_entry(store, b"walked.bin", b"w" * 3333), link=5)])])   # a hard link: the walk writes it
+
+    def progress(n: int) -> None:
+        if n == 3333:
+            _SlowPacks.failing.set()
+            raise RuntimeError("the disk went away")
+
+    before = set(threading.enumerate())
+    with pytest.raises(RuntimeError, match="^the disk went away$"):
+        open_repo(repo_dir, remote_wrapper=_SlowPacks).restore(snapshot_id, str(target), progress=progress)
+    assert [t.name for t in threading.enumerate() if t not in before and t.is_alive()] == []
     assert _open_below(target) == []
 
 
