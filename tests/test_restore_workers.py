@@ -9,6 +9,7 @@ restore leaves no process behind.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -412,6 +413,27 @@ def test_an_interrupted_or_killed_restore_leaves_no_process_behind(snapshotted, 
                                         "restore", tmp_path / "paused")
     assert len(workers) == RESTORE_WORKERS
     signal_paused(proc, workers, how)
+
+
+def test_an_interrupted_restore_ends_at_once_even_when_its_workers_are_stuck(snapshotted, tmp_path):
+    """A Ctrl-C ends the restore even when its workers cannot go on (stopped here, as a worker stuck in
+    a hung file system would be): they are killed, not waited for, and nothing is left behind."""
+    _, repo_dir = snapshotted
+    proc, workers = paused_with_workers(["--repo", str(repo_dir), "restore", "latest", str(tmp_path / "out")],
+                                        "restore", tmp_path / "paused")
+    try:
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        proc.send_signal(signal.SIGINT)
+        os.kill(proc.pid, signal.SIGCONT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130 and err.decode().strip() == "casstore: interrupted", err
+        assert_all_end(workers)
+    finally:
+        for pid in [*workers, proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.communicate()
 
 
 STUCK = """
