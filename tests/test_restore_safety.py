@@ -36,6 +36,7 @@ from casstore.restore.restorer import (
     MAX_BATCHES,
     MAX_DEVICE,
     MAX_ID,
+    MAX_LINK_GROUPS,
     MAX_OPEN_DIRS,
     MAX_TIME_NS,
     SMALL_BATCH_FILES,
@@ -644,6 +645,53 @@ def test_a_hard_link_whose_first_copy_vanished_during_the_restore_is_restored_as
     result = repo.restore(snapshot_id, str(target), progress=progress)
     assert removed and result.ok and result.files == 2
     assert (target / "b" / "second").read_bytes() == data and os.stat(target / "b" / "second").st_nlink == 1
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+@pytest.mark.parametrize("verify", [False, True], ids=["batched", "walk"])
+def test_a_hard_link_group_whose_first_copy_vanished_restores_its_other_names_and_holds_nothing_open(world, verify):
+    """A group of three names whose first copy is removed as soon as it is written: the other two
+    restore whole (as copies), and once the restore returns it holds no descriptor below the target."""
+    repo, outside, target = world
+    data = b"v" * 4321         # a length no other write has: the moment the first copy is written
+
+    def build(store):
+        first = _like(file_entry(store, b"first", data), link=9)
+        return [dir_entry(store, b"a", [first, file_entry(store, b"plain.txt", b"p")]),
+                dir_entry(store, b"b", [_like(first, name=b"second"), file_entry(store, b"plain.txt", b"q")]),
+                dir_entry(store, b"c", [_like(first, name=b"third")])]
+
+    snapshot_id = write_snapshot(repo, build)
+    removed: list[int] = []
+
+    def progress(n: int) -> None:
+        if n == len(data) and not removed:
+            os.unlink(target / "a" / "first")
+            removed.append(n)
+
+    result = repo.restore(snapshot_id, str(target), progress=progress, verify=verify)
+    assert removed and result.ok and result.files == 5
+    assert (target / "b" / "second").read_bytes() == data and (target / "c" / "third").read_bytes() == data
+    assert _open_below(target) == []
+
+
+def test_at_most_max_link_groups_are_restored_as_links_and_the_rest_as_copies(world):
+    """Each hard-link group restored as links keeps the first copy's directory open until the end,
+    so at most MAX_LINK_GROUPS groups are; the second names of later groups are whole copies."""
+    repo, outside, target = world
+    groups = MAX_LINK_GROUPS + 1
+
+    def build(store):
+        firsts = [_like(file_entry(store, b"g%04d" % i, b"%d\n" % i), link=i + 1) for i in range(groups)]
+        return [dir_entry(store, b"a", firsts), dir_entry(store, b"b", firsts)]
+
+    snapshot_id = write_snapshot(repo, build)
+    result = repo.restore(snapshot_id, str(target))
+    assert result.ok and result.files == 2 * groups
+    second = sorted((target / "b").iterdir())
+    assert [p.read_bytes() for p in second] == [b"%d\n" % i for i in range(groups)]
+    linked = [p.name for p in second if p.stat().st_nlink == 2]
+    assert linked == [f"g{i:04d}" for i in range(MAX_LINK_GROUPS)]
 
 
 # -- faults the file system raises part way (session 10: the error paths the full mutation run reaches) --
