@@ -271,6 +271,22 @@ def test_include_leaves_no_empty_directories_for_what_it_did_not_match(tmp_path)
     assert (tmp_path / "out" / "keep" / "deep" / "a.json").read_text() == "{}"
 
 
+def test_include_leaves_directories_that_were_already_in_the_target_even_when_it_matched_nothing_in_them(world):
+    """--include removes only the empty shells it made itself: a directory that was in the target
+    before, empty or holding someone's files, stays as it was."""
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [
+        dir_entry(store, b"empty", [file_entry(store, b"x.txt", b"x")]),
+        dir_entry(store, b"full", [file_entry(store, b"y.txt", b"y")]),
+        dir_entry(store, b"new", [file_entry(store, b"z.txt", b"z")]), file_entry(store, b"top.txt", b"t")])
+    (target / "empty").mkdir(parents=True)
+    write(target / "full" / "mine.txt", "someone's\n")
+    result = repo.restore(snapshot_id, str(target), include=("top.txt",))
+    assert result.ok and result.files == 1, result.errors
+    assert sorted(p.name for p in target.iterdir()) == ["empty", "full", "top.txt"]
+    assert os.listdir(target / "empty") == [] and os.listdir(target / "full") == ["mine.txt"]
+
+
 # -- what a restore refuses, and where the refusal stops (restorer._refusal, the size check, options) ----
 
 
