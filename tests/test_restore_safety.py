@@ -523,6 +523,23 @@ def test_a_socket_is_never_created_and_an_existing_symlink_is_kept_under_overwri
     assert os.listdir(target) == ["link"] and os.readlink(target / "link") == "mine"
 
 
+@pytest.mark.parametrize("dry_run", [False, True], ids=["restore", "dry-run"])
+def test_a_symlink_whose_target_holds_a_nul_is_one_error_naming_it_and_not_counted(world, dry_run):
+    """No file system holds a symlink target with a NUL byte (a hostile tree can): it is one error
+    line naming the link and why, it is not counted among the symlinks restored, and the rest restores.
+    A dry run, which creates nothing, counts it."""
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [
+        symlink_entry(b"bad", b"a\0b"), symlink_entry(b"good", b"f.txt"), file_entry(store, b"f.txt", b"x")])
+    result = repo.restore(snapshot_id, str(target), dry_run=dry_run)
+    if dry_run:
+        assert result.ok and (result.symlinks, result.files) == (2, 1)
+        return
+    assert result.errors == ["bad: symlink: embedded null character in src"]
+    assert (result.symlinks, result.files) == (1, 1)
+    assert sorted(os.listdir(target)) == ["f.txt", "good"] and os.readlink(target / "good") == "f.txt"
+
+
 def test_a_dry_run_of_special_files_creates_nothing(world):
     repo, outside, target = world
     fifo = Entry(b"pipe", EntryType.FIFO, 0o640, os.getuid(), os.getgid(), NOW_NS, 0)

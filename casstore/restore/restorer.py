@@ -587,17 +587,15 @@ class Restorer:
             os.rename(target, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
     def _restore_symlink(self, dir_fd: int, entry: Entry, path: str) -> None:
-        self.result.symlinks += 1
-        if self.dry_run:
-            return
-        existing = _lstat(dir_fd, entry.name)
-        if existing is not None:
-            if not self._may_replace(existing, entry, path):
-                self.result.symlinks -= 1
-                return
-            os.unlink(entry.name, dir_fd=dir_fd)
-        os.symlink(entry.content, entry.name, dir_fd=dir_fd)  # type: ignore[arg-type]
-        os.utime(entry.name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+        if not self.dry_run:
+            existing = _lstat(dir_fd, entry.name)
+            if existing is not None:
+                if not self._may_replace(existing, entry, path):
+                    return
+                os.unlink(entry.name, dir_fd=dir_fd)
+            os.symlink(entry.content, entry.name, dir_fd=dir_fd)  # type: ignore[arg-type]
+            os.utime(entry.name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+        self.result.symlinks += 1      # counted once made: one that fails is an error line, not a symlink
 
     def _restore_special(self, dir_fd: int, entry: Entry, path: str) -> None:
         if self.dry_run or entry.type is EntryType.SOCKET:
