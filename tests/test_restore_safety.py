@@ -578,6 +578,37 @@ def _deep_tree(depth: int, bottom: bytes):
     return build
 
 
+def test_a_directory_opened_as_descriptor_0_is_reopened_like_any_other_past_the_descriptor_bound(world):
+    """A process started with stdin closed (by cron, a daemon) hands out descriptor 0 like any other:
+    a directory the restore opened as 0, closed past MAX_OPEN_DIRS levels and reopened through `..`
+    (identity checked), is the same directory, and the whole deep tree restores."""
+    repo, outside, target = world
+    depth = MAX_OPEN_DIRS + 6
+    data = b"0" * 2345         # a length no other write has: the moment the first file is written
+
+    def build(store):
+        chain = _deep_tree(depth, b"the bottom\n")(store)
+        return [*chain, file_entry(store, b"first.bin", data)]
+
+    snapshot_id = write_snapshot(repo, build)
+    stdin = os.dup(0)
+    closed: list[int] = []
+
+    def progress(n: int) -> None:
+        if n == len(data) and not closed:
+            os.close(0)        # from now on the next directory opened is descriptor 0
+            closed.append(n)
+
+    try:
+        result = repo.restore(snapshot_id, str(target), progress=progress, verify=True)   # the walk writes it
+    finally:
+        os.dup2(stdin, 0)
+        os.close(stdin)
+    assert closed and result.ok, result.errors[:3]
+    assert (result.dirs, result.files) == (depth, 2)
+    assert (target / "/".join(f"d{i}" for i in range(depth)) / "bottom.txt").read_bytes() == b"the bottom\n"
+
+
 def test_a_closed_ancestor_moved_away_during_the_restore_is_reported_and_never_written_through(world):
     """Past MAX_OPEN_DIRS levels an ancestor's descriptor is reopened through `..` only if it is
     still the same directory; one moved out of the chain is reported as moved, once for each
