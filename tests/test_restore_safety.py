@@ -996,6 +996,67 @@ def test_restoring_one_directory_names_and_selects_what_is_below_it_by_its_path_
     assert sorted(os.listdir(target / "a" / "b")) == ["keep.txt", "z.txt"] and (result.files, result.dirs) == (2, 1)
 
 
+def test_an_exclude_pattern_for_directories_leaves_files_of_that_name(world):
+    """A pattern ending in `/` (gitignore) names directories only: `cache/` excludes every directory
+    called cache, never a file called cache."""
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [
+        dir_entry(store, b"a", [dir_entry(store, b"cache", [file_entry(store, b"c.bin", b"c")]),
+                                file_entry(store, b"x.txt", b"x")]),
+        dir_entry(store, b"b", [file_entry(store, b"cache", b"a file called cache\n")])])
+    result = repo.restore(snapshot_id, str(target), exclude=("cache/",))
+    assert result.ok and (result.files, result.dirs) == (2, 2)
+    assert sorted(os.listdir(target / "a")) == ["x.txt"]
+    assert (target / "b" / "cache").read_bytes() == b"a file called cache\n"
+
+
+@pytest.mark.parametrize("verify", [False, True], ids=["batched", "walk"])
+def test_progress_counts_every_byte_restored_once(world, verify):
+    """The progress callback is told each file's bytes as they are written, by the batches or the
+    walk: its sum is the restore's byte count, the sum of the files' sizes."""
+    repo, outside, target = world
+    sizes = [0, 1, 4096, 70_000, 1 << 20]
+    snapshot_id = write_snapshot(repo, lambda store: [
+        dir_entry(store, b"d%d" % i, [file_entry(store, b"f%d" % j, det_bytes(size + j, seed=i)) for j in range(3)])
+        for i, size in enumerate(sizes)])
+    told: list[int] = []
+    result = repo.restore(snapshot_id, str(target), verify=verify, progress=told.append)
+    expected = sum(3 * size + 3 for size in sizes)
+    assert result.ok and result.bytes == expected and sum(told) == expected
+
+
+def test_a_directory_is_private_to_the_restore_until_its_recorded_mode_is_set(world):
+    """While its files are being written a new directory is open to nobody else (0o700), whatever its
+    recorded mode: another user cannot reach a file through it before the restore has set both."""
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [dir_entry(store, b"open", [
+        file_entry(store, b"f.bin", b"f" * 3210)], mode=0o755), dir_entry(store, b"shut", [], mode=0o700)])
+    seen: list[int] = []
+
+    def progress(n: int) -> None:
+        if n == 3210:
+            seen.append(stat.S_IMODE(os.stat(target / "open").st_mode))
+
+    result = repo.restore(snapshot_id, str(target), verify=True, progress=progress)   # the walk writes f.bin
+    assert result.ok and seen == [0o700]
+    assert stat.S_IMODE(os.stat(target / "open").st_mode) == 0o755
+
+
+def test_a_snapshot_past_the_budgets_floor_restores_when_its_summary_declares_it(world):
+    """Without a summary a walk may visit 100,000 entries (a hostile DAG's bound); a snapshot whose
+    summary declares more files restores them all (a dry run: the trees are what is walked)."""
+    repo, outside, target = world
+    count = 100_001
+
+    def build(store):
+        one = file_entry(store, b"x", b"x")
+        return [dataclasses.replace(one, name=b"f%06d" % i) for i in range(count)]
+
+    snapshot_id = write_snapshot(repo, build, summary={"files_total": count, "dirs_total": 0, "bytes_total": count})
+    result = repo.restore(snapshot_id, str(target), dry_run=True)
+    assert result.ok and result.files == count
+
+
 @pytest.mark.parametrize("path", ["", "a/b"])
 def test_a_tree_whose_walk_would_never_end_is_refused_before_anything_is_written(world, path):
     """One subtree referenced twice at each of 60 levels (2**60 paths; the snapshot records none):
