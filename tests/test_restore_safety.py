@@ -1121,6 +1121,18 @@ def test_overwrite_if_changed_counts_every_unchanged_file_it_skips(world):
     assert result.ok and (result.skipped, result.files) == (2, 1)
 
 
+def test_overwrite_if_changed_replaces_a_file_where_the_snapshot_has_a_symlink_even_of_its_size_and_time(world):
+    """--overwrite if-changed skips only what is unchanged: a regular file where the snapshot has a
+    symlink is replaced by the symlink, even when its size and time are the symlink's."""
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [symlink_entry(b"link", b"f.txt"),
+                                                      file_entry(store, b"f.txt", b"x")])
+    write(target / "link", "f.txt", mtime_ns=NOW_NS)     # the symlink's size (5 bytes) and time
+    result = repo.restore(snapshot_id, str(target), overwrite="if-changed")
+    assert result.ok and (result.skipped, result.symlinks, result.files) == (0, 1, 1)
+    assert os.readlink(target / "link") == "f.txt"
+
+
 def test_restoring_one_symlink_that_exists_names_it_among_the_existing(world):
     repo, outside, target = world
     snapshot_id = write_snapshot(repo, lambda store: [dir_entry(store, b"d", [symlink_entry(b"link", b"theirs")])])

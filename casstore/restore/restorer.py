@@ -562,7 +562,7 @@ class Restorer:
             if len(self.result.existing_paths) < EXISTING_SHOWN:
                 self.result.existing_paths.append(path)
             return False
-        if self.overwrite == "if-changed" and stat.S_ISREG(existing.st_mode) \
+        if self.overwrite == "if-changed" and entry.type is EntryType.FILE and stat.S_ISREG(existing.st_mode) \
                 and (existing.st_size, existing.st_mtime_ns) == (entry.size, entry.mtime_ns):
             self.result.skipped += 1
             return False
