@@ -550,7 +550,7 @@ class SnapshotBuilder:
         limit, prepare = self.min_chunk, self.pipeline.prepare_many
 
         def handle(dir_fd: int, files: list[tuple[str, tuple[int, int]]]) -> BatchReads:
-            return smallfiles.read_batch_in_worker(dir_fd, files, limit, prepare)
+            return smallfiles.read_batch_columns(dir_fd, files, limit, prepare)
         self.workers = WorkerPool(handle, SNAPSHOT_WORKERS, what="snapshot", error=CasstoreError)
 
     def _dispatch(self, batch: _Batch) -> None:
@@ -565,7 +565,7 @@ class SnapshotBuilder:
             # the batch keeps its descriptor until it is recorded, as a worker process's does: a
             # task that a failed snapshot cancels never runs, so it must not be the one to close it
             limit, prepare, dir_fd = self.min_chunk, self.pipeline.prepare_many, batch.dir_fd
-            self.pipeline.submit_task(lambda: smallfiles.read_batch_in_worker(dir_fd, files, limit, prepare),
+            self.pipeline.submit_task(lambda: smallfiles.read_batch_columns(dir_fd, files, limit, prepare),
                                       lambda reads: self._store_batch(batch, reads), batch.size)
             self._sent.append(batch)
         except BaseException:
