@@ -12,6 +12,7 @@ import msgpack
 
 from casstore.errors import FormatError, IntegrityError
 from casstore.format.crypto import KIND_SNAPSHOT, Sealer, seal_if, unseal_if
+from casstore.format.fields import is_int
 from casstore.format.reasons import unpack_reason
 
 SNAPSHOT_VERSION = 1
@@ -61,7 +62,7 @@ def decode_snapshot(snapshot_id: str, body: bytes, sealer: Sealer | None = None)
 def _check_types(m: SnapshotManifest) -> None:
     if not isinstance(m.tree, bytes) or len(m.tree) != 32:
         raise ValueError("bad root tree id")
-    if not isinstance(m.time_ns, int) or isinstance(m.time_ns, bool):
+    if not is_int(m.time_ns):
         raise ValueError("time_ns must be an integer")
     if not isinstance(m.host, str) or not isinstance(m.source, str):
         raise ValueError("host and source must be strings")
