@@ -42,6 +42,16 @@ class SnapshotManifest:
         return datetime.fromtimestamp(self.time_ns / 1e9, tz=UTC)
 
 
+def manifest_text(text: str) -> str:
+    """`text` as a manifest (msgpack, UTF-8) can hold it: a byte of a path that was not UTF-8 (a lone
+    surrogate from surrogateescape, as Python names such a path) becomes a `\\xNN` escape, as the CLI
+    shows it. The source path and the error lines are stored this way; the names in trees are bytes."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:       # a surrogate no path decodes to
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def decode_snapshot(snapshot_id: str, body: bytes, sealer: Sealer | None = None) -> SnapshotManifest:
     if blake3.blake3(body).hexdigest() != snapshot_id:
         raise IntegrityError(f"snapshot {snapshot_id[:8]} does not match its name")
