@@ -7,7 +7,10 @@ a hook is reached (unset in normal use, when each hook costs a dictionary lookup
   between-listings, before-index-put, after-recheck, after-snapshot-put), gc/sweep.py (sweep-after-list,
   sweep-before-packs, sweep-before-plans), gc/mark.py (mark-before-plan) and snapshot/builder.py
   (snapshot-before-index, snapshot-before-commit), fsio/workers.py (restore-awaiting-answer,
-  snapshot-awaiting-answer: the parent waits for a worker's answer, jobs in flight).
+  snapshot-awaiting-answer: the parent waits for a worker's answer, jobs in flight). It stops at
+  every pass (gc_soak holds writers at each one); with `CASSTORE_TEST_PAUSE_ONCE=1` only at the
+  first, so a test that signals the stopped process and resumes it never finds it stopped again
+  at the next pass, before the signal's effect (a Ctrl-C's KeyboardInterrupt) ends it.
 - `set_pause_hook(fn)` routes every pause point to `fn(name)` instead, in this process: the
   exploration tests (tests/explore.py) park each actor's thread there until their scheduler says go.
 - `CASSTORE_TEST_CRASH_AT=<n>`: gc SIGKILLs itself right before its nth mutating storage call (a
@@ -37,6 +40,7 @@ from collections.abc import Callable
 
 PAUSE_AT = "CASSTORE_TEST_PAUSE_AT"
 PAUSE_FILE = "CASSTORE_TEST_PAUSE_FILE"
+PAUSE_ONCE = "CASSTORE_TEST_PAUSE_ONCE"
 CRASH_AT = "CASSTORE_TEST_CRASH_AT"
 CRASH_AT_IO = "CASSTORE_TEST_CRASH_AT_IO"
 CLOCK_FILE = "CASSTORE_TEST_CLOCK_FILE"
@@ -44,6 +48,7 @@ FAULTS = "CASSTORE_TEST_FAULTS"
 WEAK_KDF = "CASSTORE_TEST_WEAK_KDF"
 
 _hook: Callable[[str], None] | None = None
+_paused = False     # this process stopped at a pause point already (PAUSE_ONCE)
 
 
 def set_pause_hook(hook: Callable[[str], None] | None) -> None:
@@ -58,12 +63,16 @@ def pausing(name: str) -> bool:
 
 
 def pause_point(name: str) -> None:
+    global _paused
     if _hook is not None:
         _hook(name)
         return
     wanted = os.environ.get(PAUSE_AT)
     if wanted is None or wanted != name:    # never stops a process that was not asked to (a None name)
         return
+    if _paused and os.environ.get(PAUSE_ONCE) == "1":
+        return
+    _paused = True
     marker = os.environ.get(PAUSE_FILE)
     if marker:
         with open(marker, "w") as fh:

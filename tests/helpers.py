@@ -137,6 +137,21 @@ def run(*args: str, expect: int | None = 0, cwd: str | Path | None = None, env: 
     return proc
 
 
+# A shell without job control starts a background command (`pytest ... &`) with SIGINT ignored, and
+# every process below it inherits that: Python then installs no KeyboardInterrupt handler, and a
+# Ctrl-C test's SIGINT does nothing (its paused run resumes and stops at the next pause, for good:
+# a 60 s timeout and a stopped process and its workers left behind). A terminal's Ctrl-C meets a
+# foreground command with SIGINT at its default: this sets that, then execs the command (same pid).
+_FOREGROUND = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+               "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); os.execv(sys.argv[1], sys.argv[1:])")
+
+
+def as_from_a_terminal(command: list[str]) -> list[str]:
+    """`command` (its first item a path) started as a terminal starts it: SIGINT at its default,
+    unblocked, whatever this test run inherited."""
+    return [sys.executable, "-c", _FOREGROUND, *command]
+
+
 def run_isolated(cwd: str | Path, env: dict[str, str], *args: object, expect: int | None = 0,
                  timeout: float = 120) -> subprocess.CompletedProcess:
     """Run `casstore` with exactly `env` (nothing inherited) and no stdin, so a command that would

@@ -109,3 +109,18 @@ def test_new_slots_use_a_memory_hard_kdf_and_a_hostile_slot_is_refused():
     with pytest.raises(FormatError, match="out of range"):
         open_slot("ab" * 16, msgpack.packb(doc), b"pw")
     keys.forget_unlocked()
+
+
+@pytest.mark.parametrize("kdf, name", [
+    ({"algorithm": "argon2id", "iterations": 1, "memory_kib": 64, "lanes": 1}, "iterations"),
+    ({"algorithm": "argon2id", "iterations": 1, "memory_kib": 64, "lanes": 1}, "lanes"),
+    ({"algorithm": "scrypt", "n": 2, "r": 1, "p": 1}, "r"),
+], ids=["argon2id iterations", "argon2id lanes", "scrypt r"])
+def test_a_key_slot_whose_kdf_parameter_is_a_boolean_is_refused(kdf, name):
+    """msgpack's `true` decodes as Python's True, an int equal to 1: a parameter must be an integer."""
+    import msgpack
+
+    doc = msgpack.unpackb(make_slot(MasterKey.generate(), b"pw", "ab" * 16, kdf, "h"))
+    doc["kdf"][name] = True
+    with pytest.raises(FormatError, match="out of range"):
+        open_slot("ab" * 16, msgpack.packb(doc), b"pw")

@@ -131,6 +131,10 @@ def test_pack_name_verifies_its_content():
     (_pack([[KIND_DATA, ID, 5, 10, 10, ID]]), "corrupt pack header: bad delta base"),         # its own base
     (_pack([[KIND_TREE, ID, 5, 10, 10, b"\x22" * 32]]), "corrupt pack header: bad delta base"),  # trees have none
     (_pack([[KIND_DATA, ID, 5.0, 10, 10]]), "corrupt pack header: non-integer blob bounds"),
+    # msgpack's `true` decodes as Python's True, an int equal to 1: never a length, offset or raw length
+    (_pack([[KIND_DATA, ID, 5, True, 10]]), "corrupt pack header: non-integer blob bounds"),
+    (_pack([[KIND_DATA, ID, True, 10, 10]]), "corrupt pack header: non-integer blob bounds"),
+    (_pack([[KIND_DATA, ID, 5, 10, True]]), "corrupt pack header: non-integer blob bounds"),
     (_pack([[KIND_DATA, ID, 5, 10**9, 10]]), "corrupt pack header: blob lies outside the pack body"),
     (_pack([[KIND_DATA, ID, 5, 0, 10]]), "corrupt pack header: blob lies outside the pack body"),
     (_pack([[KIND_DATA, ID, 5, 10, 2**40]]),
@@ -284,10 +288,12 @@ def _index(packs=None, **changes) -> dict:
     _index(packs=[[GOOD_PACK, [[9, ID, 5, 10, 10]]]]), _index(packs=[[GOOD_PACK, [[1.0, ID, 5, 10, 10]]]]),
     _index(packs=[[GOOD_PACK, [[True, ID, 5, 10, 10]]]]), _index(packs=[[GOOD_PACK, [[KIND_DATA, ID, -5, 10, 10]]]]),
     _index(packs=[[GOOD_PACK, [[KIND_DATA, ID, 5, "10", 10]]]]),
+    _index(packs=[[GOOD_PACK, [[KIND_DATA, ID, 5, True, 10]]]]),
     _index(packs=[[GOOD_PACK, [[KIND_DATA, ID, 5, 10, 2**40]]]]), _index(supersedes=["zz"]),
     [1, 2, 3], "just a string", {"version": 1},
 ], ids=["version", "origin str", "origin kind", "packs int", "pack id", "short entry", "short id", "kind",
-        "float kind", "boolean kind", "negative offset", "str length", "huge raw length", "supersedes", "a list",
+        "float kind", "boolean kind", "negative offset", "str length", "boolean length",
+        "huge raw length", "supersedes", "a list",
         "a string", "no fields"])
 def test_hostile_indexes_are_format_errors(doc):
     index_id, body = _index_body(doc)
@@ -325,10 +331,11 @@ def _file(name=b"f", **changes) -> list:
     _tree([_file(type="dir", content=[ID])]), _tree([_file(type="symlink", content=5)]),
     _tree([_file(type="fifo", content=b"x")]), _tree([_file()[:5]]), _tree([_file()], next=b"short"),
     _tree([_file()], v=2), _tree(5), msgpack.packb([1, 2]), b"\xc1", b"\xdd\x7f\xff\xff\xff",
+    _tree([_file(size=True)]), _tree([_file(mode=True)]), _tree([_file(type="chardev", content=True)]),
 ], ids=["duplicate names", "str name", "empty name", "unknown type", "str mode", "negative size",
         "float mtime", "file content id", "short chunk id", "dir content list", "symlink target int",
         "fifo content", "short entry", "bad next", "version", "entries int", "a list", "not msgpack",
-        "huge array claim"])
+        "huge array claim", "boolean size", "boolean mode", "boolean device number"])
 def test_hostile_trees_are_format_errors(body):
     _bounded(lambda: decode_tree(body), FormatError)
 
@@ -458,8 +465,9 @@ def _config_with(**changes) -> bytes:
     {"compression": {"algorithm": "lz4"}}, {"compression": {"delta": 65}}, {"compression": {"delta": -1}},
     {"compression": {"delta": "4"}}, {"chunker": {"max_size": 64 * MiB + 1}},
     {"chunker": {"max_size": 32 * 1024}}, {"pack_size": 1024 * MiB + 1}, {"pack_size": 4 * 1024 - 1},
+    {"compression": {"level": True}}, {"compression": {"delta": True}}, {"chunker": {"seed": True}},
 ], ids=["compression lz4", "delta 65", "delta -1", "delta str", "max_size over range", "max_size below avg",
-        "pack_size over range", "pack_size under range"])
+        "pack_size over range", "pack_size under range", "boolean level", "boolean delta", "boolean seed"])
 def test_a_config_outside_the_formats_ranges_is_refused(changes):
     _bounded(lambda: RepoConfig.decode(_config_with(**changes)), FormatError)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import random
 import re
 from collections.abc import Mapping
@@ -201,6 +202,24 @@ def test_to_dict_clash_rules(repo, data, tmp_path, caplog):
         "notes.md": b"# notes\n",
     }
     assert "clash/bad.json" in caplog.text and "does not parse" in caplog.text
+
+
+def test_to_dict_keys_a_name_that_is_not_utf8_as_os_fsdecode_names_it(repo, data):
+    """Linux names are bytes. A folder or file whose name is not UTF-8 gets the key `os.fsdecode`
+    gives (the bytes decoded with surrogateescape, as `os.listdir` names it), so `os.fsencode(key)`
+    is the name; the JSON-ready form holds the same str, which `json.dumps` writes as `\\udcXX`."""
+    folder = data / os.fsdecode(b"caf\xe9")
+    write(folder / os.fsdecode(b"r\xe9sum\xe9.json"), '{"a": 1}')
+    write(folder / os.fsdecode(b"raw\xff"), b"bytes")
+    snap = repo.get(repo.snapshot().id)
+    sources = snap.to_dict()["data_sources"]
+    key = os.fsdecode(b"caf\xe9")
+    assert {os.fsencode(k) for k in sources} == set(os.listdir(os.fsencode(str(data))))
+    assert sources[key].materialize() == {os.fsdecode(b"r\xe9sum\xe9"): {"a": 1}, os.fsdecode(b"raw\xff"): b"bytes"}
+    text = json.dumps(snap.to_dict(json_ready=True))
+    assert '"caf\\udce9": {"raw\\udcff": {"$file": "caf\\udce9/raw\\udcff", "size": 5}' in text
+    assert json.loads(text)["data_sources"][key][os.fsdecode(b"r\xe9sum\xe9")] == {"a": 1}
+    assert snap.read_bytes(key + "/" + os.fsdecode(b"raw\xff")) == b"bytes"
 
 
 def test_to_dict_is_lazy(repo, data):

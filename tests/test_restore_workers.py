@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from casstore._testing import PAUSE_AT, PAUSE_FILE
+from casstore._testing import PAUSE_AT, PAUSE_FILE, PAUSE_ONCE
 from casstore.client import Repository
 from casstore.errors import RestoreError
 from casstore.format.config import RepoConfig
@@ -34,6 +34,7 @@ from tests.helpers import (
     CASSTORE,
     NOW_NS,
     KiB,
+    as_from_a_terminal,
     assert_one_line_error,
     assert_same_tree,
     dir_entry,
@@ -358,15 +359,17 @@ def _children(pid: int) -> set[int]:
 
 def paused_with_workers(arguments: list[str], what: str, marker: Path) -> tuple[subprocess.Popen, set[int]]:
     """A CLI run of `arguments`, stopped (SIGSTOP) while its parent waits for a worker's answer with
-    jobs in flight (pause point `<what>-awaiting-answer`), and its workers. A signal sent now lands
-    mid-run, never after the end: the caller sends it, then resumes the run (SIGCONT)."""
+    jobs in flight (pause point `<what>-awaiting-answer`, once: resumed, it runs on), and its
+    workers. A signal sent now lands mid-run, never after the end: the caller sends it, then
+    resumes the run (SIGCONT). The run meets SIGINT as a command started at a terminal does."""
     command = [CASSTORE] if CASSTORE else [sys.executable, "-c", "from casstore.cli.main import main; main()"]
-    env = {**os.environ, PAUSE_AT: f"{what}-awaiting-answer", PAUSE_FILE: str(marker)}
-    proc = subprocess.Popen([*command, *arguments], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    env = {**os.environ, PAUSE_AT: f"{what}-awaiting-answer", PAUSE_FILE: str(marker), PAUSE_ONCE: "1"}
+    proc = subprocess.Popen(as_from_a_terminal([*command, *arguments]), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 120
     while not (marker.exists() and _state(proc.pid) == "T"):
         if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
+            end_run(proc)
             _, err = proc.communicate()
             raise AssertionError(f"the {what} never waited for a worker (exit {proc.returncode}): "
                                  f"{err.decode(errors='replace')}")
@@ -377,12 +380,27 @@ def paused_with_workers(arguments: list[str], what: str, marker: Path) -> tuple[
 def signal_paused(proc: subprocess.Popen, workers: set[int], how: int) -> None:
     """Send `how` to a run paused by `paused_with_workers` and resume it, so it meets the signal in
     the middle of its work: SIGINT is exit 130 and one line; either way every worker ends."""
-    proc.send_signal(how)
-    os.kill(proc.pid, signal.SIGCONT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        proc.send_signal(how)
+        os.kill(proc.pid, signal.SIGCONT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        end_run(proc)
     if how == signal.SIGINT:
         assert proc.returncode == 130 and err.decode().strip() == "casstore: interrupted", err
     assert_all_end(workers)
+
+
+def end_run(proc: subprocess.Popen) -> None:
+    """SIGKILL a run that has not ended (a failed test leaves no process behind), its workers first
+    (only while they are still its children: a pid of a process that ended may be reused)."""
+    if proc.poll() is not None:
+        return
+    for pid in _children(proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.kill()          # a stopped process ends too
+    proc.wait()
 
 
 def assert_all_end(pids: set[int], within: float = 30) -> None:
@@ -470,7 +488,7 @@ pool.close()
 
 
 def test_a_ctrl_c_that_lands_while_a_worker_is_forked_interrupts_not_vanishes(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-c", FORK_INTERRUPTED], stdout=subprocess.PIPE,
+    proc = subprocess.Popen(as_from_a_terminal([sys.executable, "-c", FORK_INTERRUPTED]), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, cwd=tmp_path)
     workers: set[int] = set()
     while proc.poll() is None:

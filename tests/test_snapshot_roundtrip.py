@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from casstore.snapshot.builder import take_snapshot
 from tests.helpers import (
     KiB,
     MiB,
+    assert_one_line_error,
     assert_same_tree,
     det_bytes,
     init_repo,
@@ -93,6 +95,49 @@ def test_snapshot_mutate_snapshot_restore_each(tmp_path):
     listed = json.loads(run("list", "--json").stdout)
     assert [s["id"] for s in listed] == [second["id"], first["id"]]
     assert listed[0]["tags"] == ["v2"] and listed[0]["parent"] == first["id"]
+
+
+def test_a_source_and_a_repository_whose_paths_are_not_utf8_go_the_whole_journey(tmp_path):
+    """Linux paths are bytes. A source folder and a repository whose paths are not UTF-8 snapshot
+    (the second run finds the first's files cache and names it as parent), list one line per name
+    with the bytes as `\\xNN` escapes, and restore every name byte for byte. The manifest holds the
+    source as text with the same escapes (msgpack strings are UTF-8)."""
+    source = tmp_path / os.fsdecode(b"caf\xe9")
+    make_source(source)
+    with open(os.fsencode(str(source)) + b"/two\nlines\xe9", "wb") as fh:   # one line in a listing
+        fh.write(b"x")
+    repo = tmp_path / os.fsdecode(b"r\xe9po")
+    run("--repo", repo, "init", "--chunk-avg", 64 * KiB)
+    assert_one_line_error(run("--repo", repo, "init", expect=None), f"already exists at {tmp_path}/r\\xe9po")
+    first = json.loads(run("--repo", repo, "snapshot", source, "--json").stdout)
+    second = json.loads(run("--repo", repo, "snapshot", source, "--json").stdout)
+    assert second["files_unchanged"] == first["files_total"] == second["files_total"]
+
+    listed = json.loads(run("--repo", repo, "list", "--json").stdout)
+    assert [(s["id"], s["parent"]) for s in listed] == [(second["id"], first["id"]), (first["id"], None)]
+    assert listed[0]["source"] == str(tmp_path) + "/caf\\xe9"
+    shown = run("--repo", repo, "show", second["short_id"], "-r").stdout.decode().splitlines()
+    assert f"source   {tmp_path}/caf\\xe9" in shown
+    names = [line.split("  ")[-1] for line in shown if re.match(r"[-dl?] [0-7]{4} ", line)]   # one per entry
+    assert len(names) == len(tree_state(source))
+    assert "two\\nlines\\xe9" in names and "bin\\xffname" in names
+
+    run("--repo", repo, "restore", second["short_id"], tmp_path / "out")
+    assert_same_tree(tree_state(source), tree_state(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("args, env", [(("--tag", os.fsdecode(b"v\xe9")), {}),
+                                       ((), {"CASSTORE_HOST": os.fsdecode(b"h\xf4te")})],
+                         ids=["tag", "host"])
+def test_a_tag_or_host_name_that_is_not_utf8_is_refused_before_anything_is_stored(tmp_path, args, env):
+    """Tags and the host name are stored as text and looked up as typed: bytes that are not UTF-8 are
+    one error line before the source is read (they used to fail at the commit, the data written)."""
+    write(tmp_path / "data" / "a.txt", "a\n")
+    run("init")
+    line = assert_one_line_error(run("snapshot", *args, env=env, expect=None), "is not UTF-8 text")
+    assert "\\xe9" in line or "\\xf4" in line
+    stored = [p for p in (tmp_path / ".casstore").rglob("*") if p.is_file() and p.name not in ("config", "lock")]
+    assert stored == []
 
 
 def test_restore_one_path_only(tmp_path):

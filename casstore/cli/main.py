@@ -104,7 +104,7 @@ class LazyGroup(click.Group):
                 die_of_sigpipe()
             _os_error(exc)
         except CasstoreError as exc:
-            click.echo(f"casstore: error: {exc}", err=True)
+            click.echo(f"casstore: error: {_shown(exc)}", err=True)
             sys.exit(exc.exit_code)
         except OSError as exc:
             _os_error(exc)
@@ -144,8 +144,17 @@ def _ask_password(what: str, new: bool) -> str:
 
 
 def _os_error(exc: OSError) -> NoReturn:
-    click.echo(f"casstore: error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), err=True)
+    where = f": {_shown(exc.filename)}" if exc.filename else ""
+    click.echo(f"casstore: error: {_shown(exc.strerror or exc)}{where}", err=True)
     sys.exit(1)
+
+
+def _shown(text: object) -> str:
+    """An error's text as one terminal line: a path's bytes that are not UTF-8 as `\\xNN` and control
+    characters escaped, as every listing shows them (an error may name any path or file name)."""
+    from casstore.cli.common import printable  # lazy: only when an error is printed
+
+    return printable(text)
 
 
 def stdout_closed() -> bool:

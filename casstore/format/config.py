@@ -18,6 +18,7 @@ from casstore.errors import (
     MissingKey,
 )
 from casstore.format.crypto import KIND_CONFIG, SCHEME, MasterKey, Sealer
+from casstore.format.fields import is_int
 from casstore.format.reasons import unpack_reason
 
 if TYPE_CHECKING:
@@ -158,7 +159,7 @@ class RepoConfig:
             config = cls(**doc, keys=keys if doc.get("encryption") is not None else None)
             _check_chunker(config.chunker)
             _check_rest(config)
-            if not isinstance(config.grace_seconds, int) or config.grace_seconds < MIN_GRACE_SECONDS:
+            if not is_int(config.grace_seconds) or config.grace_seconds < MIN_GRACE_SECONDS:
                 raise FormatError(f"bad grace period in repository config: {config.grace_seconds!r}")
         except (TypeError, ValueError, KeyError, msgpack.UnpackException) as exc:
             raise FormatError(f"corrupt repository config: {unpack_reason(exc)}") from exc
@@ -230,17 +231,17 @@ def _check_chunker(params: object) -> None:
     if not isinstance(params, dict) or params.get("algorithm") not in ("fastcdc-2020", "fixed"):
         raise FormatError(f"unknown chunker in repository config: {params!r}")
     sizes = ("min_size", "avg_size", "max_size", "seed") if params["algorithm"] == "fastcdc-2020" else ("size",)
-    if not all(isinstance(params.get(k), int) and params[k] > 0 for k in sizes):
+    if not all(is_int(params.get(k)) and params[k] > 0 for k in sizes):
         raise FormatError("bad chunker sizes in repository config")
 
 
 def _check_rest(config: RepoConfig) -> None:
     compression = config.compression
     if not isinstance(compression, dict) or compression.get("algorithm") != "zstd" \
-            or not isinstance(compression.get("level"), int):
+            or not is_int(compression.get("level")):
         raise FormatError(f"unknown compression in repository config: {compression!r}")
     chain = compression.get("delta", 0)
-    if not isinstance(chain, int) or not 0 <= chain <= MAX_DELTA_CHAIN:
+    if not is_int(chain) or not 0 <= chain <= MAX_DELTA_CHAIN:
         raise FormatError(f"delta chain bound {chain!r} is outside the format's range (0 to {MAX_DELTA_CHAIN})")
     if config.encryption is not None and set(config.encryption) != {"scheme", "domain"}:
         raise FormatError("bad encryption field in repository config")
@@ -259,8 +260,8 @@ def _check_sizes(sizes: dict[str, int], pack_size: object, level: object) -> Non
             raise FormatError(f"chunker {name} {value} is outside the format's range ({lo} to {hi} bytes)")
     if "max_size" in sizes and not sizes["min_size"] <= sizes["avg_size"] <= sizes["max_size"]:
         raise FormatError("chunker sizes must satisfy min_size <= avg_size <= max_size")
-    if not isinstance(pack_size, int) or not PACK_SIZE_RANGE[0] <= pack_size <= PACK_SIZE_RANGE[1]:
+    if not is_int(pack_size) or not PACK_SIZE_RANGE[0] <= pack_size <= PACK_SIZE_RANGE[1]:
         raise FormatError(f"pack_size {pack_size} is outside the format's range "
                           f"({PACK_SIZE_RANGE[0]} to {PACK_SIZE_RANGE[1]} bytes)")
-    if not isinstance(level, int) or not LEVEL_RANGE[0] <= level <= LEVEL_RANGE[1]:
+    if not is_int(level) or not LEVEL_RANGE[0] <= level <= LEVEL_RANGE[1]:
         raise FormatError(f"compression level {level} is outside zstd's range")

@@ -34,6 +34,7 @@ import blake3
 import msgpack
 
 from casstore.errors import DowngradeError, FormatError, IntegrityError, WrongPassword
+from casstore.format.fields import is_int
 from casstore.format.reasons import unpack_reason
 
 if TYPE_CHECKING:
@@ -177,7 +178,7 @@ def _kdf_key(password: bytes, salt: bytes, params: dict[str, Any]) -> bytes:
         from cryptography.hazmat.primitives.kdf.argon2 import Argon2id  # lazy: only when unlocking
 
         memory, iterations, lanes = params["memory_kib"], params["iterations"], params["lanes"]
-        if not (isinstance(memory, int) and isinstance(iterations, int) and isinstance(lanes, int)
+        if not (is_int(memory) and is_int(iterations) and is_int(lanes)
                 and 8 * lanes <= memory <= _MAX_MEMORY_KIB and 1 <= iterations <= _MAX_ITERATIONS
                 and 1 <= lanes <= 64):
             raise FormatError("key slot has argon2id parameters out of range")
@@ -187,7 +188,7 @@ def _kdf_key(password: bytes, salt: bytes, params: dict[str, Any]) -> bytes:
         from cryptography.hazmat.primitives.kdf.scrypt import Scrypt  # lazy: only when unlocking
 
         n, r, p = params["n"], params["r"], params["p"]
-        if not (isinstance(n, int) and isinstance(r, int) and isinstance(p, int) and 2 <= n <= 2**22
+        if not (is_int(n) and is_int(r) and is_int(p) and 2 <= n <= 2**22
                 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16):
             raise FormatError("key slot has scrypt parameters out of range")
         return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(password)

@@ -40,6 +40,7 @@ from casstore.errors import FormatError, IntegrityError
 from casstore.format.blobset import BlobSet
 from casstore.format.crypto import KIND_INDEX, Sealer, seal_if, unseal_if
 from casstore.format.entrylist import EntryList
+from casstore.format.fields import is_int
 from casstore.format.pack import BlobEntry, entry_fields, plain_rows_valid
 from casstore.format.reasons import unpack_reason
 from casstore.format.spill import RecordSpill
@@ -220,7 +221,7 @@ def _hex_id(value: object) -> str:
 def _entry(item: list[Any], max_raw_length: int) -> BlobEntry:
     entry = entry_fields(item)
     bounds = (entry.offset, entry.length, entry.raw_length)
-    if not all(isinstance(n, int) and n >= 0 for n in bounds) or entry.raw_length > max_raw_length:
+    if not all(is_int(n) and n >= 0 for n in bounds) or entry.raw_length > max_raw_length:
         raise ValueError("bad blob bounds")
     return entry
 

@@ -27,6 +27,7 @@ import msgpack
 from casstore.errors import DowngradeError, FormatError, IntegrityError
 from casstore.format import delta
 from casstore.format.crypto import KIND_PACK_HEADER, Sealer
+from casstore.format.fields import is_int
 from casstore.format.reasons import unpack_reason
 
 MAGIC = b"CASP"
@@ -283,7 +284,7 @@ def entry_fields(item: list[Any]) -> BlobEntry:
     kind, blob_id, offset, length, raw_length, *rest = item
     # an integer, not a value equal to one: a float kind (1.0 == 1) broke the index's records
     # (struct.error, not one error line), a boolean kind is not the format
-    if type(kind) is not int or kind not in KINDS or not isinstance(blob_id, bytes) or len(blob_id) != 32:
+    if not is_int(kind) or kind not in KINDS or not isinstance(blob_id, bytes) or len(blob_id) != 32:
         raise ValueError("bad blob kind or id")
     base = rest[0] if rest else None
     if base is not None and (kind != KIND_DATA or not isinstance(base, bytes) or len(base) != 32 or base == blob_id):
@@ -294,7 +295,7 @@ def entry_fields(item: list[Any]) -> BlobEntry:
 def _entry(item: list[Any], body_end: int, max_raw_length: int) -> BlobEntry:
     entry = entry_fields(item)
     offset, length, raw_length = entry.offset, entry.length, entry.raw_length
-    if not all(isinstance(n, int) for n in (offset, length, raw_length)):
+    if not all(is_int(n) for n in (offset, length, raw_length)):
         raise ValueError("non-integer blob bounds")
     if offset < _PREAMBLE or length < 1 or offset + length > body_end:
         raise ValueError("blob lies outside the pack body")

@@ -12,6 +12,7 @@ import msgpack
 
 from casstore.errors import FormatError, IntegrityError
 from casstore.format.crypto import KIND_SNAPSHOT, Sealer, seal_if, unseal_if
+from casstore.format.fields import is_int
 from casstore.format.reasons import unpack_reason
 
 SNAPSHOT_VERSION = 1
@@ -41,6 +42,16 @@ class SnapshotManifest:
         return datetime.fromtimestamp(self.time_ns / 1e9, tz=UTC)
 
 
+def manifest_text(text: str) -> str:
+    """`text` as a manifest (msgpack, UTF-8) can hold it: a byte of a path that was not UTF-8 (a lone
+    surrogate from surrogateescape, as Python names such a path) becomes a `\\xNN` escape, as the CLI
+    shows it. The source path and the error lines are stored this way; the names in trees are bytes."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:       # a surrogate no path decodes to
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def decode_snapshot(snapshot_id: str, body: bytes, sealer: Sealer | None = None) -> SnapshotManifest:
     if blake3.blake3(body).hexdigest() != snapshot_id:
         raise IntegrityError(f"snapshot {snapshot_id[:8]} does not match its name")
@@ -61,7 +72,7 @@ def decode_snapshot(snapshot_id: str, body: bytes, sealer: Sealer | None = None)
 def _check_types(m: SnapshotManifest) -> None:
     if not isinstance(m.tree, bytes) or len(m.tree) != 32:
         raise ValueError("bad root tree id")
-    if not isinstance(m.time_ns, int) or isinstance(m.time_ns, bool):
+    if not is_int(m.time_ns):
         raise ValueError("time_ns must be an integer")
     if not isinstance(m.host, str) or not isinstance(m.source, str):
         raise ValueError("host and source must be strings")

@@ -22,6 +22,7 @@ from typing import Any
 import msgpack
 
 from casstore.errors import FormatError
+from casstore.format.fields import is_int
 from casstore.format.reasons import unpack_reason
 
 TREE_VERSION = 1
@@ -129,7 +130,7 @@ def _entry(item: list[Any]) -> Entry:
     if not isinstance(name, bytes) or not name:
         raise ValueError("entry name must be non-empty bytes")
     kind = EntryType(type_name)
-    if not all(isinstance(n, int) for n in (mode, uid, gid, mtime_ns, size, link)) or size < 0:
+    if not all(is_int(n) for n in (mode, uid, gid, mtime_ns, size, link)) or size < 0:
         raise ValueError(f"entry {name!r}: bad integer field")
     _check_content(kind, content, name)
     return Entry(name, kind, mode, uid, gid, mtime_ns, size, link, content)
@@ -140,8 +141,8 @@ def _check_content(kind: EntryType, content: object, name: bytes) -> None:
         EntryType.FILE: lambda c: isinstance(c, list) and all(_is_id(i) for i in c),
         EntryType.DIR: _is_id,
         EntryType.SYMLINK: lambda c: isinstance(c, bytes),
-        EntryType.CHARDEV: lambda c: isinstance(c, int),
-        EntryType.BLOCKDEV: lambda c: isinstance(c, int),
+        EntryType.CHARDEV: is_int,
+        EntryType.BLOCKDEV: is_int,
         EntryType.FIFO: lambda c: c is None,
         EntryType.SOCKET: lambda c: c is None,
     }[kind]

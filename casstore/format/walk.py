@@ -11,6 +11,7 @@ from typing import Any
 
 from casstore.errors import IntegrityError
 from casstore.format.blobset import BlobSet
+from casstore.format.fields import is_int
 from casstore.format.pack import KIND_DATA, KIND_TREE
 from casstore.format.tree import Entry, EntryType, decode_tree
 
@@ -100,7 +101,7 @@ class VisitBudget:
 
 def _declared(summary: Mapping[str, Any], key: str) -> int:
     value = summary.get(key, 0) if isinstance(summary, dict) else 0
-    return value if isinstance(value, int) and value > 0 else 0
+    return value if is_int(value) and value > 0 else 0
 
 
 def walk_tree(load: TreeLoader, tree_id: bytes, prefix: str = "") -> Iterator[tuple[str, Entry]]:

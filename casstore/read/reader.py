@@ -154,7 +154,8 @@ class Snapshot:
         """The seed's shape: {'snapshot_id', 'timestamp', 'data_sources': {...}}, read lazily.
 
         json_ready=True: plain dicts, read whole, that `json.dumps` writes as standard JSON (files
-        that are not JSON as {"$file": path, "size": n} references; NaN and Infinity as None)."""
+        that are not JSON as {"$file": path, "size": n} references; NaN and Infinity as None).
+        A name that is not UTF-8 has the key `os.fsdecode` gives it (b"caf\\xe9" -> "caf\\udce9")."""
         return json_ready_dict(self) if json_ready else snapshot_dict(self)
 
 

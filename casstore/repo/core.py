@@ -30,7 +30,7 @@ from casstore.format import layout
 from casstore.format.config import RepoConfig, encryption_domain
 from casstore.format.index import IndexObject, MasterIndex, decode_index
 from casstore.format.plan import condemned_packs, list_plan_keys, load_plans
-from casstore.format.snapshot import SnapshotManifest, decode_snapshot
+from casstore.format.snapshot import SnapshotManifest, decode_snapshot, manifest_text
 from casstore.remotes.base import Remote
 from casstore.remotes.fanout import each_concurrently
 from casstore.remotes.local import LocalRemote
@@ -273,11 +273,13 @@ class RepoCore:
 
     def snapshots(self, limit: int | None = None, *, host: str | None = None, all_hosts: bool = False,
                   source: str | None = None) -> list[SnapshotInfo]:
-        """Snapshots of one (host, source) group, newest first (all hosts with `all_hosts`)."""
+        """Snapshots of one (host, source) group, newest first (all hosts with `all_hosts`); `source`
+        is the path as given (a path that is not UTF-8 is compared as its manifest holds it)."""
         wanted_host = None if all_hosts else (host or self.settings.host)
+        wanted_source = None if source is None else manifest_text(source)
         found = [s for s in self.all_snapshots()
                  if (wanted_host is None or s.manifest.host == wanted_host)
-                 and (source is None or s.manifest.source == source)]
+                 and (wanted_source is None or s.manifest.source == wanted_source)]
         return found[:limit] if limit else found
 
     def readable(self, limit: int | None = None, *, host: str | None = None,

@@ -33,7 +33,7 @@ class IndexTableCache:
     (the location is in the name: a sync destination may share the source's repository id)."""
 
     def __init__(self, cache_dir: str, repo_id: str, location: str) -> None:
-        name = PREFIX + blake3.blake3(location.encode()).hexdigest()[:16]
+        name = PREFIX + blake3.blake3(os.fsencode(location)).hexdigest()[:16]   # a path may not be UTF-8
         self.path = os.path.join(cache_dir, repo_id, name)
 
     def restore(self, index: MasterIndex) -> bool:

@@ -26,7 +26,7 @@ from casstore.chunker.sparse import ZeroRun, sparse_chunks
 from casstore.errors import CasstoreError, ConfigError, SourceError
 from casstore.format import codec
 from casstore.format.pack import KIND_DATA, KIND_TREE, envelope_parts
-from casstore.format.snapshot import SnapshotManifest
+from casstore.format.snapshot import SnapshotManifest, manifest_text
 from casstore.format.tree import Entry, EntryType, encode_tree_rows
 from casstore.fsio.heap import bound_free_heap
 from casstore.fsio.readahead import FILE_AHEAD, ReadAhead
@@ -550,7 +550,7 @@ class SnapshotBuilder:
         limit, prepare = self.min_chunk, self.pipeline.prepare_many
 
         def handle(dir_fd: int, files: list[tuple[str, tuple[int, int]]]) -> BatchReads:
-            return smallfiles.read_batch_in_worker(dir_fd, files, limit, prepare)
+            return smallfiles.read_batch_columns(dir_fd, files, limit, prepare)
         self.workers = WorkerPool(handle, SNAPSHOT_WORKERS, what="snapshot", error=CasstoreError)
 
     def _dispatch(self, batch: _Batch) -> None:
@@ -565,7 +565,7 @@ class SnapshotBuilder:
             # the batch keeps its descriptor until it is recorded, as a worker process's does: a
             # task that a failed snapshot cancels never runs, so it must not be the one to close it
             limit, prepare, dir_fd = self.min_chunk, self.pipeline.prepare_many, batch.dir_fd
-            self.pipeline.submit_task(lambda: smallfiles.read_batch_in_worker(dir_fd, files, limit, prepare),
+            self.pipeline.submit_task(lambda: smallfiles.read_batch_columns(dir_fd, files, limit, prepare),
                                       lambda reads: self._store_batch(batch, reads), batch.size)
             self._sent.append(batch)
         except BaseException:
@@ -875,6 +875,7 @@ def take_snapshot(repo: RepoCore, source: str, *, tags: tuple[str, ...] = (), ex
                   progress: Callable[[int], None] | None = None) -> SnapshotResult:
     """Snapshot `source` into `repo`: packs, then the index, then the manifest (the commit)."""
     refuse_remote(repo)
+    _refuse_labels_not_text(repo.settings.host, tags)
     bound_free_heap()      # the workers' arenas would keep up to 16 MiB free each (fsio/heap.py)
     repo.load_index()
     repo.load_plans()  # blobs only in packs a gc plan condemns count as missing (design 5.4)
@@ -917,6 +918,18 @@ def take_snapshot(repo: RepoCore, source: str, *, tags: tuple[str, ...] = (), ex
     return SnapshotResult(snapshot_id, manifest, builder.summary)
 
 
+def _refuse_labels_not_text(host: str, tags: tuple[str, ...]) -> None:
+    """The host name and the tags are stored as the text they are and looked up as typed, so one that
+    is not UTF-8 (bytes from the command line or the environment) is refused before anything is read,
+    never at the commit, after the data is stored."""
+    for what, text in (("host name", host), *(("tag", tag) for tag in tags)):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            hint = " (CASSTORE_HOST)" if what == "host name" else ""
+            raise ConfigError(f"the {what} '{manifest_text(text)}'{hint} is not UTF-8 text") from None
+
+
 def _commit(repo: RepoCore, builder: SnapshotBuilder, root: bytes,
             tags: tuple[str, ...]) -> tuple[str, SnapshotManifest]:
     """Write the manifest: the commit point."""
@@ -925,7 +938,7 @@ def _commit(repo: RepoCore, builder: SnapshotBuilder, root: bytes,
     summary.duration_ms = (time.time_ns() - builder.start_ns) // 1_000_000
     parent = _parent(repo, builder)
     manifest = SnapshotManifest(time_ns=snapshot_time_ns(builder.start_ns), host=repo.settings.host,
-                                source=builder.source, tree=root, tags=sorted(set(tags)), parent=parent,
+                                source=manifest_text(builder.source), tree=root, tags=sorted(set(tags)), parent=parent,
                                 incomplete=bool(summary.errors), summary=summary.as_dict())
     pause_point("snapshot-before-commit")
     snapshot_id, _ = repo.write_snapshot(manifest)

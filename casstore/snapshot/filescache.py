@@ -43,7 +43,7 @@ _COPY_PIECE = 1 << 20
 
 
 def cache_path(cache_dir: str, repo_id: str, source: str) -> str:
-    key = blake3.blake3(os.path.abspath(source).encode()).hexdigest()[:24]
+    key = blake3.blake3(os.fsencode(os.path.abspath(source))).hexdigest()[:24]   # any path, UTF-8 or not
     return os.path.join(cache_dir, repo_id, f"files-{key}")
 
 

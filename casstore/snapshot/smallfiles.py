@@ -156,7 +156,8 @@ def _read_stable(fd: int, before: os.stat_result, limit: int) -> SmallRead:
     return SmallRead(st=file_stat(after), size=len(data), data=data, changed=True)
 
 
-def read_batch_in_worker(dir_fd: int, files: list[tuple[str, tuple[int, int]]], limit: int,
-                         prepare_many: PrepareMany) -> BatchReads:
-    """`read_batch` in a worker process or on a pipeline thread, as columns."""
+def read_batch_columns(dir_fd: int, files: list[tuple[str, tuple[int, int]]], limit: int,
+                       prepare_many: PrepareMany) -> BatchReads:
+    """`read_batch`'s reads as columns (`BatchReads`): what a worker process sends back over its
+    socket, and what a pipeline thread hands to the builder the same way."""
     return columns(read_batch(dir_fd, files, limit, prepare_many))

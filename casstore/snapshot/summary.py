@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from casstore.format.snapshot import manifest_text
+
 
 @dataclass
 class SnapshotSummary:
@@ -27,14 +29,5 @@ class SnapshotSummary:
 
     def as_dict(self) -> dict:
         doc = asdict(self)
-        doc["errors"] = [_storable(e) for e in self.errors[:100]]  # the manifest stays small; the run reports all
+        doc["errors"] = [manifest_text(e) for e in self.errors[:100]]  # the manifest stays small; the run reports all
         return doc
-
-
-def _storable(text: str) -> str:
-    """`text` as the manifest (msgpack, UTF-8) can hold it: a file name's byte that was not UTF-8 (a lone
-    surrogate from surrogateescape, as the walk names it) becomes a `\\xNN` escape, as the CLI shows it."""
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:       # a surrogate no file name decodes to
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -26,7 +26,7 @@ class SyncState:
     def __init__(self, local_dir: str, remote_url: str) -> None:
         self.dir = os.path.join(local_dir, "state")
         make_dirs(self.dir)
-        self.remote_key = blake3.blake3(remote_url.encode()).hexdigest()[:16]
+        self.remote_key = blake3.blake3(os.fsencode(remote_url)).hexdigest()[:16]   # a path may not be UTF-8
         self._path = os.path.join(self.dir, f"remote-{self.remote_key}")
         self.journal_path = os.path.join(self.dir, f"journal-{self.remote_key}")
         doc = _load(self._path)
