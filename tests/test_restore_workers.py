@@ -448,10 +448,7 @@ def test_an_interrupted_restore_ends_at_once_even_when_its_workers_are_stuck(sna
         assert proc.returncode == 130 and err.decode().strip() == "casstore: interrupted", err
         assert_all_end(workers)
     finally:
-        for pid in [*workers, proc.pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        proc.communicate()
+        end_run(proc)
 
 
 STUCK = """
