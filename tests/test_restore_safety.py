@@ -353,12 +353,14 @@ def test_a_privileged_restore_creates_device_nodes_and_refuses_a_number_out_of_r
 def test_an_existing_special_file_is_left_and_counted_as_skipped(world):
     repo, outside, target = world
     fifo = Entry(b"pipe", EntryType.FIFO, 0o640, os.getuid(), os.getgid(), NOW_NS, 0)
-    snapshot_id = write_snapshot(repo, lambda store: [fifo])
+    snapshot_id = write_snapshot(repo, lambda store: [fifo, _like(fifo, name=b"pipe2")])
     target.mkdir()
     write(target / "pipe", "a file where the snapshot has a pipe")
+    os.mkfifo(target / "pipe2", 0o600)
     result = repo.restore(snapshot_id, str(target), overwrite="always")
-    assert result.ok and result.skipped == 1
+    assert result.ok and result.skipped == 2
     assert (target / "pipe").read_text() == "a file where the snapshot has a pipe"
+    assert stat.S_IMODE(os.lstat(target / "pipe2").st_mode) == 0o600     # left as it was
 
 
 def _swapped_as_made(make, bait: Path, how: str):
