@@ -22,7 +22,6 @@ fixed-size records (46 bytes a blob, not Python objects; see `_BlobTable`).
 from __future__ import annotations
 
 import io
-import operator
 import struct
 import sys
 import threading
@@ -30,7 +29,7 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import repeat
 from typing import Any, BinaryIO, NamedTuple
 
 import blake3
@@ -332,6 +331,12 @@ class MasterIndex:
         if not self.condemned:         # no gc plan in progress: any copy will do
             return self._table.contains(kind, blob_id)
         return any(loc.pack_id not in self.condemned for loc in self._table.find(kind, blob_id))
+
+    def has_all(self, kind: int, blob_ids: list[bytes]) -> bool:
+        """`has` of every one (a files cache entry's chunks: one call a file, not three a chunk)."""
+        if not self.condemned:
+            return all(map(self._table.contains, repeat(kind, len(blob_ids)), blob_ids))
+        return all(self.has(kind, blob_id) for blob_id in blob_ids)
 
     def all_pack_ids(self) -> set[str]:
         return self._table.pack_ids()
@@ -965,9 +970,11 @@ class _BlobTable:
 
 
 def _ascending(starts: array[int]) -> bool:
-    """Every bucket starts at or after the one before it (a C-level pass: the generator it replaced
-    was ~5 ms of every command's index load, whatever the repository's size)."""
-    return all(map(operator.le, starts, islice(starts, 1, None)))
+    """Every bucket starts at or after the one before it. Sorting an already sorted list finds one
+    ascending run in C, one comparison a bucket: 2.5x fewer instructions than a pairwise `map`,
+    which was 38M of a no-change snapshot's 630M, whatever the repository's size."""
+    values = starts.tolist()
+    return values == sorted(values)
 
 
 class _Columns:

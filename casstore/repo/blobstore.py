@@ -88,6 +88,11 @@ class BlobStore:
     def has(self, kind: int, blob_id: bytes) -> bool:
         return (kind, blob_id) in self._pending or self.index.has(kind, blob_id)
 
+    def has_all(self, kind: int, blob_ids: list[bytes]) -> bool:
+        if self._pending:
+            return all(self.has(kind, blob_id) for blob_id in blob_ids)
+        return self.index.has_all(kind, blob_ids)
+
     def add(self, kind: int, data: bytes | memoryview) -> tuple[bytes, int]:
         """Store `data` unless present; return (id, stored bytes added)."""
         blob_id = codec.blob_id(data, self.sealer)

@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import TYPE_CHECKING
 
 from casstore._testing import pause_point, snapshot_time_ns
@@ -719,7 +720,8 @@ class SnapshotBuilder:
             return False
         if max(mtime_ns, ctime_ns) > self.start_ns - RACY_WINDOW_NS:
             return False
-        return all(isinstance(c, bytes) and self.store.has(KIND_DATA, c) for c in chunk_ids)
+        return all(map(isinstance, chunk_ids, repeat(bytes, len(chunk_ids)))) and \
+            self.store.has_all(KIND_DATA, chunk_ids)
 
     def _read_file(self, fd: int, rel: bytes, job: FileJob) -> bool:
         """Chunk the open file into the pipeline (and close it); read it again from the start once
