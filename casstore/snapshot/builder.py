@@ -17,32 +17,34 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import TYPE_CHECKING
 
 from casstore._testing import pause_point, snapshot_time_ns
-from casstore.chunker.sparse import ZeroRun, sparse_chunks
 from casstore.errors import CasstoreError, ConfigError, SourceError
 from casstore.format import codec
 from casstore.format.pack import KIND_DATA, KIND_TREE, envelope_parts
 from casstore.format.snapshot import SnapshotManifest
 from casstore.format.tree import Entry, EntryType, encode_tree_rows
 from casstore.fsio.heap import bound_free_heap
+from casstore.fsio.lazypool import LazyPool
 from casstore.fsio.readahead import FILE_AHEAD, ReadAhead
 from casstore.remotes.local import remove_leftovers
 from casstore.repo.blobstore import BlobStore
 from casstore.repo.core import RepoCore
-from casstore.snapshot import filescache, smallfiles
+from casstore.snapshot import filescache
 from casstore.snapshot.deltahints import DeltaHints
 from casstore.snapshot.excludes import Excluder
 from casstore.snapshot.pipeline import ChunkPipeline
-from casstore.snapshot.smallfiles import BatchReads, FileStat, SmallRead
 from casstore.snapshot.summary import SnapshotSummary
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    from casstore.chunker.sparse import ZeroRun
     from casstore.fsio.workers import WorkerPool
+    from casstore.snapshot.smallfiles import BatchReads, FileStat, SmallRead
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,10 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | _NONBLOCK
 # walk, not behind its GIL.
 WORKER_MIN_FILES = 1000
 SNAPSHOT_WORKERS = 2   # processes, beside the parent's walk and upload thread (2 cores)
+# a batch of small files (`smallfiles.py`), one task: at most this many files, or bytes (a few MiB
+# in flight over the pipeline's window)
+BATCH_FILES = 128
+BATCH_BYTES = 1024 * 1024
 
 _FILE = EntryType.FILE.value
 _SPECIAL = {stat.S_IFIFO: EntryType.FIFO, stat.S_IFSOCK: EntryType.SOCKET,
@@ -205,7 +211,7 @@ class SnapshotBuilder:
         self.new_cache = filescache.CacheWriter(self.cache_file, self.old_cache, repo.config.sealer)
         self.skip_dirs = _identities([repo.local_dir, repo.settings.cache_dir])
         # one large file at a time is read and cut on a side thread while the walk goes on
-        self._side = ThreadPoolExecutor(1, thread_name_prefix="casstore-read")
+        self._side = LazyPool(1, "casstore-read")
         self._side_idle = threading.Semaphore(1)
         self._side_reads: deque[_SideRead] = deque()
         # directories waiting for their files: in the walk's order (files cache records) and in
@@ -506,7 +512,7 @@ class SnapshotBuilder:
         frame.batch.append((item, FileJob(item.name_bytes, item.st)))
         frame.batch_bytes += item.st.st_size
         frame.pending.outstanding += 1
-        if len(frame.batch) >= smallfiles.BATCH_FILES or frame.batch_bytes >= smallfiles.BATCH_BYTES:
+        if len(frame.batch) >= BATCH_FILES or frame.batch_bytes >= BATCH_BYTES:
             self._send_batch(frame)
 
     def _files_listed(self, frame: _Frame) -> None:
@@ -537,6 +543,9 @@ class SnapshotBuilder:
         if self._decided:
             return
         self._decided = True
+        # before any thread or worker allocates: their arenas would keep up to 16 MiB free each
+        # (fsio/heap.py); a snapshot that reads nothing never gets here
+        bound_free_heap()
         if self._held_files >= WORKER_MIN_FILES and hasattr(os, "fork") and threading.active_count() == 1:
             self._start_workers()
         while self._held:      # one at a time: if one fails, the rest stay held, to be closed
@@ -547,6 +556,7 @@ class SnapshotBuilder:
         thread. They inherit the open repository (its index, to skip compressing stored chunks,
         and in an encrypted repository its keys, which hashing and sealing need)."""
         from casstore.fsio.workers import WorkerPool  # lazy: start-up of every snapshot (sockets, pickle)
+        from casstore.snapshot import smallfiles
 
         limit, prepare = self.min_chunk, self.pipeline.prepare_many
 
@@ -556,6 +566,8 @@ class SnapshotBuilder:
 
     def _dispatch(self, batch: _Batch) -> None:
         """Send a batch to a worker process or a thread; its result is applied in order (`_store_batch`)."""
+        from casstore.snapshot import smallfiles
+
         files = [(item.name, (item.st.st_dev, item.st.st_ino)) for item, _ in batch.files]
         try:
             if self.workers is not None:
@@ -619,6 +631,8 @@ class SnapshotBuilder:
         """A read batch's files join their directory (on the walk's thread)."""
         pending, reads = batch.pending, batch.reads
         assert reads is not None
+        from casstore.snapshot.smallfiles import FileStat
+
         summary, jobs, make_stat = self.summary, pending.jobs, FileStat._make
         for i, ((item, job), st, size) in enumerate(zip(batch.files, reads.stats, reads.sizes, strict=True)):
             pending.outstanding -= 1
@@ -769,6 +783,8 @@ class SnapshotBuilder:
             read = len(data)
             self._submit(data, slots, hints)
         else:
+            from casstore.chunker.sparse import ZeroRun, sparse_chunks
+
             for piece in sparse_chunks(self.chunker, fd, before.st_size, read_ahead=FILE_AHEAD):
                 if isinstance(piece, ZeroRun):
                     read += piece.length * piece.count
@@ -877,7 +893,6 @@ def take_snapshot(repo: RepoCore, source: str, *, tags: tuple[str, ...] = (), ex
                   progress: Callable[[int], None] | None = None) -> SnapshotResult:
     """Snapshot `source` into `repo`: packs, then the index, then the manifest (the commit)."""
     refuse_remote(repo)
-    bound_free_heap()      # the workers' arenas would keep up to 16 MiB free each (fsio/heap.py)
     repo.load_index()
     repo.load_plans()  # blobs only in packs a gc plan condemns count as missing (design 5.4)
     remove_leftovers(repo.remote)   # temp files an earlier killed run left (issue 13, case 11)
