@@ -29,7 +29,6 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import Any, BinaryIO, NamedTuple
 
 import blake3
@@ -335,7 +334,7 @@ class MasterIndex:
     def has_all(self, kind: int, blob_ids: list[bytes]) -> bool:
         """`has` of every one (a files cache entry's chunks: one call a file, not three a chunk)."""
         if not self.condemned:
-            return all(map(self._table.contains, repeat(kind, len(blob_ids)), blob_ids))
+            return self._table.contains_all(kind, blob_ids)
         return all(self.has(kind, blob_id) for blob_id in blob_ids)
 
     def all_pack_ids(self) -> set[str]:
@@ -892,6 +891,22 @@ class _BlobTable:
                 next(tails.hits(b, blob_id[2:] + _KIND_BYTE[kind]), None) is not None:
             return True
         return bool(self._wide) and (kind, blob_id) in self._wide
+
+    def contains_all(self, kind: int, blob_ids: list[bytes]) -> bool:
+        """`contains` of every one, the settled table's part in one loop: a no-change snapshot asks
+        this of every chunk of every file, and a call each was a third of its walk's instructions."""
+        fps, rests, starts, _ = self._state
+        kind_byte = _KIND_BYTE[kind]
+        for blob_id in blob_ids:
+            b = blob_id[0] << 8 | blob_id[1]
+            fp, hi = blob_id[2:6], starts[b + 1] << 2
+            at = fps.find(fp, starts[b] << 2, hi)
+            if at >= 0 and not at & 3 and rests[(at >> 2) * _REST:(at >> 2) * _REST + _REST_KEY] == \
+                    blob_id[6:] + kind_byte:
+                continue              # the common case: the first fingerprint hit is the blob
+            if not self.contains(kind, blob_id):
+                return False
+        return True
 
     def _location(self, record: bytes) -> Location:
         _, kind_pack, offset, length, raw_length = _RECORD.unpack(record)

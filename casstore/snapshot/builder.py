@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import gc
 import logging
+import operator
 import os
 import stat
 import threading
@@ -77,6 +78,7 @@ BATCH_FILES = 128
 BATCH_BYTES = 1024 * 1024
 
 _FILE = EntryType.FILE.value
+_NAME = operator.attrgetter("name")
 _SPECIAL = {stat.S_IFIFO: EntryType.FIFO, stat.S_IFSOCK: EntryType.SOCKET,
             stat.S_IFCHR: EntryType.CHARDEV, stat.S_IFBLK: EntryType.BLOCKDEV}
 
@@ -295,7 +297,7 @@ class SnapshotBuilder:
         items.sort(key=lambda item: stat.S_ISDIR(item.st.st_mode))    # files first; stable: names sorted
         ahead_files = []
         for item in items:
-            if item.will_read:
+            if item.reuse is None and stat.S_ISREG(item.st.st_mode):    # `will_read`, without a call an item
                 if item.st.st_size <= self.min_chunk:
                     item.small = True
                 else:
@@ -315,6 +317,9 @@ class SnapshotBuilder:
             if child is not None:
                 stack.append(child)
                 self._limit_open(stack)
+            return
+        if item.reuse is not None:     # the files cache vouches for it: nothing to open or read
+            self._add_file(frame, item, FileJob(item.name_bytes, item.st, cached=item.cached))
             return
         if item.small:
             self._batch_file(frame, item)
@@ -392,7 +397,8 @@ class SnapshotBuilder:
                 self.summary.excluded += 1
                 continue
             entry = cached.get(name) if regular and cached else None
-            if entry is not None and not _well_formed(entry):
+            # well formed: as `_cache_record` writes it, [size, mtime_ns, ctime_ns, inode, [chunk ids]]
+            if entry is not None and not (type(entry) is list and len(entry) == 5 and type(entry[4]) is list):
                 entry = None       # a damaged entry (the cache is local state): read as a file new to it
             reuse = self._cached_chunks(entry, st) if entry is not None else None
             items.append(_Item(dirent.name, name, entry_rel, st, entry, reuse))
@@ -401,7 +407,7 @@ class SnapshotBuilder:
     def _scan(self, fd: int, rel: bytes) -> list[os.DirEntry]:
         try:
             with os.scandir(fd) as it:      # scans a duplicate of `fd`; stats relative to it
-                return sorted(it, key=lambda d: d.name)
+                return sorted(it, key=_NAME)
         except OSError as exc:
             self._error(rel.decode("utf-8", "surrogateescape") or ".", exc)
             return []
@@ -488,10 +494,12 @@ class SnapshotBuilder:
     def _add_file(self, frame: _Frame, item: _Item, job: FileJob) -> None:
         pending = frame.pending
         if item.reuse is not None:
-            self._count_file(job)
+            summary, size = self.summary, job.st.st_size
+            summary.files_total += 1          # `_count_file`, without a call a file
+            summary.bytes_total += size
+            summary.files_unchanged += 1
             job.chunk_ids = item.reuse
-            self.summary.files_unchanged += 1
-            self.progress(job.st.st_size)   # progress counts the whole source, read or reused
+            self.progress(size)               # progress counts the whole source, read or reused
             pending.jobs.append(job)
             return
         fd = self._open_listed(self._fd_of(frame), item)
@@ -724,18 +732,15 @@ class SnapshotBuilder:
 
     def _cached_chunks(self, cached: list, st: os.stat_result) -> list | None:
         """The file's chunk ids from its files cache entry when they can be trusted, else None."""
-        if self._reusable(cached, st):
-            return list(cached[4])
-        return None
-
-    def _reusable(self, cached: list, st: os.stat_result) -> bool:
         size, mtime_ns, ctime_ns, inode, chunk_ids = cached      # well formed (`_stat_entries`)
         if (size, mtime_ns, ctime_ns, inode) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
-            return False
+            return None
         if max(mtime_ns, ctime_ns) > self.start_ns - RACY_WINDOW_NS:
-            return False
-        return all(map(isinstance, chunk_ids, repeat(bytes, len(chunk_ids)))) and \
-            self.store.has_all(KIND_DATA, chunk_ids)
+            return None
+        if all(map(isinstance, chunk_ids, repeat(bytes, len(chunk_ids)))) and \
+                self.store.has_all(KIND_DATA, chunk_ids):
+            return list(chunk_ids)
+        return None
 
     def _read_file(self, fd: int, rel: bytes, job: FileJob) -> bool:
         """Chunk the open file into the pipeline (and close it); read it again from the start once
@@ -964,11 +969,6 @@ def _make_entry(name: bytes, kind: EntryType, st: os.stat_result, content: objec
     if size is None:
         size = st.st_size if kind in (EntryType.FILE, EntryType.SYMLINK) else 0
     return Entry(name, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, size, link, content)
-
-
-def _well_formed(entry: object) -> bool:
-    """A files cache entry as `_cache_record` writes it: [size, mtime_ns, ctime_ns, inode, [chunk ids]]."""
-    return type(entry) is list and len(entry) == 5 and type(entry[4]) is list
 
 
 def _same_version(before: os.stat_result, after: os.stat_result) -> bool:
