@@ -194,3 +194,15 @@ def test_a_pack_sized_write_leaves_the_page_cache_only_after_its_fsync(tmp_path)
     assert ops == [("fsync", "pack"), ("drop_cached", "pack"), ("fsync", "manifest")]
     with open(big, "rb") as fh:
         assert fh.read() == det_bytes(DROP_CACHED_MIN, "pack")
+
+
+def test_a_file_system_that_refuses_the_cache_advice_still_gets_the_pack(tmp_path, monkeypatch):
+    """Dropping cached pages is advice: where the file system refuses it, the write stands."""
+    def refuse(*_args):
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(os, "posix_fadvise", refuse)
+    path = str(tmp_path / "pack")
+    write_durably(FileSystem(), path, det_bytes(DROP_CACHED_MIN, "pack"))
+    with open(path, "rb") as fh:
+        assert fh.read() == det_bytes(DROP_CACHED_MIN, "pack")

@@ -54,7 +54,10 @@ class FileSystem:
     def drop_cached(self, fd: int) -> None:
         """Ask the kernel to drop the file's pages from the page cache (clean ones: after its fsync)."""
         if _CAN_DROP:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            except OSError:     # advice only: a file system that refuses it keeps the pages, the write stands
+                pass
 
     def close(self, fd: int) -> None:
         os.close(fd)
