@@ -650,6 +650,9 @@ def _inconsistent(damage: str, magic: bytes, header: dict, starts: list[int], fp
     elif damage == "a bucket starts after the next":
         b = next(b for b in range(1, 1 << 16) if starts[b + 1] > starts[b])       # a bucket with records
         starts = [*starts[:b], starts[b + 1] + 1, *starts[b + 1:]]
+    elif damage == "a bucket starts after the next but not after the one after":
+        b = next(b for b in range(1, 1 << 16) if starts[b + 2] > starts[b + 1] > starts[b])   # two in a row
+        starts = [*starts[:b], starts[b + 1] + 1, *starts[b + 1:]]
     elif damage == "more records than the buckets end at":
         header = {**header, "records": header["records"] + 1}
         fps, rests = fps + bytes(4), rests + bytes(42)
@@ -659,13 +662,15 @@ def _inconsistent(damage: str, magic: bytes, header: dict, starts: list[int], fp
 
 
 @pytest.mark.parametrize("damage", ["the first bucket starts past record 0", "a bucket starts after the next",
+                                    "a bucket starts after the next but not after the one after",
                                     "more records than the buckets end at", "a pack without its count"])
 def test_a_table_image_whose_parts_disagree_is_refused_and_replaces_nothing(damage: str) -> None:
     rng = random.Random(9)
     source = MasterIndex()
     # blobs in bucket 0 (so its records start at 0 and the next bucket's later) and elsewhere
     in_bucket_0 = entry(bytes(2) + rng.randbytes(30), 0)
-    source.add_pack(pack_name(1), [in_bucket_0, *(entry(rng.randbytes(32), i) for i in range(5))])
+    side_by_side = [entry(b"\x50" + bytes([n]) + rng.randbytes(30), 9) for n in (1, 2, 2)]   # buckets in a row
+    source.add_pack(pack_name(1), [in_bucket_0, *side_by_side, *(entry(rng.randbytes(32), i) for i in range(5))])
     parts = _image_parts(source)
     loaded = MasterIndex()
     loaded.read_image(io.BytesIO(_image(*parts)))           # rebuilt unchanged: accepted
@@ -944,11 +949,81 @@ def test_a_damaged_table_image_says_what_is_wrong_in_one_line_and_replaces_nothi
 
 def test_a_blob_outside_the_table_counts_once_beside_one_that_differs_from_it_only_in_its_bucket() -> None:
     """A location too wide for a record is counted apart from the table unless the table holds the
-    same blob: a record of the same id but for its first two bytes, in a later bucket, is another blob."""
+    same blob: a record of the same id but for its first two bytes, in the next bucket, is another blob."""
     rest = os.urandom(30)
     index = MasterIndex()
-    index.add_pack(pack_name(1), [entry(b"\x20\x01" + rest, 1)])
+    index.add_pack(pack_name(1), [entry(b"\x10\x02" + rest, 1)])
     index.add_pack(pack_name(2), [entry(b"\x10\x01" + rest, 1 << 32)])
     assert len(index) == 2
-    index.add_pack(pack_name(3), [entry(b"\x20\x01" + rest, 1 << 33)])     # the table's blob, also wide
+    index.add_pack(pack_name(3), [entry(b"\x10\x02" + rest, 1 << 33)])     # the table's blob, also wide
     assert len(index) == 2
+
+
+@pytest.mark.parametrize("tail", ["settled", "with a tail in its bucket"])
+def test_a_blob_is_never_found_through_the_same_id_in_a_neighbouring_bucket(tail: str) -> None:
+    """Records keep an id without its bucket (its first two bytes): a lookup must stay within the
+    bucket, so an id absent from its bucket is not found through the same bytes 2-31 stored in the
+    bucket before or after it (also once the scan has passed a record of the same fingerprint), and
+    one present gets its own locations only."""
+    rest = os.urandom(30)
+    before, absent, after = b"\x30\x00" + rest, b"\x30\x01" + rest, b"\x30\x02" + rest
+    same_fingerprint = b"\x30\x01" + rest[:4] + os.urandom(26)   # in absent's bucket: scanned past
+    index = MasterIndex()
+    index.add_pack(pack_name(1), [entry(before, 1), entry(after, 2), entry(same_fingerprint, 5)])
+    assert len(index) == 3
+    if tail != "settled":
+        index.add_pack(pack_name(2), [entry(b"\x30\x01" + os.urandom(30), 3), entry(b"\x30\x00" + os.urandom(30), 4)])
+    assert not index.has(KIND_DATA, absent) and index.locations(KIND_DATA, absent) == []
+    assert index.locations(KIND_DATA, before) == [Location(pack_name(1), 1, 10, 20)]
+    assert index.locations(KIND_DATA, after) == [Location(pack_name(1), 2, 10, 20)]
+
+
+def test_the_first_and_the_last_record_of_the_table_are_found_beside_unsettled_records_of_their_bucket() -> None:
+    first, last = bytes(32), b"\xff" * 32
+    index = MasterIndex()
+    index.add_pack(pack_name(1), [entry(first, 1), entry(last, 2)])
+    assert len(index) == 2
+    index.add_pack(pack_name(2), [entry(bytes(2) + os.urandom(30), 3), entry(b"\xff\xff" + os.urandom(30), 4)])
+    assert index.locations(KIND_DATA, first) == [Location(pack_name(1), 1, 10, 20)]
+    assert index.locations(KIND_DATA, last) == [Location(pack_name(1), 2, 10, 20)]
+    out, loaded = io.BytesIO(), MasterIndex()           # the last bucket's records end the image's table
+    index.write_image(out)
+    loaded.read_image(io.BytesIO(out.getvalue()))
+    assert sorted(loaded.blobs()) == sorted(index.blobs()) and len(loaded) == 4
+
+
+@pytest.mark.parametrize("tail", ["settled", "with a tail in its bucket"])
+def test_a_fingerprint_of_one_repeated_byte_is_found_right_after_a_record_ending_in_that_byte(tail: str) -> None:
+    """Fingerprints are scanned as one string: 07070707 also appears one byte before the record
+    that holds it when the record before ends in 07; the scan must go on from the next byte."""
+    bucket = b"\x40\x04"
+    before, target = bucket + b"\x00\x00\x00\x07" + os.urandom(26), bucket + b"\x07" * 4 + os.urandom(26)
+    index = MasterIndex()
+    index.add_pack(pack_name(1), [entry(before, 1), entry(target, 2)])
+    assert len(index) == 2
+    if tail != "settled":
+        index.add_pack(pack_name(2), [entry(bucket + os.urandom(30), 3)])
+    assert index.has(KIND_DATA, target) and index.locations(KIND_DATA, target) == [Location(pack_name(1), 2, 10, 20)]
+
+
+def test_dropping_the_only_pack_of_a_location_too_wide_for_a_record_forgets_the_blob() -> None:
+    wide, delta, kept = os.urandom(32), os.urandom(32), os.urandom(32)
+    index = MasterIndex()
+    index.add_pack(pack_name(1), [entry(wide, 1 << 32), _delta(delta, kept)])
+    index.add_pack(pack_name(2), [entry(kept, 0)])
+    index.drop_packs({pack_name(1)})
+    assert index.locations(KIND_DATA, wide) == [] and not index.has(KIND_DATA, wide)
+    assert index.locations(KIND_DATA, delta) == [] and index.delta_keys() == set()
+    assert len(index) == 1 and index.all_pack_ids() == {pack_name(2)}
+
+
+def test_dropping_a_pack_whose_number_the_first_record_starts_with_forgets_its_blobs() -> None:
+    """A few dropped packs are found by searching the table for their 3-byte numbers: a match at
+    the very start of the table (the first record's id, not a pack field) must not end the search."""
+    index, first, dropped = MasterIndex(), bytes(6) + b"\x00\x00\x01" + os.urandom(23), os.urandom(32)
+    index.add_pack(pack_name(7), [entry(first, 1)])           # pack number 0
+    index.add_pack(pack_name(8), [entry(dropped, 2)])         # pack number 1: 00 00 01
+    assert len(index) == 2
+    index.drop_packs({pack_name(8)})
+    assert index.locations(KIND_DATA, dropped) == [] and not index.has(KIND_DATA, dropped)
+    assert index.locations(KIND_DATA, first) == [Location(pack_name(7), 1, 10, 20)] and len(index) == 1
