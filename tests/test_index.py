@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import re
 import struct
 import sys
 import threading
@@ -26,6 +27,7 @@ from casstore.format.index import (
     check_encoded,
     decode_index,
     encode_index,
+    without_retracted,
 )
 from casstore.format.pack import KIND_DATA, KIND_TREE, BlobEntry
 
@@ -270,6 +272,8 @@ def test_encoding_an_index_holds_its_body_once():
 
 # -- the writer's read-back of its own index (design 5.5): every difference is refused ----------
 
+NOT_AS_ENCODED = "internal error: an index does not decode to what was encoded"
+
 def _two_packs() -> dict[str, list[BlobEntry]]:
     rng = random.Random(19)
     return {pack_name(n): [entry(rng.randbytes(32), i * 30) for i in range(3)] for n in (1, 2)}
@@ -293,7 +297,7 @@ def _other_packs_with(change: str) -> dict[str, list[BlobEntry]]:
 def test_an_index_read_back_with_other_entries_than_were_encoded_is_refused(change: str) -> None:
     index_id, stored = encode_index(ORIGIN, _two_packs())
     check_encoded(index_id, stored, ORIGIN, _two_packs(), (), 1 << 20)       # the same: accepted
-    with pytest.raises(IntegrityError, match="does not decode to what was encoded"):
+    with pytest.raises(IntegrityError, match=f"^{NOT_AS_ENCODED}$"):
         check_encoded(index_id, stored, ORIGIN, _other_packs_with(change), (), 1 << 20)
 
 
@@ -303,14 +307,14 @@ def test_an_index_read_back_with_another_header_than_was_encoded_is_refused(what
     index_id, stored = encode_index(ORIGIN, _two_packs(), retracts=retracts)
     origin = {**ORIGIN, "host": "other"} if what == "another origin" else ORIGIN
     expected_retracts = ["ab" * 32] if what == "a retraction more" else []
-    with pytest.raises(IntegrityError, match="does not decode to what was encoded"):
+    with pytest.raises(IntegrityError, match=f"^{NOT_AS_ENCODED}$"):
         check_encoded(index_id, stored, origin, _two_packs(), expected_retracts, 1 << 20)
 
 
 def test_an_index_read_back_with_bytes_after_it_is_refused() -> None:
     _, stored = encode_index(ORIGIN, _two_packs())
     stored += b"\x00"
-    with pytest.raises(IntegrityError, match="does not decode to what was encoded"):
+    with pytest.raises(IntegrityError, match=f"^{NOT_AS_ENCODED}$"):
         check_encoded(blake3.blake3(stored).hexdigest(), stored, ORIGIN, _two_packs(), (), 1 << 20)
 
 
@@ -326,10 +330,10 @@ def test_an_index_of_delta_and_plain_blobs_reads_back_as_encoded() -> None:
 
 def test_an_index_read_back_under_another_name_or_as_garbage_is_refused() -> None:
     index_id, stored = encode_index(ORIGIN, _two_packs())
-    with pytest.raises(IntegrityError, match="not named by its bytes"):
+    with pytest.raises(IntegrityError, match="^internal error: an index is not named by its bytes$"):
         check_encoded(index_id, stored[:-1] + b"\x01", ORIGIN, _two_packs(), (), 1 << 20)
     garbage = b"\xc1" + stored[1:]
-    with pytest.raises(IntegrityError, match="does not decode"):
+    with pytest.raises(IntegrityError, match="^internal error: an index does not decode: "):
         check_encoded(blake3.blake3(garbage).hexdigest(), garbage, ORIGIN, _two_packs(), (), 1 << 20)
 
 
@@ -341,6 +345,32 @@ def test_an_index_read_back_with_a_blob_larger_than_a_reader_accepts_is_refused(
     check_encoded(index_id, stored, ORIGIN, packs, (), 1000)                  # at the limit: accepted
     with pytest.raises(IntegrityError, match="bad blob bounds"):
         check_encoded(index_id, stored, ORIGIN, packs, (), 999)
+
+
+@pytest.mark.parametrize("size, accepted", [(64, True), (65, False)])
+def test_a_read_back_refuses_a_byte_string_longer_than_readers_accept(size: int, accepted: bool) -> None:
+    """Readers refuse a byte string over 64 bytes anywhere in an index (`decode_index`): the
+    writer's read-back must refuse what every reader would skip, and accept the longest they take."""
+    origin = {**ORIGIN, "session": b"s" * size}
+    index_id, stored = encode_index(origin, _two_packs())
+    if accepted:
+        check_encoded(index_id, stored, origin, _two_packs(), (), 1 << 20)
+    else:
+        refused = r"^internal error: an index does not decode: 65 exceeds max_bin_len\(64\)$"
+        with pytest.raises(IntegrityError, match=refused):
+            check_encoded(index_id, stored, origin, _two_packs(), (), 1 << 20)
+
+
+def test_a_sealed_index_reads_back_with_its_key_and_a_damaged_one_names_the_index() -> None:
+    from casstore.format.crypto import MasterKey
+
+    key = MasterKey.generate().sealer
+    index_id, stored = encode_index(ORIGIN, _two_packs(), sealer=key)
+    check_encoded(index_id, stored, ORIGIN, _two_packs(), (), 1 << 20, key)
+    damaged = stored[:-1] + bytes([stored[-1] ^ 1])
+    damaged_id = blake3.blake3(damaged).hexdigest()
+    with pytest.raises(IntegrityError, match=f"^index {damaged_id[:16]}: authentication failed"):
+        check_encoded(damaged_id, damaged, ORIGIN, _two_packs(), (), 1 << 20, key)
 
 
 # -- decoding damaged indexes: one line naming what is wrong -------------------------------------
@@ -454,6 +484,35 @@ def test_a_sealed_index_read_without_its_key_or_with_another_names_the_index() -
         decode_index(index_id, stored, 1 << 20, MasterKey.generate().sealer)
     with pytest.raises(DowngradeError, match=f"^index {index_id[:16]} is encrypted but"):
         decode_index(index_id, stored, 1 << 20)
+
+
+def test_an_index_object_encodes_to_what_decodes_back_sealed_or_not() -> None:
+    from casstore.format.crypto import MasterKey
+
+    for sealer in (None, MasterKey.generate().sealer):
+        written = IndexObject({**ORIGIN, "kind": "gc"}, _two_packs(), ["cd" * 32, "ab" * 32], ["ef" * 32])
+        index_id, stored = written.encode(sealer)
+        decoded = decode_index(index_id, stored, 1 << 20, sealer)
+        assert (decoded.origin, decoded.packs) == (written.origin, written.packs)
+        assert (decoded.supersedes, decoded.retracts) == (["ab" * 32, "cd" * 32], ["ef" * 32])
+
+
+def test_an_index_object_of_an_origin_and_packs_only_is_stored_without_retractions() -> None:
+    """DESIGN.md: `retracts` is only there when a writer withdraws an index; `supersedes` always is."""
+    written = IndexObject(ORIGIN, _two_packs())
+    assert (written.supersedes, written.retracts) == ([], [])
+    index_id, stored = written.encode()
+    assert list(msgpack.unpackb(stored)) == ["version", "origin", "packs", "supersedes"]
+    decoded = decode_index(index_id, stored, 1 << 20)
+    assert (decoded.supersedes, decoded.retracts, decoded.packs) == ([], [], _two_packs())
+
+
+def test_the_index_objects_another_listed_one_retracts_are_left_out() -> None:
+    kept, withdrawn, retracting = "aa" * 32, "bb" * 32, "cc" * 32
+    objects = {kept: IndexObject(ORIGIN, {}), withdrawn: IndexObject(ORIGIN, _two_packs()),
+               retracting: IndexObject(ORIGIN, {}, retracts=[withdrawn, "dd" * 32])}
+    assert without_retracted(objects) == {kept: objects[kept], retracting: objects[retracting]}
+    assert without_retracted({kept: objects[kept]}) == {kept: objects[kept]}
 
 
 # -- bookkeeping of index objects -----------------------------------------------------------------
@@ -591,6 +650,9 @@ def _inconsistent(damage: str, magic: bytes, header: dict, starts: list[int], fp
     elif damage == "a bucket starts after the next":
         b = next(b for b in range(1, 1 << 16) if starts[b + 1] > starts[b])       # a bucket with records
         starts = [*starts[:b], starts[b + 1] + 1, *starts[b + 1:]]
+    elif damage == "a bucket starts after the next but not after the one after":
+        b = next(b for b in range(1, 1 << 16) if starts[b + 2] > starts[b + 1] > starts[b])   # two in a row
+        starts = [*starts[:b], starts[b + 1] + 1, *starts[b + 1:]]
     elif damage == "more records than the buckets end at":
         header = {**header, "records": header["records"] + 1}
         fps, rests = fps + bytes(4), rests + bytes(42)
@@ -600,13 +662,15 @@ def _inconsistent(damage: str, magic: bytes, header: dict, starts: list[int], fp
 
 
 @pytest.mark.parametrize("damage", ["the first bucket starts past record 0", "a bucket starts after the next",
+                                    "a bucket starts after the next but not after the one after",
                                     "more records than the buckets end at", "a pack without its count"])
 def test_a_table_image_whose_parts_disagree_is_refused_and_replaces_nothing(damage: str) -> None:
     rng = random.Random(9)
     source = MasterIndex()
     # blobs in bucket 0 (so its records start at 0 and the next bucket's later) and elsewhere
     in_bucket_0 = entry(bytes(2) + rng.randbytes(30), 0)
-    source.add_pack(pack_name(1), [in_bucket_0, *(entry(rng.randbytes(32), i) for i in range(5))])
+    side_by_side = [entry(b"\x50" + bytes([n]) + rng.randbytes(30), 9) for n in (1, 2, 2)]   # buckets in a row
+    source.add_pack(pack_name(1), [in_bucket_0, *side_by_side, *(entry(rng.randbytes(32), i) for i in range(5))])
     parts = _image_parts(source)
     loaded = MasterIndex()
     loaded.read_image(io.BytesIO(_image(*parts)))           # rebuilt unchanged: accepted
@@ -698,3 +762,268 @@ def test_a_blob_with_several_copies_is_told_apart_from_ids_differing_only_in_the
         assert len(index) == 2                              # settled
         assert index.locations(KIND_DATA, a) == [Location(pack_name(1), 1, 10, 20), Location(pack_name(2), 2, 10, 20)]
         assert index.locations(KIND_DATA, follower) == [Location(pack_name(1), 3, 10, 20)]
+
+
+# -- the table against a model, through every path a record takes --------------------------------
+
+Model = dict[tuple[int, bytes], set[Location]]       # (kind, id) -> every location of the blob
+
+
+def _model_add(model: Model, pack_id: str, entries: list[BlobEntry]) -> None:
+    for e in entries:
+        model.setdefault((e.kind, e.id), set()).add(Location(pack_id, e.offset, e.length, e.raw_length, e.base))
+
+
+def _model_drop(model: Model, gone: set[str]) -> Model:
+    return {key: kept for key, locs in model.items() if (kept := {loc for loc in locs if loc.pack_id not in gone})}
+
+
+def _agrees(index: MasterIndex, model: Model, absent: list[tuple[int, bytes]]) -> None:
+    """Every lookup, the blobs, the count and the packs answer as the model does; a blob's
+    locations are each listed once."""
+    for key, locs in model.items():
+        found = index.locations(*key)
+        assert len(found) == len(locs) and set(found) == locs, key
+        assert index.has(*key)
+    for key in absent:
+        assert index.locations(*key) == [] and not index.has(*key), key
+    assert {key: set(locs) for key, locs in index.blobs()} == model
+    assert sum(1 for _ in index.blobs()) == len(model) == len(index)
+    assert index.all_pack_ids() == {loc.pack_id for locs in model.values() for loc in locs}
+    assert index.delta_keys() == {key for key, locs in model.items() if any(loc.base is not None for loc in locs)}
+
+
+def _alike_ids(rng: random.Random) -> list[bytes]:
+    """Ids that share what a lookup compares first: a bucket (bytes 0-1), a fingerprint (bytes 2-5),
+    everything but the bucket; and the first and the last bucket, at their table's ends."""
+    ids = [rng.randbytes(32) for _ in range(150)]
+    for one in ids[:12]:
+        ids += [one[:2] + rng.randbytes(30), one[:6] + rng.randbytes(26), rng.randbytes(2) + one[2:],
+                one[:2] + one[5:1:-1] + one[6:]]
+    return ids + [bytes(32), bytes(31) + b"\x01", b"\xff" * 32, b"\xff" * 31 + b"\xfe"]
+
+
+def _entries(rng: random.Random, ids: list[bytes], n: int) -> list[BlobEntry]:
+    return [BlobEntry(rng.choice((KIND_DATA, KIND_TREE)), rng.choice(ids), rng.randrange(1 << 20),
+                      rng.randrange(1, 1 << 16), rng.randrange(1, 1 << 17)) for _ in range(n)]
+
+
+def test_the_table_answers_as_a_dict_of_locations_unsettled_settled_dropped_and_restored_from_its_image() -> None:
+    """One scenario through every path a record takes: added to an empty table (dense tails), to a
+    settled one (a few records in a few buckets), listed twice, as a second copy, as a location
+    too wide for a record or a delta; looked up before and after settling; a few packs dropped
+    (found by scanning) and many (a pass over every record); the table saved as an image and
+    restored, then added to and dropped from again. The answers are always a dict's."""
+    rng = random.Random(1914)
+    ids = _alike_ids(rng)
+    absent = [(KIND_DATA, bytes(31) + b"\x02"), (KIND_TREE, b"\xff" * 32), (KIND_DATA, ids[0][:2] + bytes(30))]
+    model: Model = {}
+    index = MasterIndex()
+    for n in range(40):                              # an initial snapshot's packs: dense tails
+        entries = _entries(rng, ids, 12)
+        if n % 5 == 0:
+            entries += entries[:3]                   # listed twice within a pack
+        index.add_pack(pack_name(n), entries)
+        _model_add(model, pack_name(n), entries)
+    index.add_pack(pack_name(3), _entries(random.Random(3), ids, 12)[:4])   # a pack's listing repeated
+    _model_add(model, pack_name(3), _entries(random.Random(3), ids, 12)[:4])
+    absent = [key for key in absent if key not in model]
+    _agrees(index, model, absent)                    # the tails, then settled (len, blobs)
+    _agrees(index, model, absent)
+    wide = [BlobEntry(KIND_DATA, ids[1], 1 << 32, 10, 20), BlobEntry(KIND_TREE, ids[2], 5, 1 << 32, 1 << 33),
+            BlobEntry(KIND_DATA, ids[3], 7, 10, 20, ids[4]), BlobEntry(KIND_DATA, rng.randbytes(32), 8, 9, 10, ids[5])]
+    for n in (40, 41):                               # a few records into a settled table, and wide ones
+        entries = _entries(rng, ids, 6) + wide
+        index.add_pack(pack_name(n), entries)
+        _model_add(model, pack_name(n), entries)
+    _agrees(index, model, absent)
+    for gone in ({pack_name(1), pack_name(40)}, {pack_name(n) for n in range(2, 38)}):
+        index.drop_packs(gone)
+        model = _model_drop(model, gone)
+        _agrees(index, model, absent)
+    index.add_object("ab" * 32, IndexObject(ORIGIN, {pack_name(38): [], pack_name(41): []}, retracts=["cd" * 32]))
+    image = io.BytesIO()
+    index.write_image(image)
+    restored = MasterIndex()
+    restored.read_image(io.BytesIO(image.getvalue()))
+    _agrees(restored, model, absent)
+    assert (restored.index_packs, restored.index_origins, restored.retracted) == (
+        {"ab" * 32: {pack_name(38), pack_name(41)}}, {"ab" * 32: ORIGIN}, {"cd" * 32})
+    for n in (2, 50):                                # a dropped pack back, and a new one, after the image
+        entries = _entries(rng, ids, 30)
+        restored.add_pack(pack_name(n), entries)
+        _model_add(model, pack_name(n), entries)
+    _agrees(restored, model, absent)
+    restored.drop_packs({pack_name(38)})
+    _agrees(restored, _model_drop(model, {pack_name(38)}), absent)
+
+
+# -- bookkeeping a caller relies on --------------------------------------------------------------
+
+def test_a_new_index_condemns_no_pack() -> None:
+    """Callers combine `condemned` with their own pack sets (the copier: `packs & condemned`)."""
+    assert {pack_name(1)} & MasterIndex().condemned == set()
+
+
+def test_an_index_that_adopts_a_rebuilt_one_answers_as_it_does_and_keeps_its_condemned_packs() -> None:
+    """A reload after a miss (`RepoCore.reload_index`) builds a new index beside the one in use and
+    swaps its contents in: lookups, objects, retractions and the cache condition all follow."""
+    old_blob, new_blob = os.urandom(32), os.urandom(32)
+    index, rebuilt = MasterIndex(), MasterIndex()
+    index.add_pack(pack_name(1), [entry(old_blob, 0)])            # a writer's pack: not cacheable
+    index.condemned = {pack_name(2)}
+    rebuilt.add_object("aa" * 32, IndexObject(ORIGIN, {pack_name(2): [entry(new_blob, 5)]}, retracts=["bb" * 32]))
+    index.adopt(rebuilt)
+    assert index.locations(KIND_DATA, new_blob) == [Location(pack_name(2), 5, 10, 20)]
+    assert not index.has(KIND_DATA, new_blob)                      # its only pack is still condemned
+    assert index.locations(KIND_DATA, old_blob) == [] and len(index) == 1
+    assert (index.index_packs, index.index_origins, index.retracted) == (
+        {"aa" * 32: {pack_name(2)}}, {"aa" * 32: ORIGIN}, {"bb" * 32})
+    assert index.from_objects_only
+
+
+def test_removing_index_objects_forgets_the_loaded_ones_and_ignores_those_never_loaded() -> None:
+    index, blob = MasterIndex(), os.urandom(32)
+    index.add_object("aa" * 32, IndexObject(ORIGIN, {pack_name(1): [entry(blob, 0)]}))
+    index.remove_objects({"aa" * 32, "ff" * 32})
+    assert (index.index_packs, index.index_origins) == ({}, {}) and not index.has(KIND_DATA, blob)
+    index.remove_objects({"ee" * 32})
+    assert len(index) == 0
+
+
+def test_a_delta_with_copies_against_two_bases_is_as_deep_as_its_shortest_chain() -> None:
+    """Every base of every copy counts: one base leads to a whole blob in one more step, the other
+    to a base no index lists. Whichever the bases are looked at in, the depth is 2 (many random ids:
+    a set's order varies with them)."""
+    for _ in range(20):
+        blob, dead_end, whole_side, missing, whole = (os.urandom(32) for _ in range(5))
+        index = MasterIndex()
+        index.add_pack(pack_name(1), [_delta(blob, dead_end), _delta(blob, whole_side, 40),
+                                      _delta(dead_end, missing), _delta(whole_side, whole), entry(whole, 80)])
+        assert index.delta_depth(KIND_DATA, blob, 64) == 2
+
+
+def test_a_table_built_from_index_objects_alone_round_trips_through_its_image() -> None:
+    """The image of a table every pack of which an index object lists (what a cache saves)."""
+    rng = random.Random(23)
+    source = MasterIndex()
+    source.add_object("aa" * 32, IndexObject(ORIGIN, {pack_name(1): [entry(rng.randbytes(32), i) for i in range(9)],
+                                                      pack_name(2): [entry(rng.randbytes(32), 0)]}))
+    out, loaded = io.BytesIO(), MasterIndex()
+    source.write_image(out)
+    loaded.read_image(io.BytesIO(out.getvalue()))
+    assert sorted(loaded.blobs()) == sorted(source.blobs()) and loaded.index_packs == source.index_packs
+    assert loaded.index_origins == {"aa" * 32: ORIGIN} and loaded.from_objects_only
+
+
+def test_a_table_whose_index_lists_a_pack_it_never_held_is_not_saved_and_says_which() -> None:
+    index = MasterIndex()
+    index.add_pack(pack_name(1), [entry(os.urandom(32), 0)])
+    index.add_written("ab" * 32, ORIGIN, {pack_name(1), pack_name(3), pack_name(2)}, [])
+    with pytest.raises(RuntimeError, match=re.escape(
+            f"index {'ab' * 8} lists packs the index table never held: {[pack_name(2), pack_name(3)]}") + "$"):
+        index.write_image(io.BytesIO())
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("another file", "not an index table image"),
+    ("cut in its header", "index table image is truncated"),
+    ("cut in its records", "index table image is truncated"),
+    ("a byte changed", "index table image does not match its digest"),
+    ("a byte more", "index table image does not match its digest")])
+def test_a_damaged_table_image_says_what_is_wrong_in_one_line_and_replaces_nothing(damage: str, message: str) -> None:
+    source, blob = MasterIndex(), os.urandom(32)
+    source.add_pack(pack_name(1), [entry(blob, 0), entry(os.urandom(32), 1)])
+    out = io.BytesIO()
+    source.write_image(out)
+    image = out.getvalue()
+    damaged = {"another file": b"casstore index table 1\n" + image[23:], "cut in its header": image[:30],
+               "cut in its records": image[:-40], "a byte changed": image[:-50] + bytes([image[-50] ^ 1]) + image[-49:],
+               "a byte more": image + b"\0"}[damage]
+    loaded, kept = MasterIndex(), os.urandom(32)
+    loaded.add_pack(pack_name(2), [entry(kept, 0)])
+    with pytest.raises(FormatError, match=f"^{message}$"):
+        loaded.read_image(io.BytesIO(damaged))
+    assert loaded.locations(KIND_DATA, kept) == [Location(pack_name(2), 0, 10, 20)] and len(loaded) == 1
+
+
+def test_a_blob_outside_the_table_counts_once_beside_one_that_differs_from_it_only_in_its_bucket() -> None:
+    """A location too wide for a record is counted apart from the table unless the table holds the
+    same blob: a record of the same id but for its first two bytes, in the next bucket, is another blob."""
+    rest = os.urandom(30)
+    index = MasterIndex()
+    index.add_pack(pack_name(1), [entry(b"\x10\x02" + rest, 1)])
+    index.add_pack(pack_name(2), [entry(b"\x10\x01" + rest, 1 << 32)])
+    assert len(index) == 2
+    index.add_pack(pack_name(3), [entry(b"\x10\x02" + rest, 1 << 33)])     # the table's blob, also wide
+    assert len(index) == 2
+
+
+@pytest.mark.parametrize("tail", ["settled", "with a tail in its bucket"])
+def test_a_blob_is_never_found_through_the_same_id_in_a_neighbouring_bucket(tail: str) -> None:
+    """Records keep an id without its bucket (its first two bytes): a lookup must stay within the
+    bucket, so an id absent from its bucket is not found through the same bytes 2-31 stored in the
+    bucket before or after it (also once the scan has passed a record of the same fingerprint), and
+    one present gets its own locations only."""
+    rest = os.urandom(30)
+    before, absent, after = b"\x30\x00" + rest, b"\x30\x01" + rest, b"\x30\x02" + rest
+    same_fingerprint = b"\x30\x01" + rest[:4] + os.urandom(26)   # in absent's bucket: scanned past
+    index = MasterIndex()
+    index.add_pack(pack_name(1), [entry(before, 1), entry(after, 2), entry(same_fingerprint, 5)])
+    assert len(index) == 3
+    if tail != "settled":
+        index.add_pack(pack_name(2), [entry(b"\x30\x01" + os.urandom(30), 3), entry(b"\x30\x00" + os.urandom(30), 4)])
+    assert not index.has(KIND_DATA, absent) and index.locations(KIND_DATA, absent) == []
+    assert index.locations(KIND_DATA, before) == [Location(pack_name(1), 1, 10, 20)]
+    assert index.locations(KIND_DATA, after) == [Location(pack_name(1), 2, 10, 20)]
+
+
+def test_the_first_and_the_last_record_of_the_table_are_found_beside_unsettled_records_of_their_bucket() -> None:
+    first, last = bytes(32), b"\xff" * 32
+    index = MasterIndex()
+    index.add_pack(pack_name(1), [entry(first, 1), entry(last, 2)])
+    assert len(index) == 2
+    index.add_pack(pack_name(2), [entry(bytes(2) + os.urandom(30), 3), entry(b"\xff\xff" + os.urandom(30), 4)])
+    assert index.locations(KIND_DATA, first) == [Location(pack_name(1), 1, 10, 20)]
+    assert index.locations(KIND_DATA, last) == [Location(pack_name(1), 2, 10, 20)]
+    out, loaded = io.BytesIO(), MasterIndex()           # the last bucket's records end the image's table
+    index.write_image(out)
+    loaded.read_image(io.BytesIO(out.getvalue()))
+    assert sorted(loaded.blobs()) == sorted(index.blobs()) and len(loaded) == 4
+
+
+@pytest.mark.parametrize("tail", ["settled", "with a tail in its bucket"])
+def test_a_fingerprint_of_one_repeated_byte_is_found_right_after_a_record_ending_in_that_byte(tail: str) -> None:
+    """Fingerprints are scanned as one string: 07070707 also appears one byte before the record
+    that holds it when the record before ends in 07; the scan must go on from the next byte."""
+    bucket = b"\x40\x04"
+    before, target = bucket + b"\x00\x00\x00\x07" + os.urandom(26), bucket + b"\x07" * 4 + os.urandom(26)
+    index = MasterIndex()
+    index.add_pack(pack_name(1), [entry(before, 1), entry(target, 2)])
+    assert len(index) == 2
+    if tail != "settled":
+        index.add_pack(pack_name(2), [entry(bucket + os.urandom(30), 3)])
+    assert index.has(KIND_DATA, target) and index.locations(KIND_DATA, target) == [Location(pack_name(1), 2, 10, 20)]
+
+
+def test_dropping_the_only_pack_of_a_location_too_wide_for_a_record_forgets_the_blob() -> None:
+    wide, delta, kept = os.urandom(32), os.urandom(32), os.urandom(32)
+    index = MasterIndex()
+    index.add_pack(pack_name(1), [entry(wide, 1 << 32), _delta(delta, kept)])
+    index.add_pack(pack_name(2), [entry(kept, 0)])
+    index.drop_packs({pack_name(1)})
+    assert index.locations(KIND_DATA, wide) == [] and not index.has(KIND_DATA, wide)
+    assert index.locations(KIND_DATA, delta) == [] and index.delta_keys() == set()
+    assert len(index) == 1 and index.all_pack_ids() == {pack_name(2)}
+
+
+def test_dropping_a_pack_whose_number_the_first_record_starts_with_forgets_its_blobs() -> None:
+    """A few dropped packs are found by searching the table for their 3-byte numbers: a match at
+    the very start of the table (the first record's id, not a pack field) must not end the search."""
+    index, first, dropped = MasterIndex(), bytes(6) + b"\x00\x00\x01" + os.urandom(23), os.urandom(32)
+    index.add_pack(pack_name(7), [entry(first, 1)])           # pack number 0
+    index.add_pack(pack_name(8), [entry(dropped, 2)])         # pack number 1: 00 00 01
+    assert len(index) == 2
+    index.drop_packs({pack_name(8)})
+    assert index.locations(KIND_DATA, dropped) == [] and not index.has(KIND_DATA, dropped)
+    assert index.locations(KIND_DATA, first) == [Location(pack_name(7), 1, 10, 20)] and len(index) == 1

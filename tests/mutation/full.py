@@ -121,9 +121,11 @@ MODULES["casstore/repo/core.py"] = [*MODULES["casstore/repo/core.py"], "tests/te
 # mutant runs only the tests that reach its function
 WRITER_EXTRA = ["tests/test_snapshot_workers.py", "tests/test_excludes.py", "tests/test_streaming_snapshot.py",
                 "tests/test_sparse.py", "tests/test_side_reads.py"]
-# the builder's errors, races, files cache rule and counters: its own file, run for builder only (session 10)
+# the builder's errors, races, files cache rule and counters: its own file, run for builder only (session 10);
+# a snapshot's removal of a killed run's temp files is tested in test_leftovers.py only (session 11, 0.3 s)
 MODULES["casstore/snapshot/builder.py"] = [*MODULES["casstore/snapshot/builder.py"], *WRITER_EXTRA,
-                                           "tests/test_builder_edges.py"]
+                                           "tests/test_builder_edges.py",
+                                           "tests/test_leftovers.py::test_the_next_snapshot_removes_old_leftovers"]
 # the pipeline's window, its delta threads, its thread count and a failure's end are tested in a file of
 # their own (session 10, s10pipe19: 45 of its 47 survivors had no test that could see them)
 MODULES["casstore/snapshot/pipeline.py"] = [*MODULES["casstore/snapshot/pipeline.py"], *WRITER_EXTRA,
