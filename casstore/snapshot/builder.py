@@ -196,6 +196,10 @@ class _Item:
         return self.reuse is None and stat.S_ISREG(self.st.st_mode)
 
 
+def _no_progress(n: int) -> None:
+    pass
+
+
 class SnapshotBuilder:
     def __init__(self, repo: RepoCore, source: str, excludes: tuple[str, ...], progress: Callable[[int], None] | None):
         self.repo = repo
@@ -207,7 +211,7 @@ class SnapshotBuilder:
         self.excluder = Excluder(self.source, tuple(repo.settings.exclude) + tuple(excludes))
         self.summary = SnapshotSummary()
         self.start_ns = time.time_ns()
-        self.progress = progress or (lambda n: None)
+        self.progress = progress or _no_progress
         self.cache_file = filescache.cache_path(repo.settings.cache_dir, repo.config.id, self.source)
         self.old_cache = filescache.CacheReader(self.cache_file, repo.config.sealer)
         self.new_cache = filescache.CacheWriter(self.cache_file, self.old_cache, repo.config.sealer)
@@ -499,7 +503,8 @@ class SnapshotBuilder:
             summary.bytes_total += size
             summary.files_unchanged += 1
             job.chunk_ids = item.reuse
-            self.progress(size)               # progress counts the whole source, read or reused
+            if self.progress is not _no_progress:     # progress counts the whole source, read or reused
+                self.progress(size)
             pending.jobs.append(job)
             return
         fd = self._open_listed(self._fd_of(frame), item)
