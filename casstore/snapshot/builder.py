@@ -283,7 +283,10 @@ class SnapshotBuilder:
             while stack:
                 frame = stack[-1]
                 if frame.next < len(frame.items):
-                    self._step(frame, stack)
+                    if frame.items[frame.next].reuse is not None:
+                        self._add_reused(frame)
+                    else:
+                        self._step(frame, stack)
                 else:
                     self._files_listed(frame)
                     self.summary.dirs_total += 1
@@ -321,9 +324,6 @@ class SnapshotBuilder:
             if child is not None:
                 stack.append(child)
                 self._limit_open(stack)
-            return
-        if item.reuse is not None:     # the files cache vouches for it: nothing to open or read
-            self._add_file(frame, item, FileJob(item.name_bytes, item.st, cached=item.cached))
             return
         if item.small:
             self._batch_file(frame, item)
@@ -495,18 +495,24 @@ class SnapshotBuilder:
 
     # -- files -------------------------------------------------------------------------------
 
+    def _add_reused(self, frame: _Frame) -> None:
+        """Record the run of files from `frame.next` on that the files cache vouches for (nothing
+        to open or read): one call for the run, not a few per file (most of a no-change walk)."""
+        items, at, jobs = frame.items, frame.next, frame.pending.jobs
+        size = 0
+        while at < len(items) and (item := items[at]).reuse is not None:
+            jobs.append(FileJob(item.name_bytes, item.st, item.reuse, cached=item.cached))
+            size += item.st.st_size
+            at += 1
+        summary, count = self.summary, at - frame.next
+        summary.files_total += count
+        summary.bytes_total += size
+        summary.files_unchanged += count
+        frame.next = at
+        self.progress(size)             # progress counts the whole source, read or reused
+
     def _add_file(self, frame: _Frame, item: _Item, job: FileJob) -> None:
         pending = frame.pending
-        if item.reuse is not None:
-            summary, size = self.summary, job.st.st_size
-            summary.files_total += 1          # `_count_file`, without a call a file
-            summary.bytes_total += size
-            summary.files_unchanged += 1
-            job.chunk_ids = item.reuse
-            if self.progress is not _no_progress:     # progress counts the whole source, read or reused
-                self.progress(size)
-            pending.jobs.append(job)
-            return
         fd = self._open_listed(self._fd_of(frame), item)
         if fd is None:
             return
