@@ -301,7 +301,6 @@ class SnapshotBuilder:
     def _frame(self, fd: int, st: os.stat_result, rel: bytes, name: bytes, parent: _PendingTree | None) -> _Frame:
         cached = self.old_cache.lookup(rel)
         items = self._stat_entries(fd, cached.entries if cached is not None else {}, rel)
-        items.sort(key=lambda item: stat.S_ISDIR(item.st.st_mode))    # files first; stable: names sorted
         ahead_files = []
         for item in items:
             if item.reuse is None and stat.S_ISREG(item.st.st_mode):    # `will_read`, without a call an item
@@ -380,12 +379,14 @@ class SnapshotBuilder:
         return frame.fd
 
     def _stat_entries(self, fd: int, cached: filescache.Entries, rel: bytes) -> list[_Item]:
-        """Stat a directory's entries (sorted by name), dropping excluded and unreadable ones.
+        """Stat a directory's entries, dropping excluded and unreadable ones: the files (and other
+        non-directories) sorted by name, then the subdirectories sorted by name.
 
         All of a directory is statted before any file is read, so the files that will be read
         are known in advance and can be read ahead. `cached` is the directory's files cache record.
         """
-        items = []
+        items: list[_Item] = []
+        dirs: list[_Item] = []
         excluded, skip_dirs = self.excluder.excluded_entry, self.skip_dirs
         for dirent in self._scan(fd, rel):
             name = dirent.name.encode("utf-8", "surrogateescape")
@@ -396,8 +397,8 @@ class SnapshotBuilder:
                 self._error(entry_rel.decode("utf-8", "surrogateescape"), exc)
                 continue
             regular = stat.S_ISREG(st.st_mode)
-            if excluded(entry_rel, dirent.name, not regular and stat.S_ISDIR(st.st_mode)) or \
-                    (not regular and (st.st_dev, st.st_ino) in skip_dirs):
+            is_dir = not regular and stat.S_ISDIR(st.st_mode)
+            if excluded(entry_rel, dirent.name, is_dir) or (not regular and (st.st_dev, st.st_ino) in skip_dirs):
                 self.summary.excluded += 1
                 continue
             entry = cached.get(name) if regular and cached else None
@@ -405,7 +406,8 @@ class SnapshotBuilder:
             if entry is not None and not (type(entry) is list and len(entry) == 5 and type(entry[4]) is list):
                 entry = None       # a damaged entry (the cache is local state): read as a file new to it
             reuse = self._cached_chunks(entry, st) if entry is not None else None
-            items.append(_Item(dirent.name, name, entry_rel, st, entry, reuse))
+            (dirs if is_dir else items).append(_Item(dirent.name, name, entry_rel, st, entry, reuse))
+        items += dirs       # files before subdirectories: a directory's files are all handed out first
         return items
 
     def _scan(self, fd: int, rel: bytes) -> list[os.DirEntry]:
