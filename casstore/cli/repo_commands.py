@@ -105,8 +105,9 @@ def snapshot(ctx, source, repository, tags, excludes, pre_hook, post_hook, allow
     try:
         with Progress(None, "snapshot") as progress:
             estimate_total(progress, repo, source)
-            result = repo.snapshot(source, tags=tuple(tags), excludes=tuple(excludes), progress=progress,
-                                   allow_empty=allow_empty)
+            # no bar (not a terminal): no callback, which the walk would call for every file
+            result = repo.snapshot(source, tags=tuple(tags), excludes=tuple(excludes),
+                                   progress=progress if progress.shown else None, allow_empty=allow_empty)
     finally:
         if post_hook:
             _run_hook(post_hook, "post-hook", fatal=False)

@@ -15,7 +15,6 @@ from casstore.format import layout
 from casstore.format.config import RepoConfig
 from casstore.remotes import open_remote
 from casstore.remotes.base import Remote
-from casstore.remotes.wrappers import RetryingRemote
 from casstore.repo import keys
 from casstore.repo.core import RepoCore, create_config, read_config
 from casstore.settings import Settings, load_settings
@@ -55,6 +54,8 @@ def open_as(cls: type[R], settings: Settings, *, remote: str | Remote | None = N
 
 def connect(target: str | Remote, settings: Settings) -> Remote:
     """A remote by URL (or as given), with transient failures retried."""
+    from casstore.remotes.wrappers import RetryingRemote  # lazy: a local repository's commands never connect
+
     remote = target if isinstance(target, Remote) else open_remote(target, **settings.remote_options())
     return RetryingRemote(remote, deadline=settings.request_deadline)
 

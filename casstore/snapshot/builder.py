@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import repeat
 from typing import TYPE_CHECKING
 
@@ -98,24 +98,27 @@ class SnapshotResult:
         return self.manifest.incomplete
 
 
-@dataclass(slots=True)
 class FileJob:
-    """One file being chunked; `chunk_ids` fills in as the pipeline delivers."""
+    """One file being chunked; `chunk_ids` fills in as the pipeline delivers (a plain class, as
+    `_PendingTree` says why)."""
 
-    name: bytes
-    st: os.stat_result | FileStat
-    chunk_ids: list = field(default_factory=list)
-    size: int | None = None           # bytes actually read (None: reused from the files cache)
-    previous: list | None = None      # chunk ids the files cache had, to tell changed from unchanged
-    cacheable: bool = True            # False when the file kept changing while it was read
-    cached: list | None = None        # its files cache entry: chunk ids of the previous version, delta bases
+    __slots__ = ("name", "st", "chunk_ids", "size", "previous", "cacheable", "cached")
+
+    def __init__(self, name: bytes, st: os.stat_result | FileStat, chunk_ids: list | None = None, *,
+                 cached: list | None = None) -> None:
+        self.name = name
+        self.st = st
+        self.chunk_ids: list = [] if chunk_ids is None else chunk_ids
+        self.size: int | None = None            # bytes actually read (None: reused from the files cache)
+        self.previous: list | None = None       # chunk ids the files cache had, to tell changed from unchanged
+        self.cacheable = True                   # False when the file kept changing while it was read
+        self.cached = cached    # its files cache entry: chunk ids of the previous version, delta bases
 
 
 class _Aborted(Exception):
     """The snapshot failed elsewhere: a side read stops."""
 
 
-@dataclass(eq=False)
 class _PendingTree:
     """A walked directory: its tree is written once its files are all in and the walk has left it.
 
@@ -123,18 +126,23 @@ class _PendingTree:
     record can be written in the walk's order (`listed`), and its tree right after its
     subdirectories' trees (post-order). Only directories still waiting for a file (a batch or a
     side read in flight, chunks not yet applied) are held: memory follows the walk's depth.
+
+    This class and the walk's other private records are plain classes, not dataclasses: every
+    command's start-up made each dataclass's methods (about 2.7M instructions each).
     """
 
-    rel: bytes
-    name: bytes                       # in its parent
-    st: os.stat_result                # its own fstat, for its entry in the parent
-    parent: _PendingTree | None
-    cached: filescache.Record | None  # its record in the old files cache
-    entries: list[Entry] = field(default_factory=list)    # symlinks, specials, written subdirectories
-    jobs: list[FileJob] = field(default_factory=list)     # regular files, read or reused
-    outstanding: int = 0              # files being read on a worker or the side thread
-    listed: bool = False              # every file has been handed out
-    complete: int = 0                 # jobs known to hold all their chunk ids
+    def __init__(self, rel: bytes, name: bytes, st: os.stat_result, parent: _PendingTree | None,
+                 cached: filescache.Record | None) -> None:
+        self.rel = rel
+        self.name = name                  # in its parent
+        self.st = st                      # its own fstat, for its entry in the parent
+        self.parent = parent
+        self.cached = cached              # its record in the old files cache
+        self.entries: list[Entry] = []    # symlinks, specials, written subdirectories
+        self.jobs: list[FileJob] = []     # regular files, read or reused
+        self.outstanding = 0              # files being read on a worker or the side thread
+        self.listed = False               # every file has been handed out
+        self.complete = 0                 # jobs known to hold all their chunk ids
 
     def files_done(self) -> bool:
         if not self.listed or self.outstanding:
@@ -144,56 +152,64 @@ class _PendingTree:
         return self.complete == len(self.jobs)
 
 
-@dataclass
 class _Frame:
     """A directory on the walk's stack: its listing, how far it got, and its open descriptor."""
 
-    fd: int | None                    # None while closed to bound open descriptors; reopened via ".."
-    ident: tuple[int, int]            # (st_dev, st_ino) it was opened as
-    rel: bytes
-    pending: _PendingTree
-    items: list[_Item]
-    ahead: ReadAhead
-    next: int = 0                     # index of the next item to record
-    reads: int = 0                    # files of this directory read so far (for the read-ahead)
-    batch: list[tuple[_Item, FileJob]] = field(default_factory=list)   # small files not yet sent
-    batch_bytes: int = 0
+    def __init__(self, fd: int | None, ident: tuple[int, int], rel: bytes, pending: _PendingTree,
+                 items: list[_Item], ahead: ReadAhead) -> None:
+        self.fd = fd                      # None while closed to bound open descriptors; reopened via ".."
+        self.ident = ident                # (st_dev, st_ino) it was opened as
+        self.rel = rel
+        self.pending = pending
+        self.items = items
+        self.ahead = ahead
+        self.next = 0                     # index of the next item to record
+        self.reads = 0                    # files of this directory read so far (for the read-ahead)
+        self.batch: list[tuple[_Item, FileJob]] = []   # small files not yet sent
+        self.batch_bytes = 0
 
 
-@dataclass(eq=False)
 class _Batch:
     """Small files of one directory sent to be read together (`smallfiles.py`)."""
 
-    pending: _PendingTree
-    files: list[tuple[_Item, FileJob]]
-    dir_fd: int               # the batch's own duplicate of the directory's descriptor
-    size: int
-    reads: BatchReads | None = None          # what reading them gave, once applied
+    def __init__(self, pending: _PendingTree, files: list[tuple[_Item, FileJob]], dir_fd: int, size: int) -> None:
+        self.pending = pending
+        self.files = files
+        self.dir_fd = dir_fd      # the batch's own duplicate of the directory's descriptor
+        self.size = size
+        self.reads: BatchReads | None = None     # what reading them gave, once applied
 
 
-@dataclass
 class _SideRead:
-    item: _Item
-    job: FileJob
-    pending: _PendingTree     # the file's directory, which the job joins once read
-    future: Future
+    def __init__(self, item: _Item, job: FileJob, pending: _PendingTree, future: Future) -> None:
+        self.item = item
+        self.job = job
+        self.pending = pending    # the file's directory, which the job joins once read
+        self.future = future
 
 
-@dataclass(slots=True)
 class _Item:
     """One directory entry, statted, that the snapshot will record."""
 
-    name: str
-    name_bytes: bytes       # `name` as stored in trees and the files cache
-    rel: bytes
-    st: os.stat_result
-    cached: list | None     # a regular file's entry in the old files cache
-    reuse: list | None      # its chunk ids from there, if they can be trusted
-    small: bool = False     # read in a batch on a worker (`smallfiles.py`)
+    __slots__ = ("name", "name_bytes", "rel", "st", "cached", "reuse", "small")
+
+    def __init__(self, name: str, name_bytes: bytes, rel: bytes, st: os.stat_result, cached: list | None,
+                 reuse: list | None) -> None:
+        self.name = name
+        self.name_bytes = name_bytes    # `name` as stored in trees and the files cache
+        self.rel = rel
+        self.st = st
+        self.cached = cached            # a regular file's entry in the old files cache
+        self.reuse = reuse              # its chunk ids from there, if they can be trusted
+        self.small = False              # read in a batch on a worker (`smallfiles.py`)
 
     @property
     def will_read(self) -> bool:
         return self.reuse is None and stat.S_ISREG(self.st.st_mode)
+
+
+def _no_progress(n: int) -> None:
+    pass
 
 
 class SnapshotBuilder:
@@ -207,7 +223,7 @@ class SnapshotBuilder:
         self.excluder = Excluder(self.source, tuple(repo.settings.exclude) + tuple(excludes))
         self.summary = SnapshotSummary()
         self.start_ns = time.time_ns()
-        self.progress = progress or (lambda n: None)
+        self.progress = progress or _no_progress
         self.cache_file = filescache.cache_path(repo.settings.cache_dir, repo.config.id, self.source)
         self.old_cache = filescache.CacheReader(self.cache_file, repo.config.sealer)
         self.new_cache = filescache.CacheWriter(self.cache_file, self.old_cache, repo.config.sealer)
@@ -279,7 +295,10 @@ class SnapshotBuilder:
             while stack:
                 frame = stack[-1]
                 if frame.next < len(frame.items):
-                    self._step(frame, stack)
+                    if frame.items[frame.next].reuse is not None:
+                        self._add_reused(frame)
+                    else:
+                        self._step(frame, stack)
                 else:
                     self._files_listed(frame)
                     self.summary.dirs_total += 1
@@ -294,7 +313,6 @@ class SnapshotBuilder:
     def _frame(self, fd: int, st: os.stat_result, rel: bytes, name: bytes, parent: _PendingTree | None) -> _Frame:
         cached = self.old_cache.lookup(rel)
         items = self._stat_entries(fd, cached.entries if cached is not None else {}, rel)
-        items.sort(key=lambda item: stat.S_ISDIR(item.st.st_mode))    # files first; stable: names sorted
         ahead_files = []
         for item in items:
             if item.reuse is None and stat.S_ISREG(item.st.st_mode):    # `will_read`, without a call an item
@@ -317,9 +335,6 @@ class SnapshotBuilder:
             if child is not None:
                 stack.append(child)
                 self._limit_open(stack)
-            return
-        if item.reuse is not None:     # the files cache vouches for it: nothing to open or read
-            self._add_file(frame, item, FileJob(item.name_bytes, item.st, cached=item.cached))
             return
         if item.small:
             self._batch_file(frame, item)
@@ -376,12 +391,14 @@ class SnapshotBuilder:
         return frame.fd
 
     def _stat_entries(self, fd: int, cached: filescache.Entries, rel: bytes) -> list[_Item]:
-        """Stat a directory's entries (sorted by name), dropping excluded and unreadable ones.
+        """Stat a directory's entries, dropping excluded and unreadable ones: the files (and other
+        non-directories) sorted by name, then the subdirectories sorted by name.
 
         All of a directory is statted before any file is read, so the files that will be read
         are known in advance and can be read ahead. `cached` is the directory's files cache record.
         """
-        items = []
+        items: list[_Item] = []
+        dirs: list[_Item] = []
         excluded, skip_dirs = self.excluder.excluded_entry, self.skip_dirs
         for dirent in self._scan(fd, rel):
             name = dirent.name.encode("utf-8", "surrogateescape")
@@ -392,8 +409,8 @@ class SnapshotBuilder:
                 self._error(entry_rel.decode("utf-8", "surrogateescape"), exc)
                 continue
             regular = stat.S_ISREG(st.st_mode)
-            if excluded(entry_rel, dirent.name, not regular and stat.S_ISDIR(st.st_mode)) or \
-                    (not regular and (st.st_dev, st.st_ino) in skip_dirs):
+            is_dir = not regular and stat.S_ISDIR(st.st_mode)
+            if excluded(entry_rel, dirent.name, is_dir) or (not regular and (st.st_dev, st.st_ino) in skip_dirs):
                 self.summary.excluded += 1
                 continue
             entry = cached.get(name) if regular and cached else None
@@ -401,7 +418,8 @@ class SnapshotBuilder:
             if entry is not None and not (type(entry) is list and len(entry) == 5 and type(entry[4]) is list):
                 entry = None       # a damaged entry (the cache is local state): read as a file new to it
             reuse = self._cached_chunks(entry, st) if entry is not None else None
-            items.append(_Item(dirent.name, name, entry_rel, st, entry, reuse))
+            (dirs if is_dir else items).append(_Item(dirent.name, name, entry_rel, st, entry, reuse))
+        items += dirs       # files before subdirectories: a directory's files are all handed out first
         return items
 
     def _scan(self, fd: int, rel: bytes) -> list[os.DirEntry]:
@@ -491,17 +509,24 @@ class SnapshotBuilder:
 
     # -- files -------------------------------------------------------------------------------
 
+    def _add_reused(self, frame: _Frame) -> None:
+        """Record the run of files from `frame.next` on that the files cache vouches for (nothing
+        to open or read): one call for the run, not a few per file (most of a no-change walk)."""
+        items, at, jobs = frame.items, frame.next, frame.pending.jobs
+        size = 0
+        while at < len(items) and (item := items[at]).reuse is not None:
+            jobs.append(FileJob(item.name_bytes, item.st, item.reuse, cached=item.cached))
+            size += item.st.st_size
+            at += 1
+        summary, count = self.summary, at - frame.next
+        summary.files_total += count
+        summary.bytes_total += size
+        summary.files_unchanged += count
+        frame.next = at
+        self.progress(size)             # progress counts the whole source, read or reused
+
     def _add_file(self, frame: _Frame, item: _Item, job: FileJob) -> None:
         pending = frame.pending
-        if item.reuse is not None:
-            summary, size = self.summary, job.st.st_size
-            summary.files_total += 1          # `_count_file`, without a call a file
-            summary.bytes_total += size
-            summary.files_unchanged += 1
-            job.chunk_ids = item.reuse
-            self.progress(size)               # progress counts the whole source, read or reused
-            pending.jobs.append(job)
-            return
         fd = self._open_listed(self._fd_of(frame), item)
         if fd is None:
             return
