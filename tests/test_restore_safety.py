@@ -339,7 +339,7 @@ def test_a_privileged_restore_creates_device_nodes_and_refuses_a_number_out_of_r
     repo, outside, target = world
     snapshot_id = write_snapshot(repo, lambda store: [
         _device(b"null", os.makedev(1, 3)), _device(b"zero", 0), _device(b"negative", -1),
-        _device(b"largest", MAX_DEVICE)])
+        _device(b"largest", MAX_DEVICE), _device(b"loop", os.makedev(7, 0), EntryType.BLOCKDEV)])
     result = repo.restore(snapshot_id, str(target), privileged=True)
     # the largest number a tree can hold is not refused here: the kernel decides (Linux: EINVAL)
     assert sorted(result.errors) == ["largest: Invalid argument",
@@ -347,7 +347,9 @@ def test_a_privileged_restore_creates_device_nodes_and_refuses_a_number_out_of_r
     st = os.lstat(target / "null")
     assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3) and stat.S_IMODE(st.st_mode) == 0o600
     assert os.lstat(target / "zero").st_rdev == 0     # the smallest number is a number like any other
-    assert sorted(os.listdir(target)) == ["null", "zero"]
+    st = os.lstat(target / "loop")
+    assert stat.S_ISBLK(st.st_mode) and st.st_rdev == os.makedev(7, 0) and stat.S_IMODE(st.st_mode) == 0o600
+    assert sorted(os.listdir(target)) == ["loop", "null", "zero"]
 
 
 def test_an_existing_special_file_is_left_and_counted_as_skipped(world):
