@@ -1231,6 +1231,31 @@ def test_a_snapshot_whose_trees_outgrow_the_tree_cache_restores_whole(world, mon
     assert (target / "d39" / "f2").read_bytes() == b"39-2." * 3000
 
 
+@pytest.mark.parametrize("dry_run", [False, True], ids=["restore", "dry-run"])
+def test_a_ctrl_c_while_a_directory_is_listed_ends_the_restore_or_dry_run(world, monkeypatch, dry_run):
+    """A Ctrl-C that lands while a directory's entries are being read ends the run (it is raised),
+    never taken for that directory's own error and walked past."""
+    from casstore.read.reader import Snapshot
+
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [
+        dir_entry(store, b"d", [file_entry(store, b"f.txt", b"f")]), file_entry(store, b"top.txt", b"t")])
+    subtree = repo.get(snapshot_id).entry("d").subtree
+    read = Snapshot.tree
+    asked: list[bytes] = []
+
+    def interrupted(self, tree_id):
+        asked.append(tree_id)
+        if tree_id == subtree and asked.count(subtree) == 2:     # the walk's read (the first is the size check's)
+            raise KeyboardInterrupt
+        return read(self, tree_id)
+
+    monkeypatch.setattr(Snapshot, "tree", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        repo.restore(snapshot_id, str(target), dry_run=dry_run)
+    assert asked.count(subtree) == 2
+
+
 @pytest.mark.parametrize("verify", [False, True], ids=["batched", "walk"])
 def test_zero_pages_inside_a_chunk_restore_as_holes_at_the_files_own_page_boundaries(world, verify):
     """A chunk whose run of zeros starts part way into a page (1000 bytes of data, then 12,288 zeros):
