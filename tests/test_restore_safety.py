@@ -371,20 +371,23 @@ def _swapped_as_made(make, bait: Path, how: str):
     def racing(name, *args, dir_fd=None):
         make(name, *args, dir_fd=dir_fd)
         os.unlink(name, dir_fd=dir_fd)
-        if how == "symlink":
+        if how.startswith("symlink"):
             os.symlink(bait, name, dir_fd=dir_fd)
         else:
             os.link(bait, name, dst_dir_fd=dir_fd)
     return racing
 
 
-@pytest.mark.parametrize("how", ["symlink", "hard link"])
+@pytest.mark.parametrize("how", ["symlink", "hard link", "symlink, without O_PATH"])
 @pytest.mark.parametrize("kind", [EntryType.FIFO, EntryType.CHARDEV])
 def test_a_special_file_swapped_as_it_is_made_never_changes_the_file_put_in_its_place(world, monkeypatch, kind, how):
     """A FIFO or device node replaced right after it is made, by a symlink or a hard link to a file
-    outside, is one error line; that file keeps its mode, owner and time, and the rest restores."""
+    outside, is one error line; that file keeps its mode, owner and time, and the rest restores.
+    (Without O_PATH, off Linux, the node's metadata is set by name, never following a symlink.)"""
     if kind is not EntryType.FIFO and os.geteuid() != 0:
         pytest.skip("creating a device node needs root")
+    if how.endswith("without O_PATH"):
+        monkeypatch.delattr(os, "O_PATH")
     repo, outside, target = world
     node = Entry(b"node", kind, 0o4711, 12345, 12346, NOW_NS - 7, 0, 0,
                  *([] if kind is EntryType.FIFO else [os.makedev(1, 3)]))
@@ -398,7 +401,9 @@ def test_a_special_file_swapped_as_it_is_made_never_changes_the_file_put_in_its_
     after = os.stat(outside / "bait.txt")
     assert (after.st_mode, after.st_uid, after.st_gid, after.st_mtime_ns) == \
         (before.st_mode, before.st_uid, before.st_gid, before.st_mtime_ns)
-    assert result.errors == ["node: replaced by something else as it was made; left alone"]
+    assert len(result.errors) == 1 and result.errors[0].startswith("node: ")
+    if how != "symlink, without O_PATH":     # there the platform's lchmod refuses the symlink, in its words
+        assert result.errors == ["node: replaced by something else as it was made; left alone"]
     assert (target / "good.txt").read_bytes() == b"fine\n"
 
 
