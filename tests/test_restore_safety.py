@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import resource
@@ -225,6 +226,22 @@ def test_restore_path_through_symlinked_parent_is_refused(tmp_path, world):
                "--overwrite", "always", expect=None)
     unchanged()
     assert proc.returncode != 0 and b"Traceback" not in proc.stderr
+
+
+def test_restoring_one_path_through_a_symlinked_parent_raises_an_os_error_saying_why(world):
+    """Through the library, restoring a path whose parent in the target is a symlink raises an
+    OSError whose errno says why (the kernel's, for a symlink opened as a directory without
+    following it: ENOTDIR or ELOOP) and whose text is one line."""
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [
+        dir_entry(store, b"evil", [file_entry(store, b"bait.txt", b"pwned\n")])])
+    target.mkdir()
+    os.symlink(outside, target / "evil")
+    with pytest.raises(OSError) as raised:
+        repo.restore(snapshot_id, str(target), path="evil/bait.txt", overwrite="always")
+    assert raised.value.errno in (errno.ENOTDIR, errno.ELOOP)
+    assert raised.value.strerror == "refusing to restore through a symlink or non-directory"
+    assert os.listdir(outside) == ["bait.txt"]
 
 
 def test_absolute_symlink_targets_are_restored_as_links_only(tmp_path, world):
@@ -793,13 +810,13 @@ def test_a_directory_that_refuses_its_files_and_its_metadata_is_one_error_each_a
         pytest.skip("setting another owner needs root")
     repo, outside, target = world
     snapshot_id = write_snapshot(repo, _with_good(lambda store: dir_entry(store, b"locked", [
-        file_entry(store, b"existing.txt", b"from the snapshot"), file_entry(store, b"new.txt", b"new")],
-        mode=0o700, mtime_ns=NOW_NS - 5)))
+        file_entry(store, b"existing.txt", b"from the snapshot"), file_entry(store, b"new.txt", b"new"),
+        file_entry(store, b"newer.txt", b"newer")], mode=0o700, mtime_ns=NOW_NS - 5)))
     write(target / "locked" / "existing.txt", "mine")
     with _immutable(target / "locked"):
         result = repo.restore(snapshot_id, str(target), overwrite="always", verify=verify, privileged=privileged)
     assert result.errors == ["locked/existing.txt: Operation not permitted", "locked/new.txt: Operation not permitted",
-                             "locked: Operation not permitted"]
+                             "locked/newer.txt: Operation not permitted", "locked: Operation not permitted"]
     assert (result.files, result.dirs) == (1, 1) and (target / "good.txt").read_bytes() == b"fine\n"
     assert os.listdir(target / "locked") == ["existing.txt"]
     assert (target / "locked" / "existing.txt").read_text() == "mine"
