@@ -395,7 +395,7 @@ def _swapped_as_made(make, bait: Path, how: str):
     return racing
 
 
-@pytest.mark.parametrize("how", ["symlink", "hard link", "symlink, without O_PATH"])
+@pytest.mark.parametrize("how", ["symlink", "symlink to one of its kind", "hard link", "symlink, without O_PATH"])
 @pytest.mark.parametrize("kind", [EntryType.FIFO, EntryType.CHARDEV])
 def test_a_special_file_swapped_as_it_is_made_never_changes_the_file_put_in_its_place(world, monkeypatch, kind, how):
     """A FIFO or device node replaced right after it is made, by a symlink or a hard link to a file
@@ -410,18 +410,37 @@ def test_a_special_file_swapped_as_it_is_made_never_changes_the_file_put_in_its_
                  *([] if kind is EntryType.FIFO else [os.makedev(1, 3)]))
     snapshot_id = write_snapshot(repo, _with_good(lambda store: node))
     make = "mkfifo" if kind is EntryType.FIFO else "mknod"
-    monkeypatch.setattr(os, make, _swapped_as_made(getattr(os, make), outside / "bait.txt", how))
+    bait = outside / "bait.txt"
+    if how == "symlink to one of its kind":      # what the symlink names is a node like the one made
+        bait = outside / "bait.node"
+        if kind is EntryType.FIFO:
+            os.mkfifo(bait, 0o644)
+        else:
+            os.mknod(bait, 0o644 | stat.S_IFCHR, os.makedev(1, 3))
+    monkeypatch.setattr(os, make, _swapped_as_made(getattr(os, make), bait, how))
     unchanged = _guard(target.parent.parent)
-    before = os.stat(outside / "bait.txt")
+    before = os.lstat(bait)
     result = repo.restore(snapshot_id, str(target), privileged=True)
     unchanged()
-    after = os.stat(outside / "bait.txt")
+    after = os.lstat(bait)
     assert (after.st_mode, after.st_uid, after.st_gid, after.st_mtime_ns) == \
         (before.st_mode, before.st_uid, before.st_gid, before.st_mtime_ns)
     assert len(result.errors) == 1 and result.errors[0].startswith("node: ")
     if how != "symlink, without O_PATH":     # there the platform's lchmod refuses the symlink, in its words
         assert result.errors == ["node: replaced by something else as it was made; left alone"]
     assert (target / "good.txt").read_bytes() == b"fine\n"
+
+
+def test_restoring_one_fifo_swapped_as_it_is_made_raises_an_os_error_saying_so(world, monkeypatch):
+    """Restoring that one path, the library raises the error (EEXIST: something else is there now)."""
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [Entry(b"node", EntryType.FIFO, 0o600, 0, 0, NOW_NS, 0)])
+    monkeypatch.setattr(os, "mkfifo", _swapped_as_made(os.mkfifo, outside / "bait.txt", "symlink"))
+    with pytest.raises(OSError) as raised:
+        repo.restore(snapshot_id, str(target), path="node")
+    assert raised.value.errno == errno.EEXIST
+    assert raised.value.strerror == "replaced by something else as it was made; left alone"
+    assert stat.S_IMODE(os.stat(outside / "bait.txt").st_mode) == 0o644
 
 
 @pytest.mark.parametrize("o_path", [True, False], ids=["linux", "without O_PATH"])
