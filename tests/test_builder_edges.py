@@ -765,8 +765,8 @@ def test_a_batch_of_small_files_closes_at_exactly_its_file_or_byte_bound(tmp_pat
     BATCH_FILES of them or BATCH_BYTES bytes, whichever comes first; the directory's rest follows."""
     monkeypatch.setattr(builder, "WORKER_MIN_FILES", 10**9)     # on threads, in this process
     source = tmp_path / "data"
-    per_file = smallfiles.BATCH_BYTES // MIN_CHUNK               # files of MIN_CHUNK bytes that fill a batch
-    files = {f"many/f{i:04}": f"{i:010}".encode() for i in range(smallfiles.BATCH_FILES + 1)}
+    per_file = builder.BATCH_BYTES // MIN_CHUNK               # files of MIN_CHUNK bytes that fill a batch
+    files = {f"many/f{i:04}": f"{i:010}".encode() for i in range(builder.BATCH_FILES + 1)}
     files |= {f"full/f{i:04}": det_bytes(MIN_CHUNK, i) for i in range(per_file + 1)}
     for rel, data in files.items():
         write(source / rel, data)
@@ -780,7 +780,7 @@ def test_a_batch_of_small_files_closes_at_exactly_its_file_or_byte_bound(tmp_pat
     monkeypatch.setattr(smallfiles, "read_batch", recording)
     repo = init_repo(tmp_path / "repo")
     result = repo.snapshot(str(source))
-    assert sorted(batches) == [("full", 1), ("full", per_file), ("many", 1), ("many", smallfiles.BATCH_FILES)]
+    assert sorted(batches) == [("full", 1), ("full", per_file), ("many", 1), ("many", builder.BATCH_FILES)]
     assert _stored_files(repo, result.id) == files
 
 

@@ -362,6 +362,17 @@ def test_cli_does_not_import_cloud_sdks_for_local_work(tmp_path):
         assert out.strip().splitlines()[-1] == b"[]", out
 
 
+def test_the_cyclic_collector_runs_while_a_command_runs():
+    """`main` holds the collector through start-up only: a command (a long `serve`, a `schedule`)
+    runs with it on, so reference cycles it makes are freed."""
+    probe = ("import gc, sys\nimport click\nfrom casstore.cli import main as cli_main\n"
+             "@click.command()\ndef probe():\n    print('collecting', gc.isenabled())\n"
+             "cli_main.COMMANDS['probe'] = '__main__:probe'\nsys.argv = ['casstore', 'probe']\n"
+             "print('before', gc.isenabled())\ncli_main.main()\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True).stdout
+    assert out.split() == [b"before", b"True", b"collecting", b"True"], out
+
+
 def test_progress_bars_on_a_terminal(tmp_path):
     write(tmp_path / "data" / "big.bin", det_bytes(2 * 1024 * KiB, "tty"))
     run("snapshot")   # not a terminal: no bar (checked above); now with stderr on a pseudo-terminal

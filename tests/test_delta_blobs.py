@@ -16,7 +16,7 @@ import zstandard
 
 from casstore.client import Repository
 from casstore.errors import FormatError, IntegrityError
-from casstore.format import codec, delta, layout
+from casstore.format import codec, delta, layout, zstdprefix
 from casstore.format.config import RepoConfig
 from casstore.format.index import MasterIndex
 from casstore.format.pack import KIND_DATA, PackBuilder
@@ -348,16 +348,16 @@ def _edited_table() -> tuple[bytes, bytes]:
 
 @pytest.fixture
 def without_libzstd(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(delta.zstdprefix, "native", lambda: None)
+    monkeypatch.setattr(zstdprefix, "native", lambda: None)
 
 
 def test_a_delta_made_by_libzstd_reads_back_without_it_and_the_other_way(monkeypatch):
-    if delta.zstdprefix.native() is None:
+    if zstdprefix.native() is None:
         pytest.skip("no libzstd on this machine: only python-zstandard makes and reads deltas here")
     base, data = _edited_table()
     whole = len(codec.encode(data, 3))
     native = delta.encode_parts(data, 3, codec.blob_id(base), base)[1]
-    monkeypatch.setattr(delta.zstdprefix, "native", lambda: None)
+    monkeypatch.setattr(zstdprefix, "native", lambda: None)
     assert delta.decode_frame(native, len(data), base) == data
     fallback = delta.encode_parts(data, 3, codec.blob_id(base), base)[1]
     monkeypatch.undo()
@@ -386,8 +386,8 @@ def test_a_chunk_against_the_very_buffer_it_is_in_still_finds_its_runs():
 @pytest.mark.parametrize("native", [True, False])
 def test_a_damaged_or_mis_sized_delta_frame_is_an_integrity_error(native, monkeypatch):
     if not native:
-        monkeypatch.setattr(delta.zstdprefix, "native", lambda: None)
-    elif delta.zstdprefix.native() is None:
+        monkeypatch.setattr(zstdprefix, "native", lambda: None)
+    elif zstdprefix.native() is None:
         pytest.skip("no libzstd on this machine")
     base, data = _edited_table()
     frame = delta.encode_parts(data, 3, codec.blob_id(base), base)[1]
@@ -409,8 +409,8 @@ def test_snapshots_without_libzstd_store_deltas_that_read_back(tmp_path, without
 def _libzstd(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Deltas made and read through libzstd (native) or python-zstandard alone."""
     if not native:
-        monkeypatch.setattr(delta.zstdprefix, "native", lambda: None)
-    elif delta.zstdprefix.native() is None:
+        monkeypatch.setattr(zstdprefix, "native", lambda: None)
+    elif zstdprefix.native() is None:
         pytest.skip("no libzstd on this machine")
 
 

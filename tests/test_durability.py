@@ -17,7 +17,7 @@ import pytest
 import casstore.snapshot.filescache
 from casstore.client import Repository
 from casstore.format.config import RepoConfig
-from casstore.fsio.durable import FileSystem
+from casstore.fsio.durable import DROP_CACHED_MIN, FileSystem, write_durably
 from casstore.remotes.local import LocalRemote
 from casstore.settings import load_settings
 from tests.helpers import KiB, MiB, det_bytes, write
@@ -40,6 +40,10 @@ class Recorder(FileSystem):
     def fsync(self, fd):
         super().fsync(fd)
         self.log.append(("fsync", self._fd_paths[fd]))
+
+    def drop_cached(self, fd):
+        super().drop_cached(fd)
+        self.log.append(("drop_cached", self._fd_paths[fd]))
 
     def close(self, fd):
         super().close(fd)
@@ -176,3 +180,29 @@ def test_nothing_is_written_outside_the_shim(tmp_path, recorded):
             path = os.path.join(dirpath, name)
             if name != "lock":
                 assert path in published, f"{path} was not written through the durable path"
+
+
+def test_a_pack_sized_write_leaves_the_page_cache_only_after_its_fsync(tmp_path):
+    """A written pack's pages are dropped once they are on disk (dirty ones cannot be); an object
+    below DROP_CACHED_MIN (a manifest, an index) keeps them."""
+    log: list = []
+    fs = Recorder(log)
+    big, small = str(tmp_path / "pack"), str(tmp_path / "manifest")
+    write_durably(fs, big, det_bytes(DROP_CACHED_MIN, "pack"))
+    write_durably(fs, small, det_bytes(DROP_CACHED_MIN - 1, "manifest"))
+    ops = [(op, os.path.basename(path)[1:].split(".")[0]) for op, path, *_ in log if op in ("fsync", "drop_cached")]
+    assert ops == [("fsync", "pack"), ("drop_cached", "pack"), ("fsync", "manifest")]
+    with open(big, "rb") as fh:
+        assert fh.read() == det_bytes(DROP_CACHED_MIN, "pack")
+
+
+def test_a_file_system_that_refuses_the_cache_advice_still_gets_the_pack(tmp_path, monkeypatch):
+    """Dropping cached pages is advice: where the file system refuses it, the write stands."""
+    def refuse(*_args):
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(os, "posix_fadvise", refuse)
+    path = str(tmp_path / "pack")
+    write_durably(FileSystem(), path, det_bytes(DROP_CACHED_MIN, "pack"))
+    with open(path, "rb") as fh:
+        assert fh.read() == det_bytes(DROP_CACHED_MIN, "pack")

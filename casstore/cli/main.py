@@ -6,6 +6,7 @@ from SUMMARIES), so the CLI starts fast and never imports a cloud SDK it does no
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import select
@@ -121,6 +122,7 @@ class LazyGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, repository: str | None, verbose: bool) -> None:
     """Content-addressed, deduplicated, compressed snapshots of a folder."""
+    _start_collecting()   # the command's modules are imported by now (click resolves it first)
     import logging  # lazy: start-up time of `casstore --help`
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="casstore: %(message)s")
@@ -177,7 +179,27 @@ def die_of_sigpipe() -> NoReturn:
     os._exit(128 + signal.SIGPIPE)   # not reached
 
 
+# Start-up (click, then the command's modules) makes tens of thousands of objects that live until
+# exit, and the cyclic collector, run every 700 allocations, traversed them again and again: 3% of
+# a no-change snapshot's instructions; the interpreter's collections at exit traversed them once
+# more (4%). `main` holds the collector until the command's modules are imported, then freezes
+# what start-up made (never traversed again) and lets it run as usual; at exit, frozen again.
+_held = False
+
+
+def _start_collecting() -> None:
+    global _held
+    if _held:
+        _held = False
+        gc.freeze()
+        gc.enable()
+
+
 def main() -> None:
+    global _held
+    if gc.isenabled():
+        gc.disable()
+        _held = True
     try:
         cli(prog_name="casstore", standalone_mode=True)
     except SystemExit:
@@ -186,6 +208,9 @@ def main() -> None:
         except BrokenPipeError:
             die_of_sigpipe()
         raise
+    finally:
+        _start_collecting()    # a command that never ran (usage error, --help)
+        gc.freeze()            # the collections at exit need not traverse what lives until then
 
 
 if __name__ == "__main__":

@@ -16,10 +16,11 @@ The base id is also recorded beside the blob's location in pack headers and inde
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import zstandard
 
 from casstore.errors import FormatError, IntegrityError
-from casstore.format import zstdprefix
 
 TAG_DELTA = 0x04
 ID_LENGTH = 32
@@ -66,6 +67,13 @@ def _parameters(level: int, window: int) -> zstandard.ZstdCompressionParameters:
         level, window_log=window, hash_log=tables, chain_log=tables, write_content_size=True)
 
 
+def _zstdprefix() -> ModuleType:
+    """format/zstdprefix.py, imported where a delta is made or read: it loads ctypes, which a
+    command that meets no delta (a no-change snapshot) would import for nothing."""
+    from casstore.format import zstdprefix
+    return zstdprefix
+
+
 def _native_parameters(params: zstandard.ZstdCompressionParameters) -> list[tuple[int, int]]:
     """The same parameters for libzstd (format/zstdprefix.py), every one set, and long-distance
     matching: a prefix is indexed at every third position only (a CDict at every one), so on
@@ -73,7 +81,7 @@ def _native_parameters(params: zstandard.ZstdCompressionParameters) -> list[tupl
     KiB table with two values changed: 4488 bytes against python-zstandard's 71); long-distance
     matching finds the run (74 bytes). The 33 changed chunks of one real-data version: 127 KiB
     against 155 without it and 185 through python-zstandard, at 67 CPU-ms against 32 and 165."""
-    z = zstdprefix
+    z = _zstdprefix()
     return [(z.C_LONG_DISTANCE_MATCHING, 1), (z.C_WINDOW_LOG, params.window_log), (z.C_HASH_LOG, params.hash_log),
             (z.C_CHAIN_LOG, params.chain_log), (z.C_SEARCH_LOG, params.search_log),
             (z.C_MIN_MATCH, params.min_match), (z.C_TARGET_LENGTH, params.target_length),
@@ -86,7 +94,7 @@ def encode_parts(data: bytes | memoryview, level: int, base_id: bytes,
     """(tag and base id, frame) of `data` compressed against `base` (through libzstd where it can
     be loaded: format/zstdprefix.py; else python-zstandard, the same frames)."""
     params = _parameters(level, _window_log(len(base), len(data)))
-    native = zstdprefix.native()
+    native = _zstdprefix().native()
     if native is not None:
         return _TAG + base_id, native.compress(data, base, _native_parameters(params))
     frame = zstandard.ZstdCompressor(dict_data=_dictionary(base), compression_params=params).compress(data)
@@ -124,6 +132,8 @@ def check_frame(envelope: bytes | memoryview, raw_length: int) -> None:
 
 def decode_frame(frame: bytes | memoryview, raw_length: int, base: bytes | memoryview) -> bytes:
     """Plaintext of a delta's zstd frame, given the base's plaintext."""
+    zstdprefix = _zstdprefix()
+    data: bytes
     try:
         declared = zstandard.frame_content_size(frame)
         if declared not in (-1, raw_length):   # zstandard allocates the declared size up front

@@ -14,6 +14,7 @@ tree blobs linked by "next", split at deterministic points so identical director
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -77,10 +78,16 @@ def encode_tree_rows(rows: list[list[Any]], store: Callable[[bytes], bytes]) -> 
     names = [row[0] for row in rows]
     if len(set(names)) != len(names):
         raise FormatError("corrupt tree: duplicate entry name")
+    packer = msgpack.Packer()         # one packer for the directory: packb makes one per call
+    # one page (nearly every directory): the rows packed in one call, not a call each (most of a
+    # no-change snapshot's tree encoding); a directory past one page is packed again, a row at a time
+    whole = packer.pack(rows)         # the entries' array: its header, then each row packed
+    if len(whole) - len(packer.pack_array_header(len(rows))) <= MAX_TREE_BYTES:
+        return store(_tree_body(whole, None))
     pages: list[list[bytes]] = []
     page: list[bytes] = []
     size = 0
-    pack = msgpack.Packer().pack      # one packer for the directory: packb makes one per call
+    pack = packer.pack
     for row in rows:
         packed = pack(row)
         if page and size + len(packed) > MAX_TREE_BYTES:
@@ -91,22 +98,19 @@ def encode_tree_rows(rows: list[list[Any]], store: Callable[[bytes], bytes]) -> 
     pages.append(page)
     next_id = None
     for page in reversed(pages):
-        next_id = store(_tree_body(page, next_id))
+        next_id = store(_tree_body(packer.pack_array_header(len(page)) + b"".join(page), next_id))
     return next_id  # type: ignore[return-value]
 
 
-def _row_name(row: list[Any]) -> bytes:
-    name: bytes = row[0]
-    return name
+_row_name = operator.itemgetter(0)     # a row's name: the sort key (C-level, not a call a row)
 
 
-def _tree_body(packed_entries: list[bytes], next_id: bytes | None) -> bytes:
-    """msgpack {"v": 1, "entries": [...], "next": id} from entries packed once: the same bytes as
-    packing the map whole (msgpack has one encoding for these types), each entry packed once."""
+def _tree_body(entries: bytes, next_id: bytes | None) -> bytes:
+    """msgpack {"v": 1, "entries": [...], "next": id} from the entries' array packed once
+    (`entries`): the same bytes as packing the map whole (msgpack has one encoding for these types)."""
     packer = msgpack.Packer()
     return b"".join((packer.pack_map_header(3), packer.pack("v"), packer.pack(TREE_VERSION), packer.pack("entries"),
-                     packer.pack_array_header(len(packed_entries)), *packed_entries,
-                     packer.pack("next"), packer.pack(next_id)))
+                     entries, packer.pack("next"), packer.pack(next_id)))
 
 
 def decode_tree(body: bytes) -> tuple[list[Entry], bytes | None]:

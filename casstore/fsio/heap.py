@@ -14,13 +14,14 @@ threshold, cost 0.3-0.4 CPU-s a snapshot), but an arena gives back its free top 
 
 from __future__ import annotations
 
-import ctypes
 import functools
 from collections.abc import Callable
 
 
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
+    import ctypes  # lazy: a snapshot that reads nothing never needs it (start-up, 5M instructions)
+
     try:
         return ctypes.CDLL(None).malloc_trim     # glibc; not in musl, macOS or Windows
     except (OSError, AttributeError, TypeError):
@@ -34,6 +35,8 @@ MMAP_THRESHOLD = 32 * 1024 * 1024                # the highest glibc's dynamic t
 
 @functools.cache
 def _mallopt() -> Callable[[int, int], int] | None:
+    import ctypes
+
     try:
         return ctypes.CDLL(None).mallopt
     except (OSError, AttributeError, TypeError):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -17,5 +16,7 @@ def each_concurrently(call: Callable[[T], R], items: Sequence[T], limit: int = F
     """`[call(item) for item in items]`, up to `limit` at a time; the first error raises, in order."""
     if len(items) <= 1:
         return [call(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor  # lazy: most commands' start-up needs no pool
+
     with ThreadPoolExecutor(min(limit, len(items)), thread_name_prefix="casstore-fanout") as pool:
         return list(pool.map(call, items))

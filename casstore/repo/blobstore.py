@@ -7,7 +7,7 @@ import operator
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from casstore.errors import IntegrityError, ObjectNotFound, RemoteError
 from casstore.format import codec, delta, layout
@@ -27,8 +27,12 @@ from casstore.format.pack import (
 )
 from casstore.format.spill import RecordSpill
 from casstore.fsio.buffers import BufferPool
+from casstore.fsio.lazypool import LazyPool
 from casstore.remotes.base import ObjectInfo, Remote
 from casstore.repo.objectcache import BAD_BYTES, BlobCache, ReadPolicy, read_verified
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,7 @@ class BlobStore:
         self._unindexed: dict[str, EntryList] = {}    # uploaded, not yet in an index
         self._session: dict[str, EntryList] = {}      # every pack this session uploaded or adopted
         self._uploads: list[Future] = []
-        self._pool = ThreadPoolExecutor(max(1, upload_threads), thread_name_prefix="casstore-upload")
+        self._pool = LazyPool(max(1, upload_threads), "casstore-upload")
         # each pack in flight holds up to pack_size bytes: bound them by count and by bytes
         self._max_in_flight = max(1, min(upload_threads, MAX_BYTES_IN_FLIGHT // config.pack_size))
         # data packs are built in reused buffers (one per pack in flight, one filling), when the
@@ -87,6 +91,11 @@ class BlobStore:
 
     def has(self, kind: int, blob_id: bytes) -> bool:
         return (kind, blob_id) in self._pending or self.index.has(kind, blob_id)
+
+    def has_all(self, kind: int, blob_ids: list[bytes]) -> bool:
+        if self._pending:
+            return all(self.has(kind, blob_id) for blob_id in blob_ids)
+        return self.index.has_all(kind, blob_ids)
 
     def add(self, kind: int, data: bytes | memoryview) -> tuple[bytes, int]:
         """Store `data` unless present; return (id, stored bytes added)."""

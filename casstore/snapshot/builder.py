@@ -11,37 +11,41 @@ from __future__ import annotations
 import errno
 import gc
 import logging
+import operator
 import os
 import stat
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import TYPE_CHECKING
 
 from casstore._testing import pause_point, snapshot_time_ns
-from casstore.chunker.sparse import ZeroRun, sparse_chunks
 from casstore.errors import CasstoreError, ConfigError, SourceError
 from casstore.format import codec
 from casstore.format.pack import KIND_DATA, KIND_TREE, envelope_parts
 from casstore.format.snapshot import SnapshotManifest, manifest_text
 from casstore.format.tree import Entry, EntryType, encode_tree_rows
 from casstore.fsio.heap import bound_free_heap
+from casstore.fsio.lazypool import LazyPool
 from casstore.fsio.readahead import FILE_AHEAD, ReadAhead
 from casstore.remotes.local import remove_leftovers
 from casstore.repo.blobstore import BlobStore
 from casstore.repo.core import RepoCore
-from casstore.snapshot import filescache, smallfiles
+from casstore.snapshot import filescache
 from casstore.snapshot.deltahints import DeltaHints
 from casstore.snapshot.excludes import Excluder
 from casstore.snapshot.pipeline import ChunkPipeline
-from casstore.snapshot.smallfiles import BatchReads, FileStat, SmallRead
 from casstore.snapshot.summary import SnapshotSummary
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    from casstore.chunker.sparse import ZeroRun
     from casstore.fsio.workers import WorkerPool
+    from casstore.snapshot.smallfiles import BatchReads, FileStat, SmallRead
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +72,13 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | _NONBLOCK
 # walk, not behind its GIL.
 WORKER_MIN_FILES = 1000
 SNAPSHOT_WORKERS = 2   # processes, beside the parent's walk and upload thread (2 cores)
+# a batch of small files (`smallfiles.py`), one task: at most this many files, or bytes (a few MiB
+# in flight over the pipeline's window)
+BATCH_FILES = 128
+BATCH_BYTES = 1024 * 1024
 
 _FILE = EntryType.FILE.value
+_NAME = operator.attrgetter("name")
 _SPECIAL = {stat.S_IFIFO: EntryType.FIFO, stat.S_IFSOCK: EntryType.SOCKET,
             stat.S_IFCHR: EntryType.CHARDEV, stat.S_IFBLK: EntryType.BLOCKDEV}
 
@@ -204,7 +213,7 @@ class SnapshotBuilder:
         self.new_cache = filescache.CacheWriter(self.cache_file, self.old_cache, repo.config.sealer)
         self.skip_dirs = _identities([repo.local_dir, repo.settings.cache_dir])
         # one large file at a time is read and cut on a side thread while the walk goes on
-        self._side = ThreadPoolExecutor(1, thread_name_prefix="casstore-read")
+        self._side = LazyPool(1, "casstore-read")
         self._side_idle = threading.Semaphore(1)
         self._side_reads: deque[_SideRead] = deque()
         # directories waiting for their files: in the walk's order (files cache records) and in
@@ -288,7 +297,7 @@ class SnapshotBuilder:
         items.sort(key=lambda item: stat.S_ISDIR(item.st.st_mode))    # files first; stable: names sorted
         ahead_files = []
         for item in items:
-            if item.will_read:
+            if item.reuse is None and stat.S_ISREG(item.st.st_mode):    # `will_read`, without a call an item
                 if item.st.st_size <= self.min_chunk:
                     item.small = True
                 else:
@@ -308,6 +317,9 @@ class SnapshotBuilder:
             if child is not None:
                 stack.append(child)
                 self._limit_open(stack)
+            return
+        if item.reuse is not None:     # the files cache vouches for it: nothing to open or read
+            self._add_file(frame, item, FileJob(item.name_bytes, item.st, cached=item.cached))
             return
         if item.small:
             self._batch_file(frame, item)
@@ -385,7 +397,8 @@ class SnapshotBuilder:
                 self.summary.excluded += 1
                 continue
             entry = cached.get(name) if regular and cached else None
-            if entry is not None and not _well_formed(entry):
+            # well formed: as `_cache_record` writes it, [size, mtime_ns, ctime_ns, inode, [chunk ids]]
+            if entry is not None and not (type(entry) is list and len(entry) == 5 and type(entry[4]) is list):
                 entry = None       # a damaged entry (the cache is local state): read as a file new to it
             reuse = self._cached_chunks(entry, st) if entry is not None else None
             items.append(_Item(dirent.name, name, entry_rel, st, entry, reuse))
@@ -394,7 +407,7 @@ class SnapshotBuilder:
     def _scan(self, fd: int, rel: bytes) -> list[os.DirEntry]:
         try:
             with os.scandir(fd) as it:      # scans a duplicate of `fd`; stats relative to it
-                return sorted(it, key=lambda d: d.name)
+                return sorted(it, key=_NAME)
         except OSError as exc:
             self._error(rel.decode("utf-8", "surrogateescape") or ".", exc)
             return []
@@ -481,10 +494,12 @@ class SnapshotBuilder:
     def _add_file(self, frame: _Frame, item: _Item, job: FileJob) -> None:
         pending = frame.pending
         if item.reuse is not None:
-            self._count_file(job)
+            summary, size = self.summary, job.st.st_size
+            summary.files_total += 1          # `_count_file`, without a call a file
+            summary.bytes_total += size
+            summary.files_unchanged += 1
             job.chunk_ids = item.reuse
-            self.summary.files_unchanged += 1
-            self.progress(job.st.st_size)   # progress counts the whole source, read or reused
+            self.progress(size)               # progress counts the whole source, read or reused
             pending.jobs.append(job)
             return
         fd = self._open_listed(self._fd_of(frame), item)
@@ -505,7 +520,7 @@ class SnapshotBuilder:
         frame.batch.append((item, FileJob(item.name_bytes, item.st)))
         frame.batch_bytes += item.st.st_size
         frame.pending.outstanding += 1
-        if len(frame.batch) >= smallfiles.BATCH_FILES or frame.batch_bytes >= smallfiles.BATCH_BYTES:
+        if len(frame.batch) >= BATCH_FILES or frame.batch_bytes >= BATCH_BYTES:
             self._send_batch(frame)
 
     def _files_listed(self, frame: _Frame) -> None:
@@ -536,6 +551,9 @@ class SnapshotBuilder:
         if self._decided:
             return
         self._decided = True
+        # before any thread or worker allocates: their arenas would keep up to 16 MiB free each
+        # (fsio/heap.py); a snapshot that reads nothing never gets here
+        bound_free_heap()
         if self._held_files >= WORKER_MIN_FILES and hasattr(os, "fork") and threading.active_count() == 1:
             self._start_workers()
         while self._held:      # one at a time: if one fails, the rest stay held, to be closed
@@ -546,6 +564,7 @@ class SnapshotBuilder:
         thread. They inherit the open repository (its index, to skip compressing stored chunks,
         and in an encrypted repository its keys, which hashing and sealing need)."""
         from casstore.fsio.workers import WorkerPool  # lazy: start-up of every snapshot (sockets, pickle)
+        from casstore.snapshot import smallfiles
 
         limit, prepare = self.min_chunk, self.pipeline.prepare_many
 
@@ -555,6 +574,8 @@ class SnapshotBuilder:
 
     def _dispatch(self, batch: _Batch) -> None:
         """Send a batch to a worker process or a thread; its result is applied in order (`_store_batch`)."""
+        from casstore.snapshot import smallfiles
+
         files = [(item.name, (item.st.st_dev, item.st.st_ino)) for item, _ in batch.files]
         try:
             if self.workers is not None:
@@ -618,6 +639,8 @@ class SnapshotBuilder:
         """A read batch's files join their directory (on the walk's thread)."""
         pending, reads = batch.pending, batch.reads
         assert reads is not None
+        from casstore.snapshot.smallfiles import FileStat
+
         summary, jobs, make_stat = self.summary, pending.jobs, FileStat._make
         for i, ((item, job), st, size) in enumerate(zip(batch.files, reads.stats, reads.sizes, strict=True)):
             pending.outstanding -= 1
@@ -709,17 +732,15 @@ class SnapshotBuilder:
 
     def _cached_chunks(self, cached: list, st: os.stat_result) -> list | None:
         """The file's chunk ids from its files cache entry when they can be trusted, else None."""
-        if self._reusable(cached, st):
-            return list(cached[4])
-        return None
-
-    def _reusable(self, cached: list, st: os.stat_result) -> bool:
         size, mtime_ns, ctime_ns, inode, chunk_ids = cached      # well formed (`_stat_entries`)
         if (size, mtime_ns, ctime_ns, inode) != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
-            return False
+            return None
         if max(mtime_ns, ctime_ns) > self.start_ns - RACY_WINDOW_NS:
-            return False
-        return all(isinstance(c, bytes) and self.store.has(KIND_DATA, c) for c in chunk_ids)
+            return None
+        if all(map(isinstance, chunk_ids, repeat(bytes, len(chunk_ids)))) and \
+                self.store.has_all(KIND_DATA, chunk_ids):
+            return list(chunk_ids)
+        return None
 
     def _read_file(self, fd: int, rel: bytes, job: FileJob) -> bool:
         """Chunk the open file into the pipeline (and close it); read it again from the start once
@@ -767,6 +788,8 @@ class SnapshotBuilder:
             read = len(data)
             self._submit(data, slots, hints)
         else:
+            from casstore.chunker.sparse import ZeroRun, sparse_chunks
+
             for piece in sparse_chunks(self.chunker, fd, before.st_size, read_ahead=FILE_AHEAD):
                 if isinstance(piece, ZeroRun):
                     read += piece.length * piece.count
@@ -876,7 +899,6 @@ def take_snapshot(repo: RepoCore, source: str, *, tags: tuple[str, ...] = (), ex
     """Snapshot `source` into `repo`: packs, then the index, then the manifest (the commit)."""
     refuse_remote(repo)
     _refuse_labels_not_text(repo.settings.host, tags)
-    bound_free_heap()      # the workers' arenas would keep up to 16 MiB free each (fsio/heap.py)
     repo.load_index()
     repo.load_plans()  # blobs only in packs a gc plan condemns count as missing (design 5.4)
     remove_leftovers(repo.remote)   # temp files an earlier killed run left (issue 13, case 11)
@@ -960,11 +982,6 @@ def _make_entry(name: bytes, kind: EntryType, st: os.stat_result, content: objec
     if size is None:
         size = st.st_size if kind in (EntryType.FILE, EntryType.SYMLINK) else 0
     return Entry(name, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, size, link, content)
-
-
-def _well_formed(entry: object) -> bool:
-    """A files cache entry as `_cache_record` writes it: [size, mtime_ns, ctime_ns, inode, [chunk ids]]."""
-    return type(entry) is list and len(entry) == 5 and type(entry[4]) is list
 
 
 def _same_version(before: os.stat_result, after: os.stat_result) -> bool:

@@ -13,12 +13,12 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 from casstore.format import codec
 from casstore.format.pack import KIND_DATA
 from casstore.fsio.heap import trim_heap
+from casstore.fsio.lazypool import LazyPool
 from casstore.repo.blobstore import BlobStore
 
 Prepared = tuple[bytes, codec.Encoded | None, int]  # id, encoded (None if already stored), raw length
@@ -32,11 +32,21 @@ class Started(Protocol):
     def result(self) -> Any: ...
 
 
+class _Done:
+    """A task already done (a `Started`): a repeated zero chunk's result."""
+
+    def __init__(self, value: Prepared) -> None:
+        self.value = value
+
+    def result(self) -> Prepared:
+        return self.value
+
+
 class ChunkPipeline:
     def __init__(self, store: BlobStore, workers: int | None = None, window: int = 8,
                  window_bytes: int = 16 * 1024 * 1024) -> None:
         self.store = store
-        self._pool = ThreadPoolExecutor(workers or os.cpu_count() or 2, thread_name_prefix="casstore-chunk")
+        self._pool = LazyPool(workers or os.cpu_count() or 2, "casstore-chunk")
         self._in_flight: deque[tuple[Started, Callable[[Any], None], int]] = deque()
         self._window, self._window_bytes = window, window_bytes
         self._bytes_in_flight = 0
@@ -47,7 +57,7 @@ class ChunkPipeline:
         # real-data benchmark peaked at 230-250 MiB instead of about 125 (issue 17). One thread was
         # the snapshot's tail (deltas 1.42x the no-delta wall, quiet run); two: 1.23x at 134 MiB peak,
         # three: 1.23x again (benchmarks/RESULTS.md, "Later snapshots: deltas on two threads")
-        self._delta_pool = ThreadPoolExecutor(2, thread_name_prefix="casstore-delta")
+        self._delta_pool = LazyPool(2, "casstore-delta")
 
     def _prepare(self, data: bytes | memoryview, blob_id: bytes | None = None, hint: bytes | None = None) -> Prepared:
         blob_id = blob_id or codec.blob_id(data, self.store.sealer)
@@ -93,7 +103,7 @@ class ChunkPipeline:
                          self._pool if hint is None else self._delta_pool)
 
     def submit_task(self, task: Callable[[], T], apply: Callable[[T], None], size: int,
-                    pool: ThreadPoolExecutor | None = None) -> None:
+                    pool: LazyPool | None = None) -> None:
         """Queue `task` for a worker (or `pool`); `apply(its result)` runs later, in submission order,
         under the lock. A batch of small files is one task: no thread round trip per file
         (`smallfiles.py`)."""
@@ -119,8 +129,7 @@ class ChunkPipeline:
     def submit_known(self, blob_id: bytes, raw_length: int, deliver: Deliver) -> None:
         """Queue a chunk whose id is known and whose blob an earlier `submit` stores (a zero chunk
         repeated through a hole): nothing to hash or compress, delivered in order like the rest."""
-        done: Future = Future()
-        done.set_result((blob_id, None, raw_length))
+        done = _Done((blob_id, None, raw_length))
         with self._lock:
             self._make_room(0)
             self._in_flight.append((done, lambda prepared: deliver(*self.store_prepared(prepared)), 0))

@@ -36,8 +36,6 @@ from casstore._testing import pause_point, pausing
 
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)
 READ_ATTEMPTS = 2
-BATCH_FILES = 128              # files per task
-BATCH_BYTES = 1024 * 1024      # bytes per task (a few MiB in flight over the pipeline's window)
 
 PrepareMany = Callable[[list[bytes]], Sequence[tuple[bytes, object, int]]]
 
