@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import resource
@@ -227,6 +228,22 @@ def test_restore_path_through_symlinked_parent_is_refused(tmp_path, world):
     assert proc.returncode != 0 and b"Traceback" not in proc.stderr
 
 
+def test_restoring_one_path_through_a_symlinked_parent_raises_an_os_error_saying_why(world):
+    """Through the library, restoring a path whose parent in the target is a symlink raises an
+    OSError whose errno says why (the kernel's, for a symlink opened as a directory without
+    following it: ENOTDIR or ELOOP) and whose text is one line."""
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [
+        dir_entry(store, b"evil", [file_entry(store, b"bait.txt", b"pwned\n")])])
+    target.mkdir()
+    os.symlink(outside, target / "evil")
+    with pytest.raises(OSError) as raised:
+        repo.restore(snapshot_id, str(target), path="evil/bait.txt", overwrite="always")
+    assert raised.value.errno in (errno.ENOTDIR, errno.ELOOP)
+    assert raised.value.strerror == "refusing to restore through a symlink or non-directory"
+    assert os.listdir(outside) == ["bait.txt"]
+
+
 def test_absolute_symlink_targets_are_restored_as_links_only(tmp_path, world):
     repo, outside, target = world
     snapshot_id = write_snapshot(repo, lambda store: [
@@ -339,7 +356,7 @@ def test_a_privileged_restore_creates_device_nodes_and_refuses_a_number_out_of_r
     repo, outside, target = world
     snapshot_id = write_snapshot(repo, lambda store: [
         _device(b"null", os.makedev(1, 3)), _device(b"zero", 0), _device(b"negative", -1),
-        _device(b"largest", MAX_DEVICE)])
+        _device(b"largest", MAX_DEVICE), _device(b"loop", os.makedev(7, 0), EntryType.BLOCKDEV)])
     result = repo.restore(snapshot_id, str(target), privileged=True)
     # the largest number a tree can hold is not refused here: the kernel decides (Linux: EINVAL)
     assert sorted(result.errors) == ["largest: Invalid argument",
@@ -347,7 +364,9 @@ def test_a_privileged_restore_creates_device_nodes_and_refuses_a_number_out_of_r
     st = os.lstat(target / "null")
     assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3) and stat.S_IMODE(st.st_mode) == 0o600
     assert os.lstat(target / "zero").st_rdev == 0     # the smallest number is a number like any other
-    assert sorted(os.listdir(target)) == ["null", "zero"]
+    st = os.lstat(target / "loop")
+    assert stat.S_ISBLK(st.st_mode) and st.st_rdev == os.makedev(7, 0) and stat.S_IMODE(st.st_mode) == 0o600
+    assert sorted(os.listdir(target)) == ["loop", "null", "zero"]
 
 
 def test_an_existing_special_file_is_left_and_counted_as_skipped(world):
@@ -369,35 +388,59 @@ def _swapped_as_made(make, bait: Path, how: str):
     def racing(name, *args, dir_fd=None):
         make(name, *args, dir_fd=dir_fd)
         os.unlink(name, dir_fd=dir_fd)
-        if how == "symlink":
+        if how.startswith("symlink"):
             os.symlink(bait, name, dir_fd=dir_fd)
         else:
             os.link(bait, name, dst_dir_fd=dir_fd)
     return racing
 
 
-@pytest.mark.parametrize("how", ["symlink", "hard link"])
+@pytest.mark.parametrize("how", ["symlink", "symlink to one of its kind", "hard link", "symlink, without O_PATH"])
 @pytest.mark.parametrize("kind", [EntryType.FIFO, EntryType.CHARDEV])
 def test_a_special_file_swapped_as_it_is_made_never_changes_the_file_put_in_its_place(world, monkeypatch, kind, how):
     """A FIFO or device node replaced right after it is made, by a symlink or a hard link to a file
-    outside, is one error line; that file keeps its mode, owner and time, and the rest restores."""
+    outside, is one error line; that file keeps its mode, owner and time, and the rest restores.
+    (Without O_PATH, off Linux, the node's metadata is set by name, never following a symlink.)"""
     if kind is not EntryType.FIFO and os.geteuid() != 0:
         pytest.skip("creating a device node needs root")
+    if how.endswith("without O_PATH"):
+        monkeypatch.delattr(os, "O_PATH")
     repo, outside, target = world
     node = Entry(b"node", kind, 0o4711, 12345, 12346, NOW_NS - 7, 0, 0,
                  *([] if kind is EntryType.FIFO else [os.makedev(1, 3)]))
     snapshot_id = write_snapshot(repo, _with_good(lambda store: node))
     make = "mkfifo" if kind is EntryType.FIFO else "mknod"
-    monkeypatch.setattr(os, make, _swapped_as_made(getattr(os, make), outside / "bait.txt", how))
+    bait = outside / "bait.txt"
+    if how == "symlink to one of its kind":      # what the symlink names is a node like the one made
+        bait = outside / "bait.node"
+        if kind is EntryType.FIFO:
+            os.mkfifo(bait, 0o644)
+        else:
+            os.mknod(bait, 0o644 | stat.S_IFCHR, os.makedev(1, 3))
+    monkeypatch.setattr(os, make, _swapped_as_made(getattr(os, make), bait, how))
     unchanged = _guard(target.parent.parent)
-    before = os.stat(outside / "bait.txt")
+    before = os.lstat(bait)
     result = repo.restore(snapshot_id, str(target), privileged=True)
     unchanged()
-    after = os.stat(outside / "bait.txt")
+    after = os.lstat(bait)
     assert (after.st_mode, after.st_uid, after.st_gid, after.st_mtime_ns) == \
         (before.st_mode, before.st_uid, before.st_gid, before.st_mtime_ns)
-    assert result.errors == ["node: replaced by something else as it was made; left alone"]
+    assert len(result.errors) == 1 and result.errors[0].startswith("node: ")
+    if how != "symlink, without O_PATH":     # there the platform's lchmod refuses the symlink, in its words
+        assert result.errors == ["node: replaced by something else as it was made; left alone"]
     assert (target / "good.txt").read_bytes() == b"fine\n"
+
+
+def test_restoring_one_fifo_swapped_as_it_is_made_raises_an_os_error_saying_so(world, monkeypatch):
+    """Restoring that one path, the library raises the error (EEXIST: something else is there now)."""
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [Entry(b"node", EntryType.FIFO, 0o600, 0, 0, NOW_NS, 0)])
+    monkeypatch.setattr(os, "mkfifo", _swapped_as_made(os.mkfifo, outside / "bait.txt", "symlink"))
+    with pytest.raises(OSError) as raised:
+        repo.restore(snapshot_id, str(target), path="node")
+    assert raised.value.errno == errno.EEXIST
+    assert raised.value.strerror == "replaced by something else as it was made; left alone"
+    assert stat.S_IMODE(os.stat(outside / "bait.txt").st_mode) == 0o644
 
 
 @pytest.mark.parametrize("o_path", [True, False], ids=["linux", "without O_PATH"])
@@ -786,13 +829,13 @@ def test_a_directory_that_refuses_its_files_and_its_metadata_is_one_error_each_a
         pytest.skip("setting another owner needs root")
     repo, outside, target = world
     snapshot_id = write_snapshot(repo, _with_good(lambda store: dir_entry(store, b"locked", [
-        file_entry(store, b"existing.txt", b"from the snapshot"), file_entry(store, b"new.txt", b"new")],
-        mode=0o700, mtime_ns=NOW_NS - 5)))
+        file_entry(store, b"existing.txt", b"from the snapshot"), file_entry(store, b"new.txt", b"new"),
+        file_entry(store, b"newer.txt", b"newer")], mode=0o700, mtime_ns=NOW_NS - 5)))
     write(target / "locked" / "existing.txt", "mine")
     with _immutable(target / "locked"):
         result = repo.restore(snapshot_id, str(target), overwrite="always", verify=verify, privileged=privileged)
     assert result.errors == ["locked/existing.txt: Operation not permitted", "locked/new.txt: Operation not permitted",
-                             "locked: Operation not permitted"]
+                             "locked/newer.txt: Operation not permitted", "locked: Operation not permitted"]
     assert (result.files, result.dirs) == (1, 1) and (target / "good.txt").read_bytes() == b"fine\n"
     assert os.listdir(target / "locked") == ["existing.txt"]
     assert (target / "locked" / "existing.txt").read_text() == "mine"
@@ -1227,6 +1270,31 @@ def test_a_snapshot_whose_trees_outgrow_the_tree_cache_restores_whole(world, mon
     assert result.ok, result.errors[:3]
     assert (result.dirs, result.files, result.symlinks) == (40, 120, 800)
     assert (target / "d39" / "f2").read_bytes() == b"39-2." * 3000
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["restore", "dry-run"])
+def test_a_ctrl_c_while_a_directory_is_listed_ends_the_restore_or_dry_run(world, monkeypatch, dry_run):
+    """A Ctrl-C that lands while a directory's entries are being read ends the run (it is raised),
+    never taken for that directory's own error and walked past."""
+    from casstore.read.reader import Snapshot
+
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, lambda store: [
+        dir_entry(store, b"d", [file_entry(store, b"f.txt", b"f")]), file_entry(store, b"top.txt", b"t")])
+    subtree = repo.get(snapshot_id).entry("d").subtree
+    read = Snapshot.tree
+    asked: list[bytes] = []
+
+    def interrupted(self, tree_id):
+        asked.append(tree_id)
+        if tree_id == subtree and asked.count(subtree) == 2:     # the walk's read (the first is the size check's)
+            raise KeyboardInterrupt
+        return read(self, tree_id)
+
+    monkeypatch.setattr(Snapshot, "tree", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        repo.restore(snapshot_id, str(target), dry_run=dry_run)
+    assert asked.count(subtree) == 2
 
 
 @pytest.mark.parametrize("verify", [False, True], ids=["batched", "walk"])

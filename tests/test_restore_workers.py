@@ -106,6 +106,7 @@ def test_existing_files_are_left_or_replaced_as_overwrite_says(snapshotted, tmp_
 
 
 def test_an_encrypted_repository_restores_through_the_workers(tmp_path, monkeypatch):
+    """Small files through the workers and a long sparse file on the walk, keyed ids and all."""
     from casstore.format.config import RepoConfig
     from casstore.repo import keys
     from casstore.settings import load_settings
@@ -115,8 +116,12 @@ def test_an_encrypted_repository_restores_through_the_workers(tmp_path, monkeypa
     keys.forget_unlocked()
     source = small_source(tmp_path / "source", WORKER_MIN_FILES + 50)
     settings = load_settings({"repository": str(tmp_path / "repo"), "password": "workers and keys"})
-    with Repository.init_local(str(tmp_path / "repo"), settings,
-                               RepoConfig.new(keys=keys.new_key(settings, "testhost"))) as repo:
+    config = RepoConfig.new(keys=keys.new_key(settings, "testhost"))
+    with open(source / "sparse.bin", "wb") as f:     # long enough that the restore knows the zero chunk by its id
+        f.truncate(2 * config.max_blob_size + 4096)
+        f.seek(-5, os.SEEK_END)
+        f.write(b"tail\n")
+    with Repository.init_local(str(tmp_path / "repo"), settings, config) as repo:
         repo.snapshot(str(source))
     keys.forget_unlocked()
     run("--repo", tmp_path / "repo", "restore", "latest", tmp_path / "out")

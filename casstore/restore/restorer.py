@@ -828,17 +828,19 @@ def write_small_files(read_all: ReadAll, dir_fd: int, files: list[SmallFile], *,
     return outcomes
 
 
-def _set_metadata(target: int | str, mode: int, mtime_ns: int, uid: int, gid: int, *, same_owner: bool,
-                  created_with_mode: bool = False) -> None:
+def _set_metadata(target: int | str | bytes, mode: int, mtime_ns: int, uid: int, gid: int, *, same_owner: bool,
+                  created_with_mode: bool = False, at: Mapping[str, Any] | None = None) -> None:
     """Owner (restoring as root: best effort), permission bits and mtime of an open file or
-    directory (its descriptor), or of a node by its /proc/self/fd name. `created_with_mode`: created
-    with exactly `mode` (a worker's umask is 0), so no chmod, unless chown ran (it clears setuid and setgid)."""
+    directory (its descriptor), or of a node by its name (`at`: the *at() arguments it is relative
+    to). `created_with_mode`: created with exactly `mode` (a worker's umask is 0), so no chmod,
+    unless chown ran (it clears setuid and setgid)."""
+    at = at or {}
     if same_owner:
         with contextlib.suppress(OSError):
-            os.chown(target, uid, gid)
+            os.chown(target, uid, gid, **at)
     if same_owner or not created_with_mode:
-        os.chmod(target, mode)
-    os.utime(target, ns=(mtime_ns, mtime_ns))
+        os.chmod(target, mode, **at)
+    os.utime(target, ns=(mtime_ns, mtime_ns), **at)
 
 
 def _set_node_metadata(dir_fd: int, name: bytes, kind: int, mode: int, entry: Entry, *, same_owner: bool) -> None:
@@ -848,11 +850,8 @@ def _set_node_metadata(dir_fd: int, name: bytes, kind: int, mode: int, entry: En
     change. So the node is opened O_PATH|O_NOFOLLOW (a symlink is opened as itself, a device is not
     opened at all), its kind checked, and its metadata set through /proc/self/fd (O_PATH cannot fchmod)."""
     if not hasattr(os, "O_PATH"):     # not Linux: by name, never following a symlink (lchmod exists there)
-        if same_owner:
-            with contextlib.suppress(OSError):
-                os.chown(name, entry.uid, entry.gid, dir_fd=dir_fd, follow_symlinks=False)
-        os.chmod(name, mode, dir_fd=dir_fd, follow_symlinks=False)
-        os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+        _set_metadata(name, mode, entry.mtime_ns, entry.uid, entry.gid, same_owner=same_owner,
+                      at={"dir_fd": dir_fd, "follow_symlinks": False})
         return
     fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
