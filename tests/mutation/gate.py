@@ -2,7 +2,7 @@
 
     python -m tests.mutation.gate                  # the gate, as .ci/test runs it
     python -m tests.mutation.gate --list           # the sampled mutants and their ids, nothing run
-    python -m tests.mutation.gate --only 'ID'      # one mutant: its diff, then its tests, verbose
+    python -m tests.mutation.gate --only 'ID'      # one mutant: its diff, then its module's full-run pool
 
 A mutant is one of mutmut's one-token changes (mutmut's own operators, through its libcst visitor), but
 it is named by what it changes, not by mutmut's number (which moves whenever code above it moves):
@@ -181,12 +181,12 @@ class Scratch:
             if (ROOT / name).exists():
                 shutil.copy2(ROOT / name, self.dir / name)
 
-    def run(self, mutant: Mutant, verbose: bool = False) -> str:
+    def run(self, mutant: Mutant, verbose: bool = False, tests: list[str] | None = None) -> str:
         target = self.dir / mutant.path
         original = target.read_text()
         self._write(target, mutant.code)
         try:
-            return self._pytest(CORE[mutant.path][1], verbose)
+            return self._pytest(CORE[mutant.path][1] if tests is None else tests, verbose)
         finally:
             self._write(target, original)
 
@@ -288,9 +288,12 @@ def _run_one(mutant_id: str) -> int:
         return 2
     mutant = _mutant(mutant_id, path, every[mutant_id])
     print(mutant.diff())
+    # the full run's pool (not the gate's files): a survivor it records must survive here too, or
+    # --only would confirm a false one (session 11: the restore workers' tests kill some)
+    from tests.mutation.full import MODULES
     scratch = Scratch()
     try:
-        status = scratch.run(mutant, verbose=True)
+        status = scratch.run(mutant, verbose=True, tests=MODULES.get(path))
     finally:
         scratch.close()
     print(f"\n{status}: {mutant_id}")
