@@ -24,7 +24,7 @@ from casstore.errors import CasstoreError, DowngradeError, FormatError, Integrit
 from casstore.format import codec, delta
 from casstore.format.crypto import MasterKey
 from casstore.format.pack import KIND_DATA, KIND_TREE
-from casstore.format.snapshot import SnapshotManifest
+from casstore.format.snapshot import SnapshotManifest, manifest_text
 from casstore.gc.retention import BUCKETS, RetentionPolicy, decide
 from casstore.repo.core import SnapshotInfo
 
@@ -98,6 +98,19 @@ def test_codec_refuses_an_empty_envelope_and_unknown_tags() -> None:
     assert not codec.is_sealed(b"")                 # an empty envelope (a torn cache file) is not a seal
     assert [codec.is_sealed(bytes([tag])) for tag in range(5)] == [False, False, True, True, False]
 
+
+@given(st.binary(max_size=40))
+def test_a_source_path_is_stored_in_a_manifest_with_each_byte_that_is_not_utf8_escaped(raw: bytes) -> None:
+    """A path as Python names it (a byte that is not UTF-8 is a lone surrogate) is stored as text
+    msgpack can hold: its UTF-8 unchanged, every other byte as `\\xNN`, the way the CLI prints it."""
+    stored = manifest_text(os.fsdecode(raw))
+    assert stored == raw.decode("utf-8", "backslashreplace")
+
+
+def test_a_text_holding_a_surrogate_no_path_decodes_to_is_stored_escaped() -> None:
+    assert manifest_text("café ✓") == "café ✓"
+    assert manifest_text("a\ud800b") == "a\\ud800b"           # not a surrogateescape byte: escaped as itself
+    assert manifest_text("caf\udce9\ud800") == "caf\\udce9\\ud800"
 
 
 SEALER = MasterKey.generate().sealer
