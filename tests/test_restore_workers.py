@@ -105,7 +105,7 @@ def test_existing_files_are_left_or_replaced_as_overwrite_says(snapshotted, tmp_
     assert_same_tree(tree_state(source), tree_state(out))
 
 
-def test_an_encrypted_repository_restores_through_the_workers(tmp_path, monkeypatch):
+def test_an_encrypted_repository_restores_through_the_workers_and_verifies(tmp_path, monkeypatch):
     """Small files through the workers and a long sparse file on the walk, keyed ids and all."""
     from casstore.format.config import RepoConfig
     from casstore.repo import keys
@@ -126,6 +126,9 @@ def test_an_encrypted_repository_restores_through_the_workers(tmp_path, monkeypa
     keys.forget_unlocked()
     run("--repo", tmp_path / "repo", "restore", "latest", tmp_path / "out")
     assert_same_tree(tree_state(source), tree_state(tmp_path / "out"))
+    # --verify reads each file back and hashes it with the repository's key, as its ids were made
+    run("--repo", tmp_path / "repo", "restore", "latest", tmp_path / "verified", "--verify")
+    assert_same_tree(tree_state(source), tree_state(tmp_path / "verified"))
 
 
 def test_verify_restores_many_small_files_and_checks_them(snapshotted, tmp_path):

@@ -499,7 +499,7 @@ class Restorer:
         elif entry.type is EntryType.SYMLINK:
             self._restore_symlink(dir_fd, entry, path)
         else:
-            self._restore_special(dir_fd, entry, path)
+            self._restore_special(dir_fd, entry)
 
     # -- entries -----------------------------------------------------------------------------
 
@@ -597,7 +597,7 @@ class Restorer:
             os.utime(entry.name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
         self.result.symlinks += 1      # counted once made: one that fails is an error line, not a symlink
 
-    def _restore_special(self, dir_fd: int, entry: Entry, path: str) -> None:
+    def _restore_special(self, dir_fd: int, entry: Entry) -> None:
         if self.dry_run or entry.type is EntryType.SOCKET:
             return
         if _lstat(dir_fd, entry.name) is not None:
