@@ -118,8 +118,9 @@ def test_a_source_and_a_repository_whose_paths_are_not_utf8_go_the_whole_journey
     assert listed[0]["source"] == str(tmp_path) + "/caf\\xe9"
     shown = run("--repo", repo, "show", second["short_id"], "-r").stdout.decode().splitlines()
     assert f"source   {tmp_path}/caf\\xe9" in shown
-    names = [line.split("  ")[-1] for line in shown if re.match(r"[-dl?] [0-7]{4} ", line)]   # one per entry
+    names = [line.split("  ")[-1] for line in shown if re.match(r"[-dlpscb] [0-7]{4} ", line)]   # one per entry
     assert len(names) == len(tree_state(source))
+    assert [line[:7] for line in shown if line.endswith("  pipe")] == ["p 0666 "]     # a FIFO, as ls -l shows it
     assert "two\\nlines\\xe9" in names and "bin\\xffname" in names
 
     run("--repo", repo, "restore", second["short_id"], tmp_path / "out")
