@@ -74,3 +74,25 @@ def test_a_failure_while_a_side_read_runs_commits_nothing_and_stops_it(changed_p
         repo.snapshot(str(source))
     assert objects(repo.local_dir, "snapshots") == before
     assert not [t for t in threading.enumerate() if t.name.startswith(("casstore-read", "casstore-chunk"))]
+
+
+def test_a_directory_whose_small_files_changed_before_its_large_one_is_stored_whole(tmp_path, monkeypatch):
+    """Small changed files listed before a changed large file: they wait in a batch while the large
+    one is read on the side; the directory is written once all of them are read, holding every one."""
+    monkeypatch.setattr(casstore.snapshot.builder, "SIDE_READ_MIN", 256 * KiB)
+    monkeypatch.setattr(casstore.snapshot.builder, "RACY_WINDOW_NS", 0)
+    source = tmp_path / "data"
+    for i in range(30):
+        write(source / "a" / f"0small{i:02}.json", det_bytes(2 * KiB, i))
+    write(source / "a" / "big.jsonl", det_bytes(3 * MiB, "a"))
+    age_tree(source)
+    repo = init_repo(tmp_path / "repo")
+    repo.snapshot(str(source))
+    for i in range(30):
+        write(source / "a" / f"0small{i:02}.json", det_bytes(2 * KiB, i + 100))
+    write(source / "a" / "big.jsonl", det_bytes(3 * MiB, "a") + b"appended\n")
+    result = repo.snapshot(str(source))
+    assert (result.summary.files_changed, result.summary.files_total) == (31, 31)
+    restored = tmp_path / "restored"
+    assert repo.restore(result.id, str(restored)).ok
+    assert file_contents(restored) == file_contents(source)
