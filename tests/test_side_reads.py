@@ -4,6 +4,7 @@ snapshot that fails while a side read runs stops it and commits nothing."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -70,6 +71,13 @@ def test_a_failure_while_a_side_read_runs_commits_nothing_and_stops_it(changed_p
         return real(self, data, *rest)
 
     monkeypatch.setattr(ChunkPipeline, "_prepare", failing)
+    real_side = SnapshotBuilder._read_on_side
+
+    def slow_side(self, *args):     # the side read still runs when the walk's read fails
+        time.sleep(0.5)
+        return real_side(self, *args)
+
+    monkeypatch.setattr(SnapshotBuilder, "_read_on_side", slow_side)
     with pytest.raises(IntegrityError):
         repo.snapshot(str(source))
     assert objects(repo.local_dir, "snapshots") == before
