@@ -56,6 +56,27 @@ def test_changed_large_files_are_read_two_at_once_and_stored_exactly(changed_pai
     assert file_contents(restored) == file_contents(source)
 
 
+def _slow_side_reads(monkeypatch) -> None:
+    """Each side read starts half a second late: it still runs when the walk fails or ends."""
+    real_side = SnapshotBuilder._read_on_side
+
+    def slow_side(self, *args):
+        time.sleep(0.5)
+        return real_side(self, *args)
+
+    monkeypatch.setattr(SnapshotBuilder, "_read_on_side", slow_side)
+
+
+def test_a_large_file_still_read_on_the_side_when_the_walk_ends_is_waited_for_and_stored(changed_pair,
+                                                                                          monkeypatch):
+    source, repo = changed_pair
+    _slow_side_reads(monkeypatch)
+    result = repo.snapshot(str(source))
+    assert result.summary.files_changed == 2 and not result.summary.errors
+    snap = open_repo(repo.local_dir).get(result.id)
+    assert snap.read_bytes("a/big.jsonl") == (source / "a" / "big.jsonl").read_bytes()
+
+
 def test_a_failure_while_a_side_read_runs_commits_nothing_and_stops_it(changed_pair, monkeypatch):
     source, repo = changed_pair
     before = objects(repo.local_dir, "snapshots")
@@ -71,13 +92,7 @@ def test_a_failure_while_a_side_read_runs_commits_nothing_and_stops_it(changed_p
         return real(self, data, *rest)
 
     monkeypatch.setattr(ChunkPipeline, "_prepare", failing)
-    real_side = SnapshotBuilder._read_on_side
-
-    def slow_side(self, *args):     # the side read still runs when the walk's read fails
-        time.sleep(0.5)
-        return real_side(self, *args)
-
-    monkeypatch.setattr(SnapshotBuilder, "_read_on_side", slow_side)
+    _slow_side_reads(monkeypatch)
     with pytest.raises(IntegrityError):
         repo.snapshot(str(source))
     assert objects(repo.local_dir, "snapshots") == before
