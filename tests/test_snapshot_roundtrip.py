@@ -171,19 +171,19 @@ def test_repository_and_cache_inside_the_source_are_skipped(tmp_path, monkeypatc
 
 
 class _MutatingChunker:
-    """Wraps the real chunker: appends to `victim` after its first chunk, `times` times in all."""
+    """Wraps the real chunker: appends to each of `victims` after its first chunk, `times` times in all."""
 
-    def __init__(self, real, victim: Path, times: int) -> None:
-        self.real, self.victim, self.times = real, victim, times
+    def __init__(self, real, victims: list[Path], times: int) -> None:
+        self.real, self.left = real, {str(victim): times for victim in victims}
         self.max_size = real.max_size
 
     def chunks_of_fd(self, fd, read_ahead=0):
         path = os.readlink(f"/proc/self/fd/{fd}")
         for n, piece in enumerate(self.real.chunks_of_fd(fd, read_ahead)):
             yield piece
-            if n == 0 and path == str(self.victim) and self.times > 0:
-                self.times -= 1
-                with open(self.victim, "ab") as fh:
+            if n == 0 and self.left.get(path, 0) > 0:
+                self.left[path] -= 1
+                with open(path, "ab") as fh:
                     fh.write(b"appended while being read\n")
 
 
@@ -191,10 +191,11 @@ class _MutatingChunker:
 def test_file_changing_while_read_is_reread_or_reported(tmp_path, monkeypatch, times):
     source = tmp_path / "data"
     victim = write(source / "growing.log", det_bytes(MiB, "grow"))
+    other = write(source / "logs" / "growing.log", det_bytes(MiB, "other"))
     write(source / "calm.txt", "calm\n")
     repo = init_repo(tmp_path / "repo")
     real = repo.config.make_chunker()
-    wrapper = _MutatingChunker(real, victim, times)
+    wrapper = _MutatingChunker(real, [victim, other], times)
     monkeypatch.setattr(casstore.format.config.RepoConfig, "make_chunker", lambda self: wrapper)
     result = take_snapshot(repo, str(source))
     stored = open_repo(tmp_path / "repo").get(result.id).read_bytes("growing.log")
@@ -203,9 +204,9 @@ def test_file_changing_while_read_is_reread_or_reported(tmp_path, monkeypatch, t
         assert result.summary.changed_during_read == 0
         assert stored == victim.read_bytes()
     else:
-        # still changing on every attempt: reported in the summary, and never trusted from the cache
-        assert result.summary.changed_during_read == 1
-        assert result.manifest.summary["changed_during_read"] == 1
+        # still changing on every attempt: each reported in the summary, and never trusted from the cache
+        assert result.summary.changed_during_read == 2
+        assert result.manifest.summary["changed_during_read"] == 2
         assert stored.startswith(det_bytes(MiB, "grow"))
         monkeypatch.setattr(casstore.format.config.RepoConfig, "make_chunker", lambda self: real)
         monkeypatch.setattr("casstore.snapshot.builder.RACY_WINDOW_NS", 0)
