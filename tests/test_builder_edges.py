@@ -243,6 +243,30 @@ def test_a_large_file_that_changed_after_listing_is_not_read_in_its_place(tmp_pa
     assert result.summary.files_total == counted and result.summary.bytes_total == counted * LARGE
 
 
+@pytest.mark.parametrize("how, said", [
+    ("replaced by a symlink", "changed during the snapshot: was replaced by a symlink; not followed"),
+    ("replaced by a file", "changed during the snapshot: was replaced since it was listed; skipped")])
+def test_a_small_file_that_changed_after_listing_is_named_as_a_large_one_is(tmp_path, monkeypatch, how, said):
+    """A small file (read in a batch, not on the walk) replaced after listing: the same error line."""
+    source = tmp_path / "data"
+    write(source / "small.json", b'{"listed": true}')
+    write(source / "kept.json", b'{"kept": true}')
+    write(tmp_path / "secret.json", b'{"secret": true}')
+
+    def change() -> None:
+        if how == "replaced by a file":
+            os.rename(write(tmp_path / "new.json", b'{"new": true}'), source / "small.json")
+        else:
+            os.unlink(source / "small.json")
+            (source / "small.json").symlink_to(tmp_path / "secret.json")
+
+    _after_listing(monkeypatch, b"", change)
+    repo = init_repo(tmp_path / "repo")
+    result = repo.snapshot(str(source))
+    assert (result.summary.errors, result.summary.changed_during_read) == ([f"small.json: {said}"], 1)
+    assert _stored_files(repo, result.id) == {"kept.json": b'{"kept": true}'}
+
+
 @pytest.mark.parametrize("size", [0, 1, MIN_CHUNK])
 def test_a_large_file_that_shrank_to_one_chunk_before_it_was_read_is_stored_as_read(tmp_path, monkeypatch, size):
     source = tmp_path / "data"
@@ -735,6 +759,8 @@ def test_two_identical_directories_are_stored_as_one_tree(tmp_path):
     snap = open_repo(tmp_path / "repo").get(result.id)
     assert snap.entry("a").subtree == snap.entry("b").subtree
     assert all(snap.entry(f"a/{name}").link == 0 for name in ("x", "fifo-link", "x/fifo", "x/link"))
+    # nor a size but a symlink's (its target's length): a directory's st_size depends on the file system
+    assert [snap.entry(f"a/{name}").size for name in ("x", "fifo-link", "x/fifo", "x/link")] == [0, 0, 0, 5]
 
 
 def test_a_repository_with_the_fixed_chunker_snapshots_every_size(tmp_path, monkeypatch):

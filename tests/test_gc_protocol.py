@@ -255,6 +255,21 @@ def test_a_held_lease_refuses_gc_until_it_expires(tmp_path, clock, remote):
     assert not remote.exists(LEASE_KEY), "released when done"
 
 
+@pytest.mark.parametrize("expires", [True, "soon", None], ids=["true", "text", "nil"])
+def test_a_lease_without_a_readable_expiry_is_held_for_its_time_to_live_from_its_write(tmp_path, clock, remote,
+                                                                                      expires):
+    """A lease whose expiry is not a number (msgpack's `true` among them, which Python's bool would
+    pass as 1, long past) is judged by the storage's write time plus the lease's time to live."""
+    writer, repo = _two_snapshots_older_forgotten(tmp_path, clock, remote)
+    clock.advance(GRACE + 1)
+    holder = _held_lease(remote, expires=expires)
+    with pytest.raises(LeaseHeld, match="elsewhere"):
+        gc(repo, clock)
+    assert remote.get(LEASE_KEY) == holder
+    clock.advance(3600)
+    assert gc(repo, clock).plan
+
+
 def _held_lease(remote, expires: float) -> bytes:
     holder = msgpack.packb({"version": 1, "host": "elsewhere", "pid": 1, "boot_id": "x", "expires": expires})
     remote.put(LEASE_KEY, holder, if_absent=True)

@@ -85,6 +85,10 @@ def test_ids_alike_in_their_first_six_bytes_are_told_apart_before_and_after_sett
         assert index.locations(KIND_TREE, b) == [Location(pack_name(1), 9, 10, 20)]
         assert index.has(KIND_TREE, b) and not index.has(KIND_DATA, b) and not index.has(KIND_TREE, a)
         assert not index.has(KIND_DATA, absent) and index.locations(KIND_DATA, absent) == []
+        # has_all is has of every one (a files cache entry's chunks at once)
+        assert index.has_all(KIND_DATA, [a, a]) and index.has_all(KIND_TREE, [b]) and index.has_all(KIND_DATA, [])
+        assert not index.has_all(KIND_DATA, [a, absent]) and not index.has_all(KIND_DATA, [absent, a])
+        assert not index.has_all(KIND_DATA, [a, b]) and not index.has_all(KIND_TREE, [b, a])
         assert len(index) == 2
 
 
@@ -94,6 +98,7 @@ def test_a_blob_whose_copies_are_all_condemned_counts_as_missing() -> None:
     index.add_pack(pack_name(2), [entry(safe, 5)])
     index.condemned = {pack_name(1)}
     assert not index.has(KIND_DATA, blob) and index.has(KIND_DATA, safe)
+    assert index.has_all(KIND_DATA, [safe]) and not index.has_all(KIND_DATA, [safe, blob])
     assert index.locations(KIND_DATA, blob)               # still readable, only not relied on
 
 
@@ -140,6 +145,11 @@ def test_random_adds_lookups_and_drops_agree_with_a_dict_of_locations() -> None:
             model = {k: kept for k, locs in model.items() if (kept := [x for x in locs if x.pack_id not in gone])}
         for key in rng.sample(sorted(model), min(20, len(model))) + [(KIND_DATA, rng.randbytes(32))]:
             assert sorted(index.locations(*key), key=str) == sorted(model.get(key, []), key=str)
+        for kind in (KIND_DATA, KIND_TREE):     # has_all of a files cache entry's chunks: all there, or one not
+            asked = rng.sample(ids, 30)
+            assert index.has_all(kind, asked) == all((kind, blob_id) in model for blob_id in asked)
+            present = [blob_id for k, blob_id in model if k == kind][:30]
+            assert index.has_all(kind, present) and not index.has_all(kind, [*present, rng.randbytes(32)])
     assert {k: sorted(v, key=str) for k, v in index.blobs()} == {k: sorted(v, key=str) for k, v in model.items()}
     assert len(index) == len(model)
     assert index.all_pack_ids() == {loc.pack_id for locs in model.values() for loc in locs}
@@ -603,6 +613,7 @@ def test_a_fingerprint_found_across_two_settled_records_is_no_hit() -> None:
     for _ in ("settled", "with a tail"):
         assert not without.has(KIND_DATA, target) and without.locations(KIND_DATA, target) == []
         assert index.has(KIND_DATA, target)
+        assert not without.has_all(KIND_DATA, [after, target]) and index.has_all(KIND_DATA, [after, target])
         assert index.locations(KIND_DATA, target) == [Location(pack_name(2), 3, 10, 20)]
         for one in (without, index):       # an unsettled record in the bucket: the lookup merges both
             one.add_pack(pack_name(3), [entry(bucket + os.urandom(30), 4)])

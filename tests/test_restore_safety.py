@@ -431,6 +431,27 @@ def test_a_special_file_swapped_as_it_is_made_never_changes_the_file_put_in_its_
     assert (target / "good.txt").read_bytes() == b"fine\n"
 
 
+def test_a_symlink_swapped_for_a_hard_link_as_it_is_made_never_stamps_the_file_put_in_its_place(world, monkeypatch):
+    """A symlink replaced right after it is made by a hard link to a file outside: its recorded time
+    is not set on that file; one error line, and the rest restores."""
+    repo, outside, target = world
+    snapshot_id = write_snapshot(repo, _with_good(lambda store: symlink_entry(b"link", b"good.txt")))
+    bait = outside / "bait.txt"
+    real_symlink = os.symlink
+
+    def racing(src, name, *args, dir_fd=None, **kwargs):
+        real_symlink(src, name, *args, dir_fd=dir_fd, **kwargs)
+        if name == b"link":
+            os.unlink(name, dir_fd=dir_fd)
+            os.link(bait, name, dst_dir_fd=dir_fd)
+    monkeypatch.setattr(os, "symlink", racing)
+    before = os.lstat(bait)
+    result = repo.restore(snapshot_id, str(target))
+    assert os.lstat(bait).st_mtime_ns == before.st_mtime_ns != NOW_NS
+    assert result.errors == ["link: replaced by something else as it was made; left alone"]
+    assert result.symlinks == 0 and (target / "good.txt").read_bytes() == b"fine\n"
+
+
 def test_restoring_one_fifo_swapped_as_it_is_made_raises_an_os_error_saying_so(world, monkeypatch):
     """Restoring that one path, the library raises the error (EEXIST: something else is there now)."""
     repo, outside, target = world

@@ -82,6 +82,11 @@ def _row(info) -> dict:
     return row
 
 
+# the first letter of an `ls -l` line, one per entry type (format/tree.py EntryType)
+_KIND_LETTERS = {"dir": "d", "file": "-", "symlink": "l", "fifo": "p", "socket": "s", "chardev": "c",
+                 "blockdev": "b"}
+
+
 def _print_show(snap, rows) -> None:
     m, s = snap.manifest, snap.manifest.summary
     click.echo(f"snapshot {snap.short_id}  {m.time.astimezone().isoformat(timespec='seconds')}  "
@@ -95,7 +100,7 @@ def _print_show(snap, rows) -> None:
                + ("  INCOMPLETE" if m.incomplete else ""))
     click.echo("")
     for info in rows:
-        kind = {"dir": "d", "file": "-", "symlink": "l"}.get(info.type, "?")
+        kind = _KIND_LETTERS.get(info.type, "?")
         suffix = "/" if info.type == "dir" else f" -> {printable(info.target)}" if info.target is not None else ""
         click.echo(f"{kind} {info.mode:04o} {human(info.size) if info.type == 'file' else '':>10}  "
                    f"{info.mtime.strftime('%Y-%m-%d %H:%M')}  {printable(info.path)}{suffix}")

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 import msgpack
 
 from casstore.errors import IntegrityError, ObjectExists, ObjectNotFound, RemoteError
+from casstore.format.fields import is_int
 from casstore.format.layout import CLOCK_KEY, LEASE_KEY
 from casstore.gc.context import MAX_CLOCK_SKEW, ClockSkew, LeaseHeld, LeaseLost, NoConditionalWrites
 from casstore.remotes.base import Remote
@@ -134,13 +135,13 @@ class Lease:
 
     def _stale(self, holder: dict, written: float, storage_now: float) -> bool:
         expires = holder.get("expires")
-        if not isinstance(expires, int | float):
+        if not (is_int(expires) or type(expires) is float):    # msgpack's `true` is not a time
             expires = written + self.ttl
         if expires + MAX_CLOCK_SKEW < storage_now:   # a holder's expiry may be in its own clock
             return True
         same_boot = holder.get("host") == self.host and holder.get("boot_id") == _boot_id() != ""
         pid = holder.get("pid")
-        return same_boot and isinstance(pid, int) and pid != os.getpid() and not _pid_alive(pid)
+        return same_boot and is_int(pid) and pid != os.getpid() and not _pid_alive(pid)
 
     def _check_skew(self) -> None:
         try:

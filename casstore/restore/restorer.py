@@ -594,7 +594,7 @@ class Restorer:
                     return
                 os.unlink(entry.name, dir_fd=dir_fd)
             os.symlink(entry.content, entry.name, dir_fd=dir_fd)  # type: ignore[arg-type]
-            os.utime(entry.name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+            _set_symlink_time(dir_fd, entry.name, entry.mtime_ns)
         self.result.symlinks += 1      # counted once made: one that fails is an error line, not a symlink
 
     def _restore_special(self, dir_fd: int, entry: Entry) -> None:
@@ -853,11 +853,29 @@ def _set_node_metadata(dir_fd: int, name: bytes, kind: int, mode: int, entry: En
         _set_metadata(name, mode, entry.mtime_ns, entry.uid, entry.gid, same_owner=same_owner,
                       at={"dir_fd": dir_fd, "follow_symlinks": False})
         return
+    with _made_node(dir_fd, name, kind) as path:
+        _set_metadata(path, mode, entry.mtime_ns, entry.uid, entry.gid, same_owner=same_owner)
+
+
+def _set_symlink_time(dir_fd: int, name: bytes, mtime_ns: int) -> None:
+    """The mtime of the symlink just made at `name`, set on that symlink only: swapped meanwhile for a
+    hard link to a file outside, a utime by name would stamp that file (as _set_node_metadata says)."""
+    if not hasattr(os, "O_PATH"):
+        os.utime(name, ns=(mtime_ns, mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+        return
+    with _made_node(dir_fd, name, stat.S_IFLNK) as path:
+        os.utime(path, ns=(mtime_ns, mtime_ns))     # the magic link leads to the symlink, not past it
+
+
+@contextlib.contextmanager
+def _made_node(dir_fd: int, name: bytes, kind: int) -> Iterator[str]:
+    """A path that reaches the node of kind `kind` at `name` and nothing else: `name` opened
+    O_PATH|O_NOFOLLOW, its kind checked, reached through /proc/self/fd while the descriptor is open."""
     fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         if stat.S_IFMT(os.fstat(fd).st_mode) != kind:
             raise OSError(errno.EEXIST, "replaced by something else as it was made; left alone")
-        _set_metadata(f"/proc/self/fd/{fd}", mode, entry.mtime_ns, entry.uid, entry.gid, same_owner=same_owner)
+        yield f"/proc/self/fd/{fd}"
     finally:
         os.close(fd)
 

@@ -1002,11 +1002,12 @@ def _parent(repo: RepoCore, builder: SnapshotBuilder) -> str | None:
     return previous[0].id if previous else None
 
 
-def _make_entry(name: bytes, kind: EntryType, st: os.stat_result, content: object, size: int | None = None) -> Entry:
-    link = st.st_ino if kind is EntryType.FILE and st.st_nlink > 1 else 0
-    if size is None:
-        size = st.st_size if kind in (EntryType.FILE, EntryType.SYMLINK) else 0
-    return Entry(name, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, size, link, content)
+def _make_entry(name: bytes, kind: EntryType, st: os.stat_result, content: object) -> Entry:
+    """A symlink's, directory's or special file's entry (a regular file's is made from its job, with
+    its hard-link group: `_write_tree`). Only a symlink has a size, its target's length: a directory's
+    st_size depends on the file system, and the same folder must store the same tree on any."""
+    size = st.st_size if kind is EntryType.SYMLINK else 0
+    return Entry(name, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, size, 0, content)
 
 
 def _same_version(before: os.stat_result, after: os.stat_result) -> bool:
