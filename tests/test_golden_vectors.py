@@ -223,6 +223,15 @@ def test_a_later_page_of_exactly_the_page_limit_is_one_page_too() -> None:
     assert [[e[0][:1] for e in p["entries"]] for p in pages] == [[b"a"], [b"b", b"c"]]
 
 
+def test_a_first_page_of_exactly_the_page_limit_is_one_page_of_a_chain() -> None:
+    # the first page counts from zero too: a directory over the limit whose first entries fill it exactly
+    a = _entry_of_packed_size(b"a", 1024 * 1024)
+    b = _entry_of_packed_size(b"b", MAX_TREE_BYTES - 1024 * 1024)
+    c = _entry_of_packed_size(b"c", 1024)
+    pages = _pages([c, b, a])
+    assert [[e[0][:1] for e in p["entries"]] for p in pages] == [[b"a", b"b"], [b"c"]]
+
+
 def test_a_chain_of_pages_reads_back_page_by_page_to_every_entry_in_order() -> None:
     stored: dict[bytes, bytes] = {}
 

@@ -92,6 +92,21 @@ def test_ids_alike_in_their_first_six_bytes_are_told_apart_before_and_after_sett
         assert len(index) == 2
 
 
+def test_ids_alike_in_all_but_their_first_two_bytes_are_told_apart() -> None:
+    """The first two bytes pick a record's bucket and are not stored: an id is looked for in its own
+    bucket only, never in a neighbour's holding an id equal in the other 30 bytes."""
+    rest = os.urandom(30)
+    held, after, before = b"\x00\x02" + rest, b"\x01\x02" + rest, b"\x00\x01" + rest
+    index = MasterIndex()
+    index.add_pack(pack_name(1), [entry(held, 5)])
+    for _ in range(2):      # unsettled, then settled (len settles)
+        assert index.has(KIND_DATA, held) and index.has_all(KIND_DATA, [held])
+        for absent in (after, before):
+            assert not index.has(KIND_DATA, absent) and index.locations(KIND_DATA, absent) == []
+            assert not index.has_all(KIND_DATA, [absent]) and not index.has_all(KIND_DATA, [held, absent])
+        assert len(index) == 1
+
+
 def test_a_blob_whose_copies_are_all_condemned_counts_as_missing() -> None:
     index, blob, safe = MasterIndex(), os.urandom(32), os.urandom(32)
     index.add_pack(pack_name(1), [entry(blob, 5), entry(safe, 30)])

@@ -138,3 +138,18 @@ def test_a_sealed_pack_reads_back_as_the_rows_written_with_its_key():
     sealer = MasterKey.generate().sealer
     body, entries = _delta_pack(sealer)
     assert header_rows(body, MAX_RAW, sealer) == entry_rows(entries)
+
+
+@pytest.mark.parametrize("base", [[], [b"\x33" * 32]], ids=["plain rows", "delta rows"])
+def test_blob_bounds_at_their_limits_are_accepted_and_one_past_them_refused(base):
+    """Each bound met exactly (a raw length of 0 and of the maximum, a length of 1, the body filled)
+    is accepted and one past it refused, by the column check (plain rows) and the entry-by-entry
+    one (a header holding delta rows) alike."""
+    rows = [[KIND_DATA, ID, 5, 1, 0, *base], [KIND_DATA, b"\x22" * 32, 6, BODY - 1, MAX_RAW, *base]]
+    pack = _pack({"nonce": b"n" * 16, "blobs": rows})
+    assert header_rows(pack, MAX_RAW) == rows
+    assert parse_header(pack, MAX_RAW) == [BlobEntry(*row) for row in rows]
+    _refused([[KIND_DATA, ID, 5, 0, 0, *base]], "blob lies outside the pack body")
+    _refused([[KIND_DATA, ID, 5, BODY + 1, 0, *base]], "blob lies outside the pack body")
+    _refused([[KIND_DATA, ID, 5, 1, -1, *base]], f"blob raw length -1 above the maximum {MAX_RAW}")
+    _refused([[KIND_DATA, ID, 5, 1, MAX_RAW + 1, *base]], f"blob raw length {MAX_RAW + 1} above the maximum {MAX_RAW}")

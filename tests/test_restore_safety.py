@@ -452,6 +452,20 @@ def test_a_symlink_swapped_for_a_hard_link_as_it_is_made_never_stamps_the_file_p
     assert result.symlinks == 0 and (target / "good.txt").read_bytes() == b"fine\n"
 
 
+def test_without_o_path_a_symlinks_time_is_set_by_name_on_the_symlink_itself(world, monkeypatch):
+    """Off Linux (no O_PATH) a symlink's recorded time is set by its name, never following it."""
+    monkeypatch.delattr(os, "O_PATH")
+    repo, outside, target = world
+    bait = outside / "bait.txt"
+    snapshot_id = write_snapshot(repo, lambda store: [symlink_entry(b"to_outside", os.fsencode(str(bait))),
+                                                      symlink_entry(b"older", b"../x", mtime_ns=NOW_NS - 5)])
+    before = os.stat(bait).st_mtime_ns
+    result = repo.restore(snapshot_id, str(target))
+    assert result.ok and result.symlinks == 2
+    assert [os.lstat(target / name).st_mtime_ns for name in ("to_outside", "older")] == [NOW_NS, NOW_NS - 5]
+    assert os.stat(bait).st_mtime_ns == before
+
+
 def test_restoring_one_fifo_swapped_as_it_is_made_raises_an_os_error_saying_so(world, monkeypatch):
     """Restoring that one path, the library raises the error (EEXIST: something else is there now)."""
     repo, outside, target = world
