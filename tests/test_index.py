@@ -92,19 +92,30 @@ def test_ids_alike_in_their_first_six_bytes_are_told_apart_before_and_after_sett
         assert len(index) == 2
 
 
-def test_ids_alike_in_all_but_their_first_two_bytes_are_told_apart() -> None:
-    """The first two bytes pick a record's bucket and are not stored: an id is looked for in its own
-    bucket only, never in a neighbour's holding an id equal in the other 30 bytes."""
-    rest = os.urandom(30)
-    held, after, before = b"\x00\x02" + rest, b"\x01\x02" + rest, b"\x00\x01" + rest
+def test_ids_alike_in_all_but_their_bucket_bytes_or_a_shifted_fingerprint_are_told_apart() -> None:
+    """The first two bytes pick a record's bucket and are not stored; bytes 2-6 are its fingerprint.
+    An id is looked for in its own bucket only, at a whole fingerprint: never found as a neighbouring
+    bucket's id equal in the other 30 bytes, nor as an id whose fingerprint is its own shifted by one."""
+    rest, fp_rest = os.urandom(26), os.urandom(26)
+    held = [b"\x00\x00\xaa\xbb\xcc\xdd" + rest, b"\x00\x02\xaa\xbb\xcc\xdd" + rest,
+            b"\x02\x02\xaa\xbb\xcc\xdd" + rest, b"\x00\x05\x22\x33\x44\x55" + fp_rest]
+    absent = [b"\x00\x01\xaa\xbb\xcc\xdd" + rest, b"\x01\x02\xaa\xbb\xcc\xdd" + rest,
+              b"\x00\x03\xaa\xbb\xcc\xdd" + rest, b"\x00\x05\x11\x22\x33\x44" + fp_rest]
     index = MasterIndex()
-    index.add_pack(pack_name(1), [entry(held, 5)])
+    for n, blob_id in enumerate(held):
+        index.add_pack(pack_name(n), [entry(blob_id, 5)])
     for _ in range(2):      # unsettled, then settled (len settles)
-        assert index.has(KIND_DATA, held) and index.has_all(KIND_DATA, [held])
-        for absent in (after, before):
-            assert not index.has(KIND_DATA, absent) and index.locations(KIND_DATA, absent) == []
-            assert not index.has_all(KIND_DATA, [absent]) and not index.has_all(KIND_DATA, [held, absent])
-        assert len(index) == 1
+        for n, blob_id in enumerate(held):
+            assert index.locations(KIND_DATA, blob_id) == [Location(pack_name(n), 5, 10, 20)]
+        assert index.has_all(KIND_DATA, held)
+        for blob_id in absent:
+            assert not index.has(KIND_DATA, blob_id) and index.locations(KIND_DATA, blob_id) == []
+            assert not index.has_all(KIND_DATA, [blob_id]) and not index.has_all(KIND_DATA, [*held, blob_id])
+        assert len(index) == len(held)
+    index.add_pack(pack_name(9), [entry(b"\x00\x00" + os.urandom(30), 7)])   # a tail in bucket 0: lookups merge it
+    for n, blob_id in enumerate(held):
+        assert index.locations(KIND_DATA, blob_id) == [Location(pack_name(n), 5, 10, 20)]
+    assert all(index.locations(KIND_DATA, blob_id) == [] for blob_id in absent)
 
 
 def test_a_blob_whose_copies_are_all_condemned_counts_as_missing() -> None:
