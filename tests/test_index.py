@@ -98,7 +98,8 @@ def test_ids_alike_in_all_but_their_bucket_bytes_or_a_shifted_fingerprint_are_to
     bucket's id equal in the other 30 bytes, nor as an id whose fingerprint is its own shifted by one."""
     rest, fp_rest = os.urandom(26), os.urandom(26)
     held = [b"\x00\x00\xaa\xbb\xcc\xdd" + rest, b"\x00\x02\xaa\xbb\xcc\xdd" + rest,
-            b"\x02\x02\xaa\xbb\xcc\xdd" + rest, b"\x00\x05\x22\x33\x44\x55" + fp_rest]
+            b"\x02\x02\xaa\xbb\xcc\xdd" + rest, b"\x00\xaa\xaa\xbb\xcc\xdd" + rest,
+            b"\x00\x05\x22\x33\x44\x55" + fp_rest]
     absent = [b"\x00\x01\xaa\xbb\xcc\xdd" + rest, b"\x01\x02\xaa\xbb\xcc\xdd" + rest,
               b"\x00\x03\xaa\xbb\xcc\xdd" + rest, b"\x00\x05\x11\x22\x33\x44" + fp_rest]
     index = MasterIndex()
