@@ -1004,7 +1004,7 @@ def _parent(repo: RepoCore, builder: SnapshotBuilder) -> str | None:
 
 def _make_entry(name: bytes, kind: EntryType, st: os.stat_result, content: object) -> Entry:
     """A symlink's, directory's or special file's entry (a regular file's is made from its job, with
-    its hard-link group: `_write_tree`). Only a symlink has a size, its target's length: a directory's
+    its hard-link group: `_file_rows`). Only a symlink has a size, its target's length: a directory's
     st_size depends on the file system, and the same folder must store the same tree on any."""
     size = st.st_size if kind is EntryType.SYMLINK else 0
     return Entry(name, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, size, 0, content)
