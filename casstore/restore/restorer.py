@@ -849,33 +849,31 @@ def _set_node_metadata(dir_fd: int, name: bytes, kind: int, mode: int, entry: En
     can write to) for a symlink or a hard link to a file outside, whose metadata a chmod by name would
     change. So the node is opened O_PATH|O_NOFOLLOW (a symlink is opened as itself, a device is not
     opened at all), its kind checked, and its metadata set through /proc/self/fd (O_PATH cannot fchmod)."""
-    if not hasattr(os, "O_PATH"):     # not Linux: by name, never following a symlink (lchmod exists there)
-        _set_metadata(name, mode, entry.mtime_ns, entry.uid, entry.gid, same_owner=same_owner,
-                      at={"dir_fd": dir_fd, "follow_symlinks": False})
-        return
-    with _made_node(dir_fd, name, kind) as path:
-        _set_metadata(path, mode, entry.mtime_ns, entry.uid, entry.gid, same_owner=same_owner)
+    with _made_node(dir_fd, name, kind) as (target, at):
+        _set_metadata(target, mode, entry.mtime_ns, entry.uid, entry.gid, same_owner=same_owner, at=at)
 
 
 def _set_symlink_time(dir_fd: int, name: bytes, mtime_ns: int) -> None:
     """The mtime of the symlink just made at `name`, set on that symlink only: swapped meanwhile for a
     hard link to a file outside, a utime by name would stamp that file (as _set_node_metadata says)."""
-    if not hasattr(os, "O_PATH"):
-        os.utime(name, ns=(mtime_ns, mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
-        return
-    with _made_node(dir_fd, name, stat.S_IFLNK) as path:
-        os.utime(path, ns=(mtime_ns, mtime_ns))     # the magic link leads to the symlink, not past it
+    with _made_node(dir_fd, name, stat.S_IFLNK) as (target, at):
+        os.utime(target, ns=(mtime_ns, mtime_ns), **at)     # a magic link leads to the symlink, not past it
 
 
 @contextlib.contextmanager
-def _made_node(dir_fd: int, name: bytes, kind: int) -> Iterator[str]:
-    """A path that reaches the node of kind `kind` at `name` and nothing else: `name` opened
-    O_PATH|O_NOFOLLOW, its kind checked, reached through /proc/self/fd while the descriptor is open."""
+def _made_node(dir_fd: int, name: bytes, kind: int) -> Iterator[tuple[str | bytes, dict[str, Any]]]:
+    """A path that reaches the node of kind `kind` at `name` and nothing else, with the *at()
+    arguments to use it with: `name` opened O_PATH|O_NOFOLLOW, its kind checked, reached through
+    /proc/self/fd while the descriptor is open. Not Linux (no O_PATH): the name itself, relative to
+    `dir_fd`, never following a symlink (lchmod exists there)."""
+    if not hasattr(os, "O_PATH"):
+        yield name, {"dir_fd": dir_fd, "follow_symlinks": False}
+        return
     fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         if stat.S_IFMT(os.fstat(fd).st_mode) != kind:
             raise OSError(errno.EEXIST, "replaced by something else as it was made; left alone")
-        yield f"/proc/self/fd/{fd}"
+        yield f"/proc/self/fd/{fd}", {}
     finally:
         os.close(fd)
 
